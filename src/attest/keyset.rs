@@ -1,0 +1,128 @@
+//! The verified keyset: the only source of keys the E2EE layer and the receipt verifier trust.
+
+use std::fmt;
+
+use crate::protocol::keys::E2eeKey;
+
+/// A receipt-signing key of a verified keyset (`algo` `ed25519`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReceiptKey {
+    pub(crate) key_id: String,
+    pub(crate) key: ed25519_dalek::VerifyingKey,
+}
+
+impl ReceiptKey {
+    /// The entry's `key_id`.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The Ed25519 verifying key.
+    pub fn verifying_key(&self) -> &ed25519_dalek::VerifyingKey {
+        &self.key
+    }
+}
+
+impl fmt::Debug for ReceiptKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReceiptKey({}, {})", self.key_id, hex::encode(self.key.as_bytes()))
+    }
+}
+
+/// A TLS key entry of a verified keyset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsKey {
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo, lowercase hex.
+    pub spki_sha256: String,
+    /// The host this entry is scoped to, if any.
+    pub domain: Option<String>,
+}
+
+/// A workload keyset whose attestation report verified under a policy.
+///
+/// Only the verifier in this module constructs one (there is no public constructor), so a value
+/// of this type is proof that its keys were checked: the E2EE layer cannot be handed an
+/// unverified key by mistake.
+#[derive(Clone)]
+pub struct AttestedKeyset {
+    pub(crate) digest: String,
+    pub(crate) subject: Option<String>,
+    pub(crate) not_after: u64,
+    pub(crate) e2ee_keys: Vec<E2eeKey>,
+    /// Index into `e2ee_keys` of the key the policy selected.
+    pub(crate) selected: usize,
+    pub(crate) receipt_keys: Vec<ReceiptKey>,
+    pub(crate) tls_keys: Vec<TlsKey>,
+    pub(crate) verified_at: u64,
+    pub(crate) hardware_verified: bool,
+}
+
+impl AttestedKeyset {
+    /// `sha256:<hex>` of the keyset's canonical form, as `X-ACI-Keyset-Digest` and receipts name it.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The keyset's `subject`.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
+    /// Unix seconds after which the keyset must not be used.
+    pub fn not_after(&self) -> u64 {
+        self.not_after
+    }
+
+    /// Whether the keyset may be used at `now` (Unix seconds): `now < not_after`.
+    pub fn is_valid_at(&self, now: u64) -> bool {
+        now < self.not_after
+    }
+
+    /// The E2EE key the policy selected: the one requests are encrypted to.
+    pub fn e2ee_key(&self) -> &E2eeKey {
+        &self.e2ee_keys[self.selected]
+    }
+
+    /// Every E2EE v2 key of the keyset (unknown algorithms are left out).
+    pub fn e2ee_keys(&self) -> &[E2eeKey] {
+        &self.e2ee_keys
+    }
+
+    /// The receipt-signing keys.
+    pub fn receipt_keys(&self) -> &[ReceiptKey] {
+        &self.receipt_keys
+    }
+
+    /// The receipt-signing key with `key_id`.
+    pub fn receipt_key(&self, key_id: &str) -> Option<&ReceiptKey> {
+        self.receipt_keys.iter().find(|k| k.key_id == key_id)
+    }
+
+    /// The TLS key entries.
+    pub fn tls_keys(&self) -> &[TlsKey] {
+        &self.tls_keys
+    }
+
+    /// Unix seconds at which the report was verified.
+    pub fn verified_at(&self) -> u64 {
+        self.verified_at
+    }
+
+    /// Whether the hardware quote was verified (false only under a `dangerous()` policy).
+    pub fn hardware_verified(&self) -> bool {
+        self.hardware_verified
+    }
+}
+
+impl fmt::Debug for AttestedKeyset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttestedKeyset")
+            .field("digest", &self.digest)
+            .field("subject", &self.subject)
+            .field("not_after", &self.not_after)
+            .field("e2ee_key", self.e2ee_key())
+            .field("receipt_keys", &self.receipt_keys)
+            .field("hardware_verified", &self.hardware_verified)
+            .finish()
+    }
+}

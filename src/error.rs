@@ -1,0 +1,284 @@
+//! The crate's error type.
+//!
+//! Every fallible operation in tower-aci returns [`Error`]: an opaque value with a
+//! [`kind`](Error::kind) you can match on, a human-readable message and, where one exists, the
+//! underlying cause in [`source`](std::error::Error::source). Errors that cross a tower boundary
+//! travel as `tower::BoxError`; [`Error::find`] walks a `source()` chain to get ours back.
+//!
+//! ```
+//! use tower_aci::{Error, ErrorKind};
+//!
+//! fn classify(err: &(dyn std::error::Error + 'static)) -> &'static str {
+//!     match Error::find(err).map(Error::kind) {
+//!         Some(ErrorKind::Decrypt) => "tampered or wrong key",
+//!         Some(ErrorKind::Truncated) => "stream cut short",
+//!         Some(_) => "other tower-aci error",
+//!         None => "not ours",
+//!     }
+//! }
+//! # let _ = classify;
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// A boxed error, as tower services return them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, in a form a caller can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A ciphertext failed to open. Deliberately says nothing about why (wrong key, tampered byte,
+    /// moved to another field, wrong AAD).
+    Decrypt,
+    /// A field that the protocol requires to be ciphertext arrived in clear (or not as a string).
+    MissingEncryption,
+    /// Input from the network (or the caller) is not well formed: bad hex, wrong length, invalid
+    /// point, invalid JSON, invalid header.
+    Malformed,
+    /// A stream ended before its terminal event (`[DONE]`), or a body ended early.
+    Truncated,
+    /// A body, line or event exceeded a configured limit.
+    TooLarge,
+    /// The request targets an endpoint E2EE v2 does not define; it was not sent.
+    UnsupportedEndpoint,
+    /// The request body cannot be protected as E2EE v2 requires (for example a prompt made only
+    /// of token ids, or no field to encrypt); it was not sent.
+    UnsupportedBody,
+    /// Strict mode: the request carries members that would travel in clear; it was not sent.
+    Cleartext,
+    /// No attested key is available right now (not yet fetched, expired, or refresh failed).
+    KeyUnavailable,
+    /// The attestation report failed verification; see [`AttestationFailure`].
+    Attestation(AttestationFailure),
+    /// A receipt failed verification; see [`ReceiptFailure`].
+    Receipt(ReceiptFailure),
+    /// The gateway answered with an error document (`{"error":{"type":…}}`); see
+    /// [`Error::gateway_error_type`].
+    Gateway,
+    /// The stream carried an in-band `{"error":…}` event.
+    InBandError,
+    /// The peer violated the protocol (for example a response that claims another E2EE version).
+    Protocol,
+    /// The inner transport failed.
+    Transport,
+    /// A builder or configuration value is invalid.
+    Config,
+}
+
+/// Why an attestation report was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AttestationFailure {
+    /// `api_version` is not `aci/1`.
+    ApiVersion,
+    /// The document does not have the shape of an ACI report.
+    Shape,
+    /// The keyset digest recomputed from the keyset's JCS form differs from the published one.
+    KeysetDigest,
+    /// The keyset cannot be canonicalised (floats, non-ASCII member names).
+    Canonicalization,
+    /// `report_data` is not SHA-256 of the statement built for our nonce.
+    ReportData,
+    /// The report was made for another nonce, or for none.
+    Nonce,
+    /// `now >= not_after`.
+    Expired,
+    /// `not_after` lies further in the future than the policy allows.
+    NotAfterTooFar,
+    /// The service does not offer E2EE v2 (`supported_e2ee_versions` lacks `"2"`).
+    E2eeUnsupported,
+    /// No E2EE key in the keyset matches the policy (algorithm or pinned key id).
+    NoUsableKey,
+    /// A key in the keyset is malformed.
+    BadKey,
+    /// The hardware quote failed to parse or verify, or its report-data slot does not match.
+    Quote,
+    /// The TCB status is not accepted by the policy.
+    TcbStatus,
+    /// The event log does not replay to the quote's RTMR3, or a measured value is inconsistent.
+    EventLog,
+    /// A measured value (compose hash, app id, OS image, provenance) is not on the allowlist.
+    NotAllowed,
+    /// The KMS key custody chain failed.
+    Custody,
+    /// The policy requires hardware verification and this build cannot do it (feature `dcap`).
+    HardwareUnverifiable,
+}
+
+/// Why a receipt was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReceiptFailure {
+    /// The document does not have the shape of an ACI receipt.
+    Shape,
+    /// `api_version` is not `aci/1`.
+    ApiVersion,
+    /// The Ed25519 signature does not verify.
+    Signature,
+    /// The receipt names a key id not in the keyset's receipt signing keys.
+    UnknownKey,
+    /// The receipt names a keyset digest we have not verified.
+    UnknownKeyset,
+    /// `request.received.body_hash` differs from the hash of what we sent.
+    RequestHash,
+    /// `response.returned.body_hash` differs from the hash of the bytes we received.
+    ResponseHash,
+    /// `endpoint`, `method` or `model` differ from the request.
+    Mismatch,
+    /// The receipt is not (yet) available: not found, or the stream was not read to its end.
+    NotAvailable,
+    /// The receipt server refused our credentials (401).
+    Unauthorized,
+    /// The gateway rewrote the request before forwarding it and the policy forbids that.
+    Rewritten,
+    /// An aggregator session check failed.
+    Session,
+}
+
+/// The error type of tower-aci.
+pub struct Error {
+    kind: ErrorKind,
+    message: Cow<'static, str>,
+    gateway_type: Option<Box<str>>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// A new error of `kind` with a message.
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Error { kind, message: message.into(), gateway_type: None, source: None }
+    }
+
+    /// Attach an underlying cause.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// An error document returned by the gateway, with its `type` string.
+    pub fn gateway(status: u16, error_type: impl Into<Box<str>>, message: &str) -> Self {
+        let error_type = error_type.into();
+        let mut e = Error::new(
+            ErrorKind::Gateway,
+            format!("gateway answered {status} {error_type}: {message}"),
+        );
+        e.gateway_type = Some(error_type);
+        e
+    }
+
+    /// An in-band error event read from a stream, with its `type` string.
+    pub fn in_band(error_type: impl Into<Box<str>>, message: &str) -> Self {
+        let error_type = error_type.into();
+        let mut e = Error::new(
+            ErrorKind::InBandError,
+            format!("stream carried an error event ({error_type}): {message}"),
+        );
+        e.gateway_type = Some(error_type);
+        e
+    }
+
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The gateway's error `type` (for example `e2ee_replay_detected`), for
+    /// [`ErrorKind::Gateway`] and [`ErrorKind::InBandError`].
+    pub fn gateway_error_type(&self) -> Option<&str> {
+        self.gateway_type.as_deref()
+    }
+
+    /// Find a tower-aci [`Error`] in an error or anywhere in its `source()` chain.
+    pub fn find<'a>(mut err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+        loop {
+            if let Some(e) = err.downcast_ref::<Error>() {
+                return Some(e);
+            }
+            err = err.source()?;
+        }
+    }
+
+    pub(crate) fn decrypt() -> Self {
+        Error::new(ErrorKind::Decrypt, "decryption failed")
+    }
+
+    pub(crate) fn malformed(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::Malformed, message)
+    }
+
+    pub(crate) fn missing_encryption(field: &str) -> Self {
+        Error::new(ErrorKind::MissingEncryption, format!("field `{field}` must be ciphertext but is not"))
+    }
+
+    pub(crate) fn attestation(failure: AttestationFailure, message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::Attestation(failure), message)
+    }
+
+    pub(crate) fn receipt(failure: ReceiptFailure, message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::Receipt(failure), message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(t) = &self.gateway_type {
+            d.field("gateway_type", t);
+        }
+        if let Some(s) = &self.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_walks_the_source_chain() {
+        #[derive(Debug)]
+        struct Outer(Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("outer")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let outer = Outer(Error::new(ErrorKind::Truncated, "cut"));
+        assert_eq!(Error::find(&outer).map(Error::kind), Some(ErrorKind::Truncated));
+        let io = std::io::Error::other("x");
+        assert!(Error::find(&io).is_none());
+    }
+
+    #[test]
+    fn gateway_error_keeps_its_type() {
+        let e = Error::gateway(400, "e2ee_replay_detected", "replay");
+        assert_eq!(e.kind(), ErrorKind::Gateway);
+        assert_eq!(e.gateway_error_type(), Some("e2ee_replay_detected"));
+        assert!(e.to_string().contains("400"));
+    }
+}

@@ -1,0 +1,14 @@
+//! # tower-aci
+//!
+//! Talk to an attested confidential-inference (ACI) gateway with end-to-end encryption from any
+//! tower HTTP client, and prove afterwards what the gateway did.
+//!
+//! (Crate documentation is completed as the layers land.)
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod attest;
+pub mod error;
+pub mod protocol;
+
+pub use error::{AttestationFailure, BoxError, Error, ErrorKind, ReceiptFailure, Result};
