@@ -1,7 +1,14 @@
 //! The sans-IO protocol core: E2EE v2 field encryption, AAD, request rewriting, response and
-//! SSE decryption, canonical JSON. Synchronous, no tower, randomness and time injected.
+//! SSE decryption, canonical JSON. Synchronous, no tower; randomness and time are injected.
 
 pub mod aad;
+mod fields;
+pub mod headers;
 pub mod jcs;
 pub mod keys;
+pub mod request;
+pub mod response;
+pub mod server;
+pub mod sse;
+pub mod stream;
 pub mod suite;

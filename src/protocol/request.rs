@@ -1,0 +1,456 @@
+//! Request rewriting: encrypt the protected fields of an OpenAI-style body.
+//!
+//! ```
+//! use tower_aci::protocol::keys::E2eeKey;
+//! use tower_aci::protocol::request::{encrypt_request, Endpoint, EncryptOptions};
+//! use tower_aci::protocol::suite::{SecretKey, Suite};
+//!
+//! # let service = SecretKey::generate(Suite::Secp256k1, &mut rand_core::OsRng);
+//! # let key = E2eeKey::parse("dstack-kms-e2ee-v1", Suite::Secp256k1.algo(), service.public_key().to_hex()).unwrap();
+//! let body = br#"{"model":"m","messages":[{"role":"user","content":"secret"}]}"#;
+//! let req = encrypt_request(
+//!     Endpoint::ChatCompletions, body, &key, &EncryptOptions::default(),
+//!     1_750_000_000, &mut rand_core::OsRng,
+//! ).unwrap();
+//! assert!(!String::from_utf8_lossy(&req.body).contains("secret"));
+//! assert_eq!(req.headers.nonce.len(), 64);
+//! ```
+
+use std::fmt;
+
+use rand_core::CryptoRngCore;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::aad;
+use crate::protocol::fields::{RequestField, walk_request};
+use crate::protocol::keys::E2eeKey;
+use crate::protocol::suite::{SecretKey, Suite, seal};
+
+/// An endpoint E2EE v2 defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/embeddings` (buffered responses only).
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The endpoint a request path names (the path may carry a prefix before `/v1/…`).
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        let path = path.strip_suffix('/').unwrap_or(path);
+        [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings]
+            .into_iter()
+            .find(|e| path.ends_with(e.path()))
+    }
+
+    /// The canonical path.
+    pub const fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+}
+
+/// Options of [`encrypt_request`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct EncryptOptions {
+    /// Refuse requests carrying members that would travel in clear (`tools`, `tool_calls`,
+    /// `response_format`, message `name`, …) with [`ErrorKind::Cleartext`].
+    pub strict: bool,
+}
+
+impl EncryptOptions {
+    /// Options with strict mode set as given.
+    pub fn strict(strict: bool) -> Self {
+        EncryptOptions { strict }
+    }
+}
+
+/// The five E2EE v2 request headers' values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct E2eeHeaders {
+    /// `X-Client-Pub-Key`: lowercase hex, 65-byte form for secp256k1.
+    pub client_pub_key: String,
+    /// `X-Model-Pub-Key`: the keyset entry's string verbatim.
+    pub model_pub_key: String,
+    /// `X-E2EE-Nonce`: 64 lowercase hex chars from 32 CSPRNG bytes.
+    pub nonce: String,
+    /// `X-E2EE-Timestamp`: Unix seconds.
+    pub timestamp: u64,
+}
+
+/// What the client keeps to decrypt the answer of one exchange. Holds the client's secret key:
+/// zeroized on drop, never printed.
+pub struct ExchangeContext {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) client_secret: SecretKey,
+    pub(crate) model: String,
+    pub(crate) nonce: String,
+    pub(crate) ts: u64,
+}
+
+impl ExchangeContext {
+    /// Build a context by hand (for servers and tests; the client gets one from
+    /// [`encrypt_request`]).
+    pub fn new(endpoint: Endpoint, client_secret: SecretKey, model: impl Into<String>, nonce: impl Into<String>, ts: u64) -> Self {
+        ExchangeContext { endpoint, client_secret, model: model.into(), nonce: nonce.into(), ts }
+    }
+
+    /// The endpoint of the exchange.
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint
+    }
+
+    /// The suite of the exchange (responses come back under the request's suite).
+    pub fn suite(&self) -> Suite {
+        self.client_secret.suite()
+    }
+
+    /// The request's `model` string, which response AADs use.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The `X-E2EE-Nonce` string verbatim.
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
+
+    /// The `X-E2EE-Timestamp` value.
+    pub fn timestamp(&self) -> u64 {
+        self.ts
+    }
+
+    pub(crate) fn response_aad(&self, field: &str, id: &str) -> Vec<u8> {
+        aad::response(self.suite(), field, id, &self.model, &self.nonce, self.ts)
+    }
+}
+
+impl fmt::Debug for ExchangeContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExchangeContext")
+            .field("endpoint", &self.endpoint)
+            .field("suite", &self.suite())
+            .field("model", &self.model)
+            .field("nonce", &self.nonce)
+            .field("ts", &self.ts)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
+}
+
+/// An encrypted request, ready to send.
+#[derive(Debug)]
+pub struct EncryptedRequest {
+    /// The wire body.
+    pub body: Vec<u8>,
+    /// The five header values.
+    pub headers: E2eeHeaders,
+    /// The context that decrypts the answer.
+    pub context: ExchangeContext,
+    /// SHA-256 of the body the gateway will restore after decrypting (protocol.md §5.3): what the
+    /// receipt's `request.received.body_hash` must name.
+    pub restored_body_sha256: [u8; 32],
+    /// How many fields were encrypted.
+    pub fields: usize,
+}
+
+/// Top-level members of a chat/completions/embeddings request that travel in clear.
+const CLEAR_TOP_LEVEL: [&str; 7] =
+    ["tools", "functions", "response_format", "prediction", "metadata", "tool_choice", "function_call"];
+/// Message members the gateway forwards in clear.
+const ALLOWED_MESSAGE_MEMBERS: [&str; 3] = ["role", "content", "tool_call_id"];
+
+fn strict_check(endpoint: Endpoint, body: &Map<String, Value>) -> Result<()> {
+    let cleartext = |what: String| {
+        Error::new(ErrorKind::Cleartext, format!("strict mode: `{what}` would travel in clear"))
+    };
+    for k in CLEAR_TOP_LEVEL {
+        if body.contains_key(k) {
+            return Err(cleartext(k.to_owned()));
+        }
+    }
+    if endpoint == Endpoint::ChatCompletions {
+        if let Some(Value::Array(messages)) = body.get("messages") {
+            for (m, msg) in messages.iter().enumerate() {
+                if let Some(obj) = msg.as_object() {
+                    if let Some(k) = obj.keys().find(|k| !ALLOWED_MESSAGE_MEMBERS.contains(&k.as_str())) {
+                        return Err(cleartext(format!("messages.{m}.{k}")));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a string would be restored by the gateway as structured content: it parses as a
+/// JSON array (surrounding whitespace allowed).
+pub(crate) fn parses_as_json_array(s: &str) -> bool {
+    s.trim_start().starts_with('[') && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+}
+
+/// Whether a content part is one the gateway decrypts whole: no member would travel in clear.
+fn part_fully_protected(part: &Value) -> bool {
+    let Some(obj) = part.as_object() else { return false };
+    let only = |allowed: &[&str]| obj.keys().all(|k| allowed.contains(&k.as_str()));
+    let inner_ok = |name: &str, field: &str, extra: &str| {
+        obj.get(name).and_then(Value::as_object).is_some_and(|o| {
+            o.get(field).is_some_and(Value::is_string) && o.keys().all(|k| k == field || k == extra)
+        })
+    };
+    match obj.get("type").and_then(Value::as_str) {
+        Some("text") => only(&["type", "text"]) && obj.get("text").is_some_and(Value::is_string),
+        Some("image_url") => only(&["type", "image_url"]) && inner_ok("image_url", "url", "detail"),
+        Some("input_audio") => only(&["type", "input_audio"]) && inner_ok("input_audio", "data", "format"),
+        _ => false,
+    }
+}
+
+/// Client-side reshaping so that every sensitive byte is encrypted and the gateway restores
+/// exactly what the user meant (protocol.md §3.4, §9 items 22–23).
+fn reshape_chat(body: &mut Map<String, Value>) {
+    let Some(Value::Array(messages)) = body.get_mut("messages") else { return };
+    for msg in messages.iter_mut() {
+        let Some(content) = msg.as_object_mut().and_then(|o| o.get_mut("content")) else { continue };
+        match content {
+            Value::String(s) if parses_as_json_array(s) => {
+                let text = std::mem::take(s);
+                let mut part = Map::new();
+                part.insert("type".into(), Value::String("text".into()));
+                part.insert("text".into(), Value::String(text));
+                *content = Value::Array(vec![Value::Object(part)]);
+            }
+            Value::Array(parts) if parts.is_empty() || !parts.iter().all(part_fully_protected) => {
+                // Whole-content mode: the compact JSON of the array, which the gateway parses
+                // back into the same array.
+                *content = Value::String(Value::Array(std::mem::take(parts)).to_string());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether every float in `v` survives a print-and-reparse with this build's serde_json
+/// unchanged, so the gateway's reparse of our wire body yields the same numbers.
+fn floats_stable(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if !(n.is_i64() || n.is_u64()) => {
+                serde_json::from_str::<f64>(&n.to_string()).is_ok_and(|g| g.to_bits() == f.to_bits())
+            }
+            _ => true,
+        },
+        Value::Array(a) => a.iter().all(floats_stable),
+        Value::Object(o) => o.values().all(floats_stable),
+        _ => true,
+    }
+}
+
+/// Restore one decrypted request field as the gateway does.
+pub(crate) fn restore_field(kind: RequestField, plaintext: String) -> Value {
+    if kind == RequestField::WholeContent && parses_as_json_array(&plaintext) {
+        if let Ok(v @ Value::Array(_)) = serde_json::from_str::<Value>(&plaintext) {
+            return v;
+        }
+    }
+    Value::String(plaintext)
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// SHA-256 of `serde_json`'s compact serialisation of `v`, without building the bytes.
+pub(crate) fn json_sha256(v: &Value) -> [u8; 32] {
+    let mut w = HashWriter(Sha256::new());
+    serde_json::to_writer(&mut w, v).expect("writing JSON into a hasher cannot fail");
+    w.0.finalize().into()
+}
+
+/// Encrypt the protected fields of a request body to `key`.
+///
+/// Parses the body once, reshapes chat content where the gateway would otherwise forward bytes
+/// in clear or restore them differently, computes the restored-body hash, seals each field with
+/// a fresh ephemeral key and nonce, and serialises the wire body. `now` is the Unix time put in
+/// `X-E2EE-Timestamp`; `rng` must be a CSPRNG (client key, nonce, ephemeral keys).
+pub fn encrypt_request(
+    endpoint: Endpoint,
+    body: &[u8],
+    key: &E2eeKey,
+    options: &EncryptOptions,
+    now: u64,
+    rng: &mut impl CryptoRngCore,
+) -> Result<EncryptedRequest> {
+    let mut root: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::new(ErrorKind::Malformed, "request body is not JSON").with_source(e))?;
+    let Value::Object(map) = &mut root else {
+        return Err(Error::new(ErrorKind::UnsupportedBody, "request body must be a JSON object"));
+    };
+    let model = match map.get("model") {
+        Some(Value::String(m)) => m.clone(),
+        _ => return Err(Error::new(ErrorKind::UnsupportedBody, "request body needs a string `model`")),
+    };
+    if options.strict {
+        strict_check(endpoint, map)?;
+    }
+    if endpoint == Endpoint::ChatCompletions {
+        reshape_chat(map);
+    }
+    let stable = floats_stable(&root);
+    let direct_hash = stable.then(|| json_sha256(&root));
+
+    let suite = key.suite();
+    let client_secret = SecretKey::generate(suite, rng);
+    let mut nonce_bytes = [0u8; 32];
+    rng.fill_bytes(&mut nonce_bytes);
+    let nonce = hex::encode(nonce_bytes);
+    let recipient = key.public_key();
+
+    let Value::Object(map) = &mut root else { unreachable!("checked above") };
+    let mut plaintexts: Vec<String> = Vec::new();
+    let fields = walk_request(endpoint, map, &mut |path, _kind, slot| {
+        let Value::String(s) = slot else { unreachable!("walker yields strings") };
+        let aad = aad::request(suite, path, &model, &nonce, now);
+        let sealed = seal(recipient, s.as_bytes(), &aad, rng);
+        let plain = std::mem::replace(s, sealed);
+        if stable {
+            let mut plain = plain;
+            plain.zeroize();
+        } else {
+            plaintexts.push(plain);
+        }
+        Ok(())
+    })?;
+    let wire = serde_json::to_vec(&root).expect("serialising a Value cannot fail");
+    drop(root);
+
+    let restored_body_sha256 = match direct_hash {
+        Some(h) => h,
+        None => {
+            // Some float does not survive the gateway's reparse unchanged: reproduce exactly what
+            // it will hash by reparsing the bytes we send (protocol.md §5.3).
+            let mut w: Value = serde_json::from_slice(&wire).expect("we just serialised it");
+            let Value::Object(wm) = &mut w else { unreachable!() };
+            let mut it = plaintexts.into_iter();
+            walk_request(endpoint, wm, &mut |_, kind, slot| {
+                let p = it.next().ok_or_else(|| Error::malformed("field count changed on reparse"))?;
+                *slot = restore_field(kind, p);
+                Ok(())
+            })?;
+            json_sha256(&w)
+        }
+    };
+
+    Ok(EncryptedRequest {
+        body: wire,
+        headers: E2eeHeaders {
+            client_pub_key: client_secret.public_key().to_hex(),
+            model_pub_key: key.public_key_text().to_owned(),
+            nonce: nonce.clone(),
+            timestamp: now,
+        },
+        context: ExchangeContext { endpoint, client_secret, model, nonce, ts: now },
+        restored_body_sha256,
+        fields,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(suite: Suite) -> (SecretKey, E2eeKey) {
+        let sk = SecretKey::generate(suite, &mut rand_core::OsRng);
+        let k = E2eeKey::parse("k", suite.algo(), sk.public_key().to_hex()).unwrap();
+        (sk, k)
+    }
+
+    fn enc(endpoint: Endpoint, body: &str) -> Result<EncryptedRequest> {
+        let (_, k) = key(Suite::X25519);
+        encrypt_request(endpoint, body.as_bytes(), &k, &EncryptOptions::default(), 1, &mut rand_core::OsRng)
+    }
+
+    #[test]
+    fn endpoint_from_path() {
+        assert_eq!(Endpoint::from_path("/v1/chat/completions"), Some(Endpoint::ChatCompletions));
+        assert_eq!(Endpoint::from_path("/api/v1/completions/"), Some(Endpoint::Completions));
+        assert_eq!(Endpoint::from_path("/v1/embeddings"), Some(Endpoint::Embeddings));
+        assert_eq!(Endpoint::from_path("/v1/messages"), None);
+        assert_eq!(Endpoint::from_path("/v1/responses"), None);
+    }
+
+    #[test]
+    fn token_id_only_prompt_is_refused() {
+        let e = enc(Endpoint::Completions, r#"{"model":"m","prompt":[1,2,3]}"#).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnsupportedBody);
+        let e = enc(Endpoint::Embeddings, r#"{"model":"m","input":[[1,2]]}"#).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnsupportedBody);
+        assert_eq!(enc(Endpoint::Completions, r#"{"model":"m","prompt":[1,"a"]}"#).unwrap().fields, 1);
+    }
+
+    #[test]
+    fn missing_model_or_fields_are_refused() {
+        assert_eq!(enc(Endpoint::ChatCompletions, r#"{"messages":[]}"#).unwrap_err().kind(), ErrorKind::UnsupportedBody);
+        let e = enc(Endpoint::ChatCompletions, r#"{"model":"m","messages":[{"role":"assistant","content":null}]}"#);
+        assert_eq!(e.unwrap_err().kind(), ErrorKind::UnsupportedBody);
+        assert_eq!(enc(Endpoint::ChatCompletions, "not json").unwrap_err().kind(), ErrorKind::Malformed);
+    }
+
+    #[test]
+    fn strict_mode_refuses_clear_members() {
+        let (_, k) = key(Suite::X25519);
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[]}"#;
+        let e = encrypt_request(Endpoint::ChatCompletions, body, &k, &EncryptOptions::strict(true), 1, &mut rand_core::OsRng);
+        assert_eq!(e.unwrap_err().kind(), ErrorKind::Cleartext);
+        let body = br#"{"model":"m","messages":[{"role":"user","name":"alice","content":"x"}]}"#;
+        let e = encrypt_request(Endpoint::ChatCompletions, body, &k, &EncryptOptions::strict(true), 1, &mut rand_core::OsRng);
+        assert_eq!(e.unwrap_err().kind(), ErrorKind::Cleartext);
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":0.5}"#;
+        assert!(encrypt_request(Endpoint::ChatCompletions, body, &k, &EncryptOptions::strict(true), 1, &mut rand_core::OsRng).is_ok());
+    }
+
+    #[test]
+    fn every_role_and_empty_content_is_encrypted() {
+        let r = enc(
+            Endpoint::ChatCompletions,
+            r#"{"model":"m","messages":[{"role":"system","content":""},{"role":"assistant","content":"a"},{"role":"tool","tool_call_id":"t","content":"r"},{"role":"user","content":"u"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.fields, 4);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        for m in v["messages"].as_array().unwrap() {
+            assert_eq!(m["content"].as_str().unwrap().len(), 2 * (60 + m["content"].as_str().unwrap().len() / 2 - 60));
+            assert!(m["content"].as_str().unwrap().len() >= 120);
+        }
+    }
+
+    #[test]
+    fn unknown_part_types_switch_to_whole_content() {
+        let r = enc(
+            Endpoint::ChatCompletions,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"file","file":{"file_data":"secret"}}]}]}"#,
+        )
+        .unwrap();
+        let s = String::from_utf8(r.body).unwrap();
+        assert!(!s.contains("secret") && !s.contains("file"), "{s}");
+        assert_eq!(r.fields, 1);
+    }
+}
