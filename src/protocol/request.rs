@@ -217,27 +217,34 @@ fn part_fully_protected(part: &Value) -> bool {
 }
 
 /// Client-side reshaping so that every sensitive byte is encrypted and the gateway restores
-/// exactly what the user meant (protocol.md §3.4, §9 items 22–23).
-fn reshape_chat(body: &mut Map<String, Value>) {
+/// exactly what the user meant (protocol.md §3.4, §9 items 22–23). `restored` changes what the
+/// gateway will restore (a text that parses as a JSON array becomes a one-element text part);
+/// `wire_only` changes only the wire form (a part array the gateway would partly forward in
+/// clear is sent as the compact JSON of the array, which the gateway parses back unchanged).
+fn reshape_chat(body: &mut Map<String, Value>, stage: Reshape) {
     let Some(Value::Array(messages)) = body.get_mut("messages") else { return };
     for msg in messages.iter_mut() {
         let Some(content) = msg.as_object_mut().and_then(|o| o.get_mut("content")) else { continue };
-        match content {
-            Value::String(s) if parses_as_json_array(s) => {
+        match (stage, &mut *content) {
+            (Reshape::Restored, Value::String(s)) if parses_as_json_array(s) => {
                 let text = std::mem::take(s);
                 let mut part = Map::new();
                 part.insert("type".into(), Value::String("text".into()));
                 part.insert("text".into(), Value::String(text));
                 *content = Value::Array(vec![Value::Object(part)]);
             }
-            Value::Array(parts) if parts.is_empty() || !parts.iter().all(part_fully_protected) => {
-                // Whole-content mode: the compact JSON of the array, which the gateway parses
-                // back into the same array.
+            (Reshape::WireOnly, Value::Array(parts)) if parts.is_empty() || !parts.iter().all(part_fully_protected) => {
                 *content = Value::String(Value::Array(std::mem::take(parts)).to_string());
             }
             _ => {}
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reshape {
+    Restored,
+    WireOnly,
 }
 
 /// Whether every float in `v` survives a print-and-reparse with this build's serde_json
@@ -312,10 +319,14 @@ pub fn encrypt_request(
         strict_check(endpoint, map)?;
     }
     if endpoint == Endpoint::ChatCompletions {
-        reshape_chat(map);
+        reshape_chat(map, Reshape::Restored);
     }
     let stable = floats_stable(&root);
     let direct_hash = stable.then(|| json_sha256(&root));
+    if endpoint == Endpoint::ChatCompletions {
+        let Value::Object(map) = &mut root else { unreachable!("checked above") };
+        reshape_chat(map, Reshape::WireOnly);
+    }
 
     let suite = key.suite();
     let client_secret = SecretKey::generate(suite, rng);
@@ -436,10 +447,9 @@ mod tests {
         .unwrap();
         assert_eq!(r.fields, 4);
         let v: Value = serde_json::from_slice(&r.body).unwrap();
-        for m in v["messages"].as_array().unwrap() {
-            assert_eq!(m["content"].as_str().unwrap().len(), 2 * (60 + m["content"].as_str().unwrap().len() / 2 - 60));
-            assert!(m["content"].as_str().unwrap().len() >= 120);
-        }
+        let lens: Vec<usize> = v["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().len()).collect();
+        // Each field is hex of 60 + plaintext bytes (x25519): "", "a", "r", "u".
+        assert_eq!(lens, vec![120, 122, 122, 122]);
     }
 
     #[test]
