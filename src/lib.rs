@@ -8,7 +8,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod attest;
+pub mod e2ee;
 pub mod error;
 pub mod protocol;
+pub mod receipt;
 
+pub use e2ee::{E2ee, E2eeLayer};
 pub use error::{AttestationFailure, BoxError, Error, ErrorKind, ReceiptFailure, Result};

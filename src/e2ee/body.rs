@@ -1,0 +1,288 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+use crate::e2ee::layer::Config;
+use crate::error::{BoxError, Error, ErrorKind};
+use crate::protocol::request::ExchangeContext;
+use crate::protocol::response::{DecryptedBody, decrypt_response};
+use crate::protocol::stream::{StreamDecryptor, StreamOutput};
+use crate::receipt::ResponseDigest;
+
+pin_project! {
+    /// The response body of [`E2ee`](crate::E2ee): decrypted JSON, a decrypted SSE stream, or
+    /// the inner body untouched for pass-through requests.
+    ///
+    /// Decryption errors surface when the body is read, as a [`BoxError`] holding an
+    /// [`Error`](crate::Error) (`Decrypt`, `MissingEncryption`, `Truncated`, `InBandError`, …).
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Passthrough { #[pin] inner: B },
+        Decrypting { #[pin] inner: B, state: Box<DecryptState> },
+        Full { data: Option<Bytes> },
+    }
+}
+
+struct DecryptState {
+    mode: Mode,
+    hasher: Sha256,
+    digest: Arc<ResponseDigest>,
+    inner_done: bool,
+    finished: bool,
+    strict: bool,
+}
+
+enum Mode {
+    Buffered {
+        ctx: Option<ExchangeContext>,
+        buf: BytesMut,
+        limit: usize,
+        blocking_threshold: usize,
+        task: Option<JoinHandle<Result<DecryptedBody, Error>>>,
+        output: Option<Bytes>,
+    },
+    Sse(Box<StreamDecryptor>),
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn passthrough(inner: B) -> Self {
+        ResponseBody { kind: Kind::Passthrough { inner } }
+    }
+
+    pub(crate) fn full(data: Bytes) -> Self {
+        ResponseBody { kind: Kind::Full { data: (!data.is_empty()).then_some(data) } }
+    }
+
+    fn decrypting(inner: B, mode: Mode, config: &Config, digest: Arc<ResponseDigest>) -> Self {
+        let state = Box::new(DecryptState {
+            mode,
+            hasher: Sha256::new(),
+            digest,
+            inner_done: false,
+            finished: false,
+            strict: config.strict,
+        });
+        ResponseBody { kind: Kind::Decrypting { inner, state } }
+    }
+
+    pub(crate) fn buffered(inner: B, ctx: ExchangeContext, config: &Config, digest: Arc<ResponseDigest>) -> Self {
+        let mode = Mode::Buffered {
+            ctx: Some(ctx),
+            buf: BytesMut::new(),
+            limit: config.max_response_body,
+            blocking_threshold: config.blocking_threshold,
+            task: None,
+            output: None,
+        };
+        Self::decrypting(inner, mode, config, digest)
+    }
+
+    pub(crate) fn sse(inner: B, ctx: ExchangeContext, config: &Config, digest: Arc<ResponseDigest>) -> Self {
+        let mode = Mode::Sse(Box::new(StreamDecryptor::new(ctx, config.sse_limits)));
+        Self::decrypting(inner, mode, config, digest)
+    }
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Passthrough { .. } => "passthrough",
+            Kind::Decrypting { state, .. } => match state.mode {
+                Mode::Buffered { .. } => "buffered",
+                Mode::Sse(_) => "sse",
+            },
+            Kind::Full { .. } => "full",
+        };
+        f.debug_struct("ResponseBody").field("kind", &kind).finish()
+    }
+}
+
+fn decrypt_now(ctx: ExchangeContext, body: Bytes, strict: bool) -> Result<DecryptedBody, Error> {
+    let span = tracing::debug_span!("aci.e2ee.decrypt", endpoint = ctx.endpoint().path(), bytes = body.len());
+    let _e = span.enter();
+    let out = decrypt_response(&ctx, body)?;
+    if !out.cleartext_fields.is_empty() {
+        if strict {
+            return Err(Error::new(
+                ErrorKind::Cleartext,
+                format!("strict mode: the response carries generated content in clear at {}", out.cleartext_fields.join(", ")),
+            ));
+        }
+        tracing::warn!(fields = ?out.cleartext_fields, "the gateway returned generated content in clear");
+    }
+    tracing::debug!(fields = out.decrypted_fields, "response decrypted");
+    Ok(out)
+}
+
+impl DecryptState {
+    fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.finished = true;
+        Poll::Ready(Some(Err(e.into())))
+    }
+
+    /// Called once the inner body ended: the wire digest is final.
+    fn end_of_wire(&mut self) {
+        self.inner_done = true;
+        let h = std::mem::take(&mut self.hasher);
+        self.digest.set(h.finalize().into());
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Passthrough { inner } => match inner.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    Poll::Ready(Some(Ok(frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            KindProj::Decrypting { mut inner, state } => {
+                if state.finished {
+                    return Poll::Ready(None);
+                }
+                loop {
+                    // 1. Hand out whatever is ready.
+                    match &mut state.mode {
+                        Mode::Sse(dec) => match dec.next_output() {
+                            Ok(Some(StreamOutput::Event(bytes))) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                            Ok(Some(StreamOutput::InBandError(_, e))) => {
+                                tracing::debug!(error_type = ?e.gateway_error_type(), "stream carried an error event");
+                                return state.fail(e);
+                            }
+                            Err(e) => return state.fail(e),
+                            Ok(None) if state.inner_done => {
+                                let r = dec.finish();
+                                state.finished = true;
+                                return match r {
+                                    Ok(end) => {
+                                        if !end.cleartext_fields.is_empty() {
+                                            tracing::warn!(fields = ?end.cleartext_fields, "the stream carried generated content in clear");
+                                        }
+                                        tracing::debug!(events = end.decrypted_events, "stream ended cleanly");
+                                        Poll::Ready(None)
+                                    }
+                                    Err(e) => {
+                                        tracing::debug!(kind = ?e.kind(), "stream ended badly");
+                                        Poll::Ready(Some(Err(e.into())))
+                                    }
+                                };
+                            }
+                            Ok(None) => {}
+                        },
+                        Mode::Buffered { ctx, buf, blocking_threshold, task, output, .. } => {
+                            if let Some(out) = output.take() {
+                                state.finished = true;
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                            if let Some(t) = task {
+                                let joined = match Pin::new(t).poll(cx) {
+                                    Poll::Pending => return Poll::Pending,
+                                    Poll::Ready(j) => j,
+                                };
+                                *task = None;
+                                match joined {
+                                    Ok(Ok(d)) => {
+                                        *output = Some(d.body);
+                                        continue;
+                                    }
+                                    Ok(Err(e)) => return state.fail(e),
+                                    Err(join) => {
+                                        return state.fail(Error::new(ErrorKind::Decrypt, "decryption task failed").with_source(join));
+                                    }
+                                }
+                            }
+                            if state.inner_done {
+                                let Some(ctx) = ctx.take() else { return state.fail(Error::decrypt()) };
+                                let body = std::mem::take(buf).freeze();
+                                let strict = state.strict;
+                                match tokio::runtime::Handle::try_current() {
+                                    Ok(rt) if body.len() > *blocking_threshold => {
+                                        *task = Some(rt.spawn_blocking(move || decrypt_now(ctx, body, strict)));
+                                    }
+                                    _ => match decrypt_now(ctx, body, strict) {
+                                        Ok(d) => *output = Some(d.body),
+                                        Err(e) => return state.fail(e),
+                                    },
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    if state.inner_done {
+                        // Buffered output was handed out (or empty) above.
+                        state.finished = true;
+                        return Poll::Ready(None);
+                    }
+                    // 2. Read more wire bytes; tee them into the digest before parsing.
+                    match inner.as_mut().poll_frame(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(None) => state.end_of_wire(),
+                        Poll::Ready(Some(Err(e))) => {
+                            let e = Error::new(ErrorKind::Transport, "reading the response body failed").with_source(e.into());
+                            return state.fail(e);
+                        }
+                        Poll::Ready(Some(Ok(frame))) => {
+                            let Ok(mut data) = frame.into_data() else { continue }; // trailers: dropped
+                            let bytes = data.copy_to_bytes(data.remaining());
+                            state.hasher.update(&bytes);
+                            match &mut state.mode {
+                                Mode::Sse(dec) => dec.push_bytes(bytes),
+                                Mode::Buffered { buf, limit, .. } => {
+                                    if buf.len() + bytes.len() > *limit {
+                                        return state.fail(Error::new(ErrorKind::TooLarge, "response body exceeds the E2EE layer's limit"));
+                                    }
+                                    buf.extend_from_slice(&bytes);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Passthrough { inner } => inner.is_end_stream(),
+            Kind::Decrypting { state, .. } => state.finished,
+            Kind::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Passthrough { inner } => inner.size_hint(),
+            Kind::Decrypting { state, .. } => match &state.mode {
+                Mode::Buffered { output: Some(o), .. } => SizeHint::with_exact(o.len() as u64),
+                _ if state.finished => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
+            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

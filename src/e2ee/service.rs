@@ -1,0 +1,171 @@
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::{Method, Request};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::e2ee::future::ResponseFuture;
+use crate::e2ee::layer::Config;
+use crate::error::{BoxError, Error, ErrorKind};
+use crate::protocol::request::Endpoint;
+
+/// The E2EE v2 middleware service. Made by [`E2eeLayer`](crate::E2eeLayer).
+#[derive(Clone, Debug)]
+pub struct E2ee<S> {
+    pub(crate) inner: S,
+    pub(crate) config: Arc<Config>,
+}
+
+impl<S> E2ee<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwrap the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// What the layer does with one request.
+pub(crate) enum Route {
+    Encrypt(Endpoint),
+    Passthrough,
+    Refuse(Error),
+}
+
+impl Config {
+    pub(crate) fn route(&self, method: &Method, path: &str) -> Route {
+        if method != Method::POST {
+            return Route::Passthrough;
+        }
+        if let Some(endpoint) = Endpoint::from_path(path) {
+            return Route::Encrypt(endpoint);
+        }
+        if self.plaintext_routes.iter().any(|p| p == path) {
+            return Route::Passthrough;
+        }
+        Route::Refuse(Error::new(
+            ErrorKind::UnsupportedEndpoint,
+            format!("E2EE v2 does not cover POST {path}; refusing to send it in plaintext (see E2eeLayer::allow_plaintext_route)"),
+        ))
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for E2ee<S>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = http::Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = http::Response<crate::e2ee::body::ResponseBody<ResBody>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The instance that was polled ready goes into the future; a clone stays behind.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        match self.config.route(req.method(), req.uri().path()) {
+            Route::Passthrough => {
+                ResponseFuture::passthrough(inner, req.map(|b| RequestBody::passthrough(b)))
+            }
+            Route::Refuse(e) => {
+                tracing::warn!(path = req.uri().path(), "refused a plaintext POST outside E2EE v2");
+                ResponseFuture::error(e)
+            }
+            Route::Encrypt(endpoint) => ResponseFuture::encrypt(inner, self.config.clone(), endpoint, req),
+        }
+    }
+}
+
+pin_project! {
+    /// The request body the inner service receives: the encrypted JSON, or the caller's body
+    /// untouched for pass-through requests.
+    pub struct RequestBody<B> {
+        #[pin]
+        kind: RequestKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = RequestKindProj]
+    enum RequestKind<B> {
+        Encrypted { #[pin] body: Full<Bytes> },
+        Passthrough { #[pin] body: B },
+    }
+}
+
+impl<B> RequestBody<B> {
+    pub(crate) fn encrypted(bytes: Bytes) -> Self {
+        RequestBody { kind: RequestKind::Encrypted { body: Full::new(bytes) } }
+    }
+
+    pub(crate) fn passthrough(body: B) -> Self {
+        RequestBody { kind: RequestKind::Passthrough { body } }
+    }
+}
+
+impl<B> std::fmt::Debug for RequestBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            RequestKind::Encrypted { body } => f.debug_tuple("RequestBody::Encrypted").field(&body.size_hint().exact()).finish(),
+            RequestKind::Passthrough { .. } => f.write_str("RequestBody::Passthrough"),
+        }
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            RequestKindProj::Encrypted { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            RequestKindProj::Passthrough { body } => match body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(
+                    frame.map_data(|mut d| d.copy_to_bytes(d.remaining())),
+                ))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RequestKind::Encrypted { body } => body.is_end_stream(),
+            RequestKind::Passthrough { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RequestKind::Encrypted { body } => body.size_hint(),
+            RequestKind::Passthrough { body } => body.size_hint(),
+        }
+    }
+}

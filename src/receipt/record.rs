@@ -1,0 +1,123 @@
+//! What the E2EE layer saw of one exchange: the facts a receipt is checked against.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use crate::protocol::request::Endpoint;
+use crate::protocol::suite::Suite;
+
+/// The facts of one exchange, recorded by the E2EE layer in the response's extensions.
+///
+/// Holds no key and no plaintext: the receipt id, the keyset digest the gateway named, the suite,
+/// the hash of the body the gateway will have restored, and a running SHA-256 of the exact
+/// response bytes that becomes final when the body has been read to its end.
+///
+/// ```no_run
+/// # fn f(response: http::Response<()>) {
+/// use tower_aci::receipt::ExchangeRecord;
+/// let record = response.extensions().get::<ExchangeRecord>().expect("set by the E2EE layer");
+/// println!("receipt {:?} from keyset {:?}", record.receipt_id(), record.keyset_digest());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ExchangeRecord {
+    pub(crate) receipt_id: Option<String>,
+    pub(crate) keyset_digest: Option<String>,
+    pub(crate) attested_digest: String,
+    pub(crate) suite: Suite,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) path: String,
+    pub(crate) model: String,
+    pub(crate) request_body_sha256: [u8; 32],
+    pub(crate) streamed: bool,
+    pub(crate) status: u16,
+    pub(crate) response: Arc<ResponseDigest>,
+}
+
+impl ExchangeRecord {
+    /// `X-Receipt-Id`, if the gateway sent one.
+    pub fn receipt_id(&self) -> Option<&str> {
+        self.receipt_id.as_deref()
+    }
+
+    /// `X-ACI-Keyset-Digest` of the replica that served, if sent.
+    pub fn keyset_digest(&self) -> Option<&str> {
+        self.keyset_digest.as_deref()
+    }
+
+    /// Digest of the attested keyset the request was encrypted to.
+    pub fn attested_keyset_digest(&self) -> &str {
+        &self.attested_digest
+    }
+
+    /// The suite of the exchange.
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
+    /// The E2EE endpoint.
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint
+    }
+
+    /// The request path as sent.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The request's `model`.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// SHA-256 of the body the gateway restores after decrypting (the receipt's
+    /// `request.received.body_hash`).
+    pub fn request_body_sha256(&self) -> [u8; 32] {
+        self.request_body_sha256
+    }
+
+    /// Whether the response was an SSE stream.
+    pub fn streamed(&self) -> bool {
+        self.streamed
+    }
+
+    /// The response status.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// SHA-256 of the exact response body bytes, once the body has been read to its end;
+    /// `None` before that (a stream read half-way cannot be checked against a receipt).
+    pub fn response_body_sha256(&self) -> Option<[u8; 32]> {
+        self.response.get()
+    }
+}
+
+impl fmt::Debug for ExchangeRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExchangeRecord")
+            .field("receipt_id", &self.receipt_id)
+            .field("keyset_digest", &self.keyset_digest)
+            .field("suite", &self.suite)
+            .field("endpoint", &self.endpoint)
+            .field("model", &self.model)
+            .field("request_body_sha256", &hex::encode(self.request_body_sha256))
+            .field("response_body_sha256", &self.response_body_sha256().map(hex::encode))
+            .finish()
+    }
+}
+
+/// The SHA-256 of a response body, set once when the body ends.
+#[derive(Debug, Default)]
+pub struct ResponseDigest(OnceLock<[u8; 32]>);
+
+impl ResponseDigest {
+    pub(crate) fn set(&self, digest: [u8; 32]) {
+        let _ = self.0.set(digest);
+    }
+
+    /// The digest, once final.
+    pub fn get(&self) -> Option<[u8; 32]> {
+        self.0.get().copied()
+    }
+}
