@@ -3,3 +3,6 @@
 mod data;
 mod protocol_props;
 mod protocol_vectors;
+mod attest_report;
+mod attest_support;
+mod layer_fits;
