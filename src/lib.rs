@@ -12,6 +12,10 @@ pub mod e2ee;
 pub mod error;
 pub mod protocol;
 pub mod receipt;
+#[cfg(feature = "reqwest-middleware")]
+pub mod reqwest;
 
 pub use e2ee::{E2ee, E2eeLayer};
 pub use error::{AttestationFailure, BoxError, Error, ErrorKind, ReceiptFailure, Result};
+#[cfg(feature = "test-gateway")]
+pub mod gateway;

@@ -117,22 +117,23 @@ where
     }
 }
 
-/// Encrypt a collected body and build the request for the inner service.
-fn encrypt(
+/// Encrypt a collected body: rewrite `headers` in place, return the wire body and the exchange.
+/// Shared by the tower layer and the reqwest middleware.
+pub(crate) fn encrypt(
     config: &Arc<Config>,
     endpoint: Endpoint,
-    mut parts: http::request::Parts,
-    body: Bytes,
-) -> Result<(Request<Bytes>, Box<Exchange>), Error> {
+    path: &str,
+    h: &mut http::HeaderMap,
+    body: &[u8],
+) -> Result<(Bytes, Box<Exchange>), Error> {
     let keyset = config.keys.current()?;
     let key = keyset.e2ee_key();
     let span = tracing::debug_span!("aci.e2ee.encrypt", endpoint = endpoint.path(), suite = %key.suite(), key_id = key.key_id());
     let _enter = span.enter();
     let options = EncryptOptions::strict(config.strict);
-    let enc = encrypt_request(endpoint, &body, key, &options, config.keys.now(), &mut rand_core::OsRng)?;
+    let enc = encrypt_request(endpoint, body, key, &options, config.keys.now(), &mut rand_core::OsRng)?;
     tracing::debug!(fields = enc.fields, bytes = enc.body.len(), "request encrypted");
 
-    let h = &mut parts.headers;
     for name in headers::E2EE_REQUEST_HEADERS {
         h.remove(name);
     }
@@ -153,10 +154,42 @@ fn encrypt(
         ctx: enc.context,
         config: config.clone(),
         attested_digest: keyset.digest().to_owned(),
-        path: parts.uri.path().to_owned(),
+        path: path.to_owned(),
         restored_sha256: enc.restored_body_sha256,
     });
-    Ok((Request::from_parts(parts, Bytes::from(enc.body)), exchange))
+    Ok((Bytes::from(enc.body), exchange))
+}
+
+/// A 2xx answer to an E2EE request: check its headers, record the exchange, and wrap the body
+/// in the decrypting body (SSE or buffered).
+pub(crate) fn decrypting_response<B>(
+    parts: &mut http::response::Parts,
+    body: B,
+    exchange: Box<Exchange>,
+) -> Result<ResponseBody<B>, Error> {
+    let streamed = exchange.ctx.endpoint() != Endpoint::Embeddings && is_event_stream(parts);
+    let digest = Arc::new(ResponseDigest::default());
+    let record = inspect(parts, &exchange, streamed, digest.clone())?;
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.extensions.insert(record);
+    let Exchange { ctx, config, .. } = *exchange;
+    Ok(if streamed { ResponseBody::sse(body, ctx, &config, digest) } else { ResponseBody::buffered(body, ctx, &config, digest) })
+}
+
+/// A non-2xx answer to an E2EE request, read whole: record it, surface the gateway's error
+/// document in the extensions, and pass the bytes through readable.
+pub(crate) fn error_response(parts: &mut http::response::Parts, bytes: &Bytes, exchange: &Exchange) -> Result<(), Error> {
+    let digest = Arc::new(ResponseDigest::default());
+    digest.set(Sha256::digest(bytes).into());
+    let record = inspect(parts, exchange, false, digest)?;
+    let gw = GatewayError::parse(parts.status.as_u16(), bytes);
+    tracing::debug!(status = gw.status, error_type = ?gw.error_type, "gateway answered an error");
+    if gw.error_type.as_deref() == Some("e2ee_model_key_mismatch") {
+        exchange.config.keys.report_key_mismatch();
+    }
+    parts.extensions.insert(record);
+    parts.extensions.insert(gw);
+    Ok(())
 }
 
 enum CollectError {
@@ -263,9 +296,11 @@ where
                             continue;
                         }
                     };
-                    match encrypt(config, *endpoint, parts, body) {
-                        Ok((req, exchange)) => {
-                            let fut = inner.call(req.map(RequestBody::encrypted));
+                    let mut parts = parts;
+                    let path = parts.uri.path().to_owned();
+                    match encrypt(config, *endpoint, &path, &mut parts.headers, &body) {
+                        Ok((wire, exchange)) => {
+                            let fut = inner.call(Request::from_parts(parts, RequestBody::encrypted(wire)));
                             this.state.set(State::Calling { fut, exchange: Some(exchange) });
                         }
                         Err(e) => {
@@ -284,17 +319,7 @@ where
                         this.state.set(State::ReadingError { body, buf: BytesMut::new(), head: Some((parts, exchange)) });
                         continue;
                     }
-                    let streamed = exchange.ctx.endpoint() != Endpoint::Embeddings && is_event_stream(&parts);
-                    let digest = Arc::new(ResponseDigest::default());
-                    let record = inspect(&parts, &exchange, streamed, digest.clone())?;
-                    parts.headers.remove(CONTENT_LENGTH);
-                    parts.extensions.insert(record);
-                    let Exchange { ctx, config, .. } = *exchange;
-                    let body = if streamed {
-                        ResponseBody::sse(body, ctx, &config, digest)
-                    } else {
-                        ResponseBody::buffered(body, ctx, &config, digest)
-                    };
+                    let body = decrypting_response(&mut parts, body, exchange)?;
                     return Poll::Ready(Ok(Response::from_parts(parts, body)));
                 }
                 StateProj::ReadingError { body, buf, head } => {
@@ -302,16 +327,7 @@ where
                     let collected = ready!(poll_collect(body, buf, limit, cx));
                     let (mut parts, exchange) = head.take().expect("polled after completion");
                     let bytes = collected.map_err(|e| e.context("error response"))?;
-                    let digest = Arc::new(ResponseDigest::default());
-                    digest.set(Sha256::digest(&bytes).into());
-                    let record = inspect(&parts, &exchange, false, digest)?;
-                    let gw = GatewayError::parse(parts.status.as_u16(), &bytes);
-                    tracing::debug!(status = gw.status, error_type = ?gw.error_type, "gateway answered an error");
-                    if gw.error_type.as_deref() == Some("e2ee_model_key_mismatch") {
-                        exchange.config.keys.report_key_mismatch();
-                    }
-                    parts.extensions.insert(record);
-                    parts.extensions.insert(gw);
+                    error_response(&mut parts, &bytes, &exchange)?;
                     return Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::full(bytes))));
                 }
             }

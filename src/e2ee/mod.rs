@@ -13,9 +13,9 @@
 //! ```
 
 mod body;
-mod future;
-mod layer;
-mod service;
+pub(crate) mod future;
+pub(crate) mod layer;
+pub(crate) mod service;
 
 pub use body::ResponseBody;
 pub use future::{GatewayError, ResponseFuture};
