@@ -105,12 +105,7 @@ impl KeyHandle {
     /// Tell the handle which keyset digest a response named (`X-ACI-Keyset-Digest`). An unknown
     /// digest asks the refresher to re-attest in the background; the current key keeps serving.
     pub fn observe_digest(&self, digest: &str) {
-        let known = self
-            .shared
-            .known
-            .lock()
-            .map(|k| k.iter().any(|k| k.digest() == digest))
-            .unwrap_or(false);
+        let known = self.shared.known.lock().map(|k| k.iter().any(|k| k.digest() == digest)).unwrap_or(false);
         if !known {
             tracing::debug!(digest, "unknown keyset digest; asking for re-attestation");
             self.shared.wake.notify_one();

@@ -1,9 +1,23 @@
 //! Attestation: verify a gateway's report under a policy and keep its keyset current.
+//!
+//! - [`verify_report`] checks one report (fetched with our nonce) under a [`Policy`] and is the
+//!   only way to obtain an [`AttestedKeyset`].
+//! - [`KeyProvider`] fetches reports over any tower HTTP service, verifies them and publishes the
+//!   result into a [`KeyHandle`] that the E2EE layer reads without locking, refreshing before
+//!   `not_after` and when the gateway names a keyset digest it has not seen.
 
 mod clock;
+mod custody;
+mod eventlog;
 mod handle;
 mod keyset;
+mod policy;
+mod provider;
+mod report;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handle::KeyHandle;
 pub use keyset::{AttestedKeyset, ReceiptKey, TlsKey};
+pub use policy::{DEFAULT_MAX_VALIDITY, DEFAULT_TCB_STATUS, DangerousPolicyBuilder, Policy, PolicyBuilder};
+pub use provider::{KeyProvider, KeyProviderBuilder, RefreshTask, RefreshWorker, SleepFn};
+pub use report::{API_VERSION, STATEMENT_PURPOSE, keyset_digest, report_data, report_statement, verify_report};

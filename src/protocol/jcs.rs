@@ -7,7 +7,7 @@
 //! ```
 //! let v: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":[true,null,"é"]}"#).unwrap();
 //! let bytes = tower_aci::protocol::jcs::to_vec(&v).unwrap();
-//! assert_eq!(bytes, br#"{"a":[true,null,"é"],"b":1}"#.to_vec());
+//! assert_eq!(bytes, r#"{"a":[true,null,"é"],"b":1}"#.as_bytes());
 //! ```
 
 use serde_json::Value;

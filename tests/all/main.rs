@@ -6,3 +6,6 @@ mod protocol_vectors;
 mod attest_report;
 mod attest_support;
 mod layer_fits;
+mod attest_provider;
+mod layer;
+mod support;

@@ -1,0 +1,243 @@
+//! dstack KMS key custody (protocol.md §6.4 step 6), for the receipt key and both E2EE keys.
+//!
+//! Each `key_custody.keys[]` entry names one keyset key (`public_key`, compared as a string) and
+//! carries `kms_public_key`, the compressed secp256k1 public key of the 32-byte scalar the KMS
+//! released for the entry's path, plus a two-signature chain of recoverable secp256k1 signatures
+//! (`r‖s‖v`, 65 bytes, over Keccak-256, no Ethereum prefix):
+//!
+//! 1. `chain[0]` over `"<purpose>:<lowercase hex of compressed kms_public_key>"` recovers the
+//!    app's KMS key `app_pub`;
+//! 2. `chain[1]` over `b"dstack-kms-issued:" ‖ app_id ‖ compressed(app_pub)` recovers the KMS
+//!    root, which must be one the policy accepts.
+//!
+//! For the secp256k1 E2EE role `kms_public_key` must also be the published E2EE key itself.
+//! For the X25519 and Ed25519 roles the link from the released scalar to the published key cannot
+//! be checked from outside; it rests on the measured workload code.
+//!
+//! Every key of the keyset whose role is known (Ed25519 receipt keys, secp256k1 and X25519 E2EE
+//! keys) must be covered by a verified entry; an entry for a key that is not in the keyset is an
+//! error; entries with unknown roles are ignored.
+
+use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
+use serde_json::{Map, Value};
+use sha3::{Digest, Keccak256};
+
+use crate::attest::policy::{compressed, decode_hex};
+use crate::error::{AttestationFailure, Error, Result};
+use crate::protocol::keys::E2eeKey;
+use crate::protocol::suite::Suite;
+
+/// The only custody provider this crate understands.
+pub(crate) const PROVIDER: &str = "dstack-kms";
+
+/// The prefix of the second message of the chain.
+const ISSUED_PREFIX: &[u8] = b"dstack-kms-issued:";
+
+/// One custody role: `(role, path, purpose, algo)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Role {
+    role: &'static str,
+    path: &'static str,
+    purpose: &'static str,
+    algo: &'static str,
+}
+
+const RECEIPT: Role =
+    Role { role: "receipt", path: "aci/receipt-ed25519/v1", purpose: "aci.receipt.ed25519.v1", algo: "ed25519" };
+const E2EE_SECP256K1: Role = Role {
+    role: "e2ee-secp256k1",
+    path: "aci/e2ee/v1",
+    purpose: "aci.e2ee.v1",
+    algo: "secp256k1-aes-256-gcm-hkdf-sha256",
+};
+const E2EE_X25519: Role = Role {
+    role: "e2ee-x25519",
+    path: "aci/e2ee-x25519/v1",
+    purpose: "aci.e2ee.x25519.v1",
+    algo: "x25519-aes-256-gcm-hkdf-sha256",
+};
+const ROLES: [Role; 3] = [RECEIPT, E2EE_SECP256K1, E2EE_X25519];
+
+fn custody_error(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::attestation(AttestationFailure::Custody, message)
+}
+
+/// The keyset keys custody must cover: receipt `public_key` strings and the E2EE keys.
+pub(crate) struct CoveredKeys<'a> {
+    pub(crate) receipt: &'a [String],
+    pub(crate) e2ee: &'a [E2eeKey],
+}
+
+/// Verify `key_custody` for every key of the keyset. `app_id` is the app the KMS issued the keys
+/// to; `roots` are the accepted compressed KMS root keys.
+pub(crate) fn verify(key_custody: &Value, keys: &CoveredKeys<'_>, app_id: &[u8], roots: &[[u8; 33]]) -> Result<()> {
+    let custody = key_custody.as_object().ok_or_else(|| custody_error("key_custody is not an object"))?;
+    match custody.get("provider").and_then(Value::as_str) {
+        Some(PROVIDER) => {}
+        Some(_) => return Err(custody_error("key_custody names an unsupported provider")),
+        None => return Err(custody_error("key_custody has no provider")),
+    }
+    let entries =
+        custody.get("keys").and_then(Value::as_array).ok_or_else(|| custody_error("key_custody has no keys array"))?;
+    if roots.is_empty() {
+        return Err(custody_error("the policy accepts no KMS root, so key custody cannot verify"));
+    }
+
+    let mut receipt_covered = vec![false; keys.receipt.len()];
+    let mut e2ee_covered = vec![false; keys.e2ee.len()];
+    for entry in entries {
+        let entry = entry.as_object().ok_or_else(|| custody_error("a key_custody entry is not an object"))?;
+        let role_name = str_member(entry, "role")?;
+        let Some(role) = ROLES.iter().copied().find(|r| r.role == role_name) else {
+            tracing::debug!(role = role_name, "ignoring key custody entry with an unknown role");
+            continue;
+        };
+        let public_key = str_member(entry, "public_key")?;
+        // Which keyset key the entry speaks for.
+        let (kms_must_equal, covered) = if role == RECEIPT {
+            let i = keys
+                .receipt
+                .iter()
+                .position(|k| k == public_key)
+                .ok_or_else(|| custody_error("a receipt custody entry names a key that is not in the keyset"))?;
+            (None, &mut receipt_covered[i])
+        } else {
+            let suite = if role == E2EE_SECP256K1 { Suite::Secp256k1 } else { Suite::X25519 };
+            let i = keys
+                .e2ee
+                .iter()
+                .position(|k| k.suite() == suite && k.public_key_text() == public_key)
+                .ok_or_else(|| custody_error("an E2EE custody entry names a key that is not in the keyset"))?;
+            (keys.e2ee[i].public_key().to_compressed_sec1(), &mut e2ee_covered[i])
+        };
+        verify_entry(entry, role, kms_must_equal, app_id, roots)?;
+        *covered = true;
+    }
+
+    if receipt_covered.contains(&false) {
+        return Err(custody_error("a receipt signing key has no key custody entry"));
+    }
+    if e2ee_covered.contains(&false) {
+        return Err(custody_error("an E2EE key has no key custody entry"));
+    }
+    Ok(())
+}
+
+fn str_member<'a>(entry: &'a Map<String, Value>, name: &'static str) -> Result<&'a str> {
+    entry
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| custody_error(format!("a key_custody entry has no string `{name}`")))
+}
+
+fn verify_entry(
+    entry: &Map<String, Value>,
+    role: Role,
+    kms_must_equal: Option<[u8; 33]>,
+    app_id: &[u8],
+    roots: &[[u8; 33]],
+) -> Result<()> {
+    let what = role.role;
+    if str_member(entry, "path")? != role.path {
+        return Err(custody_error(format!("the {what} custody entry has the wrong path")));
+    }
+    if str_member(entry, "purpose")? != role.purpose {
+        return Err(custody_error(format!("the {what} custody entry has the wrong purpose")));
+    }
+    if str_member(entry, "algo")? != role.algo {
+        return Err(custody_error(format!("the {what} custody entry has the wrong algo")));
+    }
+    let kms_public_key = decode_hex(str_member(entry, "kms_public_key")?)
+        .and_then(|b| k256::PublicKey::from_sec1_bytes(&b).ok())
+        .and_then(|pk| compressed(&pk))
+        .ok_or_else(|| custody_error(format!("the {what} custody entry's kms_public_key is not a secp256k1 key")))?;
+    if let Some(expected) = kms_must_equal {
+        if expected != kms_public_key {
+            return Err(custody_error("kms_public_key is not the published secp256k1 E2EE key"));
+        }
+    }
+    let chain = entry
+        .get("signature_chain")
+        .and_then(Value::as_array)
+        .ok_or_else(|| custody_error(format!("the {what} custody entry has no signature_chain")))?;
+    let [first, second] = chain.as_slice() else {
+        return Err(custody_error(format!("the {what} signature_chain must hold exactly 2 signatures")));
+    };
+    let signature = |v: &Value| -> Result<[u8; 65]> {
+        v.as_str()
+            .and_then(decode_hex)
+            .and_then(|b| <[u8; 65]>::try_from(b).ok())
+            .ok_or_else(|| custody_error(format!("a {what} custody signature is not 65 bytes of hex")))
+    };
+    let (first, second) = (signature(first)?, signature(second)?);
+
+    let msg1 = format!("{}:{}", role.purpose, hex::encode(kms_public_key));
+    let app_pub = recover(msg1.as_bytes(), &first)
+        .map_err(|why| custody_error(format!("the {what} custody chain[0] does not recover: {why}")))?;
+    let app_pub = compressed_vk(&app_pub);
+
+    let mut msg2 = Vec::with_capacity(ISSUED_PREFIX.len() + app_id.len() + 33);
+    msg2.extend_from_slice(ISSUED_PREFIX);
+    msg2.extend_from_slice(app_id);
+    msg2.extend_from_slice(&app_pub);
+    let root = recover(&msg2, &second)
+        .map_err(|why| custody_error(format!("the {what} custody chain[1] does not recover: {why}")))?;
+    if !roots.contains(&compressed_vk(&root)) {
+        return Err(custody_error(format!(
+            "the {what} custody chain ends in a KMS root the policy does not accept (or for another app id)"
+        )));
+    }
+    Ok(())
+}
+
+fn compressed_vk(vk: &VerifyingKey) -> [u8; 33] {
+    let mut out = [0u8; 33];
+    out.copy_from_slice(&vk.to_encoded_point(true).as_bytes()[..33]);
+    out
+}
+
+/// Recover the signer of `Keccak-256(message)` from `r‖s‖v`, `v` in `0..=3` or `27..=30`.
+fn recover(message: &[u8], sig: &[u8; 65]) -> std::result::Result<VerifyingKey, &'static str> {
+    let mut v = sig[64];
+    if (27..=30).contains(&v) {
+        v -= 27;
+    }
+    let recid = RecoveryId::from_byte(v).ok_or("invalid recovery id")?;
+    let signature = Signature::from_slice(&sig[..64]).map_err(|_| "invalid signature scalars")?;
+    let prehash = Keccak256::digest(message);
+    VerifyingKey::recover_from_prehash(&prehash, &signature, recid).map_err(|_| "no key recovers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k256::ecdsa::SigningKey;
+
+    fn sign(key: &SigningKey, message: &[u8], v_offset: u8) -> String {
+        let (sig, recid) = key.sign_prehash_recoverable(&Keccak256::digest(message)).unwrap();
+        let mut out = sig.to_bytes().to_vec();
+        out.push(recid.to_byte() + v_offset);
+        hex::encode(out)
+    }
+
+    #[test]
+    fn recovers_with_either_v_convention_and_refuses_bad_v() {
+        let key = SigningKey::from_bytes(&[7u8; 32].into()).unwrap();
+        let expected = compressed_vk(key.verifying_key());
+        for offset in [0, 27] {
+            let sig: [u8; 65] = hex::decode(sign(&key, b"msg", offset)).unwrap().try_into().unwrap();
+            assert_eq!(compressed_vk(&recover(b"msg", &sig).unwrap()), expected);
+        }
+        let mut sig: [u8; 65] = hex::decode(sign(&key, b"msg", 0)).unwrap().try_into().unwrap();
+        sig[64] = 4;
+        assert!(recover(b"msg", &sig).is_err());
+        sig[64] = 31;
+        assert!(recover(b"msg", &sig).is_err());
+    }
+
+    #[test]
+    fn role_table_matches_the_spec() {
+        assert_eq!(ROLES.map(|r| r.purpose), ["aci.receipt.ed25519.v1", "aci.e2ee.v1", "aci.e2ee.x25519.v1"]);
+        assert_eq!(ROLES.map(|r| r.path), ["aci/receipt-ed25519/v1", "aci/e2ee/v1", "aci/e2ee-x25519/v1"]);
+    }
+}

@@ -1,0 +1,243 @@
+//! The dstack event log (`evidence.event_log`): parsing, RTMR3 replay and the runtime events a
+//! verifier reads (`app-id`, `compose-hash`, `os-image-hash`), per protocol.md §6.4 step 5.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256, Sha384};
+
+use crate::error::{AttestationFailure, Error, Result};
+
+/// `event_type` of dstack runtime events, whose digest a verifier recomputes.
+pub(crate) const DSTACK_RUNTIME_EVENT: u32 = 0x0800_0001;
+
+/// The most events a log may hold (a real one has a few dozen).
+const MAX_EVENTS: usize = 4096;
+
+#[derive(Deserialize)]
+struct RawEvent {
+    imr: u32,
+    event_type: u32,
+    #[serde(default)]
+    digest: String,
+    #[serde(default)]
+    event: String,
+    #[serde(default)]
+    event_payload: String,
+}
+
+/// One parsed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Event {
+    pub(crate) imr: u32,
+    pub(crate) event_type: u32,
+    pub(crate) digest: Vec<u8>,
+    pub(crate) event: String,
+    pub(crate) payload: Vec<u8>,
+}
+
+impl Event {
+    /// The digest extended into the RTMR: recomputed for dstack runtime events, as published for
+    /// the others; right-padded with zeros to 48 bytes.
+    fn measured_digest(&self) -> Result<[u8; 48]> {
+        let mut out = [0u8; 48];
+        if self.event_type == DSTACK_RUNTIME_EVENT {
+            let mut h = Sha384::new();
+            h.update(self.event_type.to_le_bytes());
+            h.update(b":");
+            h.update(self.event.as_bytes());
+            h.update(b":");
+            h.update(&self.payload);
+            out.copy_from_slice(&h.finalize());
+        } else {
+            if self.digest.len() > 48 {
+                return Err(event_log_error("an event digest is longer than 48 bytes"));
+            }
+            out[..self.digest.len()].copy_from_slice(&self.digest);
+        }
+        Ok(out)
+    }
+}
+
+fn event_log_error(message: &'static str) -> Error {
+    Error::attestation(AttestationFailure::EventLog, message)
+}
+
+fn hex_field(text: &str) -> Result<Vec<u8>> {
+    hex::decode(text.strip_prefix("0x").unwrap_or(text)).map_err(|_| event_log_error("an event field is not hex"))
+}
+
+/// Parse the event log text (a JSON array of `{imr, event_type, digest, event, event_payload}`).
+pub(crate) fn parse(text: &str) -> Result<Vec<Event>> {
+    let raw: Vec<RawEvent> =
+        serde_json::from_str(text).map_err(|_| event_log_error("the event log is not a JSON array of events"))?;
+    if raw.len() > MAX_EVENTS {
+        return Err(event_log_error("the event log has too many events"));
+    }
+    raw.into_iter()
+        .map(|e| {
+            Ok(Event {
+                imr: e.imr,
+                event_type: e.event_type,
+                digest: hex_field(&e.digest)?,
+                event: e.event,
+                payload: hex_field(&e.event_payload)?,
+            })
+        })
+        .collect()
+}
+
+/// Replay the events of `imr` in log order: `mr = SHA-384(mr ‖ digest)` from 48 zero bytes.
+#[cfg_attr(not(test), allow(dead_code, reason = "compared to the quote's RTMR3 by the hardware verifier"))]
+pub(crate) fn replay_rtmr(events: &[Event], imr: u32) -> Result<[u8; 48]> {
+    let mut mr = [0u8; 48];
+    for e in events.iter().filter(|e| e.imr == imr) {
+        let d = e.measured_digest()?;
+        let mut h = Sha384::new();
+        h.update(mr);
+        h.update(d);
+        mr.copy_from_slice(&h.finalize());
+    }
+    Ok(mr)
+}
+
+/// The single RTMR3 runtime event named `name` measured before `system-ready`, if any. More
+/// than one is an error.
+pub(crate) fn runtime_event<'a>(events: &'a [Event], name: &str) -> Result<Option<&'a Event>> {
+    let mut found = None;
+    let boot = events
+        .iter()
+        .filter(|e| e.imr == 3 && e.event_type == DSTACK_RUNTIME_EVENT)
+        .take_while(|e| e.event != "system-ready");
+    for e in boot {
+        if e.event == name {
+            if found.is_some() {
+                return Err(event_log_error("the event log measures a runtime event more than once"));
+            }
+            found = Some(e);
+        }
+    }
+    Ok(found)
+}
+
+/// Values the event log measures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Measured {
+    pub(crate) app_id: Option<Vec<u8>>,
+    pub(crate) compose_hash: Option<[u8; 32]>,
+    pub(crate) os_image_hash: Option<Vec<u8>>,
+}
+
+/// Read the measured values, checking `compose-hash == SHA-256(app_compose)` when both exist.
+pub(crate) fn measured(events: &[Event], app_compose: Option<&str>) -> Result<Measured> {
+    let mut m = Measured::default();
+    if let Some(e) = runtime_event(events, "compose-hash")? {
+        let hash: [u8; 32] = e
+            .payload
+            .as_slice()
+            .try_into()
+            .map_err(|_| event_log_error("the compose-hash event payload is not 32 bytes"))?;
+        if let Some(compose) = app_compose {
+            if Sha256::digest(compose.as_bytes()).as_slice() != hash {
+                return Err(event_log_error("app_compose does not hash to the measured compose-hash"));
+            }
+        }
+        m.compose_hash = Some(hash);
+    }
+    if let Some(e) = runtime_event(events, "app-id")? {
+        if e.payload.is_empty() {
+            return Err(event_log_error("the app-id event payload is empty"));
+        }
+        m.app_id = Some(e.payload.clone());
+    }
+    if let Some(e) = runtime_event(events, "os-image-hash")? {
+        m.os_image_hash = Some(e.payload.clone());
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn runtime(name: &str, payload: &[u8]) -> serde_json::Value {
+        serde_json::json!({
+            "imr": 3, "event_type": DSTACK_RUNTIME_EVENT, "digest": "00",
+            "event": name, "event_payload": hex::encode(payload),
+        })
+    }
+
+    const COMPOSE: &str = r#"{"services":{"gw":{"image":"gw@sha256:aa"}}}"#;
+
+    fn log() -> String {
+        let compose_hash = Sha256::digest(COMPOSE.as_bytes());
+        serde_json::json!([
+            {"imr": 0, "event_type": 1, "digest": "11".repeat(48), "event": "", "event_payload": ""},
+            {"imr": 3, "event_type": 4, "digest": "22".repeat(32), "event": "", "event_payload": ""},
+            runtime("app-id", &[0xab; 20]),
+            runtime("compose-hash", &compose_hash),
+            runtime("os-image-hash", &[0xcd; 32]),
+            runtime("system-ready", b""),
+            runtime("app-id", &[0xee; 20]),
+        ])
+        .to_string()
+    }
+
+    fn sha384(parts: &[&[u8]]) -> [u8; 48] {
+        let mut h = Sha384::new();
+        for p in parts {
+            h.update(p);
+        }
+        h.finalize().into()
+    }
+
+    #[test]
+    fn replays_rtmr3_recomputing_runtime_digests() {
+        let events = parse(&log()).unwrap();
+        // Independent replay: pad the raw digest of the non-runtime event, recompute the others.
+        let mut mr = [0u8; 48];
+        let mut padded = [0u8; 48];
+        padded[..32].copy_from_slice(&[0x22; 32]);
+        mr = sha384(&[&mr, &padded]);
+        let compose_hash = Sha256::digest(COMPOSE.as_bytes());
+        for (name, payload) in [
+            ("app-id", &[0xab; 20][..]),
+            ("compose-hash", &compose_hash[..]),
+            ("os-image-hash", &[0xcd; 32][..]),
+            ("system-ready", &[][..]),
+            ("app-id", &[0xee; 20][..]),
+        ] {
+            let d = sha384(&[&DSTACK_RUNTIME_EVENT.to_le_bytes(), b":", name.as_bytes(), b":", payload]);
+            mr = sha384(&[&mr, &d]);
+        }
+        assert_eq!(replay_rtmr(&events, 3).unwrap(), mr);
+        // RTMR0 only sees its own event.
+        assert_eq!(replay_rtmr(&events, 0).unwrap(), sha384(&[&[0u8; 48], &[0x11; 48]]));
+    }
+
+    #[test]
+    fn reads_measured_values_before_system_ready() {
+        let events = parse(&log()).unwrap();
+        let m = measured(&events, Some(COMPOSE)).unwrap();
+        assert_eq!(m.app_id, Some(vec![0xab; 20]));
+        assert_eq!(m.compose_hash.map(|h| h.to_vec()), Some(Sha256::digest(COMPOSE.as_bytes()).to_vec()));
+        assert_eq!(m.os_image_hash, Some(vec![0xcd; 32]));
+    }
+
+    #[test]
+    fn refuses_a_compose_that_does_not_hash_to_the_measurement() {
+        let events = parse(&log()).unwrap();
+        let e = measured(&events, Some("{}")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::EventLog));
+    }
+
+    #[test]
+    fn refuses_duplicate_boot_events_and_bad_logs() {
+        let dup = serde_json::json!([runtime("app-id", &[1; 20]), runtime("app-id", &[2; 20])]).to_string();
+        let events = parse(&dup).unwrap();
+        assert!(runtime_event(&events, "app-id").is_err());
+        assert!(parse("{}").is_err());
+        assert!(parse(r#"[{"imr":3,"event_type":1,"digest":"zz"}]"#).is_err());
+        let long = serde_json::json!([{"imr": 3, "event_type": 1, "digest": "00".repeat(49)}]).to_string();
+        assert!(replay_rtmr(&parse(&long).unwrap(), 3).is_err());
+    }
+}

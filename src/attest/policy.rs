@@ -1,0 +1,457 @@
+//! What an attestation report must satisfy before its keys are trusted.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::suite::Suite;
+
+/// The default horizon for `not_after`: 400 days.
+pub const DEFAULT_MAX_VALIDITY: Duration = Duration::from_secs(400 * 24 * 3600);
+
+/// The TCB status accepted by default.
+pub const DEFAULT_TCB_STATUS: &str = "UpToDate";
+
+/// Which E2EE key of a keyset requests are encrypted to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum KeySelection {
+    /// The first suite of the list that has a key wins; within a suite the production key id
+    /// (`dstack-kms-e2ee-v1`, `dstack-kms-e2ee-x25519-v1`) is preferred, else the first listed.
+    Suites(Vec<Suite>),
+    /// Exactly this key id (of any E2EE v2 suite).
+    KeyId(String),
+}
+
+/// How hardware evidence is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hardware {
+    /// The quote must verify to the vendor root (feature `dcap`).
+    Required,
+    /// Dangerous: a stub quote (`aci-stub-quote|` ‖ slot) is accepted in place of a hardware
+    /// quote; its slot is still checked. Other quotes still require hardware verification.
+    AcceptStub,
+    /// Dangerous: the quote is not verified at all (a stub's slot is still checked).
+    Skip,
+}
+
+/// How `key_custody` is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Custody {
+    /// Verified when present.
+    IfPresent,
+    /// Must be present and verify.
+    Required,
+    /// Dangerous: ignored.
+    Skip,
+}
+
+/// Allowlists of measured or declared values. `None` means "no constraint".
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Allowlists {
+    pub(crate) compose_hashes: Option<Vec<[u8; 32]>>,
+    pub(crate) app_ids: Option<Vec<Vec<u8>>>,
+    pub(crate) os_image_hashes: Option<Vec<Vec<u8>>>,
+    pub(crate) sources: Option<Vec<(String, String)>>,
+    pub(crate) image_digests: Option<Vec<String>>,
+}
+
+/// What an attestation report must satisfy. Build one with [`Policy::builder`] (fallible: an
+/// invalid value surfaces as a [`Config`](ErrorKind::Config) error from `build`).
+///
+/// The defaults ([`Policy::default()`]) fail closed: the hardware quote must verify; only the
+/// `UpToDate` TCB status is accepted; `not_after` may lie at most 400 days ahead; a `key_custody`
+/// object that is present must verify against the accepted KMS roots (of which there are none
+/// until you add them); keys are selected secp256k1 first (preferring `dstack-kms-e2ee-v1`),
+/// X25519 when the keyset has no secp256k1 key; no allowlists.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_aci::attest::Policy;
+///
+/// let policy = Policy::builder()
+///     .accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+///     .require_key_custody()
+///     .allow_compose_hash("6f1ed002ab5595859014ebf0951522d9e1f1f3a3c5e2b6d8c7a9e0f1d2c3b4a5")
+///     .max_validity(Duration::from_secs(45 * 24 * 3600))
+///     .build()?;
+/// assert!(policy.requires_hardware_verification());
+///
+/// // Invalid values surface when the policy is built.
+/// assert!(Policy::builder().accept_kms_root("not hex").build().is_err());
+/// # Ok::<(), tower_aci::Error>(())
+/// ```
+///
+/// Relaxations meant only for tests against a local gateway live behind the explicitly named
+/// [`PolicyBuilder::dangerous`] step:
+///
+/// ```
+/// use tower_aci::attest::Policy;
+///
+/// let policy = Policy::builder().dangerous().accept_stub_quote().build().unwrap();
+/// assert!(policy.is_dangerous());
+/// ```
+#[derive(Clone)]
+pub struct Policy {
+    pub(crate) selection: KeySelection,
+    pub(crate) max_validity: u64,
+    pub(crate) hardware: Hardware,
+    pub(crate) tcb_statuses: Vec<String>,
+    pub(crate) kms_roots: Vec<[u8; 33]>,
+    pub(crate) custody: Custody,
+    pub(crate) allow: Allowlists,
+    pub(crate) assumed_app_id: Option<Vec<u8>>,
+}
+
+impl Policy {
+    /// A builder starting from the defaults.
+    pub fn builder() -> PolicyBuilder {
+        PolicyBuilder { policy: Policy::default(), error: None }
+    }
+
+    /// Whether any `dangerous()` relaxation is in effect.
+    pub fn is_dangerous(&self) -> bool {
+        self.hardware != Hardware::Required || self.custody == Custody::Skip || self.assumed_app_id.is_some()
+    }
+
+    /// Whether the policy demands that the hardware quote verify (no `dangerous()` relaxation of
+    /// it).
+    pub fn requires_hardware_verification(&self) -> bool {
+        self.hardware == Hardware::Required
+    }
+
+    /// The TCB statuses the hardware verifier accepts.
+    pub fn accepted_tcb_statuses(&self) -> &[String] {
+        &self.tcb_statuses
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            selection: KeySelection::Suites(vec![Suite::Secp256k1, Suite::X25519]),
+            max_validity: DEFAULT_MAX_VALIDITY.as_secs(),
+            hardware: Hardware::Required,
+            tcb_statuses: vec![DEFAULT_TCB_STATUS.to_owned()],
+            kms_roots: Vec::new(),
+            custody: Custody::IfPresent,
+            allow: Allowlists::default(),
+            assumed_app_id: None,
+        }
+    }
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex_list = |v: &[[u8; 33]]| v.iter().map(hex::encode).collect::<Vec<_>>();
+        f.debug_struct("Policy")
+            .field("selection", &self.selection)
+            .field("max_validity_secs", &self.max_validity)
+            .field("hardware", &self.hardware)
+            .field("tcb_statuses", &self.tcb_statuses)
+            .field("kms_roots", &hex_list(&self.kms_roots))
+            .field("custody", &self.custody)
+            .field("allow", &self.allow)
+            .field("assumed_app_id", &self.assumed_app_id.as_ref().map(hex::encode))
+            .finish()
+    }
+}
+
+/// Builds a [`Policy`]. Methods take and return the builder by value; an invalid value is
+/// remembered and reported by [`build`](Self::build) as a [`Config`](ErrorKind::Config) error.
+#[derive(Debug)]
+pub struct PolicyBuilder {
+    policy: Policy,
+    error: Option<Error>,
+}
+
+impl PolicyBuilder {
+    fn fail(mut self, message: String) -> Self {
+        if self.error.is_none() {
+            self.error = Some(Error::new(ErrorKind::Config, message));
+        }
+        self
+    }
+
+    /// Encrypt only to keys of `suite` (the production key id of that suite is preferred).
+    pub fn select_suite(mut self, suite: Suite) -> Self {
+        self.policy.selection = KeySelection::Suites(vec![suite]);
+        self
+    }
+
+    /// Prefer the X25519 key, falling back to secp256k1 when the keyset has none.
+    pub fn prefer_x25519(mut self) -> Self {
+        self.policy.selection = KeySelection::Suites(vec![Suite::X25519, Suite::Secp256k1]);
+        self
+    }
+
+    /// Encrypt only to the E2EE key with this `key_id`; a keyset without it fails with
+    /// `NoUsableKey`.
+    pub fn pin_key_id(mut self, key_id: impl Into<String>) -> Self {
+        let key_id = key_id.into();
+        if key_id.is_empty() {
+            return self.fail("the pinned key id is empty".to_owned());
+        }
+        self.policy.selection = KeySelection::KeyId(key_id);
+        self
+    }
+
+    /// How far in the future `not_after` may lie (default 400 days). A report whose keyset is
+    /// valid for longer is refused with `NotAfterTooFar`.
+    pub fn max_validity(mut self, horizon: Duration) -> Self {
+        if horizon.is_zero() {
+            return self.fail("max_validity must be positive".to_owned());
+        }
+        self.policy.max_validity = horizon.as_secs();
+        self
+    }
+
+    /// The TCB statuses the hardware verifier accepts (replaces the default `["UpToDate"]`).
+    pub fn accept_tcb_statuses<I, T>(mut self, statuses: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let statuses: Vec<String> = statuses.into_iter().map(Into::into).collect();
+        if statuses.is_empty() || statuses.iter().any(String::is_empty) {
+            return self.fail("the accepted TCB statuses must be a non-empty list of names".to_owned());
+        }
+        self.policy.tcb_statuses = statuses;
+        self
+    }
+
+    /// Accept a dstack KMS root public key (secp256k1, hex of its SEC1 encoding; compressed is
+    /// the usual form). Key custody chains must end in one of the accepted roots.
+    pub fn accept_kms_root(mut self, public_key_hex: &str) -> Self {
+        let parsed = decode_hex(public_key_hex)
+            .and_then(|b| k256::PublicKey::from_sec1_bytes(&b).ok())
+            .and_then(|pk| compressed(&pk));
+        match parsed {
+            Some(root) => {
+                if !self.policy.kms_roots.contains(&root) {
+                    self.policy.kms_roots.push(root);
+                }
+                self
+            }
+            None => self.fail(format!("KMS root {public_key_hex:?} is not a secp256k1 public key in hex")),
+        }
+    }
+
+    /// Require a `key_custody` object: a report without one fails with `Custody`. Needs at least
+    /// one accepted KMS root.
+    pub fn require_key_custody(mut self) -> Self {
+        self.policy.custody = Custody::Required;
+        self
+    }
+
+    /// Allow a compose hash (hex of SHA-256 of `app_compose`). Once any is allowed, the report's
+    /// compose hash must be one of them.
+    pub fn allow_compose_hash(mut self, hex_hash: &str) -> Self {
+        match decode_hex(hex_hash).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+            Some(h) => {
+                self.policy.allow.compose_hashes.get_or_insert_with(Vec::new).push(h);
+                self
+            }
+            None => self.fail(format!("compose hash {hex_hash:?} is not 32 bytes of hex")),
+        }
+    }
+
+    /// Allow a dstack app id (hex, optional `0x`). Once any is allowed, the report's app id must
+    /// be one of them.
+    pub fn allow_app_id(mut self, hex_app_id: &str) -> Self {
+        match decode_hex(hex_app_id).filter(|b| !b.is_empty()) {
+            Some(id) => {
+                self.policy.allow.app_ids.get_or_insert_with(Vec::new).push(id);
+                self
+            }
+            None => self.fail(format!("app id {hex_app_id:?} is not hex")),
+        }
+    }
+
+    /// Allow an OS image hash (hex; the payload of the `os-image-hash` event). Once any is
+    /// allowed, the report's OS image hash must be one of them.
+    pub fn allow_os_image_hash(mut self, hex_hash: &str) -> Self {
+        match decode_hex(hex_hash).filter(|b| !b.is_empty()) {
+            Some(h) => {
+                self.policy.allow.os_image_hashes.get_or_insert_with(Vec::new).push(h);
+                self
+            }
+            None => self.fail(format!("OS image hash {hex_hash:?} is not hex")),
+        }
+    }
+
+    /// Allow a declared source provenance (`repo_url` and `repo_commit`, compared exactly). Once
+    /// any is allowed, the report's `source_provenance` must name one of them. Declared
+    /// provenance is not measured: pair it with a compose-hash allowlist.
+    pub fn allow_source(mut self, repo_url: impl Into<String>, repo_commit: impl Into<String>) -> Self {
+        let (url, commit) = (repo_url.into(), repo_commit.into());
+        if url.is_empty() || commit.is_empty() {
+            return self.fail("allowed source provenance needs a repo_url and a repo_commit".to_owned());
+        }
+        self.policy.allow.sources.get_or_insert_with(Vec::new).push((url, commit));
+        self
+    }
+
+    /// Allow a declared container image digest (compared exactly). Once any is allowed, the
+    /// report's `source_provenance.image_digest` must be one of them.
+    pub fn allow_image_digest(mut self, digest: impl Into<String>) -> Self {
+        let digest = digest.into();
+        if digest.is_empty() {
+            return self.fail("allowed image digest is empty".to_owned());
+        }
+        self.policy.allow.image_digests.get_or_insert_with(Vec::new).push(digest);
+        self
+    }
+
+    /// Relaxations that weaken what a verified keyset proves. Only for tests and local
+    /// development; every method on the returned builder is named for what it gives up.
+    pub fn dangerous(self) -> DangerousPolicyBuilder {
+        DangerousPolicyBuilder { inner: self }
+    }
+
+    /// The policy, or the first invalid value given to the builder.
+    pub fn build(self) -> Result<Policy> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let p = self.policy;
+        if p.custody == Custody::Required && p.kms_roots.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "require_key_custody() needs at least one accepted KMS root (accept_kms_root)",
+            ));
+        }
+        Ok(p)
+    }
+}
+
+/// The `dangerous()` part of a [`PolicyBuilder`]. Each method gives up part of what a verified
+/// keyset proves; a keyset verified under such a policy reports
+/// [`hardware_verified() == false`](crate::attest::AttestedKeyset::hardware_verified).
+#[derive(Debug)]
+pub struct DangerousPolicyBuilder {
+    inner: PolicyBuilder,
+}
+
+impl DangerousPolicyBuilder {
+    /// Accept the local test gateway's stub quote (`aci-stub-quote|` followed by the report-data
+    /// slot) in place of a hardware quote. The slot (and `quote_report_data`, if present) must
+    /// still equal `report_data` (optionally followed by 32 zero bytes). Any other quote still
+    /// needs hardware verification.
+    pub fn accept_stub_quote(mut self) -> Self {
+        if self.inner.policy.hardware == Hardware::Required {
+            self.inner.policy.hardware = Hardware::AcceptStub;
+        }
+        self
+    }
+
+    /// Do not verify the hardware quote at all. A stub quote's slot and `quote_report_data` are
+    /// still checked when present; measured values (app id, compose hash) are read from the
+    /// unverified event log.
+    pub fn skip_hardware_verification(mut self) -> Self {
+        self.inner.policy.hardware = Hardware::Skip;
+        self
+    }
+
+    /// The dstack app id to verify key custody against when no hardware-measured one exists
+    /// (hex, optional `0x`). It must agree with the event log and the keyset `subject` when
+    /// those name one.
+    pub fn assume_app_id(mut self, hex_app_id: &str) -> Self {
+        match decode_hex(hex_app_id).filter(|b| !b.is_empty()) {
+            Some(id) => {
+                self.inner.policy.assumed_app_id = Some(id);
+                self
+            }
+            None => Self { inner: self.inner.fail(format!("app id {hex_app_id:?} is not hex")) },
+        }
+    }
+
+    /// Ignore `key_custody` entirely.
+    pub fn skip_key_custody(mut self) -> Self {
+        self.inner.policy.custody = Custody::Skip;
+        self
+    }
+
+    /// Back to the ordinary builder methods.
+    pub fn end_dangerous(self) -> PolicyBuilder {
+        self.inner
+    }
+
+    /// The policy, or the first invalid value given to the builder.
+    pub fn build(self) -> Result<Policy> {
+        self.inner.build()
+    }
+}
+
+/// Hex with an optional lowercase `0x`, any case.
+pub(crate) fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    hex::decode(text.strip_prefix("0x").unwrap_or(text)).ok()
+}
+
+/// The 33-byte compressed SEC1 form of a secp256k1 key.
+pub(crate) fn compressed(pk: &k256::PublicKey) -> Option<[u8; 33]> {
+    use k256::elliptic_curve::sec1::ToEncodedPoint;
+    pk.to_encoded_point(true).as_bytes().try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOT: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+
+    #[test]
+    fn defaults_fail_closed() {
+        let p = Policy::default();
+        assert!(p.requires_hardware_verification());
+        assert!(!p.is_dangerous());
+        assert_eq!(p.custody, Custody::IfPresent);
+        assert_eq!(p.tcb_statuses, vec!["UpToDate".to_owned()]);
+        assert_eq!(p.max_validity, 400 * 24 * 3600);
+    }
+
+    #[test]
+    fn builder_reports_the_first_invalid_value() {
+        let e = Policy::builder().accept_kms_root("zz").allow_app_id("").build().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.to_string().contains("KMS root"));
+        assert!(Policy::builder().require_key_custody().build().is_err());
+        assert!(Policy::builder().accept_tcb_statuses(Vec::<String>::new()).build().is_err());
+        assert!(Policy::builder().max_validity(Duration::ZERO).build().is_err());
+        assert!(Policy::builder().allow_compose_hash("abcd").build().is_err());
+        assert!(Policy::builder().dangerous().assume_app_id("xyz").build().is_err());
+    }
+
+    #[test]
+    fn roots_are_normalised_to_compressed() {
+        // The generator point, uncompressed.
+        let uncompressed = "0479be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798\
+                            483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
+        let p = Policy::builder()
+            .accept_kms_root(ROOT)
+            .accept_kms_root(uncompressed)
+            .require_key_custody()
+            .build()
+            .unwrap();
+        assert_eq!(p.kms_roots.len(), 1);
+        assert_eq!(hex::encode(p.kms_roots[0]), ROOT);
+    }
+
+    #[test]
+    fn dangerous_steps_are_recorded() {
+        let p = Policy::builder().dangerous().accept_stub_quote().build().unwrap();
+        assert_eq!(p.hardware, Hardware::AcceptStub);
+        assert!(p.is_dangerous());
+        let p = Policy::builder()
+            .dangerous()
+            .skip_hardware_verification()
+            .accept_stub_quote()
+            .skip_key_custody()
+            .end_dangerous()
+            .prefer_x25519()
+            .build()
+            .unwrap();
+        assert_eq!(p.hardware, Hardware::Skip);
+        assert_eq!(p.custody, Custody::Skip);
+        assert_eq!(p.selection, KeySelection::Suites(vec![Suite::X25519, Suite::Secp256k1]));
+    }
+}

@@ -1,0 +1,604 @@
+//! The key provider: fetch, verify and publish the gateway's attested keyset, and keep it fresh.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::{Either, select};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use rand_core::{OsRng, RngCore};
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::attest::clock::{Clock, SystemClock};
+use crate::attest::handle::KeyHandle;
+use crate::attest::keyset::AttestedKeyset;
+use crate::attest::policy::Policy;
+use crate::attest::report::verify_report;
+use crate::error::{BoxError, Error, ErrorKind, Result};
+
+/// An injected sleep: returns a future that completes after the given duration.
+///
+/// The default is `tokio::time::sleep`; supply your own for other executors or for tests driven
+/// by a manual clock. The provider uses it for refresh timers, retry backoff and the load
+/// timeout.
+pub type SleepFn = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Path of the attestation endpoint, appended to the base URL's path.
+const ATTESTATION_PATH: &str = "/v1/aci/attestation";
+
+/// Default largest report body accepted (a report with a TDX quote and event log is well under).
+const DEFAULT_MAX_REPORT_SIZE: usize = 4 * 1024 * 1024;
+
+/// The longest gateway error message quoted in an error.
+const MAX_QUOTED_MESSAGE: usize = 200;
+
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    refresh_buffer: Duration,
+    refresh_jitter: Duration,
+    retry_initial: Duration,
+    retry_max: Duration,
+    load_timeout: Duration,
+    min_refresh_interval: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            refresh_buffer: Duration::from_secs(600),
+            refresh_jitter: Duration::from_secs(60),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            load_timeout: Duration::from_secs(30),
+            min_refresh_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Builds a [`KeyProvider`]. Created by [`KeyProvider::builder`].
+pub struct KeyProviderBuilder<S> {
+    service: S,
+    base: Option<Uri>,
+    policy: Option<Policy>,
+    clock: Arc<dyn Clock>,
+    sleep: Option<SleepFn>,
+    timing: Timing,
+    max_report_size: usize,
+}
+
+impl<S> fmt::Debug for KeyProviderBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyProviderBuilder")
+            .field("base", &self.base)
+            .field("policy", &self.policy)
+            .field("clock", &self.clock)
+            .field("timing", &self.timing)
+            .field("max_report_size", &self.max_report_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> KeyProviderBuilder<S> {
+    /// The gateway's base URL (scheme and authority, optionally a path prefix). Required.
+    pub fn base_url(mut self, base: Uri) -> Self {
+        self.base = Some(base);
+        self
+    }
+
+    /// The policy reports must satisfy. Required.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The clock expiry and refresh are judged by (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The sleep the refresher and the load timeout use (default: `tokio::time::sleep`, which
+    /// needs a Tokio runtime with time enabled).
+    pub fn sleep<F, Fut>(mut self, sleep: F) -> Self
+    where
+        F: Fn(Duration) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.sleep = Some(Arc::new(move |d| Box::pin(sleep(d))));
+        self
+    }
+
+    /// Refresh this long before `not_after` (default 10 minutes).
+    pub fn refresh_buffer(mut self, buffer: Duration) -> Self {
+        self.timing.refresh_buffer = buffer;
+        self
+    }
+
+    /// Refresh up to this much earlier still, at random, so clients do not refresh in lockstep
+    /// (default 1 minute; zero disables jitter).
+    pub fn refresh_jitter(mut self, jitter: Duration) -> Self {
+        self.timing.refresh_jitter = jitter;
+        self
+    }
+
+    /// Retry a failed fetch after `initial`, doubling up to `max` (defaults 1 s and 60 s).
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.timing.retry_initial = initial;
+        self.timing.retry_max = max;
+        self
+    }
+
+    /// Give up on one fetch (request, body and verification) after this long (default 30 s).
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.timing.load_timeout = timeout;
+        self
+    }
+
+    /// Space refreshes the handle asks for (unknown digest, key mismatch, expiry) and timer
+    /// refreshes at least this far apart (default 10 s).
+    pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
+        self.timing.min_refresh_interval = interval;
+        self
+    }
+
+    /// The largest report body accepted (default 4 MiB).
+    pub fn max_report_size(mut self, bytes: usize) -> Self {
+        self.max_report_size = bytes;
+        self
+    }
+
+    /// The provider, or a [`Config`](ErrorKind::Config) error.
+    pub fn build(self) -> Result<KeyProvider<S>> {
+        let config = |m: &'static str| Error::new(ErrorKind::Config, m);
+        let base = self.base.ok_or_else(|| config("the key provider needs a base_url"))?;
+        if base.scheme().is_none() || base.authority().is_none() {
+            return Err(config("the base_url needs a scheme and an authority"));
+        }
+        if base.query().is_some() {
+            return Err(config("the base_url must not carry a query"));
+        }
+        let policy = self.policy.ok_or_else(|| config("the key provider needs a policy"))?;
+        let t = self.timing;
+        if t.load_timeout.is_zero() {
+            return Err(config("load_timeout must be positive"));
+        }
+        if t.retry_initial.is_zero() || t.retry_max < t.retry_initial {
+            return Err(config("retry_backoff needs 0 < initial <= max"));
+        }
+        if self.max_report_size == 0 {
+            return Err(config("max_report_size must be positive"));
+        }
+        let sleep = self.sleep.unwrap_or_else(|| Arc::new(|d| Box::pin(tokio::time::sleep(d))));
+        Ok(KeyProvider {
+            inner: Arc::new(Inner {
+                service: Mutex::new(self.service),
+                base,
+                policy,
+                handle: KeyHandle::empty(self.clock),
+                sleep,
+                timing: t,
+                max_report_size: self.max_report_size,
+                flight: tokio::sync::Mutex::new(()),
+                generation: AtomicU64::new(0),
+                last_outcome: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// Fetches, verifies and refreshes a gateway's attested keyset, publishing it into a
+/// [`KeyHandle`]. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo<S, B>(client: S) -> tower_aci::Result<()>
+/// # where
+/// #     S: tower_service::Service<http::Request<http_body_util::Full<bytes::Bytes>>, Response = http::Response<B>>
+/// #         + Clone + Send + 'static,
+/// #     S::Error: Into<tower_aci::BoxError>,
+/// #     S::Future: Send,
+/// #     B: http_body::Body + Send + 'static,
+/// #     B::Data: Send,
+/// #     B::Error: Into<tower_aci::BoxError>,
+/// # {
+/// use tower_aci::attest::{KeyProvider, Policy};
+///
+/// let provider = KeyProvider::builder(client)
+///     .base_url("https://gateway.example.com".parse().unwrap())
+///     .policy(Policy::builder().accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798").build()?)
+///     .build()?;
+/// // Fail early if the gateway cannot be attested…
+/// provider.establish().await?;
+/// // …then keep the key fresh in the background; dropping `task` stops the refresher.
+/// let (handle, task) = provider.spawn()?;
+/// # let _ = (handle, task);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// The HTTP service is any tower service for `http::Request<Full<Bytes>>` (a hyper-util client,
+/// a `tower::util::BoxCloneService`, a test `service_fn`). It must be the plain transport, never
+/// the E2EE-wrapped one. Each fetch clones it, as tower services are meant to be used.
+///
+/// # Refresh
+///
+/// The refresher fetches a new report `refresh_buffer` (default 10 minutes, minus up to
+/// `refresh_jitter`) before the current keyset's `not_after` — or halfway through its remaining
+/// life when that is shorter — and whenever the [`KeyHandle`] is asked to (a response named an
+/// unknown `X-ACI-Keyset-Digest`, the gateway answered `e2ee_model_key_mismatch`, or the keyset
+/// expired). Woken refreshes are spaced at least `min_refresh_interval` apart. A failed refresh
+/// is retried with exponential backoff; the last valid keyset keeps serving until its
+/// `not_after`, never after it. All concurrent fetches — [`KeyProvider::establish`] callers and
+/// the refresher — share one request (single flight).
+pub struct KeyProvider<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for KeyProvider<S> {
+    fn clone(&self) -> Self {
+        KeyProvider { inner: self.inner.clone() }
+    }
+}
+
+impl<S> fmt::Debug for KeyProvider<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyProvider")
+            .field("base", &self.inner.base)
+            .field("policy", &self.inner.policy)
+            .field("handle", &self.inner.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+type Outcome = std::result::Result<Arc<AttestedKeyset>, (ErrorKind, String)>;
+
+struct Inner<S> {
+    service: Mutex<S>,
+    base: Uri,
+    policy: Policy,
+    handle: KeyHandle,
+    sleep: SleepFn,
+    timing: Timing,
+    max_report_size: usize,
+    /// Held while a fetch runs: concurrent callers wait here and take its outcome.
+    flight: tokio::sync::Mutex<()>,
+    /// Counts finished fetches.
+    generation: AtomicU64,
+    last_outcome: Mutex<Option<Outcome>>,
+}
+
+impl<S> KeyProvider<S> {
+    /// A builder around the HTTP service reports are fetched with.
+    pub fn builder(service: S) -> KeyProviderBuilder<S> {
+        KeyProviderBuilder {
+            service,
+            base: None,
+            policy: None,
+            clock: Arc::new(SystemClock),
+            sleep: None,
+            timing: Timing::default(),
+            max_report_size: DEFAULT_MAX_REPORT_SIZE,
+        }
+    }
+
+    /// The handle this provider publishes into (the E2EE layer reads it).
+    pub fn handle(&self) -> KeyHandle {
+        self.inner.handle.clone()
+    }
+
+    /// The policy reports are verified under.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+}
+
+impl<S, B> KeyProvider<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Fetch and verify a report now and publish its keyset.
+    ///
+    /// Single flight: callers that arrive while a fetch is running (from another caller or the
+    /// refresher) wait for it and share its outcome instead of fetching again. On failure the
+    /// handle keeps serving the previous keyset until its `not_after`.
+    pub async fn establish(&self) -> Result<Arc<AttestedKeyset>> {
+        let inner = &self.inner;
+        let seen = inner.generation.load(Ordering::Acquire);
+        let _flight = inner.flight.lock().await;
+        if inner.generation.load(Ordering::Acquire) != seen {
+            let shared = inner.last_outcome.lock().ok().and_then(|o| o.clone());
+            if let Some(outcome) = shared {
+                return outcome.map_err(|(kind, message)| Error::new(kind, message));
+            }
+        }
+        let result = inner.fetch().await;
+        match &result {
+            Ok(keyset) => {
+                tracing::debug!(digest = keyset.digest(), not_after = keyset.not_after(), "attested keyset published");
+                inner.handle.publish(keyset.clone());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "attestation failed");
+                if let Ok(mut last) = inner.handle.shared.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+            }
+        }
+        if let Ok(mut last) = inner.last_outcome.lock() {
+            *last = Some(match &result {
+                Ok(k) => Ok(k.clone()),
+                Err(e) => Err((e.kind(), e.to_string())),
+            });
+        }
+        inner.generation.fetch_add(1, Ordering::AcqRel);
+        result
+    }
+
+    /// Run the refresher on the current Tokio runtime. Returns the handle and a guard; dropping
+    /// the guard stops the refresher. Fails with `Config` outside a Tokio runtime.
+    pub fn spawn(&self) -> Result<(KeyHandle, RefreshTask)> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(ErrorKind::Config, "KeyProvider::spawn needs a Tokio runtime; use pair() elsewhere")
+        })?;
+        let (handle, worker) = self.pair();
+        let task = runtime.spawn(worker);
+        Ok((handle, RefreshTask { task }))
+    }
+
+    /// The handle and the refresher as a future, for any executor (like tower's `Buffer::pair`).
+    /// The refresher runs until the future is dropped. Outside Tokio, supply a
+    /// [`sleep`](KeyProviderBuilder::sleep).
+    pub fn pair(&self) -> (KeyHandle, RefreshWorker) {
+        let provider = self.clone();
+        (self.handle(), RefreshWorker { inner: Box::pin(async move { provider.run().await }) })
+    }
+
+    async fn run(self) {
+        let inner = &*self.inner;
+        let shared = &inner.handle.shared;
+        let clock = &shared.clock;
+        let t = inner.timing;
+        let mut failures: u32 = 0;
+        let mut last_attempt: Option<u64> = None;
+        loop {
+            let now = clock.now();
+            let current = shared.current.load_full().filter(|k| k.is_valid_at(now));
+            let delay = if failures > 0 {
+                backoff(&t, failures)
+            } else if let Some(k) = &current {
+                refresh_delay(&t, k.not_after(), now)
+            } else {
+                Duration::ZERO
+            };
+            if !delay.is_zero() {
+                let timer = (inner.sleep)(delay);
+                let woken = std::pin::pin!(shared.wake.notified());
+                if let Either::Right(_) = select(timer, woken).await {
+                    // Asked to refresh now: keep requests at least min_refresh_interval apart.
+                    let since = last_attempt.map(|at| clock.now().saturating_sub(at));
+                    if let Some(since) = since {
+                        let gap = t.min_refresh_interval.saturating_sub(Duration::from_secs(since));
+                        if !gap.is_zero() {
+                            (inner.sleep)(gap).await;
+                        }
+                    }
+                }
+            }
+            last_attempt = Some(clock.now());
+            match self.establish().await {
+                Ok(_) => failures = 0,
+                Err(_) => failures = failures.saturating_add(1),
+            }
+        }
+    }
+}
+
+impl<S, B> Inner<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// One fetch and verification, bounded by the load timeout.
+    async fn fetch(&self) -> Result<Arc<AttestedKeyset>> {
+        let work = std::pin::pin!(self.fetch_unbounded());
+        match select(work, (self.sleep)(self.timing.load_timeout)).await {
+            Either::Left((result, _)) => result,
+            Either::Right(_) => Err(Error::new(ErrorKind::Transport, "fetching the attestation report timed out")),
+        }
+    }
+
+    async fn fetch_unbounded(&self) -> Result<Arc<AttestedKeyset>> {
+        let mut nonce = [0u8; 32];
+        OsRng
+            .try_fill_bytes(&mut nonce)
+            .map_err(|e| Error::new(ErrorKind::Transport, "the OS random generator failed").with_source(e))?;
+        let uri = attestation_uri(&self.base, &hex::encode(nonce))?;
+        let request = Request::get(uri)
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::new(ErrorKind::Config, "cannot build the attestation request").with_source(e))?;
+
+        let service = match self.service.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let transport =
+            |e: S::Error| Error::new(ErrorKind::Transport, "fetching the attestation report failed").with_source(e);
+        let response = service.oneshot(request).await.map_err(transport)?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), self.max_report_size)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    Error::new(ErrorKind::TooLarge, "the attestation report exceeds max_report_size")
+                } else {
+                    Error::new(ErrorKind::Transport, "reading the attestation report failed").with_source(e)
+                }
+            })?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(gateway_error(status, &body));
+        }
+        let now = self.handle.shared.clock.now();
+        verify_report(&body, &nonce, now, &self.policy).map(Arc::new)
+    }
+}
+
+/// `{base path}/v1/aci/attestation?nonce=<hex>`.
+fn attestation_uri(base: &Uri, nonce_hex: &str) -> Result<Uri> {
+    let prefix = base.path().trim_end_matches('/');
+    let mut parts = base.clone().into_parts();
+    let path_and_query = format!("{prefix}{ATTESTATION_PATH}?nonce={nonce_hex}");
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|e| Error::new(ErrorKind::Config, "cannot build the attestation URL").with_source(e))?,
+    );
+    Uri::from_parts(parts).map_err(|e| Error::new(ErrorKind::Config, "cannot build the attestation URL").with_source(e))
+}
+
+/// A non-200 answer: the gateway's `{"error":{"type","message"}}` when it sent one.
+fn gateway_error(status: StatusCode, body: &[u8]) -> Error {
+    let doc: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let error = doc.as_ref().and_then(|d| d.get("error"));
+    match error.and_then(|e| e.get("type")).and_then(|t| t.as_str()) {
+        Some(kind) => {
+            let message = error.and_then(|e| e.get("message")).and_then(|m| m.as_str()).unwrap_or("");
+            let message: String = message.chars().take(MAX_QUOTED_MESSAGE).collect();
+            let kind: String = kind.chars().take(MAX_QUOTED_MESSAGE).collect();
+            Error::gateway(status.as_u16(), kind, &message)
+        }
+        None => Error::new(ErrorKind::Transport, format!("the attestation endpoint answered {status}")),
+    }
+}
+
+/// How long to wait before refreshing a keyset valid until `not_after`.
+fn refresh_delay(t: &Timing, not_after: u64, now: u64) -> Duration {
+    let remaining = not_after.saturating_sub(now);
+    let jitter = match t.refresh_jitter.as_secs() {
+        0 => 0,
+        max => OsRng.try_next_u64_or_zero() % (max + 1),
+    };
+    let lead = t.refresh_buffer.as_secs().saturating_add(jitter).min(remaining / 2);
+    Duration::from_secs(remaining - lead).max(t.min_refresh_interval)
+}
+
+/// The wait before retry number `failures` (1-based): `initial * 2^(failures-1)`, capped.
+fn backoff(t: &Timing, failures: u32) -> Duration {
+    let factor = 1u32.checked_shl(failures.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
+    t.retry_initial.checked_mul(factor).unwrap_or(t.retry_max).min(t.retry_max)
+}
+
+trait TryNextU64 {
+    fn try_next_u64_or_zero(&mut self) -> u64;
+}
+
+impl TryNextU64 for OsRng {
+    fn try_next_u64_or_zero(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        match self.try_fill_bytes(&mut b) {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// The refresher spawned by [`KeyProvider::spawn`]; dropping it stops the refresher.
+#[derive(Debug)]
+pub struct RefreshTask {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RefreshTask {
+    /// Stop the refresher now (dropping the guard does the same).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for RefreshTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The refresher returned by [`KeyProvider::pair`]: a future that runs until dropped.
+pub struct RefreshWorker {
+    inner: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl fmt::Debug for RefreshWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshWorker").finish_non_exhaustive()
+    }
+}
+
+impl Future for RefreshWorker {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_keeps_the_base_path() {
+        let n = "ab".repeat(32);
+        let u = attestation_uri(&"http://127.0.0.1:8080".parse().unwrap(), &n).unwrap();
+        assert_eq!(u.to_string(), format!("http://127.0.0.1:8080/v1/aci/attestation?nonce={n}"));
+        let u = attestation_uri(&"https://gw.example/prefix/".parse().unwrap(), &n).unwrap();
+        assert_eq!(u.to_string(), format!("https://gw.example/prefix/v1/aci/attestation?nonce={n}"));
+    }
+
+    #[test]
+    fn refresh_delay_and_backoff() {
+        let t = Timing { refresh_jitter: Duration::ZERO, ..Timing::default() };
+        assert_eq!(refresh_delay(&t, 1_000 + 3_600, 1_000), Duration::from_secs(3_000));
+        // Short-lived keysets refresh halfway, but never more often than the minimum interval.
+        assert_eq!(refresh_delay(&t, 1_000 + 600, 1_000), Duration::from_secs(300));
+        assert_eq!(refresh_delay(&t, 1_000 + 4, 1_000), Duration::from_secs(10));
+        let j = Timing { refresh_jitter: Duration::from_secs(60), ..t };
+        for _ in 0..20 {
+            let d = refresh_delay(&j, 1_000 + 3_600, 1_000).as_secs();
+            assert!((2_940..=3_000).contains(&d), "{d}");
+        }
+        assert_eq!(backoff(&t, 1), Duration::from_secs(1));
+        assert_eq!(backoff(&t, 2), Duration::from_secs(2));
+        assert_eq!(backoff(&t, 6), Duration::from_secs(32));
+        assert_eq!(backoff(&t, 7), Duration::from_secs(60));
+        assert_eq!(backoff(&t, u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn gateway_errors_keep_their_type() {
+        let e = gateway_error(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":{"type":"invalid_request_error","message":"bad nonce"}}"#,
+        );
+        assert_eq!(e.kind(), ErrorKind::Gateway);
+        assert_eq!(e.gateway_error_type(), Some("invalid_request_error"));
+        let e = gateway_error(StatusCode::BAD_GATEWAY, b"<html>");
+        assert_eq!(e.kind(), ErrorKind::Transport);
+    }
+}

@@ -1,0 +1,519 @@
+//! Verify an ACI attestation report (`GET /v1/aci/attestation?nonce=…`) under a [`Policy`].
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::attest::custody;
+use crate::attest::eventlog;
+use crate::attest::keyset::{AttestedKeyset, ReceiptKey, TlsKey};
+use crate::attest::policy::{Custody, Hardware, KeySelection, Policy, decode_hex};
+use crate::error::{AttestationFailure, Error, Result};
+use crate::protocol::jcs;
+use crate::protocol::keys::{DEFAULT_KEY_ID, E2eeKey};
+use crate::protocol::suite::Suite;
+
+/// The report format this crate verifies.
+pub const API_VERSION: &str = "aci/1";
+
+/// The `purpose` of the report-data statement.
+pub const STATEMENT_PURPOSE: &str = "aci.report_data.v1";
+
+/// The E2EE version this crate speaks.
+const E2EE_VERSION: &str = "2";
+
+/// The production key id of the X25519 E2EE key.
+const DEFAULT_X25519_KEY_ID: &str = "dstack-kms-e2ee-x25519-v1";
+
+/// The raw quote of the local test gateway: this prefix, then the report-data slot.
+const STUB_QUOTE_PREFIX: &[u8] = b"aci-stub-quote|";
+
+use AttestationFailure as F;
+
+fn fail(failure: AttestationFailure, message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::attestation(failure, message)
+}
+
+/// `sha256:<hex>` of the canonical (JCS) form of a parsed `workload_keyset`, unknown members
+/// included. Fails with `Canonicalization` for floats and non-ASCII member names.
+///
+/// ```
+/// let keyset = serde_json::json!({"subject": null, "not_after": 1});
+/// let digest = tower_aci::attest::keyset_digest(&keyset).unwrap();
+/// assert!(digest.starts_with("sha256:") && digest.len() == 71);
+/// ```
+pub fn keyset_digest(keyset: &Value) -> Result<String> {
+    let canonical = jcs::to_vec(keyset)
+        .map_err(|e| fail(F::Canonicalization, format!("the workload keyset cannot be canonicalised: {e}")))?;
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(&canonical))))
+}
+
+/// The report-data statement bytes:
+/// `{"keyset_digest":"<digest>","nonce":"<lowercase hex>"|null,"purpose":"aci.report_data.v1"}`.
+pub fn report_statement(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(192);
+    out.extend_from_slice(b"{\"keyset_digest\":");
+    jcs::write_str(keyset_digest, &mut out);
+    out.extend_from_slice(b",\"nonce\":");
+    match nonce {
+        Some(n) => {
+            out.push(b'"');
+            out.extend_from_slice(hex::encode(n).as_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"purpose\":\"");
+    out.extend_from_slice(STATEMENT_PURPOSE.as_bytes());
+    out.extend_from_slice(b"\"}");
+    out
+}
+
+/// `report_data`: SHA-256 of [`report_statement`].
+pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
+    Sha256::digest(report_statement(keyset_digest, nonce)).into()
+}
+
+/// Verify an attestation report fetched with `nonce` at `now` (Unix seconds) under `policy`.
+///
+/// The only way to obtain an [`AttestedKeyset`]. Every failure is
+/// [`ErrorKind::Attestation`](crate::ErrorKind::Attestation) with the reason below.
+///
+/// The checks run in this order, each failing closed with its own
+/// [`AttestationFailure`]:
+///
+/// 1. `api_version == "aci/1"` ([`ApiVersion`](AttestationFailure::ApiVersion)); the document
+///    has the report's shape ([`Shape`](AttestationFailure::Shape)).
+/// 2. Hardware evidence ([`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable),
+///    [`Quote`](AttestationFailure::Quote)): a policy that requires hardware verification fails in
+///    a build without a quote verifier; the `dangerous()` stub acceptance still requires the stub
+///    quote's report-data slot (and `quote_report_data`, if present) to carry `report_data`.
+/// 3. Binding: the digest recomputed as `sha256:` + hex(SHA-256(JCS(parsed keyset))) — unknown
+///    members included — equals `workload_keyset_digest`
+///    ([`KeysetDigest`](AttestationFailure::KeysetDigest),
+///    [`Canonicalization`](AttestationFailure::Canonicalization) for floats and non-ASCII member
+///    names); SHA-256 of the statement built for *our* nonce equals `report_data`
+///    ([`Nonce`](AttestationFailure::Nonce) when it is the `"nonce":null` statement,
+///    [`ReportData`](AttestationFailure::ReportData) otherwise: a report for another nonce, or a
+///    forged one).
+/// 4. `now < not_after` ([`Expired`](AttestationFailure::Expired)) and
+///    `not_after <= now + max_validity` ([`NotAfterTooFar`](AttestationFailure::NotAfterTooFar)).
+/// 5. `service_capabilities.supported_e2ee_versions` contains `"2"`
+///    ([`E2eeUnsupported`](AttestationFailure::E2eeUnsupported); there is never a plaintext
+///    fallback).
+/// 6. Keys: E2EE entries of unknown algorithms are ignored, a malformed entry of a known one is
+///    [`BadKey`](AttestationFailure::BadKey), as is a malformed Ed25519 receipt key; the policy
+///    selects the E2EE key ([`NoUsableKey`](AttestationFailure::NoUsableKey)).
+/// 7. Measured values against the allowlists ([`NotAllowed`](AttestationFailure::NotAllowed),
+///    [`EventLog`](AttestationFailure::EventLog)).
+/// 8. KMS key custody for the receipt keys and both E2EE roles
+///    ([`Custody`](AttestationFailure::Custody)).
+///
+/// # Where the app id comes from
+///
+/// Key custody and the app-id allowlist need the dstack app id. A hardware-verified report
+/// measures it (the `app-id` event of the event log, replayed to the quote's RTMR3). When a
+/// `dangerous()` policy skips hardware verification, the app id is, in this order: the one the
+/// policy assumes ([`assume_app_id`](crate::attest::DangerousPolicyBuilder::assume_app_id)), the
+/// `app-id` event of the (unverified) event log, or the keyset `subject` of the form
+/// `app-id:0x<hex>`. Every source that names one must agree, and a non-null `subject` must be
+/// `app-id:0x<hex(app_id)>` once an app id is known (as the reference verifier's policy anchor
+/// requires); otherwise the report fails with `NotAllowed`.
+///
+/// ```
+/// use tower_aci::attest::{verify_report, Policy};
+/// use tower_aci::{AttestationFailure, ErrorKind};
+///
+/// let policy = Policy::default();
+/// let err = verify_report(br#"{"api_version":"aci/0"}"#, &[0; 32], 1_700_000_000, &policy).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Attestation(AttestationFailure::ApiVersion));
+/// ```
+pub fn verify_report(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy) -> Result<AttestedKeyset> {
+    let doc: Value = serde_json::from_slice(report).map_err(|_| fail(F::Shape, "the report is not JSON"))?;
+    let top = doc.as_object().ok_or_else(|| fail(F::Shape, "the report is not a JSON object"))?;
+
+    // 1. api_version and shape.
+    match top.get("api_version").and_then(Value::as_str) {
+        Some(API_VERSION) => {}
+        Some(_) => return Err(fail(F::ApiVersion, "the report's api_version is not aci/1")),
+        None => return Err(fail(F::ApiVersion, "the document has no api_version")),
+    }
+    let published_digest = top
+        .get("workload_keyset_digest")
+        .and_then(Value::as_str)
+        .ok_or_else(|| fail(F::Shape, "the report has no workload_keyset_digest"))?;
+    let attestation = object(top, "attestation")?;
+    let keyset_value = attestation
+        .get("workload_keyset")
+        .filter(|v| v.is_object())
+        .ok_or_else(|| fail(F::Shape, "the report has no workload_keyset object"))?;
+    let claimed_report_data: [u8; 32] = attestation
+        .get("report_data")
+        .and_then(Value::as_str)
+        .and_then(decode_hex)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| fail(F::Shape, "report_data is not 32 bytes of hex"))?;
+    let empty = Map::new();
+    let evidence = match attestation.get("evidence") {
+        Some(Value::Object(m)) => m,
+        None | Some(Value::Null) => &empty,
+        Some(_) => return Err(fail(F::Shape, "evidence is not an object")),
+    };
+
+    // 2. Hardware evidence.
+    let hardware_verified = appraise_quote(evidence, &claimed_report_data, policy)?;
+
+    // 3. Binding.
+    let digest = keyset_digest(keyset_value)?;
+    if digest != published_digest {
+        return Err(fail(F::KeysetDigest, "the keyset does not hash to workload_keyset_digest"));
+    }
+    if report_data(&digest, Some(nonce)) != claimed_report_data {
+        if report_data(&digest, None) == claimed_report_data {
+            return Err(fail(F::Nonce, "the report binds no nonce (\"nonce\":null) but we sent one"));
+        }
+        return Err(fail(
+            F::ReportData,
+            "report_data is not bound to this keyset and our nonce (a report for another nonce, or forged)",
+        ));
+    }
+
+    // 4. Expiry.
+    let keyset = keyset_value.as_object().unwrap_or(&empty);
+    let not_after = keyset
+        .get("not_after")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| fail(F::Shape, "the keyset's not_after is not an unsigned integer"))?;
+    if now >= not_after {
+        return Err(fail(F::Expired, format!("the keyset expired at {not_after} (now {now})")));
+    }
+    if not_after > now.saturating_add(policy.max_validity) {
+        return Err(fail(
+            F::NotAfterTooFar,
+            format!("the keyset's not_after {not_after} lies beyond the policy's horizon"),
+        ));
+    }
+
+    // 5. Capabilities.
+    let offers_v2 = top
+        .get("service_capabilities")
+        .and_then(|c| c.get("supported_e2ee_versions"))
+        .and_then(Value::as_array)
+        .is_some_and(|v| v.iter().any(|x| x.as_str() == Some(E2EE_VERSION)));
+    if !offers_v2 {
+        return Err(fail(F::E2eeUnsupported, "the service does not offer E2EE v2"));
+    }
+
+    // 6. Keys.
+    let subject = match keyset.get("subject") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(fail(F::Shape, "the keyset's subject is neither a string nor null")),
+    };
+    let e2ee_keys = parse_e2ee_keys(keyset)?;
+    let (receipt_keys, receipt_texts) = parse_receipt_keys(keyset)?;
+    let tls_keys = parse_tls_keys(keyset)?;
+    let selected = select_key(&e2ee_keys, &policy.selection)?;
+
+    // 7. Measured values and allowlists.
+    let measured = measured_values(evidence, subject.as_deref(), policy)?;
+    check_allowlists(attestation, &measured, policy)?;
+
+    // 8. Key custody.
+    let key_custody = evidence.get("key_custody").filter(|v| !v.is_null());
+    match (policy.custody, key_custody) {
+        (Custody::Skip, _) => {}
+        (Custody::Required, None) => {
+            return Err(fail(F::Custody, "the policy requires key custody and the report has none"));
+        }
+        (Custody::IfPresent, None) => {}
+        (_, Some(kc)) => {
+            let app_id = measured.app_id.as_deref().ok_or_else(|| {
+                fail(F::Custody, "no app id is known (measured, assumed or in the subject) to verify key custody")
+            })?;
+            let covered = custody::CoveredKeys { receipt: &receipt_texts, e2ee: &e2ee_keys };
+            custody::verify(kc, &covered, app_id, &policy.kms_roots)?;
+        }
+    }
+
+    Ok(AttestedKeyset {
+        digest,
+        subject,
+        not_after,
+        e2ee_keys,
+        selected,
+        receipt_keys,
+        tls_keys,
+        verified_at: now,
+        hardware_verified,
+    })
+}
+
+fn object<'a>(parent: &'a Map<String, Value>, name: &'static str) -> Result<&'a Map<String, Value>> {
+    parent
+        .get(name)
+        .and_then(Value::as_object)
+        .ok_or_else(|| fail(F::Shape, format!("the report has no `{name}` object")))
+}
+
+/// Step 2. Returns whether the quote was verified by hardware (never, in this build).
+fn appraise_quote(evidence: &Map<String, Value>, report_data: &[u8; 32], policy: &Policy) -> Result<bool> {
+    let quote = match evidence.get("quote") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(decode_hex(s).ok_or_else(|| fail(F::Quote, "evidence.quote is not hex"))?),
+        Some(_) => return Err(fail(F::Quote, "evidence.quote is not a string")),
+    };
+    let stub_slot = quote.as_deref().and_then(|q| q.strip_prefix(STUB_QUOTE_PREFIX));
+    let stub_allowed = matches!(policy.hardware, Hardware::AcceptStub | Hardware::Skip);
+    match (stub_slot, policy.hardware) {
+        (Some(slot), _) if stub_allowed => {
+            check_slot(slot, report_data, true)?;
+            check_quote_report_data(evidence, slot)?;
+            Ok(false)
+        }
+        (None, Hardware::Skip) => {
+            // The quote itself goes unverified; a published slot must still carry report_data.
+            if let Some(qrd) = quote_report_data(evidence)? {
+                check_slot(&qrd, report_data, false)?;
+            }
+            Ok(false)
+        }
+        (None, Hardware::AcceptStub) if quote.is_none() => Err(fail(F::Quote, "the report carries no quote")),
+        _ => Err(fail(
+            F::HardwareUnverifiable,
+            "the policy requires hardware verification of the TDX quote and this build has no quote \
+             verifier (feature `dcap`)",
+        )),
+    }
+}
+
+/// `slot` must be `report_data ‖ 32 zero bytes` (or, for the stub, `report_data` alone).
+fn check_slot(slot: &[u8], report_data: &[u8; 32], stub: bool) -> Result<()> {
+    let ok = match slot.len() {
+        64 => slot[..32] == report_data[..] && slot[32..].iter().all(|b| *b == 0),
+        32 => stub && slot == report_data,
+        _ => false,
+    };
+    if ok { Ok(()) } else { Err(fail(F::Quote, "the quote's report-data slot does not carry report_data")) }
+}
+
+fn quote_report_data(evidence: &Map<String, Value>) -> Result<Option<Vec<u8>>> {
+    match evidence.get("quote_report_data") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            v.as_str().and_then(decode_hex).map(Some).ok_or_else(|| fail(F::Quote, "quote_report_data is not hex"))
+        }
+    }
+}
+
+/// `quote_report_data`, when published, must equal the quote's slot.
+fn check_quote_report_data(evidence: &Map<String, Value>, slot: &[u8]) -> Result<()> {
+    match quote_report_data(evidence)? {
+        Some(qrd) if qrd != slot => Err(fail(F::Quote, "quote_report_data differs from the quote's slot")),
+        _ => Ok(()),
+    }
+}
+
+fn entries<'a>(keyset: &'a Map<String, Value>, name: &'static str) -> Result<&'a [Value]> {
+    match keyset.get(name) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(fail(F::Shape, format!("the keyset's `{name}` is not an array"))),
+    }
+}
+
+fn entry_str<'a>(entry: &'a Value, list: &'static str, name: &'static str) -> Result<&'a str> {
+    entry
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| fail(F::Shape, format!("an entry of `{list}` has no string `{name}`")))
+}
+
+fn parse_e2ee_keys(keyset: &Map<String, Value>) -> Result<Vec<E2eeKey>> {
+    let mut keys = Vec::new();
+    for entry in entries(keyset, "e2ee_public_keys")? {
+        let algo = entry_str(entry, "e2ee_public_keys", "algo")?;
+        let key_id = entry_str(entry, "e2ee_public_keys", "key_id")?;
+        let public_key = entry_str(entry, "e2ee_public_keys", "public_key")?;
+        if Suite::from_algo(algo).is_none() {
+            tracing::debug!(algo, key_id, "ignoring E2EE key of an unknown algorithm");
+            continue;
+        }
+        let key = E2eeKey::parse(key_id, algo, public_key)
+            .map_err(|e| fail(F::BadKey, format!("E2EE key {key_id:?} is malformed: {e}")))?;
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+fn parse_receipt_keys(keyset: &Map<String, Value>) -> Result<(Vec<ReceiptKey>, Vec<String>)> {
+    let mut keys = Vec::new();
+    let mut texts = Vec::new();
+    for entry in entries(keyset, "receipt_signing_keys")? {
+        let algo = entry_str(entry, "receipt_signing_keys", "algo")?;
+        let key_id = entry_str(entry, "receipt_signing_keys", "key_id")?;
+        let public_key = entry_str(entry, "receipt_signing_keys", "public_key")?;
+        if algo != "ed25519" {
+            tracing::debug!(algo, key_id, "ignoring receipt key of an unknown algorithm");
+            continue;
+        }
+        let key = decode_hex(public_key)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+            .ok_or_else(|| fail(F::BadKey, format!("receipt key {key_id:?} is not an Ed25519 public key")))?;
+        keys.push(ReceiptKey { key_id: key_id.to_owned(), key });
+        texts.push(public_key.to_owned());
+    }
+    Ok((keys, texts))
+}
+
+fn parse_tls_keys(keyset: &Map<String, Value>) -> Result<Vec<TlsKey>> {
+    let mut keys = Vec::new();
+    for entry in entries(keyset, "tls_public_keys")? {
+        let spki = entry_str(entry, "tls_public_keys", "spki_sha256")?;
+        if decode_hex(spki).is_none_or(|b| b.len() != 32) {
+            return Err(fail(F::BadKey, "a TLS entry's spki_sha256 is not 32 bytes of hex"));
+        }
+        let domain = match entry.get("domain") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) => Some(d.clone()),
+            Some(_) => return Err(fail(F::Shape, "a TLS entry's domain is not a string")),
+        };
+        keys.push(TlsKey { spki_sha256: spki.to_ascii_lowercase(), domain });
+    }
+    Ok(keys)
+}
+
+fn select_key(keys: &[E2eeKey], selection: &KeySelection) -> Result<usize> {
+    let found = match selection {
+        KeySelection::KeyId(id) => keys.iter().position(|k| k.key_id() == id),
+        KeySelection::Suites(order) => order.iter().find_map(|&suite| {
+            let preferred = match suite {
+                Suite::Secp256k1 => DEFAULT_KEY_ID,
+                Suite::X25519 => DEFAULT_X25519_KEY_ID,
+            };
+            keys.iter()
+                .position(|k| k.suite() == suite && k.key_id() == preferred)
+                .or_else(|| keys.iter().position(|k| k.suite() == suite))
+        }),
+    };
+    found.ok_or_else(|| fail(F::NoUsableKey, "no E2EE key of the keyset matches the policy"))
+}
+
+/// Values the allowlists and key custody judge.
+#[derive(Debug, Default)]
+struct MeasuredValues {
+    app_id: Option<Vec<u8>>,
+    compose_hash: Option<[u8; 32]>,
+    os_image_hash: Option<Vec<u8>>,
+}
+
+fn measured_values(evidence: &Map<String, Value>, subject: Option<&str>, policy: &Policy) -> Result<MeasuredValues> {
+    let app_compose = match evidence.get("app_compose") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(fail(F::Shape, "evidence.app_compose is not a string")),
+    };
+    let from_log = match evidence.get("event_log") {
+        None | Some(Value::Null) => eventlog::Measured::default(),
+        Some(Value::String(text)) => eventlog::measured(&eventlog::parse(text)?, app_compose)?,
+        Some(_) => return Err(fail(F::EventLog, "evidence.event_log is not a JSON string")),
+    };
+    let from_subject = match subject.map(|s| (s, s.strip_prefix("app-id:0x"))) {
+        Some((_, Some(h))) => Some(
+            decode_hex(h)
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| fail(F::NotAllowed, "the keyset subject names an app id that is not hex"))?,
+        ),
+        _ => None,
+    };
+
+    let candidates = [policy.assumed_app_id.as_ref(), from_log.app_id.as_ref(), from_subject.as_ref()];
+    let mut app_id: Option<&Vec<u8>> = None;
+    for c in candidates.into_iter().flatten() {
+        match app_id {
+            None => app_id = Some(c),
+            Some(a) if a != c => {
+                return Err(fail(F::NotAllowed, "the assumed, logged and subject app ids disagree"));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(id) = app_id {
+        if subject.is_some() && from_subject.is_none() {
+            return Err(fail(
+                F::NotAllowed,
+                format!("the keyset subject must be null or app-id:0x{} for this app", hex::encode(id)),
+            ));
+        }
+    }
+
+    let compose_hash = from_log.compose_hash.or_else(|| app_compose.map(|c| Sha256::digest(c.as_bytes()).into()));
+    Ok(MeasuredValues { app_id: app_id.cloned(), compose_hash, os_image_hash: from_log.os_image_hash })
+}
+
+fn check_allowlists(attestation: &Map<String, Value>, m: &MeasuredValues, policy: &Policy) -> Result<()> {
+    let allow = &policy.allow;
+    if let Some(list) = &allow.app_ids {
+        if !m.app_id.as_ref().is_some_and(|id| list.contains(id)) {
+            return Err(fail(F::NotAllowed, "the app id is not on the policy's allowlist"));
+        }
+    }
+    if let Some(list) = &allow.compose_hashes {
+        if !m.compose_hash.is_some_and(|h| list.contains(&h)) {
+            return Err(fail(F::NotAllowed, "the compose hash is not on the policy's allowlist"));
+        }
+    }
+    if let Some(list) = &allow.os_image_hashes {
+        if !m.os_image_hash.as_ref().is_some_and(|h| list.contains(h)) {
+            return Err(fail(F::NotAllowed, "the OS image hash is not on the policy's allowlist"));
+        }
+    }
+    let provenance = attestation.get("source_provenance").and_then(Value::as_object);
+    let declared = |name: &str| provenance.and_then(|p| p.get(name)).and_then(Value::as_str);
+    if let Some(list) = &allow.sources {
+        let ok = match (declared("repo_url"), declared("repo_commit")) {
+            (Some(url), Some(commit)) => list.iter().any(|(u, c)| u == url && c == commit),
+            _ => false,
+        };
+        if !ok {
+            return Err(fail(F::NotAllowed, "the source provenance is not on the policy's allowlist"));
+        }
+    }
+    if let Some(list) = &allow.image_digests {
+        if !declared("image_digest").is_some_and(|d| list.iter().any(|a| a == d)) {
+            return Err(fail(F::NotAllowed, "the image digest is not on the policy's allowlist"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_matches_the_spec_vector() {
+        let digest = "sha256:53a5cd44b30dcc51999754c719f2628a041f174ecbf9662a6f8e898a10cd9371";
+        let nonce: [u8; 32] = core::array::from_fn(|i| i as u8);
+        assert_eq!(
+            hex::encode(report_data(digest, Some(&nonce))),
+            "df2174d28130852b413646a3786927b93e94c11d770268b65def8bdba45cb49e"
+        );
+        assert_eq!(
+            hex::encode(report_data(digest, None)),
+            "0633919ca3f00e97bafaa3304278eb22420cc3ff0d19f87dfca2d3f7508150bc"
+        );
+    }
+
+    #[test]
+    fn slot_rules() {
+        let rd = [7u8; 32];
+        let mut slot = [0u8; 64];
+        slot[..32].copy_from_slice(&rd);
+        assert!(check_slot(&slot, &rd, false).is_ok());
+        assert!(check_slot(&rd, &rd, true).is_ok());
+        assert!(check_slot(&rd, &rd, false).is_err());
+        slot[40] = 1;
+        assert!(check_slot(&slot, &rd, true).is_err());
+    }
+}

@@ -1,0 +1,246 @@
+//! The gateway's keys, its workload keyset and the attestation report it serves (protocol.md
+//! §6.2, §8.3).
+
+use std::fmt;
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use rand_core::{OsRng, RngCore};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::jcs;
+use crate::protocol::suite::{PublicKey, SecretKey, Suite};
+
+/// Key id of the receipt-signing key, as production publishes it.
+pub(crate) const RECEIPT_KEY_ID: &str = "dstack-kms-receipt-ed25519-v1";
+/// Key id of the secp256k1 E2EE v2 key (published first).
+pub(crate) const SECP256K1_KEY_ID: &str = "dstack-kms-e2ee-v1";
+/// Key id of the X25519 E2EE v2 key.
+pub(crate) const X25519_KEY_ID: &str = "dstack-kms-e2ee-x25519-v1";
+
+/// The fixed seeds of protocol.md §8.3.
+pub(crate) const RECEIPT_SEED: [u8; 32] = [0x66; 32];
+pub(crate) const SECP256K1_SEED: [u8; 32] = [0x44; 32];
+pub(crate) const X25519_SEED: [u8; 32] = [0x55; 32];
+
+/// The prefix of the stub quote: `quote = hex("aci-stub-quote|" ‖ report_data)`.
+pub(crate) const STUB_QUOTE_PREFIX: &[u8] = b"aci-stub-quote|";
+
+/// One E2EE service key: the secret the gateway decrypts with and the entry it publishes.
+pub(crate) struct ServiceKey {
+    pub(crate) key_id: String,
+    pub(crate) secret: SecretKey,
+    pub(crate) public: PublicKey,
+}
+
+impl ServiceKey {
+    pub(crate) fn new(key_id: impl Into<String>, secret: SecretKey) -> Self {
+        let public = secret.public_key();
+        ServiceKey { key_id: key_id.into(), secret, public }
+    }
+
+    pub(crate) fn suite(&self) -> Suite {
+        self.public.suite()
+    }
+
+    fn random(key_id: &str, suite: Suite) -> Self {
+        ServiceKey::new(key_id, SecretKey::generate(suite, &mut OsRng))
+    }
+}
+
+impl fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceKey").field("key_id", &self.key_id).field("public", &self.public).finish()
+    }
+}
+
+/// The production pair of E2EE keys, secp256k1 first.
+pub(crate) fn e2ee_keys(fixed: bool) -> Vec<Arc<ServiceKey>> {
+    if fixed {
+        vec![
+            Arc::new(ServiceKey::new(
+                SECP256K1_KEY_ID,
+                SecretKey::from_bytes(Suite::Secp256k1, &SECP256K1_SEED).expect("0x44… is a valid scalar"),
+            )),
+            Arc::new(ServiceKey::new(
+                X25519_KEY_ID,
+                SecretKey::from_bytes(Suite::X25519, &X25519_SEED).expect("any 32 bytes are an X25519 key"),
+            )),
+        ]
+    } else {
+        vec![
+            Arc::new(ServiceKey::random(SECP256K1_KEY_ID, Suite::Secp256k1)),
+            Arc::new(ServiceKey::random(X25519_KEY_ID, Suite::X25519)),
+        ]
+    }
+}
+
+/// The receipt-signing key.
+pub(crate) fn receipt_key(fixed: bool) -> SigningKey {
+    if fixed {
+        SigningKey::from_bytes(&RECEIPT_SEED)
+    } else {
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        let key = SigningKey::from_bytes(&seed);
+        zeroize::Zeroize::zeroize(&mut seed);
+        key
+    }
+}
+
+/// A sealed keyset: the keys, the served keyset object and its digest. Immutable; rotation
+/// builds a new one.
+pub(crate) struct Keyset {
+    pub(crate) receipt_key_id: String,
+    pub(crate) receipt_key: SigningKey,
+    pub(crate) e2ee: Vec<Arc<ServiceKey>>,
+    pub(crate) not_after: u64,
+    /// The `workload_keyset` object in served member order.
+    pub(crate) value: Value,
+    /// `sha256:<hex>` of the JCS form of `value`.
+    pub(crate) digest: String,
+}
+
+impl fmt::Debug for Keyset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyset")
+            .field("digest", &self.digest)
+            .field("not_after", &self.not_after)
+            .field("receipt_key_id", &self.receipt_key_id)
+            .field("e2ee", &self.e2ee)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keyset {
+    /// Seal a keyset (subject `null`, no TLS keys).
+    pub(crate) fn seal(receipt_key_id: impl Into<String>, receipt_key: SigningKey, e2ee: Vec<Arc<ServiceKey>>, not_after: u64) -> Self {
+        let receipt_key_id = receipt_key_id.into();
+        let value = json!({
+            "subject": null,
+            "not_after": not_after,
+            "receipt_signing_keys": [{
+                "key_id": receipt_key_id,
+                "algo": "ed25519",
+                "public_key": hex::encode(receipt_key.verifying_key().as_bytes()),
+            }],
+            "e2ee_public_keys": e2ee.iter().map(|k| json!({
+                "key_id": k.key_id,
+                "algo": k.suite().algo(),
+                "public_key": k.public.to_hex(),
+            })).collect::<Vec<_>>(),
+            "tls_public_keys": [],
+        });
+        let bytes = jcs::to_vec(&value).expect("a keyset holds only strings, integers and null");
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        Keyset { receipt_key_id, receipt_key, e2ee, not_after, value, digest }
+    }
+
+    /// The same keys under a new `not_after` (a restart or another replica).
+    pub(crate) fn renewed(&self, not_after: u64) -> Self {
+        Keyset::seal(self.receipt_key_id.clone(), self.receipt_key.clone(), self.e2ee.clone(), not_after)
+    }
+
+    /// New random E2EE keys, same receipt key and `not_after`.
+    pub(crate) fn rotated(&self) -> Self {
+        Keyset::seal(self.receipt_key_id.clone(), self.receipt_key.clone(), e2ee_keys(false), self.not_after)
+    }
+
+    /// The attestation report for `nonce` (already validated as 64 lowercase hex), with a stub
+    /// quote in the reference's format.
+    pub(crate) fn report(&self, nonce: Option<&str>) -> Value {
+        let report_data = report_data(&statement(&self.digest, nonce));
+        let mut quote = STUB_QUOTE_PREFIX.to_vec();
+        quote.extend_from_slice(&report_data);
+        let mut evidence = Map::new();
+        evidence.insert("quote".into(), Value::String(hex::encode(&quote)));
+        evidence.insert("quote_report_data".into(), Value::String(hex::encode(report_data)));
+        evidence.insert("event_log".into(), Value::Null);
+        evidence.insert("vm_config".into(), json!({ "stub": true }));
+        evidence.insert("app_compose".into(), Value::Null);
+        evidence.insert("stub".into(), Value::Bool(true));
+        json!({
+            "api_version": "aci/1",
+            "workload_keyset_digest": self.digest,
+            "attestation": {
+                "tee_type": "tdx",
+                "workload_keyset": self.value,
+                "report_data": hex::encode(report_data),
+                "evidence": Value::Object(evidence),
+            },
+            "service_capabilities": {
+                "supported_e2ee_versions": ["2"],
+                "serving": "direct",
+            },
+        })
+    }
+}
+
+/// The statement bytes `report_data` hashes: exactly
+/// `{"keyset_digest":"<digest>","nonce":"<nonce>"|null,"purpose":"aci.report_data.v1"}`.
+pub(crate) fn statement(digest: &str, nonce: Option<&str>) -> Vec<u8> {
+    let nonce = match nonce {
+        Some(n) => format!("\"{n}\""),
+        None => "null".to_owned(),
+    };
+    format!("{{\"keyset_digest\":\"{digest}\",\"nonce\":{nonce},\"purpose\":\"aci.report_data.v1\"}}").into_bytes()
+}
+
+/// `SHA-256(statement)`.
+pub(crate) fn report_data(statement: &[u8]) -> [u8; 32] {
+    Sha256::digest(statement).into()
+}
+
+/// Whether `nonce` is an attestation nonce: exactly 64 lowercase hex characters.
+pub(crate) fn is_report_nonce(nonce: &str) -> bool {
+    nonce.len() == 64 && nonce.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference's own stub-quote fixture (protocol.md §8.3), rebuilt from the fixed seeds
+    /// under the fixture's key ids.
+    #[test]
+    fn reproduces_the_reference_stub_quote_fixture() {
+        let e2ee = vec![
+            Arc::new(ServiceKey::new(
+                "static-e2ee-key-secp256k1",
+                SecretKey::from_bytes(Suite::Secp256k1, &SECP256K1_SEED).unwrap(),
+            )),
+            Arc::new(ServiceKey::new(
+                "static-e2ee-x25519-key",
+                SecretKey::from_bytes(Suite::X25519, &X25519_SEED).unwrap(),
+            )),
+        ];
+        let ks = Keyset::seal("static-receipt-ed25519", SigningKey::from_bytes(&RECEIPT_SEED), e2ee, 2_000_000_000);
+        assert_eq!(ks.digest, "sha256:e338157d18d77aaa3d1186c9d96147c2d4edc0f1a169ace1243c0bc3ad701fad");
+        let nonce = "cd20088d763605cf78564e5b35524ad52715419624b76e029582a3652758708d";
+        let report = ks.report(Some(nonce));
+        let fixture: Value = serde_json::from_str(include_str!("../../tests/data/report_stub_quote.json")).unwrap();
+        assert_eq!(report["attestation"]["workload_keyset"], fixture["attestation"]["workload_keyset"]);
+        assert_eq!(
+            serde_json::to_string(&report["attestation"]["workload_keyset"]).unwrap(),
+            serde_json::to_string(&fixture["attestation"]["workload_keyset"]).unwrap(),
+            "served member order"
+        );
+        assert_eq!(report["attestation"]["report_data"], fixture["attestation"]["report_data"]);
+        for k in ["quote", "quote_report_data", "event_log", "vm_config", "app_compose"] {
+            assert_eq!(report["attestation"]["evidence"][k], fixture["attestation"]["evidence"][k], "{k}");
+        }
+    }
+
+    #[test]
+    fn renewal_keeps_keys_and_changes_the_digest() {
+        let ks = Keyset::seal(RECEIPT_KEY_ID, receipt_key(false), e2ee_keys(false), 10);
+        let r = ks.renewed(11);
+        assert_ne!(r.digest, ks.digest);
+        assert_eq!(r.value["e2ee_public_keys"], ks.value["e2ee_public_keys"]);
+        assert_eq!(r.value["receipt_signing_keys"], ks.value["receipt_signing_keys"]);
+        let rot = ks.rotated();
+        assert_ne!(rot.value["e2ee_public_keys"], ks.value["e2ee_public_keys"]);
+        assert_eq!(rot.value["receipt_signing_keys"], ks.value["receipt_signing_keys"]);
+    }
+}

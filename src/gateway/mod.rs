@@ -1,0 +1,312 @@
+//! A local attested ACI gateway for examples and tests (feature `test-gateway`).
+//!
+//! [`TestGateway`] serves the ACI and E2EE v2 wire contract over real HTTP on loopback, the way
+//! the reference gateway's *direct* path does (protocol.md §1, §3–§6): an `aci/1` attestation
+//! report with a **stub quote** (no TEE: the evidence says `"stub": true` and must never pass a
+//! hardware check), E2EE v2 request validation with the reference's error types and order,
+//! response sealing and SSE re-framing, and Ed25519-signed receipts. Behind it sits a
+//! deterministic built-in upstream (an echo model), which a test may replace with its own
+//! handler, and a set of injectable [`Fault`]s.
+//!
+//! Routes:
+//!
+//! | Route | |
+//! | --- | --- |
+//! | `GET /v1/aci/attestation?nonce=<64 lowercase hex>` | the report (`nonce` absent: `null` statement) |
+//! | `POST /v1/chat/completions`, `/v1/completions` | buffered, or SSE with `"stream": true` |
+//! | `POST /v1/embeddings` | buffered |
+//! | `POST /v1/messages`, `/v1/responses` | plaintext only (`400 e2ee_unsupported_endpoint` under E2EE) |
+//! | `GET /v1/aci/receipts/{id}` | by receipt id, then by response id; bearer ownership rules |
+//! | `GET /v1/models` | one model, `demo-model` |
+//!
+//! Every response carries `X-ACI-Version: aci/1` and `X-ACI-Keyset-Digest`. Request bodies are
+//! limited to 32 MiB.
+//!
+//! ```
+//! use tower_aci::gateway::{GatewayConfig, TestGateway};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let gateway = TestGateway::start(GatewayConfig::new().fixed_seeds().not_after(2_000_000_000)).await?;
+//! assert!(gateway.base_url().starts_with("http://127.0.0.1:"));
+//! // Fixed seeds and a fixed `not_after` give a fixed keyset digest.
+//! assert!(gateway.keyset_digest().starts_with("sha256:"));
+//! // Dropping the gateway shuts the server down.
+//! drop(gateway);
+//! # Ok::<(), std::io::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod e2ee;
+mod keyset;
+mod receipts;
+mod server;
+mod upstream;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::attest::{Clock, SystemClock};
+
+pub use receipts::sign_receipt;
+pub use upstream::{UpstreamRequest, UpstreamResponse};
+
+/// Thirty days, the production `not_after` horizon.
+const DEFAULT_VALIDITY_SECS: u64 = 30 * 24 * 3600;
+
+type UpstreamFn = dyn Fn(UpstreamRequest) -> UpstreamResponse + Send + Sync + 'static;
+
+/// How to start a [`TestGateway`]. Builder methods take and return the config by value.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_aci::attest::ManualClock;
+/// use tower_aci::gateway::{GatewayConfig, UpstreamResponse};
+///
+/// let config = GatewayConfig::new()
+///     .fixed_seeds()
+///     .not_after(2_000_000_000)
+///     .clock(Arc::new(ManualClock::new(1_750_000_000)))
+///     .upstream(|req| UpstreamResponse::echo(&req));
+/// # let _ = config;
+/// ```
+#[derive(Clone)]
+pub struct GatewayConfig {
+    fixed_seeds: bool,
+    not_after: Option<u64>,
+    clock: Arc<dyn Clock>,
+    upstream: Option<Arc<UpstreamFn>>,
+    bind: SocketAddr,
+}
+
+impl fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("fixed_seeds", &self.fixed_seeds)
+            .field("not_after", &self.not_after)
+            .field("clock", &self.clock)
+            .field("upstream", &self.upstream.as_ref().map(|_| "custom"))
+            .field("bind", &self.bind)
+            .finish()
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig::new()
+    }
+}
+
+impl GatewayConfig {
+    /// Random keys, `not_after` = start time + 30 days, the system clock, the built-in upstream,
+    /// bound to `127.0.0.1:0`.
+    pub fn new() -> Self {
+        GatewayConfig {
+            fixed_seeds: false,
+            not_after: None,
+            clock: Arc::new(SystemClock),
+            upstream: None,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+
+    /// Deterministic keys from the reference test tree's seeds (protocol.md §8.3): receipt
+    /// Ed25519 seed 32×`0x66`, secp256k1 E2EE seed 32×`0x44`, X25519 seed 32×`0x55`. With a
+    /// fixed [`not_after`](Self::not_after) the keyset digest is fixed too.
+    pub fn fixed_seeds(mut self) -> Self {
+        self.fixed_seeds = true;
+        self
+    }
+
+    /// The keyset's `not_after` (Unix seconds).
+    pub fn not_after(mut self, not_after: u64) -> Self {
+        self.not_after = Some(not_after);
+        self
+    }
+
+    /// The clock for the ±300 s timestamp window, replay expiry, `served_at`, receipt retention
+    /// and the default `not_after`.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Replace the built-in upstream. The handler sees the decrypted, forwarded request and
+    /// returns the upstream's answer, which the gateway then seals and signs as usual;
+    /// [`UpstreamResponse::echo`] is the built-in answer, for delegating.
+    pub fn upstream(mut self, handler: impl Fn(UpstreamRequest) -> UpstreamResponse + Send + Sync + 'static) -> Self {
+        self.upstream = Some(Arc::new(handler));
+        self
+    }
+
+    /// The address to listen on (default `127.0.0.1:0`, an ephemeral port).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+}
+
+/// A fault to inject, set with [`TestGateway::set_fault`]. A fault stays in force until it is
+/// replaced or cleared, except [`StatusOnce`](Fault::StatusOnce), which is used up by one
+/// request.
+///
+/// Stream faults count the upstream's stream pieces as "events" (the built-in upstream and
+/// [`UpstreamResponse::sse_events`] send one event per piece), 0-based.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The upstream answers this status with this body (`application/json` when the body parses
+    /// as JSON, else `text/plain`).
+    UpstreamStatus(u16, String),
+    /// The upstream sends `after_events` events, then half of the next one, then closes cleanly:
+    /// the gateway drops the partial event and appends nothing; the receipt is still stored.
+    CutMidEvent {
+        /// Complete events sent before the cut.
+        after_events: usize,
+    },
+    /// The upstream sends `events` events, then fails at the transport level: the gateway
+    /// appends its `upstream_error` chunk and `[DONE]` (protocol.md §4.3).
+    TransportErrorAfter {
+        /// Events sent before the failure.
+        events: usize,
+    },
+    /// Wait this long before each upstream event after the first.
+    EventDelay(Duration),
+    /// The upstream sends `events` events and then neither sends nor closes; the gateway keeps
+    /// the response open until the client goes away. No receipt is stored.
+    StallAfter {
+        /// Events sent before stalling.
+        events: usize,
+    },
+    /// Streams: a non-JSON data event after the first event, which under E2EE ends the stream
+    /// early with no receipt. Buffered: the upstream body is not JSON (under E2EE:
+    /// `500 internal_error`, no receipt).
+    NonJsonEvent,
+    /// Flip one hex digit of a ciphertext on the wire, in the `index`-th (0-based) response
+    /// part that carries ciphertext: an SSE event, or a buffered body (index 0). The receipt
+    /// names the bytes before the flip, as if an attacker changed them in transit.
+    TamperEvent {
+        /// Which ciphertext-carrying part to tamper with.
+        index: usize,
+    },
+    /// The next E2EE request that passes validation is answered with this status and an error
+    /// body *after* its nonce was burned (for retry tests); then the fault clears itself.
+    StatusOnce(u16),
+}
+
+/// A running local ACI gateway. Dropping it shuts the server down.
+///
+/// ```
+/// use tower_aci::gateway::{Fault, GatewayConfig, TestGateway};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let gateway = TestGateway::start(GatewayConfig::new()).await?;
+/// gateway.set_fault(Some(Fault::TransportErrorAfter { events: 2 }));
+/// let before = gateway.keyset_digest();
+/// gateway.rotate_e2ee_keys();
+/// assert_ne!(gateway.keyset_digest(), before);
+/// assert_eq!(gateway.requests_seen(), 0);
+/// # Ok::<(), std::io::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct TestGateway {
+    addr: SocketAddr,
+    shared: Arc<server::Shared>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for TestGateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestGateway")
+            .field("addr", &self.addr)
+            .field("keyset_digest", &self.keyset_digest())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestGateway {
+    /// Bind and start serving on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The listener could not be bound.
+    pub async fn start(config: GatewayConfig) -> std::io::Result<TestGateway> {
+        let listener = tokio::net::TcpListener::bind(config.bind).await?;
+        let addr = listener.local_addr()?;
+        let not_after = config.not_after.unwrap_or_else(|| config.clock.now().saturating_add(DEFAULT_VALIDITY_SECS));
+        let keyset = keyset::Keyset::seal(
+            keyset::RECEIPT_KEY_ID,
+            keyset::receipt_key(config.fixed_seeds),
+            keyset::e2ee_keys(config.fixed_seeds),
+            not_after,
+        );
+        let (shutdown, watch) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(server::Shared::new(keyset, config.clock, config.upstream, watch));
+        let task = tokio::spawn(server::serve(listener, shared.clone()));
+        Ok(TestGateway { addr, shared, shutdown, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The current keyset digest (`sha256:<hex>`), as `X-ACI-Keyset-Digest` names it.
+    pub fn keyset_digest(&self) -> String {
+        self.shared.keyset().digest.clone()
+    }
+
+    /// The plaintext bodies the upstream received, oldest first (the last 1024).
+    pub fn upstream_log(&self) -> Vec<Value> {
+        self.shared.upstream_log()
+    }
+
+    /// The raw request bodies of the inference requests as they arrived on the wire, oldest
+    /// first (the last 1024): for asserting that the wire carried only ciphertext.
+    pub fn wire_log(&self) -> Vec<Bytes> {
+        self.shared.wire_log()
+    }
+
+    /// Set or clear the injected fault.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        self.shared.set_fault(fault);
+    }
+
+    /// Replace both E2EE keys with new random ones: a new keyset and digest. Requests still
+    /// encrypted to an old key fail with `e2ee_model_key_mismatch`.
+    pub fn rotate_e2ee_keys(&self) {
+        self.shared.update_keyset(|k| k.rotated());
+    }
+
+    /// Same keys, a new `not_after`: a new digest, as after a restart or on another replica.
+    pub fn renew_keyset(&self, not_after: u64) {
+        self.shared.update_keyset(|k| k.renewed(not_after));
+    }
+
+    /// How many inference requests (`POST` to an inference route) reached the gateway.
+    pub fn requests_seen(&self) -> usize {
+        self.shared.requests_seen()
+    }
+
+    /// How many attestation reports were requested.
+    pub fn attestations_served(&self) -> usize {
+        self.shared.attestations_served()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.task.abort();
+    }
+}

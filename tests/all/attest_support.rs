@@ -1,0 +1,186 @@
+//! Helpers shared by the attestation tests: load vectors, build (seal) reports the way the
+//! reference gateway does, and a test dstack KMS that issues custody chains.
+
+use k256::ecdsa::SigningKey;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sha3::Keccak256;
+use tower_aci::attest::{AttestedKeyset, Policy};
+use tower_aci::protocol::jcs;
+use tower_aci::protocol::suite::{SecretKey, Suite};
+use tower_aci::{AttestationFailure, ErrorKind};
+
+/// Parse `tests/data/<name>`.
+pub(crate) fn load(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub(crate) fn bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+/// `sha256:` + hex(SHA-256(JCS(keyset))), computed here rather than with the crate's helper.
+pub(crate) fn digest_of(keyset: &Value) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(jcs::to_vec(keyset).unwrap())))
+}
+
+/// The report-data statement, spelled out.
+pub(crate) fn statement_of(digest: &str, nonce: Option<&[u8; 32]>) -> String {
+    let nonce = match nonce {
+        Some(n) => format!("\"{}\"", hex::encode(n)),
+        None => "null".to_owned(),
+    };
+    format!(r#"{{"keyset_digest":"{digest}","nonce":{nonce},"purpose":"aci.report_data.v1"}}"#)
+}
+
+pub(crate) fn report_data_of(digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
+    Sha256::digest(statement_of(digest, nonce).as_bytes()).into()
+}
+
+/// A stub-quoted report for `keyset` and `nonce`, shaped like the reference gateway's.
+pub(crate) fn seal_report(keyset: &Value, nonce: Option<&[u8; 32]>) -> Value {
+    let digest = digest_of(keyset);
+    let rd = report_data_of(&digest, nonce);
+    let mut slot = rd.to_vec();
+    slot.extend_from_slice(&[0; 32]);
+    let mut quote = b"aci-stub-quote|".to_vec();
+    quote.extend_from_slice(&slot);
+    json!({
+        "api_version": "aci/1",
+        "workload_keyset_digest": digest,
+        "attestation": {
+            "tee_type": "tdx",
+            "workload_keyset": keyset,
+            "report_data": hex::encode(rd),
+            "source_provenance": {
+                "repo_url": "https://github.com/Dstack-TEE/private-ai-gateway",
+                "repo_commit": "deadbeef",
+                "image_digest": null,
+                "image_provenance": null
+            },
+            "evidence": {
+                "quote": hex::encode(quote),
+                "quote_report_data": hex::encode(slot),
+                "event_log": null,
+                "vm_config": "{}",
+                "app_compose": null
+            }
+        },
+        "service_capabilities": {"supported_e2ee_versions": ["2"], "serving": "direct"}
+    })
+}
+
+/// The policy for stub-quoted reports.
+pub(crate) fn stub_policy() -> Policy {
+    Policy::builder().dangerous().accept_stub_quote().build().unwrap()
+}
+
+/// The failure reason of a verification that must fail.
+pub(crate) fn reason(result: tower_aci::Result<AttestedKeyset>) -> AttestationFailure {
+    match result {
+        Ok(k) => panic!("expected a failure, got {k:?}"),
+        Err(e) => match e.kind() {
+            ErrorKind::Attestation(f) => f,
+            other => panic!("expected an attestation failure, got {other:?}: {e}"),
+        },
+    }
+}
+
+pub(crate) fn secp_public_hex(seed: u8) -> String {
+    SecretKey::from_bytes(Suite::Secp256k1, &[seed; 32]).unwrap().public_key().to_hex()
+}
+
+pub(crate) fn x25519_public_hex(seed: u8) -> String {
+    SecretKey::from_bytes(Suite::X25519, &[seed; 32]).unwrap().public_key().to_hex()
+}
+
+pub(crate) fn ed25519_public_hex(seed: u8) -> String {
+    hex::encode(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key().as_bytes())
+}
+
+/// A production-shaped keyset (receipt, secp256k1 and X25519 E2EE keys with the dstack ids).
+pub(crate) fn production_keyset(subject: Option<&str>, not_after: u64) -> Value {
+    json!({
+        "subject": subject,
+        "not_after": not_after,
+        "receipt_signing_keys": [
+            {"key_id": "dstack-kms-receipt-ed25519-v1", "algo": "ed25519", "public_key": ed25519_public_hex(0x31)}
+        ],
+        "e2ee_public_keys": [
+            {"key_id": "dstack-kms-e2ee-v1", "algo": "secp256k1-aes-256-gcm-hkdf-sha256", "public_key": secp_public_hex(0x44)},
+            {"key_id": "dstack-kms-e2ee-x25519-v1", "algo": "x25519-aes-256-gcm-hkdf-sha256", "public_key": x25519_public_hex(0x55)}
+        ],
+        "tls_public_keys": []
+    })
+}
+
+pub(crate) fn signing_key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32].into()).unwrap()
+}
+
+pub(crate) fn compressed_hex(key: &SigningKey) -> String {
+    hex::encode(key.verifying_key().to_encoded_point(true).as_bytes())
+}
+
+/// `r‖s‖v` over Keccak-256(message), hex.
+pub(crate) fn sign_keccak(key: &SigningKey, message: &[u8], v_offset: u8) -> String {
+    let (sig, recid) = key.sign_prehash_recoverable(&Keccak256::digest(message)).unwrap();
+    let mut out = sig.to_bytes().to_vec();
+    out.push(recid.to_byte() + v_offset);
+    hex::encode(out)
+}
+
+/// A test dstack KMS: a root key, an app key and the app id it issues to.
+pub(crate) struct TestKms {
+    pub(crate) root: SigningKey,
+    pub(crate) app: SigningKey,
+    pub(crate) app_id: Vec<u8>,
+}
+
+impl TestKms {
+    pub(crate) fn new() -> TestKms {
+        TestKms { root: signing_key(0x11), app: signing_key(0x22), app_id: vec![0xaa; 20] }
+    }
+
+    pub(crate) fn root_hex(&self) -> String {
+        compressed_hex(&self.root)
+    }
+
+    /// The two-signature chain for a released key whose secp256k1 public key is `kms_public`.
+    pub(crate) fn chain(&self, purpose: &str, kms_public_hex: &str) -> [String; 2] {
+        let msg1 = format!("{purpose}:{kms_public_hex}");
+        let mut msg2 = b"dstack-kms-issued:".to_vec();
+        msg2.extend_from_slice(&self.app_id);
+        msg2.extend_from_slice(self.app.verifying_key().to_encoded_point(true).as_bytes());
+        [sign_keccak(&self.app, msg1.as_bytes(), 0), sign_keccak(&self.root, &msg2, 27)]
+    }
+
+    /// `key_custody` for [`production_keyset`], the way the production provider publishes it.
+    pub(crate) fn custody(&self) -> Value {
+        let receipt_kms = compressed_hex(&signing_key(0x33));
+        let secp_kms = compressed_hex(&signing_key(0x44));
+        let x_kms = compressed_hex(&signing_key(0x66));
+        json!({
+            "provider": "dstack-kms",
+            "keys": [
+                {
+                    "role": "receipt", "path": "aci/receipt-ed25519/v1", "purpose": "aci.receipt.ed25519.v1",
+                    "algo": "ed25519", "public_key": ed25519_public_hex(0x31), "kms_public_key": receipt_kms,
+                    "signature_chain": self.chain("aci.receipt.ed25519.v1", &receipt_kms)
+                },
+                {
+                    "role": "e2ee-secp256k1", "path": "aci/e2ee/v1", "purpose": "aci.e2ee.v1",
+                    "algo": "secp256k1-aes-256-gcm-hkdf-sha256", "public_key": secp_public_hex(0x44),
+                    "kms_public_key": secp_kms, "signature_chain": self.chain("aci.e2ee.v1", &secp_kms)
+                },
+                {
+                    "role": "e2ee-x25519", "path": "aci/e2ee-x25519/v1", "purpose": "aci.e2ee.x25519.v1",
+                    "algo": "x25519-aes-256-gcm-hkdf-sha256", "public_key": x25519_public_hex(0x55),
+                    "kms_public_key": x_kms, "signature_chain": self.chain("aci.e2ee.x25519.v1", &x_kms)
+                }
+            ]
+        })
+    }
+}
