@@ -27,7 +27,11 @@
 //!
 //! Errors from this middleware are `reqwest_middleware::Error::Middleware` wrapping a
 //! [`tower_aci::Error`](crate::Error): `err.downcast_ref::<tower_aci::Error>()` on the inner
-//! `anyhow::Error`, or walk the chain with [`Error::find`](crate::Error::find).
+//! `anyhow::Error`. `reqwest_retry` wraps middleware errors once more in its `RetryError`
+//! (whose `transparent` form hides them from `source()` chains), so downcast that first when
+//! a retry middleware runs outside this one. Errors while reading a decrypted body (a tampered
+//! event, a truncated stream) come from `reqwest::Response::bytes`/`chunk` as `reqwest::Error`s
+//! whose `source()` chain holds the `tower_aci::Error`: use [`Error::find`](crate::Error::find).
 
 use std::sync::Arc;
 

@@ -9,3 +9,5 @@ mod layer_fits;
 mod attest_provider;
 mod layer;
 mod support;
+mod gateway;
+mod reqwest_mw;
