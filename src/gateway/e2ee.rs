@@ -174,7 +174,8 @@ pub(crate) fn open(
     if !replay.claim(&v.client, &v.key.public, &v.nonce, now) {
         return Err(ApiError::bad("e2ee_replay_detected", "E2EE replay detected"));
     }
-    let opened = open_request(endpoint, wire, &v.key.secret, &v.nonce, v.ts).map_err(|_| ApiError::decryption_failed())?;
+    let opened =
+        open_request(endpoint, wire, &v.key.secret, &v.nonce, v.ts).map_err(|_| ApiError::decryption_failed())?;
     let sealer = ResponseSealer::new(endpoint, v.client, model.clone(), v.nonce.clone(), v.ts);
     Ok(Opened { body: opened.body, bytes: opened.bytes, model, sealer })
 }
@@ -371,7 +372,8 @@ mod tests {
         assert_eq!(kind(full(&nonce, "1300", "bad", "bad")), "e2ee_model_key_mismatch");
         assert_eq!(kind(full(&nonce, "1300", &format!("0X{x}"), "bad")), "e2ee_model_key_mismatch");
         assert_eq!(kind(full(&nonce, "1300", &x, &ks.e2ee[0].public.to_hex())), "e2ee_invalid_public_key");
-        let v = validate_headers(&full(&nonce, "1300", &format!("0x{}", x.to_uppercase()), &client), &ks, 1000).unwrap();
+        let v =
+            validate_headers(&full(&nonce, "1300", &format!("0x{}", x.to_uppercase()), &client), &ks, 1000).unwrap();
         assert_eq!(v.suite(), Suite::X25519);
         let secp64 = &ks.e2ee[0].public.to_hex()[2..];
         let v = validate_headers(&full(&nonce, "1300", secp64, &ks.e2ee[0].public.to_hex()), &ks, 1000).unwrap();

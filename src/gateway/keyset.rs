@@ -115,7 +115,12 @@ impl fmt::Debug for Keyset {
 
 impl Keyset {
     /// Seal a keyset (subject `null`, no TLS keys).
-    pub(crate) fn seal(receipt_key_id: impl Into<String>, receipt_key: SigningKey, e2ee: Vec<Arc<ServiceKey>>, not_after: u64) -> Self {
+    pub(crate) fn seal(
+        receipt_key_id: impl Into<String>,
+        receipt_key: SigningKey,
+        e2ee: Vec<Arc<ServiceKey>>,
+        not_after: u64,
+    ) -> Self {
         let receipt_key_id = receipt_key_id.into();
         let value = json!({
             "subject": null,

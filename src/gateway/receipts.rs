@@ -166,11 +166,7 @@ impl ReceiptStore {
         }
         inner.by_id.insert(
             pending.receipt_id.clone(),
-            Stored {
-                doc: bytes.clone(),
-                owner: pending.owner,
-                expires: now.saturating_add(RETENTION_SECS),
-            },
+            Stored { doc: bytes.clone(), owner: pending.owner, expires: now.saturating_add(RETENTION_SECS) },
         );
         bytes
     }

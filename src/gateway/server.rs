@@ -312,16 +312,14 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             c => out.push(c),
         }
@@ -368,22 +366,18 @@ fn receipt(shared: &Shared, id: &str, headers: &HeaderMap) -> Resp {
             "unauthorized",
             "this receipt is owned; authenticate with the original bearer token",
         )),
-        Err(FetchError::NotFound) => error_response(&ApiError::new(
-            404,
-            "not_found",
-            "Receipt id (receipt_id or chat_id) not found or expired",
-        )),
+        Err(FetchError::NotFound) => {
+            error_response(&ApiError::new(404, "not_found", "Receipt id (receipt_id or chat_id) not found or expired"))
+        }
     }
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     match Limited::new(body, BODY_LIMIT).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
-            413,
-            "invalid_request_error",
-            "request body exceeds the 32 MiB limit",
-        )),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(ApiError::new(413, "invalid_request_error", "request body exceeds the 32 MiB limit"))
+        }
         Err(_) => Err(ApiError::new(400, "invalid_request_error", "failed to read the request body")),
     }
 }
@@ -409,7 +403,13 @@ fn upstream_verification_check(h: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn finish_prepare(mut body: Value, original: Bytes, received_hash: String, model: Option<String>, sealer: Option<ResponseSealer>) -> Prepared {
+fn finish_prepare(
+    mut body: Value,
+    original: Bytes,
+    received_hash: String,
+    model: Option<String>,
+    sealer: Option<ResponseSealer>,
+) -> Prepared {
     let bytes = if e2ee::rewrite_for_forwarding(&mut body) {
         Bytes::from(serde_json::to_vec(&body).expect("serialising a Value cannot fail"))
     } else {
@@ -532,11 +532,7 @@ async fn inference_inner(
     let h = &parts.headers;
     let is_e2ee = e2ee::has_e2ee_headers(h);
     if is_e2ee && (path == MESSAGES || path == RESPONSES) {
-        return Err(ApiError::new(
-            400,
-            "e2ee_unsupported_endpoint",
-            format!("ACI E2EE is not supported on {path}"),
-        ));
+        return Err(ApiError::new(400, "e2ee_unsupported_endpoint", format!("ACI E2EE is not supported on {path}")));
     }
     let now = shared.clock.now();
     let endpoint = Endpoint::from_path(path).filter(|e| e.path() == path);
@@ -550,14 +546,8 @@ async fn inference_inner(
     let stream = endpoint != Some(Endpoint::Embeddings) && prepared.body.get("stream") == Some(&Value::Bool(true));
 
     let seq = shared.seq.fetch_add(1, Ordering::SeqCst);
-    let request = UpstreamRequest {
-        path: path.to_owned(),
-        body: prepared.body,
-        bytes: prepared.bytes.clone(),
-        stream,
-        seq,
-        now,
-    };
+    let request =
+        UpstreamRequest { path: path.to_owned(), body: prepared.body, bytes: prepared.bytes.clone(), stream, seq, now };
     push_capped(&shared.upstream_log, request.body.clone());
     let fault = shared.fault();
     let upstream = apply_response_faults(call_upstream(shared, request), fault.as_ref(), stream);
@@ -629,7 +619,14 @@ fn buffered(
         }
     };
     let hash = receipts::body_hash(&out);
-    shared.receipts.store(pending, chat_id.as_deref(), &hash, shared.clock.now(), &keyset.receipt_key_id, &keyset.receipt_key);
+    shared.receipts.store(
+        pending,
+        chat_id.as_deref(),
+        &hash,
+        shared.clock.now(),
+        &keyset.receipt_key_id,
+        &keyset.receipt_key,
+    );
     let wire = match fault {
         Some(Fault::TamperEvent { index: 0 }) if sealed > 0 => e2ee::tamper(&out).unwrap_or(out),
         _ => out,

@@ -131,11 +131,9 @@ fn last_user_text(body: &Value) -> String {
     };
     match msg.get("content") {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(Value::Array(parts)) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+        }
         _ => String::new(),
     }
 }
@@ -226,7 +224,9 @@ fn chat(req: &UpstreamRequest) -> UpstreamResponse {
     for s in 0..steps {
         let choices: Vec<Value> = (0..n)
             .filter_map(|i| {
-                split[i].get(s).map(|p| json!({"index": i, "delta": {"content": p}, "logprobs": null, "finish_reason": null}))
+                split[i]
+                    .get(s)
+                    .map(|p| json!({"index": i, "delta": {"content": p}, "logprobs": null, "finish_reason": null}))
             })
             .collect();
         events.push(chunk(events.len(), choices));
@@ -275,11 +275,15 @@ fn completions(req: &UpstreamRequest) -> UpstreamResponse {
     for s in 0..steps {
         events.push(chunk(
             (0..n)
-                .filter_map(|i| split[i].get(s).map(|p| json!({"index": i, "text": p, "logprobs": null, "finish_reason": null})))
+                .filter_map(|i| {
+                    split[i].get(s).map(|p| json!({"index": i, "text": p, "logprobs": null, "finish_reason": null}))
+                })
                 .collect(),
         ));
     }
-    events.push(chunk((0..n).map(|i| json!({"index": i, "text": "", "logprobs": null, "finish_reason": "stop"})).collect()));
+    events.push(chunk(
+        (0..n).map(|i| json!({"index": i, "text": "", "logprobs": null, "finish_reason": "stop"})).collect(),
+    ));
     let mut last = chunk(Vec::new());
     last["usage"] = usage;
     events.push(last);

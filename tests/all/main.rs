@@ -11,3 +11,4 @@ mod layer;
 mod support;
 mod gateway;
 mod reqwest_mw;
+mod provider_gateway;

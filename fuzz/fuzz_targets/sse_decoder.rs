@@ -1,0 +1,47 @@
+//! The SSE stream decryptor on arbitrary bytes, split at an arbitrary point: never panics, and
+//! the split does not change the outcome.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tower_aci::protocol::request::{Endpoint, ExchangeContext};
+use tower_aci::protocol::sse::SseLimits;
+use tower_aci::protocol::stream::{StreamDecryptor, StreamOutput};
+use tower_aci::protocol::suite::{SecretKey, Suite};
+
+fn run(data: &[u8], cut: usize) -> Vec<Result<Vec<u8>, String>> {
+    let ctx = ExchangeContext::new(
+        Endpoint::ChatCompletions,
+        SecretKey::from_bytes(Suite::X25519, &[7; 32]).unwrap(),
+        "m",
+        "n",
+        1,
+    );
+    let mut dec = StreamDecryptor::new(ctx, SseLimits { max_line: 4096, max_event: 16384 });
+    let mut out = Vec::new();
+    for part in [&data[..cut], &data[cut..]] {
+        dec.push(part);
+        loop {
+            match dec.next_output() {
+                Ok(Some(StreamOutput::Event(b))) => out.push(Ok(b.to_vec())),
+                Ok(Some(StreamOutput::InBandError(b, _))) => out.push(Ok(b.to_vec())),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(Err(format!("{:?}", e.kind())));
+                    return out;
+                }
+            }
+        }
+    }
+    out.push(dec.finish().map(|_| Vec::new()).map_err(|e| format!("{:?}", e.kind())));
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.is_empty() {
+        return;
+    }
+    let cut = data[0] as usize % data.len();
+    let data = &data[1..];
+    let cut = cut.min(data.len());
+    assert_eq!(run(data, cut), run(data, 0));
+});
