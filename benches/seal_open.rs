@@ -181,5 +181,30 @@ fn rewrite(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, seal_open, sse, rewrite);
+/// How long one buffered embeddings answer keeps a thread busy: 100 inputs of 1,536 floats.
+fn buffered_embeddings(c: &mut Criterion) {
+    use tower_aci::protocol::response::decrypt_response;
+    let mut g = c.benchmark_group("decrypt_buffered_100_embeddings");
+    g.sample_size(20);
+    for suite in Suite::ALL {
+        let client = SecretKey::from_bytes(suite, &[3; 32]).unwrap();
+        let sealer = ResponseSealer::new(Endpoint::Embeddings, client.public_key(), "e", "n", 1);
+        let data: Vec<_> = (0..100)
+            .map(|i| json!({"object": "embedding", "index": i, "embedding": (0..1536).map(|k| ((k * 7 + i) % 255) as f64 / 255.0 - 0.5).collect::<Vec<f64>>()}))
+            .collect();
+        let mut doc = json!({"object": "list", "data": data});
+        sealer.seal_document(&mut doc, &mut OsRng).unwrap();
+        let body = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap());
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(if suite == Suite::X25519 { "x25519" } else { "secp256k1" }, |b| {
+            b.iter(|| {
+                let ctx = ExchangeContext::new(Endpoint::Embeddings, SecretKey::from_bytes(suite, &[3; 32]).unwrap(), "e", "n", 1);
+                decrypt_response(&ctx, body.clone()).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, seal_open, sse, rewrite, buffered_embeddings);
 criterion_main!(benches);

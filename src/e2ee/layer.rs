@@ -12,8 +12,10 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 /// Default limit on a buffered response body (and on a non-2xx error body): 64 MiB.
 pub const DEFAULT_MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 /// Buffered responses larger than this are decrypted on Tokio's blocking pool (when running on
-/// Tokio) so a large embeddings answer does not stall the executor.
-pub const DEFAULT_BLOCKING_THRESHOLD: usize = 256 * 1024;
+/// Tokio) so a large embeddings answer does not stall the executor. At 16 KiB a body holds at
+/// most ~85 ciphertext fields (a field is at least 186 hex characters), a few milliseconds of
+/// secp256k1 work in the worst case; a typical chat answer stays inline.
+pub const DEFAULT_BLOCKING_THRESHOLD: usize = 16 * 1024;
 
 /// A [`Layer`] that applies E2EE v2 to requests through the wrapped service.
 ///
@@ -84,7 +86,7 @@ impl E2eeLayer {
     }
 
     /// Buffered responses above this size are decrypted on Tokio's blocking pool (default
-    /// 256 KiB). `usize::MAX` keeps all decryption inline.
+    /// 16 KiB). `usize::MAX` keeps all decryption inline.
     pub fn blocking_threshold(self, bytes: usize) -> Self {
         self.update(|c| c.blocking_threshold = bytes)
     }
