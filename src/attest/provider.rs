@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use futures_util::future::{Either, select};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
@@ -401,6 +402,14 @@ where
                 Ok(_) => failures = 0,
                 Err(_) => failures = failures.saturating_add(1),
             }
+            // This attempt answers every wake-up raised before it ended. `Notify` keeps one
+            // permit for a signal that found no waiter (the second of the two signals a key
+            // mismatch response raises, or the responses naming the same unknown digest while
+            // the refresher was busy); left in place it would start a redundant refresh.
+            // Anything still wrong signals again on the next response (the digest is checked
+            // against the known set each time, a mismatch recurs, an expired key wakes on
+            // every read).
+            let _ = shared.wake.notified().now_or_never();
         }
     }
 }

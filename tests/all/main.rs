@@ -12,3 +12,4 @@ mod support;
 mod gateway;
 mod reqwest_mw;
 mod provider_gateway;
+mod receipt_vectors;
