@@ -1,7 +1,7 @@
 //! A native [`reqwest_middleware::Middleware`] applying E2EE v2 (feature `reqwest-middleware`).
 //!
 //! A tower layer cannot sit inside reqwest-middleware's chain, so this middleware drives the same
-//! protocol core and the same decrypting response body as [`E2eeLayer`](crate::E2eeLayer).
+//! protocol core and the same decrypting response body as [`E2eeLayer`].
 //! Put it **after** `RetryTransientMiddleware` (middleware run in the order attached), so every
 //! attempt re-encrypts with a fresh nonce: the gateway burns a nonce before it decrypts.
 //!

@@ -13,3 +13,6 @@ mod gateway;
 mod reqwest_mw;
 mod provider_gateway;
 mod receipt_vectors;
+mod receipt_gateway;
+mod receipt_fetch;
+mod attest_dcap;

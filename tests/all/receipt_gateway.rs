@@ -1,0 +1,338 @@
+//! Receipts end to end over loopback: E2EE exchanges through `E2eeLayer` against the local
+//! gateway, then fetch + verify with `ReceiptClient`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use tower::ServiceBuilder;
+use tower_aci::attest::{KeyProvider, SystemClock};
+use tower_aci::gateway::{Fault, GatewayConfig};
+use tower_aci::protocol::suite::Suite;
+use tower_aci::receipt::{
+    ExchangeRecord, Receipt, ReceiptClient, ReceiptPolicy, RetryPolicy, verify_against_keyset, verify_exchange,
+};
+use tower_aci::{ErrorKind, ReceiptFailure as F};
+
+use crate::support::{Env, Hyper, hyper, kind, layer_client, post, read, send, stub_policy};
+
+const PROMPT: &str = "the receipt must name exactly this";
+
+fn chat(stream: bool) -> Value {
+    json!({"model": "demo-model", "stream": stream, "messages": [{"role": "user", "content": PROMPT}]})
+}
+
+fn receipts(env: &Env) -> ReceiptClient<Hyper> {
+    ReceiptClient::new(hyper(), env.gw.base_url().parse().unwrap()).retry(RetryPolicy::new(
+        3,
+        Duration::from_millis(10),
+        Duration::from_millis(50),
+    ))
+}
+
+fn with_bearer(url: &str, body: &Value, token: &str) -> Request<Full<Bytes>> {
+    let mut req = post(url, body);
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+fn reason<T: std::fmt::Debug>(r: tower_aci::Result<T>) -> F {
+    match r {
+        Ok(v) => panic!("expected a receipt failure, got {v:?}"),
+        Err(e) => match e.kind() {
+            ErrorKind::Receipt(f) => f,
+            other => panic!("expected a receipt failure, got {other:?}: {e}"),
+        },
+    }
+}
+
+#[tokio::test]
+async fn buffered_and_streamed_exchanges_verify_end_to_end_in_both_suites() {
+    for suite in Suite::ALL {
+        let env = Env::start(suite).await;
+        let client = env.client(env.layer());
+        let rc = receipts(&env);
+        let policy = ReceiptPolicy::new().reject_rewrites(true).require_verified_upstream(true);
+        for (path, body) in [
+            ("/v1/chat/completions", chat(false)),
+            ("/v1/chat/completions", chat(true)),
+            ("/v1/completions", json!({"model": "demo-model", "prompt": PROMPT})),
+            ("/v1/completions", json!({"model": "demo-model", "prompt": PROMPT, "stream": true})),
+            ("/v1/embeddings", json!({"model": "demo-model", "input": PROMPT})),
+        ] {
+            let res = send(&client, post(&env.url(path), &body)).await.unwrap();
+            assert_eq!(res.status(), 200, "{path}");
+            let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+            assert_eq!(record.streamed(), body["stream"] == true);
+            let out = read(res.into_body()).await.unwrap();
+            assert!(!out.is_empty());
+
+            let verified = rc.fetch_and_verify(&record, None, &env.keys, &policy).await.unwrap();
+            let receipt = verified.receipt();
+            assert_eq!(Some(receipt.receipt_id()), record.receipt_id());
+            assert_eq!(receipt.endpoint(), path);
+            assert_eq!(receipt.model(), Some("demo-model"));
+            assert!(verified.forwarded() && !verified.rewritten());
+            assert!(verified.upstream().is_none() && verified.session().is_none(), "a direct gateway");
+            assert_eq!(verified.keyset().digest(), env.gw.keyset_digest());
+            assert_eq!(record.keyset_digest(), Some(env.gw.keyset_digest().as_str()));
+
+            // Archived bytes re-verify offline against the keyset, and against the record.
+            let archived = Receipt::from_bytes(receipt.to_bytes()).unwrap();
+            verify_against_keyset(&archived, &env.keys.current().unwrap()).unwrap();
+            verify_exchange(&archived, &record, &env.keys, &policy).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_receipt_client_works_through_the_layered_client_too() {
+    let env = Env::start(Suite::Secp256k1).await;
+    let client = env.client(env.layer());
+    // The layer lets GETs through untouched, so one client stack serves both.
+    let rc = ReceiptClient::new(client.clone(), env.gw.base_url().parse().unwrap());
+    let res = send(&client, post(&env.url("/v1/chat/completions"), &chat(true))).await.unwrap();
+    let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+    read(res.into_body()).await.unwrap();
+    rc.fetch_and_verify(&record, None, &env.keys, &ReceiptPolicy::new()).await.unwrap();
+    // By response id as well.
+    let receipt = rc.fetch(record.receipt_id().unwrap(), None).await.unwrap();
+    let chat_id = receipt.chat_id().unwrap().to_owned();
+    assert_eq!(rc.fetch(&chat_id, None).await.unwrap(), receipt);
+}
+
+/// Rewrite `from` to `to` (same length) in the response bytes, after the gateway signed them and
+/// before the layer sees them: outside any ciphertext, so decryption still succeeds.
+fn tampering_client(
+    env: &Env,
+    from: &'static [u8],
+    to: &'static [u8],
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<impl http_body::Body<Data = Bytes, Error = tower_aci::BoxError> + Send + use<>>,
+    Error = tower_aci::BoxError,
+    Future: Send,
+> + Clone
++ use<> {
+    ServiceBuilder::new()
+        .layer(env.layer())
+        .map_response(move |res: Response<hyper::body::Incoming>| {
+            res.map(move |b| {
+                b.map_frame(move |f| {
+                    f.map_data(|d: Bytes| match memchr_find(&d, from) {
+                        Some(i) => {
+                            let mut v = d.to_vec();
+                            v[i..i + to.len()].copy_from_slice(to);
+                            Bytes::from(v)
+                        }
+                        None => d,
+                    })
+                })
+            })
+        })
+        .service(layer_client())
+}
+
+fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[tokio::test]
+async fn a_response_byte_changed_in_transit_fails_the_response_hash() {
+    for stream in [false, true] {
+        let env = Env::start(Suite::X25519).await;
+        let client = tampering_client(&env, b"chat.completion", b"chat.complexion");
+        let rc = receipts(&env);
+        let res = send(&client, post(&env.url("/v1/chat/completions"), &chat(stream))).await.unwrap();
+        let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+        let out = read(res.into_body()).await.unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("complexion"), "the layer decrypted the altered body");
+        let err = rc.fetch_and_verify(&record, None, &env.keys, &ReceiptPolicy::new()).await;
+        assert_eq!(reason(err), F::ResponseHash, "stream: {stream}");
+
+        // Verify before release: the altered body is never handed out.
+        let res = send(&client, post(&env.url("/v1/chat/completions"), &chat(stream))).await.unwrap();
+        let released = rc.release_after_receipt(res, None, &env.keys, &ReceiptPolicy::new()).await;
+        assert_eq!(reason(released), F::ResponseHash);
+    }
+}
+
+#[tokio::test]
+async fn a_ciphertext_flipped_in_transit_fails_decryption_and_the_receipt() {
+    let env = Env::start(Suite::Secp256k1).await;
+    env.gw.set_fault(Some(Fault::TamperEvent { index: 0 }));
+    let client = env.client(env.layer());
+    let res = send(&client, post(&env.url("/v1/chat/completions"), &chat(false))).await.unwrap();
+    let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+    let err = read(res.into_body()).await.unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::Decrypt));
+    // The whole wire body was read, so its hash is final: it is not what the gateway signed.
+    assert!(record.response_body_sha256().is_some());
+    let err = receipts(&env).fetch_and_verify(&record, None, &env.keys, &ReceiptPolicy::new()).await;
+    assert_eq!(reason(err), F::ResponseHash);
+}
+
+#[tokio::test]
+async fn a_record_that_differs_from_the_exchange_fails_the_right_check() {
+    let env = Env::start(Suite::X25519).await;
+    let client = env.client(env.layer());
+    let rc = receipts(&env);
+    let res = send(&client, post(&env.url("/v1/chat/completions"), &chat(false))).await.unwrap();
+    let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+    read(res.into_body()).await.unwrap();
+    let receipt = rc.fetch(record.receipt_id().unwrap(), None).await.unwrap();
+    let policy = ReceiptPolicy::new();
+    let response = record.response_body_sha256();
+
+    let mut request = record.request_body_sha256();
+    request[5] ^= 0x80;
+    let fake = ExchangeRecord::for_tests(record.path(), record.model(), record.receipt_id(), request, response);
+    assert_eq!(reason(verify_exchange(&receipt, &fake, &env.keys, &policy)), F::RequestHash);
+
+    let mut changed = response.unwrap();
+    changed[0] ^= 1;
+    let fake = ExchangeRecord::for_tests(
+        record.path(),
+        record.model(),
+        record.receipt_id(),
+        record.request_body_sha256(),
+        Some(changed),
+    );
+    assert_eq!(reason(verify_exchange(&receipt, &fake, &env.keys, &policy)), F::ResponseHash);
+
+    let fake = ExchangeRecord::for_tests(record.path(), "other-model", None, record.request_body_sha256(), response);
+    assert_eq!(reason(verify_exchange(&receipt, &fake, &env.keys, &policy)), F::Mismatch);
+    verify_exchange(&receipt, &record, &env.keys, &policy).unwrap();
+}
+
+#[tokio::test]
+async fn bearer_token_rules_are_typed_errors() {
+    let env = Env::start(Suite::Secp256k1).await;
+    let client = env.client(env.layer());
+    let rc = receipts(&env);
+    let policy = ReceiptPolicy::new();
+    let res = send(&client, with_bearer(&env.url("/v1/chat/completions"), &chat(false), "tok-1")).await.unwrap();
+    let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+    read(res.into_body()).await.unwrap();
+
+    let err = rc.fetch_and_verify(&record, None, &env.keys, &policy).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Receipt(F::Unauthorized));
+    assert!(err.to_string().contains("bearer token"), "{err}");
+    let err = rc.fetch_and_verify(&record, Some("tok-2"), &env.keys, &policy).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Receipt(F::NotAvailable));
+    rc.fetch_and_verify(&record, Some("tok-1"), &env.keys, &policy).await.unwrap();
+
+    // A streamed exchange under a token: the same rules.
+    let res = send(&client, with_bearer(&env.url("/v1/chat/completions"), &chat(true), "tok-3")).await.unwrap();
+    let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+    read(res.into_body()).await.unwrap();
+    assert_eq!(reason(rc.fetch(record.receipt_id().unwrap(), None).await), F::Unauthorized);
+    rc.fetch_and_verify(&record, Some("tok-3"), &env.keys, &policy).await.unwrap();
+
+    // Tokens that cannot be a header value are a configuration error, not a fetch.
+    let err = rc.fetch(record.receipt_id().unwrap(), Some("a\nb")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
+
+#[tokio::test]
+async fn a_stream_read_half_way_reports_not_available() {
+    let env = Env::with(GatewayConfig::new(), Suite::X25519).await;
+    env.gw.set_fault(Some(Fault::EventDelay(Duration::from_millis(30))));
+    let client = env.client(env.layer());
+    let rc = receipts(&env);
+    // A receipt client that cannot reach anything: proves no fetch is attempted.
+    let unreachable = ReceiptClient::new(hyper(), "http://127.0.0.1:9".parse().unwrap()).retry(RetryPolicy::none());
+    let policy = ReceiptPolicy::new();
+
+    let res = send(&client, post(&env.url("/v1/chat/completions"), &chat(true))).await.unwrap();
+    let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    assert_eq!(record.response_body_sha256(), None);
+    let err = unreachable.fetch_and_verify(&record, None, &env.keys, &policy).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Receipt(F::NotAvailable));
+    assert!(err.to_string().contains("not read to its end"), "{err}");
+    let released = unreachable.release_after_receipt(Response::new(Full::new(Bytes::new())), None, &env.keys, &policy);
+    assert_eq!(reason(released.await), F::NotAvailable, "a response that did not come through the layer");
+
+    // Read to the end: now it verifies.
+    while let Some(frame) = body.frame().await {
+        frame.unwrap();
+    }
+    rc.fetch_and_verify(&record, None, &env.keys, &policy).await.unwrap();
+
+    // A stream abandoned half-way leaves no receipt at all on the gateway.
+    env.gw.set_fault(Some(Fault::StallAfter { events: 1 }));
+    let res = send(&client, post(&env.url("/v1/chat/completions"), &chat(true))).await.unwrap();
+    let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+    let mut body = res.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert_eq!(reason(rc.fetch_and_verify(&record, None, &env.keys, &policy).await), F::NotAvailable);
+    drop(body);
+    let id = record.receipt_id().unwrap();
+    assert_eq!(reason(rc.clone().retry(RetryPolicy::none()).fetch(id, None).await), F::NotAvailable);
+}
+
+#[tokio::test]
+async fn verify_before_release_hands_out_the_body_only_after_the_receipt() {
+    let env = Env::start(Suite::Secp256k1).await;
+    let client = env.client(env.layer());
+    let rc = receipts(&env);
+    let policy = ReceiptPolicy::new();
+    let res = send(&client, with_bearer(&env.url("/v1/chat/completions"), &chat(false), "tok")).await.unwrap();
+    let (res, verified) = rc.release_after_receipt(res, Some("tok"), &env.keys, &policy).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let record = res.extensions().get::<ExchangeRecord>().unwrap();
+    assert_eq!(Some(verified.receipt().receipt_id()), record.receipt_id());
+    let out: Value = serde_json::from_slice(res.body()).unwrap();
+    assert_eq!(out["choices"][0]["message"]["content"], format!("You said: {PROMPT}"));
+
+    // Without the owner's token nothing is released.
+    let res = send(&client, with_bearer(&env.url("/v1/chat/completions"), &chat(false), "tok")).await.unwrap();
+    assert_eq!(reason(rc.release_after_receipt(res, None, &env.keys, &policy).await), F::Unauthorized);
+
+    // A gateway error is surfaced as such.
+    env.gw.set_fault(Some(Fault::UpstreamStatus(429, r#"{"error":{"type":"rate_limited","message":"slow"}}"#.into())));
+    let res = send(&client, post(&env.url("/v1/chat/completions"), &chat(false))).await.unwrap();
+    assert_eq!(res.status(), 429);
+    let err = rc.release_after_receipt(res, None, &env.keys, &policy).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Gateway);
+}
+
+#[tokio::test]
+async fn receipts_of_a_renewed_keyset_verify_once_it_is_attested() {
+    let env = Env::start(Suite::X25519).await;
+    let provider = KeyProvider::builder(hyper())
+        .base_url(env.gw.base_url().parse().unwrap())
+        .policy(stub_policy(Suite::X25519))
+        .build()
+        .unwrap();
+    provider.establish().await.unwrap();
+    let keys = provider.handle();
+    let client = env.client(tower_aci::E2eeLayer::new(keys.clone()));
+    let rc = receipts(&env);
+    let policy = ReceiptPolicy::new();
+
+    let exchange = || async {
+        let res = send(&client, post(&env.url("/v1/chat/completions"), &chat(false))).await.unwrap();
+        let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+        read(res.into_body()).await.unwrap();
+        record
+    };
+    let before = exchange().await;
+    rc.fetch_and_verify(&before, None, &keys, &policy).await.unwrap();
+
+    // A restart or another replica: same E2EE keys, a new keyset digest (protocol.md §6.5).
+    let now = tower_aci::attest::Clock::now(&SystemClock);
+    env.gw.renew_keyset(now + 20 * 24 * 3600);
+    let after = exchange().await;
+    assert_ne!(after.keyset_digest(), before.keyset_digest());
+    assert_eq!(reason(rc.fetch_and_verify(&after, None, &keys, &policy).await), F::UnknownKeyset);
+    provider.establish().await.unwrap();
+    rc.fetch_and_verify(&after, None, &keys, &policy).await.unwrap();
+    // The earlier receipt still verifies against the keyset it names.
+    rc.fetch_and_verify(&before, None, &keys, &policy).await.unwrap();
+}
