@@ -5,9 +5,14 @@
 //! - [`KeyProvider`] fetches reports over any tower HTTP service, verifies them and publishes the
 //!   result into a [`KeyHandle`] that the E2EE layer reads without locking, refreshing before
 //!   `not_after` and when the gateway names a keyset digest it has not seen.
+//! - `dcap` (feature `dcap`) verifies the gateway's Intel TDX quote against collateral
+//!   supplied offline or fetched from a PCCS; without it, a policy that requires hardware
+//!   verification fails closed with `HardwareUnverifiable`.
 
 mod clock;
 mod custody;
+#[cfg(feature = "dcap")]
+pub mod dcap;
 mod eventlog;
 mod handle;
 mod keyset;
@@ -20,4 +25,6 @@ pub use handle::KeyHandle;
 pub use keyset::{AttestedKeyset, ReceiptKey, TlsKey};
 pub use policy::{DEFAULT_MAX_VALIDITY, DEFAULT_TCB_STATUS, DangerousPolicyBuilder, Policy, PolicyBuilder};
 pub use provider::{KeyProvider, KeyProviderBuilder, RefreshTask, RefreshWorker, SleepFn};
+#[cfg(feature = "dcap")]
+pub use report::verify_report_with_collateral;
 pub use report::{API_VERSION, STATEMENT_PURPOSE, keyset_digest, report_data, report_statement, verify_report};

@@ -58,11 +58,13 @@ pub(crate) struct Allowlists {
 /// What an attestation report must satisfy. Build one with [`Policy::builder`] (fallible: an
 /// invalid value surfaces as a [`Config`](ErrorKind::Config) error from `build`).
 ///
-/// The defaults ([`Policy::default()`]) fail closed: the hardware quote must verify; only the
-/// `UpToDate` TCB status is accepted; `not_after` may lie at most 400 days ahead; a `key_custody`
-/// object that is present must verify against the accepted KMS roots (of which there are none
-/// until you add them); keys are selected secp256k1 first (preferring `dstack-kms-e2ee-v1`),
-/// X25519 when the keyset has no secp256k1 key; no allowlists.
+/// The defaults ([`Policy::default()`]) fail closed: the hardware quote must verify (feature
+/// `dcap`, against collateral given to `PolicyBuilder::collateral` or fetched by the key provider
+/// from a PCCS; a build without the feature, or a quote without collateral, fails with
+/// `HardwareUnverifiable`); only the `UpToDate` TCB status is accepted; `not_after` may lie at
+/// most 400 days ahead; a `key_custody` object that is present must verify against the accepted
+/// KMS roots (of which there are none until you add them); keys are selected secp256k1 first
+/// (preferring `dstack-kms-e2ee-v1`), X25519 when the keyset has no secp256k1 key; no allowlists.
 ///
 /// ```
 /// use std::time::Duration;
@@ -100,6 +102,9 @@ pub struct Policy {
     pub(crate) custody: Custody,
     pub(crate) allow: Allowlists,
     pub(crate) assumed_app_id: Option<Vec<u8>>,
+    /// Offline collateral for hardware verification, one per platform (FMSPC).
+    #[cfg(feature = "dcap")]
+    pub(crate) collateral: Vec<crate::attest::dcap::Collateral>,
 }
 
 impl Policy {
@@ -136,6 +141,8 @@ impl Default for Policy {
             custody: Custody::IfPresent,
             allow: Allowlists::default(),
             assumed_app_id: None,
+            #[cfg(feature = "dcap")]
+            collateral: Vec::new(),
         }
     }
 }
@@ -143,16 +150,18 @@ impl Default for Policy {
 impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hex_list = |v: &[[u8; 33]]| v.iter().map(hex::encode).collect::<Vec<_>>();
-        f.debug_struct("Policy")
-            .field("selection", &self.selection)
+        let mut d = f.debug_struct("Policy");
+        d.field("selection", &self.selection)
             .field("max_validity_secs", &self.max_validity)
             .field("hardware", &self.hardware)
             .field("tcb_statuses", &self.tcb_statuses)
             .field("kms_roots", &hex_list(&self.kms_roots))
             .field("custody", &self.custody)
             .field("allow", &self.allow)
-            .field("assumed_app_id", &self.assumed_app_id.as_ref().map(hex::encode))
-            .finish()
+            .field("assumed_app_id", &self.assumed_app_id.as_ref().map(hex::encode));
+        #[cfg(feature = "dcap")]
+        d.field("collateral", &self.collateral);
+        d.finish()
     }
 }
 
@@ -216,6 +225,23 @@ impl PolicyBuilder {
             return self.fail("the accepted TCB statuses must be a non-empty list of names".to_owned());
         }
         self.policy.tcb_statuses = statuses;
+        self
+    }
+
+    /// Offline collateral for verifying the gateway's TDX quote (feature `dcap`): the collateral
+    /// of one platform, as [`Collateral::from_json`](crate::attest::dcap::Collateral::from_json)
+    /// reads it or [`fetch_collateral`](crate::attest::dcap::fetch_collateral) fetched it. Add one
+    /// per platform (FMSPC) the gateway's replicas run on; a quote is verified against the one
+    /// for its FMSPC, at the verification time, so collateral past its `nextUpdate` refuses every
+    /// quote until it is replaced. A key provider with a PCCS
+    /// ([`KeyProviderBuilder::pccs`](crate::attest::KeyProviderBuilder::pccs)) uses the fetched
+    /// collateral instead.
+    #[cfg(feature = "dcap")]
+    pub fn collateral(mut self, collateral: crate::attest::dcap::Collateral) -> Self {
+        if collateral.fmspc().is_none() {
+            return self.fail("the collateral's TCB info names no FMSPC".to_owned());
+        }
+        self.policy.collateral.push(collateral);
         self
     }
 

@@ -73,6 +73,8 @@ pub struct KeyProviderBuilder<S> {
     sleep: Option<SleepFn>,
     timing: Timing,
     max_report_size: usize,
+    #[cfg(feature = "dcap")]
+    pccs: Option<Uri>,
 }
 
 impl<S> fmt::Debug for KeyProviderBuilder<S> {
@@ -156,6 +158,17 @@ impl<S> KeyProviderBuilder<S> {
         self
     }
 
+    /// Fetch the collateral for the gateway's TDX quote from this PCCS (feature `dcap`), through
+    /// the same HTTP service, at every attestation; it is used in place of the policy's offline
+    /// collateral. The service must route absolute URIs. See
+    /// [`fetch_collateral`](crate::attest::dcap::fetch_collateral); for example
+    /// `https://pccs.phala.network`, the reference verifier's default.
+    #[cfg(feature = "dcap")]
+    pub fn pccs(mut self, url: Uri) -> Self {
+        self.pccs = Some(url);
+        self
+    }
+
     /// The provider, or a [`Config`](ErrorKind::Config) error.
     pub fn build(self) -> Result<KeyProvider<S>> {
         let config = |m: &'static str| Error::new(ErrorKind::Config, m);
@@ -177,6 +190,10 @@ impl<S> KeyProviderBuilder<S> {
         if self.max_report_size == 0 {
             return Err(config("max_report_size must be positive"));
         }
+        #[cfg(feature = "dcap")]
+        if self.pccs.as_ref().is_some_and(|u| u.scheme().is_none() || u.authority().is_none()) {
+            return Err(config("the PCCS URL needs a scheme and an authority"));
+        }
         let sleep = self.sleep.unwrap_or_else(|| Arc::new(|d| Box::pin(tokio::time::sleep(d))));
         Ok(KeyProvider {
             inner: Arc::new(Inner {
@@ -187,6 +204,8 @@ impl<S> KeyProviderBuilder<S> {
                 sleep,
                 timing: t,
                 max_report_size: self.max_report_size,
+                #[cfg(feature = "dcap")]
+                pccs: self.pccs,
                 flight: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
                 last_outcome: Mutex::new(None),
@@ -268,6 +287,8 @@ struct Inner<S> {
     sleep: SleepFn,
     timing: Timing,
     max_report_size: usize,
+    #[cfg(feature = "dcap")]
+    pccs: Option<Uri>,
     /// Held while a fetch runs: concurrent callers wait here and take its outcome.
     flight: tokio::sync::Mutex<()>,
     /// Counts finished fetches.
@@ -286,6 +307,8 @@ impl<S> KeyProvider<S> {
             sleep: None,
             timing: Timing::default(),
             max_report_size: DEFAULT_MAX_REPORT_SIZE,
+            #[cfg(feature = "dcap")]
+            pccs: None,
         }
     }
 
@@ -447,6 +470,8 @@ where
             Ok(s) => s.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
+        #[cfg(feature = "dcap")]
+        let pccs_service = self.pccs.as_ref().map(|_| service.clone());
         let transport =
             |e: S::Error| Error::new(ErrorKind::Transport, "fetching the attestation report failed").with_source(e);
         let response = service.oneshot(request).await.map_err(transport)?;
@@ -464,6 +489,21 @@ where
             .to_bytes();
         if status != StatusCode::OK {
             return Err(gateway_error(status, &body));
+        }
+        #[cfg(feature = "dcap")]
+        if let (Some(pccs), Some(service)) = (&self.pccs, pccs_service) {
+            if let Some(quote) = crate::attest::report::quote_to_verify(&body, &self.policy) {
+                let collateral = crate::attest::dcap::fetch_collateral(service, pccs, &quote).await?;
+                let now = self.handle.shared.clock.now();
+                return crate::attest::report::verify_report_with_collateral(
+                    &body,
+                    &nonce,
+                    now,
+                    &self.policy,
+                    &collateral,
+                )
+                .map(Arc::new);
+            }
         }
         let now = self.handle.shared.clock.now();
         verify_report(&body, &nonce, now, &self.policy).map(Arc::new)

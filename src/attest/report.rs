@@ -4,6 +4,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::attest::custody;
+#[cfg(feature = "dcap")]
+use crate::attest::dcap::{self, Collateral};
 use crate::attest::eventlog;
 use crate::attest::keyset::{AttestedKeyset, ReceiptKey, TlsKey};
 use crate::attest::policy::{Custody, Hardware, KeySelection, Policy, decode_hex};
@@ -28,6 +30,10 @@ const DEFAULT_X25519_KEY_ID: &str = "dstack-kms-e2ee-x25519-v1";
 const STUB_QUOTE_PREFIX: &[u8] = b"aci-stub-quote|";
 
 use AttestationFailure as F;
+
+/// Without the `dcap` feature there is no collateral to pass.
+#[cfg(not(feature = "dcap"))]
+type Collateral = std::convert::Infallible;
 
 fn fail(failure: AttestationFailure, message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::attestation(failure, message)
@@ -84,9 +90,14 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 /// 1. `api_version == "aci/1"` ([`ApiVersion`](AttestationFailure::ApiVersion)); the document
 ///    has the report's shape ([`Shape`](AttestationFailure::Shape)).
 /// 2. Hardware evidence ([`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable),
-///    [`Quote`](AttestationFailure::Quote)): a policy that requires hardware verification fails in
-///    a build without a quote verifier; the `dangerous()` stub acceptance still requires the stub
-///    quote's report-data slot (and `quote_report_data`, if present) to carry `report_data`.
+///    [`Quote`](AttestationFailure::Quote), [`TcbStatus`](AttestationFailure::TcbStatus)): under a
+///    policy that requires hardware verification, a build without the `dcap` feature fails with
+///    `HardwareUnverifiable`. With it, `tee_type` must be `tdx`, `quote_report_data` (if present)
+///    and the TDX quote's report-data slot must equal `report_data ‖ 32 zero bytes`, the quote must
+///    verify at `now` against the policy's collateral for its platform (none is
+///    `HardwareUnverifiable`; see the `dcap` module), and its TCB status must be one
+///    the policy accepts. The `dangerous()` stub acceptance still requires the stub quote's
+///    report-data slot (and `quote_report_data`, if present) to carry `report_data`.
 /// 3. Binding: the digest recomputed as `sha256:` + hex(SHA-256(JCS(parsed keyset))) — unknown
 ///    members included — equals `workload_keyset_digest`
 ///    ([`KeysetDigest`](AttestationFailure::KeysetDigest),
@@ -104,7 +115,9 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 ///    [`BadKey`](AttestationFailure::BadKey), as is a malformed Ed25519 receipt key; the policy
 ///    selects the E2EE key ([`NoUsableKey`](AttestationFailure::NoUsableKey)).
 /// 7. Measured values against the allowlists ([`NotAllowed`](AttestationFailure::NotAllowed),
-///    [`EventLog`](AttestationFailure::EventLog)).
+///    [`EventLog`](AttestationFailure::EventLog)). For a hardware-verified quote the event log
+///    must replay (dstack runtime events recomputed) to the quote's RTMR3, and must measure a
+///    `compose-hash` equal to SHA-256 of `app_compose` (required) and an `app-id`.
 /// 8. KMS key custody for the receipt keys and both E2EE roles
 ///    ([`Custody`](AttestationFailure::Custody)).
 ///
@@ -128,6 +141,33 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 /// assert_eq!(err.kind(), ErrorKind::Attestation(AttestationFailure::ApiVersion));
 /// ```
 pub fn verify_report(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy) -> Result<AttestedKeyset> {
+    verify(report, nonce, now, policy, None)
+}
+
+/// [`verify_report`] with collateral fetched for this report's quote (feature `dcap`), used in
+/// place of the policy's offline collateral.
+///
+/// The key provider calls this after fetching collateral from its PCCS
+/// ([`fetch_collateral`](crate::attest::dcap::fetch_collateral)); call it yourself when you fetch
+/// collateral another way.
+#[cfg(feature = "dcap")]
+pub fn verify_report_with_collateral(
+    report: &[u8],
+    nonce: &[u8; 32],
+    now: u64,
+    policy: &Policy,
+    collateral: &Collateral,
+) -> Result<AttestedKeyset> {
+    verify(report, nonce, now, policy, Some(collateral))
+}
+
+fn verify(
+    report: &[u8],
+    nonce: &[u8; 32],
+    now: u64,
+    policy: &Policy,
+    collateral: Option<&Collateral>,
+) -> Result<AttestedKeyset> {
     let doc: Value = serde_json::from_slice(report).map_err(|_| fail(F::Shape, "the report is not JSON"))?;
     let top = doc.as_object().ok_or_else(|| fail(F::Shape, "the report is not a JSON object"))?;
 
@@ -160,7 +200,7 @@ pub fn verify_report(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy)
     };
 
     // 2. Hardware evidence.
-    let hardware_verified = appraise_quote(evidence, &claimed_report_data, policy)?;
+    let rt_mr3 = appraise_quote(attestation, evidence, &claimed_report_data, now, policy, collateral)?;
 
     // 3. Binding.
     let digest = keyset_digest(keyset_value)?;
@@ -215,7 +255,7 @@ pub fn verify_report(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy)
     let selected = select_key(&e2ee_keys, &policy.selection)?;
 
     // 7. Measured values and allowlists.
-    let measured = measured_values(evidence, subject.as_deref(), policy)?;
+    let measured = measured_values(evidence, subject.as_deref(), policy, rt_mr3.as_ref())?;
     check_allowlists(attestation, &measured, policy)?;
 
     // 8. Key custody.
@@ -244,7 +284,7 @@ pub fn verify_report(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy)
         receipt_keys,
         tls_keys,
         verified_at: now,
-        hardware_verified,
+        hardware_verified: rt_mr3.is_some(),
     })
 }
 
@@ -255,35 +295,99 @@ fn object<'a>(parent: &'a Map<String, Value>, name: &'static str) -> Result<&'a 
         .ok_or_else(|| fail(F::Shape, format!("the report has no `{name}` object")))
 }
 
-/// Step 2. Returns whether the quote was verified by hardware (never, in this build).
-fn appraise_quote(evidence: &Map<String, Value>, report_data: &[u8; 32], policy: &Policy) -> Result<bool> {
-    let quote = match evidence.get("quote") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(decode_hex(s).ok_or_else(|| fail(F::Quote, "evidence.quote is not hex"))?),
-        Some(_) => return Err(fail(F::Quote, "evidence.quote is not a string")),
-    };
+/// `evidence.quote`, decoded.
+fn raw_quote(evidence: &Map<String, Value>) -> Result<Option<Vec<u8>>> {
+    match evidence.get("quote") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(decode_hex(s).ok_or_else(|| fail(F::Quote, "evidence.quote is not hex"))?)),
+        Some(_) => Err(fail(F::Quote, "evidence.quote is not a string")),
+    }
+}
+
+/// The raw quote of `report` if verifying it under `policy` needs hardware verification (and
+/// so collateral); `None` when it does not or when the report is malformed (verification then
+/// reports why).
+#[cfg(feature = "dcap")]
+pub(crate) fn quote_to_verify(report: &[u8], policy: &Policy) -> Option<Vec<u8>> {
+    if policy.hardware == Hardware::Skip {
+        return None;
+    }
+    let doc: Value = serde_json::from_slice(report).ok()?;
+    let evidence = doc.get("attestation")?.get("evidence")?.as_object()?;
+    let quote = raw_quote(evidence).ok()??;
+    let stub = quote.starts_with(STUB_QUOTE_PREFIX) && policy.hardware == Hardware::AcceptStub;
+    (!stub).then_some(quote)
+}
+
+/// Step 2. Returns the quote's RTMR3 when the quote was verified by hardware, `None` when a
+/// `dangerous()` policy let it pass unverified.
+fn appraise_quote(
+    attestation: &Map<String, Value>,
+    evidence: &Map<String, Value>,
+    report_data: &[u8; 32],
+    now: u64,
+    policy: &Policy,
+    collateral: Option<&Collateral>,
+) -> Result<Option<[u8; 48]>> {
+    let quote = raw_quote(evidence)?;
     let stub_slot = quote.as_deref().and_then(|q| q.strip_prefix(STUB_QUOTE_PREFIX));
     let stub_allowed = matches!(policy.hardware, Hardware::AcceptStub | Hardware::Skip);
     match (stub_slot, policy.hardware) {
         (Some(slot), _) if stub_allowed => {
             check_slot(slot, report_data, true)?;
             check_quote_report_data(evidence, slot)?;
-            Ok(false)
+            Ok(None)
         }
         (None, Hardware::Skip) => {
             // The quote itself goes unverified; a published slot must still carry report_data.
             if let Some(qrd) = quote_report_data(evidence)? {
                 check_slot(&qrd, report_data, false)?;
             }
-            Ok(false)
+            Ok(None)
         }
         (None, Hardware::AcceptStub) if quote.is_none() => Err(fail(F::Quote, "the report carries no quote")),
-        _ => Err(fail(
-            F::HardwareUnverifiable,
-            "the policy requires hardware verification of the TDX quote and this build has no quote \
-             verifier (feature `dcap`)",
-        )),
+        _ => verify_hardware(attestation, evidence, quote.as_deref(), report_data, now, policy, collateral).map(Some),
     }
+}
+
+/// Step 2 for a quote that needs hardware verification: returns its RTMR3.
+#[cfg(feature = "dcap")]
+fn verify_hardware(
+    attestation: &Map<String, Value>,
+    evidence: &Map<String, Value>,
+    quote: Option<&[u8]>,
+    report_data: &[u8; 32],
+    now: u64,
+    policy: &Policy,
+    collateral: Option<&Collateral>,
+) -> Result<[u8; 48]> {
+    let quote = quote.ok_or_else(|| fail(F::Quote, "the report carries no quote"))?;
+    dcap::require_collateral(collateral, policy)?;
+    if attestation.get("tee_type").and_then(Value::as_str) != Some("tdx") {
+        return Err(fail(F::Quote, "the report's tee_type is not tdx"));
+    }
+    let mut slot = [0u8; 64];
+    slot[..32].copy_from_slice(report_data);
+    check_quote_report_data(evidence, &slot)?;
+    dcap::appraise(quote, &slot, collateral, now, policy)
+}
+
+/// Step 2 for a quote that needs hardware verification, in a build without a verifier.
+#[cfg(not(feature = "dcap"))]
+fn verify_hardware(
+    _attestation: &Map<String, Value>,
+    _evidence: &Map<String, Value>,
+    _quote: Option<&[u8]>,
+    _report_data: &[u8; 32],
+    _now: u64,
+    _policy: &Policy,
+    _collateral: Option<&Collateral>,
+) -> Result<[u8; 48]> {
+    Err(fail(
+        F::HardwareUnverifiable,
+        "the policy requires hardware verification of the TDX quote and this build has no quote verifier \
+         (feature `dcap`)",
+    ))
 }
 
 /// `slot` must be `report_data ‖ 32 zero bytes` (or, for the stub, `report_data` alone).
@@ -407,17 +511,46 @@ struct MeasuredValues {
     os_image_hash: Option<Vec<u8>>,
 }
 
-fn measured_values(evidence: &Map<String, Value>, subject: Option<&str>, policy: &Policy) -> Result<MeasuredValues> {
+/// Step 7's measured values. `rt_mr3` is the hardware-verified quote's RTMR3: the event log
+/// must then replay to it and measure the compose hash (of the required `app_compose`) and app id.
+fn measured_values(
+    evidence: &Map<String, Value>,
+    subject: Option<&str>,
+    policy: &Policy,
+    rt_mr3: Option<&[u8; 48]>,
+) -> Result<MeasuredValues> {
     let app_compose = match evidence.get("app_compose") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.as_str()),
         Some(_) => return Err(fail(F::Shape, "evidence.app_compose is not a string")),
     };
     let from_log = match evidence.get("event_log") {
+        None | Some(Value::Null) if rt_mr3.is_some() => {
+            return Err(fail(F::EventLog, "the report has no event log to replay to the quote's RTMR3"));
+        }
         None | Some(Value::Null) => eventlog::Measured::default(),
-        Some(Value::String(text)) => eventlog::measured(&eventlog::parse(text)?, app_compose)?,
+        Some(Value::String(text)) => {
+            let events = eventlog::parse(text)?;
+            if let Some(rt_mr3) = rt_mr3 {
+                if eventlog::replay_rtmr(&events, 3)? != *rt_mr3 {
+                    return Err(fail(F::EventLog, "the event log does not replay to the quote's RTMR3"));
+                }
+            }
+            eventlog::measured(&events, app_compose)?
+        }
         Some(_) => return Err(fail(F::EventLog, "evidence.event_log is not a JSON string")),
     };
+    if rt_mr3.is_some() {
+        if app_compose.is_none() {
+            return Err(fail(F::EventLog, "the hardware-verified report has no app_compose"));
+        }
+        if from_log.compose_hash.is_none() {
+            return Err(fail(F::EventLog, "the measured event log has no compose-hash event"));
+        }
+        if from_log.app_id.is_none() {
+            return Err(fail(F::EventLog, "the measured event log has no app-id event"));
+        }
+    }
     let from_subject = match subject.map(|s| (s, s.strip_prefix("app-id:0x"))) {
         Some((_, Some(h))) => Some(
             decode_hex(h)
@@ -503,6 +636,83 @@ mod tests {
             hex::encode(report_data(digest, None)),
             "0633919ca3f00e97bafaa3304278eb22420cc3ff0d19f87dfca2d3f7508150bc"
         );
+    }
+
+    /// A dstack-shaped event log (one boot event, then runtime events) and the RTMR3 it
+    /// replays to, computed here from the spec's recipe rather than with `eventlog`.
+    fn crafted_log(compose: &str, with_app_id: bool) -> (Map<String, Value>, [u8; 48]) {
+        use sha2::Sha384;
+        let sha384 = |parts: &[&[u8]]| -> [u8; 48] {
+            let mut h = Sha384::new();
+            parts.iter().for_each(|p| h.update(p));
+            h.finalize().into()
+        };
+        let runtime_type: u32 = 0x0800_0001;
+        let compose_hash = Sha256::digest(compose.as_bytes());
+        let mut runtime: Vec<(&str, Vec<u8>)> = Vec::new();
+        if with_app_id {
+            runtime.push(("app-id", vec![0xab; 20]));
+        }
+        runtime.push(("compose-hash", compose_hash.to_vec()));
+        runtime.push(("system-ready", Vec::new()));
+        let boot_digest = [0x5a; 48];
+        let mut events = vec![serde_json::json!({
+            "imr": 3, "event_type": 0x8000_0007u32, "digest": hex::encode(boot_digest), "event": "", "event_payload": ""
+        })];
+        let mut mr = sha384(&[&[0; 48], &boot_digest]);
+        for (name, payload) in &runtime {
+            // The published digest is wrong on purpose: runtime digests are recomputed.
+            events.push(serde_json::json!({
+                "imr": 3, "event_type": runtime_type, "digest": "00".repeat(48),
+                "event": name, "event_payload": hex::encode(payload),
+            }));
+            let d = sha384(&[&runtime_type.to_le_bytes(), b":", name.as_bytes(), b":", payload]);
+            mr = sha384(&[&mr, &d]);
+        }
+        let evidence = serde_json::json!({
+            "event_log": Value::Array(events).to_string(),
+            "app_compose": compose,
+        });
+        (evidence.as_object().cloned().unwrap_or_default(), mr)
+    }
+
+    fn event_log_failure(r: Result<MeasuredValues>) -> bool {
+        matches!(r, Err(e) if e.kind() == crate::ErrorKind::Attestation(F::EventLog))
+    }
+
+    #[test]
+    fn hardware_measurements_replay_to_rtmr3() {
+        const COMPOSE: &str = r#"{"services":{"gw":{"image":"gw@sha256:aa"}}}"#;
+        let policy = Policy::default();
+        let (evidence, rtmr3) = crafted_log(COMPOSE, true);
+        let m = measured_values(&evidence, None, &policy, Some(&rtmr3)).unwrap();
+        assert_eq!(m.app_id, Some(vec![0xab; 20]));
+        assert_eq!(m.compose_hash.map(|h| h.to_vec()), Some(Sha256::digest(COMPOSE.as_bytes()).to_vec()));
+
+        // Another RTMR3.
+        let mut other = rtmr3;
+        other[0] ^= 1;
+        assert!(event_log_failure(measured_values(&evidence, None, &policy, Some(&other))));
+        // app_compose that does not hash to the measured compose-hash, or none at all.
+        let mut tampered = evidence.clone();
+        tampered.insert("app_compose".into(), Value::from("{}"));
+        assert!(event_log_failure(measured_values(&tampered, None, &policy, Some(&rtmr3))));
+        tampered.insert("app_compose".into(), Value::Null);
+        assert!(event_log_failure(measured_values(&tampered, None, &policy, Some(&rtmr3))));
+        // No event log.
+        let mut no_log = evidence.clone();
+        no_log.remove("event_log");
+        assert!(event_log_failure(measured_values(&no_log, None, &policy, Some(&rtmr3))));
+        // A log without an app-id event replays, but a hardware-verified report needs one.
+        let (no_app_id, rtmr3_without) = crafted_log(COMPOSE, false);
+        assert!(event_log_failure(measured_values(&no_app_id, None, &policy, Some(&rtmr3_without))));
+        // Without a verified quote the log is not replayed (and an app id is optional).
+        assert!(measured_values(&no_app_id, None, &policy, None).is_ok());
+        // The measured app id is the policy anchor for the keyset subject.
+        let subject = format!("app-id:0x{}", hex::encode([0xab; 20]));
+        assert!(measured_values(&evidence, Some(&subject), &policy, Some(&rtmr3)).is_ok());
+        let r = measured_values(&evidence, Some("app-id:0x01"), &policy, Some(&rtmr3));
+        assert!(matches!(r, Err(e) if e.kind() == crate::ErrorKind::Attestation(F::NotAllowed)));
     }
 
     #[test]

@@ -1,0 +1,507 @@
+//! Hardware verification of the gateway's Intel TDX quote (feature `dcap`).
+//!
+//! The quote in `evidence.quote` is verified with [`dcap-qvl`](dcap_qvl) (pure Rust, RustCrypto
+//! backend) against Intel's root CA and a set of [`Collateral`]: the PCK CRL, the root CA CRL, the
+//! platform's TCB info and the quoting enclave's identity, each with its issuer chain. Collateral
+//! is either supplied offline ([`PolicyBuilder::collateral`](crate::attest::PolicyBuilder::collateral))
+//! or fetched from a PCCS through the same tower HTTP service the key provider fetches reports
+//! with ([`KeyProviderBuilder::pccs`](crate::attest::KeyProviderBuilder::pccs), or
+//! [`fetch_collateral`] directly).
+//!
+//! Collateral carries its own validity window (`issueDate`/`nextUpdate`, CRL `thisUpdate`/
+//! `nextUpdate`); verification happens at the `now` given to
+//! [`verify_report`](crate::attest::verify_report), so stale collateral is refused and tests can
+//! pin the time.
+//!
+//! [`verify_report`](crate::attest::verify_report) runs this as step 2 under a policy that
+//! requires hardware verification: the quote must parse as TDX, its 64-byte report-data slot must
+//! equal `report_data ‖ 32 zero bytes` (and `quote_report_data`, if published, the slot), it must
+//! verify against the collateral at `now`, and its TCB status must be one the policy accepts
+//! (`UpToDate` by default). Step 7 then replays the dstack event log to the quote's RTMR3 and
+//! reads the measured compose hash and app id from it. A keyset verified this way reports
+//! [`hardware_verified() == true`](crate::attest::AttestedKeyset::hardware_verified).
+//!
+//! ```no_run
+//! use tower_aci::attest::Policy;
+//! use tower_aci::attest::dcap::{Collateral, verify_quote};
+//!
+//! # fn demo(raw_quote: &[u8], now: u64) -> tower_aci::Result<()> {
+//! // Collateral as dcap-qvl serialises it (`QuoteCollateralV3`), e.g. saved from a PCCS earlier.
+//! let collateral = Collateral::from_json(&std::fs::read("collateral.json").unwrap())?;
+//!
+//! // Verify a quote on its own: signature chain, collateral window and (optionally) the slot.
+//! let verified = verify_quote(raw_quote, &collateral, now, None)?;
+//! println!("TCB status {}, RTMR3 {}", verified.tcb_status(), hex::encode(verified.rt_mr3()));
+//!
+//! // Or hand the collateral to a policy and let `verify_report` / the key provider use it.
+//! let policy = Policy::builder().collateral(collateral).accept_tcb_statuses(["UpToDate"]).build()?;
+//! verified.check_tcb_status(&policy)?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+
+use bytes::Bytes;
+use dcap_qvl::QuoteCollateralV3;
+use dcap_qvl::configs::RustCryptoConfig;
+use dcap_qvl::quote::{Quote, TDReport10};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::attest::policy::Policy;
+use crate::error::{AttestationFailure, BoxError, Error, ErrorKind, Result};
+
+/// The dcap-qvl crate this module is built on (for [`QuoteCollateralV3`] and the report types).
+pub use dcap_qvl;
+
+/// The largest raw quote accepted (a TDX quote with its PCK chain is about 5 KiB).
+const MAX_QUOTE_LEN: usize = 64 * 1024;
+
+/// The largest PCCS response body accepted.
+const MAX_PCCS_RESPONSE: usize = 1024 * 1024;
+
+/// Certification data type 5: the PCK certificate chain is embedded in the quote.
+const CERT_TYPE_PCK_CHAIN: u16 = 5;
+
+fn quote_error(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::attestation(AttestationFailure::Quote, message)
+}
+
+/// Collateral for verifying TDX quotes of one platform (FMSPC): the PCK CRL and its issuer chain,
+/// the root CA CRL, the signed TCB info and QE identity with their issuer chains, and optionally
+/// the PCK certificate chain.
+///
+/// Build it from dcap-qvl's JSON form ([`from_json`](Self::from_json)), from a
+/// [`QuoteCollateralV3`] (`From`), or fetch it from a PCCS with [`fetch_collateral`].
+#[derive(Clone)]
+pub struct Collateral {
+    inner: QuoteCollateralV3,
+    /// Uppercase hex FMSPC named by the TCB info, if it names one.
+    fmspc: Option<String>,
+}
+
+impl Collateral {
+    /// Parse dcap-qvl's JSON serialisation of [`QuoteCollateralV3`] (binary members as hex). Fails
+    /// with [`Config`](ErrorKind::Config) when it is not one.
+    pub fn from_json(json: &[u8]) -> Result<Self> {
+        let inner: QuoteCollateralV3 = serde_json::from_slice(json).map_err(|e| {
+            Error::new(ErrorKind::Config, format!("the collateral is not dcap-qvl collateral JSON: {e}"))
+        })?;
+        Ok(Self::from(inner))
+    }
+
+    /// dcap-qvl's JSON serialisation (the form [`from_json`](Self::from_json) reads), for caching.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain strings and byte vectors cannot fail.
+        serde_json::to_vec(&self.inner).unwrap_or_default()
+    }
+
+    /// The collateral as dcap-qvl represents it.
+    pub fn as_qvl(&self) -> &QuoteCollateralV3 {
+        &self.inner
+    }
+
+    /// The platform FMSPC the TCB info is for (uppercase hex), if the TCB info names one.
+    pub fn fmspc(&self) -> Option<&str> {
+        self.fmspc.as_deref()
+    }
+}
+
+impl From<QuoteCollateralV3> for Collateral {
+    fn from(inner: QuoteCollateralV3) -> Self {
+        #[derive(Deserialize)]
+        struct TcbInfoFmspc {
+            fmspc: Option<String>,
+        }
+        let fmspc = serde_json::from_str::<TcbInfoFmspc>(&inner.tcb_info)
+            .ok()
+            .and_then(|t| t.fmspc)
+            .map(|f| f.to_ascii_uppercase());
+        Collateral { inner, fmspc }
+    }
+}
+
+impl From<Collateral> for QuoteCollateralV3 {
+    fn from(c: Collateral) -> Self {
+        c.inner
+    }
+}
+
+impl fmt::Debug for Collateral {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Collateral").field("fmspc", &self.fmspc).finish_non_exhaustive()
+    }
+}
+
+/// A TDX quote that verified against collateral at a given time.
+///
+/// Its TCB status has not been judged yet: see [`check_tcb_status`](Self::check_tcb_status).
+#[derive(Clone, Debug)]
+pub struct VerifiedQuote {
+    tcb_status: String,
+    advisory_ids: Vec<String>,
+    td_report: TDReport10,
+}
+
+impl VerifiedQuote {
+    /// The TCB status dcap-qvl derived from the collateral (`UpToDate`, `SWHardeningNeeded`,
+    /// `ConfigurationNeeded`, `ConfigurationAndSWHardeningNeeded`, `OutOfDate`,
+    /// `OutOfDateConfigurationNeeded`; `Revoked` never verifies).
+    pub fn tcb_status(&self) -> &str {
+        &self.tcb_status
+    }
+
+    /// The Intel security advisories that apply to the platform's TCB level.
+    pub fn advisory_ids(&self) -> &[String] {
+        &self.advisory_ids
+    }
+
+    /// The TD report (the TDX 1.0 part of TD 1.5 reports).
+    pub fn td_report(&self) -> &TDReport10 {
+        &self.td_report
+    }
+
+    /// The 64-byte report-data slot.
+    pub fn report_data(&self) -> &[u8; 64] {
+        &self.td_report.report_data
+    }
+
+    /// MRTD, the measurement of the initial TD image.
+    pub fn mr_td(&self) -> &[u8; 48] {
+        &self.td_report.mr_td
+    }
+
+    /// RTMR3, the runtime register the dstack event log replays to.
+    pub fn rt_mr3(&self) -> &[u8; 48] {
+        &self.td_report.rt_mr3
+    }
+
+    /// Fails with [`TcbStatus`](AttestationFailure::TcbStatus) unless the policy accepts the
+    /// quote's TCB status ([`PolicyBuilder::accept_tcb_statuses`](crate::attest::PolicyBuilder::accept_tcb_statuses);
+    /// `UpToDate` only by default).
+    pub fn check_tcb_status(&self, policy: &Policy) -> Result<()> {
+        if policy.accepted_tcb_statuses().contains(&self.tcb_status) {
+            Ok(())
+        } else {
+            Err(Error::attestation(
+                AttestationFailure::TcbStatus,
+                format!(
+                    "the platform's TCB status {} is not accepted by the policy (accepted: {})",
+                    self.tcb_status,
+                    policy.accepted_tcb_statuses().join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// Parse a raw quote; it must be a TDX quote of a sane size.
+fn parse_tdx(raw_quote: &[u8]) -> Result<Quote> {
+    if raw_quote.len() > MAX_QUOTE_LEN {
+        return Err(quote_error(format!("the quote is longer than {MAX_QUOTE_LEN} bytes")));
+    }
+    let quote = Quote::parse(raw_quote).map_err(|e| quote_error(format!("the quote does not parse: {e:#}")))?;
+    if quote.report.as_td10().is_none() {
+        return Err(quote_error("the quote is not a TDX quote"));
+    }
+    Ok(quote)
+}
+
+/// The quote's 64-byte report-data slot.
+fn slot_of(quote: &Quote) -> Result<&[u8; 64]> {
+    quote.report.as_td10().map(|r| &r.report_data).ok_or_else(|| quote_error("the quote is not a TDX quote"))
+}
+
+/// The FMSPC of the quote's PCK certificate (uppercase hex).
+fn quote_fmspc(quote: &Quote) -> Result<String> {
+    dcap_qvl::intel::quote_fmspc_with::<RustCryptoConfig>(quote)
+        .map(hex::encode_upper)
+        .map_err(|e| quote_error(format!("the quote's PCK certificate names no FMSPC: {e:#}")))
+}
+
+/// Verify a raw TDX quote against `collateral` at `now` (Unix seconds) with Intel's production
+/// root CA.
+///
+/// Checks, in order: the quote parses as a TDX quote (at most 64 KiB); if `expected_slot` is
+/// given, the quote's report-data slot equals it; the quote, its PCK chain and the collateral
+/// verify to Intel's root at `now` (every CRL, the TCB info and the QE identity must be within
+/// their validity window), and the TD is not a debug TD. The TCB status is reported, not judged:
+/// use [`VerifiedQuote::check_tcb_status`]. Every failure is
+/// [`Quote`](AttestationFailure::Quote).
+///
+/// [`verify_report`](crate::attest::verify_report) calls this with
+/// `expected_slot = report_data ‖ 32 zero bytes`.
+pub fn verify_quote(
+    raw_quote: &[u8],
+    collateral: &Collateral,
+    now: u64,
+    expected_slot: Option<&[u8; 64]>,
+) -> Result<VerifiedQuote> {
+    let quote = parse_tdx(raw_quote)?;
+    if let Some(expected) = expected_slot {
+        if slot_of(&quote)? != expected {
+            return Err(quote_error("the quote's report-data slot does not carry report_data"));
+        }
+    }
+    let verified = dcap_qvl::verify::rustcrypto::verify(raw_quote, &collateral.inner, now)
+        .map_err(|e| quote_error(format!("the quote does not verify against the collateral at {now}: {e:#}")))?;
+    let td_report = verified.report.as_td10().cloned().ok_or_else(|| quote_error("the quote is not a TDX quote"))?;
+    Ok(VerifiedQuote { tcb_status: verified.status, advisory_ids: verified.advisory_ids, td_report })
+}
+
+/// Step 2 of [`verify_report`](crate::attest::verify_report) under a policy that requires
+/// hardware verification: returns the verified quote's RTMR3.
+///
+/// `fetched` (collateral fetched for this quote) wins over the policy's offline collateral, of
+/// which the one for the quote's FMSPC is used. No collateral for it is
+/// [`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable).
+pub(crate) fn appraise(
+    raw_quote: &[u8],
+    expected_slot: &[u8; 64],
+    fetched: Option<&Collateral>,
+    now: u64,
+    policy: &Policy,
+) -> Result<[u8; 48]> {
+    let quote = parse_tdx(raw_quote)?;
+    let collateral = match fetched {
+        Some(c) => c,
+        None => select(&quote, &policy.collateral)?,
+    };
+    let verified = verify_quote(raw_quote, collateral, now, Some(expected_slot))?;
+    verified.check_tcb_status(policy)?;
+    Ok(*verified.rt_mr3())
+}
+
+/// Fails with [`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable) when there is
+/// no collateral at all (checked before the quote is parsed).
+pub(crate) fn require_collateral(fetched: Option<&Collateral>, policy: &Policy) -> Result<()> {
+    if fetched.is_none() && policy.collateral.is_empty() {
+        return Err(Error::attestation(
+            AttestationFailure::HardwareUnverifiable,
+            "the policy requires hardware verification of the TDX quote and no collateral is available \
+             (PolicyBuilder::collateral, or KeyProviderBuilder::pccs to fetch it)",
+        ));
+    }
+    Ok(())
+}
+
+/// The offline collateral for the quote's platform.
+fn select<'a>(quote: &Quote, offline: &'a [Collateral]) -> Result<&'a Collateral> {
+    let fmspc = quote_fmspc(quote)?;
+    offline.iter().find(|c| c.fmspc.as_deref() == Some(fmspc.as_str())).ok_or_else(|| {
+        Error::attestation(
+            AttestationFailure::HardwareUnverifiable,
+            format!("the policy has no collateral for the quote's platform (FMSPC {fmspc})"),
+        )
+    })
+}
+
+/// Fetch the collateral for `raw_quote` from a PCCS (Intel's v4 API, as
+/// `https://pccs.phala.network` or a local Intel PCCS serve it) through `service`: four `GET`s
+/// to `{pccs_url}/sgx/certification/v4/pckcrl`, `…/tdx/certification/v4/tcb`,
+/// `…/tdx/certification/v4/qe/identity` and `…/sgx/certification/v4/rootcacrl`.
+///
+/// `service` must route absolute URIs (any general HTTP client does). The quote must embed its
+/// PCK certificate chain (certification data type 5, as TDX quotes do); the PCK chain is taken
+/// from it. Intel's PCS, which has no `rootcacrl` endpoint, is not supported. The TCB info and
+/// QE identity are kept byte-exact as served (their signatures cover those bytes).
+///
+/// Fails with [`Quote`](AttestationFailure::Quote) when the quote cannot be read and with
+/// [`Transport`](ErrorKind::Transport) when the PCCS cannot be reached or answers with an error
+/// or a malformed document.
+pub async fn fetch_collateral<S, B>(service: S, pccs_url: &Uri, raw_quote: &[u8]) -> Result<Collateral>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let quote = parse_tdx(raw_quote)?;
+    if quote.inner_cert_type() != CERT_TYPE_PCK_CHAIN {
+        return Err(quote_error(format!(
+            "the quote does not embed its PCK certificate chain (certification data type {})",
+            quote.inner_cert_type()
+        )));
+    }
+    let pck_chain = String::from_utf8_lossy(quote.inner_cert_data()).trim_end_matches('\0').to_owned();
+    let fmspc = quote_fmspc(&quote)?;
+    let ca = dcap_qvl::intel::quote_ca_with::<RustCryptoConfig>(&quote)
+        .map_err(|e| quote_error(format!("the quote's PCK certificate names no CA: {e:#}")))?
+        .as_id_str();
+    let tee = if quote.header.is_sgx() { "sgx" } else { "tdx" };
+
+    let base = pccs_base(pccs_url);
+
+    let (headers, pck_crl) =
+        pccs_get(service.clone(), &base, format!("sgx/certification/v4/pckcrl?ca={ca}&encoding=der")).await?;
+    let pck_crl_issuer_chain = issuer_chain(&headers, &["SGX-PCK-CRL-Issuer-Chain"])?;
+
+    let (headers, body) =
+        pccs_get(service.clone(), &base, format!("{tee}/certification/v4/tcb?fmspc={fmspc}&update=standard")).await?;
+    let tcb_info_issuer_chain = issuer_chain(&headers, &["TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"])?;
+    let (tcb_info, tcb_info_signature) = signed_document(&body, "tcbInfo")?;
+
+    let (headers, body) =
+        pccs_get(service.clone(), &base, format!("{tee}/certification/v4/qe/identity?update=standard")).await?;
+    let qe_identity_issuer_chain = issuer_chain(&headers, &["SGX-Enclave-Identity-Issuer-Chain"])?;
+    let (qe_identity, qe_identity_signature) = signed_document(&body, "enclaveIdentity")?;
+
+    let (_, body) = pccs_get(service, &base, "sgx/certification/v4/rootcacrl".to_owned()).await?;
+    let root_ca_crl = hex_or_der(&body);
+
+    Ok(Collateral::from(QuoteCollateralV3 {
+        pck_crl_issuer_chain,
+        root_ca_crl,
+        pck_crl: pck_crl.to_vec(),
+        tcb_info_issuer_chain,
+        tcb_info,
+        tcb_info_signature,
+        qe_identity_issuer_chain,
+        qe_identity,
+        qe_identity_signature,
+        pck_certificate_chain: Some(pck_chain),
+    }))
+}
+
+/// The PCCS base URL without a trailing slash or a `/{sgx,tdx}/certification/v4` suffix.
+fn pccs_base(url: &Uri) -> String {
+    let text = url.to_string();
+    let mut base = text.trim_end_matches('/');
+    for suffix in ["/sgx/certification/v4", "/tdx/certification/v4"] {
+        base = base.strip_suffix(suffix).unwrap_or(base);
+    }
+    base.to_owned()
+}
+
+fn transport(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::new(ErrorKind::Transport, message)
+}
+
+/// `GET {base}/{path}`: the headers and body of a `200` answer.
+async fn pccs_get<S, B>(service: S, base: &str, path: String) -> Result<(http::HeaderMap, Bytes)>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let url = format!("{base}/{path}");
+    let uri: Uri =
+        url.parse().map_err(|e| Error::new(ErrorKind::Config, format!("invalid PCCS URL {url}")).with_source(e))?;
+    let request = Request::get(uri)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| Error::new(ErrorKind::Config, "cannot build the PCCS request").with_source(e))?;
+    let response =
+        service.oneshot(request).await.map_err(|e| transport(format!("fetching {url} failed")).with_source(e))?;
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, MAX_PCCS_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| transport(format!("reading {url} failed")).with_source(e))?
+        .to_bytes();
+    if parts.status != StatusCode::OK {
+        return Err(transport(format!("the PCCS answered {} for {url}", parts.status)));
+    }
+    Ok((parts.headers, body))
+}
+
+/// A percent-encoded PEM issuer-chain header (the first of `names` present).
+fn issuer_chain(headers: &http::HeaderMap, names: &[&'static str]) -> Result<String> {
+    let value = names
+        .iter()
+        .find_map(|n| headers.get(*n))
+        .ok_or_else(|| transport(format!("the PCCS response has no {} header", names.join(" / "))))?;
+    percent_decode(value.as_bytes())
+        .ok_or_else(|| transport(format!("the PCCS {} header is not a percent-encoded PEM chain", names.join(" / "))))
+}
+
+fn percent_decode(input: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = input.iter();
+    while let Some(&b) = i.next() {
+        if b == b'%' {
+            let hi = i.next().and_then(|c| (*c as char).to_digit(16))?;
+            let lo = i.next().and_then(|c| (*c as char).to_digit(16))?;
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `{"<member>": {…}, "signature": "<hex>"}`: the member's exact bytes and the signature.
+fn signed_document(body: &[u8], member: &'static str) -> Result<(String, Vec<u8>)> {
+    #[derive(Deserialize)]
+    struct Signed<'a> {
+        #[serde(rename = "tcbInfo", alias = "enclaveIdentity", borrow)]
+        document: &'a RawValue,
+        signature: String,
+    }
+    let malformed = || transport(format!("the PCCS {member} response is not a signed {member} document"));
+    let signed: Signed<'_> = serde_json::from_slice(body).map_err(|_| malformed())?;
+    let signature = hex::decode(&signed.signature).map_err(|_| malformed())?;
+    Ok((signed.document.get().to_owned(), signature))
+}
+
+/// A PCCS serves the root CA CRL as hex; Intel's distribution point as DER.
+fn hex_or_der(body: &[u8]) -> Vec<u8> {
+    let text = body.trim_ascii();
+    hex::decode(text).unwrap_or_else(|_| body.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pccs_base_drops_api_suffixes() {
+        for url in [
+            "https://pccs.example/",
+            "https://pccs.example/sgx/certification/v4",
+            "https://pccs.example/tdx/certification/v4/",
+        ] {
+            assert_eq!(pccs_base(&url.parse().unwrap()), "https://pccs.example");
+        }
+        assert_eq!(pccs_base(&"http://10.0.0.1:8081/pccs".parse().unwrap()), "http://10.0.0.1:8081/pccs");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode(b"-----BEGIN%20CERT%0A").as_deref(), Some("-----BEGIN CERT\n"));
+        assert_eq!(percent_decode(b"%2"), None);
+        assert_eq!(percent_decode(b"%zz"), None);
+        assert_eq!(percent_decode(b"%ff").as_deref(), None);
+    }
+
+    #[test]
+    fn signed_documents_keep_their_bytes() {
+        let body = br#"{"tcbInfo":{"b":1, "a":"x\/y"},"signature":"0a0b"}"#;
+        let (doc, sig) = signed_document(body, "tcbInfo").unwrap();
+        assert_eq!(doc, r#"{"b":1, "a":"x\/y"}"#);
+        assert_eq!(sig, [10, 11]);
+        let body = br#"{"enclaveIdentity":{"id":"TD_QE"},"signature":"00"}"#;
+        assert_eq!(signed_document(body, "enclaveIdentity").unwrap().0, r#"{"id":"TD_QE"}"#);
+        assert!(signed_document(b"{}", "tcbInfo").is_err());
+        assert!(signed_document(br#"{"tcbInfo":{},"signature":"zz"}"#, "tcbInfo").is_err());
+    }
+
+    #[test]
+    fn root_ca_crl_hex_or_der() {
+        assert_eq!(hex_or_der(b"3082\n"), [0x30, 0x82]);
+        assert_eq!(hex_or_der(&[0x30, 0x82]), [0x30, 0x82]);
+    }
+
+    #[test]
+    fn hostile_inputs_fail_without_panicking() {
+        for raw in [&[][..], &[0u8; 48][..], &[0xff; 1000][..]] {
+            assert!(parse_tdx(raw).is_err());
+        }
+        assert!(parse_tdx(&vec![0u8; MAX_QUOTE_LEN + 1]).is_err());
+    }
+}
