@@ -28,8 +28,10 @@ fn upstream(req: tower_aci::gateway::UpstreamRequest) -> UpstreamResponse {
         return UpstreamResponse::echo(&req);
     }
     let events: Vec<Value> = (0..EVENTS)
-        .map(|i| json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "m",
-            "choices": [{"index": 0, "delta": {"content": format!("token{i} ")}, "finish_reason": null}]}))
+        .map(|i| {
+            json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": {"content": format!("token{i} ")}, "finish_reason": null}]})
+        })
         .collect();
     UpstreamResponse::sse_events(events, true)
 }
@@ -60,7 +62,8 @@ fn roundtrip(c: &mut Criterion) {
         let gw = TestGateway::start(GatewayConfig::new().upstream(upstream)).await.unwrap();
         let plain: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let policy = Policy::builder().select_suite(Suite::Secp256k1).dangerous().accept_stub_quote().build().unwrap();
-        let provider = KeyProvider::builder(plain).base_url(gw.base_url().parse().unwrap()).policy(policy).build().unwrap();
+        let provider =
+            KeyProvider::builder(plain).base_url(gw.base_url().parse().unwrap()).policy(policy).build().unwrap();
         provider.establish().await.unwrap();
         (gw, provider.handle())
     });

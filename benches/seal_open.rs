@@ -57,7 +57,9 @@ fn bare_seal(suite: Suite, recipient_hex: &str, pt: &[u8], aad: &[u8]) -> String
     blob.extend_from_slice(&nonce);
     blob.extend_from_slice(pt);
     let head = eph_pub.len() + 12;
-    let tag = Aes256Gcm::new(&key.into()).encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut blob[head..]).unwrap();
+    let tag = Aes256Gcm::new(&key.into())
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut blob[head..])
+        .unwrap();
     blob.extend_from_slice(&tag);
     hex::encode(blob)
 }
@@ -82,12 +84,15 @@ fn bare_open(suite: Suite, secret: &[u8; 32], field: &str, aad: &[u8]) -> Vec<u8
     let (nonce, rest) = blob[eph_len..].split_at(12);
     let (ct, tag) = rest.split_at(rest.len() - 16);
     let mut buf = ct.to_vec();
-    Aes256Gcm::new(&key.into()).decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag)).unwrap();
+    Aes256Gcm::new(&key.into())
+        .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag))
+        .unwrap();
     buf
 }
 
 fn seal_open(c: &mut Criterion) {
-    let aad = br#"{"algo":"x","field":"messages.0.content","model":"m","nonce":"00","purpose":"aci.e2ee.request.v2","ts":1}"#;
+    let aad =
+        br#"{"algo":"x","field":"messages.0.content","model":"m","nonce":"00","purpose":"aci.e2ee.request.v2","ts":1}"#;
     for suite in Suite::ALL {
         let secret = [0x42u8; 32];
         let sk = SecretKey::from_bytes(suite, &secret).unwrap();
@@ -99,8 +104,12 @@ fn seal_open(c: &mut Criterion) {
         for size in SIZES {
             let pt = vec![0x61u8; size];
             g.throughput(Throughput::Bytes(size as u64));
-            g.bench_with_input(BenchmarkId::new("ours", size), &pt, |b, pt| b.iter(|| seal(&pk, black_box(pt), aad, &mut OsRng)));
-            g.bench_with_input(BenchmarkId::new("bare", size), &pt, |b, pt| b.iter(|| bare_seal(suite, &pk_hex, black_box(pt), aad)));
+            g.bench_with_input(BenchmarkId::new("ours", size), &pt, |b, pt| {
+                b.iter(|| seal(&pk, black_box(pt), aad, &mut OsRng))
+            });
+            g.bench_with_input(BenchmarkId::new("bare", size), &pt, |b, pt| {
+                b.iter(|| bare_seal(suite, &pk_hex, black_box(pt), aad))
+            });
         }
         g.finish();
 
@@ -108,8 +117,12 @@ fn seal_open(c: &mut Criterion) {
         for size in SIZES {
             let field = seal(&pk, &vec![0x61u8; size], aad, &mut OsRng);
             g.throughput(Throughput::Bytes(size as u64));
-            g.bench_with_input(BenchmarkId::new("ours", size), &field, |b, f| b.iter(|| open(&sk, black_box(f), aad).unwrap()));
-            g.bench_with_input(BenchmarkId::new("bare", size), &field, |b, f| b.iter(|| bare_open(suite, &secret, black_box(f), aad)));
+            g.bench_with_input(BenchmarkId::new("ours", size), &field, |b, f| {
+                b.iter(|| open(&sk, black_box(f), aad).unwrap())
+            });
+            g.bench_with_input(BenchmarkId::new("bare", size), &field, |b, f| {
+                b.iter(|| bare_open(suite, &secret, black_box(f), aad))
+            });
         }
         g.finish();
     }
@@ -150,7 +163,13 @@ fn sse(c: &mut Criterion) {
         });
         g.bench_function("decrypt", |b| {
             b.iter(|| {
-                let ctx = ExchangeContext::new(Endpoint::ChatCompletions, SecretKey::from_bytes(suite, &[7; 32]).unwrap(), "m", "n", 1);
+                let ctx = ExchangeContext::new(
+                    Endpoint::ChatCompletions,
+                    SecretKey::from_bytes(suite, &[7; 32]).unwrap(),
+                    "m",
+                    "n",
+                    1,
+                );
                 let mut d = StreamDecryptor::new(ctx, Default::default());
                 d.push(&wire);
                 let mut n = 0;
@@ -175,7 +194,17 @@ fn rewrite(c: &mut Criterion) {
         let sk = SecretKey::from_bytes(suite, &[9; 32]).unwrap();
         let key = E2eeKey::parse("k", suite.algo(), sk.public_key().to_hex()).unwrap();
         g.bench_function(if suite == Suite::X25519 { "x25519" } else { "secp256k1" }, |b| {
-            b.iter(|| encrypt_request(Endpoint::ChatCompletions, black_box(&body), &key, &EncryptOptions::default(), 1, &mut OsRng).unwrap())
+            b.iter(|| {
+                encrypt_request(
+                    Endpoint::ChatCompletions,
+                    black_box(&body),
+                    &key,
+                    &EncryptOptions::default(),
+                    1,
+                    &mut OsRng,
+                )
+                .unwrap()
+            })
         });
     }
     g.finish();
@@ -198,7 +227,13 @@ fn buffered_embeddings(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_function(if suite == Suite::X25519 { "x25519" } else { "secp256k1" }, |b| {
             b.iter(|| {
-                let ctx = ExchangeContext::new(Endpoint::Embeddings, SecretKey::from_bytes(suite, &[3; 32]).unwrap(), "e", "n", 1);
+                let ctx = ExchangeContext::new(
+                    Endpoint::Embeddings,
+                    SecretKey::from_bytes(suite, &[3; 32]).unwrap(),
+                    "e",
+                    "n",
+                    1,
+                );
                 decrypt_response(&ctx, body.clone()).unwrap()
             })
         });

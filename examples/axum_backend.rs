@@ -33,7 +33,8 @@ struct App {
 
 /// `POST /ask` with a plain question as the body: streams the model's answer back as SSE.
 async fn ask(State(app): State<App>, question: String) -> Response {
-    let body = serde_json::json!({"model": "demo", "stream": true, "messages": [{"role": "user", "content": question}]});
+    let body =
+        serde_json::json!({"model": "demo", "stream": true, "messages": [{"role": "user", "content": question}]});
     let req = http::Request::post(format!("{}/v1/chat/completions", app.gateway))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))

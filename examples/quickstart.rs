@@ -53,8 +53,14 @@ async fn main() -> Result<(), BoxError> {
     let client = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(inner);
 
     let question = "What is attested confidential inference?";
-    let res = client.clone().oneshot(chat(&base, &json!({"model": "demo-model",
-        "messages": [{"role": "user", "content": question}]}))?).await?;
+    let res = client
+        .clone()
+        .oneshot(chat(
+            &base,
+            &json!({"model": "demo-model",
+        "messages": [{"role": "user", "content": question}]}),
+        )?)
+        .await?;
     let first = res.extensions().get::<ExchangeRecord>().cloned().ok_or("no exchange record")?;
     let answer: Value = serde_json::from_slice(&res.into_body().collect().await?.to_bytes())?;
     println!("You:       {question}");
@@ -63,18 +69,27 @@ async fn main() -> Result<(), BoxError> {
     // What each side saw.
     let wire: Value = serde_json::from_slice(gateway.wire_log().last().ok_or("no request on the wire")?)?;
     let upstream = gateway.upstream_log().pop().ok_or("the upstream saw nothing")?;
-    println!("On the wire, the message was:      {}", shorten(wire["messages"][0]["content"].as_str().unwrap_or_default(), 48));
+    println!(
+        "On the wire, the message was:      {}",
+        shorten(wire["messages"][0]["content"].as_str().unwrap_or_default(), 48)
+    );
     println!("Inside the gateway, the model saw: {}\n", upstream["messages"][0]["content"]);
 
     // A streamed answer: each event is released as soon as its tag verifies.
-    let res = client.oneshot(chat(&base, &json!({"model": "demo-model", "stream": true,
-        "messages": [{"role": "user", "content": "Stream a short answer, please."}]}))?).await?;
+    let res = client
+        .oneshot(chat(
+            &base,
+            &json!({"model": "demo-model", "stream": true,
+        "messages": [{"role": "user", "content": "Stream a short answer, please."}]}),
+        )?)
+        .await?;
     let second = res.extensions().get::<ExchangeRecord>().cloned().ok_or("no exchange record")?;
     let mut body = res.into_body();
     print!("Streamed:  ");
     let mut events = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("stream failed ({:?}): {e}", Error::find(e.as_ref()).map(Error::kind)))?;
+        let frame =
+            frame.map_err(|e| format!("stream failed ({:?}): {e}", Error::find(e.as_ref()).map(Error::kind)))?;
         let Some(data) = frame.data_ref() else { continue };
         for line in std::str::from_utf8(data)?.lines().filter_map(|l| l.strip_prefix("data: ")) {
             if let Ok(chunk) = serde_json::from_str::<Value>(line) {

@@ -24,7 +24,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (keys, _refresh) = provider.spawn()?;
     provider.establish().await?;
 
-    let client = ServiceBuilder::new().layer(E2eeLayer::new(keys)).service(Client::builder(TokioExecutor::new()).build_http());
+    let client =
+        ServiceBuilder::new().layer(E2eeLayer::new(keys)).service(Client::builder(TokioExecutor::new()).build_http());
     let body = serde_json::json!({"model": "demo", "stream": true,
         "messages": [{"role": "user", "content": "Stream this sentence back to me, word by word."}]});
     let req = http::Request::post(format!("{}/v1/chat/completions", gw.base_url()))

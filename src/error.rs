@@ -163,10 +163,7 @@ impl Error {
     /// An error document returned by the gateway, with its `type` string.
     pub fn gateway(status: u16, error_type: impl Into<Box<str>>, message: &str) -> Self {
         let error_type = error_type.into();
-        let mut e = Error::new(
-            ErrorKind::Gateway,
-            format!("gateway answered {status} {error_type}: {message}"),
-        );
+        let mut e = Error::new(ErrorKind::Gateway, format!("gateway answered {status} {error_type}: {message}"));
         e.gateway_type = Some(error_type);
         e
     }
@@ -174,10 +171,8 @@ impl Error {
     /// An in-band error event read from a stream, with its `type` string.
     pub fn in_band(error_type: impl Into<Box<str>>, message: &str) -> Self {
         let error_type = error_type.into();
-        let mut e = Error::new(
-            ErrorKind::InBandError,
-            format!("stream carried an error event ({error_type}): {message}"),
-        );
+        let mut e =
+            Error::new(ErrorKind::InBandError, format!("stream carried an error event ({error_type}): {message}"));
         e.gateway_type = Some(error_type);
         e
     }

@@ -119,7 +119,10 @@ fn decrypt_now(ctx: ExchangeContext, body: Bytes, strict: bool) -> Result<Decryp
         if strict {
             return Err(Error::new(
                 ErrorKind::Cleartext,
-                format!("strict mode: the response carries generated content in clear at {}", out.cleartext_fields.join(", ")),
+                format!(
+                    "strict mode: the response carries generated content in clear at {}",
+                    out.cleartext_fields.join(", ")
+                ),
             ));
         }
         tracing::warn!(fields = ?out.cleartext_fields, "the gateway returned generated content in clear");
@@ -212,7 +215,9 @@ where
                                     }
                                     Ok(Err(e)) => return state.fail(e),
                                     Err(join) => {
-                                        return state.fail(Error::new(ErrorKind::Decrypt, "decryption task failed").with_source(join));
+                                        return state.fail(
+                                            Error::new(ErrorKind::Decrypt, "decryption task failed").with_source(join),
+                                        );
                                     }
                                 }
                             }
@@ -243,7 +248,8 @@ where
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(None) => state.end_of_wire(),
                         Poll::Ready(Some(Err(e))) => {
-                            let e = Error::new(ErrorKind::Transport, "reading the response body failed").with_source(e.into());
+                            let e = Error::new(ErrorKind::Transport, "reading the response body failed")
+                                .with_source(e.into());
                             return state.fail(e);
                         }
                         Poll::Ready(Some(Ok(frame))) => {
@@ -254,7 +260,10 @@ where
                                 Mode::Sse(dec) => dec.push_bytes(bytes),
                                 Mode::Buffered { buf, limit, .. } => {
                                     if buf.len() + bytes.len() > *limit {
-                                        return state.fail(Error::new(ErrorKind::TooLarge, "response body exceeds the E2EE layer's limit"));
+                                        return state.fail(Error::new(
+                                            ErrorKind::TooLarge,
+                                            "response body exceeds the E2EE layer's limit",
+                                        ));
                                     }
                                     buf.extend_from_slice(&bytes);
                                 }

@@ -113,7 +113,9 @@ where
 
     pub(crate) fn encrypt(inner: S, config: Arc<Config>, endpoint: Endpoint, req: Request<ReqBody>) -> Self {
         let (parts, body) = req.into_parts();
-        ResponseFuture { state: State::Collecting { body, buf: BytesMut::new(), head: Some((parts, inner)), config, endpoint } }
+        ResponseFuture {
+            state: State::Collecting { body, buf: BytesMut::new(), head: Some((parts, inner)), config, endpoint },
+        }
     }
 }
 
@@ -173,12 +175,20 @@ pub(crate) fn decrypting_response<B>(
     parts.headers.remove(CONTENT_LENGTH);
     parts.extensions.insert(record);
     let Exchange { ctx, config, .. } = *exchange;
-    Ok(if streamed { ResponseBody::sse(body, ctx, &config, digest) } else { ResponseBody::buffered(body, ctx, &config, digest) })
+    Ok(if streamed {
+        ResponseBody::sse(body, ctx, &config, digest)
+    } else {
+        ResponseBody::buffered(body, ctx, &config, digest)
+    })
 }
 
 /// A non-2xx answer to an E2EE request, read whole: record it, surface the gateway's error
 /// document in the extensions, and pass the bytes through readable.
-pub(crate) fn error_response(parts: &mut http::response::Parts, bytes: &Bytes, exchange: &Exchange) -> Result<(), Error> {
+pub(crate) fn error_response(
+    parts: &mut http::response::Parts,
+    bytes: &Bytes,
+    exchange: &Exchange,
+) -> Result<(), Error> {
     let digest = Arc::new(ResponseDigest::default());
     digest.set(Sha256::digest(bytes).into());
     let record = inspect(parts, exchange, false, digest)?;
@@ -200,14 +210,23 @@ enum CollectError {
 impl CollectError {
     fn context(self, what: &str) -> Error {
         match self {
-            CollectError::TooLarge => Error::new(ErrorKind::TooLarge, format!("{what} body exceeds the E2EE layer's limit")),
-            CollectError::Body(e) => Error::new(ErrorKind::Transport, format!("reading the {what} body failed")).with_source(e),
+            CollectError::TooLarge => {
+                Error::new(ErrorKind::TooLarge, format!("{what} body exceeds the E2EE layer's limit"))
+            }
+            CollectError::Body(e) => {
+                Error::new(ErrorKind::Transport, format!("reading the {what} body failed")).with_source(e)
+            }
         }
     }
 }
 
 /// Read a whole body into `buf`, up to `limit` bytes.
-fn poll_collect<B>(mut body: Pin<&mut B>, buf: &mut BytesMut, limit: usize, cx: &mut Context<'_>) -> Poll<Result<Bytes, CollectError>>
+fn poll_collect<B>(
+    mut body: Pin<&mut B>,
+    buf: &mut BytesMut,
+    limit: usize,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Bytes, CollectError>>
 where
     B: Body,
     B::Error: Into<BoxError>,
@@ -233,7 +252,12 @@ fn header_str<'a>(parts: &'a http::response::Parts, name: &http::HeaderName) -> 
 }
 
 /// Check the E2EE response headers and build the record of the exchange.
-fn inspect(parts: &http::response::Parts, exchange: &Exchange, streamed: bool, digest: Arc<ResponseDigest>) -> Result<ExchangeRecord, Error> {
+fn inspect(
+    parts: &http::response::Parts,
+    exchange: &Exchange,
+    streamed: bool,
+    digest: Arc<ResponseDigest>,
+) -> Result<ExchangeRecord, Error> {
     if let Some(v) = parts.headers.get(headers::E2EE_VERSION) {
         if v.as_bytes() != b"2" {
             return Err(Error::new(ErrorKind::Protocol, "the response claims another E2EE version than 2"));
@@ -264,7 +288,8 @@ fn inspect(parts: &http::response::Parts, exchange: &Exchange, streamed: bool, d
 }
 
 fn is_event_stream(parts: &http::response::Parts) -> bool {
-    header_str(parts, &CONTENT_TYPE).is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+    header_str(parts, &CONTENT_TYPE)
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
 }
 
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
@@ -283,7 +308,8 @@ where
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
                 StateProj::Failed { error } => {
-                    let e = error.take().unwrap_or_else(|| Error::new(ErrorKind::Config, "future polled after completion"));
+                    let e =
+                        error.take().unwrap_or_else(|| Error::new(ErrorKind::Config, "future polled after completion"));
                     return Poll::Ready(Err(e.into()));
                 }
                 StateProj::Collecting { body, buf, head, config, endpoint } => {
@@ -316,7 +342,11 @@ where
                     };
                     let (mut parts, body) = res.into_parts();
                     if !parts.status.is_success() {
-                        this.state.set(State::ReadingError { body, buf: BytesMut::new(), head: Some((parts, exchange)) });
+                        this.state.set(State::ReadingError {
+                            body,
+                            buf: BytesMut::new(),
+                            head: Some((parts, exchange)),
+                        });
                         continue;
                     }
                     let body = decrypting_response(&mut parts, body, exchange)?;

@@ -58,7 +58,9 @@ impl Config {
         }
         Route::Refuse(Error::new(
             ErrorKind::UnsupportedEndpoint,
-            format!("E2EE v2 does not cover POST {path}; refusing to send it in plaintext (see E2eeLayer::allow_plaintext_route)"),
+            format!(
+                "E2EE v2 does not cover POST {path}; refusing to send it in plaintext (see E2eeLayer::allow_plaintext_route)"
+            ),
         ))
     }
 }
@@ -85,9 +87,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         match self.config.route(req.method(), req.uri().path()) {
-            Route::Passthrough => {
-                ResponseFuture::passthrough(inner, req.map(|b| RequestBody::passthrough(b)))
-            }
+            Route::Passthrough => ResponseFuture::passthrough(inner, req.map(|b| RequestBody::passthrough(b))),
             Route::Refuse(e) => {
                 tracing::warn!(path = req.uri().path(), "refused a plaintext POST outside E2EE v2");
                 ResponseFuture::error(e)
@@ -127,7 +127,9 @@ impl<B> RequestBody<B> {
 impl<B> std::fmt::Debug for RequestBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
-            RequestKind::Encrypted { body } => f.debug_tuple("RequestBody::Encrypted").field(&body.size_hint().exact()).finish(),
+            RequestKind::Encrypted { body } => {
+                f.debug_tuple("RequestBody::Encrypted").field(&body.size_hint().exact()).finish()
+            }
             RequestKind::Passthrough { .. } => f.write_str("RequestBody::Passthrough"),
         }
     }
@@ -145,9 +147,9 @@ where
         match self.project().kind.project() {
             RequestKindProj::Encrypted { body } => body.poll_frame(cx).map_err(|never| match never {}),
             RequestKindProj::Passthrough { body } => match body.poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(
-                    frame.map_data(|mut d| d.copy_to_bytes(d.remaining())),
-                ))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    Poll::Ready(Some(Ok(frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))))
+                }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,

@@ -32,9 +32,8 @@ pub fn response(suite: Suite, field: &str, id: &str, model: &str, nonce: &str, t
 }
 
 fn build(suite: Suite, field: &str, id: Option<&str>, model: &str, nonce: &str, purpose: &str, ts: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        120 + field.len() + model.len() + nonce.len() + id.map_or(0, str::len) + suite.algo().len(),
-    );
+    let mut out =
+        Vec::with_capacity(120 + field.len() + model.len() + nonce.len() + id.map_or(0, str::len) + suite.algo().len());
     out.extend_from_slice(b"{\"algo\":");
     write_str(suite.algo(), &mut out);
     out.extend_from_slice(b",\"field\":");

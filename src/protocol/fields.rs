@@ -60,10 +60,9 @@ pub(crate) fn walk_request(
                             };
                             let slot = match inner {
                                 None => part.get_mut(outer),
-                                Some(inner) => part
-                                    .get_mut(outer)
-                                    .and_then(Value::as_object_mut)
-                                    .and_then(|o| o.get_mut(inner)),
+                                Some(inner) => {
+                                    part.get_mut(outer).and_then(Value::as_object_mut).and_then(|o| o.get_mut(inner))
+                                }
                             };
                             let Some(slot) = slot.filter(|v| v.is_string()) else { continue };
                             path.clear();

@@ -29,10 +29,7 @@ pub fn write(value: &Value, out: &mut Vec<u8>) -> Result<()> {
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(n) => {
             if !(n.is_i64() || n.is_u64()) {
-                return Err(Error::new(
-                    ErrorKind::Malformed,
-                    "canonical JSON refuses non-integer numbers",
-                ));
+                return Err(Error::new(ErrorKind::Malformed, "canonical JSON refuses non-integer numbers"));
             }
             out.extend_from_slice(n.to_string().as_bytes());
         }

@@ -23,8 +23,8 @@ pub struct E2eeKey {
 impl E2eeKey {
     /// Parse a keyset entry. Fails with `Malformed` for an unknown `algo` or an invalid key.
     pub fn parse(key_id: impl Into<String>, algo: &str, public_key: impl Into<String>) -> Result<E2eeKey> {
-        let suite = Suite::from_algo(algo)
-            .ok_or_else(|| Error::malformed(format!("unknown E2EE algorithm {algo:?}")))?;
+        let suite =
+            Suite::from_algo(algo).ok_or_else(|| Error::malformed(format!("unknown E2EE algorithm {algo:?}")))?;
         let text = public_key.into();
         let public = PublicKey::parse(suite, &text)?;
         Ok(E2eeKey { key_id: key_id.into(), text, public })

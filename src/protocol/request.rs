@@ -101,7 +101,13 @@ pub struct ExchangeContext {
 impl ExchangeContext {
     /// Build a context by hand (for servers and tests; the client gets one from
     /// [`encrypt_request`]).
-    pub fn new(endpoint: Endpoint, client_secret: SecretKey, model: impl Into<String>, nonce: impl Into<String>, ts: u64) -> Self {
+    pub fn new(
+        endpoint: Endpoint,
+        client_secret: SecretKey,
+        model: impl Into<String>,
+        nonce: impl Into<String>,
+        ts: u64,
+    ) -> Self {
         ExchangeContext { endpoint, client_secret, model: model.into(), nonce: nonce.into(), ts }
     }
 
@@ -171,9 +177,8 @@ const CLEAR_TOP_LEVEL: [&str; 7] =
 const ALLOWED_MESSAGE_MEMBERS: [&str; 3] = ["role", "content", "tool_call_id"];
 
 fn strict_check(endpoint: Endpoint, body: &Map<String, Value>) -> Result<()> {
-    let cleartext = |what: String| {
-        Error::new(ErrorKind::Cleartext, format!("strict mode: `{what}` would travel in clear"))
-    };
+    let cleartext =
+        |what: String| Error::new(ErrorKind::Cleartext, format!("strict mode: `{what}` would travel in clear"));
     for k in CLEAR_TOP_LEVEL {
         if body.contains_key(k) {
             return Err(cleartext(k.to_owned()));
@@ -204,9 +209,9 @@ fn part_fully_protected(part: &Value) -> bool {
     let Some(obj) = part.as_object() else { return false };
     let only = |allowed: &[&str]| obj.keys().all(|k| allowed.contains(&k.as_str()));
     let inner_ok = |name: &str, field: &str, extra: &str| {
-        obj.get(name).and_then(Value::as_object).is_some_and(|o| {
-            o.get(field).is_some_and(Value::is_string) && o.keys().all(|k| k == field || k == extra)
-        })
+        obj.get(name)
+            .and_then(Value::as_object)
+            .is_some_and(|o| o.get(field).is_some_and(Value::is_string) && o.keys().all(|k| k == field || k == extra))
     };
     match obj.get("type").and_then(Value::as_str) {
         Some("text") => only(&["type", "text"]) && obj.get("text").is_some_and(Value::is_string),
@@ -419,7 +424,10 @@ mod tests {
 
     #[test]
     fn missing_model_or_fields_are_refused() {
-        assert_eq!(enc(Endpoint::ChatCompletions, r#"{"messages":[]}"#).unwrap_err().kind(), ErrorKind::UnsupportedBody);
+        assert_eq!(
+            enc(Endpoint::ChatCompletions, r#"{"messages":[]}"#).unwrap_err().kind(),
+            ErrorKind::UnsupportedBody
+        );
         let e = enc(Endpoint::ChatCompletions, r#"{"model":"m","messages":[{"role":"assistant","content":null}]}"#);
         assert_eq!(e.unwrap_err().kind(), ErrorKind::UnsupportedBody);
         assert_eq!(enc(Endpoint::ChatCompletions, "not json").unwrap_err().kind(), ErrorKind::Malformed);
@@ -429,13 +437,37 @@ mod tests {
     fn strict_mode_refuses_clear_members() {
         let (_, k) = key(Suite::X25519);
         let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[]}"#;
-        let e = encrypt_request(Endpoint::ChatCompletions, body, &k, &EncryptOptions::strict(true), 1, &mut rand_core::OsRng);
+        let e = encrypt_request(
+            Endpoint::ChatCompletions,
+            body,
+            &k,
+            &EncryptOptions::strict(true),
+            1,
+            &mut rand_core::OsRng,
+        );
         assert_eq!(e.unwrap_err().kind(), ErrorKind::Cleartext);
         let body = br#"{"model":"m","messages":[{"role":"user","name":"alice","content":"x"}]}"#;
-        let e = encrypt_request(Endpoint::ChatCompletions, body, &k, &EncryptOptions::strict(true), 1, &mut rand_core::OsRng);
+        let e = encrypt_request(
+            Endpoint::ChatCompletions,
+            body,
+            &k,
+            &EncryptOptions::strict(true),
+            1,
+            &mut rand_core::OsRng,
+        );
         assert_eq!(e.unwrap_err().kind(), ErrorKind::Cleartext);
         let body = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":0.5}"#;
-        assert!(encrypt_request(Endpoint::ChatCompletions, body, &k, &EncryptOptions::strict(true), 1, &mut rand_core::OsRng).is_ok());
+        assert!(
+            encrypt_request(
+                Endpoint::ChatCompletions,
+                body,
+                &k,
+                &EncryptOptions::strict(true),
+                1,
+                &mut rand_core::OsRng
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -447,7 +479,8 @@ mod tests {
         .unwrap();
         assert_eq!(r.fields, 4);
         let v: Value = serde_json::from_slice(&r.body).unwrap();
-        let lens: Vec<usize> = v["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().len()).collect();
+        let lens: Vec<usize> =
+            v["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().len()).collect();
         // Each field is hex of 60 + plaintext bytes (x25519): "", "a", "r", "u".
         assert_eq!(lens, vec![120, 122, 122, 122]);
     }

@@ -31,7 +31,11 @@ fn response_id(root: &Map<String, Value>) -> String {
 }
 
 /// Decrypt the protected fields of one parsed document in place. Returns how many were opened.
-pub(crate) fn decrypt_document(ctx: &ExchangeContext, shape: ResponseShape, root: &mut Map<String, Value>) -> Result<usize> {
+pub(crate) fn decrypt_document(
+    ctx: &ExchangeContext,
+    shape: ResponseShape,
+    root: &mut Map<String, Value>,
+) -> Result<usize> {
     let id = response_id(root);
     let mut count = 0;
     walk_response(ctx.endpoint, shape, root, &mut |path, slot: ResponseSlot<'_>| {
@@ -48,9 +52,8 @@ pub(crate) fn decrypt_document(ctx: &ExchangeContext, shape: ResponseShape, root
         })?;
         let plain = String::from_utf8(plain).map_err(|_| Error::decrypt())?;
         *value = if slot.json {
-            serde_json::from_str(&plain).map_err(|_| {
-                Error::malformed(format!("decrypted `{path}` is not the JSON text of an embedding"))
-            })?
+            serde_json::from_str(&plain)
+                .map_err(|_| Error::malformed(format!("decrypted `{path}` is not the JSON text of an embedding")))?
         } else {
             Value::String(plain)
         };

@@ -28,7 +28,13 @@ pub struct OpenedRequest {
 /// `X-E2EE-Nonce` header verbatim and `ts` the parsed timestamp. Every failure the reference
 /// reports as `e2ee_decryption_failed` is an error here (structure, a field in clear, a bad tag,
 /// no field at all); a body that is not JSON or lacks a string `model` is `Malformed`.
-pub fn open_request(endpoint: Endpoint, wire: &[u8], service: &SecretKey, nonce: &str, ts: u64) -> Result<OpenedRequest> {
+pub fn open_request(
+    endpoint: Endpoint,
+    wire: &[u8],
+    service: &SecretKey,
+    nonce: &str,
+    ts: u64,
+) -> Result<OpenedRequest> {
     let mut root: Value = serde_json::from_slice(wire).map_err(|_| Error::malformed("body is not JSON"))?;
     let suite = service.suite();
     let Value::Object(map) = &mut root else { return Err(Error::malformed("body is not an object")) };
@@ -64,7 +70,13 @@ pub struct ResponseSealer {
 impl ResponseSealer {
     /// A sealer for the exchange: the client's public key (same suite as the service key the
     /// request matched), the request's `model`, the nonce header verbatim and the timestamp.
-    pub fn new(endpoint: Endpoint, client: PublicKey, model: impl Into<String>, nonce: impl Into<String>, ts: u64) -> Self {
+    pub fn new(
+        endpoint: Endpoint,
+        client: PublicKey,
+        model: impl Into<String>,
+        nonce: impl Into<String>,
+        ts: u64,
+    ) -> Self {
         ResponseSealer { endpoint, client, model: model.into(), nonce: nonce.into(), ts }
     }
 

@@ -53,10 +53,7 @@ pub struct SseLimits {
 
 impl Default for SseLimits {
     fn default() -> Self {
-        SseLimits {
-            max_line: 1 << 20,
-            max_event: 4 << 20,
-        }
+        SseLimits { max_line: 1 << 20, max_event: 4 << 20 }
     }
 }
 
@@ -84,11 +81,7 @@ impl SseEvent {
     pub fn new(other_lines: Vec<Bytes>, data_lines: Vec<Bytes>) -> Self {
         let mut order = vec![false; other_lines.len()];
         order.resize(other_lines.len() + data_lines.len(), true);
-        SseEvent {
-            other_lines,
-            data_lines,
-            order,
-        }
+        SseEvent { other_lines, data_lines, order }
     }
 
     /// Append one line (without terminator), classified by its field name: a line whose field
@@ -113,12 +106,7 @@ impl SseEvent {
 
     /// All lines of the event in their original order.
     pub fn lines(&self) -> impl Iterator<Item = &Bytes> + '_ {
-        Lines {
-            event: self,
-            pos: 0,
-            data: 0,
-            other: 0,
-        }
+        Lines { event: self, pos: 0, data: 0, other: 0 }
     }
 
     /// The data payloads joined with `'\n'`, each with its `data` field name, the colon and one
@@ -131,11 +119,7 @@ impl SseEvent {
             [] => None,
             [one] => Some(data_payload(one)),
             many => {
-                let len = many
-                    .iter()
-                    .map(|l| data_payload_range(l).len() + 1)
-                    .sum::<usize>()
-                    - 1;
+                let len = many.iter().map(|l| data_payload_range(l).len() + 1).sum::<usize>() - 1;
                 let mut out = BytesMut::with_capacity(len);
                 for (i, line) in many.iter().enumerate() {
                     if i > 0 {
@@ -184,10 +168,7 @@ impl SseEvent {
             Some(payload) => {
                 let parts = memchr::memchr_iter(b'\n', payload).count() + 1;
                 out.reserve(
-                    self.other_lines.iter().map(|l| l.len() + 1).sum::<usize>()
-                        + payload.len()
-                        + 7 * parts
-                        + 1,
+                    self.other_lines.iter().map(|l| l.len() + 1).sum::<usize>() + payload.len() + 7 * parts + 1,
                 );
                 for line in &self.other_lines {
                     out.extend_from_slice(line);
@@ -220,11 +201,8 @@ impl<'a> Iterator for Lines<'a> {
         let ev = self.event;
         while let Some(&is_data) = ev.order.get(self.pos) {
             self.pos += 1;
-            let (list, idx) = if is_data {
-                (&ev.data_lines, &mut self.data)
-            } else {
-                (&ev.other_lines, &mut self.other)
-            };
+            let (list, idx) =
+                if is_data { (&ev.data_lines, &mut self.data) } else { (&ev.other_lines, &mut self.other) };
             if let Some(line) = list.get(*idx) {
                 *idx += 1;
                 return Some(line);
@@ -252,11 +230,7 @@ fn data_payload_range(line: &[u8]) -> std::ops::Range<usize> {
     match memchr::memchr(b':', line) {
         None => line.len()..line.len(),
         Some(colon) => {
-            let start = if line.get(colon + 1) == Some(&b' ') {
-                colon + 2
-            } else {
-                colon + 1
-            };
+            let start = if line.get(colon + 1) == Some(&b' ') { colon + 2 } else { colon + 1 };
             start..line.len()
         }
     }
@@ -298,10 +272,7 @@ impl SseDecoder {
     /// A decoder enforcing `limits`.
     #[must_use]
     pub fn new(limits: SseLimits) -> Self {
-        SseDecoder {
-            limits,
-            ..SseDecoder::default()
-        }
+        SseDecoder { limits, ..SseDecoder::default() }
     }
 
     /// The limits this decoder enforces.
@@ -417,10 +388,7 @@ impl SseDecoder {
             rest = rest.strip_prefix(BOM).unwrap_or(rest);
         }
         if !self.pending.is_empty() || rest.iter().any(|&b| b != b'\n' && b != b'\r') {
-            return Err(Error::new(
-                ErrorKind::Truncated,
-                "SSE stream ended inside an event",
-            ));
+            return Err(Error::new(ErrorKind::Truncated, "SSE stream ended inside an event"));
         }
         Ok(())
     }
@@ -491,10 +459,7 @@ mod tests {
     }
 
     fn data_of(events: &[SseEvent]) -> Vec<Option<Vec<u8>>> {
-        events
-            .iter()
-            .map(|e| e.data().map(|d| d.to_vec()))
-            .collect()
+        events.iter().map(|e| e.data().map(|d| d.to_vec())).collect()
     }
 
     fn encode_all(events: &[SseEvent]) -> Vec<u8> {
@@ -530,10 +495,7 @@ mod tests {
         dec.push(b"\n");
         assert_eq!(dec.next_event().unwrap(), None, "CR|LF must not dispatch");
         dec.push(b"\r");
-        let ev = dec
-            .next_event()
-            .unwrap()
-            .expect("dispatched by the CR blank line");
+        let ev = dec.next_event().unwrap().expect("dispatched by the CR blank line");
         assert_eq!(ev.data().as_deref(), Some(&b"a"[..]));
         dec.push(b"\n");
         assert_eq!(dec.next_event().unwrap(), None);
@@ -559,10 +521,7 @@ mod tests {
     fn comment_only_events_are_returned() {
         let events = decode(b": PROCESSING\n\n\n\n: PROCESSING\n\ndata: x\n\n");
         assert_eq!(events.len(), 3);
-        assert_eq!(
-            events[0].other_lines,
-            vec![Bytes::from_static(b": PROCESSING")]
-        );
+        assert_eq!(events[0].other_lines, vec![Bytes::from_static(b": PROCESSING")]);
         assert!(events[0].data_lines.is_empty());
         assert_eq!(events[0].data(), None);
         assert!(!events[0].is_done());
@@ -575,17 +534,7 @@ mod tests {
         assert_eq!(events.len(), 1);
         let ev = &events[0];
         let other: Vec<&[u8]> = ev.other_lines.iter().map(|b| &b[..]).collect();
-        assert_eq!(
-            other,
-            vec![
-                &b"event: chunk"[..],
-                b"id: 7",
-                b"retry: 100",
-                b"datax: no",
-                b"data2",
-                b":c"
-            ]
-        );
+        assert_eq!(other, vec![&b"event: chunk"[..], b"id: 7", b"retry: 100", b"datax: no", b"data2", b":c"]);
         assert_eq!(ev.data_lines, vec![Bytes::from_static(b"data: {}")]);
         assert_eq!(ev.data().as_deref(), Some(&b"{}"[..]));
         let lines: Vec<&[u8]> = ev.lines().map(|b| &b[..]).collect();
@@ -619,8 +568,7 @@ mod tests {
 
     #[test]
     fn encode_verbatim_round_trip() {
-        let input: &[u8] =
-            b": PROCESSING\n\nevent: a\ndata: 1\nid: x\ndata:2\nretry: 5\n\ndata:[DONE]\n\ndata\n:z\n\n";
+        let input: &[u8] = b": PROCESSING\n\nevent: a\ndata: 1\nid: x\ndata:2\nretry: 5\n\ndata:[DONE]\n\ndata\n:z\n\n";
         let events = decode(input);
         assert_eq!(encode_all(&events), input);
         // CRLF/CR framing re-encodes to LF framing; extra blank lines and the BOM disappear.
@@ -648,10 +596,7 @@ mod tests {
 
     #[test]
     fn constructed_events_encode() {
-        let mut ev = SseEvent::new(
-            vec![Bytes::from_static(b"event: e")],
-            vec![Bytes::from_static(b"data: d")],
-        );
+        let mut ev = SseEvent::new(vec![Bytes::from_static(b"event: e")], vec![Bytes::from_static(b"data: d")]);
         let mut out = BytesMut::new();
         ev.encode(None, &mut out);
         assert_eq!(&out[..], b"event: e\ndata: d\n\n");
@@ -677,10 +622,7 @@ mod tests {
         dec.push(b"data: b\n");
         assert_eq!(dec.next_event().unwrap(), None);
         dec.push(b"\n");
-        assert_eq!(
-            dec.next_event().unwrap().unwrap().data().as_deref(),
-            Some(&b"a\nb"[..])
-        );
+        assert_eq!(dec.next_event().unwrap().unwrap().data().as_deref(), Some(&b"a\nb"[..]));
         dec.finish().unwrap();
     }
 
@@ -689,11 +631,7 @@ mod tests {
         let events = decode(b"\xEF\xBB\xBFdata: a\n\n\xEF\xBB\xBFdata: b\n\n");
         assert_eq!(events.len(), 2);
         assert_eq!(data_of(&events[..1]), vec![some("a")]);
-        assert_eq!(
-            events[1].data(),
-            None,
-            "a BOM later is part of the field name"
-        );
+        assert_eq!(events[1].data(), None, "a BOM later is part of the field name");
         assert_eq!(events[1].other_lines.len(), 1);
 
         let mut dec = SseDecoder::new(SseLimits::default());
@@ -708,25 +646,11 @@ mod tests {
 
     #[test]
     fn finish_reports_truncation() {
-        for partial in [
-            &b"data: a"[..],
-            b"data: a\n",
-            b"data: a\r",
-            b": c\r\n",
-            b"\n\ndata: a\n\n:",
-            b"\xEF\xBB",
-        ] {
+        for partial in [&b"data: a"[..], b"data: a\n", b"data: a\r", b": c\r\n", b"\n\ndata: a\n\n:", b"\xEF\xBB"] {
             let (_, fin) = decode_chunked(partial, &[]);
             assert_eq!(fin.unwrap_err().kind(), ErrorKind::Truncated, "{partial:?}");
         }
-        for clean in [
-            &b""[..],
-            b"\n\n\r\n",
-            b"data: a\n\n",
-            b"data: a\r\r\n\n\n",
-            b"\xEF\xBB\xBF",
-            b"\xEF\xBB\xBF\n",
-        ] {
+        for clean in [&b""[..], b"\n\n\r\n", b"data: a\n\n", b"data: a\r\r\n\n\n", b"\xEF\xBB\xBF", b"\xEF\xBB\xBF\n"] {
             let (_, fin) = decode_chunked(clean, &[]);
             fin.unwrap_or_else(|e| panic!("{clean:?}: {e:?}"));
         }
@@ -762,24 +686,15 @@ mod tests {
 
     #[test]
     fn complete_long_line_is_rejected() {
-        let mut dec = SseDecoder::new(SseLimits {
-            max_line: 8,
-            max_event: 100,
-        });
+        let mut dec = SseDecoder::new(SseLimits { max_line: 8, max_event: 100 });
         dec.push(b"data: 12\n\ndata: 123\n\n");
-        assert_eq!(
-            dec.next_event().unwrap().unwrap().data().as_deref(),
-            Some(&b"12"[..])
-        );
+        assert_eq!(dec.next_event().unwrap().unwrap().data().as_deref(), Some(&b"12"[..]));
         assert_eq!(dec.next_event().unwrap_err().kind(), ErrorKind::TooLarge);
     }
 
     #[test]
     fn large_event_is_rejected() {
-        let limits = SseLimits {
-            max_line: 64,
-            max_event: 256,
-        };
+        let limits = SseLimits { max_line: 64, max_event: 256 };
         let mut dec = SseDecoder::new(limits);
         let mut err = None;
         for _ in 0..100 {
@@ -793,20 +708,14 @@ mod tests {
         assert_eq!(err.expect("must fail").kind(), ErrorKind::TooLarge);
 
         // The incomplete last line counts towards the event too.
-        let mut dec = SseDecoder::new(SseLimits {
-            max_line: 64,
-            max_event: 48,
-        });
+        let mut dec = SseDecoder::new(SseLimits { max_line: 64, max_event: 48 });
         dec.push(b"data: 0123456789012345678901234\ndata: 0123");
         assert_eq!(dec.next_event().unwrap(), None);
         dec.push(b"456789xyz");
         assert_eq!(dec.next_event().unwrap_err().kind(), ErrorKind::TooLarge);
 
         // Blank lines between events do not count.
-        let mut dec = SseDecoder::new(SseLimits {
-            max_line: 16,
-            max_event: 16,
-        });
+        let mut dec = SseDecoder::new(SseLimits { max_line: 16, max_event: 16 });
         for _ in 0..1000 {
             dec.push(b"data: x\n\n\n\r\n");
             assert!(dec.next_event().unwrap().is_some());

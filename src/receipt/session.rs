@@ -300,13 +300,13 @@ fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
     }
     let unpadded = match input {
         [rest @ .., b'=', b'='] => {
-            if input.len() % 4 != 0 {
+            if !input.len().is_multiple_of(4) {
                 return None;
             }
             rest
         }
         [rest @ .., b'='] => {
-            if input.len() % 4 != 0 {
+            if !input.len().is_multiple_of(4) {
                 return None;
             }
             rest

@@ -80,11 +80,17 @@ async fn chat_stream_both_suites_decrypts_event_by_event() {
 async fn completions_buffered_and_streamed_and_embeddings() {
     let env = Env::start(Suite::Secp256k1).await;
     let client = env.client(env.layer());
-    let res = send(&client, post(&env.url("/v1/completions"), &json!({"model": "m", "prompt": ["a secret prompt", 42]}))).await.unwrap();
+    let res =
+        send(&client, post(&env.url("/v1/completions"), &json!({"model": "m", "prompt": ["a secret prompt", 42]})))
+            .await
+            .unwrap();
     let out: Value = serde_json::from_slice(&read(res.into_body()).await.unwrap()).unwrap();
     assert_eq!(out["choices"][0]["text"], "Echo: a secret prompt");
 
-    let res = send(&client, post(&env.url("/v1/completions"), &json!({"model": "m", "prompt": "stream me", "stream": true}))).await.unwrap();
+    let res =
+        send(&client, post(&env.url("/v1/completions"), &json!({"model": "m", "prompt": "stream me", "stream": true})))
+            .await
+            .unwrap();
     let out = read(res.into_body()).await.unwrap();
     assert_eq!(sse_text(&out, "text"), "Echo: stream me");
 
@@ -117,14 +123,16 @@ async fn large_buffered_response_is_decrypted_off_the_executor() {
 async fn other_requests_pass_through_and_unknown_posts_are_refused() {
     let env = Env::start(Suite::X25519).await;
     let client = env.client(env.layer());
-    let res = send(&client, http::Request::get(env.url("/v1/models")).body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let res =
+        send(&client, http::Request::get(env.url("/v1/models")).body(Full::new(Bytes::new())).unwrap()).await.unwrap();
     assert_eq!(res.status(), 200);
     let models: Value = serde_json::from_slice(&read(res.into_body()).await.unwrap()).unwrap();
     assert!(models["data"].is_array());
 
     let before = env.gw.requests_seen();
     for path in ["/v1/messages", "/v1/responses", "/v1/unknown"] {
-        let err = send(&client, post(&env.url(path), &json!({"model": "m", "input": SECRET}))).await.err().expect("refused");
+        let err =
+            send(&client, post(&env.url(path), &json!({"model": "m", "input": SECRET}))).await.err().expect("refused");
         assert_eq!(kind(&err), Some(ErrorKind::UnsupportedEndpoint), "{path}");
     }
     assert_eq!(env.gw.requests_seen(), before, "nothing was sent");
@@ -144,10 +152,22 @@ async fn strict_mode_and_unprotectable_bodies_are_refused_before_sending() {
     let err = send(&strict, post(&env.url("/v1/chat/completions"), &body)).await.err().expect("refused");
     assert_eq!(kind(&err), Some(ErrorKind::Cleartext));
     let client = env.client(env.layer());
-    let err = send(&client, post(&env.url("/v1/completions"), &json!({"model": "m", "prompt": [1, 2, 3]}))).await.err().expect("refused");
+    let err = send(&client, post(&env.url("/v1/completions"), &json!({"model": "m", "prompt": [1, 2, 3]})))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(kind(&err), Some(ErrorKind::UnsupportedBody));
     let tiny = env.client(env.layer().max_request_body(16));
-    let err = send(&tiny, post(&env.url("/v1/chat/completions"), &json!({"model": "m", "messages": [{"role": "user", "content": SECRET}]}))).await.err().expect("refused");
+    let err = send(
+        &tiny,
+        post(
+            &env.url("/v1/chat/completions"),
+            &json!({"model": "m", "messages": [{"role": "user", "content": SECRET}]}),
+        ),
+    )
+    .await
+    .err()
+    .expect("refused");
     assert_eq!(kind(&err), Some(ErrorKind::TooLarge));
     assert_eq!(env.gw.requests_seen(), 0);
 }
@@ -156,8 +176,16 @@ async fn strict_mode_and_unprotectable_bodies_are_refused_before_sending() {
 async fn gateway_errors_pass_through_readable_with_their_type() {
     let env = Env::start(Suite::X25519).await;
     let client = env.client(env.layer());
-    env.gw.set_fault(Some(Fault::UpstreamStatus(429, r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#.into())));
-    let res = send(&client, post(&env.url("/v1/chat/completions"), &json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))).await.unwrap();
+    env.gw.set_fault(Some(Fault::UpstreamStatus(
+        429,
+        r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#.into(),
+    )));
+    let res = send(
+        &client,
+        post(&env.url("/v1/chat/completions"), &json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})),
+    )
+    .await
+    .unwrap();
     assert_eq!(res.status(), 429);
     let gw = res.extensions().get::<GatewayError>().unwrap().clone();
     assert_eq!(gw.error_type.as_deref(), Some("rate_limit_error"));
@@ -244,16 +272,29 @@ async fn in_band_error_then_done_is_surfaced() {
 async fn expired_key_is_never_used() {
     let now = tower_aci::attest::Clock::now(&tower_aci::attest::SystemClock);
     let clock = tower_aci::attest::ManualClock::new(now);
-    let env = Env::with(GatewayConfig::new().clock(std::sync::Arc::new(clock.clone())).not_after(now + 100), Suite::X25519).await;
+    let env =
+        Env::with(GatewayConfig::new().clock(std::sync::Arc::new(clock.clone())).not_after(now + 100), Suite::X25519)
+            .await;
     // The provider's handle uses the system clock; a fixed handle on the manual clock shows the
     // layer refuses once the keyset expired.
     let keyset = env.keys.current().unwrap();
     let handle = tower_aci::attest::KeyHandle::fixed_with_clock((*keyset).clone(), std::sync::Arc::new(clock.clone()));
     let client = env.client(tower_aci::E2eeLayer::new(handle));
-    let ok = send(&client, post(&env.url("/v1/chat/completions"), &json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))).await.unwrap();
+    let ok = send(
+        &client,
+        post(&env.url("/v1/chat/completions"), &json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})),
+    )
+    .await
+    .unwrap();
     assert_eq!(ok.status(), 200);
     clock.set(now + 100);
-    let err = send(&client, post(&env.url("/v1/chat/completions"), &json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))).await.err().expect("refused");
+    let err = send(
+        &client,
+        post(&env.url("/v1/chat/completions"), &json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})),
+    )
+    .await
+    .err()
+    .expect("refused");
     assert_eq!(kind(&err), Some(ErrorKind::KeyUnavailable));
 }
 
@@ -263,7 +304,11 @@ struct RetryOn503(usize);
 impl<B, E> tower::retry::Policy<http::Request<Full<Bytes>>, http::Response<B>, E> for RetryOn503 {
     type Future = std::future::Ready<()>;
 
-    fn retry(&mut self, _req: &mut http::Request<Full<Bytes>>, result: &mut Result<http::Response<B>, E>) -> Option<Self::Future> {
+    fn retry(
+        &mut self,
+        _req: &mut http::Request<Full<Bytes>>,
+        result: &mut Result<http::Response<B>, E>,
+    ) -> Option<Self::Future> {
         match result {
             Ok(res) if res.status() == 503 && self.0 > 0 => {
                 self.0 -= 1;
@@ -284,8 +329,16 @@ impl<B, E> tower::retry::Policy<http::Request<Full<Bytes>>, http::Response<B>, E
 async fn retry_outside_the_layer_re_encrypts_each_attempt() {
     let env = Env::start(Suite::X25519).await;
     env.gw.set_fault(Some(Fault::StatusOnce(503)));
-    let client = tower::ServiceBuilder::new().layer(tower::retry::RetryLayer::new(RetryOn503(1))).service(env.client(env.layer()));
-    let res = client.oneshot(post(&env.url("/v1/chat/completions"), &json!({"model": "m", "messages": [{"role": "user", "content": "again"}]}))).await.unwrap();
+    let client = tower::ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(RetryOn503(1)))
+        .service(env.client(env.layer()));
+    let res = client
+        .oneshot(post(
+            &env.url("/v1/chat/completions"),
+            &json!({"model": "m", "messages": [{"role": "user", "content": "again"}]}),
+        ))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200, "{:?}", res.extensions().get::<GatewayError>());
     let out: Value = serde_json::from_slice(&read(res.into_body()).await.unwrap()).unwrap();
     assert_eq!(out["choices"][0]["message"]["content"], "You said: again");

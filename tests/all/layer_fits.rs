@@ -38,7 +38,10 @@ fn response_body_fits_reqwest_and_axum() {
     assert_send::<ResponseBody<hyper::body::Incoming>>();
     assert_sync::<ResponseBody<hyper::body::Incoming>>();
     #[allow(dead_code)]
-    fn wrap_real(b: ResponseBody<hyper::body::Incoming>, c: ResponseBody<hyper::body::Incoming>) -> (reqwest::Body, axum::body::Body) {
+    fn wrap_real(
+        b: ResponseBody<hyper::body::Incoming>,
+        c: ResponseBody<hyper::body::Incoming>,
+    ) -> (reqwest::Body, axum::body::Body) {
         (reqwest::Body::wrap(b), axum::body::Body::new(c))
     }
 }
@@ -53,7 +56,8 @@ fn service_is_clone_send_sync_with_a_send_future() {
     #[allow(dead_code)]
     fn boxed(
         svc: Svc,
-    ) -> BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<ResponseBody<hyper::body::Incoming>>, BoxError> {
+    ) -> BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<ResponseBody<hyper::body::Incoming>>, BoxError>
+    {
         BoxCloneSyncService::new(svc)
     }
 }

@@ -109,7 +109,10 @@ proptest! {
 fn sealed_stream(sealer: &ResponseSealer, deltas: &[String], crlf: bool) -> Vec<u8> {
     let nl = if crlf { "\r\n" } else { "\n" };
     let mut out = format!(": PROCESSING{nl}{nl}");
-    out.push_str(&format!("data: {}{nl}{nl}", json!({"id": "c0", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})));
+    out.push_str(&format!(
+        "data: {}{nl}{nl}",
+        json!({"id": "c0", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+    ));
     for (i, d) in deltas.iter().enumerate() {
         let mut chunk = json!({"id": format!("c{i}"), "choices": [{"index": 0, "delta": {"content": d}}]});
         sealer.seal_chunk(&mut chunk, &mut rand_core::OsRng).unwrap();

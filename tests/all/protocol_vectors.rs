@@ -15,10 +15,9 @@ use crate::data::{arr32, load};
 /// The recipient's secret key for a KAT vector, from the seeds in the file's `keys`.
 fn recipient_secret(keys: &Value, suite: Suite, recipient_public: &str) -> SecretKey {
     let candidates: &[(&str, &str)] = match suite {
-        Suite::X25519 => &[
-            ("service_x25519_seed", "service_x25519_public"),
-            ("client_x25519_seed", "client_x25519_public"),
-        ],
+        Suite::X25519 => {
+            &[("service_x25519_seed", "service_x25519_public"), ("client_x25519_seed", "client_x25519_public")]
+        }
         Suite::Secp256k1 => &[
             ("service_secp256k1_seed", "service_secp256k1_public_65"),
             ("client_secp256k1_seed", "client_secp256k1_public_65"),
@@ -37,8 +36,12 @@ fn recipient_secret(keys: &Value, suite: Suite, recipient_public: &str) -> Secre
 fn rebuild_aad(aad_utf8: &str) -> Vec<u8> {
     let v: Value = serde_json::from_str(aad_utf8).unwrap();
     let suite = Suite::from_algo(v["algo"].as_str().unwrap()).unwrap();
-    let (field, model, nonce, ts) =
-        (v["field"].as_str().unwrap(), v["model"].as_str().unwrap(), v["nonce"].as_str().unwrap(), v["ts"].as_u64().unwrap());
+    let (field, model, nonce, ts) = (
+        v["field"].as_str().unwrap(),
+        v["model"].as_str().unwrap(),
+        v["nonce"].as_str().unwrap(),
+        v["ts"].as_u64().unwrap(),
+    );
     match v["purpose"].as_str().unwrap() {
         aad::REQUEST_PURPOSE => aad::request(suite, field, model, nonce, ts),
         aad::RESPONSE_PURPOSE => aad::response(suite, field, v["id"].as_str().unwrap(), model, nonce, ts),
@@ -66,8 +69,16 @@ fn kat_vectors_open_and_seal_byte_for_byte() {
         let eph = SecretKey::from_bytes(suite, &arr32(v["ephemeral_secret"].as_str().unwrap())).unwrap();
         assert_eq!(eph.public_key().to_hex(), v["ephemeral_public"].as_str().unwrap(), "{name}");
         // Intermediates.
-        assert_eq!(hex::encode(kat::shared_secret(&eph, &recipient_pub).unwrap()), v["shared_secret"].as_str().unwrap(), "{name}");
-        assert_eq!(hex::encode(kat::field_key(&eph, &recipient_pub).unwrap()), v["aes_key"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            hex::encode(kat::shared_secret(&eph, &recipient_pub).unwrap()),
+            v["shared_secret"].as_str().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            hex::encode(kat::field_key(&eph, &recipient_pub).unwrap()),
+            v["aes_key"].as_str().unwrap(),
+            "{name}"
+        );
 
         let plaintext = v["plaintext_utf8"].as_str().unwrap().as_bytes();
         let nonce: [u8; 12] = hex::decode(v["gcm_nonce"].as_str().unwrap()).unwrap().try_into().unwrap();
@@ -144,9 +155,18 @@ fn restored_body_hash_r1() {
     // Client side: the user's body with that structured content yields the same hash, and the
     // server restores exactly it.
     let user = r#"{"model":"m","temperature":0.7,"messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#;
-    let req = encrypt_request(Endpoint::ChatCompletions, user.as_bytes(), &key, &EncryptOptions::default(), 1_750_000_000, &mut rand_core::OsRng).unwrap();
+    let req = encrypt_request(
+        Endpoint::ChatCompletions,
+        user.as_bytes(),
+        &key,
+        &EncryptOptions::default(),
+        1_750_000_000,
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
     assert_eq!(hex::encode(req.restored_body_sha256), expected);
-    let opened = open_request(Endpoint::ChatCompletions, &req.body, &sk, &req.headers.nonce, req.headers.timestamp).unwrap();
+    let opened =
+        open_request(Endpoint::ChatCompletions, &req.body, &sk, &req.headers.nonce, req.headers.timestamp).unwrap();
     assert_eq!(hex::encode(Sha256::digest(&opened.bytes)), expected);
 }
 
@@ -167,8 +187,17 @@ fn restored_body_hash_r2_number_and_escape_normalisation() {
     // Client side: the user's body (same document, plaintext in place) predicts the hash the
     // gateway will compute over what we actually send, including the 1-ULP float change.
     let user = template.replace("\"<ct>\"", &serde_json::to_string(plaintext).unwrap());
-    let req = encrypt_request(Endpoint::ChatCompletions, user.as_bytes(), &key, &EncryptOptions::default(), 1_750_000_000, &mut rand_core::OsRng).unwrap();
-    let opened = open_request(Endpoint::ChatCompletions, &req.body, &sk, &req.headers.nonce, req.headers.timestamp).unwrap();
+    let req = encrypt_request(
+        Endpoint::ChatCompletions,
+        user.as_bytes(),
+        &key,
+        &EncryptOptions::default(),
+        1_750_000_000,
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    let opened =
+        open_request(Endpoint::ChatCompletions, &req.body, &sk, &req.headers.nonce, req.headers.timestamp).unwrap();
     assert_eq!(req.restored_body_sha256, <[u8; 32]>::from(Sha256::digest(&opened.bytes)));
     assert_eq!(hex::encode(req.restored_body_sha256), expected_hash);
 }
@@ -281,15 +310,25 @@ fn buffered_response_fails_closed() {
     let mut doc = serde_json::json!({"id":"x","choices":[{"index":0,"message":{"content":"a"}}]});
     sealer.seal_document(&mut doc, &mut rand_core::OsRng).unwrap();
     doc["choices"][0]["index"] = 1.into();
-    assert_eq!(decrypt_response(&ctx, serde_json::to_vec(&doc).unwrap().into()).unwrap_err().kind(), ErrorKind::Decrypt);
+    assert_eq!(
+        decrypt_response(&ctx, serde_json::to_vec(&doc).unwrap().into()).unwrap_err().kind(),
+        ErrorKind::Decrypt
+    );
     // Another response id in the AAD.
     doc["choices"][0]["index"] = 0.into();
     doc["id"] = "y".into();
-    assert_eq!(decrypt_response(&ctx, serde_json::to_vec(&doc).unwrap().into()).unwrap_err().kind(), ErrorKind::Decrypt);
+    assert_eq!(
+        decrypt_response(&ctx, serde_json::to_vec(&doc).unwrap().into()).unwrap_err().kind(),
+        ErrorKind::Decrypt
+    );
     // Not JSON.
     assert_eq!(decrypt_response(&ctx, b"<html>".to_vec().into()).unwrap_err().kind(), ErrorKind::Malformed);
     // Error and usage-only bodies carry nothing and pass through; null content stays null.
-    for ok in [&br#"{"error":{"message":"m","type":"t"}}"#[..], br#"{"usage":{"a":1}}"#, br#"{"id":"x","choices":[{"message":{"content":null,"tool_calls":[{"function":{"arguments":"{}"}}]}}]}"#] {
+    for ok in [
+        &br#"{"error":{"message":"m","type":"t"}}"#[..],
+        br#"{"usage":{"a":1}}"#,
+        br#"{"id":"x","choices":[{"message":{"content":null,"tool_calls":[{"function":{"arguments":"{}"}}]}}]}"#,
+    ] {
         let out = decrypt_response(&ctx, ok.to_vec().into()).unwrap();
         assert_eq!(&out.body[..], ok);
     }
@@ -329,7 +368,9 @@ fn k6_embedding_vector_decrypts_in_a_document() {
     let file = load("e2ee_v2_kat.json");
     let v = &file["vectors"][5];
     assert!(v["name"].as_str().unwrap().contains("embedding"));
-    let client = SecretKey::from_bytes(Suite::Secp256k1, &arr32(file["keys"]["client_secp256k1_seed"].as_str().unwrap())).unwrap();
+    let client =
+        SecretKey::from_bytes(Suite::Secp256k1, &arr32(file["keys"]["client_secp256k1_seed"].as_str().unwrap()))
+            .unwrap();
     let ctx = ExchangeContext::new(Endpoint::Embeddings, client, "demo-model", NONCE, 1_750_000_000);
     let body = format!(r#"{{"data":[{{"index":0,"embedding":"{}"}}]}}"#, v["field_hex"].as_str().unwrap());
     let out = decrypt_response(&ctx, body.into_bytes().into()).unwrap();

@@ -40,7 +40,12 @@ async fn buffered_and_streamed_through_reqwest_both_suites() {
         let env = Env::start(suite).await;
         let c = client(&env);
         let url = env.url("/v1/chat/completions");
-        let res = c.post(&url).body(json!({"model": "m", "messages": [{"role": "user", "content": "quiet zebra"}]}).to_string()).send().await.unwrap();
+        let res = c
+            .post(&url)
+            .body(json!({"model": "m", "messages": [{"role": "user", "content": "quiet zebra"}]}).to_string())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.url().as_str(), url, "response URL preserved");
         let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
         assert_eq!(record.suite(), suite);
@@ -48,7 +53,15 @@ async fn buffered_and_streamed_through_reqwest_both_suites() {
         assert_eq!(v["choices"][0]["message"]["content"], "You said: quiet zebra");
         assert!(record.response_body_sha256().is_some());
 
-        let res = c.post(&url).body(json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "stream zebra"}]}).to_string()).send().await.unwrap();
+        let res = c
+            .post(&url)
+            .body(
+                json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "stream zebra"}]})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
         let body = res.bytes().await.unwrap();
         assert_eq!(sse_text(&body, "content"), "You said: stream zebra");
         let wire = env.gw.wire_log();
@@ -61,15 +74,30 @@ async fn retry_before_e2ee_re_encrypts_and_errors_are_typed() {
     let env = Env::start(Suite::X25519).await;
     env.gw.set_fault(Some(Fault::StatusOnce(503)));
     let c = client(&env);
-    let res = c.post(env.url("/v1/chat/completions")).body(json!({"model": "m", "messages": [{"role": "user", "content": "retry me"}]}).to_string()).send().await.unwrap();
+    let res = c
+        .post(env.url("/v1/chat/completions"))
+        .body(json!({"model": "m", "messages": [{"role": "user", "content": "retry me"}]}).to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(env.gw.wire_log().len(), 2, "two attempts, two encryptions");
 
-    let err = c.post(env.url("/v1/responses")).body(json!({"model": "m", "input": "x"}).to_string()).send().await.unwrap_err();
+    let err = c
+        .post(env.url("/v1/responses"))
+        .body(json!({"model": "m", "input": "x"}).to_string())
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(middleware_kind(&err), Some(ErrorKind::UnsupportedEndpoint));
 
     env.gw.set_fault(Some(Fault::TamperEvent { index: 0 }));
-    let res = c.post(env.url("/v1/chat/completions")).body(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}).to_string()).send().await.unwrap();
+    let res = c
+        .post(env.url("/v1/chat/completions"))
+        .body(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}).to_string())
+        .send()
+        .await
+        .unwrap();
     let err = res.bytes().await.unwrap_err();
     let kind = tower_aci::Error::find(&err).map(tower_aci::Error::kind);
     assert_eq!(kind, Some(ErrorKind::Decrypt));

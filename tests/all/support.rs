@@ -81,18 +81,20 @@ impl Env {
     + Send
     + use<> {
         let log = self.response_wire.clone();
-        ServiceBuilder::new().layer(layer).map_response(move |res: Response<hyper::body::Incoming>| {
-            let log = log.clone();
-            res.map(move |b| {
-                b.map_frame(move |f| {
-                    if let Some(d) = f.data_ref() {
-                        log.lock().unwrap().extend_from_slice(d);
-                    }
-                    f
+        ServiceBuilder::new()
+            .layer(layer)
+            .map_response(move |res: Response<hyper::body::Incoming>| {
+                let log = log.clone();
+                res.map(move |b| {
+                    b.map_frame(move |f| {
+                        if let Some(d) = f.data_ref() {
+                            log.lock().unwrap().extend_from_slice(d);
+                        }
+                        f
+                    })
                 })
             })
-        })
-        .service(layer_client())
+            .service(layer_client())
     }
 
     pub(crate) fn layer(&self) -> E2eeLayer {
