@@ -1,18 +1,28 @@
 //! One integration-test binary (keeps link time down on small machines).
+//!
+//! Tests that run against the local gateway need the `test-gateway` feature; the README's test
+//! command (`cargo test --all-features`) runs them all.
 
 mod attest_dcap;
 mod attest_provider;
 mod attest_report;
 mod attest_support;
 mod data;
-mod gateway;
-mod layer;
 mod layer_fits;
 mod protocol_props;
 mod protocol_vectors;
-mod provider_gateway;
 mod receipt_fetch;
-mod receipt_gateway;
 mod receipt_vectors;
+
+#[cfg(feature = "test-gateway")]
+mod gateway;
+#[cfg(feature = "test-gateway")]
+mod layer;
+#[cfg(feature = "test-gateway")]
+mod provider_gateway;
+#[cfg(feature = "test-gateway")]
+mod receipt_gateway;
+#[cfg(all(feature = "test-gateway", feature = "reqwest-middleware"))]
 mod reqwest_mw;
+#[cfg(feature = "test-gateway")]
 mod support;
