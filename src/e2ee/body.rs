@@ -156,14 +156,7 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Passthrough { inner } => match inner.poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    Poll::Ready(Some(Ok(frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))))
-                }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            KindProj::Passthrough { inner } => crate::e2ee::service::bytes_frame(inner.poll_frame(cx)),
             KindProj::Decrypting { mut inner, state } => {
                 if state.finished {
                     return Poll::Ready(None);

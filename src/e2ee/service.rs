@@ -3,6 +3,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+
+/// A pass-through body's frame with its data as `Bytes` (no copy when it already is) and its
+/// error boxed.
+pub(crate) fn bytes_frame<D: Buf, E: Into<BoxError>>(
+    poll: Poll<Option<Result<Frame<D>, E>>>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    poll.map(|f| f.map(|r| r.map(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining()))).map_err(Into::into)))
+}
 use http::{Method, Request};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -146,14 +154,7 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             RequestKindProj::Encrypted { body } => body.poll_frame(cx).map_err(|never| match never {}),
-            RequestKindProj::Passthrough { body } => match body.poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    Poll::Ready(Some(Ok(frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))))
-                }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            RequestKindProj::Passthrough { body } => crate::e2ee::service::bytes_frame(body.poll_frame(cx)),
         }
     }
 

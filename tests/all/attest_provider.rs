@@ -1,10 +1,7 @@
 //! The key provider against a fake gateway (a `tower::service_fn` that seals fresh reports),
 //! with a manual clock and a sleep the test fires by hand.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +9,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use serde_json::json;
-use tokio::sync::{Notify, oneshot};
 use tower::util::BoxCloneService;
 use tower_aci::attest::{Clock, KeyProvider, KeyProviderBuilder, ManualClock, Policy};
 use tower_aci::{AttestationFailure, ErrorKind};
@@ -21,8 +17,6 @@ use crate::attest_support::*;
 
 const T0: u64 = 1_750_000_000;
 const VALIDITY: u64 = 3_600;
-/// The load timeout the tests configure; the controlled sleep never fires it.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(999);
 
 type TestService = BoxCloneService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
 
@@ -114,44 +108,6 @@ impl Gateway {
                 json_response(StatusCode::OK, report)
             }
         }
-    }
-}
-
-/// Started sleeps, each with the sender that ends it.
-type PendingSleeps = Arc<Mutex<VecDeque<(Duration, oneshot::Sender<()>)>>>;
-
-/// A sleep the test fires by hand: each call is queued with its duration.
-#[derive(Clone, Default)]
-struct Sleeps {
-    pending: PendingSleeps,
-    notify: Arc<Notify>,
-}
-
-impl Sleeps {
-    fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        if d == LOAD_TIMEOUT {
-            return Box::pin(std::future::pending());
-        }
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().push_back((d, tx));
-        self.notify.notify_one();
-        Box::pin(async move {
-            let _ = rx.await;
-        })
-    }
-
-    /// The next sleep the provider started.
-    async fn next(&self) -> (Duration, oneshot::Sender<()>) {
-        let wait = async {
-            loop {
-                let notified = self.notify.notified();
-                if let Some(s) = self.pending.lock().unwrap().pop_front() {
-                    return s;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), wait).await.expect("the provider never slept")
     }
 }
 

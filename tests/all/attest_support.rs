@@ -184,3 +184,55 @@ impl TestKms {
         })
     }
 }
+
+/// The provider's load timeout in tests: a sleep of this length never ends.
+pub(crate) const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(999);
+
+/// Started sleeps, each with the sender that ends it.
+type PendingSleeps = std::sync::Arc<
+    std::sync::Mutex<std::collections::VecDeque<(std::time::Duration, tokio::sync::oneshot::Sender<()>)>>,
+>;
+
+/// A sleep the test fires by hand: each call is queued with its duration.
+#[derive(Clone, Default)]
+pub(crate) struct Sleeps {
+    pending: PendingSleeps,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Sleeps {
+    pub(crate) fn sleep(
+        &self,
+        d: std::time::Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        if d == LOAD_TIMEOUT {
+            return Box::pin(std::future::pending());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending.lock().unwrap().push_back((d, tx));
+        self.notify.notify_one();
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+
+    /// The next sleep the provider started (real time bound: 10 s, never reached when passing).
+    pub(crate) async fn next(&self) -> (std::time::Duration, tokio::sync::oneshot::Sender<()>) {
+        let wait = async {
+            loop {
+                let notified = self.notify.notified();
+                if let Some(s) = self.pending.lock().unwrap().pop_front() {
+                    return s;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), wait).await.expect("the provider never slept")
+    }
+
+    /// Sleeps started and not yet taken by [`next`](Self::next).
+    #[allow(dead_code)]
+    pub(crate) fn queued(&self) -> Vec<std::time::Duration> {
+        self.pending.lock().unwrap().iter().map(|(d, _)| *d).collect()
+    }
+}

@@ -2,11 +2,8 @@
 //! gateway and the provider, and a sleep the test fires by hand, so every refresh happens at a
 //! point the test chooses and nothing waits in real time.
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +12,6 @@ use http_body::Body;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, oneshot};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyHandle, KeyProvider, KeyProviderBuilder, ManualClock};
@@ -25,6 +21,7 @@ use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::ExchangeRecord;
 use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind};
 
+use crate::attest_support::{LOAD_TIMEOUT, Sleeps};
 use crate::support::{hyper, kind, layer_client, post, read, send, sse_text, stub_policy};
 
 const T0: u64 = 1_750_000_000;
@@ -34,8 +31,6 @@ const VALIDITY: u64 = 3_600;
 const BUFFER: u64 = 600;
 /// The provider's minimum spacing of woken refreshes.
 const MIN_INTERVAL: Duration = Duration::from_secs(10);
-/// The load timeout the tests configure; the controlled sleep never fires it.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(999);
 
 /// The provider's transport: hyper-util over loopback, or a simulated outage of the
 /// attestation endpoint (inference requests still reach the gateway).
@@ -53,49 +48,6 @@ fn transport(down: Arc<AtomicBool>) -> Transport {
             client.oneshot(req).await.map_err(BoxError::from)
         }
     }))
-}
-
-/// Started sleeps, each with the sender that ends it.
-type PendingSleeps = Arc<Mutex<VecDeque<(Duration, oneshot::Sender<()>)>>>;
-
-/// A sleep the test fires by hand: each call is queued with its duration.
-#[derive(Clone, Default)]
-struct Sleeps {
-    pending: PendingSleeps,
-    notify: Arc<Notify>,
-}
-
-impl Sleeps {
-    fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        if d == LOAD_TIMEOUT {
-            return Box::pin(std::future::pending());
-        }
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().push_back((d, tx));
-        self.notify.notify_one();
-        Box::pin(async move {
-            let _ = rx.await;
-        })
-    }
-
-    /// The next sleep the provider started (real time bound: 10 s, never reached when passing).
-    async fn next(&self) -> (Duration, oneshot::Sender<()>) {
-        let wait = async {
-            loop {
-                let notified = self.notify.notified();
-                if let Some(s) = self.pending.lock().unwrap().pop_front() {
-                    return s;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), wait).await.expect("the provider never slept")
-    }
-
-    /// Sleeps started and not yet taken by [`next`](Self::next).
-    fn queued(&self) -> Vec<Duration> {
-        self.pending.lock().unwrap().iter().map(|(d, _)| *d).collect()
-    }
 }
 
 /// Let the refresher (same runtime) run whatever it has become ready to do.
