@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     /// Signalled whenever a new keyset is published.
     pub(crate) published: Notify,
     pub(crate) last_error: Mutex<Option<String>>,
+    /// Whether a refresher task runs for this handle (set by the provider's worker).
+    pub(crate) refresher: std::sync::atomic::AtomicBool,
 }
 
 impl KeyHandle {
@@ -45,6 +47,7 @@ impl KeyHandle {
                 wake: Notify::new(),
                 published: Notify::new(),
                 last_error: Mutex::new(None),
+                refresher: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -132,6 +135,24 @@ impl KeyHandle {
         }
         self.shared.current.store(Some(keyset));
         self.shared.published.notify_waiters();
+    }
+
+    /// Whether a key provider's refresher keeps this handle current.
+    pub fn has_refresher(&self) -> bool {
+        self.shared.refresher.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once the current keyset's selected E2EE key differs from `old_key` (the
+    /// `public_key` text requests were encrypted to).
+    pub(crate) async fn wait_for_other_key(self, old_key: String) {
+        loop {
+            // Registered before the check, so a publish in between is not lost.
+            let published = self.shared.published.notified();
+            if self.current().is_ok_and(|k| k.e2ee_key().public_key_text() != old_key) {
+                return;
+            }
+            published.await;
+        }
     }
 
     /// The clock the handle judges expiry with.

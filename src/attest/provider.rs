@@ -392,6 +392,8 @@ where
     async fn run(self) {
         let inner = &*self.inner;
         let shared = &inner.handle.shared;
+        shared.refresher.store(true, Ordering::Release);
+        let _running = RefresherFlag(&shared.refresher);
         let clock = &shared.clock;
         let t = inner.timing;
         let mut failures: u32 = 0;
@@ -604,6 +606,15 @@ impl Future for RefreshWorker {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         self.inner.as_mut().poll(cx)
+    }
+}
+
+/// Clears the handle's "a refresher runs" flag when the worker stops.
+struct RefresherFlag<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for RefresherFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

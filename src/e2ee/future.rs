@@ -56,6 +56,8 @@ pub(crate) struct Exchange {
     pub(crate) attested_digest: String,
     pub(crate) path: String,
     pub(crate) restored_sha256: [u8; 32],
+    /// The `X-Model-Pub-Key` the request was encrypted to.
+    pub(crate) model_key: String,
 }
 
 pin_project! {
@@ -81,6 +83,7 @@ pin_project! {
             body: ReqBody,
             buf: BytesMut,
             head: Option<(http::request::Parts, S)>,
+            spare: Option<S>,
             config: Arc<Config>,
             endpoint: Endpoint,
         },
@@ -88,14 +91,38 @@ pin_project! {
             #[pin]
             fut: S::Future,
             exchange: Option<Box<Exchange>>,
+            retry: Option<Box<Retry<S>>>,
         },
         ReadingError {
             #[pin]
             body: ResBody,
             buf: BytesMut,
             head: Option<(http::response::Parts, Box<Exchange>)>,
+            retry: Option<Box<Retry<S>>>,
+        },
+        WaitingForKey {
+            wait: Pin<Box<dyn Future<Output = bool> + Send>>,
+            retry: Option<Box<Retry<S>>>,
+            answer: Option<(http::response::Parts, Bytes)>,
+        },
+        Readying {
+            retry: Option<Box<Retry<S>>>,
         },
     }
+}
+
+/// What it takes to send an E2EE request once more after `e2ee_model_key_mismatch`: the
+/// plaintext request (before encryption) and a spare instance of the inner service.
+pub(crate) struct Retry<S> {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    plaintext: Bytes,
+    endpoint: Endpoint,
+    config: Arc<Config>,
+    old_key: String,
+    service: S,
 }
 
 impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
@@ -108,15 +135,42 @@ where
     }
 
     pub(crate) fn passthrough(mut inner: S, req: Request<RequestBody<ReqBody>>) -> Self {
-        ResponseFuture { state: State::Calling { fut: inner.call(req), exchange: None } }
+        ResponseFuture { state: State::Calling { fut: inner.call(req), exchange: None, retry: None } }
     }
 
-    pub(crate) fn encrypt(inner: S, config: Arc<Config>, endpoint: Endpoint, req: Request<ReqBody>) -> Self {
+    /// `spare`: another instance of the inner service, for one retry after a key mismatch.
+    pub(crate) fn encrypt(
+        inner: S,
+        spare: Option<S>,
+        config: Arc<Config>,
+        endpoint: Endpoint,
+        req: Request<ReqBody>,
+    ) -> Self {
         let (parts, body) = req.into_parts();
         ResponseFuture {
-            state: State::Collecting { body, buf: BytesMut::new(), head: Some((parts, inner)), config, endpoint },
+            state: State::Collecting {
+                body,
+                buf: BytesMut::new(),
+                head: Some((parts, inner)),
+                spare,
+                config,
+                endpoint,
+            },
         }
     }
+}
+
+/// A future that resolves to `true` once the handle holds a key other than the one `retry`
+/// was encrypted to, or `false` after the configured wait. `None` when no retry can happen:
+/// disabled, no refresher keeps the handle current, or not on a Tokio runtime (for the timer).
+fn wait_for_new_key<S>(retry: &Retry<S>) -> Option<Pin<Box<dyn Future<Output = bool> + Send>>> {
+    let wait = retry.config.key_mismatch_retry?;
+    let keys = retry.config.keys.clone();
+    if !keys.has_refresher() || tokio::runtime::Handle::try_current().is_err() {
+        return None;
+    }
+    let changed = keys.wait_for_other_key(retry.old_key.clone());
+    Some(Box::pin(async move { tokio::time::timeout(wait, changed).await.is_ok() }))
 }
 
 /// Encrypt a collected body: rewrite `headers` in place, return the wire body and the exchange.
@@ -158,6 +212,7 @@ pub(crate) fn encrypt(
         attested_digest: keyset.digest().to_owned(),
         path: path.to_owned(),
         restored_sha256: enc.restored_body_sha256,
+        model_key: enc.headers.model_pub_key.clone(),
     });
     Ok((Bytes::from(enc.body), exchange))
 }
@@ -312,9 +367,9 @@ where
                         error.take().unwrap_or_else(|| Error::new(ErrorKind::Config, "future polled after completion"));
                     return Poll::Ready(Err(e.into()));
                 }
-                StateProj::Collecting { body, buf, head, config, endpoint } => {
+                StateProj::Collecting { body, buf, head, spare, config, endpoint } => {
                     let collected = ready!(poll_collect(body, buf, config.max_request_body, cx));
-                    let (parts, mut inner) = head.take().expect("polled after completion");
+                    let (mut parts, mut inner) = head.take().expect("polled after completion");
                     let body = match collected {
                         Ok(b) => b,
                         Err(e) => {
@@ -322,12 +377,28 @@ where
                             continue;
                         }
                     };
-                    let mut parts = parts;
+                    let retry = spare.take().map(|service| {
+                        Box::new(Retry {
+                            method: parts.method.clone(),
+                            uri: parts.uri.clone(),
+                            version: parts.version,
+                            headers: parts.headers.clone(),
+                            plaintext: body.clone(),
+                            endpoint: *endpoint,
+                            config: config.clone(),
+                            old_key: String::new(),
+                            service,
+                        })
+                    });
                     let path = parts.uri.path().to_owned();
                     match encrypt(config, *endpoint, &path, &mut parts.headers, &body) {
                         Ok((wire, exchange)) => {
+                            let retry = retry.map(|mut r| {
+                                r.old_key = exchange.model_key.clone();
+                                r
+                            });
                             let fut = inner.call(Request::from_parts(parts, RequestBody::encrypted(wire)));
-                            this.state.set(State::Calling { fut, exchange: Some(exchange) });
+                            this.state.set(State::Calling { fut, exchange: Some(exchange), retry });
                         }
                         Err(e) => {
                             tracing::debug!(kind = ?e.kind(), "request not sent: {e}");
@@ -335,30 +406,72 @@ where
                         }
                     }
                 }
-                StateProj::Calling { fut, exchange } => {
+                StateProj::Calling { fut, exchange, retry } => {
                     let res = ready!(fut.poll(cx)).map_err(Into::into)?;
                     let Some(exchange) = exchange.take() else {
                         return Poll::Ready(Ok(res.map(ResponseBody::passthrough)));
                     };
                     let (mut parts, body) = res.into_parts();
                     if !parts.status.is_success() {
+                        let retry = retry.take();
                         this.state.set(State::ReadingError {
                             body,
                             buf: BytesMut::new(),
                             head: Some((parts, exchange)),
+                            retry,
                         });
                         continue;
                     }
                     let body = decrypting_response(&mut parts, body, exchange)?;
                     return Poll::Ready(Ok(Response::from_parts(parts, body)));
                 }
-                StateProj::ReadingError { body, buf, head } => {
+                StateProj::ReadingError { body, buf, head, retry } => {
                     let limit = head.as_ref().map_or(0, |h| h.1.config.max_response_body);
                     let collected = ready!(poll_collect(body, buf, limit, cx));
                     let (mut parts, exchange) = head.take().expect("polled after completion");
                     let bytes = collected.map_err(|e| e.context("error response"))?;
                     error_response(&mut parts, &bytes, &exchange)?;
+                    let mismatch = parts
+                        .extensions
+                        .get::<GatewayError>()
+                        .is_some_and(|g| g.error_type.as_deref() == Some("e2ee_model_key_mismatch"));
+                    if let Some(r) = retry.take().filter(|_| mismatch) {
+                        if let Some(wait) = wait_for_new_key(&r) {
+                            tracing::info!("gateway rotated its E2EE key; retrying once with the new key");
+                            this.state.set(State::WaitingForKey { wait, retry: Some(r), answer: Some((parts, bytes)) });
+                            continue;
+                        }
+                    }
                     return Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::full(bytes))));
+                }
+                StateProj::WaitingForKey { wait, retry, answer } => {
+                    if ready!(wait.as_mut().poll(cx)) {
+                        let retry = retry.take();
+                        this.state.set(State::Readying { retry });
+                        continue;
+                    }
+                    // No new key in time: hand back the gateway's answer.
+                    let (parts, bytes) = answer.take().expect("polled after completion");
+                    return Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::full(bytes))));
+                }
+                StateProj::Readying { retry } => {
+                    let r = retry.as_mut().expect("polled after completion");
+                    ready!(r.service.poll_ready(cx)).map_err(Into::into)?;
+                    let mut r = retry.take().expect("checked above");
+                    let mut req = Request::new(());
+                    *req.method_mut() = r.method.clone();
+                    *req.uri_mut() = r.uri.clone();
+                    *req.version_mut() = r.version;
+                    *req.headers_mut() = std::mem::take(&mut r.headers);
+                    let (mut parts, ()) = req.into_parts();
+                    let path = parts.uri.path().to_owned();
+                    match encrypt(&r.config, r.endpoint, &path, &mut parts.headers, &r.plaintext) {
+                        Ok((wire, exchange)) => {
+                            let fut = r.service.call(Request::from_parts(parts, RequestBody::encrypted(wire)));
+                            this.state.set(State::Calling { fut, exchange: Some(exchange), retry: None });
+                        }
+                        Err(e) => this.state.set(State::Failed { error: Some(e) }),
+                    }
                 }
             }
         }

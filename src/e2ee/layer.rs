@@ -17,6 +17,9 @@ pub const DEFAULT_MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 /// secp256k1 work in the worst case; a typical chat answer stays inline.
 pub const DEFAULT_BLOCKING_THRESHOLD: usize = 16 * 1024;
 
+/// How long the layer waits, by default, for a new key after `e2ee_model_key_mismatch`.
+pub const DEFAULT_KEY_MISMATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A [`Layer`] that applies E2EE v2 to requests through the wrapped service.
 ///
 /// Requests to `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings` are encrypted to
@@ -51,6 +54,7 @@ pub(crate) struct Config {
     pub(crate) strict: bool,
     pub(crate) plaintext_routes: Vec<String>,
     pub(crate) sse_limits: SseLimits,
+    pub(crate) key_mismatch_retry: Option<std::time::Duration>,
 }
 
 impl E2eeLayer {
@@ -65,6 +69,7 @@ impl E2eeLayer {
                 strict: false,
                 plaintext_routes: Vec::new(),
                 sse_limits: SseLimits::default(),
+                key_mismatch_retry: Some(DEFAULT_KEY_MISMATCH_WAIT),
             }),
         }
     }
@@ -102,6 +107,15 @@ impl E2eeLayer {
     /// your own that carry nothing private.
     pub fn allow_plaintext_route(self, path: impl Into<String>) -> Self {
         self.update(|c| c.plaintext_routes.push(path.into()))
+    }
+
+    /// When the gateway answers `e2ee_model_key_mismatch` (its E2EE key rotated), wait up to this
+    /// long for the key provider's refresher to publish the new key, then send the request once
+    /// more, re-encrypted with a fresh nonce (the gateway never decrypted the first attempt).
+    /// Default 15 s; `None` hands the 400 answer back at once. Only with a handle that a running
+    /// refresher keeps current, on a Tokio runtime.
+    pub fn retry_on_key_mismatch(self, wait: Option<std::time::Duration>) -> Self {
+        self.update(|c| c.key_mismatch_retry = wait)
     }
 
     /// Line and event size limits of the SSE decoder.

@@ -19,5 +19,8 @@ pub(crate) mod service;
 
 pub use body::ResponseBody;
 pub use future::{GatewayError, ResponseFuture};
-pub use layer::{DEFAULT_BLOCKING_THRESHOLD, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY, E2eeLayer};
+pub use layer::{
+    DEFAULT_BLOCKING_THRESHOLD, DEFAULT_KEY_MISMATCH_WAIT, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
+    E2eeLayer,
+};
 pub use service::{E2ee, RequestBody};

@@ -100,7 +100,10 @@ where
                 tracing::warn!(path = req.uri().path(), "refused a plaintext POST outside E2EE v2");
                 ResponseFuture::error(e)
             }
-            Route::Encrypt(endpoint) => ResponseFuture::encrypt(inner, self.config.clone(), endpoint, req),
+            Route::Encrypt(endpoint) => {
+                let spare = self.config.key_mismatch_retry.is_some().then(|| self.inner.clone());
+                ResponseFuture::encrypt(inner, spare, self.config.clone(), endpoint, req)
+            }
         }
     }
 }

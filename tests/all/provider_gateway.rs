@@ -116,9 +116,24 @@ impl Rig {
     > + Clone
     + Send
     + use<> {
+        // These tests watch the mismatch answer itself; the retry has its own test.
+        self.client_with(E2eeLayer::new(handle.clone()).retry_on_key_mismatch(None))
+    }
+
+    fn client_with(
+        &self,
+        layer: E2eeLayer,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<impl Body<Data = Bytes, Error = BoxError> + Send + Unpin + use<>>,
+        Error = BoxError,
+        Future: Send,
+    > + Clone
+    + Send
+    + use<> {
         let strip = self.strip_digest.clone();
         ServiceBuilder::new()
-            .layer(E2eeLayer::new(handle.clone()))
+            .layer(layer)
             .map_response(move |mut res: Response<Incoming>| {
                 if strip.load(Ordering::SeqCst) {
                     res.headers_mut().remove("x-aci-keyset-digest");
@@ -254,7 +269,8 @@ async fn key_rotation_mid_run_mismatch_then_reattest_then_success() {
     assert_eq!(err.to_error().kind(), ErrorKind::Gateway);
     let body: Value = serde_json::from_slice(&read(res.into_body()).await.unwrap()).unwrap();
     assert_eq!(body["error"]["type"], "e2ee_model_key_mismatch");
-    // The layer does not retry the mismatched request: one attempt on the wire, nothing upstream.
+    // With the retry disabled, the mismatched request is not re-sent: one attempt on the wire,
+    // nothing upstream.
     assert_eq!(rig.gw.wire_log().len(), wire_before + 1);
     assert_eq!(rig.gw.upstream_log().len(), upstream_before);
 
@@ -297,6 +313,41 @@ async fn key_rotation_mid_run_mismatch_then_reattest_then_success() {
     let record = chat_ok(&client, &rig, "after the second rotation").await;
     assert_eq!(record.attested_keyset_digest(), rotated_again);
     assert_eq!(record.keyset_digest(), Some(rotated_again.as_str()));
+}
+
+#[tokio::test]
+async fn key_rotation_mismatch_is_retried_once_with_the_new_key() {
+    let rig = Rig::start(Suite::Secp256k1, T0 + VALIDITY, |b| b).await;
+    let (handle, _task) = rig.provider.spawn().unwrap();
+    let (_, _timer) = rig.sleeps.next().await;
+    let client = rig.client_with(E2eeLayer::new(handle.clone()));
+    chat_ok(&client, &rig, "before the rotation").await;
+
+    rig.gw.rotate_e2ee_keys();
+    let rotated = rig.gw.keyset_digest();
+    rig.clock.advance(60);
+    let wire_before = rig.gw.wire_log().len();
+    let upstream_before = rig.gw.upstream_log().len();
+    // One call: the gateway answers e2ee_model_key_mismatch, the refresher re-attests, the
+    // layer re-encrypts to the new key with a fresh nonce and succeeds.
+    let record = chat_ok(&client, &rig, "sent across a rotation").await;
+    assert_eq!(record.attested_keyset_digest(), rotated);
+    assert_eq!(rig.gw.wire_log().len(), wire_before + 2, "two attempts on the wire");
+    assert_eq!(rig.gw.upstream_log().len(), upstream_before + 1, "the first was never decrypted");
+    let wire = rig.gw.wire_log();
+    assert_ne!(wire[wire.len() - 1], wire[wire.len() - 2]);
+    assert_eq!(rig.gw.attestations_served(), 2);
+
+    // Without a refresher the layer cannot get a new key: the 400 comes back at once.
+    let fixed = KeyHandle::fixed_with_clock((*handle.current().unwrap()).clone(), Arc::new(rig.clock.clone()));
+    let client = rig.client_with(E2eeLayer::new(fixed));
+    rig.gw.rotate_e2ee_keys();
+    let res = send(&client, chat(&rig.url("/v1/chat/completions"), "no refresher")).await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        res.extensions().get::<GatewayError>().and_then(|g| g.error_type.as_deref()),
+        Some("e2ee_model_key_mismatch")
+    );
 }
 
 /// Every inference route through the layer fails with `KeyUnavailable` and nothing is sent.
