@@ -130,16 +130,22 @@ fn legacy(h: &HeaderMap) -> ApiError {
 /// Claimed `(client key, model key, nonce)` tuples, each remembered until server `now + 300`.
 #[derive(Debug, Default)]
 pub(crate) struct ReplayCache {
-    seen: Mutex<HashMap<(String, String, String), u64>>,
+    /// Claimed tuples with their expiry, and the second of the last sweep (expired entries are
+    /// swept at most once a second; a lookup checks expiry itself).
+    seen: Mutex<(HashMap<(String, String, String), u64>, u64)>,
 }
 
 impl ReplayCache {
     /// Claim a tuple; `false` when it was seen within the window.
     pub(crate) fn claim(&self, client: &PublicKey, model: &PublicKey, nonce: &str, now: u64) -> bool {
         let key = (client.to_hex(), model.to_hex(), nonce.to_ascii_lowercase());
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|_, expires| *expires > now);
-        if seen.contains_key(&key) {
+        let mut guard = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (seen, swept_at) = &mut *guard;
+        if *swept_at != now {
+            *swept_at = now;
+            seen.retain(|_, expires| *expires > now);
+        }
+        if seen.get(&key).is_some_and(|expires| *expires > now) {
             return false;
         }
         seen.insert(key, now.saturating_add(WINDOW_SECS));

@@ -136,10 +136,17 @@ pub(crate) struct ReceiptStore {
 struct Inner {
     by_id: HashMap<String, Stored>,
     by_chat_id: HashMap<String, String>,
+    /// The second of the last sweep: expired entries are swept at most once a second (a sweep
+    /// is linear in the store), and lookups check expiry themselves.
+    pruned_at: u64,
 }
 
 impl Inner {
     fn prune(&mut self, now: u64) {
+        if now == self.pruned_at {
+            return;
+        }
+        self.pruned_at = now;
         self.by_id.retain(|_, s| s.expires > now);
         let by_id = &self.by_id;
         self.by_chat_id.retain(|_, rid| by_id.contains_key(rid));
@@ -182,6 +189,9 @@ impl ReceiptStore {
                 inner.by_id.get(rid).ok_or(FetchError::NotFound)?
             }
         };
+        if stored.expires <= now {
+            return Err(FetchError::NotFound);
+        }
         match (stored.owner, caller) {
             (None, _) => Ok(stored.doc.clone()),
             (Some(_), None) => Err(FetchError::Unauthorized),

@@ -158,7 +158,11 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    // Small SSE events must not wait for Nagle's algorithm.
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }
                 Err(_) => {
                     // Out of file descriptors and the like: back off briefly.
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
