@@ -1,6 +1,8 @@
-//! One encrypted chat completion through `E2eeLayer` over hyper-util's client.
+//! One encrypted chat completion through `E2eeLayer` over hyper-util's client, in the stack the
+//! crate recommends: trace → retry → timeout → E2EE → client.
 //!
 //! ```text
+//! RUST_LOG=tower_aci=debug,tower_http=debug cargo run --example chat --features test-gateway   # with spans
 //! cargo run --example chat --features test-gateway                       # local gateway
 //! cargo run --example chat --features test-gateway -- "your question"
 //! ACI_API_KEY=… cargo run --example chat --features test-gateway,dcap -- --base-url http://host:port "question"
@@ -15,12 +17,46 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+use tower::retry::{Policy as RetryPolicy, RetryLayer};
+use tower::timeout::TimeoutLayer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::E2eeLayer;
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::e2ee::GatewayError;
 use tower_aci::gateway::{GatewayConfig, TestGateway};
 use tower_aci::receipt::ExchangeRecord;
+use tower_http::trace::TraceLayer;
+
+/// Retry transient gateway answers (502/503/504) up to twice. It sits above the E2EE layer, so
+/// each attempt is encrypted afresh: the gateway burns a nonce before it decrypts.
+#[derive(Clone)]
+struct RetryTransient(usize);
+
+impl<B, E> RetryPolicy<http::Request<Full<Bytes>>, http::Response<B>, E> for RetryTransient {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _: &mut http::Request<Full<Bytes>>,
+        res: &mut Result<http::Response<B>, E>,
+    ) -> Option<Self::Future> {
+        let transient = matches!(res, Ok(r) if matches!(r.status().as_u16(), 502..=504));
+        (transient && self.0 > 0).then(|| {
+            self.0 -= 1;
+            tokio::time::sleep(Duration::from_millis(200))
+        })
+    }
+
+    fn clone_request(&mut self, req: &http::Request<Full<Bytes>>) -> Option<http::Request<Full<Bytes>>> {
+        let mut clone = http::Request::new(req.body().clone());
+        *clone.method_mut() = req.method().clone();
+        *clone.uri_mut() = req.uri().clone();
+        *clone.headers_mut() = req.headers().clone();
+        Some(clone)
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -30,6 +66,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         _ => None,
     };
     let question = args.pop().unwrap_or_else(|| "What is a TEE, in one sentence?".to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
     let token = std::env::var("ACI_API_KEY").ok();
 
     // A real gateway, or the crate's local one (stub quote, accepted only under `dangerous()`).
@@ -49,7 +88,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("attested keyset {} (key {})", keyset.digest(), keyset.e2ee_key().key_id());
 
     // 2. Send through the layer: the body is encrypted on the way out, decrypted on the way back.
+    //    Outermost first: trace → retry → timeout (to the response head) → E2EE → client.
     let client = ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http())
+        .layer(RetryLayer::new(RetryTransient(2)))
+        .layer(TimeoutLayer::new(Duration::from_secs(60)))
         .layer(E2eeLayer::new(provider.handle()))
         .service(Client::builder(TokioExecutor::new()).build_http());
     let body = serde_json::json!({"model": "demo", "messages": [{"role": "user", "content": question}]});
