@@ -132,8 +132,11 @@ fn legacy(h: &HeaderMap) -> ApiError {
 pub(crate) struct ReplayCache {
     /// Claimed tuples with their expiry, and the second of the last sweep (expired entries are
     /// swept at most once a second; a lookup checks expiry itself).
-    seen: Mutex<(HashMap<(String, String, String), u64>, u64)>,
+    seen: Mutex<(HashMap<ReplayKey, u64>, u64)>,
 }
+
+/// `(client key, model key, lowercase nonce)`, keys in normalised hex.
+type ReplayKey = (String, String, String);
 
 impl ReplayCache {
     /// Claim a tuple; `false` when it was seen within the window.
