@@ -109,7 +109,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let answer: serde_json::Value = serde_json::from_slice(&res.into_body().collect().await?.to_bytes())?;
     println!("{status}: {}", answer["choices"][0]["message"]["content"].as_str().unwrap_or("<no content>"));
     if let Some(r) = record {
-        println!("receipt {:?}, suite {}", r.receipt_id(), r.suite());
+        println!("receipt {:?}, suite {:?}", r.receipt_id(), r.suite());
     }
     Ok(())
 }

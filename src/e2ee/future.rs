@@ -331,7 +331,7 @@ fn inspect(
         receipt_id: header_str(parts, &headers::RECEIPT_ID).map(str::to_owned),
         keyset_digest,
         attested_digest: exchange.attested_digest.clone(),
-        suite: exchange.ctx.suite(),
+        suite: Some(exchange.ctx.suite()),
         endpoint: exchange.ctx.endpoint(),
         path: exchange.path.clone(),
         model: exchange.ctx.model().to_owned(),

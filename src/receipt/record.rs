@@ -24,7 +24,7 @@ pub struct ExchangeRecord {
     pub(crate) receipt_id: Option<String>,
     pub(crate) keyset_digest: Option<String>,
     pub(crate) attested_digest: String,
-    pub(crate) suite: Suite,
+    pub(crate) suite: Option<Suite>,
     pub(crate) endpoint: Endpoint,
     pub(crate) path: String,
     pub(crate) model: String,
@@ -50,8 +50,8 @@ impl ExchangeRecord {
         &self.attested_digest
     }
 
-    /// The suite of the exchange.
-    pub fn suite(&self) -> Suite {
+    /// The suite of an E2EE exchange; `None` for a plaintext one ([`plaintext`](Self::plaintext)).
+    pub fn suite(&self) -> Option<Suite> {
         self.suite
     }
 
@@ -70,8 +70,8 @@ impl ExchangeRecord {
         &self.model
     }
 
-    /// SHA-256 of the body the gateway restores after decrypting (the receipt's
-    /// `request.received.body_hash`).
+    /// SHA-256 of the body the gateway restores after decrypting, or of the raw wire body of a
+    /// plaintext exchange (the receipt's `request.received.body_hash`).
     pub fn request_body_sha256(&self) -> [u8; 32] {
         self.request_body_sha256
     }
@@ -90,6 +90,49 @@ impl ExchangeRecord {
     /// `None` before that (a stream read half-way cannot be checked against a receipt).
     pub fn response_body_sha256(&self) -> Option<[u8; 32]> {
         self.response.get()
+    }
+}
+
+impl ExchangeRecord {
+    /// The record of a plaintext (non-E2EE) exchange made without the layer — for example a
+    /// request to a gateway that serves plaintext too. Its receipt names SHA-256 of the raw
+    /// request body as sent and of the raw response body as received (protocol.md §5.3–§5.4).
+    ///
+    /// Fails with `Config` when `path` is not an inference endpoint.
+    ///
+    /// ```
+    /// use tower_aci::receipt::ExchangeRecord;
+    /// let sent = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    /// let record = ExchangeRecord::plaintext("/v1/chat/completions", "m", sent, "rcpt-1", b"{}").unwrap();
+    /// assert_eq!(record.suite(), None);
+    /// assert!(record.response_body_sha256().is_some());
+    /// ```
+    pub fn plaintext(
+        path: &str,
+        model: &str,
+        request_body: &[u8],
+        receipt_id: &str,
+        response_body: &[u8],
+    ) -> crate::Result<ExchangeRecord> {
+        use sha2::{Digest, Sha256};
+        let endpoint = Endpoint::from_path(path).ok_or_else(|| {
+            crate::Error::new(crate::ErrorKind::Config, format!("{path} is not an inference endpoint"))
+        })?;
+        let response = Arc::new(ResponseDigest::default());
+        response.set(Sha256::digest(response_body).into());
+        Ok(ExchangeRecord {
+            receipt_id: Some(receipt_id.to_owned()),
+            keyset_digest: None,
+            attested_digest: String::new(),
+            suite: None,
+            endpoint,
+            path: path.to_owned(),
+            model: model.to_owned(),
+            request_body_sha256: Sha256::digest(request_body).into(),
+            streamed: false,
+            status: 200,
+            response,
+        })
     }
 }
 

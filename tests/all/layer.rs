@@ -31,7 +31,7 @@ async fn chat_buffered_both_suites_gateway_sees_plaintext_wire_sees_ciphertext()
         assert_eq!(res.headers()["x-e2ee-applied"], "true");
         assert!(res.headers().get("content-length").is_none(), "length changes under decryption");
         let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
-        assert_eq!(record.suite(), suite);
+        assert_eq!(record.suite(), Some(suite));
         assert!(record.receipt_id().unwrap().starts_with("rcpt-"));
         let out: Value = serde_json::from_slice(&read(res.into_body()).await.unwrap()).unwrap();
         let answer = out["choices"][0]["message"]["content"].as_str().unwrap();

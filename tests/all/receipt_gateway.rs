@@ -336,3 +336,39 @@ async fn receipts_of_a_renewed_keyset_verify_once_it_is_attested() {
     // The earlier receipt still verifies against the keyset it names.
     rc.fetch_and_verify(&before, None, &keys, &policy).await.unwrap();
 }
+
+#[tokio::test]
+async fn plaintext_exchange_receipt_names_the_raw_wire_bytes() {
+    let env = Env::start(Suite::X25519).await;
+    // Sent without the layer: the gateway serves plaintext too, and hashes the raw bytes.
+    let body = br#"{ "model": "demo-model",  "messages": [{"role": "user", "content": "plain \u00e9"}] }"#;
+    let req = Request::post(env.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(hyper(), req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-e2ee-applied"], "false");
+    let receipt_id = res.headers()["x-receipt-id"].to_str().unwrap().to_owned();
+    let answer = res.into_body().collect().await.unwrap().to_bytes();
+
+    let record = ExchangeRecord::plaintext("/v1/chat/completions", "demo-model", body, &receipt_id, &answer).unwrap();
+    let rc = receipts(&env);
+    let verified = rc.fetch_and_verify(&record, None, &env.keys, &ReceiptPolicy::new()).await.unwrap();
+    assert_eq!(verified.receipt().receipt_id(), receipt_id);
+
+    // The same request re-serialised is not what was sent: the request hash must not match.
+    let reserialised = serde_json::to_vec(&serde_json::from_slice::<Value>(body).unwrap()).unwrap();
+    let wrong =
+        ExchangeRecord::plaintext("/v1/chat/completions", "demo-model", &reserialised, &receipt_id, &answer).unwrap();
+    assert_eq!(reason(rc.fetch_and_verify(&wrong, None, &env.keys, &ReceiptPolicy::new()).await), F::RequestHash);
+    // Nor is a response with one byte changed.
+    let mut tampered = answer.to_vec();
+    tampered[0] = b' ';
+    let wrong = ExchangeRecord::plaintext("/v1/chat/completions", "demo-model", body, &receipt_id, &tampered).unwrap();
+    assert_eq!(reason(rc.fetch_and_verify(&wrong, None, &env.keys, &ReceiptPolicy::new()).await), F::ResponseHash);
+    assert_eq!(
+        ExchangeRecord::plaintext("/v1/messages", "m", body, &receipt_id, &answer).unwrap_err().kind(),
+        ErrorKind::Config
+    );
+}

@@ -48,7 +48,7 @@ async fn buffered_and_streamed_through_reqwest_both_suites() {
             .unwrap();
         assert_eq!(res.url().as_str(), url, "response URL preserved");
         let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
-        assert_eq!(record.suite(), suite);
+        assert_eq!(record.suite(), Some(suite));
         let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "You said: quiet zebra");
         assert!(record.response_body_sha256().is_some());
