@@ -363,7 +363,8 @@ pub fn encrypt_request(
         None => {
             // Some float does not survive the gateway's reparse unchanged: reproduce exactly what
             // it will hash by reparsing the bytes we send (protocol.md §5.3).
-            let mut w: Value = serde_json::from_slice(&wire).expect("we just serialised it");
+            let mut w: Value = serde_json::from_slice(&wire)
+                .map_err(|e| Error::malformed("the wire body does not reparse").with_source(e))?;
             let Value::Object(wm) = &mut w else { unreachable!() };
             let mut it = plaintexts.into_iter();
             walk_request(endpoint, wm, &mut |_, kind, slot| {
