@@ -16,7 +16,7 @@ fn run(data: &[u8], cut: usize) -> Vec<Result<Vec<u8>, String>> {
         "n",
         1,
     );
-    let mut dec = StreamDecryptor::new(ctx, SseLimits { max_line: 4096, max_event: 16384 });
+    let mut dec = StreamDecryptor::new(ctx, SseLimits { max_line: 4096, max_event: 16384, max_event_lines: 256 });
     let mut out = Vec::new();
     for part in [&data[..cut], &data[cut..]] {
         dec.push(part);

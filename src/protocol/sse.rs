@@ -49,11 +49,14 @@ pub struct SseLimits {
     pub max_line: usize,
     /// Largest accepted event. Default 4 MiB.
     pub max_event: usize,
+    /// Most lines in one event (each line costs bookkeeping beyond its bytes, so this bounds
+    /// memory for events made of many tiny lines). Default 4,096.
+    pub max_event_lines: usize,
 }
 
 impl Default for SseLimits {
     fn default() -> Self {
-        SseLimits { max_line: 1 << 20, max_event: 4 << 20 }
+        SseLimits { max_line: 1 << 20, max_event: 4 << 20, max_event_lines: 4096 }
     }
 }
 
@@ -102,6 +105,11 @@ impl SseEvent {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.other_lines.is_empty() && self.data_lines.is_empty()
+    }
+
+    /// How many lines the event holds.
+    pub fn line_count(&self) -> usize {
+        self.other_lines.len() + self.data_lines.len()
     }
 
     /// All lines of the event in their original order.
@@ -366,6 +374,9 @@ impl SseDecoder {
             if self.pending_size > self.limits.max_event {
                 return Err(self.fail("SSE event exceeds the configured maximum"));
             }
+            if self.pending.line_count() >= self.limits.max_event_lines {
+                return Err(self.fail("SSE event has more lines than the configured maximum"));
+            }
             self.pending.push_line(line);
         }
     }
@@ -472,6 +483,17 @@ mod tests {
 
     fn some(s: &str) -> Option<Vec<u8>> {
         Some(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn events_made_of_many_tiny_lines_are_bounded() {
+        let mut dec = SseDecoder::new(SseLimits { max_event_lines: 10, ..SseLimits::default() });
+        dec.push(&b":\n".repeat(11));
+        assert_eq!(dec.next_event().unwrap_err().kind(), crate::ErrorKind::TooLarge);
+        let mut dec = SseDecoder::new(SseLimits { max_event_lines: 10, ..SseLimits::default() });
+        dec.push(&b":\n".repeat(10));
+        dec.push(b"\n");
+        assert_eq!(dec.next_event().unwrap().unwrap().line_count(), 10);
     }
 
     #[test]
@@ -686,7 +708,7 @@ mod tests {
 
     #[test]
     fn complete_long_line_is_rejected() {
-        let mut dec = SseDecoder::new(SseLimits { max_line: 8, max_event: 100 });
+        let mut dec = SseDecoder::new(SseLimits { max_line: 8, max_event: 100, ..SseLimits::default() });
         dec.push(b"data: 12\n\ndata: 123\n\n");
         assert_eq!(dec.next_event().unwrap().unwrap().data().as_deref(), Some(&b"12"[..]));
         assert_eq!(dec.next_event().unwrap_err().kind(), ErrorKind::TooLarge);
@@ -694,7 +716,7 @@ mod tests {
 
     #[test]
     fn large_event_is_rejected() {
-        let limits = SseLimits { max_line: 64, max_event: 256 };
+        let limits = SseLimits { max_line: 64, max_event: 256, ..SseLimits::default() };
         let mut dec = SseDecoder::new(limits);
         let mut err = None;
         for _ in 0..100 {
@@ -708,14 +730,14 @@ mod tests {
         assert_eq!(err.expect("must fail").kind(), ErrorKind::TooLarge);
 
         // The incomplete last line counts towards the event too.
-        let mut dec = SseDecoder::new(SseLimits { max_line: 64, max_event: 48 });
+        let mut dec = SseDecoder::new(SseLimits { max_line: 64, max_event: 48, ..SseLimits::default() });
         dec.push(b"data: 0123456789012345678901234\ndata: 0123");
         assert_eq!(dec.next_event().unwrap(), None);
         dec.push(b"456789xyz");
         assert_eq!(dec.next_event().unwrap_err().kind(), ErrorKind::TooLarge);
 
         // Blank lines between events do not count.
-        let mut dec = SseDecoder::new(SseLimits { max_line: 16, max_event: 16 });
+        let mut dec = SseDecoder::new(SseLimits { max_line: 16, max_event: 16, ..SseLimits::default() });
         for _ in 0..1000 {
             dec.push(b"data: x\n\n\n\r\n");
             assert!(dec.next_event().unwrap().is_some());
@@ -858,7 +880,7 @@ mod tests {
                 raw_cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..24),
             ) {
                 let run = |cuts: &[usize]| {
-                    let mut dec = SseDecoder::new(SseLimits { max_line: 24, max_event: 64 });
+                    let mut dec = SseDecoder::new(SseLimits { max_line: 24, max_event: 64, ..SseLimits::default() });
                     let mut events = Vec::new();
                     let mut start = 0;
                     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
