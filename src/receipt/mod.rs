@@ -55,6 +55,7 @@
 mod document;
 mod fetch;
 mod record;
+mod release;
 mod session;
 mod testing;
 mod verify;
@@ -62,6 +63,7 @@ mod verify;
 pub use document::{Event, MAX_RECEIPT_SIZE, Receipt, UpstreamVerified};
 pub use fetch::{DEFAULT_MAX_DOCUMENT_SIZE, DEFAULT_MAX_RELEASE_BODY, ReceiptClient, RetryPolicy};
 pub use record::{ExchangeRecord, ResponseDigest};
+pub use release::{VerifyBeforeRelease, VerifyBeforeReleaseLayer};
 pub use session::{AttestedSession, MAX_SESSION_SIZE, VerifiedSession, pin_sessions};
 pub use verify::{
     Keysets, RECEIPT_API_VERSION, ReceiptPolicy, VerifiedReceipt, verify_against_keyset, verify_exchange,

@@ -372,3 +372,37 @@ async fn plaintext_exchange_receipt_names_the_raw_wire_bytes() {
         ErrorKind::Config
     );
 }
+
+#[tokio::test]
+async fn verify_before_release_hands_out_only_verified_answers() {
+    use tower_aci::receipt::{VerifiedReceipt, VerifyBeforeReleaseLayer};
+    let env = Env::start(Suite::Secp256k1).await;
+    let svc = ServiceBuilder::new()
+        .layer(VerifyBeforeReleaseLayer::new(receipts(&env), env.keys.clone(), ReceiptPolicy::new()))
+        .layer(env.layer())
+        .service(layer_client());
+
+    // Buffered, with a bearer token: the receipt is owned, and the layer fetches it with the
+    // request's own token before releasing the body.
+    let req = with_bearer(&env.url("/v1/chat/completions"), &chat(false), "sk-release");
+    let res = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
+    let verified = res.extensions().get::<VerifiedReceipt>().expect("verified before release").clone();
+    let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+    assert_eq!(Some(verified.receipt().receipt_id()), record.receipt_id());
+    let body: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], format!("You said: {PROMPT}"));
+
+    // A tampered answer: nothing is released, the call fails.
+    env.gw.set_fault(Some(Fault::TamperEvent { index: 0 }));
+    let err = tower::ServiceExt::oneshot(svc.clone(), post(&env.url("/v1/chat/completions"), &chat(false)))
+        .await
+        .expect_err("not released");
+    assert_eq!(kind(&err), Some(ErrorKind::Decrypt));
+    env.gw.set_fault(None);
+
+    // Streams pass through as they arrive (verify them after the end).
+    let res = tower::ServiceExt::oneshot(svc, post(&env.url("/v1/chat/completions"), &chat(true))).await.unwrap();
+    assert!(res.extensions().get::<VerifiedReceipt>().is_none());
+    let out = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&out).ends_with("data: [DONE]\n\n"));
+}
