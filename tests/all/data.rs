@@ -13,3 +13,14 @@ pub(crate) fn load(name: &str) -> Value {
 pub(crate) fn arr32(hex_str: &str) -> [u8; 32] {
     hex::decode(hex_str).unwrap().try_into().unwrap()
 }
+
+/// The receipt failure an operation ended with; panics on success or on another error kind.
+pub(crate) fn reason<T: std::fmt::Debug>(r: tower_aci::Result<T>) -> tower_aci::ReceiptFailure {
+    match r {
+        Ok(v) => panic!("expected a receipt failure, got {v:?}"),
+        Err(e) => match e.kind() {
+            tower_aci::ErrorKind::Receipt(f) => f,
+            other => panic!("expected a receipt failure, got {other:?}: {e}"),
+        },
+    }
+}

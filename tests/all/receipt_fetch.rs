@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::data::reason;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -138,16 +139,6 @@ fn keysets() -> Vec<Arc<AttestedKeyset>> {
     )
     .unwrap();
     vec![Arc::new(ks)]
-}
-
-fn reason<T: std::fmt::Debug>(r: tower_aci::Result<T>) -> F {
-    match r {
-        Ok(v) => panic!("expected a receipt failure, got {v:?}"),
-        Err(e) => match e.kind() {
-            ErrorKind::Receipt(f) => f,
-            other => panic!("expected a receipt failure, got {other:?}: {e}"),
-        },
-    }
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::data::reason;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -36,16 +37,6 @@ fn with_bearer(url: &str, body: &Value, token: &str) -> Request<Full<Bytes>> {
     let mut req = post(url, body);
     req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     req
-}
-
-fn reason<T: std::fmt::Debug>(r: tower_aci::Result<T>) -> F {
-    match r {
-        Ok(v) => panic!("expected a receipt failure, got {v:?}"),
-        Err(e) => match e.kind() {
-            ErrorKind::Receipt(f) => f,
-            other => panic!("expected a receipt failure, got {other:?}: {e}"),
-        },
-    }
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::data::reason;
 use bytes::Bytes;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde_json::{Value, json};
@@ -84,16 +85,6 @@ fn vector_record() -> ExchangeRecord {
 
 fn vector_session() -> AttestedSession {
     AttestedSession::from_bytes(Bytes::from(text(&vectors(), "session", "jcs"))).unwrap()
-}
-
-fn reason<T: std::fmt::Debug>(r: tower_aci::Result<T>) -> F {
-    match r {
-        Ok(v) => panic!("expected a receipt failure, got {v:?}"),
-        Err(e) => match e.kind() {
-            ErrorKind::Receipt(f) => f,
-            other => panic!("expected a receipt failure, got {other:?}: {e}"),
-        },
-    }
 }
 
 fn exchange(receipt: &Receipt, record: &ExchangeRecord, policy: &ReceiptPolicy) -> tower_aci::Result<VerifiedReceipt> {
