@@ -176,3 +176,54 @@ proptest! {
         prop_assert_eq!(whole, split);
     }
 }
+
+/// JSON-ish noise: documents shaped like responses, with random values where ciphertext goes.
+fn hostile_document() -> impl Strategy<Value = Vec<u8>> {
+    let value = prop_oneof![
+        Just(json!(null)),
+        any::<i64>().prop_map(|n| json!(n)),
+        "[0-9a-fA-Fx]{0,200}".prop_map(|s| json!(s)),
+        "\\PC{0,20}".prop_map(|s| json!(s)),
+        Just(json!([1, 2])),
+        Just(json!({"a": 1})),
+    ];
+    let index = prop_oneof![Just(json!(0)), Just(json!(-1)), Just(json!("1")), Just(json!(1.5)), Just(json!(u64::MAX))];
+    (value.clone(), value.clone(), value, index, any::<bool>()).prop_map(|(a, b, c, i, wrap)| {
+        let doc = json!({"id": b, "choices": [{"index": i, "message": {"content": a, "reasoning": c}, "delta": {"content": a}, "text": c}],
+            "data": [{"index": i, "embedding": a}]});
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        if wrap { [b"data: ".as_slice(), &bytes, b"\n\n"].concat() } else { bytes }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever the network sends, decryption fails with a typed error or succeeds; it never
+    /// panics and never passes a protected string through in clear.
+    #[test]
+    fn hostile_responses_never_panic_or_leak(doc in hostile_document(), noise in proptest::collection::vec(any::<u8>(), 0..300)) {
+        use tower_aci::protocol::response::decrypt_response;
+        for endpoint in [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings] {
+            for input in [&doc, &noise] {
+                let ctx = || ExchangeContext::new(endpoint, SecretKey::from_bytes(Suite::X25519, &[1; 32]).unwrap(), "m", "n", 1);
+                if let Ok(out) = decrypt_response(&ctx(), bytes::Bytes::copy_from_slice(input)) {
+                    // Nothing was decrypted (no key could have sealed it), so a success means the
+                    // document carried no protected string at all.
+                    prop_assert_eq!(out.decrypted_fields, 0);
+                    prop_assert_eq!(&out.body[..], &input[..]);
+                }
+                let mut dec = StreamDecryptor::new(ctx(), Default::default());
+                dec.push(input);
+                while let Ok(Some(_)) = dec.next_output() {}
+                let _ = dec.finish();
+            }
+        }
+        if let Ok(text) = std::str::from_utf8(&noise) {
+            for suite in Suite::ALL {
+                let _ = tower_aci::protocol::suite::PublicKey::parse(suite, text);
+            }
+        }
+        let _ = tower_aci::receipt::Receipt::from_bytes(bytes::Bytes::copy_from_slice(&doc));
+    }
+}
