@@ -23,6 +23,7 @@ use crate::attest::handle::KeyHandle;
 use crate::attest::keyset::AttestedKeyset;
 use crate::attest::policy::Policy;
 use crate::attest::report::verify_report;
+use crate::e2ee::GatewayError;
 use crate::error::{BoxError, Error, ErrorKind, Result};
 
 /// An injected sleep: returns a future that completes after the given duration.
@@ -38,8 +39,6 @@ const ATTESTATION_PATH: &str = "/v1/aci/attestation";
 /// Default largest report body accepted (a report with a TDX quote and event log is well under).
 const DEFAULT_MAX_REPORT_SIZE: usize = 4 * 1024 * 1024;
 
-/// The longest gateway error message quoted in an error.
-const MAX_QUOTED_MESSAGE: usize = 200;
 
 #[derive(Clone, Copy, Debug)]
 struct Timing {
@@ -490,7 +489,7 @@ where
             })?
             .to_bytes();
         if status != StatusCode::OK {
-            return Err(gateway_error(status, &body));
+            return Err(GatewayError::error_for(status.as_u16(), &body, "fetching the attestation report"));
         }
         #[cfg(feature = "dcap")]
         if let (Some(pccs), Some(service)) = (&self.pccs, pccs_service) {
@@ -523,21 +522,6 @@ fn attestation_uri(base: &Uri, nonce_hex: &str) -> Result<Uri> {
             .map_err(|e| Error::new(ErrorKind::Config, "cannot build the attestation URL").with_source(e))?,
     );
     Uri::from_parts(parts).map_err(|e| Error::new(ErrorKind::Config, "cannot build the attestation URL").with_source(e))
-}
-
-/// A non-200 answer: the gateway's `{"error":{"type","message"}}` when it sent one.
-fn gateway_error(status: StatusCode, body: &[u8]) -> Error {
-    let doc: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let error = doc.as_ref().and_then(|d| d.get("error"));
-    match error.and_then(|e| e.get("type")).and_then(|t| t.as_str()) {
-        Some(kind) => {
-            let message = error.and_then(|e| e.get("message")).and_then(|m| m.as_str()).unwrap_or("");
-            let message: String = message.chars().take(MAX_QUOTED_MESSAGE).collect();
-            let kind: String = kind.chars().take(MAX_QUOTED_MESSAGE).collect();
-            Error::gateway(status.as_u16(), kind, &message)
-        }
-        None => Error::new(ErrorKind::Transport, format!("the attestation endpoint answered {status}")),
-    }
 }
 
 /// How long to wait before refreshing a keyset valid until `not_after`.
@@ -652,13 +636,14 @@ mod tests {
 
     #[test]
     fn gateway_errors_keep_their_type() {
-        let e = gateway_error(
-            StatusCode::BAD_REQUEST,
+        let e = GatewayError::error_for(
+            400,
             br#"{"error":{"type":"invalid_request_error","message":"bad nonce"}}"#,
+            "fetching the attestation report",
         );
         assert_eq!(e.kind(), ErrorKind::Gateway);
         assert_eq!(e.gateway_error_type(), Some("invalid_request_error"));
-        let e = gateway_error(StatusCode::BAD_GATEWAY, b"<html>");
+        let e = GatewayError::error_for(502, b"<html>", "fetching the attestation report");
         assert_eq!(e.kind(), ErrorKind::Transport);
     }
 }

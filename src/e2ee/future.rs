@@ -31,12 +31,30 @@ pub struct GatewayError {
     pub message: Option<String>,
 }
 
+/// The longest gateway `type`/`message` kept from an error document; a hostile gateway cannot
+/// make errors grow beyond it.
+const MAX_QUOTED: usize = 200;
+
 impl GatewayError {
+    /// Parse an error answer's body (`{"error":{"type","message",…}}`), keeping at most 200
+    /// characters of each string.
     pub(crate) fn parse(status: u16, body: &[u8]) -> Self {
         let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
         let err = v.as_ref().and_then(|v| v.get("error"));
-        let s = |k: &str| err.and_then(|e| e.get(k)).and_then(|x| x.as_str()).map(str::to_owned);
+        let s =
+            |k: &str| err.and_then(|e| e.get(k)).and_then(|x| x.as_str()).map(|x| x.chars().take(MAX_QUOTED).collect());
         GatewayError { status, error_type: s("type"), message: s("message") }
+    }
+
+    /// A non-success answer to a request of ours (`what`, e.g. "fetching the receipt") as an
+    /// error: [`ErrorKind::Gateway`] when the body was an error document, else
+    /// [`ErrorKind::Transport`].
+    pub(crate) fn error_for(status: u16, body: &[u8], what: &str) -> Error {
+        let gw = GatewayError::parse(status, body);
+        match gw.error_type {
+            Some(t) => Error::gateway(status, t, &format!("{what}: {}", gw.message.unwrap_or_default())),
+            None => Error::new(ErrorKind::Transport, format!("{what}: the gateway answered {status}")),
+        }
     }
 
     /// This answer as an [`Error`] of kind [`ErrorKind::Gateway`].

@@ -28,8 +28,6 @@ const SESSIONS_PATH: &str = "/v1/aci/sessions/";
 pub const DEFAULT_MAX_DOCUMENT_SIZE: usize = MAX_SESSION_SIZE;
 /// Default limit on a body [`ReceiptClient::release_after_receipt`] collects: 64 MiB.
 pub const DEFAULT_MAX_RELEASE_BODY: usize = 64 * 1024 * 1024;
-/// The longest gateway error message quoted in an error.
-const MAX_QUOTED_MESSAGE: usize = 200;
 
 /// Bounded retries with exponential backoff for `404`, `429` and `5xx` answers.
 ///
@@ -225,19 +223,6 @@ fn document_uri(base: &Uri, prefix: &str, id: &str) -> Result<Uri> {
     Uri::from_parts(parts).map_err(|e| config(e.into()))
 }
 
-/// A non-success answer as an error: the gateway's error document when it sent one.
-fn gateway_error(status: StatusCode, body: &[u8], what: &str) -> Error {
-    let gw = GatewayError::parse(status.as_u16(), body);
-    match gw.error_type {
-        Some(kind) => {
-            let kind: String = kind.chars().take(MAX_QUOTED_MESSAGE).collect();
-            let message: String = gw.message.unwrap_or_default().chars().take(MAX_QUOTED_MESSAGE).collect();
-            Error::gateway(status.as_u16(), kind, &format!("fetching the {what}: {message}"))
-        }
-        None => Error::new(ErrorKind::Transport, format!("fetching the {what}: the gateway answered {status}")),
-    }
-}
-
 fn retry_after(response_headers: &http::HeaderMap) -> Option<Duration> {
     let v = response_headers.get(RETRY_AFTER)?.to_str().ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
@@ -327,7 +312,7 @@ where
                 (StatusCode::NOT_FOUND, Doc::Session) => {
                     receipt_err(ReceiptFailure::Session, format!("the cited attested session {id} is not served"))
                 }
-                _ => gateway_error(status, &body, what),
+                _ => GatewayError::error_for(status.as_u16(), &body, &format!("fetching the {what}")),
             });
         }
     }
@@ -479,13 +464,13 @@ mod tests {
 
     #[test]
     fn non_success_answers_keep_the_gateway_type() {
-        let e = gateway_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            br#"{"error":{"type":"overloaded","message":"m"}}"#,
-            "receipt",
-        );
+        let e =
+            GatewayError::error_for(503, br#"{"error":{"type":"overloaded","message":"m"}}"#, "fetching the receipt");
         assert_eq!(e.kind(), ErrorKind::Gateway);
         assert_eq!(e.gateway_error_type(), Some("overloaded"));
-        assert_eq!(gateway_error(StatusCode::BAD_GATEWAY, b"<html>", "receipt").kind(), ErrorKind::Transport);
+        assert_eq!(GatewayError::error_for(502, b"<html>", "fetching the receipt").kind(), ErrorKind::Transport);
+        let long = format!(r#"{{"error":{{"type":"{}","message":"m"}}}}"#, "t".repeat(10_000));
+        let e = GatewayError::error_for(503, long.as_bytes(), "fetching the receipt");
+        assert_eq!(e.gateway_error_type().map(str::len), Some(200), "hostile type strings are capped");
     }
 }
