@@ -39,7 +39,6 @@ const ATTESTATION_PATH: &str = "/v1/aci/attestation";
 /// Default largest report body accepted (a report with a TDX quote and event log is well under).
 const DEFAULT_MAX_REPORT_SIZE: usize = 4 * 1024 * 1024;
 
-
 #[derive(Clone, Copy, Debug)]
 struct Timing {
     refresh_buffer: Duration,

@@ -288,3 +288,55 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use http_body_util::Full;
+    use serde_json::json;
+
+    use super::*;
+    use crate::attest::{KeyHandle, SystemClock};
+    use crate::e2ee::E2eeLayer;
+    use crate::protocol::request::Endpoint;
+    use crate::protocol::server::ResponseSealer;
+    use crate::protocol::suite::{SecretKey, Suite};
+
+    /// A sealed embeddings answer of 100 fields (a few milliseconds of secp256k1 work).
+    fn large_answer() -> Bytes {
+        let client = SecretKey::from_bytes(Suite::Secp256k1, &[3; 32]).unwrap();
+        let sealer = ResponseSealer::new(Endpoint::Embeddings, client.public_key(), "e", "n", 1);
+        let data: Vec<_> = (0..100).map(|i| json!({"index": i, "embedding": [0.5, -0.25, i]})).collect();
+        let mut doc = json!({"data": data});
+        sealer.seal_document(&mut doc, &mut rand_core::OsRng).unwrap();
+        Bytes::from(serde_json::to_vec(&doc).unwrap())
+    }
+
+    fn body(threshold: usize) -> ResponseBody<Full<Bytes>> {
+        let layer = E2eeLayer::new(KeyHandle::empty(Arc::new(SystemClock))).blocking_threshold(threshold);
+        let ctx = ExchangeContext::new(
+            Endpoint::Embeddings,
+            SecretKey::from_bytes(Suite::Secp256k1, &[3; 32]).unwrap(),
+            "e",
+            "n",
+            1,
+        );
+        ResponseBody::buffered(Full::new(large_answer()), ctx, &layer.config, Arc::default())
+    }
+
+    /// Above the threshold the first poll hands the work to the blocking pool and returns
+    /// `Pending` (the executor thread is free); below it, decryption happens inline.
+    #[tokio::test(flavor = "current_thread")]
+    async fn large_buffered_bodies_are_decrypted_on_the_blocking_pool() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut inline = body(usize::MAX);
+        assert!(matches!(Pin::new(&mut inline).poll_frame(&mut cx), Poll::Ready(Some(Ok(_)))));
+
+        let mut offloaded = body(0);
+        assert!(Pin::new(&mut offloaded).poll_frame(&mut cx).is_pending(), "decryption was not offloaded");
+        let out = http_body_util::BodyExt::collect(offloaded).await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["data"][99]["embedding"], json!([0.5, -0.25, 99]));
+    }
+}
