@@ -395,25 +395,23 @@ where
                             continue;
                         }
                     };
-                    let retry = spare.take().map(|service| {
-                        Box::new(Retry {
-                            method: parts.method.clone(),
-                            uri: parts.uri.clone(),
-                            version: parts.version,
-                            headers: parts.headers.clone(),
-                            plaintext: body.clone(),
-                            endpoint: *endpoint,
-                            config: config.clone(),
-                            old_key: String::new(),
-                            service,
-                        })
-                    });
+                    // The plaintext request, kept for one retry after a key mismatch.
+                    let original_headers = spare.is_some().then(|| parts.headers.clone());
                     let path = parts.uri.path().to_owned();
                     match encrypt(config, *endpoint, &path, &mut parts.headers, &body) {
                         Ok((wire, exchange)) => {
-                            let retry = retry.map(|mut r| {
-                                r.old_key = exchange.model_key.clone();
-                                r
+                            let retry = spare.take().zip(original_headers).map(|(service, headers)| {
+                                Box::new(Retry {
+                                    method: parts.method.clone(),
+                                    uri: parts.uri.clone(),
+                                    version: parts.version,
+                                    headers,
+                                    plaintext: body,
+                                    endpoint: *endpoint,
+                                    config: config.clone(),
+                                    old_key: exchange.model_key.clone(),
+                                    service,
+                                })
                             });
                             let fut = inner.call(Request::from_parts(parts, RequestBody::encrypted(wire)));
                             this.state.set(State::Calling { fut, exchange: Some(exchange), retry });
