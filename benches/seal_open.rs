@@ -36,14 +36,14 @@ fn hkdf(info: &[u8], shared: &[u8]) -> [u8; 32] {
 fn bare_seal(suite: Suite, recipient_hex: &str, pt: &[u8], aad: &[u8]) -> String {
     let (eph_pub, key): (Vec<u8>, [u8; 32]) = match suite {
         Suite::Secp256k1 => {
-            let recipient = k256::PublicKey::from_sec1_bytes(&hex::decode(recipient_hex).unwrap()).unwrap();
+            let recipient = k256::PublicKey::from_sec1_bytes(&const_hex::decode(recipient_hex).unwrap()).unwrap();
             let eph = k256::NonZeroScalar::random(&mut OsRng);
             let eph_pub = k256::ProjectivePoint::mul_by_generator(eph.as_ref()).to_affine().to_encoded_point(false);
             let shared = k256::ecdh::diffie_hellman(eph, recipient.as_affine());
             (eph_pub.as_bytes().to_vec(), hkdf(b"aci.e2ee.v2.secp256k1", shared.raw_secret_bytes()))
         }
         Suite::X25519 => {
-            let r: [u8; 32] = hex::decode(recipient_hex).unwrap().try_into().unwrap();
+            let r: [u8; 32] = const_hex::decode(recipient_hex).unwrap().try_into().unwrap();
             let eph = x25519_dalek::StaticSecret::random_from_rng(OsRng);
             let eph_pub = x25519_dalek::PublicKey::from(&eph);
             let shared = eph.diffie_hellman(&x25519_dalek::PublicKey::from(r));

@@ -89,6 +89,7 @@
 pub mod attest;
 pub mod e2ee;
 pub mod error;
+mod hex;
 #[cfg(feature = "test-gateway")]
 pub mod gateway;
 pub mod protocol;

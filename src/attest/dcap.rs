@@ -53,6 +53,7 @@ use serde_json::value::RawValue;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use crate::hex;
 use crate::attest::policy::Policy;
 use crate::error::{AttestationFailure, BoxError, Error, ErrorKind, Result};
 
@@ -445,14 +446,14 @@ fn signed_document(body: &[u8], member: &'static str) -> Result<(String, Vec<u8>
     }
     let malformed = || transport(format!("the PCCS {member} response is not a signed {member} document"));
     let signed: Signed<'_> = serde_json::from_slice(body).map_err(|_| malformed())?;
-    let signature = hex::decode(&signed.signature).map_err(|_| malformed())?;
+    let signature = hex::decode(&signed.signature).ok_or_else(malformed)?;
     Ok((signed.document.get().to_owned(), signature))
 }
 
 /// A PCCS serves the root CA CRL as hex; Intel's distribution point as DER.
 fn hex_or_der(body: &[u8]) -> Vec<u8> {
     let text = body.trim_ascii();
-    hex::decode(text).unwrap_or_else(|_| body.to_vec())
+    hex::decode(text).unwrap_or_else(|| body.to_vec())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha384};
 
+use crate::hex;
 use crate::error::{AttestationFailure, Error, Result};
 
 /// `event_type` of dstack runtime events, whose digest a verifier recomputes.
@@ -62,7 +63,7 @@ fn event_log_error(message: &'static str) -> Error {
 }
 
 fn hex_field(text: &str) -> Result<Vec<u8>> {
-    hex::decode(text.strip_prefix("0x").unwrap_or(text)).map_err(|_| event_log_error("an event field is not hex"))
+    hex::decode_prefixed(text).ok_or_else(|| event_log_error("an event field is not hex"))
 }
 
 /// Parse the event log text (a JSON array of `{imr, event_type, digest, event, event_payload}`).

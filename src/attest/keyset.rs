@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::hex;
 use crate::protocol::keys::E2eeKey;
 
 /// A receipt-signing key of a verified keyset (`algo` `ed25519`).

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::hex;
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::suite::Suite;
 
@@ -410,7 +411,7 @@ impl DangerousPolicyBuilder {
 
 /// Hex with an optional lowercase `0x`, any case.
 pub(crate) fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    hex::decode(text.strip_prefix("0x").unwrap_or(text)).ok()
+    hex::decode_prefixed(text)
 }
 
 /// The 33-byte compressed SEC1 form of a secp256k1 key.

@@ -18,6 +18,7 @@ use rand_core::{OsRng, RngCore};
 use tower::ServiceExt;
 use tower_service::Service;
 
+use crate::hex;
 use crate::attest::clock::{Clock, SystemClock};
 use crate::attest::handle::KeyHandle;
 use crate::attest::keyset::AttestedKeyset;

@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::hex;
 use crate::attest::custody;
 #[cfg(feature = "dcap")]
 use crate::attest::dcap::{self, Collateral};

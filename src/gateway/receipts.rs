@@ -9,6 +9,7 @@ use rand_core::{OsRng, RngCore};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::hex;
 use crate::error::{Error, Result};
 use crate::protocol::jcs;
 

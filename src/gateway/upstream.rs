@@ -4,6 +4,8 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::hex;
+
 /// A request as the upstream receives it: the plaintext body after the gateway decrypted
 /// (E2EE) or accepted (plaintext) it, and after the direct path's forwarding rewrites.
 #[derive(Debug, Clone)]

@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
+use crate::hex;
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::aad;
 use crate::protocol::fields::{RequestField, walk_request};

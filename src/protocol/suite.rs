@@ -25,6 +25,7 @@ use rand_core::CryptoRngCore;
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::hex;
 use crate::error::{Error, Result};
 
 /// Length of the AES-GCM nonce carried in each field.
@@ -101,8 +102,7 @@ impl PublicKey {
     /// secp256k1 as 65 bytes (`04‖X‖Y`) or 64 bytes (`X‖Y`) naming a curve point; X25519 as exactly
     /// 32 bytes, refusing the all-zero and other low-order points.
     pub fn parse(suite: Suite, text: &str) -> Result<PublicKey> {
-        let text = text.strip_prefix("0x").unwrap_or(text);
-        let bytes = hex::decode(text).map_err(|_| Error::malformed("public key is not hex"))?;
+        let bytes = hex::decode_prefixed(text).ok_or_else(|| Error::malformed("public key is not hex"))?;
         Self::from_bytes(suite, &bytes)
     }
 

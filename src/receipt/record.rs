@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+use crate::hex;
 use crate::protocol::request::Endpoint;
 use crate::protocol::suite::Suite;
 

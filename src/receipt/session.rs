@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::hex;
 use crate::error::{Error, ErrorKind, ReceiptFailure, Result};
 use crate::protocol::jcs;
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::Value;
 
+use crate::hex;
 use crate::attest::{AttestedKeyset, KeyHandle};
 use crate::error::{Error, ReceiptFailure, Result};
 use crate::receipt::document::{Event, Receipt, UpstreamVerified};
@@ -283,7 +284,6 @@ impl fmt::Debug for VerifiedReceipt {
 /// no malleable signatures). Fails with [`ReceiptFailure::Signature`].
 pub fn verify_signature(receipt: &Receipt, key: &VerifyingKey) -> Result<()> {
     let bytes = hex::decode(receipt.signature())
-        .ok()
         .and_then(|b| <[u8; 64]>::try_from(b).ok())
         .ok_or_else(|| fail(F::Signature, "the receipt signature is not 64 bytes of hex"))?;
     let signature = Signature::from_bytes(&bytes);

@@ -183,7 +183,7 @@ fn hostile_quotes_fail_without_panicking() {
 fn report_with_sample_quote(nonce: &[u8; 32]) -> Value {
     let keyset = production_keyset(None, NOW + 24 * 3600);
     let mut report = seal_report(&keyset, Some(nonce));
-    report["attestation"]["evidence"]["quote"] = json!(hex::encode(quote()));
+    report["attestation"]["evidence"]["quote"] = json!(const_hex::encode(quote()));
     report["attestation"]["evidence"]["quote_report_data"] = Value::Null;
     report
 }
@@ -212,13 +212,13 @@ fn verify_report_runs_the_quote_through_dcap() {
 
     // A published quote_report_data must be report_data ‖ 0³² (and so the quote's slot).
     let mut qrd = report_with_sample_quote(&nonce);
-    qrd["attestation"]["evidence"]["quote_report_data"] = json!(hex::encode(own_slot(&quote())));
+    qrd["attestation"]["evidence"]["quote_report_data"] = json!(const_hex::encode(own_slot(&quote())));
     assert_eq!(failure(verify_report(&bytes(&qrd), &nonce, NOW, &with_collateral)), F::Quote);
     // tee_type must be tdx; a missing, garbled or non-TDX quote is a Quote failure.
     let mut sgx = report_with_sample_quote(&nonce);
     sgx["attestation"]["tee_type"] = json!("sgx");
     assert_eq!(failure(verify_report(&bytes(&sgx), &nonce, NOW, &with_collateral)), F::Quote);
-    for bad in [Value::Null, json!("zz"), json!("0x0400"), json!(hex::encode(b"aci-stub-quote|"))] {
+    for bad in [Value::Null, json!("zz"), json!("0x0400"), json!(const_hex::encode(b"aci-stub-quote|"))] {
         let mut r = report_with_sample_quote(&nonce);
         r["attestation"]["evidence"]["quote"] = bad.clone();
         assert_eq!(failure(verify_report(&bytes(&r), &nonce, NOW, &with_collateral)), F::Quote, "{bad}");
@@ -289,7 +289,7 @@ impl FakePccs {
             (ok, bytes(&report))
         } else if path.starts_with("/sgx/certification/v4/pckcrl") {
             let chain = percent_encode(self.field("pck_crl_issuer_chain"));
-            (ok.header("SGX-PCK-CRL-Issuer-Chain", chain), hex::decode(self.field("pck_crl")).unwrap())
+            (ok.header("SGX-PCK-CRL-Issuer-Chain", chain), const_hex::decode(self.field("pck_crl")).unwrap())
         } else if path.starts_with("/tdx/certification/v4/tcb") {
             let body = format!(
                 r#"{{"tcbInfo":{},"signature":"{}"}}"#,

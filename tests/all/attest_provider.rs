@@ -96,7 +96,7 @@ impl Gateway {
                 json!({"error": {"type": "attestation_unavailable", "message": "quote service down"}}),
             ),
             Mode::Serve | Mode::Tamper => {
-                let Some(nonce) = hex::decode(&nonce_hex).ok().and_then(|n| <[u8; 32]>::try_from(n).ok()) else {
+                let Some(nonce) = const_hex::decode(&nonce_hex).ok().and_then(|n| <[u8; 32]>::try_from(n).ok()) else {
                     return json_response(StatusCode::BAD_REQUEST, json!({"error": {"type": "invalid_request_error"}}));
                 };
                 let mut keyset = production_keyset(None, now + VALIDITY);

@@ -40,17 +40,17 @@ fn aci_vectors_digest_statement_and_report_data() {
     assert_eq!(digest, digest_of(&keyset));
 
     let nonce = vector_nonce();
-    assert_eq!(hex::encode(nonce), v["statement"]["nonce"].as_str().unwrap());
+    assert_eq!(const_hex::encode(nonce), v["statement"]["nonce"].as_str().unwrap());
     let statement = report_statement(&digest, Some(&nonce));
     assert_eq!(statement, v["statement"]["bytes"].as_str().unwrap().as_bytes());
-    assert_eq!(hex::encode(report_data(&digest, Some(&nonce))), v["statement"]["report_data"].as_str().unwrap());
+    assert_eq!(const_hex::encode(report_data(&digest, Some(&nonce))), v["statement"]["report_data"].as_str().unwrap());
     let mut slot = report_data(&digest, Some(&nonce)).to_vec();
     slot.extend_from_slice(&[0; 32]);
-    assert_eq!(hex::encode(slot), v["statement"]["report_data_slot"].as_str().unwrap());
+    assert_eq!(const_hex::encode(slot), v["statement"]["report_data_slot"].as_str().unwrap());
 
     let null = report_statement(&digest, None);
     assert_eq!(null, v["statement_null_nonce"]["bytes"].as_str().unwrap().as_bytes());
-    assert_eq!(hex::encode(report_data(&digest, None)), v["statement_null_nonce"]["report_data"].as_str().unwrap());
+    assert_eq!(const_hex::encode(report_data(&digest, None)), v["statement_null_nonce"]["report_data"].as_str().unwrap());
 }
 
 #[test]
@@ -67,7 +67,7 @@ fn a_report_built_from_the_vectors_verifies() {
     assert_eq!(ks.e2ee_key().suite(), Suite::X25519);
     assert_eq!(
         ks.receipt_key("receipt-1").unwrap().verifying_key().as_bytes().to_vec(),
-        hex::decode(v["keys"]["receipt-1"]["public_key"].as_str().unwrap()).unwrap()
+        const_hex::decode(v["keys"]["receipt-1"]["public_key"].as_str().unwrap()).unwrap()
     );
     assert_eq!(ks.tls_keys().len(), 1);
     assert_eq!(ks.tls_keys()[0].domain.as_deref(), Some("api.example.com"));
@@ -86,7 +86,7 @@ const FIXTURE_DIGEST: &str = "sha256:e338157d18d77aaa3d1186c9d96147c2d4edc0f1a16
 const FIXTURE_NOW: u64 = 2_000_000_000 - 30 * DAY;
 
 fn fixture_nonce() -> [u8; 32] {
-    hex::decode(FIXTURE_NONCE).unwrap().try_into().unwrap()
+    const_hex::decode(FIXTURE_NONCE).unwrap().try_into().unwrap()
 }
 
 fn fixture_with_v2() -> Value {
@@ -101,7 +101,7 @@ fn stub_fixture_binds_but_offers_no_e2ee_v2() {
     assert_eq!(report["workload_keyset_digest"], FIXTURE_DIGEST);
     assert_eq!(keyset_digest(&report["attestation"]["workload_keyset"]).unwrap(), FIXTURE_DIGEST);
     assert_eq!(
-        hex::encode(report_data(FIXTURE_DIGEST, Some(&fixture_nonce()))),
+        const_hex::encode(report_data(FIXTURE_DIGEST, Some(&fixture_nonce()))),
         report["attestation"]["report_data"].as_str().unwrap()
     );
     // As served, the fixture advertises no E2EE version: never a plaintext fallback.
@@ -160,7 +160,7 @@ fn stub_quote_slot_is_checked() {
     let mut r = fixture_with_v2();
     let mut quote = b"aci-stub-quote|".to_vec();
     quote.extend_from_slice(&[0x42; 32]);
-    r["attestation"]["evidence"]["quote"] = json!(hex::encode(&quote));
+    r["attestation"]["evidence"]["quote"] = json!(const_hex::encode(&quote));
     assert_eq!(reason(verify_report(&bytes(&r), &nonce, FIXTURE_NOW, &stub_policy())), F::Quote);
     // quote_report_data differs from the slot.
     let mut r = fixture_with_v2();
@@ -169,7 +169,7 @@ fn stub_quote_slot_is_checked() {
     // A 64-byte slot whose upper half is not zero.
     let mut r = seal_report(&vector_keyset(), Some(&vector_nonce()));
     let slot = format!("{}{}", r["attestation"]["report_data"].as_str().unwrap(), "01".repeat(32));
-    r["attestation"]["evidence"]["quote"] = json!(format!("{}{slot}", hex::encode(b"aci-stub-quote|")));
+    r["attestation"]["evidence"]["quote"] = json!(format!("{}{slot}", const_hex::encode(b"aci-stub-quote|")));
     r["attestation"]["evidence"]["quote_report_data"] = json!(slot);
     assert_eq!(reason(verify_report(&bytes(&r), &vector_nonce(), VECTOR_NOW, &stub_policy())), F::Quote);
     // No quote at all.
@@ -240,7 +240,7 @@ fn report_data_tampered() {
     r["attestation"]["report_data"] = json!("ab".repeat(32));
     // The stub quote still carries the original report_data.
     assert_eq!(reason(check(&r, &vector_nonce(), VECTOR_NOW)), F::Quote);
-    r["attestation"]["evidence"]["quote"] = json!(format!("{}{}", hex::encode(b"aci-stub-quote|"), "ab".repeat(32)));
+    r["attestation"]["evidence"]["quote"] = json!(format!("{}{}", const_hex::encode(b"aci-stub-quote|"), "ab".repeat(32)));
     r["attestation"]["evidence"]["quote_report_data"] = json!("ab".repeat(32));
     assert_eq!(reason(check(&r, &vector_nonce(), VECTOR_NOW)), F::ReportData);
 }
@@ -412,7 +412,7 @@ fn allowlists() {
     let mut report = seal_report(&keyset, Some(&n));
     report["attestation"]["evidence"]["app_compose"] = json!(compose);
     let report = bytes(&report);
-    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(compose.as_bytes()));
+    let hash = const_hex::encode(<sha2::Sha256 as sha2::Digest>::digest(compose.as_bytes()));
     let ok = with(Policy::builder().allow_compose_hash(&hash).allow_app_id("0xAABBCC"));
     assert!(verify_report(&report, &n, VECTOR_NOW, &ok).is_ok());
     let no = with(Policy::builder().allow_app_id("aabbcd"));
@@ -431,7 +431,7 @@ struct Custody {
 impl Custody {
     fn new() -> Custody {
         let kms = TestKms::new();
-        let subject = format!("app-id:0x{}", hex::encode(&kms.app_id));
+        let subject = format!("app-id:0x{}", const_hex::encode(&kms.app_id));
         let mut report = seal_report(&production_keyset(Some(&subject), CUSTODY_NOW + 30 * DAY), Some(&[9; 32]));
         report["attestation"]["evidence"]["key_custody"] = kms.custody();
         Custody { kms, report }
@@ -489,7 +489,7 @@ fn custody_chain_verifies_for_all_three_roles() {
         .accept_kms_root(&c.kms.root_hex())
         .dangerous()
         .accept_stub_quote()
-        .assume_app_id(&hex::encode(&c.kms.app_id))
+        .assume_app_id(&const_hex::encode(&c.kms.app_id))
         .build()
         .unwrap();
     assert!(c.verify(&r, &assumed).is_ok());
@@ -568,16 +568,16 @@ fn custody_bad_v() {
     let set_v = |v: u8| {
         move |kc: &mut Value| {
             let sig = kc["keys"][0]["signature_chain"][0].as_str().unwrap();
-            let mut raw = hex::decode(sig).unwrap();
+            let mut raw = const_hex::decode(sig).unwrap();
             raw[64] = v;
-            kc["keys"][0]["signature_chain"][0] = json!(hex::encode(raw));
+            kc["keys"][0]["signature_chain"][0] = json!(const_hex::encode(raw));
         }
     };
     for v in [4, 26, 31, 255] {
         assert_eq!(c.tampered(set_v(v)), Failed(F::Custody), "v = {v}");
     }
     // The other recovery id recovers another key.
-    let original = hex::decode(
+    let original = const_hex::decode(
         c.report["attestation"]["evidence"]["key_custody"]["keys"][0]["signature_chain"][0].as_str().unwrap(),
     )
     .unwrap()[64];
@@ -652,7 +652,7 @@ fn custody_kms_key_must_be_the_secp256k1_e2ee_key() {
         Passed
     );
     // The uncompressed form of the right key is accepted.
-    let uncompressed = hex::encode(signing_key(0x44).verifying_key().to_encoded_point(false).as_bytes());
+    let uncompressed = const_hex::encode(signing_key(0x44).verifying_key().to_encoded_point(false).as_bytes());
     assert_eq!(c.tampered(|kc| kc["keys"][1]["kms_public_key"] = json!(uncompressed)), Passed);
 }
 
@@ -700,7 +700,7 @@ fn custody_malformed() {
 // --- Event log (unverified under dangerous(); replayed to RTMR3 by the hardware verifier) ----
 
 fn runtime_event(name: &str, payload: &[u8]) -> Value {
-    json!({"imr": 3, "event_type": 0x0800_0001u32, "digest": "", "event": name, "event_payload": hex::encode(payload)})
+    json!({"imr": 3, "event_type": 0x0800_0001u32, "digest": "", "event": name, "event_payload": const_hex::encode(payload)})
 }
 
 fn with_event_log(app_id: &[u8], compose: &str, published_compose: &str) -> Value {
@@ -723,12 +723,12 @@ fn with_event_log(app_id: &[u8], compose: &str, published_compose: &str) -> Valu
 fn event_log_supplies_app_id_and_compose_hash() {
     let kms = TestKms::new();
     let compose = r#"{"services":{"gateway":{"image":"gw@sha256:00"}}}"#;
-    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(compose.as_bytes()));
+    let hash = const_hex::encode(<sha2::Sha256 as sha2::Digest>::digest(compose.as_bytes()));
     let policy = Policy::builder()
         .accept_kms_root(&kms.root_hex())
         .require_key_custody()
         .allow_compose_hash(&hash)
-        .allow_app_id(&hex::encode(&kms.app_id))
+        .allow_app_id(&const_hex::encode(&kms.app_id))
         .dangerous()
         .skip_hardware_verification()
         .build()

@@ -23,13 +23,13 @@ pub(crate) fn bytes(v: &Value) -> Vec<u8> {
 
 /// `sha256:` + hex(SHA-256(JCS(keyset))), computed here rather than with the crate's helper.
 pub(crate) fn digest_of(keyset: &Value) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(jcs::to_vec(keyset).unwrap())))
+    format!("sha256:{}", const_hex::encode(Sha256::digest(jcs::to_vec(keyset).unwrap())))
 }
 
 /// The report-data statement, spelled out.
 pub(crate) fn statement_of(digest: &str, nonce: Option<&[u8; 32]>) -> String {
     let nonce = match nonce {
-        Some(n) => format!("\"{}\"", hex::encode(n)),
+        Some(n) => format!("\"{}\"", const_hex::encode(n)),
         None => "null".to_owned(),
     };
     format!(r#"{{"keyset_digest":"{digest}","nonce":{nonce},"purpose":"aci.report_data.v1"}}"#)
@@ -53,7 +53,7 @@ pub(crate) fn seal_report(keyset: &Value, nonce: Option<&[u8; 32]>) -> Value {
         "attestation": {
             "tee_type": "tdx",
             "workload_keyset": keyset,
-            "report_data": hex::encode(rd),
+            "report_data": const_hex::encode(rd),
             "source_provenance": {
                 "repo_url": "https://github.com/Dstack-TEE/private-ai-gateway",
                 "repo_commit": "deadbeef",
@@ -61,8 +61,8 @@ pub(crate) fn seal_report(keyset: &Value, nonce: Option<&[u8; 32]>) -> Value {
                 "image_provenance": null
             },
             "evidence": {
-                "quote": hex::encode(quote),
-                "quote_report_data": hex::encode(slot),
+                "quote": const_hex::encode(quote),
+                "quote_report_data": const_hex::encode(slot),
                 "event_log": null,
                 "vm_config": "{}",
                 "app_compose": null
@@ -97,7 +97,7 @@ pub(crate) fn x25519_public_hex(seed: u8) -> String {
 }
 
 pub(crate) fn ed25519_public_hex(seed: u8) -> String {
-    hex::encode(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key().as_bytes())
+    const_hex::encode(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key().as_bytes())
 }
 
 /// A production-shaped keyset (receipt, secp256k1 and X25519 E2EE keys with the dstack ids).
@@ -121,7 +121,7 @@ pub(crate) fn signing_key(seed: u8) -> SigningKey {
 }
 
 pub(crate) fn compressed_hex(key: &SigningKey) -> String {
-    hex::encode(key.verifying_key().to_encoded_point(true).as_bytes())
+    const_hex::encode(key.verifying_key().to_encoded_point(true).as_bytes())
 }
 
 /// `r‖s‖v` over Keccak-256(message), hex.
@@ -129,7 +129,7 @@ pub(crate) fn sign_keccak(key: &SigningKey, message: &[u8], v_offset: u8) -> Str
     let (sig, recid) = key.sign_prehash_recoverable(&Keccak256::digest(message)).unwrap();
     let mut out = sig.to_bytes().to_vec();
     out.push(recid.to_byte() + v_offset);
-    hex::encode(out)
+    const_hex::encode(out)
 }
 
 /// A test dstack KMS: a root key, an app key and the app id it issues to.

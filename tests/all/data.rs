@@ -11,7 +11,7 @@ pub(crate) fn load(name: &str) -> Value {
 
 /// Decode hex into a fixed array.
 pub(crate) fn arr32(hex_str: &str) -> [u8; 32] {
-    hex::decode(hex_str).unwrap().try_into().unwrap()
+    const_hex::decode(hex_str).unwrap().try_into().unwrap()
 }
 
 /// The receipt failure an operation ended with; panics on success or on another error kind.

@@ -140,7 +140,7 @@ async fn post_encrypted(c: &HttpClient, gw: &TestGateway, endpoint: Endpoint, re
 }
 
 fn sha256_tag(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    format!("sha256:{}", const_hex::encode(Sha256::digest(bytes)))
 }
 
 async fn fetch_receipt(c: &HttpClient, gw: &TestGateway, id: &str, bearer: Option<&str>) -> Reply {
@@ -167,7 +167,7 @@ async fn check_signature(c: &HttpClient, gw: &TestGateway, served: &[u8]) -> Val
         .find(|k| k["key_id"] == doc["key_id"])
         .expect("key id in the keyset");
     let vk = VerifyingKey::from_bytes(&data::arr32(key["public_key"].as_str().unwrap())).unwrap();
-    let sig: [u8; 64] = hex::decode(doc["signature"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let sig: [u8; 64] = const_hex::decode(doc["signature"].as_str().unwrap()).unwrap().try_into().unwrap();
     let mut unsigned = doc.clone();
     unsigned.as_object_mut().unwrap().remove("signature");
     vk.verify(&jcs::to_vec(&unsigned).unwrap(), &Signature::from_bytes(&sig)).expect("receipt signature");
@@ -284,7 +284,7 @@ async fn chat_buffered_round_trip_in_both_suites_with_a_verified_receipt() {
 
         // The receipt names exactly what was restored and what came back.
         let doc = verified_receipt(&c, &gw, &receipt_id).await;
-        let restored = format!("sha256:{}", hex::encode(req.restored_body_sha256));
+        let restored = format!("sha256:{}", const_hex::encode(req.restored_body_sha256));
         assert_eq!(event_hash(&doc, "request.received"), restored);
         assert_eq!(event_hash(&doc, "request.forwarded"), restored);
         assert_eq!(event_hash(&doc, "response.returned"), sha256_tag(&reply.body));
@@ -351,7 +351,7 @@ async fn chat_stream_in_both_suites_with_n_2_and_per_chunk_ids() {
         let doc = verified_receipt(&c, &gw, &receipt_id).await;
         assert_eq!(doc["chat_id"], ids[0].as_str());
         assert_eq!(event_hash(&doc, "response.returned"), sha256_tag(&raw));
-        assert_eq!(event_hash(&doc, "request.received"), format!("sha256:{}", hex::encode(req.restored_body_sha256)));
+        assert_eq!(event_hash(&doc, "request.received"), format!("sha256:{}", const_hex::encode(req.restored_body_sha256)));
     }
 }
 
@@ -730,10 +730,10 @@ fn sign_receipt_reproduces_the_spec_vector_byte_exact() {
     let mut unsigned: Value = serde_json::from_str(signing_input).unwrap();
     unsigned.as_object_mut().unwrap().remove("key_id");
     let key = ed25519_dalek::SigningKey::from_bytes(&data::arr32(v["keys"]["receipt-1"]["seed_hex"].as_str().unwrap()));
-    assert_eq!(hex::encode(key.verifying_key().as_bytes()), v["keys"]["receipt-1"]["public_key"].as_str().unwrap());
+    assert_eq!(const_hex::encode(key.verifying_key().as_bytes()), v["keys"]["receipt-1"]["public_key"].as_str().unwrap());
     let doc = sign_receipt(&unsigned, "receipt-1", &key).unwrap();
     assert_eq!(std::str::from_utf8(&doc).unwrap(), r["document"].as_str().unwrap());
-    assert_eq!(hex::encode(Sha256::digest(signing_input.as_bytes())), r["signing_input_sha256"].as_str().unwrap());
+    assert_eq!(const_hex::encode(Sha256::digest(signing_input.as_bytes())), r["signing_input_sha256"].as_str().unwrap());
     assert_eq!(sha256_tag(r["request_body"].as_str().unwrap().as_bytes()), r["request_body_hash"].as_str().unwrap());
     assert_eq!(sha256_tag(r["response_body"].as_str().unwrap().as_bytes()), r["response_body_hash"].as_str().unwrap());
     // A stale signature member is replaced, not signed over.
@@ -749,24 +749,24 @@ async fn the_report_binds_keyset_and_nonce() {
     let (gw, c) = start(GatewayConfig::new().fixed_seeds().not_after(2_000_000_000)).await;
     let mut nonce = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-    let nonce_hex = hex::encode(nonce);
+    let nonce_hex = const_hex::encode(nonce);
     let reply = report(&c, &gw, Some(&nonce_hex)).await;
     assert_eq!(reply.status, 200);
     let r = reply.json();
     assert_eq!(r["api_version"], "aci/1");
     let ks = &r["attestation"]["workload_keyset"];
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(jcs::to_vec(ks).unwrap())));
+    let digest = format!("sha256:{}", const_hex::encode(Sha256::digest(jcs::to_vec(ks).unwrap())));
     assert_eq!(r["workload_keyset_digest"], digest.as_str());
     assert_eq!(reply.header("x-aci-keyset-digest"), Some(digest.as_str()));
     assert_eq!(gw.keyset_digest(), digest);
     let statement = format!(r#"{{"keyset_digest":"{digest}","nonce":"{nonce_hex}","purpose":"aci.report_data.v1"}}"#);
     let rd = Sha256::digest(statement.as_bytes());
-    assert_eq!(r["attestation"]["report_data"], hex::encode(rd).as_str());
+    assert_eq!(r["attestation"]["report_data"], const_hex::encode(rd).as_str());
     let ev = &r["attestation"]["evidence"];
     let mut quote = b"aci-stub-quote|".to_vec();
     quote.extend_from_slice(&rd);
-    assert_eq!(ev["quote"], hex::encode(quote).as_str());
-    assert_eq!(ev["quote_report_data"], hex::encode(rd).as_str());
+    assert_eq!(ev["quote"], const_hex::encode(quote).as_str());
+    assert_eq!(ev["quote_report_data"], const_hex::encode(rd).as_str());
     assert_eq!(ev["stub"], true);
     assert_eq!(r["attestation"]["tee_type"], "tdx");
     assert_eq!(r["service_capabilities"], json!({"supported_e2ee_versions": ["2"], "serving": "direct"}));
@@ -807,7 +807,7 @@ async fn the_report_binds_keyset_and_nonce() {
     // No nonce: the null statement.
     let r = report(&c, &gw, None).await.json();
     let statement = format!(r#"{{"keyset_digest":"{digest}","nonce":null,"purpose":"aci.report_data.v1"}}"#);
-    assert_eq!(r["attestation"]["report_data"], hex::encode(Sha256::digest(statement.as_bytes())).as_str());
+    assert_eq!(r["attestation"]["report_data"], const_hex::encode(Sha256::digest(statement.as_bytes())).as_str());
     // Attestation nonces must be 64 lowercase hex.
     for bad in
         [nonce_hex.to_uppercase(), nonce_hex[1..].to_owned(), String::new(), format!("{nonce_hex}&nonce={nonce_hex}")]
@@ -817,7 +817,7 @@ async fn the_report_binds_keyset_and_nonce() {
     }
     // Percent-encoding is decoded first.
     let encoded = format!("%{:02x}{}", nonce_hex.as_bytes()[0], &nonce_hex[1..]);
-    assert_eq!(report(&c, &gw, Some(&encoded)).await.json()["attestation"]["report_data"], hex::encode(rd).as_str());
+    assert_eq!(report(&c, &gw, Some(&encoded)).await.json()["attestation"]["report_data"], const_hex::encode(rd).as_str());
     assert_eq!(gw.attestations_served(), 7);
 }
 

@@ -62,7 +62,7 @@ fn kat_vectors_open_and_seal_byte_for_byte() {
         // AAD built by our builder is byte-equal to the vector.
         let aad = rebuild_aad(aad_text);
         assert_eq!(aad, aad_text.as_bytes(), "{name}: AAD bytes");
-        assert_eq!(hex::encode(Sha256::digest(&aad)), v["aad_sha256"].as_str().unwrap(), "{name}");
+        assert_eq!(const_hex::encode(Sha256::digest(&aad)), v["aad_sha256"].as_str().unwrap(), "{name}");
 
         let recipient = recipient_secret(keys, suite, v["recipient_public"].as_str().unwrap());
         let recipient_pub = PublicKey::parse(suite, v["recipient_public"].as_str().unwrap()).unwrap();
@@ -70,18 +70,18 @@ fn kat_vectors_open_and_seal_byte_for_byte() {
         assert_eq!(eph.public_key().to_hex(), v["ephemeral_public"].as_str().unwrap(), "{name}");
         // Intermediates.
         assert_eq!(
-            hex::encode(kat::shared_secret(&eph, &recipient_pub).unwrap()),
+            const_hex::encode(kat::shared_secret(&eph, &recipient_pub).unwrap()),
             v["shared_secret"].as_str().unwrap(),
             "{name}"
         );
         assert_eq!(
-            hex::encode(kat::field_key(&eph, &recipient_pub).unwrap()),
+            const_hex::encode(kat::field_key(&eph, &recipient_pub).unwrap()),
             v["aes_key"].as_str().unwrap(),
             "{name}"
         );
 
         let plaintext = v["plaintext_utf8"].as_str().unwrap().as_bytes();
-        let nonce: [u8; 12] = hex::decode(v["gcm_nonce"].as_str().unwrap()).unwrap().try_into().unwrap();
+        let nonce: [u8; 12] = const_hex::decode(v["gcm_nonce"].as_str().unwrap()).unwrap().try_into().unwrap();
         let field_hex = v["field_hex"].as_str().unwrap();
         // Seal reproduces the vector with the fixed ephemeral key and nonce injected.
         assert_eq!(seal_with(&recipient_pub, &eph, &nonce, plaintext, &aad).unwrap(), field_hex, "{name}: seal");
@@ -118,7 +118,7 @@ fn keyset_jcs_vector_is_byte_exact() {
     }
     let bytes = jcs::to_vec(&Value::Object(reordered)).unwrap();
     assert_eq!(bytes, jcs_text.as_bytes());
-    assert_eq!(format!("sha256:{}", hex::encode(Sha256::digest(&bytes))), v["keyset"]["digest"].as_str().unwrap());
+    assert_eq!(format!("sha256:{}", const_hex::encode(Sha256::digest(&bytes))), v["keyset"]["digest"].as_str().unwrap());
 }
 
 fn service_key(suite: Suite) -> (SecretKey, E2eeKey) {
@@ -150,7 +150,7 @@ fn restored_body_hash_r1() {
         std::str::from_utf8(&opened.bytes).unwrap(),
         r#"{"model":"m","temperature":0.7,"messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#
     );
-    assert_eq!(hex::encode(Sha256::digest(&opened.bytes)), expected);
+    assert_eq!(const_hex::encode(Sha256::digest(&opened.bytes)), expected);
 
     // Client side: the user's body with that structured content yields the same hash, and the
     // server restores exactly it.
@@ -164,10 +164,10 @@ fn restored_body_hash_r1() {
         &mut rand_core::OsRng,
     )
     .unwrap();
-    assert_eq!(hex::encode(req.restored_body_sha256), expected);
+    assert_eq!(const_hex::encode(req.restored_body_sha256), expected);
     let opened =
         open_request(Endpoint::ChatCompletions, &req.body, &sk, &req.headers.nonce, req.headers.timestamp).unwrap();
-    assert_eq!(hex::encode(Sha256::digest(&opened.bytes)), expected);
+    assert_eq!(const_hex::encode(Sha256::digest(&opened.bytes)), expected);
 }
 
 #[test]
@@ -181,8 +181,8 @@ fn restored_body_hash_r2_number_and_escape_normalisation() {
     // Server side on the exact R2 wire.
     let wire = wire_from_template(template, plaintext, &key, NONCE, 1_750_000_000);
     let opened = open_request(Endpoint::ChatCompletions, &wire, &sk, NONCE, 1_750_000_000).unwrap();
-    assert_eq!(hex::encode(&opened.bytes), expected_hex);
-    assert_eq!(hex::encode(Sha256::digest(&opened.bytes)), expected_hash);
+    assert_eq!(const_hex::encode(&opened.bytes), expected_hex);
+    assert_eq!(const_hex::encode(Sha256::digest(&opened.bytes)), expected_hash);
 
     // Client side: the user's body (same document, plaintext in place) predicts the hash the
     // gateway will compute over what we actually send, including the 1-ULP float change.
@@ -199,7 +199,7 @@ fn restored_body_hash_r2_number_and_escape_normalisation() {
     let opened =
         open_request(Endpoint::ChatCompletions, &req.body, &sk, &req.headers.nonce, req.headers.timestamp).unwrap();
     assert_eq!(req.restored_body_sha256, <[u8; 32]>::from(Sha256::digest(&opened.bytes)));
-    assert_eq!(hex::encode(req.restored_body_sha256), expected_hash);
+    assert_eq!(const_hex::encode(req.restored_body_sha256), expected_hash);
 }
 
 /// A one-field request sealed to `suite`, with the wire blob split out for tampering.
@@ -234,7 +234,7 @@ impl Tamper {
 fn tampering_is_rejected_as_decrypt_in_both_suites() {
     for suite in Suite::ALL {
         let t = Tamper::new(suite);
-        let blob = hex::decode(&t.field).unwrap();
+        let blob = const_hex::decode(&t.field).unwrap();
         // The untampered field opens.
         let aad = aad::request(suite, "messages.0.content", "m", NONCE, 1);
         assert_eq!(open(&t.sk, &t.field, &aad).unwrap(), b"attack at dawn");
@@ -242,12 +242,12 @@ fn tampering_is_rejected_as_decrypt_in_both_suites() {
         for i in 0..blob.len() {
             let mut b = blob.clone();
             b[i] ^= 0x01;
-            assert_eq!(t.open(&hex::encode(&b)), ErrorKind::Decrypt, "{suite}: flip byte {i}");
+            assert_eq!(t.open(&const_hex::encode(&b)), ErrorKind::Decrypt, "{suite}: flip byte {i}");
         }
         // Truncate by one byte, drop the tag, drop everything but the header.
-        assert_eq!(t.open(&hex::encode(&blob[..blob.len() - 1])), ErrorKind::Decrypt);
-        assert_eq!(t.open(&hex::encode(&blob[..blob.len() - 16])), ErrorKind::Decrypt);
-        assert_eq!(t.open(&hex::encode(&blob[..suite.ephemeral_len() + 12])), ErrorKind::Decrypt);
+        assert_eq!(t.open(&const_hex::encode(&blob[..blob.len() - 1])), ErrorKind::Decrypt);
+        assert_eq!(t.open(&const_hex::encode(&blob[..blob.len() - 16])), ErrorKind::Decrypt);
+        assert_eq!(t.open(&const_hex::encode(&blob[..suite.ephemeral_len() + 12])), ErrorKind::Decrypt);
         assert_eq!(t.open(""), ErrorKind::Decrypt);
         // Appending bytes breaks the tag too.
         assert_eq!(t.open(&format!("{}00", t.field)), ErrorKind::Decrypt);

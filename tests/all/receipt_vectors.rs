@@ -52,7 +52,7 @@ fn sign(doc: &Value, key: &SigningKey) -> Value {
     let mut doc = doc.clone();
     doc.as_object_mut().unwrap().remove("signature");
     let sig = key.sign(&jcs::to_vec(&doc).unwrap());
-    doc["signature"] = Value::String(hex::encode(sig.to_bytes()));
+    doc["signature"] = Value::String(const_hex::encode(sig.to_bytes()));
     doc
 }
 
@@ -97,11 +97,11 @@ fn the_vector_receipt_verifies_byte_for_byte() {
     let receipt = vector_receipt();
     assert_eq!(receipt.as_bytes(), text(&v, "receipt", "document").as_bytes());
     assert_eq!(receipt.signing_input(), text(&v, "receipt", "signing_input_jcs").as_bytes());
-    assert_eq!(hex::encode(Sha256::digest(receipt.signing_input())), text(&v, "receipt", "signing_input_sha256"));
+    assert_eq!(const_hex::encode(Sha256::digest(receipt.signing_input())), text(&v, "receipt", "signing_input_sha256"));
     assert_eq!(receipt.signature(), text(&v, "receipt", "signature"));
 
     // The key from the seed is the vector's public key, and the signature verifies under it.
-    let public = hex::decode(text(&v["keys"], "receipt-1", "public_key")).unwrap();
+    let public = const_hex::decode(text(&v["keys"], "receipt-1", "public_key")).unwrap();
     assert_eq!(receipt_key().verifying_key().as_bytes().as_slice(), public.as_slice());
     let key = VerifyingKey::from_bytes(&public.try_into().unwrap()).unwrap();
     verify_signature(&receipt, &key).unwrap();
@@ -192,9 +192,9 @@ fn tampered_documents_fail_the_signature() {
     let doc = document();
 
     let mut flipped = doc.clone();
-    let mut sig = hex::decode(doc["signature"].as_str().unwrap()).unwrap();
+    let mut sig = const_hex::decode(doc["signature"].as_str().unwrap()).unwrap();
     sig[10] ^= 0x01;
-    flipped["signature"] = Value::String(hex::encode(&sig));
+    flipped["signature"] = Value::String(const_hex::encode(&sig));
     assert_eq!(reason(verify_against_keyset(&parse(&flipped), &keyset)), F::Signature);
 
     for (member, value) in [
@@ -417,7 +417,7 @@ fn the_session_vector() {
     assert_eq!(session.session_id(), text(&v, "session", "session_id"));
     assert_eq!(session.evidence_digest(), Some(text(&v, "session", "evidence_digest").as_str()));
     assert_eq!(
-        format!("sha256:{}", hex::encode(Sha256::digest(text(&v, "session", "evidence_bytes_ascii")))),
+        format!("sha256:{}", const_hex::encode(Sha256::digest(text(&v, "session", "evidence_bytes_ascii")))),
         text(&v, "session", "evidence_digest")
     );
     assert_eq!((session.established_at(), session.expires_at()), (Some(1_750_000_000), Some(1_750_003_600)));
