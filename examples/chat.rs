@@ -24,7 +24,7 @@ use tower::timeout::TimeoutLayer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::E2eeLayer;
 use tower_aci::attest::{KeyProvider, Policy};
-use tower_aci::e2ee::GatewayError;
+use tower_aci::GatewayError;
 use tower_aci::gateway::{GatewayConfig, TestGateway};
 use tower_aci::receipt::ExchangeRecord;
 use tower_http::trace::TraceLayer;

@@ -14,7 +14,7 @@ use reqwest_retry::policies::ExponentialBackoff;
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::gateway::{Fault, GatewayConfig, TestGateway};
 use tower_aci::receipt::ExchangeRecord;
-use tower_aci::reqwest::E2eeMiddleware;
+use tower_aci::middleware::E2eeMiddleware;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -95,7 +95,8 @@ pub mod gateway;
 pub mod protocol;
 pub mod receipt;
 #[cfg(feature = "reqwest-middleware")]
-pub mod reqwest;
+pub mod middleware;
 
 pub use e2ee::{E2ee, E2eeLayer};
 pub use error::{AttestationFailure, BoxError, Error, ErrorKind, ReceiptFailure, Result};
+pub use protocol::GatewayError;

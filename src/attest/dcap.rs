@@ -31,11 +31,11 @@
 //!
 //! // Verify a quote on its own: signature chain, collateral window and (optionally) the slot.
 //! let verified = verify_quote(raw_quote, &collateral, now, None)?;
-//! println!("TCB status {}, RTMR3 {}", verified.tcb_status(), hex::encode(verified.rt_mr3()));
+//! println!("TCB status {}, RTMR3 {}", verified.tcb_status(), const_hex::encode(verified.rt_mr3()));
 //!
 //! // Or hand the collateral to a policy and let `verify_report` / the key provider use it.
 //! let policy = Policy::builder().collateral(collateral).accept_tcb_statuses(["UpToDate"]).build()?;
-//! verified.check_tcb_status(&policy)?;
+//! verified.check_tcb_status(policy.accepted_tcb_statuses())?;
 //! # Ok(()) }
 //! ```
 
@@ -54,7 +54,6 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::hex;
-use crate::attest::policy::Policy;
 use crate::error::{AttestationFailure, BoxError, Error, ErrorKind, Result};
 
 /// The dcap-qvl crate this module is built on (for [`QuoteCollateralV3`] and the report types).
@@ -182,11 +181,13 @@ impl VerifiedQuote {
         &self.td_report.rt_mr3
     }
 
-    /// Fails with [`TcbStatus`](AttestationFailure::TcbStatus) unless the policy accepts the
-    /// quote's TCB status ([`PolicyBuilder::accept_tcb_statuses`](crate::attest::PolicyBuilder::accept_tcb_statuses);
+    /// Fails with [`TcbStatus`](AttestationFailure::TcbStatus) unless the quote's TCB status is
+    /// one of `accepted` — typically a policy's
+    /// [`accepted_tcb_statuses`](crate::attest::Policy::accepted_tcb_statuses) (set with
+    /// [`PolicyBuilder::accept_tcb_statuses`](crate::attest::PolicyBuilder::accept_tcb_statuses);
     /// `UpToDate` only by default).
-    pub fn check_tcb_status(&self, policy: &Policy) -> Result<()> {
-        if policy.accepted_tcb_statuses().contains(&self.tcb_status) {
+    pub fn check_tcb_status<T: AsRef<str>>(&self, accepted: &[T]) -> Result<()> {
+        if accepted.iter().any(|a| a.as_ref() == self.tcb_status) {
             Ok(())
         } else {
             Err(Error::attestation(
@@ -194,7 +195,7 @@ impl VerifiedQuote {
                 format!(
                     "the platform's TCB status {} is not accepted by the policy (accepted: {})",
                     self.tcb_status,
-                    policy.accepted_tcb_statuses().join(", ")
+                    accepted.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(", ")
                 ),
             ))
         }
@@ -258,30 +259,32 @@ pub fn verify_quote(
 /// Step 2 of [`verify_report`](crate::attest::verify_report) under a policy that requires
 /// hardware verification: returns the verified quote's RTMR3.
 ///
-/// `fetched` (collateral fetched for this quote) wins over the policy's offline collateral, of
+/// `fetched` (collateral fetched for this quote) wins over the policy's `offline` collateral, of
 /// which the one for the quote's FMSPC is used. No collateral for it is
-/// [`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable).
+/// [`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable). The TCB status must be one
+/// of `accepted`.
 pub(crate) fn appraise(
     raw_quote: &[u8],
     expected_slot: &[u8; 64],
     fetched: Option<&Collateral>,
+    offline: &[Collateral],
+    accepted: &[String],
     now: u64,
-    policy: &Policy,
 ) -> Result<[u8; 48]> {
     let quote = parse_tdx(raw_quote)?;
     let collateral = match fetched {
         Some(c) => c,
-        None => select(&quote, &policy.collateral)?,
+        None => select(&quote, offline)?,
     };
     let verified = verify_quote(raw_quote, collateral, now, Some(expected_slot))?;
-    verified.check_tcb_status(policy)?;
+    verified.check_tcb_status(accepted)?;
     Ok(*verified.rt_mr3())
 }
 
 /// Fails with [`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable) when there is
 /// no collateral at all (checked before the quote is parsed).
-pub(crate) fn require_collateral(fetched: Option<&Collateral>, policy: &Policy) -> Result<()> {
-    if fetched.is_none() && policy.collateral.is_empty() {
+pub(crate) fn require_collateral(fetched: Option<&Collateral>, offline: &[Collateral]) -> Result<()> {
+    if fetched.is_none() && offline.is_empty() {
         return Err(Error::attestation(
             AttestationFailure::HardwareUnverifiable,
             "the policy requires hardware verification of the TDX quote and no collateral is available \

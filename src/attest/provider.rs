@@ -24,7 +24,7 @@ use crate::attest::handle::KeyHandle;
 use crate::attest::keyset::AttestedKeyset;
 use crate::attest::policy::Policy;
 use crate::attest::report::verify_report;
-use crate::e2ee::GatewayError;
+use crate::protocol::GatewayError;
 use crate::error::{BoxError, Error, ErrorKind, Result};
 
 /// An injected sleep: returns a future that completes after the given duration.

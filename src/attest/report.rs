@@ -363,14 +363,14 @@ fn verify_hardware(
     collateral: Option<&Collateral>,
 ) -> Result<[u8; 48]> {
     let quote = quote.ok_or_else(|| fail(F::Quote, "the report carries no quote"))?;
-    dcap::require_collateral(collateral, policy)?;
+    dcap::require_collateral(collateral, &policy.collateral)?;
     if attestation.get("tee_type").and_then(Value::as_str) != Some("tdx") {
         return Err(fail(F::Quote, "the report's tee_type is not tdx"));
     }
     let mut slot = [0u8; 64];
     slot[..32].copy_from_slice(report_data);
     check_quote_report_data(evidence, &slot)?;
-    dcap::appraise(quote, &slot, collateral, now, policy)
+    dcap::appraise(quote, &slot, collateral, &policy.collateral, &policy.tcb_statuses, now)
 }
 
 /// Step 2 for a quote that needs hardware verification, in a build without a verifier.

@@ -9,7 +9,8 @@ use pin_project_lite::pin_project;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
-use crate::e2ee::layer::Config;
+use crate::e2ee::config::Config;
+use crate::e2ee::frame::bytes_frame;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::protocol::request::ExchangeContext;
 use crate::protocol::response::{DecryptedBody, decrypt_response};
@@ -156,7 +157,7 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Passthrough { inner } => crate::e2ee::service::bytes_frame(inner.poll_frame(cx)),
+            KindProj::Passthrough { inner } => bytes_frame(inner.poll_frame(cx)),
             KindProj::Decrypting { mut inner, state } => {
                 if state.finished {
                     return Poll::Ready(None);

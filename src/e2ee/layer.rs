@@ -4,21 +4,9 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use crate::attest::KeyHandle;
+use crate::e2ee::config::Config;
 use crate::e2ee::service::E2ee;
 use crate::protocol::sse::SseLimits;
-
-/// Default limit on a request body the layer reads to encrypt: 32 MiB, the gateway's own limit.
-pub const DEFAULT_MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
-/// Default limit on a buffered response body (and on a non-2xx error body): 64 MiB.
-pub const DEFAULT_MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
-/// Buffered responses larger than this are decrypted on Tokio's blocking pool (when running on
-/// Tokio) so a large embeddings answer does not stall the executor. At 16 KiB a body holds at
-/// most ~85 ciphertext fields (a field is at least 186 hex characters), a few milliseconds of
-/// secp256k1 work in the worst case; a typical chat answer stays inline.
-pub const DEFAULT_BLOCKING_THRESHOLD: usize = 16 * 1024;
-
-/// How long the layer waits, by default, for a new key after `e2ee_model_key_mismatch`.
-pub const DEFAULT_KEY_MISMATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A [`Layer`] that applies E2EE v2 to requests through the wrapped service.
 ///
@@ -45,33 +33,10 @@ pub struct E2eeLayer {
     pub(crate) config: Arc<Config>,
 }
 
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) keys: KeyHandle,
-    pub(crate) max_request_body: usize,
-    pub(crate) max_response_body: usize,
-    pub(crate) blocking_threshold: usize,
-    pub(crate) strict: bool,
-    pub(crate) plaintext_routes: Vec<String>,
-    pub(crate) sse_limits: SseLimits,
-    pub(crate) key_mismatch_retry: Option<std::time::Duration>,
-}
-
 impl E2eeLayer {
     /// A layer encrypting to the keys `keys` holds.
     pub fn new(keys: KeyHandle) -> Self {
-        E2eeLayer {
-            config: Arc::new(Config {
-                keys,
-                max_request_body: DEFAULT_MAX_REQUEST_BODY,
-                max_response_body: DEFAULT_MAX_RESPONSE_BODY,
-                blocking_threshold: DEFAULT_BLOCKING_THRESHOLD,
-                strict: false,
-                plaintext_routes: Vec::new(),
-                sse_limits: SseLimits::default(),
-                key_mismatch_retry: Some(DEFAULT_KEY_MISMATCH_WAIT),
-            }),
-        }
+        E2eeLayer { config: Arc::new(Config::new(keys)) }
     }
 
     fn update(mut self, f: impl FnOnce(&mut Config)) -> Self {
@@ -107,15 +72,6 @@ impl E2eeLayer {
     /// your own that carry nothing private.
     pub fn allow_plaintext_route(self, path: impl Into<String>) -> Self {
         self.update(|c| c.plaintext_routes.push(path.into()))
-    }
-
-    /// When the gateway answers `e2ee_model_key_mismatch` (its E2EE key rotated), wait up to this
-    /// long for the key provider's refresher to publish the new key, then send the request once
-    /// more, re-encrypted with a fresh nonce (the gateway never decrypted the first attempt).
-    /// Default 15 s; `None` hands the 400 answer back at once. Only with a handle that a running
-    /// refresher keeps current, on a Tokio runtime.
-    pub fn retry_on_key_mismatch(self, wait: Option<std::time::Duration>) -> Self {
-        self.update(|c| c.key_mismatch_retry = wait)
     }
 
     /// Line and event size limits of the SSE decoder.

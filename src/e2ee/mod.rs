@@ -1,26 +1,37 @@
-//! The E2EE v2 tower middleware: [`E2eeLayer`] and its service, future and bodies.
+//! The E2EE v2 tower middleware: [`E2eeLayer`] and its service, future and bodies, and
+//! [`KeyMismatchRetry`], the retry policy that goes above it.
 //!
 //! ```
 //! use tower::ServiceBuilder;
+//! use tower::retry::RetryLayer;
 //! use tower_aci::E2eeLayer;
+//! use tower_aci::e2ee::KeyMismatchRetry;
 //! # fn build<S>(keys: tower_aci::attest::KeyHandle, client: S) {
 //! // Outermost first: trace → retry → timeout → E2EE → decompression → client.
 //! let svc = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(KeyMismatchRetry::new(keys.clone())))
 //!     .layer(E2eeLayer::new(keys))
 //!     .service(client);
 //! # let _ = svc;
 //! # }
 //! ```
+//!
+//! Inside: `config` (settings and routing), `exchange` (one exchange, transport-independent:
+//! shared with the reqwest-middleware adapter), and the tower-http layout `layer` → `service` →
+//! `future` → `body`.
 
 mod body;
-pub(crate) mod future;
-pub(crate) mod layer;
-pub(crate) mod service;
+pub(crate) mod config;
+pub(crate) mod exchange;
+mod frame;
+mod future;
+mod layer;
+mod retry;
+mod service;
 
 pub use body::ResponseBody;
-pub use future::{GatewayError, ResponseFuture};
-pub use layer::{
-    DEFAULT_BLOCKING_THRESHOLD, DEFAULT_KEY_MISMATCH_WAIT, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
-    E2eeLayer,
-};
+pub use config::{DEFAULT_BLOCKING_THRESHOLD, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY};
+pub use future::ResponseFuture;
+pub use layer::E2eeLayer;
+pub use retry::{DEFAULT_KEY_MISMATCH_WAIT, KeyMismatchRetry};
 pub use service::{E2ee, RequestBody};

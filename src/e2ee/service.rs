@@ -2,25 +2,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 
-/// A pass-through body's frame with its data as `Bytes` (no copy when it already is) and its
-/// error boxed.
-pub(crate) fn bytes_frame<D: Buf, E: Into<BoxError>>(
-    poll: Poll<Option<Result<Frame<D>, E>>>,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    poll.map(|f| f.map(|r| r.map(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining()))).map_err(Into::into)))
-}
-use http::{Method, Request};
+use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use crate::e2ee::config::{Config, Route};
+use crate::e2ee::frame::bytes_frame;
 use crate::e2ee::future::ResponseFuture;
-use crate::e2ee::layer::Config;
-use crate::error::{BoxError, Error, ErrorKind};
-use crate::protocol::request::Endpoint;
+use crate::error::BoxError;
 
 /// The E2EE v2 middleware service. Made by [`E2eeLayer`](crate::E2eeLayer).
 #[derive(Clone, Debug)]
@@ -43,33 +36,6 @@ impl<S> E2ee<S> {
     /// Unwrap the inner service.
     pub fn into_inner(self) -> S {
         self.inner
-    }
-}
-
-/// What the layer does with one request.
-pub(crate) enum Route {
-    Encrypt(Endpoint),
-    Passthrough,
-    Refuse(Error),
-}
-
-impl Config {
-    pub(crate) fn route(&self, method: &Method, path: &str) -> Route {
-        if method != Method::POST {
-            return Route::Passthrough;
-        }
-        if let Some(endpoint) = Endpoint::from_path(path) {
-            return Route::Encrypt(endpoint);
-        }
-        if self.plaintext_routes.iter().any(|p| p == path) {
-            return Route::Passthrough;
-        }
-        Route::Refuse(Error::new(
-            ErrorKind::UnsupportedEndpoint,
-            format!(
-                "E2EE v2 does not cover POST {path}; refusing to send it in plaintext (see E2eeLayer::allow_plaintext_route)"
-            ),
-        ))
     }
 }
 
@@ -100,10 +66,7 @@ where
                 tracing::warn!(path = req.uri().path(), "refused a plaintext POST outside E2EE v2");
                 ResponseFuture::error(e)
             }
-            Route::Encrypt(endpoint) => {
-                let spare = self.config.key_mismatch_retry.is_some().then(|| self.inner.clone());
-                ResponseFuture::encrypt(inner, spare, self.config.clone(), endpoint, req)
-            }
+            Route::Encrypt(endpoint) => ResponseFuture::encrypt(inner, self.config.clone(), endpoint, req),
         }
     }
 }
@@ -157,7 +120,7 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             RequestKindProj::Encrypted { body } => body.poll_frame(cx).map_err(|never| match never {}),
-            RequestKindProj::Passthrough { body } => crate::e2ee::service::bytes_frame(body.poll_frame(cx)),
+            RequestKindProj::Passthrough { body } => bytes_frame(body.poll_frame(cx)),
         }
     }
 

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::request::Endpoint;
+use crate::protocol::endpoint::Endpoint;
 
 /// How a request field is restored by the server after decryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

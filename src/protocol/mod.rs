@@ -2,6 +2,8 @@
 //! SSE decryption, canonical JSON. Synchronous, no tower; randomness and time are injected.
 
 pub mod aad;
+mod endpoint;
+mod error_document;
 mod fields;
 pub mod headers;
 pub mod jcs;
@@ -12,3 +14,6 @@ pub mod server;
 pub mod sse;
 pub mod stream;
 pub mod suite;
+
+pub use endpoint::Endpoint;
+pub use error_document::GatewayError;

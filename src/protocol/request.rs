@@ -26,39 +26,10 @@ use zeroize::Zeroize;
 use crate::hex;
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::aad;
+pub use crate::protocol::endpoint::Endpoint;
 use crate::protocol::fields::{RequestField, walk_request};
 use crate::protocol::keys::E2eeKey;
 use crate::protocol::suite::{SecretKey, Suite, seal};
-
-/// An endpoint E2EE v2 defines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    /// `POST /v1/chat/completions`.
-    ChatCompletions,
-    /// `POST /v1/completions`.
-    Completions,
-    /// `POST /v1/embeddings` (buffered responses only).
-    Embeddings,
-}
-
-impl Endpoint {
-    /// The endpoint a request path names (the path may carry a prefix before `/v1/…`).
-    pub fn from_path(path: &str) -> Option<Endpoint> {
-        let path = path.strip_suffix('/').unwrap_or(path);
-        [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings]
-            .into_iter()
-            .find(|e| path.ends_with(e.path()))
-    }
-
-    /// The canonical path.
-    pub const fn path(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "/v1/chat/completions",
-            Endpoint::Completions => "/v1/completions",
-            Endpoint::Embeddings => "/v1/embeddings",
-        }
-    }
-}
 
 /// Options of [`encrypt_request`].
 #[derive(Debug, Clone, Default)]
@@ -404,15 +375,6 @@ mod tests {
     fn enc(endpoint: Endpoint, body: &str) -> Result<EncryptedRequest> {
         let (_, k) = key(Suite::X25519);
         encrypt_request(endpoint, body.as_bytes(), &k, &EncryptOptions::default(), 1, &mut rand_core::OsRng)
-    }
-
-    #[test]
-    fn endpoint_from_path() {
-        assert_eq!(Endpoint::from_path("/v1/chat/completions"), Some(Endpoint::ChatCompletions));
-        assert_eq!(Endpoint::from_path("/api/v1/completions/"), Some(Endpoint::Completions));
-        assert_eq!(Endpoint::from_path("/v1/embeddings"), Some(Endpoint::Embeddings));
-        assert_eq!(Endpoint::from_path("/v1/messages"), None);
-        assert_eq!(Endpoint::from_path("/v1/responses"), None);
     }
 
     #[test]

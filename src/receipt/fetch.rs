@@ -13,7 +13,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::attest::SleepFn;
-use crate::e2ee::GatewayError;
+use crate::protocol::GatewayError;
 use crate::error::{BoxError, Error, ErrorKind, ReceiptFailure, Result};
 use crate::receipt::document::Receipt;
 use crate::receipt::record::ExchangeRecord;

@@ -26,6 +26,7 @@ pub struct ExchangeRecord {
     pub(crate) keyset_digest: Option<String>,
     pub(crate) attested_digest: String,
     pub(crate) suite: Option<Suite>,
+    pub(crate) e2ee_public_key: Option<String>,
     pub(crate) endpoint: Endpoint,
     pub(crate) path: String,
     pub(crate) model: String,
@@ -54,6 +55,12 @@ impl ExchangeRecord {
     /// The suite of an E2EE exchange; `None` for a plaintext one ([`plaintext`](Self::plaintext)).
     pub fn suite(&self) -> Option<Suite> {
         self.suite
+    }
+
+    /// The attested E2EE public key the request was encrypted to (`X-Model-Pub-Key`, as the
+    /// keyset lists it); `None` for a plaintext exchange.
+    pub fn e2ee_public_key(&self) -> Option<&str> {
+        self.e2ee_public_key.as_deref()
     }
 
     /// The E2EE endpoint.
@@ -126,6 +133,7 @@ impl ExchangeRecord {
             keyset_digest: None,
             attested_digest: String::new(),
             suite: None,
+            e2ee_public_key: None,
             endpoint,
             path: path.to_owned(),
             model: model.to_owned(),

@@ -28,6 +28,7 @@ impl ExchangeRecord {
             receipt_id: receipt_id.map(str::to_owned),
             keyset_digest: None,
             attested_digest: String::new(),
+            e2ee_public_key: None,
             suite: Some(Suite::X25519),
             endpoint: Endpoint::from_path(path).unwrap_or(Endpoint::ChatCompletions),
             path: path.to_owned(),

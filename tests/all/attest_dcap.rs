@@ -77,7 +77,7 @@ fn sample_quote_verifies_inside_the_collateral_window() {
     assert_eq!(&v.report_data()[..], &raw[48 + 520..48 + 584]);
     assert_eq!(&v.rt_mr3()[..], &raw[48 + 472..48 + 520]);
     assert_eq!(&v.mr_td()[..], &raw[48 + 136..48 + 184]);
-    v.check_tcb_status(&Policy::default()).unwrap();
+    v.check_tcb_status(Policy::default().accepted_tcb_statuses()).unwrap();
     // Without an expected slot the quote verifies too.
     assert!(verify_quote(&raw, &c, NOW, None).is_ok());
     // Collateral survives a JSON round trip.
@@ -122,13 +122,13 @@ fn a_tcb_status_the_policy_does_not_accept_is_rejected() {
     let v = verify_quote(&quote(), &collateral(), NOW, None).unwrap();
     assert_eq!(v.tcb_status(), "UpToDate");
     let only_outdated = Policy::builder().accept_tcb_statuses(["OutOfDate"]).build().unwrap();
-    let e = v.check_tcb_status(&only_outdated).unwrap_err();
+    let e = v.check_tcb_status(only_outdated.accepted_tcb_statuses()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Attestation(F::TcbStatus));
     assert!(e.to_string().contains("UpToDate"), "{e}");
     let several =
         Policy::builder().accept_tcb_statuses(["OutOfDate", "UpToDate", "SWHardeningNeeded"]).build().unwrap();
-    v.check_tcb_status(&several).unwrap();
-    v.check_tcb_status(&Policy::default()).unwrap();
+    v.check_tcb_status(several.accepted_tcb_statuses()).unwrap();
+    v.check_tcb_status(Policy::default().accepted_tcb_statuses()).unwrap();
 }
 
 #[test]

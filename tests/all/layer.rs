@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
-use tower_aci::e2ee::GatewayError;
+use tower_aci::GatewayError;
 use tower_aci::gateway::{Fault, GatewayConfig};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::ExchangeRecord;

@@ -12,14 +12,15 @@ use http_body::Body;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
+use tower::retry::Retry;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyHandle, KeyProvider, KeyProviderBuilder, ManualClock};
-use tower_aci::e2ee::GatewayError;
+use tower_aci::e2ee::KeyMismatchRetry;
 use tower_aci::gateway::{GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::ExchangeRecord;
-use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind};
+use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind, GatewayError};
 
 use crate::attest_support::{LOAD_TIMEOUT, Sleeps};
 use crate::support::{hyper, kind, layer_client, post, read, send, sse_text, stub_policy};
@@ -116,8 +117,7 @@ impl Rig {
     > + Clone
     + Send
     + use<> {
-        // These tests watch the mismatch answer itself; the retry has its own test.
-        self.client_with(E2eeLayer::new(handle.clone()).retry_on_key_mismatch(None))
+        self.client_with(E2eeLayer::new(handle.clone()))
     }
 
     fn client_with(
@@ -142,6 +142,11 @@ impl Rig {
             })
             .service(layer_client())
     }
+}
+
+/// `inner` under a retry of key-mismatch answers, as the crate docs recommend.
+fn with_key_mismatch_retry<S>(handle: &KeyHandle, inner: S) -> Retry<KeyMismatchRetry, S> {
+    Retry::new(KeyMismatchRetry::new(handle.clone()), inner)
 }
 
 fn chat(url: &str, text: &str) -> Request<Full<Bytes>> {
@@ -320,7 +325,7 @@ async fn key_rotation_mismatch_is_retried_once_with_the_new_key() {
     let rig = Rig::start(Suite::Secp256k1, T0 + VALIDITY, |b| b).await;
     let (handle, _task) = rig.provider.spawn().unwrap();
     let (_, _timer) = rig.sleeps.next().await;
-    let client = rig.client_with(E2eeLayer::new(handle.clone()));
+    let client = with_key_mismatch_retry(&handle, rig.client(&handle));
     chat_ok(&client, &rig, "before the rotation").await;
 
     rig.gw.rotate_e2ee_keys();
@@ -338,9 +343,9 @@ async fn key_rotation_mismatch_is_retried_once_with_the_new_key() {
     assert_ne!(wire[wire.len() - 1], wire[wire.len() - 2]);
     assert_eq!(rig.gw.attestations_served(), 2);
 
-    // Without a refresher the layer cannot get a new key: the 400 comes back at once.
+    // Without a refresher no new key can come: the 400 comes back at once.
     let fixed = KeyHandle::fixed_with_clock((*handle.current().unwrap()).clone(), Arc::new(rig.clock.clone()));
-    let client = rig.client_with(E2eeLayer::new(fixed));
+    let client = with_key_mismatch_retry(&fixed, rig.client(&fixed));
     rig.gw.rotate_e2ee_keys();
     let res = send(&client, chat(&rig.url("/v1/chat/completions"), "no refresher")).await.unwrap();
     assert_eq!(res.status(), 400);

@@ -1,4 +1,5 @@
-//! A native [`reqwest_middleware::Middleware`] applying E2EE v2 (feature `reqwest-middleware`).
+//! The reqwest-middleware adapter: [`E2eeMiddleware`], a native
+//! [`reqwest_middleware::Middleware`] applying E2EE v2 (feature `reqwest-middleware`).
 //!
 //! A tower layer cannot sit inside reqwest-middleware's chain, so this middleware drives the same
 //! protocol core and the same decrypting response body as [`E2eeLayer`].
@@ -8,11 +9,11 @@
 //! ```no_run
 //! # async fn run(keys: tower_aci::attest::KeyHandle) -> Result<(), Box<dyn std::error::Error>> {
 //! use reqwest_middleware::ClientBuilder;
-//! use tower_aci::reqwest::E2eeMiddleware;
+//! use tower_aci::middleware::E2eeMiddleware;
 //!
 //! let client = ClientBuilder::new(reqwest::Client::new())
 //!     // .with(RetryTransientMiddleware::new_with_policy(…))   // retries first
-//!     .with(E2eeMiddleware::new(keys))                         // then E2EE
+//!     .with(E2eeMiddleware::new(keys).retry_on_key_mismatch(Some(std::time::Duration::from_secs(15))))
 //!     .build();
 //! let answer = client
 //!     .post("https://gateway.example/v1/chat/completions")
@@ -34,6 +35,7 @@
 //! whose `source()` chain holds the `tower_aci::Error`: use [`Error::find`](crate::Error::find).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Extensions;
@@ -43,15 +45,16 @@ use reqwest_middleware::{Middleware, Next};
 
 use crate::attest::KeyHandle;
 use crate::e2ee::E2eeLayer;
-use crate::e2ee::future::{decrypting_response, encrypt, error_response};
-use crate::e2ee::layer::Config;
-use crate::e2ee::service::Route;
+use crate::e2ee::config::{Config, Route};
+use crate::e2ee::exchange::{decrypting_response, encrypt, error_response};
 use crate::error::{Error, ErrorKind};
+use crate::protocol::GatewayError;
 
 /// E2EE v2 as a reqwest-middleware [`Middleware`]. Configure it like the tower layer.
 #[derive(Clone, Debug)]
 pub struct E2eeMiddleware {
     config: Arc<Config>,
+    key_mismatch_wait: Option<Duration>,
 }
 
 impl E2eeMiddleware {
@@ -60,9 +63,19 @@ impl E2eeMiddleware {
         Self::from_layer(E2eeLayer::new(keys))
     }
 
-    /// A middleware with the settings of a configured [`E2eeLayer`].
+    /// A middleware with every setting of a configured [`E2eeLayer`].
     pub fn from_layer(layer: E2eeLayer) -> Self {
-        E2eeMiddleware { config: layer.config }
+        E2eeMiddleware { config: layer.config, key_mismatch_wait: None }
+    }
+
+    /// When the gateway answers `e2ee_model_key_mismatch` (its E2EE key rotated), wait up to
+    /// `wait` for the key provider's refresher to publish the new key, then send the request
+    /// once more, re-encrypted to it with a fresh nonce — what
+    /// [`KeyMismatchRetry`](crate::e2ee::KeyMismatchRetry) does above the tower layer. Off by
+    /// default (`None`); needs a handle a running refresher keeps current, on Tokio.
+    pub fn retry_on_key_mismatch(mut self, wait: Option<Duration>) -> Self {
+        self.key_mismatch_wait = wait;
+        self
     }
 }
 
@@ -74,7 +87,7 @@ fn mw(e: Error) -> reqwest_middleware::Error {
 impl Middleware for E2eeMiddleware {
     async fn handle(
         &self,
-        mut req: reqwest::Request,
+        req: reqwest::Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
@@ -84,6 +97,35 @@ impl Middleware for E2eeMiddleware {
             Route::Refuse(e) => return Err(mw(e)),
             Route::Encrypt(endpoint) => endpoint,
         };
+        // A copy of the plaintext request for one re-send after a key rotation.
+        let spare = self.key_mismatch_wait.and_then(|_| req.try_clone());
+        let (res, old_key) = self.send(req, endpoint, &path, extensions, next.clone()).await?;
+        let (Some(old_key), Some(spare), Some(wait)) = (old_key, spare, self.key_mismatch_wait) else {
+            return Ok(res);
+        };
+        let keys = &self.config.keys;
+        if !keys.has_refresher() || tokio::runtime::Handle::try_current().is_err() {
+            return Ok(res);
+        }
+        tracing::info!("gateway rotated its E2EE key; retrying once with the new key");
+        if tokio::time::timeout(wait, keys.clone().wait_for_other_key(old_key)).await.is_err() {
+            tracing::warn!("no new E2EE key within {wait:?}; retrying anyway");
+        }
+        Ok(self.send(spare, endpoint, &path, extensions, next).await?.0)
+    }
+}
+
+impl E2eeMiddleware {
+    /// Encrypt, send, and wrap the answer. Also returns the key the request was encrypted to
+    /// when the gateway answered `e2ee_model_key_mismatch`.
+    async fn send(
+        &self,
+        mut req: reqwest::Request,
+        endpoint: crate::protocol::Endpoint,
+        path: &str,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<(reqwest::Response, Option<String>)> {
         let body = req.body_mut().take();
         let Some(bytes) = body.as_ref().and_then(reqwest::Body::as_bytes) else {
             return Err(mw(Error::new(
@@ -94,13 +136,14 @@ impl Middleware for E2eeMiddleware {
         if bytes.len() > self.config.max_request_body {
             return Err(mw(Error::new(ErrorKind::TooLarge, "request body exceeds the E2EE layer's limit")));
         }
-        let (wire, exchange) = encrypt(&self.config, endpoint, &path, req.headers_mut(), bytes).map_err(mw)?;
+        let (wire, exchange) = encrypt(&self.config, endpoint, path, req.headers_mut(), bytes).map_err(mw)?;
         drop(body);
         *req.body_mut() = Some(reqwest::Body::from(wire));
 
         let res = next.run(req, extensions).await?;
         let url = res.url().clone();
         let (mut parts, body) = http::Response::<reqwest::Body>::from(res).into_parts();
+        let mut mismatched_key = None;
         let body = if parts.status.is_success() {
             reqwest::Body::wrap(decrypting_response(&mut parts, body, exchange).map_err(mw)?)
         } else {
@@ -110,6 +153,13 @@ impl Middleware for E2eeMiddleware {
                 .map_err(|e| mw(Error::new(ErrorKind::Transport, "reading the error response failed").with_source(e)))?
                 .to_bytes();
             error_response(&mut parts, &bytes, &exchange).map_err(mw)?;
+            let mismatch = parts
+                .extensions
+                .get::<GatewayError>()
+                .is_some_and(|g| g.error_type.as_deref() == Some("e2ee_model_key_mismatch"));
+            if mismatch {
+                mismatched_key = Some(exchange.model_key.clone());
+            }
             reqwest::Body::from(bytes)
         };
         // Keep the response URL: a rebuilt reqwest::Response takes it from its extensions.
@@ -119,6 +169,6 @@ impl Middleware for E2eeMiddleware {
             .map_err(|e| mw(Error::new(ErrorKind::Transport, "rebuilding the response failed").with_source(e)))?
             .into_parts();
         parts.extensions.extend(url_parts.extensions);
-        Ok(reqwest::Response::from(http::Response::from_parts(parts, body)))
+        Ok((reqwest::Response::from(http::Response::from_parts(parts, body)), mismatched_key))
     }
 }

@@ -1,0 +1,158 @@
+//! One E2EE exchange, independent of the transport: encrypt a collected request body and rewrite
+//! its headers, then check the answer's headers, record the exchange and wrap the body in the
+//! decrypting body. Shared by the tower layer and the reqwest-middleware adapter.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use sha2::{Digest, Sha256};
+
+use crate::e2ee::body::ResponseBody;
+use crate::e2ee::config::Config;
+use crate::error::{Error, ErrorKind};
+use crate::protocol::request::{EncryptOptions, ExchangeContext, encrypt_request};
+use crate::protocol::{Endpoint, GatewayError, headers};
+use crate::receipt::{ExchangeRecord, ResponseDigest};
+
+/// An exchange in flight: what decrypts the answer and what the record will hold.
+pub(crate) struct Exchange {
+    pub(crate) ctx: ExchangeContext,
+    pub(crate) config: Arc<Config>,
+    pub(crate) attested_digest: String,
+    pub(crate) path: String,
+    pub(crate) restored_sha256: [u8; 32],
+    /// The `X-Model-Pub-Key` the request was encrypted to.
+    pub(crate) model_key: String,
+}
+
+/// Encrypt a collected body: rewrite `headers` in place, return the wire body and the exchange.
+/// Shared by the tower layer and the reqwest middleware.
+pub(crate) fn encrypt(
+    config: &Arc<Config>,
+    endpoint: Endpoint,
+    path: &str,
+    h: &mut http::HeaderMap,
+    body: &[u8],
+) -> Result<(Bytes, Box<Exchange>), Error> {
+    let keyset = config.keys.current()?;
+    let key = keyset.e2ee_key();
+    let span = tracing::debug_span!("aci.e2ee.encrypt", endpoint = endpoint.path(), suite = %key.suite(), key_id = key.key_id());
+    let _enter = span.enter();
+    let options = EncryptOptions::strict(config.strict);
+    let enc = encrypt_request(endpoint, body, key, &options, config.keys.now(), &mut rand_core::OsRng)?;
+    tracing::debug!(fields = enc.fields, bytes = enc.body.len(), "request encrypted");
+
+    for name in headers::E2EE_REQUEST_HEADERS {
+        h.remove(name);
+    }
+    let sensitive = |s: &str| {
+        let mut v = HeaderValue::from_str(s).map_err(|_| Error::malformed("header value is not valid"))?;
+        v.set_sensitive(true);
+        Ok::<_, Error>(v)
+    };
+    h.insert(headers::E2EE_VERSION, HeaderValue::from_static("2"));
+    h.insert(headers::CLIENT_PUB_KEY, sensitive(&enc.headers.client_pub_key)?);
+    h.insert(headers::MODEL_PUB_KEY, sensitive(&enc.headers.model_pub_key)?);
+    h.insert(headers::E2EE_NONCE, sensitive(&enc.headers.nonce)?);
+    h.insert(headers::E2EE_TIMESTAMP, sensitive(&enc.headers.timestamp.to_string())?);
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(enc.body.len()));
+
+    let exchange = Box::new(Exchange {
+        ctx: enc.context,
+        config: config.clone(),
+        attested_digest: keyset.digest().to_owned(),
+        path: path.to_owned(),
+        restored_sha256: enc.restored_body_sha256,
+        model_key: enc.headers.model_pub_key.clone(),
+    });
+    Ok((Bytes::from(enc.body), exchange))
+}
+
+/// A 2xx answer to an E2EE request: check its headers, record the exchange, and wrap the body
+/// in the decrypting body (SSE or buffered).
+pub(crate) fn decrypting_response<B>(
+    parts: &mut http::response::Parts,
+    body: B,
+    exchange: Box<Exchange>,
+) -> Result<ResponseBody<B>, Error> {
+    let streamed = exchange.ctx.endpoint() != Endpoint::Embeddings && is_event_stream(parts);
+    let digest = Arc::new(ResponseDigest::default());
+    let record = inspect(parts, &exchange, streamed, digest.clone())?;
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.extensions.insert(record);
+    let Exchange { ctx, config, .. } = *exchange;
+    Ok(if streamed {
+        ResponseBody::sse(body, ctx, &config, digest)
+    } else {
+        ResponseBody::buffered(body, ctx, &config, digest)
+    })
+}
+
+/// A non-2xx answer to an E2EE request, read whole: record it, surface the gateway's error
+/// document in the extensions, and pass the bytes through readable.
+pub(crate) fn error_response(
+    parts: &mut http::response::Parts,
+    bytes: &Bytes,
+    exchange: &Exchange,
+) -> Result<(), Error> {
+    let digest = Arc::new(ResponseDigest::default());
+    digest.set(Sha256::digest(bytes).into());
+    let record = inspect(parts, exchange, false, digest)?;
+    let gw = GatewayError::parse(parts.status.as_u16(), bytes);
+    tracing::debug!(status = gw.status, error_type = ?gw.error_type, "gateway answered an error");
+    if gw.error_type.as_deref() == Some("e2ee_model_key_mismatch") {
+        exchange.config.keys.report_key_mismatch();
+    }
+    parts.extensions.insert(record);
+    parts.extensions.insert(gw);
+    Ok(())
+}
+
+fn header_str<'a>(parts: &'a http::response::Parts, name: &http::HeaderName) -> Option<&'a str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Check the E2EE response headers and build the record of the exchange.
+fn inspect(
+    parts: &http::response::Parts,
+    exchange: &Exchange,
+    streamed: bool,
+    digest: Arc<ResponseDigest>,
+) -> Result<ExchangeRecord, Error> {
+    if let Some(v) = parts.headers.get(headers::E2EE_VERSION) {
+        if v.as_bytes() != b"2" {
+            return Err(Error::new(ErrorKind::Protocol, "the response claims another E2EE version than 2"));
+        }
+    }
+    if let Some(algo) = header_str(parts, &headers::E2EE_ALGO) {
+        if algo != exchange.ctx.suite().algo() {
+            return Err(Error::new(ErrorKind::Protocol, "the response names another E2EE suite than the request's"));
+        }
+    }
+    let keyset_digest = header_str(parts, &headers::ACI_KEYSET_DIGEST).map(str::to_owned);
+    if let Some(d) = &keyset_digest {
+        exchange.config.keys.observe_digest(d);
+    }
+    Ok(ExchangeRecord {
+        receipt_id: header_str(parts, &headers::RECEIPT_ID).map(str::to_owned),
+        keyset_digest,
+        attested_digest: exchange.attested_digest.clone(),
+        suite: Some(exchange.ctx.suite()),
+        e2ee_public_key: Some(exchange.model_key.clone()),
+        endpoint: exchange.ctx.endpoint(),
+        path: exchange.path.clone(),
+        model: exchange.ctx.model().to_owned(),
+        request_body_sha256: exchange.restored_sha256,
+        streamed,
+        status: parts.status.as_u16(),
+        response: digest,
+    })
+}
+
+fn is_event_stream(parts: &http::response::Parts) -> bool {
+    header_str(parts, &CONTENT_TYPE)
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
