@@ -13,8 +13,8 @@ use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::gateway::{Fault, GatewayConfig, TestGateway};
-use tower_aci::receipt::ExchangeRecord;
 use tower_aci::middleware::E2eeMiddleware;
+use tower_aci::receipt::ExchangeRecord;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -89,13 +89,13 @@
 pub mod attest;
 pub mod e2ee;
 pub mod error;
-mod hex;
 #[cfg(feature = "test-gateway")]
 pub mod gateway;
-pub mod protocol;
-pub mod receipt;
+mod hex;
 #[cfg(feature = "reqwest-middleware")]
 pub mod middleware;
+pub mod protocol;
+pub mod receipt;
 
 pub use e2ee::{E2ee, E2eeLayer};
 pub use error::{AttestationFailure, BoxError, Error, ErrorKind, ReceiptFailure, Result};

@@ -22,9 +22,9 @@ use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
 use serde_json::{Map, Value};
 use sha3::{Digest, Keccak256};
 
-use crate::hex;
 use crate::attest::policy::{compressed, decode_hex};
 use crate::error::{AttestationFailure, Error, Result};
+use crate::hex;
 use crate::protocol::keys::E2eeKey;
 use crate::protocol::suite::Suite;
 

@@ -53,8 +53,8 @@ use serde_json::value::RawValue;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::hex;
 use crate::error::{AttestationFailure, BoxError, Error, ErrorKind, Result};
+use crate::hex;
 
 /// The dcap-qvl crate this module is built on (for [`QuoteCollateralV3`] and the report types).
 pub use dcap_qvl;

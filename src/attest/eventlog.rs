@@ -4,8 +4,8 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha384};
 
-use crate::hex;
 use crate::error::{AttestationFailure, Error, Result};
+use crate::hex;
 
 /// `event_type` of dstack runtime events, whose digest a verifier recomputes.
 pub(crate) const DSTACK_RUNTIME_EVENT: u32 = 0x0800_0001;

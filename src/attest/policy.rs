@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::hex;
 use crate::error::{Error, ErrorKind, Result};
+use crate::hex;
 use crate::protocol::suite::Suite;
 
 /// The default horizon for `not_after`: 400 days.

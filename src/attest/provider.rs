@@ -18,14 +18,14 @@ use rand_core::{OsRng, RngCore};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::hex;
 use crate::attest::clock::{Clock, SystemClock};
 use crate::attest::handle::KeyHandle;
 use crate::attest::keyset::AttestedKeyset;
 use crate::attest::policy::Policy;
 use crate::attest::report::verify_report;
-use crate::protocol::GatewayError;
 use crate::error::{BoxError, Error, ErrorKind, Result};
+use crate::hex;
+use crate::protocol::GatewayError;
 
 /// An injected sleep: returns a future that completes after the given duration.
 ///

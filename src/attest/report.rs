@@ -3,7 +3,6 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::hex;
 use crate::attest::custody;
 #[cfg(feature = "dcap")]
 use crate::attest::dcap::{self, Collateral};
@@ -11,6 +10,7 @@ use crate::attest::eventlog;
 use crate::attest::keyset::{AttestedKeyset, ReceiptKey, TlsKey};
 use crate::attest::policy::{Custody, Hardware, KeySelection, Policy, decode_hex};
 use crate::error::{AttestationFailure, Error, Result};
+use crate::hex;
 use crate::protocol::jcs;
 use crate::protocol::keys::{DEFAULT_KEY_ID, E2eeKey};
 use crate::protocol::suite::Suite;

@@ -300,18 +300,21 @@ mod tests {
     use super::*;
     use crate::attest::{KeyHandle, SystemClock};
     use crate::e2ee::E2eeLayer;
+    use crate::protocol::aad;
     use crate::protocol::request::Endpoint;
-    use crate::protocol::server::ResponseSealer;
-    use crate::protocol::suite::{SecretKey, Suite};
+    use crate::protocol::suite::{SecretKey, Suite, seal};
 
     /// A sealed embeddings answer of 100 fields (a few milliseconds of secp256k1 work).
     fn large_answer() -> Bytes {
-        let client = SecretKey::from_bytes(Suite::Secp256k1, &[3; 32]).unwrap();
-        let sealer = ResponseSealer::new(Endpoint::Embeddings, client.public_key(), "e", "n", 1);
-        let data: Vec<_> = (0..100).map(|i| json!({"index": i, "embedding": [0.5, -0.25, i]})).collect();
-        let mut doc = json!({"data": data});
-        sealer.seal_document(&mut doc, &mut rand_core::OsRng).unwrap();
-        Bytes::from(serde_json::to_vec(&doc).unwrap())
+        let client = SecretKey::from_bytes(Suite::Secp256k1, &[3; 32]).unwrap().public_key();
+        let data: Vec<_> = (0..100)
+            .map(|i| {
+                let plain = json!([0.5, -0.25, i]).to_string();
+                let aad = aad::response(Suite::Secp256k1, &format!("data.{i}.embedding"), "", "e", "n", 1);
+                json!({"index": i, "embedding": seal(&client, plain.as_bytes(), &aad, &mut rand_core::OsRng)})
+            })
+            .collect();
+        Bytes::from(serde_json::to_vec(&json!({"data": data})).unwrap())
     }
 
     fn body(threshold: usize) -> ResponseBody<Full<Bytes>> {

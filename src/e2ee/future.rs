@@ -174,7 +174,11 @@ where
                     };
                     let (mut parts, body) = res.into_parts();
                     if !parts.status.is_success() {
-                        this.state.set(State::ReadingError { body, buf: BytesMut::new(), head: Some((parts, exchange)) });
+                        this.state.set(State::ReadingError {
+                            body,
+                            buf: BytesMut::new(),
+                            head: Some((parts, exchange)),
+                        });
                         continue;
                     }
                     let body = decrypting_response(&mut parts, body, exchange)?;

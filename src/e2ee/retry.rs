@@ -86,7 +86,11 @@ where
 {
     type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-    fn retry(&mut self, _req: &mut Request<ReqBody>, result: &mut Result<Response<ResBody>, E>) -> Option<Self::Future> {
+    fn retry(
+        &mut self,
+        _req: &mut Request<ReqBody>,
+        result: &mut Result<Response<ResBody>, E>,
+    ) -> Option<Self::Future> {
         if self.retried {
             return None;
         }

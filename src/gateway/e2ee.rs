@@ -10,10 +10,10 @@ use http::HeaderMap;
 use rand_core::OsRng;
 use serde_json::{Value, json};
 
+use crate::gateway::fields::{ResponseSealer, open_request};
 use crate::gateway::keyset::{Keyset, ServiceKey};
 use crate::protocol::headers;
 use crate::protocol::request::Endpoint;
-use crate::protocol::server::{ResponseSealer, open_request};
 use crate::protocol::sse::{SseDecoder, SseLimits};
 use crate::protocol::suite::{PublicKey, Suite};
 

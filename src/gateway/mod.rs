@@ -37,6 +37,7 @@
 //! ```
 
 mod e2ee;
+mod fields;
 mod keyset;
 mod receipts;
 mod server;
@@ -52,6 +53,7 @@ use serde_json::Value;
 
 use crate::attest::{Clock, SystemClock};
 
+pub use fields::{OpenedRequest, ResponseSealer, open_request};
 pub use receipts::sign_receipt;
 pub use upstream::{UpstreamRequest, UpstreamResponse};
 

@@ -9,8 +9,8 @@ use rand_core::{OsRng, RngCore};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::hex;
 use crate::error::{Error, Result};
+use crate::hex;
 use crate::protocol::jcs;
 
 /// How long a receipt is kept (seconds of the gateway clock), as the reference does.

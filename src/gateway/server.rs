@@ -22,13 +22,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::attest::Clock;
 use crate::gateway::e2ee::{self, ApiError, Framed, Reframer};
+use crate::gateway::fields::ResponseSealer;
 use crate::gateway::keyset::{self, Keyset};
 use crate::gateway::receipts::{self, FetchError, PendingReceipt, ReceiptStore};
 use crate::gateway::upstream::{UpstreamBody, UpstreamRequest, UpstreamResponse};
 use crate::gateway::{Fault, UpstreamFn};
 use crate::protocol::headers;
 use crate::protocol::request::Endpoint;
-use crate::protocol::server::ResponseSealer;
 use crate::protocol::suite::Suite;
 
 /// The request body limit of the reference gateway.

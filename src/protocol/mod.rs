@@ -4,13 +4,12 @@
 pub mod aad;
 mod endpoint;
 mod error_document;
-mod fields;
+pub(crate) mod fields;
 pub mod headers;
 pub mod jcs;
 pub mod keys;
 pub mod request;
 pub mod response;
-pub mod server;
 pub mod sse;
 pub mod stream;
 pub mod suite;

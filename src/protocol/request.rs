@@ -23,8 +23,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
-use crate::hex;
 use crate::error::{Error, ErrorKind, Result};
+use crate::hex;
 use crate::protocol::aad;
 pub use crate::protocol::endpoint::Endpoint;
 use crate::protocol::fields::{RequestField, walk_request};

@@ -25,8 +25,8 @@ use rand_core::CryptoRngCore;
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::hex;
 use crate::error::{Error, Result};
+use crate::hex;
 
 /// Length of the AES-GCM nonce carried in each field.
 pub const NONCE_LEN: usize = 12;

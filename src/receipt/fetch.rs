@@ -13,8 +13,8 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::attest::SleepFn;
-use crate::protocol::GatewayError;
 use crate::error::{BoxError, Error, ErrorKind, ReceiptFailure, Result};
+use crate::protocol::GatewayError;
 use crate::receipt::document::Receipt;
 use crate::receipt::record::ExchangeRecord;
 use crate::receipt::session::{AttestedSession, MAX_SESSION_SIZE};

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::hex;
 use crate::error::{Error, ErrorKind, ReceiptFailure, Result};
+use crate::hex;
 use crate::protocol::jcs;
 
 /// The largest session document [`AttestedSession::from_bytes`] parses (evidence bundles can be

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::Value;
 
-use crate::hex;
 use crate::attest::{AttestedKeyset, KeyHandle};
 use crate::error::{Error, ReceiptFailure, Result};
+use crate::hex;
 use crate::receipt::document::{Event, Receipt, UpstreamVerified};
 use crate::receipt::record::ExchangeRecord;
 use crate::receipt::session::{AttestedSession, VerifiedSession, is_session_id};

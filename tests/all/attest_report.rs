@@ -50,7 +50,10 @@ fn aci_vectors_digest_statement_and_report_data() {
 
     let null = report_statement(&digest, None);
     assert_eq!(null, v["statement_null_nonce"]["bytes"].as_str().unwrap().as_bytes());
-    assert_eq!(const_hex::encode(report_data(&digest, None)), v["statement_null_nonce"]["report_data"].as_str().unwrap());
+    assert_eq!(
+        const_hex::encode(report_data(&digest, None)),
+        v["statement_null_nonce"]["report_data"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -240,7 +243,8 @@ fn report_data_tampered() {
     r["attestation"]["report_data"] = json!("ab".repeat(32));
     // The stub quote still carries the original report_data.
     assert_eq!(reason(check(&r, &vector_nonce(), VECTOR_NOW)), F::Quote);
-    r["attestation"]["evidence"]["quote"] = json!(format!("{}{}", const_hex::encode(b"aci-stub-quote|"), "ab".repeat(32)));
+    r["attestation"]["evidence"]["quote"] =
+        json!(format!("{}{}", const_hex::encode(b"aci-stub-quote|"), "ab".repeat(32)));
     r["attestation"]["evidence"]["quote_report_data"] = json!("ab".repeat(32));
     assert_eq!(reason(check(&r, &vector_nonce(), VECTOR_NOW)), F::ReportData);
 }

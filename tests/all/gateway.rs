@@ -351,7 +351,10 @@ async fn chat_stream_in_both_suites_with_n_2_and_per_chunk_ids() {
         let doc = verified_receipt(&c, &gw, &receipt_id).await;
         assert_eq!(doc["chat_id"], ids[0].as_str());
         assert_eq!(event_hash(&doc, "response.returned"), sha256_tag(&raw));
-        assert_eq!(event_hash(&doc, "request.received"), format!("sha256:{}", const_hex::encode(req.restored_body_sha256)));
+        assert_eq!(
+            event_hash(&doc, "request.received"),
+            format!("sha256:{}", const_hex::encode(req.restored_body_sha256))
+        );
     }
 }
 
@@ -730,10 +733,16 @@ fn sign_receipt_reproduces_the_spec_vector_byte_exact() {
     let mut unsigned: Value = serde_json::from_str(signing_input).unwrap();
     unsigned.as_object_mut().unwrap().remove("key_id");
     let key = ed25519_dalek::SigningKey::from_bytes(&data::arr32(v["keys"]["receipt-1"]["seed_hex"].as_str().unwrap()));
-    assert_eq!(const_hex::encode(key.verifying_key().as_bytes()), v["keys"]["receipt-1"]["public_key"].as_str().unwrap());
+    assert_eq!(
+        const_hex::encode(key.verifying_key().as_bytes()),
+        v["keys"]["receipt-1"]["public_key"].as_str().unwrap()
+    );
     let doc = sign_receipt(&unsigned, "receipt-1", &key).unwrap();
     assert_eq!(std::str::from_utf8(&doc).unwrap(), r["document"].as_str().unwrap());
-    assert_eq!(const_hex::encode(Sha256::digest(signing_input.as_bytes())), r["signing_input_sha256"].as_str().unwrap());
+    assert_eq!(
+        const_hex::encode(Sha256::digest(signing_input.as_bytes())),
+        r["signing_input_sha256"].as_str().unwrap()
+    );
     assert_eq!(sha256_tag(r["request_body"].as_str().unwrap().as_bytes()), r["request_body_hash"].as_str().unwrap());
     assert_eq!(sha256_tag(r["response_body"].as_str().unwrap().as_bytes()), r["response_body_hash"].as_str().unwrap());
     // A stale signature member is replaced, not signed over.
@@ -817,7 +826,10 @@ async fn the_report_binds_keyset_and_nonce() {
     }
     // Percent-encoding is decoded first.
     let encoded = format!("%{:02x}{}", nonce_hex.as_bytes()[0], &nonce_hex[1..]);
-    assert_eq!(report(&c, &gw, Some(&encoded)).await.json()["attestation"]["report_data"], const_hex::encode(rd).as_str());
+    assert_eq!(
+        report(&c, &gw, Some(&encoded)).await.json()["attestation"]["report_data"],
+        const_hex::encode(rd).as_str()
+    );
     assert_eq!(gw.attestations_served(), 7);
 }
 

@@ -2,10 +2,7 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use tower_aci::protocol::keys::E2eeKey;
-use tower_aci::protocol::request::{EncryptOptions, Endpoint, ExchangeContext, encrypt_request};
-use tower_aci::protocol::server::{ResponseSealer, open_request};
+use tower_aci::protocol::request::{Endpoint, ExchangeContext};
 use tower_aci::protocol::stream::{StreamDecryptor, StreamOutput};
 use tower_aci::protocol::suite::{SecretKey, Suite, open, seal};
 
@@ -26,87 +23,98 @@ proptest! {
     }
 }
 
-/// Message content as a user might write it.
-fn content() -> impl Strategy<Value = Value> {
-    let text = "\\PC{0,40}";
-    prop_oneof![
-        4 => text.prop_map(Value::String),
-        1 => Just(Value::String(String::new())),
-        1 => Just(Value::String("[1, 2]".into())),
-        1 => Just(Value::Null),
-        2 => proptest::collection::vec(
-            prop_oneof![
-                text.prop_map(|t| json!({"type": "text", "text": t})),
-                text.prop_map(|u| json!({"type": "image_url", "image_url": {"url": u, "detail": "low"}})),
-                text.prop_map(|d| json!({"type": "input_audio", "input_audio": {"data": d, "format": "wav"}})),
-                text.prop_map(|f| json!({"type": "file", "file": {"file_data": f}})),
-                text.prop_map(|u| json!({"type": "image_url", "image_url": u})),
-            ],
-            0..4,
+/// The client's encryption against the gateway's opening half (feature `test-gateway`).
+#[cfg(feature = "test-gateway")]
+mod restoration {
+    use super::*;
+    use sha2::{Digest, Sha256};
+    use tower_aci::gateway::open_request;
+    use tower_aci::protocol::keys::E2eeKey;
+    use tower_aci::protocol::request::{EncryptOptions, encrypt_request};
+
+    /// Message content as a user might write it.
+    fn content() -> impl Strategy<Value = Value> {
+        let text = "\\PC{0,40}";
+        prop_oneof![
+            4 => text.prop_map(Value::String),
+            1 => Just(Value::String(String::new())),
+            1 => Just(Value::String("[1, 2]".into())),
+            1 => Just(Value::Null),
+            2 => proptest::collection::vec(
+                prop_oneof![
+                    text.prop_map(|t| json!({"type": "text", "text": t})),
+                    text.prop_map(|u| json!({"type": "image_url", "image_url": {"url": u, "detail": "low"}})),
+                    text.prop_map(|d| json!({"type": "input_audio", "input_audio": {"data": d, "format": "wav"}})),
+                    text.prop_map(|f| json!({"type": "file", "file": {"file_data": f}})),
+                    text.prop_map(|u| json!({"type": "image_url", "image_url": u})),
+                ],
+                0..4,
+            )
+            .prop_map(Value::Array),
+        ]
+    }
+
+    fn chat_body() -> impl Strategy<Value = Value> {
+        let message = (prop_oneof![Just("system"), Just("user"), Just("assistant"), Just("tool")], content())
+            .prop_map(|(role, content)| json!({"role": role, "content": content}));
+        (
+            "\\PC{1,12}",
+            proptest::collection::vec(message, 1..6),
+            prop_oneof![Just(json!(0.7)), Just(json!(1)), Just(json!(4.545896140860994e-14)), Just(json!(1e16))],
         )
-        .prop_map(Value::Array),
-    ]
-}
+            .prop_map(|(model, mut messages, temperature)| {
+                // Always at least one encryptable field.
+                messages.push(json!({"role": "user", "content": "last"}));
+                json!({"model": model, "messages": messages, "temperature": temperature, "stream": false})
+            })
+    }
 
-fn chat_body() -> impl Strategy<Value = Value> {
-    let message = (prop_oneof![Just("system"), Just("user"), Just("assistant"), Just("tool")], content())
-        .prop_map(|(role, content)| json!({"role": role, "content": content}));
-    (
-        "\\PC{1,12}",
-        proptest::collection::vec(message, 1..6),
-        prop_oneof![Just(json!(0.7)), Just(json!(1)), Just(json!(4.545896140860994e-14)), Just(json!(1e16))],
-    )
-        .prop_map(|(model, mut messages, temperature)| {
-            // Always at least one encryptable field.
-            messages.push(json!({"role": "user", "content": "last"}));
-            json!({"model": model, "messages": messages, "temperature": temperature, "stream": false})
-        })
-}
-
-/// What the gateway should restore for a body the user wrote (protocol.md §3.4): a string that
-/// parses as a JSON array travels as a one-element text part.
-fn expected_restoration(mut body: Value) -> Value {
-    for m in body["messages"].as_array_mut().unwrap() {
-        if let Some(Value::String(s)) = m.get("content") {
-            if s.trim_start().starts_with('[') && serde_json::from_str::<Value>(s).is_ok_and(|v| v.is_array()) {
-                m["content"] = json!([{"type": "text", "text": s.clone()}]);
+    /// What the gateway should restore for a body the user wrote (protocol.md §3.4): a string that
+    /// parses as a JSON array travels as a one-element text part.
+    fn expected_restoration(mut body: Value) -> Value {
+        for m in body["messages"].as_array_mut().unwrap() {
+            if let Some(Value::String(s)) = m.get("content") {
+                if s.trim_start().starts_with('[') && serde_json::from_str::<Value>(s).is_ok_and(|v| v.is_array()) {
+                    m["content"] = json!([{"type": "text", "text": s.clone()}]);
+                }
             }
         }
+        body
     }
-    body
-}
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
-    #[test]
-    fn request_rewrite_then_server_decrypt_restores_the_body(suite in suite(), body in chat_body()) {
-        let sk = SecretKey::generate(suite, &mut rand_core::OsRng);
-        let key = E2eeKey::parse("k", suite.algo(), sk.public_key().to_hex()).unwrap();
-        let bytes = serde_json::to_vec(&body).unwrap();
-        let req = encrypt_request(Endpoint::ChatCompletions, &bytes, &key, &EncryptOptions::default(), 1_750_000_000, &mut rand_core::OsRng).unwrap();
-        let opened = open_request(Endpoint::ChatCompletions, &req.body, &sk, &req.headers.nonce, req.headers.timestamp).unwrap();
-        // The restored document is what the user meant (floats compared through the gateway's
-        // own reparse, which the hash below pins byte for byte).
-        let mut expected = expected_restoration(serde_json::from_slice(&bytes).unwrap());
-        expected["temperature"] = opened.body["temperature"].clone();
-        prop_assert_eq!(&opened.body, &expected);
-        prop_assert_eq!(req.restored_body_sha256, <[u8; 32]>::from(Sha256::digest(&opened.bytes)));
-        // No user string survives in clear on the wire (beyond trivially short ones).
-        let wire = String::from_utf8(req.body.clone()).unwrap();
-        for m in body["messages"].as_array().unwrap() {
-            if let Some(s) = m["content"].as_str() {
-                if s.len() >= 8 {
-                    let escaped = serde_json::to_string(s).unwrap();
-                    prop_assert!(!wire.contains(&escaped[1..escaped.len() - 1]));
+        #[test]
+        fn request_rewrite_then_server_decrypt_restores_the_body(suite in suite(), body in chat_body()) {
+            let sk = SecretKey::generate(suite, &mut rand_core::OsRng);
+            let key = E2eeKey::parse("k", suite.algo(), sk.public_key().to_hex()).unwrap();
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let req = encrypt_request(Endpoint::ChatCompletions, &bytes, &key, &EncryptOptions::default(), 1_750_000_000, &mut rand_core::OsRng).unwrap();
+            let opened = open_request(Endpoint::ChatCompletions, &req.body, &sk, &req.headers.nonce, req.headers.timestamp).unwrap();
+            // The restored document is what the user meant (floats compared through the gateway's
+            // own reparse, which the hash below pins byte for byte).
+            let mut expected = expected_restoration(serde_json::from_slice(&bytes).unwrap());
+            expected["temperature"] = opened.body["temperature"].clone();
+            prop_assert_eq!(&opened.body, &expected);
+            prop_assert_eq!(req.restored_body_sha256, <[u8; 32]>::from(Sha256::digest(&opened.bytes)));
+            // No user string survives in clear on the wire (beyond trivially short ones).
+            let wire = String::from_utf8(req.body.clone()).unwrap();
+            for m in body["messages"].as_array().unwrap() {
+                if let Some(s) = m["content"].as_str() {
+                    if s.len() >= 8 {
+                        let escaped = serde_json::to_string(s).unwrap();
+                        prop_assert!(!wire.contains(&escaped[1..escaped.len() - 1]));
+                    }
                 }
             }
         }
     }
 }
 
-/// A sealed SSE stream of `deltas` as the gateway frames it, with a comment and `[DONE]`.
-fn sealed_stream(sealer: &ResponseSealer, deltas: &[String], crlf: bool) -> Vec<u8> {
+/// A sealed SSE stream of `deltas` as the gateway frames it, with a comment and `[DONE]`
+/// (sealed with the bare `seal` and the spec's AAD).
+fn sealed_stream(client: &tower_aci::protocol::suite::PublicKey, deltas: &[String], crlf: bool) -> Vec<u8> {
     let nl = if crlf { "\r\n" } else { "\n" };
     let mut out = format!(": PROCESSING{nl}{nl}");
     out.push_str(&format!(
@@ -114,8 +122,10 @@ fn sealed_stream(sealer: &ResponseSealer, deltas: &[String], crlf: bool) -> Vec<
         json!({"id": "c0", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
     ));
     for (i, d) in deltas.iter().enumerate() {
-        let mut chunk = json!({"id": format!("c{i}"), "choices": [{"index": 0, "delta": {"content": d}}]});
-        sealer.seal_chunk(&mut chunk, &mut rand_core::OsRng).unwrap();
+        let id = format!("c{i}");
+        let aad = tower_aci::protocol::aad::response(client.suite(), "choices.0.delta.content", &id, "m", "n", 1);
+        let sealed = seal(client, d.as_bytes(), &aad, &mut rand_core::OsRng);
+        let chunk = json!({"id": id, "choices": [{"index": 0, "delta": {"content": sealed}}]});
         out.push_str(&format!("event: chunk{nl}data: {chunk}{nl}{nl}"));
     }
     out.push_str(&format!("data: [DONE]{nl}{nl}"));
@@ -166,8 +176,7 @@ proptest! {
         crlf in any::<bool>(),
     ) {
         let client = SecretKey::from_bytes(suite, &[9; 32]).unwrap();
-        let sealer = ResponseSealer::new(Endpoint::ChatCompletions, client.public_key(), "m", "n", 1);
-        let wire = sealed_stream(&sealer, &deltas, crlf);
+        let wire = sealed_stream(&client.public_key(), &deltas, crlf);
         let ctx = || ExchangeContext::new(Endpoint::ChatCompletions, SecretKey::from_bytes(suite, &[9; 32]).unwrap(), "m", "n", 1);
         let (whole, whole_deltas) = decrypt_chunks(ctx(), &wire, &[]);
         let (split, split_deltas) = decrypt_chunks(ctx(), &wire, &cuts);

@@ -7,9 +7,9 @@ use reqwest_retry::policies::ExponentialBackoff;
 use serde_json::{Value, json};
 use tower_aci::ErrorKind;
 use tower_aci::gateway::Fault;
+use tower_aci::middleware::E2eeMiddleware;
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::ExchangeRecord;
-use tower_aci::middleware::E2eeMiddleware;
 
 use crate::support::{Env, sse_text};
 

@@ -1,7 +1,8 @@
 //! The gateway's halves of E2EE v2: open request fields and seal response fields, exactly as the
 //! reference gateway does (protocol.md §3.4–§3.6, §4). Used by the local test gateway and by
 //! tests that check the client against the server rules; built on the same suite code and the
-//! same field walkers as the client.
+//! same field walkers as the client, so a test against these halves alone proves consistency,
+//! not correctness (the spec's vectors and the reference exchanges do that).
 
 use rand_core::CryptoRngCore;
 use serde_json::Value;
