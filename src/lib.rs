@@ -94,6 +94,7 @@ pub mod gateway;
 mod hex;
 #[cfg(feature = "reqwest-middleware")]
 pub mod middleware;
+mod percent;
 pub mod protocol;
 pub mod receipt;
 

@@ -420,23 +420,9 @@ fn issuer_chain(headers: &http::HeaderMap, names: &[&'static str]) -> Result<Str
         .iter()
         .find_map(|n| headers.get(*n))
         .ok_or_else(|| transport(format!("the PCCS response has no {} header", names.join(" / "))))?;
-    percent_decode(value.as_bytes())
+    crate::percent::decode_strict(value.as_bytes())
+        .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| transport(format!("the PCCS {} header is not a percent-encoded PEM chain", names.join(" / "))))
-}
-
-fn percent_decode(input: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = input.iter();
-    while let Some(&b) = i.next() {
-        if b == b'%' {
-            let hi = i.next().and_then(|c| (*c as char).to_digit(16))?;
-            let lo = i.next().and_then(|c| (*c as char).to_digit(16))?;
-            out.push(u8::try_from(hi * 16 + lo).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `{"<member>": {…}, "signature": "<hex>"}`: the member's exact bytes and the signature.
@@ -476,11 +462,17 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode(b"-----BEGIN%20CERT%0A").as_deref(), Some("-----BEGIN CERT\n"));
-        assert_eq!(percent_decode(b"%2"), None);
-        assert_eq!(percent_decode(b"%zz"), None);
-        assert_eq!(percent_decode(b"%ff").as_deref(), None);
+    fn issuer_chain_headers_are_strictly_percent_decoded() {
+        let chain = |value: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("TCB-Info-Issuer-Chain", http::HeaderValue::from_static(value));
+            issuer_chain(&h, &["SGX-TCB-Info-Issuer-Chain", "TCB-Info-Issuer-Chain"])
+        };
+        assert_eq!(chain("-----BEGIN%20CERT%0A").unwrap(), "-----BEGIN CERT\n");
+        for bad in ["%2", "%zz", "%ff"] {
+            assert_eq!(chain(bad).unwrap_err().kind(), ErrorKind::Transport, "{bad}");
+        }
+        assert_eq!(issuer_chain(&http::HeaderMap::new(), &["X"]).unwrap_err().kind(), ErrorKind::Transport);
     }
 
     #[test]

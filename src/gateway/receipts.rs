@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::hex;
 use crate::protocol::jcs;
+use crate::receipt::hash_string;
 
 /// How long a receipt is kept (seconds of the gateway clock), as the reference does.
 pub(crate) const RETENTION_SECS: u64 = 3600;
@@ -54,11 +55,7 @@ pub fn sign_receipt(unsigned: &Value, key_id: &str, key: &SigningKey) -> Result<
 
 /// `sha256:<hex>` of `bytes`.
 pub(crate) fn body_hash(bytes: &[u8]) -> String {
-    hash_string(Sha256::digest(bytes).into())
-}
-
-pub(crate) fn hash_string(digest: [u8; 32]) -> String {
-    format!("sha256:{}", hex::encode(digest))
+    hash_string(&Sha256::digest(bytes).into())
 }
 
 /// A fresh receipt id: `rcpt-` + 24 lowercase hex.
@@ -71,11 +68,7 @@ pub(crate) fn new_receipt_id() -> String {
 /// The bearer token of a request (`Bearer ` or `bearer ` prefix, trimmed, non-empty), hashed:
 /// the store never keeps credentials.
 pub(crate) fn owner_of(headers: &http::HeaderMap) -> Option<[u8; 32]> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
-    if token.is_empty() {
-        return None;
-    }
+    let token = crate::protocol::headers::bearer_token(headers)?;
     Some(Sha256::digest(token.as_bytes()).into())
 }
 

@@ -308,34 +308,6 @@ fn models() -> Resp {
     )
 }
 
-/// Decode `%xx` escapes and `+` (as a form-encoded query does); `None` if the result is not
-/// UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
-
 fn attestation(shared: &Shared, query: Option<&str>) -> Resp {
     shared.attestations.fetch_add(1, Ordering::SeqCst);
     let bad = || {
@@ -346,18 +318,15 @@ fn attestation(shared: &Shared, query: Option<&str>) -> Resp {
         ))
     };
     let mut nonce: Option<String> = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(k).as_deref() != Some("nonce") {
+    // Parsed as the reference's axum `Query` extractor does (form-urlencoded).
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k != "nonce" {
             continue;
         }
-        if nonce.is_some() {
+        if nonce.is_some() || !keyset::is_report_nonce(&v) {
             return bad();
         }
-        match percent_decode(v) {
-            Some(v) if keyset::is_report_nonce(&v) => nonce = Some(v),
-            _ => return bad(),
-        }
+        nonce = Some(v.into_owned());
     }
     json_response(200, &shared.keyset().report(nonce.as_deref()))
 }
@@ -799,7 +768,7 @@ impl Producer {
             }
         }
         // The stream reached its end: store the receipt before the body closes.
-        let hash = receipts::hash_string(self.out.hasher.finalize_reset().into());
+        let hash = crate::receipt::hash_string(&self.out.hasher.finalize_reset().into());
         self.shared.receipts.store(
             &self.pending,
             self.reframer.chat_id().as_deref(),
@@ -808,19 +777,5 @@ impl Producer {
             &self.keyset.receipt_key_id,
             &self.keyset.receipt_key,
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%62c+d").as_deref(), Some("abc d"));
-        assert_eq!(percent_decode("%").as_deref(), Some("%"));
-        assert_eq!(percent_decode("%6").as_deref(), Some("%6"));
-        assert_eq!(percent_decode("%zz").as_deref(), Some("%zz"));
-        assert_eq!(percent_decode("%ff"), None);
     }
 }

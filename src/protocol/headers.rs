@@ -28,3 +28,12 @@ pub const ACI_KEYSET_DIGEST: HeaderName = HeaderName::from_static("x-aci-keyset-
 /// The six request headers whose presence makes the gateway treat a request as E2EE.
 pub const E2EE_REQUEST_HEADERS: [HeaderName; 6] =
     [SIGNING_ALGO, CLIENT_PUB_KEY, MODEL_PUB_KEY, E2EE_VERSION, E2EE_NONCE, E2EE_TIMESTAMP];
+
+/// The bearer token of an `Authorization` header (`Bearer ` or `bearer ` prefix, as the gateway
+/// accepts them; trimmed; `None` when absent or empty). Receipts are owned by this token
+/// (protocol.md §5.5).
+pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
+    (!token.is_empty()).then_some(token)
+}

@@ -197,26 +197,13 @@ fn receipt_err(failure: ReceiptFailure, message: impl Into<std::borrow::Cow<'sta
     Error::receipt(failure, message)
 }
 
-/// Percent-encode one path segment (everything but RFC 3986 unreserved characters).
-fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// `{base path}{prefix}{encoded id}`.
 fn document_uri(base: &Uri, prefix: &str, id: &str) -> Result<Uri> {
     let config = |e: http::Error| Error::new(ErrorKind::Config, "cannot build the receipt URL").with_source(e);
     let base_path = base.path().trim_end_matches('/');
     let mut parts = base.clone().into_parts();
     parts.path_and_query = Some(
-        format!("{base_path}{prefix}{}", encode_segment(id))
+        format!("{base_path}{prefix}{}", crate::percent::encode_path_segment(id))
             .parse()
             .map_err(|e: http::uri::InvalidUri| config(e.into()))?,
     );

@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{Either, Full};
@@ -100,12 +99,6 @@ impl<S, R> fmt::Debug for VerifyBeforeRelease<S, R> {
     }
 }
 
-/// The bearer token of a request's `Authorization` header (`Bearer `/`bearer ` prefix).
-fn bearer_of<B>(req: &Request<B>) -> Option<String> {
-    let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::to_owned)
-}
-
 impl<S, R, ReqBody, ResBody, RB> Service<Request<ReqBody>> for VerifyBeforeRelease<S, R>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -129,7 +122,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let bearer = bearer_of(&req);
+        let bearer = crate::protocol::headers::bearer_token(req.headers()).map(str::to_owned);
         let fut = self.inner.call(req);
         let shared = self.shared.clone();
         Box::pin(async move {

@@ -284,76 +284,20 @@ pub(crate) fn decode_data_url(url: &str) -> Option<Vec<u8>> {
     let rest = url.get(..5).filter(|p| p.eq_ignore_ascii_case("data:")).map(|_| &url[5..])?;
     let (header, data) = rest.split_once(',')?;
     let is_base64 = header.len() >= 7 && header[header.len() - 7..].eq_ignore_ascii_case(";base64");
-    if is_base64 { base64_decode(data.as_bytes()) } else { percent_decode(data.as_bytes()) }
+    if is_base64 { base64_decode(data.as_bytes()) } else { crate::percent::decode_strict(data.as_bytes()) }
 }
 
 /// Standard base64 (RFC 4648 §4); padding optional but, when present, correct.
+/// Standard base64, padded or not; non-canonical encodings (stray low bits) and any other
+/// byte are refused.
 fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
-    fn value(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let unpadded = match input {
-        [rest @ .., b'=', b'='] => {
-            if !input.len().is_multiple_of(4) {
-                return None;
-            }
-            rest
-        }
-        [rest @ .., b'='] => {
-            if !input.len().is_multiple_of(4) {
-                return None;
-            }
-            rest
-        }
-        _ => input,
-    };
-    if unpadded.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(unpadded.len() / 4 * 3 + 2);
-    for chunk in unpadded.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        let n = chunk.len() - 1;
-        // Reject non-canonical encodings whose unused low bits are set.
-        let unused_mask = match n {
-            1 => 0xffff,
-            2 => 0xff,
-            _ => 0,
-        };
-        if acc & unused_mask != 0 {
-            return None;
-        }
-        out.extend_from_slice(&bytes[1..1 + n]);
-    }
-    Some(out)
-}
-
-fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%' {
-            let hex = input.get(i + 1..i + 3)?;
-            let s = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(s, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(input[i]);
-            i += 1;
-        }
-    }
-    Some(out)
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    ENGINE.decode(input).ok()
 }
 
 #[cfg(test)]
