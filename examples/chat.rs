@@ -1,5 +1,6 @@
 //! One encrypted chat completion through `E2eeLayer` over hyper-util's client, in the stack the
-//! crate recommends: trace → retry → timeout → E2EE → client.
+//! crate recommends: trace → retry (transient answers, then key rotations) → timeout → E2EE →
+//! client, with one connection pool shared by the key provider and the layer.
 //!
 //! ```text
 //! RUST_LOG=tower_aci=debug,tower_http=debug cargo run --example chat --features test-gateway   # with spans
@@ -25,6 +26,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::E2eeLayer;
 use tower_aci::GatewayError;
 use tower_aci::attest::{KeyProvider, Policy};
+use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
 use tower_aci::gateway::{GatewayConfig, TestGateway};
 use tower_aci::receipt::ExchangeRecord;
 use tower_http::trace::TraceLayer;
@@ -81,10 +83,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
     };
 
-    // 1. Establish: fetch the report with a fresh nonce and verify it (never through the E2EE layer).
-    let plain: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let provider = KeyProvider::builder(plain).base_url(base.parse()?).policy(policy).build()?;
+    // One client (one connection pool) for the key provider and under the E2EE layer.
+    let http: Client<_, RequestBody<Full<Bytes>>> = Client::builder(TokioExecutor::new()).build_http();
+
+    // 1. Establish: fetch the report with a fresh nonce and verify it (never through the E2EE
+    //    layer); the refresher keeps it fresh and follows key rotations.
+    let provider = KeyProvider::builder(http.clone()).base_url(base.parse()?).policy(policy).build()?;
     let keyset = provider.establish().await?;
+    let (keys, _refresher) = provider.spawn()?;
     println!("attested keyset {} (key {})", keyset.digest(), keyset.e2ee_key().key_id());
 
     // 2. Send through the layer: the body is encrypted on the way out, decrypted on the way back.
@@ -92,9 +98,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let client = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
         .layer(RetryLayer::new(RetryTransient(2)))
+        .layer(RetryLayer::new(KeyMismatchRetry::new(keys.clone())))
         .layer(TimeoutLayer::new(Duration::from_secs(60)))
-        .layer(E2eeLayer::new(provider.handle()))
-        .service(Client::builder(TokioExecutor::new()).build_http());
+        .layer(E2eeLayer::new(keys))
+        .service(http);
     let body = serde_json::json!({"model": "demo", "messages": [{"role": "user", "content": question}]});
     let mut req = http::Request::post(format!("{base}/v1/chat/completions")).header("content-type", "application/json");
     if let Some(t) = &token {

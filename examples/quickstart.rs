@@ -39,18 +39,20 @@ async fn main() -> Result<(), BoxError> {
     let base = gateway.base_url();
     println!("Local ACI gateway listening on {base}\n");
 
+    // One HTTP client (one connection pool) serves the key provider, the E2EE layer and the
+    // receipt client. The provider and the receipt client use it directly, never through the layer.
+    let http: Client<HttpConnector, RequestBody<Full<Bytes>>> = Client::builder(TokioExecutor::new()).build_http();
+
     // 1. Establish: fetch the report with a fresh nonce, check that it binds the keyset to it.
-    let plain: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let policy = Policy::builder().dangerous().accept_stub_quote().build()?;
-    let provider = KeyProvider::builder(plain.clone()).base_url(base.parse()?).policy(policy).build()?;
+    let provider = KeyProvider::builder(http.clone()).base_url(base.parse()?).policy(policy).build()?;
     let (keys, _refresher) = provider.spawn()?;
     let keyset = provider.establish().await?;
     println!("✔ Attested keyset {} (stub quote, binding to our nonce verified)", shorten(keyset.digest(), 23));
     println!("  Encrypting to {} ({})\n", keyset.e2ee_key().key_id(), keyset.e2ee_key().suite());
 
     // 2. Send through the layer.
-    let inner: Client<HttpConnector, RequestBody<Full<Bytes>>> = Client::builder(TokioExecutor::new()).build_http();
-    let client = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(inner);
+    let client = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(http.clone());
 
     let question = "What is attested confidential inference?";
     let res = client
@@ -101,7 +103,7 @@ async fn main() -> Result<(), BoxError> {
     println!("\n           ({events} events decrypted; the stream ended cleanly with [DONE])\n");
 
     // 3. Verify: the gateway signed exactly what we sent and received.
-    let receipts = ReceiptClient::new(plain, base.parse()?);
+    let receipts = ReceiptClient::new(http, base.parse()?);
     for record in [first, second] {
         let verified = receipts.fetch_and_verify(&record, None, &keys, &ReceiptPolicy::default()).await?;
         println!(

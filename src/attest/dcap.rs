@@ -47,7 +47,7 @@ use dcap_qvl::configs::RustCryptoConfig;
 use dcap_qvl::quote::{Quote, TDReport10};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tower::ServiceExt;
@@ -318,9 +318,10 @@ fn select<'a>(quote: &Quote, offline: &'a [Collateral]) -> Result<&'a Collateral
 /// Fails with [`Quote`](AttestationFailure::Quote) when the quote cannot be read and with
 /// [`Transport`](ErrorKind::Transport) when the PCCS cannot be reached or answers with an error
 /// or a malformed document.
-pub async fn fetch_collateral<S, B>(service: S, pccs_url: &Uri, raw_quote: &[u8]) -> Result<Collateral>
+pub async fn fetch_collateral<S, ReqB, B>(service: S, pccs_url: &Uri, raw_quote: &[u8]) -> Result<Collateral>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S: Service<Request<ReqB>, Response = Response<B>> + Clone,
+    ReqB: From<Bytes>,
     S::Error: Into<BoxError>,
     B: Body,
     B::Error: Into<BoxError>,
@@ -387,9 +388,10 @@ fn transport(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 }
 
 /// `GET {base}/{path}`: the headers and body of a `200` answer.
-async fn pccs_get<S, B>(service: S, base: &str, path: String) -> Result<(http::HeaderMap, Bytes)>
+async fn pccs_get<S, ReqB, B>(service: S, base: &str, path: String) -> Result<(http::HeaderMap, Bytes)>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S: Service<Request<ReqB>, Response = Response<B>>,
+    ReqB: From<Bytes>,
     S::Error: Into<BoxError>,
     B: Body,
     B::Error: Into<BoxError>,
@@ -398,7 +400,7 @@ where
     let uri: Uri =
         url.parse().map_err(|e| Error::new(ErrorKind::Config, format!("invalid PCCS URL {url}")).with_source(e))?;
     let request = Request::get(uri)
-        .body(Full::new(Bytes::new()))
+        .body(ReqB::from(Bytes::new()))
         .map_err(|e| Error::new(ErrorKind::Config, "cannot build the PCCS request").with_source(e))?;
     let response =
         service.oneshot(request).await.map_err(|e| transport(format!("fetching {url} failed")).with_source(e))?;

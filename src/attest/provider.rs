@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,8 +65,11 @@ impl Default for Timing {
 }
 
 /// Builds a [`KeyProvider`]. Created by [`KeyProvider::builder`].
-pub struct KeyProviderBuilder<S> {
+/// `ReqB` is the request body type of the HTTP service (any body that is `From<Bytes>`), so
+/// one client can serve the E2EE layer, the provider and the receipt client.
+pub struct KeyProviderBuilder<S, ReqB = Full<Bytes>> {
     service: S,
+    _body: PhantomData<fn() -> ReqB>,
     base: Option<Uri>,
     policy: Option<Policy>,
     clock: Arc<dyn Clock>,
@@ -76,7 +80,7 @@ pub struct KeyProviderBuilder<S> {
     pccs: Option<Uri>,
 }
 
-impl<S> fmt::Debug for KeyProviderBuilder<S> {
+impl<S, ReqB> fmt::Debug for KeyProviderBuilder<S, ReqB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyProviderBuilder")
             .field("base", &self.base)
@@ -88,7 +92,7 @@ impl<S> fmt::Debug for KeyProviderBuilder<S> {
     }
 }
 
-impl<S> KeyProviderBuilder<S> {
+impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
     /// The gateway's base URL (scheme and authority, optionally a path prefix). Required.
     pub fn base_url(mut self, base: Uri) -> Self {
         self.base = Some(base);
@@ -169,7 +173,7 @@ impl<S> KeyProviderBuilder<S> {
     }
 
     /// The provider, or a [`Config`](ErrorKind::Config) error.
-    pub fn build(self) -> Result<KeyProvider<S>> {
+    pub fn build(self) -> Result<KeyProvider<S, ReqB>> {
         let config = |m: &'static str| Error::new(ErrorKind::Config, m);
         let base = self.base.ok_or_else(|| config("the key provider needs a base_url"))?;
         if base.scheme().is_none() || base.authority().is_none() {
@@ -208,6 +212,7 @@ impl<S> KeyProviderBuilder<S> {
                 flight: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
                 last_outcome: Mutex::new(None),
+                _body: PhantomData,
             }),
         })
     }
@@ -242,9 +247,11 @@ impl<S> KeyProviderBuilder<S> {
 /// # }
 /// ```
 ///
-/// The HTTP service is any tower service for `http::Request<Full<Bytes>>` (a hyper-util client,
-/// a `tower::util::BoxCloneService`, a test `service_fn`). It must be the plain transport, never
-/// the E2EE-wrapped one. Each fetch clones it, as tower services are meant to be used.
+/// The HTTP service is any tower service for `http::Request<B>` whose body `B` is `From<Bytes>`
+/// (a hyper-util client, a `tower::util::BoxCloneService`, a test `service_fn`): `Full<Bytes>`,
+/// or the E2EE layer's [`RequestBody`](crate::e2ee::RequestBody), so that the client *under* the
+/// layer serves the provider too (one connection pool). It must be that plain transport, never
+/// the E2EE-wrapped service. Each fetch clones it, as tower services are meant to be used.
 ///
 /// # Refresh
 ///
@@ -256,17 +263,17 @@ impl<S> KeyProviderBuilder<S> {
 /// is retried with exponential backoff; the last valid keyset keeps serving until its
 /// `not_after`, never after it. All concurrent fetches — [`KeyProvider::establish`] callers and
 /// the refresher — share one request (single flight).
-pub struct KeyProvider<S> {
-    inner: Arc<Inner<S>>,
+pub struct KeyProvider<S, ReqB = Full<Bytes>> {
+    inner: Arc<Inner<S, ReqB>>,
 }
 
-impl<S> Clone for KeyProvider<S> {
+impl<S, ReqB> Clone for KeyProvider<S, ReqB> {
     fn clone(&self) -> Self {
         KeyProvider { inner: self.inner.clone() }
     }
 }
 
-impl<S> fmt::Debug for KeyProvider<S> {
+impl<S, ReqB> fmt::Debug for KeyProvider<S, ReqB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyProvider")
             .field("base", &self.inner.base)
@@ -278,7 +285,7 @@ impl<S> fmt::Debug for KeyProvider<S> {
 
 type Outcome = std::result::Result<Arc<AttestedKeyset>, (ErrorKind, String)>;
 
-struct Inner<S> {
+struct Inner<S, ReqB> {
     service: Mutex<S>,
     base: Uri,
     policy: Policy,
@@ -293,13 +300,19 @@ struct Inner<S> {
     /// Counts finished fetches.
     generation: AtomicU64,
     last_outcome: Mutex<Option<Outcome>>,
+    _body: PhantomData<fn() -> ReqB>,
 }
 
-impl<S> KeyProvider<S> {
-    /// A builder around the HTTP service reports are fetched with.
-    pub fn builder(service: S) -> KeyProviderBuilder<S> {
+impl<S, ReqB> KeyProvider<S, ReqB> {
+    /// A builder around the HTTP service reports are fetched with (its request body type is
+    /// taken from the service).
+    pub fn builder(service: S) -> KeyProviderBuilder<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
         KeyProviderBuilder {
             service,
+            _body: PhantomData,
             base: None,
             policy: None,
             clock: Arc::new(SystemClock),
@@ -322,11 +335,12 @@ impl<S> KeyProvider<S> {
     }
 }
 
-impl<S, B> KeyProvider<S>
+impl<S, ReqB, B> KeyProvider<S, ReqB>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<B>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
+    ReqB: From<Bytes> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -438,11 +452,12 @@ where
     }
 }
 
-impl<S, B> Inner<S>
+impl<S, ReqB, B> Inner<S, ReqB>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<B>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
+    ReqB: From<Bytes> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -464,7 +479,7 @@ where
         let uri = attestation_uri(&self.base, &hex::encode(nonce))?;
         let request = Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::new()))
+            .body(ReqB::from(Bytes::new()))
             .map_err(|e| Error::new(ErrorKind::Config, "cannot build the attestation request").with_source(e))?;
 
         let service = match self.service.lock() {

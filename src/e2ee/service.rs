@@ -138,3 +138,12 @@ where
         }
     }
 }
+
+/// A complete body of these bytes, so that the client under the layer can also serve the key
+/// provider and the receipt client (which build their `GET`s from `Bytes`): one connection pool
+/// for all three.
+impl<B> From<Bytes> for RequestBody<B> {
+    fn from(bytes: Bytes) -> Self {
+        RequestBody::encrypted(bytes)
+    }
+}

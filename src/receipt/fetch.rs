@@ -1,6 +1,7 @@
 //! Fetching receipts and attested sessions over any tower HTTP service, with bounded retries.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,9 +86,11 @@ impl RetryPolicy {
 /// Fetches receipts (`GET /v1/aci/receipts/{id}`) and attested sessions
 /// (`GET /v1/aci/sessions/{id}`) over any tower HTTP service, and verifies them.
 ///
-/// The service takes `http::Request<Full<Bytes>>`: a hyper-util legacy client, or the same
-/// client behind [`E2eeLayer`](crate::E2eeLayer) (which lets `GET`s through untouched). It is
-/// cloned for each request. Configuration methods take and return the client by value.
+/// The service takes `http::Request<B>` for any body `B` that is `From<Bytes>` (`Full<Bytes>` by
+/// default): a hyper-util legacy client — the very client under the E2EE layer, whose body is
+/// [`RequestBody`](crate::e2ee::RequestBody), so one pool serves both — or that client behind
+/// [`E2eeLayer`](crate::E2eeLayer) (which lets `GET`s through untouched). It is cloned for each
+/// request. Configuration methods take and return the client by value.
 ///
 /// ```no_run
 /// # async fn f<S, B>(client: S, keys: tower_aci::attest::KeyHandle, response: http::Response<()>) -> tower_aci::Result<()>
@@ -106,9 +109,9 @@ impl RetryPolicy {
 /// std::fs::write("receipt.json", verified.receipt().as_bytes()).ok(); // archive it
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct ReceiptClient<S> {
+pub struct ReceiptClient<S, ReqB = Full<Bytes>> {
     service: S,
+    _body: PhantomData<fn() -> ReqB>,
     base: Uri,
     retry: RetryPolicy,
     max_document_size: usize,
@@ -116,7 +119,21 @@ pub struct ReceiptClient<S> {
     sleep: SleepFn,
 }
 
-impl<S> fmt::Debug for ReceiptClient<S> {
+impl<S: Clone, ReqB> Clone for ReceiptClient<S, ReqB> {
+    fn clone(&self) -> Self {
+        ReceiptClient {
+            service: self.service.clone(),
+            _body: PhantomData,
+            base: self.base.clone(),
+            retry: self.retry.clone(),
+            max_document_size: self.max_document_size,
+            max_release_body: self.max_release_body,
+            sleep: self.sleep.clone(),
+        }
+    }
+}
+
+impl<S, ReqB> fmt::Debug for ReceiptClient<S, ReqB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReceiptClient")
             .field("base", &self.base)
@@ -127,12 +144,16 @@ impl<S> fmt::Debug for ReceiptClient<S> {
     }
 }
 
-impl<S> ReceiptClient<S> {
+impl<S, ReqB> ReceiptClient<S, ReqB> {
     /// A client for the gateway at `base` (scheme and authority, optionally a path prefix),
     /// with the default [`RetryPolicy`] and `tokio::time::sleep` for backoff.
-    pub fn new(service: S, base: Uri) -> Self {
+    pub fn new(service: S, base: Uri) -> Self
+    where
+        S: Service<Request<ReqB>>,
+    {
         ReceiptClient {
             service,
+            _body: PhantomData,
             base,
             retry: RetryPolicy::default(),
             max_document_size: DEFAULT_MAX_DOCUMENT_SIZE,
@@ -229,9 +250,10 @@ fn body_error(e: BoxError, what: &str) -> Error {
     }
 }
 
-impl<S, B> ReceiptClient<S>
+impl<S, ReqB, B> ReceiptClient<S, ReqB>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S: Service<Request<ReqB>, Response = Response<B>> + Clone,
+    ReqB: From<Bytes>,
     S::Error: Into<BoxError>,
     B: Body,
     B::Error: Into<BoxError>,
@@ -253,7 +275,7 @@ where
         loop {
             let mut request = Request::get(uri.clone())
                 .header(ACCEPT, "application/json")
-                .body(Full::new(Bytes::new()))
+                .body(ReqB::from(Bytes::new()))
                 .map_err(|e| Error::new(ErrorKind::Config, "cannot build the receipt request").with_source(e))?;
             if let Some(v) = &authorization {
                 request.headers_mut().insert(AUTHORIZATION, v.clone());

@@ -43,38 +43,38 @@ use crate::receipt::record::ExchangeRecord;
 use crate::receipt::verify::ReceiptPolicy;
 
 /// Applies [`VerifyBeforeRelease`]. See the [module docs](self).
-pub struct VerifyBeforeReleaseLayer<R> {
-    shared: Arc<Shared<R>>,
+pub struct VerifyBeforeReleaseLayer<R, RQ = Full<Bytes>> {
+    shared: Arc<Shared<R, RQ>>,
 }
 
-struct Shared<R> {
-    receipts: ReceiptClient<R>,
+struct Shared<R, RQ> {
+    receipts: ReceiptClient<R, RQ>,
     keys: KeyHandle,
     policy: ReceiptPolicy,
 }
 
-impl<R> VerifyBeforeReleaseLayer<R> {
+impl<R, RQ> VerifyBeforeReleaseLayer<R, RQ> {
     /// Verify receipts fetched with `receipts` against the keysets `keys` remembers, under
     /// `policy`.
-    pub fn new(receipts: ReceiptClient<R>, keys: KeyHandle, policy: ReceiptPolicy) -> Self {
+    pub fn new(receipts: ReceiptClient<R, RQ>, keys: KeyHandle, policy: ReceiptPolicy) -> Self {
         VerifyBeforeReleaseLayer { shared: Arc::new(Shared { receipts, keys, policy }) }
     }
 }
 
-impl<R> Clone for VerifyBeforeReleaseLayer<R> {
+impl<R, RQ> Clone for VerifyBeforeReleaseLayer<R, RQ> {
     fn clone(&self) -> Self {
         VerifyBeforeReleaseLayer { shared: self.shared.clone() }
     }
 }
 
-impl<R> fmt::Debug for VerifyBeforeReleaseLayer<R> {
+impl<R, RQ> fmt::Debug for VerifyBeforeReleaseLayer<R, RQ> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifyBeforeReleaseLayer").field("policy", &self.shared.policy).finish_non_exhaustive()
     }
 }
 
-impl<S, R> Layer<S> for VerifyBeforeReleaseLayer<R> {
-    type Service = VerifyBeforeRelease<S, R>;
+impl<S, R, RQ> Layer<S> for VerifyBeforeReleaseLayer<R, RQ> {
+    type Service = VerifyBeforeRelease<S, R, RQ>;
 
     fn layer(&self, inner: S) -> Self::Service {
         VerifyBeforeRelease { inner, shared: self.shared.clone() }
@@ -82,31 +82,32 @@ impl<S, R> Layer<S> for VerifyBeforeReleaseLayer<R> {
 }
 
 /// The verify-before-release service. Made by [`VerifyBeforeReleaseLayer`].
-pub struct VerifyBeforeRelease<S, R> {
+pub struct VerifyBeforeRelease<S, R, RQ = Full<Bytes>> {
     inner: S,
-    shared: Arc<Shared<R>>,
+    shared: Arc<Shared<R, RQ>>,
 }
 
-impl<S: Clone, R> Clone for VerifyBeforeRelease<S, R> {
+impl<S: Clone, R, RQ> Clone for VerifyBeforeRelease<S, R, RQ> {
     fn clone(&self) -> Self {
         VerifyBeforeRelease { inner: self.inner.clone(), shared: self.shared.clone() }
     }
 }
 
-impl<S, R> fmt::Debug for VerifyBeforeRelease<S, R> {
+impl<S, R, RQ> fmt::Debug for VerifyBeforeRelease<S, R, RQ> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifyBeforeRelease").finish_non_exhaustive()
     }
 }
 
-impl<S, R, ReqBody, ResBody, RB> Service<Request<ReqBody>> for VerifyBeforeRelease<S, R>
+impl<S, R, RQ, ReqBody, ResBody, RB> Service<Request<ReqBody>> for VerifyBeforeRelease<S, R, RQ>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
-    R: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    R: Service<Request<RQ>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    RQ: From<Bytes> + Send + 'static,
     R::Error: Into<BoxError>,
     R::Future: Send,
     RB: Body + Send + 'static,

@@ -94,6 +94,30 @@ async fn the_receipt_client_works_through_the_layered_client_too() {
     assert_eq!(rc.fetch(&chat_id, None).await.unwrap(), receipt);
 }
 
+/// One hyper-util client — one connection pool — under the layer, for the key provider and for
+/// the receipt client: the provider and receipts build their `GET`s as `RequestBody::from(Bytes)`.
+#[tokio::test]
+async fn one_client_serves_the_provider_the_layer_and_the_receipt_client() {
+    let env = Env::start(Suite::X25519).await;
+    let http = layer_client();
+    let provider = KeyProvider::builder(http.clone())
+        .base_url(env.gw.base_url().parse().unwrap())
+        .policy(stub_policy(Suite::X25519))
+        .build()
+        .unwrap();
+    let keyset = provider.establish().await.unwrap();
+    assert_eq!(keyset.digest(), env.gw.keyset_digest());
+    let client = ServiceBuilder::new().layer(tower_aci::E2eeLayer::new(provider.handle())).service(http.clone());
+    let res = send(&client, post(&env.url("/v1/chat/completions"), &chat(false))).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+    let out: Value = serde_json::from_slice(&read(res.into_body()).await.unwrap()).unwrap();
+    assert_eq!(out["choices"][0]["message"]["content"], format!("You said: {PROMPT}"));
+    let rc = ReceiptClient::new(http, env.gw.base_url().parse().unwrap());
+    let verified = rc.fetch_and_verify(&record, None, &provider.handle(), &ReceiptPolicy::new()).await.unwrap();
+    assert_eq!(Some(verified.receipt().receipt_id()), record.receipt_id());
+}
+
 /// Rewrite `from` to `to` (same length) in the response bytes, after the gateway signed them and
 /// before the layer sees them: outside any ciphertext, so decryption still succeeds.
 fn tampering_client(
