@@ -182,8 +182,15 @@ fn dcap_qvl_refuses_the_real_quote_cut_short() {
     use crate::attest::dcap;
 
     let raw = raw_quote();
-    // Inside the header, inside the TD report, inside the signature data and one byte short.
-    for len in [0, 47, 300, HEADER_LEN + 584, 2000, raw.len() - 1] {
+    // The signed quote ends after the header, the TD report and the length-prefixed signature
+    // data; like dcap-qvl's own sample, the capture carries 70 zero bytes of padding after it.
+    let auth_len = u32::from_le_bytes(raw[HEADER_LEN + 584..HEADER_LEN + 588].try_into().unwrap()) as usize;
+    let signed_end = HEADER_LEN + 584 + 4 + auth_len;
+    assert_eq!(signed_end, 4936);
+    assert!(raw[signed_end..].iter().all(|b| *b == 0));
+    assert!(dcap::parse_tdx(&raw[..signed_end]).is_ok());
+    // Cut inside the header, the TD report, the signature data, or one byte short.
+    for len in [0, 47, 300, HEADER_LEN + 584, 2000, signed_end - 1] {
         assert_eq!(failure(dcap::parse_tdx(&raw[..len])), F::Quote, "quote cut to {len} bytes");
     }
 }
