@@ -78,10 +78,6 @@ fn raw_quote() -> Vec<u8> {
     hex::decode(evidence_str("quote")).unwrap()
 }
 
-fn unhex<const N: usize>(text: &str) -> [u8; N] {
-    hex::decode(text).unwrap().try_into().unwrap()
-}
-
 /// RTMR3 read from the raw quote at its fixed TDX v4 offset, after checking the header says
 /// version 4 and TEE type TDX (0x81): a cross-check independent of dcap-qvl.
 fn rt_mr3_at_fixed_offset(quote: &[u8]) -> [u8; 48] {
