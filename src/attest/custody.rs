@@ -148,15 +148,27 @@ fn verify_entry(
     if str_member(entry, "algo")? != role.algo {
         return Err(custody_error(format!("the {what} custody entry has the wrong algo")));
     }
-    let kms_public_key = decode_hex(str_member(entry, "kms_public_key")?)
-        .and_then(|b| k256::PublicKey::from_sec1_bytes(&b).ok())
-        .and_then(|pk| compressed(&pk))
-        .ok_or_else(|| custody_error(format!("the {what} custody entry's kms_public_key is not a secp256k1 key")))?;
+    let kms_public_key = secp256k1_member(entry, "kms_public_key", what)?;
     if let Some(expected) = kms_must_equal {
         if expected != kms_public_key {
             return Err(custody_error("kms_public_key is not the published secp256k1 E2EE key"));
         }
     }
+    let chain = signature_chain(entry, what)?;
+    let keys = recover_chain(role.purpose, &kms_public_key, app_id, &chain, what)?;
+    check_root(&keys.root, roots, what)
+}
+
+/// The member `name` of a custody entry as a compressed secp256k1 key (hex of any SEC1 form).
+pub(crate) fn secp256k1_member(entry: &Map<String, Value>, name: &'static str, what: &str) -> Result<[u8; 33]> {
+    decode_hex(str_member(entry, name)?)
+        .and_then(|b| k256::PublicKey::from_sec1_bytes(&b).ok())
+        .and_then(|pk| compressed(&pk))
+        .ok_or_else(|| custody_error(format!("the {what} custody entry's {name} is not a secp256k1 key")))
+}
+
+/// The entry's `signature_chain`: exactly two 65-byte `r‖s‖v` signatures in hex.
+pub(crate) fn signature_chain(entry: &Map<String, Value>, what: &str) -> Result<[[u8; 65]; 2]> {
     let chain = entry
         .get("signature_chain")
         .and_then(Value::as_array)
@@ -170,25 +182,52 @@ fn verify_entry(
             .and_then(|b| <[u8; 65]>::try_from(b).ok())
             .ok_or_else(|| custody_error(format!("a {what} custody signature is not 65 bytes of hex")))
     };
-    let (first, second) = (signature(first)?, signature(second)?);
+    Ok([signature(first)?, signature(second)?])
+}
 
-    let msg1 = format!("{}:{}", role.purpose, hex::encode(kms_public_key));
-    let app_pub = recover(msg1.as_bytes(), &first)
+/// The two keys a custody chain recovers (compressed SEC1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChainKeys {
+    /// The app's KMS key, recovered from `chain[0]`.
+    pub(crate) app_key: [u8; 33],
+    /// The KMS root, recovered from `chain[1]`.
+    pub(crate) root: [u8; 33],
+}
+
+/// Recover the app key and the KMS root from one signature chain: `chain[0]` over
+/// `"<purpose>:<lowercase hex of signed_key>"` yields the app key, `chain[1]` over
+/// `b"dstack-kms-issued:" ‖ app_id ‖ app_key` the root. The root is not judged here (see
+/// [`check_root`]). `what` names the entry in error messages.
+pub(crate) fn recover_chain(
+    purpose: &str,
+    signed_key: &[u8; 33],
+    app_id: &[u8],
+    chain: &[[u8; 65]; 2],
+    what: &str,
+) -> Result<ChainKeys> {
+    let msg1 = format!("{purpose}:{}", hex::encode(signed_key));
+    let app_pub = recover(msg1.as_bytes(), &chain[0])
         .map_err(|why| custody_error(format!("the {what} custody chain[0] does not recover: {why}")))?;
-    let app_pub = compressed_vk(&app_pub);
+    let app_key = compressed_vk(&app_pub);
 
     let mut msg2 = Vec::with_capacity(ISSUED_PREFIX.len() + app_id.len() + 33);
     msg2.extend_from_slice(ISSUED_PREFIX);
     msg2.extend_from_slice(app_id);
-    msg2.extend_from_slice(&app_pub);
-    let root = recover(&msg2, &second)
+    msg2.extend_from_slice(&app_key);
+    let root = recover(&msg2, &chain[1])
         .map_err(|why| custody_error(format!("the {what} custody chain[1] does not recover: {why}")))?;
-    if !roots.contains(&compressed_vk(&root)) {
-        return Err(custody_error(format!(
+    Ok(ChainKeys { app_key, root: compressed_vk(&root) })
+}
+
+/// The recovered `root` must be one of the policy's accepted KMS roots.
+pub(crate) fn check_root(root: &[u8; 33], roots: &[[u8; 33]], what: &str) -> Result<()> {
+    if roots.contains(root) {
+        Ok(())
+    } else {
+        Err(custody_error(format!(
             "the {what} custody chain ends in a KMS root the policy does not accept (or for another app id)"
-        )));
+        )))
     }
-    Ok(())
 }
 
 fn compressed_vk(vk: &VerifyingKey) -> [u8; 33] {

@@ -203,7 +203,7 @@ impl VerifiedQuote {
 }
 
 /// Parse a raw quote; it must be a TDX quote of a sane size.
-fn parse_tdx(raw_quote: &[u8]) -> Result<Quote> {
+pub(crate) fn parse_tdx(raw_quote: &[u8]) -> Result<Quote> {
     if raw_quote.len() > MAX_QUOTE_LEN {
         return Err(quote_error(format!("the quote is longer than {MAX_QUOTE_LEN} bytes")));
     }
@@ -215,7 +215,7 @@ fn parse_tdx(raw_quote: &[u8]) -> Result<Quote> {
 }
 
 /// The quote's 64-byte report-data slot.
-fn slot_of(quote: &Quote) -> Result<&[u8; 64]> {
+pub(crate) fn slot_of(quote: &Quote) -> Result<&[u8; 64]> {
     quote.report.as_td10().map(|r| &r.report_data).ok_or_else(|| quote_error("the quote is not a TDX quote"))
 }
 

@@ -38,7 +38,7 @@ pub(crate) struct Event {
 impl Event {
     /// The digest extended into the RTMR: recomputed for dstack runtime events, as published for
     /// the others; right-padded with zeros to 48 bytes.
-    fn measured_digest(&self) -> Result<[u8; 48]> {
+    pub(crate) fn measured_digest(&self) -> Result<[u8; 48]> {
         let mut out = [0u8; 48];
         if self.event_type == DSTACK_RUNTIME_EVENT {
             let mut h = Sha384::new();

@@ -18,6 +18,8 @@ mod handle;
 mod keyset;
 mod policy;
 mod provider;
+#[cfg(test)]
+mod real_capture;
 mod report;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -5,6 +5,7 @@
 
 mod attest_dcap;
 mod attest_provider;
+mod attest_real_capture;
 mod attest_report;
 mod attest_support;
 mod data;

@@ -1,0 +1,133 @@
+//! The real TDX capture (`tests/data/real_tdx_report_2026-06.json`: a production gateway's report
+//! of 2026-06-28 in an older report schema, fetched with nonce `00…01`; see
+//! `src/attest/real_capture.rs` for the unit tests on its quote, event log and custody chains)
+//! through the public API: verifying it as a current `aci/1` report fails with a clear binding
+//! error, never a wrong success and never a panic.
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tower_aci::attest::{Policy, keyset_digest, report_data, verify_report};
+use tower_aci::protocol::jcs;
+use tower_aci::{AttestationFailure as F, ErrorKind};
+
+use crate::attest_support::load;
+
+/// The nonce the report was fetched with.
+const NONCE: [u8; 32] = {
+    let mut n = [0; 32];
+    n[31] = 1;
+    n
+};
+/// `attestation.freshness.fetched_at` of the capture.
+const FETCHED_AT: u64 = 1_782_664_738;
+
+fn capture() -> Value {
+    load("real_tdx_report_2026-06.json")
+}
+
+fn capture_bytes() -> Vec<u8> {
+    serde_json::to_vec(&capture()).unwrap()
+}
+
+fn skip_hardware() -> Policy {
+    Policy::builder().dangerous().skip_hardware_verification().build().unwrap()
+}
+
+fn failure<T: std::fmt::Debug>(r: tower_aci::Result<T>) -> (F, String) {
+    match r {
+        Ok(v) => panic!("expected an attestation failure, got {v:?}"),
+        Err(e) => match e.kind() {
+            ErrorKind::Attestation(f) => (f, e.to_string()),
+            other => panic!("expected an attestation failure, got {other:?}: {e}"),
+        },
+    }
+}
+
+#[test]
+fn the_real_report_fails_the_current_binding() {
+    let report = capture();
+    let claimed = report["attestation"]["report_data"].as_str().unwrap();
+
+    // Why: the keyset digest is right, but report_data binds the older statement.
+    let keyset = &report["attestation"]["workload_keyset"];
+    let digest = report["workload_keyset_digest"].as_str().unwrap();
+    assert_eq!(keyset_digest(keyset).unwrap(), digest);
+    assert_ne!(hex::encode(report_data(digest, Some(&NONCE))), claimed);
+    assert_ne!(hex::encode(report_data(digest, None)), claimed);
+    let old_statement = json!({
+        "nonce": hex::encode(NONCE),
+        "purpose": "aci.report_data.v1",
+        "workload_id": report["workload_id"],
+        "workload_keyset_digest": digest,
+    });
+    assert_eq!(hex::encode(Sha256::digest(jcs::to_vec(&old_statement).unwrap())), claimed);
+
+    // So the whole report, with the quote's slot check passing (quote_report_data carries
+    // report_data) and the hardware check skipped, stops at the binding.
+    let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &skip_hardware()));
+    assert_eq!(f, F::ReportData, "{message}");
+    assert!(message.contains("report_data is not bound to this keyset and our nonce"), "{message}");
+    // Also with custody skipped and for another nonce: the binding is checked first.
+    let lax = Policy::builder().dangerous().skip_hardware_verification().skip_key_custody().build().unwrap();
+    assert_eq!(failure(verify_report(&capture_bytes(), &[7; 32], FETCHED_AT, &lax)).0, F::ReportData);
+}
+
+#[test]
+fn a_fail_closed_policy_refuses_the_real_report_before_the_binding() {
+    // Without the `dcap` feature there is no quote verifier; with it, no collateral was captured.
+    let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &Policy::default()));
+    assert_eq!(f, F::HardwareUnverifiable, "{message}");
+}
+
+#[test]
+fn cut_or_corrupted_captures_fail_without_panicking() {
+    let bytes = capture_bytes();
+    for policy in [Policy::default(), skip_hardware()] {
+        for len in (0..bytes.len()).step_by(53) {
+            assert!(verify_report(&bytes[..len], &NONCE, FETCHED_AT, &policy).is_err(), "cut to {len}");
+        }
+    }
+    // Every evidence member replaced by a value of the wrong type, or removed.
+    let report = capture();
+    let members: Vec<String> = report["attestation"]["evidence"].as_object().unwrap().keys().cloned().collect();
+    for member in members {
+        for replacement in [Value::Null, json!(1), json!("zz"), json!([]), json!({})] {
+            let mut changed = report.clone();
+            changed["attestation"]["evidence"][&member] = replacement.clone();
+            let r = verify_report(&serde_json::to_vec(&changed).unwrap(), &NONCE, FETCHED_AT, &skip_hardware());
+            assert!(r.is_err(), "{member} = {replacement}");
+        }
+        let mut changed = report.clone();
+        changed["attestation"]["evidence"].as_object_mut().unwrap().remove(&member);
+        assert!(verify_report(&serde_json::to_vec(&changed).unwrap(), &NONCE, FETCHED_AT, &skip_hardware()).is_err());
+    }
+}
+
+#[cfg(feature = "dcap")]
+mod dcap {
+    use tower_aci::attest::dcap::Collateral;
+    use tower_aci::attest::verify_report_with_collateral;
+
+    use super::*;
+
+    /// dcap-qvl's sample collateral (`tests/data/dcap/`), for another platform and another time.
+    fn sample_collateral() -> Collateral {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dcap/tdx_quote_collateral.json");
+        Collateral::from_json(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn collateral_of_another_platform_does_not_verify_the_real_quote() {
+        let c = sample_collateral();
+        assert_eq!(c.fmspc(), Some("B0C06F000000"));
+        // Offline collateral is selected by the FMSPC of the real quote's PCK certificate.
+        let policy = Policy::builder().collateral(c.clone()).build().unwrap();
+        let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &policy));
+        assert_eq!(f, F::HardwareUnverifiable, "{message}");
+        assert!(message.contains("no collateral for the quote's platform (FMSPC"), "{message}");
+        // Collateral handed in directly is used as is and does not verify the quote.
+        let (f, message) =
+            failure(verify_report_with_collateral(&capture_bytes(), &NONCE, FETCHED_AT, &Policy::default(), &c));
+        assert_eq!(f, F::Quote, "{message}");
+    }
+}
