@@ -17,6 +17,7 @@
 use serde_json::{Map, Value};
 
 use crate::attest::custody::{self, ChainKeys};
+use crate::hex;
 use crate::attest::eventlog::{self, DSTACK_RUNTIME_EVENT, Event};
 use crate::attest::policy::Policy;
 use crate::error::{AttestationFailure as F, ErrorKind, Result};

@@ -52,15 +52,15 @@ fn the_real_report_fails_the_current_binding() {
     let keyset = &report["attestation"]["workload_keyset"];
     let digest = report["workload_keyset_digest"].as_str().unwrap();
     assert_eq!(keyset_digest(keyset).unwrap(), digest);
-    assert_ne!(hex::encode(report_data(digest, Some(&NONCE))), claimed);
-    assert_ne!(hex::encode(report_data(digest, None)), claimed);
+    assert_ne!(const_hex::encode(report_data(digest, Some(&NONCE))), claimed);
+    assert_ne!(const_hex::encode(report_data(digest, None)), claimed);
     let old_statement = json!({
-        "nonce": hex::encode(NONCE),
+        "nonce": const_hex::encode(NONCE),
         "purpose": "aci.report_data.v1",
         "workload_id": report["workload_id"],
         "workload_keyset_digest": digest,
     });
-    assert_eq!(hex::encode(Sha256::digest(jcs::to_vec(&old_statement).unwrap())), claimed);
+    assert_eq!(const_hex::encode(Sha256::digest(jcs::to_vec(&old_statement).unwrap())), claimed);
 
     // So the whole report, with the quote's slot check passing (quote_report_data carries
     // report_data) and the hardware check skipped, stops at the binding.
