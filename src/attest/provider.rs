@@ -167,6 +167,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
     /// [`fetch_collateral`](crate::attest::dcap::fetch_collateral); for example
     /// `https://pccs.phala.network`, the reference verifier's default.
     #[cfg(feature = "dcap")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
     pub fn pccs(mut self, url: Uri) -> Self {
         self.pccs = Some(url);
         self

@@ -42,7 +42,8 @@ use crate::receipt::fetch::ReceiptClient;
 use crate::receipt::record::ExchangeRecord;
 use crate::receipt::verify::ReceiptPolicy;
 
-/// Applies [`VerifyBeforeRelease`]. See the [module docs](self).
+/// Applies [`VerifyBeforeRelease`]: buffered answers are handed out only after their receipt
+/// verified; see the [`receipt`](crate::receipt) module.
 pub struct VerifyBeforeReleaseLayer<R, RQ = Full<Bytes>> {
     shared: Arc<Shared<R, RQ>>,
 }
