@@ -65,6 +65,7 @@ pub use fetch::{DEFAULT_MAX_DOCUMENT_SIZE, DEFAULT_MAX_RELEASE_BODY, ReceiptClie
 pub use record::{ExchangeRecord, ResponseDigest};
 pub use release::{VerifyBeforeRelease, VerifyBeforeReleaseLayer};
 pub use session::{AttestedSession, MAX_SESSION_SIZE, VerifiedSession, pin_sessions};
+#[cfg(feature = "test-gateway")]
 pub(crate) use verify::hash_string;
 pub use verify::{
     Keysets, RECEIPT_API_VERSION, ReceiptPolicy, VerifiedReceipt, verify_against_keyset, verify_exchange,
