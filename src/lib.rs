@@ -115,6 +115,9 @@ mod hex;
 pub mod middleware;
 mod percent;
 pub mod protocol;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod proxy;
 pub mod receipt;
 
 pub use e2ee::{E2ee, E2eeLayer};
