@@ -1,6 +1,8 @@
 //! The handle through which the E2EE layer reads the current attested key, without locking.
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
@@ -9,8 +11,18 @@ use crate::attest::clock::{Clock, SystemClock};
 use crate::attest::keyset::AttestedKeyset;
 use crate::error::{Error, ErrorKind, Result};
 
-/// How many verified keysets (replicas, restarts) a handle remembers by digest.
+/// How many verified keysets (replicas, restarts, rotations) a handle remembers by digest.
 pub(crate) const KNOWN_KEYSETS: usize = 16;
+
+/// How long after its `not_after` a keyset stays remembered (for verifying receipts it signed):
+/// one day, far beyond the reference gateway's one-hour receipt retention.
+pub(crate) const RETAIN_AFTER_EXPIRY_SECS: u64 = 24 * 3600;
+
+/// A future that attests a gateway until a keyset digest is known (or its bounds run out).
+pub(crate) type AttestFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Installed by the key provider: start (or join) attesting a digest.
+pub(crate) type Attester = Arc<dyn Fn(&str) -> Option<AttestFuture> + Send + Sync>;
 
 /// A cheap, cloneable handle to the current [`AttestedKeyset`].
 ///
@@ -18,23 +30,49 @@ pub(crate) const KNOWN_KEYSETS: usize = 16;
 /// A key provider (see [`KeyProvider`](crate::attest::KeyProvider)) publishes fresh keysets into
 /// it; [`KeyHandle::fixed`] makes a handle for one keyset you verified yourself, which simply
 /// stops serving it at its `not_after`.
+///
+/// # Replicas, restarts and rotations
+///
+/// A handle remembers up to 16 verified keysets by digest: the replicas of one deployment
+/// (same keys, their own `not_after`, hence their own digest), the keysets of earlier gateway
+/// processes, and keysets from before a key rotation, so that receipts naming any of them
+/// verify. Each is kept until a day after its `not_after`; when more are known, the one that
+/// expires first is forgotten first (never the current one). All the keysets of a handle were
+/// verified by one key provider, under one [`Policy`](crate::attest::Policy).
+///
+/// A keyset with the same selected E2EE key as the current one is a *replica*: when the current
+/// keyset reaches its `not_after`, a remembered replica that is still valid takes over. A keyset
+/// whose E2EE key differs is a *rotation*: it is never used in place of the current key unless
+/// the provider publishes it.
 #[derive(Clone, Debug)]
 pub struct KeyHandle {
     pub(crate) shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) current: ArcSwapOption<AttestedKeyset>,
     pub(crate) known: Mutex<Vec<Arc<AttestedKeyset>>>,
     pub(crate) clock: Arc<dyn Clock>,
-    /// Wakes the refresher to re-attest now (unknown digest, key mismatch).
+    /// Wakes the refresher to re-attest now (unknown digest, key mismatch, expiry).
     pub(crate) wake: Notify,
     /// Signalled whenever a new keyset is published.
     pub(crate) published: Notify,
     pub(crate) last_error: Mutex<Option<String>>,
     /// Whether a refresher task runs for this handle (set by the provider's worker).
     pub(crate) refresher: std::sync::atomic::AtomicBool,
+    /// Attests a named digest on demand (set by the key provider).
+    pub(crate) attester: OnceLock<Attester>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("current", &self.current.load().as_ref().map(|k| k.digest().to_owned()))
+            .field("known", &self.known.lock().map(|k| k.len()).unwrap_or(0))
+            .field("clock", &self.clock)
+            .field("attester", &self.attester.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyHandle {
@@ -48,6 +86,7 @@ impl KeyHandle {
                 published: Notify::new(),
                 last_error: Mutex::new(None),
                 refresher: std::sync::atomic::AtomicBool::new(false),
+                attester: OnceLock::new(),
             }),
         }
     }
@@ -66,12 +105,23 @@ impl KeyHandle {
     }
 
     /// The keyset to encrypt to now. Fails with `KeyUnavailable` when none has been established
-    /// yet or the current one is past its `not_after` (a key is never served after it).
+    /// yet, or the current one is past its `not_after` (a key is never served after it) and no
+    /// remembered replica of it (same E2EE key) is still valid.
     pub fn current(&self) -> Result<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
         match self.shared.current.load_full() {
             Some(k) if k.is_valid_at(now) => Ok(k),
-            Some(_) => {
+            Some(expired) => {
+                if let Some(replica) = self.valid_replica_of(&expired, now) {
+                    tracing::debug!(
+                        expired = expired.digest(),
+                        replica = replica.digest(),
+                        "the current keyset expired; a remembered replica with the same E2EE key takes over"
+                    );
+                    self.shared.current.store(Some(replica.clone()));
+                    return Ok(replica);
+                }
+                // The refresher ignores this while it is backing off after failures.
                 self.shared.wake.notify_one();
                 Err(Error::new(ErrorKind::KeyUnavailable, "the attested keyset has expired"))
             }
@@ -88,6 +138,17 @@ impl KeyHandle {
         }
     }
 
+    /// The remembered keyset valid at `now` with the same selected E2EE key as `of` and the
+    /// latest `not_after`.
+    fn valid_replica_of(&self, of: &AttestedKeyset, now: u64) -> Option<Arc<AttestedKeyset>> {
+        let known = self.shared.known.lock().ok()?;
+        known
+            .iter()
+            .filter(|k| k.is_valid_at(now) && k.same_e2ee_key(of))
+            .max_by_key(|k| k.not_after())
+            .cloned()
+    }
+
     /// A verified keyset by its digest (current or remembered), if still valid.
     pub fn keyset_for_digest(&self, digest: &str) -> Option<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
@@ -100,19 +161,42 @@ impl KeyHandle {
         known.iter().find(|k| k.digest() == digest && k.is_valid_at(now)).cloned()
     }
 
-    /// Every remembered verified keyset, including expired ones (for verifying old receipts).
+    /// Every remembered verified keyset, including expired ones (for verifying old receipts),
+    /// in the order they were first verified.
     pub fn known_keysets(&self) -> Vec<Arc<AttestedKeyset>> {
         self.shared.known.lock().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    /// Whether a keyset with this digest is remembered (valid or not).
+    pub(crate) fn knows(&self, digest: &str) -> bool {
+        self.shared.known.lock().map(|k| k.iter().any(|k| k.digest() == digest)).unwrap_or(false)
     }
 
     /// Tell the handle which keyset digest a response named (`X-ACI-Keyset-Digest`). An unknown
     /// digest asks the refresher to re-attest in the background; the current key keeps serving.
     pub fn observe_digest(&self, digest: &str) {
-        let known = self.shared.known.lock().map(|k| k.iter().any(|k| k.digest() == digest)).unwrap_or(false);
-        if !known {
+        if !self.knows(digest) {
             tracing::debug!(digest, "unknown keyset digest; asking for re-attestation");
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Attest the gateway until the keyset named `digest` is known, if a key provider serves
+    /// this handle: the provider fetches a few reports with fresh nonces, each on a fresh
+    /// connection so that a load balancer can route it to another replica, and remembers every
+    /// keyset that verifies (without making it current). Concurrent calls for one digest share
+    /// one attempt; a digest that could not be reached is not tried again for the provider's
+    /// `min_refresh_interval`. Returns `None` when the digest is already known or no provider
+    /// serves the handle ([`KeyHandle::fixed`]).
+    ///
+    /// The receipt client calls this when a receipt names a keyset it does not know; it bounds
+    /// how long it waits ([`ReceiptClient::keyset_wait`](crate::receipt::ReceiptClient::keyset_wait)).
+    pub fn attest_digest(&self, digest: &str) -> Option<impl Future<Output = ()> + Send + 'static + use<>> {
+        if self.knows(digest) {
+            return None;
+        }
+        let attester = self.shared.attester.get()?;
+        attester(digest)
     }
 
     /// Tell the handle the gateway answered `e2ee_model_key_mismatch`: re-attest now.
@@ -123,18 +207,43 @@ impl KeyHandle {
 
     /// Publish a verified keyset: it becomes current and is remembered by digest.
     pub(crate) fn publish(&self, keyset: Arc<AttestedKeyset>) {
-        if let Ok(mut known) = self.shared.known.lock() {
-            known.retain(|k| k.digest() != keyset.digest());
-            known.push(keyset.clone());
-            if known.len() > KNOWN_KEYSETS {
-                known.remove(0);
-            }
-        }
+        self.remember(keyset.clone());
         if let Ok(mut e) = self.shared.last_error.lock() {
             *e = None;
         }
         self.shared.current.store(Some(keyset));
         self.shared.published.notify_waiters();
+    }
+
+    /// Remember a verified keyset by digest without making it current (a replica learnt while
+    /// verifying a receipt). Retires keysets a day past their `not_after` and, beyond
+    /// [`KNOWN_KEYSETS`], the one that expires first (never the current one).
+    pub(crate) fn remember(&self, keyset: Arc<AttestedKeyset>) {
+        let now = self.shared.clock.now();
+        let current = self.shared.current.load_full();
+        let is_current = |k: &Arc<AttestedKeyset>| current.as_ref().is_some_and(|c| c.digest() == k.digest());
+        if let Ok(mut known) = self.shared.known.lock() {
+            match known.iter_mut().find(|k| k.digest() == keyset.digest()) {
+                // Same digest, verified again: keep its first position, hold the newest proof.
+                Some(slot) => *slot = keyset,
+                None => known.push(keyset),
+            }
+            known.retain(|k| is_current(k) || k.not_after().saturating_add(RETAIN_AFTER_EXPIRY_SECS) > now);
+            while known.len() > KNOWN_KEYSETS {
+                let evict = known
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, k)| !is_current(k))
+                    .min_by_key(|(_, k)| k.not_after())
+                    .map(|(i, _)| i);
+                match evict {
+                    Some(i) => {
+                        known.remove(i);
+                    }
+                    None => break,
+                }
+            }
+        }
     }
 
     /// Whether a key provider's refresher keeps this handle current.

@@ -61,12 +61,15 @@ mod testing;
 mod verify;
 
 pub use document::{Event, MAX_RECEIPT_SIZE, Receipt, UpstreamVerified};
-pub use fetch::{DEFAULT_MAX_DOCUMENT_SIZE, DEFAULT_MAX_RELEASE_BODY, ReceiptClient, RetryPolicy};
+pub use fetch::{
+    DEFAULT_FETCH_TIME_LIMIT, DEFAULT_KEYSET_WAIT, DEFAULT_MAX_DOCUMENT_SIZE, DEFAULT_MAX_RELEASE_BODY,
+    DEFAULT_REPLICA_HOPS, ReceiptClient, RetryPolicy,
+};
 pub use record::{ExchangeRecord, ResponseDigest};
 pub use release::{VerifyBeforeRelease, VerifyBeforeReleaseLayer};
 pub use session::{AttestedSession, MAX_SESSION_SIZE, VerifiedSession, pin_sessions};
 pub(crate) use verify::hash_string;
 pub use verify::{
-    Keysets, RECEIPT_API_VERSION, ReceiptPolicy, VerifiedReceipt, verify_against_keyset, verify_exchange,
-    verify_signature,
+    AttestDigestFuture, Keysets, KeysetMatch, RECEIPT_API_VERSION, ReceiptPolicy, VerifiedReceipt,
+    verify_against_keyset, verify_exchange, verify_signature,
 };
