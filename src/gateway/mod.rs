@@ -422,6 +422,11 @@ impl TestGateway {
         self.shared.requests_seen()
     }
 
+    /// How many receipts were requested (`GET /v1/aci/receipts/{id}`, found or not).
+    pub fn receipt_fetches(&self) -> usize {
+        self.shared.receipt_fetches()
+    }
+
     /// How many attestation reports were requested.
     pub fn attestations_served(&self) -> usize {
         self.shared.attestations_served()

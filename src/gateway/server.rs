@@ -60,6 +60,7 @@ pub(crate) struct Shared {
     wire_log: Mutex<VecDeque<Bytes>>,
     requests: AtomicUsize,
     attestations: AtomicUsize,
+    receipt_fetches: AtomicUsize,
     connections: AtomicUsize,
     seq: AtomicU64,
     shutdown: watch::Receiver<bool>,
@@ -95,6 +96,7 @@ impl Shared {
             wire_log: Mutex::new(VecDeque::new()),
             requests: AtomicUsize::new(0),
             attestations: AtomicUsize::new(0),
+            receipt_fetches: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
             shutdown,
@@ -145,6 +147,10 @@ impl Shared {
 
     pub(crate) fn attestations_served(&self) -> usize {
         self.attestations.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn receipt_fetches(&self) -> usize {
+        self.receipt_fetches.load(Ordering::SeqCst)
     }
 
     /// Connections whose task is still running.
@@ -354,6 +360,7 @@ fn attestation(shared: &Shared, query: Option<&str>) -> Resp {
 }
 
 fn receipt(shared: &Shared, id: &str, headers: &HeaderMap) -> Resp {
+    shared.receipt_fetches.fetch_add(1, Ordering::SeqCst);
     match shared.receipts.fetch(id, receipts::owner_of(headers), shared.clock.now()) {
         Ok(doc) => json_bytes_response(200, doc),
         Err(FetchError::Unauthorized) => error_response(&ApiError::new(

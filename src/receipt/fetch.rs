@@ -34,7 +34,7 @@ pub const DEFAULT_MAX_RELEASE_BODY: usize = 64 * 1024 * 1024;
 pub const DEFAULT_KEYSET_WAIT: Duration = Duration::from_secs(10);
 
 /// Default number of immediate re-sends after a `404` from another replica.
-pub const DEFAULT_REPLICA_HOPS: u32 = 8;
+pub const DEFAULT_REPLICA_HOPS: u32 = 32;
 /// Default time limit on one fetch, all attempts included.
 pub const DEFAULT_FETCH_TIME_LIMIT: Duration = Duration::from_secs(15);
 
