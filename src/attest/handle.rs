@@ -142,11 +142,7 @@ impl KeyHandle {
     /// latest `not_after`.
     fn valid_replica_of(&self, of: &AttestedKeyset, now: u64) -> Option<Arc<AttestedKeyset>> {
         let known = self.shared.known.lock().ok()?;
-        known
-            .iter()
-            .filter(|k| k.is_valid_at(now) && k.same_e2ee_key(of))
-            .max_by_key(|k| k.not_after())
-            .cloned()
+        known.iter().filter(|k| k.is_valid_at(now) && k.same_e2ee_key(of)).max_by_key(|k| k.not_after()).cloned()
     }
 
     /// A verified keyset by its digest (current or remembered), if still valid.
@@ -207,11 +203,12 @@ impl KeyHandle {
 
     /// Publish a verified keyset: it becomes current and is remembered by digest.
     pub(crate) fn publish(&self, keyset: Arc<AttestedKeyset>) {
-        self.remember(keyset.clone());
         if let Ok(mut e) = self.shared.last_error.lock() {
             *e = None;
         }
-        self.shared.current.store(Some(keyset));
+        // Current first, so that remembering it protects it rather than the keyset it replaces.
+        self.shared.current.store(Some(keyset.clone()));
+        self.remember(keyset);
         self.shared.published.notify_waiters();
     }
 
@@ -267,5 +264,88 @@ impl KeyHandle {
     /// The clock the handle judges expiry with.
     pub fn now(&self) -> u64 {
         self.shared.clock.now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::ManualClock;
+    use crate::protocol::keys::E2eeKey;
+    use crate::protocol::suite::{SecretKey, Suite};
+
+    fn e2ee_key() -> E2eeKey {
+        let public = SecretKey::generate(Suite::X25519, &mut rand_core::OsRng).public_key();
+        E2eeKey::parse("k", Suite::X25519.algo(), public.to_hex()).unwrap()
+    }
+
+    fn keyset(digest: &str, not_after: u64, key: &E2eeKey) -> Arc<AttestedKeyset> {
+        Arc::new(AttestedKeyset {
+            digest: digest.to_owned(),
+            subject: None,
+            not_after,
+            e2ee_keys: vec![key.clone()],
+            selected: 0,
+            receipt_keys: Vec::new(),
+            tls_keys: Vec::new(),
+            verified_at: 0,
+            hardware_verified: false,
+        })
+    }
+
+    #[test]
+    fn an_expired_current_keyset_hands_over_to_a_valid_replica_never_to_a_rotated_key() {
+        let clock = ManualClock::new(1_000);
+        let handle = KeyHandle::empty(Arc::new(clock.clone()));
+        let (key, other) = (e2ee_key(), e2ee_key());
+        // Remembered: a replica (same key) valid until 3000, one until 2500, and a keyset with
+        // another E2EE key valid until 9000.
+        handle.remember(keyset("replica-late", 3_000, &key));
+        handle.remember(keyset("replica-early", 2_500, &key));
+        handle.remember(keyset("rotated", 9_000, &other));
+        handle.publish(keyset("current", 2_000, &key));
+        assert_eq!(handle.current().unwrap().digest(), "current");
+
+        clock.set(2_000);
+        assert_eq!(handle.current().unwrap().digest(), "replica-late", "the longest-lived replica takes over");
+        clock.set(3_000);
+        let err = handle.current().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::KeyUnavailable, "a keyset with another E2EE key is never a fallback");
+        assert!(handle.knows("rotated"));
+    }
+
+    #[test]
+    fn remembered_keysets_are_bounded_and_retired_by_not_after() {
+        let clock = ManualClock::new(1_000);
+        let handle = KeyHandle::empty(Arc::new(clock.clone()));
+        let key = e2ee_key();
+        handle.publish(keyset("current", 1_500, &key));
+        for i in 0..KNOWN_KEYSETS as u64 + 4 {
+            handle.remember(keyset(&format!("r{i}"), 10_000 + i, &key));
+        }
+        let known = handle.known_keysets();
+        assert_eq!(known.len(), KNOWN_KEYSETS);
+        // The current keyset stays although it expires first; the earliest others went.
+        assert!(handle.knows("current"));
+        for gone in ["r0", "r1", "r2", "r3", "r4"] {
+            assert!(!handle.knows(gone), "{gone}");
+        }
+        assert!(handle.knows("r5") && handle.knows(&format!("r{}", KNOWN_KEYSETS + 3)));
+
+        // Publishing another keyset makes room by the same rule: the old current one expires first.
+        handle.publish(keyset("next", 50_000, &key));
+        assert!(!handle.knows("current") && handle.knows("r5") && handle.knows("next"));
+
+        // A day after its not_after a keyset that is not current is retired at the next change.
+        let handle = KeyHandle::empty(Arc::new(clock.clone()));
+        handle.remember(keyset("old", 1_500, &key));
+        handle.publish(keyset("new", 50_000, &key));
+        clock.set(1_500 + RETAIN_AFTER_EXPIRY_SECS - 1);
+        handle.remember(keyset("x", 60_000, &key));
+        assert!(handle.knows("old"), "kept a day past its not_after");
+        clock.set(1_500 + RETAIN_AFTER_EXPIRY_SECS);
+        handle.remember(keyset("y", 60_000, &key));
+        assert!(!handle.knows("old"));
+        assert_eq!(handle.known_keysets().len(), 3);
     }
 }

@@ -567,7 +567,9 @@ where
                     tracing::debug!(probe, wanted = %digest, got = keyset.digest(), "report fetched while looking for a keyset digest");
                     self.handle.remember(keyset);
                 }
-                Err(e) => tracing::debug!(probe, wanted = %digest, error = %e, "report fetch failed while looking for a keyset digest"),
+                Err(e) => {
+                    tracing::debug!(probe, wanted = %digest, error = %e, "report fetch failed while looking for a keyset digest")
+                }
             }
         }
         if !self.handle.knows(&digest) {
@@ -576,7 +578,8 @@ where
                 probes = self.timing.digest_probes,
                 "no report with this keyset digest was reached; not looking again for min_refresh_interval"
             );
-            let until = self.handle.shared.clock.now().saturating_add(self.timing.min_refresh_interval.as_secs().max(1));
+            let until =
+                self.handle.shared.clock.now().saturating_add(self.timing.min_refresh_interval.as_secs().max(1));
             lock(&self.unreachable).insert(digest.clone(), until);
         }
         lock(&self.searches).remove(&digest);

@@ -367,7 +367,11 @@ impl TestGateway {
     /// The keys this gateway serves, for a replica or a restart.
     pub fn keys(&self) -> GatewayKeys {
         let k = self.shared.keyset();
-        GatewayKeys { receipt_key_id: k.receipt_key_id.clone(), receipt_key: k.receipt_key.clone(), e2ee: k.e2ee.clone() }
+        GatewayKeys {
+            receipt_key_id: k.receipt_key_id.clone(),
+            receipt_key: k.receipt_key.clone(),
+            e2ee: k.e2ee.clone(),
+        }
     }
 
     /// The current keyset's `not_after`.

@@ -197,7 +197,7 @@ impl<S: Clone, ReqB> Clone for ReceiptClient<S, ReqB> {
             service: self.service.clone(),
             _body: PhantomData,
             base: self.base.clone(),
-            retry: self.retry.clone(),
+            retry: self.retry,
             max_document_size: self.max_document_size,
             max_release_body: self.max_release_body,
             keyset_wait: self.keyset_wait,
@@ -343,7 +343,14 @@ where
 {
     /// `GET {prefix}{id}` with retries, within the retry policy's time limit; the body of the
     /// `200`. `served_by` is the keyset digest of the replica that served the exchange.
-    async fn get(&self, prefix: &str, id: &str, bearer: Option<&str>, doc: Doc, served_by: Option<&str>) -> Result<Bytes> {
+    async fn get(
+        &self,
+        prefix: &str,
+        id: &str,
+        bearer: Option<&str>,
+        doc: Doc,
+        served_by: Option<&str>,
+    ) -> Result<Bytes> {
         // The status of the last answer (0: none yet), for the timeout's message.
         let last = std::sync::atomic::AtomicU16::new(0);
         let work = std::pin::pin!(self.get_unbounded(prefix, id, bearer, doc, served_by, &last));
@@ -353,9 +360,10 @@ where
                 let what = doc.name();
                 let limit = self.retry.time_limit;
                 Err(match StatusCode::from_u16(last.load(std::sync::atomic::Ordering::Relaxed)).ok() {
-                    Some(status) => {
-                        Error::new(ErrorKind::Transport, format!("fetching the {what} gave up after {limit:?} (last answer: {status})"))
-                    }
+                    Some(status) => Error::new(
+                        ErrorKind::Transport,
+                        format!("fetching the {what} gave up after {limit:?} (last answer: {status})"),
+                    ),
                     None => Error::new(ErrorKind::Transport, format!("fetching the {what} timed out after {limit:?}")),
                 })
             }
@@ -557,7 +565,8 @@ where
         // Bounds every wait for an attestation below, from now.
         let mut keyset_wait = (self.sleep)(self.keyset_wait);
         // Learn the serving replica's keyset while its receipt is fetched.
-        let mut learning = served_by.filter(|d| keysets.keyset_for_digest(d).is_none()).and_then(|d| keysets.attest_digest(d));
+        let mut learning =
+            served_by.filter(|d| keysets.keyset_for_digest(d).is_none()).and_then(|d| keysets.attest_digest(d));
         let receipt = match learning.take() {
             None => self.fetch_for(record, bearer).await?,
             Some(learn) => {

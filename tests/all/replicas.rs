@@ -293,11 +293,36 @@ async fn a_pinned_receipt_connection_reaches_other_replicas_only_with_hops() {
     }
     assert_eq!(not_found, 10, "the pinned connection reached one replica only");
 
-    // With hops, on the same pool: every receipt is reached and verifies.
-    let hops = receipt_client(&pinned, &base);
+    // With hops, on the same pool: every receipt is reached and verifies. The pool holds one
+    // connection, to one replica: only `Connection: close` on the re-sends makes them reach the
+    // other. Each fetch's first attempt goes out without it (it may reuse the exchange's
+    // connection), every later attempt with it.
+    // (path, `Connection` header) of every receipt request.
+    type Seen = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let recording = tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+        let connection = req.headers().get("connection").map(|v| v.to_str().unwrap().to_owned());
+        log.lock().unwrap().push((req.uri().path().to_owned(), connection));
+        pinned.clone().oneshot(req)
+    });
+    let hops = ReceiptClient::new(recording, base.parse().unwrap()).retry(RetryPolicy::new(
+        3,
+        Duration::from_millis(1),
+        Duration::from_millis(5),
+    ));
     for record in &records {
         hops.fetch_and_verify(record, None, &keys, &ReceiptPolicy::new()).await.unwrap();
     }
+    let seen = seen.lock().unwrap();
+    let mut fetches = 0;
+    for (i, (path, connection)) in seen.iter().enumerate() {
+        let first = i == 0 || seen[i - 1].0 != *path;
+        fetches += usize::from(first);
+        assert_eq!(connection.as_deref(), if first { None } else { Some("close") }, "request {i} for {path}");
+    }
+    assert_eq!(fetches, 20);
+    assert!(seen.len() > 20, "some receipts needed re-sends: {}", seen.len());
 }
 
 #[tokio::test]
@@ -426,12 +451,15 @@ async fn the_same_key_rule_stops_at_the_vouching_keysets_not_after() {
     let late = ManualClock::new(T0 + 200);
     // Replica A expires at T0 + 100; replica B, launched later, at T0 + 10_000 and its clock
     // says T0 + 200 (within the ±300 s request window).
-    let a = TestGateway::start(GatewayConfig::new().keys(keys_of_app.clone()).clock(Arc::new(early.clone())).not_after(T0 + 100))
-        .await
-        .unwrap();
-    let b = TestGateway::start(GatewayConfig::new().keys(keys_of_app).clock(Arc::new(late.clone())).not_after(T0 + 10_000))
-        .await
-        .unwrap();
+    let a = TestGateway::start(
+        GatewayConfig::new().keys(keys_of_app.clone()).clock(Arc::new(early.clone())).not_after(T0 + 100),
+    )
+    .await
+    .unwrap();
+    let b =
+        TestGateway::start(GatewayConfig::new().keys(keys_of_app).clock(Arc::new(late.clone())).not_after(T0 + 10_000))
+            .await
+            .unwrap();
     let http = layer_client();
     let provider = KeyProvider::builder(http.clone())
         .base_url(a.base_url().parse().unwrap())
