@@ -237,9 +237,10 @@ impl<S, ReqB> ReceiptClient<S, ReqB> {
         }
     }
 
-    /// How long [`fetch_and_verify`](Self::fetch_and_verify) waits, at most, for the key
-    /// provider to attest a keyset digest the receipt (or the exchange's response) names and the
-    /// keysets do not know (default 10 s). Zero does not wait.
+    /// How long [`fetch_and_verify`](Self::fetch_and_verify) waits at most, once the receipt is
+    /// fetched, for the key provider to attest a keyset digest the receipt names and the keysets
+    /// do not know (default 10 s; the attempt started while the receipt was fetched). Zero does
+    /// not wait.
     pub fn keyset_wait(mut self, wait: Duration) -> Self {
         self.keyset_wait = wait;
         self
@@ -538,8 +539,9 @@ where
     /// Replicas: the fetch aims at the replica that served (see [`fetch_for`](Self::fetch_for)).
     /// When the exchange's response, or the receipt, names a keyset digest `keysets` do not know,
     /// the keysets are asked to attest it ([`Keysets::attest_digest`]: a [`KeyHandle`] served by
-    /// a key provider looks for it with a few report fetches) while the receipt is fetched, and
-    /// verification waits for that, at most [`keyset_wait`](Self::keyset_wait). If the digest
+    /// a key provider looks for it with a few report fetches) while the receipt is fetched;
+    /// once the receipt is in, verification waits for that attempt at most
+    /// [`keyset_wait`](Self::keyset_wait). If the digest
     /// is still unknown, the same-key rule of [`verify_exchange`] decides, unless the policy
     /// requires the exact keyset; [`VerifiedReceipt::keyset_match`] says which applied.
     ///
@@ -562,8 +564,6 @@ where
             ));
         }
         let served_by = record.keyset_digest();
-        // Bounds every wait for an attestation below, from now.
-        let mut keyset_wait = (self.sleep)(self.keyset_wait);
         // Learn the serving replica's keyset while its receipt is fetched.
         let mut learning =
             served_by.filter(|d| keysets.keyset_for_digest(d).is_none()).and_then(|d| keysets.attest_digest(d));
@@ -587,7 +587,7 @@ where
                 _ => keysets.attest_digest(named),
             };
             if let Some(attempt) = attempt {
-                if let Either::Right(_) = select(attempt, keyset_wait.as_mut()).await {
+                if let Either::Right(_) = select(attempt, (self.sleep)(self.keyset_wait)).await {
                     tracing::debug!(digest = named, wait = ?self.keyset_wait, "the receipt's keyset was not attested in time");
                 }
             }
