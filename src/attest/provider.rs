@@ -655,7 +655,7 @@ where
 }
 
 /// At most this many digests are remembered as unreachable, or searched at once.
-const MAX_UNREACHABLE_DIGESTS: usize = 64;
+const MAX_UNREACHABLE_DIGESTS: usize = 16;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
