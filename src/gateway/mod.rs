@@ -431,6 +431,12 @@ impl TestGateway {
         self.shared.receipt_fetches()
     }
 
+    /// How many client connections are open now (a client that goes away mid-stream closes
+    /// its connection, and the stream it was reading stops).
+    pub fn live_connections(&self) -> usize {
+        self.shared.live_connections()
+    }
+
     /// How many attestation reports were requested.
     pub fn attestations_served(&self) -> usize {
         self.shared.attestations_served()

@@ -141,6 +141,8 @@ impl AuditLog {
         record: &ExchangeRecord,
         receipt: &Receipt,
     ) -> Result<()> {
+        // One writer at a time: the keyset line is written once, before its first receipt.
+        let mut file = self.file.lock().await;
         let mut lines = String::new();
         let digest = keyset.digest();
         let new_keyset = self.written_keysets.lock().map(|w| !w.contains(digest)).unwrap_or(true);
@@ -175,7 +177,6 @@ impl AuditLog {
             "keyset_digest": digest, "exchange": exchange, "receipt": text});
         lines.push_str(&line.to_string());
         lines.push('\n');
-        let mut file = self.file.lock().await;
         file.write_all(lines.as_bytes())
             .await
             .and(file.flush().await)

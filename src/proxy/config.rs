@@ -153,6 +153,9 @@ pub struct ProxyConfig {
     pub any_workload: bool,
     /// Largest request body accepted from a client (default 32 MiB, the gateway's own limit).
     pub max_request_body: usize,
+    /// A policy built in code, used instead of the pins (for embedding the proxy, and tests).
+    #[serde(skip)]
+    pub policy: Option<Policy>,
 }
 
 impl Default for ProxyConfig {
@@ -167,6 +170,7 @@ impl Default for ProxyConfig {
             local_test_gateway: false,
             any_workload: false,
             max_request_body: crate::e2ee::DEFAULT_MAX_REQUEST_BODY,
+            policy: None,
         }
     }
 }
@@ -180,6 +184,9 @@ impl ProxyConfig {
     /// The attestation policy these settings describe. Fails with a clear `Config` error when
     /// no workload is pinned (unless `any_workload`, or the local test gateway).
     pub fn policy(&self) -> Result<Policy> {
+        if let Some(p) = &self.policy {
+            return Ok(p.clone());
+        }
         let builder = self.pins.apply(Policy::builder());
         if self.local_test_gateway {
             return builder.dangerous().accept_stub_quote().build_any_workload();

@@ -21,6 +21,8 @@ mod gateway;
 mod layer;
 #[cfg(feature = "test-gateway")]
 mod provider_gateway;
+#[cfg(feature = "proxy")]
+mod proxy;
 #[cfg(feature = "test-gateway")]
 mod receipt_gateway;
 #[cfg(feature = "test-gateway")]
