@@ -17,8 +17,7 @@
 //! # async fn run() -> tower_aci::Result<()> {
 //! use tower_aci::proxy::{Proxy, ProxyConfig};
 //!
-//! let mut config = ProxyConfig::default();
-//! config.local_test_gateway = true; // offline demo
+//! let config = ProxyConfig { local_test_gateway: true, ..ProxyConfig::default() }; // offline demo
 //! let proxy = Proxy::start(config).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await.unwrap();
 //! axum::serve(listener, proxy.router()).await.unwrap();

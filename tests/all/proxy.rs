@@ -20,11 +20,13 @@ use crate::support::stub_policy;
 
 /// A proxy in front of `gw`, served on an ephemeral loopback port.
 async fn serve(gw: &TestGateway, receipts: ReceiptMode, audit: Option<std::path::PathBuf>) -> (Proxy, SocketAddr) {
-    let mut config = ProxyConfig::default();
-    config.gateway = Some(gw.base_url());
-    config.receipts = receipts;
-    config.audit_file = audit;
-    config.policy = Some(stub_policy(Suite::Secp256k1));
+    let config = ProxyConfig {
+        gateway: Some(gw.base_url()),
+        receipts,
+        audit_file: audit,
+        policy: Some(stub_policy(Suite::Secp256k1)),
+        ..ProxyConfig::default()
+    };
     let proxy = Proxy::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
