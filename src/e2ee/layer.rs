@@ -74,6 +74,16 @@ impl E2eeLayer {
         self.update(|c| c.plaintext_routes.push(path.into()))
     }
 
+    /// **Dangerous, for tests only**: draw every random byte of an exchange (client key,
+    /// `X-E2EE-Nonce`, ephemeral keys, AES-GCM nonces, in that order) from `fill` instead of the
+    /// operating system's CSPRNG, so that a test can replay an exchange recorded with fixed keys
+    /// byte for byte. Anything but a CSPRNG here voids the protection E2EE gives.
+    #[doc(hidden)]
+    pub fn dangerous_randomness_for_tests(self, fill: impl FnMut(&mut [u8]) + Send + 'static) -> Self {
+        let randomness = crate::e2ee::config::Randomness::from_fn(fill);
+        self.update(|c| c.randomness = randomness)
+    }
+
     /// Line and event size limits of the SSE decoder.
     pub fn sse_limits(self, limits: SseLimits) -> Self {
         self.update(|c| c.sse_limits = limits)

@@ -8,12 +8,17 @@ mod attest_provider;
 mod attest_real_capture;
 mod attest_report;
 mod attest_support;
+mod capture;
 mod data;
 mod layer_fits;
 mod protocol_props;
 mod protocol_vectors;
 mod receipt_fetch;
 mod receipt_vectors;
+mod reference;
+mod reference_exchanges;
+mod response_path;
+mod strict;
 
 #[cfg(feature = "test-gateway")]
 mod gateway;
