@@ -61,9 +61,14 @@ impl E2eeLayer {
         self.update(|c| c.blocking_threshold = bytes)
     }
 
-    /// Strict mode: refuse requests carrying members that travel in clear (`tools`,
-    /// `response_format`, message `name`, …) and fail responses that carry generated content in
-    /// clear (tool-call arguments, refusals, logprobs, …).
+    /// Strict mode: refuse requests carrying any member that travels in clear and is not on the
+    /// allow-list of members known to carry nothing private (see
+    /// [`EncryptOptions::strict`](crate::protocol::request::EncryptOptions::strict): `stop`,
+    /// `user`, `logit_bias`, `tools`, `response_format`, message `name`, … are refused), and fail
+    /// responses that carry generated content in clear (tool-call names and arguments, refusals,
+    /// logprobs, transcripts, …): a buffered body before any byte of it, a stream at the event
+    /// that carries it, before that event is released. Without strict mode the layer warns
+    /// (`tracing`, once per request and once per stream; names only, never values).
     pub fn strict(self, strict: bool) -> Self {
         self.update(|c| c.strict = strict)
     }

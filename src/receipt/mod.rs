@@ -63,7 +63,7 @@ mod verify;
 pub use document::{Event, MAX_RECEIPT_SIZE, Receipt, UpstreamVerified};
 pub use fetch::{DEFAULT_MAX_DOCUMENT_SIZE, DEFAULT_MAX_RELEASE_BODY, ReceiptClient, RetryPolicy};
 pub use record::{ExchangeRecord, ExchangeRecordBuilder, ResponseDigest};
-pub use release::{VerifyBeforeRelease, VerifyBeforeReleaseLayer};
+pub use release::{ReleaseBody, StreamVerification, VerifyBeforeRelease, VerifyBeforeReleaseLayer};
 pub use session::{AttestedSession, MAX_SESSION_SIZE, VerifiedSession, pin_sessions};
 pub(crate) use verify::hash_string;
 pub use verify::{

@@ -31,4 +31,6 @@ mod receipt_gateway;
 #[cfg(all(feature = "test-gateway", feature = "reqwest-middleware"))]
 mod reqwest_mw;
 #[cfg(feature = "test-gateway")]
+mod stream_release;
+#[cfg(feature = "test-gateway")]
 mod support;
