@@ -45,7 +45,8 @@ pub struct EncryptOptions {
     /// `aci_session_ids`; message `role`, `content` (a string or part array, which are
     /// encrypted) and `tool_call_id`. Anything else — `stop`, `user`, `logit_bias`, `suffix`,
     /// `audio`, `metadata`, `tools`, `response_format`, message `name` or `tool_calls`, a
-    /// `content` object, members unknown today — is refused.
+    /// `content` object, token ids in a `prompt`/`input` array, members unknown today — is
+    /// refused.
     pub strict: bool,
 }
 
@@ -257,8 +258,9 @@ fn fits(shape: Shape, v: &Value) -> bool {
 /// The members of a request that travel in clear beyond those known to carry nothing private
 /// (names and paths only, never values; at most [`MAX_LISTED`]): top-level members off the
 /// allow-list or whose value does not have the expected shape, message members other than
-/// `role`, `content` and `tool_call_id`, and a message `content` the gateway would forward as
-/// it is (an object, a number or a boolean).
+/// `role`, `content` and `tool_call_id`, a message `content` the gateway would forward as it is
+/// (an object, a number or a boolean), and token ids beside the strings of a `prompt`/`input`
+/// array.
 fn clear_members(endpoint: Endpoint, body: &Map<String, Value>) -> Vec<String> {
     let specific = match endpoint {
         Endpoint::ChatCompletions => ALLOWED_CHAT,
@@ -270,6 +272,13 @@ fn clear_members(endpoint: Endpoint, body: &Map<String, Value>) -> Vec<String> {
     for (k, v) in body {
         if !allowed(ALLOWED_COMMON, k, v) && !allowed(specific, k, v) {
             out.push(k.clone());
+        }
+    }
+    if endpoint != Endpoint::ChatCompletions {
+        // Token ids (and nested arrays of them) beside prompt strings are forwarded as they are.
+        let name = if endpoint == Endpoint::Completions { "prompt" } else { "input" };
+        if let Some(Value::Array(items)) = body.get(name) {
+            out.extend(items.iter().enumerate().filter(|(_, v)| !v.is_string()).map(|(i, _)| format!("{name}.{i}")));
         }
     }
     if endpoint == Endpoint::ChatCompletions {

@@ -39,6 +39,11 @@
 //! - [`ReceiptClient`] fetches receipts and attested sessions with bounded retries, and offers
 //!   [`fetch_and_verify`](ReceiptClient::fetch_and_verify) and a verify-before-release helper,
 //!   [`release_after_receipt`](ReceiptClient::release_after_receipt).
+//! - [`VerifyBeforeReleaseLayer`] goes above the E2EE layer: a buffered answer is released only
+//!   after its receipt verified; a stream's events flow as they authenticate, but its `[DONE]`
+//!   and end wait for the verified receipt ([`StreamVerification`]).
+//! - [`ExchangeRecord::builder`] rebuilds a record from stored facts, to re-verify archived
+//!   exchanges offline.
 //! - [`AttestedSession`] is an aggregator's record of a verified upstream (ACI spec §8, §9.2);
 //!   [`pin_sessions`] pins a request to sessions you verified.
 //!

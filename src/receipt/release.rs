@@ -1,48 +1,13 @@
-//! Verify before release: a layer, above [`E2eeLayer`](crate::E2eeLayer), that hands out a
-//! buffered answer only after the gateway's receipt for it verified.
-//!
-//! ```no_run
-//! # fn build<C, R>(keys: tower_aci::attest::KeyHandle, client: C, receipts: tower_aci::receipt::ReceiptClient<R>) {
-//! use tower::ServiceBuilder;
-//! use tower_aci::E2eeLayer;
-//! use tower_aci::receipt::{ReceiptPolicy, VerifyBeforeReleaseLayer};
-//!
-//! let svc = ServiceBuilder::new()
-//!     .layer(VerifyBeforeReleaseLayer::new(receipts, keys.clone(), ReceiptPolicy::new()))
-//!     .layer(E2eeLayer::new(keys))
-//!     .service(client);
-//! # let _ = svc;
-//! # }
-//! ```
-//!
-//! A buffered answer is read whole, its receipt fetched (with the request's own bearer token)
-//! and verified; only then does the caller get the body, with the
-//! [`VerifiedReceipt`](crate::receipt::VerifiedReceipt) in the
-//! response's extensions. Any failure — decryption, receipt missing, signature, a hash that does
-//! not match — is the call's error and no byte of the answer is released.
-//!
-//! A stream gets the strongest form a stream allows. Its receipt exists only once the gateway
-//! sent the whole stream, and every encrypted event authenticates on its own but not its place
-//! in the stream (see [the stream module](crate::protocol::stream#what-a-streams-encryption-does-not-protect)):
-//! an on-path attacker can drop, duplicate or reorder events undetected until the receipt's
-//! response hash is compared. So events are released as they authenticate, but the terminal
-//! `data: [DONE]` event and the end of the body are **held** until the stream has been read to
-//! its end, its receipt fetched and verified against the exact bytes received. Then `[DONE]`
-//! and the end follow, and the [`StreamVerification`] in the response's extensions holds the
-//! [`VerifiedReceipt`](crate::receipt::VerifiedReceipt). When the receipt does not verify, the
-//! body ends with that error (kind [`Receipt`](crate::ErrorKind::Receipt)) instead of `[DONE]`.
-//! A consumer that acts only on a complete stream (one that reached `[DONE]` and its end) thus
-//! never acts on an unverified one; one that acts on each event as it arrives gets the
-//! per-event guarantee only, and must treat a stream that ends in an error as untrustworthy.
+//! Verify before release: [`VerifyBeforeReleaseLayer`], above [`E2eeLayer`](crate::E2eeLayer),
+//! hands out answers only once their receipt verified; for streams, `[DONE]` and the end of the
+//! body wait for it.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-
-use std::collections::VecDeque;
-use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -59,7 +24,42 @@ use crate::receipt::fetch::ReceiptClient;
 use crate::receipt::record::ExchangeRecord;
 use crate::receipt::verify::{ReceiptPolicy, VerifiedReceipt};
 
-/// Applies [`VerifyBeforeRelease`]. See the [module docs](self).
+/// Verify before release: a layer, above [`E2eeLayer`](crate::E2eeLayer), that hands out an
+/// answer only once the gateway's receipt for it verified. Applies [`VerifyBeforeRelease`].
+///
+/// ```no_run
+/// # fn build<C, R>(keys: tower_aci::attest::KeyHandle, client: C, receipts: tower_aci::receipt::ReceiptClient<R>) {
+/// use tower::ServiceBuilder;
+/// use tower_aci::E2eeLayer;
+/// use tower_aci::receipt::{ReceiptPolicy, VerifyBeforeReleaseLayer};
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(VerifyBeforeReleaseLayer::new(receipts, keys.clone(), ReceiptPolicy::new()))
+///     .layer(E2eeLayer::new(keys))
+///     .service(client);
+/// # let _ = svc;
+/// # }
+/// ```
+///
+/// A buffered answer is read whole, its receipt fetched (with the request's own bearer token)
+/// and verified; only then does the caller get the body, with the
+/// [`VerifiedReceipt`](crate::receipt::VerifiedReceipt) in the
+/// response's extensions. Any failure — decryption, receipt missing, signature, a hash that does
+/// not match — is the call's error and no byte of the answer is released.
+///
+/// A stream gets the strongest form a stream allows. Its receipt exists only once the gateway
+/// sent the whole stream, and every encrypted event authenticates on its own but not its place
+/// in the stream (see [the stream module](crate::protocol::stream#what-a-streams-encryption-does-not-protect)):
+/// an on-path attacker can drop, duplicate or reorder events undetected until the receipt's
+/// response hash is compared. So events are released as they authenticate, but the terminal
+/// `data: [DONE]` event and the end of the body are **held** until the stream has been read to
+/// its end, its receipt fetched and verified against the exact bytes received. Then `[DONE]`
+/// and the end follow, and the [`StreamVerification`] in the response's extensions holds the
+/// [`VerifiedReceipt`](crate::receipt::VerifiedReceipt). When the receipt does not verify, the
+/// body ends with that error (kind [`Receipt`](crate::ErrorKind::Receipt)) instead of `[DONE]`.
+/// A consumer that acts only on a complete stream (one that reached `[DONE]` and its end) thus
+/// never acts on an unverified one; one that acts on each event as it arrives gets the
+/// per-event guarantee only, and must treat a stream that ends in an error as untrustworthy.
 pub struct VerifyBeforeReleaseLayer<R, RQ = Full<Bytes>> {
     shared: Arc<Shared<R, RQ>>,
 }
@@ -201,8 +201,8 @@ const MAX_HELD: usize = 64 * 1024;
 
 pin_project! {
     /// The response body of [`VerifyBeforeRelease`]: a buffered answer already verified, or a
-    /// stream whose `[DONE]` and end are held until its receipt verified (see the
-    /// [module docs](self)).
+    /// stream whose `[DONE]` and end are held until its receipt verified (see
+    /// [`VerifyBeforeReleaseLayer`]).
     pub struct ReleaseBody<B> {
         #[pin]
         kind: ReleaseKind<B>,

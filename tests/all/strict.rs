@@ -91,6 +91,11 @@ fn strict_requests_refuse_members_outside_the_allow_list() {
     assert_eq!(strict(Endpoint::ChatCompletions, &allowed).unwrap(), 1);
     let completions = json!({"model": "m", "prompt": ["a", "b"], "max_tokens": 5, "echo": false, "best_of": 1, "logprobs": 2, "stream": false});
     assert_eq!(strict(Endpoint::Completions, &completions).unwrap(), 2);
+    // Token ids beside prompt strings travel in clear, and token ids are text.
+    let mixed = json!({"model": "m", "prompt": ["a", [1, 2], 3]});
+    let err = strict(Endpoint::Completions, &mixed).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cleartext);
+    assert!(err.to_string().contains("`prompt.1`, `prompt.2`"), "{err}");
     let embeddings = json!({"model": "m", "input": "a", "encoding_format": "base64", "dimensions": 8});
     assert_eq!(strict(Endpoint::Embeddings, &embeddings).unwrap(), 1);
 
