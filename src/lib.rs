@@ -55,7 +55,13 @@
 //!
 //! - Retries must sit *above* the layer: the gateway burns a nonce before it decrypts, so a retry
 //!   below would replay it (`e2ee_replay_detected`); above, each attempt is re-encrypted with a
-//!   fresh nonce, timestamp and client key.
+//!   fresh nonce, timestamp and client key. [`e2ee::KeyMismatchRetry`] is the retry policy for a
+//!   gateway that rotated its key (`e2ee_model_key_mismatch`): it waits for the refresher's new
+//!   key and re-sends once.
+//! - One HTTP client can serve the layer, the key provider and the receipt client: they take any
+//!   service whose request body is `From<Bytes>`, including the layer's
+//!   [`RequestBody`](e2ee::RequestBody). The provider and the receipt client use the client
+//!   *under* the layer (or through it: the layer lets `GET`s pass untouched).
 //! - `tower::timeout` ends at the response head; streams need a deadline on reading the body.
 //! - The layer calls the inner service's `poll_ready` and moves the ready instance into the call;
 //!   key trouble (none established yet, expired) is a per-request error, never a readiness error.
@@ -64,9 +70,20 @@
 //!
 //! | feature | adds |
 //! | --- | --- |
-//! | `test-gateway` | [`gateway`]: a local ACI gateway on loopback for examples and tests |
-//! | `reqwest-middleware` | `reqwest::E2eeMiddleware` for reqwest-middleware chains |
-//! | `dcap` | TDX quote verification with `dcap-qvl` (the default policy requires it) |
+//! | `test-gateway` | `gateway`: a local ACI gateway on loopback for examples and tests (and the gateway's halves of the protocol) |
+//! | `reqwest-middleware` | `middleware::E2eeMiddleware` for reqwest-middleware chains |
+//! | `dcap` | `attest::dcap`: TDX quote verification with `dcap-qvl` (the default policy requires it) |
+//!
+//! ## Why `serde_json/preserve_order` is on
+//!
+//! The receipt names the SHA-256 of the request body the gateway *restored* after decrypting it:
+//! `serde_json`'s compact re-serialisation of the parsed body, in the order the members arrived
+//! (protocol.md §5.3). To predict that hash the crate must parse and print JSON exactly as the
+//! gateway does, so it enables `serde_json`'s `preserve_order` feature — which Cargo's feature
+//! unification turns on for every crate in your build that uses `serde_json` (its `Map` then
+//! keeps insertion order instead of sorting keys). The crate does not enable `float_roundtrip` or
+//! `arbitrary_precision`; if another crate does, a receipt's request hash may differ for exotic
+//! floats, which the verifier reports as a number-normalisation mismatch, not as tampering.
 //!
 //! ## Security notes
 //!
@@ -94,12 +111,17 @@ pub mod attest;
 pub mod e2ee;
 pub mod error;
 #[cfg(feature = "test-gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-gateway")))]
 pub mod gateway;
 mod hex;
 #[cfg(feature = "reqwest-middleware")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 pub mod middleware;
 mod percent;
 pub mod protocol;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod proxy;
 pub mod receipt;
 
 pub use e2ee::{E2ee, E2eeLayer};

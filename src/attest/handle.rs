@@ -1,6 +1,8 @@
 //! The handle through which the E2EE layer reads the current attested key, without locking.
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
@@ -9,8 +11,18 @@ use crate::attest::clock::{Clock, SystemClock};
 use crate::attest::keyset::AttestedKeyset;
 use crate::error::{Error, ErrorKind, Result};
 
-/// How many verified keysets (replicas, restarts) a handle remembers by digest.
+/// How many verified keysets (replicas, restarts, rotations) a handle remembers by digest.
 pub(crate) const KNOWN_KEYSETS: usize = 16;
+
+/// How long after its `not_after` a keyset stays remembered (for verifying receipts it signed):
+/// one day, far beyond the reference gateway's one-hour receipt retention.
+pub(crate) const RETAIN_AFTER_EXPIRY_SECS: u64 = 24 * 3600;
+
+/// A future that attests a gateway until a keyset digest is known (or its bounds run out).
+pub(crate) type AttestFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Installed by the key provider: start (or join) attesting a digest.
+pub(crate) type Attester = Arc<dyn Fn(&str) -> Option<AttestFuture> + Send + Sync>;
 
 /// A cheap, cloneable handle to the current [`AttestedKeyset`].
 ///
@@ -18,23 +30,49 @@ pub(crate) const KNOWN_KEYSETS: usize = 16;
 /// A key provider (see [`KeyProvider`](crate::attest::KeyProvider)) publishes fresh keysets into
 /// it; [`KeyHandle::fixed`] makes a handle for one keyset you verified yourself, which simply
 /// stops serving it at its `not_after`.
+///
+/// # Replicas, restarts and rotations
+///
+/// A handle remembers up to 16 verified keysets by digest: the replicas of one deployment
+/// (same keys, their own `not_after`, hence their own digest), the keysets of earlier gateway
+/// processes, and keysets from before a key rotation, so that receipts naming any of them
+/// verify. Each is kept until a day after its `not_after`; when more are known, the one that
+/// expires first is forgotten first (never the current one). All the keysets of a handle were
+/// verified by one key provider, under one [`Policy`](crate::attest::Policy).
+///
+/// A keyset with the same selected E2EE key as the current one is a *replica*: when the current
+/// keyset reaches its `not_after`, a remembered replica that is still valid takes over. A keyset
+/// whose E2EE key differs is a *rotation*: it is never used in place of the current key unless
+/// the provider publishes it.
 #[derive(Clone, Debug)]
 pub struct KeyHandle {
     pub(crate) shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) current: ArcSwapOption<AttestedKeyset>,
     pub(crate) known: Mutex<Vec<Arc<AttestedKeyset>>>,
     pub(crate) clock: Arc<dyn Clock>,
-    /// Wakes the refresher to re-attest now (unknown digest, key mismatch).
+    /// Wakes the refresher to re-attest now (unknown digest, key mismatch, expiry).
     pub(crate) wake: Notify,
     /// Signalled whenever a new keyset is published.
     pub(crate) published: Notify,
     pub(crate) last_error: Mutex<Option<String>>,
     /// Whether a refresher task runs for this handle (set by the provider's worker).
     pub(crate) refresher: std::sync::atomic::AtomicBool,
+    /// Attests a named digest on demand (set by the key provider).
+    pub(crate) attester: OnceLock<Attester>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("current", &self.current.load().as_ref().map(|k| k.digest().to_owned()))
+            .field("known", &self.known.lock().map(|k| k.len()).unwrap_or(0))
+            .field("clock", &self.clock)
+            .field("attester", &self.attester.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyHandle {
@@ -48,6 +86,7 @@ impl KeyHandle {
                 published: Notify::new(),
                 last_error: Mutex::new(None),
                 refresher: std::sync::atomic::AtomicBool::new(false),
+                attester: OnceLock::new(),
             }),
         }
     }
@@ -66,12 +105,23 @@ impl KeyHandle {
     }
 
     /// The keyset to encrypt to now. Fails with `KeyUnavailable` when none has been established
-    /// yet or the current one is past its `not_after` (a key is never served after it).
+    /// yet, or the current one is past its `not_after` (a key is never served after it) and no
+    /// remembered replica of it (same E2EE key) is still valid.
     pub fn current(&self) -> Result<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
         match self.shared.current.load_full() {
             Some(k) if k.is_valid_at(now) => Ok(k),
-            Some(_) => {
+            Some(expired) => {
+                if let Some(replica) = self.valid_replica_of(&expired, now) {
+                    tracing::debug!(
+                        expired = expired.digest(),
+                        replica = replica.digest(),
+                        "the current keyset expired; a remembered replica with the same E2EE key takes over"
+                    );
+                    self.shared.current.store(Some(replica.clone()));
+                    return Ok(replica);
+                }
+                // The refresher ignores this while it is backing off after failures.
                 self.shared.wake.notify_one();
                 Err(Error::new(ErrorKind::KeyUnavailable, "the attested keyset has expired"))
             }
@@ -88,6 +138,13 @@ impl KeyHandle {
         }
     }
 
+    /// The remembered keyset valid at `now` with the same selected E2EE key as `of` and the
+    /// latest `not_after`.
+    fn valid_replica_of(&self, of: &AttestedKeyset, now: u64) -> Option<Arc<AttestedKeyset>> {
+        let known = self.shared.known.lock().ok()?;
+        known.iter().filter(|k| k.is_valid_at(now) && k.same_e2ee_key(of)).max_by_key(|k| k.not_after()).cloned()
+    }
+
     /// A verified keyset by its digest (current or remembered), if still valid.
     pub fn keyset_for_digest(&self, digest: &str) -> Option<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
@@ -100,19 +157,42 @@ impl KeyHandle {
         known.iter().find(|k| k.digest() == digest && k.is_valid_at(now)).cloned()
     }
 
-    /// Every remembered verified keyset, including expired ones (for verifying old receipts).
+    /// Every remembered verified keyset, including expired ones (for verifying old receipts),
+    /// in the order they were first verified.
     pub fn known_keysets(&self) -> Vec<Arc<AttestedKeyset>> {
         self.shared.known.lock().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    /// Whether a keyset with this digest is remembered (valid or not).
+    pub(crate) fn knows(&self, digest: &str) -> bool {
+        self.shared.known.lock().map(|k| k.iter().any(|k| k.digest() == digest)).unwrap_or(false)
     }
 
     /// Tell the handle which keyset digest a response named (`X-ACI-Keyset-Digest`). An unknown
     /// digest asks the refresher to re-attest in the background; the current key keeps serving.
     pub fn observe_digest(&self, digest: &str) {
-        let known = self.shared.known.lock().map(|k| k.iter().any(|k| k.digest() == digest)).unwrap_or(false);
-        if !known {
+        if !self.knows(digest) {
             tracing::debug!(digest, "unknown keyset digest; asking for re-attestation");
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Attest the gateway until the keyset named `digest` is known, if a key provider serves
+    /// this handle: the provider fetches a few reports with fresh nonces, each on a fresh
+    /// connection so that a load balancer can route it to another replica, and remembers every
+    /// keyset that verifies (without making it current). Concurrent calls for one digest share
+    /// one attempt; a digest that could not be reached is not tried again for the provider's
+    /// `min_refresh_interval`. Returns `None` when the digest is already known or no provider
+    /// serves the handle ([`KeyHandle::fixed`]).
+    ///
+    /// The receipt client calls this when a receipt names a keyset it does not know; it bounds
+    /// how long it waits ([`ReceiptClient::keyset_wait`](crate::receipt::ReceiptClient::keyset_wait)).
+    pub fn attest_digest(&self, digest: &str) -> Option<impl Future<Output = ()> + Send + 'static + use<>> {
+        if self.knows(digest) {
+            return None;
+        }
+        let attester = self.shared.attester.get()?;
+        attester(digest)
     }
 
     /// Tell the handle the gateway answered `e2ee_model_key_mismatch`: re-attest now.
@@ -123,18 +203,44 @@ impl KeyHandle {
 
     /// Publish a verified keyset: it becomes current and is remembered by digest.
     pub(crate) fn publish(&self, keyset: Arc<AttestedKeyset>) {
-        if let Ok(mut known) = self.shared.known.lock() {
-            known.retain(|k| k.digest() != keyset.digest());
-            known.push(keyset.clone());
-            if known.len() > KNOWN_KEYSETS {
-                known.remove(0);
-            }
-        }
         if let Ok(mut e) = self.shared.last_error.lock() {
             *e = None;
         }
-        self.shared.current.store(Some(keyset));
+        // Current first, so that remembering it protects it rather than the keyset it replaces.
+        self.shared.current.store(Some(keyset.clone()));
+        self.remember(keyset);
         self.shared.published.notify_waiters();
+    }
+
+    /// Remember a verified keyset by digest without making it current (a replica learnt while
+    /// verifying a receipt). Retires keysets a day past their `not_after` and, beyond
+    /// [`KNOWN_KEYSETS`], the one that expires first (never the current one).
+    pub(crate) fn remember(&self, keyset: Arc<AttestedKeyset>) {
+        let now = self.shared.clock.now();
+        let current = self.shared.current.load_full();
+        let is_current = |k: &Arc<AttestedKeyset>| current.as_ref().is_some_and(|c| c.digest() == k.digest());
+        if let Ok(mut known) = self.shared.known.lock() {
+            match known.iter_mut().find(|k| k.digest() == keyset.digest()) {
+                // Same digest, verified again: keep its first position, hold the newest proof.
+                Some(slot) => *slot = keyset,
+                None => known.push(keyset),
+            }
+            known.retain(|k| is_current(k) || k.not_after().saturating_add(RETAIN_AFTER_EXPIRY_SECS) > now);
+            while known.len() > KNOWN_KEYSETS {
+                let evict = known
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, k)| !is_current(k))
+                    .min_by_key(|(_, k)| k.not_after())
+                    .map(|(i, _)| i);
+                match evict {
+                    Some(i) => {
+                        known.remove(i);
+                    }
+                    None => break,
+                }
+            }
+        }
     }
 
     /// Whether a key provider's refresher keeps this handle current.
@@ -158,5 +264,88 @@ impl KeyHandle {
     /// The clock the handle judges expiry with.
     pub fn now(&self) -> u64 {
         self.shared.clock.now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::ManualClock;
+    use crate::protocol::keys::E2eeKey;
+    use crate::protocol::suite::{SecretKey, Suite};
+
+    fn e2ee_key() -> E2eeKey {
+        let public = SecretKey::generate(Suite::X25519, &mut rand_core::OsRng).public_key();
+        E2eeKey::parse("k", Suite::X25519.algo(), public.to_hex()).unwrap()
+    }
+
+    fn keyset(digest: &str, not_after: u64, key: &E2eeKey) -> Arc<AttestedKeyset> {
+        Arc::new(AttestedKeyset {
+            digest: digest.to_owned(),
+            subject: None,
+            not_after,
+            e2ee_keys: vec![key.clone()],
+            selected: 0,
+            receipt_keys: Vec::new(),
+            tls_keys: Vec::new(),
+            verified_at: 0,
+            hardware_verified: false,
+        })
+    }
+
+    #[test]
+    fn an_expired_current_keyset_hands_over_to_a_valid_replica_never_to_a_rotated_key() {
+        let clock = ManualClock::new(1_000);
+        let handle = KeyHandle::empty(Arc::new(clock.clone()));
+        let (key, other) = (e2ee_key(), e2ee_key());
+        // Remembered: a replica (same key) valid until 3000, one until 2500, and a keyset with
+        // another E2EE key valid until 9000.
+        handle.remember(keyset("replica-late", 3_000, &key));
+        handle.remember(keyset("replica-early", 2_500, &key));
+        handle.remember(keyset("rotated", 9_000, &other));
+        handle.publish(keyset("current", 2_000, &key));
+        assert_eq!(handle.current().unwrap().digest(), "current");
+
+        clock.set(2_000);
+        assert_eq!(handle.current().unwrap().digest(), "replica-late", "the longest-lived replica takes over");
+        clock.set(3_000);
+        let err = handle.current().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::KeyUnavailable, "a keyset with another E2EE key is never a fallback");
+        assert!(handle.knows("rotated"));
+    }
+
+    #[test]
+    fn remembered_keysets_are_bounded_and_retired_by_not_after() {
+        let clock = ManualClock::new(1_000);
+        let handle = KeyHandle::empty(Arc::new(clock.clone()));
+        let key = e2ee_key();
+        handle.publish(keyset("current", 1_500, &key));
+        for i in 0..KNOWN_KEYSETS as u64 + 4 {
+            handle.remember(keyset(&format!("r{i}"), 10_000 + i, &key));
+        }
+        let known = handle.known_keysets();
+        assert_eq!(known.len(), KNOWN_KEYSETS);
+        // The current keyset stays although it expires first; the earliest others went.
+        assert!(handle.knows("current"));
+        for gone in ["r0", "r1", "r2", "r3", "r4"] {
+            assert!(!handle.knows(gone), "{gone}");
+        }
+        assert!(handle.knows("r5") && handle.knows(&format!("r{}", KNOWN_KEYSETS + 3)));
+
+        // Publishing another keyset makes room by the same rule: the old current one expires first.
+        handle.publish(keyset("next", 50_000, &key));
+        assert!(!handle.knows("current") && handle.knows("r5") && handle.knows("next"));
+
+        // A day after its not_after a keyset that is not current is retired at the next change.
+        let handle = KeyHandle::empty(Arc::new(clock.clone()));
+        handle.remember(keyset("old", 1_500, &key));
+        handle.publish(keyset("new", 50_000, &key));
+        clock.set(1_500 + RETAIN_AFTER_EXPIRY_SECS - 1);
+        handle.remember(keyset("x", 60_000, &key));
+        assert!(handle.knows("old"), "kept a day past its not_after");
+        clock.set(1_500 + RETAIN_AFTER_EXPIRY_SECS);
+        handle.remember(keyset("y", 60_000, &key));
+        assert!(!handle.knows("old"));
+        assert_eq!(handle.known_keysets().len(), 3);
     }
 }

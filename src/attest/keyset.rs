@@ -84,6 +84,13 @@ impl AttestedKeyset {
         &self.e2ee_keys[self.selected]
     }
 
+    /// Whether `other` selects the same E2EE key (key id, suite and public key): a replica of
+    /// this keyset, or the same process after a restart, as far as encryption goes. A keyset
+    /// whose selected key differs is a rotation.
+    pub fn same_e2ee_key(&self, other: &AttestedKeyset) -> bool {
+        self.e2ee_key() == other.e2ee_key()
+    }
+
     /// Every E2EE v2 key of the keyset (unknown algorithms are left out).
     pub fn e2ee_keys(&self) -> &[E2eeKey] {
         &self.e2ee_keys

@@ -12,6 +12,7 @@
 mod clock;
 mod custody;
 #[cfg(feature = "dcap")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
 pub mod dcap;
 mod eventlog;
 mod handle;
@@ -28,5 +29,6 @@ pub use keyset::{AttestedKeyset, ReceiptKey, TlsKey};
 pub use policy::{DEFAULT_MAX_VALIDITY, DEFAULT_TCB_STATUS, DangerousPolicyBuilder, Policy, PolicyBuilder};
 pub use provider::{KeyProvider, KeyProviderBuilder, RefreshTask, RefreshWorker, SleepFn};
 #[cfg(feature = "dcap")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
 pub use report::verify_report_with_collateral;
 pub use report::{API_VERSION, STATEMENT_PURPOSE, keyset_digest, report_data, report_statement, verify_report};

@@ -238,6 +238,7 @@ impl PolicyBuilder {
     /// ([`KeyProviderBuilder::pccs`](crate::attest::KeyProviderBuilder::pccs)) uses the fetched
     /// collateral instead.
     #[cfg(feature = "dcap")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
     pub fn collateral(mut self, collateral: crate::attest::dcap::Collateral) -> Self {
         if collateral.fmspc().is_none() {
             return self.fail("the collateral's TCB info names no FMSPC".to_owned());

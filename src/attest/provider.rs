@@ -1,5 +1,6 @@
 //! The key provider: fetch, verify and publish the gateway's attested keyset, and keep it fresh.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::{Either, select};
+use futures_util::future::{Either, WeakShared, select};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
@@ -20,7 +21,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::attest::clock::{Clock, SystemClock};
-use crate::attest::handle::KeyHandle;
+use crate::attest::handle::{AttestFuture, Attester, KeyHandle};
 use crate::attest::keyset::AttestedKeyset;
 use crate::attest::policy::Policy;
 use crate::attest::report::verify_report;
@@ -38,6 +39,9 @@ pub type SleepFn = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Sen
 /// Path of the attestation endpoint, appended to the base URL's path.
 const ATTESTATION_PATH: &str = "/v1/aci/attestation";
 
+/// Default number of report fetches spent looking for one unknown keyset digest.
+const DEFAULT_DIGEST_PROBES: u32 = 8;
+
 /// Default largest report body accepted (a report with a TDX quote and event log is well under).
 const DEFAULT_MAX_REPORT_SIZE: usize = 4 * 1024 * 1024;
 
@@ -49,6 +53,8 @@ struct Timing {
     retry_max: Duration,
     load_timeout: Duration,
     min_refresh_interval: Duration,
+    /// Report fetches spent looking for one unknown keyset digest.
+    digest_probes: u32,
 }
 
 impl Default for Timing {
@@ -60,6 +66,7 @@ impl Default for Timing {
             retry_max: Duration::from_secs(60),
             load_timeout: Duration::from_secs(30),
             min_refresh_interval: Duration::from_secs(10),
+            digest_probes: DEFAULT_DIGEST_PROBES,
         }
     }
 }
@@ -155,6 +162,16 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
         self
     }
 
+    /// How many reports (each with a fresh nonce, on a fresh connection) to fetch at most when
+    /// looking for a keyset digest a receipt names and the handle does not know (default 8; see
+    /// [`KeyHandle::attest_digest`]). Behind a load balancer each fetch may reach another
+    /// replica; with `n` replicas behind a round-robin balancer `n` fetches reach them all.
+    /// Zero disables the search: unknown digests are then learnt only by the refresher.
+    pub fn digest_probes(mut self, probes: u32) -> Self {
+        self.timing.digest_probes = probes;
+        self
+    }
+
     /// The largest report body accepted (default 4 MiB).
     pub fn max_report_size(mut self, bytes: usize) -> Self {
         self.max_report_size = bytes;
@@ -167,6 +184,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
     /// [`fetch_collateral`](crate::attest::dcap::fetch_collateral); for example
     /// `https://pccs.phala.network`, the reference verifier's default.
     #[cfg(feature = "dcap")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
     pub fn pccs(mut self, url: Uri) -> Self {
         self.pccs = Some(url);
         self
@@ -212,6 +230,8 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
                 flight: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
                 last_outcome: Mutex::new(None),
+                searches: Mutex::new(HashMap::new()),
+                unreachable: Mutex::new(HashMap::new()),
                 _body: PhantomData,
             }),
         })
@@ -260,9 +280,22 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
 /// life when that is shorter — and whenever the [`KeyHandle`] is asked to (a response named an
 /// unknown `X-ACI-Keyset-Digest`, the gateway answered `e2ee_model_key_mismatch`, or the keyset
 /// expired). Woken refreshes are spaced at least `min_refresh_interval` apart. A failed refresh
-/// is retried with exponential backoff; the last valid keyset keeps serving until its
-/// `not_after`, never after it. All concurrent fetches — [`KeyProvider::establish`] callers and
-/// the refresher — share one request (single flight).
+/// is retried with exponential backoff (`retry_backoff`), and nothing shortens the backoff: the
+/// requests refused while the key is expired do not each cause a fetch. The last valid keyset
+/// keeps serving until its `not_after`, never after it. All concurrent fetches —
+/// [`KeyProvider::establish`] callers and the refresher — share one request (single flight).
+///
+/// # Replicas and restarts
+///
+/// Every replica of a deployment, and every restart of one, serves the same keys under its own
+/// keyset digest (its `not_after` and TLS keys differ). The handle remembers a bounded set of
+/// verified keysets (see [`KeyHandle`]). When a receipt names a digest the handle does not know,
+/// the receipt client asks the provider to look for it ([`KeyHandle::attest_digest`]): up to
+/// [`digest_probes`](KeyProviderBuilder::digest_probes) reports, each with a fresh nonce and
+/// `Connection: close` so that the next one opens a new connection and a load balancer may send
+/// it to another replica. Each report that verifies under the policy is remembered; none of them
+/// replaces the current key (the refresher does that). A digest that was not reached is not
+/// looked for again for `min_refresh_interval`.
 pub struct KeyProvider<S, ReqB = Full<Bytes>> {
     inner: Arc<Inner<S, ReqB>>,
 }
@@ -300,6 +333,10 @@ struct Inner<S, ReqB> {
     /// Counts finished fetches.
     generation: AtomicU64,
     last_outcome: Mutex<Option<Outcome>>,
+    /// Digest searches in flight (single flight per digest).
+    searches: Mutex<HashMap<String, WeakShared<AttestFuture>>>,
+    /// Digests a search did not reach, and until when (clock seconds) not to search again.
+    unreachable: Mutex<HashMap<String, u64>>,
     _body: PhantomData<fn() -> ReqB>,
 }
 
@@ -351,6 +388,7 @@ where
     /// refresher) wait for it and share its outcome instead of fetching again. On failure the
     /// handle keeps serving the previous keyset until its `not_after`.
     pub async fn establish(&self) -> Result<Arc<AttestedKeyset>> {
+        self.install_attester();
         let inner = &self.inner;
         let seen = inner.generation.load(Ordering::Acquire);
         let _flight = inner.flight.lock().await;
@@ -360,7 +398,7 @@ where
                 return outcome.map_err(|(kind, message)| Error::new(kind, message));
             }
         }
-        let result = inner.fetch().await;
+        let result = inner.fetch(false).await;
         match &result {
             Ok(keyset) => {
                 tracing::debug!(digest = keyset.digest(), not_after = keyset.not_after(), "attested keyset published");
@@ -398,8 +436,22 @@ where
     /// The refresher runs until the future is dropped. Outside Tokio, supply a
     /// [`sleep`](KeyProviderBuilder::sleep).
     pub fn pair(&self) -> (KeyHandle, RefreshWorker) {
+        self.install_attester();
         let provider = self.clone();
         (self.handle(), RefreshWorker { inner: Box::pin(async move { provider.run().await }) })
+    }
+
+    /// Let the handle ask this provider to look for keyset digests it does not know
+    /// ([`KeyHandle::attest_digest`]). The handle holds only a weak reference: dropping every
+    /// provider clone turns the search off.
+    fn install_attester(&self) {
+        let shared = &self.inner.handle.shared;
+        if shared.attester.get().is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let attester: Attester = Arc::new(move |digest: &str| Inner::search(weak.upgrade()?, digest));
+        let _ = shared.attester.set(attester);
     }
 
     async fn run(self) {
@@ -421,7 +473,12 @@ where
             } else {
                 Duration::ZERO
             };
-            if !delay.is_zero() {
+            if failures > 0 {
+                // Backing off after a failed attempt: wake-ups do not cut the backoff short, so
+                // requests refused while the key is expired (each of which signals) cannot turn
+                // the backoff into a fetch every `min_refresh_interval`.
+                (inner.sleep)(delay).await;
+            } else if !delay.is_zero() {
                 let timer = (inner.sleep)(delay);
                 let woken = std::pin::pin!(shared.wake.notified());
                 if let Either::Right(_) = select(timer, woken).await {
@@ -462,25 +519,97 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// One fetch and verification, bounded by the load timeout.
-    async fn fetch(&self) -> Result<Arc<AttestedKeyset>> {
-        let work = std::pin::pin!(self.fetch_unbounded());
+    /// Start, or join, a search for the keyset named `digest`: up to `digest_probes` report
+    /// fetches, each on a fresh connection, until a verified keyset with that digest is
+    /// remembered. `None` when there is nothing to do: the digest is known, searching is off,
+    /// the digest was not reached by a search less than `min_refresh_interval` ago, or too many
+    /// digests were (hostile receipts naming random digests cannot make us fetch without bound).
+    fn search(self: Arc<Self>, digest: &str) -> Option<AttestFuture> {
+        if self.timing.digest_probes == 0 || self.handle.knows(digest) {
+            return None;
+        }
+        let now = self.handle.shared.clock.now();
+        {
+            let mut unreachable = lock(&self.unreachable);
+            unreachable.retain(|_, until| *until > now);
+            if unreachable.contains_key(digest) || unreachable.len() >= MAX_UNREACHABLE_DIGESTS {
+                return None;
+            }
+        }
+        let mut searches = lock(&self.searches);
+        searches.retain(|_, s| s.upgrade().is_some());
+        if let Some(running) = searches.get(digest).and_then(|s| s.upgrade()) {
+            return Some(Box::pin(running));
+        }
+        if searches.len() >= MAX_UNREACHABLE_DIGESTS {
+            return None;
+        }
+        let digest = digest.to_owned();
+        let inner = self.clone();
+        let work: AttestFuture = Box::pin(inner.search_unshared(digest.clone()));
+        let shared = work.shared();
+        if let Some(weak) = shared.downgrade() {
+            searches.insert(digest, weak);
+        }
+        Some(Box::pin(shared))
+    }
+
+    async fn search_unshared(self: Arc<Self>, digest: String) {
+        for probe in 0..self.timing.digest_probes {
+            let result = {
+                let _flight = self.flight.lock().await;
+                if self.handle.knows(&digest) {
+                    break;
+                }
+                self.fetch(true).await
+            };
+            match result {
+                Ok(keyset) => {
+                    tracing::debug!(probe, wanted = %digest, got = keyset.digest(), "report fetched while looking for a keyset digest");
+                    self.handle.remember(keyset);
+                }
+                Err(e) => {
+                    tracing::debug!(probe, wanted = %digest, error = %e, "report fetch failed while looking for a keyset digest")
+                }
+            }
+        }
+        if !self.handle.knows(&digest) {
+            tracing::warn!(
+                digest = %digest,
+                probes = self.timing.digest_probes,
+                "no report with this keyset digest was reached; not looking again for min_refresh_interval"
+            );
+            let until =
+                self.handle.shared.clock.now().saturating_add(self.timing.min_refresh_interval.as_secs().max(1));
+            lock(&self.unreachable).insert(digest.clone(), until);
+        }
+        lock(&self.searches).remove(&digest);
+    }
+
+    /// One fetch and verification, bounded by the load timeout. `fresh_connection` sends
+    /// `Connection: close`, so that the next request opens a new connection (which a
+    /// per-connection load balancer may route to another replica).
+    async fn fetch(&self, fresh_connection: bool) -> Result<Arc<AttestedKeyset>> {
+        let work = std::pin::pin!(self.fetch_unbounded(fresh_connection));
         match select(work, (self.sleep)(self.timing.load_timeout)).await {
             Either::Left((result, _)) => result,
             Either::Right(_) => Err(Error::new(ErrorKind::Transport, "fetching the attestation report timed out")),
         }
     }
 
-    async fn fetch_unbounded(&self) -> Result<Arc<AttestedKeyset>> {
+    async fn fetch_unbounded(&self, fresh_connection: bool) -> Result<Arc<AttestedKeyset>> {
         let mut nonce = [0u8; 32];
         OsRng
             .try_fill_bytes(&mut nonce)
             .map_err(|e| Error::new(ErrorKind::Transport, "the OS random generator failed").with_source(e))?;
         let uri = attestation_uri(&self.base, &hex::encode(nonce))?;
-        let request = Request::get(uri)
+        let mut request = Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
             .body(ReqB::from(Bytes::new()))
             .map_err(|e| Error::new(ErrorKind::Config, "cannot build the attestation request").with_source(e))?;
+        if fresh_connection {
+            request.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
 
         let service = match self.service.lock() {
             Ok(s) => s.clone(),
@@ -524,6 +653,13 @@ where
         let now = self.handle.shared.clock.now();
         verify_report(&body, &nonce, now, &self.policy).map(Arc::new)
     }
+}
+
+/// At most this many digests are remembered as unreachable, or searched at once.
+const MAX_UNREACHABLE_DIGESTS: usize = 16;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `{base path}/v1/aci/attestation?nonce=<hex>`.

@@ -152,6 +152,7 @@ pub fn verify_report(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy)
 /// ([`fetch_collateral`](crate::attest::dcap::fetch_collateral)); call it yourself when you fetch
 /// collateral another way.
 #[cfg(feature = "dcap")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
 pub fn verify_report_with_collateral(
     report: &[u8],
     nonce: &[u8; 32],

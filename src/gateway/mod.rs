@@ -79,6 +79,7 @@ type UpstreamFn = dyn Fn(UpstreamRequest) -> UpstreamResponse + Send + Sync + 's
 #[derive(Clone)]
 pub struct GatewayConfig {
     fixed_seeds: bool,
+    keys: Option<GatewayKeys>,
     not_after: Option<u64>,
     clock: Arc<dyn Clock>,
     upstream: Option<Arc<UpstreamFn>>,
@@ -89,6 +90,7 @@ impl fmt::Debug for GatewayConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GatewayConfig")
             .field("fixed_seeds", &self.fixed_seeds)
+            .field("keys", &self.keys)
             .field("not_after", &self.not_after)
             .field("clock", &self.clock)
             .field("upstream", &self.upstream.as_ref().map(|_| "custom"))
@@ -109,6 +111,7 @@ impl GatewayConfig {
     pub fn new() -> Self {
         GatewayConfig {
             fixed_seeds: false,
+            keys: None,
             not_after: None,
             clock: Arc::new(SystemClock),
             upstream: None,
@@ -121,6 +124,15 @@ impl GatewayConfig {
     /// fixed [`not_after`](Self::not_after) the keyset digest is fixed too.
     pub fn fixed_seeds(mut self) -> Self {
         self.fixed_seeds = true;
+        self
+    }
+
+    /// Serve these keys (taking precedence over [`fixed_seeds`](Self::fixed_seeds)): the keys
+    /// of another gateway ([`TestGateway::keys`]) make a replica of it, or the same gateway
+    /// after a restart ([`TestGateway::restart`]). With its own `not_after` the replica has its
+    /// own keyset digest, as in production.
+    pub fn keys(mut self, keys: GatewayKeys) -> Self {
+        self.keys = Some(keys);
         self
     }
 
@@ -198,6 +210,83 @@ pub enum Fault {
     /// The next E2EE request that passes validation is answered with this status and an error
     /// body *after* its nonce was burned (for retry tests); then the fault clears itself.
     StatusOnce(u16),
+    /// The attestation endpoint answers this status with an error body (a replica whose report
+    /// cannot be fetched); inference and receipts are served as usual.
+    AttestationStatus(u16),
+}
+
+/// The keys a [`TestGateway`] serves: the receipt-signing key and both E2EE keys. Share them
+/// between gateways to run replicas of one deployment, or carry them across a
+/// [`restart`](TestGateway::restart). Cloning shares the secrets; `Debug` shows only the public
+/// keys.
+///
+/// ```
+/// use tower_aci::gateway::{GatewayConfig, GatewayKeys, TestGateway};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let keys = GatewayKeys::generate();
+/// let a = TestGateway::start(GatewayConfig::new().keys(keys.clone()).not_after(2_000_000_000)).await?;
+/// let b = TestGateway::start(GatewayConfig::new().keys(keys).not_after(2_000_000_001)).await?;
+/// // Same keys, another not_after: another keyset digest.
+/// assert_ne!(a.keyset_digest(), b.keyset_digest());
+/// assert_eq!(a.keys().receipt_public_key(), b.keys().receipt_public_key());
+/// # Ok::<(), std::io::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct GatewayKeys {
+    receipt_key_id: String,
+    receipt_key: ed25519_dalek::SigningKey,
+    e2ee: Vec<Arc<keyset::ServiceKey>>,
+}
+
+impl GatewayKeys {
+    /// New random keys (a new application, as far as a client can tell).
+    pub fn generate() -> Self {
+        Self::from_seeds(false)
+    }
+
+    /// The fixed keys of [`GatewayConfig::fixed_seeds`].
+    pub fn fixed() -> Self {
+        Self::from_seeds(true)
+    }
+
+    fn from_seeds(fixed: bool) -> Self {
+        GatewayKeys {
+            receipt_key_id: keyset::RECEIPT_KEY_ID.to_owned(),
+            receipt_key: keyset::receipt_key(fixed),
+            e2ee: keyset::e2ee_keys(fixed),
+        }
+    }
+
+    /// The same receipt key with new random E2EE keys (an E2EE key rotation).
+    pub fn with_new_e2ee_keys(&self) -> Self {
+        GatewayKeys { e2ee: keyset::e2ee_keys(false), ..self.clone() }
+    }
+
+    /// The receipt-signing public key (Ed25519, 32 bytes).
+    pub fn receipt_public_key(&self) -> [u8; 32] {
+        self.receipt_key.verifying_key().to_bytes()
+    }
+
+    /// The E2EE public keys as the keyset publishes them (`public_key` text), in keyset order.
+    pub fn e2ee_public_keys(&self) -> Vec<String> {
+        self.e2ee.iter().map(|k| k.public.to_hex()).collect()
+    }
+
+    fn seal(&self, not_after: u64) -> keyset::Keyset {
+        keyset::Keyset::seal(self.receipt_key_id.clone(), self.receipt_key.clone(), self.e2ee.clone(), not_after)
+    }
+}
+
+impl fmt::Debug for GatewayKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayKeys")
+            .field("receipt_key_id", &self.receipt_key_id)
+            .field("receipt_public_key", &crate::hex::encode(self.receipt_public_key()))
+            .field("e2ee", &self.e2ee)
+            .finish()
+    }
 }
 
 /// A running local ACI gateway. Dropping it shuts the server down.
@@ -241,16 +330,53 @@ impl TestGateway {
         let listener = tokio::net::TcpListener::bind(config.bind).await?;
         let addr = listener.local_addr()?;
         let not_after = config.not_after.unwrap_or_else(|| config.clock.now().saturating_add(DEFAULT_VALIDITY_SECS));
-        let keyset = keyset::Keyset::seal(
-            keyset::RECEIPT_KEY_ID,
-            keyset::receipt_key(config.fixed_seeds),
-            keyset::e2ee_keys(config.fixed_seeds),
-            not_after,
-        );
+        let keys = config.keys.clone().unwrap_or_else(|| GatewayKeys::from_seeds(config.fixed_seeds));
+        let keyset = keys.seal(not_after);
         let (shutdown, watch) = tokio::sync::watch::channel(false);
         let shared = Arc::new(server::Shared::new(keyset, config.clock, config.upstream, watch));
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         Ok(TestGateway { addr, shared, shutdown, task })
+    }
+
+    /// Stop this gateway and start a new process on the same address with `config` (its
+    /// `bind` is replaced by this gateway's address): a restart. Everything held in memory is
+    /// gone — stored receipts, the replay cache, the fault, the logs and counters — as with the
+    /// reference gateway. Pass [`keys`](Self::keys) in `config` to keep the keys (the keyset
+    /// digest still changes with `not_after`); without them the new process has new keys.
+    /// Connections to the old process are closed before the new one listens.
+    ///
+    /// # Errors
+    ///
+    /// The address could not be bound again.
+    pub async fn restart(&mut self, config: GatewayConfig) -> std::io::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        // Let every connection task see the shutdown and close its socket.
+        for _ in 0..1_000 {
+            if self.shared.live_connections() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let addr = self.addr;
+        *self = TestGateway::start(config.bind(addr)).await?;
+        Ok(())
+    }
+
+    /// The keys this gateway serves, for a replica or a restart.
+    pub fn keys(&self) -> GatewayKeys {
+        let k = self.shared.keyset();
+        GatewayKeys {
+            receipt_key_id: k.receipt_key_id.clone(),
+            receipt_key: k.receipt_key.clone(),
+            e2ee: k.e2ee.clone(),
+        }
+    }
+
+    /// The current keyset's `not_after`.
+    pub fn not_after(&self) -> u64 {
+        self.shared.keyset().not_after
     }
 
     /// The bound address.
@@ -298,6 +424,11 @@ impl TestGateway {
     /// How many inference requests (`POST` to an inference route) reached the gateway.
     pub fn requests_seen(&self) -> usize {
         self.shared.requests_seen()
+    }
+
+    /// How many receipts were requested (`GET /v1/aci/receipts/{id}`, found or not).
+    pub fn receipt_fetches(&self) -> usize {
+        self.shared.receipt_fetches()
     }
 
     /// How many attestation reports were requested.

@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     wire_log: Mutex<VecDeque<Bytes>>,
     requests: AtomicUsize,
     attestations: AtomicUsize,
+    receipt_fetches: AtomicUsize,
+    connections: AtomicUsize,
     seq: AtomicU64,
     shutdown: watch::Receiver<bool>,
 }
@@ -94,6 +96,8 @@ impl Shared {
             wire_log: Mutex::new(VecDeque::new()),
             requests: AtomicUsize::new(0),
             attestations: AtomicUsize::new(0),
+            receipt_fetches: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
             shutdown,
         }
@@ -144,6 +148,24 @@ impl Shared {
     pub(crate) fn attestations_served(&self) -> usize {
         self.attestations.load(Ordering::SeqCst)
     }
+
+    pub(crate) fn receipt_fetches(&self) -> usize {
+        self.receipt_fetches.load(Ordering::SeqCst)
+    }
+
+    /// Connections whose task is still running.
+    pub(crate) fn live_connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a connection task while it runs.
+struct LiveConnection(Arc<Shared>);
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Resolves once shutdown was signalled (or the handle is gone).
@@ -172,7 +194,10 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             _ = stopped(&mut shutdown) => return,
         };
         let shared = shared.clone();
+        shared.connections.fetch_add(1, Ordering::SeqCst);
+        let live = LiveConnection(shared.clone());
         tokio::spawn(async move {
+            let _live = live;
             let mut shutdown = shared.shutdown.clone();
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
@@ -310,6 +335,9 @@ fn models() -> Resp {
 
 fn attestation(shared: &Shared, query: Option<&str>) -> Resp {
     shared.attestations.fetch_add(1, Ordering::SeqCst);
+    if let Some(Fault::AttestationStatus(status)) = shared.fault() {
+        return error_response(&ApiError::new(status, "service_unavailable", "injected fault: AttestationStatus"));
+    }
     let bad = || {
         error_response(&ApiError::new(
             400,
@@ -332,6 +360,7 @@ fn attestation(shared: &Shared, query: Option<&str>) -> Resp {
 }
 
 fn receipt(shared: &Shared, id: &str, headers: &HeaderMap) -> Resp {
+    shared.receipt_fetches.fetch_add(1, Ordering::SeqCst);
     match shared.receipts.fetch(id, receipts::owner_of(headers), shared.clock.now()) {
         Ok(doc) => json_bytes_response(200, doc),
         Err(FetchError::Unauthorized) => error_response(&ApiError::new(

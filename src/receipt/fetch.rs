@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, RETRY_AFTER};
+use futures_util::future::{Either, select};
+use http::header::{ACCEPT, AUTHORIZATION, CONNECTION, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
@@ -15,7 +16,7 @@ use tower_service::Service;
 
 use crate::attest::SleepFn;
 use crate::error::{BoxError, Error, ErrorKind, ReceiptFailure, Result};
-use crate::protocol::GatewayError;
+use crate::protocol::{GatewayError, headers};
 use crate::receipt::document::Receipt;
 use crate::receipt::record::ExchangeRecord;
 use crate::receipt::session::{AttestedSession, MAX_SESSION_SIZE};
@@ -29,31 +30,54 @@ const SESSIONS_PATH: &str = "/v1/aci/sessions/";
 pub const DEFAULT_MAX_DOCUMENT_SIZE: usize = MAX_SESSION_SIZE;
 /// Default limit on a body [`ReceiptClient::release_after_receipt`] collects: 64 MiB.
 pub const DEFAULT_MAX_RELEASE_BODY: usize = 64 * 1024 * 1024;
+/// Default bound on waiting for the attestation of a keyset digest a receipt names.
+pub const DEFAULT_KEYSET_WAIT: Duration = Duration::from_secs(10);
 
-/// Bounded retries with exponential backoff for `404`, `429` and `5xx` answers.
+/// Default number of immediate re-sends after a `404` from another replica.
+pub const DEFAULT_REPLICA_HOPS: u32 = 32;
+/// Default time limit on one fetch, all attempts included.
+pub const DEFAULT_FETCH_TIME_LIMIT: Duration = Duration::from_secs(15);
+
+/// Bounded retries of receipt and session fetches: exponential backoff for `404`, `429` and
+/// `5xx` answers, immediate re-sends when another replica answered, and a time limit.
 ///
 /// A stream's receipt is stored only when the gateway reaches the end of the stream, and a
 /// busy gateway may answer `429`/`503`: a few retries spaced out absorb both. A `Retry-After`
 /// in seconds replaces the computed delay (capped at the maximum backoff).
 ///
+/// Behind a load balancer the receipt lives only on the replica that served the exchange. Every
+/// attempt after the first carries `Connection: close`, so that the attempt after it opens a new
+/// connection, which a per-connection (L4) balancer may route to another replica; an HTTP-aware
+/// (L7) balancer routes each request anyway. When a `404` names (in `X-ACI-Keyset-Digest`)
+/// another replica than the one the exchange's response named, the fetch is re-sent at once,
+/// up to [`replica_hops`](Self::replica_hops) times, without counting against the backoff
+/// retries. The whole fetch is bounded by [`time_limit`](Self::time_limit).
+///
 /// ```
 /// use std::time::Duration;
 /// use tower_aci::receipt::RetryPolicy;
 ///
-/// let retry = RetryPolicy::new(3, Duration::from_millis(50), Duration::from_secs(1));
+/// let retry = RetryPolicy::new(3, Duration::from_millis(50), Duration::from_secs(1))
+///     .replica_hops(4)
+///     .time_limit(Duration::from_secs(5));
 /// assert_eq!(retry.backoff(0), Duration::from_millis(50));
 /// assert_eq!(retry.backoff(2), Duration::from_millis(200));
+/// assert_eq!(retry.max_replica_hops(), 4);
 /// assert_eq!(RetryPolicy::none().max_retries(), 0);
+/// assert_eq!(RetryPolicy::none().max_replica_hops(), 0);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     max_retries: u32,
     initial_backoff: Duration,
     max_backoff: Duration,
+    replica_hops: u32,
+    time_limit: Duration,
 }
 
 impl Default for RetryPolicy {
-    /// Five retries, 100 ms doubling up to 2 s (about 3 s in all).
+    /// Five retries, 100 ms doubling up to 2 s (about 3 s in all), eight replica hops, 15 s in
+    /// all.
     fn default() -> Self {
         RetryPolicy::new(5, Duration::from_millis(100), Duration::from_secs(2))
     }
@@ -61,19 +85,50 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Up to `max_retries` retries after the first attempt, waiting `initial_backoff`, then
-    /// twice as long each time, never more than `max_backoff`.
+    /// twice as long each time, never more than `max_backoff`; with the default replica hops
+    /// (8) and time limit (15 s).
     pub const fn new(max_retries: u32, initial_backoff: Duration, max_backoff: Duration) -> Self {
-        RetryPolicy { max_retries, initial_backoff, max_backoff }
+        RetryPolicy {
+            max_retries,
+            initial_backoff,
+            max_backoff,
+            replica_hops: DEFAULT_REPLICA_HOPS,
+            time_limit: DEFAULT_FETCH_TIME_LIMIT,
+        }
     }
 
-    /// No retries: one attempt.
+    /// No retries and no replica hops: one attempt (still bounded by the time limit).
     pub const fn none() -> Self {
-        RetryPolicy::new(0, Duration::ZERO, Duration::ZERO)
+        RetryPolicy::new(0, Duration::ZERO, Duration::ZERO).replica_hops(0)
+    }
+
+    /// Re-send at once, up to `hops` times, when another replica than the one that served the
+    /// exchange answered `404` (default 8). With `n` replicas behind a round-robin balancer,
+    /// `n` hops reach them all.
+    pub const fn replica_hops(mut self, hops: u32) -> Self {
+        self.replica_hops = hops;
+        self
+    }
+
+    /// Give up a fetch, all attempts and waits included, after this long (default 15 s).
+    pub const fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = limit;
+        self
     }
 
     /// Retries after the first attempt.
     pub fn max_retries(&self) -> u32 {
         self.max_retries
+    }
+
+    /// Immediate re-sends after a `404` from another replica.
+    pub fn max_replica_hops(&self) -> u32 {
+        self.replica_hops
+    }
+
+    /// The time limit of one fetch.
+    pub fn max_time(&self) -> Duration {
+        self.time_limit
     }
 
     /// The wait before retry number `retry` (0-based): `initial * 2^retry`, capped.
@@ -109,6 +164,22 @@ impl RetryPolicy {
 /// std::fs::write("receipt.json", verified.receipt().as_bytes()).ok(); // archive it
 /// # Ok(()) }
 /// ```
+///
+/// # Replicas and restarts
+///
+/// A gateway keeps receipts in memory, in the process that served the exchange: behind a load
+/// balancer only that replica has the receipt, and a restart loses it. To reach it:
+///
+/// - Give the receipt client the same HTTP client (connection pool) as the E2EE layer: its first
+///   attempt then usually reuses the connection the exchange used (hyper-util reuses the most
+///   recently idle connection), which a per-connection balancer pinned to that replica.
+/// - A `404` that names another replica's keyset digest than the exchange's
+///   ([`ExchangeRecord::keyset_digest`]) is re-sent at once on a fresh connection; see
+///   [`RetryPolicy`].
+/// - A receipt naming a keyset digest the [`Keysets`] do not know (a replica or a restarted
+///   process not attested yet) is verified after the key provider attested it, waiting at most
+///   [`keyset_wait`](Self::keyset_wait); see [`KeysetMatch`](crate::receipt::KeysetMatch) for
+///   the rule applied when it cannot be attested.
 pub struct ReceiptClient<S, ReqB = Full<Bytes>> {
     service: S,
     _body: PhantomData<fn() -> ReqB>,
@@ -116,6 +187,7 @@ pub struct ReceiptClient<S, ReqB = Full<Bytes>> {
     retry: RetryPolicy,
     max_document_size: usize,
     max_release_body: usize,
+    keyset_wait: Duration,
     sleep: SleepFn,
 }
 
@@ -128,6 +200,7 @@ impl<S: Clone, ReqB> Clone for ReceiptClient<S, ReqB> {
             retry: self.retry,
             max_document_size: self.max_document_size,
             max_release_body: self.max_release_body,
+            keyset_wait: self.keyset_wait,
             sleep: self.sleep.clone(),
         }
     }
@@ -140,6 +213,7 @@ impl<S, ReqB> fmt::Debug for ReceiptClient<S, ReqB> {
             .field("retry", &self.retry)
             .field("max_document_size", &self.max_document_size)
             .field("max_release_body", &self.max_release_body)
+            .field("keyset_wait", &self.keyset_wait)
             .finish_non_exhaustive()
     }
 }
@@ -158,8 +232,18 @@ impl<S, ReqB> ReceiptClient<S, ReqB> {
             retry: RetryPolicy::default(),
             max_document_size: DEFAULT_MAX_DOCUMENT_SIZE,
             max_release_body: DEFAULT_MAX_RELEASE_BODY,
+            keyset_wait: DEFAULT_KEYSET_WAIT,
             sleep: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
         }
+    }
+
+    /// How long [`fetch_and_verify`](Self::fetch_and_verify) waits at most, once the receipt is
+    /// fetched, for the key provider to attest a keyset digest the receipt names and the keysets
+    /// do not know (default 10 s; the attempt started while the receipt was fetched). Zero does
+    /// not wait.
+    pub fn keyset_wait(mut self, wait: Duration) -> Self {
+        self.keyset_wait = wait;
+        self
     }
 
     /// How to retry `404`, `429` and `5xx` answers.
@@ -168,8 +252,8 @@ impl<S, ReqB> ReceiptClient<S, ReqB> {
         self
     }
 
-    /// The sleep used between retries (default `tokio::time::sleep`, which needs a Tokio
-    /// runtime with time enabled).
+    /// The sleep used between retries and for the time limits (default `tokio::time::sleep`,
+    /// which needs a Tokio runtime with time enabled).
     pub fn sleep<F, Fut>(mut self, sleep: F) -> Self
     where
         F: Fn(Duration) -> Fut + Send + Sync + 'static,
@@ -258,8 +342,44 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    /// `GET {prefix}{id}` with retries; the body of the `200`.
-    async fn get(&self, prefix: &str, id: &str, bearer: Option<&str>, doc: Doc) -> Result<Bytes> {
+    /// `GET {prefix}{id}` with retries, within the retry policy's time limit; the body of the
+    /// `200`. `served_by` is the keyset digest of the replica that served the exchange.
+    async fn get(
+        &self,
+        prefix: &str,
+        id: &str,
+        bearer: Option<&str>,
+        doc: Doc,
+        served_by: Option<&str>,
+    ) -> Result<Bytes> {
+        // The status of the last answer (0: none yet), for the timeout's message.
+        let last = std::sync::atomic::AtomicU16::new(0);
+        let work = std::pin::pin!(self.get_unbounded(prefix, id, bearer, doc, served_by, &last));
+        match select(work, (self.sleep)(self.retry.time_limit)).await {
+            Either::Left((result, _)) => result,
+            Either::Right(_) => {
+                let what = doc.name();
+                let limit = self.retry.time_limit;
+                Err(match StatusCode::from_u16(last.load(std::sync::atomic::Ordering::Relaxed)).ok() {
+                    Some(status) => Error::new(
+                        ErrorKind::Transport,
+                        format!("fetching the {what} gave up after {limit:?} (last answer: {status})"),
+                    ),
+                    None => Error::new(ErrorKind::Transport, format!("fetching the {what} timed out after {limit:?}")),
+                })
+            }
+        }
+    }
+
+    async fn get_unbounded(
+        &self,
+        prefix: &str,
+        id: &str,
+        bearer: Option<&str>,
+        doc: Doc,
+        served_by: Option<&str>,
+        last: &std::sync::atomic::AtomicU16,
+    ) -> Result<Bytes> {
         let what = doc.name();
         let uri = document_uri(&self.base, prefix, id)?;
         let authorization = match bearer {
@@ -272,6 +392,9 @@ where
             None => None,
         };
         let mut retry = 0;
+        let mut hops = 0;
+        let mut first = true;
+        let mut other_replicas: Vec<String> = Vec::new();
         loop {
             let mut request = Request::get(uri.clone())
                 .header(ACCEPT, "application/json")
@@ -280,12 +403,20 @@ where
             if let Some(v) = &authorization {
                 request.headers_mut().insert(AUTHORIZATION, v.clone());
             }
+            if !std::mem::take(&mut first) {
+                // This connection is not reused: the attempt after this one opens a new
+                // connection, which a per-connection balancer may route to another replica.
+                request.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             let response =
                 self.service.clone().oneshot(request).await.map_err(|e| {
                     Error::new(ErrorKind::Transport, format!("fetching the {what} failed")).with_source(e)
                 })?;
             let status = response.status();
+            last.store(status.as_u16(), std::sync::atomic::Ordering::Relaxed);
             let wait = retry_after(response.headers());
+            let answered_by =
+                response.headers().get(headers::ACI_KEYSET_DIGEST).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let body = Limited::new(response.into_body(), self.max_document_size)
                 .collect()
                 .await
@@ -293,6 +424,39 @@ where
                 .to_bytes();
             if status == StatusCode::OK {
                 return Ok(body);
+            }
+            // A 404 from another replica than the one that served: try another at once.
+            let elsewhere = match (served_by, answered_by.as_deref()) {
+                (Some(want), Some(got)) => want != got,
+                _ => false,
+            };
+            if status == StatusCode::NOT_FOUND && elsewhere {
+                if let Some(got) = answered_by {
+                    if !other_replicas.contains(&got) && other_replicas.len() < 8 {
+                        other_replicas.push(got);
+                    }
+                }
+                if hops < self.retry.replica_hops {
+                    hops += 1;
+                    tracing::debug!(hops, "{what} asked of another replica than the one that served; retrying at once");
+                    continue;
+                }
+                let want = served_by.unwrap_or_default();
+                let failure = match doc {
+                    Doc::Receipt => ReceiptFailure::NotAvailable,
+                    Doc::Session => ReceiptFailure::Session,
+                };
+                return Err(receipt_err(
+                    failure,
+                    format!(
+                        "{what} {id:?} not found: the replica that served the exchange (keyset {want}) did not answer \
+                         in {} attempts, other replicas did ({}). A gateway keeps receipts in memory, in the process \
+                         that served the exchange: that process may have restarted (the receipt is then lost), or \
+                         the load balancer does not route new connections to it",
+                        hops + 1,
+                        other_replicas.join(", ")
+                    ),
+                ));
             }
             let retryable =
                 status == StatusCode::NOT_FOUND || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
@@ -314,8 +478,9 @@ where
                 (StatusCode::NOT_FOUND, Doc::Receipt) => receipt_err(
                     ReceiptFailure::NotAvailable,
                     format!(
-                        "receipt {id:?} not found: unknown, expired, not stored (a stream not read to its end), or \
-                         fetched with another bearer token than the request's"
+                        "receipt {id:?} not found: unknown, expired, not stored (a stream not read to its end), lost \
+                         in a restart of the gateway process that served it, or fetched with another bearer token \
+                         than the request's"
                     ),
                 ),
                 (StatusCode::NOT_FOUND, Doc::Session) => {
@@ -334,7 +499,19 @@ where
     /// `Transport`) error; an unparsable document is [`ReceiptFailure::Shape`]. The receipt is not
     /// verified.
     pub async fn fetch(&self, id: &str, bearer: Option<&str>) -> Result<Receipt> {
-        let body = self.get(RECEIPTS_PATH, id, bearer, Doc::Receipt).await?;
+        let body = self.get(RECEIPTS_PATH, id, bearer, Doc::Receipt, None).await?;
+        Receipt::from_bytes(body)
+    }
+
+    /// Fetch the receipt of a recorded exchange (its receipt id), with the bearer token the
+    /// request used, aiming at the replica that served it: a `404` from another replica (by
+    /// `X-ACI-Keyset-Digest`, see [`ExchangeRecord::keyset_digest`]) is re-sent on a fresh
+    /// connection (see [`RetryPolicy`]). The receipt is not verified.
+    pub async fn fetch_for(&self, record: &ExchangeRecord, bearer: Option<&str>) -> Result<Receipt> {
+        let id = record.receipt_id().ok_or_else(|| {
+            receipt_err(ReceiptFailure::NotAvailable, "the response named no receipt (no X-Receipt-Id)")
+        })?;
+        let body = self.get(RECEIPTS_PATH, id, bearer, Doc::Receipt, record.keyset_digest()).await?;
         Receipt::from_bytes(body)
     }
 
@@ -342,7 +519,11 @@ where
     /// credential is sent). A missing session is [`ReceiptFailure::Session`]. The session is not
     /// verified (see [`AttestedSession::verify`]).
     pub async fn fetch_session(&self, session_id: &str) -> Result<AttestedSession> {
-        let body = self.get(SESSIONS_PATH, session_id, None, Doc::Session).await?;
+        self.fetch_session_from(session_id, None).await
+    }
+
+    async fn fetch_session_from(&self, session_id: &str, served_by: Option<&str>) -> Result<AttestedSession> {
+        let body = self.get(SESSIONS_PATH, session_id, None, Doc::Session, served_by).await?;
         AttestedSession::from_bytes(body)
     }
 
@@ -354,6 +535,17 @@ where
     /// Fails with [`ReceiptFailure::NotAvailable`] without fetching when the response body was
     /// not read to its end (its hash is not final and a stream's receipt does not exist yet) or
     /// the response named no receipt id.
+    ///
+    /// Replicas: the fetch aims at the replica that served (see [`fetch_for`](Self::fetch_for)).
+    /// When the exchange's response, or the receipt, names a keyset digest `keysets` do not know,
+    /// the keysets are asked to attest it ([`Keysets::attest_digest`]: a [`KeyHandle`] served by
+    /// a key provider looks for it with a few report fetches) while the receipt is fetched;
+    /// once the receipt is in, verification waits for that attempt at most
+    /// [`keyset_wait`](Self::keyset_wait). If the digest
+    /// is still unknown, the same-key rule of [`verify_exchange`] decides, unless the policy
+    /// requires the exact keyset; [`VerifiedReceipt::keyset_match`] says which applied.
+    ///
+    /// [`KeyHandle`]: crate::attest::KeyHandle
     pub async fn fetch_and_verify<K>(
         &self,
         record: &ExchangeRecord,
@@ -371,17 +563,43 @@ where
                  stream's receipt only when the stream ends",
             ));
         }
-        let id = record.receipt_id().ok_or_else(|| {
-            receipt_err(ReceiptFailure::NotAvailable, "the response named no receipt (no X-Receipt-Id)")
-        })?;
-        let receipt = self.fetch(id, bearer).await?;
+        let served_by = record.keyset_digest();
+        // Learn the serving replica's keyset while its receipt is fetched.
+        let mut learning =
+            served_by.filter(|d| keysets.keyset_for_digest(d).is_none()).and_then(|d| keysets.attest_digest(d));
+        let receipt = match learning.take() {
+            None => self.fetch_for(record, bearer).await?,
+            Some(learn) => {
+                let fetch = std::pin::pin!(self.fetch_for(record, bearer));
+                match select(fetch, learn).await {
+                    Either::Left((receipt, learn)) => {
+                        learning = Some(learn);
+                        receipt?
+                    }
+                    Either::Right(((), fetch)) => fetch.await?,
+                }
+            }
+        };
+        let named = receipt.workload_keyset_digest();
+        if keysets.keyset_for_digest(named).is_none() {
+            let attempt = match learning.take() {
+                Some(learn) if Some(named) == served_by => Some(learn),
+                _ => keysets.attest_digest(named),
+            };
+            if let Some(attempt) = attempt {
+                if let Either::Right(_) = select(attempt, (self.sleep)(self.keyset_wait)).await {
+                    tracing::debug!(digest = named, wait = ?self.keyset_wait, "the receipt's keyset was not attested in time");
+                }
+            }
+        }
+        drop(learning);
         let verified = verify_exchange(&receipt, record, keysets, policy)?;
         if !policy.verifies_sessions() {
             return Ok(verified);
         }
         match verified.cited_session_id().map(str::to_owned) {
             Some(session_id) => {
-                let session = self.fetch_session(&session_id).await?;
+                let session = self.fetch_session_from(&session_id, served_by).await?;
                 verified.attach_session(&session)
             }
             None => Ok(verified),

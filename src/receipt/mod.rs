@@ -56,6 +56,45 @@
 //! reports [`NotAvailable`](crate::ReceiptFailure::NotAvailable). A stream that ended without
 //! `[DONE]` may still have a valid receipt: require the terminal event yourself (the layer
 //! reports a truncated stream as an error when it is read).
+//!
+//! # Replicas and restarts: verify soon, archive the bytes
+//!
+//! **A receipt may live on one replica only, and may be lost on a restart.** The reference
+//! gateway keeps receipts in memory, for an hour, in the process that served the exchange:
+//! behind a load balancer only that replica can return it, and a restart or a redeployment
+//! loses it for good. Fetch and verify a receipt soon after its exchange — or before you release
+//! the answer ([`VerifyBeforeReleaseLayer`],
+//! [`release_after_receipt`](ReceiptClient::release_after_receipt)) — and archive the verified
+//! bytes ([`Receipt::as_bytes`]) together with the keyset that verified them
+//! ([`VerifiedReceipt::keyset`]); [`verify_against_keyset`] re-checks them offline.
+//!
+//! What the client does to reach the right replica:
+//!
+//! - The [`ExchangeRecord`] keeps the serving replica's keyset digest (its
+//!   `X-ACI-Keyset-Digest`, [`ExchangeRecord::keyset_digest`]). A `404` naming another
+//!   replica's digest is re-sent at once; every re-send carries `Connection: close`, so that the
+//!   next attempt opens a new connection, which a per-connection (L4) balancer may route to
+//!   another replica ([`RetryPolicy`]: 32 such hops by default, and a time limit). An HTTP-aware
+//!   (L7) balancer spreads requests anyway.
+//! - Give the [`ReceiptClient`] the client under the E2EE layer (one connection pool for the
+//!   layer, the key provider and the receipts): its first attempt then often reuses the
+//!   exchange's own connection. Each re-send retires one pooled connection, so with many idle
+//!   connections to other replicas more hops may be needed; a receipt client with its own
+//!   hyper-util client built with `pool_max_idle_per_host(0)` opens a new connection for every
+//!   attempt instead.
+//! - Every replica and every restarted process has its own keyset digest (its `not_after` is
+//!   launch time + 30 days; its TLS keys differ), while its keys are the application's. A
+//!   receipt naming a digest the [`KeyHandle`](crate::attest::KeyHandle) does not know makes the
+//!   key provider look for it ([`KeyHandle::attest_digest`](crate::attest::KeyHandle::attest_digest):
+//!   a few reports, fresh nonces, fresh connections), and
+//!   [`fetch_and_verify`](ReceiptClient::fetch_and_verify) waits for that, bounded
+//!   ([`ReceiptClient::keyset_wait`]).
+//! - If that keyset still cannot be attested (its report endpoint fails, or the balancer never
+//!   routed a report fetch to it), the receipt is accepted only when its signing key is the
+//!   receipt key of a keyset attested under the same policy and it was served before that
+//!   keyset's `not_after`; the result says so ([`VerifiedReceipt::keyset_match`] is
+//!   [`KeysetMatch::SameKey`]). [`KeysetMatch`] explains what this gives up;
+//!   [`ReceiptPolicy::require_exact_keyset`] refuses it.
 
 mod document;
 mod fetch;
@@ -66,12 +105,16 @@ mod testing;
 mod verify;
 
 pub use document::{Event, MAX_RECEIPT_SIZE, Receipt, UpstreamVerified};
-pub use fetch::{DEFAULT_MAX_DOCUMENT_SIZE, DEFAULT_MAX_RELEASE_BODY, ReceiptClient, RetryPolicy};
+pub use fetch::{
+    DEFAULT_FETCH_TIME_LIMIT, DEFAULT_KEYSET_WAIT, DEFAULT_MAX_DOCUMENT_SIZE, DEFAULT_MAX_RELEASE_BODY,
+    DEFAULT_REPLICA_HOPS, ReceiptClient, RetryPolicy,
+};
 pub use record::{ExchangeRecord, ExchangeRecordBuilder, ResponseDigest};
 pub use release::{ReleaseBody, StreamVerification, VerifyBeforeRelease, VerifyBeforeReleaseLayer};
 pub use session::{AttestedSession, MAX_SESSION_SIZE, VerifiedSession, pin_sessions};
+#[cfg(feature = "test-gateway")]
 pub(crate) use verify::hash_string;
 pub use verify::{
-    Keysets, RECEIPT_API_VERSION, ReceiptPolicy, VerifiedReceipt, verify_against_keyset, verify_exchange,
-    verify_signature,
+    AttestDigestFuture, KeysetMatch, Keysets, RECEIPT_API_VERSION, ReceiptPolicy, VerifiedReceipt,
+    verify_against_keyset, verify_exchange, verify_signature,
 };

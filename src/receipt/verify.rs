@@ -2,6 +2,8 @@
 //! E2EE layer saw of the exchange.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -28,6 +30,9 @@ pub(crate) fn hash_string(digest: &[u8; 32]) -> String {
     format!("sha256:{}", hex::encode(digest))
 }
 
+/// A boxed future that resolves once an attempt to attest a keyset digest is over.
+pub type AttestDigestFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
 /// Where the verifier finds the verified keyset a receipt names by its digest.
 ///
 /// Implemented for a [`KeyHandle`] (the current keyset, then every keyset it remembers,
@@ -36,15 +41,51 @@ pub(crate) fn hash_string(digest: &[u8; 32]) -> String {
 /// a single `Arc<AttestedKeyset>`. Only keysets that passed
 /// [`verify_report`](crate::attest::verify_report) exist, so whatever the lookup returns was
 /// attested.
+///
+/// Two optional methods serve receipts that name a keyset digest not (yet) known — a replica or
+/// a restarted gateway (see [`KeysetMatch`]): [`same_policy_keysets`](Self::same_policy_keysets)
+/// and [`attest_digest`](Self::attest_digest). Only the [`KeyHandle`] implementation provides
+/// them; slices, vectors and single keysets match receipts to keysets exactly.
 pub trait Keysets {
     /// The verified keyset whose digest is `digest`, if known.
     fn keyset_for_digest(&self, digest: &str) -> Option<Arc<AttestedKeyset>>;
+
+    /// Every keyset this source holds, all verified under one policy, for the same-key replica
+    /// rule ([`KeysetMatch::SameKey`]). The default, no keysets, disables the rule: implement it
+    /// only when your keysets were all verified under the policy you apply to receipts.
+    fn same_policy_keysets(&self) -> Vec<Arc<AttestedKeyset>> {
+        Vec::new()
+    }
+
+    /// Start (or join) attesting the gateway until `digest` is known; `None` when this source
+    /// cannot attest (the default) or has nothing to do.
+    /// [`ReceiptClient::fetch_and_verify`](crate::receipt::ReceiptClient::fetch_and_verify)
+    /// waits for it, bounded, before verifying a receipt naming an unknown digest.
+    fn attest_digest(&self, digest: &str) -> Option<AttestDigestFuture> {
+        let _ = digest;
+        None
+    }
 }
 
 impl Keysets for KeyHandle {
     fn keyset_for_digest(&self, digest: &str) -> Option<Arc<AttestedKeyset>> {
         KeyHandle::keyset_for_digest(self, digest)
             .or_else(|| self.known_keysets().into_iter().find(|k| k.digest() == digest))
+    }
+
+    /// The keysets the handle remembers: one key provider verified them all, under its policy.
+    fn same_policy_keysets(&self) -> Vec<Arc<AttestedKeyset>> {
+        let mut all = self.known_keysets();
+        if let Some(current) = self.shared.current.load_full() {
+            if !all.iter().any(|k| k.digest() == current.digest()) {
+                all.push(current);
+            }
+        }
+        all
+    }
+
+    fn attest_digest(&self, digest: &str) -> Option<AttestDigestFuture> {
+        KeyHandle::attest_digest(self, digest).map(|f| Box::pin(f) as AttestDigestFuture)
     }
 }
 
@@ -70,15 +111,62 @@ impl<T: Keysets + ?Sized> Keysets for &T {
     fn keyset_for_digest(&self, digest: &str) -> Option<Arc<AttestedKeyset>> {
         (**self).keyset_for_digest(digest)
     }
+
+    fn same_policy_keysets(&self) -> Vec<Arc<AttestedKeyset>> {
+        (**self).same_policy_keysets()
+    }
+
+    fn attest_digest(&self, digest: &str) -> Option<AttestDigestFuture> {
+        (**self).attest_digest(digest)
+    }
+}
+
+/// How the keyset a receipt names was matched to a verified keyset.
+///
+/// A receipt names the keyset of the gateway process that signed it by its digest
+/// (`workload_keyset_digest`). Every replica of a deployment, and every restart of one, has its
+/// own digest: its `not_after` (launch time + 30 days) and TLS keys differ, while its E2EE and
+/// receipt keys — derived by the KMS for the application — are the same.
+///
+/// - [`Exact`](Self::Exact): the named keyset itself was attested under the policy (its report,
+///   fetched with our nonce, verified), and its receipt key verified the signature.
+/// - [`SameKey`](Self::SameKey): the named keyset was never attested (not even after the receipt
+///   client tried: the replica was unreachable behind the balancer, or its report endpoint
+///   failed), but the receipt's `key_id` names a receipt key of a keyset that *was* attested
+///   under the same policy, and the signature verifies under that key — byte for byte the same
+///   Ed25519 public key — and the receipt was served before that keyset's `not_after`.
+///   [`VerifiedReceipt::keyset`] is then that vouching keyset, not the one the receipt names.
+///
+/// What the keyset digest adds over the key: it binds the receipt to one attested process —
+/// its measured code (compose hash, OS image, event log), its TLS keys and `not_after` — that
+/// *your* policy accepted. The receipt key alone proves that the signer holds the application's
+/// KMS-derived key. Accepting [`SameKey`](Self::SameKey) therefore trusts the KMS's release rule
+/// for that key (the application's on-chain authorisation of builds) rather than your own
+/// allowlists for the unseen replica: a replica running a build the application owner
+/// authorised but your policy does not pin (an upgrade, a different OS image) would be accepted,
+/// and a third party re-checking the receipt cannot be shown the serving process's report. If
+/// you pin measurements because you do not trust the owner's upgrades, or you archive receipts
+/// as evidence about a specific process, require the exact keyset
+/// ([`ReceiptPolicy::require_exact_keyset`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeysetMatch {
+    /// The receipt's keyset was attested: its digest is that of a verified keyset.
+    Exact,
+    /// The receipt's keyset was not attested; its signing key (same key id, same Ed25519 public
+    /// key) is that of a keyset verified under the same policy: another replica or process of
+    /// the same deployment.
+    SameKey,
 }
 
 /// What a receipt must show beyond its signature and hashes. Builder methods take and return
 /// the policy by value.
 ///
 /// The default accepts rewrites (reporting them in [`VerifiedReceipt::rewritten`]), verifies
-/// the attested session an aggregator's receipt cites, and does not require verified upstream
+/// the attested session an aggregator's receipt cites, does not require verified upstream
 /// serving (a receipt recording best-effort serving verifies, and says so in
-/// [`VerifiedReceipt::upstream`]).
+/// [`VerifiedReceipt::upstream`]), and accepts a receipt of an unattested replica whose signing
+/// key is the attested one (reported in [`VerifiedReceipt::keyset_match`]).
 ///
 /// ```
 /// use tower_aci::receipt::ReceiptPolicy;
@@ -94,6 +182,7 @@ pub struct ReceiptPolicy {
     reject_rewrites: bool,
     verify_sessions: bool,
     require_verified_upstream: bool,
+    require_exact_keyset: bool,
     accepted_sessions: Vec<String>,
 }
 
@@ -110,8 +199,24 @@ impl ReceiptPolicy {
             reject_rewrites: false,
             verify_sessions: true,
             require_verified_upstream: false,
+            require_exact_keyset: false,
             accepted_sessions: Vec::new(),
         }
+    }
+
+    /// Accept only receipts whose named keyset was itself attested ([`KeysetMatch::Exact`]): a
+    /// receipt from a replica or gateway process whose report could not be verified fails with
+    /// [`UnknownKeyset`](ReceiptFailure::UnknownKeyset) even when its signing key is the
+    /// attested one. Off by default (see [`KeysetMatch`] for what accepting the same key gives
+    /// up).
+    pub fn require_exact_keyset(mut self, require: bool) -> Self {
+        self.require_exact_keyset = require;
+        self
+    }
+
+    /// Whether only exactly matched keysets are accepted.
+    pub fn requires_exact_keyset(&self) -> bool {
+        self.require_exact_keyset
     }
 
     /// Fail with [`ReceiptFailure::Rewritten`] when the gateway forwarded other bytes than it
@@ -182,6 +287,7 @@ impl ReceiptPolicy {
 pub struct VerifiedReceipt {
     receipt: Receipt,
     keyset: Arc<AttestedKeyset>,
+    keyset_match: KeysetMatch,
     forwarded: bool,
     rewritten: bool,
     upstream: Option<UpstreamVerified>,
@@ -199,9 +305,22 @@ impl VerifiedReceipt {
         self.receipt
     }
 
-    /// The attested keyset whose receipt key signed it.
+    /// The attested keyset whose receipt key signed it: the keyset the receipt names
+    /// ([`KeysetMatch::Exact`]), or the attested keyset with the same signing key
+    /// ([`KeysetMatch::SameKey`]). Archive it with the receipt to re-verify offline.
     pub fn keyset(&self) -> &Arc<AttestedKeyset> {
         &self.keyset
+    }
+
+    /// How the receipt's keyset was matched: exactly, or by its signing key (another replica).
+    pub fn keyset_match(&self) -> KeysetMatch {
+        self.keyset_match
+    }
+
+    /// The keyset digest the receipt names (the replica that signed it); equals
+    /// `keyset().digest()` for an exact match.
+    pub fn named_keyset_digest(&self) -> &str {
+        self.receipt.workload_keyset_digest()
     }
 
     /// Whether the receipt records that the request was forwarded for inference
@@ -269,6 +388,7 @@ impl fmt::Debug for VerifiedReceipt {
         f.debug_struct("VerifiedReceipt")
             .field("receipt_id", &self.receipt.receipt_id())
             .field("keyset_digest", &self.keyset.digest())
+            .field("keyset_match", &self.keyset_match)
             .field("forwarded", &self.forwarded)
             .field("rewritten", &self.rewritten)
             .field("upstream", &self.upstream)
@@ -352,9 +472,14 @@ fn number_normalisation_hint() -> &'static str {
 ///
 /// 1. The response body was read to its end, so its hash is final
 ///    ([`NotAvailable`](ReceiptFailure::NotAvailable)).
-/// 2. The keyset the receipt names is among `keysets`
-///    ([`UnknownKeyset`](ReceiptFailure::UnknownKeyset)); then [`verify_against_keyset`]:
-///    key, signature, `api_version`.
+/// 2. The keyset the receipt names is among `keysets`, then [`verify_against_keyset`]: key,
+///    signature, `api_version`. When it is not, and the policy allows it, the same-key replica
+///    rule ([`KeysetMatch::SameKey`]): a keyset of `keysets`'
+///    [`same_policy_keysets`](Keysets::same_policy_keysets) holds the receipt's key id, the
+///    signature verifies under that key, and the receipt was served before that keyset's
+///    `not_after`. Else [`UnknownKeyset`](ReceiptFailure::UnknownKeyset). This function does
+///    not attest anything; [`ReceiptClient::fetch_and_verify`](crate::receipt::ReceiptClient::fetch_and_verify)
+///    first tries to attest an unknown digest, so that an exact match is found when possible.
 /// 3. `receipt_id` is the one the response named, `method` is `POST`, `endpoint` is the path sent
 ///    (or the canonical endpoint path, when a proxy prefix was stripped), `model` is the request's
 ///    ([`Mismatch`](ReceiptFailure::Mismatch)).
@@ -389,16 +514,23 @@ where
     })?;
 
     // 2. Keyset, key, signature, version.
-    let keyset = keysets.keyset_for_digest(receipt.workload_keyset_digest()).ok_or_else(|| {
-        fail(
-            F::UnknownKeyset,
-            format!(
-                "the receipt names keyset {}, which is not among the verified keysets",
-                receipt.workload_keyset_digest()
-            ),
-        )
-    })?;
-    verify_against_keyset(receipt, &keyset)?;
+    let (keyset, keyset_match) = match keysets.keyset_for_digest(receipt.workload_keyset_digest()) {
+        Some(keyset) => {
+            verify_against_keyset(receipt, &keyset)?;
+            (keyset, KeysetMatch::Exact)
+        }
+        None if policy.require_exact_keyset => {
+            return Err(fail(
+                F::UnknownKeyset,
+                format!(
+                    "the receipt names keyset {}, which is not among the verified keysets (the policy requires the \
+                     exact keyset)",
+                    receipt.workload_keyset_digest()
+                ),
+            ));
+        }
+        None => (verify_by_same_key(receipt, &keysets.same_policy_keysets())?, KeysetMatch::SameKey),
+    };
 
     // 3. The exchange's identity.
     if let Some(id) = record.receipt_id() {
@@ -495,11 +627,65 @@ where
     Ok(VerifiedReceipt {
         receipt: receipt.clone(),
         keyset,
+        keyset_match,
         forwarded: forwarded.is_some(),
         rewritten,
         upstream,
         session: None,
     })
+}
+
+/// The same-key replica rule: a keyset verified under the same policy whose receipt key with
+/// the receipt's `key_id` verifies the signature, and whose `not_after` the receipt was served
+/// before. The latest-expiring such keyset is returned.
+fn verify_by_same_key(receipt: &Receipt, candidates: &[Arc<AttestedKeyset>]) -> Result<Arc<AttestedKeyset>> {
+    let named = receipt.workload_keyset_digest();
+    let mut holders: Vec<&Arc<AttestedKeyset>> =
+        candidates.iter().filter(|k| k.receipt_key(receipt.key_id()).is_some()).collect();
+    if holders.is_empty() {
+        return Err(fail(
+            F::UnknownKeyset,
+            format!(
+                "the receipt names keyset {named}, which is not among the verified keysets, and no verified keyset has \
+                 a receipt key {:?}",
+                receipt.key_id()
+            ),
+        ));
+    }
+    holders.sort_by_key(|k| std::cmp::Reverse(k.not_after()));
+    let mut signed_too_late = false;
+    for keyset in holders {
+        let Some(key) = keyset.receipt_key(receipt.key_id()) else { continue };
+        if verify_signature(receipt, key.verifying_key()).is_err() {
+            continue;
+        }
+        if receipt.api_version() != RECEIPT_API_VERSION {
+            return Err(fail(
+                F::ApiVersion,
+                format!("the receipt's api_version is {:?}, not aci/1", receipt.api_version()),
+            ));
+        }
+        if receipt.served_at() >= keyset.not_after() {
+            signed_too_late = true;
+            continue;
+        }
+        return Ok(keyset.clone());
+    }
+    Err(fail(
+        F::UnknownKeyset,
+        if signed_too_late {
+            format!(
+                "the receipt names keyset {named}, which is not among the verified keysets; its key is an attested \
+                 receipt key, but the receipt was served after every such keyset's not_after"
+            )
+        } else {
+            format!(
+                "the receipt names keyset {named}, which is not among the verified keysets, and its signature does \
+                 not verify under any attested receipt key {:?} (another deployment, or a rotated key)",
+                receipt.key_id()
+            )
+        },
+    ))
 }
 
 fn check_upstream(upstream: Option<&UpstreamVerified>, policy: &ReceiptPolicy) -> Result<()> {

@@ -284,15 +284,24 @@ async fn failure_keeps_the_last_valid_key_until_not_after() {
     assert_eq!(backoff, Duration::from_secs(1));
     assert_eq!(handle.current().unwrap().digest(), first.digest());
 
-    // Past not_after the key is never served, and asking for it wakes the refresher.
+    // Past not_after the key is never served. Asking for it does not cut the backoff short:
+    // attempts follow the backoff, however many requests are refused meanwhile.
     s.clock.set(first.not_after());
-    assert_eq!(handle.current().unwrap_err().kind(), ErrorKind::KeyUnavailable);
+    for _ in 0..10 {
+        assert_eq!(handle.current().unwrap_err().kind(), ErrorKind::KeyUnavailable);
+    }
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(s.gateway.fetches(), 2);
+    assert!(s.sleeps.queued().is_empty());
+    assert!(!fire_backoff.is_closed(), "the backoff timer is still the one that decides");
+    s.clock.advance(1);
+    fire_backoff.send(()).unwrap();
     let (backoff, fire_backoff2) = s.sleeps.next().await;
     assert_eq!(s.gateway.fetches(), 3);
     assert_eq!(backoff, Duration::from_secs(2));
     assert!(handle.current().is_err());
-    // The first backoff timer lost the race to the wake-up and was dropped.
-    assert!(fire_backoff.is_closed());
 
     // The gateway recovers: the next attempt publishes a fresh key.
     s.gateway.set_mode(Mode::Serve);

@@ -28,6 +28,8 @@ mod layer;
 mod provider_gateway;
 #[cfg(feature = "test-gateway")]
 mod receipt_gateway;
+#[cfg(feature = "test-gateway")]
+mod replicas;
 #[cfg(all(feature = "test-gateway", feature = "reqwest-middleware"))]
 mod reqwest_mw;
 #[cfg(feature = "test-gateway")]

@@ -427,18 +427,31 @@ async fn expired_keys_are_never_used_while_attestation_is_unreachable_then_recov
     rig.attestation_down.store(true, Ordering::SeqCst);
     rig.clock.set(T0 + VALIDITY + 5);
     fire.send(()).unwrap();
-    let (backoff, _retry) = rig.sleeps.next().await;
+    let (backoff, retry) = rig.sleeps.next().await;
     assert_eq!(backoff, Duration::from_secs(1));
     assert_eq!(rig.gw.attestations_served(), 1, "the fetch never reached the gateway");
 
     all_requests_refused(&rig, &handle).await;
 
-    // The refused requests woke the refresher out of its backoff; it keeps the minimum spacing.
-    let (gap, fire_gap) = rig.sleeps.next().await;
-    assert_eq!(gap, MIN_INTERVAL);
+    // The refused requests (each of which signals the refresher) did not cut the backoff short:
+    // no other sleep was started, and the backoff timer is still pending.
+    settle().await;
+    assert!(rig.sleeps.queued().is_empty(), "{:?}", rig.sleeps.queued());
+    assert!(!retry.is_closed());
+
+    // Attempts follow the backoff: the timer fires, the fetch fails again, the wait doubles.
+    rig.clock.advance(1);
+    retry.send(()).unwrap();
+    let (backoff, retry) = rig.sleeps.next().await;
+    assert_eq!(backoff, Duration::from_secs(2));
+    all_requests_refused(&rig, &handle).await;
+    settle().await;
+    assert!(rig.sleeps.queued().is_empty(), "{:?}", rig.sleeps.queued());
+
+    // The endpoint comes back; the next backoff attempt succeeds.
     rig.attestation_down.store(false, Ordering::SeqCst);
-    rig.clock.advance(MIN_INTERVAL.as_secs());
-    fire_gap.send(()).unwrap();
+    rig.clock.advance(2);
+    retry.send(()).unwrap();
     let (_, _timer) = rig.sleeps.next().await;
     assert_eq!(rig.gw.attestations_served(), 2);
     assert_eq!(handle.current().unwrap().digest(), rig.gw.keyset_digest());

@@ -94,14 +94,21 @@ fn session_path() -> String {
     format!("/v1/aci/sessions/{}", text("session", "session_id"))
 }
 
-/// A client with recorded sleeps.
+/// A client with recorded backoff sleeps. The fetch's time limit is a sleep too: it is left
+/// pending (the scripted service answers at once) and not recorded.
 fn client(mock: &Mock, retry: RetryPolicy) -> (ReceiptClient<Mock>, Sleeps) {
+    const LIMIT: Duration = Duration::from_secs(999);
     let sleeps: Sleeps = Arc::default();
     let s = sleeps.clone();
-    let c = ReceiptClient::new(mock.clone(), "http://gw.test".parse().unwrap()).retry(retry).sleep(move |d| {
-        s.lock().unwrap().push(d);
-        std::future::ready(())
-    });
+    let c = ReceiptClient::new(mock.clone(), "http://gw.test".parse().unwrap()).retry(retry.time_limit(LIMIT)).sleep(
+        move |d| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+            if d == LIMIT {
+                return Box::pin(std::future::pending());
+            }
+            s.lock().unwrap().push(d);
+            Box::pin(std::future::ready(()))
+        },
+    );
     (c, sleeps)
 }
 

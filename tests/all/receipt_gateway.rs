@@ -9,11 +9,12 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::ServiceBuilder;
-use tower_aci::attest::{KeyProvider, SystemClock};
+use tower_aci::attest::{KeyHandle, KeyProvider, SystemClock};
 use tower_aci::gateway::{Fault, GatewayConfig};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{
-    ExchangeRecord, Receipt, ReceiptClient, ReceiptPolicy, RetryPolicy, verify_against_keyset, verify_exchange,
+    ExchangeRecord, KeysetMatch, Receipt, ReceiptClient, ReceiptPolicy, RetryPolicy, verify_against_keyset,
+    verify_exchange,
 };
 use tower_aci::{ErrorKind, ReceiptFailure as F};
 
@@ -318,14 +319,14 @@ async fn verify_before_release_hands_out_the_body_only_after_the_receipt() {
 }
 
 #[tokio::test]
-async fn receipts_of_a_renewed_keyset_verify_once_it_is_attested() {
+async fn receipts_of_a_renewed_keyset_are_attested_then_verified() {
     let env = Env::start(Suite::X25519).await;
     let provider = KeyProvider::builder(hyper())
         .base_url(env.gw.base_url().parse().unwrap())
         .policy(stub_policy(Suite::X25519))
         .build()
         .unwrap();
-    provider.establish().await.unwrap();
+    let first = provider.establish().await.unwrap();
     let keys = provider.handle();
     let client = env.client(tower_aci::E2eeLayer::new(keys.clone()));
     let rc = receipts(&env);
@@ -338,18 +339,36 @@ async fn receipts_of_a_renewed_keyset_verify_once_it_is_attested() {
         record
     };
     let before = exchange().await;
-    rc.fetch_and_verify(&before, None, &keys, &policy).await.unwrap();
+    assert_eq!(rc.fetch_and_verify(&before, None, &keys, &policy).await.unwrap().keyset_match(), KeysetMatch::Exact);
 
     // A restart or another replica: same E2EE keys, a new keyset digest (protocol.md §6.5).
     let now = tower_aci::attest::Clock::now(&SystemClock);
     env.gw.renew_keyset(now + 20 * 24 * 3600);
     let after = exchange().await;
     assert_ne!(after.keyset_digest(), before.keyset_digest());
-    assert_eq!(reason(rc.fetch_and_verify(&after, None, &keys, &policy).await), F::UnknownKeyset);
-    provider.establish().await.unwrap();
-    rc.fetch_and_verify(&after, None, &keys, &policy).await.unwrap();
+    let reports = env.gw.attestations_served();
+    // The receipt names a digest the handle does not know: the provider attests it first (one
+    // report, fresh nonce), and the receipt verifies against it exactly.
+    let verified = rc.fetch_and_verify(&after, None, &keys, &policy).await.unwrap();
+    assert_eq!(verified.keyset_match(), KeysetMatch::Exact);
+    assert_eq!(verified.keyset().digest(), env.gw.keyset_digest());
+    assert_eq!(env.gw.attestations_served(), reports + 1);
+    // Learnt, not published: the current key is still the one established first.
+    assert_eq!(keys.current().unwrap().digest(), first.digest());
     // The earlier receipt still verifies against the keyset it names.
     rc.fetch_and_verify(&before, None, &keys, &policy).await.unwrap();
+
+    // A handle no provider serves cannot attest: the same-key rule decides, and says so.
+    let fixed = KeyHandle::fixed((*first).clone());
+    let verified = rc.fetch_and_verify(&after, None, &fixed, &policy).await.unwrap();
+    assert_eq!(verified.keyset_match(), KeysetMatch::SameKey);
+    assert_eq!(verified.keyset().digest(), first.digest());
+    assert_eq!(verified.named_keyset_digest(), env.gw.keyset_digest());
+    let exact = ReceiptPolicy::new().require_exact_keyset(true);
+    assert_eq!(reason(rc.fetch_and_verify(&after, None, &fixed, &exact).await), F::UnknownKeyset);
+    // Keysets given as a list match exactly only.
+    let list = vec![first.clone()];
+    assert_eq!(reason(rc.fetch_and_verify(&after, None, &list, &policy).await), F::UnknownKeyset);
 }
 
 #[tokio::test]

@@ -102,3 +102,54 @@ async fn retry_before_e2ee_re_encrypts_and_errors_are_typed() {
     let kind = tower_aci::Error::find(&err).map(tower_aci::Error::kind);
     assert_eq!(kind, Some(ErrorKind::Decrypt));
 }
+
+/// With `retry_on_key_mismatch`, a request sent across a key rotation is answered
+/// `e2ee_model_key_mismatch`, the refresher re-attests, and the middleware re-sends it once,
+/// encrypted to the new key; without it the 400 comes back.
+#[tokio::test]
+async fn a_key_rotation_is_followed_with_one_re_encrypted_re_send() {
+    use std::time::Duration;
+    use tower_aci::attest::KeyProvider;
+
+    let gw = tower_aci::gateway::TestGateway::start(tower_aci::gateway::GatewayConfig::new()).await.unwrap();
+    let provider = KeyProvider::builder(crate::support::hyper())
+        .base_url(gw.base_url().parse().unwrap())
+        .policy(crate::support::stub_policy(Suite::Secp256k1))
+        .min_refresh_interval(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    provider.establish().await.unwrap();
+    let (keys, _refresher) = provider.spawn().unwrap();
+    let url = format!("{}/v1/chat/completions", gw.base_url());
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "across a rotation"}]}).to_string();
+
+    let plain = ClientBuilder::new(reqwest::Client::new()).with(E2eeMiddleware::new(keys.clone())).build();
+    gw.rotate_e2ee_keys();
+    let res = plain.post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(res.status(), 400, "no re-send by default");
+    let gw_error = res.extensions().get::<tower_aci::GatewayError>().cloned().unwrap();
+    assert_eq!(gw_error.error_type.as_deref(), Some("e2ee_model_key_mismatch"));
+
+    // Let the refresher catch up with the first rotation, then rotate again.
+    let rotated = gw.keyset_digest();
+    for _ in 0..200 {
+        if keys.current().is_ok_and(|k| k.digest() == rotated) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.rotate_e2ee_keys();
+    let retrying = ClientBuilder::new(reqwest::Client::new())
+        .with(E2eeMiddleware::new(keys.clone()).retry_on_key_mismatch(Some(Duration::from_secs(10))))
+        .build();
+    let wire_before = gw.wire_log().len();
+    let res = retrying.post(&url).body(body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let record = res.extensions().get::<ExchangeRecord>().unwrap().clone();
+    assert_eq!(record.attested_keyset_digest(), gw.keyset_digest());
+    let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "You said: across a rotation");
+    let wire = gw.wire_log();
+    assert_eq!(wire.len(), wire_before + 2, "the mismatched attempt and one re-send");
+    assert_ne!(wire[wire.len() - 1], wire[wire.len() - 2], "re-encrypted, not replayed");
+}

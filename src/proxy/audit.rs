@@ -1,0 +1,276 @@
+//! The audit file: verified receipts, byte for byte, with the facts of their exchange and the
+//! attestation report their keyset was verified from, as JSON lines that
+//! [`verify_audit`] re-verifies offline.
+//!
+//! Two kinds of line:
+//!
+//! ```text
+//! {"type":"keyset","digest":"sha256:…","nonce":"<64 hex>","verified_at":1750000000,"report":"<the report's exact JSON text>"}
+//! {"type":"receipt","verified_at":…,"keyset_digest":"sha256:…","exchange":{…},"receipt":"<the receipt's exact JSON text>"}
+//! ```
+//!
+//! A keyset line is written before the first receipt that names its digest. Re-verification
+//! verifies each report again — with the nonce it was fetched with, at the time it was verified,
+//! under the policy given — and each receipt against the keyset it names and the recorded
+//! exchange (request hash, exact response hash, endpoint, model, receipt id).
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tower_service::Service;
+
+use crate::attest::{AttestedKeyset, Policy, verify_report};
+use crate::error::{BoxError, Error, ErrorKind, Result};
+use crate::hex;
+use crate::receipt::{ExchangeRecord, Receipt, ReceiptPolicy, verify_exchange};
+
+/// How many fetched reports the tap remembers (a refresh, replicas, restarts).
+const REMEMBERED_REPORTS: usize = 16;
+/// Largest report body the tap keeps.
+const MAX_REPORT: usize = 4 * 1024 * 1024;
+
+/// A report as it was fetched: its exact bytes and the nonce it was fetched with.
+#[derive(Clone)]
+struct TappedReport {
+    digest: String,
+    nonce: String,
+    body: Bytes,
+}
+
+/// Remembers the attestation reports the key provider fetched, so that the audit file can hold
+/// the exact report each keyset was verified from.
+#[derive(Default)]
+pub(crate) struct ReportTap {
+    reports: Mutex<VecDeque<TappedReport>>,
+}
+
+impl ReportTap {
+    fn remember(&self, nonce: String, body: Bytes) {
+        let digest = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("workload_keyset_digest").and_then(Value::as_str).map(str::to_owned));
+        let (Some(digest), Ok(mut reports)) = (digest, self.reports.lock()) else { return };
+        reports.push_back(TappedReport { digest, nonce, body });
+        if reports.len() > REMEMBERED_REPORTS {
+            reports.pop_front();
+        }
+    }
+
+    fn find(&self, digest: &str) -> Option<TappedReport> {
+        let reports = self.reports.lock().ok()?;
+        reports.iter().rev().find(|r| r.digest == digest).cloned()
+    }
+}
+
+/// The service the key provider fetches reports with: the plain client, with each answer to
+/// `GET …/v1/aci/attestation?nonce=…` collected (bounded) and remembered by the [`ReportTap`].
+#[derive(Clone)]
+pub(crate) struct Tapped<S> {
+    pub(crate) inner: S,
+    pub(crate) tap: Arc<ReportTap>,
+}
+
+impl<S, ReqB, B> Service<Request<ReqB>> for Tapped<S>
+where
+    S: Service<Request<ReqB>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = std::result::Result<Response<Full<Bytes>>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let nonce = req
+            .uri()
+            .path()
+            .ends_with("/v1/aci/attestation")
+            .then(|| req.uri().query().and_then(|q| q.strip_prefix("nonce=")).map(str::to_owned))
+            .flatten();
+        let fut = self.inner.call(req);
+        let tap = self.tap.clone();
+        Box::pin(async move {
+            let (parts, body) = fut.await.map_err(Into::into)?.into_parts();
+            let body = Limited::new(body, MAX_REPORT).collect().await?.to_bytes();
+            if let Some(nonce) = nonce {
+                if parts.status.is_success() {
+                    tap.remember(nonce, body.clone());
+                }
+            }
+            Ok(Response::from_parts(parts, Full::new(body)))
+        })
+    }
+}
+
+/// Appends verified receipts (and the reports of their keysets) to a JSON-lines file.
+pub(crate) struct AuditLog {
+    file: tokio::sync::Mutex<tokio::fs::File>,
+    written_keysets: Mutex<HashSet<String>>,
+    tap: Arc<ReportTap>,
+}
+
+impl AuditLog {
+    pub(crate) async fn open(path: &Path, tap: Arc<ReportTap>) -> Result<AuditLog> {
+        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await.map_err(|e| {
+            Error::new(ErrorKind::Config, format!("cannot open the audit file {}", path.display())).with_source(e)
+        })?;
+        Ok(AuditLog { file: tokio::sync::Mutex::new(file), written_keysets: Mutex::default(), tap })
+    }
+
+    /// Append one verified receipt, preceded by its keyset's report if not written yet.
+    pub(crate) async fn append(
+        &self,
+        keyset: &AttestedKeyset,
+        record: &ExchangeRecord,
+        receipt: &Receipt,
+    ) -> Result<()> {
+        let mut lines = String::new();
+        let digest = keyset.digest();
+        let new_keyset = self.written_keysets.lock().map(|w| !w.contains(digest)).unwrap_or(true);
+        if new_keyset {
+            match self.tap.find(digest) {
+                Some(report) => {
+                    let text = String::from_utf8_lossy(&report.body);
+                    let line = json!({"type": "keyset", "digest": digest, "nonce": report.nonce,
+                        "verified_at": keyset.verified_at(), "report": text});
+                    lines.push_str(&line.to_string());
+                    lines.push('\n');
+                }
+                None => tracing::warn!(
+                    digest,
+                    "the report of this keyset was not kept; its receipts cannot be re-verified offline"
+                ),
+            }
+        }
+        let exchange = json!({
+            "path": record.path(),
+            "model": record.model(),
+            "receipt_id": record.receipt_id(),
+            "request_sha256": hex::encode(record.request_body_sha256()),
+            "response_sha256": record.response_body_sha256().map(hex::encode),
+            "streamed": record.streamed(),
+            "suite": record.suite().map(|s| s.algo()),
+            "e2ee_public_key": record.e2ee_public_key(),
+            "served_by": record.keyset_digest(),
+        });
+        let text = String::from_utf8_lossy(receipt.as_bytes());
+        let line = json!({"type": "receipt", "verified_at": keyset.verified_at().max(receipt.served_at()),
+            "keyset_digest": digest, "exchange": exchange, "receipt": text});
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+        let mut file = self.file.lock().await;
+        file.write_all(lines.as_bytes())
+            .await
+            .and(file.flush().await)
+            .map_err(|e| Error::new(ErrorKind::Transport, "cannot append to the audit file").with_source(e))?;
+        if new_keyset {
+            if let Ok(mut w) = self.written_keysets.lock() {
+                w.insert(digest.to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of [`verify_audit`].
+#[derive(Debug, Default)]
+pub struct AuditSummary {
+    /// Reports that verified again.
+    pub keysets_verified: usize,
+    /// Receipts that verified again.
+    pub receipts_verified: usize,
+    /// Lines that did not verify, with why (1-based line numbers).
+    pub failures: Vec<(usize, Error)>,
+}
+
+impl AuditSummary {
+    /// Whether every line verified.
+    pub fn is_clean(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+fn bad_line(message: &str) -> Error {
+    Error::new(ErrorKind::Malformed, format!("audit line: {message}"))
+}
+
+/// Re-verify an audit file's text offline: every report under `policy` (at the time and with
+/// the nonce it was verified with), every receipt against the keyset it names and its recorded
+/// exchange under `receipts`.
+///
+/// A report whose policy needs hardware verification needs collateral in the policy; a stub
+/// quote (the local test gateway) needs a `dangerous()` policy that accepts it.
+pub fn verify_audit(text: &str, policy: &Policy, receipts: &ReceiptPolicy) -> AuditSummary {
+    let mut summary = AuditSummary::default();
+    let mut keysets: Vec<Arc<AttestedKeyset>> = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let n = n + 1;
+        let outcome = serde_json::from_str::<Value>(line).map_err(|_| bad_line("not JSON")).and_then(|v| {
+            match v.get("type").and_then(Value::as_str) {
+                Some("keyset") => verify_keyset_line(&v, policy).map(|k| {
+                    keysets.push(Arc::new(k));
+                    summary.keysets_verified += 1;
+                }),
+                Some("receipt") => verify_receipt_line(&v, &keysets, receipts).map(|()| summary.receipts_verified += 1),
+                _ => Err(bad_line("unknown type")),
+            }
+        });
+        if let Err(e) = outcome {
+            summary.failures.push((n, e));
+        }
+    }
+    summary
+}
+
+fn verify_keyset_line(v: &Value, policy: &Policy) -> Result<AttestedKeyset> {
+    let report = v.get("report").and_then(Value::as_str).ok_or_else(|| bad_line("keyset without report"))?;
+    let nonce: [u8; 32] = v
+        .get("nonce")
+        .and_then(Value::as_str)
+        .and_then(hex::decode)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad_line("keyset nonce is not 32 bytes of hex"))?;
+    let at = v.get("verified_at").and_then(Value::as_u64).ok_or_else(|| bad_line("keyset without verified_at"))?;
+    let keyset = verify_report(report.as_bytes(), &nonce, at, policy)?;
+    if v.get("digest").and_then(Value::as_str) != Some(keyset.digest()) {
+        return Err(bad_line("the keyset line's digest is not its report's"));
+    }
+    Ok(keyset)
+}
+
+fn verify_receipt_line(v: &Value, keysets: &[Arc<AttestedKeyset>], policy: &ReceiptPolicy) -> Result<()> {
+    let receipt = v.get("receipt").and_then(Value::as_str).ok_or_else(|| bad_line("receipt line without receipt"))?;
+    let receipt = Receipt::from_bytes(Bytes::copy_from_slice(receipt.as_bytes()))?;
+    let x = v.get("exchange").ok_or_else(|| bad_line("receipt line without exchange"))?;
+    let s = |k: &str| x.get(k).and_then(Value::as_str);
+    let hash = |k: &str| -> Result<[u8; 32]> {
+        s(k).and_then(hex::decode)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad_line("a hash is not 32 bytes of hex"))
+    };
+    let record = ExchangeRecord::for_tests(
+        s("path").ok_or_else(|| bad_line("exchange without path"))?,
+        s("model").ok_or_else(|| bad_line("exchange without model"))?,
+        s("receipt_id"),
+        hash("request_sha256")?,
+        Some(hash("response_sha256")?),
+    );
+    verify_exchange(&receipt, &record, keysets, policy).map(|_| ())
+}

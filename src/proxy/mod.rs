@@ -1,0 +1,439 @@
+//! `aci-proxy`: end-to-end encryption for any OpenAI SDK, as a local proxy (feature `proxy`).
+//!
+//! The proxy listens on loopback and speaks the OpenAI API: `POST /v1/chat/completions`,
+//! `/v1/completions` and `/v1/embeddings` (buffered and streaming) go through
+//! [`E2eeLayer`](crate::E2eeLayer) to the attested gateway — fields encrypted to the attested key,
+//! answers decrypted, streams released event by event; `GET /v1/…` (models, receipts) pass
+//! through; every other `POST` is refused with an OpenAI-shaped error, so no plaintext leaves by
+//! accident. `GET /aci/status` reports the attested keyset, the policy's pins and counters.
+//!
+//! It is built from the crate's own parts — a [`KeyProvider`] with its refresher,
+//! [`KeyMismatchRetry`] above the layer, the [`ReceiptClient`] — over one hyper-util client,
+//! and is the reference for embedding tower-aci in an axum backend. What it protects: the hop
+//! from this machine to the gateway and the gateway's own handling. What it does not: the hop
+//! from your application to the proxy is loopback plaintext, so run it on the same host.
+//!
+//! ```no_run
+//! # async fn run() -> tower_aci::Result<()> {
+//! use tower_aci::proxy::{Proxy, ProxyConfig};
+//!
+//! let mut config = ProxyConfig::default();
+//! config.local_test_gateway = true; // offline demo
+//! let proxy = Proxy::start(config).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await.unwrap();
+//! axum::serve(listener, proxy.router()).await.unwrap();
+//! # Ok(()) }
+//! ```
+
+mod audit;
+mod body;
+mod config;
+mod errors;
+mod status;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body as AxumBody;
+use axum::extract::{Request as AxumRequest, State};
+use axum::response::{IntoResponse, Response as AxumResponse};
+use axum::routing::{any, get, post};
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::retry::Retry;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+pub use audit::{AuditSummary, verify_audit};
+pub use config::{PolicyPins, ProxyConfig, ReceiptMode};
+
+use crate::attest::{KeyHandle, KeyProvider, RefreshTask};
+use crate::e2ee::{E2ee, E2eeLayer, KeyMismatchRetry, RequestBody, ResponseBody};
+use crate::error::{BoxError, Error, ErrorKind, Result};
+use crate::gateway::{GatewayConfig, TestGateway};
+use crate::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy, RetryPolicy};
+use audit::{AuditLog, ReportTap, Tapped};
+use body::{OnEnd, ProxyStream};
+use errors::ProxyError;
+use status::Counters;
+
+/// The plain HTTP client under the layer (one pool for the layer, the provider and receipts).
+type Plain = BoxCloneSyncService<Request<RequestBody<Full<Bytes>>>, Response<Incoming>, BoxError>;
+/// The E2EE stack requests go through.
+type Stack = Retry<KeyMismatchRetry, E2ee<Plain>>;
+
+/// A running proxy: attested keys kept fresh, the E2EE client, the receipt client.
+#[derive(Clone)]
+pub struct Proxy {
+    state: Arc<ProxyState>,
+}
+
+struct ProxyState {
+    base: Uri,
+    stack: Stack,
+    keys: KeyHandle,
+    receipts: ReceiptClient<Plain, RequestBody<Full<Bytes>>>,
+    receipt_policy: ReceiptPolicy,
+    mode: ReceiptMode,
+    audit: Option<AuditLog>,
+    api_key: Option<HeaderValue>,
+    pins: PolicyPins,
+    max_request_body: usize,
+    counters: Counters,
+    started_at: u64,
+    _refresher: RefreshTask,
+    _local_gateway: Option<TestGateway>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("gateway", &self.state.base)
+            .field("mode", &self.state.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Start the proxy's parts: the local test gateway if asked, the key provider (the gateway
+    /// is attested now: a gateway that fails its policy fails here, with which check), its
+    /// refresher, and the audit file. Serve [`router`](Self::router) to accept requests.
+    pub async fn start(config: ProxyConfig) -> Result<Proxy> {
+        let policy = config.policy()?;
+        let (local, gateway) = if config.local_test_gateway {
+            let gw = TestGateway::start(GatewayConfig::new())
+                .await
+                .map_err(|e| Error::new(ErrorKind::Config, "cannot start the local test gateway").with_source(e))?;
+            let base = gw.base_url();
+            (Some(gw), base)
+        } else {
+            let url = config.gateway.clone().ok_or_else(|| {
+                Error::new(ErrorKind::Config, "no gateway: give --gateway URL (or --local-test-gateway)")
+            })?;
+            (None, url)
+        };
+        let base: Uri = gateway
+            .parse()
+            .map_err(|e| Error::new(ErrorKind::Config, format!("invalid gateway URL {gateway:?}")).with_source(e))?;
+
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, RequestBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let plain: Plain = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_err(|e: hyper_util::client::legacy::Error| -> BoxError { Box::new(e) })
+                .service(client),
+        );
+
+        let tap = Arc::new(ReportTap::default());
+        let provider = KeyProvider::builder(Tapped { inner: plain.clone(), tap: tap.clone() })
+            .base_url(base.clone())
+            .policy(policy)
+            .build()?;
+        provider.establish().await?;
+        let (keys, refresher) = provider.spawn()?;
+
+        let e2ee = tower_layer::Layer::layer(&E2eeLayer::new(keys.clone()), plain.clone());
+        let stack = Retry::new(KeyMismatchRetry::new(keys.clone()), e2ee);
+        let receipts = ReceiptClient::new(plain, base.clone()).retry(RetryPolicy::new(
+            5,
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ));
+        let audit = match &config.audit_file {
+            Some(path) => Some(AuditLog::open(path, tap).await?),
+            None => None,
+        };
+        let api_key = std::env::var(&config.api_key_env).ok().filter(|k| !k.is_empty()).map(|k| {
+            let mut v = HeaderValue::try_from(format!("Bearer {k}")).unwrap_or(HeaderValue::from_static(""));
+            v.set_sensitive(true);
+            v
+        });
+        let started_at = keys.now();
+        Ok(Proxy {
+            state: Arc::new(ProxyState {
+                base,
+                stack,
+                keys,
+                receipts,
+                receipt_policy: ReceiptPolicy::new(),
+                mode: config.receipts,
+                audit,
+                api_key,
+                pins: config.pins,
+                max_request_body: config.max_request_body,
+                counters: Counters::default(),
+                started_at,
+                _refresher: refresher,
+                _local_gateway: local,
+            }),
+        })
+    }
+
+    /// The gateway this proxy talks to.
+    pub fn gateway(&self) -> &Uri {
+        &self.state.base
+    }
+
+    /// The local test gateway, when the proxy started one.
+    pub fn local_gateway(&self) -> Option<&TestGateway> {
+        self.state._local_gateway.as_ref()
+    }
+
+    /// The attested keys the proxy encrypts to.
+    pub fn keys(&self) -> &KeyHandle {
+        &self.state.keys
+    }
+
+    /// The proxy's routes, ready for `axum::serve`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/chat/completions", post(inference))
+            .route("/v1/completions", post(inference))
+            .route("/v1/embeddings", post(inference))
+            .route("/aci/status", get(status))
+            .route("/v1/{*rest}", get(passthrough).post(refuse).fallback(refuse))
+            .fallback(any(refuse))
+            .with_state(self.state.clone())
+    }
+
+    /// The status document `GET /aci/status` serves.
+    pub fn status(&self) -> serde_json::Value {
+        status_json(&self.state)
+    }
+}
+
+type Answer = Response<ResponseBody<Incoming>>;
+
+/// One call through the E2EE stack, boxed as a `Send` future (naming the future's type keeps
+/// the handlers' futures provably `Send`).
+fn call(
+    st: &ProxyState,
+    req: Request<Full<Bytes>>,
+) -> Pin<Box<dyn Future<Output = std::result::Result<Answer, BoxError>> + Send>> {
+    Box::pin(st.stack.clone().oneshot(req))
+}
+
+fn status_json(st: &ProxyState) -> serde_json::Value {
+    let keyset = match st.keys.current() {
+        Ok(k) => serde_json::json!({
+            "digest": k.digest(),
+            "not_after": k.not_after(),
+            "verified_at": k.verified_at(),
+            "hardware_verified": k.hardware_verified(),
+            "e2ee_key_id": k.e2ee_key().key_id(),
+            "suite": k.e2ee_key().suite().algo(),
+            "receipt_key_ids": k.receipt_keys().iter().map(|r| r.key_id()).collect::<Vec<_>>(),
+        }),
+        Err(e) => serde_json::json!({"error": e.to_string()}),
+    };
+    serde_json::json!({
+        "gateway": st.base.to_string(),
+        "keyset": keyset,
+        "last_refresh": st.keys.current().ok().map(|k| k.verified_at()),
+        "pins": st.pins.to_json(),
+        "receipts": match st.mode { ReceiptMode::Off => "off", ReceiptMode::Verify => "verify", ReceiptMode::BeforeRelease => "before-release" },
+        "started_at": st.started_at,
+        "counts": st.counters.to_json(),
+    })
+}
+
+async fn status(State(st): State<Arc<ProxyState>>) -> AxumResponse {
+    axum::Json(status_json(&st)).into_response()
+}
+
+async fn refuse(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> AxumResponse {
+    Counters::bump(&st.counters.refused);
+    let what = format!("{} {}", req.method(), req.uri().path());
+    tracing::warn!(request = %what, "refused: outside E2EE v2");
+    let status = if req.method() == Method::POST { StatusCode::NOT_FOUND } else { StatusCode::METHOD_NOT_ALLOWED };
+    ProxyError::new(
+        status,
+        "e2ee_unsupported_endpoint",
+        format!("{what} is not served by aci-proxy: only /v1/chat/completions, /v1/completions and /v1/embeddings can be sent end-to-end encrypted"),
+    )
+    .into_response()
+}
+
+/// The gateway URL for a proxied path (the gateway's base path kept as a prefix).
+fn upstream_uri(base: &Uri, path_and_query: &str) -> Result<Uri> {
+    let prefix = base.path().trim_end_matches('/');
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(
+        format!("{prefix}{path_and_query}")
+            .parse()
+            .map_err(|e| Error::new(ErrorKind::Malformed, "invalid request path").with_source(e))?,
+    );
+    Uri::from_parts(parts).map_err(|e| Error::new(ErrorKind::Malformed, "invalid request path").with_source(e))
+}
+
+/// The request the gateway gets: method, the proxied path, a few headers, the bearer token.
+fn upstream_request<B>(st: &ProxyState, parts: &http::request::Parts, body: B) -> Result<Request<B>> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = upstream_uri(&st.base, path)?;
+    for name in [CONTENT_TYPE, ACCEPT] {
+        if let Some(v) = parts.headers.get(&name) {
+            req.headers_mut().insert(name, v.clone());
+        }
+    }
+    let auth = st.api_key.clone().or_else(|| parts.headers.get(AUTHORIZATION).cloned());
+    if let Some(mut v) = auth {
+        v.set_sensitive(true);
+        req.headers_mut().insert(AUTHORIZATION, v);
+    }
+    Ok(req)
+}
+
+/// `GET /v1/…`: models, receipts — nothing private, passed through (the layer lets GETs by).
+async fn passthrough(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> AxumResponse {
+    let (parts, _) = req.into_parts();
+    let req = match upstream_request(&st, &parts, Full::new(Bytes::new())) {
+        Ok(r) => r,
+        Err(e) => return ProxyError::from_error(&e).into_response(),
+    };
+    match call(&st, req).await {
+        Ok(res) => res.map(AxumBody::new).into_response(),
+        Err(e) => ProxyError::from_box(&e).into_response(),
+    }
+}
+
+async fn inference(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> AxumResponse {
+    let (parts, body) = req.into_parts();
+    let bytes = match Limited::new(body, st.max_request_body).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return ProxyError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", format!("request body: {e}"))
+                .into_response();
+        }
+    };
+    let bearer = st.api_key.clone().or_else(|| parts.headers.get(AUTHORIZATION).cloned());
+    let bearer = bearer.and_then(|v| {
+        let mut h = http::HeaderMap::new();
+        h.insert(AUTHORIZATION, v);
+        crate::protocol::headers::bearer_token(&h).map(str::to_owned)
+    });
+    let req = match upstream_request(&st, &parts, Full::new(bytes)) {
+        Ok(r) => r,
+        Err(e) => return ProxyError::from_error(&e).into_response(),
+    };
+    let span = tracing::info_span!("aci.proxy", path = parts.uri.path());
+    let _enter = span.enter();
+    Counters::bump(&st.counters.exchanges);
+    let res = match call(&st, req).await {
+        Ok(res) => res,
+        Err(e) => {
+            Counters::bump(&st.counters.failed_exchanges);
+            let err = ProxyError::from_box(&e);
+            tracing::warn!(kind = err.kind, "exchange failed: {}", err.message);
+            return err.into_response();
+        }
+    };
+    let record = res.extensions().get::<ExchangeRecord>().cloned();
+    if !res.status().is_success() {
+        // The gateway's own error document, passed through.
+        Counters::bump(&st.counters.failed_exchanges);
+        return res.map(AxumBody::new).into_response();
+    }
+    let Some(record) = record else {
+        return ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "no exchange record")
+            .into_response();
+    };
+    if record.streamed() {
+        stream_response(st.clone(), res, record, bearer)
+    } else {
+        buffered_response(st.clone(), res, record, bearer).await
+    }
+}
+
+async fn buffered_response(
+    st: Arc<ProxyState>,
+    res: Response<ResponseBody<Incoming>>,
+    record: ExchangeRecord,
+    bearer: Option<String>,
+) -> AxumResponse {
+    let (mut parts, body) = res.into_parts();
+    let body = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            Counters::bump(&st.counters.failed_exchanges);
+            let err = ProxyError::from_box(&e);
+            tracing::warn!(kind = err.kind, "decrypting the answer failed: {}", err.message);
+            return err.into_response();
+        }
+    };
+    match st.mode {
+        ReceiptMode::Off => {}
+        ReceiptMode::Verify => {
+            let st = st.clone();
+            tokio::spawn(async move {
+                let _ = verify_receipt(&st, &record, bearer.as_deref()).await;
+            });
+        }
+        ReceiptMode::BeforeRelease => {
+            if let Err(e) = verify_receipt(&st, &record, bearer.as_deref()).await {
+                return ProxyError::from_error(&e).into_response();
+            }
+        }
+    }
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, AxumBody::from(body)).into_response()
+}
+
+fn stream_response(
+    st: Arc<ProxyState>,
+    res: Response<ResponseBody<Incoming>>,
+    record: ExchangeRecord,
+    bearer: Option<String>,
+) -> AxumResponse {
+    let (parts, body) = res.into_parts();
+    let mode = st.mode;
+    let on_end: Option<OnEnd> = match mode {
+        ReceiptMode::Off => None,
+        ReceiptMode::Verify => Some(Box::new(move || {
+            Box::pin(async move {
+                tokio::spawn(async move {
+                    let _ = verify_receipt(&st, &record, bearer.as_deref()).await;
+                });
+                Ok(())
+            })
+        })),
+        ReceiptMode::BeforeRelease => {
+            Some(Box::new(move || Box::pin(async move { verify_receipt(&st, &record, bearer.as_deref()).await })))
+        }
+    };
+    let body = ProxyStream::new(body, on_end, mode == ReceiptMode::BeforeRelease);
+    Response::from_parts(parts, AxumBody::new(body)).into_response()
+}
+
+/// Fetch and verify the receipt of an exchange; count it, log it, archive it.
+async fn verify_receipt(st: &ProxyState, record: &ExchangeRecord, bearer: Option<&str>) -> Result<()> {
+    match st.receipts.fetch_and_verify(record, bearer, &st.keys, &st.receipt_policy).await {
+        Ok(verified) => {
+            Counters::bump(&st.counters.receipts_verified);
+            tracing::debug!(receipt = verified.receipt().receipt_id(), "receipt verified");
+            if let Some(audit) = &st.audit {
+                if let Err(e) = audit.append(verified.keyset(), record, verified.receipt()).await {
+                    tracing::error!("audit file: {e}");
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            Counters::bump(&st.counters.receipts_failed);
+            tracing::error!(receipt = ?record.receipt_id(), kind = ?e.kind(), "receipt verification failed: {e}");
+            Err(e)
+        }
+    }
+}
