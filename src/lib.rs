@@ -98,6 +98,10 @@
 //! - The gateway leaves tool-call arguments, refusals, logprobs, transcripts and images of
 //!   responses in clear, and `tools`/`response_format` of requests: the layer warns, and
 //!   [`E2eeLayer::strict`] refuses them.
+//! - A stream's events are authenticated one by one, not their order: every event is sealed
+//!   under the same AAD, so dropped, duplicated or reordered events show only in the receipt's
+//!   response hash. [`receipt::VerifyBeforeReleaseLayer`] holds `[DONE]` until the receipt
+//!   verified (see [`protocol::stream`]).
 //! - Secrets are zeroized on drop, print as `[redacted]`, never go into extensions or logs; the
 //!   E2EE headers are marked sensitive.
 

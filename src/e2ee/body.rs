@@ -45,6 +45,25 @@ struct DecryptState {
     inner_done: bool,
     finished: bool,
     strict: bool,
+    /// A stream carried an in-band error: the rest of the wire is read (not decoded, at most
+    /// [`MAX_DRAIN`] bytes) so the wire digest is final, then this error ends the body.
+    draining: Option<(Error, usize)>,
+    /// Generated content in clear was already warned about.
+    warned: bool,
+}
+
+/// Most bytes read after a stream's in-band error to complete the wire digest. The gateway
+/// follows its error event with `data: [DONE]\n\n` only.
+const MAX_DRAIN: usize = 64 * 1024;
+
+/// The strict-mode error for generated content in clear at `paths`.
+fn cleartext_error(what: &str, paths: &[String]) -> Error {
+    const SHOWN: usize = 8;
+    let mut list = paths.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+    if paths.len() > SHOWN {
+        list.push_str(&format!(" and {} more", paths.len() - SHOWN));
+    }
+    Error::new(ErrorKind::Cleartext, format!("strict mode: {what} carries generated content in clear at {list}"))
 }
 
 enum Mode {
@@ -76,6 +95,8 @@ impl<B> ResponseBody<B> {
             inner_done: false,
             finished: false,
             strict: config.strict,
+            draining: None,
+            warned: false,
         });
         ResponseBody { kind: Kind::Decrypting { inner, state } }
     }
@@ -118,13 +139,7 @@ fn decrypt_now(ctx: ExchangeContext, body: Bytes, strict: bool) -> Result<Decryp
     let out = decrypt_response(&ctx, body)?;
     if !out.cleartext_fields.is_empty() {
         if strict {
-            return Err(Error::new(
-                ErrorKind::Cleartext,
-                format!(
-                    "strict mode: the response carries generated content in clear at {}",
-                    out.cleartext_fields.join(", ")
-                ),
-            ));
+            return Err(cleartext_error("the response", &out.cleartext_fields));
         }
         tracing::warn!(fields = ?out.cleartext_fields, "the gateway returned generated content in clear");
     }
@@ -165,11 +180,37 @@ where
                 loop {
                     // 1. Hand out whatever is ready.
                     match &mut state.mode {
+                        Mode::Sse(_) if state.draining.is_some() => {
+                            if state.inner_done {
+                                let (e, _) = state.draining.take().expect("checked");
+                                return state.fail(e);
+                            }
+                        }
                         Mode::Sse(dec) => match dec.next_output() {
-                            Ok(Some(StreamOutput::Event(bytes))) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                            Ok(Some(StreamOutput::Event(bytes))) => {
+                                let clear = dec.last_cleartext_paths();
+                                if !clear.is_empty() {
+                                    if state.strict {
+                                        // Fail at this event: it is never released.
+                                        let e = cleartext_error("the stream", clear);
+                                        return state.fail(e);
+                                    }
+                                    if !state.warned {
+                                        state.warned = true;
+                                        tracing::warn!(fields = ?clear, "the stream carries generated content in clear");
+                                    }
+                                }
+                                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                            }
                             Ok(Some(StreamOutput::InBandError(_, e))) => {
                                 tracing::debug!(error_type = ?e.gateway_error_type(), "stream carried an error event");
-                                return state.fail(e);
+                                if state.inner_done {
+                                    return state.fail(e);
+                                }
+                                // Read the rest of the wire first, so that the receipt (which
+                                // signs all of it) can still be checked.
+                                state.draining = Some((e, 0));
+                                continue;
                             }
                             Err(e) => return state.fail(e),
                             Ok(None) if state.inner_done => {
@@ -177,9 +218,6 @@ where
                                 state.finished = true;
                                 return match r {
                                     Ok(end) => {
-                                        if !end.cleartext_fields.is_empty() {
-                                            tracing::warn!(fields = ?end.cleartext_fields, "the stream carried generated content in clear");
-                                        }
                                         tracing::debug!(events = end.decrypted_events, "stream ended cleanly");
                                         Poll::Ready(None)
                                     }
@@ -242,6 +280,9 @@ where
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(None) => state.end_of_wire(),
                         Poll::Ready(Some(Err(e))) => {
+                            if let Some((e, _)) = state.draining.take() {
+                                return state.fail(e);
+                            }
                             let e = Error::new(ErrorKind::Transport, "reading the response body failed")
                                 .with_source(e.into());
                             return state.fail(e);
@@ -250,6 +291,15 @@ where
                             let Ok(mut data) = frame.into_data() else { continue }; // trailers: dropped
                             let bytes = data.copy_to_bytes(data.remaining());
                             state.hasher.update(&bytes);
+                            if let Some((_, drained)) = &mut state.draining {
+                                *drained += bytes.len();
+                                if *drained > MAX_DRAIN {
+                                    // Not the short tail the gateway sends: give up on the digest.
+                                    let (e, _) = state.draining.take().expect("checked");
+                                    return state.fail(e);
+                                }
+                                continue;
+                            }
                             match &mut state.mode {
                                 Mode::Sse(dec) => dec.push_bytes(bytes),
                                 Mode::Buffered { buf, limit, .. } => {

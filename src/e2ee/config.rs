@@ -1,6 +1,9 @@
 //! The E2EE layer's settings, shared by the tower layer and the reqwest-middleware adapter, and
 //! the routing decision they make for each request.
 
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
 use http::Method;
 
 use crate::attest::KeyHandle;
@@ -27,6 +30,7 @@ pub(crate) struct Config {
     pub(crate) strict: bool,
     pub(crate) plaintext_routes: Vec<String>,
     pub(crate) sse_limits: SseLimits,
+    pub(crate) randomness: Randomness,
 }
 
 impl Config {
@@ -39,6 +43,7 @@ impl Config {
             strict: false,
             plaintext_routes: Vec::new(),
             sse_limits: SseLimits::default(),
+            randomness: Randomness::default(),
         }
     }
 
@@ -67,3 +72,55 @@ pub(crate) enum Route {
     Passthrough,
     Refuse(Error),
 }
+
+/// Where the layer draws client keys, nonces and ephemeral keys from: the OS CSPRNG, or — tests
+/// only, see `E2eeLayer::dangerous_randomness_for_tests` — a caller's byte source.
+#[derive(Clone, Default)]
+pub(crate) struct Randomness(Option<Arc<Mutex<FillFn>>>);
+
+/// A caller's byte source.
+type FillFn = dyn FnMut(&mut [u8]) + Send;
+
+impl Randomness {
+    pub(crate) fn from_fn(fill: impl FnMut(&mut [u8]) + Send + 'static) -> Self {
+        Randomness(Some(Arc::new(Mutex::new(fill))))
+    }
+
+    /// Run `f` with this source of randomness.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut dyn rand_core::CryptoRngCore) -> R) -> R {
+        match &self.0 {
+            None => f(&mut rand_core::OsRng),
+            Some(fill) => {
+                let mut guard = fill.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                f(&mut FillRng(&mut *guard))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Randomness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Randomness(test source)" } else { "Randomness(OsRng)" })
+    }
+}
+
+/// A byte source dressed as a CSPRNG, for tests that replay recorded exchanges.
+struct FillRng<'a>(&'a mut FillFn);
+
+impl rand_core::RngCore for FillRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        rand_core::impls::next_u32_via_fill(self)
+    }
+    fn next_u64(&mut self) -> u64 {
+        rand_core::impls::next_u64_via_fill(self)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        (self.0)(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        (self.0)(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for FillRng<'_> {}

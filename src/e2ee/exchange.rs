@@ -41,8 +41,16 @@ pub(crate) fn encrypt(
     let span = tracing::debug_span!("aci.e2ee.encrypt", endpoint = endpoint.path(), suite = %key.suite(), key_id = key.key_id());
     let _enter = span.enter();
     let options = EncryptOptions::strict(config.strict);
-    let enc = encrypt_request(endpoint, body, key, &options, config.keys.now(), &mut rand_core::OsRng)?;
+    let now = config.keys.now();
+    let enc = config.randomness.with(|mut rng| encrypt_request(endpoint, body, key, &options, now, &mut rng))?;
     tracing::debug!(fields = enc.fields, bytes = enc.body.len(), "request encrypted");
+    if !enc.clear_members.is_empty() {
+        // Names only, never values; once per request.
+        tracing::warn!(
+            members = ?enc.clear_members,
+            "the request carries members that travel in clear and may hold private data (strict mode refuses them)"
+        );
+    }
 
     for name in headers::E2EE_REQUEST_HEADERS {
         h.remove(name);
@@ -73,11 +81,26 @@ pub(crate) fn encrypt(
 
 /// A 2xx answer to an E2EE request: check its headers, record the exchange, and wrap the body
 /// in the decrypting body (SSE or buffered).
+///
+/// A 2xx that says `X-E2EE-Applied: false` means the gateway saw a plaintext request: something
+/// between us stripped the E2EE headers (and the gateway forwarded our ciphertext as if it were
+/// the prompt). That is a [`ErrorKind::Protocol`] error here, before any byte of the body.
 pub(crate) fn decrypting_response<B>(
     parts: &mut http::response::Parts,
     body: B,
     exchange: Box<Exchange>,
 ) -> Result<ResponseBody<B>, Error> {
+    if parts
+        .headers
+        .get(headers::E2EE_APPLIED)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"false"))
+    {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            "the gateway answered an encrypted request with X-E2EE-Applied: false: something between client and \
+             gateway stripped the E2EE headers, so the gateway took the request for plaintext",
+        ));
+    }
     let streamed = exchange.ctx.endpoint() != Endpoint::Embeddings && is_event_stream(parts);
     let digest = Arc::new(ResponseDigest::default());
     let record = inspect(parts, &exchange, streamed, digest.clone())?;

@@ -61,9 +61,14 @@ impl E2eeLayer {
         self.update(|c| c.blocking_threshold = bytes)
     }
 
-    /// Strict mode: refuse requests carrying members that travel in clear (`tools`,
-    /// `response_format`, message `name`, …) and fail responses that carry generated content in
-    /// clear (tool-call arguments, refusals, logprobs, …).
+    /// Strict mode: refuse requests carrying any member that travels in clear and is not on the
+    /// allow-list of members known to carry nothing private (see
+    /// [`EncryptOptions::strict`](crate::protocol::request::EncryptOptions::strict): `stop`,
+    /// `user`, `logit_bias`, `tools`, `response_format`, message `name`, … are refused), and fail
+    /// responses that carry generated content in clear (tool-call names and arguments, refusals,
+    /// logprobs, transcripts, …): a buffered body before any byte of it, a stream at the event
+    /// that carries it, before that event is released. Without strict mode the layer warns
+    /// (`tracing`, once per request and once per stream; names only, never values).
     pub fn strict(self, strict: bool) -> Self {
         self.update(|c| c.strict = strict)
     }
@@ -72,6 +77,16 @@ impl E2eeLayer {
     /// your own that carry nothing private.
     pub fn allow_plaintext_route(self, path: impl Into<String>) -> Self {
         self.update(|c| c.plaintext_routes.push(path.into()))
+    }
+
+    /// **Dangerous, for tests only**: draw every random byte of an exchange (client key,
+    /// `X-E2EE-Nonce`, ephemeral keys, AES-GCM nonces, in that order) from `fill` instead of the
+    /// operating system's CSPRNG, so that a test can replay an exchange recorded with fixed keys
+    /// byte for byte. Anything but a CSPRNG here voids the protection E2EE gives.
+    #[doc(hidden)]
+    pub fn dangerous_randomness_for_tests(self, fill: impl FnMut(&mut [u8]) + Send + 'static) -> Self {
+        let randomness = crate::e2ee::config::Randomness::from_fn(fill);
+        self.update(|c| c.randomness = randomness)
     }
 
     /// Line and event size limits of the SSE decoder.

@@ -18,7 +18,7 @@ pub struct GatewayError {
 
 /// The longest gateway `type`/`message` kept from an error document; a hostile gateway cannot
 /// make errors grow beyond it.
-const MAX_QUOTED: usize = 200;
+pub(crate) const MAX_QUOTED: usize = 200;
 
 impl GatewayError {
     /// Parse an error answer's body (`{"error":{"type","message",…}}`), keeping at most 200

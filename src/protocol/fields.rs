@@ -198,15 +198,25 @@ pub(crate) fn walk_response(
     Ok(())
 }
 
-/// Paths of generated content the gateway leaves in clear (protocol.md §4.1, §9 item 35):
-/// tool-call arguments, refusals, logprobs, audio transcripts, annotations, images, reasoning
-/// details. Empty when the response carries none.
+/// Members of a chat `message`/`delta` that carry generated content the gateway leaves in clear,
+/// reported whole when present (protocol.md §4.1, §9 item 35).
+const CLEAR_MEMBERS: [&str; 7] =
+    ["refusal", "annotations", "images", "reasoning_details", "thinking_blocks", "reasoning_items", "function_call"];
+
+/// Paths of generated content the gateway leaves in clear (protocol.md §4.1, §9 item 35), choice
+/// by choice, in the reference's convention: a tool call's `function.name` and
+/// `function.arguments` (whenever they are strings, even empty: the call itself is generated) at
+/// `…tool_calls.{t}.function.…` with `{t}` the position in the `tool_calls` array (a tool call
+/// of another shape whole), `audio.transcript`, `logprobs`, and `function_call`, refusals,
+/// annotations, images and reasoning details whole. `null`, empty strings and empty arrays do not count.
+/// Empty when the response carries none.
 pub(crate) fn cleartext_fields(endpoint: Endpoint, shape: ResponseShape, root: &Map<String, Value>) -> Vec<String> {
     let mut out = Vec::new();
     let present = |v: Option<&Value>| match v {
         None | Some(Value::Null) => false,
         Some(Value::Array(a)) => !a.is_empty(),
         Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
         Some(_) => true,
     };
     if endpoint == Endpoint::Embeddings {
@@ -216,29 +226,39 @@ pub(crate) fn cleartext_fields(endpoint: Endpoint, shape: ResponseShape, root: &
     for (p, choice) in choices.iter().enumerate() {
         let Some(choice) = choice.as_object() else { continue };
         let i = choice_index(choice, p);
+        let holder = if shape == ResponseShape::Buffered { "message" } else { "delta" };
+        if let Some(Value::Object(msg)) = choice.get(holder) {
+            if let Some(Value::Array(calls)) = msg.get("tool_calls") {
+                for (t, call) in calls.iter().enumerate() {
+                    let function = call.get("function").and_then(Value::as_object);
+                    let mut named = false;
+                    for key in ["name", "arguments"] {
+                        if function.and_then(|f| f.get(key)).is_some_and(Value::is_string) {
+                            out.push(format!("choices.{i}.{holder}.tool_calls.{t}.function.{key}"));
+                            named = true;
+                        }
+                    }
+                    // Another kind of tool call (a custom tool's input, …): the call as a whole.
+                    if !named && present(Some(call)) {
+                        out.push(format!("choices.{i}.{holder}.tool_calls.{t}"));
+                    }
+                }
+            } else if present(msg.get("tool_calls")) {
+                out.push(format!("choices.{i}.{holder}.tool_calls"));
+            }
+            for key in CLEAR_MEMBERS {
+                if present(msg.get(key)) {
+                    out.push(format!("choices.{i}.{holder}.{key}"));
+                }
+            }
+            if let Some(Value::Object(audio)) = msg.get("audio") {
+                if present(audio.get("transcript")) {
+                    out.push(format!("choices.{i}.{holder}.audio.transcript"));
+                }
+            }
+        }
         if present(choice.get("logprobs")) {
             out.push(format!("choices.{i}.logprobs"));
-        }
-        let holder = if shape == ResponseShape::Buffered { "message" } else { "delta" };
-        let Some(Value::Object(msg)) = choice.get(holder) else { continue };
-        for key in [
-            "tool_calls",
-            "function_call",
-            "refusal",
-            "annotations",
-            "images",
-            "reasoning_details",
-            "thinking_blocks",
-            "reasoning_items",
-        ] {
-            if present(msg.get(key)) {
-                out.push(format!("choices.{i}.{holder}.{key}"));
-            }
-        }
-        if let Some(Value::Object(audio)) = msg.get("audio") {
-            if present(audio.get("transcript")) {
-                out.push(format!("choices.{i}.{holder}.audio.transcript"));
-            }
         }
     }
     out

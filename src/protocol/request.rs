@@ -35,8 +35,18 @@ use crate::protocol::suite::{SecretKey, Suite, seal};
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct EncryptOptions {
-    /// Refuse requests carrying members that would travel in clear (`tools`, `tool_calls`,
-    /// `response_format`, message `name`, …) with [`ErrorKind::Cleartext`].
+    /// Refuse requests carrying members that travel in clear and are not known to carry nothing
+    /// private with [`ErrorKind::Cleartext`]. The allow-list: `model`; sampling parameters and
+    /// limits as numbers (`temperature`, `top_p`, `top_k`, `min_p`, penalties, `seed`, `n`,
+    /// `max_tokens`, `max_completion_tokens`, `top_logprobs`, `best_of`, `dimensions`); flags
+    /// as booleans (`stream`, `store`, `echo`, `parallel_tool_calls`, `logprobs`); short
+    /// identifiers (`reasoning_effort`, `service_tier`, `encoding_format`, `modalities`);
+    /// `stream_options` of booleans; `provider` holding only `aci_verified` and
+    /// `aci_session_ids`; message `role`, `content` (a string or part array, which are
+    /// encrypted) and `tool_call_id`. Anything else — `stop`, `user`, `logit_bias`, `suffix`,
+    /// `audio`, `metadata`, `tools`, `response_format`, message `name` or `tool_calls`, a
+    /// `content` object, token ids in a `prompt`/`input` array, members unknown today — is
+    /// refused.
     pub strict: bool,
 }
 
@@ -140,34 +150,166 @@ pub struct EncryptedRequest {
     pub restored_body_sha256: [u8; 32],
     /// How many fields were encrypted.
     pub fields: usize,
+    /// Members of the request that travel in clear and are not known to carry nothing private
+    /// (names and paths such as `stop` or `messages.0.name`, never values; at most 64). Strict
+    /// mode refuses a request with any; otherwise the E2EE layer warns about them once per
+    /// request.
+    pub clear_members: Vec<String>,
 }
 
-/// Top-level members of a chat/completions/embeddings request that travel in clear.
-const CLEAR_TOP_LEVEL: [&str; 7] =
-    ["tools", "functions", "response_format", "prediction", "metadata", "tool_choice", "function_call"];
-/// Message members the gateway forwards in clear.
-const ALLOWED_MESSAGE_MEMBERS: [&str; 3] = ["role", "content", "tool_call_id"];
+/// How the value of a member on the strict allow-list must look to carry nothing private. `null`
+/// always qualifies.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// Anything (the `model`, which travels in clear by protocol, and the encrypted members,
+    /// which the walker checks).
+    Any,
+    /// A number.
+    Number,
+    /// A boolean.
+    Bool,
+    /// A number or a boolean (`logprobs` is a boolean in chat, a number in completions).
+    Scalar,
+    /// A short identifier: 1 to 64 characters of `[A-Za-z0-9_.:-]`, no spaces (`"low"`,
+    /// `"base64"`, `"auto"`, a tool-call id).
+    Word,
+    /// An array of [`Shape::Word`]s.
+    Words,
+    /// An object whose members are all booleans (`stream_options`).
+    Flags,
+    /// `provider` holding only the ACI serving constraints
+    /// ([`pin_sessions`](crate::receipt::pin_sessions)): `aci_verified` (a boolean) and
+    /// `aci_session_ids` (session ids).
+    AciProvider,
+}
 
-fn strict_check(endpoint: Endpoint, body: &Map<String, Value>) -> Result<()> {
-    let cleartext =
-        |what: String| Error::new(ErrorKind::Cleartext, format!("strict mode: `{what}` would travel in clear"));
-    for k in CLEAR_TOP_LEVEL {
-        if body.contains_key(k) {
-            return Err(cleartext(k.to_owned()));
+/// Request members, on every endpoint, known to carry nothing private: sampling parameters,
+/// limits, flags. Everything else a request may hold (`stop`, `user`, `logit_bias`, `metadata`,
+/// `tools`, `response_format`, `prediction`, `audio`, `suffix`, members unknown today) travels
+/// in clear and may carry the user's text.
+const ALLOWED_COMMON: &[(&str, Shape)] = &[
+    ("model", Shape::Any),
+    ("stream", Shape::Bool),
+    ("stream_options", Shape::Flags),
+    ("n", Shape::Number),
+    ("max_tokens", Shape::Number),
+    ("seed", Shape::Number),
+    ("temperature", Shape::Number),
+    ("top_p", Shape::Number),
+    ("top_k", Shape::Number),
+    ("min_p", Shape::Number),
+    ("presence_penalty", Shape::Number),
+    ("frequency_penalty", Shape::Number),
+    ("repetition_penalty", Shape::Number),
+    ("logprobs", Shape::Scalar),
+    ("top_logprobs", Shape::Number),
+    ("service_tier", Shape::Word),
+    ("store", Shape::Bool),
+    ("provider", Shape::AciProvider),
+];
+/// Chat-only members on the allow-list (`messages` is checked member by member).
+const ALLOWED_CHAT: &[(&str, Shape)] = &[
+    ("messages", Shape::Any),
+    ("max_completion_tokens", Shape::Number),
+    ("parallel_tool_calls", Shape::Bool),
+    ("reasoning_effort", Shape::Word),
+    ("modalities", Shape::Words),
+];
+/// Completions-only members on the allow-list.
+const ALLOWED_COMPLETIONS: &[(&str, Shape)] =
+    &[("prompt", Shape::Any), ("echo", Shape::Bool), ("best_of", Shape::Number)];
+/// Embeddings-only members on the allow-list.
+const ALLOWED_EMBEDDINGS: &[(&str, Shape)] =
+    &[("input", Shape::Any), ("encoding_format", Shape::Word), ("dimensions", Shape::Number)];
+/// Message members on the allow-list (`content` is encrypted).
+const ALLOWED_MESSAGE: &[(&str, Shape)] =
+    &[("role", Shape::Word), ("content", Shape::Any), ("tool_call_id", Shape::Word)];
+/// At most this many clear members are listed (a request can hold any number).
+const MAX_LISTED: usize = 64;
+
+fn is_word(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+    })
+}
+
+fn fits(shape: Shape, v: &Value) -> bool {
+    if v.is_null() {
+        return true;
+    }
+    match shape {
+        Shape::Any => true,
+        Shape::Number => v.is_number(),
+        Shape::Bool => v.is_boolean(),
+        Shape::Scalar => v.is_number() || v.is_boolean(),
+        Shape::Word => is_word(v),
+        Shape::Words => v.as_array().is_some_and(|a| a.iter().all(is_word)),
+        Shape::Flags => v.as_object().is_some_and(|o| o.values().all(|x| x.is_boolean() || x.is_null())),
+        Shape::AciProvider => v.as_object().is_some_and(|o| {
+            o.iter().all(|(k, x)| match k.as_str() {
+                "aci_verified" => x.is_boolean() || x.is_null(),
+                "aci_session_ids" => fits(Shape::Words, x),
+                _ => false,
+            })
+        }),
+    }
+}
+
+/// The members of a request that travel in clear beyond those known to carry nothing private
+/// (names and paths only, never values; at most [`MAX_LISTED`]): top-level members off the
+/// allow-list or whose value does not have the expected shape, message members other than
+/// `role`, `content` and `tool_call_id`, a message `content` the gateway would forward as it is
+/// (an object, a number or a boolean), and token ids beside the strings of a `prompt`/`input`
+/// array.
+fn clear_members(endpoint: Endpoint, body: &Map<String, Value>) -> Vec<String> {
+    let specific = match endpoint {
+        Endpoint::ChatCompletions => ALLOWED_CHAT,
+        Endpoint::Completions => ALLOWED_COMPLETIONS,
+        Endpoint::Embeddings => ALLOWED_EMBEDDINGS,
+    };
+    let allowed = |list: &[(&str, Shape)], k: &str, v: &Value| list.iter().any(|(n, shape)| *n == k && fits(*shape, v));
+    let mut out = Vec::new();
+    for (k, v) in body {
+        if !allowed(ALLOWED_COMMON, k, v) && !allowed(specific, k, v) {
+            out.push(k.clone());
+        }
+    }
+    if endpoint != Endpoint::ChatCompletions {
+        // Token ids (and nested arrays of them) beside prompt strings are forwarded as they are.
+        let name = if endpoint == Endpoint::Completions { "prompt" } else { "input" };
+        if let Some(Value::Array(items)) = body.get(name) {
+            out.extend(items.iter().enumerate().filter(|(_, v)| !v.is_string()).map(|(i, _)| format!("{name}.{i}")));
         }
     }
     if endpoint == Endpoint::ChatCompletions {
         if let Some(Value::Array(messages)) = body.get("messages") {
             for (m, msg) in messages.iter().enumerate() {
-                if let Some(obj) = msg.as_object() {
-                    if let Some(k) = obj.keys().find(|k| !ALLOWED_MESSAGE_MEMBERS.contains(&k.as_str())) {
-                        return Err(cleartext(format!("messages.{m}.{k}")));
+                let Some(obj) = msg.as_object() else { continue };
+                for (k, v) in obj {
+                    if out.len() >= MAX_LISTED {
+                        return out;
+                    }
+                    let clear_content =
+                        k == "content" && !matches!(v, Value::String(_) | Value::Array(_) | Value::Null);
+                    if clear_content || !allowed(ALLOWED_MESSAGE, k, v) {
+                        out.push(format!("messages.{m}.{k}"));
                     }
                 }
             }
         }
     }
-    Ok(())
+    out.truncate(MAX_LISTED);
+    out
+}
+
+/// `a`, `b` and 3 more.
+fn listed(names: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
 }
 
 /// Whether a string would be restored by the gateway as structured content: it parses as a
@@ -292,8 +434,12 @@ pub fn encrypt_request(
         Some(Value::String(m)) => m.clone(),
         _ => return Err(Error::new(ErrorKind::UnsupportedBody, "request body needs a string `model`")),
     };
-    if options.strict {
-        strict_check(endpoint, map)?;
+    let clear_members = clear_members(endpoint, map);
+    if options.strict && !clear_members.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Cleartext,
+            format!("strict mode: {} would travel in clear", listed(&clear_members)),
+        ));
     }
     if endpoint == Endpoint::ChatCompletions {
         reshape_chat(map, Reshape::Restored);
@@ -359,6 +505,7 @@ pub fn encrypt_request(
         context: ExchangeContext { endpoint, client_secret, model, nonce, ts: now },
         restored_body_sha256,
         fields,
+        clear_members,
     })
 }
 

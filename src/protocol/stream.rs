@@ -5,6 +5,29 @@
 //! authenticated, and call [`finish`](StreamDecryptor::finish) at end of input to learn whether
 //! the stream ended cleanly. Memory is bounded by the largest event ([`SseLimits`]).
 //!
+//! After each event, [`last_decrypted_paths`](StreamDecryptor::last_decrypted_paths) and
+//! [`last_cleartext_paths`](StreamDecryptor::last_cleartext_paths) say which of its fields were
+//! ciphertext and which generated content came in clear.
+//!
+//! # What a stream's encryption does not protect
+//!
+//! Each event's fields are authenticated, but every event of a stream is sealed under the same
+//! AAD for the same field (same path, same chunk `id`, same request nonce and timestamp): the
+//! AAD binds a ciphertext to its exchange and its place *in an event*, not to its position *in
+//! the stream*. An on-path attacker who can read and rewrite the stream can therefore **drop,
+//! duplicate or reorder** encrypted events, or cut the stream before `[DONE]` and append a
+//! forged clear `[DONE]`, and every event still decrypts. Nor is anything the gateway leaves in
+//! clear (`finish_reason`, tool calls, usage) authenticated. Only the gateway's signed receipt
+//! covers the stream as a whole: its `response.returned` hash is over the exact bytes sent. So:
+//!
+//! - check the receipt against the bytes received
+//!   ([`ReceiptClient::fetch_and_verify`](crate::receipt::ReceiptClient::fetch_and_verify) with
+//!   the [`ExchangeRecord`](crate::receipt::ExchangeRecord) the layer records), or
+//! - let [`VerifyBeforeReleaseLayer`](crate::receipt::VerifyBeforeReleaseLayer) do it: events are
+//!   released as they authenticate, but the terminal `[DONE]` and the end of the body are held
+//!   until the receipt verified, and a stream whose receipt fails ends with an error instead.
+//!   A consumer that acts only on a complete stream never acts on a tampered one.
+//!
 //! ```
 //! use tower_aci::protocol::request::{Endpoint, ExchangeContext};
 //! use tower_aci::protocol::stream::{StreamDecryptor, StreamOutput};
@@ -26,25 +49,35 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::request::ExchangeContext;
-use crate::protocol::response::{ChunkOutcome, decrypt_chunk};
+use crate::protocol::response::decrypt_chunk;
 use crate::protocol::sse::{SseDecoder, SseEvent, SseLimits};
+
+/// Most distinct kinds of cleartext path a stream's summary keeps
+/// ([`StreamDecryptor::cleartext_fields`]).
+pub const MAX_CLEARTEXT_KINDS: usize = 32;
 
 /// One item produced by [`StreamDecryptor::next_output`].
 #[derive(Debug)]
 pub enum StreamOutput {
     /// A complete event, decrypted and re-framed (LF line endings, blank-line terminated).
     Event(Bytes),
-    /// An in-band `{"error": …}` event: the bytes of the event (in clear, as the gateway sent it)
-    /// and the error it carries ([`ErrorKind::InBandError`]).
+    /// An event that signals an in-band error (a non-null `error` member, or a `finish_reason`
+    /// of `"error"` or ending in `_error`, as the reference gateway detects them): the event's
+    /// bytes, decrypted like any other (an error event cannot carry a protected field in clear),
+    /// and the error it carries ([`ErrorKind::InBandError`], its strings capped at 200
+    /// characters).
     InBandError(Bytes, Error),
 }
 
 /// How a stream ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct StreamEnd {
     /// Events decrypted (data events that carried at least one encrypted field).
     pub decrypted_events: u64,
-    /// Paths of generated content seen in clear (first occurrence of each).
+    /// The kinds of generated content seen in clear, first occurrence first: paths with every
+    /// index replaced by `*` (`choices.*.delta.tool_calls.*.function.arguments`), at most
+    /// [`MAX_CLEARTEXT_KINDS`].
     pub cleartext_fields: Vec<String>,
 }
 
@@ -56,8 +89,27 @@ pub struct StreamDecryptor {
     done: bool,
     in_band_error: Option<(Box<str>, String)>,
     decrypted_events: u64,
+    /// Index-free kinds of cleartext path seen so far (bounded).
     cleartext: Vec<String>,
+    last_decrypted: Vec<String>,
+    last_cleartext: Vec<String>,
     out: BytesMut,
+}
+
+/// A path with its numeric segments (indexes, which the peer chooses) replaced by `*`.
+fn path_kind(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (n, segment) in path.split('.').enumerate() {
+        if n > 0 {
+            out.push('.');
+        }
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('*');
+        } else {
+            out.push_str(segment);
+        }
+    }
+    out
 }
 
 impl StreamDecryptor {
@@ -70,6 +122,8 @@ impl StreamDecryptor {
             in_band_error: None,
             decrypted_events: 0,
             cleartext: Vec::new(),
+            last_decrypted: Vec::new(),
+            last_cleartext: Vec::new(),
             out: BytesMut::new(),
         }
     }
@@ -94,13 +148,31 @@ impl StreamDecryptor {
         self.done
     }
 
-    /// Paths of generated content seen in clear so far.
+    /// The kinds of generated content seen in clear so far: paths with every index replaced by
+    /// `*`, first occurrence first, at most [`MAX_CLEARTEXT_KINDS`] (see
+    /// [`last_cleartext_paths`](Self::last_cleartext_paths) for each event's exact paths).
     pub fn cleartext_fields(&self) -> &[String] {
         &self.cleartext
     }
 
+    /// The field paths that held ciphertext in the event [`next_output`](Self::next_output)
+    /// returned last, as the AAD names them (`choices.1.delta.content`); empty for an event
+    /// without ciphertext.
+    pub fn last_decrypted_paths(&self) -> &[String] {
+        &self.last_decrypted
+    }
+
+    /// The paths of generated content that came in clear in the event
+    /// [`next_output`](Self::next_output) returned last (`choices.0.delta.tool_calls.0.function.arguments`);
+    /// empty when none.
+    pub fn last_cleartext_paths(&self) -> &[String] {
+        &self.last_cleartext
+    }
+
     /// The next complete event, decrypted. `Ok(None)` means more input is needed.
     pub fn next_output(&mut self) -> Result<Option<StreamOutput>> {
+        self.last_decrypted.clear();
+        self.last_cleartext.clear();
         let Some(event) = self.decoder.next_event()? else { return Ok(None) };
         self.process(event).map(Some)
     }
@@ -117,30 +189,36 @@ impl StreamDecryptor {
             self.done = true;
             return Ok(StreamOutput::Event(self.encode(&event, None)));
         }
-        match decrypt_chunk(&self.ctx, &data)? {
-            ChunkOutcome::Unchanged { cleartext } => {
-                self.note_cleartext(cleartext);
-                Ok(StreamOutput::Event(self.encode(&event, None)))
-            }
-            ChunkOutcome::Decrypted { payload, cleartext } => {
-                self.note_cleartext(cleartext);
-                self.decrypted_events += 1;
-                Ok(StreamOutput::Event(self.encode(&event, Some(&payload))))
-            }
-            ChunkOutcome::InBandError { error_type, message } => {
+        let chunk = decrypt_chunk(&self.ctx, &data)?;
+        if !chunk.decrypted.is_empty() {
+            self.decrypted_events += 1;
+        }
+        self.note_cleartext(&chunk.cleartext);
+        self.last_decrypted = chunk.decrypted;
+        self.last_cleartext = chunk.cleartext;
+        let bytes = self.encode(&event, chunk.payload.as_deref());
+        match chunk.error {
+            None => Ok(StreamOutput::Event(bytes)),
+            Some((error_type, message)) => {
                 let err = Error::in_band(error_type.as_str(), &message);
                 if self.in_band_error.is_none() {
                     self.in_band_error = Some((error_type.into(), message));
                 }
-                Ok(StreamOutput::InBandError(self.encode(&event, None), err))
+                Ok(StreamOutput::InBandError(bytes, err))
             }
         }
     }
 
-    fn note_cleartext(&mut self, paths: Vec<String>) {
+    /// Add the kinds of `paths` to the summary: a bounded list of index-free paths, so neither
+    /// its length nor the cost of adding to it grows with what the peer sends.
+    fn note_cleartext(&mut self, paths: &[String]) {
         for p in paths {
-            if !self.cleartext.contains(&p) {
-                self.cleartext.push(p);
+            if self.cleartext.len() >= MAX_CLEARTEXT_KINDS {
+                return;
+            }
+            let kind = path_kind(p);
+            if !self.cleartext.contains(&kind) {
+                self.cleartext.push(kind);
             }
         }
     }

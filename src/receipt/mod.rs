@@ -39,6 +39,11 @@
 //! - [`ReceiptClient`] fetches receipts and attested sessions with bounded retries, and offers
 //!   [`fetch_and_verify`](ReceiptClient::fetch_and_verify) and a verify-before-release helper,
 //!   [`release_after_receipt`](ReceiptClient::release_after_receipt).
+//! - [`VerifyBeforeReleaseLayer`] goes above the E2EE layer: a buffered answer is released only
+//!   after its receipt verified; a stream's events flow as they authenticate, but its `[DONE]`
+//!   and end wait for the verified receipt ([`StreamVerification`]).
+//! - [`ExchangeRecord::builder`] rebuilds a record from stored facts, to re-verify archived
+//!   exchanges offline.
 //! - [`AttestedSession`] is an aggregator's record of a verified upstream (ACI spec §8, §9.2);
 //!   [`pin_sessions`] pins a request to sessions you verified.
 //!
@@ -104,8 +109,8 @@ pub use fetch::{
     DEFAULT_FETCH_TIME_LIMIT, DEFAULT_KEYSET_WAIT, DEFAULT_MAX_DOCUMENT_SIZE, DEFAULT_MAX_RELEASE_BODY,
     DEFAULT_REPLICA_HOPS, ReceiptClient, RetryPolicy,
 };
-pub use record::{ExchangeRecord, ResponseDigest};
-pub use release::{VerifyBeforeRelease, VerifyBeforeReleaseLayer};
+pub use record::{ExchangeRecord, ExchangeRecordBuilder, ResponseDigest};
+pub use release::{ReleaseBody, StreamVerification, VerifyBeforeRelease, VerifyBeforeReleaseLayer};
 pub use session::{AttestedSession, MAX_SESSION_SIZE, VerifiedSession, pin_sessions};
 #[cfg(feature = "test-gateway")]
 pub(crate) use verify::hash_string;

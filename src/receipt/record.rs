@@ -145,6 +145,157 @@ impl ExchangeRecord {
     }
 }
 
+impl ExchangeRecord {
+    /// Rebuild the record of an E2EE exchange from stored facts, to re-verify an archived
+    /// exchange offline against its receipt ([`verify_exchange`](crate::receipt::verify_exchange)).
+    ///
+    /// `path` is the request path as sent (it must name an inference endpoint), `model` the
+    /// request's `model`. Set the rest with the builder: at least the request hash (SHA-256 of
+    /// the body the gateway restored, as [`request_body_sha256`](Self::request_body_sha256)
+    /// reported it) and the response hash (SHA-256 of the exact response bytes received, as
+    /// [`response_body_sha256`](Self::response_body_sha256) reported it); a record without a
+    /// response hash verifies nothing ([`ReceiptFailure::NotAvailable`](crate::ReceiptFailure)).
+    ///
+    /// ```
+    /// use tower_aci::protocol::suite::Suite;
+    /// use tower_aci::receipt::ExchangeRecord;
+    ///
+    /// // Facts an audit log kept of one exchange.
+    /// let record = ExchangeRecord::builder("/v1/chat/completions", "test-model")
+    ///     .receipt_id("rcpt-724f6c755228abb5208c4fd6")
+    ///     .request_body_sha256([0x67; 32])
+    ///     .response_body_sha256([0x63; 32])
+    ///     .keyset_digest("sha256:c3f9218a215b0e5a63c20c924493ef971ce78a516274521a4632ded4cd40d1b5")
+    ///     .suite(Suite::X25519)
+    ///     .streamed(true)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(record.receipt_id(), Some("rcpt-724f6c755228abb5208c4fd6"));
+    /// assert!(record.streamed());
+    /// assert!(ExchangeRecord::builder("/v1/messages", "m").build().is_err());
+    /// ```
+    pub fn builder(path: impl Into<String>, model: impl Into<String>) -> ExchangeRecordBuilder {
+        ExchangeRecordBuilder {
+            path: path.into(),
+            model: model.into(),
+            receipt_id: None,
+            keyset_digest: None,
+            attested_digest: None,
+            suite: None,
+            e2ee_public_key: None,
+            request_body_sha256: None,
+            response_body_sha256: None,
+            streamed: false,
+            status: 200,
+        }
+    }
+}
+
+/// Builds an [`ExchangeRecord`] from stored facts: see [`ExchangeRecord::builder`]. Methods
+/// take and return the builder by value.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ExchangeRecordBuilder {
+    path: String,
+    model: String,
+    receipt_id: Option<String>,
+    keyset_digest: Option<String>,
+    attested_digest: Option<String>,
+    suite: Option<Suite>,
+    e2ee_public_key: Option<String>,
+    request_body_sha256: Option<[u8; 32]>,
+    response_body_sha256: Option<[u8; 32]>,
+    streamed: bool,
+    status: u16,
+}
+
+impl ExchangeRecordBuilder {
+    /// The receipt id the response named (`X-Receipt-Id`). When set, the receipt must carry it.
+    pub fn receipt_id(mut self, id: impl Into<String>) -> Self {
+        self.receipt_id = Some(id.into());
+        self
+    }
+
+    /// `X-ACI-Keyset-Digest` of the replica that served. Also taken as the attested digest
+    /// unless [`attested_keyset_digest`](Self::attested_keyset_digest) says otherwise.
+    pub fn keyset_digest(mut self, digest: impl Into<String>) -> Self {
+        self.keyset_digest = Some(digest.into());
+        self
+    }
+
+    /// The digest of the attested keyset the request was encrypted to.
+    pub fn attested_keyset_digest(mut self, digest: impl Into<String>) -> Self {
+        self.attested_digest = Some(digest.into());
+        self
+    }
+
+    /// The E2EE suite of the exchange (none: a plaintext exchange).
+    pub fn suite(mut self, suite: Suite) -> Self {
+        self.suite = Some(suite);
+        self
+    }
+
+    /// The E2EE public key the request was encrypted to (`X-Model-Pub-Key`).
+    pub fn e2ee_public_key(mut self, key: impl Into<String>) -> Self {
+        self.e2ee_public_key = Some(key.into());
+        self
+    }
+
+    /// SHA-256 of the body the gateway restored (for a plaintext exchange: of the raw request
+    /// body). Required.
+    pub fn request_body_sha256(mut self, digest: [u8; 32]) -> Self {
+        self.request_body_sha256 = Some(digest);
+        self
+    }
+
+    /// SHA-256 of the exact response body bytes received (SSE framing included).
+    pub fn response_body_sha256(mut self, digest: [u8; 32]) -> Self {
+        self.response_body_sha256 = Some(digest);
+        self
+    }
+
+    /// Whether the response was an SSE stream (default `false`).
+    pub fn streamed(mut self, streamed: bool) -> Self {
+        self.streamed = streamed;
+        self
+    }
+
+    /// The response status (default 200).
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// The record. Fails with [`ErrorKind::Config`](crate::ErrorKind::Config) when the path is
+    /// not an inference endpoint or the request hash is missing.
+    pub fn build(self) -> crate::Result<ExchangeRecord> {
+        let config = |m: String| crate::Error::new(crate::ErrorKind::Config, m);
+        let endpoint = Endpoint::from_path(&self.path)
+            .ok_or_else(|| config(format!("{} is not an inference endpoint", self.path)))?;
+        let request_body_sha256 =
+            self.request_body_sha256.ok_or_else(|| config("an exchange record needs the request hash".into()))?;
+        let response = Arc::new(ResponseDigest::default());
+        if let Some(d) = self.response_body_sha256 {
+            response.set(d);
+        }
+        let attested_digest = self.attested_digest.or_else(|| self.keyset_digest.clone()).unwrap_or_default();
+        Ok(ExchangeRecord {
+            receipt_id: self.receipt_id,
+            keyset_digest: self.keyset_digest,
+            attested_digest,
+            suite: self.suite,
+            e2ee_public_key: self.e2ee_public_key,
+            endpoint,
+            path: self.path,
+            model: self.model,
+            request_body_sha256,
+            streamed: self.streamed,
+            status: self.status,
+            response,
+        })
+    }
+}
+
 impl fmt::Debug for ExchangeRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExchangeRecord")

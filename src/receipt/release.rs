@@ -1,49 +1,65 @@
-//! Verify before release: a layer, above [`E2eeLayer`](crate::E2eeLayer), that hands out a
-//! buffered answer only after the gateway's receipt for it verified.
-//!
-//! ```no_run
-//! # fn build<C, R>(keys: tower_aci::attest::KeyHandle, client: C, receipts: tower_aci::receipt::ReceiptClient<R>) {
-//! use tower::ServiceBuilder;
-//! use tower_aci::E2eeLayer;
-//! use tower_aci::receipt::{ReceiptPolicy, VerifyBeforeReleaseLayer};
-//!
-//! let svc = ServiceBuilder::new()
-//!     .layer(VerifyBeforeReleaseLayer::new(receipts, keys.clone(), ReceiptPolicy::new()))
-//!     .layer(E2eeLayer::new(keys))
-//!     .service(client);
-//! # let _ = svc;
-//! # }
-//! ```
-//!
-//! A buffered answer is read whole, its receipt fetched (with the request's own bearer token)
-//! and verified; only then does the caller get the body, with the
-//! [`VerifiedReceipt`](crate::receipt::VerifiedReceipt) in the
-//! response's extensions. Any failure — decryption, receipt missing, signature, a hash that does
-//! not match — is the call's error and no byte of the answer is released. Streams pass through
-//! as they arrive (their receipt exists only after the stream ended): verify them afterwards
-//! with [`ReceiptClient::fetch_and_verify`].
+//! Verify before release: [`VerifyBeforeReleaseLayer`], above [`E2eeLayer`](crate::E2eeLayer),
+//! hands out answers only once their receipt verified; for streams, `[DONE]` and the end of the
+//! body wait for it.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::Body;
-use http_body_util::{Either, Full};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::attest::KeyHandle;
-use crate::error::BoxError;
+use crate::error::{BoxError, Error, ErrorKind, Result};
+use crate::protocol::sse::{SseDecoder, SseLimits};
 use crate::receipt::fetch::ReceiptClient;
 use crate::receipt::record::ExchangeRecord;
-use crate::receipt::verify::ReceiptPolicy;
+use crate::receipt::verify::{ReceiptPolicy, VerifiedReceipt};
 
-/// Applies [`VerifyBeforeRelease`]: buffered answers are handed out only after their receipt
-/// verified; see the [`receipt`](crate::receipt) module.
+/// Verify before release: a layer, above [`E2eeLayer`](crate::E2eeLayer), that hands out an
+/// answer only once the gateway's receipt for it verified. Applies [`VerifyBeforeRelease`].
+///
+/// ```no_run
+/// # fn build<C, R>(keys: tower_aci::attest::KeyHandle, client: C, receipts: tower_aci::receipt::ReceiptClient<R>) {
+/// use tower::ServiceBuilder;
+/// use tower_aci::E2eeLayer;
+/// use tower_aci::receipt::{ReceiptPolicy, VerifyBeforeReleaseLayer};
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(VerifyBeforeReleaseLayer::new(receipts, keys.clone(), ReceiptPolicy::new()))
+///     .layer(E2eeLayer::new(keys))
+///     .service(client);
+/// # let _ = svc;
+/// # }
+/// ```
+///
+/// A buffered answer is read whole, its receipt fetched (with the request's own bearer token)
+/// and verified; only then does the caller get the body, with the
+/// [`VerifiedReceipt`](crate::receipt::VerifiedReceipt) in the
+/// response's extensions. Any failure — decryption, receipt missing, signature, a hash that does
+/// not match — is the call's error and no byte of the answer is released.
+///
+/// A stream gets the strongest form a stream allows. Its receipt exists only once the gateway
+/// sent the whole stream, and every encrypted event authenticates on its own but not its place
+/// in the stream (see [the stream module](crate::protocol::stream#what-a-streams-encryption-does-not-protect)):
+/// an on-path attacker can drop, duplicate or reorder events undetected until the receipt's
+/// response hash is compared. So events are released as they authenticate, but the terminal
+/// `data: [DONE]` event and the end of the body are **held** until the stream has been read to
+/// its end, its receipt fetched and verified against the exact bytes received. Then `[DONE]`
+/// and the end follow, and the [`StreamVerification`] in the response's extensions holds the
+/// [`VerifiedReceipt`](crate::receipt::VerifiedReceipt). When the receipt does not verify, the
+/// body ends with that error (kind [`Receipt`](crate::ErrorKind::Receipt)) instead of `[DONE]`.
+/// A consumer that acts only on a complete stream (one that reached `[DONE]` and its end) thus
+/// never acts on an unverified one; one that acts on each event as it arrives gets the
+/// per-event guarantee only, and must treat a stream that ends in an error as untrustworthy.
 pub struct VerifyBeforeReleaseLayer<R, RQ = Full<Bytes>> {
     shared: Arc<Shared<R, RQ>>,
 }
@@ -115,11 +131,11 @@ where
     RB::Data: Send,
     RB::Error: Into<BoxError>,
 {
-    type Response = Response<Either<Full<Bytes>, ResBody>>;
+    type Response = Response<ReleaseBody<ResBody>>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = std::result::Result<Self::Response, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
@@ -129,15 +145,249 @@ where
         let shared = self.shared.clone();
         Box::pin(async move {
             let res = fut.await.map_err(Into::into)?;
-            let streamed = res.extensions().get::<ExchangeRecord>().is_some_and(ExchangeRecord::streamed);
-            if streamed {
-                return Ok(res.map(Either::Right));
+            let record = res.extensions().get::<ExchangeRecord>().filter(|r| r.streamed()).cloned();
+            if let Some(record) = record {
+                if res.status().is_success() {
+                    let (mut parts, body) = res.into_parts();
+                    let verification = StreamVerification::default();
+                    parts.extensions.insert(verification.clone());
+                    let verify: VerifyFn = Box::new(move || {
+                        Box::pin(async move {
+                            shared
+                                .receipts
+                                .fetch_and_verify(&record, bearer.as_deref(), &shared.keys, &shared.policy)
+                                .await
+                        })
+                    });
+                    let body = ReleaseBody::stream(body, verify, verification);
+                    return Ok(Response::from_parts(parts, body));
+                }
             }
             let (res, verified) =
                 shared.receipts.release_after_receipt(res, bearer.as_deref(), &shared.keys, &shared.policy).await?;
             let (mut parts, body) = res.into_parts();
             parts.extensions.insert(verified);
-            Ok(Response::from_parts(parts, Either::Left(Full::new(body))))
+            Ok(Response::from_parts(parts, ReleaseBody::full(body)))
         })
+    }
+}
+
+/// The receipt of a stream released by [`VerifyBeforeRelease`], in the response's extensions:
+/// set once the stream was read to its end and its receipt verified (just before `[DONE]` is
+/// released).
+#[derive(Clone, Default)]
+pub struct StreamVerification(Arc<OnceLock<VerifiedReceipt>>);
+
+impl StreamVerification {
+    /// The verified receipt, once the body released `[DONE]`; `None` before, or when the
+    /// receipt did not verify (the body then ended with the error).
+    pub fn receipt(&self) -> Option<&VerifiedReceipt> {
+        self.0.get()
+    }
+}
+
+impl fmt::Debug for StreamVerification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamVerification").field("verified", &self.0.get().is_some()).finish()
+    }
+}
+
+type VerifyFuture = Pin<Box<dyn Future<Output = Result<VerifiedReceipt>> + Send>>;
+type VerifyFn = Box<dyn FnOnce() -> VerifyFuture + Send>;
+
+/// Most bytes held back from the `[DONE]` event on (the event itself and what may follow it
+/// before the end: comments).
+const MAX_HELD: usize = 64 * 1024;
+
+pin_project! {
+    /// The response body of [`VerifyBeforeRelease`]: a buffered answer already verified, or a
+    /// stream whose `[DONE]` and end are held until its receipt verified (see
+    /// [`VerifyBeforeReleaseLayer`]).
+    pub struct ReleaseBody<B> {
+        #[pin]
+        kind: ReleaseKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = ReleaseKindProj]
+    enum ReleaseKind<B> {
+        Full { #[pin] body: Full<Bytes> },
+        Stream { #[pin] inner: B, state: Box<StreamState> },
+    }
+}
+
+struct StreamState {
+    /// Finds the `[DONE]` event in the released (decrypted, re-framed) bytes.
+    events: SseDecoder,
+    /// Frames held back, from the one that completes `[DONE]` on.
+    held: VecDeque<Bytes>,
+    held_bytes: usize,
+    holding: bool,
+    verify: Option<VerifyFn>,
+    verifying: Option<VerifyFuture>,
+    verification: StreamVerification,
+    phase: Phase,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Streaming,
+    Verifying,
+    Releasing,
+    Done,
+}
+
+impl<B> ReleaseBody<B> {
+    fn full(bytes: Bytes) -> Self {
+        ReleaseBody { kind: ReleaseKind::Full { body: Full::new(bytes) } }
+    }
+
+    fn stream(inner: B, verify: VerifyFn, verification: StreamVerification) -> Self {
+        // The layer below bounds every event; here only the framing is followed.
+        let limits = SseLimits { max_line: usize::MAX, max_event: usize::MAX, max_event_lines: usize::MAX };
+        let state = Box::new(StreamState {
+            events: SseDecoder::new(limits),
+            held: VecDeque::new(),
+            held_bytes: 0,
+            holding: false,
+            verify: Some(verify),
+            verifying: None,
+            verification,
+            phase: Phase::Streaming,
+        });
+        ReleaseBody { kind: ReleaseKind::Stream { inner, state } }
+    }
+}
+
+impl<B> fmt::Debug for ReleaseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            ReleaseKind::Full { .. } => "verified",
+            ReleaseKind::Stream { .. } => "stream",
+        };
+        f.debug_struct("ReleaseBody").field("kind", &kind).finish()
+    }
+}
+
+impl StreamState {
+    /// Whether `data` completes the `[DONE]` event.
+    fn completes_done(&mut self, data: &Bytes) -> Result<bool> {
+        self.events.push(data);
+        let mut done = false;
+        while let Some(event) = self.events.next_event()? {
+            done |= event.is_done();
+        }
+        Ok(done)
+    }
+
+    fn hold(&mut self, data: Bytes) -> Result<()> {
+        self.held_bytes += data.len();
+        if self.held_bytes > MAX_HELD {
+            return Err(Error::new(ErrorKind::Protocol, "the stream goes on after [DONE]"));
+        }
+        self.held.push_back(data);
+        Ok(())
+    }
+}
+
+impl<B> Body for ReleaseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let (mut inner, state) = match self.project().kind.project() {
+            ReleaseKindProj::Full { body } => return body.poll_frame(cx).map_err(|never| match never {}),
+            ReleaseKindProj::Stream { inner, state } => (inner, state),
+        };
+        loop {
+            match state.phase {
+                Phase::Streaming => match inner.as_mut().poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Err(e))) => {
+                        // The stream failed (decryption, truncation, an in-band error): its
+                        // error ends the body; nothing held is released.
+                        state.phase = Phase::Done;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let Ok(data) = frame.into_data() else { continue }; // trailers: none here
+                        if !state.holding {
+                            match state.completes_done(&data) {
+                                Ok(false) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                                Ok(true) => state.holding = true,
+                                Err(e) => {
+                                    state.phase = Phase::Done;
+                                    return Poll::Ready(Some(Err(e.into())));
+                                }
+                            }
+                        }
+                        if let Err(e) = state.hold(data) {
+                            state.phase = Phase::Done;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        // The layer below ends a stream cleanly only after `[DONE]`, with the
+                        // wire digest final: now the receipt.
+                        let verify = state.verify.take().expect("verified once");
+                        state.verifying = Some(verify());
+                        state.phase = Phase::Verifying;
+                    }
+                },
+                Phase::Verifying => {
+                    let fut = state.verifying.as_mut().expect("set with the phase");
+                    match fut.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(result) => {
+                            state.verifying = None;
+                            match result {
+                                Ok(verified) => {
+                                    tracing::debug!(
+                                        receipt = verified.receipt().receipt_id(),
+                                        "stream receipt verified"
+                                    );
+                                    let _ = state.verification.0.set(verified);
+                                    state.phase = Phase::Releasing;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(kind = ?e.kind(), "the stream's receipt did not verify: [DONE] withheld");
+                                    state.phase = Phase::Done;
+                                    state.held.clear();
+                                    return Poll::Ready(Some(Err(e.into())));
+                                }
+                            }
+                        }
+                    }
+                }
+                Phase::Releasing => match state.held.pop_front() {
+                    Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    None => {
+                        state.phase = Phase::Done;
+                        return Poll::Ready(None);
+                    }
+                },
+                Phase::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            ReleaseKind::Full { body } => body.is_end_stream(),
+            ReleaseKind::Stream { state, .. } => state.phase == Phase::Done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            ReleaseKind::Full { body } => body.size_hint(),
+            ReleaseKind::Stream { state, .. } if state.phase == Phase::Done => SizeHint::with_exact(0),
+            ReleaseKind::Stream { .. } => SizeHint::default(),
+        }
     }
 }

@@ -1,17 +1,15 @@
 //! Test support: a hand-built [`ExchangeRecord`], for checking receipts against known hashes.
 
-use std::sync::Arc;
-
-use crate::protocol::request::Endpoint;
 use crate::protocol::suite::Suite;
-use crate::receipt::record::{ExchangeRecord, ResponseDigest};
+use crate::receipt::record::ExchangeRecord;
 
 impl ExchangeRecord {
     /// A record as the E2EE layer would have made it for a request to `path` naming `model`,
     /// whose restored body hashes to `request_body_sha256`, answered with receipt id `receipt_id`
     /// and a response body hashing to `response_body_sha256` (`None`: not read to its end).
+    /// A `path` that names no inference endpoint is recorded as chat completions.
     ///
-    /// Not part of the stable API: for tests and for re-checking archived exchanges.
+    /// Not part of the stable API: use [`ExchangeRecord::builder`].
     #[doc(hidden)]
     pub fn for_tests(
         path: &str,
@@ -20,23 +18,18 @@ impl ExchangeRecord {
         request_body_sha256: [u8; 32],
         response_body_sha256: Option<[u8; 32]>,
     ) -> ExchangeRecord {
-        let response = Arc::new(ResponseDigest::default());
+        let endpoint_path =
+            if crate::protocol::Endpoint::from_path(path).is_some() { path } else { "/v1/chat/completions" };
+        let mut b =
+            ExchangeRecord::builder(endpoint_path, model).suite(Suite::X25519).request_body_sha256(request_body_sha256);
+        if let Some(id) = receipt_id {
+            b = b.receipt_id(id);
+        }
         if let Some(d) = response_body_sha256 {
-            response.set(d);
+            b = b.response_body_sha256(d);
         }
-        ExchangeRecord {
-            receipt_id: receipt_id.map(str::to_owned),
-            keyset_digest: None,
-            attested_digest: String::new(),
-            e2ee_public_key: None,
-            suite: Some(Suite::X25519),
-            endpoint: Endpoint::from_path(path).unwrap_or(Endpoint::ChatCompletions),
-            path: path.to_owned(),
-            model: model.to_owned(),
-            request_body_sha256,
-            streamed: false,
-            status: 200,
-            response,
-        }
+        let mut record = b.build().expect("an inference path and a request hash");
+        record.path = path.to_owned();
+        record
     }
 }

@@ -8,12 +8,17 @@ mod attest_provider;
 mod attest_real_capture;
 mod attest_report;
 mod attest_support;
+mod capture;
 mod data;
 mod layer_fits;
 mod protocol_props;
 mod protocol_vectors;
 mod receipt_fetch;
 mod receipt_vectors;
+mod reference;
+mod reference_exchanges;
+mod response_path;
+mod strict;
 
 #[cfg(feature = "test-gateway")]
 mod gateway;
@@ -29,5 +34,7 @@ mod receipt_gateway;
 mod replicas;
 #[cfg(all(feature = "test-gateway", feature = "reqwest-middleware"))]
 mod reqwest_mw;
+#[cfg(feature = "test-gateway")]
+mod stream_release;
 #[cfg(feature = "test-gateway")]
 mod support;

@@ -186,7 +186,8 @@ proptest! {
     }
 }
 
-/// JSON-ish noise: documents shaped like responses, with random values where ciphertext goes.
+/// JSON-ish noise: documents shaped like responses, with random values where ciphertext goes,
+/// and sometimes an `error` member or an error `finish_reason` beside them.
 fn hostile_document() -> impl Strategy<Value = Vec<u8>> {
     let value = prop_oneof![
         Just(json!(null)),
@@ -197,19 +198,73 @@ fn hostile_document() -> impl Strategy<Value = Vec<u8>> {
         Just(json!({"a": 1})),
     ];
     let index = prop_oneof![Just(json!(0)), Just(json!(-1)), Just(json!("1")), Just(json!(1.5)), Just(json!(u64::MAX))];
-    (value.clone(), value.clone(), value, index, any::<bool>()).prop_map(|(a, b, c, i, wrap)| {
-        let doc = json!({"id": b, "choices": [{"index": i, "message": {"content": a, "reasoning": c}, "delta": {"content": a}, "text": c}],
+    let error = prop_oneof![
+        3 => Just(None),
+        1 => Just(Some(json!(null))),
+        1 => Just(Some(json!({"type": "upstream_error", "message": "m"}))),
+        1 => Just(Some(json!("boom"))),
+    ];
+    let finish = prop_oneof![Just(json!(null)), Just(json!("stop")), Just(json!("error")), Just(json!("x_error"))];
+    (value.clone(), value.clone(), value, index, error, finish, any::<bool>()).prop_map(|(a, b, c, i, error, finish, wrap)| {
+        let mut doc = json!({"id": b, "choices": [{"index": i, "message": {"content": a, "reasoning": c, "audio": {"data": c}},
+            "delta": {"content": a, "reasoning_content": c}, "text": c, "finish_reason": finish}],
             "data": [{"index": i, "embedding": a}]});
+        if let Some(error) = error {
+            doc["error"] = error;
+        }
         let bytes = serde_json::to_vec(&doc).unwrap();
         if wrap { [b"data: ".as_slice(), &bytes, b"\n\n"].concat() } else { bytes }
     })
+}
+
+/// Every value in `doc` at a location E2EE v2 protects (protocol.md §3.4, written out here
+/// independently of the crate's walkers) that is neither null nor absent.
+fn protected_values(endpoint: Endpoint, doc: &Value, stream: bool) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut take = |v: Option<&Value>| {
+        if let Some(v) = v.filter(|v| !v.is_null()) {
+            out.push(v.clone());
+        }
+    };
+    match endpoint {
+        Endpoint::Embeddings => {
+            for item in doc["data"].as_array().into_iter().flatten() {
+                take(item.get("embedding"));
+            }
+        }
+        Endpoint::Completions => {
+            for choice in doc["choices"].as_array().into_iter().flatten() {
+                take(choice.get("text"));
+            }
+        }
+        Endpoint::ChatCompletions => {
+            for choice in doc["choices"].as_array().into_iter().flatten() {
+                let holder = if stream { "delta" } else { "message" };
+                for f in ["content", "reasoning", "reasoning_content"] {
+                    take(choice.get(holder).and_then(|m| m.get(f)));
+                }
+                if !stream {
+                    take(
+                        choice
+                            .get("message")
+                            .and_then(|m| m.get("audio"))
+                            .and_then(|a| a.get("data"))
+                            .filter(|d| d.is_string()),
+                    );
+                }
+            }
+        }
+    }
+    out
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Whatever the network sends, decryption fails with a typed error or succeeds; it never
-    /// panics and never passes a protected string through in clear.
+    /// panics and never lets a protected field out in clear: no key sealed anything here, so
+    /// every output — a buffered body, a stream event, an in-band error event — must hold
+    /// nothing but null at every protected location.
     #[test]
     fn hostile_responses_never_panic_or_leak(doc in hostile_document(), noise in proptest::collection::vec(any::<u8>(), 0..300)) {
         use tower_aci::protocol::response::decrypt_response;
@@ -217,15 +272,25 @@ proptest! {
             for input in [&doc, &noise] {
                 let ctx = || ExchangeContext::new(endpoint, SecretKey::from_bytes(Suite::X25519, &[1; 32]).unwrap(), "m", "n", 1);
                 if let Ok(out) = decrypt_response(&ctx(), bytes::Bytes::copy_from_slice(input)) {
-                    // Nothing was decrypted (no key could have sealed it), so a success means the
-                    // document carried no protected string at all.
                     prop_assert_eq!(out.decrypted_fields, 0);
-                    prop_assert_eq!(&out.body[..], &input[..]);
+                    let v: Value = serde_json::from_slice(&out.body).expect("a success is JSON");
+                    prop_assert_eq!(protected_values(endpoint, &v, false), Vec::<Value>::new(), "buffered output leaks");
                 }
                 let mut dec = StreamDecryptor::new(ctx(), Default::default());
                 dec.push(input);
-                while let Ok(Some(_)) = dec.next_output() {}
+                let mut released = Vec::new();
+                while let Ok(Some(StreamOutput::Event(b) | StreamOutput::InBandError(b, _))) = dec.next_output() {
+                    released.push(b);
+                }
                 let _ = dec.finish();
+                for event in &released {
+                    for line in event.split(|b| *b == b'\n') {
+                        let Some(data) = line.strip_prefix(b"data:") else { continue };
+                        if let Ok(v) = serde_json::from_slice::<Value>(data) {
+                            prop_assert_eq!(protected_values(endpoint, &v, true), Vec::<Value>::new(), "stream output leaks");
+                        }
+                    }
+                }
             }
         }
         if let Ok(text) = std::str::from_utf8(&noise) {

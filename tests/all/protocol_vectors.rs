@@ -349,7 +349,7 @@ fn buffered_response_fails_closed() {
     let out = decrypt_response(&ctx, br#"{"choices":[{"message":{"content":null,"tool_calls":[{"id":"t"}],"refusal":"no"},"logprobs":{"content":[]}}]}"#.to_vec().into()).unwrap();
     assert_eq!(
         out.cleartext_fields,
-        vec!["choices.0.logprobs", "choices.0.message.tool_calls", "choices.0.message.refusal"]
+        vec!["choices.0.message.tool_calls.0", "choices.0.message.refusal", "choices.0.logprobs"]
     );
 }
 

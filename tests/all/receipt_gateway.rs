@@ -434,9 +434,11 @@ async fn verify_before_release_hands_out_only_verified_answers() {
     assert_eq!(kind(&err), Some(ErrorKind::Decrypt));
     env.gw.set_fault(None);
 
-    // Streams pass through as they arrive (verify them after the end).
+    // Streams flow as they arrive; [DONE] and the end wait for the receipt (stream_release.rs).
     let res = tower::ServiceExt::oneshot(svc, post(&env.url("/v1/chat/completions"), &chat(true))).await.unwrap();
     assert!(res.extensions().get::<VerifiedReceipt>().is_none());
+    let verification = res.extensions().get::<tower_aci::receipt::StreamVerification>().cloned().unwrap();
     let out = res.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&out).ends_with("data: [DONE]\n\n"));
+    assert!(verification.receipt().is_some());
 }
