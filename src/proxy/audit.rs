@@ -266,12 +266,25 @@ fn verify_receipt_line(v: &Value, keysets: &[Arc<AttestedKeyset>], policy: &Rece
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| bad_line("a hash is not 32 bytes of hex"))
     };
-    let record = ExchangeRecord::for_tests(
+    let mut record = ExchangeRecord::builder(
         s("path").ok_or_else(|| bad_line("exchange without path"))?,
         s("model").ok_or_else(|| bad_line("exchange without model"))?,
-        s("receipt_id"),
-        hash("request_sha256")?,
-        Some(hash("response_sha256")?),
-    );
+    )
+    .request_body_sha256(hash("request_sha256")?)
+    .response_body_sha256(hash("response_sha256")?)
+    .streamed(x.get("streamed").and_then(Value::as_bool).unwrap_or(false));
+    if let Some(id) = s("receipt_id") {
+        record = record.receipt_id(id);
+    }
+    if let Some(suite) = s("suite").and_then(crate::protocol::suite::Suite::from_algo) {
+        record = record.suite(suite);
+    }
+    if let Some(d) = s("served_by") {
+        record = record.keyset_digest(d);
+    }
+    if let Some(k) = s("e2ee_public_key") {
+        record = record.e2ee_public_key(k);
+    }
+    let record = record.build()?;
     verify_exchange(&receipt, &record, keysets, policy).map(|_| ())
 }

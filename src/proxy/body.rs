@@ -1,51 +1,34 @@
-//! The body of a proxied stream: decrypted events pass through as the E2EE layer releases them;
-//! a failure after the head was sent becomes one OpenAI-shaped error event, then the end; the
-//! end of the stream triggers the receipt check (and, in before-release mode, holds `[DONE]`
-//! until it passed).
+//! The body of a proxied stream: decrypted events pass through as the E2EE stack releases them
+//! (in before-release mode its `[DONE]` comes only after the receipt verified); a failure after
+//! the head was sent becomes one OpenAI-shaped error event, then the end, so the client never
+//! mistakes a broken stream for a complete one; a clean end starts the receipt check.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::error::{BoxError, Error};
+use crate::error::{BoxError, Error, ErrorKind};
 use crate::proxy::errors::ProxyError;
 
-/// What runs when the stream ended cleanly: verifies its receipt. `Ok` releases the held
-/// `[DONE]` (if any).
-pub(crate) type OnEnd = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> + Send>;
-
-enum State {
-    Streaming,
-    /// The inner body ended; the receipt check runs (before-release: `[DONE]` held).
-    Checking(Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>),
-    Done,
-}
+/// Runs once when the stream ended cleanly.
+pub(crate) type OnEnd = Box<dyn FnOnce() + Send>;
+/// Runs once when the stream failed, with the kind of the crate error, if it was one.
+pub(crate) type OnFailure = Box<dyn FnOnce(Option<ErrorKind>) + Send>;
 
 /// A proxied SSE body.
 pub(crate) struct ProxyStream<B> {
     inner: Pin<Box<B>>,
     on_end: Option<OnEnd>,
-    hold_done: bool,
-    held: Option<Bytes>,
-    state: State,
+    on_failure: Option<OnFailure>,
+    done: bool,
 }
 
 impl<B> ProxyStream<B> {
-    /// `hold_done`: keep the terminal `[DONE]` event back until `on_end` succeeded.
-    pub(crate) fn new(inner: B, on_end: Option<OnEnd>, hold_done: bool) -> Self {
-        ProxyStream { inner: Box::pin(inner), on_end, hold_done, held: None, state: State::Streaming }
+    pub(crate) fn new(inner: B, on_end: Option<OnEnd>, on_failure: OnFailure) -> Self {
+        ProxyStream { inner: Box::pin(inner), on_end, on_failure: Some(on_failure), done: false }
     }
-}
-
-/// Whether an SSE event (as the layer re-frames it: one event per frame) is the `[DONE]` terminal.
-fn is_done_event(event: &[u8]) -> bool {
-    event.split(|b| *b == b'\n').any(|line| {
-        let Some(rest) = line.strip_prefix(b"data:") else { return false };
-        rest.strip_prefix(b" ").unwrap_or(rest) == b"[DONE]"
-    })
 }
 
 impl<B> Body for ProxyStream<B>
@@ -57,64 +40,41 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
         loop {
-            match &mut this.state {
-                State::Done => return Poll::Ready(None),
-                State::Checking(check) => {
-                    let outcome = ready!(check.as_mut().poll(cx));
-                    this.state = State::Done;
-                    return Poll::Ready(match outcome {
-                        Ok(()) => this.held.take().map(|d| Ok(Frame::data(d))),
-                        Err(e) => {
-                            this.held = None;
-                            Some(Ok(Frame::data(ProxyError::from_error(&e).sse_event())))
-                        }
-                    });
-                }
-                State::Streaming => match ready!(this.inner.as_mut().poll_frame(cx)) {
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) if this.hold_done && is_done_event(&data) => this.held = Some(data),
-                        Ok(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                        Err(_) => continue, // trailers: dropped
-                    },
-                    Some(Err(e)) => {
-                        // The head is gone: tell the client in-band, then end the stream.
-                        let err = ProxyError::from_box(&e);
-                        tracing::warn!(kind = err.kind, "the stream failed: {}", err.message);
-                        this.state = State::Done;
-                        this.held = None;
-                        return Poll::Ready(Some(Ok(Frame::data(err.sse_event()))));
-                    }
-                    None => match this.on_end.take() {
-                        Some(on_end) => this.state = State::Checking(on_end()),
-                        None => {
-                            this.state = State::Done;
-                            return Poll::Ready(this.held.take().map(|d| Ok(Frame::data(d))));
-                        }
-                    },
+            return match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Err(_) => continue, // trailers: dropped
                 },
-            }
+                Some(Err(e)) => {
+                    // The head is gone: tell the client in-band, then end the stream.
+                    let err = ProxyError::from_box(&e);
+                    tracing::warn!(kind = err.kind, "the stream failed: {}", err.message);
+                    this.done = true;
+                    if let Some(f) = this.on_failure.take() {
+                        f(Error::find(e.as_ref()).map(Error::kind));
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(err.sse_event()))))
+                }
+                None => {
+                    this.done = true;
+                    if let Some(f) = this.on_end.take() {
+                        f();
+                    }
+                    Poll::Ready(None)
+                }
+            };
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done) && self.held.is_none()
+        self.done
     }
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn done_events() {
-        assert!(is_done_event(b"data: [DONE]\n\n"));
-        assert!(is_done_event(b"data:[DONE]\n\n"));
-        assert!(!is_done_event(b"data: {\"x\":\"[DONE]\"}\n\n"));
-        assert!(!is_done_event(b": comment [DONE]\n\n"));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The proxy listens on loopback and speaks the OpenAI API: `POST /v1/chat/completions`,
 //! `/v1/completions` and `/v1/embeddings` (buffered and streaming) go through
-//! [`E2eeLayer`](crate::E2eeLayer) to the attested gateway — fields encrypted to the attested key,
+//! [`E2eeLayer`] to the attested gateway — fields encrypted to the attested key,
 //! answers decrypted, streams released event by event; `GET /v1/…` (models, receipts) pass
 //! through; every other `POST` is refused with an OpenAI-shaped error, so no plaintext leaves by
 //! accident. `GET /aci/status` reports the attested keyset, the policy's pins and counters.
@@ -43,12 +43,13 @@ use axum::routing::{any, get, post};
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tower::retry::Retry;
+use tower::retry::RetryLayer;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -56,19 +57,24 @@ pub use audit::{AuditSummary, verify_audit};
 pub use config::{PolicyPins, ProxyConfig, ReceiptMode};
 
 use crate::attest::{KeyHandle, KeyProvider, RefreshTask};
-use crate::e2ee::{E2ee, E2eeLayer, KeyMismatchRetry, RequestBody, ResponseBody};
+use crate::e2ee::{E2eeLayer, KeyMismatchRetry, RequestBody};
 use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::gateway::{GatewayConfig, TestGateway};
-use crate::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy, RetryPolicy};
+use crate::receipt::{
+    ExchangeRecord, ReceiptClient, ReceiptPolicy, RetryPolicy, StreamVerification, VerifiedReceipt,
+    VerifyBeforeReleaseLayer,
+};
 use audit::{AuditLog, ReportTap, Tapped};
-use body::{OnEnd, ProxyStream};
+use body::{OnEnd, OnFailure, ProxyStream};
 use errors::ProxyError;
 use status::Counters;
 
 /// The plain HTTP client under the layer (one pool for the layer, the provider and receipts).
 type Plain = BoxCloneSyncService<Request<RequestBody<Full<Bytes>>>, Response<Incoming>, BoxError>;
-/// The E2EE stack requests go through.
-type Stack = Retry<KeyMismatchRetry, E2ee<Plain>>;
+/// An answer of the E2EE stack: decrypted, and in before-release mode verified.
+type Answer = Response<UnsyncBoxBody<Bytes, BoxError>>;
+/// The stack requests go through: key-mismatch retry → [verify before release] → E2EE → client.
+type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Answer, BoxError>;
 
 /// A running proxy: attested keys kept fresh, the E2EE client, the receipt client.
 #[derive(Clone)]
@@ -87,7 +93,7 @@ struct ProxyState {
     api_key: Option<HeaderValue>,
     pins: PolicyPins,
     max_request_body: usize,
-    counters: Counters,
+    counters: Arc<Counters>,
     started_at: u64,
     _refresher: RefreshTask,
     _local_gateway: Option<TestGateway>,
@@ -142,13 +148,31 @@ impl Proxy {
         provider.establish().await?;
         let (keys, refresher) = provider.spawn()?;
 
-        let e2ee = tower_layer::Layer::layer(&E2eeLayer::new(keys.clone()), plain.clone());
-        let stack = Retry::new(KeyMismatchRetry::new(keys.clone()), e2ee);
-        let receipts = ReceiptClient::new(plain, base.clone()).retry(RetryPolicy::new(
+        let receipts = ReceiptClient::new(plain.clone(), base.clone()).retry(RetryPolicy::new(
             5,
             Duration::from_millis(100),
             Duration::from_secs(2),
         ));
+        let receipt_policy = ReceiptPolicy::new();
+        let retry = RetryLayer::new(KeyMismatchRetry::new(keys.clone()));
+        let e2ee = E2eeLayer::new(keys.clone());
+        let stack: Stack = match config.receipts {
+            ReceiptMode::BeforeRelease => BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .map_response(|r: Response<_>| r.map(BodyExt::boxed_unsync))
+                    .layer(retry)
+                    .layer(VerifyBeforeReleaseLayer::new(receipts.clone(), keys.clone(), receipt_policy.clone()))
+                    .layer(e2ee)
+                    .service(plain),
+            ),
+            ReceiptMode::Off | ReceiptMode::Verify => BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .map_response(|r: Response<_>| r.map(BodyExt::boxed_unsync))
+                    .layer(retry)
+                    .layer(e2ee)
+                    .service(plain),
+            ),
+        };
         let audit = match &config.audit_file {
             Some(path) => Some(AuditLog::open(path, tap).await?),
             None => None,
@@ -165,13 +189,13 @@ impl Proxy {
                 stack,
                 keys,
                 receipts,
-                receipt_policy: ReceiptPolicy::new(),
+                receipt_policy,
                 mode: config.receipts,
                 audit,
                 api_key,
                 pins: config.pins,
                 max_request_body: config.max_request_body,
-                counters: Counters::default(),
+                counters: Arc::default(),
                 started_at,
                 _refresher: refresher,
                 _local_gateway: local,
@@ -211,8 +235,6 @@ impl Proxy {
         status_json(&self.state)
     }
 }
-
-type Answer = Response<ResponseBody<Incoming>>;
 
 /// One call through the E2EE stack, boxed as a `Send` future (naming the future's type keeps
 /// the handlers' futures provably `Send`).
@@ -358,7 +380,7 @@ async fn inference(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> AxumR
 
 async fn buffered_response(
     st: Arc<ProxyState>,
-    res: Response<ResponseBody<Incoming>>,
+    res: Answer,
     record: ExchangeRecord,
     bearer: Option<String>,
 ) -> AxumResponse {
@@ -380,53 +402,71 @@ async fn buffered_response(
                 let _ = verify_receipt(&st, &record, bearer.as_deref()).await;
             });
         }
-        ReceiptMode::BeforeRelease => {
-            if let Err(e) = verify_receipt(&st, &record, bearer.as_deref()).await {
-                return ProxyError::from_error(&e).into_response();
+        // Verified below the proxy before the answer came back (VerifyBeforeReleaseLayer).
+        ReceiptMode::BeforeRelease => match parts.extensions.get::<VerifiedReceipt>() {
+            Some(verified) => archive(&st, verified, &record).await,
+            None => {
+                return ProxyError::new(StatusCode::BAD_GATEWAY, "receipt_verification_failed", "no verified receipt")
+                    .into_response();
             }
-        }
+        },
     }
     parts.headers.remove(http::header::CONTENT_LENGTH);
     Response::from_parts(parts, AxumBody::from(body)).into_response()
 }
 
-fn stream_response(
-    st: Arc<ProxyState>,
-    res: Response<ResponseBody<Incoming>>,
-    record: ExchangeRecord,
-    bearer: Option<String>,
-) -> AxumResponse {
+fn stream_response(st: Arc<ProxyState>, res: Answer, record: ExchangeRecord, bearer: Option<String>) -> AxumResponse {
     let (parts, body) = res.into_parts();
-    let mode = st.mode;
-    let on_end: Option<OnEnd> = match mode {
+    let counters = st.counters.clone();
+    let on_end: Option<OnEnd> = match st.mode {
         ReceiptMode::Off => None,
         ReceiptMode::Verify => Some(Box::new(move || {
-            Box::pin(async move {
-                tokio::spawn(async move {
-                    let _ = verify_receipt(&st, &record, bearer.as_deref()).await;
-                });
-                Ok(())
-            })
+            tokio::spawn(async move {
+                let _ = verify_receipt(&st, &record, bearer.as_deref()).await;
+            });
         })),
+        // The `[DONE]` was held below the proxy until the receipt verified; archive it.
         ReceiptMode::BeforeRelease => {
-            Some(Box::new(move || Box::pin(async move { verify_receipt(&st, &record, bearer.as_deref()).await })))
+            let verification = parts.extensions.get::<StreamVerification>().cloned();
+            Some(Box::new(move || {
+                let Some(verified) = verification.as_ref().and_then(StreamVerification::receipt).cloned() else {
+                    Counters::bump(&st.counters.receipts_failed);
+                    return;
+                };
+                Counters::bump(&st.counters.receipts_verified);
+                tokio::spawn(async move { append_to_audit(&st, &verified, &record).await });
+            }))
         }
     };
-    let body = ProxyStream::new(body, on_end, mode == ReceiptMode::BeforeRelease);
-    Response::from_parts(parts, AxumBody::new(body)).into_response()
+    let on_failure: OnFailure = Box::new(move |kind| {
+        Counters::bump(&counters.failed_exchanges);
+        if matches!(kind, Some(ErrorKind::Receipt(_))) {
+            Counters::bump(&counters.receipts_failed);
+        }
+    });
+    Response::from_parts(parts, AxumBody::new(ProxyStream::new(body, on_end, on_failure))).into_response()
+}
+
+/// Count a verified receipt and append it to the audit file.
+async fn archive(st: &ProxyState, verified: &VerifiedReceipt, record: &ExchangeRecord) {
+    Counters::bump(&st.counters.receipts_verified);
+    append_to_audit(st, verified, record).await;
+}
+
+async fn append_to_audit(st: &ProxyState, verified: &VerifiedReceipt, record: &ExchangeRecord) {
+    tracing::debug!(receipt = verified.receipt().receipt_id(), "receipt verified");
+    if let Some(audit) = &st.audit {
+        if let Err(e) = audit.append(verified.keyset(), record, verified.receipt()).await {
+            tracing::error!("audit file: {e}");
+        }
+    }
 }
 
 /// Fetch and verify the receipt of an exchange; count it, log it, archive it.
 async fn verify_receipt(st: &ProxyState, record: &ExchangeRecord, bearer: Option<&str>) -> Result<()> {
     match st.receipts.fetch_and_verify(record, bearer, &st.keys, &st.receipt_policy).await {
         Ok(verified) => {
-            Counters::bump(&st.counters.receipts_verified);
-            tracing::debug!(receipt = verified.receipt().receipt_id(), "receipt verified");
-            if let Some(audit) = &st.audit {
-                if let Err(e) = audit.append(verified.keyset(), record, verified.receipt()).await {
-                    tracing::error!("audit file: {e}");
-                }
-            }
+            archive(st, &verified, record).await;
             Ok(())
         }
         Err(e) => {

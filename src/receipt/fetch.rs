@@ -276,6 +276,11 @@ impl<S, ReqB> ReceiptClient<S, ReqB> {
         self
     }
 
+    /// The limit on bodies collected before release.
+    pub(crate) fn max_release_body_limit(&self) -> usize {
+        self.max_release_body
+    }
+
     /// The base URL.
     pub fn base_url(&self) -> &Uri {
         &self.base

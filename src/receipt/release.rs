@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -162,6 +162,17 @@ where
                     let body = ReleaseBody::stream(body, verify, verification);
                     return Ok(Response::from_parts(parts, body));
                 }
+            }
+            if !res.status().is_success() {
+                // An error answer (the gateway's error document) carries no answer to verify: it
+                // passes through with its extensions, so a retry above can still act on it.
+                let (parts, body) = res.into_parts();
+                let body = Limited::new(body, shared.receipts.max_release_body_limit())
+                    .collect()
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Transport, "reading the error answer failed").with_source(e))?
+                    .to_bytes();
+                return Ok(Response::from_parts(parts, ReleaseBody::full(body)));
             }
             let (res, verified) =
                 shared.receipts.release_after_receipt(res, bearer.as_deref(), &shared.keys, &shared.policy).await?;

@@ -442,3 +442,47 @@ async fn verify_before_release_hands_out_only_verified_answers() {
     assert!(String::from_utf8_lossy(&out).ends_with("data: [DONE]\n\n"));
     assert!(verification.receipt().is_some());
 }
+
+/// The gateway's error answers carry no answer to verify: they pass verify-before-release with
+/// their `GatewayError`, so a retry policy above it can still act on them (a key rotation is
+/// followed through both layers).
+#[tokio::test]
+async fn error_answers_pass_verify_before_release_and_a_key_rotation_is_retried_through_it() {
+    use tower_aci::attest::KeyProvider;
+    use tower_aci::e2ee::KeyMismatchRetry;
+    use tower_aci::receipt::VerifyBeforeReleaseLayer;
+    let env = Env::start(Suite::Secp256k1).await;
+    let svc = ServiceBuilder::new()
+        .layer(VerifyBeforeReleaseLayer::new(receipts(&env), env.keys.clone(), ReceiptPolicy::new()))
+        .layer(env.layer())
+        .service(layer_client());
+    env.gw.set_fault(Some(Fault::StatusOnce(503)));
+    let res = tower::ServiceExt::oneshot(svc, post(&env.url("/v1/chat/completions"), &chat(false))).await.unwrap();
+    assert_eq!(res.status(), 503);
+    let gw_error = res.extensions().get::<tower_aci::GatewayError>().cloned().expect("the gateway's error document");
+    assert_eq!(gw_error.status, 503);
+    assert!(res.extensions().get::<tower_aci::receipt::VerifiedReceipt>().is_none());
+
+    // A rotation: KeyMismatchRetry above verify-before-release above the layer.
+    let provider = KeyProvider::builder(layer_client())
+        .base_url(env.gw.base_url().parse().unwrap())
+        .policy(stub_policy(Suite::Secp256k1))
+        .min_refresh_interval(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    provider.establish().await.unwrap();
+    let (keys, _refresher) = provider.spawn().unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(KeyMismatchRetry::new(keys.clone())))
+        .layer(VerifyBeforeReleaseLayer::new(receipts(&env), keys.clone(), ReceiptPolicy::new()))
+        .layer(tower_aci::E2eeLayer::new(keys.clone()))
+        .service(layer_client());
+    env.gw.rotate_e2ee_keys();
+    let wire = env.gw.wire_log().len();
+    let res = tower::ServiceExt::oneshot(svc, post(&env.url("/v1/chat/completions"), &chat(false))).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.extensions().get::<tower_aci::receipt::VerifiedReceipt>().is_some(), "verified before release");
+    assert_eq!(env.gw.wire_log().len(), wire + 2, "the mismatched attempt and one re-encrypted re-send");
+    let body: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], format!("You said: {PROMPT}"));
+}
