@@ -79,7 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         None => {
             let gw = TestGateway::start(GatewayConfig::new()).await?;
             let base = gw.base_url();
-            (Some(gw), base, Policy::builder().dangerous().accept_stub_quote().build()?)
+            (Some(gw), base, Policy::builder().dangerous().accept_stub_quote().any_workload().build()?)
         }
     };
 

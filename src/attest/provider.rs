@@ -236,7 +236,12 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
 ///
 /// let provider = KeyProvider::builder(client)
 ///     .base_url("https://gateway.example.com".parse().unwrap())
-///     .policy(Policy::builder().accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798").build()?)
+///     .policy(
+///         Policy::builder()
+///             .accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+///             .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918")
+///             .build()?,
+///     )
 ///     .build()?;
 /// // Fail early if the gateway cannot be attested…
 /// provider.establish().await?;
