@@ -97,6 +97,8 @@ pub mod middleware;
 mod percent;
 pub mod protocol;
 pub mod receipt;
+#[cfg(feature = "rustls")]
+pub mod tls;
 
 pub use e2ee::{E2ee, E2eeLayer};
 pub use error::{AttestationFailure, BoxError, Error, ErrorKind, ReceiptFailure, Result};

@@ -19,6 +19,7 @@ use rand_core::{OsRng, RngCore};
 use tower::ServiceExt;
 use tower_service::Service;
 
+use crate::attest::channel::{ChannelInfo, check_report_channel};
 use crate::attest::clock::{Clock, SystemClock};
 use crate::attest::handle::KeyHandle;
 use crate::attest::keyset::AttestedKeyset;
@@ -73,6 +74,7 @@ pub struct KeyProviderBuilder<S, ReqB = Full<Bytes>> {
     base: Option<Uri>,
     policy: Option<Policy>,
     clock: Arc<dyn Clock>,
+    handle: Option<KeyHandle>,
     sleep: Option<SleepFn>,
     timing: Timing,
     max_report_size: usize,
@@ -108,6 +110,16 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
     /// The clock expiry and refresh are judged by (default: the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Publish into this handle (made with [`KeyHandle::new`]) instead of a new one, for
+    /// something that must hold the handle before the provider exists: the attested TLS
+    /// connector (feature `rustls`) of the very client the provider fetches reports with. The
+    /// handle's clock then judges expiry and refresh (a [`clock`](Self::clock) given here is not
+    /// used).
+    pub fn handle(mut self, handle: KeyHandle) -> Self {
+        self.handle = Some(handle);
         self
     }
 
@@ -203,7 +215,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
                 service: Mutex::new(self.service),
                 base,
                 policy,
-                handle: KeyHandle::empty(self.clock),
+                handle: self.handle.unwrap_or_else(|| KeyHandle::empty(self.clock)),
                 sleep,
                 timing: t,
                 max_report_size: self.max_report_size,
@@ -321,6 +333,7 @@ impl<S, ReqB> KeyProvider<S, ReqB> {
             base: None,
             policy: None,
             clock: Arc::new(SystemClock),
+            handle: None,
             sleep: None,
             timing: Timing::default(),
             max_report_size: DEFAULT_MAX_REPORT_SIZE,
@@ -477,6 +490,9 @@ where
     }
 
     async fn fetch_unbounded(&self) -> Result<Arc<AttestedKeyset>> {
+        // While this runs, an attested TLS connector may open a connection to a certificate the
+        // current keyset does not list (only report requests travel over it; see `crate::tls`).
+        let _attesting = self.handle.attesting();
         let mut nonce = [0u8; 32];
         OsRng
             .try_fill_bytes(&mut nonce)
@@ -496,6 +512,7 @@ where
         let transport =
             |e: S::Error| Error::new(ErrorKind::Transport, "fetching the attestation report failed").with_source(e);
         let response = service.oneshot(request).await.map_err(transport)?;
+        let channel = response.extensions().get::<ChannelInfo>().cloned();
         let status = response.status();
         let body = Limited::new(response.into_body(), self.max_report_size)
             .collect()
@@ -523,11 +540,12 @@ where
                     &self.policy,
                     &collateral,
                 )
+                .and_then(|k| check_report_channel(k, channel.as_ref()))
                 .map(Arc::new);
             }
         }
         let now = self.handle.shared.clock.now();
-        verify_report(&body, &nonce, now, &self.policy).map(Arc::new)
+        verify_report(&body, &nonce, now, &self.policy).and_then(|k| check_report_channel(k, channel.as_ref())).map(Arc::new)
     }
 }
 
