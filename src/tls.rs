@@ -287,11 +287,7 @@ impl AttestedTls {
     /// A hyper-util connector over your own TCP connector (a custom resolver, timeouts, …). It
     /// must connect `https://` URIs (for `HttpConnector`: `enforce_http(false)`).
     pub fn connector_with<C>(&self, tcp: C) -> AttestedConnector<C> {
-        AttestedConnector {
-            tcp,
-            tls: tokio_rustls::TlsConnector::from(self.config.clone()),
-            keys: self.shared.keys.clone(),
-        }
+        AttestedConnector { tcp, tls: tokio_rustls::TlsConnector::from(self.config.clone()), shared: self.shared.clone() }
     }
 
     /// The same verifier as a rustls configuration, for reqwest
@@ -435,7 +431,7 @@ impl ServerCertVerifier for PinningVerifier {
 pub struct AttestedConnector<C> {
     tcp: C,
     tls: tokio_rustls::TlsConnector,
-    keys: KeyHandle,
+    shared: Arc<Shared>,
 }
 
 impl<C> fmt::Debug for AttestedConnector<C> {
@@ -477,7 +473,8 @@ where
         };
         let tcp = self.tcp.call(dst);
         let tls = self.tls.clone();
-        let keys = self.keys.clone();
+        let keys = self.shared.keys.clone();
+        let pinned = self.shared.is_pinned(&host);
         Box::pin(async move {
             let io = tcp.await.map_err(|e| {
                 Error::new(ErrorKind::Transport, format!("connecting to {host} failed")).with_source(e)
@@ -488,7 +485,7 @@ where
             })?;
             let spki = spki_sha256(leaf)?;
             let info = ChannelInfo::new(&host, spki, Arc::new(ChannelState::default()));
-            Ok(AttestedStream { io: TokioIo::new(Gate::new(stream, keys, info)) })
+            Ok(AttestedStream { io: TokioIo::new(Gate::new(stream, keys, info, pinned)) })
         })
     }
 }
@@ -515,6 +512,12 @@ impl<T> fmt::Debug for AttestedStream<T> {
 }
 
 impl<T> AttestedStream<T> {
+    /// Whether the host is pinned to the keyset (not an
+    /// [`unpinned_host`](AttestedTlsBuilder::unpinned_host)).
+    pub fn is_pinned(&self) -> bool {
+        self.io.inner().pinned
+    }
+
     /// The channel: host and the SPKI the server presented.
     pub fn channel(&self) -> &ChannelInfo {
         &self.io.inner().info
@@ -524,7 +527,9 @@ impl<T> AttestedStream<T> {
 impl<T: Connection + hyper::rt::Read + hyper::rt::Write + Unpin> Connection for AttestedStream<T> {
     fn connected(&self) -> Connected {
         let gate = self.io.inner();
-        gate.tls.get_ref().0.inner().connected().extra(gate.info.clone())
+        let connected = gate.tls.get_ref().0.inner().connected();
+        // Responses of pinned hosts name their channel (the provider checks it for reports).
+        if gate.pinned { connected.extra(gate.info.clone()) } else { connected }
     }
 }
 
@@ -583,13 +588,15 @@ struct Gate<T> {
     /// The keyset last checked, and whether it lists this connection's key.
     checked: Option<(Arc<AttestedKeyset>, bool)>,
     published: Watch,
+    /// An unpinned host's connection is not gated.
+    pinned: bool,
 }
 
 impl<T> Gate<T> {
-    fn new(tls: tokio_rustls::client::TlsStream<TokioIo<T>>, keys: KeyHandle, info: ChannelInfo) -> Self {
+    fn new(tls: tokio_rustls::client::TlsStream<TokioIo<T>>, keys: KeyHandle, info: ChannelInfo, pinned: bool) -> Self {
         let published = watch_publish(&keys);
         let spki_hex = info.spki_sha256_hex();
-        Gate { tls, keys, info, spki_hex, request_start: true, checked: None, published }
+        Gate { tls, keys, info, spki_hex, request_start: true, checked: None, published, pinned }
     }
 
     /// Whether the keyset current now lists this connection's key for its host.
@@ -609,6 +616,9 @@ impl<T> Gate<T> {
 
     /// The start of a request: allowed when the key is attested, or for a report request.
     fn admit(&mut self, head: &[u8]) -> io::Result<()> {
+        if !self.pinned {
+            return Ok(());
+        }
         let (listed, keyset) = self.listed();
         if listed || is_report_request(head) {
             return Ok(());
@@ -656,7 +666,7 @@ impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> AsyncRead for Gate<T> {
         }
         // A newly published keyset that no longer lists this key closes the connection while
         // it is idle, so the pool drops it.
-        while this.published.as_mut().poll(cx).is_ready() {
+        while this.pinned && this.published.as_mut().poll(cx).is_ready() {
             this.published = watch_publish(&this.keys);
             if this.request_start && this.keys.current_valid().is_some() && !this.listed().0 {
                 tracing::debug!(host = this.info.host(), "closing a pooled TLS connection whose key is no longer attested");

@@ -10,6 +10,7 @@ mod attest_report;
 mod attest_support;
 mod data;
 mod layer_fits;
+mod policy_pins;
 mod protocol_props;
 mod protocol_vectors;
 mod receipt_fetch;
@@ -27,3 +28,5 @@ mod receipt_gateway;
 mod reqwest_mw;
 #[cfg(feature = "test-gateway")]
 mod support;
+#[cfg(all(feature = "test-gateway", feature = "rustls"))]
+mod tls;
