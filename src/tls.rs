@@ -727,3 +727,46 @@ impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> AsyncWrite for Gate<T> {
         Pin::new(&mut self.tls).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_report_requests_pass_the_gate_unattested() {
+        let n = "ab".repeat(32);
+        for ok in [
+            format!("GET /v1/aci/attestation?nonce={n} HTTP/1.1\r\nhost: gw\r\n\r\n"),
+            format!("GET /prefix/v1/aci/attestation?nonce={n} HTTP/1.1\r\n"),
+        ] {
+            assert!(is_report_request(ok.as_bytes()), "{ok}");
+        }
+        for no in [
+            "POST /v1/aci/attestation?nonce=ab HTTP/1.1\r\n".to_owned(),
+            "GET /v1/aci/attestation HTTP/1.1\r\n".to_owned(),
+            "GET /v1/aci/attestation?x=1 HTTP/1.1\r\n".to_owned(),
+            "GET /v1/chat/completions?q=/v1/aci/attestation?nonce=ab HTTP/1.1\r\n".to_owned(),
+            "GET /v1/aci/attestation/x?nonce=ab HTTP/1.1\r\n".to_owned(),
+            "GET /v1/aci/receipts/rcpt-1 HTTP/1.1\r\n".to_owned(),
+            format!("GET /v1/aci/attestation?nonce={n}"), // request line cut before its end
+            "GET http://gw/v1/aci/attestation?nonce=ab HTTP/1.1\r\n".to_owned(),
+            String::new(),
+        ] {
+            assert!(!is_report_request(no.as_bytes()), "{no}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_found_inside_rustls_and_io_errors() {
+        let ours = channel_error("seen x, attested y".to_owned());
+        let rustls_error = rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(ours))));
+        let io_error = io::Error::new(io::ErrorKind::InvalidData, rustls_error);
+        let found = Error::find(&io_error).unwrap();
+        assert_eq!(found.kind(), ErrorKind::Attestation(AttestationFailure::ChannelBinding));
+        assert_eq!(found.to_string(), "seen x, attested y");
+        let boxed = handshake_error(io_error, "gw");
+        assert_eq!(Error::find(boxed.as_ref()).map(Error::kind), Some(ErrorKind::Attestation(AttestationFailure::ChannelBinding)));
+        let other = handshake_error(io::Error::other("reset"), "gw");
+        assert_eq!(Error::find(other.as_ref()).map(Error::kind), Some(ErrorKind::Transport));
+    }
+}

@@ -129,3 +129,98 @@ pub(crate) fn check_report_channel(keyset: AttestedKeyset, channel: Option<&Chan
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use crate::attest::report::parse_tls_keys;
+    use crate::protocol::keys::E2eeKey;
+    use crate::protocol::suite::{SecretKey, Suite};
+
+    /// `tls_public_keys` of the real production report (`tests/data/real_tdx_report_2026-06.json`):
+    /// three domain-scoped entries.
+    const TEE_REDPILL: &str = "11af02e1c69bb2227e9b65903010abb60fbb626930cd11b0866281bb291a352c";
+    const PHALA: &str = "698c87b1ed32d3d67f23d14295fc443e91b82ad4e40482041ac1a9158c8212e2";
+    const API_REDPILL: &str = "c2ebede7c2c632381123e3193b01f5f3fa45cc6c6327b2d0536749348ceeb408";
+
+    /// A keyset carrying the real report's TLS entries, parsed by the report verifier's parser.
+    fn real_keyset() -> AttestedKeyset {
+        let report: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/data/real_tdx_report_2026-06.json")).unwrap();
+        let keyset = report["attestation"]["workload_keyset"].as_object().unwrap();
+        let tls_keys = parse_tls_keys(keyset).unwrap();
+        assert_eq!(tls_keys.len(), 3);
+        let key = SecretKey::from_bytes(Suite::X25519, &[0x55; 32]).unwrap().public_key();
+        AttestedKeyset {
+            digest: report["workload_keyset_digest"].as_str().unwrap().to_owned(),
+            subject: None,
+            not_after: u64::MAX,
+            e2ee_keys: vec![E2eeKey::parse("k", Suite::X25519.algo(), &key.to_hex()).unwrap()],
+            selected: 0,
+            receipt_keys: vec![],
+            tls_keys,
+            verified_at: 0,
+            hardware_verified: false,
+        }
+    }
+
+    fn spki(hex_text: &str) -> [u8; 32] {
+        hex::decode(hex_text).unwrap().try_into().unwrap()
+    }
+
+    fn channel(host: &str, spki_hex: &str) -> ChannelInfo {
+        ChannelInfo::new(host, spki(spki_hex), Arc::default())
+    }
+
+    #[test]
+    fn each_real_domain_accepts_its_own_spki_and_no_other() {
+        let ks = real_keyset();
+        let domains = [("tee.redpill.ai", TEE_REDPILL), ("inference.phala.com", PHALA), ("api.redpill.ai", API_REDPILL)];
+        for (host, own) in domains {
+            assert!(ks.lists_tls_key(host, &spki(own)), "{host}");
+            for (other_host, other) in domains {
+                if other_host != host {
+                    assert!(!ks.lists_tls_key(host, &spki(other)), "{host} must refuse {other_host}'s SPKI");
+                }
+            }
+            // Hostnames compare case-insensitively; a trailing dot is ignored.
+            assert!(ks.lists_tls_key(&format!("{}.", host.to_uppercase()), &spki(own)));
+        }
+        // A host the keyset does not name has no entry (they are all domain-scoped).
+        assert_eq!(ks.tls_keys_for_host("redpill.ai").count(), 0);
+        assert!(!ks.lists_tls_key("evil.example", &spki(API_REDPILL)));
+    }
+
+    #[test]
+    fn the_report_channel_must_be_listed_for_its_host() {
+        let ks = real_keyset();
+        // The right domain's SPKI: accepted, the connection left alone.
+        let ok = channel("api.redpill.ai", API_REDPILL);
+        assert!(check_report_channel(ks.clone(), Some(&ok)).is_ok());
+        assert!(!ok.is_revoked());
+        // Another domain's SPKI on api.redpill.ai: refused, naming what was seen and attested.
+        let wrong = channel("API.redpill.ai.", PHALA);
+        assert_eq!(wrong.host(), "api.redpill.ai");
+        let e = check_report_channel(ks.clone(), Some(&wrong)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::ChannelBinding));
+        let m = e.to_string();
+        assert!(m.contains(PHALA) && m.contains(API_REDPILL) && m.contains("api.redpill.ai"), "{m}");
+        assert!(!m.contains(TEE_REDPILL), "only the entries for the host are listed: {m}");
+        assert!(wrong.is_revoked(), "the connection that served it is revoked");
+        // A hostname the keyset does not name.
+        let e = check_report_channel(ks.clone(), Some(&channel("redpill.ai", API_REDPILL))).unwrap_err();
+        assert!(e.to_string().contains("attested: none for redpill.ai"), "{e}");
+        // No channel information (plain HTTP, another transport): no channel check.
+        assert!(check_report_channel(ks, None).is_ok());
+    }
+
+    #[test]
+    fn unscoped_entries_apply_to_every_host() {
+        let mut ks = real_keyset();
+        ks.tls_keys.push(crate::attest::TlsKey { spki_sha256: "ab".repeat(32), domain: None });
+        assert!(ks.lists_tls_key("anything.example", &[0xab; 32]));
+        assert!(ks.lists_tls_key("api.redpill.ai", &[0xab; 32]));
+        assert_eq!(ks.tls_keys_for_host("api.redpill.ai").count(), 2);
+    }
+}

@@ -472,7 +472,7 @@ fn parse_receipt_keys(keyset: &Map<String, Value>) -> Result<(Vec<ReceiptKey>, V
     Ok((keys, texts))
 }
 
-fn parse_tls_keys(keyset: &Map<String, Value>) -> Result<Vec<TlsKey>> {
+pub(crate) fn parse_tls_keys(keyset: &Map<String, Value>) -> Result<Vec<TlsKey>> {
     let mut keys = Vec::new();
     for entry in entries(keyset, "tls_public_keys")? {
         let spki = entry_str(entry, "tls_public_keys", "spki_sha256")?;
