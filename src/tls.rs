@@ -167,8 +167,7 @@ impl AttestedTlsBuilder {
         self
     }
 
-    /// Mozilla's root store, as `webpki-roots` ships it (feature `rustls-webpki-roots`).
-    #[cfg(feature = "rustls-webpki-roots")]
+    /// Mozilla's root store, as `webpki-roots` ships it.
     pub fn with_webpki_roots(self) -> Self {
         let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         self.root_store(roots)
