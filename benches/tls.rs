@@ -62,7 +62,8 @@ fn tls(c: &mut Criterion) {
             .await
             .unwrap();
         // Attest first, so every measured handshake runs the pin check against a keyset.
-        let http: Client<_, RequestBody<Full<Bytes>>> = Client::builder(TokioExecutor::new()).build(attested.connector());
+        let http: Client<_, RequestBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).build(attested.connector());
         let policy = Policy::builder().dangerous().accept_stub_quote().any_workload().build().unwrap();
         KeyProvider::builder(http)
             .handle(keys.clone())

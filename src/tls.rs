@@ -237,7 +237,8 @@ impl AttestedTlsBuilder {
                     .map_err(|e| config_error(format!("cannot build the WebPKI verifier: {e}")))?,
             ),
         };
-        let shared = Arc::new(Shared { keys: self.keys, webpki, pin_only: self.pin_only, unpinned: self.unpinned, provider });
+        let shared =
+            Arc::new(Shared { keys: self.keys, webpki, pin_only: self.pin_only, unpinned: self.unpinned, provider });
         let config = Arc::new(client_config(&shared, Mode::Gated)?);
         Ok(AttestedTls { shared, config })
     }
@@ -286,7 +287,11 @@ impl AttestedTls {
     /// A hyper-util connector over your own TCP connector (a custom resolver, timeouts, …). It
     /// must connect `https://` URIs (for `HttpConnector`: `enforce_http(false)`).
     pub fn connector_with<C>(&self, tcp: C) -> AttestedConnector<C> {
-        AttestedConnector { tcp, tls: tokio_rustls::TlsConnector::from(self.config.clone()), shared: self.shared.clone() }
+        AttestedConnector {
+            tcp,
+            tls: tokio_rustls::TlsConnector::from(self.config.clone()),
+            shared: self.shared.clone(),
+        }
     }
 
     /// The same verifier as a rustls configuration, for reqwest
@@ -380,7 +385,8 @@ impl ServerCertVerifier for PinningVerifier {
         if !pinned {
             return Ok(ServerCertVerified::assertion());
         }
-        let spki = spki_sha256(end_entity).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let spki =
+            spki_sha256(end_entity).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let seen = hex::encode(spki);
         match shared.keys.current_valid() {
             Some(keyset) if lists(&keyset, &host, &seen) => Ok(ServerCertVerified::assertion()),
@@ -407,7 +413,12 @@ impl ServerCertVerifier for PinningVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.shared.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.shared.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -416,7 +427,12 @@ impl ServerCertVerifier for PinningVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.shared.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.shared.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -475,13 +491,16 @@ where
         let keys = self.shared.keys.clone();
         let pinned = self.shared.is_pinned(&host);
         Box::pin(async move {
-            let io = tcp.await.map_err(|e| {
-                Error::new(ErrorKind::Transport, format!("connecting to {host} failed")).with_source(e)
-            })?;
+            let io = tcp
+                .await
+                .map_err(|e| Error::new(ErrorKind::Transport, format!("connecting to {host} failed")).with_source(e))?;
             let stream = tls.connect(server_name, TokioIo::new(io)).await.map_err(|e| handshake_error(e, &host))?;
-            let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or_else(|| {
-                Error::new(ErrorKind::Transport, format!("{host} presented no certificate"))
-            })?;
+            let leaf = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or_else(|| Error::new(ErrorKind::Transport, format!("{host} presented no certificate")))?;
             let spki = spki_sha256(leaf)?;
             let info = ChannelInfo::new(&host, spki, Arc::new(ChannelState::default()));
             Ok(AttestedStream { io: TokioIo::new(Gate::new(stream, keys, info, pinned)) })
@@ -668,7 +687,10 @@ impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> AsyncRead for Gate<T> {
         while this.pinned && this.published.as_mut().poll(cx).is_ready() {
             this.published = watch_publish(&this.keys);
             if this.request_start && this.keys.current_valid().is_some() && !this.listed().0 {
-                tracing::debug!(host = this.info.host(), "closing a pooled TLS connection whose key is no longer attested");
+                tracing::debug!(
+                    host = this.info.host(),
+                    "closing a pooled TLS connection whose key is no longer attested"
+                );
                 return Poll::Ready(Err(this.revoked()));
             }
         }
@@ -764,7 +786,10 @@ mod tests {
         assert_eq!(found.kind(), ErrorKind::Attestation(AttestationFailure::ChannelBinding));
         assert_eq!(found.to_string(), "seen x, attested y");
         let boxed = handshake_error(io_error, "gw");
-        assert_eq!(Error::find(boxed.as_ref()).map(Error::kind), Some(ErrorKind::Attestation(AttestationFailure::ChannelBinding)));
+        assert_eq!(
+            Error::find(boxed.as_ref()).map(Error::kind),
+            Some(ErrorKind::Attestation(AttestationFailure::ChannelBinding))
+        );
         let other = handshake_error(io::Error::other("reset"), "gw");
         assert_eq!(Error::find(other.as_ref()).map(Error::kind), Some(ErrorKind::Transport));
     }

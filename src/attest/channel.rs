@@ -176,7 +176,8 @@ mod tests {
     #[test]
     fn each_real_domain_accepts_its_own_spki_and_no_other() {
         let ks = real_keyset();
-        let domains = [("tee.redpill.ai", TEE_REDPILL), ("inference.phala.com", PHALA), ("api.redpill.ai", API_REDPILL)];
+        let domains =
+            [("tee.redpill.ai", TEE_REDPILL), ("inference.phala.com", PHALA), ("api.redpill.ai", API_REDPILL)];
         for (host, own) in domains {
             assert!(ks.lists_tls_key(host, &spki(own)), "{host}");
             for (other_host, other) in domains {

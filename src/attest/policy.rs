@@ -533,7 +533,8 @@ mod tests {
             let e = builder.build().unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Config);
             let m = e.to_string();
-            for what in ["allow_compose_hash", "app_compose", "allow_app_id", "app-id event", "accept_kms_root", "any_workload"]
+            for what in
+                ["allow_compose_hash", "app_compose", "allow_app_id", "app-id event", "accept_kms_root", "any_workload"]
             {
                 assert!(m.contains(what), "{what} missing from: {m}");
             }
@@ -576,12 +577,8 @@ mod tests {
         // The generator point, uncompressed.
         let uncompressed = "0479be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798\
                             483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
-        let p = Policy::builder()
-            .accept_kms_root(ROOT)
-            .accept_kms_root(uncompressed)
-            .allow_app_id(APP_ID)
-            .build()
-            .unwrap();
+        let p =
+            Policy::builder().accept_kms_root(ROOT).accept_kms_root(uncompressed).allow_app_id(APP_ID).build().unwrap();
         assert_eq!(p.kms_roots.len(), 1);
         assert_eq!(hex::encode(p.kms_roots[0]), ROOT);
     }

@@ -545,7 +545,9 @@ where
             }
         }
         let now = self.handle.shared.clock.now();
-        verify_report(&body, &nonce, now, &self.policy).and_then(|k| check_report_channel(k, channel.as_ref())).map(Arc::new)
+        verify_report(&body, &nonce, now, &self.policy)
+            .and_then(|k| check_report_channel(k, channel.as_ref()))
+            .map(Arc::new)
     }
 }
 

@@ -148,7 +148,13 @@ impl Keyset {
 
     /// The same keys under a new `not_after` (a restart or another replica).
     pub(crate) fn renewed(&self, not_after: u64) -> Self {
-        Keyset::seal(self.receipt_key_id.clone(), self.receipt_key.clone(), self.e2ee.clone(), not_after, self.tls.clone())
+        Keyset::seal(
+            self.receipt_key_id.clone(),
+            self.receipt_key.clone(),
+            self.e2ee.clone(),
+            not_after,
+            self.tls.clone(),
+        )
     }
 
     /// The same keys and `not_after`, other TLS entries (a new certificate).

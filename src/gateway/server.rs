@@ -368,7 +368,8 @@ fn attestation(shared: &Shared, parts: &http::request::Parts) -> Resp {
     let domains = keyset.tls_domains();
     if !domains.is_empty() {
         let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        let host = host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        let host =
+            host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
         let host = host.strip_suffix('.').unwrap_or(host);
         if !domains.iter().any(|d| d.strip_suffix('.').unwrap_or(d).eq_ignore_ascii_case(host)) {
             return error_response(&ApiError::new(404, "not_found", "no attestation report is served for this host"));

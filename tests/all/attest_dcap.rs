@@ -125,8 +125,7 @@ fn a_tcb_status_the_policy_does_not_accept_is_rejected() {
     let e = v.check_tcb_status(only_outdated.accepted_tcb_statuses()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Attestation(F::TcbStatus));
     assert!(e.to_string().contains("UpToDate"), "{e}");
-    let several =
-        pinned_builder().accept_tcb_statuses(["OutOfDate", "UpToDate", "SWHardeningNeeded"]).build().unwrap();
+    let several = pinned_builder().accept_tcb_statuses(["OutOfDate", "UpToDate", "SWHardeningNeeded"]).build().unwrap();
     v.check_tcb_status(several.accepted_tcb_statuses()).unwrap();
     v.check_tcb_status(pinned_policy().accepted_tcb_statuses()).unwrap();
 }
@@ -197,10 +196,7 @@ fn verify_report_runs_the_quote_through_dcap() {
     let e = verify_report(&report, &nonce, NOW, &with_collateral).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Attestation(F::Quote));
     assert!(e.to_string().contains("report-data slot"), "{e}");
-    assert_eq!(
-        failure(verify_report_with_collateral(&report, &nonce, NOW, &pinned_policy(), &collateral())),
-        F::Quote
-    );
+    assert_eq!(failure(verify_report_with_collateral(&report, &nonce, NOW, &pinned_policy(), &collateral())), F::Quote);
 
     // No collateral at all, or none for the quote's platform: the quote cannot be verified.
     assert_eq!(failure(verify_report(&report, &nonce, NOW, &pinned_policy())), F::HardwareUnverifiable);

@@ -68,7 +68,8 @@ fn the_real_report_fails_the_current_binding() {
     assert_eq!(f, F::ReportData, "{message}");
     assert!(message.contains("report_data is not bound to this keyset and our nonce"), "{message}");
     // Also with custody skipped and for another nonce: the binding is checked first.
-    let lax = Policy::builder().dangerous().skip_hardware_verification().skip_key_custody().any_workload().build().unwrap();
+    let lax =
+        Policy::builder().dangerous().skip_hardware_verification().skip_key_custody().any_workload().build().unwrap();
     assert_eq!(failure(verify_report(&capture_bytes(), &[7; 32], FETCHED_AT, &lax)).0, F::ReportData);
 }
 

@@ -124,16 +124,34 @@ fn stub_fixture_verifies_once_it_offers_v2() {
     assert_eq!(ks.receipt_keys()[0].key_id(), "static-receipt-ed25519");
     assert!(ks.tls_keys().is_empty());
 
-    let x = Policy::builder().dangerous().accept_stub_quote().any_workload().end_dangerous().prefer_x25519().build().unwrap();
+    let x = Policy::builder()
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .end_dangerous()
+        .prefer_x25519()
+        .build()
+        .unwrap();
     let ks = verify_report(&report, &fixture_nonce(), FIXTURE_NOW, &x).unwrap();
     assert_eq!(ks.e2ee_key().key_id(), "static-e2ee-x25519-key");
 
-    let pinned =
-        Policy::builder().pin_key_id("static-e2ee-x25519-key").dangerous().accept_stub_quote().any_workload().build().unwrap();
+    let pinned = Policy::builder()
+        .pin_key_id("static-e2ee-x25519-key")
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
     let ks = verify_report(&report, &fixture_nonce(), FIXTURE_NOW, &pinned).unwrap();
     assert_eq!(ks.e2ee_key().key_id(), "static-e2ee-x25519-key");
 
-    let missing = Policy::builder().pin_key_id("dstack-kms-e2ee-v1").dangerous().accept_stub_quote().any_workload().build().unwrap();
+    let missing = Policy::builder()
+        .pin_key_id("dstack-kms-e2ee-v1")
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
     assert_eq!(reason(verify_report(&report, &fixture_nonce(), FIXTURE_NOW, &missing)), F::NoUsableKey);
 }
 
@@ -263,8 +281,13 @@ fn not_after_too_far() {
     let now = 2_000_000_000 - 401 * DAY;
     assert_eq!(reason(check(&r, &fixture_nonce(), now)), F::NotAfterTooFar);
     assert!(check(&r, &fixture_nonce(), 2_000_000_000 - 400 * DAY).is_ok());
-    let wide =
-        Policy::builder().max_validity(Duration::from_secs(500 * DAY)).dangerous().accept_stub_quote().any_workload().build().unwrap();
+    let wide = Policy::builder()
+        .max_validity(Duration::from_secs(500 * DAY))
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
     assert!(verify_report(&bytes(&r), &fixture_nonce(), now, &wide).is_ok());
 }
 
@@ -382,7 +405,13 @@ fn key_selection() {
     assert_eq!(ks.e2ee_key().key_id(), "e2ee-1");
 
     let r = resealed(|_| {});
-    let secp_only = Policy::builder().select_suite(Suite::Secp256k1).dangerous().accept_stub_quote().any_workload().build().unwrap();
+    let secp_only = Policy::builder()
+        .select_suite(Suite::Secp256k1)
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
     assert_eq!(reason(verify_report(&bytes(&r), &vector_nonce(), VECTOR_NOW, &secp_only)), F::NoUsableKey);
     let r = resealed(|k| k["e2ee_public_keys"] = json!([]));
     assert_eq!(reason(check(&r, &vector_nonce(), VECTOR_NOW)), F::NoUsableKey);
@@ -534,8 +563,13 @@ fn custody_policy_modes() {
     assert_eq!(reason(c.verify(&r, &c.policy())), F::Custody);
     // A KMS root makes custody required: a report that drops it fails, with or without an
     // explicit require_key_custody().
-    let root_only =
-        Policy::builder().accept_kms_root(&c.kms.root_hex()).dangerous().accept_stub_quote().any_workload().build().unwrap();
+    let root_only = Policy::builder()
+        .accept_kms_root(&c.kms.root_hex())
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
     assert!(root_only.requires_key_custody());
     assert_eq!(reason(c.verify(&r, &root_only)), F::Custody);
     assert!(c.verify(&c.report, &root_only).is_ok());

@@ -105,7 +105,12 @@ fn policy() -> Policy {
 }
 
 fn provider(http: &Pinned, keys: &KeyHandle, base: &str) -> KeyProvider<Pinned, RequestBody<Full<Bytes>>> {
-    KeyProvider::builder(http.clone()).handle(keys.clone()).base_url(base.parse().unwrap()).policy(policy()).build().unwrap()
+    KeyProvider::builder(http.clone())
+        .handle(keys.clone())
+        .base_url(base.parse().unwrap())
+        .policy(policy())
+        .build()
+        .unwrap()
 }
 
 fn chat(url: &str, text: &str) -> Request<Full<Bytes>> {
@@ -142,7 +147,10 @@ fn spki_sha256_is_the_hash_of_the_subject_public_key_info() {
     let cert = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap().self_signed(&key).unwrap();
     let expected: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(key.public_key_der()).into();
     assert_eq!(spki_sha256(cert.der()).unwrap(), expected);
-    assert_eq!(spki_sha256(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00])).unwrap_err().kind(), ErrorKind::Malformed);
+    assert_eq!(
+        spki_sha256(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00])).unwrap_err().kind(),
+        ErrorKind::Malformed
+    );
 }
 
 #[tokio::test]
@@ -356,7 +364,14 @@ fn the_builder_wants_a_trust_mode() {
     assert!(AttestedTls::builder(KeyHandle::new()).root_store(RootCertStore::empty()).build().is_err());
     assert!(AttestedTls::builder(KeyHandle::new()).pin_only().unpinned_host("pccs.example").build().is_err());
     let ca = Ca::new();
-    assert!(AttestedTls::builder(KeyHandle::new()).root_store(ca.roots()).pin_only().unpinned_host("pccs.example").build().is_ok());
+    assert!(
+        AttestedTls::builder(KeyHandle::new())
+            .root_store(ca.roots())
+            .pin_only()
+            .unpinned_host("pccs.example")
+            .build()
+            .is_ok()
+    );
 }
 
 #[tokio::test]
