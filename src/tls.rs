@@ -57,7 +57,7 @@
 //! let provider = KeyProvider::builder(http.clone())
 //!     .handle(keys)
 //!     .base_url("https://api.redpill.ai".parse()?)
-//!     .policy(Policy::builder().allow_app_id("…").build()?)
+//!     .policy(Policy::builder().allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918").build()?)
 //!     .build()?;
 //! provider.establish().await?; // fails with ChannelBinding if the keyset does not list the TLS key
 //! # Ok(()) }
@@ -240,7 +240,8 @@ impl AttestedTlsBuilder {
         let shared =
             Arc::new(Shared { keys: self.keys, webpki, pin_only: self.pin_only, unpinned: self.unpinned, provider });
         let config = Arc::new(client_config(&shared, Mode::Gated)?);
-        Ok(AttestedTls { shared, config })
+        let strict = Arc::new(client_config(&shared, Mode::Strict)?);
+        Ok(AttestedTls { shared, config, strict })
     }
 }
 
@@ -250,7 +251,10 @@ impl AttestedTlsBuilder {
 #[derive(Clone)]
 pub struct AttestedTls {
     shared: Arc<Shared>,
+    /// The connector's (gated) configuration.
     config: Arc<ClientConfig>,
+    /// reqwest's (strict) configuration.
+    strict: Arc<ClientConfig>,
 }
 
 impl fmt::Debug for AttestedTls {
@@ -304,7 +308,7 @@ impl AttestedTls {
     /// A connection stays pooled after a later keyset stops listing its key; reqwest closes idle
     /// connections after 90 s by default.
     pub fn rustls_config(&self) -> ClientConfig {
-        client_config(&self.shared, Mode::Strict).unwrap_or_else(|_| (*self.config).clone())
+        (*self.strict).clone()
     }
 }
 

@@ -156,7 +156,7 @@ mod tests {
             digest: report["workload_keyset_digest"].as_str().unwrap().to_owned(),
             subject: None,
             not_after: u64::MAX,
-            e2ee_keys: vec![E2eeKey::parse("k", Suite::X25519.algo(), &key.to_hex()).unwrap()],
+            e2ee_keys: vec![E2eeKey::parse("k", Suite::X25519.algo(), key.to_hex()).unwrap()],
             selected: 0,
             receipt_keys: vec![],
             tls_keys,

@@ -125,7 +125,7 @@ impl<S: Clone, ReqB> Clone for ReceiptClient<S, ReqB> {
             service: self.service.clone(),
             _body: PhantomData,
             base: self.base.clone(),
-            retry: self.retry.clone(),
+            retry: self.retry,
             max_document_size: self.max_document_size,
             max_release_body: self.max_release_body,
             sleep: self.sleep.clone(),
