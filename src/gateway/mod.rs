@@ -22,6 +22,11 @@
 //! Every response carries `X-ACI-Version: aci/1` and `X-ACI-Keyset-Digest`. Request bodies are
 //! limited to 32 MiB.
 //!
+//! With feature `rustls`, `GatewayConfig::tls` serves HTTPS with a certificate you give
+//! (`GatewayTls`) and publishes its SPKI in the keyset's `tls_public_keys` (optionally scoped to
+//! hostnames), so clients pinning with `tower_aci::tls` are tested over real TLS on loopback;
+//! `TestGateway::rotate_tls` moves to another certificate and keyset.
+//!
 //! ```
 //! use tower_aci::gateway::{GatewayConfig, TestGateway};
 //!

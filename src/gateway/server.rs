@@ -202,16 +202,17 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let mut shutdown = shared.shutdown.clone();
+            let shutdown = shared.shutdown.clone();
             #[cfg(feature = "rustls")]
             if let Some(acceptor) = shared.tls_acceptor() {
                 // A client that refuses our certificate ends the handshake: nothing is served.
+                let mut stop = shutdown.clone();
                 let tls = tokio::select! {
                     r = acceptor.accept(stream) => match r {
                         Ok(tls) => tls,
                         Err(_) => return,
                     },
-                    _ = stopped(&mut shutdown) => return,
+                    _ = stopped(&mut stop) => return,
                 };
                 serve_connection(TokioIo::new(tls), shared, shutdown).await;
                 return;

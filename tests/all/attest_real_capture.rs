@@ -10,7 +10,7 @@ use tower_aci::attest::{Policy, keyset_digest, report_data, verify_report};
 use tower_aci::protocol::jcs;
 use tower_aci::{AttestationFailure as F, ErrorKind};
 
-use crate::attest_support::{load, pinned_builder, pinned_policy};
+use crate::attest_support::{load, pinned_policy};
 
 /// The nonce the report was fetched with.
 const NONCE: [u8; 32] = {
@@ -110,6 +110,7 @@ mod dcap {
     use tower_aci::attest::verify_report_with_collateral;
 
     use super::*;
+    use crate::attest_support::pinned_builder;
 
     /// dcap-qvl's sample collateral (`tests/data/dcap/`), for another platform and another time.
     fn sample_collateral() -> Collateral {
