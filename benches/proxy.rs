@@ -38,7 +38,7 @@ fn upstream(req: tower_aci::gateway::UpstreamRequest) -> UpstreamResponse {
 }
 
 fn policy() -> Policy {
-    Policy::builder().select_suite(Suite::Secp256k1).dangerous().accept_stub_quote().build().unwrap()
+    Policy::builder().select_suite(Suite::Secp256k1).dangerous().accept_stub_quote().any_workload().build().unwrap()
 }
 
 async fn streams<S, B>(svc: &S, url: &str)

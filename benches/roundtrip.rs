@@ -61,7 +61,13 @@ fn roundtrip(c: &mut Criterion) {
     let (gw, keys) = rt.block_on(async {
         let gw = TestGateway::start(GatewayConfig::new().upstream(upstream)).await.unwrap();
         let plain: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let policy = Policy::builder().select_suite(Suite::Secp256k1).dangerous().accept_stub_quote().build().unwrap();
+        let policy = Policy::builder()
+            .select_suite(Suite::Secp256k1)
+            .dangerous()
+            .accept_stub_quote()
+            .any_workload()
+            .build()
+            .unwrap();
         let provider =
             KeyProvider::builder(plain).base_url(gw.base_url().parse().unwrap()).policy(policy).build().unwrap();
         provider.establish().await.unwrap();

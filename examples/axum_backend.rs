@@ -50,7 +50,7 @@ async fn ask(State(app): State<App>, question: String) -> Response {
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let gw = TestGateway::start(GatewayConfig::new()).await?;
     let plain: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let policy = Policy::builder().dangerous().accept_stub_quote().build()?;
+    let policy = Policy::builder().dangerous().accept_stub_quote().any_workload().build()?;
     let provider = KeyProvider::builder(plain).base_url(gw.base_url().parse()?).policy(policy).build()?;
     let (keys, _refresh) = provider.spawn()?;
     provider.establish().await?;

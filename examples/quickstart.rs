@@ -44,7 +44,7 @@ async fn main() -> Result<(), BoxError> {
     let http: Client<HttpConnector, RequestBody<Full<Bytes>>> = Client::builder(TokioExecutor::new()).build_http();
 
     // 1. Establish: fetch the report with a fresh nonce, check that it binds the keyset to it.
-    let policy = Policy::builder().dangerous().accept_stub_quote().build()?;
+    let policy = Policy::builder().dangerous().accept_stub_quote().any_workload().build()?;
     let provider = KeyProvider::builder(http.clone()).base_url(base.parse()?).policy(policy).build()?;
     let (keys, _refresher) = provider.spawn()?;
     let keyset = provider.establish().await?;

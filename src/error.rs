@@ -108,6 +108,11 @@ pub enum AttestationFailure {
     Custody,
     /// The policy requires hardware verification and this build cannot do it (feature `dcap`).
     HardwareUnverifiable,
+    /// The TLS channel is not bound to the attested keyset: the certificate a connection to the
+    /// gateway presented has an SPKI the keyset does not list for that hostname (the report was
+    /// served over it, or a request would have been), ACI §1.1 and §4. The message names the
+    /// SPKI seen and the ones attested.
+    ChannelBinding,
 }
 
 /// Why a receipt was rejected.
@@ -188,10 +193,21 @@ impl Error {
         self.gateway_type.as_deref()
     }
 
-    /// Find a tower-aci [`Error`] in an error or anywhere in its `source()` chain.
+    /// Find a tower-aci [`Error`] in an error or anywhere in its `source()` chain, including
+    /// inside a `std::io::Error` (whose `source()` skips the error it wraps) and, with feature
+    /// `rustls`, inside a rustls certificate error (a refused handshake).
     pub fn find<'a>(mut err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
         loop {
             if let Some(e) = err.downcast_ref::<Error>() {
+                return Some(e);
+            }
+            if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+                if let Some(e) = Error::find(inner) {
+                    return Some(e);
+                }
+            }
+            #[cfg(feature = "rustls")]
+            if let Some(e) = err.downcast_ref::<rustls::Error>().and_then(crate::tls::error_in) {
                 return Some(e);
             }
             err = err.source()?;

@@ -19,35 +19,64 @@
 //!
 //! ## Quick start
 //!
+//! Against a real gateway (RedPill, Phala, a dstack deployment), with features `rustls` and
+//! `dcap`: pin the workload, verify the TDX quote, and talk HTTPS pinned to the TLS key the
+//! attested keyset lists for the hostname — one hyper-util client for the key provider, the E2EE
+//! layer and receipts. The README's "Talk to a real gateway" says where each pinned value comes
+//! from and what each failure looks like.
+//!
 //! ```no_run
+//! # #[cfg(all(feature = "rustls", feature = "dcap"))]
+//! # async fn run() -> Result<(), tower_aci::BoxError> {
 //! use bytes::Bytes;
 //! use http_body_util::{BodyExt, Full};
 //! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! use tower::retry::RetryLayer;
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_aci::attest::{KeyProvider, Policy};
+//! use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
+//! use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
+//! use tower_aci::tls::AttestedTls;
 //! use tower_aci::E2eeLayer;
 //!
-//! # async fn run() -> Result<(), tower_aci::BoxError> {
-//! let base = "http://gateway.internal:8080";
-//! // Reports are fetched over a plain client, never through the E2EE layer.
-//! let plain: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-//! let provider = KeyProvider::builder(plain).base_url(base.parse()?).policy(Policy::default()).build()?;
-//! let (keys, _refresher) = provider.spawn()?; // refreshes before expiry and on keyset changes
-//! provider.establish().await?;
+//! let base = "https://api.redpill.ai";
+//! let api_key = std::env::var("ACI_API_KEY")?;
+//! let keys = KeyHandle::new();
+//! // HTTPS: WebPKI, then the certificate's SPKI must be in the current attested keyset for the
+//! // hostname. The PCCS (quote collateral) is an ordinary WebPKI host.
+//! let tls = AttestedTls::builder(keys.clone()).with_webpki_roots().unpinned_host("pccs.phala.network").build()?;
+//! let http: Client<_, RequestBody<Full<Bytes>>> = Client::builder(TokioExecutor::new()).build(tls.connector());
 //!
+//! // The workload you trust: building fails until one is pinned.
+//! let policy = Policy::builder()
+//!     .allow_compose_hash(&std::env::var("GATEWAY_COMPOSE_HASH")?) // SHA-256 of the report's app_compose
+//!     .accept_kms_root(&std::env::var("GATEWAY_KMS_ROOT")?) // the dstack KMS root: custody required
+//!     .build()?;
+//! let provider = KeyProvider::builder(http.clone())
+//!     .handle(keys.clone())
+//!     .base_url(base.parse()?)
+//!     .pccs("https://pccs.phala.network".parse()?)
+//!     .policy(policy)
+//!     .build()?;
+//! provider.establish().await?; // hardware quote, binding, workload, custody, TLS channel
+//! let (_, _refresher) = provider.spawn()?; // refreshes before expiry and on keyset changes
+//!
+//! // Requests are encrypted to the attested key; key rotations are retried above the layer.
 //! let client = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(KeyMismatchRetry::new(keys.clone())))
 //!     .layer(E2eeLayer::new(keys))
-//!     .service(Client::builder(TokioExecutor::new()).build_http());
+//!     .service(http);
 //! let req = http::Request::post(format!("{base}/v1/chat/completions"))
+//!     .header("authorization", format!("Bearer {api_key}"))
 //!     .header("content-type", "application/json")
-//!     .body(Full::new(Bytes::from(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)))?;
+//!     .body(Full::new(Bytes::from(r#"{"model":"YOUR-MODEL","messages":[{"role":"user","content":"hi"}]}"#)))?;
 //! let res = client.oneshot(req).await?;
 //! let answer = res.into_body().collect().await?.to_bytes(); // decrypted JSON
 //! # let _ = answer; Ok(()) }
 //! ```
 //!
 //! `cargo run --example quickstart --features test-gateway` runs the whole job offline against
-//! the crate's local gateway.
+//! the crate's local gateway (plain HTTP, a stub quote accepted under `dangerous()`), and
+//! `cargo run --example chat --features test-gateway,rustls -- --tls` over pinned TLS.
 //!
 //! ## Where the layer goes in a stack
 //!
@@ -72,7 +101,10 @@
 //! | --- | --- |
 //! | `test-gateway` | `gateway`: a local ACI gateway on loopback for examples and tests (and the gateway's halves of the protocol) |
 //! | `reqwest-middleware` | `middleware::E2eeMiddleware` for reqwest-middleware chains |
-//! | `dcap` | `attest::dcap`: TDX quote verification with `dcap-qvl` (the default policy requires it) |
+//! | `dcap` | `attest::dcap`: TDX quote verification with `dcap-qvl` (every policy requires it unless `dangerous()` relaxes it) |
+//! | `rustls` | `tls`: HTTPS pinned to the attested keyset's TLS keys (hyper-util connector, rustls config for reqwest); HTTPS for the local gateway |
+//! | `rustls-native-roots` | the platform's root store for `tls` |
+//! | `proxy` | `proxy` and the `aci-proxy` binary: a local OpenAI-compatible endpoint that applies E2EE for any SDK |
 //!
 //! ## Why `serde_json/preserve_order` is on
 //!
@@ -92,7 +124,10 @@
 //!   [`ErrorKind::Truncated`]; a report whose binding does not recompute is
 //!   [`ErrorKind::Attestation`]. Nothing from the network panics.
 //! - Only keys from an [`attest::AttestedKeyset`] — which only the verifier constructs — are
-//!   encrypted to. Test relaxations live behind `Policy::builder().dangerous()`.
+//!   encrypted to. A policy must pin the workload; test relaxations live behind
+//!   `Policy::builder().dangerous()`.
+//! - With feature `rustls`, the TLS channel is bound to the keyset (ACI §1.1, §4): WebPKI alone
+//!   proves nothing when TLS may terminate outside the workload.
 //! - `POST`s outside the E2EE endpoints are refused unless allowed by name, so plaintext is
 //!   never sent by accident.
 //! - The gateway leaves tool-call arguments, refusals, logprobs, transcripts and images of
@@ -123,6 +158,9 @@ pub mod protocol;
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
 pub mod receipt;
+#[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+pub mod tls;
 
 pub use e2ee::{E2ee, E2eeLayer};
 pub use error::{AttestationFailure, BoxError, Error, ErrorKind, ReceiptFailure, Result};

@@ -34,7 +34,11 @@
 //! println!("TCB status {}, RTMR3 {}", verified.tcb_status(), const_hex::encode(verified.rt_mr3()));
 //!
 //! // Or hand the collateral to a policy and let `verify_report` / the key provider use it.
-//! let policy = Policy::builder().collateral(collateral).accept_tcb_statuses(["UpToDate"]).build()?;
+//! let policy = Policy::builder()
+//!     .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918") // the workload (see `Policy`)
+//!     .collateral(collateral)
+//!     .accept_tcb_statuses(["UpToDate"])
+//!     .build()?;
 //! verified.check_tcb_status(policy.accepted_tcb_statuses())?;
 //! # Ok(()) }
 //! ```

@@ -11,6 +11,22 @@ use crate::attest::clock::{Clock, SystemClock};
 use crate::attest::keyset::AttestedKeyset;
 use crate::error::{Error, ErrorKind, Result};
 
+/// Ends a report fetch's "attesting" window when dropped.
+pub(crate) struct AttestingGuard(Arc<Shared>);
+
+impl Drop for AttestingGuard {
+    fn drop(&mut self) {
+        self.0.attesting.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Default for KeyHandle {
+    /// [`KeyHandle::new`].
+    fn default() -> Self {
+        KeyHandle::new()
+    }
+}
+
 /// How many verified keysets (replicas, restarts, rotations) a handle remembers by digest.
 pub(crate) const KNOWN_KEYSETS: usize = 16;
 
@@ -62,6 +78,9 @@ pub(crate) struct Shared {
     pub(crate) refresher: std::sync::atomic::AtomicBool,
     /// Attests a named digest on demand (set by the key provider).
     pub(crate) attester: OnceLock<Attester>,
+    /// How many report fetches are running for this handle (the attested TLS connector accepts a
+    /// certificate the current keyset does not list only while one runs; see `crate::tls`).
+    pub(crate) attesting: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Shared {
@@ -87,8 +106,47 @@ impl KeyHandle {
                 last_error: Mutex::new(None),
                 refresher: std::sync::atomic::AtomicBool::new(false),
                 attester: OnceLock::new(),
+                attesting: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// An empty handle (judging expiry by the system clock) for a key provider to publish into
+    /// ([`KeyProviderBuilder::handle`](crate::attest::KeyProviderBuilder::handle)). Make it first
+    /// when something must read the keys before the provider exists, such as the attested TLS
+    /// connector the provider's own client uses (feature `rustls`).
+    pub fn new() -> KeyHandle {
+        KeyHandle::empty(Arc::new(SystemClock))
+    }
+
+    /// [`new`](Self::new) with an injected clock.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> KeyHandle {
+        KeyHandle::empty(clock)
+    }
+
+    /// The current keyset if there is one and it is valid now; no side effects.
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    pub(crate) fn current_valid(&self) -> Option<Arc<AttestedKeyset>> {
+        let now = self.shared.clock.now();
+        self.shared.current.load_full().filter(|k| k.is_valid_at(now))
+    }
+
+    /// Marks a report fetch as running until the guard is dropped.
+    pub(crate) fn attesting(&self) -> AttestingGuard {
+        self.shared.attesting.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        AttestingGuard(self.shared.clone())
+    }
+
+    /// Whether a report fetch is running.
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    pub(crate) fn is_attesting(&self) -> bool {
+        self.shared.attesting.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    /// Ask the refresher to re-attest now (spaced by its minimum refresh interval).
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    pub(crate) fn request_refresh(&self) {
+        self.shared.wake.notify_one();
     }
 
     /// A handle serving one keyset, with no refresher. After the keyset's `not_after`,

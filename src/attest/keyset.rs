@@ -30,6 +30,12 @@ impl fmt::Debug for ReceiptKey {
     }
 }
 
+/// A hostname as ACI compares them: surrounding whitespace and one trailing dot dropped.
+pub(crate) fn normalize_host(host: &str) -> &str {
+    let host = host.trim();
+    host.strip_suffix('.').unwrap_or(host)
+}
+
 /// A TLS key entry of a verified keyset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsKey {
@@ -109,6 +115,24 @@ impl AttestedKeyset {
     /// The TLS key entries.
     pub fn tls_keys(&self) -> &[TlsKey] {
         &self.tls_keys
+    }
+
+    /// The TLS key entries that apply to `host` (ACI §3.1): an entry without a `domain` applies
+    /// to every host, one with a `domain` only to that hostname (compared case-insensitively,
+    /// a trailing dot ignored).
+    pub fn tls_keys_for_host<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a TlsKey> + 'a {
+        let host = normalize_host(host);
+        self.tls_keys.iter().filter(move |k| match &k.domain {
+            None => true,
+            Some(domain) => normalize_host(domain).eq_ignore_ascii_case(host),
+        })
+    }
+
+    /// Whether the keyset lists a TLS key with this SPKI SHA-256 for `host`: the channel check a
+    /// client runs on the certificate a connection to `host` presented.
+    pub fn lists_tls_key(&self, host: &str, spki_sha256: &[u8; 32]) -> bool {
+        let seen = hex::encode(spki_sha256);
+        self.tls_keys_for_host(host).any(|k| k.spki_sha256 == seen)
     }
 
     /// Unix seconds at which the report was verified.

@@ -9,6 +9,7 @@
 //!   supplied offline or fetched from a PCCS; without it, a policy that requires hardware
 //!   verification fails closed with `HardwareUnverifiable`.
 
+pub(crate) mod channel;
 mod clock;
 mod custody;
 #[cfg(feature = "dcap")]
@@ -16,13 +17,14 @@ mod custody;
 pub mod dcap;
 mod eventlog;
 mod handle;
-mod keyset;
+pub(crate) mod keyset;
 mod policy;
 mod provider;
 #[cfg(test)]
 mod real_capture;
 mod report;
 
+pub use channel::ChannelInfo;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handle::KeyHandle;
 pub use keyset::{AttestedKeyset, ReceiptKey, TlsKey};

@@ -57,30 +57,52 @@ pub(crate) struct Allowlists {
 }
 
 /// What an attestation report must satisfy. Build one with [`Policy::builder`] (fallible: an
-/// invalid value surfaces as a [`Config`](ErrorKind::Config) error from `build`).
+/// invalid value, or a policy that pins no workload, surfaces as a [`Config`](ErrorKind::Config)
+/// error from `build`).
 ///
-/// The defaults ([`Policy::default()`]) fail closed: the hardware quote must verify (feature
-/// `dcap`, against collateral given to `PolicyBuilder::collateral` or fetched by the key provider
-/// from a PCCS; a build without the feature, or a quote without collateral, fails with
-/// `HardwareUnverifiable`); only the `UpToDate` TCB status is accepted; `not_after` may lie at
-/// most 400 days ahead; a `key_custody` object that is present must verify against the accepted
-/// KMS roots (of which there are none until you add them); keys are selected secp256k1 first
-/// (preferring `dstack-kms-e2ee-v1`), X25519 when the keyset has no secp256k1 key; no allowlists.
+/// There is no `Default`: a policy must say *which* workload it trusts, and no default can. A
+/// genuine TDX VM proves only that *some* code runs in a TEE; the policy binds it to the code you
+/// mean. [`PolicyBuilder::build`] fails unless at least one workload pin is given:
+///
+/// | pin | builder method | where the value comes from |
+/// | --- | --- | --- |
+/// | compose hash | [`allow_compose_hash`](PolicyBuilder::allow_compose_hash) | SHA-256 of the report's `attestation.evidence.app_compose` (the dstack app's `app-compose.json`), measured into RTMR3 by the `compose-hash` event |
+/// | app id | [`allow_app_id`](PolicyBuilder::allow_app_id) | the `app-id` event of the report's event log (the dstack app id, e.g. on the dstack dashboard or in the keyset `subject` `app-id:0x…`) |
+/// | OS image | [`allow_os_image_hash`](PolicyBuilder::allow_os_image_hash) | the `os-image-hash` event (pins the dstack OS image only, not the app) |
+///
+/// Declared source provenance ([`allow_source`](PolicyBuilder::allow_source),
+/// [`allow_image_digest`](PolicyBuilder::allow_image_digest)) is not measured and does not count
+/// as a pin on its own. Tests against the local gateway opt out explicitly with
+/// [`DangerousPolicyBuilder::any_workload`].
+///
+/// The other defaults fail closed too: the hardware quote must verify (feature `dcap`, against
+/// collateral given to `PolicyBuilder::collateral` or fetched by the key provider from a PCCS; a
+/// build without the feature, or a quote without collateral, fails with `HardwareUnverifiable`);
+/// only the `UpToDate` TCB status is accepted; `not_after` may lie at most 400 days ahead; a
+/// `key_custody` object that is present must verify against the accepted KMS roots (of which
+/// there are none until you add them), and once a KMS root is accepted, `key_custody` is
+/// *required*; keys are selected secp256k1 first (preferring `dstack-kms-e2ee-v1`), X25519 when
+/// the keyset has no secp256k1 key.
 ///
 /// ```
 /// use std::time::Duration;
 /// use tower_aci::attest::Policy;
 ///
 /// let policy = Policy::builder()
+///     // The dstack KMS root: key custody becomes required and must chain to it.
 ///     .accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
-///     .require_key_custody()
+///     // The workload: SHA-256 of the report's app_compose.
 ///     .allow_compose_hash("6f1ed002ab5595859014ebf0951522d9e1f1f3a3c5e2b6d8c7a9e0f1d2c3b4a5")
 ///     .max_validity(Duration::from_secs(45 * 24 * 3600))
 ///     .build()?;
 /// assert!(policy.requires_hardware_verification());
+/// assert!(policy.requires_key_custody());
 ///
+/// // A policy that pins no workload does not build, and says what to pin.
+/// let err = Policy::builder().accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798").build().unwrap_err();
+/// assert!(err.to_string().contains("allow_compose_hash"));
 /// // Invalid values surface when the policy is built.
-/// assert!(Policy::builder().accept_kms_root("not hex").build().is_err());
+/// assert!(Policy::builder().allow_app_id("0xab").accept_kms_root("not hex").build().is_err());
 /// # Ok::<(), tower_aci::Error>(())
 /// ```
 ///
@@ -90,7 +112,7 @@ pub(crate) struct Allowlists {
 /// ```
 /// use tower_aci::attest::Policy;
 ///
-/// let policy = Policy::builder().dangerous().accept_stub_quote().build().unwrap();
+/// let policy = Policy::builder().dangerous().accept_stub_quote().any_workload().build().unwrap();
 /// assert!(policy.is_dangerous());
 /// ```
 #[derive(Clone)]
@@ -103,20 +125,38 @@ pub struct Policy {
     pub(crate) custody: Custody,
     pub(crate) allow: Allowlists,
     pub(crate) assumed_app_id: Option<Vec<u8>>,
+    /// `dangerous().any_workload()`: no workload pin required.
+    pub(crate) any_workload: bool,
     /// Offline collateral for hardware verification, one per platform (FMSPC).
     #[cfg(feature = "dcap")]
     pub(crate) collateral: Vec<crate::attest::dcap::Collateral>,
 }
 
 impl Policy {
-    /// A builder starting from the defaults.
+    /// A builder starting from the defaults described above. Its
+    /// [`build`](PolicyBuilder::build) fails until a workload is pinned.
     pub fn builder() -> PolicyBuilder {
-        PolicyBuilder { policy: Policy::default(), error: None }
+        PolicyBuilder { policy: Policy::defaults(), error: None }
     }
 
     /// Whether any `dangerous()` relaxation is in effect.
     pub fn is_dangerous(&self) -> bool {
-        self.hardware != Hardware::Required || self.custody == Custody::Skip || self.assumed_app_id.is_some()
+        self.hardware != Hardware::Required
+            || self.custody == Custody::Skip
+            || self.assumed_app_id.is_some()
+            || self.any_workload
+    }
+
+    /// Whether a report must carry a `key_custody` object that verifies (a KMS root was
+    /// accepted, or [`require_key_custody`](PolicyBuilder::require_key_custody) was called).
+    pub fn requires_key_custody(&self) -> bool {
+        self.custody == Custody::Required
+    }
+
+    /// Whether the policy pins the workload (compose hash, app id or OS image hash); `false` only
+    /// under [`any_workload`](DangerousPolicyBuilder::any_workload).
+    pub fn pins_workload(&self) -> bool {
+        self.allow.pins_workload()
     }
 
     /// Whether the policy demands that the hardware quote verify (no `dangerous()` relaxation of
@@ -131,8 +171,25 @@ impl Policy {
     }
 }
 
-impl Default for Policy {
-    fn default() -> Self {
+impl Allowlists {
+    /// A measured workload identity is pinned.
+    fn pins_workload(&self) -> bool {
+        self.compose_hashes.is_some() || self.app_ids.is_some() || self.os_image_hashes.is_some()
+    }
+}
+
+/// The message of the error a policy without a workload pin fails with.
+const UNPINNED: &str = "the policy pins no workload: any code running in a genuine TEE would pass. Pin what the \
+gateway runs with at least one of: allow_compose_hash (hex SHA-256 of the report's \
+attestation.evidence.app_compose, which the compose-hash event measures into RTMR3), allow_app_id (the dstack \
+app id: the payload of the event log's app-id event, also named by the keyset subject app-id:0x…), \
+allow_os_image_hash (the event log's os-image-hash event; pins the OS image only). Declared source provenance \
+(allow_source, allow_image_digest) is not measured and does not count alone. Add accept_kms_root (the dstack KMS \
+root public key, as the KMS publishes it) to require key custody under that KMS. \
+Tests against a local gateway opt out with .dangerous().any_workload()";
+
+impl Policy {
+    fn defaults() -> Self {
         Policy {
             selection: KeySelection::Suites(vec![Suite::Secp256k1, Suite::X25519]),
             max_validity: DEFAULT_MAX_VALIDITY.as_secs(),
@@ -142,6 +199,7 @@ impl Default for Policy {
             custody: Custody::IfPresent,
             allow: Allowlists::default(),
             assumed_app_id: None,
+            any_workload: false,
             #[cfg(feature = "dcap")]
             collateral: Vec::new(),
         }
@@ -159,7 +217,8 @@ impl fmt::Debug for Policy {
             .field("kms_roots", &hex_list(&self.kms_roots))
             .field("custody", &self.custody)
             .field("allow", &self.allow)
-            .field("assumed_app_id", &self.assumed_app_id.as_ref().map(hex::encode));
+            .field("assumed_app_id", &self.assumed_app_id.as_ref().map(hex::encode))
+            .field("any_workload", &self.any_workload);
         #[cfg(feature = "dcap")]
         d.field("collateral", &self.collateral);
         d.finish()
@@ -248,7 +307,9 @@ impl PolicyBuilder {
     }
 
     /// Accept a dstack KMS root public key (secp256k1, hex of its SEC1 encoding; compressed is
-    /// the usual form). Key custody chains must end in one of the accepted roots.
+    /// the usual form). Key custody chains must end in one of the accepted roots, and a report
+    /// must then carry `key_custody` (a report that drops it fails with `Custody`), unless
+    /// [`skip_key_custody`](DangerousPolicyBuilder::skip_key_custody) is in effect.
     pub fn accept_kms_root(mut self, public_key_hex: &str) -> Self {
         let parsed = decode_hex(public_key_hex)
             .and_then(|b| k256::PublicKey::from_sec1_bytes(&b).ok())
@@ -258,6 +319,9 @@ impl PolicyBuilder {
                 if !self.policy.kms_roots.contains(&root) {
                     self.policy.kms_roots.push(root);
                 }
+                if self.policy.custody == Custody::IfPresent {
+                    self.policy.custody = Custody::Required;
+                }
                 self
             }
             None => self.fail(format!("KMS root {public_key_hex:?} is not a secp256k1 public key in hex")),
@@ -265,14 +329,17 @@ impl PolicyBuilder {
     }
 
     /// Require a `key_custody` object: a report without one fails with `Custody`. Needs at least
-    /// one accepted KMS root.
+    /// one accepted KMS root (which implies this).
     pub fn require_key_custody(mut self) -> Self {
-        self.policy.custody = Custody::Required;
+        if self.policy.custody == Custody::IfPresent {
+            self.policy.custody = Custody::Required;
+        }
         self
     }
 
-    /// Allow a compose hash (hex of SHA-256 of `app_compose`). Once any is allowed, the report's
-    /// compose hash must be one of them.
+    /// Pin the workload to a compose hash: hex of SHA-256 of the report's
+    /// `attestation.evidence.app_compose` (equal to the payload of the event log's `compose-hash`
+    /// event). Once any is allowed, the report's compose hash must be one of them.
     pub fn allow_compose_hash(mut self, hex_hash: &str) -> Self {
         match decode_hex(hex_hash).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
             Some(h) => {
@@ -283,8 +350,9 @@ impl PolicyBuilder {
         }
     }
 
-    /// Allow a dstack app id (hex, optional `0x`). Once any is allowed, the report's app id must
-    /// be one of them.
+    /// Pin the workload to a dstack app id (hex, optional `0x`): the payload of the event log's
+    /// `app-id` event, also named by a keyset `subject` `app-id:0x…`. Once any is allowed, the
+    /// report's app id must be one of them.
     pub fn allow_app_id(mut self, hex_app_id: &str) -> Self {
         match decode_hex(hex_app_id).filter(|b| !b.is_empty()) {
             Some(id) => {
@@ -295,8 +363,9 @@ impl PolicyBuilder {
         }
     }
 
-    /// Allow an OS image hash (hex; the payload of the `os-image-hash` event). Once any is
-    /// allowed, the report's OS image hash must be one of them.
+    /// Pin the OS image (hex; the payload of the `os-image-hash` event). Once any is allowed, the
+    /// report's OS image hash must be one of them. This pins the dstack OS, not the app on it:
+    /// pair it with a compose hash or app id.
     pub fn allow_os_image_hash(mut self, hex_hash: &str) -> Self {
         match decode_hex(hex_hash).filter(|b| !b.is_empty()) {
             Some(h) => {
@@ -309,7 +378,8 @@ impl PolicyBuilder {
 
     /// Allow a declared source provenance (`repo_url` and `repo_commit`, compared exactly). Once
     /// any is allowed, the report's `source_provenance` must name one of them. Declared
-    /// provenance is not measured: pair it with a compose-hash allowlist.
+    /// provenance is not measured, so it is not a workload pin on its own: pair it with a
+    /// compose hash or app id.
     pub fn allow_source(mut self, repo_url: impl Into<String>, repo_commit: impl Into<String>) -> Self {
         let (url, commit) = (repo_url.into(), repo_commit.into());
         if url.is_empty() || commit.is_empty() {
@@ -336,7 +406,9 @@ impl PolicyBuilder {
         DangerousPolicyBuilder { inner: self }
     }
 
-    /// The policy, or the first invalid value given to the builder.
+    /// The policy, or the first invalid value given to the builder. Fails with
+    /// [`Config`](ErrorKind::Config) when no workload is pinned (the message says what to pin and
+    /// where each value comes from), unless `dangerous().any_workload()` opted out.
     pub fn build(self) -> Result<Policy> {
         if let Some(e) = self.error {
             return Err(e);
@@ -345,8 +417,12 @@ impl PolicyBuilder {
         if p.custody == Custody::Required && p.kms_roots.is_empty() {
             return Err(Error::new(
                 ErrorKind::Config,
-                "require_key_custody() needs at least one accepted KMS root (accept_kms_root)",
+                "require_key_custody() needs at least one accepted KMS root (accept_kms_root: the dstack KMS \
+                 root public key)",
             ));
+        }
+        if !p.allow.pins_workload() && !p.any_workload {
+            return Err(Error::new(ErrorKind::Config, UNPINNED));
         }
         Ok(p)
     }
@@ -393,7 +469,15 @@ impl DangerousPolicyBuilder {
         }
     }
 
-    /// Ignore `key_custody` entirely.
+    /// Build without a workload pin: any workload whose report otherwise verifies passes. For
+    /// tests against the local gateway (whose stub report measures nothing) and for exploring a
+    /// gateway before you know its compose hash; never for production.
+    pub fn any_workload(mut self) -> Self {
+        self.inner.policy.any_workload = true;
+        self
+    }
+
+    /// Ignore `key_custody` entirely (also when a KMS root is accepted).
     pub fn skip_key_custody(mut self) -> Self {
         self.inner.policy.custody = Custody::Skip;
         self
@@ -426,15 +510,54 @@ mod tests {
     use super::*;
 
     const ROOT: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+    const APP_ID: &str = "fdb7a14e5a6675f752e2cb69c9067a98ca402918";
 
     #[test]
     fn defaults_fail_closed() {
-        let p = Policy::default();
+        let p = Policy::builder().allow_app_id(APP_ID).build().unwrap();
         assert!(p.requires_hardware_verification());
         assert!(!p.is_dangerous());
+        assert!(p.pins_workload());
         assert_eq!(p.custody, Custody::IfPresent);
         assert_eq!(p.tcb_statuses, vec!["UpToDate".to_owned()]);
         assert_eq!(p.max_validity, 400 * 24 * 3600);
+    }
+
+    #[test]
+    fn an_unpinned_policy_does_not_build_and_says_what_to_pin() {
+        for builder in [
+            Policy::builder(),
+            Policy::builder().accept_kms_root(ROOT),
+            Policy::builder().allow_source("https://github.com/o/r", "abc").allow_image_digest("sha256:aa"),
+            Policy::builder().dangerous().accept_stub_quote().end_dangerous(),
+        ] {
+            let e = builder.build().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config);
+            let m = e.to_string();
+            for what in
+                ["allow_compose_hash", "app_compose", "allow_app_id", "app-id event", "accept_kms_root", "any_workload"]
+            {
+                assert!(m.contains(what), "{what} missing from: {m}");
+            }
+        }
+        // Each measured pin, or the explicit opt-out, builds.
+        assert!(Policy::builder().allow_compose_hash(&"ab".repeat(32)).build().is_ok());
+        assert!(Policy::builder().allow_app_id(APP_ID).build().is_ok());
+        assert!(Policy::builder().allow_os_image_hash("de9c74f0").build().is_ok());
+        let any = Policy::builder().dangerous().any_workload().build().unwrap();
+        assert!(any.is_dangerous() && !any.pins_workload() && any.requires_hardware_verification());
+    }
+
+    #[test]
+    fn a_kms_root_makes_custody_required() {
+        let p = Policy::builder().accept_kms_root(ROOT).allow_app_id(APP_ID).build().unwrap();
+        assert!(p.requires_key_custody());
+        // Explicitly skipped (dangerous), in either order.
+        let p = Policy::builder().accept_kms_root(ROOT).allow_app_id(APP_ID).dangerous().skip_key_custody().build();
+        assert_eq!(p.unwrap().custody, Custody::Skip);
+        let p = Policy::builder().dangerous().skip_key_custody().end_dangerous().accept_kms_root(ROOT);
+        assert_eq!(p.allow_app_id(APP_ID).build().unwrap().custody, Custody::Skip);
+        assert!(!Policy::builder().allow_app_id(APP_ID).build().unwrap().requires_key_custody());
     }
 
     #[test]
@@ -442,11 +565,12 @@ mod tests {
         let e = Policy::builder().accept_kms_root("zz").allow_app_id("").build().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.to_string().contains("KMS root"));
-        assert!(Policy::builder().require_key_custody().build().is_err());
-        assert!(Policy::builder().accept_tcb_statuses(Vec::<String>::new()).build().is_err());
-        assert!(Policy::builder().max_validity(Duration::ZERO).build().is_err());
-        assert!(Policy::builder().allow_compose_hash("abcd").build().is_err());
-        assert!(Policy::builder().dangerous().assume_app_id("xyz").build().is_err());
+        let pinned = || Policy::builder().allow_app_id(APP_ID);
+        assert!(pinned().require_key_custody().build().is_err());
+        assert!(pinned().accept_tcb_statuses(Vec::<String>::new()).build().is_err());
+        assert!(pinned().max_validity(Duration::ZERO).build().is_err());
+        assert!(pinned().allow_compose_hash("abcd").build().is_err());
+        assert!(pinned().dangerous().assume_app_id("xyz").build().is_err());
     }
 
     #[test]
@@ -454,19 +578,15 @@ mod tests {
         // The generator point, uncompressed.
         let uncompressed = "0479be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798\
                             483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
-        let p = Policy::builder()
-            .accept_kms_root(ROOT)
-            .accept_kms_root(uncompressed)
-            .require_key_custody()
-            .build()
-            .unwrap();
+        let p =
+            Policy::builder().accept_kms_root(ROOT).accept_kms_root(uncompressed).allow_app_id(APP_ID).build().unwrap();
         assert_eq!(p.kms_roots.len(), 1);
         assert_eq!(hex::encode(p.kms_roots[0]), ROOT);
     }
 
     #[test]
     fn dangerous_steps_are_recorded() {
-        let p = Policy::builder().dangerous().accept_stub_quote().build().unwrap();
+        let p = Policy::builder().dangerous().accept_stub_quote().any_workload().build().unwrap();
         assert_eq!(p.hardware, Hardware::AcceptStub);
         assert!(p.is_dangerous());
         let p = Policy::builder()
@@ -474,6 +594,7 @@ mod tests {
             .skip_hardware_verification()
             .accept_stub_quote()
             .skip_key_custody()
+            .any_workload()
             .end_dangerous()
             .prefer_x25519()
             .build()
@@ -481,5 +602,8 @@ mod tests {
         assert_eq!(p.hardware, Hardware::Skip);
         assert_eq!(p.custody, Custody::Skip);
         assert_eq!(p.selection, KeySelection::Suites(vec![Suite::X25519, Suite::Secp256k1]));
+        // A pinned policy with only the stub relaxation is still dangerous.
+        let p = Policy::builder().allow_app_id(APP_ID).dangerous().accept_stub_quote().build().unwrap();
+        assert!(p.is_dangerous() && p.pins_workload());
     }
 }

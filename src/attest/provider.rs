@@ -20,6 +20,7 @@ use rand_core::{OsRng, RngCore};
 use tower::ServiceExt;
 use tower_service::Service;
 
+use crate::attest::channel::{ChannelInfo, check_report_channel};
 use crate::attest::clock::{Clock, SystemClock};
 use crate::attest::handle::{AttestFuture, Attester, KeyHandle};
 use crate::attest::keyset::AttestedKeyset;
@@ -80,6 +81,7 @@ pub struct KeyProviderBuilder<S, ReqB = Full<Bytes>> {
     base: Option<Uri>,
     policy: Option<Policy>,
     clock: Arc<dyn Clock>,
+    handle: Option<KeyHandle>,
     sleep: Option<SleepFn>,
     timing: Timing,
     max_report_size: usize,
@@ -115,6 +117,16 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
     /// The clock expiry and refresh are judged by (default: the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Publish into this handle (made with [`KeyHandle::new`]) instead of a new one, for
+    /// something that must hold the handle before the provider exists: the attested TLS
+    /// connector (feature `rustls`) of the very client the provider fetches reports with. The
+    /// handle's clock then judges expiry and refresh (a [`clock`](Self::clock) given here is not
+    /// used).
+    pub fn handle(mut self, handle: KeyHandle) -> Self {
+        self.handle = Some(handle);
         self
     }
 
@@ -221,7 +233,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
                 service: Mutex::new(self.service),
                 base,
                 policy,
-                handle: KeyHandle::empty(self.clock),
+                handle: self.handle.unwrap_or_else(|| KeyHandle::empty(self.clock)),
                 sleep,
                 timing: t,
                 max_report_size: self.max_report_size,
@@ -256,7 +268,12 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
 ///
 /// let provider = KeyProvider::builder(client)
 ///     .base_url("https://gateway.example.com".parse().unwrap())
-///     .policy(Policy::builder().accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798").build()?)
+///     .policy(
+///         Policy::builder()
+///             .accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+///             .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918")
+///             .build()?,
+///     )
 ///     .build()?;
 /// // Fail early if the gateway cannot be attested…
 /// provider.establish().await?;
@@ -353,6 +370,7 @@ impl<S, ReqB> KeyProvider<S, ReqB> {
             base: None,
             policy: None,
             clock: Arc::new(SystemClock),
+            handle: None,
             sleep: None,
             timing: Timing::default(),
             max_report_size: DEFAULT_MAX_REPORT_SIZE,
@@ -598,6 +616,9 @@ where
     }
 
     async fn fetch_unbounded(&self, fresh_connection: bool) -> Result<Arc<AttestedKeyset>> {
+        // While this runs, an attested TLS connector may open a connection to a certificate the
+        // current keyset does not list (only report requests travel over it; see `crate::tls`).
+        let _attesting = self.handle.attesting();
         let mut nonce = [0u8; 32];
         OsRng
             .try_fill_bytes(&mut nonce)
@@ -620,6 +641,7 @@ where
         let transport =
             |e: S::Error| Error::new(ErrorKind::Transport, "fetching the attestation report failed").with_source(e);
         let response = service.oneshot(request).await.map_err(transport)?;
+        let channel = response.extensions().get::<ChannelInfo>().cloned();
         let status = response.status();
         let body = Limited::new(response.into_body(), self.max_report_size)
             .collect()
@@ -647,11 +669,14 @@ where
                     &self.policy,
                     &collateral,
                 )
+                .and_then(|k| check_report_channel(k, channel.as_ref()))
                 .map(Arc::new);
             }
         }
         let now = self.handle.shared.clock.now();
-        verify_report(&body, &nonce, now, &self.policy).map(Arc::new)
+        verify_report(&body, &nonce, now, &self.policy)
+            .and_then(|k| check_report_channel(k, channel.as_ref()))
+            .map(Arc::new)
     }
 }
 

@@ -137,9 +137,10 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 /// use tower_aci::attest::{verify_report, Policy};
 /// use tower_aci::{AttestationFailure, ErrorKind};
 ///
-/// let policy = Policy::default();
+/// let policy = Policy::builder().allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918").build()?;
 /// let err = verify_report(br#"{"api_version":"aci/0"}"#, &[0; 32], 1_700_000_000, &policy).unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::Attestation(AttestationFailure::ApiVersion));
+/// # Ok::<(), tower_aci::Error>(())
 /// ```
 pub fn verify_report(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy) -> Result<AttestedKeyset> {
     verify(report, nonce, now, policy, None)
@@ -472,7 +473,7 @@ fn parse_receipt_keys(keyset: &Map<String, Value>) -> Result<(Vec<ReceiptKey>, V
     Ok((keys, texts))
 }
 
-fn parse_tls_keys(keyset: &Map<String, Value>) -> Result<Vec<TlsKey>> {
+pub(crate) fn parse_tls_keys(keyset: &Map<String, Value>) -> Result<Vec<TlsKey>> {
     let mut keys = Vec::new();
     for entry in entries(keyset, "tls_public_keys")? {
         let spki = entry_str(entry, "tls_public_keys", "spki_sha256")?;
@@ -685,7 +686,7 @@ mod tests {
     #[test]
     fn hardware_measurements_replay_to_rtmr3() {
         const COMPOSE: &str = r#"{"services":{"gw":{"image":"gw@sha256:aa"}}}"#;
-        let policy = Policy::default();
+        let policy = Policy::builder().dangerous().any_workload().build().unwrap();
         let (evidence, rtmr3) = crafted_log(COMPOSE, true);
         let m = measured_values(&evidence, None, &policy, Some(&rtmr3)).unwrap();
         assert_eq!(m.app_id, Some(vec![0xab; 20]));

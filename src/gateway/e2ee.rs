@@ -343,7 +343,7 @@ mod tests {
     use http::HeaderValue;
 
     fn keyset() -> Keyset {
-        Keyset::seal(RECEIPT_KEY_ID, receipt_key(true), e2ee_keys(true), 2_000_000_000)
+        Keyset::seal(RECEIPT_KEY_ID, receipt_key(true), e2ee_keys(true), 2_000_000_000, vec![])
     }
 
     fn headers(pairs: &[(&http::HeaderName, &str)]) -> HeaderMap {

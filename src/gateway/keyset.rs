@@ -97,6 +97,8 @@ pub(crate) struct Keyset {
     pub(crate) receipt_key: SigningKey,
     pub(crate) e2ee: Vec<Arc<ServiceKey>>,
     pub(crate) not_after: u64,
+    /// The `tls_public_keys` entries.
+    pub(crate) tls: Vec<Value>,
     /// The `workload_keyset` object in served member order.
     pub(crate) value: Value,
     /// `sha256:<hex>` of the JCS form of `value`.
@@ -115,12 +117,13 @@ impl fmt::Debug for Keyset {
 }
 
 impl Keyset {
-    /// Seal a keyset (subject `null`, no TLS keys).
+    /// Seal a keyset (subject `null`, these TLS entries).
     pub(crate) fn seal(
         receipt_key_id: impl Into<String>,
         receipt_key: SigningKey,
         e2ee: Vec<Arc<ServiceKey>>,
         not_after: u64,
+        tls: Vec<Value>,
     ) -> Self {
         let receipt_key_id = receipt_key_id.into();
         let value = json!({
@@ -136,21 +139,44 @@ impl Keyset {
                 "algo": k.suite().algo(),
                 "public_key": k.public.to_hex(),
             })).collect::<Vec<_>>(),
-            "tls_public_keys": [],
+            "tls_public_keys": tls,
         });
         let bytes = jcs::to_vec(&value).expect("a keyset holds only strings, integers and null");
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        Keyset { receipt_key_id, receipt_key, e2ee, not_after, value, digest }
+        Keyset { receipt_key_id, receipt_key, e2ee, not_after, tls, value, digest }
     }
 
     /// The same keys under a new `not_after` (a restart or another replica).
     pub(crate) fn renewed(&self, not_after: u64) -> Self {
-        Keyset::seal(self.receipt_key_id.clone(), self.receipt_key.clone(), self.e2ee.clone(), not_after)
+        Keyset::seal(
+            self.receipt_key_id.clone(),
+            self.receipt_key.clone(),
+            self.e2ee.clone(),
+            not_after,
+            self.tls.clone(),
+        )
+    }
+
+    /// The same keys and `not_after`, other TLS entries (a new certificate).
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    pub(crate) fn with_tls(&self, tls: Vec<Value>) -> Self {
+        Keyset::seal(self.receipt_key_id.clone(), self.receipt_key.clone(), self.e2ee.clone(), self.not_after, tls)
+    }
+
+    /// The hostnames the TLS entries are scoped to (empty: no entry names a domain).
+    pub(crate) fn tls_domains(&self) -> Vec<&str> {
+        self.tls.iter().filter_map(|e| e.get("domain").and_then(Value::as_str)).collect()
     }
 
     /// New random E2EE keys, same receipt key and `not_after`.
     pub(crate) fn rotated(&self) -> Self {
-        Keyset::seal(self.receipt_key_id.clone(), self.receipt_key.clone(), e2ee_keys(false), self.not_after)
+        Keyset::seal(
+            self.receipt_key_id.clone(),
+            self.receipt_key.clone(),
+            e2ee_keys(false),
+            self.not_after,
+            self.tls.clone(),
+        )
     }
 
     /// The attestation report for `nonce` (already validated as 64 lowercase hex), with a stub
@@ -221,7 +247,8 @@ mod tests {
                 SecretKey::from_bytes(Suite::X25519, &X25519_SEED).unwrap(),
             )),
         ];
-        let ks = Keyset::seal("static-receipt-ed25519", SigningKey::from_bytes(&RECEIPT_SEED), e2ee, 2_000_000_000);
+        let ks =
+            Keyset::seal("static-receipt-ed25519", SigningKey::from_bytes(&RECEIPT_SEED), e2ee, 2_000_000_000, vec![]);
         assert_eq!(ks.digest, "sha256:e338157d18d77aaa3d1186c9d96147c2d4edc0f1a169ace1243c0bc3ad701fad");
         let nonce = "cd20088d763605cf78564e5b35524ad52715419624b76e029582a3652758708d";
         let report = ks.report(Some(nonce));
@@ -240,7 +267,7 @@ mod tests {
 
     #[test]
     fn renewal_keeps_keys_and_changes_the_digest() {
-        let ks = Keyset::seal(RECEIPT_KEY_ID, receipt_key(false), e2ee_keys(false), 10);
+        let ks = Keyset::seal(RECEIPT_KEY_ID, receipt_key(false), e2ee_keys(false), 10, vec![]);
         let r = ks.renewed(11);
         assert_ne!(r.digest, ks.digest);
         assert_eq!(r.value["e2ee_public_keys"], ks.value["e2ee_public_keys"]);

@@ -22,6 +22,11 @@
 //! Every response carries `X-ACI-Version: aci/1` and `X-ACI-Keyset-Digest`. Request bodies are
 //! limited to 32 MiB.
 //!
+//! With feature `rustls`, `GatewayConfig::tls` serves HTTPS with a certificate you give
+//! (`GatewayTls`) and publishes its SPKI in the keyset's `tls_public_keys` (optionally scoped to
+//! hostnames), so clients pinning with `tower_aci::tls` are tested over real TLS on loopback;
+//! `TestGateway::rotate_tls` moves to another certificate and keyset.
+//!
 //! ```
 //! use tower_aci::gateway::{GatewayConfig, TestGateway};
 //!
@@ -41,6 +46,8 @@ mod fields;
 mod keyset;
 mod receipts;
 mod server;
+#[cfg(feature = "rustls")]
+mod tls;
 mod upstream;
 
 use std::fmt;
@@ -55,6 +62,8 @@ use crate::attest::{Clock, SystemClock};
 
 pub use fields::{OpenedRequest, ResponseSealer, open_request};
 pub use receipts::sign_receipt;
+#[cfg(feature = "rustls")]
+pub use tls::GatewayTls;
 pub use upstream::{UpstreamRequest, UpstreamResponse};
 
 /// Thirty days, the production `not_after` horizon.
@@ -84,6 +93,8 @@ pub struct GatewayConfig {
     clock: Arc<dyn Clock>,
     upstream: Option<Arc<UpstreamFn>>,
     bind: SocketAddr,
+    #[cfg(feature = "rustls")]
+    tls: Option<GatewayTls>,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -95,7 +106,7 @@ impl fmt::Debug for GatewayConfig {
             .field("clock", &self.clock)
             .field("upstream", &self.upstream.as_ref().map(|_| "custom"))
             .field("bind", &self.bind)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -116,6 +127,8 @@ impl GatewayConfig {
             clock: Arc::new(SystemClock),
             upstream: None,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            #[cfg(feature = "rustls")]
+            tls: None,
         }
     }
 
@@ -160,6 +173,14 @@ impl GatewayConfig {
     /// The address to listen on (default `127.0.0.1:0`, an ephemeral port).
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.bind = addr;
+        self
+    }
+
+    /// Serve HTTPS with this certificate (feature `rustls`), and publish its SPKI in the
+    /// keyset's `tls_public_keys`, so clients can pin it ([`crate::tls`]).
+    #[cfg(feature = "rustls")]
+    pub fn tls(mut self, tls: GatewayTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 }
@@ -274,8 +295,8 @@ impl GatewayKeys {
         self.e2ee.iter().map(|k| k.public.to_hex()).collect()
     }
 
-    fn seal(&self, not_after: u64) -> keyset::Keyset {
-        keyset::Keyset::seal(self.receipt_key_id.clone(), self.receipt_key.clone(), self.e2ee.clone(), not_after)
+    fn seal(&self, not_after: u64, tls: Vec<serde_json::Value>) -> keyset::Keyset {
+        keyset::Keyset::seal(self.receipt_key_id.clone(), self.receipt_key.clone(), self.e2ee.clone(), not_after, tls)
     }
 }
 
@@ -330,10 +351,16 @@ impl TestGateway {
         let listener = tokio::net::TcpListener::bind(config.bind).await?;
         let addr = listener.local_addr()?;
         let not_after = config.not_after.unwrap_or_else(|| config.clock.now().saturating_add(DEFAULT_VALIDITY_SECS));
+        #[cfg(feature = "rustls")]
+        let tls_entries = config.tls.as_ref().map(GatewayTls::entries).unwrap_or_default();
+        #[cfg(not(feature = "rustls"))]
+        let tls_entries = Vec::new();
         let keys = config.keys.clone().unwrap_or_else(|| GatewayKeys::from_seeds(config.fixed_seeds));
-        let keyset = keys.seal(not_after);
+        let keyset = keys.seal(not_after, tls_entries);
         let (shutdown, watch) = tokio::sync::watch::channel(false);
         let shared = Arc::new(server::Shared::new(keyset, config.clock, config.upstream, watch));
+        #[cfg(feature = "rustls")]
+        shared.set_tls(config.tls.as_ref());
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         Ok(TestGateway { addr, shared, shutdown, task })
     }
@@ -384,9 +411,10 @@ impl TestGateway {
         self.addr
     }
 
-    /// `http://<addr>`, without a trailing slash.
+    /// `http://<addr>` (`https://` when serving TLS), without a trailing slash.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.serves_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The current keyset digest (`sha256:<hex>`), as `X-ACI-Keyset-Digest` names it.
@@ -440,6 +468,20 @@ impl TestGateway {
     /// How many attestation reports were requested.
     pub fn attestations_served(&self) -> usize {
         self.shared.attestations_served()
+    }
+
+    /// How many HTTP requests of any kind reached the gateway's router.
+    pub fn requests_total(&self) -> usize {
+        self.shared.requests_total()
+    }
+
+    /// Serve another certificate to new connections (existing ones keep theirs) and re-seal the
+    /// keyset with its `tls_public_keys` entries in place of the old ones: same keys, a new
+    /// digest. Clients pinned to the old keyset refuse the new certificate until they re-attest.
+    #[cfg(feature = "rustls")]
+    pub fn rotate_tls(&self, tls: GatewayTls) {
+        self.shared.update_keyset(|k| k.with_tls(tls.entries()));
+        self.shared.set_tls(Some(&tls));
     }
 }
 

@@ -62,8 +62,12 @@ pub(crate) struct Shared {
     attestations: AtomicUsize,
     receipt_fetches: AtomicUsize,
     connections: AtomicUsize,
+    total: AtomicUsize,
     seq: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    /// The TLS acceptor for new connections, when serving HTTPS.
+    #[cfg(feature = "rustls")]
+    tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,9 +102,34 @@ impl Shared {
             attestations: AtomicUsize::new(0),
             receipt_fetches: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            total: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
             shutdown,
+            #[cfg(feature = "rustls")]
+            tls: RwLock::new(None),
         }
+    }
+
+    #[cfg(feature = "rustls")]
+    pub(crate) fn set_tls(&self, tls: Option<&crate::gateway::GatewayTls>) {
+        let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
+    }
+
+    #[cfg(feature = "rustls")]
+    fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn serves_tls(&self) -> bool {
+        #[cfg(feature = "rustls")]
+        return self.tls_acceptor().is_some();
+        #[cfg(not(feature = "rustls"))]
+        false
+    }
+
+    pub(crate) fn requests_total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
     }
 
     pub(crate) fn keyset(&self) -> Arc<Keyset> {
@@ -198,17 +227,39 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let live = LiveConnection(shared.clone());
         tokio::spawn(async move {
             let _live = live;
-            let mut shutdown = shared.shutdown.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                _ = stopped(&mut shutdown) => {}
+            let shutdown = shared.shutdown.clone();
+            #[cfg(feature = "rustls")]
+            if let Some(acceptor) = shared.tls_acceptor() {
+                // A client that refuses our certificate ends the handshake: nothing is served.
+                let mut stop = shutdown.clone();
+                let tls = tokio::select! {
+                    r = acceptor.accept(stream) => match r {
+                        Ok(tls) => tls,
+                        Err(_) => return,
+                    },
+                    _ = stopped(&mut stop) => return,
+                };
+                serve_connection(TokioIo::new(tls), shared, shutdown).await;
+                return;
             }
+            serve_connection(TokioIo::new(stream), shared, shutdown).await;
         });
+    }
+}
+
+/// Serve HTTP/1 on one connection until it ends or the gateway shuts down.
+async fn serve_connection<I>(io: I, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(shared, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    tokio::select! {
+        _ = conn => {}
+        _ = stopped(&mut shutdown) => {}
     }
 }
 
@@ -277,6 +328,7 @@ fn insert(h: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Resp {
+    shared.total.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let (mut resp, digest) = route(&shared, &parts, &path, body).await;
@@ -309,7 +361,7 @@ async fn route(shared: &Arc<Shared>, parts: &http::request::Parts, path: &str, b
     }
     let get = parts.method == Method::GET;
     let resp = if path == ATTESTATION {
-        if get { attestation(shared, parts.uri.query()) } else { method_not_allowed() }
+        if get { attestation(shared, parts) } else { method_not_allowed() }
     } else if path == MODELS {
         if get { models() } else { method_not_allowed() }
     } else if let Some(id) = path.strip_prefix(RECEIPTS).filter(|id| !id.is_empty() && !id.contains('/')) {
@@ -333,10 +385,24 @@ fn models() -> Resp {
     )
 }
 
-fn attestation(shared: &Shared, query: Option<&str>) -> Resp {
+fn attestation(shared: &Shared, parts: &http::request::Parts) -> Resp {
     shared.attestations.fetch_add(1, Ordering::SeqCst);
     if let Some(Fault::AttestationStatus(status)) = shared.fault() {
         return error_response(&ApiError::new(status, "service_unavailable", "injected fault: AttestationStatus"));
+    }
+    let query = parts.uri.query();
+    let keyset = shared.keyset();
+    // As the reference: with domain-scoped TLS entries, the report is served only through a
+    // hostname the keyset names (protocol.md §6.1).
+    let domains = keyset.tls_domains();
+    if !domains.is_empty() {
+        let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let host =
+            host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if !domains.iter().any(|d| d.strip_suffix('.').unwrap_or(d).eq_ignore_ascii_case(host)) {
+            return error_response(&ApiError::new(404, "not_found", "no attestation report is served for this host"));
+        }
     }
     let bad = || {
         error_response(&ApiError::new(
@@ -356,7 +422,7 @@ fn attestation(shared: &Shared, query: Option<&str>) -> Resp {
         }
         nonce = Some(v.into_owned());
     }
-    json_response(200, &shared.keyset().report(nonce.as_deref()))
+    json_response(200, &keyset.report(nonce.as_deref()))
 }
 
 fn receipt(shared: &Shared, id: &str, headers: &HeaderMap) -> Resp {

@@ -189,30 +189,19 @@ impl ProxyConfig {
         }
         let builder = self.pins.apply(Policy::builder());
         if self.local_test_gateway {
-            return builder.dangerous().accept_stub_quote().build_any_workload();
+            return builder.dangerous().accept_stub_quote().any_workload().build();
         }
         if self.any_workload {
-            return builder.dangerous().build_any_workload();
+            return builder.dangerous().any_workload().build();
         }
-        if self.pins.is_empty() {
-            return Err(Error::new(
+        builder.build().map_err(|e| {
+            Error::new(
                 ErrorKind::Config,
-                "no workload is pinned: give --compose-hash (SHA-256 of the report's app_compose), --app-id (the \
-                 event log's app-id) or --os-image-hash, and --kms-root for key custody (or --any-workload, which \
-                 trusts any code running in a TEE)",
-            ));
-        }
-        builder.build()
-    }
-}
-
-/// A dangerous policy that pins no workload (the local gateway, `--any-workload`).
-trait BuildAnyWorkload {
-    fn build_any_workload(self) -> Result<Policy>;
-}
-
-impl BuildAnyWorkload for crate::attest::DangerousPolicyBuilder {
-    fn build_any_workload(self) -> Result<Policy> {
-        self.build()
+                format!(
+                    "{e} (aci-proxy flags: --compose-hash, --app-id, --os-image-hash, --kms-root; or --any-workload, \
+                     which trusts any code running in a TEE)"
+                ),
+            )
+        })
     }
 }

@@ -433,6 +433,8 @@ fn stream_response(st: Arc<ProxyState>, res: Answer, record: ExchangeRecord, bea
                     Counters::bump(&st.counters.receipts_failed);
                     return;
                 };
+                // Counted now (the client may look at /aci/status as soon as the stream ended);
+                // archived in the background.
                 Counters::bump(&st.counters.receipts_verified);
                 tokio::spawn(async move { append_to_audit(&st, &verified, &record).await });
             }))
@@ -449,8 +451,8 @@ fn stream_response(st: Arc<ProxyState>, res: Answer, record: ExchangeRecord, bea
 
 /// Count a verified receipt and append it to the audit file.
 async fn archive(st: &ProxyState, verified: &VerifiedReceipt, record: &ExchangeRecord) {
-    Counters::bump(&st.counters.receipts_verified);
     append_to_audit(st, verified, record).await;
+    Counters::bump(&st.counters.receipts_verified);
 }
 
 async fn append_to_audit(st: &ProxyState, verified: &VerifiedReceipt, record: &ExchangeRecord) {

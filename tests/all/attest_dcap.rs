@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tower::util::BoxCloneService;
 use tower_aci::attest::dcap::dcap_qvl::quote::Quote;
 use tower_aci::attest::dcap::{Collateral, fetch_collateral, verify_quote};
-use tower_aci::attest::{KeyProvider, ManualClock, Policy, verify_report, verify_report_with_collateral};
+use tower_aci::attest::{KeyProvider, ManualClock, verify_report, verify_report_with_collateral};
 use tower_aci::{AttestationFailure as F, ErrorKind};
 
 use crate::attest_support::*;
@@ -77,7 +77,7 @@ fn sample_quote_verifies_inside_the_collateral_window() {
     assert_eq!(&v.report_data()[..], &raw[48 + 520..48 + 584]);
     assert_eq!(&v.rt_mr3()[..], &raw[48 + 472..48 + 520]);
     assert_eq!(&v.mr_td()[..], &raw[48 + 136..48 + 184]);
-    v.check_tcb_status(Policy::default().accepted_tcb_statuses()).unwrap();
+    v.check_tcb_status(pinned_policy().accepted_tcb_statuses()).unwrap();
     // Without an expected slot the quote verifies too.
     assert!(verify_quote(&raw, &c, NOW, None).is_ok());
     // Collateral survives a JSON round trip.
@@ -121,14 +121,13 @@ fn a_tcb_status_the_policy_does_not_accept_is_rejected() {
     // "outdated" sample needs a TCB override to match a level), so the policy side moves instead.
     let v = verify_quote(&quote(), &collateral(), NOW, None).unwrap();
     assert_eq!(v.tcb_status(), "UpToDate");
-    let only_outdated = Policy::builder().accept_tcb_statuses(["OutOfDate"]).build().unwrap();
+    let only_outdated = pinned_builder().accept_tcb_statuses(["OutOfDate"]).build().unwrap();
     let e = v.check_tcb_status(only_outdated.accepted_tcb_statuses()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Attestation(F::TcbStatus));
     assert!(e.to_string().contains("UpToDate"), "{e}");
-    let several =
-        Policy::builder().accept_tcb_statuses(["OutOfDate", "UpToDate", "SWHardeningNeeded"]).build().unwrap();
+    let several = pinned_builder().accept_tcb_statuses(["OutOfDate", "UpToDate", "SWHardeningNeeded"]).build().unwrap();
     v.check_tcb_status(several.accepted_tcb_statuses()).unwrap();
-    v.check_tcb_status(Policy::default().accepted_tcb_statuses()).unwrap();
+    v.check_tcb_status(pinned_policy().accepted_tcb_statuses()).unwrap();
 }
 
 #[test]
@@ -192,22 +191,19 @@ fn report_with_sample_quote(nonce: &[u8; 32]) -> Value {
 fn verify_report_runs_the_quote_through_dcap() {
     let nonce = [7u8; 32];
     let report = bytes(&report_with_sample_quote(&nonce));
-    let with_collateral = Policy::builder().collateral(collateral()).build().unwrap();
+    let with_collateral = pinned_builder().collateral(collateral()).build().unwrap();
     // The sample quote verifies, but its slot does not carry this report's report_data.
     let e = verify_report(&report, &nonce, NOW, &with_collateral).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Attestation(F::Quote));
     assert!(e.to_string().contains("report-data slot"), "{e}");
-    assert_eq!(
-        failure(verify_report_with_collateral(&report, &nonce, NOW, &Policy::default(), &collateral())),
-        F::Quote
-    );
+    assert_eq!(failure(verify_report_with_collateral(&report, &nonce, NOW, &pinned_policy(), &collateral())), F::Quote);
 
     // No collateral at all, or none for the quote's platform: the quote cannot be verified.
-    assert_eq!(failure(verify_report(&report, &nonce, NOW, &Policy::default())), F::HardwareUnverifiable);
-    let elsewhere = Policy::builder().collateral(outdated_collateral()).build().unwrap();
+    assert_eq!(failure(verify_report(&report, &nonce, NOW, &pinned_policy())), F::HardwareUnverifiable);
+    let elsewhere = pinned_builder().collateral(outdated_collateral()).build().unwrap();
     assert_eq!(failure(verify_report(&report, &nonce, NOW, &elsewhere)), F::HardwareUnverifiable);
     // Two platforms: the quote's is picked (and then fails on the slot).
-    let both = Policy::builder().collateral(outdated_collateral()).collateral(collateral()).build().unwrap();
+    let both = pinned_builder().collateral(outdated_collateral()).collateral(collateral()).build().unwrap();
     assert_eq!(failure(verify_report(&report, &nonce, NOW, &both)), F::Quote);
 
     // A published quote_report_data must be report_data ‖ 0³² (and so the quote's slot).
@@ -225,7 +221,7 @@ fn verify_report_runs_the_quote_through_dcap() {
     }
     // The dangerous stub policy still sends a real quote to hardware verification.
     let stub_and_collateral =
-        Policy::builder().collateral(collateral()).dangerous().accept_stub_quote().build().unwrap();
+        pinned_builder().collateral(collateral()).dangerous().accept_stub_quote().any_workload().build().unwrap();
     assert_eq!(failure(verify_report(&report, &nonce, NOW, &stub_and_collateral)), F::Quote);
     // Outside the collateral window the quote itself fails (the slot is checked first here too).
     assert_eq!(failure(verify_report(&report, &nonce, AFTER_WINDOW, &with_collateral)), F::Quote);
@@ -237,7 +233,7 @@ fn collateral_without_an_fmspc_is_a_config_error() {
     c.insert("tcb_info".into(), json!("{}"));
     let c = Collateral::from_json(&serde_json::to_vec(&c).unwrap()).unwrap();
     assert_eq!(c.fmspc(), None);
-    let e = Policy::builder().collateral(c).build().unwrap_err();
+    let e = pinned_builder().collateral(c).build().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
 }
 
@@ -356,7 +352,7 @@ async fn the_key_provider_fetches_collateral_through_its_service() {
         .base_url("https://gateway.test".parse().unwrap())
         .pccs("https://pccs.test".parse().unwrap())
         .clock(Arc::new(ManualClock::new(NOW)))
-        .policy(Policy::default())
+        .policy(pinned_policy())
         .build()
         .unwrap();
     // The collateral is fetched and the quote verified against it; the sample quote's slot does
@@ -372,7 +368,7 @@ async fn the_key_provider_fetches_collateral_through_its_service() {
     let e = KeyProvider::builder(pccs.service())
         .base_url("https://gateway.test".parse().unwrap())
         .pccs("/pccs".parse().unwrap())
-        .policy(Policy::default())
+        .policy(pinned_policy())
         .build()
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);

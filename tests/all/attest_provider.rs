@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use serde_json::json;
 use tower::util::BoxCloneService;
-use tower_aci::attest::{Clock, KeyProvider, KeyProviderBuilder, ManualClock, Policy};
+use tower_aci::attest::{Clock, KeyProvider, KeyProviderBuilder, ManualClock};
 use tower_aci::{AttestationFailure, ErrorKind};
 
 use crate::attest_support::*;
@@ -222,7 +222,7 @@ async fn a_report_that_fails_verification_is_not_published() {
     assert!(provider.handle().current().is_err());
 
     // The default policy demands hardware verification this build cannot do.
-    let strict = s.builder().policy(Policy::default()).build().unwrap();
+    let strict = s.builder().policy(pinned_policy()).build().unwrap();
     s.gateway.set_mode(Mode::Serve);
     let e = strict.establish().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::HardwareUnverifiable));

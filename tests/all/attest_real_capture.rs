@@ -10,7 +10,7 @@ use tower_aci::attest::{Policy, keyset_digest, report_data, verify_report};
 use tower_aci::protocol::jcs;
 use tower_aci::{AttestationFailure as F, ErrorKind};
 
-use crate::attest_support::load;
+use crate::attest_support::{load, pinned_policy};
 
 /// The nonce the report was fetched with.
 const NONCE: [u8; 32] = {
@@ -30,7 +30,7 @@ fn capture_bytes() -> Vec<u8> {
 }
 
 fn skip_hardware() -> Policy {
-    Policy::builder().dangerous().skip_hardware_verification().build().unwrap()
+    Policy::builder().dangerous().skip_hardware_verification().any_workload().build().unwrap()
 }
 
 fn failure<T: std::fmt::Debug>(r: tower_aci::Result<T>) -> (F, String) {
@@ -68,21 +68,22 @@ fn the_real_report_fails_the_current_binding() {
     assert_eq!(f, F::ReportData, "{message}");
     assert!(message.contains("report_data is not bound to this keyset and our nonce"), "{message}");
     // Also with custody skipped and for another nonce: the binding is checked first.
-    let lax = Policy::builder().dangerous().skip_hardware_verification().skip_key_custody().build().unwrap();
+    let lax =
+        Policy::builder().dangerous().skip_hardware_verification().skip_key_custody().any_workload().build().unwrap();
     assert_eq!(failure(verify_report(&capture_bytes(), &[7; 32], FETCHED_AT, &lax)).0, F::ReportData);
 }
 
 #[test]
 fn a_fail_closed_policy_refuses_the_real_report_before_the_binding() {
     // Without the `dcap` feature there is no quote verifier; with it, no collateral was captured.
-    let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &Policy::default()));
+    let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &pinned_policy()));
     assert_eq!(f, F::HardwareUnverifiable, "{message}");
 }
 
 #[test]
 fn cut_or_corrupted_captures_fail_without_panicking() {
     let bytes = capture_bytes();
-    for policy in [Policy::default(), skip_hardware()] {
+    for policy in [pinned_policy(), skip_hardware()] {
         for len in (0..bytes.len()).step_by(53) {
             assert!(verify_report(&bytes[..len], &NONCE, FETCHED_AT, &policy).is_err(), "cut to {len}");
         }
@@ -109,6 +110,7 @@ mod dcap {
     use tower_aci::attest::verify_report_with_collateral;
 
     use super::*;
+    use crate::attest_support::pinned_builder;
 
     /// dcap-qvl's sample collateral (`tests/data/dcap/`), for another platform and another time.
     fn sample_collateral() -> Collateral {
@@ -121,13 +123,13 @@ mod dcap {
         let c = sample_collateral();
         assert_eq!(c.fmspc(), Some("B0C06F000000"));
         // Offline collateral is selected by the FMSPC of the real quote's PCK certificate.
-        let policy = Policy::builder().collateral(c.clone()).build().unwrap();
+        let policy = pinned_builder().collateral(c.clone()).build().unwrap();
         let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &policy));
         assert_eq!(f, F::HardwareUnverifiable, "{message}");
         assert!(message.contains("no collateral for the quote's platform (FMSPC"), "{message}");
         // Collateral handed in directly is used as is and does not verify the quote.
         let (f, message) =
-            failure(verify_report_with_collateral(&capture_bytes(), &NONCE, FETCHED_AT, &Policy::default(), &c));
+            failure(verify_report_with_collateral(&capture_bytes(), &NONCE, FETCHED_AT, &pinned_policy(), &c));
         assert_eq!(f, F::Quote, "{message}");
     }
 }

@@ -26,7 +26,7 @@ fn vector_keyset() -> Value {
 const VECTOR_NOW: u64 = 1_800_000_000 - 10 * DAY;
 
 fn x25519_stub_policy() -> Policy {
-    Policy::builder().dangerous().accept_stub_quote().end_dangerous().prefer_x25519().build().unwrap()
+    Policy::builder().dangerous().accept_stub_quote().any_workload().end_dangerous().prefer_x25519().build().unwrap()
 }
 
 #[test]
@@ -124,23 +124,41 @@ fn stub_fixture_verifies_once_it_offers_v2() {
     assert_eq!(ks.receipt_keys()[0].key_id(), "static-receipt-ed25519");
     assert!(ks.tls_keys().is_empty());
 
-    let x = Policy::builder().dangerous().accept_stub_quote().end_dangerous().prefer_x25519().build().unwrap();
+    let x = Policy::builder()
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .end_dangerous()
+        .prefer_x25519()
+        .build()
+        .unwrap();
     let ks = verify_report(&report, &fixture_nonce(), FIXTURE_NOW, &x).unwrap();
     assert_eq!(ks.e2ee_key().key_id(), "static-e2ee-x25519-key");
 
-    let pinned =
-        Policy::builder().pin_key_id("static-e2ee-x25519-key").dangerous().accept_stub_quote().build().unwrap();
+    let pinned = Policy::builder()
+        .pin_key_id("static-e2ee-x25519-key")
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
     let ks = verify_report(&report, &fixture_nonce(), FIXTURE_NOW, &pinned).unwrap();
     assert_eq!(ks.e2ee_key().key_id(), "static-e2ee-x25519-key");
 
-    let missing = Policy::builder().pin_key_id("dstack-kms-e2ee-v1").dangerous().accept_stub_quote().build().unwrap();
+    let missing = Policy::builder()
+        .pin_key_id("dstack-kms-e2ee-v1")
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
     assert_eq!(reason(verify_report(&report, &fixture_nonce(), FIXTURE_NOW, &missing)), F::NoUsableKey);
 }
 
 #[test]
 fn default_policy_requires_hardware_verification() {
     let report = bytes(&fixture_with_v2());
-    let r = verify_report(&report, &fixture_nonce(), FIXTURE_NOW, &Policy::default());
+    let r = verify_report(&report, &fixture_nonce(), FIXTURE_NOW, &pinned_policy());
     assert_eq!(reason(r), F::HardwareUnverifiable);
     // Accepting the stub does not accept a real quote.
     let mut real = fixture_with_v2();
@@ -148,7 +166,7 @@ fn default_policy_requires_hardware_verification() {
     let r = verify_report(&bytes(&real), &fixture_nonce(), FIXTURE_NOW, &stub_policy());
     assert_eq!(reason(r), F::HardwareUnverifiable);
     // Skipping hardware verification does, but still checks a published slot.
-    let skip = Policy::builder().dangerous().skip_hardware_verification().build().unwrap();
+    let skip = Policy::builder().dangerous().skip_hardware_verification().any_workload().build().unwrap();
     real["attestation"]["evidence"]["quote_report_data"] =
         json!(format!("{}{}", real["attestation"]["report_data"].as_str().unwrap(), "00".repeat(32)));
     assert!(verify_report(&bytes(&real), &fixture_nonce(), FIXTURE_NOW, &skip).is_ok());
@@ -263,8 +281,13 @@ fn not_after_too_far() {
     let now = 2_000_000_000 - 401 * DAY;
     assert_eq!(reason(check(&r, &fixture_nonce(), now)), F::NotAfterTooFar);
     assert!(check(&r, &fixture_nonce(), 2_000_000_000 - 400 * DAY).is_ok());
-    let wide =
-        Policy::builder().max_validity(Duration::from_secs(500 * DAY)).dangerous().accept_stub_quote().build().unwrap();
+    let wide = Policy::builder()
+        .max_validity(Duration::from_secs(500 * DAY))
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
     assert!(verify_report(&bytes(&r), &fixture_nonce(), now, &wide).is_ok());
 }
 
@@ -382,7 +405,13 @@ fn key_selection() {
     assert_eq!(ks.e2ee_key().key_id(), "e2ee-1");
 
     let r = resealed(|_| {});
-    let secp_only = Policy::builder().select_suite(Suite::Secp256k1).dangerous().accept_stub_quote().build().unwrap();
+    let secp_only = Policy::builder()
+        .select_suite(Suite::Secp256k1)
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
     assert_eq!(reason(verify_report(&bytes(&r), &vector_nonce(), VECTOR_NOW, &secp_only)), F::NoUsableKey);
     let r = resealed(|k| k["e2ee_public_keys"] = json!([]));
     assert_eq!(reason(check(&r, &vector_nonce(), VECTOR_NOW)), F::NoUsableKey);
@@ -394,7 +423,7 @@ fn key_selection() {
 fn allowlists() {
     let r = bytes(&seal_report(&vector_keyset(), Some(&vector_nonce())));
     let n = vector_nonce();
-    let with = |b: tower_aci::attest::PolicyBuilder| b.dangerous().accept_stub_quote().build().unwrap();
+    let with = |b: tower_aci::attest::PolicyBuilder| b.dangerous().accept_stub_quote().any_workload().build().unwrap();
 
     let ok = with(Policy::builder().allow_source("https://github.com/Dstack-TEE/private-ai-gateway", "deadbeef"));
     assert!(verify_report(&r, &n, VECTOR_NOW, &ok).is_ok());
@@ -444,7 +473,7 @@ impl Custody {
     fn policy(&self) -> Policy {
         Policy::builder()
             .accept_kms_root(&self.kms.root_hex())
-            .require_key_custody()
+            .allow_app_id(&const_hex::encode(&self.kms.app_id))
             .dangerous()
             .accept_stub_quote()
             .build()
@@ -488,11 +517,21 @@ fn custody_chain_verifies_for_all_three_roles() {
         sealed["attestation"]["evidence"]["key_custody"] = c.kms.custody();
         sealed
     };
-    assert_eq!(reason(c.verify(&r, &c.policy())), F::Custody, "no app id known");
+    // No app id known: the app-id pin cannot be met, and custody cannot be verified.
+    assert_eq!(reason(c.verify(&r, &c.policy())), F::NotAllowed, "no app id known");
+    let root_only = Policy::builder()
+        .accept_kms_root(&c.kms.root_hex())
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
+    assert_eq!(reason(c.verify(&r, &root_only)), F::Custody, "no app id known");
     let assumed = Policy::builder()
         .accept_kms_root(&c.kms.root_hex())
         .dangerous()
         .accept_stub_quote()
+        .any_workload()
         .assume_app_id(&const_hex::encode(&c.kms.app_id))
         .build()
         .unwrap();
@@ -501,6 +540,7 @@ fn custody_chain_verifies_for_all_three_roles() {
         .accept_kms_root(&c.kms.root_hex())
         .dangerous()
         .accept_stub_quote()
+        .any_workload()
         .assume_app_id("bb")
         .build()
         .unwrap();
@@ -515,16 +555,26 @@ fn custody_policy_modes() {
     // Present, no roots configured: cannot verify, fails closed.
     assert_eq!(reason(c.verify(&c.report, &stub_policy())), F::Custody);
     // Dangerous skip.
-    let skip = Policy::builder().dangerous().accept_stub_quote().skip_key_custody().build().unwrap();
+    let skip = Policy::builder().dangerous().accept_stub_quote().any_workload().skip_key_custody().build().unwrap();
     assert!(c.verify(&c.report, &skip).is_ok());
     // Required but absent.
     let mut r = c.report.clone();
     r["attestation"]["evidence"].as_object_mut().unwrap().remove("key_custody");
     assert_eq!(reason(c.verify(&r, &c.policy())), F::Custody);
-    // Absent and not required.
-    let if_present =
-        Policy::builder().accept_kms_root(&c.kms.root_hex()).dangerous().accept_stub_quote().build().unwrap();
-    assert!(c.verify(&r, &if_present).is_ok());
+    // A KMS root makes custody required: a report that drops it fails, with or without an
+    // explicit require_key_custody().
+    let root_only = Policy::builder()
+        .accept_kms_root(&c.kms.root_hex())
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
+    assert!(root_only.requires_key_custody());
+    assert_eq!(reason(c.verify(&r, &root_only)), F::Custody);
+    assert!(c.verify(&c.report, &root_only).is_ok());
+    // Absent and not required (no KMS root).
+    assert!(c.verify(&r, &stub_policy()).is_ok());
 }
 
 #[test]
@@ -532,7 +582,7 @@ fn custody_wrong_root() {
     let c = Custody::new();
     let other = Policy::builder()
         .accept_kms_root(&compressed_hex(&signing_key(0x12)))
-        .require_key_custody()
+        .allow_app_id(&const_hex::encode(&c.kms.app_id))
         .dangerous()
         .accept_stub_quote()
         .build()

@@ -72,9 +72,23 @@ pub(crate) fn seal_report(keyset: &Value, nonce: Option<&[u8; 32]>) -> Value {
     })
 }
 
+/// The app id the real capture measures (`tests/data/real_tdx_report_2026-06.json`).
+pub(crate) const REAL_APP_ID: &str = "fdb7a14e5a6675f752e2cb69c9067a98ca402918";
+
+/// A production-shaped builder: the workload pinned (by the real capture's app id), nothing
+/// relaxed.
+pub(crate) fn pinned_builder() -> tower_aci::attest::PolicyBuilder {
+    Policy::builder().allow_app_id(REAL_APP_ID)
+}
+
+/// [`pinned_builder`], built: hardware verification required.
+pub(crate) fn pinned_policy() -> Policy {
+    pinned_builder().build().unwrap()
+}
+
 /// The policy for stub-quoted reports.
 pub(crate) fn stub_policy() -> Policy {
-    Policy::builder().dangerous().accept_stub_quote().build().unwrap()
+    Policy::builder().dangerous().accept_stub_quote().any_workload().build().unwrap()
 }
 
 /// The failure reason of a verification that must fail.

@@ -805,13 +805,15 @@ async fn the_report_binds_keyset_and_nonce() {
             .max_validity(Duration::from_secs(20 * 365 * 24 * 3600))
             .dangerous()
             .accept_stub_quote()
+            .any_workload()
             .build()
             .unwrap(),
     )
     .unwrap();
     assert_eq!(verified.digest(), digest);
     assert!(!verified.hardware_verified());
-    assert!(tower_aci::attest::verify_report(&reply.body, &nonce, now(), &Default::default()).is_err());
+    let strict = tower_aci::attest::Policy::builder().dangerous().any_workload().build().unwrap();
+    assert!(tower_aci::attest::verify_report(&reply.body, &nonce, now(), &strict).is_err());
 
     // No nonce: the null statement.
     let r = report(&c, &gw, None).await.json();

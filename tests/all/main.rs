@@ -11,6 +11,7 @@ mod attest_support;
 mod capture;
 mod data;
 mod layer_fits;
+mod policy_pins;
 mod protocol_props;
 mod protocol_vectors;
 mod receipt_fetch;
@@ -38,3 +39,5 @@ mod reqwest_mw;
 mod stream_release;
 #[cfg(feature = "test-gateway")]
 mod support;
+#[cfg(all(feature = "test-gateway", feature = "rustls"))]
+mod tls;

@@ -94,7 +94,7 @@ pub(crate) fn context(e: &Value) -> ExchangeContext {
 
 /// The policy that accepts the reference's stub quote, selecting `suite`'s key.
 pub(crate) fn stub_policy(suite: Suite) -> Policy {
-    Policy::builder().select_suite(suite).dangerous().accept_stub_quote().build().unwrap()
+    Policy::builder().select_suite(suite).dangerous().accept_stub_quote().any_workload().build().unwrap()
 }
 
 /// The report's nonce as bytes.

@@ -32,7 +32,7 @@ pub(crate) fn layer_client() -> LayerClient {
 
 /// The policy tests use with the local gateway's stub quote.
 pub(crate) fn stub_policy(suite: Suite) -> Policy {
-    Policy::builder().select_suite(suite).dangerous().accept_stub_quote().build().unwrap()
+    Policy::builder().select_suite(suite).dangerous().accept_stub_quote().any_workload().build().unwrap()
 }
 
 /// Attest the gateway (stub quote accepted) and return the provider's handle.

@@ -1,0 +1,134 @@
+//! The policy binds a workload, fail-closed: an unpinned policy does not build; each pin kind
+//! (compose hash, app id, OS image hash) accepts the report that measures the pinned value and
+//! rejects one that measures another; a configured KMS root makes key custody required.
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tower_aci::attest::{Policy, PolicyBuilder, verify_report};
+use tower_aci::{AttestationFailure as F, ErrorKind};
+
+use crate::attest_support::*;
+
+const NOW: u64 = 1_900_000_000;
+const NONCE: [u8; 32] = [0x5a; 32];
+const RUNTIME_EVENT: u32 = 0x0800_0001;
+
+/// The measured identity of one workload.
+struct Workload {
+    compose: &'static str,
+    app_id: [u8; 20],
+    os_image: [u8; 32],
+}
+
+const GATEWAY: Workload = Workload {
+    compose: r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:aa"}}}"#,
+    app_id: [0xab; 20],
+    os_image: [0x0e; 32],
+};
+
+const OTHER: Workload = Workload {
+    compose: r#"{"services":{"gateway":{"image":"ghcr.io/someone/else@sha256:bb"}}}"#,
+    app_id: [0xcd; 20],
+    os_image: [0x0f; 32],
+};
+
+impl Workload {
+    fn compose_hash(&self) -> String {
+        const_hex::encode(Sha256::digest(self.compose.as_bytes()))
+    }
+
+    /// A stub-quoted report whose event log measures this workload (dstack runtime events).
+    fn report(&self) -> Vec<u8> {
+        let event = |name: &str, payload: &[u8]| {
+            json!({"imr": 3, "event_type": RUNTIME_EVENT, "digest": "00".repeat(48), "event": name,
+                   "event_payload": const_hex::encode(payload)})
+        };
+        let log = Value::Array(vec![
+            event("app-id", &self.app_id),
+            event("compose-hash", &Sha256::digest(self.compose.as_bytes())),
+            event("os-image-hash", &self.os_image),
+            event("system-ready", b""),
+        ]);
+        let mut report = seal_report(&production_keyset(None, NOW + 3_600), Some(&NONCE));
+        report["attestation"]["evidence"]["event_log"] = json!(log.to_string());
+        report["attestation"]["evidence"]["app_compose"] = json!(self.compose);
+        bytes(&report)
+    }
+}
+
+fn stub(builder: PolicyBuilder) -> Policy {
+    builder.dangerous().accept_stub_quote().build().unwrap()
+}
+
+#[test]
+fn an_unpinned_policy_does_not_build() {
+    let e = Policy::builder().build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    let message = e.to_string();
+    // Says what to pin and where each value comes from.
+    for hint in ["allow_compose_hash", "app_compose", "allow_app_id", "app-id event", "accept_kms_root", "KMS root"] {
+        assert!(message.contains(hint), "{hint:?} missing: {message}");
+    }
+    // A KMS root, declared provenance or a stub relaxation are not workload pins.
+    assert!(Policy::builder().accept_kms_root(&TestKms::new().root_hex()).build().is_err());
+    assert!(Policy::builder().allow_source("https://github.com/o/r", "c0ffee").build().is_err());
+    assert!(Policy::builder().allow_image_digest("sha256:aa").build().is_err());
+    assert!(Policy::builder().dangerous().accept_stub_quote().build().is_err());
+    // The explicit opt-out builds, and says it is dangerous.
+    let any = Policy::builder().dangerous().any_workload().build().unwrap();
+    assert!(any.is_dangerous() && !any.pins_workload());
+}
+
+#[test]
+fn a_compose_hash_pin_accepts_its_workload_only() {
+    let policy = stub(Policy::builder().allow_compose_hash(&GATEWAY.compose_hash()));
+    assert!(policy.pins_workload());
+    assert!(verify_report(&GATEWAY.report(), &NONCE, NOW, &policy).is_ok());
+    assert_eq!(reason(verify_report(&OTHER.report(), &NONCE, NOW, &policy)), F::NotAllowed);
+}
+
+#[test]
+fn an_app_id_pin_accepts_its_workload_only() {
+    let policy = stub(Policy::builder().allow_app_id(&format!("0x{}", const_hex::encode(GATEWAY.app_id))));
+    let ks = verify_report(&GATEWAY.report(), &NONCE, NOW, &policy).unwrap();
+    assert_eq!(ks.e2ee_key().key_id(), "dstack-kms-e2ee-v1");
+    assert_eq!(reason(verify_report(&OTHER.report(), &NONCE, NOW, &policy)), F::NotAllowed);
+}
+
+#[test]
+fn an_os_image_pin_accepts_its_image_only() {
+    let policy = stub(Policy::builder().allow_os_image_hash(&const_hex::encode(GATEWAY.os_image)));
+    assert!(verify_report(&GATEWAY.report(), &NONCE, NOW, &policy).is_ok());
+    assert_eq!(reason(verify_report(&OTHER.report(), &NONCE, NOW, &policy)), F::NotAllowed);
+}
+
+#[test]
+fn a_report_measuring_nothing_fails_every_pin() {
+    // The local gateway's stub report measures no compose hash, app id or OS image.
+    let bare = bytes(&seal_report(&production_keyset(None, NOW + 3_600), Some(&NONCE)));
+    for policy in [
+        stub(Policy::builder().allow_compose_hash(&GATEWAY.compose_hash())),
+        stub(Policy::builder().allow_app_id(&const_hex::encode(GATEWAY.app_id))),
+        stub(Policy::builder().allow_os_image_hash(&const_hex::encode(GATEWAY.os_image))),
+    ] {
+        assert_eq!(reason(verify_report(&bare, &NONCE, NOW, &policy)), F::NotAllowed, "{policy:?}");
+    }
+    assert!(verify_report(&bare, &NONCE, NOW, &stub_policy()).is_ok(), "only any_workload() accepts it");
+}
+
+#[test]
+fn a_kms_root_requires_custody() {
+    let kms = TestKms::new();
+    let subject = format!("app-id:0x{}", const_hex::encode(&kms.app_id));
+    let mut report = seal_report(&production_keyset(Some(&subject), NOW + 3_600), Some(&NONCE));
+    report["attestation"]["evidence"]["key_custody"] = kms.custody();
+    let policy = stub(Policy::builder().accept_kms_root(&kms.root_hex()).allow_app_id(&const_hex::encode(&kms.app_id)));
+    assert!(policy.requires_key_custody());
+    assert!(verify_report(&bytes(&report), &NONCE, NOW, &policy).is_ok());
+    // The same report with `key_custody` dropped (or null) is rejected.
+    let mut dropped = report.clone();
+    dropped["attestation"]["evidence"].as_object_mut().unwrap().remove("key_custody");
+    assert_eq!(reason(verify_report(&bytes(&dropped), &NONCE, NOW, &policy)), F::Custody);
+    dropped["attestation"]["evidence"]["key_custody"] = Value::Null;
+    assert_eq!(reason(verify_report(&bytes(&dropped), &NONCE, NOW, &policy)), F::Custody);
+}

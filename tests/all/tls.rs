@@ -1,0 +1,452 @@
+//! HTTPS bound to the attested keyset, over real TLS on loopback: the local gateway serves a
+//! certificate (signed by a test CA, or self-signed) and publishes its SPKI in
+//! `tls_public_keys`; the client pins it with `tower_aci::tls::AttestedTls`.
+#![cfg(all(feature = "test-gateway", feature = "rustls"))]
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{Value, json};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_aci::attest::{ChannelInfo, KeyHandle, KeyProvider, Policy};
+use tower_aci::e2ee::RequestBody;
+use tower_aci::gateway::{GatewayConfig, GatewayTls, TestGateway};
+use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};
+use tower_aci::tls::{AttestedConnector, AttestedTls, spki_sha256};
+use tower_aci::{AttestationFailure, E2eeLayer, Error, ErrorKind};
+
+/// Resolves every name to 127.0.0.1 (the port comes from the URI), so tests can use hostnames.
+#[derive(Clone)]
+struct Loopback;
+
+impl tower::Service<Name> for Loopback {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Name) -> Self::Future {
+        std::future::ready(Ok(vec![SocketAddr::from(([127, 0, 0, 1], 0))].into_iter()))
+    }
+}
+
+type Pinned = Client<AttestedConnector<HttpConnector<Loopback>>, RequestBody<Full<Bytes>>>;
+
+/// A test certificate authority.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "tower-aci test CA");
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        roots
+    }
+
+    /// A leaf for these names (and 127.0.0.1), with its own key.
+    fn leaf(&self, names: &[&str]) -> GatewayTls {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        sans.push("127.0.0.1".into());
+        let cert = rcgen::CertificateParams::new(sans).unwrap().signed_by(&key, &self.cert, &self.key).unwrap();
+        gateway_tls(cert.der().clone(), &key)
+    }
+}
+
+fn gateway_tls(cert: CertificateDer<'static>, key: &rcgen::KeyPair) -> GatewayTls {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    GatewayTls::new(vec![cert], key).unwrap()
+}
+
+fn self_signed(names: &[&str]) -> GatewayTls {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let c = rcgen::generate_simple_self_signed(names).unwrap();
+    gateway_tls(c.cert.der().clone(), &c.key_pair)
+}
+
+async fn gateway(tls: GatewayTls) -> TestGateway {
+    TestGateway::start(GatewayConfig::new().tls(tls)).await.unwrap()
+}
+
+fn url(host: &str, gw: &TestGateway, path: &str) -> String {
+    format!("https://{host}:{}{path}", gw.addr().port())
+}
+
+fn client(tls: &AttestedTls) -> Pinned {
+    let mut tcp = HttpConnector::new_with_resolver(Loopback);
+    tcp.enforce_http(false);
+    Client::builder(TokioExecutor::new()).build(tls.connector_with(tcp))
+}
+
+fn policy() -> Policy {
+    Policy::builder().dangerous().accept_stub_quote().any_workload().build().unwrap()
+}
+
+fn provider(http: &Pinned, keys: &KeyHandle, base: &str) -> KeyProvider<Pinned, RequestBody<Full<Bytes>>> {
+    KeyProvider::builder(http.clone())
+        .handle(keys.clone())
+        .base_url(base.parse().unwrap())
+        .policy(policy())
+        .build()
+        .unwrap()
+}
+
+fn chat(url: &str, text: &str) -> Request<Full<Bytes>> {
+    let body = json!({"model": "demo-model", "messages": [{"role": "user", "content": text}]});
+    Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn get(url: &str) -> Request<RequestBody<Full<Bytes>>> {
+    Request::get(url).body(RequestBody::from(Bytes::new())).unwrap()
+}
+
+/// The `ChannelBinding` error in an error's chain (at any depth), with its message.
+fn channel_binding(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = e;
+    loop {
+        let ours = Error::find(cur)?;
+        if ours.kind() == ErrorKind::Attestation(AttestationFailure::ChannelBinding) {
+            return Some(ours.to_string());
+        }
+        cur = std::error::Error::source(ours)?;
+    }
+}
+
+fn hex(b: [u8; 32]) -> String {
+    const_hex::encode(b)
+}
+
+#[test]
+fn spki_sha256_is_the_hash_of_the_subject_public_key_info() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap().self_signed(&key).unwrap();
+    let expected: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(key.public_key_der()).into();
+    assert_eq!(spki_sha256(cert.der()).unwrap(), expected);
+    assert_eq!(
+        spki_sha256(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00])).unwrap_err().kind(),
+        ErrorKind::Malformed
+    );
+}
+
+#[tokio::test]
+async fn one_pinned_client_serves_the_provider_the_layer_and_receipts() {
+    let ca = Ca::new();
+    let cert = ca.leaf(&["gw.test"]);
+    let spki = cert.spki_sha256();
+    let gw = gateway(cert).await;
+    assert!(gw.base_url().starts_with("https://127.0.0.1:"));
+
+    let keys = KeyHandle::new();
+    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let http = client(&tls);
+    let base = url("gw.test", &gw, "");
+    let keyset = provider(&http, &keys, &base).establish().await.unwrap();
+    assert!(keyset.lists_tls_key("gw.test", &spki), "the keyset publishes the served SPKI");
+
+    // The E2EE layer over the same client: encrypted out, decrypted back, over the pinned channel.
+    let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(http.clone());
+    let res = layered.oneshot(chat(&url("gw.test", &gw, "/v1/chat/completions"), "pinned zebra")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let channel = res.extensions().get::<ChannelInfo>().cloned().expect("the connector names the channel");
+    assert_eq!((channel.host(), *channel.spki_sha256()), ("gw.test", spki));
+    let record = res.extensions().get::<ExchangeRecord>().cloned().unwrap();
+    let v: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "You said: pinned zebra");
+    assert!(!gw.wire_log().last().unwrap().windows(12).any(|w| w == b"pinned zebra"), "only ciphertext on the wire");
+
+    // The receipt client over the same client.
+    let receipts = ReceiptClient::new(http.clone(), base.parse().unwrap());
+    let verified = receipts.fetch_and_verify(&record, None, &keys, &ReceiptPolicy::new()).await.unwrap();
+    assert_eq!(verified.receipt().workload_keyset_digest(), keyset.digest());
+    assert_eq!(gw.attestations_served(), 1);
+}
+
+#[tokio::test]
+async fn a_certificate_the_keyset_does_not_list_is_refused_in_the_handshake() {
+    let ca = Ca::new();
+    let real = gateway(ca.leaf(&["gw.test"])).await;
+    // An impostor with a certificate every WebPKI check accepts, for the same name.
+    let impostor_cert = ca.leaf(&["gw.test"]);
+    let impostor_spki = impostor_cert.spki_sha256();
+    let impostor = gateway(impostor_cert).await;
+
+    let keys = KeyHandle::new();
+    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let keyset = provider(&client(&tls), &keys, &url("gw.test", &real, "")).establish().await.unwrap();
+
+    let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(client(&tls));
+    let e = layered.oneshot(chat(&url("gw.test", &impostor, "/v1/chat/completions"), "secret")).await.unwrap_err();
+    let message = channel_binding(e.as_ref()).unwrap_or_else(|| panic!("not a channel-binding refusal: {e:?}"));
+    assert!(message.contains("refused the TLS handshake with gw.test"), "{message}");
+    assert!(message.contains(&hex(impostor_spki)), "names the SPKI seen: {message}");
+    let attested = &keyset.tls_keys()[0].spki_sha256;
+    assert!(message.contains(attested.as_str()), "names the SPKI attested: {message}");
+    // Nothing reached the impostor, nor a plain GET.
+    let e = client(&tls).request(get(&url("gw.test", &impostor, "/v1/models"))).await.unwrap_err();
+    assert!(channel_binding(&e).is_some(), "{e:?}");
+    assert_eq!(impostor.requests_total(), 0, "the impostor saw no request");
+    assert_eq!(impostor.requests_seen(), 0);
+}
+
+#[tokio::test]
+async fn a_domain_scoped_entry_for_another_host_is_refused() {
+    let ca = Ca::new();
+    let cert = ca.leaf(&["gw-a.test", "gw-b.test"]).domains(["gw-a.test"]);
+    let gw = gateway(cert).await;
+    let keys = KeyHandle::new();
+    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let http = client(&tls);
+
+    // The report is not served through a hostname the keyset does not name.
+    let e = provider(&http, &keys, &url("gw-b.test", &gw, "")).establish().await.unwrap_err();
+    assert_eq!(e.gateway_error_type(), Some("not_found"), "{e}");
+    assert!(keys.current().is_err());
+
+    // Attested through gw-a.test; the same certificate under gw-b.test is not listed.
+    let keyset = provider(&http, &keys, &url("gw-a.test", &gw, "")).establish().await.unwrap();
+    assert_eq!(keyset.tls_keys()[0].domain.as_deref(), Some("gw-a.test"));
+    let before = gw.requests_total();
+    let e = http.request(get(&url("gw-b.test", &gw, "/v1/models"))).await.unwrap_err();
+    let message = channel_binding(&e).unwrap_or_else(|| panic!("{e:?}"));
+    assert!(message.contains("gw-b.test") && message.contains("attested: none for gw-b.test"), "{message}");
+    assert_eq!(gw.requests_total(), before, "no request reached the gateway");
+    // gw-a.test works.
+    let res = http.request(get(&url("gw-a.test", &gw, "/v1/models"))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_report_served_over_an_unlisted_key_fails_establishment() {
+    let ca = Ca::new();
+    let cert = ca.leaf(&["gw.test"]).advertise_spki([7; 32]);
+    let served = cert.spki_sha256();
+    let gw = gateway(cert).await;
+    let keys = KeyHandle::new();
+    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let http = client(&tls);
+
+    let e = provider(&http, &keys, &url("gw.test", &gw, "")).establish().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::ChannelBinding), "{e}");
+    let message = e.to_string();
+    assert!(message.contains(&hex(served)) && message.contains(&hex([7; 32])), "{message}");
+    assert!(keys.current().is_err(), "nothing published");
+    // And nothing but report requests travel before a keyset lists the key.
+    let e = http.request(get(&url("gw.test", &gw, "/v1/models"))).await.unwrap_err();
+    assert!(channel_binding(&e).unwrap().contains("before its TLS key"), "{e:?}");
+    assert_eq!(gw.requests_total(), gw.attestations_served(), "only report requests reached the gateway");
+}
+
+#[tokio::test]
+async fn before_establishment_the_bootstrap_connection_carries_only_report_requests() {
+    let ca = Ca::new();
+    let gw = gateway(ca.leaf(&["gw.test"])).await;
+    let keys = KeyHandle::new();
+    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let http = client(&tls);
+    let receipts = ReceiptClient::new(http.clone(), url("gw.test", &gw, "").parse().unwrap());
+
+    // A receipt fetch before the key is attested is refused before its first byte is written.
+    let e = receipts.fetch("rcpt-0", None).await.unwrap_err();
+    assert!(channel_binding(&e).is_some(), "{e:?}");
+    assert_eq!(gw.requests_total(), 0);
+
+    // The provider's report request goes; the same pooled connection then carries E2EE.
+    provider(&http, &keys, &url("gw.test", &gw, "")).establish().await.unwrap();
+    let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(http.clone());
+    let res = layered.oneshot(chat(&url("gw.test", &gw, "/v1/chat/completions"), "hello")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(gw.requests_total(), 2);
+}
+
+#[tokio::test]
+async fn rotation_to_a_new_certificate_and_keyset_is_followed() {
+    let ca = Ca::new();
+    let first = ca.leaf(&["gw.test"]);
+    let gw = gateway(first.clone()).await;
+    let keys = KeyHandle::new();
+    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let http = client(&tls);
+    let base = url("gw.test", &gw, "");
+    let provider = provider(&http, &keys, &base);
+    let before = provider.establish().await.unwrap();
+    let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(http.clone());
+    let chat_url = url("gw.test", &gw, "/v1/chat/completions");
+    assert_eq!(layered.clone().oneshot(chat(&chat_url, "one")).await.unwrap().status(), StatusCode::OK);
+
+    // The gateway moves to a new certificate; its keyset now lists only the new key.
+    let second = ca.leaf(&["gw.test"]);
+    let new_spki = second.spki_sha256();
+    gw.rotate_tls(second);
+    assert_ne!(gw.keyset_digest(), before.digest());
+
+    // A new connection presents the new key, which the current keyset does not list.
+    let e = client(&tls).request(get(&url("gw.test", &gw, "/v1/models"))).await.unwrap_err();
+    assert!(channel_binding(&e).unwrap().contains(&hex(new_spki)), "{e:?}");
+
+    // Re-attesting over the pooled old connection: the new keyset does not list the key that
+    // connection presented, so that report is refused and the connection revoked…
+    let e = provider.establish().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::ChannelBinding), "{e}");
+    assert_eq!(keys.current().unwrap().digest(), before.digest(), "the old keyset still serves");
+    // …and the next attempt goes over a new connection, which the keyset it delivers lists.
+    let after = provider.establish().await.unwrap();
+    assert_eq!(after.digest(), gw.keyset_digest());
+    assert!(after.lists_tls_key("gw.test", &new_spki));
+
+    // Requests follow: over the new connection, and for a fresh client too.
+    let res = layered.oneshot(chat(&chat_url, "two")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.extensions().get::<ChannelInfo>().unwrap().spki_sha256(), &new_spki);
+    let res = client(&tls).request(get(&url("gw.test", &gw, "/v1/models"))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn pin_only_accepts_a_self_signed_gateway_and_webpki_does_not() {
+    let cert = self_signed(&["gw.test", "127.0.0.1"]);
+    let gw = gateway(cert).await;
+    let base = url("gw.test", &gw, "");
+
+    // WebPKI to a root store that does not hold it: the handshake fails (not a pin failure).
+    let keys = KeyHandle::new();
+    let webpki = AttestedTls::builder(keys.clone()).root_store(Ca::new().roots()).build().unwrap();
+    let e = provider(&client(&webpki), &keys, &base).establish().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transport, "{e}");
+    assert!(channel_binding(&e).is_none());
+
+    // Pin-only: the attested keyset is the trust anchor.
+    let keys = KeyHandle::new();
+    let tls = AttestedTls::builder(keys.clone()).pin_only().build().unwrap();
+    let http = client(&tls);
+    provider(&http, &keys, &base).establish().await.unwrap();
+    let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(http);
+    let res = layered.oneshot(chat(&url("gw.test", &gw, "/v1/chat/completions"), "self-signed")).await.unwrap();
+    let v: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "You said: self-signed");
+
+    // Pin-only still pins: another self-signed server for the same name is refused.
+    let other = gateway(self_signed(&["gw.test"])).await;
+    let e = client(&tls).request(get(&url("gw.test", &other, "/v1/models"))).await.unwrap_err();
+    assert!(channel_binding(&e).is_some(), "{e:?}");
+    assert_eq!(other.requests_total(), 0);
+}
+
+#[test]
+fn the_builder_wants_a_trust_mode() {
+    let e = AttestedTls::builder(KeyHandle::new()).build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("pin_only()"), "{e}");
+    assert!(AttestedTls::builder(KeyHandle::new()).root_store(RootCertStore::empty()).build().is_err());
+    assert!(AttestedTls::builder(KeyHandle::new()).pin_only().unpinned_host("pccs.example").build().is_err());
+    let ca = Ca::new();
+    assert!(
+        AttestedTls::builder(KeyHandle::new())
+            .root_store(ca.roots())
+            .pin_only()
+            .unpinned_host("pccs.example")
+            .build()
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn an_unpinned_host_is_verified_with_webpki_only() {
+    let ca = Ca::new();
+    let gw = gateway(ca.leaf(&["gw.test", "pccs.test"])).await;
+    let keys = KeyHandle::new();
+    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).unpinned_host("pccs.test").build().unwrap();
+    let http = client(&tls);
+    // Before any keyset, a pinned host carries only report requests; the unpinned one anything.
+    assert!(http.request(get(&url("gw.test", &gw, "/v1/models"))).await.is_err());
+    let res = http.request(get(&url("pccs.test", &gw, "/v1/models"))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.extensions().get::<ChannelInfo>().is_none(), "not a pinned channel");
+}
+
+#[tokio::test]
+async fn a_plain_http_url_is_refused() {
+    let keys = KeyHandle::new();
+    let tls = AttestedTls::builder(keys).pin_only().build().unwrap();
+    let e = client(&tls).request(get("http://127.0.0.1:9/v1/models")).await.unwrap_err();
+    assert_eq!(Error::find(&e).map(Error::kind), Some(ErrorKind::Config), "{e:?}");
+}
+
+#[cfg(feature = "reqwest-middleware")]
+mod over_reqwest {
+    use reqwest_middleware::ClientBuilder;
+    use tower_aci::middleware::E2eeMiddleware;
+
+    use super::*;
+
+    fn reqwest_client(tls: &AttestedTls, gw: &TestGateway) -> reqwest_middleware::ClientWithMiddleware {
+        let inner = reqwest::Client::builder()
+            .use_preconfigured_tls(tls.rustls_config())
+            .resolve("gw.test", gw.addr())
+            .build()
+            .unwrap();
+        ClientBuilder::new(inner).with(E2eeMiddleware::new(tls.keys().clone())).build()
+    }
+
+    fn refusal(e: &reqwest_middleware::Error) -> Option<String> {
+        match e {
+            reqwest_middleware::Error::Reqwest(r) => channel_binding(r),
+            reqwest_middleware::Error::Middleware(a) => channel_binding(a.as_ref()),
+        }
+    }
+
+    #[tokio::test]
+    async fn reqwest_pins_with_the_same_verifier() {
+        let ca = Ca::new();
+        let gw = gateway(ca.leaf(&["gw.test"])).await;
+        let keys = KeyHandle::new();
+        let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+        let chat_url = url("gw.test", &gw, "/v1/chat/completions");
+        let body = json!({"model": "demo-model", "messages": [{"role": "user", "content": "reqwest zebra"}]});
+
+        // Before a keyset is current, reqwest's handshakes are refused (it has no per-request gate).
+        let rq = reqwest_client(&tls, &gw);
+        let e = rq.get(url("gw.test", &gw, "/v1/models")).send().await.unwrap_err();
+        assert!(refusal(&e).unwrap().contains("no attested keyset"), "{e:?}");
+        assert_eq!(gw.requests_total(), 0);
+
+        provider(&client(&tls), &keys, &url("gw.test", &gw, "")).establish().await.unwrap();
+        let rq = reqwest_client(&tls, &gw);
+        let res = rq.post(&chat_url).body(body.to_string()).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "You said: reqwest zebra");
+
+        // An impostor with a WebPKI-valid certificate for the name is refused in the handshake.
+        let impostor = gateway(ca.leaf(&["gw.test"])).await;
+        let rq = reqwest_client(&tls, &impostor);
+        let e = rq.post(url("gw.test", &impostor, "/v1/chat/completions")).body(body.to_string()).send().await;
+        let e = e.unwrap_err();
+        assert!(refusal(&e).unwrap().contains("refused the TLS handshake"), "{e:?}");
+        assert_eq!(impostor.requests_total(), 0);
+    }
+}
