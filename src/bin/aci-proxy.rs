@@ -56,6 +56,13 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes [default: 33554432]
     #[arg(long)]
     max_request_body: Option<usize>,
+    /// HTTPS gateways with a self-signed certificate: trust only the TLS keys the attested keyset
+    /// lists (no WebPKI)
+    #[arg(long)]
+    tls_pin_only: bool,
+    /// Fetch the TDX quote's collateral from this PCCS (with feature dcap), e.g. https://pccs.phala.network
+    #[arg(long)]
+    pccs: Option<String>,
     #[command(flatten)]
     policy: PolicyArgs,
 }
@@ -124,6 +131,10 @@ impl ServeArgs {
         }
         if let Some(m) = self.max_request_body {
             config.max_request_body = m;
+        }
+        config.tls_pin_only |= self.tls_pin_only;
+        if let Some(p) = &self.pccs {
+            config.pccs = Some(p.clone());
         }
         Ok(config)
     }

@@ -153,6 +153,13 @@ pub struct ProxyConfig {
     pub any_workload: bool,
     /// Largest request body accepted from a client (default 32 MiB, the gateway's own limit).
     pub max_request_body: usize,
+    /// HTTPS gateways: trust only the attested keyset's TLS keys, without WebPKI (for gateways
+    /// with self-signed certificates). By default the certificate must also chain to a root of
+    /// Mozilla's store (`webpki-roots`).
+    pub tls_pin_only: bool,
+    /// A PCCS to fetch the TDX quote's collateral from (feature `dcap`), e.g.
+    /// `https://pccs.phala.network`; verified with WebPKI, not pinned.
+    pub pccs: Option<String>,
     /// A policy built in code, used instead of the pins (for embedding the proxy, and tests).
     #[serde(skip)]
     pub policy: Option<Policy>,
@@ -170,6 +177,8 @@ impl Default for ProxyConfig {
             local_test_gateway: false,
             any_workload: false,
             max_request_body: crate::e2ee::DEFAULT_MAX_REQUEST_BODY,
+            tls_pin_only: false,
+            pccs: None,
             policy: None,
         }
     }

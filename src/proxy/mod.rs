@@ -130,23 +130,28 @@ impl Proxy {
             .parse()
             .map_err(|e| Error::new(ErrorKind::Config, format!("invalid gateway URL {gateway:?}")).with_source(e))?;
 
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client: Client<HttpConnector, RequestBody<Full<Bytes>>> =
-            Client::builder(TokioExecutor::new()).build(connector);
-        let plain: Plain = BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .map_err(|e: hyper_util::client::legacy::Error| -> BoxError { Box::new(e) })
-                .service(client),
-        );
+        // The keys are shared by the TLS verifier (HTTPS is pinned to the attested keyset's TLS
+        // keys), the provider that publishes them, and the E2EE layer.
+        let keys = KeyHandle::new();
+        let pccs: Option<Uri> = match &config.pccs {
+            Some(u) => Some(u.parse().map_err(|e| Error::new(ErrorKind::Config, "invalid PCCS URL").with_source(e))?),
+            None => None,
+        };
+        let plain = http_client(&base, &keys, &config, pccs.as_ref())?;
 
         let tap = Arc::new(ReportTap::default());
         let provider = KeyProvider::builder(Tapped { inner: plain.clone(), tap: tap.clone() })
+            .handle(keys.clone())
             .base_url(base.clone())
-            .policy(policy)
-            .build()?;
+            .policy(policy);
+        #[cfg(feature = "dcap")]
+        let provider = match pccs {
+            Some(url) => provider.pccs(url),
+            None => provider,
+        };
+        let provider = provider.build()?;
         provider.establish().await?;
-        let (keys, refresher) = provider.spawn()?;
+        let (_, refresher) = provider.spawn()?;
 
         let receipts = ReceiptClient::new(plain.clone(), base.clone()).retry(RetryPolicy::new(
             5,
@@ -284,6 +289,34 @@ async fn refuse(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> AxumResp
         format!("{what} is not served by aci-proxy: only /v1/chat/completions, /v1/completions and /v1/embeddings can be sent end-to-end encrypted"),
     )
     .into_response()
+}
+
+/// The one HTTP client: pinned HTTPS for an `https://` gateway, plain HTTP otherwise (meant for
+/// a gateway on loopback).
+fn http_client(base: &Uri, keys: &KeyHandle, config: &ProxyConfig, pccs: Option<&Uri>) -> Result<Plain> {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    let map_err = |e: hyper_util::client::legacy::Error| -> BoxError { Box::new(e) };
+    if base.scheme_str() == Some("https") {
+        let mut tls = crate::tls::AttestedTls::builder(keys.clone());
+        tls = if config.tls_pin_only { tls.pin_only() } else { tls.with_webpki_roots() };
+        if let Some(host) = pccs.and_then(Uri::host) {
+            if config.tls_pin_only {
+                tls = tls.with_webpki_roots();
+            }
+            tls = tls.unpinned_host(host);
+        }
+        tcp.enforce_http(false);
+        let client: Client<_, RequestBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).build(tls.build()?.connector_with(tcp));
+        return Ok(BoxCloneSyncService::new(ServiceBuilder::new().map_err(map_err).service(client)));
+    }
+    if !base.host().is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+    {
+        tracing::warn!(gateway = %base, "plain HTTP to a gateway that is not on loopback: the channel is not pinned");
+    }
+    let client: Client<HttpConnector, RequestBody<Full<Bytes>>> = Client::builder(TokioExecutor::new()).build(tcp);
+    Ok(BoxCloneSyncService::new(ServiceBuilder::new().map_err(map_err).service(client)))
 }
 
 /// The gateway URL for a proxied path (the gateway's base path kept as a prefix).

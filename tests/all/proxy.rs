@@ -256,3 +256,32 @@ async fn two_hundred_concurrent_streams_without_an_error() {
     assert_eq!(status["counts"]["exchanges"], 200);
     assert_eq!(status["counts"]["failed_exchanges"], 0);
 }
+
+/// An HTTPS gateway with a self-signed certificate: the proxy pins the TLS key the attested
+/// keyset lists (pin-only mode) and the SDK's answers still decrypt.
+#[tokio::test]
+async fn the_proxy_reaches_an_https_gateway_over_the_pinned_channel() {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tower_aci::gateway::GatewayTls;
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+    let tls = GatewayTls::new(vec![cert.cert.der().clone()], key).unwrap();
+    let gw = TestGateway::start(GatewayConfig::new().tls(tls)).await.unwrap();
+    assert!(gw.base_url().starts_with("https://"));
+    let config = ProxyConfig {
+        gateway: Some(gw.base_url()),
+        receipts: ReceiptMode::BeforeRelease,
+        tls_pin_only: true,
+        policy: Some(stub_policy(Suite::Secp256k1)),
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::start(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = proxy.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let answer = sdk(addr).chat().create(chat_request("over pinned tls")).await.unwrap();
+    assert_eq!(answer.choices[0].message.content.as_deref(), Some("You said: over pinned tls"));
+    assert_eq!(proxy.status()["counts"]["receipts_verified"], 1);
+    assert!(gw.wire_log().iter().all(|b| !String::from_utf8_lossy(b).contains("over pinned tls")));
+}
