@@ -206,9 +206,15 @@ impl Error {
                     return Some(e);
                 }
             }
+            // A handshake our certificate verifier refused carries our error inside rustls's.
             #[cfg(feature = "rustls")]
-            if let Some(e) = err.downcast_ref::<rustls::Error>().and_then(crate::tls::error_in) {
-                return Some(e);
+            if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(inner)))) =
+                err.downcast_ref::<rustls::Error>()
+            {
+                let inner: &(dyn std::error::Error + 'static) = &**inner;
+                if let Some(e) = Error::find(inner) {
+                    return Some(e);
+                }
             }
             err = err.source()?;
         }

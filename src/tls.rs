@@ -101,17 +101,6 @@ pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32]> {
     Ok(Sha256::digest(ee.subject_public_key_info().as_ref()).into())
 }
 
-/// The tower-aci error inside a rustls error (a handshake our verifier refused), if any.
-pub(crate) fn error_in(e: &rustls::Error) -> Option<&Error> {
-    match e {
-        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
-            let inner: &(dyn std::error::Error + 'static) = &**inner;
-            Error::find(inner)
-        }
-        _ => None,
-    }
-}
-
 fn channel_error(message: String) -> Error {
     Error::attestation(AttestationFailure::ChannelBinding, message)
 }
