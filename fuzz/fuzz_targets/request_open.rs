@@ -51,6 +51,9 @@ fuzz_target!(|data: &[u8]| {
     let (secret, key) = &KEYS[usize::from(ctl & 4 != 0)];
     if ctl & 8 == 0 {
         let r = open_request(endpoint, rest, secret, NONCE, NOW);
+        if std::env::var_os("FUZZ_PRINT").is_some() {
+            eprintln!("{endpoint:?}: {:?}", r.as_ref().map(|o| String::from_utf8_lossy(&o.bytes)));
+        }
         assert!(opener_error(&r), "unexpected error kind");
         if let Ok(opened) = r {
             assert_eq!(serde_json::to_vec(&opened.body).unwrap(), opened.bytes);
