@@ -113,6 +113,9 @@ fn check(raw: Bytes, signed: bool) {
         ReceiptPolicy::new().reject_rewrites(true).require_verified_upstream(true).accept_sessions([&f.session_id]),
     ] {
         let verified = verify_exchange(&receipt, &f.record, &f.keysets, &policy);
+        if std::env::var_os("FUZZ_PRINT").is_some() {
+            eprintln!("{policy:?}: {:?}", verified.as_ref().map(|v| v.rewritten()));
+        }
         assert!(is_receipt_error(&verified));
         let Ok(verified) = verified else { continue };
         // What verifies is the exchange recorded: its id, POST to the endpoint, the model, the

@@ -102,6 +102,9 @@ fn check_verified(report: &Value, k: &AttestedKeyset, now: u64, policy: &str) {
 fn verify_all(bytes: &[u8], now: u64, parsed: Option<&Value>) {
     for (name, policy) in &POLICIES.list {
         let r = verify_report(bytes, &common::REPORT_NONCE, now, policy);
+        if std::env::var_os("FUZZ_PRINT").is_some() {
+            eprintln!("{name}: {:?}", r.as_ref().map(|k| k.digest()));
+        }
         assert!(attestation_error(&r), "{name}: not an attestation error");
         if let Ok(k) = r {
             assert!(*name != "default", "the default policy accepted a report without hardware verification");
