@@ -120,7 +120,8 @@ fn check(raw: Bytes, signed: bool) {
         let Ok(verified) = verified else { continue };
         // What verifies is the exchange recorded: its id, POST to the endpoint, the model, the
         // restored request body's hash and the response bytes' hash (protocol.md §5).
-        assert!(signed || receipt.signature() == common::vector_text("receipt", "signature"));
+        // (Hex of any case: the signature bytes are what is signed over, not their spelling.)
+        assert!(signed || receipt.signature().eq_ignore_ascii_case(&common::vector_text("receipt", "signature")));
         assert_eq!(doc["receipt_id"], "rcpt-0001");
         assert_eq!(doc["method"], "POST");
         assert_eq!(doc["workload_keyset_digest"].as_str(), Some(f.keysets[0].digest()));
