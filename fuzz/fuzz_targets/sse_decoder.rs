@@ -43,5 +43,9 @@ fuzz_target!(|data: &[u8]| {
     let cut = data[0] as usize % data.len();
     let data = &data[1..];
     let cut = cut.min(data.len());
-    assert_eq!(run(data, cut), run(data, 0));
+    let whole = run(data, 0);
+    if std::env::var_os("FUZZ_PRINT").is_some() {
+        eprintln!("{:?}", whole.iter().map(|r| r.as_ref().map(|b| String::from_utf8_lossy(b))).collect::<Vec<_>>());
+    }
+    assert_eq!(run(data, cut), whole);
 });

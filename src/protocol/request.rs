@@ -312,10 +312,54 @@ fn listed(names: &[String]) -> String {
     s
 }
 
+/// Refuse content the gateway would forward in clear next to encrypted fields: a message
+/// `content` that is neither a string, an array of parts nor null, and a `prompt`/`input` array
+/// element that is neither a string nor token ids (a number or an array of numbers). The gateway
+/// skips such values without decrypting them, so they would travel in clear while the rest of
+/// the request is protected (found by the `request_encrypt` fuzz target).
+fn refuse_clear_content(endpoint: Endpoint, body: &Map<String, Value>) -> Result<()> {
+    let unsupported = |what: String| Error::new(ErrorKind::UnsupportedBody, what);
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            let Some(Value::Array(messages)) = body.get("messages") else { return Ok(()) };
+            for (m, msg) in messages.iter().enumerate() {
+                match msg.as_object().and_then(|o| o.get("content")) {
+                    None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+                    Some(_) => {
+                        return Err(unsupported(format!(
+                            "messages.{m}.content must be a string, an array of parts or null: E2EE v2 cannot \
+                             encrypt it and it would travel in clear"
+                        )));
+                    }
+                }
+            }
+        }
+        Endpoint::Completions | Endpoint::Embeddings => {
+            let name = if endpoint == Endpoint::Completions { "prompt" } else { "input" };
+            let Some(Value::Array(items)) = body.get(name) else { return Ok(()) };
+            let token_ids = |v: &Value| match v {
+                Value::Number(_) => true,
+                Value::Array(a) => a.iter().all(Value::is_number),
+                _ => false,
+            };
+            if let Some(i) = items.iter().position(|v| !v.is_string() && !token_ids(v)) {
+                return Err(unsupported(format!(
+                    "{name}.{i} is neither a string nor token ids: E2EE v2 cannot encrypt it and it would travel \
+                     in clear"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether a string would be restored by the gateway as structured content: it parses as a
 /// JSON array (surrounding whitespace allowed).
 pub(crate) fn parses_as_json_array(s: &str) -> bool {
-    s.trim_start().starts_with('[') && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+    // Parsed into a `Value`, exactly as the gateway restores it: skipping the value
+    // (`IgnoredAny`) accepts numbers a `Value` cannot hold (`[1e999]`), which made the client wrap
+    // a text the gateway keeps as a string (found by the `request_encrypt` fuzz target).
+    s.trim_start().starts_with('[') && matches!(serde_json::from_str::<Value>(s), Ok(Value::Array(_)))
 }
 
 /// Whether a content part is one the gateway decrypts whole: no member would travel in clear.
@@ -323,9 +367,12 @@ fn part_fully_protected(part: &Value) -> bool {
     let Some(obj) = part.as_object() else { return false };
     let only = |allowed: &[&str]| obj.keys().all(|k| allowed.contains(&k.as_str()));
     let inner_ok = |name: &str, field: &str, extra: &str| {
-        obj.get(name)
-            .and_then(Value::as_object)
-            .is_some_and(|o| o.get(field).is_some_and(Value::is_string) && o.keys().all(|k| k == field || k == extra))
+        obj.get(name).and_then(Value::as_object).is_some_and(|o| {
+            // The sibling (`detail`, `format`) travels in clear: only a string (or null) may
+            // (found by the `request_encrypt` fuzz target: any value was let through).
+            o.get(field).is_some_and(Value::is_string)
+                && o.iter().all(|(k, v)| k == field || (k == extra && (v.is_string() || v.is_null())))
+        })
     };
     match obj.get("type").and_then(Value::as_str) {
         Some("text") => only(&["type", "text"]) && obj.get("text").is_some_and(Value::is_string),
@@ -384,7 +431,7 @@ fn floats_stable(v: &Value) -> bool {
 
 /// Restore one decrypted request field as the gateway does.
 pub(crate) fn restore_field(kind: RequestField, plaintext: String) -> Value {
-    if kind == RequestField::WholeContent && parses_as_json_array(&plaintext) {
+    if kind == RequestField::WholeContent && plaintext.trim_start().starts_with('[') {
         if let Ok(v @ Value::Array(_)) = serde_json::from_str::<Value>(&plaintext) {
             return v;
         }
@@ -441,6 +488,7 @@ pub fn encrypt_request(
             format!("strict mode: {} would travel in clear", listed(&clear_members)),
         ));
     }
+    refuse_clear_content(endpoint, map)?;
     if endpoint == Endpoint::ChatCompletions {
         reshape_chat(map, Reshape::Restored);
     }
@@ -594,6 +642,73 @@ mod tests {
             v["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().len()).collect();
         // Each field is hex of 60 + plaintext bytes (x25519): "", "a", "r", "u".
         assert_eq!(lens, vec![120, 122, 122, 122]);
+    }
+
+    /// Regression (fuzz target `request_encrypt`): values the gateway skips without decrypting
+    /// were sent in clear beside encrypted fields.
+    #[test]
+    fn content_the_gateway_would_forward_in_clear_is_refused() {
+        for (endpoint, body) in [
+            (Endpoint::Embeddings, r#"{"model":"m","input":[[[null],"l1<",{"format":""}],[1,2],"text"]}"#),
+            (Endpoint::Completions, r#"{"model":"m","prompt":["a",{"secret":"s"}]}"#),
+            (Endpoint::Completions, r#"{"model":"m","prompt":["a",["nested secret"]]}"#),
+            (Endpoint::Completions, r#"{"model":"m","prompt":["a",null]}"#),
+            (
+                Endpoint::ChatCompletions,
+                r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"user","content":{"text":"secret"}}]}"#,
+            ),
+            (
+                Endpoint::ChatCompletions,
+                r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"user","content":42}]}"#,
+            ),
+        ] {
+            let e = enc(endpoint, body).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnsupportedBody, "{body}");
+        }
+        // Token ids, nulls and missing content still pass, next to encrypted text.
+        assert_eq!(enc(Endpoint::Completions, r#"{"model":"m","prompt":["a",1,[2,3]]}"#).unwrap().fields, 1);
+        let chat = r#"{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[]},{"role":"user","content":"a"}]}"#;
+        assert_eq!(enc(Endpoint::ChatCompletions, chat).unwrap().fields, 1);
+    }
+
+    /// Regression (fuzz target `request_encrypt`): a text the gateway cannot parse as a JSON
+    /// array (a number out of range) was wrapped into a text part although the gateway restores
+    /// it as the string it is.
+    #[test]
+    fn text_that_only_looks_like_a_json_array_stays_a_string() {
+        let plain = r#"{"model":"m","messages":[{"role":"system","content":"[1e999]"}]}"#;
+        let r = enc(Endpoint::ChatCompletions, plain).unwrap();
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(v["messages"][0]["content"].is_string(), "sent whole, not as a part array");
+        assert_eq!(r.fields, 1);
+        let restored: [u8; 32] = Sha256::digest(plain.as_bytes()).into();
+        assert_eq!(r.restored_body_sha256, restored, "the gateway restores the string unchanged");
+        // A real array is still sent as a text part.
+        let r =
+            enc(Endpoint::ChatCompletions, r#"{"model":"m","messages":[{"role":"user","content":"[1e9]"}]}"#).unwrap();
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["messages"][0]["content"][0]["type"], "text");
+    }
+
+    /// Regression (fuzz target `request_encrypt`): a part whose clear sibling (`detail`,
+    /// `format`) was not a string was kept as a part, so that value travelled in clear.
+    #[test]
+    fn a_part_with_a_structured_sibling_is_sent_whole() {
+        for content in [
+            r#"[{"type":"input_audio","input_audio":{"data":"AAAA","format":false}}]"#,
+            r#"[{"type":"image_url","image_url":{"url":"https://x/y.png","detail":{"note":"secret"}}}]"#,
+        ] {
+            let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":{content}}}]}}"#);
+            let r = enc(Endpoint::ChatCompletions, &body).unwrap();
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            assert!(v["messages"][0]["content"].is_string(), "{content} must be encrypted whole");
+            let wire = String::from_utf8(r.body).unwrap();
+            assert!(!wire.contains("secret") && !wire.contains("false"), "{wire}");
+        }
+        // String siblings stay in clear beside an encrypted leaf, as the gateway expects.
+        let body = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u","detail":"low"}}]}]}"#;
+        let v: Value = serde_json::from_slice(&enc(Endpoint::ChatCompletions, body).unwrap().body).unwrap();
+        assert_eq!(v["messages"][0]["content"][0]["image_url"]["detail"], "low");
     }
 
     #[test]
