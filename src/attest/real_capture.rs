@@ -17,10 +17,10 @@
 use serde_json::{Map, Value};
 
 use crate::attest::custody::{self, ChainKeys};
-use crate::hex;
 use crate::attest::eventlog::{self, DSTACK_RUNTIME_EVENT, Event};
 use crate::attest::policy::Policy;
 use crate::error::{AttestationFailure as F, ErrorKind, Result};
+use crate::hex;
 use crate::protocol::keys::E2eeKey;
 
 const REPORT: &str = include_str!("../../tests/data/real_tdx_report_2026-06.json");
