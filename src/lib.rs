@@ -67,6 +67,8 @@
 //! | `test-gateway` | [`gateway`]: a local ACI gateway on loopback for examples and tests |
 //! | `reqwest-middleware` | `reqwest::E2eeMiddleware` for reqwest-middleware chains |
 //! | `dcap` | TDX quote verification with `dcap-qvl` (the default policy requires it) |
+//! | `libsecp256k1` | secp256k1 ECDH and key generation on libsecp256k1 (C): same bytes, faster |
+//! | `aws-lc` | X25519 and AES-256-GCM on AWS-LC (assembly): same bytes, faster |
 //!
 //! ## Security notes
 //!

@@ -1,0 +1,530 @@
+#![allow(missing_docs)]
+//! Endurance: many concurrent SSE streams through `E2eeLayer` against the local gateway over
+//! loopback, with the gateway's E2EE keys rotated mid-run.
+//!
+//! ```text
+//! cargo bench --bench soak --features test-gateway                        # pure Rust
+//! cargo bench --bench soak --features test-gateway,libsecp256k1,aws-lc    # fast backends
+//! ```
+//!
+//! Bounded in count and time: `SOAK_STREAMS` streams (default 1000) of `SOAK_EVENTS` events
+//! (default 500), started over `SOAK_RAMP_MS` (default 4000 ms); the run is abandoned (and
+//! counted as failed) after `SOAK_DEADLINE_SECS` (default 900 s). `SOAK_SUITE` is `secp256k1`
+//! (default) or `x25519`. Only loopback is used. Not run by `cargo test` (a `harness = false`
+//! bench that does nothing unless cargo passes `--bench`).
+//!
+//! The gateway runs in a child process (this binary again, `TOWER_ACI_SOAK_ROLE=gateway`), so
+//! the CPU time and peak RSS reported are the client's alone. When half the streams have been
+//! started the gateway rotates its E2EE keys: streams in flight must finish unharmed, and
+//! requests encrypted to the old key must recover through `KeyMismatchRetry` above the layer
+//! and the provider's refresher.
+//!
+//! Reported:
+//! - errors: any failed request, non-200 answer, body error, missing or wrong event, count
+//!   mismatch (must be 0);
+//! - events/s per core: decrypted events / the client process's CPU seconds (utime + stime from
+//!   `/proc/self/stat`), against 1 / (the cost of one `open` of such an event field, measured in
+//!   this process before the run);
+//! - added latency per event, p50/p99: from the moment the layer's body read the frame that
+//!   completed an encrypted event from the connection to the moment it handed out the decrypted
+//!   event (a wrapper under the layer timestamps terminators as frames come up, the consumer
+//!   above timestamps them as they come out);
+//! - peak RSS of the client (`VmHWM`).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::pin::Pin;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tower::retry::RetryLayer;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
+use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
+use tower_aci::gateway::{GatewayConfig, TestGateway, UpstreamResponse};
+use tower_aci::protocol::suite::{SecretKey, Suite, open, seal};
+use tower_aci::{BoxError, E2eeLayer};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn suite() -> Suite {
+    match std::env::var("SOAK_SUITE").as_deref() {
+        Ok("x25519") => Suite::X25519,
+        _ => Suite::Secp256k1,
+    }
+}
+
+fn main() {
+    if std::env::var("TOWER_ACI_SOAK_ROLE").as_deref() == Ok("gateway") {
+        gateway_main();
+        return;
+    }
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("soak: run it with `cargo bench --bench soak --features test-gateway`");
+        return;
+    }
+    client_main();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway process.
+
+fn gateway_main() {
+    let events: usize = env_or("SOAK_EVENTS", 500);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let upstream = move |req: tower_aci::gateway::UpstreamRequest| {
+            if !req.stream {
+                return UpstreamResponse::echo(&req);
+            }
+            let chunks: Vec<Value> = (0..events)
+                .map(|i| {
+                    json!({"id": "chatcmpl-soak", "object": "chat.completion.chunk", "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": format!("token{i} ")}, "finish_reason": null}]})
+                })
+                .collect();
+            UpstreamResponse::sse_events(chunks, true)
+        };
+        let gw = TestGateway::start(GatewayConfig::new().upstream(upstream)).await.unwrap();
+        println!("{}", gw.base_url());
+        std::io::stdout().flush().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Until the client closes our stdin.
+        while let Some(line) = rx.recv().await {
+            if line.trim() == "rotate" {
+                gw.rotate_e2ee_keys();
+                println!("rotated");
+                std::io::stdout().flush().unwrap();
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements.
+
+/// Client CPU seconds (all threads): utime + stime of `/proc/self/stat`, in USER_HZ = 100 ticks.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+fn vm_hwm_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Latency histogram in microseconds: 1 µs buckets to 10 ms, 100 µs to 1 s, 10 ms to 100 s.
+struct Histogram {
+    buckets: Vec<AtomicU64>,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram { buckets: (0..10_000 + 9_900 + 9_900).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    fn bucket(us: u64) -> usize {
+        if us < 10_000 {
+            us as usize
+        } else if us < 1_000_000 {
+            10_000 + ((us - 10_000) / 100) as usize
+        } else {
+            (19_900 + ((us - 1_000_000) / 10_000) as usize).min(29_799)
+        }
+    }
+
+    fn lower_bound(idx: usize) -> u64 {
+        if idx < 10_000 {
+            idx as u64
+        } else if idx < 19_900 {
+            10_000 + (idx as u64 - 10_000) * 100
+        } else {
+            1_000_000 + (idx as u64 - 19_900) * 10_000
+        }
+    }
+
+    fn record(&self, d: Duration) {
+        self.buckets[Self::bucket(d.as_micros() as u64)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    fn percentile(&self, p: f64) -> u64 {
+        let total = self.count();
+        let target = ((total as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Ordering::Relaxed);
+            if seen >= target {
+                return Self::lower_bound(i);
+            }
+        }
+        0
+    }
+}
+
+/// Counts SSE event terminators (`\n\n`) across frame boundaries.
+#[derive(Default)]
+struct Terminators {
+    last_was_lf: bool,
+}
+
+impl Terminators {
+    fn scan(&mut self, data: &[u8], mut each: impl FnMut(usize)) {
+        for (i, &b) in data.iter().enumerate() {
+            if b == b'\n' {
+                if self.last_was_lf {
+                    each(i);
+                    self.last_was_lf = false;
+                    continue;
+                }
+                self.last_was_lf = true;
+            } else if b != b'\r' {
+                self.last_was_lf = false;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Under the layer: timestamps each encrypted event as the layer reads it off the connection.
+
+type Arrivals = Arc<Mutex<VecDeque<Instant>>>;
+
+#[derive(Clone)]
+struct Timed<S> {
+    inner: S,
+    arrivals: Arrivals,
+    attempts: Arc<AtomicUsize>,
+}
+
+impl<S, ReqB> Service<Request<ReqB>> for Timed<S>
+where
+    S: Service<Request<ReqB>, Response = Response<hyper::body::Incoming>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<TimedBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<TimedBody>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let arrivals = self.arrivals.clone();
+        arrivals.lock().unwrap().clear();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            Ok(res.map(|inner| TimedBody { inner, arrivals, terminators: Terminators::default() }))
+        })
+    }
+}
+
+struct TimedBody {
+    inner: hyper::body::Incoming,
+    arrivals: Arrivals,
+    terminators: Terminators,
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let now = Instant::now();
+                let mut q = this.arrivals.lock().unwrap();
+                this.terminators.scan(data, |_| q.push_back(now));
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client process.
+
+#[derive(Default)]
+struct Tally {
+    errors: AtomicUsize,
+    events: AtomicU64,
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    started: AtomicUsize,
+    unmatched_terminators: AtomicUsize,
+}
+
+async fn one_stream<S, B>(svc: S, url: &str, events: usize, arrivals: &Arrivals, hist: &Histogram, tally: &Tally)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = BoxError>,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "Count for me."}]});
+    let req = Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let res = match svc.oneshot(req).await {
+        Ok(res) => res,
+        Err(e) => {
+            eprintln!("request failed: {e}");
+            tally.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    if res.status() != 200 {
+        eprintln!("status {}", res.status());
+        tally.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let mut body = res.into_body();
+    let mut terminators = Terminators::default();
+    let mut pending_event: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    let mut done = false;
+    let mut bad = false;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("body error after {seen} events: {e}");
+                bad = true;
+                break;
+            }
+        };
+        let Some(data) = frame.data_ref() else { continue };
+        let now = Instant::now();
+        let mut start = 0;
+        let mut ends = Vec::new();
+        terminators.scan(data, |i| ends.push(i));
+        for end in ends {
+            pending_event.extend_from_slice(&data[start..=end]);
+            start = end + 1;
+            match arrivals.lock().unwrap().pop_front() {
+                Some(t) => hist.record(now - t),
+                None => {
+                    tally.unmatched_terminators.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if pending_event.starts_with(b"data: [DONE]") {
+                done = true;
+            } else if pending_event.starts_with(b"data: ") {
+                let want = format!("token{seen} ");
+                if memchr::memmem::find(&pending_event, want.as_bytes()).is_none() {
+                    eprintln!("event {seen} lacks {want:?}");
+                    bad = true;
+                }
+                seen += 1;
+            }
+            pending_event.clear();
+        }
+        pending_event.extend_from_slice(&data[start..]);
+    }
+    tally.events.fetch_add(seen as u64, Ordering::Relaxed);
+    if bad || !done || seen != events {
+        if !bad {
+            eprintln!("stream ended with {seen} of {events} events, [DONE] seen: {done}");
+        }
+        tally.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Cost of one `open` of an event-sized field (this build's fastest backends), in seconds.
+fn open_cost(suite: Suite) -> f64 {
+    let client = SecretKey::generate(suite, &mut rand_core::OsRng);
+    let aad = tower_aci::protocol::aad::response(suite, "choices.0.delta.content", "chatcmpl-soak", "m", "n", 1);
+    let field = seal(&client.public_key(), b"token123 ", &aad, &mut rand_core::OsRng);
+    for _ in 0..200 {
+        std::hint::black_box(open(&client, &field, &aad).unwrap());
+    }
+    let n = 5_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(open(&client, std::hint::black_box(&field), &aad).unwrap());
+    }
+    t.elapsed().as_secs_f64() / n as f64
+}
+
+fn client_main() {
+    let streams: usize = env_or("SOAK_STREAMS", 1000);
+    let events: usize = env_or("SOAK_EVENTS", 500);
+    let ramp = Duration::from_millis(env_or("SOAK_RAMP_MS", 4000));
+    let deadline = Duration::from_secs(env_or("SOAK_DEADLINE_SECS", 900));
+    let suite = suite();
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("TOWER_ACI_SOAK_ROLE", "gateway")
+        .env("SOAK_EVENTS", events.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the gateway process");
+    let mut gw_in = child.stdin.take().unwrap();
+    let mut gw_out = BufReader::new(child.stdout.take().unwrap());
+    let mut base_url = String::new();
+    gw_out.read_line(&mut base_url).unwrap();
+    let base_url = base_url.trim().to_owned();
+    let rotated_at = Arc::new(Mutex::new(None::<Instant>));
+    let rotated_ack = rotated_at.clone();
+    let reader = std::thread::spawn(move || {
+        for line in gw_out.lines() {
+            if line.map(|l| l.trim() == "rotated").unwrap_or(false) {
+                *rotated_ack.lock().unwrap() = Some(Instant::now());
+            }
+        }
+    });
+
+    let open_s = open_cost(suite);
+    println!(
+        "soak: {streams} streams × {events} events, suite {}, ramp {} ms, gateway {base_url}",
+        suite.algo(),
+        ramp.as_millis()
+    );
+    println!("one open of an event field: {:.2} µs", open_s * 1e6);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let hist = Arc::new(Histogram::new());
+    let tally = Arc::new(Tally::default());
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (outcome, elapsed, cpu) = rt.block_on(async {
+        let plain: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let policy = Policy::builder().select_suite(suite).dangerous().accept_stub_quote().build().unwrap();
+        let provider = KeyProvider::builder(plain).base_url(base_url.parse().unwrap()).policy(policy).build().unwrap();
+        let (keys, _refresher): (KeyHandle, _) = provider.spawn().unwrap();
+        provider.establish().await.unwrap();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, RequestBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).pool_max_idle_per_host(usize::MAX).build(connector);
+        let url = format!("{base_url}/v1/chat/completions");
+
+        let cpu0 = cpu_seconds();
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..streams {
+            let (keys, client, url) = (keys.clone(), client.clone(), url.clone());
+            let (hist, tally, attempts) = (hist.clone(), tally.clone(), attempts.clone());
+            let start = t0 + ramp.mul_f64(i as f64 / streams as f64);
+            tasks.spawn(async move {
+                tokio::time::sleep_until(start.into()).await;
+                tally.started.fetch_add(1, Ordering::Relaxed);
+                let n = tally.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                tally.peak_in_flight.fetch_max(n, Ordering::Relaxed);
+                let arrivals: Arrivals = Arc::default();
+                let svc = ServiceBuilder::new()
+                    .layer(RetryLayer::new(KeyMismatchRetry::new(keys.clone())))
+                    .layer(E2eeLayer::new(keys))
+                    .service(Timed { inner: client, arrivals: arrivals.clone(), attempts });
+                one_stream(svc, &url, events, &arrivals, &hist, &tally).await;
+                tally.in_flight.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        // Rotate the gateway's keys once half the streams have started.
+        let rotation = {
+            let tally = tally.clone();
+            async move {
+                while tally.started.load(Ordering::Relaxed) < streams / 2 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                gw_in.write_all(b"rotate\n").unwrap();
+                gw_in.flush().unwrap();
+                gw_in
+            }
+        };
+        let all = async {
+            let gw_in = rotation.await;
+            while let Some(r) = tasks.join_next().await {
+                if r.is_err() {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            gw_in
+        };
+        let outcome = tokio::time::timeout(deadline, all).await;
+        (outcome, t0.elapsed(), cpu_seconds() - cpu0)
+    });
+    let gw_in = match outcome {
+        Ok(gw_in) => Some(gw_in),
+        Err(_) => {
+            println!("DEADLINE: the run did not finish within {} s", deadline.as_secs());
+            tally.errors.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    };
+    drop(rt);
+    drop(gw_in); // EOF: the gateway exits
+    let _ = child.wait();
+    let _ = reader.join();
+
+    let ev = tally.events.load(Ordering::Relaxed);
+    let per_core = ev as f64 / cpu;
+    println!("rotation acknowledged: {}", rotated_at.lock().unwrap().is_some());
+    println!(
+        "errors: {}   streams: {streams}   attempts (incl. key-mismatch retries): {}   peak concurrent: {}",
+        tally.errors.load(Ordering::Relaxed),
+        attempts.load(Ordering::Relaxed),
+        tally.peak_in_flight.load(Ordering::Relaxed)
+    );
+    println!(
+        "events decrypted: {ev} in {:.2} s wall, {:.2} s client CPU → {:.0} events/s per core",
+        elapsed.as_secs_f64(),
+        cpu,
+        per_core
+    );
+    println!("1/open = {:.0} /s → events/s per core ÷ (1/open) = {:.3}", 1.0 / open_s, per_core * open_s);
+    println!(
+        "added latency per event: p50 {} µs, p99 {} µs, p99.9 {} µs (n = {}, unmatched {})",
+        hist.percentile(0.50),
+        hist.percentile(0.99),
+        hist.percentile(0.999),
+        hist.count(),
+        tally.unmatched_terminators.load(Ordering::Relaxed)
+    );
+    println!("peak RSS (VmHWM) of the client: {} KiB", vm_hwm_kib());
+}
