@@ -10,7 +10,8 @@
 //! the crate's seal/open on each compiled backend (`rustcrypto`, `libsecp256k1`, `aws-lc`: that
 //! library for the primitives it has, pure Rust for the rest) and `fastest` (what `seal`/`open`
 //! use: the fastest compiled library per primitive). `ours-rustcrypto / bare` is the crate's own
-//! overhead; `ours-<backend> / bare` is the speed-up a feature buys.
+//! overhead; `ours-<backend> / bare` is the speed-up a feature buys. The seal/open groups time
+//! the bench thread's CPU time, not wall time (see `cpu_timed`).
 //! `python3 benches/ratios.py` prints those ratios from `target/criterion`.
 
 use aes_gcm::aead::AeadInPlace;
@@ -95,6 +96,19 @@ fn bare_open(suite: Suite, secret: &[u8; 32], field: &str, aad: &[u8]) -> Vec<u8
     buf
 }
 
+/// Time `f` by the bench thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) rather than wall time:
+/// on a machine shared with other work, time spent descheduled does not count, so ratios taken
+/// side by side in one run stay meaningful.
+fn cpu_timed<O>(b: &mut criterion::Bencher<'_>, mut f: impl FnMut() -> O) {
+    b.iter_custom(|iters| {
+        let start = cpu_time::ThreadTime::now();
+        for _ in 0..iters {
+            black_box(f());
+        }
+        start.elapsed()
+    })
+}
+
 fn seal_open(c: &mut Criterion) {
     let aad =
         br#"{"algo":"x","field":"messages.0.content","model":"m","nonce":"00","purpose":"aci.e2ee.request.v2","ts":1}"#;
@@ -110,16 +124,16 @@ fn seal_open(c: &mut Criterion) {
             let pt = vec![0x61u8; size];
             g.throughput(Throughput::Bytes(size as u64));
             g.bench_with_input(BenchmarkId::new("bare", size), &pt, |b, pt| {
-                b.iter(|| bare_seal(suite, &pk_hex, black_box(pt), aad))
+                cpu_timed(b, || bare_seal(suite, &pk_hex, black_box(pt), aad))
             });
             for &backend in Backend::ALL {
                 g.bench_with_input(BenchmarkId::new(format!("ours-{}", backend.name()), size), &pt, |b, pt| {
-                    b.iter(|| kat::seal_using(backend, &pk, black_box(pt), aad, &mut OsRng))
+                    cpu_timed(b, || kat::seal_using(backend, &pk, black_box(pt), aad, &mut OsRng))
                 });
             }
             if Backend::ALL.len() > 1 {
                 g.bench_with_input(BenchmarkId::new("ours-fastest", size), &pt, |b, pt| {
-                    b.iter(|| seal(&pk, black_box(pt), aad, &mut OsRng))
+                    cpu_timed(b, || seal(&pk, black_box(pt), aad, &mut OsRng))
                 });
             }
         }
@@ -130,16 +144,16 @@ fn seal_open(c: &mut Criterion) {
             let field = seal(&pk, &vec![0x61u8; size], aad, &mut OsRng);
             g.throughput(Throughput::Bytes(size as u64));
             g.bench_with_input(BenchmarkId::new("bare", size), &field, |b, f| {
-                b.iter(|| bare_open(suite, &secret, black_box(f), aad))
+                cpu_timed(b, || bare_open(suite, &secret, black_box(f), aad))
             });
             for &backend in Backend::ALL {
                 g.bench_with_input(BenchmarkId::new(format!("ours-{}", backend.name()), size), &field, |b, f| {
-                    b.iter(|| kat::open_using(backend, &sk, black_box(f), aad).unwrap())
+                    cpu_timed(b, || kat::open_using(backend, &sk, black_box(f), aad).unwrap())
                 });
             }
             if Backend::ALL.len() > 1 {
                 g.bench_with_input(BenchmarkId::new("ours-fastest", size), &field, |b, f| {
-                    b.iter(|| open(&sk, black_box(f), aad).unwrap())
+                    cpu_timed(b, || open(&sk, black_box(f), aad).unwrap())
                 });
             }
         }

@@ -14,10 +14,12 @@
 //! bench that does nothing unless cargo passes `--bench`).
 //!
 //! The gateway runs in a child process (this binary again, `TOWER_ACI_SOAK_ROLE=gateway`), so
-//! the CPU time and peak RSS reported are the client's alone. When half the streams have been
+//! the CPU time and peak RSS reported are the client's alone. Two phases run in one process:
+//! the same streams in plaintext without the layer (the transport's own cost: HTTP, sockets,
+//! Tokio), then through `KeyMismatchRetry` → `E2eeLayer`. When half the E2EE streams have been
 //! started the gateway rotates its E2EE keys: streams in flight must finish unharmed, and
-//! requests encrypted to the old key must recover through `KeyMismatchRetry` above the layer
-//! and the provider's refresher.
+//! requests encrypted to the old key must recover through `KeyMismatchRetry` and the
+//! provider's refresher (which spaces refreshes 10 s apart by default, so those streams wait).
 //!
 //! Reported:
 //! - errors: any failed request, non-200 answer, body error, missing or wrong event, count
@@ -50,11 +52,11 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tower::retry::RetryLayer;
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_aci::E2eeLayer;
 use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
 use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
 use tower_aci::gateway::{GatewayConfig, TestGateway, UpstreamResponse};
 use tower_aci::protocol::suite::{SecretKey, Suite, open, seal};
-use tower_aci::{BoxError, E2eeLayer};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -123,16 +125,6 @@ fn gateway_main() {
 
 // ---------------------------------------------------------------------------------------------
 // Measurements.
-
-/// Client CPU seconds (all threads): utime + stime of `/proc/self/stat`, in USER_HZ = 100 ticks.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
-}
 
 fn vm_hwm_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -302,8 +294,10 @@ struct Tally {
 
 async fn one_stream<S, B>(svc: S, url: &str, events: usize, arrivals: &Arrivals, hist: &Histogram, tally: &Tally)
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = BoxError>,
-    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Display,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
 {
     let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "Count for me."}]});
     let req = Request::post(url)
@@ -375,7 +369,8 @@ where
     }
 }
 
-/// Cost of one `open` of an event-sized field (this build's fastest backends), in seconds.
+/// CPU cost of one `open` of an event-sized field (this build's fastest backends), in seconds.
+/// CPU time rather than wall time, as the events/s per core it is compared with.
 fn open_cost(suite: Suite) -> f64 {
     let client = SecretKey::generate(suite, &mut rand_core::OsRng);
     let aad = tower_aci::protocol::aad::response(suite, "choices.0.delta.content", "chatcmpl-soak", "m", "n", 1);
@@ -384,11 +379,173 @@ fn open_cost(suite: Suite) -> f64 {
         std::hint::black_box(open(&client, &field, &aad).unwrap());
     }
     let n = 5_000;
-    let t = Instant::now();
+    let t = cpu_time::ThreadTime::now();
     for _ in 0..n {
         std::hint::black_box(open(&client, std::hint::black_box(&field), &aad).unwrap());
     }
     t.elapsed().as_secs_f64() / n as f64
+}
+
+/// User and system CPU seconds of the whole process so far.
+fn cpu_split() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<u64>().unwrap() as f64 / 100.0, f[12].parse::<u64>().unwrap() as f64 / 100.0)
+}
+
+struct Params {
+    streams: usize,
+    events: usize,
+    ramp: Duration,
+    deadline: Duration,
+    suite: Suite,
+    base_url: String,
+}
+
+struct Phase {
+    errors: usize,
+    attempts: usize,
+    peak_in_flight: usize,
+    events: u64,
+    wall: Duration,
+    user: f64,
+    sys: f64,
+    hist: Arc<Histogram>,
+    unmatched: usize,
+    rss_kib: u64,
+}
+
+impl Phase {
+    fn cpu(&self) -> f64 {
+        self.user + self.sys
+    }
+
+    fn cpu_per_event_us(&self) -> f64 {
+        self.cpu() / self.events.max(1) as f64 * 1e6
+    }
+}
+
+/// One phase: every stream plain (no layer), or through `KeyMismatchRetry` → `E2eeLayer`, with
+/// the gateway's keys rotated (by writing to `rotate`) once half the streams have started.
+fn run_phase(p: &Params, layered: bool, rotate: Option<&mut dyn Write>) -> Phase {
+    // Peak RSS of this phase alone: "5" resets VmHWM (Linux ≥ 4.0).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let hist = Arc::new(Histogram::new());
+    let tally = Arc::new(Tally::default());
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (streams, events) = (p.streams, p.events);
+    let (finished, wall, (user, sys)) = rt.block_on(async {
+        let plain: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let policy = Policy::builder().select_suite(p.suite).dangerous().accept_stub_quote().build().unwrap();
+        let provider =
+            KeyProvider::builder(plain).base_url(p.base_url.parse().unwrap()).policy(policy).build().unwrap();
+        let (keys, _refresher): (KeyHandle, _) = provider.spawn().unwrap();
+        provider.establish().await.unwrap();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let e2ee_client: Client<HttpConnector, RequestBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).pool_max_idle_per_host(usize::MAX).build(connector.clone());
+        let plain_client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).pool_max_idle_per_host(usize::MAX).build(connector);
+        let url = format!("{}/v1/chat/completions", p.base_url);
+
+        let (user0, sys0) = cpu_split();
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..streams {
+            let (keys, url) = (keys.clone(), url.clone());
+            let (e2ee_client, plain_client) = (e2ee_client.clone(), plain_client.clone());
+            let (hist, tally, attempts) = (hist.clone(), tally.clone(), attempts.clone());
+            let start = t0 + p.ramp.mul_f64(i as f64 / streams as f64);
+            tasks.spawn(async move {
+                tokio::time::sleep_until(start.into()).await;
+                tally.started.fetch_add(1, Ordering::Relaxed);
+                let n = tally.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                tally.peak_in_flight.fetch_max(n, Ordering::Relaxed);
+                let arrivals: Arrivals = Arc::default();
+                if layered {
+                    let svc = ServiceBuilder::new()
+                        .layer(RetryLayer::new(KeyMismatchRetry::new(keys.clone())))
+                        .layer(E2eeLayer::new(keys))
+                        .service(Timed { inner: e2ee_client, arrivals: arrivals.clone(), attempts });
+                    one_stream(svc, &url, events, &arrivals, &hist, &tally).await;
+                } else {
+                    let svc = Timed { inner: plain_client, arrivals: arrivals.clone(), attempts };
+                    one_stream(svc, &url, events, &arrivals, &hist, &tally).await;
+                }
+                tally.in_flight.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        let rotation = {
+            let tally = tally.clone();
+            async move {
+                if let Some(w) = rotate {
+                    while tally.started.load(Ordering::Relaxed) < streams / 2 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    w.write_all(b"rotate\n").unwrap();
+                    w.flush().unwrap();
+                }
+            }
+        };
+        let all = async {
+            rotation.await;
+            while let Some(r) = tasks.join_next().await {
+                if r.is_err() {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
+        let finished = tokio::time::timeout(p.deadline, all).await.is_ok();
+        let (user1, sys1) = cpu_split();
+        (finished, t0.elapsed(), (user1 - user0, sys1 - sys0))
+    });
+    drop(rt);
+    if !finished {
+        println!("DEADLINE: the phase did not finish within {} s", p.deadline.as_secs());
+        tally.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    Phase {
+        errors: tally.errors.load(Ordering::Relaxed),
+        attempts: attempts.load(Ordering::Relaxed),
+        peak_in_flight: tally.peak_in_flight.load(Ordering::Relaxed),
+        events: tally.events.load(Ordering::Relaxed),
+        wall,
+        user,
+        sys,
+        hist,
+        unmatched: tally.unmatched_terminators.load(Ordering::Relaxed),
+        rss_kib: vm_hwm_kib(),
+    }
+}
+
+fn report(name: &str, p: &Params, ph: &Phase) {
+    println!("-- {name}");
+    println!(
+        "errors: {}   streams: {}   attempts (incl. key-mismatch retries): {}   peak concurrent: {}",
+        ph.errors, p.streams, ph.attempts, ph.peak_in_flight
+    );
+    println!(
+        "events: {} in {:.2} s wall; client CPU {:.2} s (user {:.2}, sys {:.2}) = {:.2} µs/event → {:.0} events/s per core",
+        ph.events,
+        ph.wall.as_secs_f64(),
+        ph.cpu(),
+        ph.user,
+        ph.sys,
+        ph.cpu_per_event_us(),
+        ph.events as f64 / ph.cpu()
+    );
+    println!(
+        "added latency per event: p50 {} µs, p99 {} µs, p99.9 {} µs (n = {}, unmatched {})",
+        ph.hist.percentile(0.50),
+        ph.hist.percentile(0.99),
+        ph.hist.percentile(0.999),
+        ph.hist.count(),
+        ph.unmatched
+    );
+    println!("peak RSS (VmHWM) of the client in this phase: {} KiB", ph.rss_kib);
 }
 
 fn client_main() {
@@ -410,12 +567,12 @@ fn client_main() {
     let mut base_url = String::new();
     gw_out.read_line(&mut base_url).unwrap();
     let base_url = base_url.trim().to_owned();
-    let rotated_at = Arc::new(Mutex::new(None::<Instant>));
-    let rotated_ack = rotated_at.clone();
+    let rotations = Arc::new(AtomicUsize::new(0));
+    let acks = rotations.clone();
     let reader = std::thread::spawn(move || {
         for line in gw_out.lines() {
             if line.map(|l| l.trim() == "rotated").unwrap_or(false) {
-                *rotated_ack.lock().unwrap() = Some(Instant::now());
+                acks.fetch_add(1, Ordering::Relaxed);
             }
         }
     });
@@ -426,105 +583,27 @@ fn client_main() {
         suite.algo(),
         ramp.as_millis()
     );
-    println!("one open of an event field: {:.2} µs", open_s * 1e6);
+    println!("one open of an event field (fastest compiled backend): {:.2} µs CPU", open_s * 1e6);
+    let p = Params { streams, events, ramp, deadline, suite, base_url };
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let hist = Arc::new(Histogram::new());
-    let tally = Arc::new(Tally::default());
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let (outcome, elapsed, cpu) = rt.block_on(async {
-        let plain: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let policy = Policy::builder().select_suite(suite).dangerous().accept_stub_quote().build().unwrap();
-        let provider = KeyProvider::builder(plain).base_url(base_url.parse().unwrap()).policy(policy).build().unwrap();
-        let (keys, _refresher): (KeyHandle, _) = provider.spawn().unwrap();
-        provider.establish().await.unwrap();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client: Client<HttpConnector, RequestBody<Full<Bytes>>> =
-            Client::builder(TokioExecutor::new()).pool_max_idle_per_host(usize::MAX).build(connector);
-        let url = format!("{base_url}/v1/chat/completions");
-
-        let cpu0 = cpu_seconds();
-        let t0 = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..streams {
-            let (keys, client, url) = (keys.clone(), client.clone(), url.clone());
-            let (hist, tally, attempts) = (hist.clone(), tally.clone(), attempts.clone());
-            let start = t0 + ramp.mul_f64(i as f64 / streams as f64);
-            tasks.spawn(async move {
-                tokio::time::sleep_until(start.into()).await;
-                tally.started.fetch_add(1, Ordering::Relaxed);
-                let n = tally.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-                tally.peak_in_flight.fetch_max(n, Ordering::Relaxed);
-                let arrivals: Arrivals = Arc::default();
-                let svc = ServiceBuilder::new()
-                    .layer(RetryLayer::new(KeyMismatchRetry::new(keys.clone())))
-                    .layer(E2eeLayer::new(keys))
-                    .service(Timed { inner: client, arrivals: arrivals.clone(), attempts });
-                one_stream(svc, &url, events, &arrivals, &hist, &tally).await;
-                tally.in_flight.fetch_sub(1, Ordering::Relaxed);
-            });
-        }
-        // Rotate the gateway's keys once half the streams have started.
-        let rotation = {
-            let tally = tally.clone();
-            async move {
-                while tally.started.load(Ordering::Relaxed) < streams / 2 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                gw_in.write_all(b"rotate\n").unwrap();
-                gw_in.flush().unwrap();
-                gw_in
-            }
-        };
-        let all = async {
-            let gw_in = rotation.await;
-            while let Some(r) = tasks.join_next().await {
-                if r.is_err() {
-                    tally.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            gw_in
-        };
-        let outcome = tokio::time::timeout(deadline, all).await;
-        (outcome, t0.elapsed(), cpu_seconds() - cpu0)
-    });
-    let gw_in = match outcome {
-        Ok(gw_in) => Some(gw_in),
-        Err(_) => {
-            println!("DEADLINE: the run did not finish within {} s", deadline.as_secs());
-            tally.errors.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    };
-    drop(rt);
+    let plain = run_phase(&p, false, None);
+    report("plain (no layer): the transport's own cost", &p, &plain);
+    let e2ee = run_phase(&p, true, Some(&mut gw_in));
+    report("E2EE layer, keys rotated mid-run", &p, &e2ee);
     drop(gw_in); // EOF: the gateway exits
     let _ = child.wait();
     let _ = reader.join();
 
-    let ev = tally.events.load(Ordering::Relaxed);
-    let per_core = ev as f64 / cpu;
-    println!("rotation acknowledged: {}", rotated_at.lock().unwrap().is_some());
+    let per_core = e2ee.events as f64 / e2ee.cpu();
+    let layer_us = e2ee.cpu_per_event_us() - plain.cpu_per_event_us();
+    println!("-- summary");
+    println!("gateway key rotations acknowledged: {}", rotations.load(Ordering::Relaxed));
+    println!("errors: {} (plain {}, e2ee {})", plain.errors + e2ee.errors, plain.errors, e2ee.errors);
+    println!("events/s per core {:.0} vs 1/open {:.0}: ratio {:.3}", per_core, 1.0 / open_s, per_core * open_s);
     println!(
-        "errors: {}   streams: {streams}   attempts (incl. key-mismatch retries): {}   peak concurrent: {}",
-        tally.errors.load(Ordering::Relaxed),
-        attempts.load(Ordering::Relaxed),
-        tally.peak_in_flight.load(Ordering::Relaxed)
+        "the layer's CPU per event above plain streaming: {:.2} µs = {:.2}× one open ({:.2} µs)",
+        layer_us,
+        layer_us / (open_s * 1e6),
+        open_s * 1e6
     );
-    println!(
-        "events decrypted: {ev} in {:.2} s wall, {:.2} s client CPU → {:.0} events/s per core",
-        elapsed.as_secs_f64(),
-        cpu,
-        per_core
-    );
-    println!("1/open = {:.0} /s → events/s per core ÷ (1/open) = {:.3}", 1.0 / open_s, per_core * open_s);
-    println!(
-        "added latency per event: p50 {} µs, p99 {} µs, p99.9 {} µs (n = {}, unmatched {})",
-        hist.percentile(0.50),
-        hist.percentile(0.99),
-        hist.percentile(0.999),
-        hist.count(),
-        tally.unmatched_terminators.load(Ordering::Relaxed)
-    );
-    println!("peak RSS (VmHWM) of the client: {} KiB", vm_hwm_kib());
 }
