@@ -464,18 +464,21 @@ enum SecretInner {
 
 /// A secret key in one suite: the client's per-exchange key, an ephemeral key, or a gateway's
 /// service key. Zeroized on drop (in every backend's form); `Debug` prints `[redacted]`.
-pub struct SecretKey(SecretInner);
+///
+/// The key material lives on the heap, so moving a `SecretKey` moves a pointer and leaves no
+/// copy of the secret behind on the stack.
+pub struct SecretKey(Box<SecretInner>);
 
 impl SecretKey {
     /// A fresh random key.
     pub fn generate(suite: Suite, rng: &mut impl CryptoRngCore) -> SecretKey {
         match suite {
             Suite::Secp256k1 => {
-                SecretKey(SecretInner::Secp256k1(Secp256k1Secret::new(k256::NonZeroScalar::random(rng))))
+                SecretKey(Box::new(SecretInner::Secp256k1(Secp256k1Secret::new(k256::NonZeroScalar::random(rng)))))
             }
-            Suite::X25519 => {
-                SecretKey(SecretInner::X25519(X25519Secret::new(x25519_dalek::StaticSecret::random_from_rng(rng))))
-            }
+            Suite::X25519 => SecretKey(Box::new(SecretInner::X25519(X25519Secret::new(
+                x25519_dalek::StaticSecret::random_from_rng(rng),
+            )))),
         }
     }
 
@@ -485,17 +488,17 @@ impl SecretKey {
             Suite::Secp256k1 => {
                 let sk = k256::SecretKey::from_bytes(bytes.into())
                     .map_err(|_| Error::malformed("secp256k1 secret key out of range"))?;
-                Ok(SecretKey(SecretInner::Secp256k1(Secp256k1Secret::new(sk.to_nonzero_scalar()))))
+                Ok(SecretKey(Box::new(SecretInner::Secp256k1(Secp256k1Secret::new(sk.to_nonzero_scalar())))))
             }
-            Suite::X25519 => {
-                Ok(SecretKey(SecretInner::X25519(X25519Secret::new(x25519_dalek::StaticSecret::from(*bytes)))))
-            }
+            Suite::X25519 => Ok(SecretKey(Box::new(SecretInner::X25519(X25519Secret::new(
+                x25519_dalek::StaticSecret::from(*bytes),
+            ))))),
         }
     }
 
     /// The key's suite.
     pub fn suite(&self) -> Suite {
-        match self.0 {
+        match *self.0 {
             SecretInner::Secp256k1(_) => Suite::Secp256k1,
             SecretInner::X25519(_) => Suite::X25519,
         }
@@ -507,7 +510,7 @@ impl SecretKey {
     }
 
     fn public_key_with(&self, impls: Impls) -> PublicKey {
-        match &self.0 {
+        match &*self.0 {
             SecretInner::Secp256k1(s) => {
                 let sec1 = s.public_sec1(impls.secp256k1);
                 let point = k256::PublicKey::from_sec1_bytes(&sec1).expect("a non-zero scalar's public key is a point");
@@ -520,7 +523,7 @@ impl SecretKey {
     /// The wire form of the public key, without building a [`PublicKey`]: 65 or 32 bytes used.
     fn public_wire(&self, impls: Impls) -> ([u8; 65], usize) {
         let mut out = [0u8; 65];
-        match &self.0 {
+        match &*self.0 {
             SecretInner::Secp256k1(s) => (s.public_sec1(impls.secp256k1), 65),
             SecretInner::X25519(s) => {
                 out[..32].copy_from_slice(&s.public(impls.x25519));
@@ -531,7 +534,7 @@ impl SecretKey {
 
     /// The raw ECDH shared secret with a parsed peer.
     fn shared_secret(&self, impls: Impls, peer: &PublicKey) -> Result<Zeroizing<[u8; 32]>> {
-        match (&self.0, &peer.0) {
+        match (&*self.0, &peer.0) {
             (SecretInner::Secp256k1(s), PublicInner::Secp256k1(p)) => Ok(s.shared(impls.secp256k1, p)),
             (SecretInner::X25519(s), PublicInner::X25519(p)) => s.shared(impls.x25519, p),
             _ => Err(Error::malformed("key suites differ")),
@@ -547,7 +550,7 @@ impl SecretKey {
     /// The field key for an ephemeral public key straight off the wire, parsed only by the
     /// backend that uses it. Every failure is [`Decrypt`](crate::ErrorKind::Decrypt).
     fn derive_key_from_wire(&self, impls: Impls, ephemeral: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
-        let shared = match &self.0 {
+        let shared = match &*self.0 {
             SecretInner::Secp256k1(s) => s.shared_with_sec1(impls.secp256k1, ephemeral).ok_or_else(Error::decrypt)?,
             SecretInner::X25519(s) => {
                 let peer: [u8; 32] = ephemeral.try_into().map_err(|_| Error::decrypt())?;
@@ -869,12 +872,14 @@ mod tests {
         zeroized_on_drop::<Secp256k1Secret>();
         assert!(std::mem::needs_drop::<Secp256k1Secret>());
         assert!(std::mem::needs_drop::<X25519Secret>());
+        // Moving a key moves a pointer: no copy of the secret is left on the stack.
+        assert_eq!(std::mem::size_of::<SecretKey>(), std::mem::size_of::<usize>());
     }
 
     #[test]
     fn secp256k1_wipe_clears_every_backend_form() {
         let sk = SecretKey::from_bytes(Suite::Secp256k1, &[0x42; 32]).unwrap();
-        let SecretInner::Secp256k1(mut s) = sk.0 else { unreachable!() };
+        let SecretInner::Secp256k1(mut s) = *sk.0 else { unreachable!() };
         assert_eq!(s.scalar.to_bytes().as_slice(), &[0x42; 32]);
         #[cfg(feature = "libsecp256k1")]
         assert_eq!(s.lib.secret_bytes(), [0x42; 32]);
