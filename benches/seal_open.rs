@@ -2,10 +2,17 @@
 //! Field seal/open against the bare primitives, SSE decryption against plain SSE parsing, and
 //! request rewriting.
 //!
-//! Run: `cargo bench --bench seal_open`. The "bare" floor calls the primitives directly (ephemeral
+//! Run: `cargo bench --bench seal_open --features libsecp256k1,aws-lc` (or without the features
+//! for the pure-Rust build). The "bare" floor calls the pure-Rust primitives directly (ephemeral
 //! key through k256's precomputed generator tables or x25519-dalek, ECDH, HKDF-SHA256,
-//! AES-256-GCM) and produces the same wire form (hex of `ephemeral ‖ nonce ‖ ct ‖ tag`, with the
-//! same `const-hex` codec), so the ratio ours/bare is the overhead of the crate's own code.
+//! AES-256-GCM from aes-gcm) and produces the same wire form (hex of `ephemeral ‖ nonce ‖ ct ‖
+//! tag`, with the same `const-hex` codec). Beside it, in the same group and the same process,
+//! the crate's seal/open on each compiled backend (`rustcrypto`, `libsecp256k1`, `aws-lc`: that
+//! library for the primitives it has, pure Rust for the rest) and `fastest` (what `seal`/`open`
+//! use: the fastest compiled library per primitive). `ours-rustcrypto / bare` is the crate's own
+//! overhead; `ours-<backend> / bare` is the speed-up a feature buys. The seal/open groups time
+//! the bench thread's CPU time, not wall time (see `cpu_timed`).
+//! `python3 benches/ratios.py` prints those ratios from `target/criterion`.
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
@@ -21,7 +28,7 @@ use tower_aci::protocol::keys::E2eeKey;
 use tower_aci::protocol::request::{EncryptOptions, Endpoint, ExchangeContext, encrypt_request};
 use tower_aci::protocol::sse::SseDecoder;
 use tower_aci::protocol::stream::StreamDecryptor;
-use tower_aci::protocol::suite::{PublicKey, SecretKey, Suite, open, seal};
+use tower_aci::protocol::suite::{Backend, PublicKey, SecretKey, Suite, kat, open, seal};
 
 const SIZES: [usize; 3] = [16, 1024, 64 * 1024];
 
@@ -89,6 +96,19 @@ fn bare_open(suite: Suite, secret: &[u8; 32], field: &str, aad: &[u8]) -> Vec<u8
     buf
 }
 
+/// Time `f` by the bench thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) rather than wall time:
+/// on a machine shared with other work, time spent descheduled does not count, so ratios taken
+/// side by side in one run stay meaningful.
+fn cpu_timed<O>(b: &mut criterion::Bencher<'_>, mut f: impl FnMut() -> O) {
+    b.iter_custom(|iters| {
+        let start = cpu_time::ThreadTime::now();
+        for _ in 0..iters {
+            black_box(f());
+        }
+        start.elapsed()
+    })
+}
+
 fn seal_open(c: &mut Criterion) {
     let aad =
         br#"{"algo":"x","field":"messages.0.content","model":"m","nonce":"00","purpose":"aci.e2ee.request.v2","ts":1}"#;
@@ -103,12 +123,19 @@ fn seal_open(c: &mut Criterion) {
         for size in SIZES {
             let pt = vec![0x61u8; size];
             g.throughput(Throughput::Bytes(size as u64));
-            g.bench_with_input(BenchmarkId::new("ours", size), &pt, |b, pt| {
-                b.iter(|| seal(&pk, black_box(pt), aad, &mut OsRng))
-            });
             g.bench_with_input(BenchmarkId::new("bare", size), &pt, |b, pt| {
-                b.iter(|| bare_seal(suite, &pk_hex, black_box(pt), aad))
+                cpu_timed(b, || bare_seal(suite, &pk_hex, black_box(pt), aad))
             });
+            for &backend in Backend::ALL {
+                g.bench_with_input(BenchmarkId::new(format!("ours-{}", backend.name()), size), &pt, |b, pt| {
+                    cpu_timed(b, || kat::seal_using(backend, &pk, black_box(pt), aad, &mut OsRng))
+                });
+            }
+            if Backend::ALL.len() > 1 {
+                g.bench_with_input(BenchmarkId::new("ours-fastest", size), &pt, |b, pt| {
+                    cpu_timed(b, || seal(&pk, black_box(pt), aad, &mut OsRng))
+                });
+            }
         }
         g.finish();
 
@@ -116,12 +143,19 @@ fn seal_open(c: &mut Criterion) {
         for size in SIZES {
             let field = seal(&pk, &vec![0x61u8; size], aad, &mut OsRng);
             g.throughput(Throughput::Bytes(size as u64));
-            g.bench_with_input(BenchmarkId::new("ours", size), &field, |b, f| {
-                b.iter(|| open(&sk, black_box(f), aad).unwrap())
-            });
             g.bench_with_input(BenchmarkId::new("bare", size), &field, |b, f| {
-                b.iter(|| bare_open(suite, &secret, black_box(f), aad))
+                cpu_timed(b, || bare_open(suite, &secret, black_box(f), aad))
             });
+            for &backend in Backend::ALL {
+                g.bench_with_input(BenchmarkId::new(format!("ours-{}", backend.name()), size), &field, |b, f| {
+                    cpu_timed(b, || kat::open_using(backend, &sk, black_box(f), aad).unwrap())
+                });
+            }
+            if Backend::ALL.len() > 1 {
+                g.bench_with_input(BenchmarkId::new("ours-fastest", size), &field, |b, f| {
+                    cpu_timed(b, || open(&sk, black_box(f), aad).unwrap())
+                });
+            }
         }
         g.finish();
     }

@@ -105,6 +105,8 @@
 //! | `rustls` | `tls`: HTTPS pinned to the attested keyset's TLS keys (hyper-util connector, rustls config for reqwest); HTTPS for the local gateway |
 //! | `rustls-native-roots` | the platform's root store for `tls` |
 //! | `proxy` | `proxy` and the `aci-proxy` binary: a local OpenAI-compatible endpoint that applies E2EE for any SDK |
+//! | `libsecp256k1` | secp256k1 ECDH and key generation on libsecp256k1 (C): same bytes, faster |
+//! | `aws-lc` | X25519 and AES-256-GCM on AWS-LC (assembly): same bytes, faster |
 //!
 //! ## Why `serde_json/preserve_order` is on
 //!

@@ -13,6 +13,20 @@
 //! assert_eq!(open(&recipient, &field, b"aad").unwrap(), b"hello");
 //! assert!(open(&recipient, &field, b"other aad").is_err());
 //! ```
+//!
+//! # Backends
+//!
+//! Every field costs one ECDH (and, when sealing, one key generation), so the primitives set the
+//! speed. Pure Rust is the default (k256, x25519-dalek, aes-gcm); two features swap in faster
+//! libraries with the same API and the same bytes on the wire:
+//!
+//! | feature | primitives it takes over |
+//! | --- | --- |
+//! | `libsecp256k1` | secp256k1 ECDH and key generation (libsecp256k1, C) |
+//! | `aws-lc` | X25519 ECDH and key generation, and AES-256-GCM of both suites (AWS-LC, assembly) |
+//!
+//! With a feature on, every seal and open uses its library; the known-answer vectors and a
+//! cross-backend property test hold each backend to the pure-Rust bytes.
 
 use std::fmt;
 
@@ -23,10 +37,15 @@ use k256::elliptic_curve::ops::MulByGenerator;
 use k256::elliptic_curve::sec1::ToEncodedPoint;
 use rand_core::CryptoRngCore;
 use sha2::Sha256;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::{Error, Result};
 use crate::hex;
+
+#[cfg(feature = "aws-lc")]
+mod aws_lc;
+#[cfg(feature = "libsecp256k1")]
+mod libsecp256k1;
 
 /// Length of the AES-GCM nonce carried in each field.
 pub const NONCE_LEN: usize = 12;
@@ -87,10 +106,102 @@ impl fmt::Display for Suite {
     }
 }
 
+/// A library that implements some of the primitives. Not part of the stable API: the parity
+/// tests and benches pick one per call through [`kat`]; applications choose with features.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backend {
+    /// k256, x25519-dalek and aes-gcm: every primitive, always compiled.
+    RustCrypto,
+    /// libsecp256k1 (feature `libsecp256k1`): secp256k1 ECDH and key generation.
+    #[cfg(feature = "libsecp256k1")]
+    Libsecp256k1,
+    /// AWS-LC (feature `aws-lc`): X25519 ECDH and key generation, AES-256-GCM.
+    #[cfg(feature = "aws-lc")]
+    AwsLc,
+}
+
+impl Backend {
+    /// Every compiled backend, pure Rust first.
+    pub const ALL: &'static [Backend] = &[
+        Backend::RustCrypto,
+        #[cfg(feature = "libsecp256k1")]
+        Backend::Libsecp256k1,
+        #[cfg(feature = "aws-lc")]
+        Backend::AwsLc,
+    ];
+
+    /// A short name for bench ids and test messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::RustCrypto => "rustcrypto",
+            #[cfg(feature = "libsecp256k1")]
+            Backend::Libsecp256k1 => "libsecp256k1",
+            #[cfg(feature = "aws-lc")]
+            Backend::AwsLc => "aws-lc",
+        }
+    }
+}
+
+#[cfg(feature = "libsecp256k1")]
+const FASTEST_SECP256K1: Backend = Backend::Libsecp256k1;
+#[cfg(not(feature = "libsecp256k1"))]
+const FASTEST_SECP256K1: Backend = Backend::RustCrypto;
+#[cfg(feature = "aws-lc")]
+const FASTEST_X25519_AND_AEAD: Backend = Backend::AwsLc;
+#[cfg(not(feature = "aws-lc"))]
+const FASTEST_X25519_AND_AEAD: Backend = Backend::RustCrypto;
+
+/// Which backend computes each primitive of one seal or open.
+#[derive(Debug, Clone, Copy)]
+struct Impls {
+    secp256k1: Backend,
+    x25519: Backend,
+    aead: Backend,
+}
+
+impl Impls {
+    /// The fastest compiled library for each primitive: what [`seal`] and [`open`] use.
+    const FASTEST: Impls =
+        Impls { secp256k1: FASTEST_SECP256K1, x25519: FASTEST_X25519_AND_AEAD, aead: FASTEST_X25519_AND_AEAD };
+
+    /// `backend` for every primitive it implements, pure Rust for the others.
+    fn only(backend: Backend) -> Impls {
+        let rust = Backend::RustCrypto;
+        match backend {
+            Backend::RustCrypto => Impls { secp256k1: rust, x25519: rust, aead: rust },
+            #[cfg(feature = "libsecp256k1")]
+            Backend::Libsecp256k1 => Impls { secp256k1: backend, x25519: rust, aead: rust },
+            #[cfg(feature = "aws-lc")]
+            Backend::AwsLc => Impls { secp256k1: rust, x25519: backend, aead: backend },
+        }
+    }
+}
+
+/// A secp256k1 public key, parsed once by every compiled library that may use it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Secp256k1Public {
+    point: k256::PublicKey,
+    #[cfg(feature = "libsecp256k1")]
+    lib: secp256k1::PublicKey,
+}
+
+impl Secp256k1Public {
+    fn from_point(point: k256::PublicKey) -> Secp256k1Public {
+        Secp256k1Public {
+            #[cfg(feature = "libsecp256k1")]
+            lib: libsecp256k1::parse_public(point.to_encoded_point(false).as_bytes())
+                .expect("a k256 point parses in libsecp256k1"),
+            point,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PublicInner {
-    Secp256k1(k256::PublicKey),
-    X25519(x25519_dalek::PublicKey),
+    Secp256k1(Secp256k1Public),
+    X25519([u8; 32]),
 }
 
 /// A recipient's public key in one suite, validated and normalised.
@@ -126,7 +237,7 @@ impl PublicKey {
                 };
                 let point = k256::PublicKey::from_sec1_bytes(sec1)
                     .map_err(|_| Error::malformed("secp256k1 public key is not a curve point"))?;
-                Ok(PublicKey(PublicInner::Secp256k1(point)))
+                Ok(PublicKey(PublicInner::Secp256k1(Secp256k1Public::from_point(point))))
             }
             Suite::X25519 => {
                 let arr: [u8; 32] =
@@ -134,7 +245,7 @@ impl PublicKey {
                 if is_low_order_x25519(&arr) {
                     return Err(Error::malformed("x25519 public key is a low-order point"));
                 }
-                Ok(PublicKey(PublicInner::X25519(x25519_dalek::PublicKey::from(arr))))
+                Ok(PublicKey(PublicInner::X25519(arr)))
             }
         }
     }
@@ -150,8 +261,8 @@ impl PublicKey {
     /// The wire bytes: 65-byte uncompressed SEC1 or 32 raw bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         match &self.0 {
-            PublicInner::Secp256k1(p) => p.to_encoded_point(false).as_bytes().to_vec(),
-            PublicInner::X25519(p) => p.as_bytes().to_vec(),
+            PublicInner::Secp256k1(p) => p.point.to_encoded_point(false).as_bytes().to_vec(),
+            PublicInner::X25519(p) => p.to_vec(),
         }
     }
 
@@ -163,7 +274,7 @@ impl PublicKey {
     /// The compressed SEC1 form of a secp256k1 key (33 bytes), `None` for X25519.
     pub fn to_compressed_sec1(&self) -> Option<[u8; 33]> {
         match &self.0 {
-            PublicInner::Secp256k1(p) => p.to_encoded_point(true).as_bytes().try_into().ok(),
+            PublicInner::Secp256k1(p) => p.point.to_encoded_point(true).as_bytes().try_into().ok(),
             PublicInner::X25519(_) => None,
         }
     }
@@ -216,21 +327,158 @@ fn is_low_order_x25519(key: &[u8; 32]) -> bool {
     })
 }
 
+/// A secp256k1 secret key in each compiled library's form. Neither k256's `NonZeroScalar` nor
+/// libsecp256k1's `SecretKey` wipes itself, so this wrapper wipes both on drop.
+struct Secp256k1Secret {
+    scalar: k256::NonZeroScalar,
+    #[cfg(feature = "libsecp256k1")]
+    lib: secp256k1::SecretKey,
+}
+
+impl Secp256k1Secret {
+    fn new(scalar: k256::NonZeroScalar) -> Secp256k1Secret {
+        Secp256k1Secret {
+            #[cfg(feature = "libsecp256k1")]
+            lib: {
+                let mut bytes = Zeroizing::new([0u8; 32]);
+                bytes.copy_from_slice(&scalar.to_bytes());
+                libsecp256k1::secret(&bytes)
+            },
+            scalar,
+        }
+    }
+
+    /// The uncompressed SEC1 public key.
+    fn public_sec1(&self, backend: Backend) -> [u8; 65] {
+        #[cfg(feature = "libsecp256k1")]
+        if backend == Backend::Libsecp256k1 {
+            return libsecp256k1::public(&self.lib).serialize_uncompressed();
+        }
+        let _ = backend;
+        let point = k256::ProjectivePoint::mul_by_generator(self.scalar.as_ref()).to_affine();
+        point.to_encoded_point(false).as_bytes().try_into().expect("uncompressed SEC1 is 65 bytes")
+    }
+
+    /// ECDH with a parsed peer: the x-coordinate of the shared point.
+    fn shared(&self, backend: Backend, peer: &Secp256k1Public) -> Zeroizing<[u8; 32]> {
+        #[cfg(feature = "libsecp256k1")]
+        if backend == Backend::Libsecp256k1 {
+            return libsecp256k1::shared_x(&self.lib, &peer.lib);
+        }
+        let _ = backend;
+        k256_shared(&self.scalar, &peer.point)
+    }
+
+    /// ECDH with a peer's 65-byte `04‖X‖Y` encoding, parsed by `backend` only; `None` when it is
+    /// not a curve point.
+    fn shared_with_sec1(&self, backend: Backend, sec1: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+        #[cfg(feature = "libsecp256k1")]
+        if backend == Backend::Libsecp256k1 {
+            let peer = libsecp256k1::parse_public(sec1)?;
+            return Some(libsecp256k1::shared_x(&self.lib, &peer));
+        }
+        let _ = backend;
+        if sec1.first() != Some(&0x04) {
+            return None;
+        }
+        let peer = k256::PublicKey::from_sec1_bytes(sec1).ok()?;
+        Some(k256_shared(&self.scalar, &peer))
+    }
+}
+
+fn k256_shared(scalar: &k256::NonZeroScalar, peer: &k256::PublicKey) -> Zeroizing<[u8; 32]> {
+    let ss = k256::ecdh::diffie_hellman(scalar, peer.as_affine());
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(ss.raw_secret_bytes());
+    out
+}
+
+impl Zeroize for Secp256k1Secret {
+    fn zeroize(&mut self) {
+        // k256 writes through volatile stores and leaves ONE, keeping the non-zero invariant.
+        self.scalar.zeroize();
+        #[cfg(feature = "libsecp256k1")]
+        self.lib.non_secure_erase();
+    }
+}
+
+impl Drop for Secp256k1Secret {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Secp256k1Secret {}
+
+/// An X25519 secret key. x25519-dalek's `StaticSecret` wipes itself on drop; AWS-LC's key is
+/// built on first use and cleansed by AWS-LC when freed.
+struct X25519Secret {
+    dalek: x25519_dalek::StaticSecret,
+    #[cfg(feature = "aws-lc")]
+    aws_lc: std::sync::OnceLock<aws_lc_rs::agreement::PrivateKey>,
+}
+
+impl X25519Secret {
+    fn new(dalek: x25519_dalek::StaticSecret) -> X25519Secret {
+        X25519Secret {
+            dalek,
+            #[cfg(feature = "aws-lc")]
+            aws_lc: std::sync::OnceLock::new(),
+        }
+    }
+
+    #[cfg(feature = "aws-lc")]
+    fn aws_lc(&self) -> &aws_lc_rs::agreement::PrivateKey {
+        self.aws_lc.get_or_init(|| aws_lc::x25519_private(self.dalek.as_bytes()))
+    }
+
+    fn public(&self, backend: Backend) -> [u8; 32] {
+        #[cfg(feature = "aws-lc")]
+        if backend == Backend::AwsLc {
+            return aws_lc::x25519_public(self.aws_lc());
+        }
+        let _ = backend;
+        x25519_dalek::PublicKey::from(&self.dalek).to_bytes()
+    }
+
+    /// X25519 with a peer already checked against the low-order list. A non-contributory result
+    /// is [`Decrypt`](crate::ErrorKind::Decrypt) on every backend.
+    fn shared(&self, backend: Backend, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+        #[cfg(feature = "aws-lc")]
+        if backend == Backend::AwsLc {
+            return aws_lc::x25519_shared(self.aws_lc(), peer);
+        }
+        let _ = backend;
+        let ss = self.dalek.diffie_hellman(&x25519_dalek::PublicKey::from(*peer));
+        if !ss.was_contributory() {
+            return Err(Error::decrypt());
+        }
+        Ok(Zeroizing::new(*ss.as_bytes()))
+    }
+}
+
 enum SecretInner {
-    Secp256k1(k256::NonZeroScalar),
-    X25519(x25519_dalek::StaticSecret),
+    Secp256k1(Secp256k1Secret),
+    X25519(X25519Secret),
 }
 
 /// A secret key in one suite: the client's per-exchange key, an ephemeral key, or a gateway's
-/// service key. Zeroized on drop; `Debug` prints `[redacted]`.
-pub struct SecretKey(SecretInner);
+/// service key. Zeroized on drop (in every backend's form); `Debug` prints `[redacted]`.
+///
+/// The key material lives on the heap, so moving a `SecretKey` moves a pointer and leaves no
+/// copy of the secret behind on the stack.
+pub struct SecretKey(Box<SecretInner>);
 
 impl SecretKey {
     /// A fresh random key.
     pub fn generate(suite: Suite, rng: &mut impl CryptoRngCore) -> SecretKey {
         match suite {
-            Suite::Secp256k1 => SecretKey(SecretInner::Secp256k1(k256::NonZeroScalar::random(rng))),
-            Suite::X25519 => SecretKey(SecretInner::X25519(x25519_dalek::StaticSecret::random_from_rng(rng))),
+            Suite::Secp256k1 => {
+                SecretKey(Box::new(SecretInner::Secp256k1(Secp256k1Secret::new(k256::NonZeroScalar::random(rng)))))
+            }
+            Suite::X25519 => SecretKey(Box::new(SecretInner::X25519(X25519Secret::new(
+                x25519_dalek::StaticSecret::random_from_rng(rng),
+            )))),
         }
     }
 
@@ -240,53 +488,83 @@ impl SecretKey {
             Suite::Secp256k1 => {
                 let sk = k256::SecretKey::from_bytes(bytes.into())
                     .map_err(|_| Error::malformed("secp256k1 secret key out of range"))?;
-                Ok(SecretKey(SecretInner::Secp256k1(sk.to_nonzero_scalar())))
+                Ok(SecretKey(Box::new(SecretInner::Secp256k1(Secp256k1Secret::new(sk.to_nonzero_scalar())))))
             }
-            Suite::X25519 => Ok(SecretKey(SecretInner::X25519(x25519_dalek::StaticSecret::from(*bytes)))),
+            Suite::X25519 => Ok(SecretKey(Box::new(SecretInner::X25519(X25519Secret::new(
+                x25519_dalek::StaticSecret::from(*bytes),
+            ))))),
         }
     }
 
     /// The key's suite.
     pub fn suite(&self) -> Suite {
-        match self.0 {
+        match *self.0 {
             SecretInner::Secp256k1(_) => Suite::Secp256k1,
             SecretInner::X25519(_) => Suite::X25519,
         }
     }
 
-    /// The matching public key (secp256k1 through k256's precomputed generator tables).
+    /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
-        match &self.0 {
+        self.public_key_with(Impls::FASTEST)
+    }
+
+    fn public_key_with(&self, impls: Impls) -> PublicKey {
+        match &*self.0 {
             SecretInner::Secp256k1(s) => {
-                let point = k256::ProjectivePoint::mul_by_generator(s.as_ref());
-                // A non-zero scalar times the generator is never the identity.
-                let pk = k256::PublicKey::from_affine(point.to_affine()).expect("non-zero scalar");
-                PublicKey(PublicInner::Secp256k1(pk))
+                let sec1 = s.public_sec1(impls.secp256k1);
+                let point = k256::PublicKey::from_sec1_bytes(&sec1).expect("a non-zero scalar's public key is a point");
+                PublicKey(PublicInner::Secp256k1(Secp256k1Public::from_point(point)))
             }
-            SecretInner::X25519(s) => PublicKey(PublicInner::X25519(x25519_dalek::PublicKey::from(s))),
+            SecretInner::X25519(s) => PublicKey(PublicInner::X25519(s.public(impls.x25519))),
+        }
+    }
+
+    /// The wire form of the public key, without building a [`PublicKey`]: 65 or 32 bytes used.
+    fn public_wire(&self, impls: Impls) -> ([u8; 65], usize) {
+        let mut out = [0u8; 65];
+        match &*self.0 {
+            SecretInner::Secp256k1(s) => (s.public_sec1(impls.secp256k1), 65),
+            SecretInner::X25519(s) => {
+                out[..32].copy_from_slice(&s.public(impls.x25519));
+                (out, 32)
+            }
+        }
+    }
+
+    /// The raw ECDH shared secret with a parsed peer.
+    fn shared_secret(&self, impls: Impls, peer: &PublicKey) -> Result<Zeroizing<[u8; 32]>> {
+        match (&*self.0, &peer.0) {
+            (SecretInner::Secp256k1(s), PublicInner::Secp256k1(p)) => Ok(s.shared(impls.secp256k1, p)),
+            (SecretInner::X25519(s), PublicInner::X25519(p)) => s.shared(impls.x25519, p),
+            _ => Err(Error::malformed("key suites differ")),
         }
     }
 
     /// ECDH, then HKDF-SHA256 with the suite's info string: the field's AES-256 key.
-    fn derive_key(&self, peer: &PublicKey) -> Result<Zeroizing<[u8; 32]>> {
-        let mut shared = Zeroizing::new([0u8; 32]);
-        match (&self.0, &peer.0) {
-            (SecretInner::Secp256k1(s), PublicInner::Secp256k1(p)) => {
-                let ss = k256::ecdh::diffie_hellman(s, p.as_affine());
-                shared.copy_from_slice(ss.raw_secret_bytes());
-            }
-            (SecretInner::X25519(s), PublicInner::X25519(p)) => {
-                let ss = s.diffie_hellman(p);
-                if !ss.was_contributory() {
+    fn derive_key(&self, impls: Impls, peer: &PublicKey) -> Result<Zeroizing<[u8; 32]>> {
+        let shared = self.shared_secret(impls, peer)?;
+        Ok(hkdf_key(self.suite(), &shared))
+    }
+
+    /// The field key for an ephemeral public key straight off the wire, parsed only by the
+    /// backend that uses it. Every failure is [`Decrypt`](crate::ErrorKind::Decrypt).
+    fn derive_key_from_wire(&self, impls: Impls, ephemeral: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+        let shared = match &*self.0 {
+            SecretInner::Secp256k1(s) => s.shared_with_sec1(impls.secp256k1, ephemeral).ok_or_else(Error::decrypt)?,
+            SecretInner::X25519(s) => {
+                let peer: [u8; 32] = ephemeral.try_into().map_err(|_| Error::decrypt())?;
+                if is_low_order_x25519(&peer) {
                     return Err(Error::decrypt());
                 }
-                shared.copy_from_slice(ss.as_bytes());
+                s.shared(impls.x25519, &peer)?
             }
-            _ => return Err(Error::malformed("key suites differ")),
-        }
+        };
         Ok(hkdf_key(self.suite(), &shared))
     }
 }
+
+impl ZeroizeOnDrop for SecretKey {}
 
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -303,12 +581,80 @@ fn hkdf_key(suite: Suite, shared: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     okm
 }
 
+/// AES-256-GCM encryption in place, by the chosen backend; returns the tag.
+fn aead_seal(
+    backend: Backend,
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    buf: &mut [u8],
+) -> Result<[u8; TAG_LEN]> {
+    #[cfg(feature = "aws-lc")]
+    if backend == Backend::AwsLc {
+        return aws_lc::aes_gcm_seal(key, nonce, aad, buf);
+    }
+    let _ = backend;
+    let tag = Aes256Gcm::new(key.into())
+        .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf)
+        .map_err(|_| Error::malformed("plaintext too long for AES-GCM"))?;
+    Ok(tag.into())
+}
+
+/// AES-256-GCM decryption in place, by the chosen backend. On failure `buf` is wiped.
+fn aead_open(
+    backend: Backend,
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    buf: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<()> {
+    #[cfg(feature = "aws-lc")]
+    let result = if backend == Backend::AwsLc {
+        aws_lc::aes_gcm_open(key, nonce, aad, buf, tag)
+    } else {
+        rustcrypto_open(key, nonce, aad, buf, tag)
+    };
+    #[cfg(not(feature = "aws-lc"))]
+    let result = {
+        let _ = backend;
+        rustcrypto_open(key, nonce, aad, buf, tag)
+    };
+    if result.is_err() {
+        buf.zeroize();
+    }
+    result
+}
+
+fn rustcrypto_open(
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    buf: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<()> {
+    Aes256Gcm::new(key.into())
+        .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf, Tag::from_slice(tag))
+        .map_err(|_| Error::decrypt())
+}
+
 /// Seal `plaintext` to `recipient` with a fresh ephemeral key and nonce from `rng`.
 pub fn seal(recipient: &PublicKey, plaintext: &[u8], aad: &[u8], rng: &mut impl CryptoRngCore) -> String {
+    seal_impl(Impls::FASTEST, recipient, plaintext, aad, rng)
+}
+
+fn seal_impl(
+    impls: Impls,
+    recipient: &PublicKey,
+    plaintext: &[u8],
+    aad: &[u8],
+    rng: &mut impl CryptoRngCore,
+) -> String {
     let ephemeral = SecretKey::generate(recipient.suite(), rng);
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill_bytes(&mut nonce);
-    seal_with(recipient, &ephemeral, &nonce, plaintext, aad).expect("ephemeral key generated in the recipient's suite")
+    seal_with_impl(impls, recipient, &ephemeral, &nonce, plaintext, aad)
+        .expect("ephemeral key generated in the recipient's suite")
 }
 
 /// Seal with a caller-chosen ephemeral key and nonce. For known-answer tests; production code
@@ -320,18 +666,26 @@ pub fn seal_with(
     plaintext: &[u8],
     aad: &[u8],
 ) -> Result<String> {
+    seal_with_impl(Impls::FASTEST, recipient, ephemeral, nonce, plaintext, aad)
+}
+
+fn seal_with_impl(
+    impls: Impls,
+    recipient: &PublicKey,
+    ephemeral: &SecretKey,
+    nonce: &[u8; NONCE_LEN],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<String> {
     let suite = recipient.suite();
-    let key = ephemeral.derive_key(recipient)?;
-    let eph_pub = ephemeral.public_key().to_bytes();
-    let head = eph_pub.len() + NONCE_LEN;
+    let key = ephemeral.derive_key(impls, recipient)?;
+    let (eph_pub, eph_len) = ephemeral.public_wire(impls);
+    let head = eph_len + NONCE_LEN;
     let mut blob = Vec::with_capacity(head + plaintext.len() + TAG_LEN);
-    blob.extend_from_slice(&eph_pub);
+    blob.extend_from_slice(&eph_pub[..eph_len]);
     blob.extend_from_slice(nonce);
     blob.extend_from_slice(plaintext);
-    let cipher = Aes256Gcm::new(key.as_ref().into());
-    let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut blob[head..])
-        .map_err(|_| Error::malformed("plaintext too long for AES-GCM"))?;
+    let tag = aead_seal(impls.aead, &key, nonce, aad, &mut blob[head..])?;
     blob.extend_from_slice(&tag);
     debug_assert_eq!(blob.len(), suite.min_blob_len() + plaintext.len());
     // SIMD hex: at 64 KiB the hex codec costs more than AES-GCM.
@@ -345,6 +699,10 @@ pub fn seal_with(
 /// other failure (too short, bad ephemeral key, wrong key, tampered byte, wrong AAD) is
 /// [`Decrypt`](crate::ErrorKind::Decrypt) and says nothing more.
 pub fn open(recipient: &SecretKey, field: &str, aad: &[u8]) -> Result<Vec<u8>> {
+    open_impl(Impls::FASTEST, recipient, field, aad)
+}
+
+fn open_impl(impls: Impls, recipient: &SecretKey, field: &str, aad: &[u8]) -> Result<Vec<u8>> {
     let suite = recipient.suite();
     let text = field.strip_prefix("0x").unwrap_or(field).as_bytes();
     if !text.len().is_multiple_of(2) {
@@ -378,43 +736,64 @@ pub fn open(recipient: &SecretKey, field: &str, aad: &[u8]) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; ct_len];
     const_hex::decode_to_slice(ct_hex, &mut buf).map_err(not_hex)?;
 
-    let eph_bytes = &eph[..eph_len];
-    if suite == Suite::Secp256k1 && eph_bytes[0] != 0x04 {
-        return Err(Error::decrypt());
-    }
-    let peer = PublicKey::from_bytes(suite, eph_bytes).map_err(|_| Error::decrypt())?;
-    let key = recipient.derive_key(&peer)?;
-    let cipher = Aes256Gcm::new(key.as_ref().into());
-    match cipher.decrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf, Tag::from_slice(&tag)) {
-        Ok(()) => Ok(buf),
-        Err(_) => {
-            buf.zeroize();
-            Err(Error::decrypt())
-        }
-    }
+    let key = recipient.derive_key_from_wire(impls, &eph[..eph_len])?;
+    aead_open(impls.aead, &key, &nonce, aad, &mut buf, &tag)?;
+    Ok(buf)
 }
 
 #[doc(hidden)]
-/// Internals exposed for the known-answer tests and benches: the raw ECDH shared secret and
-/// the HKDF output. Not part of the stable API.
+/// Internals exposed for the known-answer tests, the cross-backend tests and the benches: the raw
+/// ECDH shared secret, the HKDF output, and seal/open on one chosen [`Backend`]. Not part of the
+/// stable API.
 pub mod kat {
     use super::*;
 
-    /// The raw ECDH shared secret.
+    /// The raw ECDH shared secret (fastest backend).
     pub fn shared_secret(secret: &SecretKey, peer: &PublicKey) -> Result<[u8; 32]> {
-        match (&secret.0, &peer.0) {
-            (SecretInner::Secp256k1(s), PublicInner::Secp256k1(p)) => {
-                let ss = k256::ecdh::diffie_hellman(s, p.as_affine());
-                Ok((*ss.raw_secret_bytes()).into())
-            }
-            (SecretInner::X25519(s), PublicInner::X25519(p)) => Ok(*s.diffie_hellman(p).as_bytes()),
-            _ => Err(Error::malformed("key suites differ")),
-        }
+        Ok(*secret.shared_secret(Impls::FASTEST, peer)?)
+    }
+
+    /// The raw ECDH shared secret computed by `backend` (pure Rust where it has no ECDH).
+    pub fn shared_secret_using(backend: Backend, secret: &SecretKey, peer: &PublicKey) -> Result<[u8; 32]> {
+        Ok(*secret.shared_secret(Impls::only(backend), peer)?)
     }
 
     /// The derived AES-256 key.
     pub fn field_key(secret: &SecretKey, peer: &PublicKey) -> Result<[u8; 32]> {
-        Ok(*secret.derive_key(peer)?)
+        Ok(*secret.derive_key(Impls::FASTEST, peer)?)
+    }
+
+    /// The public key of `secret` computed by `backend`.
+    pub fn public_key_using(backend: Backend, secret: &SecretKey) -> PublicKey {
+        secret.public_key_with(Impls::only(backend))
+    }
+
+    /// [`seal`] with every primitive `backend` has taken from it, pure Rust for the rest.
+    pub fn seal_using(
+        backend: Backend,
+        recipient: &PublicKey,
+        plaintext: &[u8],
+        aad: &[u8],
+        rng: &mut impl CryptoRngCore,
+    ) -> String {
+        seal_impl(Impls::only(backend), recipient, plaintext, aad, rng)
+    }
+
+    /// [`seal_with`] on `backend`.
+    pub fn seal_with_using(
+        backend: Backend,
+        recipient: &PublicKey,
+        ephemeral: &SecretKey,
+        nonce: &[u8; NONCE_LEN],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<String> {
+        seal_with_impl(Impls::only(backend), recipient, ephemeral, nonce, plaintext, aad)
+    }
+
+    /// [`open`] on `backend`.
+    pub fn open_using(backend: Backend, recipient: &SecretKey, field: &str, aad: &[u8]) -> Result<Vec<u8>> {
+        open_impl(Impls::only(backend), recipient, field, aad)
     }
 }
 
@@ -484,5 +863,102 @@ mod tests {
         let s = format!("{sk:?}");
         assert!(s.contains("redacted"));
         assert!(!s.contains("42"));
+    }
+
+    #[test]
+    fn secret_keys_are_zeroized_on_drop() {
+        fn zeroized_on_drop<T: ZeroizeOnDrop>() {}
+        zeroized_on_drop::<SecretKey>();
+        zeroized_on_drop::<Secp256k1Secret>();
+        assert!(std::mem::needs_drop::<Secp256k1Secret>());
+        assert!(std::mem::needs_drop::<X25519Secret>());
+        // Moving a key moves a pointer: no copy of the secret is left on the stack.
+        assert_eq!(std::mem::size_of::<SecretKey>(), std::mem::size_of::<usize>());
+    }
+
+    #[test]
+    fn secp256k1_wipe_clears_every_backend_form() {
+        let sk = SecretKey::from_bytes(Suite::Secp256k1, &[0x42; 32]).unwrap();
+        let SecretInner::Secp256k1(mut s) = *sk.0 else { unreachable!() };
+        assert_eq!(s.scalar.to_bytes().as_slice(), &[0x42; 32]);
+        #[cfg(feature = "libsecp256k1")]
+        assert_eq!(s.lib.secret_bytes(), [0x42; 32]);
+        // What `Drop` runs.
+        s.zeroize();
+        assert_eq!(*s.scalar.as_ref(), k256::Scalar::ONE, "k256 scalar wiped (to ONE)");
+        #[cfg(feature = "libsecp256k1")]
+        assert_eq!(s.lib.secret_bytes(), [1; 32], "libsecp256k1 key wiped");
+    }
+
+    #[test]
+    fn every_backend_seals_what_every_backend_opens() {
+        for suite in Suite::ALL {
+            let sk = SecretKey::generate(suite, &mut rng());
+            for &a in Backend::ALL {
+                assert_eq!(kat::public_key_using(a, &sk), sk.public_key(), "{suite} {a:?}");
+                for &b in Backend::ALL {
+                    let f = kat::seal_using(a, &sk.public_key(), b"hi", b"aad", &mut rng());
+                    assert_eq!(kat::open_using(b, &sk, &f, b"aad").unwrap(), b"hi", "{suite} {a:?} -> {b:?}");
+                    let err = kat::open_using(b, &sk, &f, b"aaD").unwrap_err();
+                    assert_eq!(err.kind(), ErrorKind::Decrypt, "{suite} {a:?} -> {b:?}");
+                }
+            }
+        }
+    }
+
+    /// Peers off the happy path: random u-coordinates (most on the twist), the top bit set, and
+    /// non-canonical values ≥ 2^255 − 19. Every backend computes the same secret or refuses.
+    #[test]
+    fn x25519_backends_agree_on_odd_peers() {
+        let sk = SecretKey::generate(Suite::X25519, &mut rng());
+        let mut peers: Vec<[u8; 32]> = Vec::new();
+        for i in 0..64u8 {
+            let mut p = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rng(), &mut p);
+            if i % 2 == 0 {
+                p[31] |= 0x80;
+            }
+            peers.push(p);
+        }
+        for low in 0..19u8 {
+            // 2^255 − 19 + low, and the same with the top bit set.
+            let mut p = [0xff; 32];
+            p[0] = 0xed + low;
+            p[31] = 0x7f;
+            peers.push(p);
+            p[31] = 0xff;
+            peers.push(p);
+        }
+        let mut agreed = 0;
+        for p in peers {
+            let Ok(peer) = PublicKey::from_bytes(Suite::X25519, &p) else { continue };
+            let results: Vec<_> =
+                Backend::ALL.iter().map(|&b| kat::shared_secret_using(b, &sk, &peer).map_err(|e| e.kind())).collect();
+            assert!(results.windows(2).all(|w| w[0] == w[1]), "{p:02x?}: {results:?}");
+            agreed += usize::from(results[0].is_ok());
+        }
+        assert!(agreed >= 64, "the random peers give secrets, not only refusals ({agreed})");
+    }
+
+    /// Ephemeral keys off the curve or out of range are refused by every backend alike.
+    #[test]
+    fn secp256k1_backends_refuse_the_same_ephemeral_keys() {
+        let sk = SecretKey::generate(Suite::Secp256k1, &mut rng());
+        let good = seal(&sk.public_key(), b"x", b"", &mut rng());
+        let mut cases = vec![good.clone()];
+        // Off-curve: change the last byte of Y; x = p; hybrid (06/07) and compressed prefixes.
+        let mut off = good.clone();
+        off.replace_range(128..130, if &good[128..130] == "00" { "01" } else { "00" });
+        cases.push(off);
+        let p_hex = "fffffffffffffffffffffffffffffffffffffffffffffffffffffffefffffc2f";
+        cases.push(format!("04{p_hex}{}", &good[66..]));
+        for prefix in ["06", "07", "02", "00"] {
+            cases.push(format!("{prefix}{}", &good[2..]));
+        }
+        for case in cases {
+            let results: Vec<_> =
+                Backend::ALL.iter().map(|&b| kat::open_using(b, &sk, &case, b"").map_err(|e| e.kind())).collect();
+            assert!(results.windows(2).all(|w| w[0] == w[1]), "{}: {results:?}", &case[..4]);
+        }
     }
 }

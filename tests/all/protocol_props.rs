@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower_aci::protocol::request::{Endpoint, ExchangeContext};
 use tower_aci::protocol::stream::{StreamDecryptor, StreamOutput};
-use tower_aci::protocol::suite::{SecretKey, Suite, open, seal};
+use tower_aci::protocol::suite::{Backend, SecretKey, Suite, kat, open, seal};
 
 fn suite() -> impl Strategy<Value = Suite> {
     prop_oneof![Just(Suite::X25519), Just(Suite::Secp256k1)]
@@ -21,6 +21,33 @@ proptest! {
         prop_assert!(field.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         prop_assert_eq!(open(&sk, &field, &aad).unwrap(), plaintext);
     }
+
+    /// Seal on one backend, open on another (every compiled pair, the default included).
+    #[test]
+    fn seal_on_one_backend_open_on_another(
+        suite in suite(),
+        sealer in backend(),
+        opener in backend(),
+        plaintext in proptest::collection::vec(any::<u8>(), 0..2048),
+        aad in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let sk = SecretKey::generate(suite, &mut rand_core::OsRng);
+        let field = match sealer {
+            Some(b) => kat::seal_using(b, &sk.public_key(), &plaintext, &aad, &mut rand_core::OsRng),
+            None => seal(&sk.public_key(), &plaintext, &aad, &mut rand_core::OsRng),
+        };
+        prop_assert_eq!(field.len(), 2 * (suite.min_blob_len() + plaintext.len()));
+        let opened = match opener {
+            Some(b) => kat::open_using(b, &sk, &field, &aad),
+            None => open(&sk, &field, &aad),
+        };
+        prop_assert_eq!(opened.unwrap(), plaintext);
+    }
+}
+
+/// A compiled backend, or `None` for the default (the fastest compiled one per primitive).
+fn backend() -> impl Strategy<Value = Option<Backend>> {
+    prop_oneof![Just(None), proptest::sample::select(Backend::ALL).prop_map(Some)]
 }
 
 /// The client's encryption against the gateway's opening half (feature `test-gateway`).

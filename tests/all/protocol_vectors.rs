@@ -11,7 +11,7 @@ use tower_aci::protocol::keys::E2eeKey;
 use tower_aci::protocol::request::{EncryptOptions, encrypt_request};
 use tower_aci::protocol::request::{Endpoint, ExchangeContext};
 use tower_aci::protocol::response::decrypt_response;
-use tower_aci::protocol::suite::{PublicKey, SecretKey, Suite, kat, open, seal, seal_with};
+use tower_aci::protocol::suite::{Backend, PublicKey, SecretKey, Suite, kat, open, seal, seal_with};
 use tower_aci::protocol::{aad, jcs};
 
 use crate::data::{arr32, load};
@@ -91,6 +91,28 @@ fn kat_vectors_open_and_seal_byte_for_byte() {
         assert_eq!(seal_with(&recipient_pub, &eph, &nonce, plaintext, &aad).unwrap(), field_hex, "{name}: seal");
         // Open recovers the plaintext.
         assert_eq!(open(&recipient, field_hex, &aad).unwrap(), plaintext, "{name}: open");
+
+        // The same bytes from every compiled backend (features `libsecp256k1`, `aws-lc`).
+        for &backend in Backend::ALL {
+            let tag = format!("{name} on {}", backend.name());
+            assert_eq!(kat::public_key_using(backend, &eph).to_hex(), v["ephemeral_public"].as_str().unwrap(), "{tag}");
+            assert_eq!(
+                kat::public_key_using(backend, &recipient).to_hex(),
+                v["recipient_public"].as_str().unwrap(),
+                "{tag}"
+            );
+            assert_eq!(
+                const_hex::encode(kat::shared_secret_using(backend, &eph, &recipient_pub).unwrap()),
+                v["shared_secret"].as_str().unwrap(),
+                "{tag}"
+            );
+            assert_eq!(
+                kat::seal_with_using(backend, &recipient_pub, &eph, &nonce, plaintext, &aad).unwrap(),
+                field_hex,
+                "{tag}: seal"
+            );
+            assert_eq!(kat::open_using(backend, &recipient, field_hex, &aad).unwrap(), plaintext, "{tag}: open");
+        }
     }
 }
 
