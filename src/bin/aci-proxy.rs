@@ -7,6 +7,9 @@
 //! aci-proxy verify-receipts receipts.jsonl --config aci-proxy.toml           # offline audit
 //! ```
 
+// The doc comments below are the command's `--help` text, where bare URLs read best.
+#![allow(rustdoc::bare_urls)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +20,7 @@ use tower_aci::receipt::ReceiptPolicy;
 
 /// End-to-end encryption (ACI E2EE v2) for any OpenAI SDK, through a local proxy.
 #[derive(Parser, Debug)]
-#[command(name = "aci-proxy", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(name = "aci-proxy", version, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
