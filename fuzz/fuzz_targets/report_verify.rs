@@ -41,7 +41,10 @@ static POLICIES: LazyLock<Policies> = LazyLock::new(|| {
     Policies {
         list: vec![
             ("stub", common::stub_policy()),
-            ("stub, no custody", Policy::builder().dangerous().accept_stub_quote().skip_key_custody().any_workload().build().unwrap()),
+            (
+                "stub, no custody",
+                Policy::builder().dangerous().accept_stub_quote().skip_key_custody().any_workload().build().unwrap(),
+            ),
             (
                 "no hardware, custody required",
                 Policy::builder()

@@ -3,7 +3,7 @@
 //!
 //! - it succeeds exactly when the gateway can take the body (a string `model`, at least one field
 //!   E2EE v2 encrypts, after the client-side reshaping) and no content would travel in clear;
-//!   strict mode refuses exactly the documented clear members;
+//!   strict mode refuses the documented clear members, and exactly what lenient mode reports as clear;
 //! - every location the gateway decrypts holds lowercase-hex ciphertext that opens, under the
 //!   service secret and the request AAD of that path, and the gateway's restoration of the wire
 //!   body is the input (normalised by one serde_json round trip; a string content that parses
@@ -124,14 +124,22 @@ fn expect_accepted(endpoint: Endpoint, input: &Value) -> Result<(), &'static str
     Ok(())
 }
 
-/// The clear members strict mode must refuse.
-fn strict_violation(endpoint: Endpoint, body: &Map<String, Value>) -> bool {
-    if CLEAR_TOP_LEVEL.iter().any(|k| body.contains_key(*k)) {
+/// Top-level members the docs of `EncryptOptions::strict` name as refused (they can carry the
+/// user's words or intent in clear).
+const REFUSED_TOP_LEVEL: [&str; 5] = ["stop", "user", "logit_bias", "suffix", "audio"];
+
+/// Members strict mode must refuse (a necessary condition; the allow-list refuses more): the
+/// members the docs name, and message members other than `role`, `content`, `tool_call_id`.
+fn must_refuse(endpoint: Endpoint, body: &Map<String, Value>) -> bool {
+    let named = |k: &str| CLEAR_TOP_LEVEL.contains(&k) || REFUSED_TOP_LEVEL.contains(&k);
+    if body.iter().any(|(k, v)| named(k) && !v.is_null()) {
         return true;
     }
     endpoint == Endpoint::ChatCompletions
         && matches!(body.get("messages"), Some(Value::Array(ms)) if ms.iter().any(|m| {
-            m.as_object().is_some_and(|o| o.keys().any(|k| !matches!(k.as_str(), "role" | "content" | "tool_call_id")))
+            m.as_object().is_some_and(|o| o.iter().any(|(k, v)| {
+                !v.is_null() && !matches!(k.as_str(), "role" | "content" | "tool_call_id")
+            }))
         }))
 }
 
@@ -233,11 +241,28 @@ fn check(endpoint: Endpoint, svc: &Service, strict: bool, body: &[u8]) {
         return;
     };
     let expected = expect_accepted(endpoint, &input);
-    let violation = strict && input.as_object().is_some_and(|b| strict_violation(endpoint, b));
+    let refuse = strict && input.as_object().is_some_and(|b| must_refuse(endpoint, b));
     let req = match result {
         Err(e) => {
             match e.kind() {
-                ErrorKind::Cleartext => assert!(violation, "strict refused a body with nothing in clear: {e}"),
+                ErrorKind::Cleartext => {
+                    assert!(strict, "Cleartext outside strict mode: {e}");
+                    // Strict mode refuses exactly what the lenient mode reports as clear.
+                    // (Strict mode looks at the members first; a body that cannot be sent at
+                    // all is refused either way.)
+                    match encrypt_request(endpoint, body, &svc.key, &EncryptOptions::strict(false), NOW, &mut rng) {
+                        Ok(lenient) => {
+                            assert!(
+                                !lenient.clear_members.is_empty(),
+                                "strict refused a body with nothing in clear: {e}"
+                            )
+                        }
+                        Err(l) => assert!(
+                            l.kind() == ErrorKind::UnsupportedBody && expected.is_err(),
+                            "lenient mode refused what strict mode called clear: {l}"
+                        ),
+                    }
+                }
                 ErrorKind::UnsupportedBody => assert!(expected.is_err(), "refused a body the gateway takes: {e}"),
                 other => panic!("unexpected refusal {other:?}: {e}"),
             }
@@ -248,7 +273,10 @@ fn check(endpoint: Endpoint, svc: &Service, strict: bool, body: &[u8]) {
     if let Err(why) = expected {
         panic!("accepted a body that should be refused ({why})");
     }
-    assert!(!violation, "strict mode let a clear member through");
+    assert!(!refuse, "strict mode let a clear member through");
+    if strict {
+        assert!(req.clear_members.is_empty(), "strict mode sent clear members {:?}", req.clear_members);
+    }
 
     // Headers.
     let suite = svc.key.suite();

@@ -18,9 +18,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::Value;
 use tower_aci::ErrorKind;
+use tower_aci::gateway::open_request;
 use tower_aci::protocol::keys::E2eeKey;
 use tower_aci::protocol::request::{EncryptOptions, Endpoint, encrypt_request};
-use tower_aci::gateway::open_request;
 use tower_aci::protocol::suite::{SecretKey, Suite};
 
 const NOW: u64 = 1_750_000_000;
