@@ -20,13 +20,16 @@ use crate::support::stub_policy;
 
 /// A proxy in front of `gw`, served on an ephemeral loopback port.
 async fn serve(gw: &TestGateway, receipts: ReceiptMode, audit: Option<std::path::PathBuf>) -> (Proxy, SocketAddr) {
-    let config = ProxyConfig {
-        gateway: Some(gw.base_url()),
-        receipts,
-        audit_file: audit,
-        policy: Some(stub_policy(Suite::Secp256k1)),
-        ..ProxyConfig::default()
-    };
+    serve_config(ProxyConfig { receipts, audit_file: audit, ..config_for(gw) }).await
+}
+
+/// The proxy's configuration for `gw`, under the tests' stub-accepting policy.
+fn config_for(gw: &TestGateway) -> ProxyConfig {
+    ProxyConfig { gateway: Some(gw.base_url()), policy: Some(stub_policy(Suite::Secp256k1)), ..ProxyConfig::default() }
+}
+
+/// A proxy with `config`, served on an ephemeral loopback port.
+async fn serve_config(config: ProxyConfig) -> (Proxy, SocketAddr) {
     let proxy = Proxy::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -268,18 +271,8 @@ async fn the_proxy_reaches_an_https_gateway_over_the_pinned_channel() {
     let tls = GatewayTls::new(vec![cert.cert.der().clone()], key).unwrap();
     let gw = TestGateway::start(GatewayConfig::new().tls(tls)).await.unwrap();
     assert!(gw.base_url().starts_with("https://"));
-    let config = ProxyConfig {
-        gateway: Some(gw.base_url()),
-        receipts: ReceiptMode::BeforeRelease,
-        tls_pin_only: true,
-        policy: Some(stub_policy(Suite::Secp256k1)),
-        ..ProxyConfig::default()
-    };
-    let proxy = Proxy::start(config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = proxy.router();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let config = ProxyConfig { receipts: ReceiptMode::BeforeRelease, tls_pin_only: true, ..config_for(&gw) };
+    let (proxy, addr) = serve_config(config).await;
     let answer = sdk(addr).chat().create(chat_request("over pinned tls")).await.unwrap();
     assert_eq!(answer.choices[0].message.content.as_deref(), Some("You said: over pinned tls"));
     assert_eq!(proxy.status()["counts"]["receipts_verified"], 1);
