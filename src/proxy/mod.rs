@@ -28,6 +28,7 @@ mod audit;
 mod body;
 mod config;
 mod errors;
+mod local;
 mod status;
 
 use std::future::Future;
@@ -55,6 +56,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 pub use audit::{AuditSummary, verify_audit};
 pub use config::{PolicyPins, ProxyConfig, ReceiptMode};
+pub use local::LocalProxy;
 
 use crate::attest::{KeyHandle, KeyProvider, RefreshTask};
 use crate::e2ee::{E2eeLayer, KeyMismatchRetry, RequestBody};
