@@ -42,7 +42,10 @@ async fn main() -> Result<(), tower_aci::BoxError> {
     }
 
     // A non-2xx answer is a typed error with the gateway's error type.
-    gw.set_fault(Some(Fault::UpstreamStatus(429, r#"{"error":{"type":"rate_limit_error","message":"slow down"}}"#.into())));
+    gw.set_fault(Some(Fault::UpstreamStatus(
+        429,
+        r#"{"error":{"type":"rate_limit_error","message":"slow down"}}"#.into(),
+    )));
     match client.post(CHAT, BODY).await {
         Err(e) if e.kind() == ErrorKind::Gateway => println!("gateway error {:?}: {e}", e.gateway_error_type()),
         other => println!("unexpected: {other:?}"),

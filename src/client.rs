@@ -237,10 +237,8 @@ impl ClientBuilder {
     /// policy (kind [`Attestation`](ErrorKind::Attestation), naming the check that failed).
     pub async fn build(self) -> Result<Client> {
         let config = |m: String| Error::new(ErrorKind::Config, m);
-        let base: Uri = self
-            .url
-            .parse()
-            .map_err(|e| config(format!("invalid gateway URL {:?}", self.url)).with_source(e))?;
+        let base: Uri =
+            self.url.parse().map_err(|e| config(format!("invalid gateway URL {:?}", self.url)).with_source(e))?;
         let https = match base.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -300,7 +298,8 @@ impl ClientBuilder {
         } else {
             let mut tcp = HttpConnector::new();
             tcp.set_nodelay(true);
-            let client: HyperClient<_, RequestBody<Full<Bytes>>> = HyperClient::builder(TokioExecutor::new()).build(tcp);
+            let client: HyperClient<_, RequestBody<Full<Bytes>>> =
+                HyperClient::builder(TokioExecutor::new()).build(tcp);
             (boxed_plain(client), None)
         };
 
@@ -398,18 +397,17 @@ fn is_loopback(uri: &Uri) -> bool {
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), tower_aci::BoxError> {
+/// # const APP_ID: &str = "fdb7a14e5a6675f752e2cb69c9067a98ca402918";
+/// # const KMS_ROOT: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
 /// use tower_aci::{Client, ErrorKind};
-///
-/// let client = Client::builder("https://api.redpill.ai")
-///     .allow_app_id(&std::env::var("GATEWAY_APP_ID")?) // the workload you trust…
-///     .accept_kms_root(&std::env::var("GATEWAY_KMS_ROOT")?) // …and the KMS that holds its keys
-///     .api_key_env("REDPILL_API_KEY")
+/// let client = Client::builder("https://api.redpill.ai") // what you trust: the workload and its KMS
+///     .allow_app_id(APP_ID).accept_kms_root(KMS_ROOT).api_key_env("REDPILL_API_KEY")
 ///     .build().await?; // attests now, then keeps the key fresh in the background
-/// match client.post("/v1/chat/completions", r#"{"model":"…","messages":[{"role":"user","content":"hi"}]}"#).await {
-///     Ok(answer) => println!("{}", String::from_utf8_lossy(&answer)), // decrypted; receipt verified next
-///     Err(e) if e.kind() == ErrorKind::Gateway => eprintln!("the gateway said no: {e}"), // non-2xx
-///     Err(e) if e.kind() == ErrorKind::KeyUnavailable => eprintln!("refresh failed, key expired: {e}"),
-///     Err(e) => return Err(e.into()),
+/// let body = r#"{"model":"MODEL","messages":[{"role":"user","content":"hi"}]}"#;
+/// match client.post("/v1/chat/completions", body).await {
+///     Ok(answer) => println!("{}", String::from_utf8_lossy(&answer)), // decrypted; receipt checked next
+///     Err(e) if e.kind() == ErrorKind::Gateway => eprintln!("gateway refused: {e}"), // non-2xx, with its type
+///     Err(e) => eprintln!("{e}"), // KeyUnavailable: the refresh failed and the key expired (says why)
 /// }
 /// # Ok(()) }
 /// ```
@@ -424,7 +422,7 @@ fn is_loopback(uri: &Uri) -> bool {
 ///
 /// let req = http::Request::post(client.url("/v1/chat/completions")?)
 ///     .header("content-type", "application/json")
-///     .body(Full::new(Bytes::from_static(br#"{"model":"…","messages":[{"role":"user","content":"hi"}]}"#)))?;
+///     .body(Full::new(Bytes::from_static(br#"{"model":"MODEL","messages":[{"role":"user","content":"hi"}]}"#)))?;
 /// let res = client.service().oneshot(req).await?;
 /// let answer = res.into_body().collect().await?.to_bytes();
 /// # let _ = answer; Ok(()) }
@@ -441,6 +439,7 @@ struct Inner {
     service: AciService,
     verifier: Arc<Verifier>,
     api_key: Option<Zeroizing<String>>,
+    #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
     layer: E2eeLayer,
     #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
     tls: Option<AttestedTls>,
@@ -600,7 +599,9 @@ impl Client {
 
 /// `{base path}{path_and_query}`.
 fn join(base: &Uri, path_and_query: &str) -> Result<Uri> {
-    let bad = |e: http::Error| Error::new(ErrorKind::Config, format!("invalid request path {path_and_query:?}")).with_source(e);
+    let bad = |e: http::Error| {
+        Error::new(ErrorKind::Config, format!("invalid request path {path_and_query:?}")).with_source(e)
+    };
     if !path_and_query.starts_with('/') {
         return Err(Error::new(ErrorKind::Config, format!("the request path {path_and_query:?} must start with '/'")));
     }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -153,15 +153,7 @@ impl Service<Request<Full<Bytes>>> for ReqwestService {
                 .map_err(|e| Error::new(ErrorKind::Config, "the request cannot be sent with reqwest").with_source(e))?;
             let response = client.execute(request).await?;
             let mut response = Response::from(response);
-            let spki = response
-                .extensions()
-                .get::<reqwest::tls::TlsInfo>()
-                .and_then(reqwest::tls::TlsInfo::peer_certificate)
-                .map(spki_sha256)
-                .transpose()?
-                .flatten();
-            if let (Some(spki), Some(host)) = (spki, host) {
-                let channel = ChannelInfo::new(&host, spki, Arc::default());
+            if let Some(channel) = channel_of(&response, host.as_deref())? {
                 response.extensions_mut().insert(channel);
             }
             Ok(response)
@@ -169,16 +161,23 @@ impl Service<Request<Full<Bytes>>> for ReqwestService {
     }
 }
 
-/// SHA-256 of the certificate's SubjectPublicKeyInfo.
+/// The channel a response came over, from reqwest's `TlsInfo` (a client built with
+/// `tls_info(true)`): the host and the SPKI SHA-256 of the server's certificate.
 #[cfg(feature = "rustls")]
-fn spki_sha256(der: &[u8]) -> crate::Result<Option<[u8; 32]>> {
-    crate::tls::spki_sha256(&rustls::pki_types::CertificateDer::from(der)).map(Some)
+fn channel_of(response: &Response<reqwest::Body>, host: Option<&str>) -> crate::Result<Option<ChannelInfo>> {
+    let (Some(host), Some(der)) =
+        (host, response.extensions().get::<reqwest::tls::TlsInfo>().and_then(reqwest::tls::TlsInfo::peer_certificate))
+    else {
+        return Ok(None);
+    };
+    let spki = crate::tls::spki_sha256(&rustls::pki_types::CertificateDer::from(der))?;
+    Ok(Some(ChannelInfo::new(host, spki, std::sync::Arc::default())))
 }
 
-/// Without feature `rustls` the certificate is not parsed: no [`ChannelInfo`] (the key
-/// provider then applies its rule for reports without one).
+/// Without feature `rustls` reqwest has no TLS backend of ours and the certificate is not
+/// read: no [`ChannelInfo`] (the key provider then applies its rule for reports without one).
 #[cfg(not(feature = "rustls"))]
-fn spki_sha256(_der: &[u8]) -> crate::Result<Option<[u8; 32]>> {
+fn channel_of(_response: &Response<reqwest::Body>, _host: Option<&str>) -> crate::Result<Option<ChannelInfo>> {
     Ok(None)
 }
 

@@ -115,7 +115,10 @@ async fn before_release_mode_hands_out_only_verified_answers() {
 async fn a_non_2xx_answer_is_a_typed_gateway_error() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let client = Client::for_test_gateway(&gw).build().await.unwrap();
-    gw.set_fault(Some(Fault::UpstreamStatus(429, r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#.into())));
+    gw.set_fault(Some(Fault::UpstreamStatus(
+        429,
+        r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#.into(),
+    )));
     let e = client.post(CHAT, chat("x")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Gateway, "{e}");
     assert_eq!(e.gateway_error_type(), Some("rate_limit_error"));

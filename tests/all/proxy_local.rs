@@ -74,9 +74,7 @@ async fn dropping_the_handle_stops_the_embedded_proxy() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let proxy = proxy_for(&gw).await;
     let (url, server) = proxy.spawn_local().await.unwrap();
-    let sdk = Client::with_config(
-        OpenAIConfig::new().with_api_base(&url).with_api_key("sk-local"),
-    );
+    let sdk = Client::with_config(OpenAIConfig::new().with_api_base(&url).with_api_key("sk-local"));
     sdk.chat().create(chat_request("first")).await.unwrap();
     let addr = server.addr();
     drop(server);

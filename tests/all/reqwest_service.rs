@@ -52,7 +52,12 @@ fn pinned(tls: &AttestedTls, gw: &TestGateway) -> ReqwestService {
 }
 
 fn provider(http: &ReqwestService, keys: &KeyHandle, gw: &TestGateway) -> KeyProvider<ReqwestService> {
-    KeyProvider::builder(http.clone()).handle(keys.clone()).base_url(base(gw).parse().unwrap()).policy(policy()).build().unwrap()
+    KeyProvider::builder(http.clone())
+        .handle(keys.clone())
+        .base_url(base(gw).parse().unwrap())
+        .policy(policy())
+        .build()
+        .unwrap()
 }
 
 fn kind(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
@@ -84,7 +89,11 @@ async fn reqwest_alone_attests_the_gateway_encrypts_and_verifies_the_receipt() {
     // The report's response named its channel (host and the served key).
     let report = http
         .clone()
-        .oneshot(Request::get(format!("{}/v1/aci/attestation?nonce={}", base(&gw), "ab".repeat(32))).body(Full::new(Bytes::new())).unwrap())
+        .oneshot(
+            Request::get(format!("{}/v1/aci/attestation?nonce={}", base(&gw), "ab".repeat(32)))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     let channel = report.extensions().get::<ChannelInfo>().cloned().expect("reqwest's TLS info as a ChannelInfo");
@@ -145,7 +154,8 @@ async fn over_reqwest_nothing_but_report_requests_travel_before_the_key_is_attes
 async fn a_plain_reqwest_client_serves_a_loopback_gateway() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let http = ReqwestService::new(reqwest::Client::new());
-    let provider = KeyProvider::builder(http).base_url(gw.base_url().parse().unwrap()).policy(policy()).build().unwrap();
+    let provider =
+        KeyProvider::builder(http).base_url(gw.base_url().parse().unwrap()).policy(policy()).build().unwrap();
     let keyset = provider.establish().await.unwrap();
     assert_eq!(keyset.digest(), gw.keyset_digest());
 }
