@@ -18,8 +18,8 @@
 //! to its end (the default; the outcome is a [`ReceiptCheck`] in the response's extensions),
 //! before the answer is released ([`VerifyBeforeReleaseLayer`]), or not at all.
 //!
-//! The parts the client is built from ([`KeyProvider`](crate::attest::KeyProvider),
-//! [`E2eeLayer`], [`ReceiptClient`](crate::receipt::ReceiptClient), [`AttestedTls`]) stay public
+//! The parts the client is built from ([`KeyProvider`],
+//! [`E2eeLayer`], [`ReceiptClient`], [`AttestedTls`]) stay public
 //! for stacks of your own; `aci-proxy` ([`crate::proxy`]) is the same stack behind an
 //! OpenAI-compatible endpoint.
 //!
