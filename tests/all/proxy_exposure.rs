@@ -310,6 +310,43 @@ async fn the_api_key_never_goes_to_the_attestation_passthrough() {
     }
 }
 
+/// With a client key, the client's `Authorization` is the client key: it is never forwarded;
+/// the gateway gets the API key of `--api-key-env`, or none.
+#[tokio::test]
+async fn the_client_key_is_never_forwarded_to_the_gateway() {
+    let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
+    let (front, url) = hostile_front(&gw).await;
+    // Variables cargo sets for every test run (no test mutates the environment): the client key
+    // is this crate's manifest directory (an absolute path, over 16 characters).
+    let client_key = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    for (api_key_env, expected) in
+        [("CARGO_PKG_NAME", Some("Bearer tower-aci")), ("TOWER_ACI_TEST_NO_SUCH_VARIABLE", None)]
+    {
+        let (_proxy, addr) = proxy(url.clone(), |c| {
+            c.client_key_env = Some("CARGO_MANIFEST_DIR".to_owned());
+            c.api_key_env = api_key_env.to_owned();
+        })
+        .await;
+        front.seen.lock().unwrap().clear();
+        let http = reqwest::Client::new();
+        let res = http.post(format!("http://{addr}/v1/chat/completions")).body(chat("anonymous")).send().await.unwrap();
+        assert_eq!(res.status(), 401);
+        for path in ["/v1/chat/completions", "/v1/models"] {
+            let req = if path == "/v1/models" {
+                http.get(format!("http://{addr}{path}"))
+            } else {
+                http.post(format!("http://{addr}{path}")).body(chat("with the client key"))
+            };
+            assert_eq!(req.bearer_auth(&client_key).send().await.unwrap().status(), 200, "{path}");
+        }
+        let seen = front.seen.lock().unwrap().clone();
+        for p in ["/v1/chat/completions", "/v1/models"] {
+            let auths: Vec<_> = seen.iter().filter(|(_, path, _)| path == p).map(|(_, _, a)| a.clone()).collect();
+            assert_eq!(auths, [expected.map(str::to_owned)], "{api_key_env} {p}: {seen:?}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_rebound_host_or_a_foreign_origin_is_refused_and_nothing_is_sent() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
