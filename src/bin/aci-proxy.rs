@@ -5,6 +5,7 @@
 //! cargo run --features proxy --bin aci-proxy -- --local-test-gateway          # offline demo
 //! ACI_API_KEY=sk-… aci-proxy --gateway https://api.redpill.ai --compose-hash … --kms-root …
 //! aci-proxy verify-receipts receipts.jsonl --config aci-proxy.toml           # offline audit
+//! ACI_CLIENT_KEY=… aci-proxy --listen 0.0.0.0:8787 --client-key-env ACI_CLIENT_KEY …  # beyond loopback
 //! ```
 
 // The doc comments below are the command's `--help` text, where bare URLs read best.
@@ -55,7 +56,7 @@ struct ServeArgs {
     /// is never forwarded: the gateway gets the API key of --api-key-env
     #[arg(long, value_name = "VAR")]
     client_key_env: Option<String>,
-    /// Allow requests from this browser origin, exact scheme://host[:port] (repeatable); any
+    /// Allow requests from this browser origin, exactly scheme://host or scheme://host:port (repeatable); any
     /// other request carrying Origin is refused
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origins: Vec<String>,

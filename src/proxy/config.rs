@@ -135,7 +135,8 @@ impl PolicyPins {
 pub struct ProxyConfig {
     /// The gateway's base URL (`https://…`, or `http://…` on loopback).
     pub gateway: Option<String>,
-    /// Where the proxy listens (default `127.0.0.1:8787`).
+    /// Where the proxy listens (default `127.0.0.1:8787`). Requests must name it (or a loopback
+    /// name) in `Host`; a non-loopback address needs [`client_key_env`](Self::client_key_env).
     pub listen: SocketAddr,
     /// The environment variable holding the API key forwarded as the bearer token (default
     /// `ACI_API_KEY`). When it is unset, the client's own `Authorization` header is forwarded

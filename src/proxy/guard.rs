@@ -15,6 +15,7 @@
 //!   refuses to start without one.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -25,7 +26,6 @@ use http::header::{
 };
 use http::{HeaderValue, Method, StatusCode};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::ProxyState;
@@ -242,6 +242,16 @@ mod tests {
         let g = guard("0.0.0.0:8787");
         assert!(g.host_allowed("192.168.1.6:8787"));
         assert!(!g.host_allowed("myhost.lan:8787"));
+    }
+
+    #[test]
+    fn the_toml_file_names_the_client_key_variable_and_the_allowed_origins() {
+        let c = crate::proxy::ProxyConfig::from_toml(
+            "listen = \"0.0.0.0:8787\"\nclient_key_env = \"ACI_CLIENT_KEY\"\nallow_origins = [\"http://localhost:3000\"]",
+        )
+        .unwrap();
+        assert_eq!(c.client_key_env.as_deref(), Some("ACI_CLIENT_KEY"));
+        assert_eq!(c.allow_origins, ["http://localhost:3000"]);
     }
 
     #[test]

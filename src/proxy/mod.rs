@@ -13,6 +13,20 @@
 //! from this machine to the gateway and the gateway's own handling. What it does not: the hop
 //! from your application to the proxy is loopback plaintext, so run it on the same host.
 //!
+//! It does not expose the person running it:
+//! - a redirect from the gateway never reaches the client (an SDK that followed a `307` would
+//!   re-send the plaintext prompt to the `Location`): it becomes a `502`
+//!   `gateway_redirect_refused`, and the proxy's own client never follows one; of the gateway's
+//!   headers only an allow-list is relayed (content type, request id, `retry-after`,
+//!   `x-ratelimit-*`, the ACI/E2EE response headers), never `Location` or `Set-Cookie`;
+//! - a request whose `Host` is not a loopback name or the listen address (DNS rebinding), or that
+//!   carries an `Origin` not named by [`ProxyConfig::allow_origins`] (a web page), is refused
+//!   before anything is sent; listening beyond loopback needs a client key
+//!   ([`ProxyConfig::client_key_env`]), checked on every request;
+//! - the API key goes only to the inference routes, `/v1/models` and `/v1/aci/receipts/…`, never
+//!   to the attestation endpoint; a `--pccs` on the gateway's own host (which would take the
+//!   gateway out of the TLS pin) is refused at start.
+//!
 //! ```no_run
 //! # async fn run() -> tower_aci::Result<()> {
 //! use tower_aci::proxy::{Proxy, ProxyConfig};
@@ -115,6 +129,11 @@ impl Proxy {
     /// Start the proxy's parts: the local test gateway if asked, the key provider (the gateway
     /// is attested now: a gateway that fails its policy fails here, with which check), its
     /// refresher, and the audit file. Serve [`router`](Self::router) to accept requests.
+    ///
+    /// Fails with a [`Config`](ErrorKind::Config) error, before any connection, when `listen` is
+    /// not a loopback address and no client key is configured, when the client key's variable is
+    /// unset or shorter than 16 characters, when an allowed origin is not an exact origin, or
+    /// when `pccs` names the gateway's host.
     pub async fn start(config: ProxyConfig) -> Result<Proxy> {
         let policy = config.policy()?;
         let guard = guard::Guard::new(config.listen, &config.allow_origins, config.client_key_env.as_deref())?;
