@@ -5,6 +5,7 @@
 //! cargo run --features proxy --bin aci-proxy -- --local-test-gateway          # offline demo
 //! ACI_API_KEY=sk-… aci-proxy --gateway https://api.redpill.ai --compose-hash … --kms-root …
 //! aci-proxy verify-receipts receipts.jsonl --config aci-proxy.toml           # offline audit
+//! ACI_CLIENT_KEY=… aci-proxy --listen 0.0.0.0:8787 --client-key-env ACI_CLIENT_KEY …  # beyond loopback
 //! ```
 
 // The doc comments below are the command's `--help` text, where bare URLs read best.
@@ -50,6 +51,15 @@ struct ServeArgs {
     /// Environment variable holding the API key sent as the bearer token [default: ACI_API_KEY]
     #[arg(long)]
     api_key_env: Option<String>,
+    /// Environment variable holding the key clients must send as `Authorization: Bearer <key>`
+    /// (at least 16 characters; required to listen on a non-loopback address). The client key
+    /// is never forwarded: the gateway gets the API key of --api-key-env
+    #[arg(long, value_name = "VAR")]
+    client_key_env: Option<String>,
+    /// Allow requests from this browser origin, exactly scheme://host or scheme://host:port (repeatable); any
+    /// other request carrying Origin is refused
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
     /// Receipts: off, verify (in the background) or before-release [default: verify]
     #[arg(long)]
     receipts: Option<ReceiptMode>,
@@ -126,6 +136,10 @@ impl ServeArgs {
         if let Some(e) = &self.api_key_env {
             config.api_key_env = e.clone();
         }
+        if let Some(e) = &self.client_key_env {
+            config.client_key_env = Some(e.clone());
+        }
+        config.allow_origins.extend(self.allow_origins.iter().cloned());
         if let Some(r) = self.receipts {
             config.receipts = r;
         }

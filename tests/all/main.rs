@@ -32,6 +32,8 @@ mod provider_gateway;
 #[cfg(feature = "proxy")]
 mod proxy;
 #[cfg(feature = "proxy")]
+mod proxy_exposure;
+#[cfg(feature = "proxy")]
 mod proxy_local;
 #[cfg(feature = "test-gateway")]
 mod receipt_gateway;
