@@ -16,17 +16,18 @@ use futures_util::StreamExt;
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tower::retry::Retry;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_aci::attest::{Clock, KeyHandle, KeyProvider, ManualClock, SystemClock};
+use tower_aci::attest::{Clock, KeyHandle, KeyProvider, ManualClock, Policy, SystemClock};
 use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
 use tower_aci::gateway::{Fault, GatewayConfig, GatewayKeys, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{
     ExchangeRecord, KeysetMatch, ReceiptClient, ReceiptPolicy, RetryPolicy, VerifiedReceipt, verify_exchange,
 };
-use tower_aci::{BoxError, E2eeLayer, ErrorKind, GatewayError, ReceiptFailure as F};
+use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind, GatewayError, ReceiptFailure as F};
 
 use crate::data::reason;
 use crate::support::{LayerClient, layer_client, post, sse_text, stub_policy};
@@ -482,4 +483,131 @@ async fn the_same_key_rule_stops_at_the_vouching_keysets_not_after() {
     let receipt = receipts.fetch_for(&record, None).await.unwrap();
     let verified = verify_exchange(&receipt, &record, &keys, &ReceiptPolicy::new()).unwrap();
     assert_eq!(verified.keyset_match(), KeysetMatch::SameKey);
+}
+
+/// The compose file the refused-replica tests pin, and another build of the same application.
+const PINNED_COMPOSE: &str = r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:aa"}}}"#;
+const UNPINNED_COMPOSE: &str =
+    r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:bb"}}}"#;
+
+/// Stub quotes accepted; the workload pinned to `PINNED_COMPOSE`'s compose hash (with the stub
+/// quote, SHA-256 of the published `app_compose`).
+fn compose_pinned_policy() -> Policy {
+    let hash = const_hex::encode(Sha256::digest(PINNED_COMPOSE.as_bytes()));
+    Policy::builder()
+        .select_suite(Suite::X25519)
+        .allow_compose_hash(&hash)
+        .dangerous()
+        .accept_stub_quote()
+        .build()
+        .unwrap()
+}
+
+/// Issue 18, item 3. Three replicas of one application (the same KMS-derived keys, so the same
+/// receipt key) behind a round-robin forwarder: 0 runs the pinned build; 1 runs another build,
+/// whose report fails the policy; 2 runs the pinned build but its report endpoint fails. The
+/// unpinned build's receipts must not verify on the same-key rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_report_fails_the_policy_has_its_receipts_refused() {
+    let keys_of_app = GatewayKeys::generate();
+    let launch = SystemClock.now();
+    let replica = |i: u64, compose: &str| {
+        GatewayConfig::new().keys(keys_of_app.clone()).not_after(launch + THIRTY_DAYS + i).app_compose(compose)
+    };
+    let replicas = [
+        TestGateway::start(replica(0, PINNED_COMPOSE)).await.unwrap(),
+        TestGateway::start(replica(1, UNPINNED_COMPOSE)).await.unwrap(),
+        TestGateway::start(replica(2, PINNED_COMPOSE)).await.unwrap(),
+    ];
+    replicas[2].set_fault(Some(Fault::AttestationStatus(503)));
+    let digests: Vec<String> = replicas.iter().map(TestGateway::keyset_digest).collect();
+    let lb = Forwarder::start(replicas.iter().map(TestGateway::addr).collect()).await;
+    let base = lb.url();
+    let http = layer_client();
+    let provider = KeyProvider::builder(http.clone())
+        .base_url(base.parse().unwrap())
+        .policy(compose_pinned_policy())
+        .digest_probes(PROBES)
+        .build()
+        .unwrap();
+    // The first connection through the forwarder goes to replica 0, the pinned build.
+    assert_eq!(provider.establish().await.unwrap().digest(), digests[0]);
+    let keys = provider.handle();
+
+    // One exchange per fresh connection: the forwarder sends them to each replica in turn.
+    let mut records = Vec::new();
+    for i in 0..6 {
+        records.push(exchange(&layered(&layer_client(), &keys), &base, &format!("which build {i}"), i % 2 == 1).await);
+    }
+    let receipts = receipt_client(&http, &base);
+    let policy = ReceiptPolicy::new();
+    let mut served = [0usize; 3];
+    for record in &records {
+        let replica = digests.iter().position(|d| record.keyset_digest() == Some(d.as_str())).expect("a replica");
+        served[replica] += 1;
+        let outcome = receipts.fetch_and_verify(record, None, &keys, &policy).await;
+        match replica {
+            0 => assert_eq!(outcome.unwrap().keyset_match(), KeysetMatch::Exact),
+            1 => {
+                let err = match outcome {
+                    Ok(v) => panic!(
+                        "attack succeeded: the unpinned build's receipt verified ({:?}, vouched for by {})",
+                        v.keyset_match(),
+                        v.keyset().digest()
+                    ),
+                    Err(e) => e,
+                };
+                assert_eq!(err.kind(), ErrorKind::Receipt(F::RefusedKeyset(AttestationFailure::NotAllowed)), "{err}");
+                let message = err.to_string();
+                assert!(message.contains(&digests[1]) && message.contains("compose hash"), "{message}");
+            }
+            _ => {
+                let verified = outcome.unwrap();
+                assert_eq!(verified.keyset_match(), KeysetMatch::SameKey, "unreachable, not refused");
+                assert_eq!(verified.keyset().digest(), digests[0]);
+            }
+        }
+    }
+    assert!(served.iter().all(|&n| n > 0), "every replica served: {served:?}");
+
+    // The refusal is remembered with its failure; the unreachable replica is not refused, and
+    // neither is known.
+    let refused = keys.refused_keyset(&digests[1]).expect("the unpinned build's keyset is refused");
+    assert_eq!(refused.failure(), AttestationFailure::NotAllowed);
+    assert!(refused.message().contains("compose hash"), "{}", refused.message());
+    assert_eq!(keys.refused_keysets().len(), 1);
+    assert!(keys.refused_keyset(&digests[2]).is_none());
+    assert!(keys.keyset_for_digest(&digests[1]).is_none() && keys.keyset_for_digest(&digests[2]).is_none());
+    // Once refused, a receipt naming it fails at once: no report is fetched for it (not again
+    // before min_refresh_interval).
+    let reports = || replicas.iter().map(TestGateway::attestations_served).sum::<usize>();
+    let before = reports();
+    assert!(before <= 1 + 2 * PROBES as usize, "bounded: {before} report fetches");
+    let refused_record = records.iter().find(|r| r.keyset_digest() == Some(digests[1].as_str())).unwrap();
+    let err = receipts.fetch_and_verify(refused_record, None, &keys, &policy).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Receipt(F::RefusedKeyset(AttestationFailure::NotAllowed)));
+    assert_eq!(reports(), before, "no report fetched for a digest refused moments ago");
+
+    // Offline, with the handle's refusals: the same verdicts without any fetch; and requiring
+    // the exact keyset, the unreachable replica's receipts fail too.
+    let exact = ReceiptPolicy::new().require_exact_keyset(true);
+    for record in &records {
+        let receipt = receipts.fetch_for(record, None).await.unwrap();
+        let lenient = verify_exchange(&receipt, record, &keys, &policy);
+        let strict = verify_exchange(&receipt, record, &keys, &exact);
+        match digests.iter().position(|d| record.keyset_digest() == Some(d.as_str())).unwrap() {
+            0 => {
+                lenient.unwrap();
+                strict.unwrap();
+            }
+            1 => {
+                assert_eq!(reason(lenient), F::RefusedKeyset(AttestationFailure::NotAllowed));
+                assert_eq!(reason(strict), F::RefusedKeyset(AttestationFailure::NotAllowed));
+            }
+            _ => {
+                assert_eq!(lenient.unwrap().keyset_match(), KeysetMatch::SameKey);
+                assert_eq!(reason(strict), F::UnknownKeyset);
+            }
+        }
+    }
 }
