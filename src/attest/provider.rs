@@ -900,6 +900,16 @@ mod tests {
             .unwrap()
         };
         assert_eq!(refusable_digest(&report(&digest, &keyset)), Some(digest.clone()));
+        // The reference gateway's own stub report (bytes this crate did not produce).
+        assert_eq!(
+            refusable_digest(include_bytes!("../../tests/data/report_stub_quote.json")).as_deref(),
+            Some("sha256:e338157d18d77aaa3d1186c9d96147c2d4edc0f1a169ace1243c0bc3ad701fad")
+        );
+        // And a production gateway's report (a real TDX capture).
+        assert_eq!(
+            refusable_digest(include_bytes!("../../tests/data/real_tdx_report_2026-06.json")).as_deref(),
+            Some("sha256:46cdea445e5f2abcb78a5db0a630e7ba2127bc4f24033aa628b49e310e3928e2")
+        );
         // A document naming that (honest) digest next to another keyset refuses nothing.
         let other = serde_json::json!({"subject": null, "not_after": 2_000_000_001u64, "receipt_signing_keys": []});
         assert_eq!(refusable_digest(&report(&digest, &other)), None);
