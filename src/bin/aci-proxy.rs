@@ -17,7 +17,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode, verify_audit};
-use tower_aci::receipt::ReceiptPolicy;
 
 /// End-to-end encryption (ACI E2EE v2) for any OpenAI SDK, through a local proxy.
 #[derive(Parser, Debug)]
@@ -103,6 +102,10 @@ struct PolicyArgs {
     /// Dangerous: trust any workload running in a TEE (no pin)
     #[arg(long)]
     any_workload: bool,
+    /// Accept a receipt only when the keyset it names was itself attested, never on the
+    /// same-key rule (a replica whose report could not be fetched)
+    #[arg(long)]
+    require_exact_keyset: bool,
 }
 
 impl PolicyArgs {
@@ -116,6 +119,7 @@ impl PolicyArgs {
         };
         config.local_test_gateway |= self.local_test_gateway;
         config.any_workload |= self.any_workload;
+        config.require_exact_keyset |= self.require_exact_keyset;
         config.pins.compose_hashes.extend(self.compose_hashes.iter().cloned());
         config.pins.app_ids.extend(self.app_ids.iter().cloned());
         config.pins.os_image_hashes.extend(self.os_image_hashes.iter().cloned());
@@ -182,7 +186,7 @@ fn verify_receipts(file: &PathBuf, policy: &PolicyArgs) -> Result<(), String> {
     let config = policy.config()?;
     let policy = config.policy().map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let summary = verify_audit(&text, &policy, &ReceiptPolicy::new());
+    let summary = verify_audit(&text, &policy, &config.receipt_policy());
     println!("{} reports and {} receipts verified", summary.keysets_verified, summary.receipts_verified);
     for (line, e) in &summary.failures {
         println!("line {line}: {:?}: {e}", e.kind());

@@ -93,6 +93,7 @@ pub struct GatewayConfig {
     clock: Arc<dyn Clock>,
     upstream: Option<Arc<UpstreamFn>>,
     bind: SocketAddr,
+    app_compose: Option<String>,
     #[cfg(feature = "rustls")]
     tls: Option<GatewayTls>,
 }
@@ -106,6 +107,7 @@ impl fmt::Debug for GatewayConfig {
             .field("clock", &self.clock)
             .field("upstream", &self.upstream.as_ref().map(|_| "custom"))
             .field("bind", &self.bind)
+            .field("app_compose", &self.app_compose)
             .finish_non_exhaustive()
     }
 }
@@ -127,6 +129,7 @@ impl GatewayConfig {
             clock: Arc::new(SystemClock),
             upstream: None,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            app_compose: None,
             #[cfg(feature = "rustls")]
             tls: None,
         }
@@ -167,6 +170,15 @@ impl GatewayConfig {
     /// [`UpstreamResponse::echo`] is the built-in answer, for delegating.
     pub fn upstream(mut self, handler: impl Fn(UpstreamRequest) -> UpstreamResponse + Send + Sync + 'static) -> Self {
         self.upstream = Some(Arc::new(handler));
+        self
+    }
+
+    /// Publish this text as the report's `evidence.app_compose` (default `null`). With the stub
+    /// quote a policy then measures its compose hash (SHA-256 of the text): gateways sharing
+    /// [`keys`](Self::keys) but publishing different compose files are replicas of one
+    /// application running different builds, one of which a pinned policy refuses.
+    pub fn app_compose(mut self, compose: impl Into<String>) -> Self {
+        self.app_compose = Some(compose.into());
         self
     }
 
@@ -358,7 +370,7 @@ impl TestGateway {
         let keys = config.keys.clone().unwrap_or_else(|| GatewayKeys::from_seeds(config.fixed_seeds));
         let keyset = keys.seal(not_after, tls_entries);
         let (shutdown, watch) = tokio::sync::watch::channel(false);
-        let shared = Arc::new(server::Shared::new(keyset, config.clock, config.upstream, watch));
+        let shared = Arc::new(server::Shared::new(keyset, config.clock, config.upstream, watch, config.app_compose));
         #[cfg(feature = "rustls")]
         shared.set_tls(config.tls.as_ref());
         let task = tokio::spawn(server::serve(listener, shared.clone()));

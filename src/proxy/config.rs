@@ -170,6 +170,10 @@ pub struct ProxyConfig {
     /// A PCCS to fetch the TDX quote's collateral from (feature `dcap`), e.g.
     /// `https://pccs.phala.network`; verified with WebPKI, not pinned.
     pub pccs: Option<String>,
+    /// Accept a receipt only when the keyset it names was itself attested
+    /// ([`ReceiptPolicy::require_exact_keyset`](crate::receipt::ReceiptPolicy::require_exact_keyset)),
+    /// never on the same-key rule; `verify-receipts` applies it too.
+    pub require_exact_keyset: bool,
     /// A policy built in code, used instead of the pins (for embedding the proxy, and tests).
     #[serde(skip)]
     pub policy: Option<Policy>,
@@ -191,6 +195,7 @@ impl Default for ProxyConfig {
             max_request_body: crate::e2ee::DEFAULT_MAX_REQUEST_BODY,
             tls_pin_only: false,
             pccs: None,
+            require_exact_keyset: false,
             policy: None,
         }
     }
@@ -200,6 +205,11 @@ impl ProxyConfig {
     /// Parse a TOML configuration file's text.
     pub fn from_toml(text: &str) -> Result<ProxyConfig> {
         toml::from_str(text).map_err(|e| Error::new(ErrorKind::Config, format!("invalid proxy configuration: {e}")))
+    }
+
+    /// The receipt policy these settings describe.
+    pub fn receipt_policy(&self) -> crate::receipt::ReceiptPolicy {
+        crate::receipt::ReceiptPolicy::new().require_exact_keyset(self.require_exact_keyset)
     }
 
     /// The attestation policy these settings describe. Fails with a clear `Config` error when

@@ -184,7 +184,7 @@ impl Proxy {
             Duration::from_millis(100),
             Duration::from_secs(2),
         ));
-        let receipt_policy = ReceiptPolicy::new();
+        let receipt_policy = config.receipt_policy();
         let retry = RetryLayer::new(KeyMismatchRetry::new(keys.clone()));
         let e2ee = E2eeLayer::new(keys.clone());
         let stack: Stack = match config.receipts {
@@ -306,7 +306,7 @@ fn status_json(st: &ProxyState) -> serde_json::Value {
         "pins": st.pins.to_json(),
         "receipts": match st.mode { ReceiptMode::Off => "off", ReceiptMode::Verify => "verify", ReceiptMode::BeforeRelease => "before-release" },
         "started_at": st.started_at,
-        "counts": st.counters.to_json(),
+        "counts": st.counters.to_json_with(st.keys.refused_keysets().len()),
     })
 }
 
@@ -569,7 +569,7 @@ async fn archive(st: &ProxyState, verified: &VerifiedReceipt, record: &ExchangeR
 async fn append_to_audit(st: &ProxyState, verified: &VerifiedReceipt, record: &ExchangeRecord) {
     tracing::debug!(receipt = verified.receipt().receipt_id(), "receipt verified");
     if let Some(audit) = &st.audit {
-        if let Err(e) = audit.append(verified.keyset(), record, verified.receipt()).await {
+        if let Err(e) = audit.append(verified, record).await {
             tracing::error!("audit file: {e}");
         }
     }
