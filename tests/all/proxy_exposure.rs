@@ -317,13 +317,13 @@ async fn the_client_key_is_never_forwarded_to_the_gateway() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let (front, url) = hostile_front(&gw).await;
     // Variables cargo sets for every test run (no test mutates the environment): the client key
-    // is this crate's manifest directory (an absolute path, over 16 characters).
-    let client_key = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    // is this crate's description (over 16 characters wherever the checkout lives).
+    let client_key = std::env::var("CARGO_PKG_DESCRIPTION").unwrap();
     for (api_key_env, expected) in
         [("CARGO_PKG_NAME", Some("Bearer tower-aci")), ("TOWER_ACI_TEST_NO_SUCH_VARIABLE", None)]
     {
         let (_proxy, addr) = proxy(url.clone(), |c| {
-            c.client_key_env = Some("CARGO_MANIFEST_DIR".to_owned());
+            c.client_key_env = Some("CARGO_PKG_DESCRIPTION".to_owned());
             c.api_key_env = api_key_env.to_owned();
         })
         .await;
