@@ -55,6 +55,7 @@ fn bare_seal(suite: Suite, recipient_hex: &str, pt: &[u8], aad: &[u8]) -> String
             let shared = eph.diffie_hellman(&x25519_dalek::PublicKey::from(r));
             (eph_pub.as_bytes().to_vec(), hkdf(b"aci.e2ee.v2.x25519", shared.as_bytes()))
         }
+        s => unimplemented!("no bare floor for {s}"),
     };
     let mut nonce = [0u8; 12];
     OsRng.fill_bytes(&mut nonce);
@@ -86,6 +87,7 @@ fn bare_open(suite: Suite, secret: &[u8; 32], field: &str, aad: &[u8]) -> Vec<u8
             let eph: [u8; 32] = blob[..32].try_into().unwrap();
             hkdf(b"aci.e2ee.v2.x25519", sk.diffie_hellman(&x25519_dalek::PublicKey::from(eph)).as_bytes())
         }
+        s => unimplemented!("no bare floor for {s}"),
     };
     let (nonce, rest) = blob[eph_len..].split_at(12);
     let (ct, tag) = rest.split_at(rest.len() - 16);

@@ -165,6 +165,7 @@ impl Error {
     }
 
     /// Attach an underlying cause.
+    #[must_use]
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self

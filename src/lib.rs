@@ -108,6 +108,12 @@
 //! | `libsecp256k1` | secp256k1 ECDH and key generation on libsecp256k1 (C): same bytes, faster |
 //! | `aws-lc` | X25519 and AES-256-GCM on AWS-LC (assembly): same bytes, faster |
 //!
+//! `__internal-test-vectors` is not for users: it exposes internals (raw ECDH secrets, a
+//! replaceable random source) to the crate's own tests and benches, carries no stability promise
+//! and no feature above enables it.
+//!
+//! [`prelude`] gathers the handful of names each path needs.
+//!
 //! ## Why `serde_json/preserve_order` is on
 //!
 //! The receipt names the SHA-256 of the request body the gateway *restored* after decrypting it:
@@ -158,6 +164,7 @@ mod hex;
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 pub mod middleware;
 mod percent;
+pub mod prelude;
 pub mod protocol;
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
@@ -168,6 +175,9 @@ mod reqwest_service;
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub mod tls;
+
+#[cfg(doctest)]
+mod surface_checks;
 
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]

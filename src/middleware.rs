@@ -53,6 +53,7 @@ pub use crate::reqwest_service::{ReqwestFuture, ReqwestService};
 
 /// E2EE v2 as a reqwest-middleware [`Middleware`]. Configure it like the tower layer.
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct E2eeMiddleware {
     config: Arc<Config>,
     key_mismatch_wait: Option<Duration>,

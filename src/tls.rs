@@ -125,6 +125,7 @@ fn lists(keyset: &AttestedKeyset, host: &str, spki_hex: &str) -> bool {
 
 /// Builds an [`AttestedTls`]. Created by [`AttestedTls::builder`]; methods take and return the
 /// builder by value, and an invalid value surfaces from [`build`](Self::build).
+#[must_use]
 pub struct AttestedTlsBuilder {
     keys: KeyHandle,
     roots: Option<RootCertStore>,
@@ -165,6 +166,7 @@ impl AttestedTlsBuilder {
     /// The platform's root store, as `rustls-native-certs` loads it (feature
     /// `rustls-native-roots`). Fails at `build` when no root could be loaded.
     #[cfg(feature = "rustls-native-roots")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls-native-roots")))]
     pub fn with_native_roots(self) -> Self {
         let loaded = rustls_native_certs::load_native_certs();
         let mut roots = RootCertStore::empty();

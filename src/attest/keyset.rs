@@ -38,6 +38,7 @@ pub(crate) fn normalize_host(host: &str) -> &str {
 
 /// A TLS key entry of a verified keyset.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsKey {
     /// SHA-256 of the certificate's SubjectPublicKeyInfo, lowercase hex.
     pub spki_sha256: String,

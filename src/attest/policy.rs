@@ -228,6 +228,7 @@ impl fmt::Debug for Policy {
 /// Builds a [`Policy`]. Methods take and return the builder by value; an invalid value is
 /// remembered and reported by [`build`](Self::build) as a [`Config`](ErrorKind::Config) error.
 #[derive(Debug)]
+#[must_use]
 pub struct PolicyBuilder {
     policy: Policy,
     error: Option<Error>,
@@ -432,6 +433,7 @@ impl PolicyBuilder {
 /// keyset proves; a keyset verified under such a policy reports
 /// [`hardware_verified() == false`](crate::attest::AttestedKeyset::hardware_verified).
 #[derive(Debug)]
+#[must_use]
 pub struct DangerousPolicyBuilder {
     inner: PolicyBuilder,
 }

@@ -75,6 +75,7 @@ impl Default for Timing {
 /// Builds a [`KeyProvider`]. Created by [`KeyProvider::builder`].
 /// `ReqB` is the request body type of the HTTP service (any body that is `From<Bytes>`), so
 /// one client can serve the E2EE layer, the provider and the receipt client.
+#[must_use]
 pub struct KeyProviderBuilder<S, ReqB = Full<Bytes>> {
     service: S,
     _body: PhantomData<fn() -> ReqB>,
@@ -797,6 +798,7 @@ impl TryNextU64 for OsRng {
 
 /// The refresher spawned by [`KeyProvider::spawn`]; dropping it stops the refresher.
 #[derive(Debug)]
+#[must_use = "dropping the RefreshTask stops the refresher: keep it as long as the keys are used"]
 pub struct RefreshTask {
     task: tokio::task::JoinHandle<()>,
 }

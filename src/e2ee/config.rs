@@ -82,6 +82,7 @@ pub(crate) struct Randomness(Option<Arc<Mutex<FillFn>>>);
 type FillFn = dyn FnMut(&mut [u8]) + Send;
 
 impl Randomness {
+    #[cfg(feature = "__internal-test-vectors")]
     pub(crate) fn from_fn(fill: impl FnMut(&mut [u8]) + Send + 'static) -> Self {
         Randomness(Some(Arc::new(Mutex::new(fill))))
     }

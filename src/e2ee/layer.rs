@@ -29,6 +29,7 @@ use crate::protocol::sse::SseLimits;
 /// # }
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct E2eeLayer {
     pub(crate) config: Arc<Config>,
 }
@@ -82,7 +83,9 @@ impl E2eeLayer {
     /// **Dangerous, for tests only**: draw every random byte of an exchange (client key,
     /// `X-E2EE-Nonce`, ephemeral keys, AES-GCM nonces, in that order) from `fill` instead of the
     /// operating system's CSPRNG, so that a test can replay an exchange recorded with fixed keys
-    /// byte for byte. Anything but a CSPRNG here voids the protection E2EE gives.
+    /// byte for byte. Anything but a CSPRNG here voids the protection E2EE gives. Compiled only
+    /// with the hidden feature `__internal-test-vectors`, which no user feature enables.
+    #[cfg(feature = "__internal-test-vectors")]
     #[doc(hidden)]
     pub fn dangerous_randomness_for_tests(self, fill: impl FnMut(&mut [u8]) + Send + 'static) -> Self {
         let randomness = crate::e2ee::config::Randomness::from_fn(fill);

@@ -51,6 +51,7 @@ const KEY_MISMATCH: &str = "e2ee_model_key_mismatch";
 /// # }
 /// ```
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct KeyMismatchRetry {
     keys: KeyHandle,
     wait: Duration,

@@ -15,6 +15,7 @@ use crate::protocol::suite::{PublicKey, SecretKey, Suite, open, seal};
 
 /// A request body after the gateway decrypted it.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct OpenedRequest {
     /// The restored document.
     pub body: Value,

@@ -63,6 +63,7 @@ use crate::attest::{Clock, SystemClock};
 pub use fields::{OpenedRequest, ResponseSealer, open_request};
 pub use receipts::sign_receipt;
 #[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub use tls::GatewayTls;
 pub use upstream::{UpstreamRequest, UpstreamResponse};
 
@@ -86,6 +87,7 @@ type UpstreamFn = dyn Fn(UpstreamRequest) -> UpstreamResponse + Send + Sync + 's
 /// # let _ = config;
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct GatewayConfig {
     fixed_seeds: bool,
     keys: Option<GatewayKeys>,
@@ -191,6 +193,7 @@ impl GatewayConfig {
     /// Serve HTTPS with this certificate (feature `rustls`), and publish its SPKI in the
     /// keyset's `tls_public_keys`, so clients can pin it ([`crate::tls`]).
     #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
     pub fn tls(mut self, tls: GatewayTls) -> Self {
         self.tls = Some(tls);
         self
@@ -491,6 +494,7 @@ impl TestGateway {
     /// keyset with its `tls_public_keys` entries in place of the old ones: same keys, a new
     /// digest. Clients pinned to the old keyset refuse the new certificate until they re-attest.
     #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
     pub fn rotate_tls(&self, tls: GatewayTls) {
         self.shared.update_keyset(|k| k.with_tls(tls.entries()));
         self.shared.set_tls(Some(&tls));

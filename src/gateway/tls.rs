@@ -22,6 +22,7 @@ use crate::hex;
 /// let gateway = TestGateway::start(GatewayConfig::new().tls(tls)).await?; // https://127.0.0.1:…
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct GatewayTls {
     pub(crate) config: Arc<ServerConfig>,
     spki: [u8; 32],

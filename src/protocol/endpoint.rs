@@ -2,6 +2,7 @@
 
 /// An endpoint E2EE v2 defines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Endpoint {
     /// `POST /v1/chat/completions`.
     ChatCompletions,

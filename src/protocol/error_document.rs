@@ -7,6 +7,7 @@ use crate::error::{Error, ErrorKind};
 /// The gateway's error document, read from a non-2xx answer. The E2EE layer puts it in the
 /// response's extensions of a failed exchange (the body itself passes through readable).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GatewayError {
     /// HTTP status.
     pub status: u16,

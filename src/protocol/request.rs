@@ -59,6 +59,7 @@ impl EncryptOptions {
 
 /// The five E2EE v2 request headers' values.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct E2eeHeaders {
     /// `X-Client-Pub-Key`: lowercase hex, 65-byte form for secp256k1.
     pub client_pub_key: String,
@@ -138,6 +139,7 @@ impl fmt::Debug for ExchangeContext {
 
 /// An encrypted request, ready to send.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct EncryptedRequest {
     /// The wire body.
     pub body: Vec<u8>,

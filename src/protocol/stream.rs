@@ -58,6 +58,7 @@ pub const MAX_CLEARTEXT_KINDS: usize = 32;
 
 /// One item produced by [`StreamDecryptor::next_output`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum StreamOutput {
     /// A complete event, decrypted and re-framed (LF line endings, blank-line terminated).
     Event(Bytes),

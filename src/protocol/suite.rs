@@ -54,6 +54,7 @@ pub const TAG_LEN: usize = 16;
 
 /// An E2EE v2 cipher suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Suite {
     /// `secp256k1-aes-256-gcm-hkdf-sha256`: the default RedPill/Phala key (`dstack-kms-e2ee-v1`).
     Secp256k1,
@@ -107,7 +108,8 @@ impl fmt::Display for Suite {
 }
 
 /// A library that implements some of the primitives. Not part of the stable API: the parity
-/// tests and benches pick one per call through [`kat`]; applications choose with features.
+/// tests and benches pick one per call through `kat` (feature `__internal-test-vectors`);
+/// applications choose with features.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -167,6 +169,7 @@ impl Impls {
         Impls { secp256k1: FASTEST_SECP256K1, x25519: FASTEST_X25519_AND_AEAD, aead: FASTEST_X25519_AND_AEAD };
 
     /// `backend` for every primitive it implements, pure Rust for the others.
+    #[cfg(any(test, feature = "__internal-test-vectors"))]
     fn only(backend: Backend) -> Impls {
         let rust = Backend::RustCrypto;
         match backend {
@@ -741,10 +744,12 @@ fn open_impl(impls: Impls, recipient: &SecretKey, field: &str, aad: &[u8]) -> Re
     Ok(buf)
 }
 
-#[doc(hidden)]
 /// Internals exposed for the known-answer tests, the cross-backend tests and the benches: the raw
 /// ECDH shared secret, the HKDF output, and seal/open on one chosen [`Backend`]. Not part of the
-/// stable API.
+/// API: compiled only with the hidden feature `__internal-test-vectors`, which no user feature
+/// enables (see `Cargo.toml`).
+#[cfg(any(test, feature = "__internal-test-vectors"))]
+#[doc(hidden)]
 pub mod kat {
     use super::*;
 

@@ -197,6 +197,7 @@ impl AuditLog {
 
 /// The outcome of [`verify_audit`].
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct AuditSummary {
     /// Reports that verified again.
     pub keysets_verified: usize,

@@ -12,6 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 /// What the proxy does with receipts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum ReceiptMode {
     /// Receipts are not fetched.
     Off,

@@ -107,6 +107,7 @@ pub enum Event {
 
 /// The `upstream.verified` event of an aggregator's receipt (protocol.md §5.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct UpstreamVerified {
     /// `result`: `"verified"` or `"failed"` (other values are kept verbatim).
     pub result: String,

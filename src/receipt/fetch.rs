@@ -67,6 +67,7 @@ pub const DEFAULT_FETCH_TIME_LIMIT: Duration = Duration::from_secs(15);
 /// assert_eq!(RetryPolicy::none().max_replica_hops(), 0);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
 pub struct RetryPolicy {
     max_retries: u32,
     initial_backoff: Duration,
@@ -181,6 +182,7 @@ impl RetryPolicy {
 ///   [`keyset_wait`](Self::keyset_wait); see [`KeysetMatch`](crate::receipt::KeysetMatch) for
 ///   the rule applied when it cannot be attested, and
 ///   [`ReceiptFailure::RefusedKeyset`] for a keyset whose report failed the policy.
+#[must_use]
 pub struct ReceiptClient<S, ReqB = Full<Bytes>> {
     service: S,
     _body: PhantomData<fn() -> ReqB>,

@@ -201,6 +201,7 @@ pub enum KeysetMatch {
 /// # let _ = strict;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
 pub struct ReceiptPolicy {
     reject_rewrites: bool,
     verify_sessions: bool,

@@ -4,7 +4,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower_aci::protocol::request::{Endpoint, ExchangeContext};
 use tower_aci::protocol::stream::{StreamDecryptor, StreamOutput};
-use tower_aci::protocol::suite::{Backend, SecretKey, Suite, kat, open, seal};
+#[cfg(feature = "__internal-test-vectors")]
+use tower_aci::protocol::suite::{Backend, kat};
+use tower_aci::protocol::suite::{SecretKey, Suite, open, seal};
 
 fn suite() -> impl Strategy<Value = Suite> {
     prop_oneof![Just(Suite::X25519), Just(Suite::Secp256k1)]
@@ -23,6 +25,7 @@ proptest! {
     }
 
     /// Seal on one backend, open on another (every compiled pair, the default included).
+    #[cfg(feature = "__internal-test-vectors")]
     #[test]
     fn seal_on_one_backend_open_on_another(
         suite in suite(),
@@ -46,6 +49,7 @@ proptest! {
 }
 
 /// A compiled backend, or `None` for the default (the fastest compiled one per primitive).
+#[cfg(feature = "__internal-test-vectors")]
 fn backend() -> impl Strategy<Value = Option<Backend>> {
     prop_oneof![Just(None), proptest::sample::select(Backend::ALL).prop_map(Some)]
 }
@@ -175,6 +179,7 @@ fn decrypt_chunks(ctx: ExchangeContext, wire: &[u8], cuts: &[usize]) -> (Vec<u8>
             match o {
                 StreamOutput::Event(b) => out.extend_from_slice(&b),
                 StreamOutput::InBandError(_, e) => panic!("{e}"),
+                other => panic!("unexpected {other:?}"),
             }
         }
     }
@@ -281,6 +286,7 @@ fn protected_values(endpoint: Endpoint, doc: &Value, stream: bool) -> Vec<Value>
                 }
             }
         }
+        other => panic!("no protected values known for {other:?}"),
     }
     out
 }

@@ -119,6 +119,7 @@ pub(crate) fn handle(suite: Suite) -> (KeyHandle, ManualClock) {
 /// The random bytes the client of `e` drew, in the order the layer draws them: client key,
 /// nonce, then for each request field its ephemeral key and AES-GCM nonce. Once used up, the
 /// tape falls back to the OS CSPRNG (for request shapes this client builds differently).
+#[cfg(feature = "__internal-test-vectors")]
 pub(crate) fn tape(e: &Value) -> Arc<Mutex<VecDeque<u8>>> {
     let mut bytes = Vec::new();
     bytes.extend(const_hex::decode(s(e, "client_secret_key")).unwrap());
@@ -131,6 +132,7 @@ pub(crate) fn tape(e: &Value) -> Arc<Mutex<VecDeque<u8>>> {
 }
 
 /// A fill function reading `tape`.
+#[cfg(feature = "__internal-test-vectors")]
 pub(crate) fn tape_fill(tape: Arc<Mutex<VecDeque<u8>>>) -> impl FnMut(&mut [u8]) + Send + 'static {
     move |dest: &mut [u8]| {
         let mut t = tape.lock().unwrap();

@@ -3,6 +3,8 @@
 //! cleartext paths and the signed receipts the reference produced. Nothing here comes from this
 //! crate's test gateway.
 
+#![cfg_attr(not(feature = "__internal-test-vectors"), allow(unused_imports, dead_code))]
+
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
@@ -220,6 +222,7 @@ fn run_stream(e: &Value, wire: &[u8], cuts: &[usize]) -> StreamRun {
             let (bytes, mut err) = match o {
                 StreamOutput::Event(b) => (b, None),
                 StreamOutput::InBandError(b, err) => (b, Some(err)),
+                other => panic!("{}: unexpected {other:?}", name(e)),
             };
             for data in sse_data(&bytes) {
                 if data == "[DONE]" {
@@ -338,6 +341,7 @@ fn reference_stream_tampering_is_detected() {
 /// The layer over a canned inner service that answers with the reference's exact bytes. The
 /// layer draws the recorded client key, nonce, ephemeral keys and IVs, so it sends the recorded
 /// request byte for byte and decrypts the recorded answer.
+#[cfg(feature = "__internal-test-vectors")]
 #[tokio::test]
 async fn reference_exchanges_through_the_layer() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xfeed);

@@ -2,6 +2,8 @@
 //! the caller is warned), and streams fail at the event that carries generated content in clear,
 //! before it is released.
 
+#![cfg_attr(not(feature = "__internal-test-vectors"), allow(unused_imports, dead_code))]
+
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -67,6 +69,7 @@ fn strict_requests_refuse_members_outside_the_allow_list() {
                 b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
                 b
             }
+            other => panic!("no body for {other:?}"),
         };
         let err = strict(endpoint, &body).expect_err(&format!("{endpoint:?} {extra}"));
         assert_eq!(err.kind(), ErrorKind::Cleartext, "{extra}");
@@ -140,6 +143,7 @@ fn content_objects_and_numbers_are_never_sent_in_clear_silently() {
     assert_eq!(strict(Endpoint::ChatCompletions, &body).unwrap(), 1);
 }
 
+#[cfg(feature = "__internal-test-vectors")]
 async fn send(
     layer: E2eeLayer,
     body: &Value,
@@ -155,6 +159,7 @@ async fn send(
 }
 
 /// Not strict: one warning per request, naming every member in clear and no value.
+#[cfg(feature = "__internal-test-vectors")]
 #[tokio::test(flavor = "current_thread")]
 async fn clear_request_members_are_warned_about_once_per_request() {
     let e = exchange(Suite::X25519, "chat_default_buffered");
@@ -186,6 +191,7 @@ async fn clear_request_members_are_warned_about_once_per_request() {
 }
 
 /// Read a body frame by frame: the bytes released and the error that ended it.
+#[cfg(feature = "__internal-test-vectors")]
 async fn drain<B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin>(mut body: B) -> (Vec<u8>, Option<BoxError>) {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -197,12 +203,14 @@ async fn drain<B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin>(mut b
     (out, None)
 }
 
+#[cfg(feature = "__internal-test-vectors")]
 fn kind(err: &BoxError) -> Option<ErrorKind> {
     tower_aci::Error::find(err.as_ref()).map(tower_aci::Error::kind)
 }
 
 /// The reference's tool-call stream: its first event names a tool in clear. Strict: the body
 /// fails at once and releases nothing; not strict: it passes, with a warning.
+#[cfg(feature = "__internal-test-vectors")]
 #[tokio::test(flavor = "current_thread")]
 async fn strict_streams_fail_at_the_first_event_in_clear() {
     for suite in Suite::ALL {
@@ -229,6 +237,7 @@ async fn strict_streams_fail_at_the_first_event_in_clear() {
 
 /// Encrypted events before the one in clear are released; the one in clear (a refusal, then
 /// logprobs) is not.
+#[cfg(feature = "__internal-test-vectors")]
 #[tokio::test(flavor = "current_thread")]
 async fn strict_streams_release_what_authenticated_before_the_clear_event() {
     let e = exchange(Suite::X25519, "chat_default_stream");
