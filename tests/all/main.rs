@@ -8,6 +8,7 @@ mod attest_provider;
 mod attest_real_capture;
 mod attest_report;
 mod attest_support;
+#[cfg(feature = "__internal-test-vectors")]
 mod capture;
 #[cfg(all(feature = "test-gateway", feature = "rustls"))]
 mod client;

@@ -2,6 +2,7 @@
 //! the spec's `reference_exchanges.FORMAT.md`), and a canned inner service that answers the E2EE
 //! layer with their exact bytes.
 
+#[cfg(feature = "__internal-test-vectors")]
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, OnceLock};

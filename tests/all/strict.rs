@@ -15,6 +15,7 @@ use tower_aci::protocol::suite::{SecretKey, Suite};
 use tower_aci::{BoxError, E2eeLayer, ErrorKind};
 use tracing::Level;
 
+#[cfg(feature = "__internal-test-vectors")]
 use crate::capture::Capture;
 use crate::reference::*;
 
