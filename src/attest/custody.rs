@@ -72,18 +72,7 @@ pub(crate) struct CoveredKeys<'a> {
 /// Verify `key_custody` for every key of the keyset. `app_id` is the app the KMS issued the keys
 /// to; `roots` are the accepted compressed KMS root keys.
 pub(crate) fn verify(key_custody: &Value, keys: &CoveredKeys<'_>, app_id: &[u8], roots: &[[u8; 33]]) -> Result<()> {
-    let custody = key_custody.as_object().ok_or_else(|| custody_error("key_custody is not an object"))?;
-    match custody.get("provider").and_then(Value::as_str) {
-        Some(PROVIDER) => {}
-        Some(_) => return Err(custody_error("key_custody names an unsupported provider")),
-        None => return Err(custody_error("key_custody has no provider")),
-    }
-    let entries =
-        custody.get("keys").and_then(Value::as_array).ok_or_else(|| custody_error("key_custody has no keys array"))?;
-    if roots.is_empty() {
-        return Err(custody_error("the policy accepts no KMS root, so key custody cannot verify"));
-    }
-
+    let entries = provider_entries(key_custody, roots)?;
     let mut receipt_covered = vec![false; keys.receipt.len()];
     let mut e2ee_covered = vec![false; keys.e2ee.len()];
     for entry in entries {
@@ -124,6 +113,119 @@ pub(crate) fn verify(key_custody: &Value, keys: &CoveredKeys<'_>, app_id: &[u8],
     Ok(())
 }
 
+/// The older (June 2026) generation's custody roles. Each chain signs the compressed form of
+/// the entry's own secp256k1 `public_key` (that generation has no `kms_public_key`). Its
+/// `legacy-ed25519` role cannot be checked from outside (an Ed25519 key, no `kms_public_key`) and
+/// speaks for a key that is never selected, so it is ignored like any unknown role.
+const LEGACY_IDENTITY: Role =
+    Role { role: "identity", path: "aci/identity/v1", purpose: "aci.identity.v1", algo: "ecdsa-secp256k1" };
+const LEGACY_RECEIPT: Role =
+    Role { role: "receipt", path: "aci/receipt/v1", purpose: "aci.receipt.v1", algo: "ecdsa-secp256k1" };
+const LEGACY_E2EE: Role = Role { role: "e2ee", ..E2EE_SECP256K1 };
+const LEGACY_ROLES: [Role; 3] = [LEGACY_IDENTITY, LEGACY_RECEIPT, LEGACY_E2EE];
+
+/// The keys of an older-generation keyset that custody must cover, as served (`public_key`
+/// texts, compared as strings).
+pub(crate) struct LegacyCoveredKeys<'a> {
+    /// `workload_identity.public_key.public_key`.
+    pub(crate) identity: &'a str,
+    /// The `ecdsa-secp256k1` receipt keys.
+    pub(crate) receipt: &'a [String],
+    /// The E2EE keys the verifier kept (only `dstack-kms-e2ee-v1`).
+    pub(crate) e2ee: &'a [E2eeKey],
+}
+
+/// [`verify`] for the older generation: the identity key, every secp256k1 receipt key and every
+/// kept E2EE key must be covered by an entry whose chain reaches an accepted KMS root; an entry
+/// for a key that is not in the keyset is an error.
+pub(crate) fn verify_legacy(
+    key_custody: &Value,
+    keys: &LegacyCoveredKeys<'_>,
+    app_id: &[u8],
+    roots: &[[u8; 33]],
+) -> Result<()> {
+    let entries = provider_entries(key_custody, roots)?;
+    let mut identity_covered = false;
+    let mut receipt_covered = vec![false; keys.receipt.len()];
+    let mut e2ee_covered = vec![false; keys.e2ee.len()];
+    for entry in entries {
+        let entry = entry.as_object().ok_or_else(|| custody_error("a key_custody entry is not an object"))?;
+        let role_name = str_member(entry, "role")?;
+        let Some(role) = LEGACY_ROLES.iter().copied().find(|r| r.role == role_name) else {
+            tracing::debug!(role = role_name, "ignoring key custody entry with an unknown role");
+            continue;
+        };
+        let public_key = str_member(entry, "public_key")?;
+        let covered = if role == LEGACY_IDENTITY {
+            if public_key != keys.identity {
+                return Err(custody_error("the identity custody entry names a key other than the workload identity"));
+            }
+            &mut identity_covered
+        } else if role == LEGACY_RECEIPT {
+            let i = keys
+                .receipt
+                .iter()
+                .position(|k| k == public_key)
+                .ok_or_else(|| custody_error("a receipt custody entry names a key that is not in the keyset"))?;
+            &mut receipt_covered[i]
+        } else {
+            let i = keys
+                .e2ee
+                .iter()
+                .position(|k| k.public_key_text() == public_key)
+                .ok_or_else(|| custody_error("an E2EE custody entry names a key that is not in the keyset"))?;
+            &mut e2ee_covered[i]
+        };
+        check_role(entry, role)?;
+        let signed_key = secp256k1_member(entry, "public_key", role.role)?;
+        let chain = signature_chain(entry, role.role)?;
+        let chain_keys = recover_chain(role.purpose, &signed_key, app_id, &chain, role.role)?;
+        check_root(&chain_keys.root, roots, role.role)?;
+        *covered = true;
+    }
+    if !identity_covered {
+        return Err(custody_error("the workload identity key has no key custody entry"));
+    }
+    if receipt_covered.contains(&false) {
+        return Err(custody_error("a receipt signing key has no key custody entry"));
+    }
+    if e2ee_covered.contains(&false) {
+        return Err(custody_error("an E2EE key has no key custody entry"));
+    }
+    Ok(())
+}
+
+/// `key_custody`'s provider must be ours and it must list `keys`; some root must be accepted.
+fn provider_entries<'a>(key_custody: &'a Value, roots: &[[u8; 33]]) -> Result<&'a [Value]> {
+    let custody = key_custody.as_object().ok_or_else(|| custody_error("key_custody is not an object"))?;
+    match custody.get("provider").and_then(Value::as_str) {
+        Some(PROVIDER) => {}
+        Some(_) => return Err(custody_error("key_custody names an unsupported provider")),
+        None => return Err(custody_error("key_custody has no provider")),
+    }
+    let entries =
+        custody.get("keys").and_then(Value::as_array).ok_or_else(|| custody_error("key_custody has no keys array"))?;
+    if roots.is_empty() {
+        return Err(custody_error("the policy accepts no KMS root, so key custody cannot verify"));
+    }
+    Ok(entries)
+}
+
+/// The entry's `path`, `purpose` and `algo` must be the role's.
+fn check_role(entry: &Map<String, Value>, role: Role) -> Result<()> {
+    let what = role.role;
+    if str_member(entry, "path")? != role.path {
+        return Err(custody_error(format!("the {what} custody entry has the wrong path")));
+    }
+    if str_member(entry, "purpose")? != role.purpose {
+        return Err(custody_error(format!("the {what} custody entry has the wrong purpose")));
+    }
+    if str_member(entry, "algo")? != role.algo {
+        return Err(custody_error(format!("the {what} custody entry has the wrong algo")));
+    }
+    Ok(())
+}
+
 fn str_member<'a>(entry: &'a Map<String, Value>, name: &'static str) -> Result<&'a str> {
     entry
         .get(name)
@@ -139,15 +241,7 @@ fn verify_entry(
     roots: &[[u8; 33]],
 ) -> Result<()> {
     let what = role.role;
-    if str_member(entry, "path")? != role.path {
-        return Err(custody_error(format!("the {what} custody entry has the wrong path")));
-    }
-    if str_member(entry, "purpose")? != role.purpose {
-        return Err(custody_error(format!("the {what} custody entry has the wrong purpose")));
-    }
-    if str_member(entry, "algo")? != role.algo {
-        return Err(custody_error(format!("the {what} custody entry has the wrong algo")));
-    }
+    check_role(entry, role)?;
     let kms_public_key = secp256k1_member(entry, "kms_public_key", what)?;
     if let Some(expected) = kms_must_equal {
         if expected != kms_public_key {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::attest::generation::Generation;
 use crate::hex;
 use crate::protocol::keys::E2eeKey;
 
@@ -62,6 +63,7 @@ pub struct AttestedKeyset {
     pub(crate) tls_keys: Vec<TlsKey>,
     pub(crate) verified_at: u64,
     pub(crate) hardware_verified: bool,
+    pub(crate) generation: Generation,
 }
 
 impl AttestedKeyset {
@@ -144,6 +146,15 @@ impl AttestedKeyset {
     pub fn hardware_verified(&self) -> bool {
         self.hardware_verified
     }
+
+    /// The report generation the keyset was verified from. For [`Generation::Legacy`],
+    /// [`not_after`](Self::not_after) is the report's `freshness.stale_after` (bounded by the
+    /// policy's horizon), the only E2EE key is `dstack-kms-e2ee-v1`, and there are no
+    /// [`receipt_keys`](Self::receipt_keys) (that generation signs receipts with secp256k1, which
+    /// this crate does not verify), so its receipts fail closed.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
 }
 
 impl fmt::Debug for AttestedKeyset {
@@ -155,6 +166,7 @@ impl fmt::Debug for AttestedKeyset {
             .field("e2ee_key", self.e2ee_key())
             .field("receipt_keys", &self.receipt_keys)
             .field("hardware_verified", &self.hardware_verified)
+            .field("generation", &self.generation)
             .finish()
     }
 }

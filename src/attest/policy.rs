@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::attest::generation::Generation;
 use crate::error::{Error, ErrorKind, Result};
 use crate::hex;
 use crate::protocol::suite::Suite;
@@ -127,6 +128,8 @@ pub struct Policy {
     pub(crate) assumed_app_id: Option<Vec<u8>>,
     /// `dangerous().any_workload()`: no workload pin required.
     pub(crate) any_workload: bool,
+    /// `current_generation_only()`: the older (June 2026) report generation is refused.
+    pub(crate) current_generation_only: bool,
     /// Offline collateral for hardware verification, one per platform (FMSPC).
     #[cfg(feature = "dcap")]
     pub(crate) collateral: Vec<crate::attest::dcap::Collateral>,
@@ -169,6 +172,13 @@ impl Policy {
     pub fn accepted_tcb_statuses(&self) -> &[String] {
         &self.tcb_statuses
     }
+
+    /// Whether a report of `generation` may be verified under this policy (both generations by
+    /// default; only the current one after
+    /// [`current_generation_only`](PolicyBuilder::current_generation_only)).
+    pub fn accepts_generation(&self, generation: Generation) -> bool {
+        !self.current_generation_only || generation == Generation::Current
+    }
 }
 
 impl Allowlists {
@@ -200,6 +210,7 @@ impl Policy {
             allow: Allowlists::default(),
             assumed_app_id: None,
             any_workload: false,
+            current_generation_only: false,
             #[cfg(feature = "dcap")]
             collateral: Vec::new(),
         }
@@ -218,7 +229,8 @@ impl fmt::Debug for Policy {
             .field("custody", &self.custody)
             .field("allow", &self.allow)
             .field("assumed_app_id", &self.assumed_app_id.as_ref().map(hex::encode))
-            .field("any_workload", &self.any_workload);
+            .field("any_workload", &self.any_workload)
+            .field("current_generation_only", &self.current_generation_only);
         #[cfg(feature = "dcap")]
         d.field("collateral", &self.collateral);
         d.finish()
@@ -397,6 +409,19 @@ impl PolicyBuilder {
             return self.fail("allowed image digest is empty".to_owned());
         }
         self.policy.allow.image_digests.get_or_insert_with(Vec::new).push(digest);
+        self
+    }
+
+    /// Refuse reports of the older (June 2026) generation
+    /// ([`Generation::Legacy`]) with [`Generation`](crate::AttestationFailure::Generation).
+    ///
+    /// By default both generations are accepted, and both are verified with the same
+    /// hardware, event-log, allowlist and key-custody checks (the older one adds a keyset
+    /// endorsement and takes its validity from `freshness.stale_after`, bounded by
+    /// [`max_validity`](Self::max_validity)). Use this once every gateway you talk to serves the
+    /// current generation.
+    pub fn current_generation_only(mut self) -> Self {
+        self.policy.current_generation_only = true;
         self
     }
 

@@ -7,6 +7,7 @@ use crate::attest::custody;
 #[cfg(feature = "dcap")]
 use crate::attest::dcap::{self, Collateral};
 use crate::attest::eventlog;
+use crate::attest::generation::{self, Generation, Legacy};
 use crate::attest::keyset::{AttestedKeyset, ReceiptKey, TlsKey};
 use crate::attest::policy::{Custody, Hardware, KeySelection, Policy, decode_hex};
 use crate::error::{AttestationFailure, Error, Result};
@@ -143,7 +144,7 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 /// # Ok::<(), tower_aci::Error>(())
 /// ```
 pub fn verify_report(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy) -> Result<AttestedKeyset> {
-    verify(report, nonce, now, policy, None)
+    verify(report, nonce, now, policy, Appraisal::Collateral(None))
 }
 
 /// [`verify_report`] with collateral fetched for this report's quote (feature `dcap`), used in
@@ -161,16 +162,37 @@ pub fn verify_report_with_collateral(
     policy: &Policy,
     collateral: &Collateral,
 ) -> Result<AttestedKeyset> {
-    verify(report, nonce, now, policy, Some(collateral))
+    verify(report, nonce, now, policy, Appraisal::Collateral(Some(collateral)))
 }
 
-fn verify(
+/// How step 2 treats a quote that needs hardware verification.
+#[derive(Clone, Copy)]
+enum Appraisal<'a> {
+    /// Verify it to Intel's root against this collateral (fetched for it), else against the
+    /// policy's offline collateral for its platform.
+    Collateral(Option<&'a Collateral>),
+    /// Tests only, for a real quote whose collateral was never captured: every check of step 2
+    /// except the DCAP collateral check (the quote's signature chain to Intel's root and its TCB
+    /// status). The quote is parsed, `tee_type`, `quote_report_data` and the report-data slot
+    /// are checked, and RTMR3 is taken from the *unverified* TD report body. The keyset then
+    /// says `hardware_verified() == false`.
+    #[cfg(all(test, feature = "dcap"))]
+    UnverifiedBody,
+}
+
+/// [`verify_report`] with the DCAP collateral check as the one skipped check: see
+/// [`Appraisal::UnverifiedBody`]. For tests on real captures that carry no collateral.
+#[cfg(all(test, feature = "dcap"))]
+pub(crate) fn verify_report_skipping_collateral(
     report: &[u8],
     nonce: &[u8; 32],
     now: u64,
     policy: &Policy,
-    collateral: Option<&Collateral>,
 ) -> Result<AttestedKeyset> {
+    verify(report, nonce, now, policy, Appraisal::UnverifiedBody)
+}
+
+fn verify(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy, appraisal: Appraisal<'_>) -> Result<AttestedKeyset> {
     let doc: Value = serde_json::from_slice(report).map_err(|_| fail(F::Shape, "the report is not JSON"))?;
     let top = doc.as_object().ok_or_else(|| fail(F::Shape, "the report is not a JSON object"))?;
 
@@ -201,16 +223,31 @@ fn verify(
         None | Some(Value::Null) => &empty,
         Some(_) => return Err(fail(F::Shape, "evidence is not an object")),
     };
+    let keyset = keyset_value.as_object().unwrap_or(&empty);
+    // The generation, from the shape (see `generation`); the older one adds its own members.
+    let generation = generation::detect(top, attestation, keyset)?;
+    if !policy.accepts_generation(generation) {
+        return Err(fail(
+            F::Generation,
+            format!("the report is of the {} generation and the policy accepts only the current one", generation.name()),
+        ));
+    }
+    let legacy = match generation {
+        Generation::Legacy => Some(Legacy::parse(top, attestation, keyset, evidence)?),
+        _ => None,
+    };
 
     // 2. Hardware evidence.
-    let rt_mr3 = appraise_quote(attestation, evidence, &claimed_report_data, now, policy, collateral)?;
+    let rt_mr3 = appraise_quote(attestation, evidence, &claimed_report_data, now, policy, appraisal)?;
 
     // 3. Binding.
     let digest = keyset_digest(keyset_value)?;
     if digest != published_digest {
         return Err(fail(F::KeysetDigest, "the keyset does not hash to workload_keyset_digest"));
     }
-    if report_data(&digest, Some(nonce)) != claimed_report_data {
+    if let Some(legacy) = &legacy {
+        legacy.bind(&digest, nonce, &claimed_report_data)?;
+    } else if report_data(&digest, Some(nonce)) != claimed_report_data {
         if report_data(&digest, None) == claimed_report_data {
             return Err(fail(F::Nonce, "the report binds no nonce (\"nonce\":null) but we sent one"));
         }
@@ -220,12 +257,14 @@ fn verify(
         ));
     }
 
-    // 4. Expiry.
-    let keyset = keyset_value.as_object().unwrap_or(&empty);
-    let not_after = keyset
-        .get("not_after")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| fail(F::Shape, "the keyset's not_after is not an unsigned integer"))?;
+    // 4. Expiry (the older generation's validity is its freshness; see `generation`).
+    let not_after = match &legacy {
+        Some(legacy) => legacy.not_after(),
+        None => keyset
+            .get("not_after")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| fail(F::Shape, "the keyset's not_after is not an unsigned integer"))?,
+    };
     if now >= not_after {
         return Err(fail(F::Expired, format!("the keyset expired at {not_after} (now {now})")));
     }
@@ -247,18 +286,27 @@ fn verify(
     }
 
     // 6. Keys.
-    let subject = match keyset.get("subject") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(fail(F::Shape, "the keyset's subject is neither a string nor null")),
+    let subject = match (&legacy, keyset.get("subject")) {
+        (Some(legacy), _) => legacy.subject.clone(),
+        (None, None | Some(Value::Null)) => None,
+        (None, Some(Value::String(s))) => Some(s.clone()),
+        (None, Some(_)) => return Err(fail(F::Shape, "the keyset's subject is neither a string nor null")),
     };
-    let e2ee_keys = parse_e2ee_keys(keyset)?;
+    let mut e2ee_keys = parse_e2ee_keys(keyset)?;
     let (receipt_keys, receipt_texts) = parse_receipt_keys(keyset)?;
+    let legacy_receipt_texts = match legacy {
+        Some(_) => {
+            generation::retain_e2ee_keys(&mut e2ee_keys);
+            generation::secp256k1_receipt_keys(keyset)?
+        }
+        None => Vec::new(),
+    };
     let tls_keys = parse_tls_keys(keyset)?;
     let selected = select_key(&e2ee_keys, &policy.selection)?;
 
     // 7. Measured values and allowlists.
-    let measured = measured_values(evidence, subject.as_deref(), policy, rt_mr3.as_ref())?;
+    let require_app_compose = generation == Generation::Current;
+    let measured = measured_values(evidence, subject.as_deref(), policy, rt_mr3.as_ref(), require_app_compose)?;
     check_allowlists(attestation, &measured, policy)?;
 
     // 8. Key custody.
@@ -273,8 +321,20 @@ fn verify(
             let app_id = measured.app_id.as_deref().ok_or_else(|| {
                 fail(F::Custody, "no app id is known (measured, assumed or in the subject) to verify key custody")
             })?;
-            let covered = custody::CoveredKeys { receipt: &receipt_texts, e2ee: &e2ee_keys };
-            custody::verify(kc, &covered, app_id, &policy.kms_roots)?;
+            match &legacy {
+                None => {
+                    let covered = custody::CoveredKeys { receipt: &receipt_texts, e2ee: &e2ee_keys };
+                    custody::verify(kc, &covered, app_id, &policy.kms_roots)?;
+                }
+                Some(legacy) => {
+                    let covered = custody::LegacyCoveredKeys {
+                        identity: legacy.identity_text,
+                        receipt: &legacy_receipt_texts,
+                        e2ee: &e2ee_keys,
+                    };
+                    custody::verify_legacy(kc, &covered, app_id, &policy.kms_roots)?;
+                }
+            }
         }
     }
 
@@ -287,7 +347,8 @@ fn verify(
         receipt_keys,
         tls_keys,
         verified_at: now,
-        hardware_verified: rt_mr3.is_some(),
+        hardware_verified: rt_mr3.is_some() && appraisal.verifies_collateral(),
+        generation,
     })
 }
 
@@ -322,6 +383,17 @@ pub(crate) fn quote_to_verify(report: &[u8], policy: &Policy) -> Option<Vec<u8>>
     (!stub).then_some(quote)
 }
 
+impl Appraisal<'_> {
+    /// Whether a quote that passes step 2 was verified to Intel's root (its collateral checked).
+    fn verifies_collateral(self) -> bool {
+        match self {
+            Appraisal::Collateral(_) => true,
+            #[cfg(all(test, feature = "dcap"))]
+            Appraisal::UnverifiedBody => false,
+        }
+    }
+}
+
 /// Step 2. Returns the quote's RTMR3 when the quote was verified by hardware, `None` when a
 /// `dangerous()` policy let it pass unverified.
 fn appraise_quote(
@@ -330,7 +402,7 @@ fn appraise_quote(
     report_data: &[u8; 32],
     now: u64,
     policy: &Policy,
-    collateral: Option<&Collateral>,
+    appraisal: Appraisal<'_>,
 ) -> Result<Option<[u8; 48]>> {
     let quote = raw_quote(evidence)?;
     let stub_slot = quote.as_deref().and_then(|q| q.strip_prefix(STUB_QUOTE_PREFIX));
@@ -349,7 +421,7 @@ fn appraise_quote(
             Ok(None)
         }
         (None, Hardware::AcceptStub) if quote.is_none() => Err(fail(F::Quote, "the report carries no quote")),
-        _ => verify_hardware(attestation, evidence, quote.as_deref(), report_data, now, policy, collateral).map(Some),
+        _ => verify_hardware(attestation, evidence, quote.as_deref(), report_data, now, policy, appraisal).map(Some),
     }
 }
 
@@ -362,17 +434,33 @@ fn verify_hardware(
     report_data: &[u8; 32],
     now: u64,
     policy: &Policy,
-    collateral: Option<&Collateral>,
+    appraisal: Appraisal<'_>,
 ) -> Result<[u8; 48]> {
     let quote = quote.ok_or_else(|| fail(F::Quote, "the report carries no quote"))?;
-    dcap::require_collateral(collateral, &policy.collateral)?;
+    match appraisal {
+        Appraisal::Collateral(collateral) => dcap::require_collateral(collateral, &policy.collateral)?,
+        #[cfg(test)]
+        Appraisal::UnverifiedBody => {}
+    }
     if attestation.get("tee_type").and_then(Value::as_str) != Some("tdx") {
         return Err(fail(F::Quote, "the report's tee_type is not tdx"));
     }
     let mut slot = [0u8; 64];
     slot[..32].copy_from_slice(report_data);
     check_quote_report_data(evidence, &slot)?;
-    dcap::appraise(quote, &slot, collateral, &policy.collateral, &policy.tcb_statuses, now)
+    match appraisal {
+        Appraisal::Collateral(collateral) => {
+            dcap::appraise(quote, &slot, collateral, &policy.collateral, &policy.tcb_statuses, now)
+        }
+        #[cfg(test)]
+        Appraisal::UnverifiedBody => {
+            let parsed = dcap::parse_tdx(quote)?;
+            if *dcap::slot_of(&parsed)? != slot {
+                return Err(fail(F::Quote, "the quote's report-data slot does not carry report_data"));
+            }
+            parsed.report.as_td10().map(|td| td.rt_mr3).ok_or_else(|| fail(F::Quote, "the quote is not a TDX quote"))
+        }
+    }
 }
 
 /// Step 2 for a quote that needs hardware verification, in a build without a verifier.
@@ -384,7 +472,7 @@ fn verify_hardware(
     _report_data: &[u8; 32],
     _now: u64,
     _policy: &Policy,
-    _collateral: Option<&Collateral>,
+    _appraisal: Appraisal<'_>,
 ) -> Result<[u8; 48]> {
     Err(fail(
         F::HardwareUnverifiable,
@@ -515,12 +603,15 @@ struct MeasuredValues {
 }
 
 /// Step 7's measured values. `rt_mr3` is the hardware-verified quote's RTMR3: the event log
-/// must then replay to it and measure the compose hash (of the required `app_compose`) and app id.
+/// must then replay to it and measure the compose hash and app id. `app_compose` (the compose
+/// hash's preimage) is then required by the current generation; the older one did not serve it,
+/// so its compose hash is the measured one (an `app_compose` it carries is still checked).
 fn measured_values(
     evidence: &Map<String, Value>,
     subject: Option<&str>,
     policy: &Policy,
     rt_mr3: Option<&[u8; 48]>,
+    require_app_compose: bool,
 ) -> Result<MeasuredValues> {
     let app_compose = match evidence.get("app_compose") {
         None | Some(Value::Null) => None,
@@ -544,7 +635,7 @@ fn measured_values(
         Some(_) => return Err(fail(F::EventLog, "evidence.event_log is not a JSON string")),
     };
     if rt_mr3.is_some() {
-        if app_compose.is_none() {
+        if require_app_compose && app_compose.is_none() {
             return Err(fail(F::EventLog, "the hardware-verified report has no app_compose"));
         }
         if from_log.compose_hash.is_none() {
@@ -688,34 +779,45 @@ mod tests {
         const COMPOSE: &str = r#"{"services":{"gw":{"image":"gw@sha256:aa"}}}"#;
         let policy = Policy::builder().dangerous().any_workload().build().unwrap();
         let (evidence, rtmr3) = crafted_log(COMPOSE, true);
-        let m = measured_values(&evidence, None, &policy, Some(&rtmr3)).unwrap();
+        let m = measured_values(&evidence, None, &policy, Some(&rtmr3), true).unwrap();
         assert_eq!(m.app_id, Some(vec![0xab; 20]));
         assert_eq!(m.compose_hash.map(|h| h.to_vec()), Some(Sha256::digest(COMPOSE.as_bytes()).to_vec()));
 
         // Another RTMR3.
         let mut other = rtmr3;
         other[0] ^= 1;
-        assert!(event_log_failure(measured_values(&evidence, None, &policy, Some(&other))));
+        assert!(event_log_failure(measured_values(&evidence, None, &policy, Some(&other), true)));
         // app_compose that does not hash to the measured compose-hash, or none at all.
         let mut tampered = evidence.clone();
         tampered.insert("app_compose".into(), Value::from("{}"));
-        assert!(event_log_failure(measured_values(&tampered, None, &policy, Some(&rtmr3))));
+        assert!(event_log_failure(measured_values(&tampered, None, &policy, Some(&rtmr3), true)));
         tampered.insert("app_compose".into(), Value::Null);
-        assert!(event_log_failure(measured_values(&tampered, None, &policy, Some(&rtmr3))));
+        assert!(event_log_failure(measured_values(&tampered, None, &policy, Some(&rtmr3), true)));
         // No event log.
         let mut no_log = evidence.clone();
         no_log.remove("event_log");
-        assert!(event_log_failure(measured_values(&no_log, None, &policy, Some(&rtmr3))));
+        assert!(event_log_failure(measured_values(&no_log, None, &policy, Some(&rtmr3), true)));
         // A log without an app-id event replays, but a hardware-verified report needs one.
         let (no_app_id, rtmr3_without) = crafted_log(COMPOSE, false);
-        assert!(event_log_failure(measured_values(&no_app_id, None, &policy, Some(&rtmr3_without))));
+        assert!(event_log_failure(measured_values(&no_app_id, None, &policy, Some(&rtmr3_without), true)));
         // Without a verified quote the log is not replayed (and an app id is optional).
-        assert!(measured_values(&no_app_id, None, &policy, None).is_ok());
+        assert!(measured_values(&no_app_id, None, &policy, None, true).is_ok());
         // The measured app id is the policy anchor for the keyset subject.
         let subject = format!("app-id:0x{}", hex::encode([0xab; 20]));
-        assert!(measured_values(&evidence, Some(&subject), &policy, Some(&rtmr3)).is_ok());
-        let r = measured_values(&evidence, Some("app-id:0x01"), &policy, Some(&rtmr3));
+        assert!(measured_values(&evidence, Some(&subject), &policy, Some(&rtmr3), true).is_ok());
+        let r = measured_values(&evidence, Some("app-id:0x01"), &policy, Some(&rtmr3), true);
         assert!(matches!(r, Err(e) if e.kind() == crate::ErrorKind::Attestation(F::NotAllowed)));
+
+        // The older generation served no app_compose: the measured compose hash stands alone,
+        // but an app_compose that is served must still hash to it.
+        let mut without = evidence.clone();
+        without.remove("app_compose");
+        let m = measured_values(&without, None, &policy, Some(&rtmr3), false).unwrap();
+        assert_eq!(m.compose_hash.map(|h| h.to_vec()), Some(Sha256::digest(COMPOSE.as_bytes()).to_vec()));
+        let mut wrong = evidence.clone();
+        wrong.insert("app_compose".into(), Value::from("{}"));
+        assert!(event_log_failure(measured_values(&wrong, None, &policy, Some(&rtmr3), false)));
+        assert!(event_log_failure(measured_values(&no_app_id, None, &policy, Some(&rtmr3_without), false)));
     }
 
     #[test]
