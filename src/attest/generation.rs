@@ -124,11 +124,13 @@ pub(crate) struct Legacy<'a> {
     workload_id: &'a str,
     /// `workload_identity.public_key` (the object whose JCS form `workload_id` hashes).
     identity_object: &'a Value,
+    /// `workload_identity.public_key.algo`.
+    identity_algo: &'a str,
     /// `workload_identity.public_key.public_key`, as served (custody compares this text).
     pub(crate) identity_text: &'a str,
-    identity: VerifyingKey,
-    /// The endorsement's 64-byte `r‖s`.
-    endorsement: Signature,
+    /// `keyset_endorsement.algo` and `.value`.
+    endorsement_algo: &'a str,
+    endorsement_value: &'a str,
     /// `keyset_epoch.not_after`.
     epoch_not_after: u64,
     /// `freshness.stale_after`.
@@ -171,15 +173,11 @@ impl<'a> Legacy<'a> {
             Some(_) => return Err(fail(F::Shape, "the workload identity's subject is neither a string nor null")),
         };
         let identity_object = member(identity, "public_key", "workload_identity.public_key")?;
-        let identity_key =
-            identity_object.as_object().ok_or_else(|| fail(F::Shape, "workload_identity.public_key is not an object"))?;
-        if string(identity_key, "algo", "workload_identity.public_key.algo")? != IDENTITY_ALGO {
-            return Err(fail(F::BadKey, "the workload identity key is not an ecdsa-secp256k1 key"));
-        }
+        let identity_key = identity_object
+            .as_object()
+            .ok_or_else(|| fail(F::Shape, "workload_identity.public_key is not an object"))?;
+        let identity_algo = string(identity_key, "algo", "workload_identity.public_key.algo")?;
         let identity_text = string(identity_key, "public_key", "workload_identity.public_key.public_key")?;
-        let identity = decode_hex(identity_text)
-            .and_then(|b| VerifyingKey::from_sec1_bytes(&b).ok())
-            .ok_or_else(|| fail(F::BadKey, "the workload identity key is not a secp256k1 public key"))?;
 
         let epoch = object(keyset, "keyset_epoch", "workload_keyset.keyset_epoch")?;
         let epoch_not_after = unsigned(epoch, "not_after", "keyset_epoch.not_after")?;
@@ -192,13 +190,8 @@ impl<'a> Legacy<'a> {
         }
 
         let endorsement = object(attestation, "keyset_endorsement", "attestation.keyset_endorsement")?;
-        if string(endorsement, "algo", "keyset_endorsement.algo")? != IDENTITY_ALGO {
-            return Err(fail(F::Endorsement, "the keyset endorsement is not ecdsa-secp256k1"));
-        }
-        let endorsement = decode_hex(string(endorsement, "value", "keyset_endorsement.value")?)
-            .filter(|b| b.len() == 64)
-            .and_then(|b| Signature::from_slice(&b).ok())
-            .ok_or_else(|| fail(F::Endorsement, "the keyset endorsement is not a 64-byte r‖s secp256k1 signature"))?;
+        let endorsement_algo = string(endorsement, "algo", "keyset_endorsement.algo")?;
+        let endorsement_value = string(endorsement, "value", "keyset_endorsement.value")?;
 
         // The older evidence carries vm_config as a JSON string.
         match evidence.get("vm_config") {
@@ -209,9 +202,10 @@ impl<'a> Legacy<'a> {
         Ok(Legacy {
             workload_id,
             identity_object,
+            identity_algo,
             identity_text,
-            identity,
-            endorsement,
+            endorsement_algo,
+            endorsement_value,
             epoch_not_after,
             stale_after,
             subject,
@@ -220,8 +214,8 @@ impl<'a> Legacy<'a> {
 
     /// Step 3 for the older generation, after the keyset digest was checked against
     /// `workload_keyset_digest`: `workload_id` ([`WorkloadId`](F::WorkloadId)), `report_data`
-    /// for our nonce ([`ReportData`](F::ReportData)), the endorsement
-    /// ([`Endorsement`](F::Endorsement)).
+    /// for our nonce ([`ReportData`](F::ReportData)), the identity key
+    /// ([`BadKey`](F::BadKey)), the endorsement ([`Endorsement`](F::Endorsement)).
     pub(crate) fn bind(&self, digest: &str, nonce: &[u8; 32], claimed_report_data: &[u8; 32]) -> Result<()> {
         if workload_id(self.identity_object)? != self.workload_id {
             return Err(fail(
@@ -236,8 +230,21 @@ impl<'a> Legacy<'a> {
                  forged)",
             ));
         }
-        self.identity
-            .verify_prehash(&endorsement_digest(digest), &self.endorsement)
+        if self.identity_algo != IDENTITY_ALGO {
+            return Err(fail(F::BadKey, "the workload identity key is not an ecdsa-secp256k1 key"));
+        }
+        let identity = decode_hex(self.identity_text)
+            .and_then(|b| VerifyingKey::from_sec1_bytes(&b).ok())
+            .ok_or_else(|| fail(F::BadKey, "the workload identity key is not a secp256k1 public key"))?;
+        if self.endorsement_algo != IDENTITY_ALGO {
+            return Err(fail(F::Endorsement, "the keyset endorsement is not ecdsa-secp256k1"));
+        }
+        let endorsement = decode_hex(self.endorsement_value)
+            .filter(|b| b.len() == 64)
+            .and_then(|b| Signature::from_slice(&b).ok())
+            .ok_or_else(|| fail(F::Endorsement, "the keyset endorsement is not a 64-byte r‖s secp256k1 signature"))?;
+        identity
+            .verify_prehash(&endorsement_digest(digest), &endorsement)
             .map_err(|_| fail(F::Endorsement, "the keyset endorsement does not verify under the workload identity key"))
     }
 
@@ -288,7 +295,10 @@ pub(crate) fn retain_e2ee_keys(keys: &mut Vec<E2eeKey>) {
     keys.retain(|k| {
         let keep = k.key_id() == DEFAULT_KEY_ID && k.suite() == Suite::Secp256k1;
         if !keep {
-            tracing::debug!(key_id = k.key_id(), "ignoring an E2EE key of a legacy report other than dstack-kms-e2ee-v1");
+            tracing::debug!(
+                key_id = k.key_id(),
+                "ignoring an E2EE key of a legacy report other than dstack-kms-e2ee-v1"
+            );
         }
         keep
     });
@@ -337,7 +347,8 @@ mod tests {
     fn the_shape_decides_and_a_mix_is_refused() {
         let current = json!({"attestation": {"workload_keyset": {"subject": null, "not_after": 1}}});
         assert_eq!(detect(maps(&current).0, maps(&current).1, maps(&current).2).unwrap(), Generation::Current);
-        let legacy = json!({"workload_id": "x", "attestation": {"freshness": {}, "workload_keyset": {"keyset_epoch": {}}}});
+        let legacy =
+            json!({"workload_id": "x", "attestation": {"freshness": {}, "workload_keyset": {"keyset_epoch": {}}}});
         assert_eq!(detect(maps(&legacy).0, maps(&legacy).1, maps(&legacy).2).unwrap(), Generation::Legacy);
         // One legacy member in a current report (or the reverse) is a mix.
         for (path, value) in [

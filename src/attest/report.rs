@@ -192,7 +192,13 @@ pub(crate) fn verify_report_skipping_collateral(
     verify(report, nonce, now, policy, Appraisal::UnverifiedBody)
 }
 
-fn verify(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy, appraisal: Appraisal<'_>) -> Result<AttestedKeyset> {
+fn verify(
+    report: &[u8],
+    nonce: &[u8; 32],
+    now: u64,
+    policy: &Policy,
+    appraisal: Appraisal<'_>,
+) -> Result<AttestedKeyset> {
     let doc: Value = serde_json::from_slice(report).map_err(|_| fail(F::Shape, "the report is not JSON"))?;
     let top = doc.as_object().ok_or_else(|| fail(F::Shape, "the report is not a JSON object"))?;
 
@@ -229,7 +235,10 @@ fn verify(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy, appraisal:
     if !policy.accepts_generation(generation) {
         return Err(fail(
             F::Generation,
-            format!("the report is of the {} generation and the policy accepts only the current one", generation.name()),
+            format!(
+                "the report is of the {} generation and the policy accepts only the current one",
+                generation.name()
+            ),
         ));
     }
     let legacy = match generation {
@@ -680,19 +689,24 @@ fn measured_values(
 
 fn check_allowlists(attestation: &Map<String, Value>, m: &MeasuredValues, policy: &Policy) -> Result<()> {
     let allow = &policy.allow;
+    // The message names the measured value, so a refused pin says what to pin instead.
+    let refused = |what: &str, measured: Option<&[u8]>| match measured {
+        Some(v) => fail(F::NotAllowed, format!("the {what} {} is not on the policy's allowlist", hex::encode(v))),
+        None => fail(F::NotAllowed, format!("the report measures no {what}, and the policy pins one")),
+    };
     if let Some(list) = &allow.app_ids {
         if !m.app_id.as_ref().is_some_and(|id| list.contains(id)) {
-            return Err(fail(F::NotAllowed, "the app id is not on the policy's allowlist"));
+            return Err(refused("app id", m.app_id.as_deref()));
         }
     }
     if let Some(list) = &allow.compose_hashes {
         if !m.compose_hash.is_some_and(|h| list.contains(&h)) {
-            return Err(fail(F::NotAllowed, "the compose hash is not on the policy's allowlist"));
+            return Err(refused("compose hash", m.compose_hash.as_ref().map(|h| &h[..])));
         }
     }
     if let Some(list) = &allow.os_image_hashes {
         if !m.os_image_hash.as_ref().is_some_and(|h| list.contains(h)) {
-            return Err(fail(F::NotAllowed, "the OS image hash is not on the policy's allowlist"));
+            return Err(refused("OS image hash", m.os_image_hash.as_deref()));
         }
     }
     let provenance = attestation.get("source_provenance").and_then(Value::as_object);
