@@ -373,6 +373,22 @@ mod tests {
     }
 
     #[test]
+    fn only_the_production_e2ee_key_is_kept() {
+        use crate::protocol::suite::SecretKey;
+        let secp = SecretKey::from_bytes(Suite::Secp256k1, &[0x44; 32]).unwrap().public_key().to_hex();
+        let x = SecretKey::from_bytes(Suite::X25519, &[0x55; 32]).unwrap().public_key().to_hex();
+        let mut keys = vec![
+            E2eeKey::parse("dstack-kms-e2ee-v1-legacy-ecdsa", Suite::Secp256k1.algo(), secp.clone()).unwrap(),
+            E2eeKey::parse("dstack-kms-e2ee-x25519-v1", Suite::X25519.algo(), x.clone()).unwrap(),
+            E2eeKey::parse(DEFAULT_KEY_ID, Suite::X25519.algo(), x).unwrap(),
+            E2eeKey::parse(DEFAULT_KEY_ID, Suite::Secp256k1.algo(), secp).unwrap(),
+        ];
+        retain_e2ee_keys(&mut keys);
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].key_id(), keys[0].suite()), (DEFAULT_KEY_ID, Suite::Secp256k1));
+    }
+
+    #[test]
     fn endorsement_statement_is_the_jcs_form() {
         let digest = "sha256:46cdea445e5f2abcb78a5db0a630e7ba2127bc4f24033aa628b49e310e3928e2";
         let via_jcs = jcs::to_vec(&json!({"workload_keyset_digest": digest, "purpose": ENDORSEMENT_PURPOSE})).unwrap();
