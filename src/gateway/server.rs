@@ -422,7 +422,7 @@ fn attestation(shared: &Shared, parts: &http::request::Parts) -> Resp {
         }
         nonce = Some(v.into_owned());
     }
-    json_response(200, &keyset.report(nonce.as_deref()))
+    json_response(200, &keyset.report(nonce.as_deref(), shared.clock.now()))
 }
 
 fn receipt(shared: &Shared, id: &str, headers: &HeaderMap) -> Resp {

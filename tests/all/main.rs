@@ -26,6 +26,8 @@ mod gateway;
 #[cfg(feature = "test-gateway")]
 mod layer;
 #[cfg(feature = "test-gateway")]
+mod legacy_gateway;
+#[cfg(feature = "test-gateway")]
 mod provider_gateway;
 #[cfg(feature = "proxy")]
 mod proxy;
