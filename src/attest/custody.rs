@@ -17,6 +17,12 @@
 //! Every key of the keyset whose role is known (Ed25519 receipt keys, secp256k1 and X25519 E2EE
 //! keys) must be covered by a verified entry; an entry for a key that is not in the keyset is an
 //! error; entries with unknown roles are ignored.
+//!
+//! The older (June 2026) report generation ([`verify_legacy`]) has no `kms_public_key`: its roles
+//! `identity` (`aci/identity/v1`), `receipt` (`aci/receipt/v1`) and `e2ee` (`aci/e2ee/v1`) are all
+//! secp256k1, and `chain[0]` signs the compressed form of the entry's own `public_key`; the
+//! workload identity key, every secp256k1 receipt key and the E2EE key must be covered. Its
+//! `legacy-ed25519` role cannot be checked from outside and is ignored.
 
 use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
 use serde_json::{Map, Value};
@@ -72,7 +78,18 @@ pub(crate) struct CoveredKeys<'a> {
 /// Verify `key_custody` for every key of the keyset. `app_id` is the app the KMS issued the keys
 /// to; `roots` are the accepted compressed KMS root keys.
 pub(crate) fn verify(key_custody: &Value, keys: &CoveredKeys<'_>, app_id: &[u8], roots: &[[u8; 33]]) -> Result<()> {
-    let entries = provider_entries(key_custody, roots)?;
+    let custody = key_custody.as_object().ok_or_else(|| custody_error("key_custody is not an object"))?;
+    match custody.get("provider").and_then(Value::as_str) {
+        Some(PROVIDER) => {}
+        Some(_) => return Err(custody_error("key_custody names an unsupported provider")),
+        None => return Err(custody_error("key_custody has no provider")),
+    }
+    let entries =
+        custody.get("keys").and_then(Value::as_array).ok_or_else(|| custody_error("key_custody has no keys array"))?;
+    if roots.is_empty() {
+        return Err(custody_error("the policy accepts no KMS root, so key custody cannot verify"));
+    }
+
     let mut receipt_covered = vec![false; keys.receipt.len()];
     let mut e2ee_covered = vec![false; keys.e2ee.len()];
     for entry in entries {
@@ -196,6 +213,7 @@ pub(crate) fn verify_legacy(
 }
 
 /// `key_custody`'s provider must be ours and it must list `keys`; some root must be accepted.
+/// (The same rules as the start of [`verify`].)
 fn provider_entries<'a>(key_custody: &'a Value, roots: &[[u8; 33]]) -> Result<&'a [Value]> {
     let custody = key_custody.as_object().ok_or_else(|| custody_error("key_custody is not an object"))?;
     match custody.get("provider").and_then(Value::as_str) {
@@ -211,7 +229,7 @@ fn provider_entries<'a>(key_custody: &'a Value, roots: &[[u8; 33]]) -> Result<&'
     Ok(entries)
 }
 
-/// The entry's `path`, `purpose` and `algo` must be the role's.
+/// The entry's `path`, `purpose` and `algo` must be the role's (as in `verify_entry`).
 fn check_role(entry: &Map<String, Value>, role: Role) -> Result<()> {
     let what = role.role;
     if str_member(entry, "path")? != role.path {
@@ -241,7 +259,15 @@ fn verify_entry(
     roots: &[[u8; 33]],
 ) -> Result<()> {
     let what = role.role;
-    check_role(entry, role)?;
+    if str_member(entry, "path")? != role.path {
+        return Err(custody_error(format!("the {what} custody entry has the wrong path")));
+    }
+    if str_member(entry, "purpose")? != role.purpose {
+        return Err(custody_error(format!("the {what} custody entry has the wrong purpose")));
+    }
+    if str_member(entry, "algo")? != role.algo {
+        return Err(custody_error(format!("the {what} custody entry has the wrong algo")));
+    }
     let kms_public_key = secp256k1_member(entry, "kms_public_key", what)?;
     if let Some(expected) = kms_must_equal {
         if expected != kms_public_key {

@@ -29,7 +29,6 @@ use k256::ecdsa::{Signature, VerifyingKey};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::attest::policy::decode_hex;
 use crate::error::{AttestationFailure as F, Error, Result};
 use crate::hex;
 use crate::protocol::jcs;
@@ -64,6 +63,8 @@ impl Generation {
     }
 }
 
+/// The `purpose` of the report-data statement (the same as the current generation's).
+pub(crate) const STATEMENT_PURPOSE: &str = "aci.report_data.v1";
 /// The `purpose` of the older generation's keyset endorsement.
 pub(crate) const ENDORSEMENT_PURPOSE: &str = "aci.keyset.endorsement.v1";
 /// The algorithm of the identity key and of the endorsement.
@@ -233,13 +234,13 @@ impl<'a> Legacy<'a> {
         if self.identity_algo != IDENTITY_ALGO {
             return Err(fail(F::BadKey, "the workload identity key is not an ecdsa-secp256k1 key"));
         }
-        let identity = decode_hex(self.identity_text)
+        let identity = hex::decode_prefixed(self.identity_text)
             .and_then(|b| VerifyingKey::from_sec1_bytes(&b).ok())
             .ok_or_else(|| fail(F::BadKey, "the workload identity key is not a secp256k1 public key"))?;
         if self.endorsement_algo != IDENTITY_ALGO {
             return Err(fail(F::Endorsement, "the keyset endorsement is not ecdsa-secp256k1"));
         }
-        let endorsement = decode_hex(self.endorsement_value)
+        let endorsement = hex::decode_prefixed(self.endorsement_value)
             .filter(|b| b.len() == 64)
             .and_then(|b| Signature::from_slice(&b).ok())
             .ok_or_else(|| fail(F::Endorsement, "the keyset endorsement is not a 64-byte r‖s secp256k1 signature"))?;
@@ -267,7 +268,7 @@ pub(crate) fn workload_id(public_key: &Value) -> Result<String> {
 pub(crate) fn report_data(workload_id: &str, digest: &str, nonce: Option<&[u8; 32]>) -> Result<[u8; 32]> {
     let statement = serde_json::json!({
         "nonce": nonce.map(hex::encode),
-        "purpose": crate::attest::report::STATEMENT_PURPOSE,
+        "purpose": STATEMENT_PURPOSE,
         "workload_id": workload_id,
         "workload_keyset_digest": digest,
     });
@@ -323,7 +324,7 @@ pub(crate) fn secp256k1_receipt_keys(keyset: &Map<String, Value>) -> Result<Vec<
             .get("public_key")
             .and_then(Value::as_str)
             .ok_or_else(|| fail(F::Shape, "a receipt key has no string `public_key`"))?;
-        if decode_hex(text).and_then(|b| k256::PublicKey::from_sec1_bytes(&b).ok()).is_none() {
+        if hex::decode_prefixed(text).and_then(|b| k256::PublicKey::from_sec1_bytes(&b).ok()).is_none() {
             return Err(fail(F::BadKey, "an ecdsa-secp256k1 receipt key is not a secp256k1 public key"));
         }
         texts.push(text.to_owned());

@@ -90,7 +90,10 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 /// [`AttestationFailure`]:
 ///
 /// 1. `api_version == "aci/1"` ([`ApiVersion`](AttestationFailure::ApiVersion)); the document
-///    has the report's shape ([`Shape`](AttestationFailure::Shape)).
+///    has the report's shape ([`Shape`](AttestationFailure::Shape)). The shape decides the
+///    report [`Generation`] (a document with members of both is `Shape`), and a policy built
+///    with [`current_generation_only`](crate::attest::PolicyBuilder::current_generation_only)
+///    refuses the older one ([`Generation`](AttestationFailure::Generation)).
 /// 2. Hardware evidence ([`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable),
 ///    [`Quote`](AttestationFailure::Quote), [`TcbStatus`](AttestationFailure::TcbStatus)): under a
 ///    policy that requires hardware verification, a build without the `dcap` feature fails with
@@ -107,21 +110,32 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 ///    names); SHA-256 of the statement built for *our* nonce equals `report_data`
 ///    ([`Nonce`](AttestationFailure::Nonce) when it is the `"nonce":null` statement,
 ///    [`ReportData`](AttestationFailure::ReportData) otherwise: a report for another nonce, or a
-///    forged one).
+///    forged one). The older generation instead checks, after the digest: `workload_id` is
+///    `sha256:` + hex(SHA-256(JCS(workload_identity.public_key)))
+///    ([`WorkloadId`](AttestationFailure::WorkloadId)), `report_data` is SHA-256 of
+///    `JCS({nonce, purpose, workload_id, workload_keyset_digest})` for our nonce (`ReportData`),
+///    and the secp256k1 `keyset_endorsement` of the digest verifies under the identity key
+///    ([`Endorsement`](AttestationFailure::Endorsement); see the `generation` module).
 /// 4. `now < not_after` ([`Expired`](AttestationFailure::Expired)) and
 ///    `not_after <= now + max_validity` ([`NotAfterTooFar`](AttestationFailure::NotAfterTooFar)).
+///    For the older generation `not_after` is `freshness.stale_after` (or the keyset epoch's
+///    `not_after` if earlier): never unbounded.
 /// 5. `service_capabilities.supported_e2ee_versions` contains `"2"`
 ///    ([`E2eeUnsupported`](AttestationFailure::E2eeUnsupported); there is never a plaintext
 ///    fallback).
 /// 6. Keys: E2EE entries of unknown algorithms are ignored, a malformed entry of a known one is
 ///    [`BadKey`](AttestationFailure::BadKey), as is a malformed Ed25519 receipt key; the policy
-///    selects the E2EE key ([`NoUsableKey`](AttestationFailure::NoUsableKey)).
+///    selects the E2EE key ([`NoUsableKey`](AttestationFailure::NoUsableKey)). Of an older
+///    keyset only `dstack-kms-e2ee-v1` (secp256k1) is kept; its legacy entries never are.
 /// 7. Measured values against the allowlists ([`NotAllowed`](AttestationFailure::NotAllowed),
 ///    [`EventLog`](AttestationFailure::EventLog)). For a hardware-verified quote the event log
 ///    must replay (dstack runtime events recomputed) to the quote's RTMR3, and must measure a
-///    `compose-hash` equal to SHA-256 of `app_compose` (required) and an `app-id`.
+///    `compose-hash` equal to SHA-256 of `app_compose` (required; the older generation served
+///    none, so its measured compose hash stands alone) and an `app-id`. A refused value is
+///    named in the message.
 /// 8. KMS key custody for the receipt keys and both E2EE roles
-///    ([`Custody`](AttestationFailure::Custody)).
+///    ([`Custody`](AttestationFailure::Custody)); for the older generation, the identity, the
+///    secp256k1 receipt key and the E2EE key.
 ///
 /// # Where the app id comes from
 ///
@@ -731,6 +745,11 @@ fn check_allowlists(attestation: &Map<String, Value>, m: &MeasuredValues, policy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_generations_state_the_same_purpose() {
+        assert_eq!(generation::STATEMENT_PURPOSE, STATEMENT_PURPOSE);
+    }
 
     #[test]
     fn statement_matches_the_spec_vector() {
