@@ -337,7 +337,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn maps(doc: &Value) -> (&Map<String, Value>, &Map<String, Value>, &Map<String, Value>) {
+    type Object = Map<String, Value>;
+
+    fn maps(doc: &Value) -> (&Object, &Object, &Object) {
         let top = doc.as_object().unwrap();
         let attestation = top["attestation"].as_object().unwrap();
         let keyset = attestation["workload_keyset"].as_object().unwrap();

@@ -183,8 +183,8 @@ pub fn verify_report_with_collateral(
 #[derive(Clone, Copy)]
 enum Appraisal<'a> {
     /// Verify it to Intel's root against this collateral (fetched for it), else against the
-    /// policy's offline collateral for its platform.
-    Collateral(Option<&'a Collateral>),
+    /// policy's offline collateral for its platform. (Without feature `dcap` there is none.)
+    Collateral(#[cfg_attr(not(feature = "dcap"), allow(dead_code))] Option<&'a Collateral>),
     /// Tests only, for a real quote whose collateral was never captured: every check of step 2
     /// except the DCAP collateral check (the quote's signature chain to Intel's root and its TCB
     /// status). The quote is parsed, `tee_type`, `quote_report_data` and the report-data slot
