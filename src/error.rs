@@ -152,6 +152,11 @@ pub enum ReceiptFailure {
     Rewritten,
     /// An aggregator session check failed.
     Session,
+    /// The receipt names a keyset whose attestation report was fetched and failed verification
+    /// under the policy (for example another build of the application, which holds the same
+    /// KMS-derived receipt key): the same-key rule does not vouch for it. Carries why the report
+    /// was refused; see [`RefusedKeyset`](crate::attest::RefusedKeyset).
+    RefusedKeyset(AttestationFailure),
 }
 
 /// The error type of tower-aci.

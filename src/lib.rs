@@ -145,6 +145,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod attest;
+#[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+pub mod client;
 pub mod e2ee;
 pub mod error;
 #[cfg(feature = "test-gateway")]
@@ -160,10 +163,15 @@ pub mod protocol;
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
 pub mod receipt;
+#[cfg(feature = "reqwest-middleware")]
+mod reqwest_service;
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub mod tls;
 
+#[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+pub use client::{Client, ClientBuilder};
 pub use e2ee::{E2ee, E2eeLayer};
 pub use error::{AttestationFailure, BoxError, Error, ErrorKind, ReceiptFailure, Result};
 pub use protocol::GatewayError;

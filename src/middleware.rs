@@ -49,6 +49,7 @@ use crate::e2ee::config::{Config, Route};
 use crate::e2ee::exchange::{decrypting_response, encrypt, error_response};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::GatewayError;
+pub use crate::reqwest_service::{ReqwestFuture, ReqwestService};
 
 /// E2EE v2 as a reqwest-middleware [`Middleware`]. Configure it like the tower layer.
 #[derive(Clone, Debug)]

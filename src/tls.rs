@@ -299,6 +299,14 @@ impl AttestedTls {
     pub fn rustls_config(&self) -> ClientConfig {
         (*self.strict).clone()
     }
+
+    /// The connector's (gated) configuration: it accepts an unattested key while bootstrapping
+    /// or attesting. Only for a transport that carries nothing but report requests over it
+    /// (`middleware::ReqwestService`'s report client).
+    #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
+    pub(crate) fn report_rustls_config(&self) -> ClientConfig {
+        (*self.config).clone()
+    }
 }
 
 /// What the verifier does when no keyset lists the key.

@@ -28,7 +28,7 @@ mod report;
 pub use channel::ChannelInfo;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use generation::Generation;
-pub use handle::KeyHandle;
+pub use handle::{KeyHandle, RefusedKeyset};
 pub use keyset::{AttestedKeyset, ReceiptKey, TlsKey};
 pub use policy::{DEFAULT_MAX_VALIDITY, DEFAULT_TCB_STATUS, DangerousPolicyBuilder, Policy, PolicyBuilder};
 pub use provider::{KeyProvider, KeyProviderBuilder, RefreshTask, RefreshWorker, SleepFn};

@@ -313,6 +313,15 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
 /// it to another replica. Each report that verifies under the policy is remembered; none of them
 /// replaces the current key (the refresher does that). A digest that was not reached is not
 /// looked for again for `min_refresh_interval`.
+///
+/// A report that is fetched — by a search or by the refresher — and fails verification is not
+/// forgotten: its keyset digest is remembered as *refused* on the handle, with the failure
+/// ([`KeyHandle::refused_keyset`], logged at warn once per digest, at most 64), and receipts
+/// naming it fail with [`ReceiptFailure::RefusedKeyset`](crate::ReceiptFailure::RefusedKeyset)
+/// instead of being vouched for by the same-key rule. This is what catches a replica running
+/// another, unpinned build of the same application: it holds the same KMS-derived receipt key.
+/// A search stops as soon as the digest it looks for is refused. See
+/// [`RefusedKeyset`](crate::attest::RefusedKeyset) for which digest a refusal is recorded under.
 pub struct KeyProvider<S, ReqB = Full<Bytes>> {
     inner: Arc<Inner<S, ReqB>>,
 }
@@ -416,7 +425,7 @@ where
                 return outcome.map_err(|(kind, message)| Error::new(kind, message));
             }
         }
-        let result = inner.fetch(false).await;
+        let result = inner.fetch(false, &mut None).await;
         match &result {
             Ok(keyset) => {
                 tracing::debug!(digest = keyset.digest(), not_after = keyset.not_after(), "attested keyset published");
@@ -573,13 +582,15 @@ where
     }
 
     async fn search_unshared(self: Arc<Self>, digest: String) {
+        let mut reached_and_refused = false;
         for probe in 0..self.timing.digest_probes {
+            let mut refused = None;
             let result = {
                 let _flight = self.flight.lock().await;
                 if self.handle.knows(&digest) {
                     break;
                 }
-                self.fetch(true).await
+                self.fetch(true, &mut refused).await
             };
             match result {
                 Ok(keyset) => {
@@ -587,16 +598,25 @@ where
                     self.handle.remember(keyset);
                 }
                 Err(e) => {
-                    tracing::debug!(probe, wanted = %digest, error = %e, "report fetch failed while looking for a keyset digest")
+                    tracing::debug!(probe, wanted = %digest, refused = ?refused, error = %e, "report fetch failed while looking for a keyset digest")
                 }
+            }
+            if refused.as_deref() == Some(digest.as_str()) {
+                // Reached: its report failed the policy (the handle logged and remembers it).
+                reached_and_refused = true;
+                break;
             }
         }
         if !self.handle.knows(&digest) {
-            tracing::warn!(
-                digest = %digest,
-                probes = self.timing.digest_probes,
-                "no report with this keyset digest was reached; not looking again for min_refresh_interval"
-            );
+            if reached_and_refused {
+                tracing::debug!(digest = %digest, "the keyset looked for was refused; not looking again for min_refresh_interval");
+            } else {
+                tracing::warn!(
+                    digest = %digest,
+                    probes = self.timing.digest_probes,
+                    "no report with this keyset digest was reached; not looking again for min_refresh_interval"
+                );
+            }
             let until =
                 self.handle.shared.clock.now().saturating_add(self.timing.min_refresh_interval.as_secs().max(1));
             lock(&self.unreachable).insert(digest.clone(), until);
@@ -607,15 +627,20 @@ where
     /// One fetch and verification, bounded by the load timeout. `fresh_connection` sends
     /// `Connection: close`, so that the next request opens a new connection (which a
     /// per-connection load balancer may route to another replica).
-    async fn fetch(&self, fresh_connection: bool) -> Result<Arc<AttestedKeyset>> {
-        let work = std::pin::pin!(self.fetch_unbounded(fresh_connection));
+    /// `refused` is set to the keyset digest the fetched report was refused under, if it was.
+    async fn fetch(&self, fresh_connection: bool, refused: &mut Option<String>) -> Result<Arc<AttestedKeyset>> {
+        let work = std::pin::pin!(self.fetch_unbounded(fresh_connection, refused));
         match select(work, (self.sleep)(self.timing.load_timeout)).await {
             Either::Left((result, _)) => result,
             Either::Right(_) => Err(Error::new(ErrorKind::Transport, "fetching the attestation report timed out")),
         }
     }
 
-    async fn fetch_unbounded(&self, fresh_connection: bool) -> Result<Arc<AttestedKeyset>> {
+    async fn fetch_unbounded(
+        &self,
+        fresh_connection: bool,
+        refused: &mut Option<String>,
+    ) -> Result<Arc<AttestedKeyset>> {
         // While this runs, an attested TLS connector may open a connection to a certificate the
         // current keyset does not list (only report requests travel over it; see `crate::tls`).
         let _attesting = self.handle.attesting();
@@ -660,24 +685,63 @@ where
         #[cfg(feature = "dcap")]
         if let (Some(pccs), Some(service)) = (&self.pccs, pccs_service) {
             if let Some(quote) = crate::attest::report::quote_to_verify(&body, &self.policy) {
-                let collateral = crate::attest::dcap::fetch_collateral(service, pccs, &quote).await?;
+                let collateral = match crate::attest::dcap::fetch_collateral(service, pccs, &quote).await {
+                    Ok(collateral) => collateral,
+                    // An unreadable quote is a verdict on the report; an unreachable PCCS is not.
+                    Err(e) => return self.judged(&body, Err(e), refused),
+                };
                 let now = self.handle.shared.clock.now();
-                return crate::attest::report::verify_report_with_collateral(
-                    &body,
-                    &nonce,
-                    now,
-                    &self.policy,
-                    &collateral,
-                )
-                .and_then(|k| check_report_channel(k, channel.as_ref()))
-                .map(Arc::new);
+                let verified =
+                    crate::attest::report::verify_report_with_collateral(&body, &nonce, now, &self.policy, &collateral)
+                        .and_then(|k| check_report_channel(k, channel.as_ref()));
+                return self.judged(&body, verified, refused);
             }
         }
         let now = self.handle.shared.clock.now();
-        verify_report(&body, &nonce, now, &self.policy)
-            .and_then(|k| check_report_channel(k, channel.as_ref()))
-            .map(Arc::new)
+        let verified =
+            verify_report(&body, &nonce, now, &self.policy).and_then(|k| check_report_channel(k, channel.as_ref()));
+        self.judged(&body, verified, refused)
     }
+
+    /// The outcome of verifying a fetched report. A verification verdict against it
+    /// ([`ErrorKind::Attestation`]) refuses its keyset's digest on the handle, when the digest
+    /// is attributable (see [`refusable_digest`]); `refused` is then set to that digest.
+    fn judged(
+        &self,
+        body: &[u8],
+        verified: Result<AttestedKeyset>,
+        refused: &mut Option<String>,
+    ) -> Result<Arc<AttestedKeyset>> {
+        let error = match verified {
+            Ok(keyset) => return Ok(Arc::new(keyset)),
+            Err(e) => e,
+        };
+        if let ErrorKind::Attestation(failure) = error.kind() {
+            match refusable_digest(body) {
+                Some(digest) => {
+                    self.handle.refuse(&digest, failure, &error.to_string());
+                    *refused = Some(digest);
+                }
+                None => tracing::debug!(
+                    ?failure,
+                    "a fetched report failed verification and its keyset does not hash to the digest it names: no \
+                     keyset digest is refused"
+                ),
+            }
+        }
+        Err(error)
+    }
+}
+
+/// The keyset digest a refused report is attributed to: its `workload_keyset_digest`, only when
+/// its `attestation.workload_keyset` recomputes to it (so a forged document cannot get another
+/// keyset's digest refused by naming it next to a keyset of its own).
+fn refusable_digest(body: &[u8]) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let published = doc.get("workload_keyset_digest")?.as_str()?;
+    let keyset = doc.get("attestation")?.get("workload_keyset").filter(|k| k.is_object())?;
+    let recomputed = crate::attest::report::keyset_digest(keyset).ok()?;
+    (recomputed == published).then_some(recomputed)
 }
 
 /// At most this many digests are remembered as unreachable, or searched at once.
@@ -821,5 +885,38 @@ mod tests {
         assert_eq!(e.gateway_error_type(), Some("invalid_request_error"));
         let e = GatewayError::error_for(502, b"<html>", "fetching the attestation report");
         assert_eq!(e.kind(), ErrorKind::Transport);
+    }
+
+    #[test]
+    fn a_refused_report_is_attributed_only_to_the_digest_its_keyset_hashes_to() {
+        let keyset = serde_json::json!({"subject": null, "not_after": 2_000_000_000u64, "receipt_signing_keys": []});
+        let digest = crate::attest::report::keyset_digest(&keyset).unwrap();
+        let report = |published: &str, keyset: &serde_json::Value| {
+            serde_json::to_vec(&serde_json::json!({
+                "api_version": "aci/1",
+                "workload_keyset_digest": published,
+                "attestation": {"workload_keyset": keyset},
+            }))
+            .unwrap()
+        };
+        assert_eq!(refusable_digest(&report(&digest, &keyset)), Some(digest.clone()));
+        // The reference gateway's own stub report (bytes this crate did not produce).
+        assert_eq!(
+            refusable_digest(include_bytes!("../../tests/data/report_stub_quote.json")).as_deref(),
+            Some("sha256:e338157d18d77aaa3d1186c9d96147c2d4edc0f1a169ace1243c0bc3ad701fad")
+        );
+        // And a production gateway's report (a real TDX capture).
+        assert_eq!(
+            refusable_digest(include_bytes!("../../tests/data/real_tdx_report_2026-06.json")).as_deref(),
+            Some("sha256:46cdea445e5f2abcb78a5db0a630e7ba2127bc4f24033aa628b49e310e3928e2")
+        );
+        // A document naming that (honest) digest next to another keyset refuses nothing.
+        let other = serde_json::json!({"subject": null, "not_after": 2_000_000_001u64, "receipt_signing_keys": []});
+        assert_eq!(refusable_digest(&report(&digest, &other)), None);
+        assert_eq!(refusable_digest(b"<html>"), None);
+        assert_eq!(refusable_digest(br#"{"workload_keyset_digest":"sha256:00"}"#), None);
+        let mut no_object = serde_json::from_slice::<serde_json::Value>(&report(&digest, &keyset)).unwrap();
+        no_object["attestation"]["workload_keyset"] = serde_json::json!("a string");
+        assert_eq!(refusable_digest(&serde_json::to_vec(&no_object).unwrap()), None);
     }
 }

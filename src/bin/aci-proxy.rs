@@ -5,6 +5,7 @@
 //! cargo run --features proxy --bin aci-proxy -- --local-test-gateway          # offline demo
 //! ACI_API_KEY=sk-… aci-proxy --gateway https://api.redpill.ai --compose-hash … --kms-root …
 //! aci-proxy verify-receipts receipts.jsonl --config aci-proxy.toml           # offline audit
+//! ACI_CLIENT_KEY=… aci-proxy --listen 0.0.0.0:8787 --client-key-env ACI_CLIENT_KEY …  # beyond loopback
 //! ```
 
 // The doc comments below are the command's `--help` text, where bare URLs read best.
@@ -16,7 +17,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode, verify_audit};
-use tower_aci::receipt::ReceiptPolicy;
 
 /// End-to-end encryption (ACI E2EE v2) for any OpenAI SDK, through a local proxy.
 #[derive(Parser, Debug)]
@@ -50,6 +50,15 @@ struct ServeArgs {
     /// Environment variable holding the API key sent as the bearer token [default: ACI_API_KEY]
     #[arg(long)]
     api_key_env: Option<String>,
+    /// Environment variable holding the key clients must send as `Authorization: Bearer <key>`
+    /// (at least 16 characters; required to listen on a non-loopback address). The client key
+    /// is never forwarded: the gateway gets the API key of --api-key-env
+    #[arg(long, value_name = "VAR")]
+    client_key_env: Option<String>,
+    /// Allow requests from this browser origin, exactly scheme://host or scheme://host:port (repeatable); any
+    /// other request carrying Origin is refused
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
     /// Receipts: off, verify (in the background) or before-release [default: verify]
     #[arg(long)]
     receipts: Option<ReceiptMode>,
@@ -93,6 +102,10 @@ struct PolicyArgs {
     /// Dangerous: trust any workload running in a TEE (no pin)
     #[arg(long)]
     any_workload: bool,
+    /// Accept a receipt only when the keyset it names was itself attested, never on the
+    /// same-key rule (a replica whose report could not be fetched)
+    #[arg(long)]
+    require_exact_keyset: bool,
 }
 
 impl PolicyArgs {
@@ -106,6 +119,7 @@ impl PolicyArgs {
         };
         config.local_test_gateway |= self.local_test_gateway;
         config.any_workload |= self.any_workload;
+        config.require_exact_keyset |= self.require_exact_keyset;
         config.pins.compose_hashes.extend(self.compose_hashes.iter().cloned());
         config.pins.app_ids.extend(self.app_ids.iter().cloned());
         config.pins.os_image_hashes.extend(self.os_image_hashes.iter().cloned());
@@ -126,6 +140,10 @@ impl ServeArgs {
         if let Some(e) = &self.api_key_env {
             config.api_key_env = e.clone();
         }
+        if let Some(e) = &self.client_key_env {
+            config.client_key_env = Some(e.clone());
+        }
+        config.allow_origins.extend(self.allow_origins.iter().cloned());
         if let Some(r) = self.receipts {
             config.receipts = r;
         }
@@ -168,7 +186,7 @@ fn verify_receipts(file: &PathBuf, policy: &PolicyArgs) -> Result<(), String> {
     let config = policy.config()?;
     let policy = config.policy().map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let summary = verify_audit(&text, &policy, &ReceiptPolicy::new());
+    let summary = verify_audit(&text, &policy, &config.receipt_policy());
     println!("{} reports and {} receipts verified", summary.keysets_verified, summary.receipts_verified);
     for (line, e) in &summary.failures {
         println!("line {line}: {:?}: {e}", e.kind());

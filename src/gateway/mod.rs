@@ -94,6 +94,7 @@ pub struct GatewayConfig {
     upstream: Option<Arc<UpstreamFn>>,
     bind: SocketAddr,
     generation: Generation,
+    app_compose: Option<String>,
     #[cfg(feature = "rustls")]
     tls: Option<GatewayTls>,
 }
@@ -108,6 +109,7 @@ impl fmt::Debug for GatewayConfig {
             .field("upstream", &self.upstream.as_ref().map(|_| "custom"))
             .field("bind", &self.bind)
             .field("generation", &self.generation)
+            .field("app_compose", &self.app_compose)
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +132,7 @@ impl GatewayConfig {
             upstream: None,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             generation: Generation::Current,
+            app_compose: None,
             #[cfg(feature = "rustls")]
             tls: None,
         }
@@ -193,6 +196,15 @@ impl GatewayConfig {
     /// [`UpstreamResponse::echo`] is the built-in answer, for delegating.
     pub fn upstream(mut self, handler: impl Fn(UpstreamRequest) -> UpstreamResponse + Send + Sync + 'static) -> Self {
         self.upstream = Some(Arc::new(handler));
+        self
+    }
+
+    /// Publish this text as the report's `evidence.app_compose` (default `null`). With the stub
+    /// quote a policy then measures its compose hash (SHA-256 of the text): gateways sharing
+    /// [`keys`](Self::keys) but publishing different compose files are replicas of one
+    /// application running different builds, one of which a pinned policy refuses.
+    pub fn app_compose(mut self, compose: impl Into<String>) -> Self {
+        self.app_compose = Some(compose.into());
         self
     }
 
@@ -386,7 +398,7 @@ impl TestGateway {
         let legacy = (config.generation == Generation::Legacy).then(|| keyset::LegacyKeys::new(config.fixed_seeds));
         let keyset = keys.seal(not_after, tls_entries, legacy);
         let (shutdown, watch) = tokio::sync::watch::channel(false);
-        let shared = Arc::new(server::Shared::new(keyset, config.clock, config.upstream, watch));
+        let shared = Arc::new(server::Shared::new(keyset, config.clock, config.upstream, watch, config.app_compose));
         #[cfg(feature = "rustls")]
         shared.set_tls(config.tls.as_ref());
         let task = tokio::spawn(server::serve(listener, shared.clone()));

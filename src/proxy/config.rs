@@ -135,11 +135,21 @@ impl PolicyPins {
 pub struct ProxyConfig {
     /// The gateway's base URL (`https://…`, or `http://…` on loopback).
     pub gateway: Option<String>,
-    /// Where the proxy listens (default `127.0.0.1:8787`).
+    /// Where the proxy listens (default `127.0.0.1:8787`). Requests must name it (or a loopback
+    /// name) in `Host`; a non-loopback address needs [`client_key_env`](Self::client_key_env).
     pub listen: SocketAddr,
     /// The environment variable holding the API key forwarded as the bearer token (default
-    /// `ACI_API_KEY`). When it is unset, the client's own `Authorization` header is forwarded.
+    /// `ACI_API_KEY`). When it is unset, the client's own `Authorization` header is forwarded
+    /// (unless clients authenticate with a client key, which is never forwarded). The key goes
+    /// only to the inference routes, `/v1/models` and `/v1/aci/receipts/…`.
     pub api_key_env: String,
+    /// The environment variable holding the key clients must send as `Authorization: Bearer …`
+    /// (TOML `client_key_env`; at least 16 characters). Required to listen on a non-loopback
+    /// address. With it, the upstream API key comes only from [`api_key_env`](Self::api_key_env).
+    pub client_key_env: Option<String>,
+    /// Browser origins allowed to call the proxy, exact `scheme://host[:port]` (TOML
+    /// `allow_origins`). A request carrying any other `Origin` is refused.
+    pub allow_origins: Vec<String>,
     /// What to do with receipts (default `verify`).
     pub receipts: ReceiptMode,
     /// Where verified receipts are appended (JSON lines), if anywhere.
@@ -160,6 +170,10 @@ pub struct ProxyConfig {
     /// A PCCS to fetch the TDX quote's collateral from (feature `dcap`), e.g.
     /// `https://pccs.phala.network`; verified with WebPKI, not pinned.
     pub pccs: Option<String>,
+    /// Accept a receipt only when the keyset it names was itself attested
+    /// ([`ReceiptPolicy::require_exact_keyset`](crate::receipt::ReceiptPolicy::require_exact_keyset)),
+    /// never on the same-key rule; `verify-receipts` applies it too.
+    pub require_exact_keyset: bool,
     /// A policy built in code, used instead of the pins (for embedding the proxy, and tests).
     #[serde(skip)]
     pub policy: Option<Policy>,
@@ -171,6 +185,8 @@ impl Default for ProxyConfig {
             gateway: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             api_key_env: "ACI_API_KEY".to_owned(),
+            client_key_env: None,
+            allow_origins: Vec::new(),
             receipts: ReceiptMode::Verify,
             audit_file: None,
             pins: PolicyPins::default(),
@@ -179,6 +195,7 @@ impl Default for ProxyConfig {
             max_request_body: crate::e2ee::DEFAULT_MAX_REQUEST_BODY,
             tls_pin_only: false,
             pccs: None,
+            require_exact_keyset: false,
             policy: None,
         }
     }
@@ -188,6 +205,11 @@ impl ProxyConfig {
     /// Parse a TOML configuration file's text.
     pub fn from_toml(text: &str) -> Result<ProxyConfig> {
         toml::from_str(text).map_err(|e| Error::new(ErrorKind::Config, format!("invalid proxy configuration: {e}")))
+    }
+
+    /// The receipt policy these settings describe.
+    pub fn receipt_policy(&self) -> crate::receipt::ReceiptPolicy {
+        crate::receipt::ReceiptPolicy::new().require_exact_keyset(self.require_exact_keyset)
     }
 
     /// The attestation policy these settings describe. Fails with a clear `Config` error when

@@ -9,6 +9,8 @@ mod attest_real_capture;
 mod attest_report;
 mod attest_support;
 mod capture;
+#[cfg(all(feature = "test-gateway", feature = "rustls"))]
+mod client;
 mod data;
 mod layer_fits;
 mod policy_pins;
@@ -31,12 +33,18 @@ mod legacy_gateway;
 mod provider_gateway;
 #[cfg(feature = "proxy")]
 mod proxy;
+#[cfg(feature = "proxy")]
+mod proxy_exposure;
+#[cfg(feature = "proxy")]
+mod proxy_local;
 #[cfg(feature = "test-gateway")]
 mod receipt_gateway;
 #[cfg(feature = "test-gateway")]
 mod replicas;
 #[cfg(all(feature = "test-gateway", feature = "reqwest-middleware"))]
 mod reqwest_mw;
+#[cfg(all(feature = "test-gateway", feature = "reqwest-middleware", feature = "rustls"))]
+mod reqwest_service;
 #[cfg(feature = "test-gateway")]
 mod stream_release;
 #[cfg(feature = "test-gateway")]
