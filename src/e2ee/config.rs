@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use http::Method;
 
 use crate::attest::KeyHandle;
+use crate::attest::channel::{ChannelRule, channel_rule};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::Endpoint;
 use crate::protocol::sse::SseLimits;
@@ -31,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) plaintext_routes: Vec<String>,
     pub(crate) sse_limits: SseLimits,
     pub(crate) randomness: Randomness,
+    /// `dangerous().accept_unbound_channel()`: answers need no attested channel.
+    pub(crate) unbound_channel: bool,
 }
 
 impl Config {
@@ -44,7 +47,15 @@ impl Config {
             plaintext_routes: Vec::new(),
             sse_limits: SseLimits::default(),
             randomness: Randomness::default(),
+            unbound_channel: false,
         }
+    }
+
+    /// What the answer to an E2EE request for this URL must show about its channel; plain HTTP
+    /// off loopback is refused here, before anything is sent.
+    pub(crate) fn target(&self, scheme: Option<&str>, host: Option<&str>) -> Result<Target, Error> {
+        let rule = channel_rule(scheme, host, self.unbound_channel, "the E2EE request's URL")?;
+        Ok(Target { rule, host: host.map(str::to_owned) })
     }
 
     pub(crate) fn route(&self, method: &Method, path: &str) -> Route {
@@ -65,6 +76,17 @@ impl Config {
         ))
     }
 }
+
+/// Where an E2EE request goes, for the channel check of its answer.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) rule: ChannelRule,
+    /// The request URL's host, which the channel must have been opened to.
+    pub(crate) host: Option<String>,
+}
+
+/// How `E2eeLayer::dangerous().accept_unbound_channel()` is spelt in messages.
+pub(crate) const LAYER_OPT_OUT: &str = "E2eeLayer::dangerous().accept_unbound_channel()";
 
 /// What the layer does with one request.
 pub(crate) enum Route {
