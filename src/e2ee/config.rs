@@ -16,8 +16,9 @@ use crate::protocol::sse::SseLimits;
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 /// Default limit on a buffered response body (and on a non-2xx error body): 64 MiB.
 pub const DEFAULT_MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
-/// Buffered responses larger than this are decrypted on Tokio's blocking pool (when running on
-/// Tokio) so a large embeddings answer does not stall the executor. At 16 KiB a body holds at
+/// Buffered responses larger than this, and SSE events whose data is larger, are decrypted on
+/// Tokio's blocking pool (when running on Tokio) so a large answer or event does not stall the
+/// executor. At 16 KiB a body holds at
 /// most ~85 ciphertext fields (a field is at least 186 hex characters), a few milliseconds of
 /// secp256k1 work in the worst case; a typical chat answer stays inline.
 pub const DEFAULT_BLOCKING_THRESHOLD: usize = 16 * 1024;

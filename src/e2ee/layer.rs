@@ -71,8 +71,10 @@ impl E2eeLayer {
         self.update(|c| c.max_response_body = limit)
     }
 
-    /// Buffered responses above this size are decrypted on Tokio's blocking pool (default
-    /// 16 KiB). `usize::MAX` keeps all decryption inline.
+    /// Buffered responses above this size, and SSE events whose data lines together exceed it,
+    /// are decrypted on Tokio's blocking pool (default 16 KiB), one at a time and in order: a
+    /// stream reads no further byte while its event is decrypted there. `usize::MAX` keeps all
+    /// decryption inline.
     pub fn blocking_threshold(self, bytes: usize) -> Self {
         self.update(|c| c.blocking_threshold = bytes)
     }
