@@ -102,6 +102,14 @@ impl CollectError {
     }
 }
 
+/// Zeroize the layer's own copy of a plaintext body once it is encrypted (when no one else holds
+/// it: the copy `poll_collect` made is ours alone).
+fn wipe(body: Bytes) {
+    if let Ok(mut own) = body.try_into_mut() {
+        zeroize::Zeroize::zeroize(&mut own[..]);
+    }
+}
+
 /// Read a whole body into `buf`, up to `limit` bytes.
 fn poll_collect<B>(
     mut body: Pin<&mut B>,
@@ -163,7 +171,9 @@ where
                         }
                     };
                     let path = parts.uri.path().to_owned();
-                    match encrypt(config, *endpoint, &path, target, &mut parts.headers, &body) {
+                    let encrypted = encrypt(config, *endpoint, &path, target, &mut parts.headers, &body);
+                    wipe(body);
+                    match encrypted {
                         Ok((wire, exchange)) => {
                             let fut = inner.call(Request::from_parts(parts, RequestBody::encrypted(wire)));
                             this.state.set(State::Calling { fut, exchange: Some(exchange) });

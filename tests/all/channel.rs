@@ -190,3 +190,24 @@ async fn the_real_gateway_answers_each_kind_as_asked() {
         assert_eq!(text.contains("data: [DONE]"), stream, "{text}");
     }
 }
+
+#[tokio::test]
+async fn a_zeroizing_body_goes_through_the_retry_and_the_layer() {
+    use tower::retry::RetryLayer;
+    use tower_aci::e2ee::{KeyMismatchRetry, ZeroizingBody};
+    let env = Env::start(Suite::X25519).await;
+    let http: hyper_util::client::legacy::Client<_, RequestBody<ZeroizingBody>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(KeyMismatchRetry::new(env.keys.clone())))
+        .layer(env.layer())
+        .service(http);
+    let body = json!({"model": "demo-model", "messages": [{"role": "user", "content": "wiped after"}]});
+    let req = Request::post(env.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(ZeroizingBody::from(body.to_string()))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    let v: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "You said: wiped after");
+}
