@@ -66,6 +66,9 @@ fn cleartext_error(what: &str, paths: &[String]) -> Error {
     Error::new(ErrorKind::Cleartext, format!("strict mode: {what} carries generated content in clear at {list}"))
 }
 
+/// A large event's decryption on the blocking pool; it hands the decryptor back with the event.
+type SseTask = JoinHandle<(Box<StreamDecryptor>, Result<StreamOutput, Error>)>;
+
 enum Mode {
     Buffered {
         ctx: Option<ExchangeContext>,
@@ -78,7 +81,7 @@ enum Mode {
     Sse {
         /// `None` while a large event is decrypted on the blocking pool (`task`).
         dec: Option<Box<StreamDecryptor>>,
-        task: Option<JoinHandle<(Box<StreamDecryptor>, Result<StreamOutput, Error>)>>,
+        task: Option<SseTask>,
         /// Events whose data exceed this many bytes are decrypted on Tokio's blocking pool.
         blocking_threshold: usize,
     },
