@@ -148,6 +148,8 @@ async fn main() -> Result<(), BoxError> {
     match args.base_url.clone() {
         // A real gateway.
         Some(base) if base.starts_with("https://") => real_https(&args, keys, base, &question).await,
+        // Plain HTTP: only to a gateway on loopback (the key provider and the layer refuse any
+        // other host, since nothing would then authenticate the answers).
         Some(base) => {
             let policy = real_policy(&args)?;
             let http = Client::builder(TokioExecutor::new()).build_http();

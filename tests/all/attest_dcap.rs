@@ -348,8 +348,9 @@ async fn collateral_fetched_from_a_pccs_verifies_the_quote() {
 #[tokio::test]
 async fn the_key_provider_fetches_collateral_through_its_service() {
     let pccs = FakePccs::new();
+    // The fake answers in process (plain HTTP to loopback needs no attested channel).
     let provider = KeyProvider::builder(pccs.service())
-        .base_url("https://gateway.test".parse().unwrap())
+        .base_url("http://localhost".parse().unwrap())
         .pccs("https://pccs.test".parse().unwrap())
         .clock(Arc::new(ManualClock::new(NOW)))
         .policy(pinned_policy())
@@ -361,12 +362,12 @@ async fn the_key_provider_fetches_collateral_through_its_service() {
     assert_eq!(e.kind(), ErrorKind::Attestation(F::Quote), "{e}");
     assert!(e.to_string().contains("report-data slot"), "{e}");
     let seen = pccs.seen();
-    assert!(seen[0].starts_with("gateway.test/v1/aci/attestation?nonce="), "{seen:?}");
+    assert!(seen[0].starts_with("localhost/v1/aci/attestation?nonce="), "{seen:?}");
     assert_eq!(seen.iter().filter(|p| p.starts_with("pccs.test/")).count(), 4, "{seen:?}");
 
     // A PCCS URL without an authority is a configuration error.
     let e = KeyProvider::builder(pccs.service())
-        .base_url("https://gateway.test".parse().unwrap())
+        .base_url("http://localhost".parse().unwrap())
         .pccs("/pccs".parse().unwrap())
         .policy(pinned_policy())
         .build()

@@ -366,7 +366,7 @@ async fn reference_exchanges_through_the_layer() {
         let (inner, seen) = canned(Answer::of(e, cuts));
         let layer = E2eeLayer::new(keys.clone()).dangerous_randomness_for_tests(tape_fill(tape(e)));
         let svc = ServiceBuilder::new().layer(layer).service(inner);
-        let req = Request::post(format!("http://gateway{}", s(e, "endpoint")))
+        let req = Request::post(format!("http://localhost{}", s(e, "endpoint")))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(serde_json::to_vec(&e["request_plaintext"]).unwrap())))
             .unwrap();
@@ -474,7 +474,7 @@ async fn reference_negative_answers_map_to_gateway_errors() {
             clock.set(timestamp(e));
             let (inner, _) = canned(Answer::of(e, vec![]));
             let svc = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(inner);
-            let req = Request::post(format!("http://gateway{}", s(e, "endpoint")))
+            let req = Request::post(format!("http://localhost{}", s(e, "endpoint")))
                 .body(Full::new(Bytes::from(serde_json::to_vec(&e["request_plaintext"]).unwrap())))
                 .unwrap();
             let res = svc.oneshot(req).await.unwrap();
