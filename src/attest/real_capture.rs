@@ -263,12 +263,15 @@ fn runtime_lookups_stop_at_system_ready() {
     assert_eq!(events.last().map(|e| e.event.as_str()), Some("system-ready"));
     assert!(eventlog::runtime_event(&events, "system-ready").unwrap().is_none());
 
-    // After system-ready: a second app-id and compose-hash are measured (RTMR3 changes) but the
-    // lookups still return the boot-time values and see no duplicate.
+    // After system-ready: a second app-id or compose-hash is measured (RTMR3 changes) and refused
+    // (issue 18: the workload extended it itself).
     let other_id = "11".repeat(20);
     let other_hash = "22".repeat(32);
     let after = log_with(events.len(), &[("app-id", &other_id), ("compose-hash", &other_hash)]);
     assert_ne!(eventlog::replay_rtmr(&after, 3).unwrap(), rtmr3());
+    assert_eq!(failure(eventlog::measured(&after, None)), F::EventLog);
+    // A workload's own event after system-ready is not read, and not refused.
+    let after = log_with(events.len(), &[("workload-started", "00")]);
     let m = eventlog::measured(&after, None).unwrap();
     assert_eq!(m.app_id.map(hex::encode).as_deref(), Some(APP_ID));
     assert_eq!(m.compose_hash.map(hex::encode).as_deref(), Some(COMPOSE_HASH));
@@ -331,30 +334,24 @@ fn a_changed_byte_in_any_replayed_event_breaks_the_replay() {
     assert_ne!(eventlog::replay_rtmr(&changed, 3).unwrap(), good);
 }
 
-/// Documents a gap shared with the reference verifier's rule (protocol.md §6.4): the replay
-/// recomputes the digest of events typed as dstack runtime events but extends the *published*
-/// digest of any other event, so the `event_type` of an event whose published digest is right is
-/// not bound by RTMR3. A runtime event relabelled with another type replays the same and drops
-/// out of the runtime-event lookups (which only consider runtime events). Its published digest,
-/// once trusted, is bound: a changed byte there breaks the replay. If the replay starts refusing
-/// non-runtime events in RTMR3 (dstack only puts runtime events there), update this test.
+/// A gap shared with the reference verifier's rule (protocol.md §6.4), closed here (issue 18): the
+/// replay recomputes the digest of events typed as dstack runtime events but would extend the
+/// *published* digest of any other event, so the `event_type` of an event whose published digest
+/// is right is not bound by RTMR3. dstack puts only runtime events in RTMR3, so any other type
+/// there is refused, by the replay and by the lookups.
 #[test]
-fn relabelling_a_runtime_event_is_not_caught_by_the_replay() {
-    let good = rtmr3();
+fn relabelling_a_runtime_event_is_refused() {
     let events = events();
     for i in events.iter().enumerate().filter(|(_, e)| e.imr == 3).map(|(i, _)| i) {
         let mut relabelled = events.clone();
         relabelled[i].event_type ^= 0x01;
-        assert_eq!(eventlog::replay_rtmr(&relabelled, 3).unwrap(), good, "{}", events[i].event);
-        relabelled[i].digest[0] ^= 0x01;
-        assert_ne!(eventlog::replay_rtmr(&relabelled, 3).unwrap(), good, "{}", events[i].event);
+        assert_eq!(failure(eventlog::replay_rtmr(&relabelled, 3)), F::EventLog, "{}", events[i].event);
+        assert_eq!(failure(eventlog::measured(&relabelled, None)), F::EventLog, "{}", events[i].event);
     }
     let compose = events.iter().position(|e| e.event == "compose-hash").unwrap();
     let mut relabelled = events.clone();
     relabelled[compose].event_type = 0x0800_0002;
-    assert_eq!(eventlog::replay_rtmr(&relabelled, 3).unwrap(), good);
-    assert!(eventlog::runtime_event(&relabelled, "compose-hash").unwrap().is_none());
-    assert_eq!(eventlog::measured(&relabelled, None).unwrap().compose_hash, None);
+    assert_eq!(failure(eventlog::runtime_event(&relabelled, "compose-hash")), F::EventLog);
 }
 
 // ---- KMS custody ----
@@ -534,4 +531,81 @@ fn the_ed25519_role_fails_with_a_clear_error() {
     let policy = policy_with_root(KMS_ROOT);
     let r = old_schema_chain(&entry, "aci.legacy.ed25519.v1", &measured_app_id(), &chain, &policy);
     assert_eq!(failure(r), F::Custody);
+}
+
+// ---- issue 18: relabelled and post-boot identity events ----
+
+/// The real log with the genuine `compose-hash` and `system-ready` events relabelled to another
+/// event type, each keeping its true digest (the one dstack published, which equals the
+/// recomputed runtime digest), so the replay still equals the quote's RTMR3.
+fn relabelled_real_log() -> Vec<Event> {
+    let mut events = events();
+    for name in ["compose-hash", "system-ready"] {
+        let i = events.iter().position(|e| e.event == name).unwrap();
+        assert_eq!(events[i].measured_digest().unwrap()[..], events[i].digest[..], "{name}: true digest");
+        events[i].event_type = 0x0800_0002;
+    }
+    events
+}
+
+#[test]
+fn a_relabelled_real_log_is_refused() {
+    let relabelled = relabelled_real_log();
+    // RTMR3 does not bind the event type of a non-runtime event: the replay alone would pass.
+    let mut blind = [0u8; 48];
+    for e in relabelled.iter().filter(|e| e.imr == 3) {
+        use sha2::{Digest, Sha384};
+        let mut padded = [0u8; 48];
+        padded[..e.digest.len()].copy_from_slice(&e.digest);
+        blind = Sha384::new().chain_update(blind).chain_update(padded).finalize().into();
+    }
+    assert_eq!(blind, rtmr3(), "the relabelled log replays to the real RTMR3 by digest");
+    // Every imr == 3 event must be a dstack runtime event: both the replay and the reading refuse it.
+    assert_eq!(failure(eventlog::replay_rtmr(&relabelled, 3)), F::EventLog);
+    assert_eq!(failure(eventlog::measured(&relabelled, None)), F::EventLog);
+    assert_eq!(failure(eventlog::runtime_event(&relabelled, "app-id")), F::EventLog);
+
+    // The attack: after boot the workload extends RTMR3 with its own compose-hash (and a
+    // system-ready), which would become "the" compose hash once the genuine ones are relabelled.
+    let evil = "66".repeat(32);
+    let mut attack = relabelled.clone();
+    attack.extend(log_with(0, &[("compose-hash", &evil), ("system-ready", "")]).drain(..2));
+    assert_eq!(failure(eventlog::measured(&attack, None)), F::EventLog);
+    assert_eq!(failure(eventlog::replay_rtmr(&attack, 3)), F::EventLog);
+}
+
+#[test]
+fn a_post_boot_identity_event_is_refused() {
+    let events = events();
+    for name in ["compose-hash", "app-id", "os-image-hash", "instance-id", "key-provider", "mr-kms"] {
+        let after = log_with(events.len(), &[(name, &"22".repeat(32))]);
+        // Measured into RTMR3 like any runtime event...
+        assert!(eventlog::replay_rtmr(&after, 3).is_ok(), "{name}");
+        // ...but an identity event after system-ready is refused, not skipped.
+        assert_eq!(failure(eventlog::measured(&after, None)), F::EventLog, "{name}");
+        // Twice before system-ready is refused too.
+        let twice = log_with(events.len() - 1, &[(name, &"22".repeat(32))]);
+        assert_eq!(failure(eventlog::measured(&twice, None)), F::EventLog, "{name} twice");
+    }
+    // Other runtime events after boot are the workload's own business.
+    let after = log_with(events.len(), &[("my-app-event", "01")]);
+    assert_eq!(eventlog::measured(&after, None).unwrap().compose_hash.map(hex::encode).as_deref(), Some(COMPOSE_HASH));
+}
+
+#[test]
+fn a_log_without_system_ready_satisfies_no_pin() {
+    let mut events = events();
+    assert_eq!(events.pop().map(|e| e.event), Some("system-ready".to_owned()));
+    let e = eventlog::measured(&events, None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::EventLog));
+    assert!(e.to_string().contains("system-ready"), "{e}");
+}
+
+#[test]
+fn the_real_log_still_replays_and_reads() {
+    let events = events();
+    assert_eq!(eventlog::replay_rtmr(&events, 3).unwrap(), rtmr3());
+    let m = eventlog::measured(&events, None).unwrap();
+    assert_eq!(m.app_id.map(hex::encode).as_deref(), Some(APP_ID));
+    assert_eq!(m.compose_hash.map(hex::encode).as_deref(), Some(COMPOSE_HASH));
 }

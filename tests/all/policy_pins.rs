@@ -132,3 +132,84 @@ fn a_kms_root_requires_custody() {
     dropped["attestation"]["evidence"]["key_custody"] = Value::Null;
     assert_eq!(reason(verify_report(&bytes(&dropped), &NONCE, NOW, &policy)), F::Custody);
 }
+
+/// A stub-quoted report carrying `log` (dstack event-log JSON) and `compose`.
+fn report_with_log(log: Vec<Value>, compose: &str) -> Vec<u8> {
+    let mut report = seal_report(&production_keyset(None, NOW + 3_600), Some(&NONCE));
+    report["attestation"]["evidence"]["event_log"] = json!(Value::Array(log).to_string());
+    report["attestation"]["evidence"]["app_compose"] = json!(compose);
+    bytes(&report)
+}
+
+fn runtime(name: &str, payload: &[u8]) -> Value {
+    json!({"imr": 3, "event_type": RUNTIME_EVENT, "digest": "00".repeat(48), "event": name,
+           "event_payload": const_hex::encode(payload)})
+}
+
+#[test]
+fn a_post_boot_compose_hash_does_not_satisfy_the_pin() {
+    let policy = stub(Policy::builder().allow_compose_hash(&GATEWAY.compose_hash()));
+    // OTHER booted; the genuine compose-hash and system-ready are relabelled to another event type
+    // (keeping their digests), and the workload then extends RTMR3 with GATEWAY's compose hash.
+    let relabelled = |name: &str, payload: &[u8]| {
+        let mut e = runtime(name, payload);
+        e["event_type"] = json!(RUNTIME_EVENT + 1);
+        e
+    };
+    let log = vec![
+        runtime("app-id", &OTHER.app_id),
+        relabelled("compose-hash", &Sha256::digest(OTHER.compose.as_bytes())),
+        runtime("os-image-hash", &OTHER.os_image),
+        relabelled("system-ready", b""),
+        runtime("compose-hash", &Sha256::digest(GATEWAY.compose.as_bytes())),
+        runtime("system-ready", b""),
+    ];
+    let e = verify_report(&report_with_log(log, GATEWAY.compose), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::EventLog), "{e}");
+
+    // Without the relabelling: a compose-hash after system-ready is refused, not skipped.
+    let log = vec![
+        runtime("app-id", &GATEWAY.app_id),
+        runtime("compose-hash", &Sha256::digest(GATEWAY.compose.as_bytes())),
+        runtime("system-ready", b""),
+        runtime("compose-hash", &Sha256::digest(OTHER.compose.as_bytes())),
+    ];
+    let e = verify_report(&report_with_log(log, GATEWAY.compose), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::EventLog), "{e}");
+
+    // A log that never reached system-ready satisfies no pin.
+    let log = vec![runtime("app-id", &GATEWAY.app_id), runtime("compose-hash", &Sha256::digest(GATEWAY.compose))];
+    let e = verify_report(&report_with_log(log, GATEWAY.compose), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::EventLog), "{e}");
+}
+
+#[test]
+fn an_os_image_pin_alone_does_not_build() {
+    let e = Policy::builder().allow_os_image_hash(&const_hex::encode(GATEWAY.os_image)).build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("allow_os_image_hash"), "{e}");
+    // Also with a KMS root: the OS image is not the app.
+    let kms = TestKms::new();
+    let e = Policy::builder()
+        .allow_os_image_hash(&const_hex::encode(GATEWAY.os_image))
+        .accept_kms_root(&kms.root_hex())
+        .build()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+}
+
+#[test]
+fn an_unanchored_compose_hash_pin_does_not_build() {
+    for builder in [
+        Policy::builder().allow_compose_hash(&GATEWAY.compose_hash()),
+        Policy::builder().allow_app_id(&const_hex::encode(GATEWAY.app_id)),
+        Policy::builder().allow_compose_hash(&GATEWAY.compose_hash()).dangerous().accept_stub_quote().end_dangerous(),
+    ] {
+        let e = builder.build().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        let message = e.to_string();
+        for way in ["accept_kms_root", "allow_boot_measurements", "MRTD", "unanchored_pin"] {
+            assert!(message.contains(way), "{way:?} missing: {message}");
+        }
+    }
+}
