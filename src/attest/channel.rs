@@ -162,6 +162,7 @@ mod tests {
             tls_keys,
             verified_at: 0,
             hardware_verified: false,
+            hardware: None,
         }
     }
 

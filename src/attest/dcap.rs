@@ -57,6 +57,7 @@ use serde_json::value::RawValue;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use crate::attest::keyset::{self, BootMeasurements, HardwareEvidence};
 use crate::error::{AttestationFailure, BoxError, Error, ErrorKind, Result};
 use crate::hex;
 
@@ -180,9 +181,64 @@ impl VerifiedQuote {
         &self.td_report.mr_td
     }
 
+    /// RTMR0, the firmware's boot configuration.
+    pub fn rt_mr0(&self) -> &[u8; 48] {
+        &self.td_report.rt_mr0
+    }
+
+    /// RTMR1, the OS loader and kernel.
+    pub fn rt_mr1(&self) -> &[u8; 48] {
+        &self.td_report.rt_mr1
+    }
+
+    /// RTMR2, the kernel command line and initrd.
+    pub fn rt_mr2(&self) -> &[u8; 48] {
+        &self.td_report.rt_mr2
+    }
+
     /// RTMR3, the runtime register the dstack event log replays to.
     pub fn rt_mr3(&self) -> &[u8; 48] {
         &self.td_report.rt_mr3
+    }
+
+    /// MRTD and RTMR0–2: what
+    /// [`PolicyBuilder::allow_boot_measurements`](crate::attest::PolicyBuilder::allow_boot_measurements)
+    /// pins.
+    pub fn boot_measurements(&self) -> BootMeasurements {
+        let r = &self.td_report;
+        BootMeasurements { mrtd: r.mr_td, rtmr0: r.rt_mr0, rtmr1: r.rt_mr1, rtmr2: r.rt_mr2 }
+    }
+
+    /// Fails with [`NotAllowed`](AttestationFailure::NotAllowed) unless the quote's MRTD and
+    /// RTMR0–2 equal one of `allowed` — typically a policy's
+    /// [`allowed_boot_measurements`](crate::attest::Policy::allowed_boot_measurements). An empty
+    /// `allowed` pins nothing. The message names the measured values in full.
+    pub fn check_boot_measurements(&self, allowed: &[BootMeasurements]) -> Result<()> {
+        keyset::check_boot_measurements(allowed, Some(&self.boot_measurements()))
+    }
+
+    /// Fails with [`TcbStatus`](AttestationFailure::TcbStatus) when an advisory that applies to
+    /// the platform's TCB level is one of `refused` (compared case-insensitively) — typically a
+    /// policy's [`refused_advisories`](crate::attest::Policy::refused_advisories).
+    pub fn check_advisories<T: AsRef<str>>(&self, refused: &[T]) -> Result<()> {
+        let hits: Vec<&str> = self
+            .advisory_ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| refused.iter().any(|r| r.as_ref().eq_ignore_ascii_case(id)))
+            .collect();
+        if hits.is_empty() {
+            return Ok(());
+        }
+        Err(Error::attestation(
+            AttestationFailure::TcbStatus,
+            format!(
+                "the platform's TCB level is affected by {}, which the policy refuses (advisories that apply: {}); \
+                 the platform needs a TCB recovery (microcode / TDX module update) first",
+                hits.join(", "),
+                self.advisory_ids.join(", ")
+            ),
+        ))
     }
 
     /// Fails with [`TcbStatus`](AttestationFailure::TcbStatus) unless the quote's TCB status is
@@ -261,20 +317,23 @@ pub fn verify_quote(
 }
 
 /// Step 2 of [`verify_report`](crate::attest::verify_report) under a policy that requires
-/// hardware verification: returns the verified quote's RTMR3.
+/// hardware verification: returns the verified quote's RTMR3 and the evidence the keyset
+/// reports (boot measurements, TCB status, advisories).
 ///
 /// `fetched` (collateral fetched for this quote) wins over the policy's `offline` collateral, of
 /// which the one for the quote's FMSPC is used. No collateral for it is
 /// [`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable). The TCB status must be one
-/// of `accepted`.
+/// of `accepted`, and no advisory that applies may be `refused`. (The boot measurements are
+/// compared with the policy's in step 7, with the other measured values.)
 pub(crate) fn appraise(
     raw_quote: &[u8],
     expected_slot: &[u8; 64],
     fetched: Option<&Collateral>,
     offline: &[Collateral],
     accepted: &[String],
+    refused: &[String],
     now: u64,
-) -> Result<[u8; 48]> {
+) -> Result<([u8; 48], HardwareEvidence)> {
     let quote = parse_tdx(raw_quote)?;
     let collateral = match fetched {
         Some(c) => c,
@@ -282,7 +341,13 @@ pub(crate) fn appraise(
     };
     let verified = verify_quote(raw_quote, collateral, now, Some(expected_slot))?;
     verified.check_tcb_status(accepted)?;
-    Ok(*verified.rt_mr3())
+    verified.check_advisories(refused)?;
+    let evidence = HardwareEvidence {
+        boot: verified.boot_measurements(),
+        tcb_status: verified.tcb_status,
+        advisory_ids: verified.advisory_ids,
+    };
+    Ok((verified.td_report.rt_mr3, evidence))
 }
 
 /// Fails with [`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable) when there is

@@ -472,7 +472,7 @@ fn custody_document(entries: Vec<Value>) -> Value {
 fn the_full_custody_check_verifies_the_real_e2ee_chain() {
     let app_id = measured_app_id();
     let keys = [real_e2ee_key()];
-    let covered = custody::CoveredKeys { receipt: &[], e2ee: &keys };
+    let covered = custody::CoveredKeys { identity: None, receipt: &[], e2ee: &keys };
     let doc = custody_document(vec![e2ee_entry_in_current_shape()]);
 
     custody::verify(&doc, &covered, &app_id, &policy_with_root(KMS_ROOT).kms_roots)
@@ -505,13 +505,51 @@ fn the_custody_object_as_served_fails_the_current_rule() {
     // `ecdsa` and `ed25519` entries are of algorithms the keyset parser ignores) and no Ed25519
     // receipt key. The served `receipt` entry names a secp256k1 key the current schema has no
     // place for, so the check fails closed instead of skipping it.
+    // The identity key is covered (see `the_real_identity_chain_verifies_to_the_kms_root`).
     let keys = [real_e2ee_key()];
-    let covered = custody::CoveredKeys { receipt: &[], e2ee: &keys };
+    let identity = real_identity_key();
+    let covered = custody::CoveredKeys { identity: Some(&identity), receipt: &[], e2ee: &keys };
     let served = &evidence()["key_custody"];
     let e = custody::verify(served, &covered, &measured_app_id(), &policy_with_root(KMS_ROOT).kms_roots)
         .expect_err("the older custody object does not pass the current rule");
     assert_eq!(e.kind(), ErrorKind::Attestation(F::Custody));
     assert!(e.to_string().contains("receipt custody entry"), "{e}");
+}
+
+/// `workload_keyset.workload_identity.public_key.public_key` of the capture.
+fn real_identity_key() -> String {
+    report()["attestation"]["workload_keyset"]["workload_identity"]["public_key"]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_real_identity_chain_verifies_to_the_kms_root() {
+    // The served identity entry as is (this generation signs the entry's own public_key), through
+    // the full custody check with the keyset's identity key to cover.
+    let identity = real_identity_key();
+    assert_eq!(custody_entry("identity")["public_key"].as_str(), Some(identity.as_str()));
+    let covered = custody::CoveredKeys { identity: Some(&identity), receipt: &[], e2ee: &[] };
+    let doc = custody_document(vec![Value::Object(custody_entry("identity"))]);
+    let app_id = measured_app_id();
+    let roots = policy_with_root(KMS_ROOT).kms_roots;
+    assert_eq!(hex::encode(roots[0]), KMS_ROOT);
+    custody::verify(&doc, &covered, &app_id, &roots).expect("the real identity chain verifies to the KMS root");
+    assert_eq!(failure(custody::verify(&doc, &covered, &app_id, &policy_with_root(OTHER_ROOT).kms_roots)), F::Custody);
+    // An identity key the custody document does not cover is refused...
+    let e2ee_only = custody_document(vec![e2ee_entry_in_current_shape()]);
+    let keys = [real_e2ee_key()];
+    let both = custody::CoveredKeys { identity: Some(&identity), receipt: &[], e2ee: &keys };
+    let e = custody::verify(&e2ee_only, &both, &app_id, &roots).unwrap_err();
+    assert!(e.to_string().contains("identity key has no key custody entry"), "{e}");
+    // ...and covering both verifies.
+    let full = custody_document(vec![Value::Object(custody_entry("identity")), e2ee_entry_in_current_shape()]);
+    custody::verify(&full, &both, &app_id, &roots).expect("identity and E2EE chains verify");
+    // The identity entry cannot vouch for another key.
+    let other = hex::encode(custody::secp256k1_member(&custody_entry("e2ee"), "public_key", "e2ee").unwrap());
+    let wrong = custody::CoveredKeys { identity: Some(&other), receipt: &[], e2ee: &[] };
+    assert_eq!(failure(custody::verify(&doc, &wrong, &app_id, &roots)), F::Custody);
 }
 
 #[test]
@@ -608,4 +646,53 @@ fn the_real_log_still_replays_and_reads() {
     let m = eventlog::measured(&events, None).unwrap();
     assert_eq!(m.app_id.map(hex::encode).as_deref(), Some(APP_ID));
     assert_eq!(m.compose_hash.map(hex::encode).as_deref(), Some(COMPOSE_HASH));
+}
+
+// ---- issue 18: boot measurements ----
+
+/// MRTD of the real quote, read at its fixed TD-report offset (136..184) by an independent
+/// Python reading of the capture.
+const MRTD: &str = "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077";
+
+#[cfg(feature = "dcap")]
+#[test]
+fn boot_measurements_of_the_real_quote_are_compared_with_the_pin() {
+    use crate::attest::dcap;
+    use crate::attest::keyset::{BootMeasurements, check_boot_measurements};
+
+    let raw = raw_quote();
+    let quote = dcap::parse_tdx(&raw).unwrap();
+    let td = quote.report.as_td10().unwrap();
+    assert_eq!(hex::encode(td.mr_td), MRTD);
+    assert_eq!(hex::encode(&raw[HEADER_LEN + 136..HEADER_LEN + 184]), MRTD);
+    // RTMR0-2 as dcap-qvl reads them are what the event log's RTMR0-2 events replay to.
+    let events = events();
+    for (imr, value) in [(0, td.rt_mr0), (1, td.rt_mr1), (2, td.rt_mr2)] {
+        assert_eq!(eventlog::replay_rtmr(&events, imr).unwrap(), value, "RTMR{imr}");
+    }
+    let measured = BootMeasurements { mrtd: td.mr_td, rtmr0: td.rt_mr0, rtmr1: td.rt_mr1, rtmr2: td.rt_mr2 };
+
+    // A policy pinning exactly these values accepts them (also among other sets).
+    let hexes = [MRTD.to_owned(), hex::encode(td.rt_mr0), hex::encode(td.rt_mr1), hex::encode(td.rt_mr2)];
+    let pinned = |mrtd: &str| {
+        Policy::builder()
+            .allow_app_id(APP_ID)
+            .allow_boot_measurements(mrtd, &hexes[1], &hexes[2], &hexes[3])
+            .build()
+            .unwrap()
+    };
+    check_boot_measurements(pinned(MRTD).allowed_boot_measurements(), Some(&measured)).unwrap();
+    // A policy pinning another MRTD refuses the real quote, naming the measured MRTD in full.
+    let mut other = hex::decode(MRTD).unwrap();
+    other[47] ^= 1;
+    let policy = pinned(&hex::encode(&other));
+    let e = check_boot_measurements(policy.allowed_boot_measurements(), Some(&measured)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed));
+    let message = e.to_string();
+    assert!(message.contains(&format!("MRTD {MRTD}")), "{message}");
+    assert!(message.contains("differing registers: set 1: MRTD;"), "{message}");
+    // No hardware-verified quote: nothing to compare, refused.
+    assert_eq!(failure(check_boot_measurements(pinned(MRTD).allowed_boot_measurements(), None)), F::NotAllowed);
+    // Nothing pinned: no constraint.
+    check_boot_measurements(&[], None).unwrap();
 }
