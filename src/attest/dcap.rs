@@ -520,6 +520,47 @@ fn hex_or_der(body: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    const SAMPLE_QUOTE: &[u8] = include_bytes!("../../tests/data/dcap/tdx_quote");
+    /// Inside the sample collateral's window (see `tests/all/attest_dcap.rs`).
+    const SAMPLE_NOW: u64 = 1_751_328_000;
+
+    fn sample() -> (Collateral, [u8; 64]) {
+        let collateral =
+            Collateral::from_json(include_bytes!("../../tests/data/dcap/tdx_quote_collateral.json")).unwrap();
+        let slot = *slot_of(&parse_tdx(SAMPLE_QUOTE).unwrap()).unwrap();
+        (collateral, slot)
+    }
+
+    #[test]
+    fn appraise_returns_what_the_keyset_reports() {
+        let (collateral, slot) = sample();
+        let accepted = ["UpToDate".to_owned()];
+        let (rt_mr3, evidence) =
+            appraise(SAMPLE_QUOTE, &slot, Some(&collateral), &[], &accepted, &["INTEL-SA-00837".into()], SAMPLE_NOW)
+                .unwrap();
+        let verified = verify_quote(SAMPLE_QUOTE, &collateral, SAMPLE_NOW, None).unwrap();
+        assert_eq!(&rt_mr3, verified.rt_mr3());
+        assert_eq!(evidence.boot, verified.boot_measurements());
+        assert_eq!(evidence.boot.mrtd(), &SAMPLE_QUOTE[48 + 136..48 + 184]);
+        assert_eq!(evidence.tcb_status, "UpToDate");
+        assert!(evidence.advisory_ids.is_empty());
+    }
+
+    #[test]
+    fn a_refused_advisory_fails_with_tcb_status_naming_it() {
+        let (collateral, _) = sample();
+        let mut verified = verify_quote(SAMPLE_QUOTE, &collateral, SAMPLE_NOW, None).unwrap();
+        // The sample platform has no advisory; give it the ones a real TCB level lists.
+        verified.advisory_ids = vec!["INTEL-SA-00837".to_owned(), "INTEL-SA-01036".to_owned()];
+        verified.check_advisories::<&str>(&[]).unwrap();
+        verified.check_advisories(&["INTEL-SA-00999"]).unwrap();
+        let e = verified.check_advisories(&["intel-sa-01036", "INTEL-SA-00999"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::TcbStatus));
+        let message = e.to_string();
+        assert!(message.contains("affected by INTEL-SA-01036, which the policy refuses"), "{message}");
+        assert!(message.contains("advisories that apply: INTEL-SA-00837, INTEL-SA-01036"), "{message}");
+    }
+
     #[test]
     fn pccs_base_drops_api_suffixes() {
         for url in [

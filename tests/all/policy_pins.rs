@@ -1,6 +1,8 @@
-//! The policy binds a workload, fail-closed: an unpinned policy does not build; each pin kind
-//! (compose hash, app id, OS image hash) accepts the report that measures the pinned value and
-//! rejects one that measures another; a configured KMS root makes key custody required.
+//! The policy binds a workload, fail-closed: an unpinned policy (or one pinning only the OS image)
+//! does not build, nor does a pin that neither a KMS root nor boot measurements anchor; each pin
+//! kind (compose hash, app id, OS image hash) accepts the report that measures the pinned value and
+//! rejects one that measures another, naming the measured value; a configured KMS root makes key
+//! custody required; the event log's identity events count only when dstack measured them at boot.
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -56,8 +58,9 @@ impl Workload {
     }
 }
 
+/// The stub report measures nothing but RTMR3 values it was told: these pins are unanchored.
 fn stub(builder: PolicyBuilder) -> Policy {
-    builder.dangerous().accept_stub_quote().build().unwrap()
+    builder.dangerous().accept_stub_quote().unanchored_pin().build().unwrap()
 }
 
 #[test]
@@ -84,7 +87,13 @@ fn a_compose_hash_pin_accepts_its_workload_only() {
     let policy = stub(Policy::builder().allow_compose_hash(&GATEWAY.compose_hash()));
     assert!(policy.pins_workload());
     assert!(verify_report(&GATEWAY.report(), &NONCE, NOW, &policy).is_ok());
-    assert_eq!(reason(verify_report(&OTHER.report(), &NONCE, NOW, &policy)), F::NotAllowed);
+    let e = verify_report(&OTHER.report(), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed));
+    // The message names the measured compose hash in full, and the allowed one, to re-pin.
+    let message = e.to_string();
+    assert!(message.contains(&format!("the compose hash {} is not on the policy's allowlist", OTHER.compose_hash())));
+    assert!(message.contains(&format!("allowed: {}", GATEWAY.compose_hash())), "{message}");
+    assert!(message.contains("allow_compose_hash"), "{message}");
 }
 
 #[test]
@@ -92,14 +101,24 @@ fn an_app_id_pin_accepts_its_workload_only() {
     let policy = stub(Policy::builder().allow_app_id(&format!("0x{}", const_hex::encode(GATEWAY.app_id))));
     let ks = verify_report(&GATEWAY.report(), &NONCE, NOW, &policy).unwrap();
     assert_eq!(ks.e2ee_key().key_id(), "dstack-kms-e2ee-v1");
-    assert_eq!(reason(verify_report(&OTHER.report(), &NONCE, NOW, &policy)), F::NotAllowed);
+    let e = verify_report(&OTHER.report(), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed));
+    assert!(e.to_string().contains(&format!("the app id {} is not", const_hex::encode(OTHER.app_id))), "{e}");
 }
 
 #[test]
 fn an_os_image_pin_accepts_its_image_only() {
-    let policy = stub(Policy::builder().allow_os_image_hash(&const_hex::encode(GATEWAY.os_image)));
+    // Checked alongside an app pin (alone it is not a pin).
+    let policy = stub(
+        Policy::builder()
+            .allow_app_id(&const_hex::encode(GATEWAY.app_id))
+            .allow_os_image_hash(&const_hex::encode(GATEWAY.os_image)),
+    );
     assert!(verify_report(&GATEWAY.report(), &NONCE, NOW, &policy).is_ok());
-    assert_eq!(reason(verify_report(&OTHER.report(), &NONCE, NOW, &policy)), F::NotAllowed);
+    let moved = Workload { os_image: OTHER.os_image, ..GATEWAY };
+    let e = verify_report(&moved.report(), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed));
+    assert!(e.to_string().contains(&format!("the OS image hash {} is not", const_hex::encode(OTHER.os_image))), "{e}");
 }
 
 #[test]
@@ -109,9 +128,17 @@ fn a_report_measuring_nothing_fails_every_pin() {
     for policy in [
         stub(Policy::builder().allow_compose_hash(&GATEWAY.compose_hash())),
         stub(Policy::builder().allow_app_id(&const_hex::encode(GATEWAY.app_id))),
-        stub(Policy::builder().allow_os_image_hash(&const_hex::encode(GATEWAY.os_image))),
+        Policy::builder()
+            .allow_os_image_hash(&const_hex::encode(GATEWAY.os_image))
+            .dangerous()
+            .accept_stub_quote()
+            .any_workload()
+            .build()
+            .unwrap(),
     ] {
-        assert_eq!(reason(verify_report(&bare, &NONCE, NOW, &policy)), F::NotAllowed, "{policy:?}");
+        let e = verify_report(&bare, &NONCE, NOW, &policy).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed), "{policy:?}");
+        assert!(e.to_string().contains("the report measures no"), "{e}");
     }
     assert!(verify_report(&bare, &NONCE, NOW, &stub_policy()).is_ok(), "only any_workload() accepts it");
 }
@@ -122,8 +149,15 @@ fn a_kms_root_requires_custody() {
     let subject = format!("app-id:0x{}", const_hex::encode(&kms.app_id));
     let mut report = seal_report(&production_keyset(Some(&subject), NOW + 3_600), Some(&NONCE));
     report["attestation"]["evidence"]["key_custody"] = kms.custody();
-    let policy = stub(Policy::builder().accept_kms_root(&kms.root_hex()).allow_app_id(&const_hex::encode(&kms.app_id)));
-    assert!(policy.requires_key_custody());
+    // The KMS root anchors the pin: no unanchored opt-out needed.
+    let policy = Policy::builder()
+        .accept_kms_root(&kms.root_hex())
+        .allow_app_id(&const_hex::encode(&kms.app_id))
+        .dangerous()
+        .accept_stub_quote()
+        .build()
+        .unwrap();
+    assert!(policy.requires_key_custody() && policy.anchors_pin());
     assert!(verify_report(&bytes(&report), &NONCE, NOW, &policy).is_ok());
     // The same report with `key_custody` dropped (or null) is rejected.
     let mut dropped = report.clone();
@@ -212,4 +246,44 @@ fn an_unanchored_compose_hash_pin_does_not_build() {
             assert!(message.contains(way), "{way:?} missing: {message}");
         }
     }
+}
+
+#[test]
+fn a_kms_root_requires_custody_of_the_identity_key_where_the_keyset_has_one() {
+    let kms = TestKms::new();
+    let identity = compressed_hex(&signing_key(0x77));
+    let subject = format!("app-id:0x{}", const_hex::encode(&kms.app_id));
+    let mut keyset = production_keyset(Some(&subject), NOW + 3_600);
+    keyset["workload_identity"] = json!({"public_key": {"algo": "ecdsa-secp256k1", "public_key": identity}});
+    let policy = Policy::builder()
+        .accept_kms_root(&kms.root_hex())
+        .allow_app_id(&const_hex::encode(&kms.app_id))
+        .dangerous()
+        .accept_stub_quote()
+        .build()
+        .unwrap();
+    let with_custody = |custody: Value| {
+        let mut report = seal_report(&keyset, Some(&NONCE));
+        report["attestation"]["evidence"]["key_custody"] = custody;
+        bytes(&report)
+    };
+    // The three usual roles are covered, the identity key is not: refused.
+    let e = verify_report(&with_custody(kms.custody()), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::Custody));
+    assert!(e.to_string().contains("identity key has no key custody entry"), "{e}");
+    // An identity entry whose chain signs the identity key verifies.
+    let mut custody = kms.custody();
+    let entry = json!({
+        "role": "identity", "path": "aci/identity/v1", "purpose": "aci.identity.v1", "algo": "ecdsa-secp256k1",
+        "public_key": identity, "kms_public_key": identity, "signature_chain": kms.chain("aci.identity.v1", &identity)
+    });
+    custody["keys"].as_array_mut().unwrap().push(entry.clone());
+    assert!(verify_report(&with_custody(custody), &NONCE, NOW, &policy).is_ok());
+    // Signed by another root: refused.
+    let rogue = TestKms { root: signing_key(0x13), ..TestKms::new() };
+    let mut custody = kms.custody();
+    let mut forged = entry;
+    forged["signature_chain"] = json!(rogue.chain("aci.identity.v1", &identity));
+    custody["keys"].as_array_mut().unwrap().push(forged);
+    assert_eq!(reason(verify_report(&with_custody(custody), &NONCE, NOW, &policy)), F::Custody);
 }
