@@ -115,8 +115,8 @@ pub(crate) fn verify(key_custody: &Value, keys: &CoveredKeys<'_>, app_id: &[u8],
         };
         let public_key = str_member(entry, "public_key")?;
         if role == IDENTITY {
-            let expected =
-                identity.ok_or_else(|| custody_error("an identity custody entry for a keyset without an identity key"))?;
+            let expected = identity
+                .ok_or_else(|| custody_error("an identity custody entry for a keyset without an identity key"))?;
             if secp256k1_member(entry, "public_key", role.role)? != expected {
                 return Err(custody_error("the identity custody entry names a key that is not in the keyset"));
             }

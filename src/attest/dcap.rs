@@ -17,9 +17,16 @@
 //! requires hardware verification: the quote must parse as TDX, its 64-byte report-data slot must
 //! equal `report_data ‖ 32 zero bytes` (and `quote_report_data`, if published, the slot), it must
 //! verify against the collateral at `now`, and its TCB status must be one the policy accepts
-//! (`UpToDate` by default). Step 7 then replays the dstack event log to the quote's RTMR3 and
-//! reads the measured compose hash and app id from it. A keyset verified this way reports
-//! [`hardware_verified() == true`](crate::attest::AttestedKeyset::hardware_verified).
+//! (`UpToDate` by default), and no Intel advisory that applies to it may be one the policy refuses
+//! ([`PolicyBuilder::refuse_advisories`](crate::attest::PolicyBuilder::refuse_advisories)). Step 7
+//! then replays the dstack event log to the quote's RTMR3, reads the measured compose hash and app
+//! id from it, and compares the quote's MRTD and RTMR0–2 with the policy's pinned boot measurements
+//! ([`PolicyBuilder::allow_boot_measurements`](crate::attest::PolicyBuilder::allow_boot_measurements)).
+//! A keyset verified this way reports
+//! [`hardware_verified() == true`](crate::attest::AttestedKeyset::hardware_verified), its
+//! [`boot_measurements`](crate::attest::AttestedKeyset::boot_measurements),
+//! [`tcb_status`](crate::attest::AttestedKeyset::tcb_status) and
+//! [`advisory_ids`](crate::attest::AttestedKeyset::advisory_ids).
 //!
 //! ```no_run
 //! use tower_aci::attest::Policy;
@@ -36,10 +43,20 @@
 //! // Or hand the collateral to a policy and let `verify_report` / the key provider use it.
 //! let policy = Policy::builder()
 //!     .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918") // the workload (see `Policy`)
+//!     // Its anchor: the TD's firmware and boot chain, as a trusted quote reported them.
+//!     .allow_boot_measurements(
+//!         &const_hex::encode(verified.mr_td()),
+//!         &const_hex::encode(verified.rt_mr0()),
+//!         &const_hex::encode(verified.rt_mr1()),
+//!         &const_hex::encode(verified.rt_mr2()),
+//!     )
+//!     .refuse_advisories(["INTEL-SA-00837"])
 //!     .collateral(collateral)
 //!     .accept_tcb_statuses(["UpToDate"])
 //!     .build()?;
 //! verified.check_tcb_status(policy.accepted_tcb_statuses())?;
+//! verified.check_boot_measurements(policy.allowed_boot_measurements())?;
+//! verified.check_advisories(policy.refused_advisories())?;
 //! # Ok(()) }
 //! ```
 

@@ -311,12 +311,11 @@ mod tests {
 
     #[test]
     fn refuses_duplicate_boot_events_and_bad_logs() {
-        let dup = serde_json::json!([
-            runtime("app-id", &[1; 20]),
-            runtime("app-id", &[2; 20]),
-            runtime("system-ready", b""),
-        ])
-        .to_string();
+        let dup =
+            serde_json::json!(
+                [runtime("app-id", &[1; 20]), runtime("app-id", &[2; 20]), runtime("system-ready", b""),]
+            )
+            .to_string();
         let events = parse(&dup).unwrap();
         assert!(runtime_event(&events, "app-id").is_err());
         assert!(measured(&events, None).is_err());
@@ -358,7 +357,11 @@ mod tests {
             let events = parse(&after.to_string()).unwrap();
             assert!(event_log_failure(measured(&events, None)).contains("after system-ready"), "{name}");
             // Twice before it: refused.
-            let twice = serde_json::json!([runtime(name, &[0x01; 32]), runtime(name, &[0x01; 32]), runtime("system-ready", b"")]);
+            let twice = serde_json::json!([
+                runtime(name, &[0x01; 32]),
+                runtime(name, &[0x01; 32]),
+                runtime("system-ready", b"")
+            ]);
             let events = parse(&twice.to_string()).unwrap();
             assert!(event_log_failure(measured(&events, None)).contains("more than once"), "{name}");
         }

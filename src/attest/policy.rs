@@ -762,7 +762,9 @@ mod tests {
 
     #[test]
     fn refused_advisories_are_kept_once() {
-        let p = measured_pin().refuse_advisories(["INTEL-SA-00837", " intel-sa-00837 "]).refuse_advisories(["INTEL-SA-01036"]);
+        let p = measured_pin()
+            .refuse_advisories(["INTEL-SA-00837", " intel-sa-00837 "])
+            .refuse_advisories(["INTEL-SA-01036"]);
         assert_eq!(p.build().unwrap().refused_advisories(), ["INTEL-SA-00837", "INTEL-SA-01036"]);
         assert_eq!(measured_pin().refuse_advisories([""]).build().unwrap_err().kind(), ErrorKind::Config);
     }

@@ -144,7 +144,10 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 /// use tower_aci::attest::{verify_report, Policy};
 /// use tower_aci::{AttestationFailure, ErrorKind};
 ///
-/// let policy = Policy::builder().allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918").build()?;
+/// let policy = Policy::builder()
+///     .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918")
+///     .accept_kms_root("0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1")
+///     .build()?;
 /// let err = verify_report(br#"{"api_version":"aci/0"}"#, &[0; 32], 1_700_000_000, &policy).unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::Attestation(AttestationFailure::ApiVersion));
 /// # Ok::<(), tower_aci::Error>(())
@@ -284,8 +287,7 @@ fn verify(
             let app_id = measured.app_id.as_deref().ok_or_else(|| {
                 fail(F::Custody, "no app id is known (measured, assumed or in the subject) to verify key custody")
             })?;
-            let covered =
-                custody::CoveredKeys { identity: identity_key, receipt: &receipt_texts, e2ee: &e2ee_keys };
+            let covered = custody::CoveredKeys { identity: identity_key, receipt: &receipt_texts, e2ee: &e2ee_keys };
             custody::verify(kc, &covered, app_id, &policy.kms_roots)?;
         }
     }

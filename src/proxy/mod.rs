@@ -54,7 +54,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
 pub use audit::{AuditSummary, verify_audit};
-pub use config::{PolicyPins, ProxyConfig, ReceiptMode};
+pub use config::{BootMeasurementPin, PolicyPins, ProxyConfig, ReceiptMode};
 
 use crate::attest::{KeyHandle, KeyProvider, RefreshTask};
 use crate::e2ee::{E2eeLayer, KeyMismatchRetry, RequestBody};

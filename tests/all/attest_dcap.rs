@@ -145,7 +145,10 @@ fn boot_measurements_of_a_verified_quote_must_match_the_pin() {
     assert_eq!(const_hex::encode(measured.rtmr0()), SAMPLE_BOOT[1]);
     assert_eq!(const_hex::encode(measured.rtmr1()), SAMPLE_BOOT[2]);
     assert_eq!(const_hex::encode(measured.rtmr2()), SAMPLE_BOOT[3]);
-    assert_eq!((v.mr_td(), v.rt_mr0(), v.rt_mr1(), v.rt_mr2()), (measured.mrtd(), measured.rtmr0(), measured.rtmr1(), measured.rtmr2()));
+    assert_eq!(
+        (v.mr_td(), v.rt_mr0(), v.rt_mr1(), v.rt_mr2()),
+        (measured.mrtd(), measured.rtmr0(), measured.rtmr1(), measured.rtmr2())
+    );
 
     // Pinned to exactly these values: accepted.
     v.check_boot_measurements(boot_pinned(SAMPLE_BOOT).allowed_boot_measurements()).unwrap();
