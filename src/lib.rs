@@ -126,7 +126,8 @@
 //!   [`ErrorKind::Truncated`]; a report whose binding does not recompute is
 //!   [`ErrorKind::Attestation`]. Nothing from the network panics.
 //! - Only keys from an [`attest::AttestedKeyset`] — which only the verifier constructs — are
-//!   encrypted to. A policy must pin the workload; test relaxations live behind
+//!   encrypted to. A policy must pin the workload (compose hash or app id) and anchor that pin
+//!   (a KMS root, or the TD's boot measurements); test relaxations live behind
 //!   `Policy::builder().dangerous()`.
 //! - With feature `rustls`, the TLS channel is bound to the keyset (ACI §1.1, §4): WebPKI alone
 //!   proves nothing when TLS may terminate outside the workload.

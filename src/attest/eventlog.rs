@@ -1,5 +1,9 @@
 //! The dstack event log (`evidence.event_log`): parsing, RTMR3 replay and the runtime events a
-//! verifier reads (`app-id`, `compose-hash`, `os-image-hash`), per protocol.md §6.4 step 5.
+//! verifier reads (`app-id`, `compose-hash`, `os-image-hash`), per protocol.md §6.4 step 5, with
+//! three rules stricter than the reference verifier's (issue 18): every RTMR3 event must be a
+//! dstack runtime event (whose digest is recomputed, so its type is bound); the identity events
+//! count only before the first `system-ready`, each at most once, and one after it is refused
+//! (the workload extended it itself); a log without `system-ready` measures nothing.
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha384};
