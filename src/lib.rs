@@ -126,7 +126,8 @@
 //!   [`ErrorKind::Truncated`]; a report whose binding does not recompute is
 //!   [`ErrorKind::Attestation`]. Nothing from the network panics.
 //! - Only keys from an [`attest::AttestedKeyset`] — which only the verifier constructs — are
-//!   encrypted to. A policy must pin the workload; test relaxations live behind
+//!   encrypted to. A policy must pin the workload (compose hash or app id) and anchor that pin
+//!   (a KMS root, or the TD's boot measurements); test relaxations live behind
 //!   `Policy::builder().dangerous()`.
 //! - E2EE v2 keeps a request confidential to the attested key; it does not authenticate the
 //!   answer. Response fields are sealed to the client's ephemeral key, which travels in clear,

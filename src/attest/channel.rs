@@ -256,6 +256,7 @@ mod tests {
             tls_keys,
             verified_at: 0,
             hardware_verified: false,
+            hardware: None,
         }
     }
 

@@ -449,6 +449,7 @@ mod tests {
             tls_keys: Vec::new(),
             verified_at: 0,
             hardware_verified: false,
+            hardware: None,
         })
     }
 

@@ -27,7 +27,7 @@ mod report;
 pub use channel::ChannelInfo;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handle::{KeyHandle, RefusedKeyset};
-pub use keyset::{AttestedKeyset, ReceiptKey, TlsKey};
+pub use keyset::{AttestedKeyset, BootMeasurements, ReceiptKey, TlsKey};
 pub use policy::{DEFAULT_MAX_VALIDITY, DEFAULT_TCB_STATUS, DangerousPolicyBuilder, Policy, PolicyBuilder};
 pub use provider::{DangerousKeyProviderBuilder, KeyProvider, KeyProviderBuilder, RefreshTask, RefreshWorker, SleepFn};
 #[cfg(feature = "dcap")]
