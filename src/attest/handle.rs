@@ -450,6 +450,7 @@ mod tests {
             verified_at: 0,
             hardware_verified: false,
             generation: crate::attest::Generation::Current,
+            hardware: None,
         })
     }
 

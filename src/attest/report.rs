@@ -8,7 +8,7 @@ use crate::attest::custody;
 use crate::attest::dcap::{self, Collateral};
 use crate::attest::eventlog;
 use crate::attest::generation::{self, Generation, Legacy};
-use crate::attest::keyset::{AttestedKeyset, ReceiptKey, TlsKey};
+use crate::attest::keyset::{self, AttestedKeyset, HardwareEvidence, ReceiptKey, TlsKey};
 use crate::attest::policy::{Custody, Hardware, KeySelection, Policy, decode_hex};
 use crate::error::{AttestationFailure, Error, Result};
 use crate::hex;
@@ -100,8 +100,9 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 ///    `HardwareUnverifiable`. With it, `tee_type` must be `tdx`, `quote_report_data` (if present)
 ///    and the TDX quote's report-data slot must equal `report_data ‖ 32 zero bytes`, the quote must
 ///    verify at `now` against the policy's collateral for its platform (none is
-///    `HardwareUnverifiable`; see the `dcap` module), and its TCB status must be one
-///    the policy accepts. The `dangerous()` stub acceptance still requires the stub quote's
+///    `HardwareUnverifiable`; see the `dcap` module), its TCB status must be one
+///    the policy accepts and no Intel advisory that applies to it may be one the policy
+///    refuses. The `dangerous()` stub acceptance still requires the stub quote's
 ///    report-data slot (and `quote_report_data`, if present) to carry `report_data`.
 /// 3. Binding: the digest recomputed as `sha256:` + hex(SHA-256(JCS(parsed keyset))) — unknown
 ///    members included — equals `workload_keyset_digest`
@@ -128,14 +129,19 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 ///    selects the E2EE key ([`NoUsableKey`](AttestationFailure::NoUsableKey)). Of an older
 ///    keyset only `dstack-kms-e2ee-v1` (secp256k1) is kept; its legacy entries never are.
 /// 7. Measured values against the allowlists ([`NotAllowed`](AttestationFailure::NotAllowed),
-///    [`EventLog`](AttestationFailure::EventLog)). For a hardware-verified quote the event log
-///    must replay (dstack runtime events recomputed) to the quote's RTMR3, and must measure a
+///    naming the measured value, and [`EventLog`](AttestationFailure::EventLog)). Every RTMR3
+///    event must be a dstack runtime event, the log must reach `system-ready`, and the identity
+///    events (`app-id`, `compose-hash`, `os-image-hash`, `instance-id`, `key-provider`,
+///    `mr-kms`) are read only before it, each at most once. For a hardware-verified quote the
+///    event log must replay (runtime digests recomputed) to the quote's RTMR3, and must measure a
 ///    `compose-hash` equal to SHA-256 of `app_compose` (required; the older generation served
-///    none, so its measured compose hash stands alone) and an `app-id`. A refused value is
-///    named in the message.
-/// 8. KMS key custody for the receipt keys and both E2EE roles
-///    ([`Custody`](AttestationFailure::Custody)); for the older generation, the identity, the
-///    secp256k1 receipt key and the E2EE key.
+///    none, so its measured compose hash stands alone) and an `app-id`; pinned boot
+///    measurements must equal the quote's MRTD and RTMR0–2 (a quote that was not
+///    hardware-verified matches none).
+/// 8. KMS key custody, required once the policy accepts a KMS root, for every key role: the
+///    keyset's identity key where it has one, the receipt keys and both E2EE roles
+///    ([`Custody`](AttestationFailure::Custody)); for the older generation its own roles: the
+///    identity key, the secp256k1 receipt key and the E2EE key.
 ///
 /// # Where the app id comes from
 ///
@@ -152,7 +158,10 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 /// use tower_aci::attest::{verify_report, Policy};
 /// use tower_aci::{AttestationFailure, ErrorKind};
 ///
-/// let policy = Policy::builder().allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918").build()?;
+/// let policy = Policy::builder()
+///     .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918")
+///     .accept_kms_root("0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1")
+///     .build()?;
 /// let err = verify_report(br#"{"api_version":"aci/0"}"#, &[0; 32], 1_700_000_000, &policy).unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::Attestation(AttestationFailure::ApiVersion));
 /// # Ok::<(), tower_aci::Error>(())
@@ -261,7 +270,9 @@ fn verify(
     };
 
     // 2. Hardware evidence.
-    let rt_mr3 = appraise_quote(attestation, evidence, &claimed_report_data, now, policy, appraisal)?;
+    let hardware = appraise_quote(attestation, evidence, &claimed_report_data, now, policy, appraisal)?;
+    let rt_mr3 = hardware.as_ref().map(|(rt_mr3, _)| *rt_mr3);
+    let hardware = hardware.and_then(|(_, evidence)| evidence);
 
     // 3. Binding.
     let digest = keyset_digest(keyset_value)?;
@@ -325,28 +336,31 @@ fn verify(
         None => Vec::new(),
     };
     let tls_keys = parse_tls_keys(keyset)?;
+    let identity_key = identity_key(keyset)?;
     let selected = select_key(&e2ee_keys, &policy.selection)?;
 
     // 7. Measured values and allowlists.
     let require_app_compose = generation == Generation::Current;
     let measured = measured_values(evidence, subject.as_deref(), policy, rt_mr3.as_ref(), require_app_compose)?;
     check_allowlists(attestation, &measured, policy)?;
+    keyset::check_boot_measurements(policy.allowed_boot_measurements(), hardware.as_ref().map(|h| &h.boot))?;
 
     // 8. Key custody.
     let key_custody = evidence.get("key_custody").filter(|v| !v.is_null());
     match (policy.custody, key_custody) {
-        (Custody::Skip, _) => {}
+        // Skipped, or no KMS root to verify it against (the pin rests on boot measurements).
+        (Custody::Skip | Custody::NoRoot, _) => {}
         (Custody::Required, None) => {
             return Err(fail(F::Custody, "the policy requires key custody and the report has none"));
         }
-        (Custody::IfPresent, None) => {}
-        (_, Some(kc)) => {
+        (Custody::Required, Some(kc)) => {
             let app_id = measured.app_id.as_deref().ok_or_else(|| {
                 fail(F::Custody, "no app id is known (measured, assumed or in the subject) to verify key custody")
             })?;
             match &legacy {
                 None => {
-                    let covered = custody::CoveredKeys { receipt: &receipt_texts, e2ee: &e2ee_keys };
+                    let covered =
+                        custody::CoveredKeys { identity: identity_key, receipt: &receipt_texts, e2ee: &e2ee_keys };
                     custody::verify(kc, &covered, app_id, &policy.kms_roots)?;
                 }
                 Some(legacy) => {
@@ -372,6 +386,7 @@ fn verify(
         verified_at: now,
         hardware_verified: rt_mr3.is_some() && appraisal.verifies_collateral(),
         generation,
+        hardware,
     })
 }
 
@@ -417,8 +432,12 @@ impl Appraisal<'_> {
     }
 }
 
-/// Step 2. Returns the quote's RTMR3 when the quote was verified by hardware, `None` when a
-/// `dangerous()` policy let it pass unverified.
+/// What step 2 learnt from a quote that needs hardware verification: its RTMR3 and, when the
+/// quote was verified to Intel's root, the evidence the keyset reports.
+type Appraised = ([u8; 48], Option<HardwareEvidence>);
+
+/// Step 2. Returns the quote's RTMR3 (and evidence) when the quote needed hardware verification,
+/// `None` when a `dangerous()` policy let it pass unverified.
 fn appraise_quote(
     attestation: &Map<String, Value>,
     evidence: &Map<String, Value>,
@@ -426,7 +445,7 @@ fn appraise_quote(
     now: u64,
     policy: &Policy,
     appraisal: Appraisal<'_>,
-) -> Result<Option<[u8; 48]>> {
+) -> Result<Option<Appraised>> {
     let quote = raw_quote(evidence)?;
     let stub_slot = quote.as_deref().and_then(|q| q.strip_prefix(STUB_QUOTE_PREFIX));
     let stub_allowed = matches!(policy.hardware, Hardware::AcceptStub | Hardware::Skip);
@@ -448,7 +467,7 @@ fn appraise_quote(
     }
 }
 
-/// Step 2 for a quote that needs hardware verification: returns its RTMR3.
+/// Step 2 for a quote that needs hardware verification: returns its RTMR3 and evidence.
 #[cfg(feature = "dcap")]
 fn verify_hardware(
     attestation: &Map<String, Value>,
@@ -458,7 +477,7 @@ fn verify_hardware(
     now: u64,
     policy: &Policy,
     appraisal: Appraisal<'_>,
-) -> Result<[u8; 48]> {
+) -> Result<Appraised> {
     let quote = quote.ok_or_else(|| fail(F::Quote, "the report carries no quote"))?;
     match appraisal {
         Appraisal::Collateral(collateral) => dcap::require_collateral(collateral, &policy.collateral)?,
@@ -473,7 +492,16 @@ fn verify_hardware(
     check_quote_report_data(evidence, &slot)?;
     match appraisal {
         Appraisal::Collateral(collateral) => {
-            dcap::appraise(quote, &slot, collateral, &policy.collateral, &policy.tcb_statuses, now)
+            let (rt_mr3, evidence) = dcap::appraise(
+                quote,
+                &slot,
+                collateral,
+                &policy.collateral,
+                &policy.tcb_statuses,
+                &policy.refused_advisories,
+                now,
+            )?;
+            Ok((rt_mr3, Some(evidence)))
         }
         #[cfg(test)]
         Appraisal::UnverifiedBody => {
@@ -481,7 +509,8 @@ fn verify_hardware(
             if *dcap::slot_of(&parsed)? != slot {
                 return Err(fail(F::Quote, "the quote's report-data slot does not carry report_data"));
             }
-            parsed.report.as_td10().map(|td| td.rt_mr3).ok_or_else(|| fail(F::Quote, "the quote is not a TDX quote"))
+            let rt_mr3 = parsed.report.as_td10().map(|td| td.rt_mr3);
+            Ok((rt_mr3.ok_or_else(|| fail(F::Quote, "the quote is not a TDX quote"))?, None))
         }
     }
 }
@@ -496,7 +525,7 @@ fn verify_hardware(
     _now: u64,
     _policy: &Policy,
     _appraisal: Appraisal<'_>,
-) -> Result<[u8; 48]> {
+) -> Result<Appraised> {
     Err(fail(
         F::HardwareUnverifiable,
         "the policy requires hardware verification of the TDX quote and this build has no quote verifier \
@@ -582,6 +611,20 @@ fn parse_receipt_keys(keyset: &Map<String, Value>) -> Result<(Vec<ReceiptKey>, V
         texts.push(public_key.to_owned());
     }
     Ok((keys, texts))
+}
+
+/// The keyset's identity key (`workload_identity.public_key.public_key`, as the older report
+/// generation publishes it), if it has one: key custody must then cover it too.
+fn identity_key(keyset: &Map<String, Value>) -> Result<Option<&str>> {
+    match keyset.get("workload_identity") {
+        None | Some(Value::Null) => Ok(None),
+        Some(identity) => identity
+            .get("public_key")
+            .and_then(|k| k.get("public_key"))
+            .and_then(Value::as_str)
+            .map(Some)
+            .ok_or_else(|| fail(F::Shape, "the keyset's workload_identity names no public_key")),
+    }
 }
 
 pub(crate) fn parse_tls_keys(keyset: &Map<String, Value>) -> Result<Vec<TlsKey>> {
@@ -701,26 +744,36 @@ fn measured_values(
     Ok(MeasuredValues { app_id: app_id.cloned(), compose_hash, os_image_hash: from_log.os_image_hash })
 }
 
+/// `NotAllowed` for a measured value not on an allowlist: names the value seen (in full, so the
+/// user can re-pin after an upgrade), the allowed ones, and the builder method that pins it.
+fn not_allowed<T: AsRef<[u8]>>(what: &str, seen: Option<&T>, allowed: &[T], how: &str) -> Error {
+    let allowed = allowed.iter().map(hex::encode).collect::<Vec<_>>().join(", ");
+    let message = match seen {
+        Some(v) => format!(
+            "the {what} {} is not on the policy's allowlist (allowed: {allowed}). If the gateway was upgraded, check \
+             the new {what} and re-pin with {how}",
+            hex::encode(v)
+        ),
+        None => format!("the report measures no {what}, and the policy allows only: {allowed} ({how})"),
+    };
+    fail(F::NotAllowed, message)
+}
+
 fn check_allowlists(attestation: &Map<String, Value>, m: &MeasuredValues, policy: &Policy) -> Result<()> {
     let allow = &policy.allow;
-    // The message names the measured value, so a refused pin says what to pin instead.
-    let refused = |what: &str, measured: Option<&[u8]>| match measured {
-        Some(v) => fail(F::NotAllowed, format!("the {what} {} is not on the policy's allowlist", hex::encode(v))),
-        None => fail(F::NotAllowed, format!("the report measures no {what}, and the policy pins one")),
-    };
     if let Some(list) = &allow.app_ids {
         if !m.app_id.as_ref().is_some_and(|id| list.contains(id)) {
-            return Err(refused("app id", m.app_id.as_deref()));
+            return Err(not_allowed("app id", m.app_id.as_ref(), list, "allow_app_id"));
         }
     }
     if let Some(list) = &allow.compose_hashes {
         if !m.compose_hash.is_some_and(|h| list.contains(&h)) {
-            return Err(refused("compose hash", m.compose_hash.as_ref().map(|h| &h[..])));
+            return Err(not_allowed("compose hash", m.compose_hash.as_ref(), list, "allow_compose_hash"));
         }
     }
     if let Some(list) = &allow.os_image_hashes {
         if !m.os_image_hash.as_ref().is_some_and(|h| list.contains(h)) {
-            return Err(refused("OS image hash", m.os_image_hash.as_deref()));
+            return Err(not_allowed("OS image hash", m.os_image_hash.as_ref(), list, "allow_os_image_hash"));
         }
     }
     let provenance = attestation.get("source_provenance").and_then(Value::as_object);
@@ -731,12 +784,28 @@ fn check_allowlists(attestation: &Map<String, Value>, m: &MeasuredValues, policy
             _ => false,
         };
         if !ok {
-            return Err(fail(F::NotAllowed, "the source provenance is not on the policy's allowlist"));
+            return Err(fail(
+                F::NotAllowed,
+                format!(
+                    "the source provenance (repo_url {:?}, repo_commit {:?}) is not on the policy's allowlist \
+                     (allowed: {})",
+                    declared("repo_url"),
+                    declared("repo_commit"),
+                    list.iter().map(|(u, c)| format!("{u} @ {c}")).collect::<Vec<_>>().join(", ")
+                ),
+            ));
         }
     }
     if let Some(list) = &allow.image_digests {
         if !declared("image_digest").is_some_and(|d| list.iter().any(|a| a == d)) {
-            return Err(fail(F::NotAllowed, "the image digest is not on the policy's allowlist"));
+            return Err(fail(
+                F::NotAllowed,
+                format!(
+                    "the image digest {:?} is not on the policy's allowlist (allowed: {})",
+                    declared("image_digest"),
+                    list.join(", ")
+                ),
+            ));
         }
     }
     Ok(())
@@ -765,7 +834,7 @@ mod tests {
         );
     }
 
-    /// A dstack-shaped event log (one boot event, then runtime events) and the RTMR3 it
+    /// A dstack-shaped event log (one RTMR0 boot event, then runtime events) and the RTMR3 it
     /// replays to, computed here from the spec's recipe rather than with `eventlog`.
     fn crafted_log(compose: &str, with_app_id: bool) -> (Map<String, Value>, [u8; 48]) {
         use sha2::Sha384;
@@ -782,11 +851,11 @@ mod tests {
         }
         runtime.push(("compose-hash", compose_hash.to_vec()));
         runtime.push(("system-ready", Vec::new()));
-        let boot_digest = [0x5a; 48];
+        // A boot event of another register, which does not take part in the RTMR3 replay.
         let mut events = vec![serde_json::json!({
-            "imr": 3, "event_type": 0x8000_0007u32, "digest": hex::encode(boot_digest), "event": "", "event_payload": ""
+            "imr": 0, "event_type": 0x8000_0007u32, "digest": hex::encode([0x5a; 48]), "event": "", "event_payload": ""
         })];
-        let mut mr = sha384(&[&[0; 48], &boot_digest]);
+        let mut mr = [0u8; 48];
         for (name, payload) in &runtime {
             // The published digest is wrong on purpose: runtime digests are recomputed.
             events.push(serde_json::json!({

@@ -11,7 +11,7 @@ use tower_aci::attest::{Generation, Policy, keyset_digest, report_data, verify_r
 use tower_aci::protocol::jcs;
 use tower_aci::{AttestationFailure as F, ErrorKind};
 
-use crate::attest_support::{load, pinned_builder, pinned_policy};
+use crate::attest_support::{REAL_APP_ID, load, pinned_builder, pinned_policy};
 
 /// The nonce the report was fetched with.
 const NONCE: [u8; 32] = {
@@ -44,15 +44,13 @@ fn failure<T: std::fmt::Debug>(r: tower_aci::Result<T>) -> (F, String) {
     }
 }
 
-/// The KMS root all three of the capture's secp256k1 custody chains reach.
-const KMS_ROOT: &str = "0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1";
 /// `attestation.freshness.stale_after` of the capture.
 const STALE_AFTER: u64 = 1_782_668_338;
 
 /// Hardware verification skipped (dangerous), everything else as in production: the KMS root
 /// (custody required) and an app-id pin.
 fn skip_hardware_with_custody() -> Policy {
-    pinned_builder().accept_kms_root(KMS_ROOT).dangerous().skip_hardware_verification().build().unwrap()
+    pinned_builder().dangerous().skip_hardware_verification().build().unwrap()
 }
 
 #[test]
@@ -91,8 +89,15 @@ fn the_real_report_is_of_the_older_generation_and_verifies_as_such() {
     // For another nonce its binding fails.
     let (f, _) = failure(verify_report(&capture_bytes(), &[7; 32], FETCHED_AT, &skip_hardware_with_custody()));
     assert_eq!(f, F::ReportData);
-    // Without a KMS root its custody cannot be verified (it is present, so it is checked).
-    let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &skip_hardware()));
+    // Under another KMS root its custody chains are refused.
+    let other_root = Policy::builder()
+        .allow_app_id(REAL_APP_ID)
+        .accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+        .dangerous()
+        .skip_hardware_verification()
+        .build()
+        .unwrap();
+    let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &other_root));
     assert_eq!(f, F::Custody, "{message}");
 }
 

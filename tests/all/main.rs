@@ -24,6 +24,8 @@ mod response_path;
 mod strict;
 
 #[cfg(feature = "test-gateway")]
+mod channel;
+#[cfg(feature = "test-gateway")]
 mod gateway;
 #[cfg(feature = "test-gateway")]
 mod layer;

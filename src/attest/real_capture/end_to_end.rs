@@ -139,7 +139,7 @@ fn pins_on_the_measured_values_pass_and_any_other_pin_fails_naming_the_measured_
     for policy in [
         root().allow_compose_hash(COMPOSE_HASH),
         root().allow_app_id(APP_ID),
-        root().allow_os_image_hash(OS_IMAGE_HASH),
+        root().allow_app_id(APP_ID).allow_os_image_hash(OS_IMAGE_HASH),
         // One of several allowed values.
         root().allow_compose_hash(&"11".repeat(32)).allow_compose_hash(COMPOSE_HASH),
     ] {
