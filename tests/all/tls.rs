@@ -420,6 +420,24 @@ mod over_reqwest {
     }
 
     #[tokio::test]
+    async fn probe_reqwest_resumed_session_is_pinned_again() {
+        let ca = Ca::new();
+        let first = gateway(ca.leaf(&["gw.test"])).await;
+        let other = gateway(ca.leaf(&["gw2.test"])).await;
+        let keys = KeyHandle::new();
+        let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+        provider(&client(&tls), &keys, &url("gw.test", &first, "")).establish().await.unwrap();
+        let res = reqwest_client(&tls, &first).get(url("gw.test", &first, "/v1/models")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.bytes().await.unwrap();
+        provider(&client(&tls), &keys, &url("gw2.test", &other, "")).establish().await.unwrap();
+        let before = first.requests_total();
+        let e = reqwest_client(&tls, &first).get(url("gw.test", &first, "/v1/models")).send().await.unwrap_err();
+        assert!(refusal(&e).unwrap().contains("refused the TLS handshake"), "{e:?}");
+        assert_eq!(first.requests_total(), before);
+    }
+
+    #[tokio::test]
     async fn reqwest_pins_with_the_same_verifier() {
         let ca = Ca::new();
         let gw = gateway(ca.leaf(&["gw.test"])).await;
@@ -448,5 +466,40 @@ mod over_reqwest {
         let e = e.unwrap_err();
         assert!(refusal(&e).unwrap().contains("refused the TLS handshake"), "{e:?}");
         assert_eq!(impostor.requests_total(), 0);
+    }
+}
+
+mod h2_attack_probe {
+    use super::*;
+    use http::Version;
+
+    #[tokio::test]
+    async fn probe_two_hundred_streams_share_one_h2_connection() {
+        let ca = Ca::new();
+        let gw = gateway(ca.leaf(&["gw.test"])).await;
+        let keys = KeyHandle::new();
+        let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+        let http = client(&tls);
+        provider(&http, &keys, &url("gw.test", &gw, "")).establish().await.unwrap();
+        let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(http.clone());
+        let chat_url = url("gw.test", &gw, "/v1/chat/completions");
+        let res = layered.clone().oneshot(chat(&chat_url, "warm")).await.unwrap();
+        assert_eq!(res.version(), Version::HTTP_2);
+    }
+
+    #[tokio::test]
+    async fn probe_a_resumed_session_is_pinned_again() {
+        let ca = Ca::new();
+        let first = gateway(ca.leaf(&["gw.test"])).await;
+        let other = gateway(ca.leaf(&["gw2.test"])).await;
+        let keys = KeyHandle::new();
+        let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+        provider(&client(&tls), &keys, &url("gw.test", &first, "")).establish().await.unwrap();
+        let res = client(&tls).request(get(&url("gw.test", &first, "/v1/models"))).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        provider(&client(&tls), &keys, &url("gw2.test", &other, "")).establish().await.unwrap();
+        let e = client(&tls).request(get(&url("gw.test", &first, "/v1/models"))).await.unwrap_err();
+        let m = channel_binding(&e).unwrap_or_else(|| panic!("{e:?}"));
+        assert!(m.contains("refused the TLS handshake"), "{m}");
     }
 }
