@@ -12,8 +12,8 @@
 //!   the provider refreshes). A mismatch fails the handshake before any request byte is written,
 //!   with an [`AttestationFailure::ChannelBinding`] error naming the SPKI seen and the ones
 //!   attested;
-//! - its hyper-util connector ([`AttestedTls::connector`]) adds a [`ChannelInfo`] to every
-//!   response, from which the [`KeyProvider`](crate::attest::KeyProvider) learns the SPKI the
+//! - its hyper-util connector ([`AttestedTls::connector`]) speaks HTTP/2 (ALPN `h2`) or
+//!   HTTP/1.1 and adds a [`ChannelInfo`] to every response, from which the [`KeyProvider`](crate::attest::KeyProvider) learns the SPKI the
 //!   report was served over: a verified keyset that does not list it for the host fails with
 //!   `ChannelBinding`;
 //! - [`AttestedTls::rustls_config`] is the same verifier for reqwest
@@ -22,21 +22,38 @@
 //! # Bootstrap and pooled connections
 //!
 //! On first contact there is no keyset: the connector accepts the certificate (after WebPKI, or
-//! any certificate in pin-only mode), and the connection is *unattested*. A connection whose SPKI
-//! the current keyset does not list for its host carries **only report requests**
-//! (`GET …/v1/aci/attestation?nonce=…`): every other request is refused before its first byte is
-//! written (checked at the start of each request, against the keyset current then). So the
-//! keep-alive connection that fetched the first report may carry E2EE requests and receipt
-//! fetches afterwards exactly because the provider verified that the keyset lists its SPKI; any
-//! other connection opened before a keyset existed cannot. Once a keyset is current, a handshake
-//! presenting an unlisted key is refused — except while the key provider fetches a report, so
-//! that a gateway that restarted with a new certificate can be re-attested; such a connection is
-//! again limited to report requests until a keyset listing its key is published. A refused
-//! handshake asks the provider's refresher to re-attest. An idle pooled connection whose key a
-//! newly published keyset no longer lists closes itself; the provider revokes a connection that
-//! served a report whose keyset does not list it.
+//! any certificate in pin-only mode), and the connection is *unattested*. Each request is
+//! checked when it starts, against the keyset current then and the SPKI the connection's
+//! handshake verified (the [`ChannelInfo`] its responses carry):
 //!
-//! The gate reads HTTP/1 request lines, so the connector offers only `http/1.1` (ALPN).
+//! - a connection whose key the current keyset lists for its host carries any request, over
+//!   HTTP/2 or HTTP/1.1, and nothing of the request is read: over HTTP/1.1 a request starts with
+//!   the first write after a response was read, over HTTP/2 with a `HEADERS` frame that opens a
+//!   stream (frame headers are read, HPACK-coded request headers are not);
+//! - a connection whose key the current keyset does not list carries **only report requests**
+//!   (`GET …/v1/aci/attestation?nonce=…`): every other request is refused before its first byte
+//!   is written. Telling a report request apart takes its request line, so such a connection
+//!   speaks HTTP/1.1: the connector offers `h2` in ALPN only when the handshake can accept
+//!   nothing but a key the current keyset lists (a keyset is current and the provider is not
+//!   fetching a report). A connection accepted before its key was attested serves the one
+//!   request it was opened for and is never reused by hyper-util's pool (it is *poisoned*), so
+//!   the first request after the provider establishes opens a new connection, whose handshake
+//!   the keyset pins, and which speaks HTTP/2 when the gateway offers it.
+//!
+//! Once a keyset is current, a handshake presenting an unlisted key is refused — except while
+//! the key provider fetches a report, so that a gateway that restarted with a new certificate
+//! can be re-attested; such a connection is again limited to report requests. A refused
+//! handshake asks the provider's refresher to re-attest. When a newly published keyset no
+//! longer lists a pooled connection's key, the connection closes itself: over HTTP/1.1 once it
+//! is idle, over HTTP/2 at once (its open streams fail). The provider revokes a connection that
+//! served a report whose keyset does not list it. Should a request still reach an HTTP/2
+//! connection whose key is no longer listed (the keyset expired, or a request raced the close),
+//! the stream is refused before its `HEADERS` frame is written and the connection closes; h2
+//! gives the stream a bare "stream closed" error, and the reason is logged at `warn`.
+//!
+//! TLS session resumption is disabled in both configurations: a resumed session skips the
+//! certificate verifier, so every connection runs a full handshake and the pin check.
+//!
 //! reqwest's pool cannot be gated: its configuration ([`AttestedTls::rustls_config`]) refuses
 //! every handshake until a keyset is current, and checks the key at each handshake.
 //!
@@ -73,8 +90,8 @@ use std::task::{Context, Poll};
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
@@ -239,7 +256,8 @@ impl AttestedTlsBuilder {
         let shared =
             Arc::new(Shared { keys: self.keys, webpki, pin_only: self.pin_only, unpinned: self.unpinned, provider });
         let h1 = Arc::new(client_config(&shared, Mode::Gated, &[HTTP1])?);
-        let h2 = if self.http1_only { h1.clone() } else { Arc::new(client_config(&shared, Mode::Gated, &[H2, HTTP1])?) };
+        let h2 =
+            if self.http1_only { h1.clone() } else { Arc::new(client_config(&shared, Mode::Gated, &[H2, HTTP1])?) };
         let strict = Arc::new(client_config(&shared, Mode::Strict, &[HTTP1])?);
         Ok(AttestedTls { shared, h1, h2, strict })
     }
@@ -826,7 +844,9 @@ impl<T> Gate<T> {
             ),
         };
         if head.is_none() {
-            // An HTTP/2 connection cannot refuse one stream and go on: it closes.
+            // An HTTP/2 connection cannot refuse one stream and go on: it closes. h2 hands the
+            // streams a bare "stream closed", so the reason goes to the log.
+            tracing::warn!(host, "closing an HTTP/2 connection: {message}");
             self.info.revoke();
         }
         Err(io::Error::new(io::ErrorKind::PermissionDenied, channel_error(message)))
@@ -979,6 +999,74 @@ mod tests {
             String::new(),
         ] {
             assert!(!is_report_request(no.as_bytes()), "{no}");
+        }
+    }
+
+    /// A frame header (RFC 9113 §4.1) and its payload.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    /// What a client writes, built by hand from RFC 9113 and RFC 7541 (not by h2): the
+    /// preface, SETTINGS, a request on stream 1 whose header block is RFC 7541 C.3.1 split
+    /// over HEADERS and CONTINUATION, a DATA frame whose payload looks like a HEADERS frame for
+    /// stream 9, trailers on stream 1, WINDOW_UPDATE on stream 3, a request on stream 3.
+    fn client_bytes() -> (Vec<u8>, Vec<usize>) {
+        let block = const_hex::decode("828684410f7777772e6578616d706c652e636f6d").unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100])); // SETTINGS
+        let mut opens = vec![out.len() + 9]; // HEADERS on stream 1 (no END_HEADERS)
+        out.extend(frame(0x1, 0, 1, &block[..5]));
+        out.extend(frame(0x9, 0x4, 1, &block[5..])); // CONTINUATION
+        out.extend(frame(0x0, 0, 1, &frame(0x1, 0x4, 9, &block))); // DATA
+        out.extend(frame(0x1, 0x5, 1, &[0x40, 1, b'x', 1, b'y'])); // trailers
+        out.extend(frame(0x8, 0, 3, &[0, 0, 1, 0])); // WINDOW_UPDATE
+        opens.push(out.len() + 9); // HEADERS on stream 3
+        out.extend(frame(0x1, 0x5, 3, &block));
+        (out, opens)
+    }
+
+    #[test]
+    fn h2_requests_are_found_in_frame_headers_however_the_writes_split() {
+        let (bytes, opens) = client_bytes();
+        // In one write: two streams opened.
+        let mut f = H2Frames::new();
+        assert!(f.would_open(&[io::IoSlice::new(&bytes)]));
+        // Byte by byte: a stream opens exactly when the 9th byte of its HEADERS header passes.
+        let mut f = H2Frames::new();
+        let mut seen = Vec::new();
+        for (i, b) in bytes.iter().enumerate() {
+            if f.advance(std::slice::from_ref(b)) {
+                seen.push(i + 1);
+            }
+        }
+        assert_eq!(seen, opens);
+        // Split at every point, written partially: the probe does not move the state, and
+        // `advance_written` counts only what was written.
+        for cut in 0..bytes.len() {
+            let mut f = H2Frames::new();
+            let bufs = [io::IoSlice::new(&bytes[..cut]), io::IoSlice::new(&bytes[cut..])];
+            let probe = f.would_open(&bufs);
+            assert!(probe);
+            let before = f.last_stream;
+            assert_eq!(before, 0, "would_open leaves the state alone");
+            f.advance_written(&bufs, cut);
+            let expect_last = match opens.iter().filter(|&&o| o <= cut).count() {
+                0 => 0,
+                1 => 1,
+                _ => 3,
+            };
+            assert_eq!(f.last_stream, expect_last, "cut {cut}");
+            let rest = [io::IoSlice::new(&bytes[cut..])];
+            assert_eq!(f.would_open(&rest), opens.iter().any(|&o| o > cut), "cut {cut}");
+            f.advance_written(&rest, bytes.len() - cut);
+            assert_eq!(f.last_stream, 3);
+            assert!(!f.would_open(&[io::IoSlice::new(&frame(0x1, 0x5, 1, b""))]), "an old stream is no request");
         }
     }
 
