@@ -560,7 +560,6 @@ where
                      the current attested keyset; retry once the key provider has re-attested",
                     seen = gate.spki_hex,
                 );
-                gate.keys.request_refresh();
                 return Err(channel_error(message).into());
             }
             Ok(AttestedStream { io: TokioIo::new(gate) })
