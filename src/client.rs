@@ -156,6 +156,13 @@ impl ClientBuilder {
         self.pins(|p| p.accept_kms_root(public_key_hex))
     }
 
+    /// Anchor the pin in the gateway's boot chain instead of (or beside) a KMS root: the
+    /// hardware-verified quote's MRTD and RTMR0–2 (hex, 48 bytes each) must equal this set.
+    /// Several sets may be allowed; see [`PolicyBuilder::allow_boot_measurements`].
+    pub fn allow_boot_measurements(self, mrtd: &str, rtmr0: &str, rtmr1: &str, rtmr2: &str) -> Self {
+        self.pins(|p| p.allow_boot_measurements(mrtd, rtmr0, rtmr1, rtmr2))
+    }
+
     /// A ready policy, for anything the pin methods above do not cover. Given together with
     /// pins, [`build`](Self::build) fails.
     pub fn policy(mut self, policy: Policy) -> Self {

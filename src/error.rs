@@ -113,6 +113,15 @@ pub enum AttestationFailure {
     /// served over it, or a request would have been), ACI §1.1 and §4. The message names the
     /// SPKI seen and the ones attested.
     ChannelBinding,
+    /// The report is of a generation the policy refuses: the older (June 2026) generation under
+    /// [`current_generation_only`](crate::attest::PolicyBuilder::current_generation_only).
+    Generation,
+    /// Older generation: `workload_id` is not SHA-256 of the JCS form of the workload identity
+    /// key.
+    WorkloadId,
+    /// Older generation: the `keyset_endorsement` does not verify under the workload identity
+    /// key.
+    Endorsement,
 }
 
 /// Why a receipt was rejected.

@@ -449,6 +449,8 @@ mod tests {
             tls_keys: Vec::new(),
             verified_at: 0,
             hardware_verified: false,
+            generation: crate::attest::Generation::Current,
+            hardware: None,
         })
     }
 

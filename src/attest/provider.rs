@@ -20,7 +20,7 @@ use rand_core::{OsRng, RngCore};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::attest::channel::{ChannelInfo, check_report_channel};
+use crate::attest::channel::{ChannelInfo, ChannelRule, channel_rule, check_report_channel, require_channel};
 use crate::attest::clock::{Clock, SystemClock};
 use crate::attest::handle::{AttestFuture, Attester, KeyHandle};
 use crate::attest::keyset::AttestedKeyset;
@@ -86,6 +86,8 @@ pub struct KeyProviderBuilder<S, ReqB = Full<Bytes>> {
     sleep: Option<SleepFn>,
     timing: Timing,
     max_report_size: usize,
+    /// `dangerous().accept_unbound_channel()`.
+    unbound_channel: bool,
     #[cfg(feature = "dcap")]
     pccs: Option<Uri>,
 }
@@ -98,12 +100,20 @@ impl<S, ReqB> fmt::Debug for KeyProviderBuilder<S, ReqB> {
             .field("clock", &self.clock)
             .field("timing", &self.timing)
             .field("max_report_size", &self.max_report_size)
+            .field("unbound_channel", &self.unbound_channel)
             .finish_non_exhaustive()
     }
 }
 
 impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
     /// The gateway's base URL (scheme and authority, optionally a path prefix). Required.
+    ///
+    /// `https://`: every report must come over a connection bound to the keyset it attests,
+    /// which is what `tls::AttestedTls`'s connector (feature `rustls`)
+    /// provides: a report whose response names no attested channel fails with
+    /// [`ChannelBinding`](crate::AttestationFailure::ChannelBinding). Plain `http://` is allowed
+    /// only to a loopback address (`127.0.0.0/8`, `::1`, `localhost`); any other host fails
+    /// [`build`](Self::build). [`dangerous`](Self::dangerous) opts out of both.
     pub fn base_url(mut self, base: Uri) -> Self {
         self.base = Some(base);
         self
@@ -203,7 +213,15 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
         self
     }
 
-    /// The provider, or a [`Config`](ErrorKind::Config) error.
+    /// Relaxations that give up part of what the provider checks. Each is named for what it
+    /// gives up; none is needed against a real gateway reached through
+    /// `tls::AttestedTls`.
+    pub fn dangerous(self) -> DangerousKeyProviderBuilder<S, ReqB> {
+        DangerousKeyProviderBuilder { inner: self }
+    }
+
+    /// The provider, or a [`Config`](ErrorKind::Config) error (also for a plain `http://`
+    /// base URL whose host is not a loopback address).
     pub fn build(self) -> Result<KeyProvider<S, ReqB>> {
         let config = |m: &'static str| Error::new(ErrorKind::Config, m);
         let base = self.base.ok_or_else(|| config("the key provider needs a base_url"))?;
@@ -213,6 +231,8 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
         if base.query().is_some() {
             return Err(config("the base_url must not carry a query"));
         }
+        let channel_rule =
+            channel_rule(base.scheme_str(), base.host(), self.unbound_channel, "the key provider's base_url")?;
         let policy = self.policy.ok_or_else(|| config("the key provider needs a policy"))?;
         let t = self.timing;
         if t.load_timeout.is_zero() {
@@ -238,6 +258,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
                 sleep,
                 timing: t,
                 max_report_size: self.max_report_size,
+                channel_rule,
                 #[cfg(feature = "dcap")]
                 pccs: self.pccs,
                 flight: tokio::sync::Mutex::new(()),
@@ -248,6 +269,41 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
                 _body: PhantomData,
             }),
         })
+    }
+}
+
+/// The relaxations of a [`KeyProviderBuilder`], from [`KeyProviderBuilder::dangerous`].
+pub struct DangerousKeyProviderBuilder<S, ReqB = Full<Bytes>> {
+    inner: KeyProviderBuilder<S, ReqB>,
+}
+
+impl<S, ReqB> fmt::Debug for DangerousKeyProviderBuilder<S, ReqB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DangerousKeyProviderBuilder").field(&self.inner).finish()
+    }
+}
+
+impl<S, ReqB> DangerousKeyProviderBuilder<S, ReqB> {
+    /// Give up the channel binding: accept a report that came over a connection the keyset is
+    /// not known to be bound to (an `https://` response that names no attested TLS channel, a
+    /// transport of your own), and plain `http://` to any host. The keyset is still verified,
+    /// so requests stay confidential to the attested key; but nothing then shows that the
+    /// answers come from the attested workload, since anyone who sees a request can forge a
+    /// complete answer to it. Verify receipts before release
+    /// ([`VerifyBeforeReleaseLayer`](crate::receipt::VerifyBeforeReleaseLayer)) if you use this.
+    pub fn accept_unbound_channel(mut self) -> Self {
+        self.inner.unbound_channel = true;
+        self
+    }
+
+    /// Back to the ordinary builder methods.
+    pub fn end_dangerous(self) -> KeyProviderBuilder<S, ReqB> {
+        self.inner
+    }
+
+    /// [`KeyProviderBuilder::build`].
+    pub fn build(self) -> Result<KeyProvider<S, ReqB>> {
+        self.inner.build()
     }
 }
 
@@ -267,6 +323,8 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
 /// # {
 /// use tower_aci::attest::{KeyProvider, Policy};
 ///
+/// // `client`: a hyper-util client over `tower_aci::tls::AttestedTls`'s connector (see
+/// // `tower_aci::tls`), so that each report is bound to the TLS channel it came over.
 /// let provider = KeyProvider::builder(client)
 ///     .base_url("https://gateway.example.com".parse().unwrap())
 ///     .policy(
@@ -353,6 +411,8 @@ struct Inner<S, ReqB> {
     sleep: SleepFn,
     timing: Timing,
     max_report_size: usize,
+    /// Whether each report must name the attested channel it came over.
+    channel_rule: ChannelRule,
     #[cfg(feature = "dcap")]
     pccs: Option<Uri>,
     /// Held while a fetch runs: concurrent callers wait here and take its outcome.
@@ -384,6 +444,7 @@ impl<S, ReqB> KeyProvider<S, ReqB> {
             sleep: None,
             timing: Timing::default(),
             max_report_size: DEFAULT_MAX_REPORT_SIZE,
+            unbound_channel: false,
             #[cfg(feature = "dcap")]
             pccs: None,
         }
@@ -667,7 +728,18 @@ where
         let transport =
             |e: S::Error| Error::new(ErrorKind::Transport, "fetching the attestation report failed").with_source(e);
         let response = service.oneshot(request).await.map_err(transport)?;
-        let channel = response.extensions().get::<ChannelInfo>().cloned();
+        let channel = match self.channel_rule {
+            ChannelRule::Bound => Some(
+                require_channel(
+                    response.extensions(),
+                    self.base.host(),
+                    "the attestation report",
+                    "KeyProviderBuilder::dangerous().accept_unbound_channel()",
+                )?
+                .clone(),
+            ),
+            ChannelRule::Unchecked => response.extensions().get::<ChannelInfo>().cloned(),
+        };
         let status = response.status();
         let body = Limited::new(response.into_body(), self.max_report_size)
             .collect()

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode, verify_audit};
+use tower_aci::proxy::{BootMeasurementPin, Proxy, ProxyConfig, ReceiptMode, verify_audit};
 
 /// End-to-end encryption (ACI E2EE v2) for any OpenAI SDK, through a local proxy.
 #[derive(Parser, Debug)]
@@ -96,9 +96,16 @@ struct PolicyArgs {
     /// Allow this OS image hash (hex; the event log's os-image-hash)
     #[arg(long = "os-image-hash", value_name = "HEX")]
     os_image_hashes: Vec<String>,
-    /// Accept this KMS root key (hex, compressed secp256k1); key custody is then required
+    /// Accept this KMS root key (hex, compressed secp256k1); key custody is then required. Anchors the pin
     #[arg(long = "kms-root", value_name = "HEX")]
     kms_roots: Vec<String>,
+    /// Allow these boot measurements: the quote's MRTD and RTMR0-2, hex, comma-separated (repeatable, one set
+    /// per OS image). Anchors the pin without a KMS root
+    #[arg(long = "boot-measurements", value_name = "MRTD,RTMR0,RTMR1,RTMR2")]
+    boot_measurements: Vec<BootMeasurementPin>,
+    /// Refuse a platform whose TCB level is affected by this Intel advisory (e.g. INTEL-SA-00837; repeatable)
+    #[arg(long = "refuse-advisory", value_name = "ID")]
+    refused_advisories: Vec<String>,
     /// Dangerous: trust any workload running in a TEE (no pin)
     #[arg(long)]
     any_workload: bool,
@@ -124,6 +131,8 @@ impl PolicyArgs {
         config.pins.app_ids.extend(self.app_ids.iter().cloned());
         config.pins.os_image_hashes.extend(self.os_image_hashes.iter().cloned());
         config.pins.kms_roots.extend(self.kms_roots.iter().cloned());
+        config.pins.boot_measurements.extend(self.boot_measurements.iter().cloned());
+        config.pins.refused_advisories.extend(self.refused_advisories.iter().cloned());
         Ok(config)
     }
 }
@@ -219,5 +228,36 @@ fn main() -> ExitCode {
             eprintln!("aci-proxy: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn boot_measurement_and_advisory_flags_reach_the_config() {
+        let m = "ab".repeat(48);
+        let set = format!("{m},{m},{m},{m}");
+        let cli = Cli::try_parse_from([
+            "aci-proxy",
+            "--app-id",
+            "fdb7a14e5a6675f752e2cb69c9067a98ca402918",
+            "--boot-measurements",
+            &set,
+            "--refuse-advisory",
+            "INTEL-SA-00837",
+            "--refuse-advisory",
+            "INTEL-SA-01036",
+        ])
+        .unwrap();
+        let config = cli.serve.config().unwrap();
+        assert_eq!(config.pins.boot_measurements.len(), 1);
+        assert_eq!(config.pins.boot_measurements[0].rtmr2, m);
+        assert_eq!(config.pins.refused_advisories, ["INTEL-SA-00837", "INTEL-SA-01036"]);
+        assert!(config.policy().unwrap().anchors_pin());
+        assert!(Cli::try_parse_from(["aci-proxy", "--boot-measurements", "aa,bb"]).is_err());
     }
 }

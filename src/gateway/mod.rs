@@ -58,7 +58,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::attest::{Clock, SystemClock};
+use crate::attest::{Clock, Generation, SystemClock};
 
 pub use fields::{OpenedRequest, ResponseSealer, open_request};
 pub use receipts::sign_receipt;
@@ -95,6 +95,7 @@ pub struct GatewayConfig {
     clock: Arc<dyn Clock>,
     upstream: Option<Arc<UpstreamFn>>,
     bind: SocketAddr,
+    generation: Generation,
     app_compose: Option<String>,
     #[cfg(feature = "rustls")]
     tls: Option<GatewayTls>,
@@ -109,6 +110,7 @@ impl fmt::Debug for GatewayConfig {
             .field("clock", &self.clock)
             .field("upstream", &self.upstream.as_ref().map(|_| "custom"))
             .field("bind", &self.bind)
+            .field("generation", &self.generation)
             .field("app_compose", &self.app_compose)
             .finish_non_exhaustive()
     }
@@ -131,10 +133,34 @@ impl GatewayConfig {
             clock: Arc::new(SystemClock),
             upstream: None,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            generation: Generation::Current,
             app_compose: None,
             #[cfg(feature = "rustls")]
             tls: None,
         }
+    }
+
+    /// Which generation of the `aci/1` report to serve (default [`Generation::Current`]).
+    ///
+    /// [`Generation::Legacy`] serves the older shape production served in June 2026: a
+    /// top-level `workload_id`, a keyset with `workload_identity` and `keyset_epoch` (its
+    /// `not_after` is the configured one), a secp256k1 identity key's `keyset_endorsement`,
+    /// `freshness` (one hour from each fetch) and `report_data` binding `workload_id`. Its keyset
+    /// lists the secp256k1 E2EE key (no X25519 key) next to the two legacy entries production
+    /// listed, and a secp256k1 receipt key; the receipts this gateway signs (Ed25519) therefore
+    /// do not verify against it, as no receipt of that generation is verified by this crate.
+    /// Under fixed seeds the identity key is 32×`0x77`. Inference and E2EE are unchanged.
+    ///
+    /// ```
+    /// use tower_aci::attest::Generation;
+    /// use tower_aci::gateway::GatewayConfig;
+    ///
+    /// let config = GatewayConfig::new().generation(Generation::Legacy);
+    /// # let _ = config;
+    /// ```
+    pub fn generation(mut self, generation: Generation) -> Self {
+        self.generation = generation;
+        self
     }
 
     /// Deterministic keys from the reference test tree's seeds (protocol.md §8.3): receipt
@@ -310,8 +336,9 @@ impl GatewayKeys {
         self.e2ee.iter().map(|k| k.public.to_hex()).collect()
     }
 
-    fn seal(&self, not_after: u64, tls: Vec<serde_json::Value>) -> keyset::Keyset {
-        keyset::Keyset::seal(self.receipt_key_id.clone(), self.receipt_key.clone(), self.e2ee.clone(), not_after, tls)
+    fn seal(&self, not_after: u64, tls: Vec<serde_json::Value>, legacy: Option<keyset::LegacyKeys>) -> keyset::Keyset {
+        let (id, key) = (self.receipt_key_id.clone(), self.receipt_key.clone());
+        keyset::Keyset::seal_as(id, key, self.e2ee.clone(), not_after, tls, legacy)
     }
 }
 
@@ -371,7 +398,8 @@ impl TestGateway {
         #[cfg(not(feature = "rustls"))]
         let tls_entries = Vec::new();
         let keys = config.keys.clone().unwrap_or_else(|| GatewayKeys::from_seeds(config.fixed_seeds));
-        let keyset = keys.seal(not_after, tls_entries);
+        let legacy = (config.generation == Generation::Legacy).then(|| keyset::LegacyKeys::new(config.fixed_seeds));
+        let keyset = keys.seal(not_after, tls_entries, legacy);
         let (shutdown, watch) = tokio::sync::watch::channel(false);
         let shared = Arc::new(server::Shared::new(keyset, config.clock, config.upstream, watch, config.app_compose));
         #[cfg(feature = "rustls")]
@@ -478,6 +506,18 @@ impl TestGateway {
     /// its connection, and the stream it was reading stops).
     pub fn live_connections(&self) -> usize {
         self.shared.live_connections()
+    }
+
+    /// How many client connections were accepted since the gateway started (TCP accepts, one
+    /// per TLS handshake when serving HTTPS).
+    pub fn connections_accepted(&self) -> usize {
+        self.shared.connections_accepted()
+    }
+
+    /// How many of the [accepted](Self::connections_accepted) connections were served over
+    /// HTTP/2 (the client offered `h2` in ALPN; HTTPS only).
+    pub fn h2_connections(&self) -> usize {
+        self.shared.h2_connections()
     }
 
     /// How many attestation reports were requested.

@@ -41,13 +41,53 @@ impl std::str::FromStr for ReceiptMode {
     }
 }
 
+/// One set of boot measurements to pin (see
+/// [`PolicyBuilder::allow_boot_measurements`]): the TD's MRTD and RTMR0–2, hex, 48 bytes each.
+///
+/// On the command line `--boot-measurements MRTD,RTMR0,RTMR1,RTMR2`; in the TOML file a
+/// `[[pins.boot_measurements]]` table with `mrtd`, `rtmr0`, `rtmr1` and `rtmr2`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BootMeasurementPin {
+    /// MRTD (the initial TD image).
+    pub mrtd: String,
+    /// RTMR0 (firmware boot configuration).
+    pub rtmr0: String,
+    /// RTMR1 (OS loader and kernel).
+    pub rtmr1: String,
+    /// RTMR2 (kernel command line and initrd).
+    pub rtmr2: String,
+}
+
+impl std::str::FromStr for BootMeasurementPin {
+    type Err = Error;
+
+    /// `MRTD,RTMR0,RTMR1,RTMR2` (the values are checked when the policy is built).
+    fn from_str(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        match parts.as_slice() {
+            [mrtd, rtmr0, rtmr1, rtmr2] => Ok(BootMeasurementPin {
+                mrtd: (*mrtd).to_owned(),
+                rtmr0: (*rtmr0).to_owned(),
+                rtmr1: (*rtmr1).to_owned(),
+                rtmr2: (*rtmr2).to_owned(),
+            }),
+            _ => Err(Error::new(
+                ErrorKind::Config,
+                format!("boot measurements {s:?} are not MRTD,RTMR0,RTMR1,RTMR2 (four hex values, comma-separated)"),
+            )),
+        }
+    }
+}
+
 /// The workload pins of the attestation policy, as the proxy's flags and config file give them.
 ///
 /// Every value is hex, as the report and its event log spell it: the compose hash is SHA-256 of
 /// the report's `app_compose` (the `compose-hash` event of the event log), the app id is the
 /// payload of the `app-id` event (and the keyset subject `app-id:0x…`), the OS image hash the
 /// payload of `os-image-hash`, the KMS root the compressed secp256k1 key at the end of the
-/// `key_custody` chains.
+/// `key_custody` chains, the boot measurements the quote's MRTD and RTMR0–2. A compose hash or
+/// app id is the pin; a KMS root or boot measurements anchor it (see [`Policy`]).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyPins {
@@ -65,12 +105,16 @@ pub struct PolicyPins {
     pub prefer_x25519: bool,
     /// Accepted TCB statuses (default `UpToDate`).
     pub tcb_statuses: Vec<String>,
+    /// Allowed boot measurement sets (MRTD, RTMR0–2): anchor the pin without a KMS root.
+    pub boot_measurements: Vec<BootMeasurementPin>,
+    /// Intel advisory ids (`INTEL-SA-…`) the platform's TCB level must not be affected by.
+    pub refused_advisories: Vec<String>,
 }
 
 impl PolicyPins {
-    /// Whether no workload identity is pinned.
+    /// Whether no workload is pinned (an OS image hash alone pins only the OS).
     pub fn is_empty(&self) -> bool {
-        self.compose_hashes.is_empty() && self.app_ids.is_empty() && self.os_image_hashes.is_empty()
+        self.compose_hashes.is_empty() && self.app_ids.is_empty()
     }
 
     /// Apply the pins to a policy builder.
@@ -99,6 +143,12 @@ impl PolicyPins {
         if !self.tcb_statuses.is_empty() {
             b = b.accept_tcb_statuses(self.tcb_statuses.clone());
         }
+        for m in &self.boot_measurements {
+            b = b.allow_boot_measurements(&m.mrtd, &m.rtmr0, &m.rtmr1, &m.rtmr2);
+        }
+        if !self.refused_advisories.is_empty() {
+            b = b.refuse_advisories(self.refused_advisories.iter().cloned());
+        }
         b
     }
 
@@ -112,6 +162,10 @@ impl PolicyPins {
             "key_id": self.key_id,
             "prefer_x25519": self.prefer_x25519,
             "tcb_statuses": self.tcb_statuses,
+            "boot_measurements": self.boot_measurements.iter().map(|m| serde_json::json!({
+                "mrtd": m.mrtd, "rtmr0": m.rtmr0, "rtmr1": m.rtmr1, "rtmr2": m.rtmr2,
+            })).collect::<Vec<_>>(),
+            "refused_advisories": self.refused_advisories,
         })
     }
 }
@@ -127,9 +181,25 @@ impl PolicyPins {
 ///     audit_file = "receipts.jsonl"
 ///     [pins]
 ///     compose_hashes = ["5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb"]
+///     kms_roots = ["0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1"]
+///     refused_advisories = ["INTEL-SA-00837"]
 /// "#).unwrap();
 /// assert_eq!(config.receipts, ReceiptMode::BeforeRelease);
 /// assert_eq!(config.pins.compose_hashes.len(), 1);
+/// assert!(config.policy().unwrap().anchors_pin());
+///
+/// // Or anchored by the TD's boot measurements instead of a KMS root.
+/// let config = ProxyConfig::from_toml(&format!(r#"
+///     gateway = "https://api.redpill.ai"
+///     [pins]
+///     app_ids = ["fdb7a14e5a6675f752e2cb69c9067a98ca402918"]
+///     [[pins.boot_measurements]]
+///     mrtd = "{m}"
+///     rtmr0 = "{m}"
+///     rtmr1 = "{m}"
+///     rtmr2 = "{m}"
+/// "#, m = "ab".repeat(48))).unwrap();
+/// assert_eq!(config.policy().unwrap().allowed_boot_measurements().len(), 1);
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -214,7 +284,8 @@ impl ProxyConfig {
     }
 
     /// The attestation policy these settings describe. Fails with a clear `Config` error when
-    /// no workload is pinned (unless `any_workload`, or the local test gateway).
+    /// no workload is pinned, or the pin is not anchored by a KMS root or boot measurements
+    /// (unless `any_workload`, or the local test gateway).
     pub fn policy(&self) -> Result<Policy> {
         if let Some(p) = &self.policy {
             return Ok(p.clone());
@@ -230,10 +301,60 @@ impl ProxyConfig {
             Error::new(
                 ErrorKind::Config,
                 format!(
-                    "{e} (aci-proxy flags: --compose-hash, --app-id, --os-image-hash, --kms-root; or --any-workload, \
-                     which trusts any code running in a TEE)"
+                    "{e} (aci-proxy flags: --compose-hash or --app-id, anchored by --kms-root or --boot-measurements \
+                     MRTD,RTMR0,RTMR1,RTMR2; TOML [pins] compose_hashes, app_ids, kms_roots, [[pins.boot_measurements]]; \
+                     or --any-workload, which trusts any code running in a TEE)"
                 ),
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::*;
+
+    const APP_ID: &str = "fdb7a14e5a6675f752e2cb69c9067a98ca402918";
+
+    fn boot(mrtd: &str) -> String {
+        format!("{mrtd},{r},{r},{r}", r = "22".repeat(48))
+    }
+
+    #[test]
+    fn an_unanchored_pin_names_the_flags_and_keys_that_anchor_it() {
+        let config = ProxyConfig::from_toml(&format!("[pins]\napp_ids = [\"{APP_ID}\"]")).unwrap();
+        let e = config.policy().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        for hint in ["--kms-root", "--boot-measurements", "[[pins.boot_measurements]]", "allow_boot_measurements"] {
+            assert!(e.to_string().contains(hint), "{hint} missing: {e}");
+        }
+        // An OS image alone is not a pin.
+        let config = ProxyConfig::from_toml("[pins]\nos_image_hashes = [\"de9c74f0\"]\nkms_roots = [\"0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1\"]").unwrap();
+        assert!(config.pins.is_empty());
+        assert_eq!(config.policy().unwrap_err().kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn boot_measurements_and_refused_advisories_reach_the_policy() {
+        let mut config = ProxyConfig::default();
+        config.pins.app_ids.push(APP_ID.to_owned());
+        config.pins.boot_measurements.push(boot(&"11".repeat(48)).parse().unwrap());
+        config.pins.refused_advisories.push("INTEL-SA-00837".to_owned());
+        let policy = config.policy().unwrap();
+        assert!(policy.anchors_pin() && !policy.is_dangerous());
+        assert_eq!(policy.allowed_boot_measurements()[0].mrtd(), &[0x11; 48]);
+        assert_eq!(policy.refused_advisories(), ["INTEL-SA-00837"]);
+        let status = config.pins.to_json();
+        assert_eq!(status["boot_measurements"][0]["mrtd"], "11".repeat(48));
+        assert_eq!(status["refused_advisories"][0], "INTEL-SA-00837");
+        // A malformed set is refused when the policy is built, naming the register.
+        config.pins.boot_measurements.push(boot("11").parse().unwrap());
+        assert!(config.policy().unwrap_err().to_string().contains("boot measurement MRTD"));
+        // Not four values.
+        assert!("aa,bb,cc".parse::<BootMeasurementPin>().is_err());
+        // TOML: unknown keys in a set are refused.
+        let toml =
+            "[[pins.boot_measurements]]\nmrtd = \"aa\"\nrtmr0 = \"aa\"\nrtmr1 = \"aa\"\nrtmr2 = \"aa\"\nrtmr3 = \"aa\"";
+        assert!(ProxyConfig::from_toml(toml).is_err());
     }
 }

@@ -71,7 +71,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
 pub use audit::{AuditSummary, verify_audit};
-pub use config::{PolicyPins, ProxyConfig, ReceiptMode};
+pub use config::{BootMeasurementPin, PolicyPins, ProxyConfig, ReceiptMode};
 pub use local::LocalProxy;
 
 use crate::attest::{KeyHandle, KeyProvider, RefreshTask};

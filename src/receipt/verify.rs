@@ -457,9 +457,15 @@ pub fn verify_against_keyset(receipt: &Receipt, keyset: &AttestedKeyset) -> Resu
         ));
     }
     let key = keyset.receipt_key(receipt.key_id()).ok_or_else(|| {
+        let legacy = match keyset.generation() {
+            crate::attest::Generation::Current => "",
+            _ => {
+                " (the keyset is of the older report generation, whose secp256k1 receipt keys this crate does not use)"
+            }
+        };
         fail(
             F::UnknownKey,
-            format!("key id {:?} is not a receipt signing key of the attested keyset", receipt.key_id()),
+            format!("key id {:?} is not a receipt signing key of the attested keyset{legacy}", receipt.key_id()),
         )
     })?;
     verify_signature(receipt, key.verifying_key())?;

@@ -196,6 +196,19 @@ async fn the_builder_refuses_unpinned_unprotected_or_ambiguous_set_ups() {
     // No pin, no policy.
     let e = Client::builder(gw.base_url()).build().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    // A pin without an anchor (no KMS root, no boot measurements) is no pin: refused, naming both.
+    let e = Client::builder(gw.base_url()).allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918").build().await;
+    let e = e.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("accept_kms_root") && e.to_string().contains("allow_boot_measurements"), "{e}");
+    // A malformed boot-measurement anchor is refused before anything is fetched.
+    let e = Client::builder(gw.base_url())
+        .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918")
+        .allow_boot_measurements("00", "11", "22", "33")
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     // Pins and a policy.
     let e = Client::builder(gw.base_url())
         .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918")

@@ -25,9 +25,13 @@ mod response_path;
 mod strict;
 
 #[cfg(feature = "test-gateway")]
+mod channel;
+#[cfg(feature = "test-gateway")]
 mod gateway;
 #[cfg(feature = "test-gateway")]
 mod layer;
+#[cfg(feature = "test-gateway")]
+mod legacy_gateway;
 #[cfg(feature = "test-gateway")]
 mod provider_gateway;
 #[cfg(feature = "proxy")]

@@ -499,6 +499,7 @@ fn compose_pinned_policy() -> Policy {
         .allow_compose_hash(&hash)
         .dangerous()
         .accept_stub_quote()
+        .unanchored_pin()
         .build()
         .unwrap()
 }
