@@ -161,6 +161,7 @@ pub fn spec_locations(
                 _ => return Err("prompt/input neither a string nor an array"),
             }
         }
+        _ => return Err("an endpoint this target does not know"),
     }
     if out.is_empty() {
         return Err("no field to decrypt");

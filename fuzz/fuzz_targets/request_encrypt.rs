@@ -75,6 +75,7 @@ fn protected_regions(endpoint: Endpoint, body: &Map<String, Value>) -> Vec<&Valu
         },
         Endpoint::Completions => body.get("prompt").into_iter().collect(),
         Endpoint::Embeddings => body.get("input").into_iter().collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -120,6 +121,7 @@ fn expect_accepted(endpoint: Endpoint, input: &Value) -> Result<(), &'static str
                 _ => return Err("prompt neither string nor array"),
             }
         }
+        _ => return Err("an endpoint this target does not know"),
     }
     Ok(())
 }
@@ -323,6 +325,7 @@ fn check(endpoint: Endpoint, svc: &Service, strict: bool, body: &[u8]) {
             Endpoint::ChatCompletions => &["content"],
             Endpoint::Completions => &["prompt"],
             Endpoint::Embeddings => &["input"],
+            _ => &[],
         };
         let mut take = |v: &mut Value| {
             let old = std::mem::replace(v, Value::Null);
@@ -531,6 +534,7 @@ mod generate {
             Endpoint::Embeddings => {
                 m.insert("input".into(), prompt(u)?);
             }
+            _ => {}
         }
         for _ in 0..u.int_in_range(0..=3u8)? {
             let k = if u.ratio(1, 2)? {

@@ -24,6 +24,7 @@ fn run(data: &[u8], cut: usize) -> Vec<Result<Vec<u8>, String>> {
             match dec.next_output() {
                 Ok(Some(StreamOutput::Event(b))) => out.push(Ok(b.to_vec())),
                 Ok(Some(StreamOutput::InBandError(b, _))) => out.push(Ok(b.to_vec())),
+                Ok(Some(other)) => panic!("an output this target does not know: {other:?}"),
                 Ok(None) => break,
                 Err(e) => {
                     out.push(Err(format!("{:?}", e.kind())));

@@ -273,6 +273,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
 }
 
 /// The relaxations of a [`KeyProviderBuilder`], from [`KeyProviderBuilder::dangerous`].
+#[must_use]
 pub struct DangerousKeyProviderBuilder<S, ReqB = Full<Bytes>> {
     inner: KeyProviderBuilder<S, ReqB>,
 }
