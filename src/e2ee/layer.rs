@@ -135,6 +135,7 @@ impl fmt::Debug for E2eeLayer {
 
 /// The relaxations of an [`E2eeLayer`], from [`E2eeLayer::dangerous`]. Also a layer itself.
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct DangerousE2eeLayer {
     layer: E2eeLayer,
 }

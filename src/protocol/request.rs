@@ -97,6 +97,7 @@ impl ExchangeContext {
     }
 
     /// The same context for a request that did (or did not) ask for a stream.
+    #[must_use]
     pub fn with_stream(mut self, stream: bool) -> Self {
         self.stream = stream && self.endpoint != Endpoint::Embeddings;
         self
