@@ -50,6 +50,7 @@ struct DecryptState {
     draining: Option<(Error, usize)>,
     /// Generated content in clear was already warned about.
     warned: bool,
+    counts: Option<Arc<crate::telemetry::FieldCounts>>,
 }
 
 /// Most bytes read after a stream's in-band error to complete the wire digest. The gateway
@@ -97,6 +98,7 @@ impl<B> ResponseBody<B> {
             strict: config.strict,
             draining: None,
             warned: false,
+            counts: None,
         });
         ResponseBody { kind: Kind::Decrypting { inner, state } }
     }
@@ -116,6 +118,16 @@ impl<B> ResponseBody<B> {
     pub(crate) fn sse(inner: B, ctx: ExchangeContext, config: &Config, digest: Arc<ResponseDigest>) -> Self {
         let mode = Mode::Sse(Box::new(StreamDecryptor::new(ctx, config.sse_limits)));
         Self::decrypting(inner, mode, config, digest)
+    }
+
+    /// Count the fields this body opens into `counts` (the exchange's [`FieldCounts`]).
+    ///
+    /// [`FieldCounts`]: crate::telemetry::FieldCounts
+    pub(crate) fn counting(mut self, counts: Arc<crate::telemetry::FieldCounts>) -> Self {
+        if let Kind::Decrypting { state, .. } = &mut self.kind {
+            state.counts = Some(counts);
+        }
+        self
     }
 }
 
@@ -150,6 +162,7 @@ fn decrypt_now(ctx: ExchangeContext, body: Bytes, strict: bool) -> Result<Decryp
 impl DecryptState {
     fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.finished = true;
+        crate::telemetry::error(&e);
         Poll::Ready(Some(Err(e.into())))
     }
 
@@ -186,8 +199,9 @@ where
                                 return state.fail(e);
                             }
                         }
-                        Mode::Sse(dec) => match dec.next_output() {
+                        Mode::Sse(dec) => match crate::telemetry::timed_event(|| dec.next_output()) {
                             Ok(Some(StreamOutput::Event(bytes))) => {
+                                crate::telemetry::FieldCounts::opened(&state.counts, dec.last_decrypted_paths().len());
                                 let clear = dec.last_cleartext_paths();
                                 if !clear.is_empty() {
                                     if state.strict {
@@ -242,6 +256,7 @@ where
                                 *task = None;
                                 match joined {
                                     Ok(Ok(d)) => {
+                                        crate::telemetry::FieldCounts::opened(&state.counts, d.decrypted_fields);
                                         *output = Some(d.body);
                                         continue;
                                     }
@@ -262,7 +277,10 @@ where
                                         *task = Some(rt.spawn_blocking(move || decrypt_now(ctx, body, strict)));
                                     }
                                     _ => match decrypt_now(ctx, body, strict) {
-                                        Ok(d) => *output = Some(d.body),
+                                        Ok(d) => {
+                                            crate::telemetry::FieldCounts::opened(&state.counts, d.decrypted_fields);
+                                            *output = Some(d.body);
+                                        }
                                         Err(e) => return state.fail(e),
                                     },
                                 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -38,6 +39,34 @@ impl std::str::FromStr for ReceiptMode {
             }
         }
     }
+}
+
+/// How `aci-proxy` writes its log lines (the access log included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines (`tracing-subscriber`'s full format).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(Error::new(ErrorKind::Config, format!("unknown log format {s:?} (text, json)"))),
+        }
+    }
+}
+
+/// A duration in whole seconds, as the configuration file spells it.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
 }
 
 /// The workload pins of the attestation policy, as the proxy's flags and config file give them.
@@ -115,6 +144,17 @@ impl PolicyPins {
     }
 }
 
+/// The unpinned-policy error, in the CLI's terms (the builder's own message names its methods).
+const UNPINNED_CLI: &str = "no workload is pinned: any code running in a TEE could read the prompts.
+  fix: see what the gateway runs and what to pin: aci-proxy inspect GATEWAY-URL
+  fix: pin the application: --compose-hash HEX or --app-id HEX
+  fix: and anchor it to the gateway's KMS: --kms-root HEX
+  fix: or, for a trial only, trust any workload: --any-workload";
+
+/// What to do about a rejected pin value.
+const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect prints (--compose-hash, --app-id, --os-image-hash, \
+--kms-root, --key-id, --tcb-status)";
+
 /// The proxy's configuration.
 ///
 /// ```
@@ -160,6 +200,20 @@ pub struct ProxyConfig {
     /// A PCCS to fetch the TDX quote's collateral from (feature `dcap`), e.g.
     /// `https://pccs.phala.network`; verified with WebPKI, not pinned.
     pub pccs: Option<String>,
+    /// Longest time one exchange may take, from the request to the answer's last byte (default
+    /// 600 s; seconds in the file). A buffered answer then fails with 504, a stream ends with
+    /// an error event.
+    #[serde(deserialize_with = "seconds")]
+    pub request_timeout: Duration,
+    /// On shutdown, how long open streams may drain before they are ended with an error event
+    /// (default 30 s; seconds in the file). Pending receipt checks get as long again.
+    #[serde(deserialize_with = "seconds")]
+    pub shutdown_timeout: Duration,
+    /// Serve `GET /metrics` (Prometheus text format) and record metrics (default true). The
+    /// recorder is process-wide: the first proxy with metrics installs it.
+    pub metrics: bool,
+    /// How the `aci-proxy` binary writes its log (default `text`).
+    pub log_format: LogFormat,
     /// A policy built in code, used instead of the pins (for embedding the proxy, and tests).
     #[serde(skip)]
     pub policy: Option<Policy>,
@@ -179,6 +233,10 @@ impl Default for ProxyConfig {
             max_request_body: crate::e2ee::DEFAULT_MAX_REQUEST_BODY,
             tls_pin_only: false,
             pccs: None,
+            request_timeout: Duration::from_secs(600),
+            shutdown_timeout: Duration::from_secs(30),
+            metrics: true,
+            log_format: LogFormat::Text,
             policy: None,
         }
     }
@@ -191,26 +249,25 @@ impl ProxyConfig {
     }
 
     /// The attestation policy these settings describe. Fails with a clear `Config` error when
-    /// no workload is pinned (unless `any_workload`, or the local test gateway).
+    /// no workload is pinned (unless `any_workload`, or the local test gateway), written for a
+    /// person at a terminal: one line for the problem, one line per fix, in `aci-proxy`'s flags.
     pub fn policy(&self) -> Result<Policy> {
         if let Some(p) = &self.policy {
             return Ok(p.clone());
         }
         let builder = self.pins.apply(Policy::builder());
+        let invalid = |e: Error| {
+            Error::new(ErrorKind::Config, format!("{}\n{}", e, PIN_FIXES.lines().next().unwrap_or_default()))
+        };
         if self.local_test_gateway {
-            return builder.dangerous().accept_stub_quote().any_workload().build();
+            return builder.dangerous().accept_stub_quote().any_workload().build().map_err(invalid);
         }
         if self.any_workload {
-            return builder.dangerous().any_workload().build();
+            return builder.dangerous().any_workload().build().map_err(invalid);
         }
-        builder.build().map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!(
-                    "{e} (aci-proxy flags: --compose-hash, --app-id, --os-image-hash, --kms-root; or --any-workload, \
-                     which trusts any code running in a TEE)"
-                ),
-            )
-        })
+        if self.pins.is_empty() {
+            return Err(Error::new(ErrorKind::Config, UNPINNED_CLI));
+        }
+        builder.build().map_err(invalid)
     }
 }
