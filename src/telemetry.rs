@@ -152,6 +152,7 @@ pub(crate) fn keyset_outcome(span: &Span, result: &Result<Arc<AttestedKeyset>, E
         Ok(keyset) => {
             span.record("digest", keyset.digest());
             span.record("outcome", "ok");
+            tracing::debug!(parent: span, "report verified");
             #[cfg(feature = "metrics")]
             {
                 metrics::counter!(names::KEYSET_REFRESHES, "outcome" => "ok").increment(1);
@@ -160,6 +161,7 @@ pub(crate) fn keyset_outcome(span: &Span, result: &Result<Arc<AttestedKeyset>, E
         }
         Err(e) => {
             span.record("outcome", kind_label(e.kind()).as_str());
+            tracing::debug!(parent: span, "report refused");
             error(e);
             #[cfg(feature = "metrics")]
             metrics::counter!(names::KEYSET_REFRESHES, "outcome" => "failed").increment(1);
@@ -218,12 +220,14 @@ pub(crate) fn receipt_checked(span: &Span, result: &Result<VerifiedReceipt, Erro
             };
             span.record("keyset_match", matched);
             span.record("outcome", "verified");
+            tracing::debug!(parent: span, "receipt verified");
             #[cfg(feature = "metrics")]
             metrics::counter!(names::RECEIPTS, "outcome" => "verified", "keyset_match" => matched).increment(1);
         }
         Err(e) => {
             let outcome = receipt_outcome(e);
             span.record("outcome", outcome);
+            tracing::debug!(parent: span, "receipt not verified");
             error(e);
             #[cfg(feature = "metrics")]
             metrics::counter!(names::RECEIPTS, "outcome" => outcome).increment(1);

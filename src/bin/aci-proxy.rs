@@ -102,6 +102,9 @@ struct ServeArgs {
     /// Log lines as text or json (one object per line); RUST_LOG picks what is logged [default: text]
     #[arg(long, env = "ACI_PROXY_LOG_FORMAT", value_name = "FORMAT")]
     log_format: Option<LogFormat>,
+    /// The local test gateway paces its stream events this far apart (demos, tests)
+    #[arg(long, hide = true, env = "ACI_PROXY_TEST_GATEWAY_EVENT_DELAY", value_parser = duration_ms)]
+    test_gateway_event_delay: Option<Duration>,
     #[command(flatten)]
     policy: PolicyArgs,
 }
@@ -156,6 +159,14 @@ fn duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("{s:?}: the unit must be s, m or h")),
     };
     Ok(Duration::from_secs(secs))
+}
+
+/// `250ms` or a [`duration`].
+fn duration_ms(s: &str) -> Result<Duration, String> {
+    match s.trim().strip_suffix("ms") {
+        Some(ms) => ms.parse().map(Duration::from_millis).map_err(|_| format!("{s:?} is not a duration")),
+        None => duration(s),
+    }
 }
 
 /// A list from the flags or the environment replaces the file's.
@@ -235,6 +246,9 @@ impl ServeArgs {
         if let Some(f) = self.log_format {
             config.log_format = f;
         }
+        if self.test_gateway_event_delay.is_some() {
+            config.local_test_gateway_event_delay = self.test_gateway_event_delay;
+        }
         Ok(config)
     }
 }
@@ -287,18 +301,20 @@ async fn stop_signal() {
 }
 
 async fn serve(config: ProxyConfig) -> Result<(), String> {
-    let listen = config.listen;
+    let (listen, format) = (config.listen, config.log_format);
     let proxy = Proxy::start(config).await.map_err(|e| format!("cannot start: {e}"))?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let listen = listener.local_addr().unwrap_or(listen);
     let status = proxy.status();
     tracing::info!(gateway = %proxy.gateway(), keyset = %status["keyset"]["digest"], "attested; listening on http://{listen}/v1");
-    eprintln!(
-        "aci-proxy: attested {} (keyset {}), listening on http://{listen}/v1",
-        proxy.gateway(),
-        status["keyset"]["digest"]
-    );
+    if format == LogFormat::Text {
+        eprintln!(
+            "aci-proxy: attested {} (keyset {}), listening on http://{listen}/v1",
+            proxy.gateway(),
+            status["keyset"]["digest"]
+        );
+    }
     proxy.serve_until(listener, stop_signal()).await.map_err(|e| format!("server error: {e}"))?;
     tracing::info!("stopped");
     Ok(())

@@ -217,6 +217,11 @@ pub struct ProxyConfig {
     /// A policy built in code, used instead of the pins (for embedding the proxy, and tests).
     #[serde(skip)]
     pub policy: Option<Policy>,
+    /// The local test gateway paces its stream events this far apart (demos and tests of
+    /// streams in flight).
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub local_test_gateway_event_delay: Option<Duration>,
 }
 
 impl Default for ProxyConfig {
@@ -238,6 +243,7 @@ impl Default for ProxyConfig {
             metrics: true,
             log_format: LogFormat::Text,
             policy: None,
+            local_test_gateway_event_delay: None,
         }
     }
 }

@@ -127,6 +127,9 @@ impl Proxy {
             let gw = TestGateway::start(GatewayConfig::new())
                 .await
                 .map_err(|e| Error::new(ErrorKind::Config, "cannot start the local test gateway").with_source(e))?;
+            if let Some(delay) = config.local_test_gateway_event_delay {
+                gw.set_fault(Some(crate::gateway::Fault::EventDelay(delay)));
+            }
             let base = gw.base_url();
             (Some(gw), base)
         } else {

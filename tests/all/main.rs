@@ -27,8 +27,12 @@ mod gateway;
 mod layer;
 #[cfg(feature = "test-gateway")]
 mod provider_gateway;
-#[cfg(feature = "proxy")]
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod proxy_binary;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod proxy_ops;
 #[cfg(feature = "test-gateway")]
 mod receipt_gateway;
 #[cfg(feature = "test-gateway")]
