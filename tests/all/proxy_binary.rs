@@ -136,14 +136,14 @@ async fn at_trace_level_the_log_holds_the_access_lines_and_spans_but_no_prompt_a
     let res = client
         .post(proxy.url("/v1/chat/completions"))
         .header("content-type", "application/json")
-        .body((&chat("ultramarine pangolin", false)).to_string())
+        .body(chat("ultramarine pangolin", false).to_string())
         .send();
     let answer: Value = serde_json::from_str(&res.await.unwrap().text().await.unwrap()).unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], "You said: ultramarine pangolin");
     let res = client
         .post(proxy.url("/v1/chat/completions"))
         .header("content-type", "application/json")
-        .body((&chat("ochre basilisk", true)).to_string())
+        .body(chat("ochre basilisk", true).to_string())
         .send();
     let sse = res.await.unwrap().text().await.unwrap();
     assert_eq!(stream_text(&sse), "You said: ochre basilisk");
@@ -224,7 +224,7 @@ async fn sigterm_drains_open_streams_then_ends_the_rest_with_an_error_event_and_
             let res = client
                 .post(url)
                 .header("content-type", "application/json")
-                .body((&chat(text, true)).to_string())
+                .body(chat(text, true).to_string())
                 .send()
                 .await
                 .unwrap();

@@ -40,7 +40,7 @@ async fn post(addr: SocketAddr, body: &Value) -> (u16, String) {
     let res = reqwest::Client::new()
         .post(format!("http://{addr}/v1/chat/completions"))
         .header("content-type", "application/json")
-        .body((body).to_string())
+        .body(body.to_string())
         .send()
         .await
         .unwrap();
@@ -187,7 +187,7 @@ async fn serve_until_stops_accepting_then_ends_streams_still_open_after_the_drai
     let res = reqwest::Client::new()
         .post(format!("http://{addr}/v1/chat/completions"))
         .header("content-type", "application/json")
-        .body((&chat("held open", true)).to_string())
+        .body(chat("held open", true).to_string())
         .send()
         .await
         .unwrap();
