@@ -14,8 +14,9 @@
 //! ```
 //!
 //! Flags: `--base-url URL` (a real gateway; `https://` needs feature `rustls`), `--model NAME`,
-//! workload pins `--compose-hash HEX`, `--app-id HEX`, `--os-image-hash HEX`, `--kms-root HEX`
-//! (repeatable), `--tcb-status NAME` (repeatable; default `UpToDate`), `--pccs URL` (feature
+//! workload pins `--compose-hash HEX`, `--app-id HEX` (with `--os-image-hash HEX` optionally),
+//! anchored by `--kms-root HEX` or `--boot-measurements MRTD,RTMR0,RTMR1,RTMR2` (all repeatable),
+//! `--tcb-status NAME` (repeatable; default `UpToDate`), `--pccs URL` (feature
 //! `dcap`; default `https://pccs.phala.network`), `--pin-only` (a self-signed gateway: the attested
 //! keyset is the only trust anchor), `--tls` (the local gateway over HTTPS with a self-signed
 //! certificate, pinned).
@@ -79,6 +80,7 @@ struct Args {
     app_ids: Vec<String>,
     os_images: Vec<String>,
     kms_roots: Vec<String>,
+    boot_measurements: Vec<String>,
     tcb_statuses: Vec<String>,
     pccs: Option<String>,
     pin_only: bool,
@@ -98,6 +100,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--app-id" => args.app_ids.push(value()?),
             "--os-image-hash" => args.os_images.push(value()?),
             "--kms-root" => args.kms_roots.push(value()?),
+            "--boot-measurements" => args.boot_measurements.push(value()?),
             "--tcb-status" => args.tcb_statuses.push(value()?),
             "--pccs" => args.pccs = Some(value()?),
             "--pin-only" => args.pin_only = true,
@@ -125,6 +128,11 @@ fn real_policy(args: &Args) -> Result<Policy, BoxError> {
     for root in &args.kms_roots {
         b = b.accept_kms_root(root);
     }
+    for set in &args.boot_measurements {
+        let [mrtd, rtmr0, rtmr1, rtmr2] = <[&str; 4]>::try_from(set.split(',').collect::<Vec<_>>())
+            .map_err(|_| format!("--boot-measurements {set:?}: expected MRTD,RTMR0,RTMR1,RTMR2"))?;
+        b = b.allow_boot_measurements(mrtd, rtmr0, rtmr1, rtmr2);
+    }
     if !args.tcb_statuses.is_empty() {
         b = b.accept_tcb_statuses(args.tcb_statuses.clone());
     }
@@ -148,6 +156,8 @@ async fn main() -> Result<(), BoxError> {
     match args.base_url.clone() {
         // A real gateway.
         Some(base) if base.starts_with("https://") => real_https(&args, keys, base, &question).await,
+        // Plain HTTP: only to a gateway on loopback (the key provider and the layer refuse any
+        // other host, since nothing would then authenticate the answers).
         Some(base) => {
             let policy = real_policy(&args)?;
             let http = Client::builder(TokioExecutor::new()).build_http();

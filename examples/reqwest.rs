@@ -1,32 +1,37 @@
-//! E2EE through reqwest-middleware, after a retry middleware so every attempt re-encrypts.
+//! E2EE through reqwest-middleware, after a retry middleware so every attempt re-encrypts; the
+//! gateway attested and the receipt verified over the same `reqwest::Client` (no hyper client).
 //!
 //! ```text
 //! cargo run --example reqwest --features test-gateway,reqwest-middleware
 //! ```
+//!
+//! Against a real (HTTPS) gateway, `tower_aci::Client::reqwest` gives the same client over the
+//! pinned rustls configuration, or build one with `ReqwestService::pinned(&attested_tls)`.
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use reqwest_middleware::ClientBuilder;
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::gateway::{Fault, GatewayConfig, TestGateway};
-use tower_aci::middleware::E2eeMiddleware;
-use tower_aci::receipt::ExchangeRecord;
+use tower_aci::middleware::{E2eeMiddleware, ReqwestService};
+use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let gw = TestGateway::start(GatewayConfig::new()).await?;
-    let plain: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let base: http::Uri = gw.base_url().parse()?;
+    // One reqwest client for attestation, inference and receipts (plain HTTP: a loopback gateway).
+    let http = reqwest::Client::new();
+    let transport = ReqwestService::new(http.clone());
+    // Offline demo: the local gateway's stub quote is accepted under `dangerous()`.
     let policy = Policy::builder().dangerous().accept_stub_quote().any_workload().build()?;
-    let provider = KeyProvider::builder(plain).base_url(gw.base_url().parse()?).policy(policy).build()?;
+    let provider = KeyProvider::builder(transport.clone()).base_url(base.clone()).policy(policy).build()?;
     provider.establish().await?;
+    let (keys, _refresher) = provider.spawn()?; // dropping `_refresher` stops the refreshes
 
-    let client = ClientBuilder::new(reqwest::Client::new())
+    let client = ClientBuilder::new(http)
         .with(RetryTransientMiddleware::new_with_policy(ExponentialBackoff::builder().build_with_max_retries(2)))
-        .with(E2eeMiddleware::new(provider.handle()))
+        .with(E2eeMiddleware::new(keys.clone()))
         .build();
 
     // The gateway answers the first attempt 503 after burning its nonce; the retry re-encrypts
@@ -34,25 +39,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     gw.set_fault(Some(Fault::StatusOnce(503)));
     let res = client
         .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth("sk-demo")
         .header("content-type", "application/json")
         .body(r#"{"model":"demo","messages":[{"role":"user","content":"Hello over reqwest"}]}"#)
         .send()
         .await?;
     println!("status {} from {}", res.status(), res.url());
-    let receipt = res.extensions().get::<ExchangeRecord>().and_then(|r| r.receipt_id().map(str::to_owned));
-    let answer: serde_json::Value = res.json_or_text().await?;
-    println!("answer: {}", answer["choices"][0]["message"]["content"]);
-    println!("receipt: {receipt:?}; attempts on the wire: {}", gw.wire_log().len());
-    Ok(())
-}
-
-trait JsonOrText {
-    async fn json_or_text(self) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>>;
-}
-
-impl JsonOrText for reqwest::Response {
-    async fn json_or_text(self) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
-        let bytes = self.bytes().await?;
-        Ok(serde_json::from_slice(&bytes)?)
+    if !res.status().is_success() {
+        // The gateway's error document (`tower_aci::GatewayError` is in the extensions).
+        return Err(format!("the gateway answered {}: {}", res.status(), res.text().await?).into());
     }
+    let record = res.extensions().get::<ExchangeRecord>().cloned().ok_or("not an E2EE exchange")?;
+    let answer: serde_json::Value = serde_json::from_slice(&res.bytes().await?)?; // decrypted
+    println!("answer: {}", answer["choices"][0]["message"]["content"]);
+    println!("attempts on the wire: {}", gw.wire_log().len());
+
+    // The receipt, fetched over the same reqwest client and checked against the attested keyset.
+    let receipts = ReceiptClient::new(transport, base);
+    let verified = receipts.fetch_and_verify(&record, Some("sk-demo"), &keys, &ReceiptPolicy::new()).await?;
+    println!("receipt {} verified under keyset {}", verified.receipt().receipt_id(), verified.keyset().digest());
+    Ok(())
 }

@@ -113,6 +113,15 @@ pub enum AttestationFailure {
     /// served over it, or a request would have been), ACI §1.1 and §4. The message names the
     /// SPKI seen and the ones attested.
     ChannelBinding,
+    /// The report is of a generation the policy refuses: the older (June 2026) generation under
+    /// [`current_generation_only`](crate::attest::PolicyBuilder::current_generation_only).
+    Generation,
+    /// Older generation: `workload_id` is not SHA-256 of the JCS form of the workload identity
+    /// key.
+    WorkloadId,
+    /// Older generation: the `keyset_endorsement` does not verify under the workload identity
+    /// key.
+    Endorsement,
 }
 
 /// Why a receipt was rejected.
@@ -143,6 +152,11 @@ pub enum ReceiptFailure {
     Rewritten,
     /// An aggregator session check failed.
     Session,
+    /// The receipt names a keyset whose attestation report was fetched and failed verification
+    /// under the policy (for example another build of the application, which holds the same
+    /// KMS-derived receipt key): the same-key rule does not vouch for it. Carries why the report
+    /// was refused; see [`RefusedKeyset`](crate::attest::RefusedKeyset).
+    RefusedKeyset(AttestationFailure),
 }
 
 /// The error type of tower-aci.

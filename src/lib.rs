@@ -127,10 +127,21 @@
 //!   [`ErrorKind::Truncated`]; a report whose binding does not recompute is
 //!   [`ErrorKind::Attestation`]. Nothing from the network panics.
 //! - Only keys from an [`attest::AttestedKeyset`] — which only the verifier constructs — are
-//!   encrypted to. A policy must pin the workload; test relaxations live behind
+//!   encrypted to. A policy must pin the workload (compose hash or app id) and anchor that pin
+//!   (a KMS root, or the TD's boot measurements); test relaxations live behind
 //!   `Policy::builder().dangerous()`.
-//! - With feature `rustls`, the TLS channel is bound to the keyset (ACI §1.1, §4): WebPKI alone
-//!   proves nothing when TLS may terminate outside the workload.
+//! - E2EE v2 keeps a request confidential to the attested key; it does not authenticate the
+//!   answer. Response fields are sealed to the client's ephemeral key, which travels in clear,
+//!   so anyone who sees the request can forge a complete answer that decrypts cleanly. Only the
+//!   attested TLS channel, or a receipt verified before release
+//!   ([`receipt::VerifyBeforeReleaseLayer`]), authenticates an answer. So for an `https://`
+//!   gateway the key provider and the layer refuse a report or an answer that does not name the
+//!   attested channel it came over (`tls::AttestedTls`, feature `rustls`; ACI §1.1, §4: WebPKI
+//!   alone proves nothing when TLS may terminate outside the workload), with
+//!   [`AttestationFailure::ChannelBinding`]; plain `http://` is allowed only to loopback. The
+//!   opt-outs are `dangerous().accept_unbound_channel()` on the provider builder and the layer.
+//! - Whether an answer is decoded as a stream follows the request's `"stream"` flag; an answer
+//!   whose content type disagrees is a [`ErrorKind::Protocol`] error.
 //! - `POST`s outside the E2EE endpoints are refused unless allowed by name, so plaintext is
 //!   never sent by accident.
 //! - The gateway leaves tool-call arguments, refusals, logprobs, transcripts and images of
@@ -140,12 +151,17 @@
 //!   under the same AAD, so dropped, duplicated or reordered events show only in the receipt's
 //!   response hash. [`receipt::VerifyBeforeReleaseLayer`] holds `[DONE]` until the receipt
 //!   verified (see [`protocol::stream`]).
-//! - Secrets are zeroized on drop, print as `[redacted]`, never go into extensions or logs; the
-//!   E2EE headers are marked sensitive.
+//! - Secrets are zeroized on drop (private keys, ECDH secrets, HKDF's pseudorandom and derived
+//!   keys, the layer's copy of a plaintext body; [`e2ee::ZeroizingBody`] for the copy a retry
+//!   keeps), print as `[redacted]`, never go into extensions or logs; the E2EE headers are
+//!   marked sensitive.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod attest;
+#[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+pub mod client;
 pub mod e2ee;
 pub mod error;
 #[cfg(feature = "test-gateway")]
@@ -162,10 +178,15 @@ pub mod protocol;
 pub mod proxy;
 pub mod receipt;
 pub mod telemetry;
+#[cfg(feature = "reqwest-middleware")]
+mod reqwest_service;
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub mod tls;
 
+#[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+pub use client::{Client, ClientBuilder};
 pub use e2ee::{E2ee, E2eeLayer};
 pub use error::{AttestationFailure, BoxError, Error, ErrorKind, ReceiptFailure, Result};
 pub use protocol::GatewayError;

@@ -6,12 +6,29 @@
 //! Put it **after** `RetryTransientMiddleware` (middleware run in the order attached), so every
 //! attempt re-encrypts with a fresh nonce: the gateway burns a nonce before it decrypts.
 //!
+//! Over HTTPS, reqwest must use the pinned rustls configuration of
+//! [`AttestedTls`](crate::tls::AttestedTls) and report the peer certificate (`tls_info(true)`):
+//! the middleware refuses an answer from an `https://` URL unless the certificate it came with
+//! has an SPKI the attested keyset lists for the host
+//! ([`ChannelBinding`](crate::AttestationFailure::ChannelBinding)). E2EE does not authenticate
+//! answers: they are sealed to the client's ephemeral key, which travels in clear. Plain
+//! `http://` is allowed only to a loopback address. (Feature `rustls`; without it only loopback
+//! `http://` works, or the layer's `dangerous().accept_unbound_channel()`.)
+//!
 //! ```no_run
+//! # #[cfg(feature = "rustls")]
 //! # async fn run(keys: tower_aci::attest::KeyHandle) -> Result<(), Box<dyn std::error::Error>> {
 //! use reqwest_middleware::ClientBuilder;
 //! use tower_aci::middleware::E2eeMiddleware;
+//! use tower_aci::tls::AttestedTls;
 //!
-//! let client = ClientBuilder::new(reqwest::Client::new())
+//! // `keys`: the handle of a key provider established over `tls.connector()` (see `tower_aci::tls`).
+//! let tls = AttestedTls::builder(keys.clone()).with_webpki_roots().build()?;
+//! let pinned = reqwest::Client::builder()
+//!     .use_preconfigured_tls(tls.rustls_config()) // the TLS key must be in the attested keyset
+//!     .tls_info(true) // hands the certificate to the middleware's channel check
+//!     .build()?;
+//! let client = ClientBuilder::new(pinned)
 //!     // .with(RetryTransientMiddleware::new_with_policy(…))   // retries first
 //!     .with(E2eeMiddleware::new(keys).retry_on_key_mismatch(Some(std::time::Duration::from_secs(15))))
 //!     .build();
@@ -45,10 +62,11 @@ use reqwest_middleware::{Middleware, Next};
 
 use crate::attest::KeyHandle;
 use crate::e2ee::E2eeLayer;
-use crate::e2ee::config::{Config, Route};
+use crate::e2ee::config::{Config, Route, Target};
 use crate::e2ee::exchange::{decrypting_response, encrypt, error_response};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::GatewayError;
+pub use crate::reqwest_service::{ReqwestFuture, ReqwestService};
 
 /// E2EE v2 as a reqwest-middleware [`Middleware`]. Configure it like the tower layer.
 #[derive(Clone, Debug)]
@@ -63,9 +81,10 @@ impl E2eeMiddleware {
         Self::from_layer(E2eeLayer::new(keys))
     }
 
-    /// A middleware with every setting of a configured [`E2eeLayer`].
-    pub fn from_layer(layer: E2eeLayer) -> Self {
-        E2eeMiddleware { config: layer.config, key_mismatch_wait: None }
+    /// A middleware with every setting of a configured [`E2eeLayer`] (or of its
+    /// [`dangerous`](E2eeLayer::dangerous) form).
+    pub fn from_layer(layer: impl Into<E2eeLayer>) -> Self {
+        E2eeMiddleware { config: layer.into().config, key_mismatch_wait: None }
     }
 
     /// When the gateway answers `e2ee_model_key_mismatch` (its E2EE key rotated), wait up to
@@ -97,9 +116,11 @@ impl Middleware for E2eeMiddleware {
             Route::Refuse(e) => return Err(mw(e)),
             Route::Encrypt(endpoint) => endpoint,
         };
+        // Plain HTTP off loopback is refused here, before anything is sent.
+        let target = self.config.target(Some(req.url().scheme()), req.url().host_str()).map_err(mw)?;
         // A copy of the plaintext request for one re-send after a key rotation.
         let spare = self.key_mismatch_wait.and_then(|_| req.try_clone());
-        let (res, old_key) = self.send(req, endpoint, &path, extensions, next.clone()).await?;
+        let (res, old_key) = self.send(req, endpoint, &path, target.clone(), extensions, next.clone()).await?;
         let (Some(old_key), Some(spare), Some(wait)) = (old_key, spare, self.key_mismatch_wait) else {
             return Ok(res);
         };
@@ -111,7 +132,7 @@ impl Middleware for E2eeMiddleware {
         if tokio::time::timeout(wait, keys.clone().wait_for_other_key(old_key)).await.is_err() {
             tracing::warn!("no new E2EE key within {wait:?}; retrying anyway");
         }
-        Ok(self.send(spare, endpoint, &path, extensions, next).await?.0)
+        Ok(self.send(spare, endpoint, &path, target, extensions, next).await?.0)
     }
 }
 
@@ -123,6 +144,7 @@ impl E2eeMiddleware {
         mut req: reqwest::Request,
         endpoint: crate::protocol::Endpoint,
         path: &str,
+        target: Target,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<(reqwest::Response, Option<String>)> {
@@ -136,13 +158,19 @@ impl E2eeMiddleware {
         if bytes.len() > self.config.max_request_body {
             return Err(mw(Error::new(ErrorKind::TooLarge, "request body exceeds the E2EE layer's limit")));
         }
-        let (wire, exchange) = encrypt(&self.config, endpoint, path, req.headers_mut(), bytes).map_err(mw)?;
+        let (wire, exchange) = encrypt(&self.config, endpoint, path, target, req.headers_mut(), bytes).map_err(mw)?;
         drop(body);
         *req.body_mut() = Some(reqwest::Body::from(wire));
 
         let res = next.run(req, extensions).await?;
         let url = res.url().clone();
+        #[cfg(feature = "rustls")]
+        let channel = reqwest_channel(&res, &self.config.keys, &exchange.attested_digest).map_err(mw)?;
         let (mut parts, body) = http::Response::<reqwest::Body>::from(res).into_parts();
+        #[cfg(feature = "rustls")]
+        if let Some(channel) = channel {
+            parts.extensions.insert(channel);
+        }
         let mut mismatched_key = None;
         let body = if parts.status.is_success() {
             reqwest::Body::wrap(decrypting_response(&mut parts, body, exchange).map_err(mw)?)
@@ -171,4 +199,39 @@ impl E2eeMiddleware {
         parts.extensions.extend(url_parts.extensions);
         Ok((reqwest::Response::from(http::Response::from_parts(parts, body)), mismatched_key))
     }
+}
+
+/// The channel of a reqwest answer, from the peer certificate reqwest reports (`tls_info(true)`):
+/// its SPKI must be listed, for the answer's host, in the keyset the request was encrypted to.
+/// `None` when reqwest reports no certificate (plain HTTP, or `tls_info` off).
+#[cfg(feature = "rustls")]
+fn reqwest_channel(
+    res: &reqwest::Response,
+    keys: &crate::attest::KeyHandle,
+    digest: &str,
+) -> Result<Option<crate::attest::ChannelInfo>, Error> {
+    use crate::AttestationFailure;
+    let Some(der) = res.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate()) else {
+        return Ok(None);
+    };
+    let host = res.url().host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    let spki = crate::tls::spki_sha256(&rustls::pki_types::CertificateDer::from(der))?;
+    let keyset = match keys.keyset_for_digest(digest) {
+        Some(k) => k,
+        None => keys.current()?,
+    };
+    if !keyset.lists_tls_key(host, &spki) {
+        return Err(Error::new(
+            ErrorKind::Attestation(AttestationFailure::ChannelBinding),
+            format!(
+                "the answer from {host} came over a TLS connection whose certificate has SPKI sha256 {seen}, which \
+                 the attested keyset {digest} does not list for {host} (attested: {attested}); build the reqwest \
+                 client with use_preconfigured_tls(AttestedTls::rustls_config()) so that such a handshake fails",
+                seen = crate::hex::encode(spki),
+                digest = keyset.digest(),
+                attested = crate::attest::channel::attested_for(&keyset, host),
+            ),
+        ));
+    }
+    Ok(Some(crate::attest::ChannelInfo::new(host, spki, std::sync::Arc::default())))
 }

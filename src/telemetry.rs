@@ -31,7 +31,7 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::attest::AttestedKeyset;
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, ReceiptFailure};
 use crate::protocol::Endpoint;
 use crate::protocol::stream::StreamOutput;
 use crate::protocol::suite::Suite;
@@ -185,24 +185,24 @@ pub(crate) fn exchange_encrypted(endpoint: Endpoint, suite: Suite, key_id: &str)
     let _ = endpoint;
 }
 
-/// Run `next` (a stream decryptor's `next_output`) and, with feature `metrics`, record how long
-/// it took when it produced an event.
+/// Run `process` (a stream decryptor's decryption of one event) and, with feature `metrics`,
+/// record how long it took when it produced an event.
 #[inline]
-pub(crate) fn timed_event<F>(next: F) -> Result<Option<StreamOutput>, Error>
+pub(crate) fn timed_event<F>(process: F) -> Result<StreamOutput, Error>
 where
-    F: FnOnce() -> Result<Option<StreamOutput>, Error>,
+    F: FnOnce() -> Result<StreamOutput, Error>,
 {
     #[cfg(feature = "metrics")]
     {
         let start = std::time::Instant::now();
-        let out = next();
-        if let Ok(Some(StreamOutput::Event(_))) = &out {
+        let out = process();
+        if let Ok(StreamOutput::Event(_)) = &out {
             metrics::histogram!(names::EVENT_DECRYPT_SECONDS).record(start.elapsed().as_secs_f64());
         }
         out
     }
     #[cfg(not(feature = "metrics"))]
-    next()
+    process()
 }
 
 /// The span of one receipt's fetch and verification.
@@ -238,8 +238,7 @@ pub(crate) fn receipt_checked(span: &Span, result: &Result<VerifiedReceipt, Erro
 /// `refused` for a receipt whose keyset failed the policy, `failed` for every other failure.
 fn receipt_outcome(e: &Error) -> &'static str {
     match e.kind() {
-        // `ReceiptFailure::RefusedKeyset` (issue 18), matched by name until it lands.
-        ErrorKind::Receipt(f) if format!("{f:?}").starts_with("Refused") => "refused",
+        ErrorKind::Receipt(ReceiptFailure::RefusedKeyset(_)) => "refused",
         _ => "failed",
     }
 }
@@ -247,7 +246,7 @@ fn receipt_outcome(e: &Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{AttestationFailure, ReceiptFailure};
+    use crate::error::AttestationFailure;
 
     #[test]
     fn kinds_are_snake_case_without_detail() {

@@ -57,7 +57,12 @@
 //! let provider = KeyProvider::builder(http.clone())
 //!     .handle(keys)
 //!     .base_url("https://api.redpill.ai".parse()?)
-//!     .policy(Policy::builder().allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918").build()?)
+//!     .policy(
+//!         Policy::builder()
+//!             .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918")
+//!             .accept_kms_root("0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1")
+//!             .build()?,
+//!     )
 //!     .build()?;
 //! provider.establish().await?; // fails with ChannelBinding if the keyset does not list the TLS key
 //! # Ok(()) }
@@ -298,6 +303,14 @@ impl AttestedTls {
     /// connections after 90 s by default.
     pub fn rustls_config(&self) -> ClientConfig {
         (*self.strict).clone()
+    }
+
+    /// The connector's (gated) configuration: it accepts an unattested key while bootstrapping
+    /// or attesting. Only for a transport that carries nothing but report requests over it
+    /// (`middleware::ReqwestService`'s report client).
+    #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
+    pub(crate) fn report_rustls_config(&self) -> ClientConfig {
+        (*self.config).clone()
     }
 }
 

@@ -57,7 +57,24 @@ static POLICIES: LazyLock<Policies> = LazyLock::new(|| {
                     .build()
                     .unwrap(),
             ),
-            ("hardware required, pinned", Policy::builder().allow_compose_hash(&"00".repeat(32)).build().unwrap()),
+            (
+                "hardware required, pinned",
+                Policy::builder()
+                    .allow_compose_hash(&"00".repeat(32))
+                    .accept_kms_root(&hex::encode(root))
+                    .build()
+                    .unwrap(),
+            ),
+            (
+                "stub, pinned to boot measurements",
+                Policy::builder()
+                    .allow_compose_hash(&"00".repeat(32))
+                    .allow_boot_measurements(&"00".repeat(48), &"00".repeat(48), &"00".repeat(48), &"00".repeat(48))
+                    .dangerous()
+                    .accept_stub_quote()
+                    .build()
+                    .unwrap(),
+            ),
         ],
         hardware: Policy::builder().collateral(collateral.clone()).dangerous().any_workload().build().unwrap(),
         collateral,
@@ -112,6 +129,10 @@ fn verify_all(bytes: &[u8], now: u64, parsed: Option<&Value>) {
         assert!(attestation_error(&r), "{name}: not an attestation error");
         if let Ok(k) = r {
             assert!(*name != "default", "the default policy accepted a report without hardware verification");
+            assert!(
+                *name != "stub, pinned to boot measurements",
+                "boot measurements were satisfied by a quote that was not hardware-verified"
+            );
             let doc = match parsed {
                 Some(v) => v.clone(),
                 None => serde_json::from_slice(bytes).unwrap(),

@@ -19,8 +19,10 @@ use crate::hex;
 /// it carries (hyper-util's `Connected::extra`). The [`KeyProvider`](crate::attest::KeyProvider)
 /// reads it from the report's response and refuses a verified keyset that does not list this
 /// SPKI for this host ([`ChannelBinding`](AttestationFailure::ChannelBinding)). A report fetched
-/// over a transport that adds none (plain HTTP on loopback, another connector) gets no channel
-/// check: its binding is then the E2EE key alone.
+/// over a transport that adds none is refused for an `https://` gateway
+/// ([`ChannelBinding`](AttestationFailure::ChannelBinding)), and so is an E2EE answer; only plain
+/// HTTP to a loopback address, or the `dangerous().accept_unbound_channel()` opt-outs of the
+/// provider and the layer, go without.
 #[derive(Clone)]
 pub struct ChannelInfo {
     host: Arc<str>,
@@ -106,9 +108,101 @@ pub(crate) fn attested_for(keyset: &AttestedKeyset, host: &str) -> String {
     }
 }
 
+/// Whether `host` (as a URI spells it: an IPv6 address may keep its brackets) is a loopback
+/// address: `127.0.0.0/8`, `::1` (also as an IPv4-mapped address), or the name `localhost`.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let host = normalize_host(host);
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        Err(_) => false,
+    }
+}
+
+/// What a request to a gateway URL needs from the channel its answer comes back over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChannelRule {
+    /// The answer must carry a [`ChannelInfo`]: it came over a connection bound to the attested
+    /// keyset. Every `https://` URL (and any URL that is not plain HTTP to loopback).
+    Bound,
+    /// No channel evidence is asked for: plain HTTP to a loopback address, or the user gave up
+    /// the channel binding (`dangerous().accept_unbound_channel()`).
+    Unchecked,
+}
+
+/// The rule for a gateway URL of this scheme and host. Plain `http://` is allowed only to a
+/// loopback address (an on-path attacker elsewhere could read the request and forge the whole
+/// answer); anything else fails with [`Config`](crate::ErrorKind::Config) before a byte is sent,
+/// unless `unbound_ok` (the user's `dangerous()` opt-out). `what` names the URL for messages.
+pub(crate) fn channel_rule(
+    scheme: Option<&str>,
+    host: Option<&str>,
+    unbound_ok: bool,
+    what: &str,
+) -> Result<ChannelRule> {
+    if unbound_ok {
+        return Ok(ChannelRule::Unchecked);
+    }
+    let plain = scheme.is_some_and(|s| s.eq_ignore_ascii_case("http"));
+    if !plain {
+        return Ok(ChannelRule::Bound);
+    }
+    match host {
+        Some(h) if is_loopback_host(h) => Ok(ChannelRule::Unchecked),
+        host => Err(Error::new(
+            crate::error::ErrorKind::Config,
+            format!(
+                "{what} is plain http:// to {host}, which is not a loopback address: anyone on the path could read \
+                 the request and forge a complete answer that decrypts cleanly; use https:// through \
+                 tower_aci::tls::AttestedTls (feature `rustls`), or http:// only to 127.0.0.1, ::1 or localhost",
+                host = host.unwrap_or("(no host)"),
+            ),
+        )),
+    }
+}
+
+/// The [`ChannelRule::Bound`] check of an answer: the response must name the channel it came
+/// over (a [`ChannelInfo`] only this crate's attested connector makes), for the host the
+/// request went to. `what` names the answer for messages; `opt_out` names the opt-out.
+pub(crate) fn require_channel<'a>(
+    extensions: &'a http::Extensions,
+    host: Option<&str>,
+    what: &str,
+    opt_out: &str,
+) -> Result<&'a ChannelInfo> {
+    let host = host.map(|h| normalize_host(h.trim_start_matches('[').trim_end_matches(']')).to_ascii_lowercase());
+    let shown = host.as_deref().unwrap_or("(no host)");
+    let Some(channel) = extensions.get::<ChannelInfo>() else {
+        return Err(Error::attestation(
+            AttestationFailure::ChannelBinding,
+            format!(
+                "{what} from {shown} came over a connection that is not bound to the attested keyset (the response \
+                 names no attested TLS channel): E2EE alone does not authenticate an answer, since anyone who sees \
+                 the request can forge one; send it through tower_aci::tls::AttestedTls's connector (feature \
+                 `rustls`), or opt out with {opt_out}"
+            ),
+        ));
+    };
+    if host.as_deref().is_some_and(|h| h != channel.host()) {
+        return Err(Error::attestation(
+            AttestationFailure::ChannelBinding,
+            format!(
+                "{what} for {shown} came over an attested TLS connection to another host ({other})",
+                other = channel.host()
+            ),
+        ));
+    }
+    Ok(channel)
+}
+
 /// The provider's check of the connection a report came over (when the transport says which).
 /// A keyset that does not list the connection's SPKI for its host fails with `ChannelBinding`,
-/// and the connection is revoked so the next fetch opens a fresh one.
+/// and the connection is revoked so the next fetch opens a fresh one. `None` is accepted here:
+/// the caller decided ([`ChannelRule`]) that this report needs no channel.
 pub(crate) fn check_report_channel(keyset: AttestedKeyset, channel: Option<&ChannelInfo>) -> Result<AttestedKeyset> {
     let Some(channel) = channel else { return Ok(keyset) };
     if keyset.lists_tls_key(channel.host(), channel.spki_sha256()) {
@@ -162,6 +256,8 @@ mod tests {
             tls_keys,
             verified_at: 0,
             hardware_verified: false,
+            generation: crate::attest::Generation::Legacy,
+            hardware: None,
         }
     }
 
@@ -214,6 +310,46 @@ mod tests {
         assert!(e.to_string().contains("attested: none for redpill.ai"), "{e}");
         // No channel information (plain HTTP, another transport): no channel check.
         assert!(check_report_channel(ks, None).is_ok());
+    }
+
+    #[test]
+    fn loopback_is_127_8_and_1_and_localhost_only() {
+        for yes in ["127.0.0.1", "127.255.0.9", "::1", "[::1]", "[::ffff:127.0.0.1]", "localhost", "LocalHost."] {
+            assert!(is_loopback_host(yes), "{yes}");
+        }
+        for no in ["10.0.0.1", "0.0.0.0", "[::]", "128.0.0.1", "localhost.example", "127.0.0.1.nip.io", "gw", ""] {
+            assert!(!is_loopback_host(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn channel_rules() {
+        use ChannelRule::{Bound, Unchecked};
+        let rule = |scheme, host, unbound| channel_rule(scheme, host, unbound, "the URL");
+        assert_eq!(rule(Some("https"), Some("gw.example"), false).unwrap(), Bound);
+        assert_eq!(rule(Some("https"), Some("127.0.0.1"), false).unwrap(), Bound, "https is always checked");
+        assert_eq!(rule(None, None, false).unwrap(), Bound, "no scheme: the answer must show its channel");
+        assert_eq!(rule(Some("http"), Some("127.0.0.1"), false).unwrap(), Unchecked);
+        assert_eq!(rule(Some("HTTP"), Some("[::1]"), false).unwrap(), Unchecked);
+        let e = rule(Some("http"), Some("gw.example"), false).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.to_string().contains("http:// to gw.example, which is not a loopback address"), "{e}");
+        assert_eq!(rule(Some("http"), None, false).unwrap_err().kind(), ErrorKind::Config);
+        // The opt-out gives up both checks.
+        assert_eq!(rule(Some("http"), Some("gw.example"), true).unwrap(), Unchecked);
+        assert_eq!(rule(Some("https"), Some("gw.example"), true).unwrap(), Unchecked);
+    }
+
+    #[test]
+    fn an_answer_must_name_its_channel_for_the_request_host() {
+        let mut ext = http::Extensions::new();
+        let e = require_channel(&ext, Some("gw.example"), "the answer", "OPT-OUT").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::ChannelBinding));
+        assert!(e.to_string().contains("OPT-OUT") && e.to_string().contains("gw.example"), "{e}");
+        ext.insert(channel("gw.example", API_REDPILL));
+        assert_eq!(require_channel(&ext, Some("GW.example."), "the answer", "x").unwrap().host(), "gw.example");
+        let e = require_channel(&ext, Some("other.example"), "the answer", "x").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::ChannelBinding));
     }
 
     #[test]

@@ -14,9 +14,21 @@
 //! For the X25519 and Ed25519 roles the link from the released scalar to the published key cannot
 //! be checked from outside; it rests on the measured workload code.
 //!
-//! Every key of the keyset whose role is known (Ed25519 receipt keys, secp256k1 and X25519 E2EE
-//! keys) must be covered by a verified entry; an entry for a key that is not in the keyset is an
-//! error; entries with unknown roles are ignored.
+//! Every key of the keyset whose role is known (the secp256k1 identity key where the keyset has
+//! one, Ed25519 receipt keys, secp256k1 and X25519 E2EE keys) must be covered by a verified
+//! entry; an entry for a key that is not in the keyset is an error; entries with unknown roles
+//! are ignored.
+//!
+//! The `identity` role (`aci/identity/v1`, purpose `aci.identity.v1`, algo `ecdsa-secp256k1`)
+//! is the older report generation's `workload_identity` key. Its chain signs the identity key
+//! itself: `kms_public_key` when the entry has one (it must then be that key), else the entry's
+//! own `public_key`, as that generation publishes it.
+//!
+//! A keyset of the older (June 2026) report generation is checked by [`verify_legacy`]: that
+//! generation has no `kms_public_key`, its roles `identity` (`aci/identity/v1`), `receipt`
+//! (`aci/receipt/v1`) and `e2ee` (`aci/e2ee/v1`) are all secp256k1, and `chain[0]` signs the compressed form of the entry's own `public_key`; the
+//! workload identity key, every secp256k1 receipt key and the E2EE key must be covered. Its
+//! `legacy-ed25519` role cannot be checked from outside and is ignored.
 
 use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
 use serde_json::{Map, Value};
@@ -57,14 +69,18 @@ const E2EE_X25519: Role = Role {
     purpose: "aci.e2ee.x25519.v1",
     algo: "x25519-aes-256-gcm-hkdf-sha256",
 };
-const ROLES: [Role; 3] = [RECEIPT, E2EE_SECP256K1, E2EE_X25519];
+const IDENTITY: Role =
+    Role { role: "identity", path: "aci/identity/v1", purpose: "aci.identity.v1", algo: "ecdsa-secp256k1" };
+const ROLES: [Role; 4] = [IDENTITY, RECEIPT, E2EE_SECP256K1, E2EE_X25519];
 
 fn custody_error(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::attestation(AttestationFailure::Custody, message)
 }
 
-/// The keyset keys custody must cover: receipt `public_key` strings and the E2EE keys.
+/// The keyset keys custody must cover: the identity key (hex of a secp256k1 key, any SEC1 form)
+/// where the keyset has one, receipt `public_key` strings and the E2EE keys.
 pub(crate) struct CoveredKeys<'a> {
+    pub(crate) identity: Option<&'a str>,
     pub(crate) receipt: &'a [String],
     pub(crate) e2ee: &'a [E2eeKey],
 }
@@ -84,6 +100,16 @@ pub(crate) fn verify(key_custody: &Value, keys: &CoveredKeys<'_>, app_id: &[u8],
         return Err(custody_error("the policy accepts no KMS root, so key custody cannot verify"));
     }
 
+    let identity = match keys.identity {
+        None => None,
+        Some(text) => Some(
+            decode_hex(text)
+                .and_then(|b| k256::PublicKey::from_sec1_bytes(&b).ok())
+                .and_then(|pk| compressed(&pk))
+                .ok_or_else(|| custody_error("the keyset's identity key is not a secp256k1 key"))?,
+        ),
+    };
+    let mut identity_covered = false;
     let mut receipt_covered = vec![false; keys.receipt.len()];
     let mut e2ee_covered = vec![false; keys.e2ee.len()];
     for entry in entries {
@@ -94,6 +120,17 @@ pub(crate) fn verify(key_custody: &Value, keys: &CoveredKeys<'_>, app_id: &[u8],
             continue;
         };
         let public_key = str_member(entry, "public_key")?;
+        if role == IDENTITY {
+            let expected = identity
+                .ok_or_else(|| custody_error("an identity custody entry for a keyset without an identity key"))?;
+            if secp256k1_member(entry, "public_key", role.role)? != expected {
+                return Err(custody_error("the identity custody entry names a key that is not in the keyset"));
+            }
+            let signed = if entry.contains_key("kms_public_key") { "kms_public_key" } else { "public_key" };
+            verify_entry(entry, role, signed, Some(expected), app_id, roots)?;
+            identity_covered = true;
+            continue;
+        }
         // Which keyset key the entry speaks for.
         let (kms_must_equal, covered) = if role == RECEIPT {
             let i = keys
@@ -111,15 +148,132 @@ pub(crate) fn verify(key_custody: &Value, keys: &CoveredKeys<'_>, app_id: &[u8],
                 .ok_or_else(|| custody_error("an E2EE custody entry names a key that is not in the keyset"))?;
             (keys.e2ee[i].public_key().to_compressed_sec1(), &mut e2ee_covered[i])
         };
-        verify_entry(entry, role, kms_must_equal, app_id, roots)?;
+        verify_entry(entry, role, "kms_public_key", kms_must_equal, app_id, roots)?;
         *covered = true;
     }
 
+    if identity.is_some() && !identity_covered {
+        return Err(custody_error("the keyset's identity key has no key custody entry"));
+    }
     if receipt_covered.contains(&false) {
         return Err(custody_error("a receipt signing key has no key custody entry"));
     }
     if e2ee_covered.contains(&false) {
         return Err(custody_error("an E2EE key has no key custody entry"));
+    }
+    Ok(())
+}
+
+/// The older (June 2026) generation's custody roles. Each chain signs the compressed form of
+/// the entry's own secp256k1 `public_key` (that generation has no `kms_public_key`). Its
+/// `legacy-ed25519` role cannot be checked from outside (an Ed25519 key, no `kms_public_key`) and
+/// speaks for a key that is never selected, so it is ignored like any unknown role.
+const LEGACY_IDENTITY: Role =
+    Role { role: "identity", path: "aci/identity/v1", purpose: "aci.identity.v1", algo: "ecdsa-secp256k1" };
+const LEGACY_RECEIPT: Role =
+    Role { role: "receipt", path: "aci/receipt/v1", purpose: "aci.receipt.v1", algo: "ecdsa-secp256k1" };
+const LEGACY_E2EE: Role = Role { role: "e2ee", ..E2EE_SECP256K1 };
+const LEGACY_ROLES: [Role; 3] = [LEGACY_IDENTITY, LEGACY_RECEIPT, LEGACY_E2EE];
+
+/// The keys of an older-generation keyset that custody must cover, as served (`public_key`
+/// texts, compared as strings).
+pub(crate) struct LegacyCoveredKeys<'a> {
+    /// `workload_identity.public_key.public_key`.
+    pub(crate) identity: &'a str,
+    /// The `ecdsa-secp256k1` receipt keys.
+    pub(crate) receipt: &'a [String],
+    /// The E2EE keys the verifier kept (only `dstack-kms-e2ee-v1`).
+    pub(crate) e2ee: &'a [E2eeKey],
+}
+
+/// [`verify`] for the older generation: the identity key, every secp256k1 receipt key and every
+/// kept E2EE key must be covered by an entry whose chain reaches an accepted KMS root; an entry
+/// for a key that is not in the keyset is an error.
+pub(crate) fn verify_legacy(
+    key_custody: &Value,
+    keys: &LegacyCoveredKeys<'_>,
+    app_id: &[u8],
+    roots: &[[u8; 33]],
+) -> Result<()> {
+    let entries = provider_entries(key_custody, roots)?;
+    let mut identity_covered = false;
+    let mut receipt_covered = vec![false; keys.receipt.len()];
+    let mut e2ee_covered = vec![false; keys.e2ee.len()];
+    for entry in entries {
+        let entry = entry.as_object().ok_or_else(|| custody_error("a key_custody entry is not an object"))?;
+        let role_name = str_member(entry, "role")?;
+        let Some(role) = LEGACY_ROLES.iter().copied().find(|r| r.role == role_name) else {
+            tracing::debug!(role = role_name, "ignoring key custody entry with an unknown role");
+            continue;
+        };
+        let public_key = str_member(entry, "public_key")?;
+        let covered = if role == LEGACY_IDENTITY {
+            if public_key != keys.identity {
+                return Err(custody_error("the identity custody entry names a key other than the workload identity"));
+            }
+            &mut identity_covered
+        } else if role == LEGACY_RECEIPT {
+            let i = keys
+                .receipt
+                .iter()
+                .position(|k| k == public_key)
+                .ok_or_else(|| custody_error("a receipt custody entry names a key that is not in the keyset"))?;
+            &mut receipt_covered[i]
+        } else {
+            let i = keys
+                .e2ee
+                .iter()
+                .position(|k| k.public_key_text() == public_key)
+                .ok_or_else(|| custody_error("an E2EE custody entry names a key that is not in the keyset"))?;
+            &mut e2ee_covered[i]
+        };
+        check_role(entry, role)?;
+        let signed_key = secp256k1_member(entry, "public_key", role.role)?;
+        let chain = signature_chain(entry, role.role)?;
+        let chain_keys = recover_chain(role.purpose, &signed_key, app_id, &chain, role.role)?;
+        check_root(&chain_keys.root, roots, role.role)?;
+        *covered = true;
+    }
+    if !identity_covered {
+        return Err(custody_error("the workload identity key has no key custody entry"));
+    }
+    if receipt_covered.contains(&false) {
+        return Err(custody_error("a receipt signing key has no key custody entry"));
+    }
+    if e2ee_covered.contains(&false) {
+        return Err(custody_error("an E2EE key has no key custody entry"));
+    }
+    Ok(())
+}
+
+/// `key_custody`'s provider must be ours and it must list `keys`; some root must be accepted.
+/// (The same rules as the start of [`verify`].)
+fn provider_entries<'a>(key_custody: &'a Value, roots: &[[u8; 33]]) -> Result<&'a [Value]> {
+    let custody = key_custody.as_object().ok_or_else(|| custody_error("key_custody is not an object"))?;
+    match custody.get("provider").and_then(Value::as_str) {
+        Some(PROVIDER) => {}
+        Some(_) => return Err(custody_error("key_custody names an unsupported provider")),
+        None => return Err(custody_error("key_custody has no provider")),
+    }
+    let entries =
+        custody.get("keys").and_then(Value::as_array).ok_or_else(|| custody_error("key_custody has no keys array"))?;
+    if roots.is_empty() {
+        return Err(custody_error("the policy accepts no KMS root, so key custody cannot verify"));
+    }
+    Ok(entries)
+}
+
+/// The entry's `path`, `purpose` and `algo` must be the role's (as in `verify_entry`).
+fn check_role(entry: &Map<String, Value>, role: Role) -> Result<()> {
+    let what = role.role;
+    if str_member(entry, "path")? != role.path {
+        return Err(custody_error(format!("the {what} custody entry has the wrong path")));
+    }
+    if str_member(entry, "purpose")? != role.purpose {
+        return Err(custody_error(format!("the {what} custody entry has the wrong purpose")));
+    }
+    if str_member(entry, "algo")? != role.algo {
+        return Err(custody_error(format!("the {what} custody entry has the wrong algo")));
     }
     Ok(())
 }
@@ -131,9 +285,13 @@ fn str_member<'a>(entry: &'a Map<String, Value>, name: &'static str) -> Result<&
         .ok_or_else(|| custody_error(format!("a key_custody entry has no string `{name}`")))
 }
 
+/// Check one entry: its path, purpose and algo, then the chain over the key in member `signed`
+/// (`kms_public_key`; the identity role may sign its own `public_key`), which must equal
+/// `kms_must_equal` when given.
 fn verify_entry(
     entry: &Map<String, Value>,
     role: Role,
+    signed: &'static str,
     kms_must_equal: Option<[u8; 33]>,
     app_id: &[u8],
     roots: &[[u8; 33]],
@@ -148,10 +306,10 @@ fn verify_entry(
     if str_member(entry, "algo")? != role.algo {
         return Err(custody_error(format!("the {what} custody entry has the wrong algo")));
     }
-    let kms_public_key = secp256k1_member(entry, "kms_public_key", what)?;
+    let kms_public_key = secp256k1_member(entry, signed, what)?;
     if let Some(expected) = kms_must_equal {
         if expected != kms_public_key {
-            return Err(custody_error("kms_public_key is not the published secp256k1 E2EE key"));
+            return Err(custody_error(format!("the {what} custody entry's {signed} is not the published {what} key")));
         }
     }
     let chain = signature_chain(entry, what)?;
@@ -277,7 +435,13 @@ mod tests {
 
     #[test]
     fn role_table_matches_the_spec() {
-        assert_eq!(ROLES.map(|r| r.purpose), ["aci.receipt.ed25519.v1", "aci.e2ee.v1", "aci.e2ee.x25519.v1"]);
-        assert_eq!(ROLES.map(|r| r.path), ["aci/receipt-ed25519/v1", "aci/e2ee/v1", "aci/e2ee-x25519/v1"]);
+        assert_eq!(
+            ROLES.map(|r| r.purpose),
+            ["aci.identity.v1", "aci.receipt.ed25519.v1", "aci.e2ee.v1", "aci.e2ee.x25519.v1"]
+        );
+        assert_eq!(
+            ROLES.map(|r| r.path),
+            ["aci/identity/v1", "aci/receipt-ed25519/v1", "aci/e2ee/v1", "aci/e2ee-x25519/v1"]
+        );
     }
 }

@@ -17,9 +17,16 @@
 //! requires hardware verification: the quote must parse as TDX, its 64-byte report-data slot must
 //! equal `report_data ‖ 32 zero bytes` (and `quote_report_data`, if published, the slot), it must
 //! verify against the collateral at `now`, and its TCB status must be one the policy accepts
-//! (`UpToDate` by default). Step 7 then replays the dstack event log to the quote's RTMR3 and
-//! reads the measured compose hash and app id from it. A keyset verified this way reports
-//! [`hardware_verified() == true`](crate::attest::AttestedKeyset::hardware_verified).
+//! (`UpToDate` by default), and no Intel advisory that applies to it may be one the policy refuses
+//! ([`PolicyBuilder::refuse_advisories`](crate::attest::PolicyBuilder::refuse_advisories)). Step 7
+//! then replays the dstack event log to the quote's RTMR3, reads the measured compose hash and app
+//! id from it, and compares the quote's MRTD and RTMR0–2 with the policy's pinned boot measurements
+//! ([`PolicyBuilder::allow_boot_measurements`](crate::attest::PolicyBuilder::allow_boot_measurements)).
+//! A keyset verified this way reports
+//! [`hardware_verified() == true`](crate::attest::AttestedKeyset::hardware_verified), its
+//! [`boot_measurements`](crate::attest::AttestedKeyset::boot_measurements),
+//! [`tcb_status`](crate::attest::AttestedKeyset::tcb_status) and
+//! [`advisory_ids`](crate::attest::AttestedKeyset::advisory_ids).
 //!
 //! ```no_run
 //! use tower_aci::attest::Policy;
@@ -36,10 +43,20 @@
 //! // Or hand the collateral to a policy and let `verify_report` / the key provider use it.
 //! let policy = Policy::builder()
 //!     .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918") // the workload (see `Policy`)
+//!     // Its anchor: the TD's firmware and boot chain, as a trusted quote reported them.
+//!     .allow_boot_measurements(
+//!         &const_hex::encode(verified.mr_td()),
+//!         &const_hex::encode(verified.rt_mr0()),
+//!         &const_hex::encode(verified.rt_mr1()),
+//!         &const_hex::encode(verified.rt_mr2()),
+//!     )
+//!     .refuse_advisories(["INTEL-SA-00837"])
 //!     .collateral(collateral)
 //!     .accept_tcb_statuses(["UpToDate"])
 //!     .build()?;
 //! verified.check_tcb_status(policy.accepted_tcb_statuses())?;
+//! verified.check_boot_measurements(policy.allowed_boot_measurements())?;
+//! verified.check_advisories(policy.refused_advisories())?;
 //! # Ok(()) }
 //! ```
 
@@ -57,6 +74,7 @@ use serde_json::value::RawValue;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use crate::attest::keyset::{self, BootMeasurements, HardwareEvidence};
 use crate::error::{AttestationFailure, BoxError, Error, ErrorKind, Result};
 use crate::hex;
 
@@ -180,9 +198,64 @@ impl VerifiedQuote {
         &self.td_report.mr_td
     }
 
+    /// RTMR0, the firmware's boot configuration.
+    pub fn rt_mr0(&self) -> &[u8; 48] {
+        &self.td_report.rt_mr0
+    }
+
+    /// RTMR1, the OS loader and kernel.
+    pub fn rt_mr1(&self) -> &[u8; 48] {
+        &self.td_report.rt_mr1
+    }
+
+    /// RTMR2, the kernel command line and initrd.
+    pub fn rt_mr2(&self) -> &[u8; 48] {
+        &self.td_report.rt_mr2
+    }
+
     /// RTMR3, the runtime register the dstack event log replays to.
     pub fn rt_mr3(&self) -> &[u8; 48] {
         &self.td_report.rt_mr3
+    }
+
+    /// MRTD and RTMR0–2: what
+    /// [`PolicyBuilder::allow_boot_measurements`](crate::attest::PolicyBuilder::allow_boot_measurements)
+    /// pins.
+    pub fn boot_measurements(&self) -> BootMeasurements {
+        let r = &self.td_report;
+        BootMeasurements { mrtd: r.mr_td, rtmr0: r.rt_mr0, rtmr1: r.rt_mr1, rtmr2: r.rt_mr2 }
+    }
+
+    /// Fails with [`NotAllowed`](AttestationFailure::NotAllowed) unless the quote's MRTD and
+    /// RTMR0–2 equal one of `allowed` — typically a policy's
+    /// [`allowed_boot_measurements`](crate::attest::Policy::allowed_boot_measurements). An empty
+    /// `allowed` pins nothing. The message names the measured values in full.
+    pub fn check_boot_measurements(&self, allowed: &[BootMeasurements]) -> Result<()> {
+        keyset::check_boot_measurements(allowed, Some(&self.boot_measurements()))
+    }
+
+    /// Fails with [`TcbStatus`](AttestationFailure::TcbStatus) when an advisory that applies to
+    /// the platform's TCB level is one of `refused` (compared case-insensitively) — typically a
+    /// policy's [`refused_advisories`](crate::attest::Policy::refused_advisories).
+    pub fn check_advisories<T: AsRef<str>>(&self, refused: &[T]) -> Result<()> {
+        let hits: Vec<&str> = self
+            .advisory_ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| refused.iter().any(|r| r.as_ref().eq_ignore_ascii_case(id)))
+            .collect();
+        if hits.is_empty() {
+            return Ok(());
+        }
+        Err(Error::attestation(
+            AttestationFailure::TcbStatus,
+            format!(
+                "the platform's TCB level is affected by {}, which the policy refuses (advisories that apply: {}); \
+                 the platform needs a TCB recovery (microcode / TDX module update) first",
+                hits.join(", "),
+                self.advisory_ids.join(", ")
+            ),
+        ))
     }
 
     /// Fails with [`TcbStatus`](AttestationFailure::TcbStatus) unless the quote's TCB status is
@@ -261,20 +334,23 @@ pub fn verify_quote(
 }
 
 /// Step 2 of [`verify_report`](crate::attest::verify_report) under a policy that requires
-/// hardware verification: returns the verified quote's RTMR3.
+/// hardware verification: returns the verified quote's RTMR3 and the evidence the keyset
+/// reports (boot measurements, TCB status, advisories).
 ///
 /// `fetched` (collateral fetched for this quote) wins over the policy's `offline` collateral, of
 /// which the one for the quote's FMSPC is used. No collateral for it is
 /// [`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable). The TCB status must be one
-/// of `accepted`.
+/// of `accepted`, and no advisory that applies may be `refused`. (The boot measurements are
+/// compared with the policy's in step 7, with the other measured values.)
 pub(crate) fn appraise(
     raw_quote: &[u8],
     expected_slot: &[u8; 64],
     fetched: Option<&Collateral>,
     offline: &[Collateral],
     accepted: &[String],
+    refused: &[String],
     now: u64,
-) -> Result<[u8; 48]> {
+) -> Result<([u8; 48], HardwareEvidence)> {
     let quote = parse_tdx(raw_quote)?;
     let collateral = match fetched {
         Some(c) => c,
@@ -282,7 +358,13 @@ pub(crate) fn appraise(
     };
     let verified = verify_quote(raw_quote, collateral, now, Some(expected_slot))?;
     verified.check_tcb_status(accepted)?;
-    Ok(*verified.rt_mr3())
+    verified.check_advisories(refused)?;
+    let evidence = HardwareEvidence {
+        boot: verified.boot_measurements(),
+        tcb_status: verified.tcb_status,
+        advisory_ids: verified.advisory_ids,
+    };
+    Ok((verified.td_report.rt_mr3, evidence))
 }
 
 /// Fails with [`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable) when there is
@@ -454,6 +536,47 @@ fn hex_or_der(body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SAMPLE_QUOTE: &[u8] = include_bytes!("../../tests/data/dcap/tdx_quote");
+    /// Inside the sample collateral's window (see `tests/all/attest_dcap.rs`).
+    const SAMPLE_NOW: u64 = 1_751_328_000;
+
+    fn sample() -> (Collateral, [u8; 64]) {
+        let collateral =
+            Collateral::from_json(include_bytes!("../../tests/data/dcap/tdx_quote_collateral.json")).unwrap();
+        let slot = *slot_of(&parse_tdx(SAMPLE_QUOTE).unwrap()).unwrap();
+        (collateral, slot)
+    }
+
+    #[test]
+    fn appraise_returns_what_the_keyset_reports() {
+        let (collateral, slot) = sample();
+        let accepted = ["UpToDate".to_owned()];
+        let (rt_mr3, evidence) =
+            appraise(SAMPLE_QUOTE, &slot, Some(&collateral), &[], &accepted, &["INTEL-SA-00837".into()], SAMPLE_NOW)
+                .unwrap();
+        let verified = verify_quote(SAMPLE_QUOTE, &collateral, SAMPLE_NOW, None).unwrap();
+        assert_eq!(&rt_mr3, verified.rt_mr3());
+        assert_eq!(evidence.boot, verified.boot_measurements());
+        assert_eq!(evidence.boot.mrtd(), &SAMPLE_QUOTE[48 + 136..48 + 184]);
+        assert_eq!(evidence.tcb_status, "UpToDate");
+        assert!(evidence.advisory_ids.is_empty());
+    }
+
+    #[test]
+    fn a_refused_advisory_fails_with_tcb_status_naming_it() {
+        let (collateral, _) = sample();
+        let mut verified = verify_quote(SAMPLE_QUOTE, &collateral, SAMPLE_NOW, None).unwrap();
+        // The sample platform has no advisory; give it the ones a real TCB level lists.
+        verified.advisory_ids = vec!["INTEL-SA-00837".to_owned(), "INTEL-SA-01036".to_owned()];
+        verified.check_advisories::<&str>(&[]).unwrap();
+        verified.check_advisories(&["INTEL-SA-00999"]).unwrap();
+        let e = verified.check_advisories(&["intel-sa-01036", "INTEL-SA-00999"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::TcbStatus));
+        let message = e.to_string();
+        assert!(message.contains("affected by INTEL-SA-01036, which the policy refuses"), "{message}");
+        assert!(message.contains("advisories that apply: INTEL-SA-00837, INTEL-SA-01036"), "{message}");
+    }
 
     #[test]
     fn pccs_base_drops_api_suffixes() {

@@ -1,5 +1,9 @@
 //! The dstack event log (`evidence.event_log`): parsing, RTMR3 replay and the runtime events a
-//! verifier reads (`app-id`, `compose-hash`, `os-image-hash`), per protocol.md §6.4 step 5.
+//! verifier reads (`app-id`, `compose-hash`, `os-image-hash`), per protocol.md §6.4 step 5, with
+//! three rules stricter than the reference verifier's (issue 18): every RTMR3 event must be a
+//! dstack runtime event (whose digest is recomputed, so its type is bound); the identity events
+//! count only before the first `system-ready`, each at most once, and one after it is refused
+//! (the workload extended it itself); a log without `system-ready` measures nothing.
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha384};
@@ -87,10 +91,18 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Event>> {
 }
 
 /// Replay the events of `imr` in log order: `mr = SHA-384(mr ‖ digest)` from 48 zero bytes.
+///
+/// RTMR3 holds only dstack runtime events, whose digests are recomputed: an `imr == 3` event of
+/// any other type fails with `EventLog`. Otherwise its published digest would be extended as is,
+/// so a runtime event relabelled with another type would replay the same while dropping out of
+/// the runtime-event lookups.
 #[cfg_attr(not(test), allow(dead_code, reason = "compared to the quote's RTMR3 by the hardware verifier"))]
 pub(crate) fn replay_rtmr(events: &[Event], imr: u32) -> Result<[u8; 48]> {
     let mut mr = [0u8; 48];
     for e in events.iter().filter(|e| e.imr == imr) {
+        if imr == 3 {
+            check_runtime(e)?;
+        }
         let d = e.measured_digest()?;
         let mut h = Sha384::new();
         h.update(mr);
@@ -100,15 +112,80 @@ pub(crate) fn replay_rtmr(events: &[Event], imr: u32) -> Result<[u8; 48]> {
     Ok(mr)
 }
 
-/// The single RTMR3 runtime event named `name` measured before `system-ready`, if any. More
-/// than one is an error.
+/// The runtime events that name the workload's identity. dstack measures each once, before
+/// `system-ready`; the workload itself can extend RTMR3 afterwards with events of any name.
+pub(crate) const IDENTITY_EVENTS: [&str; 6] =
+    ["app-id", "compose-hash", "os-image-hash", "instance-id", "key-provider", "mr-kms"];
+
+/// The event that ends dstack's boot-time measurements.
+const SYSTEM_READY: &str = "system-ready";
+
+/// An `imr == 3` event must be a dstack runtime event.
+fn check_runtime(e: &Event) -> Result<()> {
+    if e.event_type == DSTACK_RUNTIME_EVENT {
+        Ok(())
+    } else {
+        Err(Error::attestation(
+            AttestationFailure::EventLog,
+            format!(
+                "the event log's RTMR3 event {:?} has event_type {:#x}, not the dstack runtime type {:#x} \
+                 (RTMR3 holds only runtime events, whose digests a verifier recomputes)",
+                e.event, e.event_type, DSTACK_RUNTIME_EVENT
+            ),
+        ))
+    }
+}
+
+/// The RTMR3 events dstack measured at boot: those before the first `system-ready`, after
+/// checking the rules that make them the boot's own:
+///
+/// - every `imr == 3` event is a dstack runtime event;
+/// - the log has a `system-ready` event (a boot that never finished satisfies no pin);
+/// - each identity event ([`IDENTITY_EVENTS`]) appears at most once, and only before it.
+pub(crate) fn boot_events(events: &[Event]) -> Result<Vec<&Event>> {
+    let mut boot = Vec::new();
+    let mut ready = false;
+    for e in events.iter().filter(|e| e.imr == 3) {
+        check_runtime(e)?;
+        if ready {
+            if IDENTITY_EVENTS.contains(&e.event.as_str()) {
+                return Err(Error::attestation(
+                    AttestationFailure::EventLog,
+                    format!(
+                        "the event log measures a {:?} event after system-ready: identity events are measured \
+                         only at boot, so the workload extended it itself",
+                        e.event
+                    ),
+                ));
+            }
+        } else if e.event == SYSTEM_READY {
+            ready = true;
+        } else {
+            if IDENTITY_EVENTS.contains(&e.event.as_str()) && boot.iter().any(|b: &&Event| b.event == e.event) {
+                return Err(Error::attestation(
+                    AttestationFailure::EventLog,
+                    format!("the event log measures the {:?} event more than once", e.event),
+                ));
+            }
+            boot.push(e);
+        }
+    }
+    if !ready {
+        return Err(event_log_error(
+            "the event log has no system-ready event: the boot did not complete, so its measurements cannot \
+             satisfy a pin",
+        ));
+    }
+    Ok(boot)
+}
+
+/// The single RTMR3 runtime event named `name` measured before `system-ready`, if any, after the
+/// checks of [`boot_events`]. More than one is an error. ([`measured`] reads the identity
+/// events in one pass.)
+#[cfg(test)]
 pub(crate) fn runtime_event<'a>(events: &'a [Event], name: &str) -> Result<Option<&'a Event>> {
     let mut found = None;
-    let boot = events
-        .iter()
-        .filter(|e| e.imr == 3 && e.event_type == DSTACK_RUNTIME_EVENT)
-        .take_while(|e| e.event != "system-ready");
-    for e in boot {
+    for e in boot_events(events)? {
         if e.event == name {
             if found.is_some() {
                 return Err(event_log_error("the event log measures a runtime event more than once"));
@@ -127,10 +204,13 @@ pub(crate) struct Measured {
     pub(crate) os_image_hash: Option<Vec<u8>>,
 }
 
-/// Read the measured values, checking `compose-hash == SHA-256(app_compose)` when both exist.
+/// Read the measured values (the rules of [`boot_events`] apply), checking
+/// `compose-hash == SHA-256(app_compose)` when both exist.
 pub(crate) fn measured(events: &[Event], app_compose: Option<&str>) -> Result<Measured> {
+    let boot = boot_events(events)?;
+    let find = |name: &str| boot.iter().copied().find(|e| e.event == name);
     let mut m = Measured::default();
-    if let Some(e) = runtime_event(events, "compose-hash")? {
+    if let Some(e) = find("compose-hash") {
         let hash: [u8; 32] = e
             .payload
             .as_slice()
@@ -143,13 +223,13 @@ pub(crate) fn measured(events: &[Event], app_compose: Option<&str>) -> Result<Me
         }
         m.compose_hash = Some(hash);
     }
-    if let Some(e) = runtime_event(events, "app-id")? {
+    if let Some(e) = find("app-id") {
         if e.payload.is_empty() {
             return Err(event_log_error("the app-id event payload is empty"));
         }
         m.app_id = Some(e.payload.clone());
     }
-    if let Some(e) = runtime_event(events, "os-image-hash")? {
+    if let Some(e) = find("os-image-hash") {
         m.os_image_hash = Some(e.payload.clone());
     }
     Ok(m)
@@ -173,12 +253,13 @@ mod tests {
         let compose_hash = Sha256::digest(COMPOSE.as_bytes());
         serde_json::json!([
             {"imr": 0, "event_type": 1, "digest": "11".repeat(48), "event": "", "event_payload": ""},
-            {"imr": 3, "event_type": 4, "digest": "22".repeat(32), "event": "", "event_payload": ""},
+            {"imr": 1, "event_type": 4, "digest": "22".repeat(32), "event": "", "event_payload": ""},
+            runtime("system-preparing", b""),
             runtime("app-id", &[0xab; 20]),
             runtime("compose-hash", &compose_hash),
             runtime("os-image-hash", &[0xcd; 32]),
             runtime("system-ready", b""),
-            runtime("app-id", &[0xee; 20]),
+            runtime("workload-event", &[0xee; 20]),
         ])
         .to_string()
     }
@@ -194,25 +275,26 @@ mod tests {
     #[test]
     fn replays_rtmr3_recomputing_runtime_digests() {
         let events = parse(&log()).unwrap();
-        // Independent replay: pad the raw digest of the non-runtime event, recompute the others.
+        // Independent replay: recompute the runtime digests.
         let mut mr = [0u8; 48];
-        let mut padded = [0u8; 48];
-        padded[..32].copy_from_slice(&[0x22; 32]);
-        mr = sha384(&[&mr, &padded]);
         let compose_hash = Sha256::digest(COMPOSE.as_bytes());
         for (name, payload) in [
+            ("system-preparing", &[][..]),
             ("app-id", &[0xab; 20][..]),
             ("compose-hash", &compose_hash[..]),
             ("os-image-hash", &[0xcd; 32][..]),
             ("system-ready", &[][..]),
-            ("app-id", &[0xee; 20][..]),
+            ("workload-event", &[0xee; 20][..]),
         ] {
             let d = sha384(&[&DSTACK_RUNTIME_EVENT.to_le_bytes(), b":", name.as_bytes(), b":", payload]);
             mr = sha384(&[&mr, &d]);
         }
         assert_eq!(replay_rtmr(&events, 3).unwrap(), mr);
-        // RTMR0 only sees its own event.
+        // RTMR0 only sees its own event; other registers extend the padded published digest.
         assert_eq!(replay_rtmr(&events, 0).unwrap(), sha384(&[&[0u8; 48], &[0x11; 48]]));
+        let mut padded = [0u8; 48];
+        padded[..32].copy_from_slice(&[0x22; 32]);
+        assert_eq!(replay_rtmr(&events, 1).unwrap(), sha384(&[&[0u8; 48], &padded]));
     }
 
     #[test]
@@ -233,12 +315,78 @@ mod tests {
 
     #[test]
     fn refuses_duplicate_boot_events_and_bad_logs() {
-        let dup = serde_json::json!([runtime("app-id", &[1; 20]), runtime("app-id", &[2; 20])]).to_string();
+        let dup =
+            serde_json::json!(
+                [runtime("app-id", &[1; 20]), runtime("app-id", &[2; 20]), runtime("system-ready", b""),]
+            )
+            .to_string();
         let events = parse(&dup).unwrap();
         assert!(runtime_event(&events, "app-id").is_err());
+        assert!(measured(&events, None).is_err());
         assert!(parse("{}").is_err());
         assert!(parse(r#"[{"imr":3,"event_type":1,"digest":"zz"}]"#).is_err());
-        let long = serde_json::json!([{"imr": 3, "event_type": 1, "digest": "00".repeat(49)}]).to_string();
-        assert!(replay_rtmr(&parse(&long).unwrap(), 3).is_err());
+        let long = serde_json::json!([{"imr": 0, "event_type": 1, "digest": "00".repeat(49)}]).to_string();
+        assert!(replay_rtmr(&parse(&long).unwrap(), 0).is_err());
+    }
+
+    fn event_log_failure<T: std::fmt::Debug>(r: Result<T>) -> String {
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::EventLog), "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn rtmr3_holds_only_runtime_events() {
+        let mut log: Vec<serde_json::Value> = serde_json::from_str(&log()).unwrap();
+        log[2]["event_type"] = 0x8000_0007u32.into();
+        let events = parse(&serde_json::Value::Array(log).to_string()).unwrap();
+        assert!(event_log_failure(replay_rtmr(&events, 3)).contains("0x80000007"));
+        event_log_failure(measured(&events, None));
+        event_log_failure(runtime_event(&events, "app-id"));
+        // Other registers may hold events of any type.
+        assert!(replay_rtmr(&events, 0).is_ok());
+    }
+
+    #[test]
+    fn identity_events_are_read_once_and_only_at_boot() {
+        let compose_hash = Sha256::digest(COMPOSE.as_bytes());
+        for name in IDENTITY_EVENTS {
+            // After system-ready: refused, even though the boot-time value is there too.
+            let after = serde_json::json!([
+                runtime("app-id", &[0xab; 20]),
+                runtime("compose-hash", &compose_hash),
+                runtime("system-ready", b""),
+                runtime(name, &[0x01; 32]),
+            ]);
+            let events = parse(&after.to_string()).unwrap();
+            assert!(event_log_failure(measured(&events, None)).contains("after system-ready"), "{name}");
+            // Twice before it: refused.
+            let twice = serde_json::json!([
+                runtime(name, &[0x01; 32]),
+                runtime(name, &[0x01; 32]),
+                runtime("system-ready", b"")
+            ]);
+            let events = parse(&twice.to_string()).unwrap();
+            assert!(event_log_failure(measured(&events, None)).contains("more than once"), "{name}");
+        }
+        // A second system-ready, and other events after the first, are the workload's business.
+        let later = serde_json::json!([
+            runtime("compose-hash", &compose_hash),
+            runtime("system-ready", b""),
+            runtime("system-ready", b""),
+            runtime("my-event", b"x"),
+        ]);
+        let m = measured(&parse(&later.to_string()).unwrap(), Some(COMPOSE)).unwrap();
+        assert_eq!(m.compose_hash.map(|h| h.to_vec()), Some(compose_hash.to_vec()));
+    }
+
+    #[test]
+    fn a_log_without_system_ready_measures_nothing() {
+        let unfinished = serde_json::json!([runtime("app-id", &[0xab; 20])]);
+        let events = parse(&unfinished.to_string()).unwrap();
+        assert!(event_log_failure(measured(&events, None)).contains("no system-ready"));
+        event_log_failure(runtime_event(&events, "app-id"));
+        // An empty log too.
+        event_log_failure(measured(&[], None));
     }
 }

@@ -1,5 +1,6 @@
 //! The handle through which the E2EE layer reads the current attested key, without locking.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -9,7 +10,7 @@ use tokio::sync::Notify;
 
 use crate::attest::clock::{Clock, SystemClock};
 use crate::attest::keyset::AttestedKeyset;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{AttestationFailure, Error, ErrorKind, Result};
 
 /// Ends a report fetch's "attesting" window when dropped.
 pub(crate) struct AttestingGuard(Arc<Shared>);
@@ -33,6 +34,58 @@ pub(crate) const KNOWN_KEYSETS: usize = 16;
 /// How long after its `not_after` a keyset stays remembered (for verifying receipts it signed):
 /// one day, far beyond the reference gateway's one-hour receipt retention.
 pub(crate) const RETAIN_AFTER_EXPIRY_SECS: u64 = 24 * 3600;
+
+/// How many refused keyset digests a handle remembers; beyond, the oldest refusal is forgotten.
+pub(crate) const REFUSED_KEYSETS: usize = 64;
+
+/// A keyset whose attestation report was fetched and failed verification under the policy.
+///
+/// The key provider remembers up to 64 of them on its [`KeyHandle`] (the oldest is forgotten
+/// first; [`KeyHandle::refused_keysets`]), and a receipt naming one fails with
+/// [`ReceiptFailure::RefusedKeyset`](crate::ReceiptFailure::RefusedKeyset) instead of being
+/// vouched for by the same-key rule ([`KeysetMatch`](crate::receipt::KeysetMatch)).
+///
+/// # Which digest a refusal is recorded under
+///
+/// A refused report proves nothing, so the digest it names is not taken on its word: the refusal
+/// is recorded under the report's `workload_keyset_digest` only when the report's
+/// `workload_keyset` recomputes (JCS, SHA-256) to it. A forged document that names an honest
+/// replica's digest next to another keyset is therefore not attributed to anyone; a report
+/// whose keyset cannot be recomputed (not JSON, no keyset, digest mismatch) refuses no digest.
+/// A refusal never overrides a keyset of the same digest that verified (the handle's verified
+/// keysets are looked up first), and a later verification of that digest lifts it. Only
+/// verification verdicts refuse a digest ([`ErrorKind::Attestation`]); a report endpoint that
+/// fails, a timeout, or an unreachable PCCS do not (the keyset is then *unreachable*, not
+/// refused).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedKeyset {
+    digest: String,
+    failure: AttestationFailure,
+    message: String,
+    refused_at: u64,
+}
+
+impl RefusedKeyset {
+    /// The refused keyset's digest (`sha256:…`).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Why its report was refused.
+    pub fn failure(&self) -> AttestationFailure {
+        self.failure
+    }
+
+    /// The verification error's message (for example which measured value is not allowed).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// When the report was last refused (the handle's clock, Unix seconds).
+    pub fn refused_at(&self) -> u64 {
+        self.refused_at
+    }
+}
 
 /// A future that attests a gateway until a keyset digest is known (or its bounds run out).
 pub(crate) type AttestFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -81,6 +134,8 @@ pub(crate) struct Shared {
     /// How many report fetches are running for this handle (the attested TLS connector accepts a
     /// certificate the current keyset does not list only while one runs; see `crate::tls`).
     pub(crate) attesting: std::sync::atomic::AtomicUsize,
+    /// Keyset digests whose report was fetched and refused, oldest first (bounded).
+    pub(crate) refused: Mutex<VecDeque<RefusedKeyset>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -90,6 +145,7 @@ impl std::fmt::Debug for Shared {
             .field("known", &self.known.lock().map(|k| k.len()).unwrap_or(0))
             .field("clock", &self.clock)
             .field("attester", &self.attester.get().is_some())
+            .field("refused", &self.refused.lock().map(|r| r.len()).unwrap_or(0))
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +163,7 @@ impl KeyHandle {
                 refresher: std::sync::atomic::AtomicBool::new(false),
                 attester: OnceLock::new(),
                 attesting: std::sync::atomic::AtomicUsize::new(0),
+                refused: Mutex::new(VecDeque::new()),
             }),
         }
     }
@@ -226,6 +283,46 @@ impl KeyHandle {
         self.shared.known.lock().map(|k| k.iter().any(|k| k.digest() == digest)).unwrap_or(false)
     }
 
+    /// The refusal of the keyset named `digest`, if its report was fetched and failed
+    /// verification and no keyset of that digest verified since (see [`RefusedKeyset`]).
+    pub fn refused_keyset(&self, digest: &str) -> Option<RefusedKeyset> {
+        let refused = self.shared.refused.lock().ok()?;
+        refused.iter().find(|r| r.digest == digest).cloned()
+    }
+
+    /// Every remembered refusal, oldest first (at most 64).
+    pub fn refused_keysets(&self) -> Vec<RefusedKeyset> {
+        self.shared.refused.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Remember that the report of the keyset `digest` was fetched and refused with `failure`.
+    /// Logged at warn the first time a digest is refused; a repeated refusal updates the reason
+    /// and time in place. Beyond [`REFUSED_KEYSETS`] the oldest refusal is forgotten.
+    pub(crate) fn refuse(&self, digest: &str, failure: AttestationFailure, message: &str) {
+        let now = self.shared.clock.now();
+        let Ok(mut refused) = self.shared.refused.lock() else { return };
+        if let Some(r) = refused.iter_mut().find(|r| r.digest == digest) {
+            r.failure = failure;
+            r.message = message.to_owned();
+            r.refused_at = now;
+            return;
+        }
+        tracing::warn!(
+            digest,
+            ?failure,
+            "a keyset's attestation report failed the policy: receipts naming this keyset will be refused: {message}"
+        );
+        refused.push_back(RefusedKeyset {
+            digest: digest.to_owned(),
+            failure,
+            message: message.to_owned(),
+            refused_at: now,
+        });
+        while refused.len() > REFUSED_KEYSETS {
+            refused.pop_front();
+        }
+    }
+
     /// Tell the handle which keyset digest a response named (`X-ACI-Keyset-Digest`). An unknown
     /// digest asks the refresher to re-attest in the background; the current key keeps serving.
     pub fn observe_digest(&self, digest: &str) {
@@ -277,6 +374,10 @@ impl KeyHandle {
         let now = self.shared.clock.now();
         let current = self.shared.current.load_full();
         let is_current = |k: &Arc<AttestedKeyset>| current.as_ref().is_some_and(|c| c.digest() == k.digest());
+        if let Ok(mut refused) = self.shared.refused.lock() {
+            // Verified now: an earlier refusal of this digest no longer stands.
+            refused.retain(|r| r.digest != keyset.digest());
+        }
         if let Ok(mut known) = self.shared.known.lock() {
             match known.iter_mut().find(|k| k.digest() == keyset.digest()) {
                 // Same digest, verified again: keep its first position, hold the newest proof.
@@ -348,6 +449,8 @@ mod tests {
             tls_keys: Vec::new(),
             verified_at: 0,
             hardware_verified: false,
+            generation: crate::attest::Generation::Current,
+            hardware: None,
         })
     }
 
@@ -405,5 +508,33 @@ mod tests {
         handle.remember(keyset("y", 60_000, &key));
         assert!(!handle.knows("old"));
         assert_eq!(handle.known_keysets().len(), 3);
+    }
+
+    #[test]
+    fn refusals_are_bounded_oldest_first_and_lifted_by_a_verification() {
+        let clock = ManualClock::new(1_000);
+        let handle = KeyHandle::empty(Arc::new(clock.clone()));
+        let key = e2ee_key();
+        handle.refuse("d0", AttestationFailure::NotAllowed, "the compose hash is not on the policy's allowlist");
+        clock.set(1_010);
+        // Refused again: updated in place, not a second entry.
+        handle.refuse("d0", AttestationFailure::TcbStatus, "tcb");
+        let r = handle.refused_keyset("d0").unwrap();
+        assert_eq!(
+            (r.digest(), r.failure(), r.message(), r.refused_at()),
+            ("d0", AttestationFailure::TcbStatus, "tcb", 1_010)
+        );
+        assert_eq!(handle.refused_keysets().len(), 1);
+        for i in 1..REFUSED_KEYSETS + 3 {
+            handle.refuse(&format!("d{i}"), AttestationFailure::NotAllowed, "m");
+        }
+        let refused = handle.refused_keysets();
+        assert_eq!(refused.len(), REFUSED_KEYSETS);
+        assert_eq!(refused[0].digest(), "d3", "the three oldest were forgotten first");
+        assert!(handle.refused_keyset("d0").is_none() && handle.refused_keyset("d2").is_none());
+        // A keyset of a refused digest that verifies lifts the refusal.
+        handle.remember(keyset("d5", 9_000, &key));
+        assert!(handle.refused_keyset("d5").is_none());
+        assert_eq!(handle.refused_keysets().len(), REFUSED_KEYSETS - 1);
     }
 }

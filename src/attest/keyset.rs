@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::attest::generation::Generation;
+use crate::error::{AttestationFailure, Error, Result};
 use crate::hex;
 use crate::protocol::keys::E2eeKey;
 
@@ -45,6 +47,117 @@ pub struct TlsKey {
     pub domain: Option<String>,
 }
 
+/// The TD's boot-time measurements from a hardware-verified TDX quote: MRTD (the initial TD image,
+/// i.e. the firmware) and RTMR0–2 (the boot configuration, kernel and command line, and the
+/// initrd / root filesystem, as dstack extends them). Together with RTMR3 (the event log) they
+/// identify the whole VM image a workload runs on.
+///
+/// Pin them with
+/// [`PolicyBuilder::allow_boot_measurements`](crate::attest::PolicyBuilder::allow_boot_measurements);
+/// read the measured ones from [`AttestedKeyset::boot_measurements`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BootMeasurements {
+    pub(crate) mrtd: [u8; 48],
+    pub(crate) rtmr0: [u8; 48],
+    pub(crate) rtmr1: [u8; 48],
+    pub(crate) rtmr2: [u8; 48],
+}
+
+impl BootMeasurements {
+    /// MRTD: the measurement of the initial TD image (the virtual firmware).
+    pub fn mrtd(&self) -> &[u8; 48] {
+        &self.mrtd
+    }
+
+    /// RTMR0: the firmware's boot configuration (TD HOB, ACPI tables, boot variables).
+    pub fn rtmr0(&self) -> &[u8; 48] {
+        &self.rtmr0
+    }
+
+    /// RTMR1: the OS loader and kernel.
+    pub fn rtmr1(&self) -> &[u8; 48] {
+        &self.rtmr1
+    }
+
+    /// RTMR2: the kernel command line and initrd.
+    pub fn rtmr2(&self) -> &[u8; 48] {
+        &self.rtmr2
+    }
+
+    /// The four registers with their names, in the order `allow_boot_measurements` takes them.
+    pub(crate) fn named(&self) -> [(&'static str, &[u8; 48]); 4] {
+        [("MRTD", &self.mrtd), ("RTMR0", &self.rtmr0), ("RTMR1", &self.rtmr1), ("RTMR2", &self.rtmr2)]
+    }
+}
+
+impl fmt::Debug for BootMeasurements {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BootMeasurements")
+            .field("mrtd", &hex::encode(self.mrtd))
+            .field("rtmr0", &hex::encode(self.rtmr0))
+            .field("rtmr1", &hex::encode(self.rtmr1))
+            .field("rtmr2", &hex::encode(self.rtmr2))
+            .finish()
+    }
+}
+
+impl fmt::Display for BootMeasurements {
+    /// `MRTD <hex>, RTMR0 <hex>, RTMR1 <hex>, RTMR2 <hex>`, full hex.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, value)) in self.named().into_iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{name} {}", hex::encode(value))?;
+        }
+        Ok(())
+    }
+}
+
+/// Fails with [`NotAllowed`](AttestationFailure::NotAllowed) unless `measured` equals one of
+/// `allowed` (an empty `allowed` pins nothing). `None` (a quote that was not hardware-verified)
+/// never matches a pin. The message names the measured values in full, so a user can re-pin.
+pub(crate) fn check_boot_measurements(allowed: &[BootMeasurements], measured: Option<&BootMeasurements>) -> Result<()> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let Some(measured) = measured else {
+        return Err(Error::attestation(
+            AttestationFailure::NotAllowed,
+            "the policy pins boot measurements (allow_boot_measurements) and the quote was not hardware-verified, \
+             so the TD's MRTD and RTMR0-2 are unknown",
+        ));
+    };
+    if allowed.contains(measured) {
+        return Ok(());
+    }
+    let differs: Vec<String> = allowed
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let names: Vec<&str> =
+                a.named().into_iter().zip(measured.named()).filter(|(x, y)| x.1 != y.1).map(|(x, _)| x.0).collect();
+            format!("set {}: {}", i + 1, names.join(" "))
+        })
+        .collect();
+    Err(Error::attestation(
+        AttestationFailure::NotAllowed,
+        format!(
+            "the TD's boot measurements ({measured}) are not on the policy's allowlist (differing registers: {}; \
+             allowed: {}). If the gateway now boots another dstack OS image or firmware, check it and re-pin with \
+             allow_boot_measurements",
+            differs.join("; "),
+            allowed.iter().map(|a| format!("[{a}]")).collect::<Vec<_>>().join(", ")
+        ),
+    ))
+}
+
+/// What the hardware verifier measured and judged, for a keyset whose quote it verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HardwareEvidence {
+    pub(crate) boot: BootMeasurements,
+    pub(crate) tcb_status: String,
+    pub(crate) advisory_ids: Vec<String>,
+}
+
 /// A workload keyset whose attestation report verified under a policy.
 ///
 /// Only the verifier in this module constructs one (there is no public constructor), so a value
@@ -62,6 +175,10 @@ pub struct AttestedKeyset {
     pub(crate) tls_keys: Vec<TlsKey>,
     pub(crate) verified_at: u64,
     pub(crate) hardware_verified: bool,
+    pub(crate) generation: Generation,
+    /// The verified quote's boot measurements, TCB status and advisories (`None` when the quote
+    /// was not hardware-verified).
+    pub(crate) hardware: Option<HardwareEvidence>,
 }
 
 impl AttestedKeyset {
@@ -144,6 +261,36 @@ impl AttestedKeyset {
     pub fn hardware_verified(&self) -> bool {
         self.hardware_verified
     }
+
+    /// The report generation the keyset was verified from. For [`Generation::Legacy`],
+    /// [`not_after`](Self::not_after) is the report's `freshness.stale_after` (bounded by the
+    /// policy's horizon), the only E2EE key is `dstack-kms-e2ee-v1`, and there are no
+    /// [`receipt_keys`](Self::receipt_keys) (that generation signs receipts with secp256k1, which
+    /// this crate does not verify), so its receipts fail closed.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// The verified quote's MRTD and RTMR0–2 (`None` when the quote was not hardware-verified):
+    /// what [`allow_boot_measurements`](crate::attest::PolicyBuilder::allow_boot_measurements)
+    /// pins.
+    pub fn boot_measurements(&self) -> Option<&BootMeasurements> {
+        self.hardware.as_ref().map(|h| &h.boot)
+    }
+
+    /// The platform's TCB status as the hardware verifier derived it (`UpToDate`, …; `None` when
+    /// the quote was not hardware-verified). The policy accepted it.
+    pub fn tcb_status(&self) -> Option<&str> {
+        self.hardware.as_ref().map(|h| h.tcb_status.as_str())
+    }
+
+    /// The Intel security advisories (`INTEL-SA-…`) that apply to the platform's TCB level, as
+    /// the collateral lists them (empty when none apply or the quote was not hardware-verified).
+    /// A policy can refuse listed ones with
+    /// [`refuse_advisories`](crate::attest::PolicyBuilder::refuse_advisories).
+    pub fn advisory_ids(&self) -> &[String] {
+        self.hardware.as_ref().map_or(&[], |h| h.advisory_ids.as_slice())
+    }
 }
 
 impl fmt::Debug for AttestedKeyset {
@@ -155,6 +302,8 @@ impl fmt::Debug for AttestedKeyset {
             .field("e2ee_key", self.e2ee_key())
             .field("receipt_keys", &self.receipt_keys)
             .field("hardware_verified", &self.hardware_verified)
+            .field("generation", &self.generation)
+            .field("hardware", &self.hardware)
             .finish()
     }
 }

@@ -11,11 +11,12 @@
 
 pub(crate) mod channel;
 mod clock;
-mod custody;
+pub(crate) mod custody;
 #[cfg(feature = "dcap")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
 pub mod dcap;
-mod eventlog;
+pub(crate) mod eventlog;
+pub(crate) mod generation;
 mod handle;
 pub(crate) mod keyset;
 mod policy;
@@ -26,10 +27,11 @@ mod report;
 
 pub use channel::ChannelInfo;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use handle::KeyHandle;
-pub use keyset::{AttestedKeyset, ReceiptKey, TlsKey};
+pub use generation::Generation;
+pub use handle::{KeyHandle, RefusedKeyset};
+pub use keyset::{AttestedKeyset, BootMeasurements, ReceiptKey, TlsKey};
 pub use policy::{DEFAULT_MAX_VALIDITY, DEFAULT_TCB_STATUS, DangerousPolicyBuilder, Policy, PolicyBuilder};
-pub use provider::{KeyProvider, KeyProviderBuilder, RefreshTask, RefreshWorker, SleepFn};
+pub use provider::{DangerousKeyProviderBuilder, KeyProvider, KeyProviderBuilder, RefreshTask, RefreshWorker, SleepFn};
 #[cfg(feature = "dcap")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
 pub use report::verify_report_with_collateral;

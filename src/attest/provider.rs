@@ -20,7 +20,7 @@ use rand_core::{OsRng, RngCore};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::attest::channel::{ChannelInfo, check_report_channel};
+use crate::attest::channel::{ChannelInfo, ChannelRule, channel_rule, check_report_channel, require_channel};
 use crate::attest::clock::{Clock, SystemClock};
 use crate::attest::handle::{AttestFuture, Attester, KeyHandle};
 use crate::attest::keyset::AttestedKeyset;
@@ -85,6 +85,8 @@ pub struct KeyProviderBuilder<S, ReqB = Full<Bytes>> {
     sleep: Option<SleepFn>,
     timing: Timing,
     max_report_size: usize,
+    /// `dangerous().accept_unbound_channel()`.
+    unbound_channel: bool,
     #[cfg(feature = "dcap")]
     pccs: Option<Uri>,
 }
@@ -97,12 +99,20 @@ impl<S, ReqB> fmt::Debug for KeyProviderBuilder<S, ReqB> {
             .field("clock", &self.clock)
             .field("timing", &self.timing)
             .field("max_report_size", &self.max_report_size)
+            .field("unbound_channel", &self.unbound_channel)
             .finish_non_exhaustive()
     }
 }
 
 impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
     /// The gateway's base URL (scheme and authority, optionally a path prefix). Required.
+    ///
+    /// `https://`: every report must come over a connection bound to the keyset it attests,
+    /// which is what `tls::AttestedTls`'s connector (feature `rustls`)
+    /// provides: a report whose response names no attested channel fails with
+    /// [`ChannelBinding`](crate::AttestationFailure::ChannelBinding). Plain `http://` is allowed
+    /// only to a loopback address (`127.0.0.0/8`, `::1`, `localhost`); any other host fails
+    /// [`build`](Self::build). [`dangerous`](Self::dangerous) opts out of both.
     pub fn base_url(mut self, base: Uri) -> Self {
         self.base = Some(base);
         self
@@ -202,7 +212,15 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
         self
     }
 
-    /// The provider, or a [`Config`](ErrorKind::Config) error.
+    /// Relaxations that give up part of what the provider checks. Each is named for what it
+    /// gives up; none is needed against a real gateway reached through
+    /// `tls::AttestedTls`.
+    pub fn dangerous(self) -> DangerousKeyProviderBuilder<S, ReqB> {
+        DangerousKeyProviderBuilder { inner: self }
+    }
+
+    /// The provider, or a [`Config`](ErrorKind::Config) error (also for a plain `http://`
+    /// base URL whose host is not a loopback address).
     pub fn build(self) -> Result<KeyProvider<S, ReqB>> {
         let config = |m: &'static str| Error::new(ErrorKind::Config, m);
         let base = self.base.ok_or_else(|| config("the key provider needs a base_url"))?;
@@ -212,6 +230,8 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
         if base.query().is_some() {
             return Err(config("the base_url must not carry a query"));
         }
+        let channel_rule =
+            channel_rule(base.scheme_str(), base.host(), self.unbound_channel, "the key provider's base_url")?;
         let policy = self.policy.ok_or_else(|| config("the key provider needs a policy"))?;
         let t = self.timing;
         if t.load_timeout.is_zero() {
@@ -237,6 +257,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
                 sleep,
                 timing: t,
                 max_report_size: self.max_report_size,
+                channel_rule,
                 #[cfg(feature = "dcap")]
                 pccs: self.pccs,
                 flight: tokio::sync::Mutex::new(()),
@@ -247,6 +268,41 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
                 _body: PhantomData,
             }),
         })
+    }
+}
+
+/// The relaxations of a [`KeyProviderBuilder`], from [`KeyProviderBuilder::dangerous`].
+pub struct DangerousKeyProviderBuilder<S, ReqB = Full<Bytes>> {
+    inner: KeyProviderBuilder<S, ReqB>,
+}
+
+impl<S, ReqB> fmt::Debug for DangerousKeyProviderBuilder<S, ReqB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DangerousKeyProviderBuilder").field(&self.inner).finish()
+    }
+}
+
+impl<S, ReqB> DangerousKeyProviderBuilder<S, ReqB> {
+    /// Give up the channel binding: accept a report that came over a connection the keyset is
+    /// not known to be bound to (an `https://` response that names no attested TLS channel, a
+    /// transport of your own), and plain `http://` to any host. The keyset is still verified,
+    /// so requests stay confidential to the attested key; but nothing then shows that the
+    /// answers come from the attested workload, since anyone who sees a request can forge a
+    /// complete answer to it. Verify receipts before release
+    /// ([`VerifyBeforeReleaseLayer`](crate::receipt::VerifyBeforeReleaseLayer)) if you use this.
+    pub fn accept_unbound_channel(mut self) -> Self {
+        self.inner.unbound_channel = true;
+        self
+    }
+
+    /// Back to the ordinary builder methods.
+    pub fn end_dangerous(self) -> KeyProviderBuilder<S, ReqB> {
+        self.inner
+    }
+
+    /// [`KeyProviderBuilder::build`].
+    pub fn build(self) -> Result<KeyProvider<S, ReqB>> {
+        self.inner.build()
     }
 }
 
@@ -266,6 +322,8 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
 /// # {
 /// use tower_aci::attest::{KeyProvider, Policy};
 ///
+/// // `client`: a hyper-util client over `tower_aci::tls::AttestedTls`'s connector (see
+/// // `tower_aci::tls`), so that each report is bound to the TLS channel it came over.
 /// let provider = KeyProvider::builder(client)
 ///     .base_url("https://gateway.example.com".parse().unwrap())
 ///     .policy(
@@ -313,6 +371,15 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
 /// it to another replica. Each report that verifies under the policy is remembered; none of them
 /// replaces the current key (the refresher does that). A digest that was not reached is not
 /// looked for again for `min_refresh_interval`.
+///
+/// A report that is fetched — by a search or by the refresher — and fails verification is not
+/// forgotten: its keyset digest is remembered as *refused* on the handle, with the failure
+/// ([`KeyHandle::refused_keyset`], logged at warn once per digest, at most 64), and receipts
+/// naming it fail with [`ReceiptFailure::RefusedKeyset`](crate::ReceiptFailure::RefusedKeyset)
+/// instead of being vouched for by the same-key rule. This is what catches a replica running
+/// another, unpinned build of the same application: it holds the same KMS-derived receipt key.
+/// A search stops as soon as the digest it looks for is refused. See
+/// [`RefusedKeyset`](crate::attest::RefusedKeyset) for which digest a refusal is recorded under.
 pub struct KeyProvider<S, ReqB = Full<Bytes>> {
     inner: Arc<Inner<S, ReqB>>,
 }
@@ -343,6 +410,8 @@ struct Inner<S, ReqB> {
     sleep: SleepFn,
     timing: Timing,
     max_report_size: usize,
+    /// Whether each report must name the attested channel it came over.
+    channel_rule: ChannelRule,
     #[cfg(feature = "dcap")]
     pccs: Option<Uri>,
     /// Held while a fetch runs: concurrent callers wait here and take its outcome.
@@ -374,6 +443,7 @@ impl<S, ReqB> KeyProvider<S, ReqB> {
             sleep: None,
             timing: Timing::default(),
             max_report_size: DEFAULT_MAX_REPORT_SIZE,
+            unbound_channel: false,
             #[cfg(feature = "dcap")]
             pccs: None,
         }
@@ -417,7 +487,7 @@ where
             }
         }
         let span = crate::telemetry::establish_span();
-        let result = tracing::Instrument::instrument(inner.fetch(false), span.clone()).await;
+        let result = tracing::Instrument::instrument(inner.fetch(false, &mut None), span.clone()).await;
         crate::telemetry::keyset_outcome(&span, &result);
         match &result {
             Ok(keyset) => {
@@ -575,13 +645,15 @@ where
     }
 
     async fn search_unshared(self: Arc<Self>, digest: String) {
+        let mut reached_and_refused = false;
         for probe in 0..self.timing.digest_probes {
+            let mut refused = None;
             let result = {
                 let _flight = self.flight.lock().await;
                 if self.handle.knows(&digest) {
                     break;
                 }
-                self.fetch(true).await
+                self.fetch(true, &mut refused).await
             };
             match result {
                 Ok(keyset) => {
@@ -589,16 +661,25 @@ where
                     self.handle.remember(keyset);
                 }
                 Err(e) => {
-                    tracing::debug!(probe, wanted = %digest, error = %e, "report fetch failed while looking for a keyset digest")
+                    tracing::debug!(probe, wanted = %digest, refused = ?refused, error = %e, "report fetch failed while looking for a keyset digest")
                 }
+            }
+            if refused.as_deref() == Some(digest.as_str()) {
+                // Reached: its report failed the policy (the handle logged and remembers it).
+                reached_and_refused = true;
+                break;
             }
         }
         if !self.handle.knows(&digest) {
-            tracing::warn!(
-                digest = %digest,
-                probes = self.timing.digest_probes,
-                "no report with this keyset digest was reached; not looking again for min_refresh_interval"
-            );
+            if reached_and_refused {
+                tracing::debug!(digest = %digest, "the keyset looked for was refused; not looking again for min_refresh_interval");
+            } else {
+                tracing::warn!(
+                    digest = %digest,
+                    probes = self.timing.digest_probes,
+                    "no report with this keyset digest was reached; not looking again for min_refresh_interval"
+                );
+            }
             let until =
                 self.handle.shared.clock.now().saturating_add(self.timing.min_refresh_interval.as_secs().max(1));
             lock(&self.unreachable).insert(digest.clone(), until);
@@ -609,15 +690,20 @@ where
     /// One fetch and verification, bounded by the load timeout. `fresh_connection` sends
     /// `Connection: close`, so that the next request opens a new connection (which a
     /// per-connection load balancer may route to another replica).
-    async fn fetch(&self, fresh_connection: bool) -> Result<Arc<AttestedKeyset>> {
-        let work = std::pin::pin!(self.fetch_unbounded(fresh_connection));
+    /// `refused` is set to the keyset digest the fetched report was refused under, if it was.
+    async fn fetch(&self, fresh_connection: bool, refused: &mut Option<String>) -> Result<Arc<AttestedKeyset>> {
+        let work = std::pin::pin!(self.fetch_unbounded(fresh_connection, refused));
         match select(work, (self.sleep)(self.timing.load_timeout)).await {
             Either::Left((result, _)) => result,
             Either::Right(_) => Err(Error::new(ErrorKind::Transport, "fetching the attestation report timed out")),
         }
     }
 
-    async fn fetch_unbounded(&self, fresh_connection: bool) -> Result<Arc<AttestedKeyset>> {
+    async fn fetch_unbounded(
+        &self,
+        fresh_connection: bool,
+        refused: &mut Option<String>,
+    ) -> Result<Arc<AttestedKeyset>> {
         // While this runs, an attested TLS connector may open a connection to a certificate the
         // current keyset does not list (only report requests travel over it; see `crate::tls`).
         let _attesting = self.handle.attesting();
@@ -643,7 +729,18 @@ where
         let transport =
             |e: S::Error| Error::new(ErrorKind::Transport, "fetching the attestation report failed").with_source(e);
         let response = service.oneshot(request).await.map_err(transport)?;
-        let channel = response.extensions().get::<ChannelInfo>().cloned();
+        let channel = match self.channel_rule {
+            ChannelRule::Bound => Some(
+                require_channel(
+                    response.extensions(),
+                    self.base.host(),
+                    "the attestation report",
+                    "KeyProviderBuilder::dangerous().accept_unbound_channel()",
+                )?
+                .clone(),
+            ),
+            ChannelRule::Unchecked => response.extensions().get::<ChannelInfo>().cloned(),
+        };
         let status = response.status();
         let body = Limited::new(response.into_body(), self.max_report_size)
             .collect()
@@ -662,24 +759,63 @@ where
         #[cfg(feature = "dcap")]
         if let (Some(pccs), Some(service)) = (&self.pccs, pccs_service) {
             if let Some(quote) = crate::attest::report::quote_to_verify(&body, &self.policy) {
-                let collateral = crate::attest::dcap::fetch_collateral(service, pccs, &quote).await?;
+                let collateral = match crate::attest::dcap::fetch_collateral(service, pccs, &quote).await {
+                    Ok(collateral) => collateral,
+                    // An unreadable quote is a verdict on the report; an unreachable PCCS is not.
+                    Err(e) => return self.judged(&body, Err(e), refused),
+                };
                 let now = self.handle.shared.clock.now();
-                return crate::attest::report::verify_report_with_collateral(
-                    &body,
-                    &nonce,
-                    now,
-                    &self.policy,
-                    &collateral,
-                )
-                .and_then(|k| check_report_channel(k, channel.as_ref()))
-                .map(Arc::new);
+                let verified =
+                    crate::attest::report::verify_report_with_collateral(&body, &nonce, now, &self.policy, &collateral)
+                        .and_then(|k| check_report_channel(k, channel.as_ref()));
+                return self.judged(&body, verified, refused);
             }
         }
         let now = self.handle.shared.clock.now();
-        verify_report(&body, &nonce, now, &self.policy)
-            .and_then(|k| check_report_channel(k, channel.as_ref()))
-            .map(Arc::new)
+        let verified =
+            verify_report(&body, &nonce, now, &self.policy).and_then(|k| check_report_channel(k, channel.as_ref()));
+        self.judged(&body, verified, refused)
     }
+
+    /// The outcome of verifying a fetched report. A verification verdict against it
+    /// ([`ErrorKind::Attestation`]) refuses its keyset's digest on the handle, when the digest
+    /// is attributable (see [`refusable_digest`]); `refused` is then set to that digest.
+    fn judged(
+        &self,
+        body: &[u8],
+        verified: Result<AttestedKeyset>,
+        refused: &mut Option<String>,
+    ) -> Result<Arc<AttestedKeyset>> {
+        let error = match verified {
+            Ok(keyset) => return Ok(Arc::new(keyset)),
+            Err(e) => e,
+        };
+        if let ErrorKind::Attestation(failure) = error.kind() {
+            match refusable_digest(body) {
+                Some(digest) => {
+                    self.handle.refuse(&digest, failure, &error.to_string());
+                    *refused = Some(digest);
+                }
+                None => tracing::debug!(
+                    ?failure,
+                    "a fetched report failed verification and its keyset does not hash to the digest it names: no \
+                     keyset digest is refused"
+                ),
+            }
+        }
+        Err(error)
+    }
+}
+
+/// The keyset digest a refused report is attributed to: its `workload_keyset_digest`, only when
+/// its `attestation.workload_keyset` recomputes to it (so a forged document cannot get another
+/// keyset's digest refused by naming it next to a keyset of its own).
+fn refusable_digest(body: &[u8]) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let published = doc.get("workload_keyset_digest")?.as_str()?;
+    let keyset = doc.get("attestation")?.get("workload_keyset").filter(|k| k.is_object())?;
+    let recomputed = crate::attest::report::keyset_digest(keyset).ok()?;
+    (recomputed == published).then_some(recomputed)
 }
 
 /// At most this many digests are remembered as unreachable, or searched at once.
@@ -823,5 +959,38 @@ mod tests {
         assert_eq!(e.gateway_error_type(), Some("invalid_request_error"));
         let e = GatewayError::error_for(502, b"<html>", "fetching the attestation report");
         assert_eq!(e.kind(), ErrorKind::Transport);
+    }
+
+    #[test]
+    fn a_refused_report_is_attributed_only_to_the_digest_its_keyset_hashes_to() {
+        let keyset = serde_json::json!({"subject": null, "not_after": 2_000_000_000u64, "receipt_signing_keys": []});
+        let digest = crate::attest::report::keyset_digest(&keyset).unwrap();
+        let report = |published: &str, keyset: &serde_json::Value| {
+            serde_json::to_vec(&serde_json::json!({
+                "api_version": "aci/1",
+                "workload_keyset_digest": published,
+                "attestation": {"workload_keyset": keyset},
+            }))
+            .unwrap()
+        };
+        assert_eq!(refusable_digest(&report(&digest, &keyset)), Some(digest.clone()));
+        // The reference gateway's own stub report (bytes this crate did not produce).
+        assert_eq!(
+            refusable_digest(include_bytes!("../../tests/data/report_stub_quote.json")).as_deref(),
+            Some("sha256:e338157d18d77aaa3d1186c9d96147c2d4edc0f1a169ace1243c0bc3ad701fad")
+        );
+        // And a production gateway's report (a real TDX capture).
+        assert_eq!(
+            refusable_digest(include_bytes!("../../tests/data/real_tdx_report_2026-06.json")).as_deref(),
+            Some("sha256:46cdea445e5f2abcb78a5db0a630e7ba2127bc4f24033aa628b49e310e3928e2")
+        );
+        // A document naming that (honest) digest next to another keyset refuses nothing.
+        let other = serde_json::json!({"subject": null, "not_after": 2_000_000_001u64, "receipt_signing_keys": []});
+        assert_eq!(refusable_digest(&report(&digest, &other)), None);
+        assert_eq!(refusable_digest(b"<html>"), None);
+        assert_eq!(refusable_digest(br#"{"workload_keyset_digest":"sha256:00"}"#), None);
+        let mut no_object = serde_json::from_slice::<serde_json::Value>(&report(&digest, &keyset)).unwrap();
+        no_object["attestation"]["workload_keyset"] = serde_json::json!("a string");
+        assert_eq!(refusable_digest(&serde_json::to_vec(&no_object).unwrap()), None);
     }
 }

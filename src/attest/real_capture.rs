@@ -11,8 +11,9 @@
 //! `custody::verify`, and with feature `dcap` dcap-qvl's `Quote::parse` through
 //! `dcap::parse_tdx`).
 //!
-//! The whole-report check (`verify_report` refuses it as a current report) goes through the
-//! public API in `tests/all/attest_real_capture.rs`.
+//! The whole report is verified end to end, as the older report generation, in `end_to_end`
+//! (only the DCAP collateral check skipped) and through the public API in
+//! `tests/all/attest_real_capture.rs`.
 
 use serde_json::{Map, Value};
 
@@ -263,12 +264,15 @@ fn runtime_lookups_stop_at_system_ready() {
     assert_eq!(events.last().map(|e| e.event.as_str()), Some("system-ready"));
     assert!(eventlog::runtime_event(&events, "system-ready").unwrap().is_none());
 
-    // After system-ready: a second app-id and compose-hash are measured (RTMR3 changes) but the
-    // lookups still return the boot-time values and see no duplicate.
+    // After system-ready: a second app-id or compose-hash is measured (RTMR3 changes) and refused
+    // (issue 18: the workload extended it itself).
     let other_id = "11".repeat(20);
     let other_hash = "22".repeat(32);
     let after = log_with(events.len(), &[("app-id", &other_id), ("compose-hash", &other_hash)]);
     assert_ne!(eventlog::replay_rtmr(&after, 3).unwrap(), rtmr3());
+    assert_eq!(failure(eventlog::measured(&after, None)), F::EventLog);
+    // A workload's own event after system-ready is not read, and not refused.
+    let after = log_with(events.len(), &[("workload-started", "00")]);
     let m = eventlog::measured(&after, None).unwrap();
     assert_eq!(m.app_id.map(hex::encode).as_deref(), Some(APP_ID));
     assert_eq!(m.compose_hash.map(hex::encode).as_deref(), Some(COMPOSE_HASH));
@@ -331,30 +335,24 @@ fn a_changed_byte_in_any_replayed_event_breaks_the_replay() {
     assert_ne!(eventlog::replay_rtmr(&changed, 3).unwrap(), good);
 }
 
-/// Documents a gap shared with the reference verifier's rule (protocol.md §6.4): the replay
-/// recomputes the digest of events typed as dstack runtime events but extends the *published*
-/// digest of any other event, so the `event_type` of an event whose published digest is right is
-/// not bound by RTMR3. A runtime event relabelled with another type replays the same and drops
-/// out of the runtime-event lookups (which only consider runtime events). Its published digest,
-/// once trusted, is bound: a changed byte there breaks the replay. If the replay starts refusing
-/// non-runtime events in RTMR3 (dstack only puts runtime events there), update this test.
+/// A gap shared with the reference verifier's rule (protocol.md §6.4), closed here (issue 18): the
+/// replay recomputes the digest of events typed as dstack runtime events but would extend the
+/// *published* digest of any other event, so the `event_type` of an event whose published digest
+/// is right is not bound by RTMR3. dstack puts only runtime events in RTMR3, so any other type
+/// there is refused, by the replay and by the lookups.
 #[test]
-fn relabelling_a_runtime_event_is_not_caught_by_the_replay() {
-    let good = rtmr3();
+fn relabelling_a_runtime_event_is_refused() {
     let events = events();
     for i in events.iter().enumerate().filter(|(_, e)| e.imr == 3).map(|(i, _)| i) {
         let mut relabelled = events.clone();
         relabelled[i].event_type ^= 0x01;
-        assert_eq!(eventlog::replay_rtmr(&relabelled, 3).unwrap(), good, "{}", events[i].event);
-        relabelled[i].digest[0] ^= 0x01;
-        assert_ne!(eventlog::replay_rtmr(&relabelled, 3).unwrap(), good, "{}", events[i].event);
+        assert_eq!(failure(eventlog::replay_rtmr(&relabelled, 3)), F::EventLog, "{}", events[i].event);
+        assert_eq!(failure(eventlog::measured(&relabelled, None)), F::EventLog, "{}", events[i].event);
     }
     let compose = events.iter().position(|e| e.event == "compose-hash").unwrap();
     let mut relabelled = events.clone();
     relabelled[compose].event_type = 0x0800_0002;
-    assert_eq!(eventlog::replay_rtmr(&relabelled, 3).unwrap(), good);
-    assert!(eventlog::runtime_event(&relabelled, "compose-hash").unwrap().is_none());
-    assert_eq!(eventlog::measured(&relabelled, None).unwrap().compose_hash, None);
+    assert_eq!(failure(eventlog::runtime_event(&relabelled, "compose-hash")), F::EventLog);
 }
 
 // ---- KMS custody ----
@@ -475,7 +473,7 @@ fn custody_document(entries: Vec<Value>) -> Value {
 fn the_full_custody_check_verifies_the_real_e2ee_chain() {
     let app_id = measured_app_id();
     let keys = [real_e2ee_key()];
-    let covered = custody::CoveredKeys { receipt: &[], e2ee: &keys };
+    let covered = custody::CoveredKeys { identity: None, receipt: &[], e2ee: &keys };
     let doc = custody_document(vec![e2ee_entry_in_current_shape()]);
 
     custody::verify(&doc, &covered, &app_id, &policy_with_root(KMS_ROOT).kms_roots)
@@ -508,13 +506,51 @@ fn the_custody_object_as_served_fails_the_current_rule() {
     // `ecdsa` and `ed25519` entries are of algorithms the keyset parser ignores) and no Ed25519
     // receipt key. The served `receipt` entry names a secp256k1 key the current schema has no
     // place for, so the check fails closed instead of skipping it.
+    // The identity key is covered (see `the_real_identity_chain_verifies_to_the_kms_root`).
     let keys = [real_e2ee_key()];
-    let covered = custody::CoveredKeys { receipt: &[], e2ee: &keys };
+    let identity = real_identity_key();
+    let covered = custody::CoveredKeys { identity: Some(&identity), receipt: &[], e2ee: &keys };
     let served = &evidence()["key_custody"];
     let e = custody::verify(served, &covered, &measured_app_id(), &policy_with_root(KMS_ROOT).kms_roots)
         .expect_err("the older custody object does not pass the current rule");
     assert_eq!(e.kind(), ErrorKind::Attestation(F::Custody));
     assert!(e.to_string().contains("receipt custody entry"), "{e}");
+}
+
+/// `workload_keyset.workload_identity.public_key.public_key` of the capture.
+fn real_identity_key() -> String {
+    report()["attestation"]["workload_keyset"]["workload_identity"]["public_key"]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_real_identity_chain_verifies_to_the_kms_root() {
+    // The served identity entry as is (this generation signs the entry's own public_key), through
+    // the full custody check with the keyset's identity key to cover.
+    let identity = real_identity_key();
+    assert_eq!(custody_entry("identity")["public_key"].as_str(), Some(identity.as_str()));
+    let covered = custody::CoveredKeys { identity: Some(&identity), receipt: &[], e2ee: &[] };
+    let doc = custody_document(vec![Value::Object(custody_entry("identity"))]);
+    let app_id = measured_app_id();
+    let roots = policy_with_root(KMS_ROOT).kms_roots;
+    assert_eq!(hex::encode(roots[0]), KMS_ROOT);
+    custody::verify(&doc, &covered, &app_id, &roots).expect("the real identity chain verifies to the KMS root");
+    assert_eq!(failure(custody::verify(&doc, &covered, &app_id, &policy_with_root(OTHER_ROOT).kms_roots)), F::Custody);
+    // An identity key the custody document does not cover is refused...
+    let e2ee_only = custody_document(vec![e2ee_entry_in_current_shape()]);
+    let keys = [real_e2ee_key()];
+    let both = custody::CoveredKeys { identity: Some(&identity), receipt: &[], e2ee: &keys };
+    let e = custody::verify(&e2ee_only, &both, &app_id, &roots).unwrap_err();
+    assert!(e.to_string().contains("identity key has no key custody entry"), "{e}");
+    // ...and covering both verifies.
+    let full = custody_document(vec![Value::Object(custody_entry("identity")), e2ee_entry_in_current_shape()]);
+    custody::verify(&full, &both, &app_id, &roots).expect("identity and E2EE chains verify");
+    // The identity entry cannot vouch for another key.
+    let other = hex::encode(custody::secp256k1_member(&custody_entry("e2ee"), "public_key", "e2ee").unwrap());
+    let wrong = custody::CoveredKeys { identity: Some(&other), receipt: &[], e2ee: &[] };
+    assert_eq!(failure(custody::verify(&doc, &wrong, &app_id, &roots)), F::Custody);
 }
 
 #[test]
@@ -535,3 +571,133 @@ fn the_ed25519_role_fails_with_a_clear_error() {
     let r = old_schema_chain(&entry, "aci.legacy.ed25519.v1", &measured_app_id(), &chain, &policy);
     assert_eq!(failure(r), F::Custody);
 }
+
+// ---- issue 18: relabelled and post-boot identity events ----
+
+/// The real log with the genuine `compose-hash` and `system-ready` events relabelled to another
+/// event type, each keeping its true digest (the one dstack published, which equals the
+/// recomputed runtime digest), so the replay still equals the quote's RTMR3.
+fn relabelled_real_log() -> Vec<Event> {
+    let mut events = events();
+    for name in ["compose-hash", "system-ready"] {
+        let i = events.iter().position(|e| e.event == name).unwrap();
+        assert_eq!(events[i].measured_digest().unwrap()[..], events[i].digest[..], "{name}: true digest");
+        events[i].event_type = 0x0800_0002;
+    }
+    events
+}
+
+#[test]
+fn a_relabelled_real_log_is_refused() {
+    let relabelled = relabelled_real_log();
+    // RTMR3 does not bind the event type of a non-runtime event: the replay alone would pass.
+    let mut blind = [0u8; 48];
+    for e in relabelled.iter().filter(|e| e.imr == 3) {
+        use sha2::{Digest, Sha384};
+        let mut padded = [0u8; 48];
+        padded[..e.digest.len()].copy_from_slice(&e.digest);
+        blind = Sha384::new().chain_update(blind).chain_update(padded).finalize().into();
+    }
+    assert_eq!(blind, rtmr3(), "the relabelled log replays to the real RTMR3 by digest");
+    // Every imr == 3 event must be a dstack runtime event: both the replay and the reading refuse it.
+    assert_eq!(failure(eventlog::replay_rtmr(&relabelled, 3)), F::EventLog);
+    assert_eq!(failure(eventlog::measured(&relabelled, None)), F::EventLog);
+    assert_eq!(failure(eventlog::runtime_event(&relabelled, "app-id")), F::EventLog);
+
+    // The attack: after boot the workload extends RTMR3 with its own compose-hash (and a
+    // system-ready), which would become "the" compose hash once the genuine ones are relabelled.
+    let evil = "66".repeat(32);
+    let mut attack = relabelled.clone();
+    attack.extend(log_with(0, &[("compose-hash", &evil), ("system-ready", "")]).drain(..2));
+    assert_eq!(failure(eventlog::measured(&attack, None)), F::EventLog);
+    assert_eq!(failure(eventlog::replay_rtmr(&attack, 3)), F::EventLog);
+}
+
+#[test]
+fn a_post_boot_identity_event_is_refused() {
+    let events = events();
+    for name in ["compose-hash", "app-id", "os-image-hash", "instance-id", "key-provider", "mr-kms"] {
+        let after = log_with(events.len(), &[(name, &"22".repeat(32))]);
+        // Measured into RTMR3 like any runtime event...
+        assert!(eventlog::replay_rtmr(&after, 3).is_ok(), "{name}");
+        // ...but an identity event after system-ready is refused, not skipped.
+        assert_eq!(failure(eventlog::measured(&after, None)), F::EventLog, "{name}");
+        // Twice before system-ready is refused too.
+        let twice = log_with(events.len() - 1, &[(name, &"22".repeat(32))]);
+        assert_eq!(failure(eventlog::measured(&twice, None)), F::EventLog, "{name} twice");
+    }
+    // Other runtime events after boot are the workload's own business.
+    let after = log_with(events.len(), &[("my-app-event", "01")]);
+    assert_eq!(eventlog::measured(&after, None).unwrap().compose_hash.map(hex::encode).as_deref(), Some(COMPOSE_HASH));
+}
+
+#[test]
+fn a_log_without_system_ready_satisfies_no_pin() {
+    let mut events = events();
+    assert_eq!(events.pop().map(|e| e.event), Some("system-ready".to_owned()));
+    let e = eventlog::measured(&events, None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::EventLog));
+    assert!(e.to_string().contains("system-ready"), "{e}");
+}
+
+#[test]
+fn the_real_log_still_replays_and_reads() {
+    let events = events();
+    assert_eq!(eventlog::replay_rtmr(&events, 3).unwrap(), rtmr3());
+    let m = eventlog::measured(&events, None).unwrap();
+    assert_eq!(m.app_id.map(hex::encode).as_deref(), Some(APP_ID));
+    assert_eq!(m.compose_hash.map(hex::encode).as_deref(), Some(COMPOSE_HASH));
+}
+
+// ---- issue 18: boot measurements ----
+
+/// MRTD of the real quote, read at its fixed TD-report offset (136..184) by an independent
+/// Python reading of the capture.
+const MRTD: &str = "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077";
+
+#[cfg(feature = "dcap")]
+#[test]
+fn boot_measurements_of_the_real_quote_are_compared_with_the_pin() {
+    use crate::attest::dcap;
+    use crate::attest::keyset::{BootMeasurements, check_boot_measurements};
+
+    let raw = raw_quote();
+    let quote = dcap::parse_tdx(&raw).unwrap();
+    let td = quote.report.as_td10().unwrap();
+    assert_eq!(hex::encode(td.mr_td), MRTD);
+    assert_eq!(hex::encode(&raw[HEADER_LEN + 136..HEADER_LEN + 184]), MRTD);
+    // RTMR0-2 as dcap-qvl reads them are what the event log's RTMR0-2 events replay to.
+    let events = events();
+    for (imr, value) in [(0, td.rt_mr0), (1, td.rt_mr1), (2, td.rt_mr2)] {
+        assert_eq!(eventlog::replay_rtmr(&events, imr).unwrap(), value, "RTMR{imr}");
+    }
+    let measured = BootMeasurements { mrtd: td.mr_td, rtmr0: td.rt_mr0, rtmr1: td.rt_mr1, rtmr2: td.rt_mr2 };
+
+    // A policy pinning exactly these values accepts them (also among other sets).
+    let hexes = [MRTD.to_owned(), hex::encode(td.rt_mr0), hex::encode(td.rt_mr1), hex::encode(td.rt_mr2)];
+    let pinned = |mrtd: &str| {
+        Policy::builder()
+            .allow_app_id(APP_ID)
+            .allow_boot_measurements(mrtd, &hexes[1], &hexes[2], &hexes[3])
+            .build()
+            .unwrap()
+    };
+    check_boot_measurements(pinned(MRTD).allowed_boot_measurements(), Some(&measured)).unwrap();
+    // A policy pinning another MRTD refuses the real quote, naming the measured MRTD in full.
+    let mut other = hex::decode(MRTD).unwrap();
+    other[47] ^= 1;
+    let policy = pinned(&hex::encode(&other));
+    let e = check_boot_measurements(policy.allowed_boot_measurements(), Some(&measured)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed));
+    let message = e.to_string();
+    assert!(message.contains(&format!("MRTD {MRTD}")), "{message}");
+    assert!(message.contains("differing registers: set 1: MRTD;"), "{message}");
+    // No hardware-verified quote: nothing to compare, refused.
+    assert_eq!(failure(check_boot_measurements(pinned(MRTD).allowed_boot_measurements(), None)), F::NotAllowed);
+    // Nothing pinned: no constraint.
+    check_boot_measurements(&[], None).unwrap();
+}
+
+// The whole report, end to end (feature `dcap`: the quote is parsed by dcap-qvl).
+#[cfg(feature = "dcap")]
+mod end_to_end;

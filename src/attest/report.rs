@@ -7,7 +7,8 @@ use crate::attest::custody;
 #[cfg(feature = "dcap")]
 use crate::attest::dcap::{self, Collateral};
 use crate::attest::eventlog;
-use crate::attest::keyset::{AttestedKeyset, ReceiptKey, TlsKey};
+use crate::attest::generation::{self, Generation, Legacy};
+use crate::attest::keyset::{self, AttestedKeyset, HardwareEvidence, ReceiptKey, TlsKey};
 use crate::attest::policy::{Custody, Hardware, KeySelection, Policy, decode_hex};
 use crate::error::{AttestationFailure, Error, Result};
 use crate::hex;
@@ -89,15 +90,19 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 /// [`AttestationFailure`]:
 ///
 /// 1. `api_version == "aci/1"` ([`ApiVersion`](AttestationFailure::ApiVersion)); the document
-///    has the report's shape ([`Shape`](AttestationFailure::Shape)).
+///    has the report's shape ([`Shape`](AttestationFailure::Shape)). The shape decides the
+///    report [`Generation`] (a document with members of both is `Shape`), and a policy built
+///    with [`current_generation_only`](crate::attest::PolicyBuilder::current_generation_only)
+///    refuses the older one ([`Generation`](AttestationFailure::Generation)).
 /// 2. Hardware evidence ([`HardwareUnverifiable`](AttestationFailure::HardwareUnverifiable),
 ///    [`Quote`](AttestationFailure::Quote), [`TcbStatus`](AttestationFailure::TcbStatus)): under a
 ///    policy that requires hardware verification, a build without the `dcap` feature fails with
 ///    `HardwareUnverifiable`. With it, `tee_type` must be `tdx`, `quote_report_data` (if present)
 ///    and the TDX quote's report-data slot must equal `report_data ‖ 32 zero bytes`, the quote must
 ///    verify at `now` against the policy's collateral for its platform (none is
-///    `HardwareUnverifiable`; see the `dcap` module), and its TCB status must be one
-///    the policy accepts. The `dangerous()` stub acceptance still requires the stub quote's
+///    `HardwareUnverifiable`; see the `dcap` module), its TCB status must be one
+///    the policy accepts and no Intel advisory that applies to it may be one the policy
+///    refuses. The `dangerous()` stub acceptance still requires the stub quote's
 ///    report-data slot (and `quote_report_data`, if present) to carry `report_data`.
 /// 3. Binding: the digest recomputed as `sha256:` + hex(SHA-256(JCS(parsed keyset))) — unknown
 ///    members included — equals `workload_keyset_digest`
@@ -106,21 +111,37 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 ///    names); SHA-256 of the statement built for *our* nonce equals `report_data`
 ///    ([`Nonce`](AttestationFailure::Nonce) when it is the `"nonce":null` statement,
 ///    [`ReportData`](AttestationFailure::ReportData) otherwise: a report for another nonce, or a
-///    forged one).
+///    forged one). The older generation instead checks, after the digest: `workload_id` is
+///    `sha256:` + hex(SHA-256(JCS(workload_identity.public_key)))
+///    ([`WorkloadId`](AttestationFailure::WorkloadId)), `report_data` is SHA-256 of
+///    `JCS({nonce, purpose, workload_id, workload_keyset_digest})` for our nonce (`ReportData`),
+///    and the secp256k1 `keyset_endorsement` of the digest verifies under the identity key
+///    ([`Endorsement`](AttestationFailure::Endorsement); see the `generation` module).
 /// 4. `now < not_after` ([`Expired`](AttestationFailure::Expired)) and
 ///    `not_after <= now + max_validity` ([`NotAfterTooFar`](AttestationFailure::NotAfterTooFar)).
+///    For the older generation `not_after` is `freshness.stale_after` (or the keyset epoch's
+///    `not_after` if earlier): never unbounded.
 /// 5. `service_capabilities.supported_e2ee_versions` contains `"2"`
 ///    ([`E2eeUnsupported`](AttestationFailure::E2eeUnsupported); there is never a plaintext
 ///    fallback).
 /// 6. Keys: E2EE entries of unknown algorithms are ignored, a malformed entry of a known one is
 ///    [`BadKey`](AttestationFailure::BadKey), as is a malformed Ed25519 receipt key; the policy
-///    selects the E2EE key ([`NoUsableKey`](AttestationFailure::NoUsableKey)).
+///    selects the E2EE key ([`NoUsableKey`](AttestationFailure::NoUsableKey)). Of an older
+///    keyset only `dstack-kms-e2ee-v1` (secp256k1) is kept; its legacy entries never are.
 /// 7. Measured values against the allowlists ([`NotAllowed`](AttestationFailure::NotAllowed),
-///    [`EventLog`](AttestationFailure::EventLog)). For a hardware-verified quote the event log
-///    must replay (dstack runtime events recomputed) to the quote's RTMR3, and must measure a
-///    `compose-hash` equal to SHA-256 of `app_compose` (required) and an `app-id`.
-/// 8. KMS key custody for the receipt keys and both E2EE roles
-///    ([`Custody`](AttestationFailure::Custody)).
+///    naming the measured value, and [`EventLog`](AttestationFailure::EventLog)). Every RTMR3
+///    event must be a dstack runtime event, the log must reach `system-ready`, and the identity
+///    events (`app-id`, `compose-hash`, `os-image-hash`, `instance-id`, `key-provider`,
+///    `mr-kms`) are read only before it, each at most once. For a hardware-verified quote the
+///    event log must replay (runtime digests recomputed) to the quote's RTMR3, and must measure a
+///    `compose-hash` equal to SHA-256 of `app_compose` (required; the older generation served
+///    none, so its measured compose hash stands alone) and an `app-id`; pinned boot
+///    measurements must equal the quote's MRTD and RTMR0–2 (a quote that was not
+///    hardware-verified matches none).
+/// 8. KMS key custody, required once the policy accepts a KMS root, for every key role: the
+///    keyset's identity key where it has one, the receipt keys and both E2EE roles
+///    ([`Custody`](AttestationFailure::Custody)); for the older generation its own roles: the
+///    identity key, the secp256k1 receipt key and the E2EE key.
 ///
 /// # Where the app id comes from
 ///
@@ -137,13 +158,16 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 /// use tower_aci::attest::{verify_report, Policy};
 /// use tower_aci::{AttestationFailure, ErrorKind};
 ///
-/// let policy = Policy::builder().allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918").build()?;
+/// let policy = Policy::builder()
+///     .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918")
+///     .accept_kms_root("0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1")
+///     .build()?;
 /// let err = verify_report(br#"{"api_version":"aci/0"}"#, &[0; 32], 1_700_000_000, &policy).unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::Attestation(AttestationFailure::ApiVersion));
 /// # Ok::<(), tower_aci::Error>(())
 /// ```
 pub fn verify_report(report: &[u8], nonce: &[u8; 32], now: u64, policy: &Policy) -> Result<AttestedKeyset> {
-    verify(report, nonce, now, policy, None)
+    verify(report, nonce, now, policy, Appraisal::Collateral(None))
 }
 
 /// [`verify_report`] with collateral fetched for this report's quote (feature `dcap`), used in
@@ -161,7 +185,34 @@ pub fn verify_report_with_collateral(
     policy: &Policy,
     collateral: &Collateral,
 ) -> Result<AttestedKeyset> {
-    verify(report, nonce, now, policy, Some(collateral))
+    verify(report, nonce, now, policy, Appraisal::Collateral(Some(collateral)))
+}
+
+/// How step 2 treats a quote that needs hardware verification.
+#[derive(Clone, Copy)]
+enum Appraisal<'a> {
+    /// Verify it to Intel's root against this collateral (fetched for it), else against the
+    /// policy's offline collateral for its platform. (Without feature `dcap` there is none.)
+    Collateral(#[cfg_attr(not(feature = "dcap"), allow(dead_code))] Option<&'a Collateral>),
+    /// Tests only, for a real quote whose collateral was never captured: every check of step 2
+    /// except the DCAP collateral check (the quote's signature chain to Intel's root and its TCB
+    /// status). The quote is parsed, `tee_type`, `quote_report_data` and the report-data slot
+    /// are checked, and RTMR3 is taken from the *unverified* TD report body. The keyset then
+    /// says `hardware_verified() == false`.
+    #[cfg(all(test, feature = "dcap"))]
+    UnverifiedBody,
+}
+
+/// [`verify_report`] with the DCAP collateral check as the one skipped check: see
+/// [`Appraisal::UnverifiedBody`]. For tests on real captures that carry no collateral.
+#[cfg(all(test, feature = "dcap"))]
+pub(crate) fn verify_report_skipping_collateral(
+    report: &[u8],
+    nonce: &[u8; 32],
+    now: u64,
+    policy: &Policy,
+) -> Result<AttestedKeyset> {
+    verify(report, nonce, now, policy, Appraisal::UnverifiedBody)
 }
 
 fn verify(
@@ -169,7 +220,7 @@ fn verify(
     nonce: &[u8; 32],
     now: u64,
     policy: &Policy,
-    collateral: Option<&Collateral>,
+    appraisal: Appraisal<'_>,
 ) -> Result<AttestedKeyset> {
     let doc: Value = serde_json::from_slice(report).map_err(|_| fail(F::Shape, "the report is not JSON"))?;
     let top = doc.as_object().ok_or_else(|| fail(F::Shape, "the report is not a JSON object"))?;
@@ -201,16 +252,36 @@ fn verify(
         None | Some(Value::Null) => &empty,
         Some(_) => return Err(fail(F::Shape, "evidence is not an object")),
     };
+    let keyset = keyset_value.as_object().unwrap_or(&empty);
+    // The generation, from the shape (see `generation`); the older one adds its own members.
+    let generation = generation::detect(top, attestation, keyset)?;
+    if !policy.accepts_generation(generation) {
+        return Err(fail(
+            F::Generation,
+            format!(
+                "the report is of the {} generation and the policy accepts only the current one",
+                generation.name()
+            ),
+        ));
+    }
+    let legacy = match generation {
+        Generation::Legacy => Some(Legacy::parse(top, attestation, keyset, evidence)?),
+        _ => None,
+    };
 
     // 2. Hardware evidence.
-    let rt_mr3 = appraise_quote(attestation, evidence, &claimed_report_data, now, policy, collateral)?;
+    let hardware = appraise_quote(attestation, evidence, &claimed_report_data, now, policy, appraisal)?;
+    let rt_mr3 = hardware.as_ref().map(|(rt_mr3, _)| *rt_mr3);
+    let hardware = hardware.and_then(|(_, evidence)| evidence);
 
     // 3. Binding.
     let digest = keyset_digest(keyset_value)?;
     if digest != published_digest {
         return Err(fail(F::KeysetDigest, "the keyset does not hash to workload_keyset_digest"));
     }
-    if report_data(&digest, Some(nonce)) != claimed_report_data {
+    if let Some(legacy) = &legacy {
+        legacy.bind(&digest, nonce, &claimed_report_data)?;
+    } else if report_data(&digest, Some(nonce)) != claimed_report_data {
         if report_data(&digest, None) == claimed_report_data {
             return Err(fail(F::Nonce, "the report binds no nonce (\"nonce\":null) but we sent one"));
         }
@@ -220,12 +291,14 @@ fn verify(
         ));
     }
 
-    // 4. Expiry.
-    let keyset = keyset_value.as_object().unwrap_or(&empty);
-    let not_after = keyset
-        .get("not_after")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| fail(F::Shape, "the keyset's not_after is not an unsigned integer"))?;
+    // 4. Expiry (the older generation's validity is its freshness; see `generation`).
+    let not_after = match &legacy {
+        Some(legacy) => legacy.not_after(),
+        None => keyset
+            .get("not_after")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| fail(F::Shape, "the keyset's not_after is not an unsigned integer"))?,
+    };
     if now >= not_after {
         return Err(fail(F::Expired, format!("the keyset expired at {not_after} (now {now})")));
     }
@@ -247,34 +320,58 @@ fn verify(
     }
 
     // 6. Keys.
-    let subject = match keyset.get("subject") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(fail(F::Shape, "the keyset's subject is neither a string nor null")),
+    let subject = match (&legacy, keyset.get("subject")) {
+        (Some(legacy), _) => legacy.subject.clone(),
+        (None, None | Some(Value::Null)) => None,
+        (None, Some(Value::String(s))) => Some(s.clone()),
+        (None, Some(_)) => return Err(fail(F::Shape, "the keyset's subject is neither a string nor null")),
     };
-    let e2ee_keys = parse_e2ee_keys(keyset)?;
+    let mut e2ee_keys = parse_e2ee_keys(keyset)?;
     let (receipt_keys, receipt_texts) = parse_receipt_keys(keyset)?;
+    let legacy_receipt_texts = match legacy {
+        Some(_) => {
+            generation::retain_e2ee_keys(&mut e2ee_keys);
+            generation::secp256k1_receipt_keys(keyset)?
+        }
+        None => Vec::new(),
+    };
     let tls_keys = parse_tls_keys(keyset)?;
+    let identity_key = identity_key(keyset)?;
     let selected = select_key(&e2ee_keys, &policy.selection)?;
 
     // 7. Measured values and allowlists.
-    let measured = measured_values(evidence, subject.as_deref(), policy, rt_mr3.as_ref())?;
+    let require_app_compose = generation == Generation::Current;
+    let measured = measured_values(evidence, subject.as_deref(), policy, rt_mr3.as_ref(), require_app_compose)?;
     check_allowlists(attestation, &measured, policy)?;
+    keyset::check_boot_measurements(policy.allowed_boot_measurements(), hardware.as_ref().map(|h| &h.boot))?;
 
     // 8. Key custody.
     let key_custody = evidence.get("key_custody").filter(|v| !v.is_null());
     match (policy.custody, key_custody) {
-        (Custody::Skip, _) => {}
+        // Skipped, or no KMS root to verify it against (the pin rests on boot measurements).
+        (Custody::Skip | Custody::NoRoot, _) => {}
         (Custody::Required, None) => {
             return Err(fail(F::Custody, "the policy requires key custody and the report has none"));
         }
-        (Custody::IfPresent, None) => {}
-        (_, Some(kc)) => {
+        (Custody::Required, Some(kc)) => {
             let app_id = measured.app_id.as_deref().ok_or_else(|| {
                 fail(F::Custody, "no app id is known (measured, assumed or in the subject) to verify key custody")
             })?;
-            let covered = custody::CoveredKeys { receipt: &receipt_texts, e2ee: &e2ee_keys };
-            custody::verify(kc, &covered, app_id, &policy.kms_roots)?;
+            match &legacy {
+                None => {
+                    let covered =
+                        custody::CoveredKeys { identity: identity_key, receipt: &receipt_texts, e2ee: &e2ee_keys };
+                    custody::verify(kc, &covered, app_id, &policy.kms_roots)?;
+                }
+                Some(legacy) => {
+                    let covered = custody::LegacyCoveredKeys {
+                        identity: legacy.identity_text,
+                        receipt: &legacy_receipt_texts,
+                        e2ee: &e2ee_keys,
+                    };
+                    custody::verify_legacy(kc, &covered, app_id, &policy.kms_roots)?;
+                }
+            }
         }
     }
 
@@ -287,7 +384,9 @@ fn verify(
         receipt_keys,
         tls_keys,
         verified_at: now,
-        hardware_verified: rt_mr3.is_some(),
+        hardware_verified: rt_mr3.is_some() && appraisal.verifies_collateral(),
+        generation,
+        hardware,
     })
 }
 
@@ -322,16 +421,31 @@ pub(crate) fn quote_to_verify(report: &[u8], policy: &Policy) -> Option<Vec<u8>>
     (!stub).then_some(quote)
 }
 
-/// Step 2. Returns the quote's RTMR3 when the quote was verified by hardware, `None` when a
-/// `dangerous()` policy let it pass unverified.
+impl Appraisal<'_> {
+    /// Whether a quote that passes step 2 was verified to Intel's root (its collateral checked).
+    fn verifies_collateral(self) -> bool {
+        match self {
+            Appraisal::Collateral(_) => true,
+            #[cfg(all(test, feature = "dcap"))]
+            Appraisal::UnverifiedBody => false,
+        }
+    }
+}
+
+/// What step 2 learnt from a quote that needs hardware verification: its RTMR3 and, when the
+/// quote was verified to Intel's root, the evidence the keyset reports.
+type Appraised = ([u8; 48], Option<HardwareEvidence>);
+
+/// Step 2. Returns the quote's RTMR3 (and evidence) when the quote needed hardware verification,
+/// `None` when a `dangerous()` policy let it pass unverified.
 fn appraise_quote(
     attestation: &Map<String, Value>,
     evidence: &Map<String, Value>,
     report_data: &[u8; 32],
     now: u64,
     policy: &Policy,
-    collateral: Option<&Collateral>,
-) -> Result<Option<[u8; 48]>> {
+    appraisal: Appraisal<'_>,
+) -> Result<Option<Appraised>> {
     let quote = raw_quote(evidence)?;
     let stub_slot = quote.as_deref().and_then(|q| q.strip_prefix(STUB_QUOTE_PREFIX));
     let stub_allowed = matches!(policy.hardware, Hardware::AcceptStub | Hardware::Skip);
@@ -349,11 +463,11 @@ fn appraise_quote(
             Ok(None)
         }
         (None, Hardware::AcceptStub) if quote.is_none() => Err(fail(F::Quote, "the report carries no quote")),
-        _ => verify_hardware(attestation, evidence, quote.as_deref(), report_data, now, policy, collateral).map(Some),
+        _ => verify_hardware(attestation, evidence, quote.as_deref(), report_data, now, policy, appraisal).map(Some),
     }
 }
 
-/// Step 2 for a quote that needs hardware verification: returns its RTMR3.
+/// Step 2 for a quote that needs hardware verification: returns its RTMR3 and evidence.
 #[cfg(feature = "dcap")]
 fn verify_hardware(
     attestation: &Map<String, Value>,
@@ -362,17 +476,43 @@ fn verify_hardware(
     report_data: &[u8; 32],
     now: u64,
     policy: &Policy,
-    collateral: Option<&Collateral>,
-) -> Result<[u8; 48]> {
+    appraisal: Appraisal<'_>,
+) -> Result<Appraised> {
     let quote = quote.ok_or_else(|| fail(F::Quote, "the report carries no quote"))?;
-    dcap::require_collateral(collateral, &policy.collateral)?;
+    match appraisal {
+        Appraisal::Collateral(collateral) => dcap::require_collateral(collateral, &policy.collateral)?,
+        #[cfg(test)]
+        Appraisal::UnverifiedBody => {}
+    }
     if attestation.get("tee_type").and_then(Value::as_str) != Some("tdx") {
         return Err(fail(F::Quote, "the report's tee_type is not tdx"));
     }
     let mut slot = [0u8; 64];
     slot[..32].copy_from_slice(report_data);
     check_quote_report_data(evidence, &slot)?;
-    dcap::appraise(quote, &slot, collateral, &policy.collateral, &policy.tcb_statuses, now)
+    match appraisal {
+        Appraisal::Collateral(collateral) => {
+            let (rt_mr3, evidence) = dcap::appraise(
+                quote,
+                &slot,
+                collateral,
+                &policy.collateral,
+                &policy.tcb_statuses,
+                &policy.refused_advisories,
+                now,
+            )?;
+            Ok((rt_mr3, Some(evidence)))
+        }
+        #[cfg(test)]
+        Appraisal::UnverifiedBody => {
+            let parsed = dcap::parse_tdx(quote)?;
+            if *dcap::slot_of(&parsed)? != slot {
+                return Err(fail(F::Quote, "the quote's report-data slot does not carry report_data"));
+            }
+            let rt_mr3 = parsed.report.as_td10().map(|td| td.rt_mr3);
+            Ok((rt_mr3.ok_or_else(|| fail(F::Quote, "the quote is not a TDX quote"))?, None))
+        }
+    }
 }
 
 /// Step 2 for a quote that needs hardware verification, in a build without a verifier.
@@ -384,8 +524,8 @@ fn verify_hardware(
     _report_data: &[u8; 32],
     _now: u64,
     _policy: &Policy,
-    _collateral: Option<&Collateral>,
-) -> Result<[u8; 48]> {
+    _appraisal: Appraisal<'_>,
+) -> Result<Appraised> {
     Err(fail(
         F::HardwareUnverifiable,
         "the policy requires hardware verification of the TDX quote and this build has no quote verifier \
@@ -473,6 +613,20 @@ fn parse_receipt_keys(keyset: &Map<String, Value>) -> Result<(Vec<ReceiptKey>, V
     Ok((keys, texts))
 }
 
+/// The keyset's identity key (`workload_identity.public_key.public_key`, as the older report
+/// generation publishes it), if it has one: key custody must then cover it too.
+fn identity_key(keyset: &Map<String, Value>) -> Result<Option<&str>> {
+    match keyset.get("workload_identity") {
+        None | Some(Value::Null) => Ok(None),
+        Some(identity) => identity
+            .get("public_key")
+            .and_then(|k| k.get("public_key"))
+            .and_then(Value::as_str)
+            .map(Some)
+            .ok_or_else(|| fail(F::Shape, "the keyset's workload_identity names no public_key")),
+    }
+}
+
 pub(crate) fn parse_tls_keys(keyset: &Map<String, Value>) -> Result<Vec<TlsKey>> {
     let mut keys = Vec::new();
     for entry in entries(keyset, "tls_public_keys")? {
@@ -515,12 +669,15 @@ struct MeasuredValues {
 }
 
 /// Step 7's measured values. `rt_mr3` is the hardware-verified quote's RTMR3: the event log
-/// must then replay to it and measure the compose hash (of the required `app_compose`) and app id.
+/// must then replay to it and measure the compose hash and app id. `app_compose` (the compose
+/// hash's preimage) is then required by the current generation; the older one did not serve it,
+/// so its compose hash is the measured one (an `app_compose` it carries is still checked).
 fn measured_values(
     evidence: &Map<String, Value>,
     subject: Option<&str>,
     policy: &Policy,
     rt_mr3: Option<&[u8; 48]>,
+    require_app_compose: bool,
 ) -> Result<MeasuredValues> {
     let app_compose = match evidence.get("app_compose") {
         None | Some(Value::Null) => None,
@@ -544,7 +701,7 @@ fn measured_values(
         Some(_) => return Err(fail(F::EventLog, "evidence.event_log is not a JSON string")),
     };
     if rt_mr3.is_some() {
-        if app_compose.is_none() {
+        if require_app_compose && app_compose.is_none() {
             return Err(fail(F::EventLog, "the hardware-verified report has no app_compose"));
         }
         if from_log.compose_hash.is_none() {
@@ -587,21 +744,36 @@ fn measured_values(
     Ok(MeasuredValues { app_id: app_id.cloned(), compose_hash, os_image_hash: from_log.os_image_hash })
 }
 
+/// `NotAllowed` for a measured value not on an allowlist: names the value seen (in full, so the
+/// user can re-pin after an upgrade), the allowed ones, and the builder method that pins it.
+fn not_allowed<T: AsRef<[u8]>>(what: &str, seen: Option<&T>, allowed: &[T], how: &str) -> Error {
+    let allowed = allowed.iter().map(hex::encode).collect::<Vec<_>>().join(", ");
+    let message = match seen {
+        Some(v) => format!(
+            "the {what} {} is not on the policy's allowlist (allowed: {allowed}). If the gateway was upgraded, check \
+             the new {what} and re-pin with {how}",
+            hex::encode(v)
+        ),
+        None => format!("the report measures no {what}, and the policy allows only: {allowed} ({how})"),
+    };
+    fail(F::NotAllowed, message)
+}
+
 fn check_allowlists(attestation: &Map<String, Value>, m: &MeasuredValues, policy: &Policy) -> Result<()> {
     let allow = &policy.allow;
     if let Some(list) = &allow.app_ids {
         if !m.app_id.as_ref().is_some_and(|id| list.contains(id)) {
-            return Err(fail(F::NotAllowed, "the app id is not on the policy's allowlist"));
+            return Err(not_allowed("app id", m.app_id.as_ref(), list, "allow_app_id"));
         }
     }
     if let Some(list) = &allow.compose_hashes {
         if !m.compose_hash.is_some_and(|h| list.contains(&h)) {
-            return Err(fail(F::NotAllowed, "the compose hash is not on the policy's allowlist"));
+            return Err(not_allowed("compose hash", m.compose_hash.as_ref(), list, "allow_compose_hash"));
         }
     }
     if let Some(list) = &allow.os_image_hashes {
         if !m.os_image_hash.as_ref().is_some_and(|h| list.contains(h)) {
-            return Err(fail(F::NotAllowed, "the OS image hash is not on the policy's allowlist"));
+            return Err(not_allowed("OS image hash", m.os_image_hash.as_ref(), list, "allow_os_image_hash"));
         }
     }
     let provenance = attestation.get("source_provenance").and_then(Value::as_object);
@@ -612,12 +784,28 @@ fn check_allowlists(attestation: &Map<String, Value>, m: &MeasuredValues, policy
             _ => false,
         };
         if !ok {
-            return Err(fail(F::NotAllowed, "the source provenance is not on the policy's allowlist"));
+            return Err(fail(
+                F::NotAllowed,
+                format!(
+                    "the source provenance (repo_url {:?}, repo_commit {:?}) is not on the policy's allowlist \
+                     (allowed: {})",
+                    declared("repo_url"),
+                    declared("repo_commit"),
+                    list.iter().map(|(u, c)| format!("{u} @ {c}")).collect::<Vec<_>>().join(", ")
+                ),
+            ));
         }
     }
     if let Some(list) = &allow.image_digests {
         if !declared("image_digest").is_some_and(|d| list.iter().any(|a| a == d)) {
-            return Err(fail(F::NotAllowed, "the image digest is not on the policy's allowlist"));
+            return Err(fail(
+                F::NotAllowed,
+                format!(
+                    "the image digest {:?} is not on the policy's allowlist (allowed: {})",
+                    declared("image_digest"),
+                    list.join(", ")
+                ),
+            ));
         }
     }
     Ok(())
@@ -626,6 +814,11 @@ fn check_allowlists(attestation: &Map<String, Value>, m: &MeasuredValues, policy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_generations_state_the_same_purpose() {
+        assert_eq!(generation::STATEMENT_PURPOSE, STATEMENT_PURPOSE);
+    }
 
     #[test]
     fn statement_matches_the_spec_vector() {
@@ -641,7 +834,7 @@ mod tests {
         );
     }
 
-    /// A dstack-shaped event log (one boot event, then runtime events) and the RTMR3 it
+    /// A dstack-shaped event log (one RTMR0 boot event, then runtime events) and the RTMR3 it
     /// replays to, computed here from the spec's recipe rather than with `eventlog`.
     fn crafted_log(compose: &str, with_app_id: bool) -> (Map<String, Value>, [u8; 48]) {
         use sha2::Sha384;
@@ -658,11 +851,11 @@ mod tests {
         }
         runtime.push(("compose-hash", compose_hash.to_vec()));
         runtime.push(("system-ready", Vec::new()));
-        let boot_digest = [0x5a; 48];
+        // A boot event of another register, which does not take part in the RTMR3 replay.
         let mut events = vec![serde_json::json!({
-            "imr": 3, "event_type": 0x8000_0007u32, "digest": hex::encode(boot_digest), "event": "", "event_payload": ""
+            "imr": 0, "event_type": 0x8000_0007u32, "digest": hex::encode([0x5a; 48]), "event": "", "event_payload": ""
         })];
-        let mut mr = sha384(&[&[0; 48], &boot_digest]);
+        let mut mr = [0u8; 48];
         for (name, payload) in &runtime {
             // The published digest is wrong on purpose: runtime digests are recomputed.
             events.push(serde_json::json!({
@@ -688,34 +881,45 @@ mod tests {
         const COMPOSE: &str = r#"{"services":{"gw":{"image":"gw@sha256:aa"}}}"#;
         let policy = Policy::builder().dangerous().any_workload().build().unwrap();
         let (evidence, rtmr3) = crafted_log(COMPOSE, true);
-        let m = measured_values(&evidence, None, &policy, Some(&rtmr3)).unwrap();
+        let m = measured_values(&evidence, None, &policy, Some(&rtmr3), true).unwrap();
         assert_eq!(m.app_id, Some(vec![0xab; 20]));
         assert_eq!(m.compose_hash.map(|h| h.to_vec()), Some(Sha256::digest(COMPOSE.as_bytes()).to_vec()));
 
         // Another RTMR3.
         let mut other = rtmr3;
         other[0] ^= 1;
-        assert!(event_log_failure(measured_values(&evidence, None, &policy, Some(&other))));
+        assert!(event_log_failure(measured_values(&evidence, None, &policy, Some(&other), true)));
         // app_compose that does not hash to the measured compose-hash, or none at all.
         let mut tampered = evidence.clone();
         tampered.insert("app_compose".into(), Value::from("{}"));
-        assert!(event_log_failure(measured_values(&tampered, None, &policy, Some(&rtmr3))));
+        assert!(event_log_failure(measured_values(&tampered, None, &policy, Some(&rtmr3), true)));
         tampered.insert("app_compose".into(), Value::Null);
-        assert!(event_log_failure(measured_values(&tampered, None, &policy, Some(&rtmr3))));
+        assert!(event_log_failure(measured_values(&tampered, None, &policy, Some(&rtmr3), true)));
         // No event log.
         let mut no_log = evidence.clone();
         no_log.remove("event_log");
-        assert!(event_log_failure(measured_values(&no_log, None, &policy, Some(&rtmr3))));
+        assert!(event_log_failure(measured_values(&no_log, None, &policy, Some(&rtmr3), true)));
         // A log without an app-id event replays, but a hardware-verified report needs one.
         let (no_app_id, rtmr3_without) = crafted_log(COMPOSE, false);
-        assert!(event_log_failure(measured_values(&no_app_id, None, &policy, Some(&rtmr3_without))));
+        assert!(event_log_failure(measured_values(&no_app_id, None, &policy, Some(&rtmr3_without), true)));
         // Without a verified quote the log is not replayed (and an app id is optional).
-        assert!(measured_values(&no_app_id, None, &policy, None).is_ok());
+        assert!(measured_values(&no_app_id, None, &policy, None, true).is_ok());
         // The measured app id is the policy anchor for the keyset subject.
         let subject = format!("app-id:0x{}", hex::encode([0xab; 20]));
-        assert!(measured_values(&evidence, Some(&subject), &policy, Some(&rtmr3)).is_ok());
-        let r = measured_values(&evidence, Some("app-id:0x01"), &policy, Some(&rtmr3));
+        assert!(measured_values(&evidence, Some(&subject), &policy, Some(&rtmr3), true).is_ok());
+        let r = measured_values(&evidence, Some("app-id:0x01"), &policy, Some(&rtmr3), true);
         assert!(matches!(r, Err(e) if e.kind() == crate::ErrorKind::Attestation(F::NotAllowed)));
+
+        // The older generation served no app_compose: the measured compose hash stands alone,
+        // but an app_compose that is served must still hash to it.
+        let mut without = evidence.clone();
+        without.remove("app_compose");
+        let m = measured_values(&without, None, &policy, Some(&rtmr3), false).unwrap();
+        assert_eq!(m.compose_hash.map(|h| h.to_vec()), Some(Sha256::digest(COMPOSE.as_bytes()).to_vec()));
+        let mut wrong = evidence.clone();
+        wrong.insert("app_compose".into(), Value::from("{}"));
+        assert!(event_log_failure(measured_values(&wrong, None, &policy, Some(&rtmr3), false)));
+        assert!(event_log_failure(measured_values(&no_app_id, None, &policy, Some(&rtmr3_without), false)));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! aci-proxy inspect https://api.redpill.ai                                      # what to pin
 //! ACI_API_KEY=sk-… aci-proxy --gateway https://api.redpill.ai --compose-hash … --kms-root …
 //! aci-proxy verify-receipts receipts.jsonl --config aci-proxy.toml           # offline audit
+//! ACI_CLIENT_KEY=… aci-proxy --listen 0.0.0.0:8787 --client-key-env ACI_CLIENT_KEY …  # beyond loopback
 //! ```
 //!
 //! Every flag can also come from an `ACI_PROXY_*` environment variable (`--gateway` from
@@ -26,8 +27,7 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
-use tower_aci::proxy::{LogFormat, Proxy, ProxyConfig, ReceiptMode, verify_audit};
-use tower_aci::receipt::ReceiptPolicy;
+use tower_aci::proxy::{BootMeasurementPin, LogFormat, Proxy, ProxyConfig, ReceiptMode, verify_audit};
 
 /// End-to-end encryption (ACI E2EE v2) for any OpenAI SDK, through a local proxy.
 ///
@@ -73,6 +73,15 @@ struct ServeArgs {
     /// Environment variable holding the API key sent as the bearer token [default: ACI_API_KEY]
     #[arg(long, env = "ACI_PROXY_API_KEY_ENV", value_name = "VAR")]
     api_key_env: Option<String>,
+    /// Environment variable holding the key clients must send as `Authorization: Bearer <key>`
+    /// (at least 16 characters; required to listen on a non-loopback address). The client key
+    /// is never forwarded: the gateway gets the API key of --api-key-env
+    #[arg(long, env = "ACI_PROXY_CLIENT_KEY_ENV", value_name = "VAR")]
+    client_key_env: Option<String>,
+    /// Allow requests from this browser origin, exactly scheme://host or scheme://host:port (repeatable); any
+    /// other request carrying Origin is refused
+    #[arg(long = "allow-origin", env = "ACI_PROXY_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
+    allow_origins: Vec<String>,
     /// Receipts: off, verify (in the background) or before-release [default: verify]
     #[arg(long, env = "ACI_PROXY_RECEIPTS", value_name = "MODE")]
     receipts: Option<ReceiptMode>,
@@ -127,9 +136,16 @@ struct PolicyArgs {
     /// Allow this OS image hash (hex; the event log's os-image-hash)
     #[arg(long = "os-image-hash", env = "ACI_PROXY_OS_IMAGE_HASH", value_name = "HEX", value_delimiter = ',')]
     os_image_hashes: Vec<String>,
-    /// Accept this KMS root key (hex, compressed secp256k1); key custody is then required
+    /// Accept this KMS root key (hex, compressed secp256k1); key custody is then required. Anchors the pin
     #[arg(long = "kms-root", env = "ACI_PROXY_KMS_ROOT", value_name = "HEX", value_delimiter = ',')]
     kms_roots: Vec<String>,
+    /// Allow these boot measurements: the quote's MRTD and RTMR0-2, hex, comma-separated (repeatable, one set
+    /// per OS image; sets separated by ';' in the environment). Anchors the pin without a KMS root
+    #[arg(long = "boot-measurements", env = "ACI_PROXY_BOOT_MEASUREMENTS", value_name = "MRTD,RTMR0,RTMR1,RTMR2", value_delimiter = ';')]
+    boot_measurements: Vec<BootMeasurementPin>,
+    /// Refuse a platform whose TCB level is affected by this Intel advisory (e.g. INTEL-SA-00837; repeatable)
+    #[arg(long = "refuse-advisory", env = "ACI_PROXY_REFUSE_ADVISORY", value_name = "ID", value_delimiter = ',')]
+    refused_advisories: Vec<String>,
     /// Accept these TCB statuses of the quote [default: UpToDate]
     #[arg(long = "tcb-status", env = "ACI_PROXY_TCB_STATUS", value_name = "STATUS", value_delimiter = ',')]
     tcb_statuses: Vec<String>,
@@ -142,6 +158,10 @@ struct PolicyArgs {
     /// Dangerous: trust any workload running in a TEE (no pin)
     #[arg(long, env = "ACI_PROXY_ANY_WORKLOAD", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     any_workload: Option<bool>,
+    /// Accept a receipt only when the keyset it names was itself attested, never on the
+    /// same-key rule (a replica whose report could not be fetched)
+    #[arg(long, env = "ACI_PROXY_REQUIRE_EXACT_KEYSET", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    require_exact_keyset: Option<bool>,
 }
 
 /// `600`, `600s`, `10m`, `1h`: a duration in seconds unless suffixed.
@@ -191,12 +211,19 @@ impl PolicyArgs {
         if let Some(b) = self.any_workload {
             config.any_workload = b;
         }
+        if let Some(b) = self.require_exact_keyset {
+            config.require_exact_keyset = b;
+        }
         let pins = &mut config.pins;
         replace_if_given(&mut pins.compose_hashes, &self.compose_hashes);
         replace_if_given(&mut pins.app_ids, &self.app_ids);
         replace_if_given(&mut pins.os_image_hashes, &self.os_image_hashes);
         replace_if_given(&mut pins.kms_roots, &self.kms_roots);
         replace_if_given(&mut pins.tcb_statuses, &self.tcb_statuses);
+        replace_if_given(&mut pins.refused_advisories, &self.refused_advisories);
+        if !self.boot_measurements.is_empty() {
+            pins.boot_measurements = self.boot_measurements.clone();
+        }
         if let Some(id) = &self.key_id {
             pins.key_id = Some(id.clone());
         }
@@ -219,6 +246,10 @@ impl ServeArgs {
         if let Some(e) = &self.api_key_env {
             config.api_key_env = e.clone();
         }
+        if let Some(e) = &self.client_key_env {
+            config.client_key_env = Some(e.clone());
+        }
+        replace_if_given(&mut config.allow_origins, &self.allow_origins);
         if let Some(r) = self.receipts {
             config.receipts = r;
         }
@@ -270,6 +301,9 @@ fn config_json(c: &ProxyConfig) -> serde_json::Value {
         "log_format": match c.log_format { LogFormat::Json => "json", _ => "text" },
         "local_test_gateway": c.local_test_gateway,
         "any_workload": c.any_workload,
+        "require_exact_keyset": c.require_exact_keyset,
+        "client_key_env": c.client_key_env,
+        "allow_origins": c.allow_origins,
         "pins": c.pins.to_json(),
     })
 }
@@ -324,7 +358,7 @@ fn verify_receipts(file: &PathBuf, policy: &PolicyArgs) -> Result<(), String> {
     let config = policy.config()?;
     let policy = config.policy().map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let summary = verify_audit(&text, &policy, &ReceiptPolicy::new());
+    let summary = verify_audit(&text, &policy, &config.receipt_policy());
     println!("{} reports and {} receipts verified", summary.keysets_verified, summary.receipts_verified);
     for (line, e) in &summary.failures {
         println!("line {line}: {:?}: {e}", e.kind());
@@ -377,5 +411,36 @@ fn main() -> ExitCode {
             eprintln!("aci-proxy: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn boot_measurement_and_advisory_flags_reach_the_config() {
+        let m = "ab".repeat(48);
+        let set = format!("{m},{m},{m},{m}");
+        let cli = Cli::try_parse_from([
+            "aci-proxy",
+            "--app-id",
+            "fdb7a14e5a6675f752e2cb69c9067a98ca402918",
+            "--boot-measurements",
+            &set,
+            "--refuse-advisory",
+            "INTEL-SA-00837",
+            "--refuse-advisory",
+            "INTEL-SA-01036",
+        ])
+        .unwrap();
+        let config = cli.serve.config().unwrap();
+        assert_eq!(config.pins.boot_measurements.len(), 1);
+        assert_eq!(config.pins.boot_measurements[0].rtmr2, m);
+        assert_eq!(config.pins.refused_advisories, ["INTEL-SA-00837", "INTEL-SA-01036"]);
+        assert!(config.policy().unwrap().anchors_pin());
+        assert!(Cli::try_parse_from(["aci-proxy", "--boot-measurements", "aa,bb"]).is_err());
     }
 }

@@ -67,6 +67,9 @@ fn cleartext_error(what: &str, paths: &[String]) -> Error {
     Error::new(ErrorKind::Cleartext, format!("strict mode: {what} carries generated content in clear at {list}"))
 }
 
+/// A large event's decryption on the blocking pool; it hands the decryptor back with the event.
+type SseTask = JoinHandle<(Box<StreamDecryptor>, Result<StreamOutput, Error>)>;
+
 enum Mode {
     Buffered {
         ctx: Option<ExchangeContext>,
@@ -76,7 +79,13 @@ enum Mode {
         task: Option<JoinHandle<Result<DecryptedBody, Error>>>,
         output: Option<Bytes>,
     },
-    Sse(Box<StreamDecryptor>),
+    Sse {
+        /// `None` while a large event is decrypted on the blocking pool (`task`).
+        dec: Option<Box<StreamDecryptor>>,
+        task: Option<SseTask>,
+        /// Events whose data exceed this many bytes are decrypted on Tokio's blocking pool.
+        blocking_threshold: usize,
+    },
 }
 
 impl<B> ResponseBody<B> {
@@ -116,7 +125,11 @@ impl<B> ResponseBody<B> {
     }
 
     pub(crate) fn sse(inner: B, ctx: ExchangeContext, config: &Config, digest: Arc<ResponseDigest>) -> Self {
-        let mode = Mode::Sse(Box::new(StreamDecryptor::new(ctx, config.sse_limits)));
+        let mode = Mode::Sse {
+            dec: Some(Box::new(StreamDecryptor::new(ctx, config.sse_limits))),
+            task: None,
+            blocking_threshold: config.blocking_threshold,
+        };
         Self::decrypting(inner, mode, config, digest)
     }
 
@@ -137,7 +150,7 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
             Kind::Passthrough { .. } => "passthrough",
             Kind::Decrypting { state, .. } => match state.mode {
                 Mode::Buffered { .. } => "buffered",
-                Mode::Sse(_) => "sse",
+                Mode::Sse { .. } => "sse",
             },
             Kind::Full { .. } => "full",
         };
@@ -193,56 +206,102 @@ where
                 loop {
                     // 1. Hand out whatever is ready.
                     match &mut state.mode {
-                        Mode::Sse(_) if state.draining.is_some() => {
+                        Mode::Sse { .. } if state.draining.is_some() => {
                             if state.inner_done {
                                 let (e, _) = state.draining.take().expect("checked");
                                 return state.fail(e);
                             }
                         }
-                        Mode::Sse(dec) => match crate::telemetry::timed_event(|| dec.next_output()) {
-                            Ok(Some(StreamOutput::Event(bytes))) => {
-                                crate::telemetry::FieldCounts::opened(&state.counts, dec.last_decrypted_paths().len());
-                                let clear = dec.last_cleartext_paths();
-                                if !clear.is_empty() {
-                                    if state.strict {
-                                        // Fail at this event: it is never released.
-                                        let e = cleartext_error("the stream", clear);
+                        Mode::Sse { dec, task, blocking_threshold } => {
+                            let next = if let Some(t) = task {
+                                // A large event is being decrypted on the blocking pool: nothing
+                                // more is read or released until it is back (order and
+                                // back-pressure kept).
+                                let joined = match Pin::new(t).poll(cx) {
+                                    Poll::Pending => return Poll::Pending,
+                                    Poll::Ready(j) => j,
+                                };
+                                *task = None;
+                                match joined {
+                                    Ok((d, out)) => {
+                                        *dec = Some(d);
+                                        out.map(Some)
+                                    }
+                                    Err(join) => {
+                                        return state.fail(
+                                            Error::new(ErrorKind::Decrypt, "decryption task failed").with_source(join),
+                                        );
+                                    }
+                                }
+                            } else {
+                                let Some(d) = dec.as_mut() else { return state.fail(Error::decrypt()) };
+                                match d.next_event() {
+                                    Err(e) => Err(e),
+                                    Ok(None) => Ok(None),
+                                    Ok(Some(event)) => {
+                                        let size: usize = event.data_lines.iter().map(Bytes::len).sum();
+                                        match tokio::runtime::Handle::try_current() {
+                                            Ok(rt) if size > *blocking_threshold => {
+                                                let Some(mut d) = dec.take() else {
+                                                    return state.fail(Error::decrypt());
+                                                };
+                                                *task = Some(rt.spawn_blocking(move || {
+                                                    let out = crate::telemetry::timed_event(|| d.process(event));
+                                                    (d, out)
+                                                }));
+                                                continue;
+                                            }
+                                            _ => crate::telemetry::timed_event(|| d.process(event)).map(Some),
+                                        }
+                                    }
+                                }
+                            };
+                            let Some(dec) = dec.as_mut() else { return state.fail(Error::decrypt()) };
+                            match next {
+                                Ok(Some(StreamOutput::Event(bytes))) => {
+                                    crate::telemetry::FieldCounts::opened(&state.counts, dec.last_decrypted_paths().len());
+                                    let clear = dec.last_cleartext_paths();
+                                    if !clear.is_empty() {
+                                        if state.strict {
+                                            // Fail at this event: it is never released.
+                                            let e = cleartext_error("the stream", clear);
+                                            return state.fail(e);
+                                        }
+                                        if !state.warned {
+                                            state.warned = true;
+                                            tracing::warn!(fields = ?clear, "the stream carries generated content in clear");
+                                        }
+                                    }
+                                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                                }
+                                Ok(Some(StreamOutput::InBandError(_, e))) => {
+                                    tracing::debug!(error_type = ?e.gateway_error_type(), "stream carried an error event");
+                                    if state.inner_done {
                                         return state.fail(e);
                                     }
-                                    if !state.warned {
-                                        state.warned = true;
-                                        tracing::warn!(fields = ?clear, "the stream carries generated content in clear");
-                                    }
+                                    // Read the rest of the wire first, so that the receipt (which
+                                    // signs all of it) can still be checked.
+                                    state.draining = Some((e, 0));
+                                    continue;
                                 }
-                                return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                            }
-                            Ok(Some(StreamOutput::InBandError(_, e))) => {
-                                tracing::debug!(error_type = ?e.gateway_error_type(), "stream carried an error event");
-                                if state.inner_done {
-                                    return state.fail(e);
+                                Err(e) => return state.fail(e),
+                                Ok(None) if state.inner_done => {
+                                    let r = dec.finish();
+                                    state.finished = true;
+                                    return match r {
+                                        Ok(end) => {
+                                            tracing::debug!(events = end.decrypted_events, "stream ended cleanly");
+                                            Poll::Ready(None)
+                                        }
+                                        Err(e) => {
+                                            tracing::debug!(kind = ?e.kind(), "stream ended badly");
+                                            Poll::Ready(Some(Err(e.into())))
+                                        }
+                                    };
                                 }
-                                // Read the rest of the wire first, so that the receipt (which
-                                // signs all of it) can still be checked.
-                                state.draining = Some((e, 0));
-                                continue;
+                                Ok(None) => {}
                             }
-                            Err(e) => return state.fail(e),
-                            Ok(None) if state.inner_done => {
-                                let r = dec.finish();
-                                state.finished = true;
-                                return match r {
-                                    Ok(end) => {
-                                        tracing::debug!(events = end.decrypted_events, "stream ended cleanly");
-                                        Poll::Ready(None)
-                                    }
-                                    Err(e) => {
-                                        tracing::debug!(kind = ?e.kind(), "stream ended badly");
-                                        Poll::Ready(Some(Err(e.into())))
-                                    }
-                                };
-                            }
-                            Ok(None) => {}
-                        },
+                        }
                         Mode::Buffered { ctx, buf, blocking_threshold, task, output, .. } => {
                             if let Some(out) = output.take() {
                                 state.finished = true;
@@ -319,7 +378,9 @@ where
                                 continue;
                             }
                             match &mut state.mode {
-                                Mode::Sse(dec) => dec.push_bytes(bytes),
+                                Mode::Sse { dec: Some(dec), .. } => dec.push_bytes(bytes),
+                                // Not reached: nothing is read while a decryption task runs.
+                                Mode::Sse { dec: None, .. } => return state.fail(Error::decrypt()),
                                 Mode::Buffered { buf, limit, .. } => {
                                     if buf.len() + bytes.len() > *limit {
                                         return state.fail(Error::new(
@@ -395,6 +456,79 @@ mod tests {
             1,
         );
         ResponseBody::buffered(Full::new(large_answer()), ctx, &layer.config, Arc::default())
+    }
+
+    /// A stream of a small event, an event of `big` content fields (each 2 KiB of text), a small
+    /// one and `[DONE]`, all in one body.
+    fn stream(big: usize, threshold: usize) -> ResponseBody<Full<Bytes>> {
+        let client = SecretKey::from_bytes(Suite::X25519, &[5; 32]).unwrap();
+        let public = client.public_key();
+        let ctx = ExchangeContext::new(Endpoint::ChatCompletions, client, "m", "n", 1).with_stream(true);
+        let layer = E2eeLayer::new(KeyHandle::empty(Arc::new(SystemClock))).blocking_threshold(threshold);
+        let event = |id: &str, texts: Vec<String>| {
+            let choices: Vec<_> = texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let aad = aad::response(Suite::X25519, &format!("choices.{i}.delta.content"), id, "m", "n", 1);
+                    json!({"index": i, "delta": {"content": seal(&public, t.as_bytes(), &aad, &mut rand_core::OsRng)}})
+                })
+                .collect();
+            format!("data: {}\n\n", json!({"id": id, "choices": choices}))
+        };
+        let large: Vec<String> = (0..big).map(|i| format!("{i}:{}", "L".repeat(2048))).collect();
+        let wire = [
+            event("a", vec!["first".into()]),
+            event("b", large),
+            event("c", vec!["third".into()]),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        ResponseBody::sse(Full::new(Bytes::from(wire)), ctx, &layer.config, Arc::default())
+    }
+
+    /// The decrypted contents of each event of a stream body, in the order released.
+    async fn contents(mut body: ResponseBody<Full<Bytes>>) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            let data = frame.unwrap().into_data().unwrap();
+            let text = std::str::from_utf8(&data).unwrap();
+            let payload = text.trim_end().strip_prefix("data: ").unwrap();
+            if payload == "[DONE]" {
+                out.push(vec!["[DONE]".to_owned()]);
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+            let texts = v["choices"].as_array().unwrap().iter();
+            out.push(texts.map(|c| c["delta"]["content"].as_str().unwrap().to_owned()).collect());
+        }
+        out
+    }
+
+    /// A large SSE event (64 fields, 128 KiB) is decrypted on the blocking pool: the poll that
+    /// reaches it returns `Pending` (the executor thread is free), the small event after it is
+    /// not released before it, and every event decrypts to its text.
+    #[tokio::test(flavor = "current_thread")]
+    async fn large_sse_events_are_decrypted_on_the_blocking_pool_in_order() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut body = stream(64, crate::e2ee::DEFAULT_BLOCKING_THRESHOLD);
+        // The first (small) event is decrypted inline.
+        assert!(matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(Some(Ok(_)))));
+        // The large one goes to the blocking pool.
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending(), "the large event was decrypted inline");
+        let rest = contents(body).await;
+        assert_eq!(rest.len(), 3, "large, third, [DONE]");
+        assert_eq!(rest[0].len(), 64);
+        for (i, text) in rest[0].iter().enumerate() {
+            assert_eq!(text, &format!("{i}:{}", "L".repeat(2048)));
+        }
+        assert_eq!(rest[1], vec!["third".to_owned()]);
+        assert_eq!(rest[2], vec!["[DONE]".to_owned()]);
+
+        // The same stream decrypted inline gives the same events.
+        let all = contents(stream(64, usize::MAX)).await;
+        assert_eq!(all[0], vec!["first".to_owned()]);
+        assert_eq!(all[1..], rest[..]);
     }
 
     /// Above the threshold the first poll hands the work to the blocking pool and returns

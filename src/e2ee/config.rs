@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use http::Method;
 
 use crate::attest::KeyHandle;
+use crate::attest::channel::{ChannelRule, channel_rule};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::Endpoint;
 use crate::protocol::sse::SseLimits;
@@ -15,8 +16,9 @@ use crate::protocol::sse::SseLimits;
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 /// Default limit on a buffered response body (and on a non-2xx error body): 64 MiB.
 pub const DEFAULT_MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
-/// Buffered responses larger than this are decrypted on Tokio's blocking pool (when running on
-/// Tokio) so a large embeddings answer does not stall the executor. At 16 KiB a body holds at
+/// Buffered responses larger than this, and SSE events whose data is larger, are decrypted on
+/// Tokio's blocking pool (when running on Tokio) so a large answer or event does not stall the
+/// executor. At 16 KiB a body holds at
 /// most ~85 ciphertext fields (a field is at least 186 hex characters), a few milliseconds of
 /// secp256k1 work in the worst case; a typical chat answer stays inline.
 pub const DEFAULT_BLOCKING_THRESHOLD: usize = 16 * 1024;
@@ -31,6 +33,8 @@ pub(crate) struct Config {
     pub(crate) plaintext_routes: Vec<String>,
     pub(crate) sse_limits: SseLimits,
     pub(crate) randomness: Randomness,
+    /// `dangerous().accept_unbound_channel()`: answers need no attested channel.
+    pub(crate) unbound_channel: bool,
 }
 
 impl Config {
@@ -44,7 +48,15 @@ impl Config {
             plaintext_routes: Vec::new(),
             sse_limits: SseLimits::default(),
             randomness: Randomness::default(),
+            unbound_channel: false,
         }
+    }
+
+    /// What the answer to an E2EE request for this URL must show about its channel; plain HTTP
+    /// off loopback is refused here, before anything is sent.
+    pub(crate) fn target(&self, scheme: Option<&str>, host: Option<&str>) -> Result<Target, Error> {
+        let rule = channel_rule(scheme, host, self.unbound_channel, "the E2EE request's URL")?;
+        Ok(Target { rule, host: host.map(str::to_owned) })
     }
 
     pub(crate) fn route(&self, method: &Method, path: &str) -> Route {
@@ -65,6 +77,17 @@ impl Config {
         ))
     }
 }
+
+/// Where an E2EE request goes, for the channel check of its answer.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) rule: ChannelRule,
+    /// The request URL's host, which the channel must have been opened to.
+    pub(crate) host: Option<String>,
+}
+
+/// How `E2eeLayer::dangerous().accept_unbound_channel()` is spelt in messages.
+pub(crate) const LAYER_OPT_OUT: &str = "E2eeLayer::dangerous().accept_unbound_channel()";
 
 /// What the layer does with one request.
 pub(crate) enum Route {

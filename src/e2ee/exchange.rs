@@ -9,8 +9,9 @@ use http::HeaderValue;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use sha2::{Digest, Sha256};
 
+use crate::attest::channel::{ChannelRule, require_channel};
 use crate::e2ee::body::ResponseBody;
-use crate::e2ee::config::Config;
+use crate::e2ee::config::{Config, LAYER_OPT_OUT, Target};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::request::{EncryptOptions, ExchangeContext, encrypt_request};
 use crate::protocol::{Endpoint, GatewayError, headers};
@@ -26,6 +27,8 @@ pub(crate) struct Exchange {
     /// The `X-Model-Pub-Key` the request was encrypted to.
     pub(crate) model_key: String,
     pub(crate) counts: Arc<crate::telemetry::FieldCounts>,
+    /// Where the request went: what the answer's channel must show.
+    pub(crate) target: Target,
 }
 
 /// Encrypt a collected body: rewrite `headers` in place, return the wire body and the exchange.
@@ -34,6 +37,7 @@ pub(crate) fn encrypt(
     config: &Arc<Config>,
     endpoint: Endpoint,
     path: &str,
+    target: Target,
     h: &mut http::HeaderMap,
     body: &[u8],
 ) -> Result<(Bytes, Box<Exchange>), Error> {
@@ -78,6 +82,7 @@ pub(crate) fn encrypt(
         restored_sha256: enc.restored_body_sha256,
         model_key: enc.headers.model_pub_key.clone(),
         counts: crate::telemetry::FieldCounts::sealed(enc.fields),
+        target,
     });
     Ok((Bytes::from(enc.body), exchange))
 }
@@ -93,6 +98,7 @@ pub(crate) fn decrypting_response<B>(
     body: B,
     exchange: Box<Exchange>,
 ) -> Result<ResponseBody<B>, Error> {
+    check_channel(parts, &exchange)?;
     if parts
         .headers
         .get(headers::E2EE_APPLIED)
@@ -104,7 +110,26 @@ pub(crate) fn decrypting_response<B>(
              gateway stripped the E2EE headers, so the gateway took the request for plaintext",
         ));
     }
-    let streamed = exchange.ctx.endpoint() != Endpoint::Embeddings && is_event_stream(parts);
+    // The request's `stream` flag decides which decoder applies; a content type that disagrees
+    // is refused, so that an answer served as SSE to a buffered request cannot be released event
+    // by event (before its receipt verified, under `VerifyBeforeReleaseLayer`), and a buffered
+    // answer to a stream request is not taken for a stream.
+    let streamed = exchange.ctx.stream();
+    if streamed != is_event_stream(parts) {
+        let (asked, got) = if streamed {
+            ("a stream (\"stream\": true)", "not text/event-stream")
+        } else {
+            ("a buffered answer", "text/event-stream")
+        };
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "the request asked for {asked} but the answer's content type is {got} ({ct}); refusing to decode \
+                 it as the other kind",
+                ct = header_str(parts, &CONTENT_TYPE).map_or("none".into(), |c| c.chars().take(80).collect::<String>()),
+            ),
+        ));
+    }
     let digest = Arc::new(ResponseDigest::default());
     let record = inspect(parts, &exchange, streamed, digest.clone())?;
     parts.headers.remove(CONTENT_LENGTH);
@@ -126,6 +151,7 @@ pub(crate) fn error_response(
     bytes: &Bytes,
     exchange: &Exchange,
 ) -> Result<(), Error> {
+    check_channel(parts, exchange)?;
     let digest = Arc::new(ResponseDigest::default());
     digest.set(Sha256::digest(bytes).into());
     let record = inspect(parts, exchange, false, digest)?;
@@ -137,6 +163,21 @@ pub(crate) fn error_response(
     parts.extensions.insert(record);
     parts.extensions.insert(exchange.counts.clone());
     parts.extensions.insert(gw);
+    Ok(())
+}
+
+/// An answer to a request that needs a bound channel must name the attested TLS channel it came
+/// over: E2EE seals the answer to the client's ephemeral key, which travels in clear, so anyone
+/// who sees the request can forge an answer that decrypts cleanly.
+fn check_channel(parts: &http::response::Parts, exchange: &Exchange) -> Result<(), Error> {
+    if exchange.target.rule == ChannelRule::Bound {
+        require_channel(
+            &parts.extensions,
+            exchange.target.host.as_deref(),
+            "the answer to an E2EE request",
+            LAYER_OPT_OUT,
+        )?;
+    }
     Ok(())
 }
 

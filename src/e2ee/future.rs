@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::e2ee::body::ResponseBody;
-use crate::e2ee::config::Config;
+use crate::e2ee::config::{Config, Target};
 use crate::e2ee::exchange::{Exchange, decrypting_response, encrypt, error_response};
 use crate::e2ee::service::RequestBody;
 use crate::error::{BoxError, Error, ErrorKind};
@@ -42,6 +42,7 @@ pin_project! {
             head: Option<(http::request::Parts, S)>,
             config: Arc<Config>,
             endpoint: Endpoint,
+            target: Option<Target>,
         },
         Calling {
             #[pin]
@@ -70,12 +71,18 @@ where
         ResponseFuture { state: State::Calling { fut: inner.call(req), exchange: None }, span: tracing::Span::none() }
     }
 
-    pub(crate) fn encrypt(inner: S, config: Arc<Config>, endpoint: Endpoint, req: Request<ReqBody>) -> Self {
+    pub(crate) fn encrypt(
+        inner: S,
+        config: Arc<Config>,
+        endpoint: Endpoint,
+        target: Target,
+        req: Request<ReqBody>,
+    ) -> Self {
         let (parts, body) = req.into_parts();
-        ResponseFuture {
-            state: State::Collecting { body, buf: BytesMut::new(), head: Some((parts, inner)), config, endpoint },
-            span: crate::telemetry::exchange_span(endpoint),
-        }
+        let head = Some((parts, inner));
+        let target = Some(target);
+        let span = crate::telemetry::exchange_span(endpoint);
+        ResponseFuture { state: State::Collecting { body, buf: BytesMut::new(), head, config, endpoint, target }, span }
     }
 }
 
@@ -94,6 +101,14 @@ impl CollectError {
                 Error::new(ErrorKind::Transport, format!("reading the {what} body failed")).with_source(e)
             }
         }
+    }
+}
+
+/// Zeroize the layer's own copy of a plaintext body once it is encrypted (when no one else holds
+/// it: the copy `poll_collect` made is ours alone).
+fn wipe(body: Bytes) {
+    if let Ok(mut own) = body.try_into_mut() {
+        zeroize::Zeroize::zeroize(&mut own[..]);
     }
 }
 
@@ -146,9 +161,9 @@ where
                         error.take().unwrap_or_else(|| Error::new(ErrorKind::Config, "future polled after completion"));
                     return Poll::Ready(Err(e.into()));
                 }
-                StateProj::Collecting { body, buf, head, config, endpoint } => {
+                StateProj::Collecting { body, buf, head, config, endpoint, target } => {
                     let collected = ready!(poll_collect(body, buf, config.max_request_body, cx));
-                    let Some((mut parts, mut inner)) = head.take() else {
+                    let (Some((mut parts, mut inner)), Some(target)) = (head.take(), target.take()) else {
                         this.state.set(State::Failed { error: None });
                         continue;
                     };
@@ -160,7 +175,9 @@ where
                         }
                     };
                     let path = parts.uri.path().to_owned();
-                    match encrypt(config, *endpoint, &path, &mut parts.headers, &body) {
+                    let encrypted = encrypt(config, *endpoint, &path, target, &mut parts.headers, &body);
+                    wipe(body);
+                    match encrypted {
                         Ok((wire, exchange)) => {
                             let fut = inner.call(Request::from_parts(parts, RequestBody::encrypted(wire)));
                             this.state.set(State::Calling { fut, exchange: Some(exchange) });

@@ -19,6 +19,22 @@ use crate::protocol::sse::SseLimits;
 ///
 /// The layer is a `Clone + Debug` configuration holder with by-value builder methods.
 ///
+/// # The channel
+///
+/// E2EE v2 keeps a request confidential to the attested key, but it does not authenticate the
+/// answer: response fields are sealed to the client's ephemeral key, which travels in clear, so
+/// anyone who sees the request can forge a complete answer that decrypts cleanly. Only the
+/// attested TLS channel (or a receipt verified before release) authenticates an answer. So the
+/// answer to an E2EE request sent to an `https://` URL (or to a URL without a scheme) must name
+/// the attested TLS channel it came over: a [`ChannelInfo`](crate::attest::ChannelInfo), which
+/// `tls::AttestedTls`'s connector (feature `rustls`) puts into every response. Without one it
+/// fails with [`ChannelBinding`](crate::AttestationFailure::ChannelBinding) before any byte of
+/// it is read. Plain `http://` is allowed only to a loopback address (`127.0.0.0/8`, `::1`,
+/// `localhost`); a request to any other `http://` host fails with
+/// [`Config`](crate::ErrorKind::Config) before anything is sent.
+/// [`dangerous`](Self::dangerous)`().`[`accept_unbound_channel`](DangerousE2eeLayer::accept_unbound_channel)`()`
+/// gives both up.
+///
 /// ```
 /// # fn make(keys: tower_aci::attest::KeyHandle) {
 /// use tower_aci::E2eeLayer;
@@ -55,8 +71,10 @@ impl E2eeLayer {
         self.update(|c| c.max_response_body = limit)
     }
 
-    /// Buffered responses above this size are decrypted on Tokio's blocking pool (default
-    /// 16 KiB). `usize::MAX` keeps all decryption inline.
+    /// Buffered responses above this size, and SSE events whose data lines together exceed it,
+    /// are decrypted on Tokio's blocking pool (default 16 KiB), one at a time and in order: a
+    /// stream reads no further byte while its event is decrypted there. `usize::MAX` keeps all
+    /// decryption inline.
     pub fn blocking_threshold(self, bytes: usize) -> Self {
         self.update(|c| c.blocking_threshold = bytes)
     }
@@ -89,6 +107,11 @@ impl E2eeLayer {
         self.update(|c| c.randomness = randomness)
     }
 
+    /// Relaxations that give up part of what the layer checks, each named for what it gives up.
+    pub fn dangerous(self) -> DangerousE2eeLayer {
+        DangerousE2eeLayer { layer: self }
+    }
+
     /// Line and event size limits of the SSE decoder.
     pub fn sse_limits(self, limits: SseLimits) -> Self {
         self.update(|c| c.sse_limits = limits)
@@ -102,7 +125,46 @@ impl fmt::Debug for E2eeLayer {
             .field("max_response_body", &self.config.max_response_body)
             .field("strict", &self.config.strict)
             .field("plaintext_routes", &self.config.plaintext_routes)
+            .field("unbound_channel", &self.config.unbound_channel)
             .finish_non_exhaustive()
+    }
+}
+
+/// The relaxations of an [`E2eeLayer`], from [`E2eeLayer::dangerous`]. Also a layer itself.
+#[derive(Clone, Debug)]
+pub struct DangerousE2eeLayer {
+    layer: E2eeLayer,
+}
+
+impl DangerousE2eeLayer {
+    /// Give up the channel binding of answers: accept an answer that names no attested TLS
+    /// channel (an `https://` response through a connector other than
+    /// `tls::AttestedTls`'s, a transport of your own), and send E2EE requests over plain `http://`
+    /// to any host. Requests stay confidential to the attested key, but nothing then shows that
+    /// an answer came from the attested workload: anyone who sees the request can forge one that
+    /// decrypts cleanly. Verify receipts before release
+    /// ([`VerifyBeforeReleaseLayer`](crate::receipt::VerifyBeforeReleaseLayer)) if you use this.
+    pub fn accept_unbound_channel(self) -> Self {
+        DangerousE2eeLayer { layer: self.layer.update(|c| c.unbound_channel = true) }
+    }
+
+    /// Back to the ordinary layer.
+    pub fn end_dangerous(self) -> E2eeLayer {
+        self.layer
+    }
+}
+
+impl From<DangerousE2eeLayer> for E2eeLayer {
+    fn from(d: DangerousE2eeLayer) -> Self {
+        d.layer
+    }
+}
+
+impl<S> Layer<S> for DangerousE2eeLayer {
+    type Service = E2ee<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        self.layer.layer(inner)
     }
 }
 

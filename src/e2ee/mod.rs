@@ -32,6 +32,6 @@ mod service;
 pub use body::ResponseBody;
 pub use config::{DEFAULT_BLOCKING_THRESHOLD, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY};
 pub use future::ResponseFuture;
-pub use layer::E2eeLayer;
-pub use retry::{DEFAULT_KEY_MISMATCH_WAIT, KeyMismatchRetry};
+pub use layer::{DangerousE2eeLayer, E2eeLayer};
+pub use retry::{DEFAULT_KEY_MISMATCH_WAIT, KeyMismatchRetry, ZeroizingBody};
 pub use service::{E2ee, RequestBody};

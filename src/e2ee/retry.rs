@@ -1,11 +1,18 @@
 //! Re-sending a request once after the gateway rotated its E2EE key: a
 //! [`tower::retry::Policy`] that goes *above* the E2EE layer.
 
+use std::convert::Infallible;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::attest::KeyHandle;
 use crate::protocol::GatewayError;
@@ -35,7 +42,10 @@ const KEY_MISMATCH: &str = "e2ee_model_key_mismatch";
 /// and that answer is returned.
 ///
 /// The request body must be `Clone` (`Full<Bytes>`, `String`, …): tower's retry keeps a copy of
-/// each request for a possible second attempt.
+/// each request for a possible second attempt, in the plaintext the caller gave. Send the body
+/// as a [`ZeroizingBody`] to have that copy zeroized when the exchange is over (the last clone
+/// and every frame read from it dropped); a `Full<Bytes>` or a `String` is freed as it is. The
+/// layer zeroizes its own collected copy of the body as soon as it is encrypted.
 ///
 /// ```
 /// use tower::ServiceBuilder;
@@ -117,5 +127,107 @@ where
         *clone.headers_mut() = req.headers().clone();
         *clone.extensions_mut() = req.extensions().clone();
         Some(clone)
+    }
+}
+
+/// A plaintext request body that is zeroized when it is no longer used: its clones share one
+/// buffer, wiped when the last clone and the last frame read from any of them are dropped.
+/// Meant for the requests [`KeyMismatchRetry`] keeps a copy of (tower's retry clones the request
+/// before the first attempt and holds the clone until the exchange is over). `Debug` prints only
+/// the length.
+///
+/// ```
+/// use tower_aci::e2ee::ZeroizingBody;
+/// let req = http::Request::post("https://gateway.example/v1/chat/completions")
+///     .header("content-type", "application/json")
+///     .body(ZeroizingBody::from(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#.to_owned()))
+///     .unwrap();
+/// # let _ = req;
+/// ```
+#[derive(Clone, Default)]
+pub struct ZeroizingBody {
+    data: Option<Arc<Zeroizing<Vec<u8>>>>,
+}
+
+impl ZeroizingBody {
+    /// A body of these bytes (taken over, not copied).
+    pub fn new(bytes: Vec<u8>) -> Self {
+        ZeroizingBody { data: Some(Arc::new(Zeroizing::new(bytes))) }
+    }
+}
+
+impl From<Vec<u8>> for ZeroizingBody {
+    fn from(bytes: Vec<u8>) -> Self {
+        ZeroizingBody::new(bytes)
+    }
+}
+
+impl From<String> for ZeroizingBody {
+    fn from(text: String) -> Self {
+        ZeroizingBody::new(text.into_bytes())
+    }
+}
+
+/// The buffer a frame of a [`ZeroizingBody`] points into.
+struct Shared(Arc<Zeroizing<Vec<u8>>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Body for ZeroizingBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        // The frame borrows the shared buffer (no copy): it is wiped once this is dropped too.
+        Poll::Ready(self.data.take().map(|d| Ok(Frame::data(Bytes::from_owner(Shared(d))))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+/// The shared buffer is a `Zeroizing<Vec<u8>>`, wiped when its last owner is dropped.
+impl ZeroizeOnDrop for ZeroizingBody {}
+
+impl fmt::Debug for ZeroizingBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = self.data.as_ref().map_or(0, |d| d.len());
+        write!(f, "ZeroizingBody([redacted; {len} bytes])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[test]
+    fn the_body_is_zeroized_on_drop_and_never_printed() {
+        fn zeroized_on_drop<T: ZeroizeOnDrop>() {}
+        zeroized_on_drop::<ZeroizingBody>();
+        let body = ZeroizingBody::from("my secret prompt".to_owned());
+        let shown = format!("{body:?}");
+        assert!(!shown.contains("secret") && shown.contains("16 bytes"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn clones_share_one_buffer_and_read_whole() {
+        let body = ZeroizingBody::from(b"abc".to_vec());
+        let copy = body.clone();
+        let a = body.collect().await.unwrap().to_bytes();
+        let b = copy.clone().collect().await.unwrap().to_bytes();
+        assert_eq!((&a[..], &b[..]), (&b"abc"[..], &b"abc"[..]));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "no copy of the plaintext was made");
+        assert_eq!(copy.size_hint().exact(), Some(3));
     }
 }

@@ -66,7 +66,10 @@ where
                 tracing::warn!(path = req.uri().path(), "refused a plaintext POST outside E2EE v2");
                 ResponseFuture::error(e)
             }
-            Route::Encrypt(endpoint) => ResponseFuture::encrypt(inner, self.config.clone(), endpoint, req),
+            Route::Encrypt(endpoint) => match self.config.target(req.uri().scheme_str(), req.uri().host()) {
+                Ok(target) => ResponseFuture::encrypt(inner, self.config.clone(), endpoint, target, req),
+                Err(e) => ResponseFuture::error(e),
+            },
         }
     }
 }

@@ -58,7 +58,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::attest::{Clock, SystemClock};
+use crate::attest::{Clock, Generation, SystemClock};
 
 pub use fields::{OpenedRequest, ResponseSealer, open_request};
 pub use receipts::sign_receipt;
@@ -93,6 +93,8 @@ pub struct GatewayConfig {
     clock: Arc<dyn Clock>,
     upstream: Option<Arc<UpstreamFn>>,
     bind: SocketAddr,
+    generation: Generation,
+    app_compose: Option<String>,
     #[cfg(feature = "rustls")]
     tls: Option<GatewayTls>,
 }
@@ -106,6 +108,8 @@ impl fmt::Debug for GatewayConfig {
             .field("clock", &self.clock)
             .field("upstream", &self.upstream.as_ref().map(|_| "custom"))
             .field("bind", &self.bind)
+            .field("generation", &self.generation)
+            .field("app_compose", &self.app_compose)
             .finish_non_exhaustive()
     }
 }
@@ -127,9 +131,34 @@ impl GatewayConfig {
             clock: Arc::new(SystemClock),
             upstream: None,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            generation: Generation::Current,
+            app_compose: None,
             #[cfg(feature = "rustls")]
             tls: None,
         }
+    }
+
+    /// Which generation of the `aci/1` report to serve (default [`Generation::Current`]).
+    ///
+    /// [`Generation::Legacy`] serves the older shape production served in June 2026: a
+    /// top-level `workload_id`, a keyset with `workload_identity` and `keyset_epoch` (its
+    /// `not_after` is the configured one), a secp256k1 identity key's `keyset_endorsement`,
+    /// `freshness` (one hour from each fetch) and `report_data` binding `workload_id`. Its keyset
+    /// lists the secp256k1 E2EE key (no X25519 key) next to the two legacy entries production
+    /// listed, and a secp256k1 receipt key; the receipts this gateway signs (Ed25519) therefore
+    /// do not verify against it, as no receipt of that generation is verified by this crate.
+    /// Under fixed seeds the identity key is 32×`0x77`. Inference and E2EE are unchanged.
+    ///
+    /// ```
+    /// use tower_aci::attest::Generation;
+    /// use tower_aci::gateway::GatewayConfig;
+    ///
+    /// let config = GatewayConfig::new().generation(Generation::Legacy);
+    /// # let _ = config;
+    /// ```
+    pub fn generation(mut self, generation: Generation) -> Self {
+        self.generation = generation;
+        self
     }
 
     /// Deterministic keys from the reference test tree's seeds (protocol.md §8.3): receipt
@@ -167,6 +196,15 @@ impl GatewayConfig {
     /// [`UpstreamResponse::echo`] is the built-in answer, for delegating.
     pub fn upstream(mut self, handler: impl Fn(UpstreamRequest) -> UpstreamResponse + Send + Sync + 'static) -> Self {
         self.upstream = Some(Arc::new(handler));
+        self
+    }
+
+    /// Publish this text as the report's `evidence.app_compose` (default `null`). With the stub
+    /// quote a policy then measures its compose hash (SHA-256 of the text): gateways sharing
+    /// [`keys`](Self::keys) but publishing different compose files are replicas of one
+    /// application running different builds, one of which a pinned policy refuses.
+    pub fn app_compose(mut self, compose: impl Into<String>) -> Self {
+        self.app_compose = Some(compose.into());
         self
     }
 
@@ -295,8 +333,9 @@ impl GatewayKeys {
         self.e2ee.iter().map(|k| k.public.to_hex()).collect()
     }
 
-    fn seal(&self, not_after: u64, tls: Vec<serde_json::Value>) -> keyset::Keyset {
-        keyset::Keyset::seal(self.receipt_key_id.clone(), self.receipt_key.clone(), self.e2ee.clone(), not_after, tls)
+    fn seal(&self, not_after: u64, tls: Vec<serde_json::Value>, legacy: Option<keyset::LegacyKeys>) -> keyset::Keyset {
+        let (id, key) = (self.receipt_key_id.clone(), self.receipt_key.clone());
+        keyset::Keyset::seal_as(id, key, self.e2ee.clone(), not_after, tls, legacy)
     }
 }
 
@@ -356,9 +395,10 @@ impl TestGateway {
         #[cfg(not(feature = "rustls"))]
         let tls_entries = Vec::new();
         let keys = config.keys.clone().unwrap_or_else(|| GatewayKeys::from_seeds(config.fixed_seeds));
-        let keyset = keys.seal(not_after, tls_entries);
+        let legacy = (config.generation == Generation::Legacy).then(|| keyset::LegacyKeys::new(config.fixed_seeds));
+        let keyset = keys.seal(not_after, tls_entries, legacy);
         let (shutdown, watch) = tokio::sync::watch::channel(false);
-        let shared = Arc::new(server::Shared::new(keyset, config.clock, config.upstream, watch));
+        let shared = Arc::new(server::Shared::new(keyset, config.clock, config.upstream, watch, config.app_compose));
         #[cfg(feature = "rustls")]
         shared.set_tls(config.tls.as_ref());
         let task = tokio::spawn(server::serve(listener, shared.clone()));

@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     total: AtomicUsize,
     seq: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    /// The `evidence.app_compose` text the report publishes (`None`: `null`).
+    app_compose: Option<String>,
     /// The TLS acceptor for new connections, when serving HTTPS.
     #[cfg(feature = "rustls")]
     tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
@@ -88,6 +90,7 @@ impl Shared {
         clock: Arc<dyn Clock>,
         upstream: Option<Arc<UpstreamFn>>,
         shutdown: watch::Receiver<bool>,
+        app_compose: Option<String>,
     ) -> Self {
         Shared {
             keyset: RwLock::new(Arc::new(keyset)),
@@ -105,6 +108,7 @@ impl Shared {
             total: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
             shutdown,
+            app_compose,
             #[cfg(feature = "rustls")]
             tls: RwLock::new(None),
         }
@@ -422,7 +426,11 @@ fn attestation(shared: &Shared, parts: &http::request::Parts) -> Resp {
         }
         nonce = Some(v.into_owned());
     }
-    json_response(200, &keyset.report(nonce.as_deref()))
+    let mut report = keyset.report(nonce.as_deref(), shared.clock.now());
+    if let Some(compose) = &shared.app_compose {
+        report["attestation"]["evidence"]["app_compose"] = Value::String(compose.clone());
+    }
+    json_response(200, &report)
 }
 
 fn receipt(shared: &Shared, id: &str, headers: &HeaderMap) -> Resp {

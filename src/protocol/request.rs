@@ -78,6 +78,8 @@ pub struct ExchangeContext {
     pub(crate) model: String,
     pub(crate) nonce: String,
     pub(crate) ts: u64,
+    /// The request asked for a stream (`"stream": true`, never for embeddings).
+    pub(crate) stream: bool,
 }
 
 impl ExchangeContext {
@@ -90,7 +92,20 @@ impl ExchangeContext {
         nonce: impl Into<String>,
         ts: u64,
     ) -> Self {
-        ExchangeContext { endpoint, client_secret, model: model.into(), nonce: nonce.into(), ts }
+        ExchangeContext { endpoint, client_secret, model: model.into(), nonce: nonce.into(), ts, stream: false }
+    }
+
+    /// The same context for a request that did (or did not) ask for a stream.
+    pub fn with_stream(mut self, stream: bool) -> Self {
+        self.stream = stream && self.endpoint != Endpoint::Embeddings;
+        self
+    }
+
+    /// Whether the request asked for a stream: `"stream": true` on chat or completions (the
+    /// gateway answers embeddings buffered whatever `stream` says). Its answer must then be
+    /// `text/event-stream`, and any other request's answer must not be.
+    pub fn stream(&self) -> bool {
+        self.stream
     }
 
     /// The endpoint of the exchange.
@@ -131,6 +146,7 @@ impl fmt::Debug for ExchangeContext {
             .field("model", &self.model)
             .field("nonce", &self.nonce)
             .field("ts", &self.ts)
+            .field("stream", &self.stream)
             .field("client_secret", &"[redacted]")
             .finish()
     }
@@ -481,6 +497,8 @@ pub fn encrypt_request(
         Some(Value::String(m)) => m.clone(),
         _ => return Err(Error::new(ErrorKind::UnsupportedBody, "request body needs a string `model`")),
     };
+    // As the gateway decides it (protocol.md §2, §4.3): only a JSON `true` asks for a stream.
+    let stream = endpoint != Endpoint::Embeddings && map.get("stream") == Some(&Value::Bool(true));
     let clear_members = clear_members(endpoint, map);
     if options.strict && !clear_members.is_empty() {
         return Err(Error::new(
@@ -550,7 +568,7 @@ pub fn encrypt_request(
             nonce: nonce.clone(),
             timestamp: now,
         },
-        context: ExchangeContext { endpoint, client_secret, model, nonce, ts: now },
+        context: ExchangeContext { endpoint, client_secret, model, nonce, ts: now, stream },
         restored_body_sha256,
         fields,
         clear_members,

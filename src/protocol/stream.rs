@@ -171,13 +171,21 @@ impl StreamDecryptor {
 
     /// The next complete event, decrypted. `Ok(None)` means more input is needed.
     pub fn next_output(&mut self) -> Result<Option<StreamOutput>> {
-        self.last_decrypted.clear();
-        self.last_cleartext.clear();
-        let Some(event) = self.decoder.next_event()? else { return Ok(None) };
+        let Some(event) = self.next_event()? else { return Ok(None) };
         self.process(event).map(Some)
     }
 
-    fn process(&mut self, event: SseEvent) -> Result<StreamOutput> {
+    /// The next complete event, framed but not yet decrypted: [`process`](Self::process) it
+    /// (possibly on another thread) before taking the next. Together they are
+    /// [`next_output`](Self::next_output).
+    pub(crate) fn next_event(&mut self) -> Result<Option<SseEvent>> {
+        self.last_decrypted.clear();
+        self.last_cleartext.clear();
+        self.decoder.next_event()
+    }
+
+    /// Decrypt and re-frame one event taken with [`next_event`](Self::next_event).
+    pub(crate) fn process(&mut self, event: SseEvent) -> Result<StreamOutput> {
         let Some(data) = event.data() else {
             // Comments, keep-alives, bare `event:` lines: re-emitted as they are.
             return Ok(StreamOutput::Event(self.encode(&event, None)));

@@ -6,13 +6,20 @@
 //!
 //! ```text
 //! {"type":"keyset","digest":"sha256:…","nonce":"<64 hex>","verified_at":1750000000,"report":"<the report's exact JSON text>"}
-//! {"type":"receipt","verified_at":…,"keyset_digest":"sha256:…","exchange":{…},"receipt":"<the receipt's exact JSON text>"}
+//! {"type":"receipt","verified_at":…,"keyset_digest":"sha256:…","rule":"exact"|"same_key","exchange":{…},"receipt":"<the receipt's exact JSON text>"}
 //! ```
 //!
-//! A keyset line is written before the first receipt that names its digest. Re-verification
-//! verifies each report again — with the nonce it was fetched with, at the time it was verified,
-//! under the policy given — and each receipt against the keyset it names and the recorded
-//! exchange (request hash, exact response hash, endpoint, model, receipt id).
+//! A keyset line is written before the first receipt verified under it. A receipt line's
+//! `keyset_digest` is the keyset that verified it and `rule` how
+//! ([`KeysetMatch`](crate::receipt::KeysetMatch)): `exact` — the receipt names that keyset —
+//! or `same_key` — the receipt names a keyset that could not be attested, and was accepted
+//! because its signing key is a receipt key of that attested keyset. Re-verification verifies
+//! each report again — with the nonce it was fetched with, at the time it was verified, under
+//! the policy given — and each receipt under its recorded rule (an `exact` line only against
+//! the keyset the receipt names, a `same_key` line only by the same-key rule against the
+//! recorded keyset, which a receipt policy requiring the exact keyset refuses) and against the
+//! recorded exchange (request hash, exact response hash, endpoint, model, receipt id). A line
+//! without `rule` (written before it was recorded) is an `exact` line.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -32,7 +39,8 @@ use tower_service::Service;
 use crate::attest::{AttestedKeyset, Policy, verify_report};
 use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::hex;
-use crate::receipt::{ExchangeRecord, Receipt, ReceiptPolicy, verify_exchange};
+use crate::receipt::Receipt;
+use crate::receipt::{ExchangeRecord, KeysetMatch, Keysets, ReceiptPolicy, VerifiedReceipt, verify_exchange};
 
 /// How many fetched reports the tap remembers (a refresh, replicas, restarts).
 const REMEMBERED_REPORTS: usize = 16;
@@ -134,13 +142,10 @@ impl AuditLog {
         Ok(AuditLog { file: tokio::sync::Mutex::new(file), written_keysets: Mutex::default(), tap })
     }
 
-    /// Append one verified receipt, preceded by its keyset's report if not written yet.
-    pub(crate) async fn append(
-        &self,
-        keyset: &AttestedKeyset,
-        record: &ExchangeRecord,
-        receipt: &Receipt,
-    ) -> Result<()> {
+    /// Append one verified receipt with the rule it verified under, preceded by its keyset's
+    /// report if not written yet.
+    pub(crate) async fn append(&self, verified: &VerifiedReceipt, record: &ExchangeRecord) -> Result<()> {
+        let (keyset, receipt) = (verified.keyset(), verified.receipt());
         // One writer at a time: the keyset line is written once, before its first receipt.
         let mut file = self.file.lock().await;
         let mut lines = String::new();
@@ -174,7 +179,7 @@ impl AuditLog {
         });
         let text = String::from_utf8_lossy(receipt.as_bytes());
         let line = json!({"type": "receipt", "verified_at": keyset.verified_at().max(receipt.served_at()),
-            "keyset_digest": digest, "exchange": exchange, "receipt": text});
+            "keyset_digest": digest, "rule": rule_name(verified.keyset_match()), "exchange": exchange, "receipt": text});
         lines.push_str(&line.to_string());
         lines.push('\n');
         file.write_all(lines.as_bytes())
@@ -215,6 +220,28 @@ impl AuditSummary {
     /// Whether every line verified.
     pub fn is_clean(&self) -> bool {
         self.failures.is_empty()
+    }
+}
+
+/// How a receipt line spells the rule its receipt verified under.
+fn rule_name(rule: KeysetMatch) -> &'static str {
+    match rule {
+        KeysetMatch::Exact => "exact",
+        KeysetMatch::SameKey => "same_key",
+    }
+}
+
+/// One attested keyset, offered to the verifier for the same-key rule only: a `same_key` line is
+/// not re-verified as exact.
+struct SameKeyOnly(Arc<AttestedKeyset>);
+
+impl Keysets for SameKeyOnly {
+    fn keyset_for_digest(&self, _digest: &str) -> Option<Arc<AttestedKeyset>> {
+        None
+    }
+
+    fn same_policy_keysets(&self) -> Vec<Arc<AttestedKeyset>> {
+        vec![self.0.clone()]
     }
 }
 
@@ -296,5 +323,41 @@ fn verify_receipt_line(v: &Value, keysets: &[Arc<AttestedKeyset>], policy: &Rece
         record = record.e2ee_public_key(k);
     }
     let record = record.build()?;
-    verify_exchange(&receipt, &record, keysets, policy).map(|_| ())
+    let digest =
+        v.get("keyset_digest").and_then(Value::as_str).ok_or_else(|| bad_line("receipt line without keyset_digest"))?;
+    let rule = match v.get("rule") {
+        None => KeysetMatch::Exact,
+        Some(r) => match r.as_str() {
+            Some("exact") => KeysetMatch::Exact,
+            Some("same_key") => KeysetMatch::SameKey,
+            _ => return Err(bad_line("unknown rule (exact or same_key)")),
+        },
+    };
+    let named = receipt.workload_keyset_digest();
+    let verified = match rule {
+        KeysetMatch::Exact => {
+            if named != digest {
+                return Err(bad_line("an exact line's receipt names another keyset than the line's keyset_digest"));
+            }
+            verify_exchange(&receipt, &record, keysets, policy)?
+        }
+        KeysetMatch::SameKey => {
+            if named == digest {
+                return Err(bad_line(
+                    "a same_key line's receipt names the keyset that vouched for it: it is an exact match",
+                ));
+            }
+            let vouching = keysets.iter().find(|k| k.digest() == digest).cloned().ok_or_else(|| {
+                Error::receipt(
+                    crate::ReceiptFailure::UnknownKeyset,
+                    format!("the keyset {digest} that vouched for this receipt has no verified report in the file"),
+                )
+            })?;
+            verify_exchange(&receipt, &record, &SameKeyOnly(vouching), policy)?
+        }
+    };
+    if verified.keyset_match() != rule || verified.keyset().digest() != digest {
+        return Err(bad_line("the receipt verifies under another rule or keyset than the line records"));
+    }
+    Ok(())
 }

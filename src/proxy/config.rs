@@ -64,6 +64,45 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// One set of boot measurements to pin (see
+/// [`PolicyBuilder::allow_boot_measurements`]): the TD's MRTD and RTMR0–2, hex, 48 bytes each.
+///
+/// On the command line `--boot-measurements MRTD,RTMR0,RTMR1,RTMR2`; in the TOML file a
+/// `[[pins.boot_measurements]]` table with `mrtd`, `rtmr0`, `rtmr1` and `rtmr2`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BootMeasurementPin {
+    /// MRTD (the initial TD image).
+    pub mrtd: String,
+    /// RTMR0 (firmware boot configuration).
+    pub rtmr0: String,
+    /// RTMR1 (OS loader and kernel).
+    pub rtmr1: String,
+    /// RTMR2 (kernel command line and initrd).
+    pub rtmr2: String,
+}
+
+impl std::str::FromStr for BootMeasurementPin {
+    type Err = Error;
+
+    /// `MRTD,RTMR0,RTMR1,RTMR2` (the values are checked when the policy is built).
+    fn from_str(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        match parts.as_slice() {
+            [mrtd, rtmr0, rtmr1, rtmr2] => Ok(BootMeasurementPin {
+                mrtd: (*mrtd).to_owned(),
+                rtmr0: (*rtmr0).to_owned(),
+                rtmr1: (*rtmr1).to_owned(),
+                rtmr2: (*rtmr2).to_owned(),
+            }),
+            _ => Err(Error::new(
+                ErrorKind::Config,
+                format!("boot measurements {s:?} are not MRTD,RTMR0,RTMR1,RTMR2 (four hex values, comma-separated)"),
+            )),
+        }
+    }
+}
+
 /// A duration in whole seconds, as the configuration file spells it.
 fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_secs)
@@ -75,7 +114,8 @@ fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Durati
 /// the report's `app_compose` (the `compose-hash` event of the event log), the app id is the
 /// payload of the `app-id` event (and the keyset subject `app-id:0x…`), the OS image hash the
 /// payload of `os-image-hash`, the KMS root the compressed secp256k1 key at the end of the
-/// `key_custody` chains.
+/// `key_custody` chains, the boot measurements the quote's MRTD and RTMR0–2. A compose hash or
+/// app id is the pin; a KMS root or boot measurements anchor it (see [`Policy`]).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyPins {
@@ -93,12 +133,16 @@ pub struct PolicyPins {
     pub prefer_x25519: bool,
     /// Accepted TCB statuses (default `UpToDate`).
     pub tcb_statuses: Vec<String>,
+    /// Allowed boot measurement sets (MRTD, RTMR0–2): anchor the pin without a KMS root.
+    pub boot_measurements: Vec<BootMeasurementPin>,
+    /// Intel advisory ids (`INTEL-SA-…`) the platform's TCB level must not be affected by.
+    pub refused_advisories: Vec<String>,
 }
 
 impl PolicyPins {
-    /// Whether no workload identity is pinned.
+    /// Whether no workload is pinned (an OS image hash alone pins only the OS).
     pub fn is_empty(&self) -> bool {
-        self.compose_hashes.is_empty() && self.app_ids.is_empty() && self.os_image_hashes.is_empty()
+        self.compose_hashes.is_empty() && self.app_ids.is_empty()
     }
 
     /// Apply the pins to a policy builder.
@@ -127,6 +171,12 @@ impl PolicyPins {
         if !self.tcb_statuses.is_empty() {
             b = b.accept_tcb_statuses(self.tcb_statuses.clone());
         }
+        for m in &self.boot_measurements {
+            b = b.allow_boot_measurements(&m.mrtd, &m.rtmr0, &m.rtmr1, &m.rtmr2);
+        }
+        if !self.refused_advisories.is_empty() {
+            b = b.refuse_advisories(self.refused_advisories.iter().cloned());
+        }
         b
     }
 
@@ -140,6 +190,10 @@ impl PolicyPins {
             "key_id": self.key_id,
             "prefer_x25519": self.prefer_x25519,
             "tcb_statuses": self.tcb_statuses,
+            "boot_measurements": self.boot_measurements.iter().map(|m| serde_json::json!({
+                "mrtd": m.mrtd, "rtmr0": m.rtmr0, "rtmr1": m.rtmr1, "rtmr2": m.rtmr2,
+            })).collect::<Vec<_>>(),
+            "refused_advisories": self.refused_advisories,
         })
     }
 }
@@ -147,13 +201,19 @@ impl PolicyPins {
 /// The unpinned-policy error, in the CLI's terms (the builder's own message names its methods).
 const UNPINNED_CLI: &str = "no workload is pinned: any code running in a TEE could read the prompts.
   fix: see what the gateway runs and what to pin: aci-proxy inspect GATEWAY-URL
-  fix: pin the application: --compose-hash HEX or --app-id HEX
-  fix: and anchor it to the gateway's KMS: --kms-root HEX
+  fix: pin the application: --compose-hash HEX or --app-id HEX ([pins] compose_hashes, app_ids)
+  fix: and anchor it: --kms-root HEX or --boot-measurements MRTD,RTMR0,RTMR1,RTMR2
   fix: or, for a trial only, trust any workload: --any-workload";
 
+/// The unanchored-pin error, in the CLI's terms.
+const UNANCHORED_CLI: &str = "the pin is not anchored: a TD of anyone's making could extend the pinned values.
+  fix: anchor it to the gateway's KMS: --kms-root HEX ([pins] kms_roots)
+  fix: or pin the boot measurements: --boot-measurements MRTD,RTMR0,RTMR1,RTMR2 ([[pins.boot_measurements]])
+  fix: aci-proxy inspect GATEWAY-URL prints both";
+
 /// What to do about a rejected pin value.
-const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect prints (--compose-hash, --app-id, --os-image-hash, \
---kms-root, --key-id, --tcb-status)";
+const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect prints (--compose-hash, --app-id, --kms-root, \
+--boot-measurements, --tcb-status)";
 
 /// The proxy's configuration.
 ///
@@ -166,20 +226,46 @@ const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect print
 ///     audit_file = "receipts.jsonl"
 ///     [pins]
 ///     compose_hashes = ["5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb"]
+///     kms_roots = ["0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1"]
+///     refused_advisories = ["INTEL-SA-00837"]
 /// "#).unwrap();
 /// assert_eq!(config.receipts, ReceiptMode::BeforeRelease);
 /// assert_eq!(config.pins.compose_hashes.len(), 1);
+/// assert!(config.policy().unwrap().anchors_pin());
+///
+/// // Or anchored by the TD's boot measurements instead of a KMS root.
+/// let config = ProxyConfig::from_toml(&format!(r#"
+///     gateway = "https://api.redpill.ai"
+///     [pins]
+///     app_ids = ["fdb7a14e5a6675f752e2cb69c9067a98ca402918"]
+///     [[pins.boot_measurements]]
+///     mrtd = "{m}"
+///     rtmr0 = "{m}"
+///     rtmr1 = "{m}"
+///     rtmr2 = "{m}"
+/// "#, m = "ab".repeat(48))).unwrap();
+/// assert_eq!(config.policy().unwrap().allowed_boot_measurements().len(), 1);
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// The gateway's base URL (`https://…`, or `http://…` on loopback).
     pub gateway: Option<String>,
-    /// Where the proxy listens (default `127.0.0.1:8787`).
+    /// Where the proxy listens (default `127.0.0.1:8787`). Requests must name it (or a loopback
+    /// name) in `Host`; a non-loopback address needs [`client_key_env`](Self::client_key_env).
     pub listen: SocketAddr,
     /// The environment variable holding the API key forwarded as the bearer token (default
-    /// `ACI_API_KEY`). When it is unset, the client's own `Authorization` header is forwarded.
+    /// `ACI_API_KEY`). When it is unset, the client's own `Authorization` header is forwarded
+    /// (unless clients authenticate with a client key, which is never forwarded). The key goes
+    /// only to the inference routes, `/v1/models` and `/v1/aci/receipts/…`.
     pub api_key_env: String,
+    /// The environment variable holding the key clients must send as `Authorization: Bearer …`
+    /// (TOML `client_key_env`; at least 16 characters). Required to listen on a non-loopback
+    /// address. With it, the upstream API key comes only from [`api_key_env`](Self::api_key_env).
+    pub client_key_env: Option<String>,
+    /// Browser origins allowed to call the proxy, exact `scheme://host[:port]` (TOML
+    /// `allow_origins`). A request carrying any other `Origin` is refused.
+    pub allow_origins: Vec<String>,
     /// What to do with receipts (default `verify`).
     pub receipts: ReceiptMode,
     /// Where verified receipts are appended (JSON lines), if anywhere.
@@ -214,6 +300,10 @@ pub struct ProxyConfig {
     pub metrics: bool,
     /// How the `aci-proxy` binary writes its log (default `text`).
     pub log_format: LogFormat,
+    /// Accept a receipt only when the keyset it names was itself attested
+    /// ([`ReceiptPolicy::require_exact_keyset`](crate::receipt::ReceiptPolicy::require_exact_keyset)),
+    /// never on the same-key rule; `verify-receipts` applies it too.
+    pub require_exact_keyset: bool,
     /// A policy built in code, used instead of the pins (for embedding the proxy, and tests).
     #[serde(skip)]
     pub policy: Option<Policy>,
@@ -230,6 +320,8 @@ impl Default for ProxyConfig {
             gateway: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             api_key_env: "ACI_API_KEY".to_owned(),
+            client_key_env: None,
+            allow_origins: Vec::new(),
             receipts: ReceiptMode::Verify,
             audit_file: None,
             pins: PolicyPins::default(),
@@ -242,6 +334,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             metrics: true,
             log_format: LogFormat::Text,
+            require_exact_keyset: false,
             policy: None,
             local_test_gateway_event_delay: None,
         }
@@ -254,9 +347,15 @@ impl ProxyConfig {
         toml::from_str(text).map_err(|e| Error::new(ErrorKind::Config, format!("invalid proxy configuration: {e}")))
     }
 
+    /// The receipt policy these settings describe.
+    pub fn receipt_policy(&self) -> crate::receipt::ReceiptPolicy {
+        crate::receipt::ReceiptPolicy::new().require_exact_keyset(self.require_exact_keyset)
+    }
+
     /// The attestation policy these settings describe. Fails with a clear `Config` error when
-    /// no workload is pinned (unless `any_workload`, or the local test gateway), written for a
-    /// person at a terminal: one line for the problem, one line per fix, in `aci-proxy`'s flags.
+    /// no workload is pinned, or the pin is not anchored by a KMS root or boot measurements
+    /// (unless `any_workload`, or the local test gateway), written for a person at a terminal:
+    /// one line for the problem, one line per fix, in `aci-proxy`'s flags and TOML keys.
     pub fn policy(&self) -> Result<Policy> {
         if let Some(p) = &self.policy {
             return Ok(p.clone());
@@ -274,6 +373,58 @@ impl ProxyConfig {
         if self.pins.is_empty() {
             return Err(Error::new(ErrorKind::Config, UNPINNED_CLI));
         }
+        if self.pins.kms_roots.is_empty() && self.pins.boot_measurements.is_empty() {
+            return Err(Error::new(ErrorKind::Config, UNANCHORED_CLI));
+        }
         builder.build().map_err(invalid)
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::*;
+
+    const APP_ID: &str = "fdb7a14e5a6675f752e2cb69c9067a98ca402918";
+
+    fn boot(mrtd: &str) -> String {
+        format!("{mrtd},{r},{r},{r}", r = "22".repeat(48))
+    }
+
+    #[test]
+    fn an_unanchored_pin_names_the_flags_and_keys_that_anchor_it() {
+        let config = ProxyConfig::from_toml(&format!("[pins]\napp_ids = [\"{APP_ID}\"]")).unwrap();
+        let e = config.policy().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        for hint in ["--kms-root", "--boot-measurements", "[[pins.boot_measurements]]"] {
+            assert!(e.to_string().contains(hint), "{hint} missing: {e}");
+        }
+        // An OS image alone is not a pin.
+        let config = ProxyConfig::from_toml("[pins]\nos_image_hashes = [\"de9c74f0\"]\nkms_roots = [\"0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1\"]").unwrap();
+        assert!(config.pins.is_empty());
+        assert_eq!(config.policy().unwrap_err().kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn boot_measurements_and_refused_advisories_reach_the_policy() {
+        let mut config = ProxyConfig::default();
+        config.pins.app_ids.push(APP_ID.to_owned());
+        config.pins.boot_measurements.push(boot(&"11".repeat(48)).parse().unwrap());
+        config.pins.refused_advisories.push("INTEL-SA-00837".to_owned());
+        let policy = config.policy().unwrap();
+        assert!(policy.anchors_pin() && !policy.is_dangerous());
+        assert_eq!(policy.allowed_boot_measurements()[0].mrtd(), &[0x11; 48]);
+        assert_eq!(policy.refused_advisories(), ["INTEL-SA-00837"]);
+        let status = config.pins.to_json();
+        assert_eq!(status["boot_measurements"][0]["mrtd"], "11".repeat(48));
+        assert_eq!(status["refused_advisories"][0], "INTEL-SA-00837");
+        // A malformed set is refused when the policy is built, naming the register.
+        config.pins.boot_measurements.push(boot("11").parse().unwrap());
+        assert!(config.policy().unwrap_err().to_string().contains("boot measurement MRTD"));
+        // Not four values.
+        assert!("aa,bb,cc".parse::<BootMeasurementPin>().is_err());
+        // TOML: unknown keys in a set are refused.
+        let toml =
+            "[[pins.boot_measurements]]\nmrtd = \"aa\"\nrtmr0 = \"aa\"\nrtmr1 = \"aa\"\nrtmr2 = \"aa\"\nrtmr3 = \"aa\"";
+        assert!(ProxyConfig::from_toml(toml).is_err());
     }
 }

@@ -13,6 +13,20 @@
 //! from this machine to the gateway and the gateway's own handling. What it does not: the hop
 //! from your application to the proxy is loopback plaintext, so run it on the same host.
 //!
+//! It does not expose the person running it:
+//! - a redirect from the gateway never reaches the client (an SDK that followed a `307` would
+//!   re-send the plaintext prompt to the `Location`): it becomes a `502`
+//!   `gateway_redirect_refused`, and the proxy's own client never follows one; of the gateway's
+//!   headers only an allow-list is relayed (content type, request id, `retry-after`,
+//!   `x-ratelimit-*`, the ACI/E2EE response headers), never `Location` or `Set-Cookie`;
+//! - a request whose `Host` is not a loopback name or the listen address (DNS rebinding), or that
+//!   carries an `Origin` not named by [`ProxyConfig::allow_origins`] (a web page), is refused
+//!   before anything is sent; listening beyond loopback needs a client key
+//!   ([`ProxyConfig::client_key_env`]), checked on every request;
+//! - the API key goes only to the inference routes, `/v1/models` and `/v1/aci/receipts/…`, never
+//!   to the attestation endpoint; a `--pccs` on the gateway's own host (which would take the
+//!   gateway out of the TLS pin) is refused at start.
+//!
 //! ```no_run
 //! # async fn run() -> tower_aci::Result<()> {
 //! use tower_aci::proxy::{Proxy, ProxyConfig};
@@ -29,7 +43,11 @@ mod audit;
 mod body;
 mod config;
 mod errors;
+mod guard;
+pub mod inspect;
+mod local;
 mod ops;
+mod relay;
 mod status;
 
 use std::future::Future;
@@ -56,7 +74,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
 pub use audit::{AuditSummary, verify_audit};
-pub use config::{LogFormat, PolicyPins, ProxyConfig, ReceiptMode};
+pub use config::{BootMeasurementPin, LogFormat, PolicyPins, ProxyConfig, ReceiptMode};
+pub use local::LocalProxy;
 
 use crate::attest::{KeyHandle, KeyProvider, RefreshTask};
 use crate::e2ee::{E2eeLayer, KeyMismatchRetry, RequestBody};
@@ -96,6 +115,7 @@ struct ProxyState {
     mode: ReceiptMode,
     audit: Option<AuditLog>,
     api_key: Option<HeaderValue>,
+    guard: guard::Guard,
     pins: PolicyPins,
     max_request_body: usize,
     counters: Arc<Counters>,
@@ -120,8 +140,14 @@ impl Proxy {
     /// Start the proxy's parts: the local test gateway if asked, the key provider (the gateway
     /// is attested now: a gateway that fails its policy fails here, with which check), its
     /// refresher, and the audit file. Serve [`router`](Self::router) to accept requests.
+    ///
+    /// Fails with a [`Config`](ErrorKind::Config) error, before any connection, when `listen` is
+    /// not a loopback address and no client key is configured, when the client key's variable is
+    /// unset or shorter than 16 characters, when an allowed origin is not an exact origin, or
+    /// when `pccs` names the gateway's host.
     pub async fn start(config: ProxyConfig) -> Result<Proxy> {
         let policy = config.policy()?;
+        let guard = guard::Guard::new(config.listen, &config.allow_origins, config.client_key_env.as_deref())?;
         #[cfg(feature = "test-gateway")]
         let (local, gateway) = if config.local_test_gateway {
             let gw = TestGateway::start(GatewayConfig::new())
@@ -157,6 +183,7 @@ impl Proxy {
             Some(u) => Some(u.parse().map_err(|e| Error::new(ErrorKind::Config, "invalid PCCS URL").with_source(e))?),
             None => None,
         };
+        refuse_pccs_on_gateway_host(&base, pccs.as_ref())?;
         let plain = http_client(&base, &keys, &config, pccs.as_ref())?;
 
         let tap = Arc::new(ReportTap::default());
@@ -178,7 +205,7 @@ impl Proxy {
             Duration::from_millis(100),
             Duration::from_secs(2),
         ));
-        let receipt_policy = ReceiptPolicy::new();
+        let receipt_policy = config.receipt_policy();
         let retry = RetryLayer::new(KeyMismatchRetry::new(keys.clone()));
         let e2ee = E2eeLayer::new(keys.clone());
         let stack: Stack = match config.receipts {
@@ -207,6 +234,14 @@ impl Proxy {
             v.set_sensitive(true);
             v
         });
+        if guard.requires_client_key() && api_key.is_none() {
+            tracing::warn!(
+                api_key_env = %config.api_key_env,
+                "clients authenticate with the client key, which is never forwarded: requests reach the gateway \
+                 without an API key until {} is set",
+                config.api_key_env
+            );
+        }
         let started_at = keys.now();
         let ops = Ops::new(config.metrics, config.request_timeout);
         Ok(Proxy {
@@ -219,6 +254,7 @@ impl Proxy {
                 mode: config.receipts,
                 audit,
                 api_key,
+                guard,
                 pins: config.pins,
                 max_request_body: config.max_request_body,
                 counters: Arc::default(),
@@ -261,6 +297,8 @@ impl Proxy {
             .route("/aci/status", get(status))
             .route("/v1/{*rest}", get(passthrough).post(refuse).fallback(refuse))
             .fallback(any(refuse))
+            .layer(axum::middleware::from_fn_with_state(self.state.clone(), guard::guard))
+            // Probes and metrics: outside the client guard (a supervisor or Prometheus has no client key).
             .merge(self.probes())
             .with_state(self.state.clone())
     }
@@ -364,7 +402,7 @@ fn status_json(st: &ProxyState) -> serde_json::Value {
         "pins": st.pins.to_json(),
         "receipts": match st.mode { ReceiptMode::Off => "off", ReceiptMode::Verify => "verify", ReceiptMode::BeforeRelease => "before-release" },
         "started_at": st.started_at,
-        "counts": st.counters.to_json(),
+        "counts": st.counters.to_json_with(st.keys.refused_keysets().len()),
     })
 }
 
@@ -408,14 +446,18 @@ fn http_client(base: &Uri, keys: &KeyHandle, config: &ProxyConfig, pccs: Option<
         tcp.enforce_http(false);
         let client: Client<_, RequestBody<Full<Bytes>>> =
             Client::builder(TokioExecutor::new()).build(tls.build()?.connector_with(tcp));
-        return Ok(BoxCloneSyncService::new(ServiceBuilder::new().map_err(map_err).service(client)));
+        return Ok(BoxCloneSyncService::new(
+            ServiceBuilder::new().map_result(relay::refuse_redirect).map_err(map_err).service(client),
+        ));
     }
     if !base.host().is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
     {
         tracing::warn!(gateway = %base, "plain HTTP to a gateway that is not on loopback: the channel is not pinned");
     }
     let client: Client<HttpConnector, RequestBody<Full<Bytes>>> = Client::builder(TokioExecutor::new()).build(tcp);
-    Ok(BoxCloneSyncService::new(ServiceBuilder::new().map_err(map_err).service(client)))
+    Ok(BoxCloneSyncService::new(
+        ServiceBuilder::new().map_result(relay::refuse_redirect).map_err(map_err).service(client),
+    ))
 }
 
 /// The gateway URL for a proxied path (the gateway's base path kept as a prefix).
@@ -430,6 +472,35 @@ fn upstream_uri(base: &Uri, path_and_query: &str) -> Result<Uri> {
     Uri::from_parts(parts).map_err(|e| Error::new(ErrorKind::Malformed, "invalid request path").with_source(e))
 }
 
+/// The `Authorization` the gateway gets for this request: the API key (`--api-key-env`), else
+/// the client's own header unless clients authenticate to the proxy with a client key; and only
+/// on the routes that need it (never the attestation passthrough).
+fn upstream_auth(st: &ProxyState, parts: &http::request::Parts) -> Option<HeaderValue> {
+    if !relay::carries_api_key(&parts.method, parts.uri.path()) {
+        return None;
+    }
+    let client = if st.guard.requires_client_key() { None } else { parts.headers.get(AUTHORIZATION) };
+    st.api_key.clone().or_else(|| client.cloned())
+}
+
+/// `--pccs` is reached without the attested pin (WebPKI only): naming the gateway's own host
+/// would unpin the gateway.
+fn refuse_pccs_on_gateway_host(base: &Uri, pccs: Option<&Uri>) -> Result<()> {
+    let norm = |h: &str| h.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    let (Some(gateway), Some(pccs_host)) = (base.host(), pccs.and_then(Uri::host)) else { return Ok(()) };
+    if norm(gateway) == norm(pccs_host) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "--pccs names the gateway's own host {pccs_host}: the PCCS is checked with WebPKI only, so this \
+                 would take the gateway out of the attested pin. Give the PCCS's own URL (e.g. \
+                 https://pccs.phala.network) or leave --pccs out"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The request the gateway gets: method, the proxied path, a few headers, the bearer token.
 fn upstream_request<B>(st: &ProxyState, parts: &http::request::Parts, body: B) -> Result<Request<B>> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -441,8 +512,7 @@ fn upstream_request<B>(st: &ProxyState, parts: &http::request::Parts, body: B) -
             req.headers_mut().insert(name, v.clone());
         }
     }
-    let auth = st.api_key.clone().or_else(|| parts.headers.get(AUTHORIZATION).cloned());
-    if let Some(mut v) = auth {
+    if let Some(mut v) = upstream_auth(st, parts) {
         v.set_sensitive(true);
         req.headers_mut().insert(AUTHORIZATION, v);
     }
@@ -457,9 +527,19 @@ async fn passthrough(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> Axu
         Err(e) => return ProxyError::from_error(&e).into_response(),
     };
     match call(&st, req).await {
-        Ok(res) => res.map(AxumBody::new).into_response(),
+        Ok(res) => relay_answer(res),
         Err(e) => ProxyError::from_box(&e).into_response(),
     }
+}
+
+/// The gateway's answer as the client gets it: never a redirect, only the relayed headers.
+fn relay_answer(res: Answer) -> AxumResponse {
+    if res.status().is_redirection() {
+        return ProxyError::from_error(&relay::redirect_error(res.status(), res.headers())).into_response();
+    }
+    let (mut parts, body) = res.into_parts();
+    relay::filter_headers(&mut parts.headers);
+    Response::from_parts(parts, AxumBody::new(body)).into_response()
 }
 
 async fn inference(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> AxumResponse {
@@ -486,8 +566,7 @@ async fn exchange(st: Arc<ProxyState>, req: AxumRequest) -> AxumResponse {
             return answer_error(log, err);
         }
     };
-    let bearer = st.api_key.clone().or_else(|| parts.headers.get(AUTHORIZATION).cloned());
-    let bearer = bearer.and_then(|v| {
+    let bearer = upstream_auth(&st, &parts).and_then(|v| {
         let mut h = http::HeaderMap::new();
         h.insert(AUTHORIZATION, v);
         crate::protocol::headers::bearer_token(&h).map(str::to_owned)
@@ -522,7 +601,7 @@ async fn exchange(st: Arc<ProxyState>, req: AxumRequest) -> AxumResponse {
         // The gateway's own error document, passed through.
         Counters::bump(&st.counters.failed_exchanges);
         log.finish("gateway_error");
-        return res.map(AxumBody::new).into_response();
+        return relay_answer(res);
     }
     let Some(record) = record else {
         let err = ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "no exchange record");
@@ -578,8 +657,8 @@ async fn buffered_response(
             }
         },
     }
+    relay::filter_headers(&mut parts.headers);
     log.finish("ok");
-    parts.headers.remove(http::header::CONTENT_LENGTH);
     Response::from_parts(parts, AxumBody::from(body)).into_response()
 }
 
@@ -591,7 +670,8 @@ fn stream_response(
     abort: ops::AbortFuture,
     log: ExchangeLog,
 ) -> AxumResponse {
-    let (parts, body) = res.into_parts();
+    let (mut parts, body) = res.into_parts();
+    relay::filter_headers(&mut parts.headers);
     let counters = st.counters.clone();
     let on_end: Option<OnEnd> = match st.mode {
         ReceiptMode::Off => None,
@@ -636,7 +716,7 @@ async fn archive(st: &ProxyState, verified: &VerifiedReceipt, record: &ExchangeR
 async fn append_to_audit(st: &ProxyState, verified: &VerifiedReceipt, record: &ExchangeRecord) {
     tracing::debug!(receipt = verified.receipt().receipt_id(), "receipt verified");
     if let Some(audit) = &st.audit {
-        if let Err(e) = audit.append(verified.keyset(), record, verified.receipt()).await {
+        if let Err(e) = audit.append(verified, record).await {
             tracing::error!("audit file: {e}");
         }
     }

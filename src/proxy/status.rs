@@ -17,7 +17,9 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn to_json(&self) -> serde_json::Value {
+    /// The counters, and how many keysets the key provider refused (their report was fetched
+    /// and failed the policy; their receipts are refused).
+    pub(crate) fn to_json_with(&self, refused_keysets: usize) -> serde_json::Value {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
             "exchanges": get(&self.exchanges),
@@ -25,6 +27,7 @@ impl Counters {
             "refused_requests": get(&self.refused),
             "receipts_verified": get(&self.receipts_verified),
             "receipts_failed": get(&self.receipts_failed),
+            "refused_keysets": refused_keysets,
         })
     }
 }

@@ -179,7 +179,8 @@ impl RetryPolicy {
 /// - A receipt naming a keyset digest the [`Keysets`] do not know (a replica or a restarted
 ///   process not attested yet) is verified after the key provider attested it, waiting at most
 ///   [`keyset_wait`](Self::keyset_wait); see [`KeysetMatch`](crate::receipt::KeysetMatch) for
-///   the rule applied when it cannot be attested.
+///   the rule applied when it cannot be attested, and
+///   [`ReceiptFailure::RefusedKeyset`] for a keyset whose report failed the policy.
 pub struct ReceiptClient<S, ReqB = Full<Bytes>> {
     service: S,
     _body: PhantomData<fn() -> ReqB>,
@@ -546,7 +547,8 @@ where
     /// the keysets are asked to attest it ([`Keysets::attest_digest`]: a [`KeyHandle`] served by
     /// a key provider looks for it with a few report fetches) while the receipt is fetched;
     /// once the receipt is in, verification waits for that attempt at most
-    /// [`keyset_wait`](Self::keyset_wait). If the digest
+    /// [`keyset_wait`](Self::keyset_wait). A digest whose report was fetched and failed the
+    /// policy fails with [`ReceiptFailure::RefusedKeyset`]. If the digest
     /// is still unknown, the same-key rule of [`verify_exchange`] decides, unless the policy
     /// requires the exact keyset; [`VerifiedReceipt::keyset_match`] says which applied.
     ///

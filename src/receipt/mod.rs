@@ -89,6 +89,10 @@
 //!   a few reports, fresh nonces, fresh connections), and
 //!   [`fetch_and_verify`](ReceiptClient::fetch_and_verify) waits for that, bounded
 //!   ([`ReceiptClient::keyset_wait`]).
+//! - If that keyset's report was fetched and failed the policy (say, another build of the
+//!   application, which holds the same KMS-derived receipt key), the key provider remembers the
+//!   digest as refused ([`RefusedKeyset`](crate::attest::RefusedKeyset)) and the receipt fails
+//!   with [`RefusedKeyset`](crate::ReceiptFailure::RefusedKeyset), which says why.
 //! - If that keyset still cannot be attested (its report endpoint fails, or the balancer never
 //!   routed a report fetch to it), the receipt is accepted only when its signing key is the
 //!   receipt key of a keyset attested under the same policy and it was served before that

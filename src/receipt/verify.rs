@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::Value;
 
-use crate::attest::{AttestedKeyset, KeyHandle};
+use crate::attest::{AttestedKeyset, KeyHandle, RefusedKeyset};
 use crate::error::{Error, ReceiptFailure, Result};
 use crate::hex;
 use crate::receipt::document::{Event, Receipt, UpstreamVerified};
@@ -65,6 +65,15 @@ pub trait Keysets {
         let _ = digest;
         None
     }
+
+    /// The refusal of the keyset `digest`, when its report was fetched and failed verification
+    /// (see [`RefusedKeyset`]): a receipt naming it then fails with
+    /// [`RefusedKeyset`](ReceiptFailure::RefusedKeyset) whatever the same-key rule would say.
+    /// The default knows of no refusal.
+    fn refused_keyset(&self, digest: &str) -> Option<RefusedKeyset> {
+        let _ = digest;
+        None
+    }
 }
 
 impl Keysets for KeyHandle {
@@ -86,6 +95,10 @@ impl Keysets for KeyHandle {
 
     fn attest_digest(&self, digest: &str) -> Option<AttestDigestFuture> {
         KeyHandle::attest_digest(self, digest).map(|f| Box::pin(f) as AttestDigestFuture)
+    }
+
+    fn refused_keyset(&self, digest: &str) -> Option<RefusedKeyset> {
+        KeyHandle::refused_keyset(self, digest)
     }
 }
 
@@ -119,6 +132,10 @@ impl<T: Keysets + ?Sized> Keysets for &T {
     fn attest_digest(&self, digest: &str) -> Option<AttestDigestFuture> {
         (**self).attest_digest(digest)
     }
+
+    fn refused_keyset(&self, digest: &str) -> Option<RefusedKeyset> {
+        (**self).refused_keyset(digest)
+    }
 }
 
 /// How the keyset a receipt names was matched to a verified keyset.
@@ -132,7 +149,7 @@ impl<T: Keysets + ?Sized> Keysets for &T {
 ///   fetched with our nonce, verified), and its receipt key verified the signature.
 /// - [`SameKey`](Self::SameKey): the named keyset was never attested (not even after the receipt
 ///   client tried: the replica was unreachable behind the balancer, or its report endpoint
-///   failed), but the receipt's `key_id` names a receipt key of a keyset that *was* attested
+///   failed) and no report of it was fetched and refused, but the receipt's `key_id` names a receipt key of a keyset that *was* attested
 ///   under the same policy, and the signature verifies under that key — byte for byte the same
 ///   Ed25519 public key — and the receipt was served before that keyset's `not_after`.
 ///   [`VerifiedReceipt::keyset`] is then that vouching keyset, not the one the receipt names.
@@ -148,6 +165,12 @@ impl<T: Keysets + ?Sized> Keysets for &T {
 /// you pin measurements because you do not trust the owner's upgrades, or you archive receipts
 /// as evidence about a specific process, require the exact keyset
 /// ([`ReceiptPolicy::require_exact_keyset`]).
+///
+/// A keyset whose report *was* fetched and failed the policy is never vouched for this way: the
+/// key provider remembers it as refused ([`RefusedKeyset`]) and its receipts fail with
+/// [`ReceiptFailure::RefusedKeyset`]. That catches an honest replica running a build your policy
+/// does not pin; it cannot catch one that hides its report (answers errors, or serves a
+/// document whose keyset does not hash to the digest it names) — only the exact rule does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum KeysetMatch {
@@ -207,7 +230,8 @@ impl ReceiptPolicy {
     /// Accept only receipts whose named keyset was itself attested ([`KeysetMatch::Exact`]): a
     /// receipt from a replica or gateway process whose report could not be verified fails with
     /// [`UnknownKeyset`](ReceiptFailure::UnknownKeyset) even when its signing key is the
-    /// attested one. Off by default (see [`KeysetMatch`] for what accepting the same key gives
+    /// attested one (a keyset whose report was refused fails with
+    /// [`RefusedKeyset`](ReceiptFailure::RefusedKeyset) with or without this). Off by default (see [`KeysetMatch`] for what accepting the same key gives
     /// up).
     pub fn require_exact_keyset(mut self, require: bool) -> Self {
         self.require_exact_keyset = require;
@@ -432,9 +456,15 @@ pub fn verify_against_keyset(receipt: &Receipt, keyset: &AttestedKeyset) -> Resu
         ));
     }
     let key = keyset.receipt_key(receipt.key_id()).ok_or_else(|| {
+        let legacy = match keyset.generation() {
+            crate::attest::Generation::Current => "",
+            _ => {
+                " (the keyset is of the older report generation, whose secp256k1 receipt keys this crate does not use)"
+            }
+        };
         fail(
             F::UnknownKey,
-            format!("key id {:?} is not a receipt signing key of the attested keyset", receipt.key_id()),
+            format!("key id {:?} is not a receipt signing key of the attested keyset{legacy}", receipt.key_id()),
         )
     })?;
     verify_signature(receipt, key.verifying_key())?;
@@ -473,7 +503,9 @@ fn number_normalisation_hint() -> &'static str {
 /// 1. The response body was read to its end, so its hash is final
 ///    ([`NotAvailable`](ReceiptFailure::NotAvailable)).
 /// 2. The keyset the receipt names is among `keysets`, then [`verify_against_keyset`]: key,
-///    signature, `api_version`. When it is not, and the policy allows it, the same-key replica
+///    signature, `api_version`. When it is not and `keysets` refused it (its report was fetched
+///    and failed the policy, [`Keysets::refused_keyset`]),
+///    [`RefusedKeyset`](ReceiptFailure::RefusedKeyset). Otherwise, if the policy allows it, the same-key replica
 ///    rule ([`KeysetMatch::SameKey`]): a keyset of `keysets`'
 ///    [`same_policy_keysets`](Keysets::same_policy_keysets) holds the receipt's key id, the
 ///    signature verifies under that key, and the receipt was served before that keyset's
@@ -514,22 +546,36 @@ where
     })?;
 
     // 2. Keyset, key, signature, version.
-    let (keyset, keyset_match) = match keysets.keyset_for_digest(receipt.workload_keyset_digest()) {
+    let named = receipt.workload_keyset_digest();
+    let (keyset, keyset_match) = match keysets.keyset_for_digest(named) {
         Some(keyset) => {
             verify_against_keyset(receipt, &keyset)?;
             (keyset, KeysetMatch::Exact)
         }
-        None if policy.require_exact_keyset => {
-            return Err(fail(
-                F::UnknownKeyset,
-                format!(
-                    "the receipt names keyset {}, which is not among the verified keysets (the policy requires the \
-                     exact keyset)",
-                    receipt.workload_keyset_digest()
-                ),
-            ));
+        None => {
+            if let Some(refused) = keysets.refused_keyset(named) {
+                return Err(fail(
+                    F::RefusedKeyset(refused.failure()),
+                    format!(
+                        "the receipt names keyset {named}, whose attestation report was fetched and refused under the \
+                         policy ({:?}: {}); the receipts of a refused keyset are not accepted, not even on the same-key \
+                         rule. If that build should be trusted, pin it in the policy",
+                        refused.failure(),
+                        refused.message()
+                    ),
+                ));
+            }
+            if policy.require_exact_keyset {
+                return Err(fail(
+                    F::UnknownKeyset,
+                    format!(
+                        "the receipt names keyset {named}, which is not among the verified keysets (the policy \
+                         requires the exact keyset)"
+                    ),
+                ));
+            }
+            (verify_by_same_key(receipt, &keysets.same_policy_keysets())?, KeysetMatch::SameKey)
         }
-        None => (verify_by_same_key(receipt, &keysets.same_policy_keysets())?, KeysetMatch::SameKey),
     };
 
     // 3. The exchange's identity.

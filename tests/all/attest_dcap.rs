@@ -115,6 +115,104 @@ fn a_quote_whose_report_data_does_not_match_is_rejected() {
     assert_eq!(failure(verify_quote(&tampered, &c, NOW, Some(&tampered_slot))), F::Quote);
 }
 
+/// The sample quote's MRTD and RTMR0-2, read at their TD-report offsets (136, 328, 376, 424
+/// after the 48-byte header) by an independent Python reading of `tdx_quote`.
+const SAMPLE_BOOT: [&str; 4] = [
+    "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7",
+    "44c0197b39157fdd7a4dcc44767f9d6b0bb3977c7a8e347b8492f827fe9d9e5c48aca29b220b80b6a540cf994b9bc9c0",
+    "0084452c01668329d4bc06acdf58a7205c26743304509973949e5619bf81a6a7aea8c323c173019b3093d54e579e9378",
+    "d833feef2cd945148aa38ead2c53e9b7f138190aaaebfc551dccd829fc207aa3ba80b70870d7330733642e01d48c3132",
+];
+
+/// A policy pinning the real capture's app id, anchored by `boot` (MRTD, RTMR0-2).
+fn boot_pinned(boot: [&str; 4]) -> tower_aci::attest::Policy {
+    tower_aci::attest::Policy::builder()
+        .allow_app_id(REAL_APP_ID)
+        .allow_boot_measurements(boot[0], boot[1], boot[2], boot[3])
+        .build()
+        .unwrap()
+}
+
+/// No test can make a hardware-verified quote with a chosen MRTD (the quote is signed by the
+/// platform's PCK key), and the sample quote's report-data slot cannot carry a report's
+/// `report_data`, so `verify_report` stops at the slot before comparing boot measurements. The
+/// comparison it runs in step 7 is checked here on the sample quote after dcap-qvl verified it.
+#[test]
+fn boot_measurements_of_a_verified_quote_must_match_the_pin() {
+    let v = verify_quote(&quote(), &collateral(), NOW, None).unwrap();
+    let measured = v.boot_measurements();
+    assert_eq!(const_hex::encode(measured.mrtd()), SAMPLE_BOOT[0]);
+    assert_eq!(const_hex::encode(measured.rtmr0()), SAMPLE_BOOT[1]);
+    assert_eq!(const_hex::encode(measured.rtmr1()), SAMPLE_BOOT[2]);
+    assert_eq!(const_hex::encode(measured.rtmr2()), SAMPLE_BOOT[3]);
+    assert_eq!(
+        (v.mr_td(), v.rt_mr0(), v.rt_mr1(), v.rt_mr2()),
+        (measured.mrtd(), measured.rtmr0(), measured.rtmr1(), measured.rtmr2())
+    );
+
+    // Pinned to exactly these values: accepted.
+    v.check_boot_measurements(boot_pinned(SAMPLE_BOOT).allowed_boot_measurements()).unwrap();
+    // A pinned set whose MRTD differs (in one bit of the last byte): refused, naming the measured
+    // MRTD in full and the register that differs.
+    let mut other_mrtd = const_hex::decode(SAMPLE_BOOT[0]).unwrap();
+    other_mrtd[47] ^= 1;
+    let other_mrtd = const_hex::encode(other_mrtd);
+    let policy = boot_pinned([&other_mrtd, SAMPLE_BOOT[1], SAMPLE_BOOT[2], SAMPLE_BOOT[3]]);
+    let e = v.check_boot_measurements(policy.allowed_boot_measurements()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed));
+    let message = e.to_string();
+    assert!(message.contains(&format!("MRTD {}", SAMPLE_BOOT[0])), "{message}");
+    assert!(message.contains("differing registers: set 1: MRTD;"), "{message}");
+    assert!(message.contains(&other_mrtd), "{message}");
+    // Each RTMR0-2 register is compared too.
+    for i in 1..4 {
+        let mut boot = SAMPLE_BOOT.map(str::to_owned);
+        boot[i] = "00".repeat(48);
+        let policy = boot_pinned([&boot[0], &boot[1], &boot[2], &boot[3]]);
+        let e = v.check_boot_measurements(policy.allowed_boot_measurements()).unwrap_err();
+        assert!(e.to_string().contains(&format!("set 1: RTMR{};", i - 1)), "{e}");
+    }
+    // One matching set among several is enough.
+    let both = tower_aci::attest::Policy::builder()
+        .allow_app_id(REAL_APP_ID)
+        .allow_boot_measurements(&other_mrtd, SAMPLE_BOOT[1], SAMPLE_BOOT[2], SAMPLE_BOOT[3])
+        .allow_boot_measurements(SAMPLE_BOOT[0], SAMPLE_BOOT[1], SAMPLE_BOOT[2], SAMPLE_BOOT[3])
+        .build()
+        .unwrap();
+    v.check_boot_measurements(both.allowed_boot_measurements()).unwrap();
+}
+
+#[test]
+fn a_boot_measurement_pin_is_not_satisfied_by_an_unverified_quote() {
+    // The dangerous stub relaxation lets a stub quote through, but it measures no MRTD: refused.
+    let keyset = production_keyset(None, NOW + 3_600);
+    let report = bytes(&seal_report(&keyset, Some(&[1; 32])));
+    let policy = tower_aci::attest::Policy::builder()
+        .allow_boot_measurements(SAMPLE_BOOT[0], SAMPLE_BOOT[1], SAMPLE_BOOT[2], SAMPLE_BOOT[3])
+        .dangerous()
+        .accept_stub_quote()
+        .any_workload()
+        .build()
+        .unwrap();
+    let e = verify_report(&report, &[1; 32], NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed));
+    assert!(e.to_string().contains("not hardware-verified"), "{e}");
+    // Without the boot pin the same report verifies, and reports no boot measurements.
+    let ks = verify_report(&report, &[1; 32], NOW, &stub_policy()).unwrap();
+    assert!(ks.boot_measurements().is_none() && ks.tcb_status().is_none() && ks.advisory_ids().is_empty());
+}
+
+#[test]
+fn refused_advisories_are_checked_against_the_verified_quote() {
+    // The sample platform is affected by no advisory (a sample that is would need collateral of a
+    // TCB level with advisories; the refusal itself is unit-tested in `dcap`).
+    let v = verify_quote(&quote(), &collateral(), NOW, None).unwrap();
+    assert!(v.advisory_ids().is_empty());
+    let policy = pinned_builder().refuse_advisories(["INTEL-SA-00837"]).build().unwrap();
+    assert_eq!(policy.refused_advisories(), ["INTEL-SA-00837"]);
+    v.check_advisories(policy.refused_advisories()).unwrap();
+}
+
 #[test]
 fn a_tcb_status_the_policy_does_not_accept_is_rejected() {
     // The package ships no TDX sample that verifies with a status other than UpToDate (its
@@ -348,8 +446,9 @@ async fn collateral_fetched_from_a_pccs_verifies_the_quote() {
 #[tokio::test]
 async fn the_key_provider_fetches_collateral_through_its_service() {
     let pccs = FakePccs::new();
+    // The fake answers in process (plain HTTP to loopback needs no attested channel).
     let provider = KeyProvider::builder(pccs.service())
-        .base_url("https://gateway.test".parse().unwrap())
+        .base_url("http://localhost".parse().unwrap())
         .pccs("https://pccs.test".parse().unwrap())
         .clock(Arc::new(ManualClock::new(NOW)))
         .policy(pinned_policy())
@@ -361,12 +460,12 @@ async fn the_key_provider_fetches_collateral_through_its_service() {
     assert_eq!(e.kind(), ErrorKind::Attestation(F::Quote), "{e}");
     assert!(e.to_string().contains("report-data slot"), "{e}");
     let seen = pccs.seen();
-    assert!(seen[0].starts_with("gateway.test/v1/aci/attestation?nonce="), "{seen:?}");
+    assert!(seen[0].starts_with("localhost/v1/aci/attestation?nonce="), "{seen:?}");
     assert_eq!(seen.iter().filter(|p| p.starts_with("pccs.test/")).count(), 4, "{seen:?}");
 
     // A PCCS URL without an authority is a configuration error.
     let e = KeyProvider::builder(pccs.service())
-        .base_url("https://gateway.test".parse().unwrap())
+        .base_url("http://localhost".parse().unwrap())
         .pccs("/pccs".parse().unwrap())
         .policy(pinned_policy())
         .build()

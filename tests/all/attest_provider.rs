@@ -137,7 +137,7 @@ impl Setup {
     fn builder(&self) -> KeyProviderBuilder<TestService> {
         let sleeps = self.sleeps.clone();
         KeyProvider::builder(self.gateway.service())
-            .base_url(Uri::from_static("http://gateway.test"))
+            .base_url(Uri::from_static("http://localhost"))
             .policy(stub_policy())
             .clock(Arc::new(self.clock.clone()))
             .sleep(move |d| sleeps.sleep(d))
@@ -173,7 +173,7 @@ async fn establish_fetches_verifies_and_publishes() {
 #[tokio::test]
 async fn base_path_prefix_is_kept() {
     let s = Setup::new();
-    let provider = s.builder().base_url(Uri::from_static("http://gateway.test/aci/")).build().unwrap();
+    let provider = s.builder().base_url(Uri::from_static("http://localhost/aci/")).build().unwrap();
     provider.establish().await.unwrap();
     assert_eq!(s.gateway.0.lock().unwrap().paths[0], "/aci/v1/aci/attestation");
 }
@@ -382,11 +382,11 @@ fn builder_validation() {
     let s = Setup::new();
     let no_base = KeyProvider::builder(s.gateway.service()).policy(stub_policy()).build();
     assert_eq!(no_base.unwrap_err().kind(), ErrorKind::Config);
-    let no_policy = KeyProvider::builder(s.gateway.service()).base_url(Uri::from_static("http://g")).build();
+    let no_policy = KeyProvider::builder(s.gateway.service()).base_url(Uri::from_static("http://localhost")).build();
     assert_eq!(no_policy.unwrap_err().kind(), ErrorKind::Config);
     let relative = s.builder().base_url(Uri::from_static("/v1")).build();
     assert_eq!(relative.unwrap_err().kind(), ErrorKind::Config);
-    let query = s.builder().base_url(Uri::from_static("http://g/?x=1")).build();
+    let query = s.builder().base_url(Uri::from_static("http://localhost/?x=1")).build();
     assert_eq!(query.unwrap_err().kind(), ErrorKind::Config);
     let backoff = s.builder().retry_backoff(Duration::from_secs(5), Duration::from_secs(1)).build();
     assert_eq!(backoff.unwrap_err().kind(), ErrorKind::Config);

@@ -1,16 +1,17 @@
 //! The real TDX capture (`tests/data/real_tdx_report_2026-06.json`: a production gateway's report
 //! of 2026-06-28 in an older report schema, fetched with nonce `00…01`; see
 //! `src/attest/real_capture.rs` for the unit tests on its quote, event log and custody chains)
-//! through the public API: verifying it as a current `aci/1` report fails with a clear binding
-//! error, never a wrong success and never a panic.
+//! through the public API: it is of the older (June 2026) report generation, which a default
+//! policy verifies (and `current_generation_only` refuses with `Generation`); never a wrong
+//! success and never a panic.
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tower_aci::attest::{Policy, keyset_digest, report_data, verify_report};
+use tower_aci::attest::{Generation, Policy, keyset_digest, report_data, verify_report};
 use tower_aci::protocol::jcs;
 use tower_aci::{AttestationFailure as F, ErrorKind};
 
-use crate::attest_support::{load, pinned_policy};
+use crate::attest_support::{REAL_APP_ID, load, pinned_builder, pinned_policy};
 
 /// The nonce the report was fetched with.
 const NONCE: [u8; 32] = {
@@ -43,12 +44,22 @@ fn failure<T: std::fmt::Debug>(r: tower_aci::Result<T>) -> (F, String) {
     }
 }
 
+/// `attestation.freshness.stale_after` of the capture.
+const STALE_AFTER: u64 = 1_782_668_338;
+
+/// Hardware verification skipped (dangerous), everything else as in production: the KMS root
+/// (custody required) and an app-id pin.
+fn skip_hardware_with_custody() -> Policy {
+    pinned_builder().dangerous().skip_hardware_verification().build().unwrap()
+}
+
 #[test]
-fn the_real_report_fails_the_current_binding() {
+fn the_real_report_is_of_the_older_generation_and_verifies_as_such() {
     let report = capture();
     let claimed = report["attestation"]["report_data"].as_str().unwrap();
 
-    // Why: the keyset digest is right, but report_data binds the older statement.
+    // Why the current rule does not apply: the keyset digest is right, but report_data binds the
+    // older statement, which names workload_id too.
     let keyset = &report["attestation"]["workload_keyset"];
     let digest = report["workload_keyset_digest"].as_str().unwrap();
     assert_eq!(keyset_digest(keyset).unwrap(), digest);
@@ -62,15 +73,32 @@ fn the_real_report_fails_the_current_binding() {
     });
     assert_eq!(const_hex::encode(Sha256::digest(jcs::to_vec(&old_statement).unwrap())), claimed);
 
-    // So the whole report, with the quote's slot check passing (quote_report_data carries
-    // report_data) and the hardware check skipped, stops at the binding.
-    let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &skip_hardware()));
-    assert_eq!(f, F::ReportData, "{message}");
-    assert!(message.contains("report_data is not bound to this keyset and our nonce"), "{message}");
-    // Also with custody skipped and for another nonce: the binding is checked first.
-    let lax =
-        Policy::builder().dangerous().skip_hardware_verification().skip_key_custody().any_workload().build().unwrap();
-    assert_eq!(failure(verify_report(&capture_bytes(), &[7; 32], FETCHED_AT, &lax)).0, F::ReportData);
+    // A policy for the current generation only refuses it, with its own failure.
+    let current_only = pinned_builder().current_generation_only().dangerous().skip_hardware_verification().build();
+    let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &current_only.unwrap()));
+    assert_eq!(f, F::Generation, "{message}");
+
+    // By default the older generation verifies (the quote unverified here: see
+    // src/attest/real_capture.rs for the end-to-end run with only the collateral skipped).
+    let ks = verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &skip_hardware_with_custody()).unwrap();
+    assert_eq!(ks.generation(), Generation::Legacy);
+    assert_eq!(ks.digest(), digest);
+    assert_eq!(ks.not_after(), STALE_AFTER);
+    assert_eq!(ks.e2ee_key().key_id(), "dstack-kms-e2ee-v1");
+    assert!(!ks.hardware_verified());
+    // For another nonce its binding fails.
+    let (f, _) = failure(verify_report(&capture_bytes(), &[7; 32], FETCHED_AT, &skip_hardware_with_custody()));
+    assert_eq!(f, F::ReportData);
+    // Under another KMS root its custody chains are refused.
+    let other_root = Policy::builder()
+        .allow_app_id(REAL_APP_ID)
+        .accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+        .dangerous()
+        .skip_hardware_verification()
+        .build()
+        .unwrap();
+    let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &other_root));
+    assert_eq!(f, F::Custody, "{message}");
 }
 
 #[test]
@@ -88,19 +116,32 @@ fn cut_or_corrupted_captures_fail_without_panicking() {
             assert!(verify_report(&bytes[..len], &NONCE, FETCHED_AT, &policy).is_err(), "cut to {len}");
         }
     }
-    // Every evidence member replaced by a value of the wrong type, or removed.
+    // Every evidence member replaced by a value of the wrong type, or removed: never a panic.
+    // Under a policy that skips the hardware check, the members the remaining checks rest on
+    // (the event log that measures the pinned app id, key custody) cannot be dropped or
+    // mistyped; the end-to-end tests in src/attest/real_capture.rs cover the quote itself.
     let report = capture();
     let members: Vec<String> = report["attestation"]["evidence"].as_object().unwrap().keys().cloned().collect();
     for member in members {
+        let must_fail = ["event_log", "key_custody"].contains(&member.as_str());
+        let mut changes: Vec<Value> = Vec::new();
         for replacement in [Value::Null, json!(1), json!("zz"), json!([]), json!({})] {
             let mut changed = report.clone();
-            changed["attestation"]["evidence"][&member] = replacement.clone();
-            let r = verify_report(&serde_json::to_vec(&changed).unwrap(), &NONCE, FETCHED_AT, &skip_hardware());
-            assert!(r.is_err(), "{member} = {replacement}");
+            changed["attestation"]["evidence"][&member] = replacement;
+            changes.push(changed);
         }
         let mut changed = report.clone();
         changed["attestation"]["evidence"].as_object_mut().unwrap().remove(&member);
-        assert!(verify_report(&serde_json::to_vec(&changed).unwrap(), &NONCE, FETCHED_AT, &skip_hardware()).is_err());
+        changes.push(changed);
+        for changed in changes {
+            let what = &changed["attestation"]["evidence"][&member];
+            for policy in [pinned_policy(), skip_hardware_with_custody()] {
+                let r = verify_report(&serde_json::to_vec(&changed).unwrap(), &NONCE, FETCHED_AT, &policy);
+                if must_fail || policy.requires_hardware_verification() {
+                    assert!(r.is_err(), "{member} = {what}");
+                }
+            }
+        }
     }
 }
 
@@ -110,7 +151,6 @@ mod dcap {
     use tower_aci::attest::verify_report_with_collateral;
 
     use super::*;
-    use crate::attest_support::pinned_builder;
 
     /// dcap-qvl's sample collateral (`tests/data/dcap/`), for another platform and another time.
     fn sample_collateral() -> Collateral {

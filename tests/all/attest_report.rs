@@ -552,8 +552,9 @@ fn custody_chain_verifies_for_all_three_roles() {
 #[test]
 fn custody_policy_modes() {
     let c = Custody::new();
-    // Present, no roots configured: cannot verify, fails closed.
-    assert_eq!(reason(c.verify(&c.report, &stub_policy())), F::Custody);
+    // Present, no roots configured: there is nothing to verify it against, so it is not judged
+    // (a workload pin must then be anchored by boot measurements).
+    assert!(c.verify(&c.report, &stub_policy()).is_ok());
     // Dangerous skip.
     let skip = Policy::builder().dangerous().accept_stub_quote().any_workload().skip_key_custody().build().unwrap();
     assert!(c.verify(&c.report, &skip).is_ok());

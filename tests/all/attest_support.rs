@@ -75,10 +75,13 @@ pub(crate) fn seal_report(keyset: &Value, nonce: Option<&[u8; 32]>) -> Value {
 /// The app id the real capture measures (`tests/data/real_tdx_report_2026-06.json`).
 pub(crate) const REAL_APP_ID: &str = "fdb7a14e5a6675f752e2cb69c9067a98ca402918";
 
-/// A production-shaped builder: the workload pinned (by the real capture's app id), nothing
-/// relaxed.
+/// The KMS root the real capture's custody chains recover.
+pub(crate) const REAL_KMS_ROOT: &str = "0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1";
+
+/// A production-shaped builder: the workload pinned (by the real capture's app id) and anchored
+/// (by its KMS root), nothing relaxed.
 pub(crate) fn pinned_builder() -> tower_aci::attest::PolicyBuilder {
-    Policy::builder().allow_app_id(REAL_APP_ID)
+    Policy::builder().allow_app_id(REAL_APP_ID).accept_kms_root(REAL_KMS_ROOT)
 }
 
 /// [`pinned_builder`], built: hardware verification required.

@@ -9,6 +9,8 @@ mod attest_real_capture;
 mod attest_report;
 mod attest_support;
 mod capture;
+#[cfg(all(feature = "test-gateway", feature = "rustls"))]
+mod client;
 mod data;
 mod layer_fits;
 mod policy_pins;
@@ -22,9 +24,13 @@ mod response_path;
 mod strict;
 
 #[cfg(feature = "test-gateway")]
+mod channel;
+#[cfg(feature = "test-gateway")]
 mod gateway;
 #[cfg(feature = "test-gateway")]
 mod layer;
+#[cfg(feature = "test-gateway")]
+mod legacy_gateway;
 #[cfg(feature = "test-gateway")]
 mod provider_gateway;
 #[cfg(all(feature = "proxy", feature = "test-gateway"))]
@@ -33,12 +39,20 @@ mod proxy;
 mod proxy_binary;
 #[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy_ops;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod proxy_exposure;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod proxy_inspect;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod proxy_local;
 #[cfg(feature = "test-gateway")]
 mod receipt_gateway;
 #[cfg(feature = "test-gateway")]
 mod replicas;
 #[cfg(all(feature = "test-gateway", feature = "reqwest-middleware"))]
 mod reqwest_mw;
+#[cfg(all(feature = "test-gateway", feature = "reqwest-middleware", feature = "rustls"))]
+mod reqwest_service;
 #[cfg(feature = "test-gateway")]
 mod stream_release;
 #[cfg(feature = "test-gateway")]

@@ -1,6 +1,8 @@
-//! The policy binds a workload, fail-closed: an unpinned policy does not build; each pin kind
-//! (compose hash, app id, OS image hash) accepts the report that measures the pinned value and
-//! rejects one that measures another; a configured KMS root makes key custody required.
+//! The policy binds a workload, fail-closed: an unpinned policy (or one pinning only the OS image)
+//! does not build, nor does a pin that neither a KMS root nor boot measurements anchor; each pin
+//! kind (compose hash, app id, OS image hash) accepts the report that measures the pinned value and
+//! rejects one that measures another, naming the measured value; a configured KMS root makes key
+//! custody required; the event log's identity events count only when dstack measured them at boot.
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -56,8 +58,9 @@ impl Workload {
     }
 }
 
+/// The stub report measures nothing but RTMR3 values it was told: these pins are unanchored.
 fn stub(builder: PolicyBuilder) -> Policy {
-    builder.dangerous().accept_stub_quote().build().unwrap()
+    builder.dangerous().accept_stub_quote().unanchored_pin().build().unwrap()
 }
 
 #[test]
@@ -84,7 +87,13 @@ fn a_compose_hash_pin_accepts_its_workload_only() {
     let policy = stub(Policy::builder().allow_compose_hash(&GATEWAY.compose_hash()));
     assert!(policy.pins_workload());
     assert!(verify_report(&GATEWAY.report(), &NONCE, NOW, &policy).is_ok());
-    assert_eq!(reason(verify_report(&OTHER.report(), &NONCE, NOW, &policy)), F::NotAllowed);
+    let e = verify_report(&OTHER.report(), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed));
+    // The message names the measured compose hash in full, and the allowed one, to re-pin.
+    let message = e.to_string();
+    assert!(message.contains(&format!("the compose hash {} is not on the policy's allowlist", OTHER.compose_hash())));
+    assert!(message.contains(&format!("allowed: {}", GATEWAY.compose_hash())), "{message}");
+    assert!(message.contains("allow_compose_hash"), "{message}");
 }
 
 #[test]
@@ -92,14 +101,24 @@ fn an_app_id_pin_accepts_its_workload_only() {
     let policy = stub(Policy::builder().allow_app_id(&format!("0x{}", const_hex::encode(GATEWAY.app_id))));
     let ks = verify_report(&GATEWAY.report(), &NONCE, NOW, &policy).unwrap();
     assert_eq!(ks.e2ee_key().key_id(), "dstack-kms-e2ee-v1");
-    assert_eq!(reason(verify_report(&OTHER.report(), &NONCE, NOW, &policy)), F::NotAllowed);
+    let e = verify_report(&OTHER.report(), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed));
+    assert!(e.to_string().contains(&format!("the app id {} is not", const_hex::encode(OTHER.app_id))), "{e}");
 }
 
 #[test]
 fn an_os_image_pin_accepts_its_image_only() {
-    let policy = stub(Policy::builder().allow_os_image_hash(&const_hex::encode(GATEWAY.os_image)));
+    // Checked alongside an app pin (alone it is not a pin).
+    let policy = stub(
+        Policy::builder()
+            .allow_app_id(&const_hex::encode(GATEWAY.app_id))
+            .allow_os_image_hash(&const_hex::encode(GATEWAY.os_image)),
+    );
     assert!(verify_report(&GATEWAY.report(), &NONCE, NOW, &policy).is_ok());
-    assert_eq!(reason(verify_report(&OTHER.report(), &NONCE, NOW, &policy)), F::NotAllowed);
+    let moved = Workload { os_image: OTHER.os_image, ..GATEWAY };
+    let e = verify_report(&moved.report(), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed));
+    assert!(e.to_string().contains(&format!("the OS image hash {} is not", const_hex::encode(OTHER.os_image))), "{e}");
 }
 
 #[test]
@@ -109,9 +128,17 @@ fn a_report_measuring_nothing_fails_every_pin() {
     for policy in [
         stub(Policy::builder().allow_compose_hash(&GATEWAY.compose_hash())),
         stub(Policy::builder().allow_app_id(&const_hex::encode(GATEWAY.app_id))),
-        stub(Policy::builder().allow_os_image_hash(&const_hex::encode(GATEWAY.os_image))),
+        Policy::builder()
+            .allow_os_image_hash(&const_hex::encode(GATEWAY.os_image))
+            .dangerous()
+            .accept_stub_quote()
+            .any_workload()
+            .build()
+            .unwrap(),
     ] {
-        assert_eq!(reason(verify_report(&bare, &NONCE, NOW, &policy)), F::NotAllowed, "{policy:?}");
+        let e = verify_report(&bare, &NONCE, NOW, &policy).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attestation(F::NotAllowed), "{policy:?}");
+        assert!(e.to_string().contains("the report measures no"), "{e}");
     }
     assert!(verify_report(&bare, &NONCE, NOW, &stub_policy()).is_ok(), "only any_workload() accepts it");
 }
@@ -122,8 +149,15 @@ fn a_kms_root_requires_custody() {
     let subject = format!("app-id:0x{}", const_hex::encode(&kms.app_id));
     let mut report = seal_report(&production_keyset(Some(&subject), NOW + 3_600), Some(&NONCE));
     report["attestation"]["evidence"]["key_custody"] = kms.custody();
-    let policy = stub(Policy::builder().accept_kms_root(&kms.root_hex()).allow_app_id(&const_hex::encode(&kms.app_id)));
-    assert!(policy.requires_key_custody());
+    // The KMS root anchors the pin: no unanchored opt-out needed.
+    let policy = Policy::builder()
+        .accept_kms_root(&kms.root_hex())
+        .allow_app_id(&const_hex::encode(&kms.app_id))
+        .dangerous()
+        .accept_stub_quote()
+        .build()
+        .unwrap();
+    assert!(policy.requires_key_custody() && policy.anchors_pin());
     assert!(verify_report(&bytes(&report), &NONCE, NOW, &policy).is_ok());
     // The same report with `key_custody` dropped (or null) is rejected.
     let mut dropped = report.clone();
@@ -131,4 +165,125 @@ fn a_kms_root_requires_custody() {
     assert_eq!(reason(verify_report(&bytes(&dropped), &NONCE, NOW, &policy)), F::Custody);
     dropped["attestation"]["evidence"]["key_custody"] = Value::Null;
     assert_eq!(reason(verify_report(&bytes(&dropped), &NONCE, NOW, &policy)), F::Custody);
+}
+
+/// A stub-quoted report carrying `log` (dstack event-log JSON) and `compose`.
+fn report_with_log(log: Vec<Value>, compose: &str) -> Vec<u8> {
+    let mut report = seal_report(&production_keyset(None, NOW + 3_600), Some(&NONCE));
+    report["attestation"]["evidence"]["event_log"] = json!(Value::Array(log).to_string());
+    report["attestation"]["evidence"]["app_compose"] = json!(compose);
+    bytes(&report)
+}
+
+fn runtime(name: &str, payload: &[u8]) -> Value {
+    json!({"imr": 3, "event_type": RUNTIME_EVENT, "digest": "00".repeat(48), "event": name,
+           "event_payload": const_hex::encode(payload)})
+}
+
+#[test]
+fn a_post_boot_compose_hash_does_not_satisfy_the_pin() {
+    let policy = stub(Policy::builder().allow_compose_hash(&GATEWAY.compose_hash()));
+    // OTHER booted; the genuine compose-hash and system-ready are relabelled to another event type
+    // (keeping their digests), and the workload then extends RTMR3 with GATEWAY's compose hash.
+    let relabelled = |name: &str, payload: &[u8]| {
+        let mut e = runtime(name, payload);
+        e["event_type"] = json!(RUNTIME_EVENT + 1);
+        e
+    };
+    let log = vec![
+        runtime("app-id", &OTHER.app_id),
+        relabelled("compose-hash", &Sha256::digest(OTHER.compose.as_bytes())),
+        runtime("os-image-hash", &OTHER.os_image),
+        relabelled("system-ready", b""),
+        runtime("compose-hash", &Sha256::digest(GATEWAY.compose.as_bytes())),
+        runtime("system-ready", b""),
+    ];
+    let e = verify_report(&report_with_log(log, GATEWAY.compose), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::EventLog), "{e}");
+
+    // Without the relabelling: a compose-hash after system-ready is refused, not skipped.
+    let log = vec![
+        runtime("app-id", &GATEWAY.app_id),
+        runtime("compose-hash", &Sha256::digest(GATEWAY.compose.as_bytes())),
+        runtime("system-ready", b""),
+        runtime("compose-hash", &Sha256::digest(OTHER.compose.as_bytes())),
+    ];
+    let e = verify_report(&report_with_log(log, GATEWAY.compose), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::EventLog), "{e}");
+
+    // A log that never reached system-ready satisfies no pin.
+    let log = vec![runtime("app-id", &GATEWAY.app_id), runtime("compose-hash", &Sha256::digest(GATEWAY.compose))];
+    let e = verify_report(&report_with_log(log, GATEWAY.compose), &NONCE, NOW, &policy).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(F::EventLog), "{e}");
+}
+
+#[test]
+fn an_os_image_pin_alone_does_not_build() {
+    let e = Policy::builder().allow_os_image_hash(&const_hex::encode(GATEWAY.os_image)).build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("allow_os_image_hash"), "{e}");
+    // Also with a KMS root: the OS image is not the app.
+    let kms = TestKms::new();
+    let e = Policy::builder()
+        .allow_os_image_hash(&const_hex::encode(GATEWAY.os_image))
+        .accept_kms_root(&kms.root_hex())
+        .build()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+}
+
+#[test]
+fn an_unanchored_compose_hash_pin_does_not_build() {
+    for builder in [
+        Policy::builder().allow_compose_hash(&GATEWAY.compose_hash()),
+        Policy::builder().allow_app_id(&const_hex::encode(GATEWAY.app_id)),
+        Policy::builder().allow_compose_hash(&GATEWAY.compose_hash()).dangerous().accept_stub_quote().end_dangerous(),
+    ] {
+        let e = builder.build().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        let message = e.to_string();
+        for way in ["accept_kms_root", "allow_boot_measurements", "MRTD", "unanchored_pin"] {
+            assert!(message.contains(way), "{way:?} missing: {message}");
+        }
+    }
+}
+
+/// A current-generation keyset (`subject`, `not_after`) that also names a `workload_identity`
+/// mixes the two report generations and is refused before custody is looked at (issue 19). The
+/// identity key's custody is required in the older generation, where it belongs: see
+/// `src/attest/real_capture/end_to_end.rs` (`custody_must_reach_the_kms_root`).
+#[test]
+fn a_current_keyset_naming_an_identity_key_is_refused_as_a_mix_of_generations() {
+    let kms = TestKms::new();
+    let identity = compressed_hex(&signing_key(0x77));
+    let subject = format!("app-id:0x{}", const_hex::encode(&kms.app_id));
+    let mut keyset = production_keyset(Some(&subject), NOW + 3_600);
+    keyset["workload_identity"] = json!({"public_key": {"algo": "ecdsa-secp256k1", "public_key": identity}});
+    let policy = Policy::builder()
+        .accept_kms_root(&kms.root_hex())
+        .allow_app_id(&const_hex::encode(&kms.app_id))
+        .dangerous()
+        .accept_stub_quote()
+        .build()
+        .unwrap();
+    let with_custody = |keyset: &Value, custody: Value| {
+        let mut report = seal_report(keyset, Some(&NONCE));
+        report["attestation"]["evidence"]["key_custody"] = custody;
+        bytes(&report)
+    };
+    // Without an identity custody entry, and with one whose chain signs the identity key.
+    let mut custody = kms.custody();
+    let entry = json!({
+        "role": "identity", "path": "aci/identity/v1", "purpose": "aci.identity.v1", "algo": "ecdsa-secp256k1",
+        "public_key": identity, "kms_public_key": identity, "signature_chain": kms.chain("aci.identity.v1", &identity)
+    });
+    custody["keys"].as_array_mut().unwrap().push(entry);
+    for custody in [kms.custody(), custody] {
+        let e = verify_report(&with_custody(&keyset, custody), &NONCE, NOW, &policy).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attestation(F::Shape), "{e}");
+        assert!(e.to_string().contains("mixes members of two report generations"), "{e}");
+    }
+    // The same keyset without the identity key verifies.
+    keyset.as_object_mut().unwrap().remove("workload_identity");
+    assert!(verify_report(&with_custody(&keyset, kms.custody()), &NONCE, NOW, &policy).is_ok());
 }

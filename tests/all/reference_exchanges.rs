@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_aci::attest::{Policy, verify_report};
+use tower_aci::attest::verify_report;
 use tower_aci::protocol::aad;
 use tower_aci::protocol::response::decrypt_response;
 use tower_aci::protocol::stream::{StreamDecryptor, StreamOutput};
@@ -55,7 +55,7 @@ fn reference_report_verifies_under_a_stub_accepting_policy() {
     // Without the dangerous relaxation the stub quote is refused.
     let report = &f["report"];
     let now = f["generated_at"].as_u64().unwrap();
-    let pinned = Policy::builder().allow_compose_hash(&"00".repeat(32)).build().unwrap();
+    let pinned = crate::attest_support::pinned_policy();
     let strict = verify_report(report["body"].as_str().unwrap().as_bytes(), &report_nonce(), now, &pinned);
     assert!(matches!(strict.unwrap_err().kind(), ErrorKind::Attestation(_)));
     // Nor does it verify for another nonce.
@@ -366,7 +366,7 @@ async fn reference_exchanges_through_the_layer() {
         let (inner, seen) = canned(Answer::of(e, cuts));
         let layer = E2eeLayer::new(keys.clone()).dangerous_randomness_for_tests(tape_fill(tape(e)));
         let svc = ServiceBuilder::new().layer(layer).service(inner);
-        let req = Request::post(format!("http://gateway{}", s(e, "endpoint")))
+        let req = Request::post(format!("http://localhost{}", s(e, "endpoint")))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(serde_json::to_vec(&e["request_plaintext"]).unwrap())))
             .unwrap();
@@ -474,7 +474,7 @@ async fn reference_negative_answers_map_to_gateway_errors() {
             clock.set(timestamp(e));
             let (inner, _) = canned(Answer::of(e, vec![]));
             let svc = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(inner);
-            let req = Request::post(format!("http://gateway{}", s(e, "endpoint")))
+            let req = Request::post(format!("http://localhost{}", s(e, "endpoint")))
                 .body(Full::new(Bytes::from(serde_json::to_vec(&e["request_plaintext"]).unwrap())))
                 .unwrap();
             let res = svc.oneshot(req).await.unwrap();

@@ -16,17 +16,18 @@ use futures_util::StreamExt;
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tower::retry::Retry;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_aci::attest::{Clock, KeyHandle, KeyProvider, ManualClock, SystemClock};
+use tower_aci::attest::{Clock, KeyHandle, KeyProvider, ManualClock, Policy, SystemClock};
 use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
 use tower_aci::gateway::{Fault, GatewayConfig, GatewayKeys, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{
     ExchangeRecord, KeysetMatch, ReceiptClient, ReceiptPolicy, RetryPolicy, VerifiedReceipt, verify_exchange,
 };
-use tower_aci::{BoxError, E2eeLayer, ErrorKind, GatewayError, ReceiptFailure as F};
+use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind, GatewayError, ReceiptFailure as F};
 
 use crate::data::reason;
 use crate::support::{LayerClient, layer_client, post, sse_text, stub_policy};
@@ -482,4 +483,279 @@ async fn the_same_key_rule_stops_at_the_vouching_keysets_not_after() {
     let receipt = receipts.fetch_for(&record, None).await.unwrap();
     let verified = verify_exchange(&receipt, &record, &keys, &ReceiptPolicy::new()).unwrap();
     assert_eq!(verified.keyset_match(), KeysetMatch::SameKey);
+}
+
+/// The compose file the refused-replica tests pin, and another build of the same application.
+const PINNED_COMPOSE: &str = r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:aa"}}}"#;
+const UNPINNED_COMPOSE: &str =
+    r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:bb"}}}"#;
+
+/// Stub quotes accepted; the workload pinned to `PINNED_COMPOSE`'s compose hash (with the stub
+/// quote, SHA-256 of the published `app_compose`).
+fn compose_pinned_policy() -> Policy {
+    let hash = const_hex::encode(Sha256::digest(PINNED_COMPOSE.as_bytes()));
+    Policy::builder()
+        .select_suite(Suite::X25519)
+        .allow_compose_hash(&hash)
+        .dangerous()
+        .accept_stub_quote()
+        .unanchored_pin()
+        .build()
+        .unwrap()
+}
+
+/// Issue 18, item 3. Three replicas of one application (the same KMS-derived keys, so the same
+/// receipt key) behind a round-robin forwarder: 0 runs the pinned build; 1 runs another build,
+/// whose report fails the policy; 2 runs the pinned build but its report endpoint fails. The
+/// unpinned build's receipts must not verify on the same-key rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_report_fails_the_policy_has_its_receipts_refused() {
+    let (replicas, lb) = mixed_builds().await;
+    let digests: Vec<String> = replicas.iter().map(TestGateway::keyset_digest).collect();
+    let base = lb.url();
+    let http = layer_client();
+    let provider = KeyProvider::builder(http.clone())
+        .base_url(base.parse().unwrap())
+        .policy(compose_pinned_policy())
+        .digest_probes(PROBES)
+        .build()
+        .unwrap();
+    // The first connection through the forwarder goes to replica 0, the pinned build.
+    assert_eq!(provider.establish().await.unwrap().digest(), digests[0]);
+    let keys = provider.handle();
+
+    // One exchange per fresh connection: the forwarder sends them to each replica in turn.
+    let mut records = Vec::new();
+    for i in 0..6 {
+        records.push(exchange(&layered(&layer_client(), &keys), &base, &format!("which build {i}"), i % 2 == 1).await);
+    }
+    let receipts = receipt_client(&http, &base);
+    let policy = ReceiptPolicy::new();
+    let mut served = [0usize; 3];
+    for record in &records {
+        let replica = digests.iter().position(|d| record.keyset_digest() == Some(d.as_str())).expect("a replica");
+        served[replica] += 1;
+        let outcome = receipts.fetch_and_verify(record, None, &keys, &policy).await;
+        match replica {
+            0 => assert_eq!(outcome.unwrap().keyset_match(), KeysetMatch::Exact),
+            1 => {
+                let err = match outcome {
+                    Ok(v) => panic!(
+                        "attack succeeded: the unpinned build's receipt verified ({:?}, vouched for by {})",
+                        v.keyset_match(),
+                        v.keyset().digest()
+                    ),
+                    Err(e) => e,
+                };
+                assert_eq!(err.kind(), ErrorKind::Receipt(F::RefusedKeyset(AttestationFailure::NotAllowed)), "{err}");
+                let message = err.to_string();
+                assert!(message.contains(&digests[1]) && message.contains("compose hash"), "{message}");
+            }
+            _ => {
+                let verified = outcome.unwrap();
+                assert_eq!(verified.keyset_match(), KeysetMatch::SameKey, "unreachable, not refused");
+                assert_eq!(verified.keyset().digest(), digests[0]);
+            }
+        }
+    }
+    assert!(served.iter().all(|&n| n > 0), "every replica served: {served:?}");
+
+    // The refusal is remembered with its failure; the unreachable replica is not refused, and
+    // neither is known.
+    let refused = keys.refused_keyset(&digests[1]).expect("the unpinned build's keyset is refused");
+    assert_eq!(refused.failure(), AttestationFailure::NotAllowed);
+    assert!(refused.message().contains("compose hash"), "{}", refused.message());
+    assert_eq!(keys.refused_keysets().len(), 1);
+    assert!(keys.refused_keyset(&digests[2]).is_none());
+    assert!(keys.keyset_for_digest(&digests[1]).is_none() && keys.keyset_for_digest(&digests[2]).is_none());
+    // Once refused, a receipt naming it fails at once: no report is fetched for it (not again
+    // before min_refresh_interval).
+    let reports = || replicas.iter().map(TestGateway::attestations_served).sum::<usize>();
+    let before = reports();
+    assert!(before <= 1 + 2 * PROBES as usize, "bounded: {before} report fetches");
+    let refused_record = records.iter().find(|r| r.keyset_digest() == Some(digests[1].as_str())).unwrap();
+    let err = receipts.fetch_and_verify(refused_record, None, &keys, &policy).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Receipt(F::RefusedKeyset(AttestationFailure::NotAllowed)));
+    assert_eq!(reports(), before, "no report fetched for a digest refused moments ago");
+
+    // Offline, with the handle's refusals: the same verdicts without any fetch; and requiring
+    // the exact keyset, the unreachable replica's receipts fail too.
+    let exact = ReceiptPolicy::new().require_exact_keyset(true);
+    for record in &records {
+        let receipt = receipts.fetch_for(record, None).await.unwrap();
+        let lenient = verify_exchange(&receipt, record, &keys, &policy);
+        let strict = verify_exchange(&receipt, record, &keys, &exact);
+        match digests.iter().position(|d| record.keyset_digest() == Some(d.as_str())).unwrap() {
+            0 => {
+                lenient.unwrap();
+                strict.unwrap();
+            }
+            1 => {
+                assert_eq!(reason(lenient), F::RefusedKeyset(AttestationFailure::NotAllowed));
+                assert_eq!(reason(strict), F::RefusedKeyset(AttestationFailure::NotAllowed));
+            }
+            _ => {
+                assert_eq!(lenient.unwrap().keyset_match(), KeysetMatch::SameKey);
+                assert_eq!(reason(strict), F::UnknownKeyset);
+            }
+        }
+    }
+}
+
+/// The three replicas of the refused-replica test behind a forwarder: the pinned build, another
+/// build under the same keys, and the pinned build with a failing report endpoint.
+async fn mixed_builds() -> ([TestGateway; 3], Forwarder) {
+    let keys_of_app = GatewayKeys::generate();
+    let launch = SystemClock.now();
+    let replica = |i: u64, compose: &str| {
+        GatewayConfig::new().keys(keys_of_app.clone()).not_after(launch + THIRTY_DAYS + i).app_compose(compose)
+    };
+    let replicas = [
+        TestGateway::start(replica(0, PINNED_COMPOSE)).await.unwrap(),
+        TestGateway::start(replica(1, UNPINNED_COMPOSE)).await.unwrap(),
+        TestGateway::start(replica(2, PINNED_COMPOSE)).await.unwrap(),
+    ];
+    replicas[2].set_fault(Some(Fault::AttestationStatus(503)));
+    let lb = Forwarder::start(replicas.iter().map(TestGateway::addr).collect()).await;
+    (replicas, lb)
+}
+
+/// Send chats through the proxy at `addr`, several at a time (so its client opens several
+/// connections, which the forwarder spreads), until every replica served one; returns how many
+/// each served.
+#[cfg(feature = "proxy")]
+async fn chats_until_every_replica_served(addr: SocketAddr, replicas: &[TestGateway]) -> Vec<usize> {
+    let http = reqwest::Client::new();
+    for round in 0..20 {
+        let sends = (0..6).map(|i| {
+            let http = http.clone();
+            async move {
+                let res = http
+                    .post(format!("http://{addr}/v1/chat/completions"))
+                    .header("content-type", "application/json")
+                    .body(json!({"model": "demo-model", "messages": [{"role": "user", "content": format!("round {round} chat {i}")}]}).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+                let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+                assert_eq!(v["choices"][0]["message"]["content"], format!("You said: round {round} chat {i}"));
+            }
+        });
+        futures_util::future::join_all(sends).await;
+        if replicas.iter().all(|r| r.requests_seen() > 0) {
+            break;
+        }
+    }
+    let served: Vec<usize> = replicas.iter().map(TestGateway::requests_seen).collect();
+    assert!(served.iter().all(|&n| n > 0), "every replica served: {served:?}");
+    served
+}
+
+/// Wait (bounded) until the proxy judged every receipt of `n` exchanges.
+#[cfg(feature = "proxy")]
+async fn receipts_judged(proxy: &tower_aci::proxy::Proxy, n: u64) -> Value {
+    for _ in 0..1_000 {
+        let status = proxy.status();
+        let c = &status["counts"];
+        if c["receipts_verified"].as_u64().unwrap() + c["receipts_failed"].as_u64().unwrap() >= n {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("receipts not judged in time: {}", proxy.status());
+}
+
+/// Issue 18, item 3, through `aci-proxy`: the unpinned build's receipts fail and `/aci/status`
+/// counts its refused keyset; the audit file records the rule each receipt verified under, and
+/// the offline audit reaches the proxy's verdicts (the same-key receipts verify as same-key only,
+/// and not under `--require-exact-keyset`).
+#[cfg(feature = "proxy")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_refuses_the_unpinned_build_and_its_audit_agrees_offline() {
+    use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode, verify_audit};
+
+    let (replicas, lb) = mixed_builds().await;
+    let digests: Vec<String> = replicas.iter().map(TestGateway::keyset_digest).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("receipts.jsonl");
+    let config = ProxyConfig {
+        gateway: Some(lb.url()),
+        policy: Some(compose_pinned_policy()),
+        receipts: ReceiptMode::Verify,
+        audit_file: Some(audit.clone()),
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::start(config).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = proxy.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let served = chats_until_every_replica_served(addr, &replicas).await;
+    let total = served.iter().sum::<usize>() as u64;
+    let status = receipts_judged(&proxy, total).await;
+    let counts = &status["counts"];
+    assert_eq!(counts["refused_keysets"], 1, "{status}");
+    assert_eq!(counts["receipts_failed"], served[1] as u64, "the unpinned build's receipts fail: {status}");
+    assert_eq!(counts["receipts_verified"], (served[0] + served[2]) as u64, "{status}");
+    assert_eq!(proxy.keys().refused_keyset(&digests[1]).unwrap().failure(), AttestationFailure::NotAllowed);
+
+    // The audit file: the pinned build's receipts under `exact`, the unreachable replica's under
+    // `same_key`, vouched for by the pinned build's keyset; nothing of the unpinned build.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let receipt_lines = |rule: &str| lines.iter().filter(|l| l["type"] == "receipt" && l["rule"] == rule).count();
+    assert_eq!((receipt_lines("exact"), receipt_lines("same_key")), (served[0], served[2]), "{text}");
+    for l in lines.iter().filter(|l| l["type"] == "receipt") {
+        assert_eq!(l["keyset_digest"], digests[0].as_str());
+    }
+    let keyset_lines: Vec<&Value> = lines.iter().filter(|l| l["type"] == "keyset").collect();
+    assert_eq!(keyset_lines.len(), 1);
+    assert_eq!(keyset_lines[0]["digest"], digests[0].as_str());
+
+    // Offline: the same verdicts.
+    let policy = compose_pinned_policy();
+    let summary = verify_audit(&text, &policy, &ReceiptPolicy::new());
+    assert!(summary.is_clean(), "{:?}", summary.failures);
+    assert_eq!((summary.keysets_verified, summary.receipts_verified), (1, served[0] + served[2]));
+    // Offline under --require-exact-keyset: the same-key receipts fail, the exact ones pass.
+    let exact = ReceiptPolicy::new().require_exact_keyset(true);
+    let summary = verify_audit(&text, &policy, &exact);
+    assert_eq!(summary.receipts_verified, served[0]);
+    assert_eq!(summary.failures.len(), served[2]);
+    assert!(summary.failures.iter().all(|(_, e)| e.kind() == ErrorKind::Receipt(F::UnknownKeyset)));
+    // The recorded rule is checked: a same-key receipt relabelled exact, or an exact one
+    // relabelled same-key, does not verify.
+    for (from, to) in [("same_key", "exact"), ("exact", "same_key")] {
+        let line = text.lines().find(|l| l.contains(&format!(r#""rule":"{from}""#))).unwrap();
+        let relabelled =
+            text.replace(line, &line.replace(&format!(r#""rule":"{from}""#), &format!(r#""rule":"{to}""#)));
+        let summary = verify_audit(&relabelled, &policy, &ReceiptPolicy::new());
+        assert_eq!(summary.failures.len(), 1, "{from} relabelled {to}: {:?}", summary.failures);
+    }
+}
+
+/// `--require-exact-keyset` (TOML `require_exact_keyset`) reaches the proxy's receipt policy:
+/// the unreachable replica's receipts then fail online too.
+#[cfg(feature = "proxy")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_requires_the_exact_keyset_when_told() {
+    use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode};
+
+    let (replicas, lb) = mixed_builds().await;
+    let mut config = ProxyConfig::from_toml(&format!("gateway = {:?}\nrequire_exact_keyset = true", lb.url())).unwrap();
+    assert!(config.require_exact_keyset && config.receipt_policy().requires_exact_keyset());
+    config.policy = Some(compose_pinned_policy());
+    config.receipts = ReceiptMode::Verify;
+    let proxy = Proxy::start(config).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = proxy.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let served = chats_until_every_replica_served(addr, &replicas).await;
+    let status = receipts_judged(&proxy, served.iter().sum::<usize>() as u64).await;
+    assert_eq!(status["counts"]["receipts_verified"], served[0] as u64, "{status}");
+    assert_eq!(status["counts"]["receipts_failed"], (served[1] + served[2]) as u64, "{status}");
 }

@@ -153,3 +153,19 @@ async fn a_key_rotation_is_followed_with_one_re_encrypted_re_send() {
     assert_eq!(wire.len(), wire_before + 2, "the mismatched attempt and one re-send");
     assert_ne!(wire[wire.len() - 1], wire[wire.len() - 2], "re-encrypted, not replayed");
 }
+
+#[tokio::test]
+async fn plain_http_off_loopback_sends_nothing() {
+    let env = Env::start(Suite::X25519).await;
+    let c = client(&env);
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+    // 192.0.2.0/24 is TEST-NET-1, where nothing answers: the refusal has to come first.
+    for url in ["http://192.0.2.1:9/v1/chat/completions", "http://gateway.example/v1/chat/completions"] {
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(5), c.post(url).body(body.to_string()).send());
+        let e = sent.await.expect("the request went out to the network").unwrap_err();
+        assert_eq!(middleware_kind(&e), Some(ErrorKind::Config), "{url}: {e:?}");
+    }
+    // Loopback is fine.
+    let res = c.post(env.url("/v1/chat/completions")).body(body.to_string()).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}

@@ -155,7 +155,7 @@ async fn a_2xx_answer_without_e2ee_applied_is_a_protocol_error() {
         answer.body = Bytes::from(body);
         let (inner, _) = canned(answer);
         let svc = ServiceBuilder::new().layer(E2eeLayer::new(keys)).service(inner);
-        let req = Request::post(format!("http://gateway{}", s(e, "endpoint")))
+        let req = Request::post(format!("http://localhost{}", s(e, "endpoint")))
             .body(Full::new(Bytes::from(serde_json::to_vec(&e["request_plaintext"]).unwrap())))
             .unwrap();
         let err = svc.oneshot(req).await.expect_err("refused at the head");
@@ -179,7 +179,7 @@ async fn an_errored_stream_records_its_wire_digest() {
         let cut = w.windows(9).position(|x| x == b"{\"error\":").unwrap();
         let (inner, _) = canned(Answer::of(e, vec![cut - 10, cut + 20]));
         let svc = ServiceBuilder::new().layer(layer).service(inner);
-        let req = Request::post(format!("http://gateway{}", s(e, "endpoint")))
+        let req = Request::post(format!("http://localhost{}", s(e, "endpoint")))
             .body(Full::new(Bytes::from(serde_json::to_vec(&e["request_plaintext"]).unwrap())))
             .unwrap();
         let res = svc.oneshot(req).await.unwrap();

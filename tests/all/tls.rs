@@ -4,6 +4,7 @@
 #![cfg(all(feature = "test-gateway", feature = "rustls"))]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -396,6 +397,104 @@ async fn a_plain_http_url_is_refused() {
     assert_eq!(Error::find(&e).map(Error::kind), Some(ErrorKind::Config), "{e:?}");
 }
 
+/// A plain HTTPS transport: WebPKI to `roots`, no pin, so its responses name no attested
+/// channel (hyper's own HTTP/1 connection over tokio-rustls, one connection per request, to
+/// `addr` whatever the URI's host).
+fn plain_https<B>(
+    roots: RootCertStore,
+    addr: SocketAddr,
+) -> impl tower::Service<
+    Request<B>,
+    Response = http::Response<hyper::body::Incoming>,
+    Error = tower_aci::BoxError,
+    Future: Send,
+> + Clone
++ Send
++ Sync
++ 'static
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower_aci::BoxError>,
+{
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tower::service_fn(move |mut req: Request<B>| {
+        let tls = tls.clone();
+        async move {
+            let host = req.uri().host().unwrap().to_owned();
+            let authority = req.uri().authority().unwrap().to_string();
+            *req.uri_mut() = req.uri().path_and_query().unwrap().as_str().parse()?;
+            req.headers_mut().insert(http::header::HOST, authority.parse()?);
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let stream = tls.connect(rustls::pki_types::ServerName::try_from(host)?, tcp).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            Ok::<_, tower_aci::BoxError>(sender.send_request(req).await?)
+        }
+    })
+}
+
+#[tokio::test]
+async fn https_through_a_plain_connector_is_refused() {
+    let ca = Ca::new();
+    let gw = gateway(ca.leaf(&["gw.test"])).await;
+    let base = url("gw.test", &gw, "");
+
+    // The key provider: a report over HTTPS that names no attested channel is not accepted,
+    // although the certificate is WebPKI-valid (and even the one the keyset lists).
+    let keys = KeyHandle::new();
+    let plain = KeyProvider::builder(plain_https::<Full<Bytes>>(ca.roots(), gw.addr()))
+        .handle(keys.clone())
+        .base_url(base.parse().unwrap())
+        .policy(policy())
+        .build()
+        .unwrap();
+    let e = plain.establish().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::ChannelBinding), "{e}");
+    assert!(keys.current().is_err(), "nothing published");
+
+    // The E2EE layer: with a keyset attested over the pinned connector, an answer that comes back
+    // over the plain connector is refused before any byte of it is decrypted.
+    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    provider(&client(&tls), &keys, &base).establish().await.unwrap();
+    let layered = ServiceBuilder::new()
+        .layer(E2eeLayer::new(keys.clone()))
+        .service(plain_https::<RequestBody<Full<Bytes>>>(ca.roots(), gw.addr()));
+    let e = layered.oneshot(chat(&url("gw.test", &gw, "/v1/chat/completions"), "unbound")).await.unwrap_err();
+    let message = channel_binding(e.as_ref()).unwrap_or_else(|| panic!("not a channel-binding refusal: {e:?}"));
+    assert!(message.contains("gw.test") && message.contains("AttestedTls"), "{message}");
+}
+
+#[tokio::test]
+async fn the_unbound_channel_opt_out_is_explicit() {
+    let ca = Ca::new();
+    let gw = gateway(ca.leaf(&["gw.test"])).await;
+    let keys = KeyHandle::new();
+    KeyProvider::builder(plain_https::<Full<Bytes>>(ca.roots(), gw.addr()))
+        .handle(keys.clone())
+        .base_url(url("gw.test", &gw, "").parse().unwrap())
+        .policy(policy())
+        .dangerous()
+        .accept_unbound_channel()
+        .build()
+        .unwrap()
+        .establish()
+        .await
+        .unwrap();
+    let layered = ServiceBuilder::new()
+        .layer(E2eeLayer::new(keys.clone()).dangerous().accept_unbound_channel())
+        .service(plain_https::<RequestBody<Full<Bytes>>>(ca.roots(), gw.addr()));
+    let res = layered.oneshot(chat(&url("gw.test", &gw, "/v1/chat/completions"), "opted out")).await.unwrap();
+    assert!(res.extensions().get::<ChannelInfo>().is_none());
+    let v: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "You said: opted out");
+}
+
 #[cfg(feature = "reqwest-middleware")]
 mod over_reqwest {
     use reqwest_middleware::ClientBuilder;
@@ -406,6 +505,7 @@ mod over_reqwest {
     fn reqwest_client(tls: &AttestedTls, gw: &TestGateway) -> reqwest_middleware::ClientWithMiddleware {
         let inner = reqwest::Client::builder()
             .use_preconfigured_tls(tls.rustls_config())
+            .tls_info(true)
             .resolve("gw.test", gw.addr())
             .build()
             .unwrap();
@@ -448,5 +548,28 @@ mod over_reqwest {
         let e = e.unwrap_err();
         assert!(refusal(&e).unwrap().contains("refused the TLS handshake"), "{e:?}");
         assert_eq!(impostor.requests_total(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unpinned_reqwest_client_gets_no_answer() {
+        let ca = Ca::new();
+        let gw = gateway(ca.leaf(&["gw.test"])).await;
+        let keys = KeyHandle::new();
+        let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+        provider(&client(&tls), &keys, &url("gw.test", &gw, "")).establish().await.unwrap();
+        let body = json!({"model": "demo-model", "messages": [{"role": "user", "content": "unpinned"}]});
+
+        // WebPKI only, and no certificate handed to the middleware: the answer is refused.
+        let webpki = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(ca.roots())
+            .with_no_client_auth();
+        let inner =
+            reqwest::Client::builder().use_preconfigured_tls(webpki).resolve("gw.test", gw.addr()).build().unwrap();
+        let rq = ClientBuilder::new(inner).with(E2eeMiddleware::new(keys.clone())).build();
+        let e = rq.post(url("gw.test", &gw, "/v1/chat/completions")).body(body.to_string()).send().await.unwrap_err();
+        let message = refusal(&e).unwrap_or_else(|| panic!("not a channel-binding refusal: {e:?}"));
+        assert!(message.contains("gw.test"), "{message}");
     }
 }

@@ -1,0 +1,141 @@
+//! What crosses the proxy from the gateway to the client, and what goes to the gateway.
+//!
+//! - **No redirect.** A `3xx` from the gateway is an error at the transport, under the E2EE
+//!   layer, the key provider and the receipt client alike: the proxy never follows one (its
+//!   hyper client does not), and never relays one, since an SDK that follows a `307`/`308`
+//!   re-sends the *plaintext* request to the `Location`. The client gets a `502`
+//!   `gateway_redirect_refused` instead.
+//! - **Allow-listed headers.** Of the gateway's answer (success, error or passthrough) only
+//!   [`RELAYED`] headers and `x-ratelimit-*` reach the client: never `Location`, never
+//!   `Set-Cookie`.
+//! - **The API key** goes only to the inference routes, `/v1/models` and the receipts
+//!   (`/v1/aci/receipts/…`, owned by the key): never to the attestation endpoint or any other
+//!   passthrough.
+
+use http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, Method, Response, StatusCode};
+
+use crate::error::{BoxError, Error};
+use crate::protocol::headers;
+
+/// The `type` of the gateway error a redirect becomes.
+pub(crate) const REDIRECT_REFUSED: &str = "redirect_refused";
+
+/// Headers of the gateway's answer relayed to the client (plus `x-ratelimit-*`).
+pub(crate) const RELAYED: [HeaderName; 10] = [
+    CONTENT_TYPE,
+    RETRY_AFTER,
+    HeaderName::from_static("retry-after-ms"),
+    HeaderName::from_static("x-request-id"),
+    headers::RECEIPT_ID,
+    headers::ACI_VERSION,
+    headers::ACI_KEYSET_DIGEST,
+    headers::E2EE_VERSION,
+    headers::E2EE_APPLIED,
+    headers::E2EE_ALGO,
+];
+
+/// Whether a header of the gateway's answer may reach the client.
+pub(crate) fn relayed(name: &HeaderName) -> bool {
+    RELAYED.contains(name) || name.as_str().starts_with("x-ratelimit-")
+}
+
+/// Keep only the relayed headers.
+pub(crate) fn filter_headers(headers: &mut HeaderMap) {
+    let dropped: Vec<HeaderName> = headers.keys().filter(|n| !relayed(n)).cloned().collect();
+    for name in dropped {
+        headers.remove(&name);
+    }
+}
+
+/// The error a gateway redirect becomes (the `Location` is named, for a user whose `--gateway`
+/// URL is out of date; it is never followed).
+pub(crate) fn redirect_error(status: StatusCode, headers: &HeaderMap) -> Error {
+    let location = headers.get(LOCATION).map(|l| {
+        let l = String::from_utf8_lossy(l.as_bytes());
+        let end = l.char_indices().nth(200).map_or(l.len(), |(i, _)| i);
+        l[..end].to_owned()
+    });
+    Error::gateway(
+        status.as_u16(),
+        REDIRECT_REFUSED,
+        &format!(
+            "the gateway redirected ({status}, Location {location:?}); aci-proxy never follows or relays a redirect, \
+             since a client that followed it would send the request in plaintext elsewhere. If the gateway moved, \
+             check --gateway"
+        ),
+    )
+}
+
+/// The transport's answer, with a redirect turned into an error.
+pub(crate) fn refuse_redirect<B>(result: Result<Response<B>, BoxError>) -> Result<Response<B>, BoxError> {
+    match result {
+        Ok(res) if res.status().is_redirection() => {
+            tracing::warn!(status = %res.status(), "the gateway answered a redirect: refused");
+            Err(Box::new(redirect_error(res.status(), res.headers())))
+        }
+        other => other,
+    }
+}
+
+/// Whether a request to `path` carries the API key to the gateway.
+pub(crate) fn carries_api_key(method: &Method, path: &str) -> bool {
+    // A path the gateway could normalise into another one never gets the key.
+    if path.contains("/.") || path.contains("//") || path.contains('%') || path.contains('\\') {
+        return false;
+    }
+    match *method {
+        Method::POST => matches!(path, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"),
+        Method::GET => path == "/v1/models" || path.starts_with("/v1/models/") || path.starts_with("/v1/aci/receipts/"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_key_goes_to_inference_models_and_receipts_only() {
+        for (m, p) in [
+            (Method::POST, "/v1/chat/completions"),
+            (Method::GET, "/v1/models"),
+            (Method::GET, "/v1/models/demo-model"),
+            (Method::GET, "/v1/aci/receipts/rcpt-0123"),
+        ] {
+            assert!(carries_api_key(&m, p), "{m} {p}");
+        }
+        for (m, p) in [
+            (Method::GET, "/v1/aci/attestation"),
+            (Method::GET, "/v1/attestation/report"),
+            (Method::GET, "/v1/aci/sessions"),
+            (Method::GET, "/v1/signature/x"),
+            (Method::GET, "/v1/models/../aci/attestation"),
+            (Method::GET, "/v1/models/%2e%2e/aci/attestation"),
+            (Method::GET, "/v1/models//x"),
+            (Method::POST, "/v1/responses"),
+        ] {
+            assert!(!carries_api_key(&m, p), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn location_and_set_cookie_are_never_relayed() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("location", "https://thief.example/"),
+            ("set-cookie", "s=1"),
+            ("x-internal", "1"),
+            ("content-type", "application/json"),
+            ("x-ratelimit-remaining-requests", "9"),
+            ("retry-after", "2"),
+            ("x-request-id", "req-1"),
+        ] {
+            h.insert(HeaderName::from_static(n), v.parse().unwrap());
+        }
+        filter_headers(&mut h);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "retry-after", "x-ratelimit-remaining-requests", "x-request-id"]);
+    }
+}
