@@ -177,9 +177,9 @@ pub mod protocol;
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
 pub mod receipt;
-pub mod telemetry;
 #[cfg(feature = "reqwest-middleware")]
 mod reqwest_service;
+pub mod telemetry;
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub mod tls;

@@ -141,7 +141,12 @@ struct PolicyArgs {
     kms_roots: Vec<String>,
     /// Allow these boot measurements: the quote's MRTD and RTMR0-2, hex, comma-separated (repeatable, one set
     /// per OS image; sets separated by ';' in the environment). Anchors the pin without a KMS root
-    #[arg(long = "boot-measurements", env = "ACI_PROXY_BOOT_MEASUREMENTS", value_name = "MRTD,RTMR0,RTMR1,RTMR2", value_delimiter = ';')]
+    #[arg(
+        long = "boot-measurements",
+        env = "ACI_PROXY_BOOT_MEASUREMENTS",
+        value_name = "MRTD,RTMR0,RTMR1,RTMR2",
+        value_delimiter = ';'
+    )]
     boot_measurements: Vec<BootMeasurementPin>,
     /// Refuse a platform whose TCB level is affected by this Intel advisory (e.g. INTEL-SA-00837; repeatable)
     #[arg(long = "refuse-advisory", env = "ACI_PROXY_REFUSE_ADVISORY", value_name = "ID", value_delimiter = ',')]

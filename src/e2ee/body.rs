@@ -259,7 +259,10 @@ where
                             let Some(dec) = dec.as_mut() else { return state.fail(Error::decrypt()) };
                             match next {
                                 Ok(Some(StreamOutput::Event(bytes))) => {
-                                    crate::telemetry::FieldCounts::opened(&state.counts, dec.last_decrypted_paths().len());
+                                    crate::telemetry::FieldCounts::opened(
+                                        &state.counts,
+                                        dec.last_decrypted_paths().len(),
+                                    );
                                     let clear = dec.last_cleartext_paths();
                                     if !clear.is_empty() {
                                         if state.strict {

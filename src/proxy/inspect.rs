@@ -323,8 +323,16 @@ pub fn inspect_report(
         Ok(k) => {
             record_keyset(&mut out.values, k);
             out.push("binding", Outcome::Pass, format!("report_data binds keyset {} and our nonce", k.digest()));
-            out.push("expiry", Outcome::Pass, format!("not_after {} ({} s from now)", k.not_after(), k.not_after().saturating_sub(now)));
-            out.push("keys", Outcome::Pass, format!("{} E2EE v2 key(s), {} TLS key(s)", k.e2ee_keys().len(), k.tls_keys().len()));
+            out.push(
+                "expiry",
+                Outcome::Pass,
+                format!("not_after {} ({} s from now)", k.not_after(), k.not_after().saturating_sub(now)),
+            );
+            out.push(
+                "keys",
+                Outcome::Pass,
+                format!("{} E2EE v2 key(s), {} TLS key(s)", k.e2ee_keys().len(), k.tls_keys().len()),
+            );
         }
         Err(e) => {
             let name = match e.kind() {
@@ -357,7 +365,7 @@ pub fn inspect_report(
             }
             match eventlog::measured(&events, app_compose) {
                 Ok(m) => {
-                    out.values.compose_hash = m.compose_hash.map(|h| hex::encode(h));
+                    out.values.compose_hash = m.compose_hash.map(hex::encode);
                     out.values.app_id = m.app_id.as_deref().map(hex::encode);
                     out.values.os_image_hash = m.os_image_hash.as_deref().map(hex::encode);
                     app_id = m.app_id;
@@ -396,6 +404,11 @@ pub fn inspect_report(
             record_keyset(&mut out.values, &k);
             out.push("pins", Outcome::Pass, "verified under the pins given");
         }
+        Err(e) if e.kind() == ErrorKind::Attestation(crate::AttestationFailure::HardwareUnverifiable) => {
+            let why = "the quote cannot be verified to Intel's root without collateral: inspect the gateway online \
+                       (collateral from --pccs), or pin with --any-workload for a trial";
+            out.push("pins", Outcome::Fail, why);
+        }
         Err(e) => {
             let first = e.to_string().lines().next().unwrap_or_default().to_owned();
             out.push("pins", Outcome::Fail, first);
@@ -408,8 +421,11 @@ fn record_keyset(v: &mut PinValues, k: &AttestedKeyset) {
     v.keyset_digest = Some(k.digest().to_owned());
     v.not_after = Some(k.not_after());
     v.tls_keys = k.tls_keys().iter().map(|t| (t.domain.clone(), t.spki_sha256.clone())).collect();
-    v.e2ee_keys =
-        k.e2ee_keys().iter().map(|e| (e.key_id().to_owned(), e.suite().algo().to_owned(), e.public_key_text().to_owned())).collect();
+    v.e2ee_keys = k
+        .e2ee_keys()
+        .iter()
+        .map(|e| (e.key_id().to_owned(), e.suite().algo().to_owned(), e.public_key_text().to_owned()))
+        .collect();
     if let Some(b) = k.boot_measurements() {
         v.boot_measurements = Some([hex48(b.mrtd()), hex48(b.rtmr0()), hex48(b.rtmr1()), hex48(b.rtmr2())]);
         v.boot_measurements_verified = true;
@@ -494,19 +510,36 @@ pub async fn inspect_gateway(config: &ProxyConfig) -> Result<Inspection> {
     out.gateway = Some(gateway);
     if let Some(Err(e)) = &collateral {
         let at = out.checks.iter().position(|c| c.name == "quote").unwrap_or(out.checks.len());
-        out.checks.insert(at, Check { name: "collateral", outcome: Outcome::Fail, detail: format!("from {pccs}: {e}") });
+        out.checks
+            .insert(at, Check { name: "collateral", outcome: Outcome::Fail, detail: format!("from {pccs}: {e}") });
     }
     // The channel: the TLS key the server presented is one the report lists for this host.
     let check = match (&channel, base.scheme_str()) {
         (Some(c), _) => {
             let listed = out.values.tls_keys.iter().any(|(d, s)| {
-                *s == c.spki_sha256_hex() && d.as_deref().is_none_or(|d| d.trim_end_matches('.').eq_ignore_ascii_case(c.host()))
+                *s == c.spki_sha256_hex()
+                    && d.as_deref().is_none_or(|d| d.trim_end_matches('.').eq_ignore_ascii_case(c.host()))
             });
             let outcome = if listed { Outcome::Pass } else { Outcome::Fail };
-            Check { name: "tls channel", outcome, detail: format!("{} presented SPKI {}{}", c.host(), c.spki_sha256_hex(), if listed { ", listed by the report" } else { ", NOT listed by the report" }) }
+            Check {
+                name: "tls channel",
+                outcome,
+                detail: format!(
+                    "{} presented SPKI {}{}",
+                    c.host(),
+                    c.spki_sha256_hex(),
+                    if listed { ", listed by the report" } else { ", NOT listed by the report" }
+                ),
+            }
         }
-        (None, Some("https")) => Check { name: "tls channel", outcome: Outcome::Fail, detail: "no channel information".into() },
-        (None, _) => Check { name: "tls channel", outcome: Outcome::Skip, detail: "plain HTTP (loopback): no TLS channel to bind".into() },
+        (None, Some("https")) => {
+            Check { name: "tls channel", outcome: Outcome::Fail, detail: "no channel information".into() }
+        }
+        (None, _) => Check {
+            name: "tls channel",
+            outcome: Outcome::Skip,
+            detail: "plain HTTP (loopback): no TLS channel to bind".into(),
+        },
     };
     if check.outcome == Outcome::Fail {
         out.verified = false;

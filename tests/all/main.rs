@@ -38,13 +38,13 @@ mod proxy;
 #[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy_binary;
 #[cfg(all(feature = "proxy", feature = "test-gateway"))]
-mod proxy_ops;
-#[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy_exposure;
 #[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy_inspect;
 #[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy_local;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod proxy_ops;
 #[cfg(feature = "test-gateway")]
 mod receipt_gateway;
 #[cfg(feature = "test-gateway")]

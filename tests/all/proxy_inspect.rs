@@ -39,12 +39,11 @@ fn the_real_capture_shows_what_to_pin_with_one_line_per_check_and_verifies_only_
     assert_eq!(pins["app_id"], REAL_APP_ID);
     assert_eq!(pins["compose_hash"], COMPOSE_HASH);
     assert_eq!(pins["kms_root"], REAL_KMS_ROOT);
-    assert_eq!(pins["generation"], "legacy");
+    assert!(pins["generation"].as_str().unwrap().starts_with("legacy"), "{}", pins["generation"]);
     assert!(pins["keyset_digest"].as_str().unwrap().starts_with("sha256:"));
     assert!(pins["boot_measurements"]["mrtd"].as_str().unwrap().len() == 96);
     assert_eq!(pins["boot_measurements"]["verified"], false);
-    let domains: Vec<&str> =
-        pins["tls_keys"].as_array().unwrap().iter().filter_map(|k| k["domain"].as_str()).collect();
+    let domains: Vec<&str> = pins["tls_keys"].as_array().unwrap().iter().filter_map(|k| k["domain"].as_str()).collect();
     assert!(domains.contains(&"api.redpill.ai"), "{domains:?}");
     assert!(!pins["e2ee_keys"].as_array().unwrap().is_empty());
     let checks: Vec<(&str, &str)> = v["checks"]
@@ -109,7 +108,7 @@ fn write_config_holds_the_pins_with_the_trust_on_first_use_comment_and_the_proxy
     assert!(err.contains("trusted on first use"), "{err}");
     let toml = std::fs::read_to_string(&file).unwrap();
     assert!(toml.contains("TRUSTED ON FIRST USE"), "{toml}");
-    assert!(toml.contains("published"));
+    assert!(toml.contains("the operator publishes"));
     let config = ProxyConfig::from_toml(&toml).unwrap();
     assert_eq!(config.pins.app_ids, [REAL_APP_ID]);
     assert_eq!(config.pins.compose_hashes, [COMPOSE_HASH]);
