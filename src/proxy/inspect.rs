@@ -406,7 +406,7 @@ pub fn inspect_report(
         }
         Err(e) if e.kind() == ErrorKind::Attestation(crate::AttestationFailure::HardwareUnverifiable) => {
             let why = "the quote cannot be verified to Intel's root without collateral: inspect the gateway online \
-                       (collateral from --pccs), or pin with --any-workload for a trial";
+                       (it fetches collateral from --pccs)";
             out.push("pins", Outcome::Fail, why);
         }
         Err(e) => {
