@@ -736,3 +736,20 @@ async fn verify_receipt(st: &ProxyState, record: &ExchangeRecord, bearer: Option
         }
     }
 }
+
+#[cfg(all(test, not(feature = "test-gateway")))]
+mod without_test_gateway {
+    use super::*;
+
+    /// `--local-test-gateway` in a build without the test gateway: a clear error that says how
+    /// to build it in.
+    #[tokio::test]
+    async fn the_local_test_gateway_needs_its_feature() {
+        let config = ProxyConfig { local_test_gateway: true, ..ProxyConfig::default() };
+        let e = Proxy::start(config).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        let text = e.to_string();
+        assert!(text.contains("--features proxy,test-gateway"), "{text}");
+        assert!(text.lines().skip(1).all(|l| l.trim_start().starts_with("fix: ")), "{text}");
+    }
+}
