@@ -190,3 +190,8 @@ pub use client::{Client, ClientBuilder};
 pub use e2ee::{E2ee, E2eeLayer};
 pub use error::{AttestationFailure, BoxError, Error, ErrorKind, ReceiptFailure, Result};
 pub use protocol::GatewayError;
+
+/// The README's Rust snippets, compiled as doc tests (`cargo test --all-features --doc`).
+#[cfg(all(doctest, feature = "rustls", feature = "dcap", feature = "proxy", feature = "reqwest-middleware"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

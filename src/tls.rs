@@ -12,8 +12,8 @@
 //!   the provider refreshes). A mismatch fails the handshake before any request byte is written,
 //!   with an [`AttestationFailure::ChannelBinding`] error naming the SPKI seen and the ones
 //!   attested;
-//! - its hyper-util connector ([`AttestedTls::connector`]) adds a [`ChannelInfo`] to every
-//!   response, from which the [`KeyProvider`](crate::attest::KeyProvider) learns the SPKI the
+//! - its hyper-util connector ([`AttestedTls::connector`]) speaks HTTP/2 (ALPN `h2`) or
+//!   HTTP/1.1 and adds a [`ChannelInfo`] to every response, from which the [`KeyProvider`](crate::attest::KeyProvider) learns the SPKI the
 //!   report was served over: a verified keyset that does not list it for the host fails with
 //!   `ChannelBinding`;
 //! - [`AttestedTls::rustls_config`] is the same verifier for reqwest
@@ -22,21 +22,38 @@
 //! # Bootstrap and pooled connections
 //!
 //! On first contact there is no keyset: the connector accepts the certificate (after WebPKI, or
-//! any certificate in pin-only mode), and the connection is *unattested*. A connection whose SPKI
-//! the current keyset does not list for its host carries **only report requests**
-//! (`GET …/v1/aci/attestation?nonce=…`): every other request is refused before its first byte is
-//! written (checked at the start of each request, against the keyset current then). So the
-//! keep-alive connection that fetched the first report may carry E2EE requests and receipt
-//! fetches afterwards exactly because the provider verified that the keyset lists its SPKI; any
-//! other connection opened before a keyset existed cannot. Once a keyset is current, a handshake
-//! presenting an unlisted key is refused — except while the key provider fetches a report, so
-//! that a gateway that restarted with a new certificate can be re-attested; such a connection is
-//! again limited to report requests until a keyset listing its key is published. A refused
-//! handshake asks the provider's refresher to re-attest. An idle pooled connection whose key a
-//! newly published keyset no longer lists closes itself; the provider revokes a connection that
-//! served a report whose keyset does not list it.
+//! any certificate in pin-only mode), and the connection is *unattested*. Each request is
+//! checked when it starts, against the keyset current then and the SPKI the connection's
+//! handshake verified (the [`ChannelInfo`] its responses carry):
 //!
-//! The gate reads HTTP/1 request lines, so the connector offers only `http/1.1` (ALPN).
+//! - a connection whose key the current keyset lists for its host carries any request, over
+//!   HTTP/2 or HTTP/1.1, and nothing of the request is read: over HTTP/1.1 a request starts with
+//!   the first write after a response was read, over HTTP/2 with a `HEADERS` frame that opens a
+//!   stream (frame headers are read, HPACK-coded request headers are not);
+//! - a connection whose key the current keyset does not list carries **only report requests**
+//!   (`GET …/v1/aci/attestation?nonce=…`): every other request is refused before its first byte
+//!   is written. Telling a report request apart takes its request line, so such a connection
+//!   speaks HTTP/1.1: the connector offers `h2` in ALPN only when the handshake can accept
+//!   nothing but a key the current keyset lists (a keyset is current and the provider is not
+//!   fetching a report). A connection accepted before its key was attested serves the one
+//!   request it was opened for and is never reused by hyper-util's pool (it is *poisoned*), so
+//!   the first request after the provider establishes opens a new connection, whose handshake
+//!   the keyset pins, and which speaks HTTP/2 when the gateway offers it.
+//!
+//! Once a keyset is current, a handshake presenting an unlisted key is refused — except while
+//! the key provider fetches a report, so that a gateway that restarted with a new certificate
+//! can be re-attested; such a connection is again limited to report requests. A refused
+//! handshake asks the provider's refresher to re-attest. When a newly published keyset no
+//! longer lists a pooled connection's key, the connection closes itself: over HTTP/1.1 once it
+//! is idle, over HTTP/2 at once (its open streams fail). The provider revokes a connection that
+//! served a report whose keyset does not list it. Should a request still reach an HTTP/2
+//! connection whose key is no longer listed (the keyset expired, or a request raced the close),
+//! the stream is refused before its `HEADERS` frame is written and the connection closes; h2
+//! gives the stream a bare "stream closed" error, and the reason is logged at `warn`.
+//!
+//! TLS session resumption is disabled in both configurations: a resumed session skips the
+//! certificate verifier, so every connection runs a full handshake and the pin check.
+//!
 //! reqwest's pool cannot be gated: its configuration ([`AttestedTls::rustls_config`]) refuses
 //! every handshake until a keyset is current, and checks the key at each handshake.
 //!
@@ -78,8 +95,8 @@ use std::task::{Context, Poll};
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
@@ -134,6 +151,7 @@ pub struct AttestedTlsBuilder {
     keys: KeyHandle,
     roots: Option<RootCertStore>,
     pin_only: bool,
+    http1_only: bool,
     unpinned: Vec<String>,
     error: Option<Error>,
 }
@@ -143,6 +161,7 @@ impl fmt::Debug for AttestedTlsBuilder {
         f.debug_struct("AttestedTlsBuilder")
             .field("roots", &self.roots.as_ref().map(RootCertStore::len))
             .field("pin_only", &self.pin_only)
+            .field("http1_only", &self.http1_only)
             .field("unpinned", &self.unpinned)
             .finish_non_exhaustive()
     }
@@ -192,6 +211,14 @@ impl AttestedTlsBuilder {
         self
     }
 
+    /// Offer only `http/1.1` in ALPN, never `h2`: for a gateway or a middlebox that mishandles
+    /// HTTP/2. By default the connector offers `h2` and `http/1.1` on connections whose key the
+    /// current keyset lists (see [Bootstrap and pooled connections](self#bootstrap-and-pooled-connections)).
+    pub fn http1_only(mut self) -> Self {
+        self.http1_only = true;
+        self
+    }
+
     /// A host verified with WebPKI only, not pinned to the keyset: another service the same
     /// client reaches, such as the PCCS the key provider fetches collateral from
     /// ([`KeyProviderBuilder::pccs`](crate::attest::KeyProviderBuilder::pccs)). Every other host
@@ -233,9 +260,11 @@ impl AttestedTlsBuilder {
         };
         let shared =
             Arc::new(Shared { keys: self.keys, webpki, pin_only: self.pin_only, unpinned: self.unpinned, provider });
-        let config = Arc::new(client_config(&shared, Mode::Gated)?);
-        let strict = Arc::new(client_config(&shared, Mode::Strict)?);
-        Ok(AttestedTls { shared, config, strict })
+        let h1 = Arc::new(client_config(&shared, Mode::Gated, &[HTTP1])?);
+        let h2 =
+            if self.http1_only { h1.clone() } else { Arc::new(client_config(&shared, Mode::Gated, &[H2, HTTP1])?) };
+        let strict = Arc::new(client_config(&shared, Mode::Strict, &[HTTP1])?);
+        Ok(AttestedTls { shared, h1, h2, strict })
     }
 }
 
@@ -245,8 +274,12 @@ impl AttestedTlsBuilder {
 #[derive(Clone)]
 pub struct AttestedTls {
     shared: Arc<Shared>,
-    /// The connector's (gated) configuration.
-    config: Arc<ClientConfig>,
+    /// The connector's (gated) configuration offering `http/1.1` only: for connections that may
+    /// present a key the current keyset does not list (they carry report requests only).
+    h1: Arc<ClientConfig>,
+    /// The connector's (gated) configuration offering `h2` and `http/1.1` (`h1` again with
+    /// `http1_only`).
+    h2: Arc<ClientConfig>,
     /// reqwest's (strict) configuration.
     strict: Arc<ClientConfig>,
 }
@@ -266,7 +299,7 @@ impl AttestedTls {
     /// the same handle to the key provider
     /// ([`KeyProviderBuilder::handle`](crate::attest::KeyProviderBuilder::handle)).
     pub fn builder(keys: KeyHandle) -> AttestedTlsBuilder {
-        AttestedTlsBuilder { keys, roots: None, pin_only: false, unpinned: Vec::new(), error: None }
+        AttestedTlsBuilder { keys, roots: None, pin_only: false, http1_only: false, unpinned: Vec::new(), error: None }
     }
 
     /// The handle the verifier reads.
@@ -287,7 +320,8 @@ impl AttestedTls {
     pub fn connector_with<C>(&self, tcp: C) -> AttestedConnector<C> {
         AttestedConnector {
             tcp,
-            tls: tokio_rustls::TlsConnector::from(self.config.clone()),
+            h1: tokio_rustls::TlsConnector::from(self.h1.clone()),
+            h2: tokio_rustls::TlsConnector::from(self.h2.clone()),
             shared: self.shared.clone(),
         }
     }
@@ -301,6 +335,11 @@ impl AttestedTls {
     /// key provider first, over [`connector`](Self::connector)), and then the key must be listed.
     /// A connection stays pooled after a later keyset stops listing its key; reqwest closes idle
     /// connections after 90 s by default.
+    ///
+    /// TLS session resumption is disabled: a resumed session skips the certificate verifier,
+    /// so every connection runs the full handshake and the pin check against the keyset current
+    /// then. ALPN offers `http/1.1` only; with reqwest's `http2` feature you may add `h2` to
+    /// `alpn_protocols` (the check is per handshake, so both protocols are pinned alike).
     pub fn rustls_config(&self) -> ClientConfig {
         (*self.strict).clone()
     }
@@ -310,7 +349,7 @@ impl AttestedTls {
     /// (`middleware::ReqwestService`'s report client).
     #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
     pub(crate) fn report_rustls_config(&self) -> ClientConfig {
-        (*self.config).clone()
+        (*self.h1).clone()
     }
 }
 
@@ -339,7 +378,11 @@ impl Shared {
     }
 }
 
-fn client_config(shared: &Arc<Shared>, mode: Mode) -> Result<ClientConfig> {
+/// ALPN protocol IDs.
+const H2: &[u8] = b"h2";
+const HTTP1: &[u8] = b"http/1.1";
+
+fn client_config(shared: &Arc<Shared>, mode: Mode, alpn: &[&[u8]]) -> Result<ClientConfig> {
     let verifier = Arc::new(PinningVerifier { shared: shared.clone(), mode });
     let mut config = ClientConfig::builder_with_provider(shared.provider.clone())
         .with_safe_default_protocol_versions()
@@ -347,8 +390,10 @@ fn client_config(shared: &Arc<Shared>, mode: Mode) -> Result<ClientConfig> {
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    // The per-request gate reads HTTP/1 request lines.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // A resumed session skips the certificate verifier, and with it the pin: every connection
+    // runs a full handshake, checked against the keyset current then.
+    config.resumption = Resumption::disabled();
     Ok(config)
 }
 
@@ -451,7 +496,10 @@ impl ServerCertVerifier for PinningVerifier {
 #[derive(Clone)]
 pub struct AttestedConnector<C> {
     tcp: C,
-    tls: tokio_rustls::TlsConnector,
+    /// Offers `http/1.1` only.
+    h1: tokio_rustls::TlsConnector,
+    /// Offers `h2` and `http/1.1` (unless `http1_only`).
+    h2: tokio_rustls::TlsConnector,
     shared: Arc<Shared>,
 }
 
@@ -492,24 +540,42 @@ where
                 return Box::pin(async move { Err(e.into()) });
             }
         };
-        let tcp = self.tcp.call(dst);
-        let tls = self.tls.clone();
         let keys = self.shared.keys.clone();
         let pinned = self.shared.is_pinned(&host);
+        // HTTP/2 requests cannot be told apart on the wire, so `h2` is offered only when the
+        // handshake can accept nothing but a key the current keyset lists: not before the first
+        // keyset, nor while the provider fetches a report (when a restarted gateway's new key
+        // is let through for report requests, over HTTP/1.1).
+        let offer_h2 = !pinned || (keys.current_valid().is_some() && !keys.is_attesting());
+        let tls = if offer_h2 { self.h2.clone() } else { self.h1.clone() };
+        let tcp = self.tcp.call(dst);
         Box::pin(async move {
             let io = tcp
                 .await
                 .map_err(|e| Error::new(ErrorKind::Transport, format!("connecting to {host} failed")).with_source(e))?;
             let stream = tls.connect(server_name, TokioIo::new(io)).await.map_err(|e| handshake_error(e, &host))?;
-            let leaf = stream
-                .get_ref()
-                .1
+            let session = stream.get_ref().1;
+            let h2 = session.alpn_protocol() == Some(H2);
+            let leaf = session
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .ok_or_else(|| Error::new(ErrorKind::Transport, format!("{host} presented no certificate")))?;
             let spki = spki_sha256(leaf)?;
             let info = ChannelInfo::new(&host, spki, Arc::new(ChannelState::default()));
-            Ok(AttestedStream { io: TokioIo::new(Gate::new(stream, keys, info, pinned)) })
+            let mut gate = Gate::new(stream, keys, info, pinned, h2);
+            // A connection whose key no keyset lists yet serves one report request (HTTP/1.1).
+            gate.report_only = pinned && !gate.listed().0;
+            if gate.report_only && h2 {
+                // The provider started attesting during the handshake, which then let an
+                // unlisted key through: such a connection must speak HTTP/1.1.
+                let message = format!(
+                    "not using the HTTP/2 connection to {host}: the TLS key it presented (SPKI sha256 {seen}) is not in \
+                     the current attested keyset; retry once the key provider has re-attested",
+                    seen = gate.spki_hex,
+                );
+                return Err(channel_error(message).into());
+            }
+            Ok(AttestedStream { io: TokioIo::new(gate) })
         })
     }
 }
@@ -523,15 +589,21 @@ fn handshake_error(e: io::Error, host: &str) -> BoxError {
     Error::new(ErrorKind::Transport, format!("the TLS handshake with {host} failed")).with_source(e).into()
 }
 
-/// A TLS connection made by [`AttestedConnector`]: hyper-util IO that refuses to write any
-/// request but a report request while the current keyset does not list the connection's key.
+/// A TLS connection made by [`AttestedConnector`]: hyper-util IO that refuses to start a
+/// request the current keyset does not allow over it (see the
+/// [module documentation](self#bootstrap-and-pooled-connections)), over HTTP/1.1 or HTTP/2.
 pub struct AttestedStream<T> {
     io: TokioIo<Gate<T>>,
 }
 
 impl<T> fmt::Debug for AttestedStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AttestedStream").field("channel", &self.io.inner().info).finish_non_exhaustive()
+        let gate = self.io.inner();
+        f.debug_struct("AttestedStream")
+            .field("channel", &gate.info)
+            .field("http2", &gate.is_h2())
+            .field("report_only", &gate.report_only)
+            .finish_non_exhaustive()
     }
 }
 
@@ -546,12 +618,25 @@ impl<T> AttestedStream<T> {
     pub fn channel(&self) -> &ChannelInfo {
         &self.io.inner().info
     }
+
+    /// Whether the server chose HTTP/2 (ALPN `h2`).
+    pub fn is_http2(&self) -> bool {
+        self.io.inner().is_h2()
+    }
 }
 
 impl<T: Connection + hyper::rt::Read + hyper::rt::Write + Unpin> Connection for AttestedStream<T> {
     fn connected(&self) -> Connected {
         let gate = self.io.inner();
-        let connected = gate.tls.get_ref().0.inner().connected();
+        let mut connected = gate.tls.get_ref().0.inner().connected();
+        if gate.is_h2() {
+            connected = connected.negotiated_h2();
+        }
+        if gate.report_only {
+            // Accepted before its key was attested: it carries the one report request it was
+            // opened for, and the pool never hands it out again.
+            connected.poison();
+        }
         // Responses of pinned hosts name their channel (the provider checks it for reports).
         if gate.pinned { connected.extra(gate.info.clone()) } else { connected }
     }
@@ -601,14 +686,109 @@ fn watch_publish(keys: &KeyHandle) -> Watch {
     Box::pin(async move { shared.published.notified().await })
 }
 
+/// How the gate finds where a request starts in what the client writes.
+enum Framing {
+    /// HTTP/1.1: the first write after data was read (or the first write at all) starts a
+    /// request.
+    Http1 {
+        /// The next write starts a request.
+        request_start: bool,
+    },
+    /// HTTP/2: a `HEADERS` frame on a stream the client has not used before starts a request.
+    Http2(H2Frames),
+}
+
+/// HTTP/2 frame boundaries in the client's byte stream (RFC 9113 §3.4, §4.1): the connection
+/// preface, then frames of a 9-byte header (24-bit length, type, flags, 31-bit stream ID) and
+/// a payload. Only headers are read; HPACK-coded request headers are not decoded.
+#[derive(Clone, Copy, Debug)]
+struct H2Frames {
+    /// Bytes of the connection preface still to come.
+    preface: usize,
+    header: [u8; 9],
+    /// Bytes of `header` filled.
+    filled: usize,
+    /// Payload bytes of the current frame still to come.
+    payload: usize,
+    /// The highest stream ID a `HEADERS` frame has opened.
+    last_stream: u32,
+}
+
+/// `HEADERS` (RFC 9113 §6.2).
+const FRAME_HEADERS: u8 = 0x1;
+
+impl H2Frames {
+    fn new() -> Self {
+        // "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        H2Frames { preface: 24, header: [0; 9], filled: 0, payload: 0, last_stream: 0 }
+    }
+
+    /// Move past `bytes`; whether they complete the header of a frame that opens a stream.
+    fn advance(&mut self, mut bytes: &[u8]) -> bool {
+        let mut opens = false;
+        while !bytes.is_empty() {
+            let skip = if self.preface > 0 {
+                let n = self.preface.min(bytes.len());
+                self.preface -= n;
+                n
+            } else if self.payload > 0 {
+                let n = self.payload.min(bytes.len());
+                self.payload -= n;
+                n
+            } else {
+                let n = (9 - self.filled).min(bytes.len());
+                self.header[self.filled..self.filled + n].copy_from_slice(&bytes[..n]);
+                self.filled += n;
+                if self.filled == 9 {
+                    let h = self.header;
+                    self.filled = 0;
+                    self.payload = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                    if h[3] == FRAME_HEADERS && stream > self.last_stream {
+                        self.last_stream = stream;
+                        opens = true;
+                    }
+                }
+                n
+            };
+            bytes = &bytes[skip..];
+        }
+        opens
+    }
+
+    /// Whether writing `bufs` would open a stream (the state is left as it is).
+    fn would_open(&self, bufs: &[io::IoSlice<'_>]) -> bool {
+        let mut probe = *self;
+        let mut opens = false;
+        for b in bufs {
+            opens |= probe.advance(b);
+        }
+        opens
+    }
+
+    /// Move past the first `n` bytes of `bufs` (the ones written).
+    fn advance_written(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) {
+        for b in bufs {
+            if n == 0 {
+                break;
+            }
+            let take = n.min(b.len());
+            self.advance(&b[..take]);
+            n -= take;
+        }
+    }
+}
+
 /// The per-request gate around the TLS stream.
 struct Gate<T> {
     tls: tokio_rustls::client::TlsStream<TokioIo<T>>,
     keys: KeyHandle,
     info: ChannelInfo,
     spki_hex: String,
-    /// The next write starts a request (nothing written since the last read of data).
-    request_start: bool,
+    framing: Framing,
+    /// The key was not listed when the connection was made: it serves report requests only,
+    /// and the pool does not reuse it.
+    report_only: bool,
     /// The keyset last checked, and whether it lists this connection's key.
     checked: Option<(Arc<AttestedKeyset>, bool)>,
     published: Watch,
@@ -617,10 +797,21 @@ struct Gate<T> {
 }
 
 impl<T> Gate<T> {
-    fn new(tls: tokio_rustls::client::TlsStream<TokioIo<T>>, keys: KeyHandle, info: ChannelInfo, pinned: bool) -> Self {
+    fn new(
+        tls: tokio_rustls::client::TlsStream<TokioIo<T>>,
+        keys: KeyHandle,
+        info: ChannelInfo,
+        pinned: bool,
+        h2: bool,
+    ) -> Self {
         let published = watch_publish(&keys);
         let spki_hex = info.spki_sha256_hex();
-        Gate { tls, keys, info, spki_hex, request_start: true, checked: None, published, pinned }
+        let framing = if h2 { Framing::Http2(H2Frames::new()) } else { Framing::Http1 { request_start: true } };
+        Gate { tls, keys, info, spki_hex, framing, report_only: false, checked: None, published, pinned }
+    }
+
+    fn is_h2(&self) -> bool {
+        matches!(self.framing, Framing::Http2(_))
     }
 
     /// Whether the keyset current now lists this connection's key for its host.
@@ -638,13 +829,15 @@ impl<T> Gate<T> {
         (listed, Some(keyset))
     }
 
-    /// The start of a request: allowed when the key is attested, or for a report request.
-    fn admit(&mut self, head: &[u8]) -> io::Result<()> {
+    /// The start of a request: allowed when the current keyset lists the connection's key, or,
+    /// over HTTP/1.1, for a report request (`head` is the first bytes of the request; `None`
+    /// for an HTTP/2 stream, whose request cannot be read).
+    fn admit(&mut self, head: Option<&[u8]>) -> io::Result<()> {
         if !self.pinned {
             return Ok(());
         }
         let (listed, keyset) = self.listed();
-        if listed || is_report_request(head) {
+        if listed || head.is_some_and(is_report_request) {
             return Ok(());
         }
         let host = self.info.host();
@@ -662,7 +855,43 @@ impl<T> Gate<T> {
                 seen = self.spki_hex,
             ),
         };
+        if head.is_none() {
+            // An HTTP/2 connection cannot refuse one stream and go on: it closes. h2 hands the
+            // streams a bare "stream closed", so the reason goes to the log.
+            tracing::warn!(host, "closing an HTTP/2 connection: {message}");
+            self.info.revoke();
+        }
         Err(io::Error::new(io::ErrorKind::PermissionDenied, channel_error(message)))
+    }
+
+    /// Check the request (if any) that `bufs` start before they are written.
+    fn before_write(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<()> {
+        if self.info.is_revoked() {
+            return Err(self.revoked());
+        }
+        match &mut self.framing {
+            Framing::Http1 { request_start } => {
+                if *request_start {
+                    if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+                        self.admit(Some(first))?;
+                        self.framing = Framing::Http1 { request_start: false };
+                    }
+                }
+            }
+            Framing::Http2(frames) => {
+                if frames.would_open(bufs) {
+                    self.admit(None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Account for `n` bytes of `bufs` written.
+    fn written(&mut self, bufs: &[io::IoSlice<'_>], n: usize) {
+        if let Framing::Http2(frames) = &mut self.framing {
+            frames.advance_written(bufs, n);
+        }
     }
 
     fn revoked(&self) -> io::Error {
@@ -688,23 +917,30 @@ impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> AsyncRead for Gate<T> {
         if this.info.is_revoked() {
             return Poll::Ready(Err(this.revoked()));
         }
-        // A newly published keyset that no longer lists this key closes the connection while
-        // it is idle, so the pool drops it.
+        // A newly published keyset that no longer lists this key closes the connection, so the
+        // pool drops it: an HTTP/1.1 connection once it is idle, an HTTP/2 one at once (its
+        // streams cannot be told apart, and the pool would otherwise send every request to it).
         while this.pinned && this.published.as_mut().poll(cx).is_ready() {
             this.published = watch_publish(&this.keys);
-            if this.request_start && this.keys.current_valid().is_some() && !this.listed().0 {
+            let idle = match this.framing {
+                Framing::Http1 { request_start } => request_start,
+                Framing::Http2(_) => true,
+            };
+            if idle && this.keys.current_valid().is_some() && !this.listed().0 {
                 tracing::debug!(
                     host = this.info.host(),
+                    http2 = this.is_h2(),
                     "closing a pooled TLS connection whose key is no longer attested"
                 );
+                this.info.revoke();
                 return Poll::Ready(Err(this.revoked()));
             }
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.tls).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
+        if let (Poll::Ready(Ok(())), Framing::Http1 { request_start }) = (&r, &mut this.framing) {
             if buf.filled().len() > before {
-                this.request_start = true;
+                *request_start = true;
             }
         }
         r
@@ -714,14 +950,13 @@ impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> AsyncRead for Gate<T> {
 impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> AsyncWrite for Gate<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.info.is_revoked() {
-            return Poll::Ready(Err(this.revoked()));
+        let bufs = [io::IoSlice::new(buf)];
+        this.before_write(&bufs)?;
+        let r = Pin::new(&mut this.tls).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.written(&bufs, n);
         }
-        if this.request_start && !buf.is_empty() {
-            this.admit(buf)?;
-            this.request_start = false;
-        }
-        Pin::new(&mut this.tls).poll_write(cx, buf)
+        r
     }
 
     fn poll_write_vectored(
@@ -730,16 +965,12 @@ impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> AsyncWrite for Gate<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.info.is_revoked() {
-            return Poll::Ready(Err(this.revoked()));
+        this.before_write(bufs)?;
+        let r = Pin::new(&mut this.tls).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            this.written(bufs, n);
         }
-        if this.request_start {
-            if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
-                this.admit(first)?;
-                this.request_start = false;
-            }
-        }
-        Pin::new(&mut this.tls).poll_write_vectored(cx, bufs)
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -780,6 +1011,71 @@ mod tests {
             String::new(),
         ] {
             assert!(!is_report_request(no.as_bytes()), "{no}");
+        }
+    }
+
+    /// A frame header (RFC 9113 §4.1) and its payload.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    /// What a client writes, built by hand from RFC 9113 and RFC 7541 (not by h2): the
+    /// preface, SETTINGS, a request on stream 1 whose header block is RFC 7541 C.3.1 split
+    /// over HEADERS and CONTINUATION, a DATA frame whose payload looks like a HEADERS frame for
+    /// stream 9, trailers on stream 1, WINDOW_UPDATE on stream 3, a request on stream 3.
+    fn client_bytes() -> (Vec<u8>, Vec<usize>) {
+        let block = const_hex::decode("828684410f7777772e6578616d706c652e636f6d").unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100])); // SETTINGS
+        let mut opens = vec![out.len() + 9]; // HEADERS on stream 1 (no END_HEADERS)
+        out.extend(frame(0x1, 0, 1, &block[..5]));
+        out.extend(frame(0x9, 0x4, 1, &block[5..])); // CONTINUATION
+        out.extend(frame(0x0, 0, 1, &frame(0x1, 0x4, 9, &block))); // DATA
+        out.extend(frame(0x1, 0x5, 1, &[0x40, 1, b'x', 1, b'y'])); // trailers
+        out.extend(frame(0x8, 0, 3, &[0, 0, 1, 0])); // WINDOW_UPDATE
+        opens.push(out.len() + 9); // HEADERS on stream 3
+        out.extend(frame(0x1, 0x5, 3, &block));
+        (out, opens)
+    }
+
+    #[test]
+    fn h2_requests_are_found_in_frame_headers_however_the_writes_split() {
+        let (bytes, opens) = client_bytes();
+        // In one write.
+        assert!(H2Frames::new().would_open(&[io::IoSlice::new(&bytes)]));
+        // Byte by byte: a stream opens exactly when the 9th byte of its HEADERS header passes.
+        let mut f = H2Frames::new();
+        let mut seen = Vec::new();
+        for (i, b) in bytes.iter().enumerate() {
+            if f.advance(std::slice::from_ref(b)) {
+                seen.push(i + 1);
+            }
+        }
+        assert_eq!(seen, opens);
+        // Split at every point, written partially: the probe does not move the state, and
+        // `advance_written` counts only what was written.
+        for cut in 0..bytes.len() {
+            let mut f = H2Frames::new();
+            let bufs = [io::IoSlice::new(&bytes[..cut]), io::IoSlice::new(&bytes[cut..])];
+            assert!(f.would_open(&bufs));
+            assert_eq!(f.last_stream, 0, "would_open leaves the state alone");
+            f.advance_written(&bufs, cut);
+            let expect_last = match opens.iter().filter(|&&o| o <= cut).count() {
+                0 => 0,
+                1 => 1,
+                _ => 3,
+            };
+            assert_eq!(f.last_stream, expect_last, "cut {cut}");
+            let rest = [io::IoSlice::new(&bytes[cut..])];
+            assert_eq!(f.would_open(&rest), opens.iter().any(|&o| o > cut), "cut {cut}");
+            f.advance_written(&rest, bytes.len() - cut);
+            assert_eq!(f.last_stream, 3);
+            assert!(!f.would_open(&[io::IoSlice::new(&frame(0x1, 0x5, 1, b""))]), "an old stream is no request");
         }
     }
 

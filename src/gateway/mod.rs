@@ -505,6 +505,18 @@ impl TestGateway {
         self.shared.live_connections()
     }
 
+    /// How many client connections were accepted since the gateway started (TCP accepts, one
+    /// per TLS handshake when serving HTTPS).
+    pub fn connections_accepted(&self) -> usize {
+        self.shared.connections_accepted()
+    }
+
+    /// How many of the [accepted](Self::connections_accepted) connections were served over
+    /// HTTP/2 (the client offered `h2` in ALPN; HTTPS only).
+    pub fn h2_connections(&self) -> usize {
+        self.shared.h2_connections()
+    }
+
     /// How many attestation reports were requested.
     pub fn attestations_served(&self) -> usize {
         self.shared.attestations_served()

@@ -62,6 +62,10 @@ pub(crate) struct Shared {
     attestations: AtomicUsize,
     receipt_fetches: AtomicUsize,
     connections: AtomicUsize,
+    /// Connections accepted since start (TCP accepts).
+    accepted: AtomicUsize,
+    /// Connections served over HTTP/2 (ALPN `h2`) since start.
+    h2_connections: AtomicUsize,
     total: AtomicUsize,
     seq: AtomicU64,
     shutdown: watch::Receiver<bool>,
@@ -105,6 +109,8 @@ impl Shared {
             attestations: AtomicUsize::new(0),
             receipt_fetches: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
+            h2_connections: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
             shutdown,
@@ -190,6 +196,16 @@ impl Shared {
     pub(crate) fn live_connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// Connections accepted since start.
+    pub(crate) fn connections_accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections served over HTTP/2 since start.
+    pub(crate) fn h2_connections(&self) -> usize {
+        self.h2_connections.load(Ordering::SeqCst)
+    }
 }
 
 /// Counts a connection task while it runs.
@@ -227,6 +243,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             _ = stopped(&mut shutdown) => return,
         };
         let shared = shared.clone();
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
         shared.connections.fetch_add(1, Ordering::SeqCst);
         let live = LiveConnection(shared.clone());
         tokio::spawn(async move {
@@ -243,23 +260,40 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     },
                     _ = stopped(&mut stop) => return,
                 };
-                serve_connection(TokioIo::new(tls), shared, shutdown).await;
+                // HTTP/2 when the client chose it in ALPN, HTTP/1.1 otherwise.
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                serve_connection(TokioIo::new(tls), shared, shutdown, h2).await;
                 return;
             }
-            serve_connection(TokioIo::new(stream), shared, shutdown).await;
+            serve_connection(TokioIo::new(stream), shared, shutdown, false).await;
         });
     }
 }
 
-/// Serve HTTP/1 on one connection until it ends or the gateway shuts down.
-async fn serve_connection<I>(io: I, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+/// Serve HTTP/1 (or HTTP/2, negotiated in TLS) on one connection until it ends or the gateway
+/// shuts down.
+async fn serve_connection<I>(io: I, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>, h2: bool)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let counters = shared.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(shared, req).await) }
     });
+    #[cfg(feature = "rustls")]
+    if h2 {
+        counters.h2_connections.fetch_add(1, Ordering::SeqCst);
+        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(io, service);
+        tokio::select! {
+            _ = conn => {}
+            _ = stopped(&mut shutdown) => {}
+        }
+        return;
+    }
+    #[cfg(not(feature = "rustls"))]
+    let _ = (h2, counters);
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
     tokio::select! {
         _ = conn => {}
@@ -400,7 +434,13 @@ fn attestation(shared: &Shared, parts: &http::request::Parts) -> Resp {
     // hostname the keyset names (protocol.md §6.1).
     let domains = keyset.tls_domains();
     if !domains.is_empty() {
-        let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        // HTTP/1 names the host in `Host`, HTTP/2 in `:authority` (the request URI).
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(http::uri::Authority::as_str))
+            .unwrap_or("");
         let host =
             host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
         let host = host.strip_suffix('.').unwrap_or(host);

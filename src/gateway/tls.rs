@@ -41,7 +41,8 @@ impl fmt::Debug for GatewayTls {
 
 impl GatewayTls {
     /// Serve this certificate chain (leaf first) with this private key (rustls with `ring`,
-    /// TLS 1.2 and 1.3, ALPN `http/1.1`). Fails with `Config` when rustls refuses the pair.
+    /// TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`: HTTP/2 to a client that offers it, HTTP/1.1
+    /// otherwise). Fails with `Config` when rustls refuses the pair.
     pub fn new(cert_chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<GatewayTls> {
         let leaf = cert_chain.first().ok_or_else(|| Error::new(ErrorKind::Config, "the certificate chain is empty"))?;
         let spki = crate::tls::spki_sha256(leaf)?;
@@ -49,7 +50,7 @@ impl GatewayTls {
             .with_safe_default_protocol_versions()
             .and_then(|b| b.with_no_client_auth().with_single_cert(cert_chain, key))
             .map_err(|e| Error::new(ErrorKind::Config, format!("the gateway's certificate is not usable: {e}")))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(GatewayTls { config: Arc::new(config), spki, advertised: spki, domains: Vec::new() })
     }
 

@@ -1,13 +1,15 @@
 //! HTTPS bound to the attested keyset, over real TLS on loopback: the local gateway serves a
 //! certificate (signed by a test CA, or self-signed) and publishes its SPKI in
-//! `tls_public_keys`; the client pins it with `tower_aci::tls::AttestedTls`.
+//! `tls_public_keys`; the client pins it with `tower_aci::tls::AttestedTls`. The pinning tests
+//! run twice: over HTTP/2 (the connector offers `h2`, the gateway picks it) and over HTTP/1.1
+//! (`http1_only`).
 #![cfg(all(feature = "test-gateway", feature = "rustls"))]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,11 +19,11 @@ use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_aci::attest::{ChannelInfo, KeyHandle, KeyProvider, Policy};
+use tower_aci::attest::{ChannelInfo, KeyHandle, KeyProvider, ManualClock, Policy};
 use tower_aci::e2ee::RequestBody;
 use tower_aci::gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};
-use tower_aci::tls::{AttestedConnector, AttestedTls, spki_sha256};
+use tower_aci::tls::{AttestedConnector, AttestedTls, AttestedTlsBuilder, spki_sha256};
 use tower_aci::{AttestationFailure, E2eeLayer, Error, ErrorKind};
 
 /// Resolves every name to 127.0.0.1 (the port comes from the URI), so tests can use hostnames.
@@ -43,6 +45,32 @@ impl tower::Service<Name> for Loopback {
 }
 
 type Pinned = Client<AttestedConnector<HttpConnector<Loopback>>, RequestBody<Full<Bytes>>>;
+
+/// The protocol a test runs over once a keyset is current (before, connections are HTTP/1.1
+/// and carry report requests only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    /// The connector offers `h2` and `http/1.1`; the gateway picks `h2`.
+    H2,
+    /// The connector offers `http/1.1` only.
+    H1,
+}
+
+const PROTOCOLS: [Proto; 2] = [Proto::H2, Proto::H1];
+
+impl Proto {
+    fn builder(self, keys: &KeyHandle) -> AttestedTlsBuilder {
+        let b = AttestedTls::builder(keys.clone());
+        if self == Proto::H1 { b.http1_only() } else { b }
+    }
+
+    fn version(self) -> Version {
+        match self {
+            Proto::H2 => Version::HTTP_2,
+            Proto::H1 => Version::HTTP_11,
+        }
+    }
+}
 
 /// A test certificate authority.
 struct Ca {
@@ -142,6 +170,30 @@ fn hex(b: [u8; 32]) -> String {
     const_hex::encode(b)
 }
 
+/// Every message in an error's source chain, joined (an HTTP/2 stream error carries the
+/// refusal's text, not the typed error: h2 copies I/O errors into each stream as text).
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(" / ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+/// Waits (up to 5 s) until the gateway has `n` open connections.
+async fn live_connections_reach(gw: &TestGateway, n: usize) {
+    for _ in 0..500 {
+        if gw.live_connections() == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the gateway still has {} connections open, expected {n}", gw.live_connections());
+}
+
 #[test]
 fn spki_sha256_is_the_hash_of_the_subject_public_key_info() {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -156,6 +208,12 @@ fn spki_sha256_is_the_hash_of_the_subject_public_key_info() {
 
 #[tokio::test]
 async fn one_pinned_client_serves_the_provider_the_layer_and_receipts() {
+    for proto in PROTOCOLS {
+        one_pinned_client_serves_the_provider_the_layer_and_receipts_over(proto).await;
+    }
+}
+
+async fn one_pinned_client_serves_the_provider_the_layer_and_receipts_over(proto: Proto) {
     let ca = Ca::new();
     let cert = ca.leaf(&["gw.test"]);
     let spki = cert.spki_sha256();
@@ -163,7 +221,7 @@ async fn one_pinned_client_serves_the_provider_the_layer_and_receipts() {
     assert!(gw.base_url().starts_with("https://127.0.0.1:"));
 
     let keys = KeyHandle::new();
-    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let tls = proto.builder(&keys).root_store(ca.roots()).build().unwrap();
     let http = client(&tls);
     let base = url("gw.test", &gw, "");
     let keyset = provider(&http, &keys, &base).establish().await.unwrap();
@@ -173,6 +231,7 @@ async fn one_pinned_client_serves_the_provider_the_layer_and_receipts() {
     let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(http.clone());
     let res = layered.oneshot(chat(&url("gw.test", &gw, "/v1/chat/completions"), "pinned zebra")).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), proto.version(), "{proto:?}");
     let channel = res.extensions().get::<ChannelInfo>().cloned().expect("the connector names the channel");
     assert_eq!((channel.host(), *channel.spki_sha256()), ("gw.test", spki));
     let record = res.extensions().get::<ExchangeRecord>().cloned().unwrap();
@@ -185,10 +244,19 @@ async fn one_pinned_client_serves_the_provider_the_layer_and_receipts() {
     let verified = receipts.fetch_and_verify(&record, None, &keys, &ReceiptPolicy::new()).await.unwrap();
     assert_eq!(verified.receipt().workload_keyset_digest(), keyset.digest());
     assert_eq!(gw.attestations_served(), 1);
+    // The report-only bootstrap connection, then one connection for everything else.
+    assert_eq!(gw.connections_accepted(), 2, "{proto:?}");
+    assert_eq!(gw.h2_connections(), usize::from(proto == Proto::H2));
 }
 
 #[tokio::test]
 async fn a_certificate_the_keyset_does_not_list_is_refused_in_the_handshake() {
+    for proto in PROTOCOLS {
+        a_certificate_the_keyset_does_not_list_is_refused_in_the_handshake_over(proto).await;
+    }
+}
+
+async fn a_certificate_the_keyset_does_not_list_is_refused_in_the_handshake_over(proto: Proto) {
     let ca = Ca::new();
     let real = gateway(ca.leaf(&["gw.test"])).await;
     // An impostor with a certificate every WebPKI check accepts, for the same name.
@@ -197,7 +265,7 @@ async fn a_certificate_the_keyset_does_not_list_is_refused_in_the_handshake() {
     let impostor = gateway(impostor_cert).await;
 
     let keys = KeyHandle::new();
-    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let tls = proto.builder(&keys).root_store(ca.roots()).build().unwrap();
     let keyset = provider(&client(&tls), &keys, &url("gw.test", &real, "")).establish().await.unwrap();
 
     let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(client(&tls));
@@ -216,11 +284,17 @@ async fn a_certificate_the_keyset_does_not_list_is_refused_in_the_handshake() {
 
 #[tokio::test]
 async fn a_domain_scoped_entry_for_another_host_is_refused() {
+    for proto in PROTOCOLS {
+        a_domain_scoped_entry_for_another_host_is_refused_over(proto).await;
+    }
+}
+
+async fn a_domain_scoped_entry_for_another_host_is_refused_over(proto: Proto) {
     let ca = Ca::new();
     let cert = ca.leaf(&["gw-a.test", "gw-b.test"]).domains(["gw-a.test"]);
     let gw = gateway(cert).await;
     let keys = KeyHandle::new();
-    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let tls = proto.builder(&keys).root_store(ca.roots()).build().unwrap();
     let http = client(&tls);
 
     // The report is not served through a hostname the keyset does not name.
@@ -239,16 +313,23 @@ async fn a_domain_scoped_entry_for_another_host_is_refused() {
     // gw-a.test works.
     let res = http.request(get(&url("gw-a.test", &gw, "/v1/models"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), proto.version(), "{proto:?}");
 }
 
 #[tokio::test]
 async fn a_report_served_over_an_unlisted_key_fails_establishment() {
+    for proto in PROTOCOLS {
+        a_report_served_over_an_unlisted_key_fails_establishment_over(proto).await;
+    }
+}
+
+async fn a_report_served_over_an_unlisted_key_fails_establishment_over(proto: Proto) {
     let ca = Ca::new();
     let cert = ca.leaf(&["gw.test"]).advertise_spki([7; 32]);
     let served = cert.spki_sha256();
     let gw = gateway(cert).await;
     let keys = KeyHandle::new();
-    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let tls = proto.builder(&keys).root_store(ca.roots()).build().unwrap();
     let http = client(&tls);
 
     let e = provider(&http, &keys, &url("gw.test", &gw, "")).establish().await.unwrap_err();
@@ -260,14 +341,21 @@ async fn a_report_served_over_an_unlisted_key_fails_establishment() {
     let e = http.request(get(&url("gw.test", &gw, "/v1/models"))).await.unwrap_err();
     assert!(channel_binding(&e).unwrap().contains("before its TLS key"), "{e:?}");
     assert_eq!(gw.requests_total(), gw.attestations_served(), "only report requests reached the gateway");
+    assert_eq!(gw.h2_connections(), 0, "no HTTP/2 before a keyset lists the key ({proto:?})");
 }
 
 #[tokio::test]
 async fn before_establishment_the_bootstrap_connection_carries_only_report_requests() {
+    for proto in PROTOCOLS {
+        before_establishment_the_bootstrap_connection_carries_only_report_requests_over(proto).await;
+    }
+}
+
+async fn before_establishment_the_bootstrap_connection_carries_only_report_requests_over(proto: Proto) {
     let ca = Ca::new();
     let gw = gateway(ca.leaf(&["gw.test"])).await;
     let keys = KeyHandle::new();
-    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let tls = proto.builder(&keys).root_store(ca.roots()).build().unwrap();
     let http = client(&tls);
     let receipts = ReceiptClient::new(http.clone(), url("gw.test", &gw, "").parse().unwrap());
 
@@ -276,21 +364,33 @@ async fn before_establishment_the_bootstrap_connection_carries_only_report_reque
     assert!(channel_binding(&e).is_some(), "{e:?}");
     assert_eq!(gw.requests_total(), 0);
 
-    // The provider's report request goes; the same pooled connection then carries E2EE.
+    // The provider's report request goes, over HTTP/1.1 (HTTP/2 is not offered before a keyset
+    // is current). That connection carried its one report request and is not reused: E2EE goes
+    // over a new connection, whose handshake the keyset pins, over `proto`.
     provider(&http, &keys, &url("gw.test", &gw, "")).establish().await.unwrap();
+    assert_eq!(gw.h2_connections(), 0);
+    let accepted = gw.connections_accepted();
     let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(http.clone());
     let res = layered.oneshot(chat(&url("gw.test", &gw, "/v1/chat/completions"), "hello")).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), proto.version(), "{proto:?}");
     assert_eq!(gw.requests_total(), 2);
+    assert_eq!(gw.connections_accepted(), accepted + 1, "not over the bootstrap connection");
 }
 
 #[tokio::test]
 async fn rotation_to_a_new_certificate_and_keyset_is_followed() {
+    for proto in PROTOCOLS {
+        rotation_to_a_new_certificate_and_keyset_is_followed_over(proto).await;
+    }
+}
+
+async fn rotation_to_a_new_certificate_and_keyset_is_followed_over(proto: Proto) {
     let ca = Ca::new();
     let first = ca.leaf(&["gw.test"]);
     let gw = gateway(first.clone()).await;
     let keys = KeyHandle::new();
-    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let tls = proto.builder(&keys).root_store(ca.roots()).build().unwrap();
     let http = client(&tls);
     let base = url("gw.test", &gw, "");
     let provider = provider(&http, &keys, &base);
@@ -322,31 +422,203 @@ async fn rotation_to_a_new_certificate_and_keyset_is_followed() {
     // Requests follow: over the new connection, and for a fresh client too.
     let res = layered.oneshot(chat(&chat_url, "two")).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), proto.version(), "{proto:?}");
     assert_eq!(res.extensions().get::<ChannelInfo>().unwrap().spki_sha256(), &new_spki);
     let res = client(&tls).request(get(&url("gw.test", &gw, "/v1/models"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), proto.version(), "{proto:?}");
+}
+
+#[tokio::test]
+async fn a_keyset_that_stops_listing_the_key_closes_pooled_connections() {
+    for proto in PROTOCOLS {
+        a_keyset_that_stops_listing_the_key_closes_pooled_connections_over(proto).await;
+    }
+}
+
+/// A connection pooled by one client closes itself when the provider (over another client on
+/// the same handle) publishes a keyset that no longer lists its key, over HTTP/2 as over
+/// HTTP/1.1; the client's next request goes over a new connection with the new key.
+async fn a_keyset_that_stops_listing_the_key_closes_pooled_connections_over(proto: Proto) {
+    let ca = Ca::new();
+    let gw = gateway(ca.leaf(&["gw.test"])).await;
+    let keys = KeyHandle::new();
+    let tls = proto.builder(&keys).root_store(ca.roots()).build().unwrap();
+    let provider = provider(&client(&tls), &keys, &url("gw.test", &gw, ""));
+    provider.establish().await.unwrap();
+    let user = client(&tls);
+    let models = url("gw.test", &gw, "/v1/models");
+    let res = user.request(get(&models)).await.unwrap();
+    assert_eq!(res.version(), proto.version(), "{proto:?}");
+    let old_channel = res.extensions().get::<ChannelInfo>().cloned().unwrap();
+    res.into_body().collect().await.unwrap();
+    // The user's connection stays pooled; the bootstrap connection is gone.
+    live_connections_reach(&gw, 1).await;
+
+    // The gateway moves to a new certificate; the provider re-attests (over a new connection:
+    // its bootstrap connection served one report and was not pooled), and publishes a keyset
+    // listing only the new key.
+    let second = ca.leaf(&["gw.test"]);
+    let new_spki = second.spki_sha256();
+    gw.rotate_tls(second);
+    assert!(!old_channel.is_revoked());
+    provider.establish().await.unwrap();
+
+    // Every old connection closes, the user's too, without a request to make it notice.
+    live_connections_reach(&gw, 0).await;
+    assert!(old_channel.is_revoked(), "{proto:?}");
+    let accepted = gw.connections_accepted();
+    let res = user.request(get(&models)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), proto.version(), "{proto:?}");
+    assert_eq!(res.extensions().get::<ChannelInfo>().unwrap().spki_sha256(), &new_spki);
+    assert_eq!(gw.connections_accepted(), accepted + 1, "a new connection");
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_streams_share_one_h2_connection() {
+    let ca = Ca::new();
+    let gw = gateway(ca.leaf(&["gw.test"])).await;
+    let keys = KeyHandle::new();
+    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let http = client(&tls);
+    provider(&http, &keys, &url("gw.test", &gw, "")).establish().await.unwrap();
+    let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(http.clone());
+    let chat_url = url("gw.test", &gw, "/v1/chat/completions");
+    // One request opens the HTTP/2 connection (hyper-util learns from ALPN that it is shared).
+    let res = layered.clone().oneshot(chat(&chat_url, "warm-up")).await.unwrap();
+    assert_eq!(res.version(), Version::HTTP_2);
+    res.into_body().collect().await.unwrap();
+    let accepted = gw.connections_accepted();
+    assert_eq!(accepted, 2, "the report-only bootstrap connection and the HTTP/2 one");
+
+    let answers = futures_util::future::join_all((0..200).map(|i| {
+        let layered = layered.clone();
+        let chat_url = chat_url.clone();
+        async move {
+            let res = layered.oneshot(chat(&chat_url, &format!("stream {i}"))).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let version = res.version();
+            let spki = *res.extensions().get::<ChannelInfo>().unwrap().spki_sha256();
+            let v: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            (i, version, spki, v)
+        }
+    }))
+    .await;
+    for (i, version, spki, v) in answers {
+        assert_eq!(version, Version::HTTP_2);
+        assert_eq!(spki, gw_spki(&keys));
+        assert_eq!(v["choices"][0]["message"]["content"], format!("You said: stream {i}"));
+    }
+    assert_eq!(gw.requests_seen(), 201);
+    assert_eq!(gw.connections_accepted(), accepted, "no TLS handshake for the 200 streams");
+    assert_eq!(gw.h2_connections(), 1);
+}
+
+/// The SPKI the current keyset lists (one entry).
+fn gw_spki(keys: &KeyHandle) -> [u8; 32] {
+    let keyset = keys.current().unwrap();
+    const_hex::decode(&keyset.tls_keys()[0].spki_sha256).unwrap().try_into().unwrap()
+}
+
+/// The per-stream check of HTTP/2: when no keyset lists the connection's key any more (here:
+/// the keyset expired, which publishes nothing, so the pooled connection is still open), the
+/// next stream is refused before its HEADERS frame is written, and the connection closes.
+#[tokio::test]
+async fn an_h2_stream_is_refused_once_no_keyset_lists_the_key() {
+    let ca = Ca::new();
+    let gw = gateway(ca.leaf(&["gw.test"])).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let clock = ManualClock::new(now);
+    let keys = KeyHandle::with_clock(Arc::new(clock.clone()));
+    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+    let http = client(&tls);
+    let keyset = KeyProvider::builder(http.clone())
+        .handle(keys.clone())
+        .base_url(url("gw.test", &gw, "").parse().unwrap())
+        .policy(policy())
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap()
+        .establish()
+        .await
+        .unwrap();
+    let models = url("gw.test", &gw, "/v1/models");
+    let res = http.request(get(&models)).await.unwrap();
+    assert_eq!(res.version(), Version::HTTP_2);
+    let channel = res.extensions().get::<ChannelInfo>().cloned().unwrap();
+    res.into_body().collect().await.unwrap();
+    let before = gw.requests_total();
+
+    clock.set(keyset.not_after() + 1);
+    // h2 hands the refusal to the stream as a closed stream (the reason is logged at warn).
+    let e = http.request(get(&models)).await.unwrap_err();
+    assert!(channel_binding(&e).is_none(), "{e:?}");
+    assert!(chain_text(&e).contains("stream closed"), "{}", chain_text(&e));
+    assert_eq!(gw.requests_total(), before, "no request reached the gateway");
+    assert!(channel.is_revoked(), "the HTTP/2 connection is closed");
+    // The next request opens a new connection, which carries report requests only.
+    let e = http.request(get(&models)).await.unwrap_err();
+    assert!(channel_binding(&e).unwrap().contains("before its TLS key"), "{e:?}");
+    assert_eq!(gw.requests_total(), before, "no request reached the gateway");
+}
+
+#[tokio::test]
+async fn a_resumed_tls_session_is_pinned_again() {
+    for proto in PROTOCOLS {
+        a_resumed_tls_session_is_pinned_again_over(proto).await;
+    }
+}
+
+/// Issue 18 item 6: a TLS session resumed from an earlier connection skips rustls' certificate
+/// verifier. After the keyset stops listing the server's key, a new connection to it must be
+/// refused in the handshake, not resumed.
+async fn a_resumed_tls_session_is_pinned_again_over(proto: Proto) {
+    let ca = Ca::new();
+    let first = gateway(ca.leaf(&["gw.test"])).await;
+    let other = gateway(ca.leaf(&["gw2.test"])).await;
+    let keys = KeyHandle::new();
+    let tls = proto.builder(&keys).root_store(ca.roots()).build().unwrap();
+    provider(&client(&tls), &keys, &url("gw.test", &first, "")).establish().await.unwrap();
+    // A full handshake with `first`, pinned; a resumable session would be stored now.
+    let res = client(&tls).request(get(&url("gw.test", &first, "/v1/models"))).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    // The keyset moves to `other`'s (reached under another name), which does not list `first`'s key.
+    provider(&client(&tls), &keys, &url("gw2.test", &other, "")).establish().await.unwrap();
+    let before = first.requests_total();
+    let e = client(&tls).request(get(&url("gw.test", &first, "/v1/models"))).await.unwrap_err();
+    let message = channel_binding(&e).unwrap_or_else(|| panic!("{e:?}"));
+    assert!(message.contains("refused the TLS handshake with gw.test"), "{proto:?}: {message}");
+    assert_eq!(first.requests_total(), before);
 }
 
 #[tokio::test]
 async fn pin_only_accepts_a_self_signed_gateway_and_webpki_does_not() {
+    for proto in PROTOCOLS {
+        pin_only_accepts_a_self_signed_gateway_and_webpki_does_not_over(proto).await;
+    }
+}
+
+async fn pin_only_accepts_a_self_signed_gateway_and_webpki_does_not_over(proto: Proto) {
     let cert = self_signed(&["gw.test", "127.0.0.1"]);
     let gw = gateway(cert).await;
     let base = url("gw.test", &gw, "");
 
     // WebPKI to a root store that does not hold it: the handshake fails (not a pin failure).
     let keys = KeyHandle::new();
-    let webpki = AttestedTls::builder(keys.clone()).root_store(Ca::new().roots()).build().unwrap();
+    let webpki = proto.builder(&keys).root_store(Ca::new().roots()).build().unwrap();
     let e = provider(&client(&webpki), &keys, &base).establish().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Transport, "{e}");
     assert!(channel_binding(&e).is_none());
 
     // Pin-only: the attested keyset is the trust anchor.
     let keys = KeyHandle::new();
-    let tls = AttestedTls::builder(keys.clone()).pin_only().build().unwrap();
+    let tls = proto.builder(&keys).pin_only().build().unwrap();
     let http = client(&tls);
     provider(&http, &keys, &base).establish().await.unwrap();
     let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(http);
     let res = layered.oneshot(chat(&url("gw.test", &gw, "/v1/chat/completions"), "self-signed")).await.unwrap();
+    assert_eq!(res.version(), proto.version(), "{proto:?}");
     let v: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "You said: self-signed");
 
@@ -377,15 +649,22 @@ fn the_builder_wants_a_trust_mode() {
 
 #[tokio::test]
 async fn an_unpinned_host_is_verified_with_webpki_only() {
+    for proto in PROTOCOLS {
+        an_unpinned_host_is_verified_with_webpki_only_over(proto).await;
+    }
+}
+
+async fn an_unpinned_host_is_verified_with_webpki_only_over(proto: Proto) {
     let ca = Ca::new();
     let gw = gateway(ca.leaf(&["gw.test", "pccs.test"])).await;
     let keys = KeyHandle::new();
-    let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).unpinned_host("pccs.test").build().unwrap();
+    let tls = proto.builder(&keys).root_store(ca.roots()).unpinned_host("pccs.test").build().unwrap();
     let http = client(&tls);
     // Before any keyset, a pinned host carries only report requests; the unpinned one anything.
     assert!(http.request(get(&url("gw.test", &gw, "/v1/models"))).await.is_err());
     let res = http.request(get(&url("pccs.test", &gw, "/v1/models"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), proto.version(), "an unpinned host may speak HTTP/2 at once ({proto:?})");
     assert!(res.extensions().get::<ChannelInfo>().is_none(), "not a pinned channel");
 }
 
@@ -517,6 +796,27 @@ mod over_reqwest {
             reqwest_middleware::Error::Reqwest(r) => channel_binding(r),
             reqwest_middleware::Error::Middleware(a) => channel_binding(a.as_ref()),
         }
+    }
+
+    /// Issue 18 item 6 over reqwest: two clients built from `rustls_config()` share its session
+    /// store; the second must not resume the first's session past the pin.
+    #[tokio::test]
+    async fn reqwest_does_not_resume_a_session_past_the_pin() {
+        let ca = Ca::new();
+        let first = gateway(ca.leaf(&["gw.test"])).await;
+        let other = gateway(ca.leaf(&["gw2.test"])).await;
+        let keys = KeyHandle::new();
+        let tls = AttestedTls::builder(keys.clone()).root_store(ca.roots()).build().unwrap();
+        provider(&client(&tls), &keys, &url("gw.test", &first, "")).establish().await.unwrap();
+        let res = reqwest_client(&tls, &first).get(url("gw.test", &first, "/v1/models")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.bytes().await.unwrap();
+        // The keyset moves to `other`'s, which does not list `first`'s key.
+        provider(&client(&tls), &keys, &url("gw2.test", &other, "")).establish().await.unwrap();
+        let before = first.requests_total();
+        let e = reqwest_client(&tls, &first).get(url("gw.test", &first, "/v1/models")).send().await.unwrap_err();
+        assert!(refusal(&e).unwrap().contains("refused the TLS handshake with gw.test"), "{e:?}");
+        assert_eq!(first.requests_total(), before, "nothing reached the server the keyset no longer lists");
     }
 
     #[tokio::test]
