@@ -2,9 +2,13 @@
 //! Throughput of `aci-proxy` against the E2EE layer used directly, in one run: 50 concurrent
 //! 100-event streams to the local gateway, (a) through `E2eeLayer` in the client, (b) through
 //! the proxy with a plain HTTP client in front (the extra loopback hop and the proxy's own
-//! request and response handling are the difference).
+//! request and response handling are the difference), (c) the same with metrics on: the
+//! Prometheus recorder installed, every library and proxy metric recorded.
 //!
-//! Run: `cargo bench --bench proxy --features proxy`.
+//! (b) runs before (c) because a recorder, once installed, stays for the process: (b) is the
+//! proxy with no recorder at all.
+//!
+//! Run: `cargo bench --bench proxy --features proxy,test-gateway`.
 
 use std::net::SocketAddr;
 
@@ -79,36 +83,44 @@ fn proxy_vs_layer(c: &mut Criterion) {
         c.set_nodelay(true);
         c
     };
-    let (gw, keys, _proxy, addr) = rt.block_on(async {
+    let (gw, keys) = rt.block_on(async {
         let gw = TestGateway::start(GatewayConfig::new().upstream(upstream)).await.unwrap();
         let plain: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let provider =
             KeyProvider::builder(plain).base_url(gw.base_url().parse().unwrap()).policy(policy()).build().unwrap();
         provider.establish().await.unwrap();
-        let config = ProxyConfig {
-            gateway: Some(gw.base_url()),
-            receipts: ReceiptMode::Off,
-            policy: Some(policy()),
-            ..ProxyConfig::default()
-        };
-        let proxy = Proxy::start(config).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let router = proxy.router();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        (gw, provider.handle(), proxy, addr)
+        (gw, provider.handle())
     });
+    let proxy = |metrics: bool| {
+        rt.block_on(async {
+            let config = ProxyConfig {
+                gateway: Some(gw.base_url()),
+                receipts: ReceiptMode::Off,
+                policy: Some(policy()),
+                metrics,
+                ..ProxyConfig::default()
+            };
+            let proxy = Proxy::start(config).await.unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr: SocketAddr = listener.local_addr().unwrap();
+            let router = proxy.router();
+            tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+            (proxy, format!("http://{addr}/v1/chat/completions"))
+        })
+    };
     let inner: Client<HttpConnector, RequestBody<Full<Bytes>>> =
         Client::builder(TokioExecutor::new()).build(connector());
     let direct = ServiceBuilder::new().layer(E2eeLayer::new(keys)).service(inner);
     let plain: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector());
     let gw_url = format!("{}/v1/chat/completions", gw.base_url());
-    let proxy_url = format!("http://{addr}/v1/chat/completions");
 
     let mut g = c.benchmark_group(format!("{STREAMS}_streams_of_{EVENTS}_events"));
     g.sample_size(10);
     g.bench_function("layer_direct", |b| b.iter(|| rt.block_on(streams(&direct, &gw_url))));
-    g.bench_function("through_proxy", |b| b.iter(|| rt.block_on(streams(&plain, &proxy_url))));
+    let (_off, off_url) = proxy(false);
+    g.bench_function("through_proxy_metrics_off", |b| b.iter(|| rt.block_on(streams(&plain, &off_url))));
+    let (_on, on_url) = proxy(true);
+    g.bench_function("through_proxy_metrics_on", |b| b.iter(|| rt.block_on(streams(&plain, &on_url))));
     g.finish();
 }
 

@@ -104,7 +104,8 @@
 //! | `dcap` | `attest::dcap`: TDX quote verification with `dcap-qvl` (every policy requires it unless `dangerous()` relaxes it) |
 //! | `rustls` | `tls`: HTTPS pinned to the attested keyset's TLS keys (hyper-util connector, rustls config for reqwest); HTTPS for the local gateway |
 //! | `rustls-native-roots` | the platform's root store for `tls` |
-//! | `proxy` | `proxy` and the `aci-proxy` binary: a local OpenAI-compatible endpoint that applies E2EE for any SDK |
+//! | `proxy` | `proxy` and the `aci-proxy` binary: a local OpenAI-compatible endpoint that applies E2EE for any SDK (with `dcap` and `metrics`; its `--local-test-gateway` demo also needs `test-gateway`) |
+//! | `metrics` | the library's metrics through the `metrics` facade (see [`telemetry`]); free while no recorder is installed |
 //! | `libsecp256k1` | secp256k1 ECDH and key generation on libsecp256k1 (C): same bytes, faster |
 //! | `aws-lc` | X25519 and AES-256-GCM on AWS-LC (assembly): same bytes, faster |
 //!
@@ -185,6 +186,7 @@ pub mod proxy;
 pub mod receipt;
 #[cfg(feature = "reqwest-middleware")]
 mod reqwest_service;
+pub mod telemetry;
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub mod tls;

@@ -11,12 +11,12 @@
 
 pub(crate) mod channel;
 mod clock;
-mod custody;
+pub(crate) mod custody;
 #[cfg(feature = "dcap")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
 pub mod dcap;
-mod eventlog;
-mod generation;
+pub(crate) mod eventlog;
+pub(crate) mod generation;
 mod handle;
 pub(crate) mod keyset;
 mod policy;

@@ -488,7 +488,9 @@ where
                 return outcome.map_err(|(kind, message)| Error::new(kind, message));
             }
         }
-        let result = inner.fetch(false, &mut None).await;
+        let span = crate::telemetry::establish_span();
+        let result = tracing::Instrument::instrument(inner.fetch(false, &mut None), span.clone()).await;
+        crate::telemetry::keyset_outcome(&span, &result);
         match &result {
             Ok(keyset) => {
                 tracing::debug!(digest = keyset.digest(), not_after = keyset.not_after(), "attested keyset published");
@@ -583,7 +585,7 @@ where
                 }
             }
             last_attempt = Some(clock.now());
-            match self.establish().await {
+            match tracing::Instrument::instrument(self.establish(), crate::telemetry::refresh_span()).await {
                 Ok(_) => failures = 0,
                 Err(_) => failures = failures.saturating_add(1),
             }

@@ -2,25 +2,39 @@
 //! encrypted to an attested ACI gateway. See `tower_aci::proxy`.
 //!
 //! ```text
-//! cargo run --features proxy --bin aci-proxy -- --local-test-gateway          # offline demo
+//! cargo run --features proxy,test-gateway --bin aci-proxy -- --local-test-gateway   # offline demo
+//! aci-proxy inspect https://api.redpill.ai                                      # what to pin
 //! ACI_API_KEY=sk-… aci-proxy --gateway https://api.redpill.ai --compose-hash … --kms-root …
 //! aci-proxy verify-receipts receipts.jsonl --config aci-proxy.toml           # offline audit
 //! ACI_CLIENT_KEY=… aci-proxy --listen 0.0.0.0:8787 --client-key-env ACI_CLIENT_KEY …  # beyond loopback
 //! ```
+//!
+//! Every flag can also come from an `ACI_PROXY_*` environment variable (`--gateway` from
+//! `ACI_PROXY_GATEWAY`, lists comma-separated); a flag wins over the environment, and the
+//! environment over the `--config` file.
 
 // The doc comments below are the command's `--help` text, where bare URLs read best.
 #![allow(rustdoc::bare_urls)]
 
+#[path = "aci-proxy/inspect.rs"]
+mod inspect;
+
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
-use tower_aci::proxy::{BootMeasurementPin, Proxy, ProxyConfig, ReceiptMode, verify_audit};
+use tower_aci::proxy::{BootMeasurementPin, LogFormat, Proxy, ProxyConfig, ReceiptMode, verify_audit};
 
 /// End-to-end encryption (ACI E2EE v2) for any OpenAI SDK, through a local proxy.
+///
+/// Every flag can also be set from an ACI_PROXY_* environment variable (shown with each flag;
+/// lists comma-separated). Precedence: flag, then environment, then the --config file.
 #[derive(Parser, Debug)]
-#[command(name = "aci-proxy", version, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(name = "aci-proxy", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -30,6 +44,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Fetch a gateway's attestation report, verify what can be verified, and print the values
+    /// to pin (exit status 0 only when it verified under the pins given)
+    Inspect(inspect::InspectArgs),
     /// Re-verify an audit file offline: every report, every receipt.
     VerifyReceipts {
         /// The JSON-lines audit file the proxy wrote (`--audit-file`).
@@ -37,82 +54,151 @@ enum Command {
         #[command(flatten)]
         policy: PolicyArgs,
     },
+    /// Print the configuration the proxy would run with (file, environment and flags merged),
+    /// as JSON, and exit.
+    Config {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
 }
 
 #[derive(Args, Debug, Default)]
 struct ServeArgs {
     /// The gateway's base URL, e.g. https://api.redpill.ai
-    #[arg(long)]
+    #[arg(long, env = "ACI_PROXY_GATEWAY", value_name = "URL")]
     gateway: Option<String>,
     /// Where to listen [default: 127.0.0.1:8787]
-    #[arg(long)]
+    #[arg(long, env = "ACI_PROXY_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// Environment variable holding the API key sent as the bearer token [default: ACI_API_KEY]
-    #[arg(long)]
+    #[arg(long, env = "ACI_PROXY_API_KEY_ENV", value_name = "VAR")]
     api_key_env: Option<String>,
     /// Environment variable holding the key clients must send as `Authorization: Bearer <key>`
     /// (at least 16 characters; required to listen on a non-loopback address). The client key
     /// is never forwarded: the gateway gets the API key of --api-key-env
-    #[arg(long, value_name = "VAR")]
+    #[arg(long, env = "ACI_PROXY_CLIENT_KEY_ENV", value_name = "VAR")]
     client_key_env: Option<String>,
     /// Allow requests from this browser origin, exactly scheme://host or scheme://host:port (repeatable); any
     /// other request carrying Origin is refused
-    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    #[arg(long = "allow-origin", env = "ACI_PROXY_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
     allow_origins: Vec<String>,
     /// Receipts: off, verify (in the background) or before-release [default: verify]
-    #[arg(long)]
+    #[arg(long, env = "ACI_PROXY_RECEIPTS", value_name = "MODE")]
     receipts: Option<ReceiptMode>,
     /// Append verified receipts (exact bytes, with their exchange and report) to this file
-    #[arg(long)]
+    #[arg(long, env = "ACI_PROXY_AUDIT_FILE", value_name = "FILE")]
     audit_file: Option<PathBuf>,
     /// Largest request body accepted, in bytes [default: 33554432]
-    #[arg(long)]
+    #[arg(long, env = "ACI_PROXY_MAX_REQUEST_BODY", value_name = "BYTES")]
     max_request_body: Option<usize>,
     /// HTTPS gateways with a self-signed certificate: trust only the TLS keys the attested keyset
     /// lists (no WebPKI)
-    #[arg(long)]
-    tls_pin_only: bool,
-    /// Fetch the TDX quote's collateral from this PCCS (with feature dcap), e.g. https://pccs.phala.network
-    #[arg(long)]
+    #[arg(long, env = "ACI_PROXY_TLS_PIN_ONLY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    tls_pin_only: Option<bool>,
+    /// Fetch the TDX quote's collateral from this PCCS, e.g. https://pccs.phala.network
+    #[arg(long, env = "ACI_PROXY_PCCS", value_name = "URL")]
     pccs: Option<String>,
+    /// Longest time one exchange may take, request to last byte (e.g. 600, 90s, 10m) [default: 600s]
+    #[arg(long, env = "ACI_PROXY_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    request_timeout: Option<Duration>,
+    /// On SIGTERM or SIGINT, how long open streams may drain before they end with an error event
+    /// [default: 30s]
+    #[arg(long, env = "ACI_PROXY_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    shutdown_timeout: Option<Duration>,
+    /// Serve GET /metrics in the Prometheus text format [default: true]
+    #[arg(long, env = "ACI_PROXY_METRICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    metrics: Option<bool>,
+    /// Log lines as text or json (one object per line); RUST_LOG picks what is logged [default: text]
+    #[arg(long, env = "ACI_PROXY_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// The local test gateway paces its stream events this far apart (demos, tests)
+    #[arg(long, hide = true, env = "ACI_PROXY_TEST_GATEWAY_EVENT_DELAY", value_parser = duration_ms)]
+    test_gateway_event_delay: Option<Duration>,
     #[command(flatten)]
     policy: PolicyArgs,
 }
 
 #[derive(Args, Debug, Default)]
 struct PolicyArgs {
-    /// A TOML configuration file (flags override it)
-    #[arg(long)]
+    /// A TOML configuration file (the environment and flags override it)
+    #[arg(long, env = "ACI_PROXY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Start the crate's local test gateway in-process and proxy to it (offline demo)
-    #[arg(long)]
-    local_test_gateway: bool,
+    /// Start the crate's local test gateway in-process and proxy to it (offline demo; needs a
+    /// build with feature test-gateway)
+    #[arg(long, env = "ACI_PROXY_LOCAL_TEST_GATEWAY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    local_test_gateway: Option<bool>,
     /// Allow this compose hash (hex SHA-256 of the report's app_compose)
-    #[arg(long = "compose-hash", value_name = "HEX")]
+    #[arg(long = "compose-hash", env = "ACI_PROXY_COMPOSE_HASH", value_name = "HEX", value_delimiter = ',')]
     compose_hashes: Vec<String>,
     /// Allow this dstack app id (hex; the event log's app-id)
-    #[arg(long = "app-id", value_name = "HEX")]
+    #[arg(long = "app-id", env = "ACI_PROXY_APP_ID", value_name = "HEX", value_delimiter = ',')]
     app_ids: Vec<String>,
     /// Allow this OS image hash (hex; the event log's os-image-hash)
-    #[arg(long = "os-image-hash", value_name = "HEX")]
+    #[arg(long = "os-image-hash", env = "ACI_PROXY_OS_IMAGE_HASH", value_name = "HEX", value_delimiter = ',')]
     os_image_hashes: Vec<String>,
     /// Accept this KMS root key (hex, compressed secp256k1); key custody is then required. Anchors the pin
-    #[arg(long = "kms-root", value_name = "HEX")]
+    #[arg(long = "kms-root", env = "ACI_PROXY_KMS_ROOT", value_name = "HEX", value_delimiter = ',')]
     kms_roots: Vec<String>,
     /// Allow these boot measurements: the quote's MRTD and RTMR0-2, hex, comma-separated (repeatable, one set
-    /// per OS image). Anchors the pin without a KMS root
-    #[arg(long = "boot-measurements", value_name = "MRTD,RTMR0,RTMR1,RTMR2")]
+    /// per OS image; sets separated by ';' in the environment). Anchors the pin without a KMS root
+    #[arg(
+        long = "boot-measurements",
+        env = "ACI_PROXY_BOOT_MEASUREMENTS",
+        value_name = "MRTD,RTMR0,RTMR1,RTMR2",
+        value_delimiter = ';'
+    )]
     boot_measurements: Vec<BootMeasurementPin>,
     /// Refuse a platform whose TCB level is affected by this Intel advisory (e.g. INTEL-SA-00837; repeatable)
-    #[arg(long = "refuse-advisory", value_name = "ID")]
+    #[arg(long = "refuse-advisory", env = "ACI_PROXY_REFUSE_ADVISORY", value_name = "ID", value_delimiter = ',')]
     refused_advisories: Vec<String>,
+    /// Accept these TCB statuses of the quote [default: UpToDate]
+    #[arg(long = "tcb-status", env = "ACI_PROXY_TCB_STATUS", value_name = "STATUS", value_delimiter = ',')]
+    tcb_statuses: Vec<String>,
+    /// Encrypt only to the E2EE key with this key id
+    #[arg(long, env = "ACI_PROXY_KEY_ID", value_name = "ID")]
+    key_id: Option<String>,
+    /// Prefer the gateway's X25519 key over secp256k1
+    #[arg(long, env = "ACI_PROXY_PREFER_X25519", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    prefer_x25519: Option<bool>,
     /// Dangerous: trust any workload running in a TEE (no pin)
-    #[arg(long)]
-    any_workload: bool,
+    #[arg(long, env = "ACI_PROXY_ANY_WORKLOAD", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    any_workload: Option<bool>,
     /// Accept a receipt only when the keyset it names was itself attested, never on the
     /// same-key rule (a replica whose report could not be fetched)
-    #[arg(long)]
-    require_exact_keyset: bool,
+    #[arg(long, env = "ACI_PROXY_REQUIRE_EXACT_KEYSET", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    require_exact_keyset: Option<bool>,
+}
+
+/// `600`, `600s`, `10m`, `1h`: a duration in seconds unless suffixed.
+fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30, 30s, 10m)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{s:?}: the unit must be s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// `250ms` or a [`duration`].
+fn duration_ms(s: &str) -> Result<Duration, String> {
+    match s.trim().strip_suffix("ms") {
+        Some(ms) => ms.parse().map(Duration::from_millis).map_err(|_| format!("{s:?} is not a duration")),
+        None => duration(s),
+    }
+}
+
+/// A list from the flags or the environment replaces the file's.
+fn replace_if_given(target: &mut Vec<String>, given: &[String]) {
+    if !given.is_empty() {
+        *target = given.to_vec();
+    }
 }
 
 impl PolicyArgs {
@@ -120,19 +206,35 @@ impl PolicyArgs {
         let mut config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                ProxyConfig::from_toml(&text).map_err(|e| e.to_string())?
+                ProxyConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
             }
             None => ProxyConfig::default(),
         };
-        config.local_test_gateway |= self.local_test_gateway;
-        config.any_workload |= self.any_workload;
-        config.require_exact_keyset |= self.require_exact_keyset;
-        config.pins.compose_hashes.extend(self.compose_hashes.iter().cloned());
-        config.pins.app_ids.extend(self.app_ids.iter().cloned());
-        config.pins.os_image_hashes.extend(self.os_image_hashes.iter().cloned());
-        config.pins.kms_roots.extend(self.kms_roots.iter().cloned());
-        config.pins.boot_measurements.extend(self.boot_measurements.iter().cloned());
-        config.pins.refused_advisories.extend(self.refused_advisories.iter().cloned());
+        if let Some(b) = self.local_test_gateway {
+            config.local_test_gateway = b;
+        }
+        if let Some(b) = self.any_workload {
+            config.any_workload = b;
+        }
+        if let Some(b) = self.require_exact_keyset {
+            config.require_exact_keyset = b;
+        }
+        let pins = &mut config.pins;
+        replace_if_given(&mut pins.compose_hashes, &self.compose_hashes);
+        replace_if_given(&mut pins.app_ids, &self.app_ids);
+        replace_if_given(&mut pins.os_image_hashes, &self.os_image_hashes);
+        replace_if_given(&mut pins.kms_roots, &self.kms_roots);
+        replace_if_given(&mut pins.tcb_statuses, &self.tcb_statuses);
+        replace_if_given(&mut pins.refused_advisories, &self.refused_advisories);
+        if !self.boot_measurements.is_empty() {
+            pins.boot_measurements = self.boot_measurements.clone();
+        }
+        if let Some(id) = &self.key_id {
+            pins.key_id = Some(id.clone());
+        }
+        if let Some(b) = self.prefer_x25519 {
+            pins.prefer_x25519 = b;
+        }
         Ok(config)
     }
 }
@@ -152,7 +254,7 @@ impl ServeArgs {
         if let Some(e) = &self.client_key_env {
             config.client_key_env = Some(e.clone());
         }
-        config.allow_origins.extend(self.allow_origins.iter().cloned());
+        replace_if_given(&mut config.allow_origins, &self.allow_origins);
         if let Some(r) = self.receipts {
             config.receipts = r;
         }
@@ -162,33 +264,99 @@ impl ServeArgs {
         if let Some(m) = self.max_request_body {
             config.max_request_body = m;
         }
-        config.tls_pin_only |= self.tls_pin_only;
+        if let Some(b) = self.tls_pin_only {
+            config.tls_pin_only = b;
+        }
         if let Some(p) = &self.pccs {
             config.pccs = Some(p.clone());
+        }
+        if let Some(t) = self.request_timeout {
+            config.request_timeout = t;
+        }
+        if let Some(t) = self.shutdown_timeout {
+            config.shutdown_timeout = t;
+        }
+        if let Some(m) = self.metrics {
+            config.metrics = m;
+        }
+        if let Some(f) = self.log_format {
+            config.log_format = f;
+        }
+        if self.test_gateway_event_delay.is_some() {
+            config.local_test_gateway_event_delay = self.test_gateway_event_delay;
         }
         Ok(config)
     }
 }
 
+/// The effective configuration, for `aci-proxy config`.
+fn config_json(c: &ProxyConfig) -> serde_json::Value {
+    serde_json::json!({
+        "gateway": c.gateway,
+        "listen": c.listen.to_string(),
+        "api_key_env": c.api_key_env,
+        "receipts": match c.receipts { ReceiptMode::Off => "off", ReceiptMode::Verify => "verify", _ => "before-release" },
+        "audit_file": c.audit_file,
+        "max_request_body": c.max_request_body,
+        "tls_pin_only": c.tls_pin_only,
+        "pccs": c.pccs,
+        "request_timeout": c.request_timeout.as_secs(),
+        "shutdown_timeout": c.shutdown_timeout.as_secs(),
+        "metrics": c.metrics,
+        "log_format": match c.log_format { LogFormat::Json => "json", _ => "text" },
+        "local_test_gateway": c.local_test_gateway,
+        "any_workload": c.any_workload,
+        "require_exact_keyset": c.require_exact_keyset,
+        "client_key_env": c.client_key_env,
+        "allow_origins": c.allow_origins,
+        "pins": c.pins.to_json(),
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                let which = tokio::select! {
+                    _ = tokio::signal::ctrl_c() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                };
+                tracing::info!(signal = which, "stopping");
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); stopping on SIGINT only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("stopping");
+    }
+}
+
 async fn serve(config: ProxyConfig) -> Result<(), String> {
-    let listen = config.listen;
+    let (listen, format) = (config.listen, config.log_format);
     let proxy = Proxy::start(config).await.map_err(|e| format!("cannot start: {e}"))?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listen = listener.local_addr().unwrap_or(listen);
     let status = proxy.status();
     tracing::info!(gateway = %proxy.gateway(), keyset = %status["keyset"]["digest"], "attested; listening on http://{listen}/v1");
-    eprintln!(
-        "aci-proxy: attested {} (keyset {}), listening on http://{listen}/v1",
-        proxy.gateway(),
-        status["keyset"]["digest"]
-    );
-    axum::serve(listener, proxy.router())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
-        })
-        .await
-        .map_err(|e| format!("server error: {e}"))
+    if format == LogFormat::Text {
+        eprintln!(
+            "aci-proxy: attested {} (keyset {}), listening on http://{listen}/v1",
+            proxy.gateway(),
+            status["keyset"]["digest"]
+        );
+    }
+    proxy.serve_until(listener, stop_signal()).await.map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn verify_receipts(file: &PathBuf, policy: &PolicyArgs) -> Result<(), String> {
@@ -203,22 +371,42 @@ fn verify_receipts(file: &PathBuf, policy: &PolicyArgs) -> Result<(), String> {
     if summary.is_clean() { Ok(()) } else { Err(format!("{} lines did not verify", summary.failures.len())) }
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "tower_aci=info,aci_proxy=info".into());
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        _ => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "tower_aci=info,aci_proxy=info".into()),
-        )
-        .init();
     let outcome = match &cli.command {
-        Some(Command::VerifyReceipts { file, policy }) => verify_receipts(file, policy),
+        Some(Command::Inspect(args)) => {
+            init_logging(LogFormat::Text);
+            return inspect::run(args);
+        }
+        Some(Command::VerifyReceipts { file, policy }) => {
+            init_logging(LogFormat::Text);
+            verify_receipts(file, policy)
+        }
+        Some(Command::Config { serve }) => serve.config().map(|c| {
+            println!("{}", serde_json::to_string_pretty(&config_json(&c)).unwrap_or_default());
+        }),
         None => match cli.serve.config() {
-            Ok(config) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(serve(config)),
-                Err(e) => Err(format!("cannot start the runtime: {e}")),
-            },
+            Ok(config) => {
+                init_logging(config.log_format);
+                runtime().and_then(|rt| rt.block_on(serve(config)))
+            }
             Err(e) => Err(e),
         },
     };

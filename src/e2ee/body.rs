@@ -50,6 +50,7 @@ struct DecryptState {
     draining: Option<(Error, usize)>,
     /// Generated content in clear was already warned about.
     warned: bool,
+    counts: Option<Arc<crate::telemetry::FieldCounts>>,
 }
 
 /// Most bytes read after a stream's in-band error to complete the wire digest. The gateway
@@ -106,6 +107,7 @@ impl<B> ResponseBody<B> {
             strict: config.strict,
             draining: None,
             warned: false,
+            counts: None,
         });
         ResponseBody { kind: Kind::Decrypting { inner, state } }
     }
@@ -129,6 +131,16 @@ impl<B> ResponseBody<B> {
             blocking_threshold: config.blocking_threshold,
         };
         Self::decrypting(inner, mode, config, digest)
+    }
+
+    /// Count the fields this body opens into `counts` (the exchange's [`FieldCounts`]).
+    ///
+    /// [`FieldCounts`]: crate::telemetry::FieldCounts
+    pub(crate) fn counting(mut self, counts: Arc<crate::telemetry::FieldCounts>) -> Self {
+        if let Kind::Decrypting { state, .. } = &mut self.kind {
+            state.counts = Some(counts);
+        }
+        self
     }
 }
 
@@ -163,6 +175,7 @@ fn decrypt_now(ctx: ExchangeContext, body: Bytes, strict: bool) -> Result<Decryp
 impl DecryptState {
     fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.finished = true;
+        crate::telemetry::error(&e);
         Poll::Ready(Some(Err(e.into())))
     }
 
@@ -233,12 +246,12 @@ where
                                                     return state.fail(Error::decrypt());
                                                 };
                                                 *task = Some(rt.spawn_blocking(move || {
-                                                    let out = d.process(event);
+                                                    let out = crate::telemetry::timed_event(|| d.process(event));
                                                     (d, out)
                                                 }));
                                                 continue;
                                             }
-                                            _ => d.process(event).map(Some),
+                                            _ => crate::telemetry::timed_event(|| d.process(event)).map(Some),
                                         }
                                     }
                                 }
@@ -246,6 +259,10 @@ where
                             let Some(dec) = dec.as_mut() else { return state.fail(Error::decrypt()) };
                             match next {
                                 Ok(Some(StreamOutput::Event(bytes))) => {
+                                    crate::telemetry::FieldCounts::opened(
+                                        &state.counts,
+                                        dec.last_decrypted_paths().len(),
+                                    );
                                     let clear = dec.last_cleartext_paths();
                                     if !clear.is_empty() {
                                         if state.strict {
@@ -301,6 +318,7 @@ where
                                 *task = None;
                                 match joined {
                                     Ok(Ok(d)) => {
+                                        crate::telemetry::FieldCounts::opened(&state.counts, d.decrypted_fields);
                                         *output = Some(d.body);
                                         continue;
                                     }
@@ -321,7 +339,10 @@ where
                                         *task = Some(rt.spawn_blocking(move || decrypt_now(ctx, body, strict)));
                                     }
                                     _ => match decrypt_now(ctx, body, strict) {
-                                        Ok(d) => *output = Some(d.body),
+                                        Ok(d) => {
+                                            crate::telemetry::FieldCounts::opened(&state.counts, d.decrypted_fields);
+                                            *output = Some(d.body);
+                                        }
                                         Err(e) => return state.fail(e),
                                     },
                                 }

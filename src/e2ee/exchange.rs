@@ -26,6 +26,7 @@ pub(crate) struct Exchange {
     pub(crate) restored_sha256: [u8; 32],
     /// The `X-Model-Pub-Key` the request was encrypted to.
     pub(crate) model_key: String,
+    pub(crate) counts: Arc<crate::telemetry::FieldCounts>,
     /// Where the request went: what the answer's channel must show.
     pub(crate) target: Target,
 }
@@ -42,6 +43,7 @@ pub(crate) fn encrypt(
 ) -> Result<(Bytes, Box<Exchange>), Error> {
     let keyset = config.keys.current()?;
     let key = keyset.e2ee_key();
+    crate::telemetry::exchange_encrypted(endpoint, key.suite(), key.key_id());
     let span = tracing::debug_span!("aci.e2ee.encrypt", endpoint = endpoint.path(), suite = %key.suite(), key_id = key.key_id());
     let _enter = span.enter();
     let options = EncryptOptions::strict(config.strict);
@@ -79,6 +81,7 @@ pub(crate) fn encrypt(
         path: path.to_owned(),
         restored_sha256: enc.restored_body_sha256,
         model_key: enc.headers.model_pub_key.clone(),
+        counts: crate::telemetry::FieldCounts::sealed(enc.fields),
         target,
     });
     Ok((Bytes::from(enc.body), exchange))
@@ -131,12 +134,14 @@ pub(crate) fn decrypting_response<B>(
     let record = inspect(parts, &exchange, streamed, digest.clone())?;
     parts.headers.remove(CONTENT_LENGTH);
     parts.extensions.insert(record);
-    let Exchange { ctx, config, .. } = *exchange;
+    parts.extensions.insert(exchange.counts.clone());
+    let Exchange { ctx, config, counts, .. } = *exchange;
     Ok(if streamed {
         ResponseBody::sse(body, ctx, &config, digest)
     } else {
         ResponseBody::buffered(body, ctx, &config, digest)
-    })
+    }
+    .counting(counts))
 }
 
 /// A non-2xx answer to an E2EE request, read whole: record it, surface the gateway's error
@@ -156,6 +161,7 @@ pub(crate) fn error_response(
         exchange.config.keys.report_key_mismatch();
     }
     parts.extensions.insert(record);
+    parts.extensions.insert(exchange.counts.clone());
     parts.extensions.insert(gw);
     Ok(())
 }

@@ -24,6 +24,7 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqBody, ResBody>,
+        span: tracing::Span,
     }
 }
 
@@ -63,11 +64,11 @@ where
     ReqBody: Body,
 {
     pub(crate) fn error(error: Error) -> Self {
-        ResponseFuture { state: State::Failed { error: Some(error) } }
+        ResponseFuture { state: State::Failed { error: Some(error) }, span: tracing::Span::none() }
     }
 
     pub(crate) fn passthrough(mut inner: S, req: Request<RequestBody<ReqBody>>) -> Self {
-        ResponseFuture { state: State::Calling { fut: inner.call(req), exchange: None } }
+        ResponseFuture { state: State::Calling { fut: inner.call(req), exchange: None }, span: tracing::Span::none() }
     }
 
     pub(crate) fn encrypt(
@@ -80,7 +81,8 @@ where
         let (parts, body) = req.into_parts();
         let head = Some((parts, inner));
         let target = Some(target);
-        ResponseFuture { state: State::Collecting { body, buf: BytesMut::new(), head, config, endpoint, target } }
+        let span = crate::telemetry::exchange_span(endpoint);
+        ResponseFuture { state: State::Collecting { body, buf: BytesMut::new(), head, config, endpoint, target }, span }
     }
 }
 
@@ -149,6 +151,8 @@ where
     type Output = Result<Response<ResponseBody<ResBody>>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let span = self.span.clone();
+        let _entered = span.enter(); // inside one poll only, never across an await
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
@@ -180,6 +184,7 @@ where
                         }
                         Err(e) => {
                             tracing::debug!(kind = ?e.kind(), "request not sent: {e}");
+                            crate::telemetry::error(&e);
                             this.state.set(State::Failed { error: Some(e) });
                         }
                     }

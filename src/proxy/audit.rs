@@ -195,6 +195,16 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// Flush what was appended to the disk (on shutdown).
+    pub(crate) async fn sync(&self) -> Result<()> {
+        let file = self.file.lock().await;
+        file.sync_all()
+            .await
+            .map_err(|e| Error::new(ErrorKind::Transport, "cannot flush the audit file").with_source(e))
+    }
+}
+
 /// The outcome of [`verify_audit`].
 #[derive(Debug, Default)]
 #[non_exhaustive]

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -37,6 +38,29 @@ impl std::str::FromStr for ReceiptMode {
             _ => {
                 Err(Error::new(ErrorKind::Config, format!("unknown receipt mode {s:?} (off, verify, before-release)")))
             }
+        }
+    }
+}
+
+/// How `aci-proxy` writes its log lines (the access log included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines (`tracing-subscriber`'s full format).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(Error::new(ErrorKind::Config, format!("unknown log format {s:?} (text, json)"))),
         }
     }
 }
@@ -78,6 +102,11 @@ impl std::str::FromStr for BootMeasurementPin {
             )),
         }
     }
+}
+
+/// A duration in whole seconds, as the configuration file spells it.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
 }
 
 /// The workload pins of the attestation policy, as the proxy's flags and config file give them.
@@ -170,6 +199,23 @@ impl PolicyPins {
     }
 }
 
+/// The unpinned-policy error, in the CLI's terms (the builder's own message names its methods).
+const UNPINNED_CLI: &str = "no workload is pinned: any code running in a TEE could read the prompts.
+  fix: see what the gateway runs and what to pin: aci-proxy inspect GATEWAY-URL
+  fix: pin the application: --compose-hash HEX or --app-id HEX ([pins] compose_hashes, app_ids)
+  fix: and anchor it: --kms-root HEX or --boot-measurements MRTD,RTMR0,RTMR1,RTMR2
+  fix: or, for a trial only, trust any workload: --any-workload";
+
+/// The unanchored-pin error, in the CLI's terms.
+const UNANCHORED_CLI: &str = "the pin is not anchored: a TD of anyone's making could extend the pinned values.
+  fix: anchor it to the gateway's KMS: --kms-root HEX ([pins] kms_roots)
+  fix: or pin the boot measurements: --boot-measurements MRTD,RTMR0,RTMR1,RTMR2 ([[pins.boot_measurements]])
+  fix: aci-proxy inspect GATEWAY-URL prints both";
+
+/// What to do about a rejected pin value.
+const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect prints (--compose-hash, --app-id, --kms-root, \
+--boot-measurements, --tcb-status)";
+
 /// The proxy's configuration.
 ///
 /// ```
@@ -241,6 +287,20 @@ pub struct ProxyConfig {
     /// A PCCS to fetch the TDX quote's collateral from (feature `dcap`), e.g.
     /// `https://pccs.phala.network`; verified with WebPKI, not pinned.
     pub pccs: Option<String>,
+    /// Longest time one exchange may take, from the request to the answer's last byte (default
+    /// 600 s; seconds in the file). A buffered answer then fails with 504, a stream ends with
+    /// an error event.
+    #[serde(deserialize_with = "seconds")]
+    pub request_timeout: Duration,
+    /// On shutdown, how long open streams may drain before they are ended with an error event
+    /// (default 30 s; seconds in the file). Pending receipt checks get as long again.
+    #[serde(deserialize_with = "seconds")]
+    pub shutdown_timeout: Duration,
+    /// Serve `GET /metrics` (Prometheus text format) and record metrics (default true). The
+    /// recorder is process-wide: the first proxy with metrics installs it.
+    pub metrics: bool,
+    /// How the `aci-proxy` binary writes its log (default `text`).
+    pub log_format: LogFormat,
     /// Accept a receipt only when the keyset it names was itself attested
     /// ([`ReceiptPolicy::require_exact_keyset`](crate::receipt::ReceiptPolicy::require_exact_keyset)),
     /// never on the same-key rule; `verify-receipts` applies it too.
@@ -248,6 +308,11 @@ pub struct ProxyConfig {
     /// A policy built in code, used instead of the pins (for embedding the proxy, and tests).
     #[serde(skip)]
     pub policy: Option<Policy>,
+    /// The local test gateway paces its stream events this far apart (demos and tests of
+    /// streams in flight).
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub local_test_gateway_event_delay: Option<Duration>,
 }
 
 impl Default for ProxyConfig {
@@ -266,8 +331,13 @@ impl Default for ProxyConfig {
             max_request_body: crate::e2ee::DEFAULT_MAX_REQUEST_BODY,
             tls_pin_only: false,
             pccs: None,
+            request_timeout: Duration::from_secs(600),
+            shutdown_timeout: Duration::from_secs(30),
+            metrics: true,
+            log_format: LogFormat::Text,
             require_exact_keyset: false,
             policy: None,
+            local_test_gateway_event_delay: None,
         }
     }
 }
@@ -285,28 +355,29 @@ impl ProxyConfig {
 
     /// The attestation policy these settings describe. Fails with a clear `Config` error when
     /// no workload is pinned, or the pin is not anchored by a KMS root or boot measurements
-    /// (unless `any_workload`, or the local test gateway).
+    /// (unless `any_workload`, or the local test gateway), written for a person at a terminal:
+    /// one line for the problem, one line per fix, in `aci-proxy`'s flags and TOML keys.
     pub fn policy(&self) -> Result<Policy> {
         if let Some(p) = &self.policy {
             return Ok(p.clone());
         }
         let builder = self.pins.apply(Policy::builder());
+        let invalid = |e: Error| {
+            Error::new(ErrorKind::Config, format!("{}\n{}", e, PIN_FIXES.lines().next().unwrap_or_default()))
+        };
         if self.local_test_gateway {
-            return builder.dangerous().accept_stub_quote().any_workload().build();
+            return builder.dangerous().accept_stub_quote().any_workload().build().map_err(invalid);
         }
         if self.any_workload {
-            return builder.dangerous().any_workload().build();
+            return builder.dangerous().any_workload().build().map_err(invalid);
         }
-        builder.build().map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!(
-                    "{e} (aci-proxy flags: --compose-hash or --app-id, anchored by --kms-root or --boot-measurements \
-                     MRTD,RTMR0,RTMR1,RTMR2; TOML [pins] compose_hashes, app_ids, kms_roots, [[pins.boot_measurements]]; \
-                     or --any-workload, which trusts any code running in a TEE)"
-                ),
-            )
-        })
+        if self.pins.is_empty() {
+            return Err(Error::new(ErrorKind::Config, UNPINNED_CLI));
+        }
+        if self.pins.kms_roots.is_empty() && self.pins.boot_measurements.is_empty() {
+            return Err(Error::new(ErrorKind::Config, UNANCHORED_CLI));
+        }
+        builder.build().map_err(invalid)
     }
 }
 
@@ -325,7 +396,7 @@ mod pin_tests {
         let config = ProxyConfig::from_toml(&format!("[pins]\napp_ids = [\"{APP_ID}\"]")).unwrap();
         let e = config.policy().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
-        for hint in ["--kms-root", "--boot-measurements", "[[pins.boot_measurements]]", "allow_boot_measurements"] {
+        for hint in ["--kms-root", "--boot-measurements", "[[pins.boot_measurements]]"] {
             assert!(e.to_string().contains(hint), "{hint} missing: {e}");
         }
         // An OS image alone is not a pin.

@@ -38,12 +38,15 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod audit;
 mod body;
 mod config;
 mod errors;
 mod guard;
+pub mod inspect;
 mod local;
+mod ops;
 mod relay;
 mod status;
 
@@ -71,20 +74,23 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
 pub use audit::{AuditSummary, verify_audit};
-pub use config::{BootMeasurementPin, PolicyPins, ProxyConfig, ReceiptMode};
+pub use config::{BootMeasurementPin, LogFormat, PolicyPins, ProxyConfig, ReceiptMode};
 pub use local::LocalProxy;
 
 use crate::attest::{KeyHandle, KeyProvider, RefreshTask};
 use crate::e2ee::{E2eeLayer, KeyMismatchRetry, RequestBody};
 use crate::error::{BoxError, Error, ErrorKind, Result};
+#[cfg(feature = "test-gateway")]
 use crate::gateway::{GatewayConfig, TestGateway};
 use crate::receipt::{
     ExchangeRecord, ReceiptClient, ReceiptPolicy, RetryPolicy, StreamVerification, VerifiedReceipt,
     VerifyBeforeReleaseLayer,
 };
+use access::ExchangeLog;
 use audit::{AuditLog, ReportTap, Tapped};
 use body::{OnEnd, OnFailure, ProxyStream};
 use errors::ProxyError;
+use ops::Ops;
 use status::Counters;
 
 /// The plain HTTP client under the layer (one pool for the layer, the provider and receipts).
@@ -114,7 +120,10 @@ struct ProxyState {
     max_request_body: usize,
     counters: Arc<Counters>,
     started_at: u64,
+    ops: Ops,
+    shutdown_timeout: Duration,
     _refresher: RefreshTask,
+    #[cfg(feature = "test-gateway")]
     _local_gateway: Option<TestGateway>,
 }
 
@@ -139,17 +148,29 @@ impl Proxy {
     pub async fn start(config: ProxyConfig) -> Result<Proxy> {
         let policy = config.policy()?;
         let guard = guard::Guard::new(config.listen, &config.allow_origins, config.client_key_env.as_deref())?;
+        #[cfg(feature = "test-gateway")]
         let (local, gateway) = if config.local_test_gateway {
             let gw = TestGateway::start(GatewayConfig::new())
                 .await
                 .map_err(|e| Error::new(ErrorKind::Config, "cannot start the local test gateway").with_source(e))?;
+            if let Some(delay) = config.local_test_gateway_event_delay {
+                gw.set_fault(Some(crate::gateway::Fault::EventDelay(delay)));
+            }
             let base = gw.base_url();
             (Some(gw), base)
         } else {
-            let url = config.gateway.clone().ok_or_else(|| {
-                Error::new(ErrorKind::Config, "no gateway: give --gateway URL (or --local-test-gateway)")
-            })?;
-            (None, url)
+            (None, config.gateway.clone().ok_or_else(no_gateway)?)
+        };
+        #[cfg(not(feature = "test-gateway"))]
+        let gateway = if config.local_test_gateway {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "this aci-proxy was built without the local test gateway.\n  \
+                 fix: build it in: cargo install tower-aci --features proxy,test-gateway\n  \
+                 fix: or name a real gateway: --gateway URL",
+            ));
+        } else {
+            config.gateway.clone().ok_or_else(no_gateway)?
         };
         let base: Uri = gateway
             .parse()
@@ -222,6 +243,7 @@ impl Proxy {
             );
         }
         let started_at = keys.now();
+        let ops = Ops::new(config.metrics, config.request_timeout);
         Ok(Proxy {
             state: Arc::new(ProxyState {
                 base,
@@ -237,7 +259,10 @@ impl Proxy {
                 max_request_body: config.max_request_body,
                 counters: Arc::default(),
                 started_at,
+                ops,
+                shutdown_timeout: config.shutdown_timeout,
                 _refresher: refresher,
+                #[cfg(feature = "test-gateway")]
                 _local_gateway: local,
             }),
         })
@@ -249,6 +274,8 @@ impl Proxy {
     }
 
     /// The local test gateway, when the proxy started one.
+    #[cfg(feature = "test-gateway")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-gateway")))]
     pub fn local_gateway(&self) -> Option<&TestGateway> {
         self.state._local_gateway.as_ref()
     }
@@ -258,7 +285,10 @@ impl Proxy {
         &self.state.keys
     }
 
-    /// The proxy's routes, ready for `axum::serve`.
+    /// The proxy's routes, ready for `axum::serve`: the OpenAI API, `GET /aci/status`, and for
+    /// operators `GET /healthz` (200 while the process serves), `GET /readyz` (200 while an
+    /// attested keyset is current, else 503 with the reason; JSON) and `GET /metrics`
+    /// (Prometheus text format, when [`ProxyConfig::metrics`] is on).
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/chat/completions", post(inference))
@@ -268,7 +298,73 @@ impl Proxy {
             .route("/v1/{*rest}", get(passthrough).post(refuse).fallback(refuse))
             .fallback(any(refuse))
             .layer(axum::middleware::from_fn_with_state(self.state.clone(), guard::guard))
+            // Probes and metrics: outside the client guard (a supervisor or Prometheus has no client key).
+            .merge(self.probes())
             .with_state(self.state.clone())
+    }
+
+    /// The operator's routes: probes and metrics.
+    fn probes(&self) -> Router<Arc<ProxyState>> {
+        Router::new()
+            .route("/healthz", get(ops::healthz))
+            .route("/readyz", get(ops::readyz))
+            .route("/metrics", get(ops::metrics))
+    }
+
+    /// Serve on `listener` until `signal` resolves, then stop gracefully: no new connections,
+    /// `/readyz` answers 503, open streams drain for up to [`ProxyConfig::shutdown_timeout`] and
+    /// are then ended with an error event; then pending receipt checks finish (bounded by the
+    /// same time) and the audit file is flushed to disk.
+    pub async fn serve_until<F>(&self, listener: tokio::net::TcpListener, signal: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let state = self.state.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stopping = async move {
+            signal.await;
+            state.ops.begin_shutdown();
+            tracing::info!(open = state.ops.pending(), "shutting down: no new connections; draining open streams");
+            let _ = stop_tx.send(());
+        };
+        let server = axum::serve(listener, self.router()).with_graceful_shutdown(stopping).into_future();
+        let mut server = std::pin::pin!(server);
+        let drain = self.state.shutdown_timeout;
+        let deadline = async move {
+            if stop_rx.await.is_ok() {
+                tokio::time::sleep(drain).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = &mut server => served?,
+            () = deadline => {
+                tracing::warn!(?drain, "shutdown: drain time over; ending the exchanges still open with an error event");
+                self.state.ops.abort_all();
+                // The error events go out and the connections close.
+                if tokio::time::timeout(Duration::from_secs(5), &mut server).await.is_err() {
+                    tracing::warn!("shutdown: connections still open after their exchanges ended; closing them");
+                }
+            }
+        }
+        self.finish().await;
+        Ok(())
+    }
+
+    /// Wait for the background receipt checks (at most [`ProxyConfig::shutdown_timeout`]) and
+    /// flush the audit file to disk. [`serve_until`](Self::serve_until) calls it after the last
+    /// connection closed.
+    pub async fn finish(&self) {
+        let st = &self.state;
+        if tokio::time::timeout(st.shutdown_timeout, st.ops.idle()).await.is_err() {
+            tracing::warn!(pending = st.ops.pending(), "shutdown: receipt checks still pending; giving up on them");
+        }
+        if let Some(audit) = &st.audit {
+            if let Err(e) = audit.sync().await {
+                tracing::error!("audit file: {e}");
+            }
+        }
     }
 
     /// The status document `GET /aci/status` serves.
@@ -314,8 +410,13 @@ async fn status(State(st): State<Arc<ProxyState>>) -> AxumResponse {
     axum::Json(status_json(&st)).into_response()
 }
 
+fn no_gateway() -> Error {
+    Error::new(ErrorKind::Config, "no gateway to proxy to.\n  fix: name it: --gateway URL (or ACI_PROXY_GATEWAY)")
+}
+
 async fn refuse(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> AxumResponse {
     Counters::bump(&st.counters.refused);
+    metrics::counter!(ops::names::REFUSED).increment(1);
     let what = format!("{} {}", req.method(), req.uri().path());
     tracing::warn!(request = %what, "refused: outside E2EE v2");
     let status = if req.method() == Method::POST { StatusCode::NOT_FOUND } else { StatusCode::METHOD_NOT_ALLOWED };
@@ -442,12 +543,27 @@ fn relay_answer(res: Answer) -> AxumResponse {
 }
 
 async fn inference(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> AxumResponse {
+    let span = tracing::info_span!("aci.proxy", path = req.uri().path());
+    tracing::Instrument::instrument(exchange(st, req), span).await
+}
+
+/// The proxy's own error answer to an exchange, logged.
+fn answer_error(mut log: ExchangeLog, err: ProxyError) -> AxumResponse {
+    log.status(err.status.as_u16());
+    log.finish(err.kind);
+    err.into_response()
+}
+
+async fn exchange(st: Arc<ProxyState>, req: AxumRequest) -> AxumResponse {
     let (parts, body) = req.into_parts();
+    let log = ExchangeLog::new(&parts.method, parts.uri.path());
+    // Resolves at the request timeout, or when a shutdown's drain time ran out.
+    let mut abort = st.ops.abort_future(log.started);
     let bytes = match Limited::new(body, st.max_request_body).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            return ProxyError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", format!("request body: {e}"))
-                .into_response();
+            let err = ProxyError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", format!("request body: {e}"));
+            return answer_error(log, err);
         }
     };
     let bearer = upstream_auth(&st, &parts).and_then(|v| {
@@ -457,34 +573,44 @@ async fn inference(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> AxumR
     });
     let req = match upstream_request(&st, &parts, Full::new(bytes)) {
         Ok(r) => r,
-        Err(e) => return ProxyError::from_error(&e).into_response(),
+        Err(e) => return answer_error(log, ProxyError::from_error(&e)),
     };
-    let span = tracing::info_span!("aci.proxy", path = parts.uri.path());
-    let _enter = span.enter();
     Counters::bump(&st.counters.exchanges);
-    let res = match call(&st, req).await {
+    let res = tokio::select! {
+        res = call(&st, req) => res,
+        why = &mut abort => {
+            Counters::bump(&st.counters.failed_exchanges);
+            return answer_error(log, why.error());
+        }
+    };
+    let res = match res {
         Ok(res) => res,
         Err(e) => {
             Counters::bump(&st.counters.failed_exchanges);
             let err = ProxyError::from_box(&e);
             tracing::warn!(kind = err.kind, "exchange failed: {}", err.message);
-            return err.into_response();
+            return answer_error(log, err);
         }
     };
+    let (head, body) = res.into_parts();
+    let mut log = log;
+    log.answered(&head);
+    let res = Response::from_parts(head, body);
     let record = res.extensions().get::<ExchangeRecord>().cloned();
     if !res.status().is_success() {
         // The gateway's own error document, passed through.
         Counters::bump(&st.counters.failed_exchanges);
+        log.finish("gateway_error");
         return relay_answer(res);
     }
     let Some(record) = record else {
-        return ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "no exchange record")
-            .into_response();
+        let err = ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "no exchange record");
+        return answer_error(log, err);
     };
     if record.streamed() {
-        stream_response(st.clone(), res, record, bearer)
+        stream_response(st.clone(), res, record, bearer, abort, log)
     } else {
-        buffered_response(st.clone(), res, record, bearer).await
+        buffered_response(st.clone(), res, record, bearer, abort, log).await
     }
 }
 
@@ -493,47 +619,66 @@ async fn buffered_response(
     res: Answer,
     record: ExchangeRecord,
     bearer: Option<String>,
+    mut abort: ops::AbortFuture,
+    log: ExchangeLog,
 ) -> AxumResponse {
     let (mut parts, body) = res.into_parts();
-    let body = match body.collect().await {
+    let collected = tokio::select! {
+        collected = body.collect() => collected,
+        why = &mut abort => {
+            Counters::bump(&st.counters.failed_exchanges);
+            return answer_error(log, why.error());
+        }
+    };
+    let body = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             Counters::bump(&st.counters.failed_exchanges);
             let err = ProxyError::from_box(&e);
             tracing::warn!(kind = err.kind, "decrypting the answer failed: {}", err.message);
-            return err.into_response();
+            return answer_error(log, err);
         }
     };
     match st.mode {
         ReceiptMode::Off => {}
         ReceiptMode::Verify => {
-            let st = st.clone();
-            tokio::spawn(async move {
-                let _ = verify_receipt(&st, &record, bearer.as_deref()).await;
+            let state = st.clone();
+            st.ops.spawn(async move {
+                let _ = verify_receipt(&state, &record, bearer.as_deref()).await;
             });
         }
         // Verified below the proxy before the answer came back (VerifyBeforeReleaseLayer).
         ReceiptMode::BeforeRelease => match parts.extensions.get::<VerifiedReceipt>() {
             Some(verified) => archive(&st, verified, &record).await,
             None => {
-                return ProxyError::new(StatusCode::BAD_GATEWAY, "receipt_verification_failed", "no verified receipt")
-                    .into_response();
+                let err =
+                    ProxyError::new(StatusCode::BAD_GATEWAY, "receipt_verification_failed", "no verified receipt");
+                return answer_error(log, err);
             }
         },
     }
     relay::filter_headers(&mut parts.headers);
+    log.finish("ok");
     Response::from_parts(parts, AxumBody::from(body)).into_response()
 }
 
-fn stream_response(st: Arc<ProxyState>, res: Answer, record: ExchangeRecord, bearer: Option<String>) -> AxumResponse {
+fn stream_response(
+    st: Arc<ProxyState>,
+    res: Answer,
+    record: ExchangeRecord,
+    bearer: Option<String>,
+    abort: ops::AbortFuture,
+    log: ExchangeLog,
+) -> AxumResponse {
     let (mut parts, body) = res.into_parts();
     relay::filter_headers(&mut parts.headers);
     let counters = st.counters.clone();
     let on_end: Option<OnEnd> = match st.mode {
         ReceiptMode::Off => None,
         ReceiptMode::Verify => Some(Box::new(move || {
-            tokio::spawn(async move {
-                let _ = verify_receipt(&st, &record, bearer.as_deref()).await;
+            let state = st.clone();
+            st.ops.spawn(async move {
+                let _ = verify_receipt(&state, &record, bearer.as_deref()).await;
             });
         })),
         // The `[DONE]` was held below the proxy until the receipt verified; archive it.
@@ -547,7 +692,8 @@ fn stream_response(st: Arc<ProxyState>, res: Answer, record: ExchangeRecord, bea
                 // Counted now (the client may look at /aci/status as soon as the stream ended);
                 // archived in the background.
                 Counters::bump(&st.counters.receipts_verified);
-                tokio::spawn(async move { append_to_audit(&st, &verified, &record).await });
+                let state = st.clone();
+                st.ops.spawn(async move { append_to_audit(&state, &verified, &record).await });
             }))
         }
     };
@@ -557,7 +703,8 @@ fn stream_response(st: Arc<ProxyState>, res: Answer, record: ExchangeRecord, bea
             Counters::bump(&counters.receipts_failed);
         }
     });
-    Response::from_parts(parts, AxumBody::new(ProxyStream::new(body, on_end, on_failure))).into_response()
+    let body = ProxyStream::new(body, on_end, on_failure, abort, log);
+    Response::from_parts(parts, AxumBody::new(body)).into_response()
 }
 
 /// Count a verified receipt and append it to the audit file.
@@ -587,5 +734,22 @@ async fn verify_receipt(st: &ProxyState, record: &ExchangeRecord, bearer: Option
             tracing::error!(receipt = ?record.receipt_id(), kind = ?e.kind(), "receipt verification failed: {e}");
             Err(e)
         }
+    }
+}
+
+#[cfg(all(test, not(feature = "test-gateway")))]
+mod without_test_gateway {
+    use super::*;
+
+    /// `--local-test-gateway` in a build without the test gateway: a clear error that says how
+    /// to build it in.
+    #[tokio::test]
+    async fn the_local_test_gateway_needs_its_feature() {
+        let config = ProxyConfig { local_test_gateway: true, ..ProxyConfig::default() };
+        let e = Proxy::start(config).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        let text = e.to_string();
+        assert!(text.contains("--features proxy,test-gateway"), "{text}");
+        assert!(text.lines().skip(1).all(|l| l.trim_start().starts_with("fix: ")), "{text}");
     }
 }

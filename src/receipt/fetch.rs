@@ -565,6 +565,23 @@ where
     where
         K: Keysets + ?Sized,
     {
+        let span = crate::telemetry::receipt_span(record.receipt_id());
+        let work = self.fetch_and_verify_untraced(record, bearer, keysets, policy);
+        let result = tracing::Instrument::instrument(work, span.clone()).await;
+        crate::telemetry::receipt_checked(&span, &result);
+        result
+    }
+
+    async fn fetch_and_verify_untraced<K>(
+        &self,
+        record: &ExchangeRecord,
+        bearer: Option<&str>,
+        keysets: &K,
+        policy: &ReceiptPolicy,
+    ) -> Result<VerifiedReceipt>
+    where
+        K: Keysets + ?Sized,
+    {
         if record.response_body_sha256().is_none() {
             return Err(receipt_err(
                 ReceiptFailure::NotAvailable,

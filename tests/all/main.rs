@@ -34,12 +34,18 @@ mod layer;
 mod legacy_gateway;
 #[cfg(feature = "test-gateway")]
 mod provider_gateway;
-#[cfg(feature = "proxy")]
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy;
-#[cfg(feature = "proxy")]
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod proxy_binary;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy_exposure;
-#[cfg(feature = "proxy")]
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod proxy_inspect;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy_local;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod proxy_ops;
 #[cfg(feature = "test-gateway")]
 mod receipt_gateway;
 #[cfg(feature = "test-gateway")]

@@ -1,0 +1,258 @@
+//! What the library tells an operator: tracing spans, and metrics through the [`metrics`] facade
+//! (feature `metrics`).
+//!
+//! # Spans
+//!
+//! | span | level | fields |
+//! | --- | --- | --- |
+//! | `aci.attest.establish` | info | `digest`, `outcome` (`ok`, or the error kind) — every report fetch and verification |
+//! | `aci.attest.refresh` | info | the refresher's scheduled re-attestation (the `establish` span inside it) |
+//! | `aci.e2ee.exchange` | info | `endpoint`, `suite`, `key_id` — one E2EE request and its answer's head |
+//! | `aci.receipt` | info | `receipt_id`, `keyset_match` (`exact`, `same-key`), `outcome` — fetch and verification of a receipt |
+//!
+//! Futures carry their span with `Instrument::instrument`; no span guard is held across an
+//! `.await`, so the spans nest correctly under any subscriber, `tracing-opentelemetry` included.
+//! Spans and events carry digests, key ids, receipt ids and error kinds: never prompts, answers,
+//! keys or bearer tokens.
+//!
+//! # Metrics
+//!
+//! With feature `metrics`, the library records the metrics named in [`names`] through the
+//! [`metrics`](https://docs.rs/metrics) facade. With no recorder installed, each call is a no-op
+//! (one atomic load); install any recorder (`metrics-exporter-prometheus`, as `aci-proxy`
+//! does, or another) to collect them, and call [`describe`] to register their help texts.
+//!
+//! [`metrics`]: https://docs.rs/metrics
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tracing::Span;
+use tracing::field::Empty;
+
+use crate::attest::AttestedKeyset;
+use crate::error::{Error, ErrorKind, ReceiptFailure};
+use crate::protocol::Endpoint;
+use crate::protocol::stream::StreamOutput;
+use crate::protocol::suite::Suite;
+use crate::receipt::{KeysetMatch, VerifiedReceipt};
+
+/// How many fields an E2EE exchange sealed (request) and opened (answer), in the extensions of
+/// every response of the [`E2eeLayer`](crate::E2eeLayer) to an encrypted request. `opened` grows
+/// as the body is read: read it once the body ended.
+#[derive(Debug, Default)]
+pub struct FieldCounts {
+    sealed: usize,
+    opened: AtomicUsize,
+}
+
+impl FieldCounts {
+    pub(crate) fn sealed(fields: usize) -> Arc<Self> {
+        Arc::new(FieldCounts { sealed: fields, opened: AtomicUsize::new(0) })
+    }
+
+    #[inline]
+    pub(crate) fn opened(counts: &Option<Arc<Self>>, fields: usize) {
+        if let Some(c) = counts {
+            c.opened.fetch_add(fields, Ordering::Relaxed);
+        }
+    }
+
+    /// Fields of the request encrypted to the attested key.
+    pub fn sealed_fields(&self) -> usize {
+        self.sealed
+    }
+
+    /// Fields of the answer decrypted so far (every event of a stream adds its own).
+    pub fn opened_fields(&self) -> usize {
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+/// The names of the metrics the library records (feature `metrics`).
+pub mod names {
+    /// Counter, labels `endpoint`, `suite`: requests encrypted to an attested key.
+    pub const E2EE_REQUESTS: &str = "aci_e2ee_requests_total";
+    /// Counter, label `kind` (an [`ErrorKind`](crate::ErrorKind) in snake case, e.g. `decrypt`,
+    /// `attestation`, `receipt`): errors the library returned from an exchange, a key
+    /// establishment or a receipt check.
+    pub const ERRORS: &str = "aci_errors_total";
+    /// Histogram, seconds: time to decrypt and authenticate one event of a stream.
+    pub const EVENT_DECRYPT_SECONDS: &str = "aci_e2ee_event_decrypt_seconds";
+    /// Counter, label `outcome` (`ok`, `failed`): report fetches and verifications (the first
+    /// establishment and every refresh).
+    pub const KEYSET_REFRESHES: &str = "aci_keyset_refreshes_total";
+    /// Gauge, Unix seconds: the `not_after` of the keyset last published.
+    pub const KEYSET_NOT_AFTER: &str = "aci_keyset_not_after_timestamp_seconds";
+    /// Counter, label `outcome` (`verified`, `failed`, `refused`) and for verified receipts
+    /// `keyset_match` (`exact`, `same-key`): receipt checks. `refused` is a receipt whose keyset
+    /// failed the policy.
+    pub const RECEIPTS: &str = "aci_receipts_total";
+}
+
+/// Register the help texts of the library's metrics with the installed recorder (call it once
+/// after installing one; without feature `metrics` it does nothing).
+pub fn describe() {
+    #[cfg(feature = "metrics")]
+    {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(names::E2EE_REQUESTS, "Requests encrypted to an attested key, by endpoint and suite");
+        describe_counter!(names::ERRORS, "Errors the library returned, by ErrorKind");
+        describe_histogram!(
+            names::EVENT_DECRYPT_SECONDS,
+            Unit::Seconds,
+            "Time to decrypt and authenticate one stream event"
+        );
+        describe_counter!(names::KEYSET_REFRESHES, "Attestation report fetches and verifications, by outcome");
+        describe_gauge!(names::KEYSET_NOT_AFTER, Unit::Seconds, "not_after of the keyset last published (Unix time)");
+        describe_counter!(names::RECEIPTS, "Receipt checks, by outcome (verified, failed, refused) and keyset match");
+    }
+}
+
+/// An [`ErrorKind`] as a metric label or log field: `decrypt`, `key_unavailable`,
+/// `attestation`, `receipt`, … (the variant's name in snake case, without its detail).
+pub fn kind_label(kind: ErrorKind) -> String {
+    let debug = format!("{kind:?}");
+    let name = debug.split('(').next().unwrap_or_default();
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Count an error the library returns.
+pub(crate) fn error(e: &Error) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::ERRORS, "kind" => kind_label(e.kind())).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = e;
+}
+
+/// The span of one report fetch and verification.
+pub(crate) fn establish_span() -> Span {
+    tracing::info_span!("aci.attest.establish", digest = Empty, outcome = Empty)
+}
+
+/// The span of the refresher's scheduled re-attestation.
+pub(crate) fn refresh_span() -> Span {
+    tracing::info_span!("aci.attest.refresh")
+}
+
+/// Record how an establishment ended, on its span and in the metrics.
+pub(crate) fn keyset_outcome(span: &Span, result: &Result<Arc<AttestedKeyset>, Error>) {
+    match result {
+        Ok(keyset) => {
+            span.record("digest", keyset.digest());
+            span.record("outcome", "ok");
+            tracing::debug!(parent: span, "report verified");
+            #[cfg(feature = "metrics")]
+            {
+                metrics::counter!(names::KEYSET_REFRESHES, "outcome" => "ok").increment(1);
+                metrics::gauge!(names::KEYSET_NOT_AFTER).set(keyset.not_after() as f64);
+            }
+        }
+        Err(e) => {
+            span.record("outcome", kind_label(e.kind()).as_str());
+            tracing::debug!(parent: span, "report refused");
+            error(e);
+            #[cfg(feature = "metrics")]
+            metrics::counter!(names::KEYSET_REFRESHES, "outcome" => "failed").increment(1);
+        }
+    }
+}
+
+/// The span of one E2EE exchange (its suite and key id are recorded once it is encrypted).
+pub(crate) fn exchange_span(endpoint: Endpoint) -> Span {
+    tracing::info_span!("aci.e2ee.exchange", endpoint = endpoint.path(), suite = Empty, key_id = Empty)
+}
+
+/// A request was encrypted: record the suite and key on the current exchange span, count it.
+pub(crate) fn exchange_encrypted(endpoint: Endpoint, suite: Suite, key_id: &str) {
+    let span = Span::current();
+    span.record("suite", suite.algo());
+    span.record("key_id", key_id);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::E2EE_REQUESTS, "endpoint" => endpoint.path(), "suite" => suite.algo()).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = endpoint;
+}
+
+/// Run `process` (a stream decryptor's decryption of one event) and, with feature `metrics`,
+/// record how long it took when it produced an event.
+#[inline]
+pub(crate) fn timed_event<F>(process: F) -> Result<StreamOutput, Error>
+where
+    F: FnOnce() -> Result<StreamOutput, Error>,
+{
+    #[cfg(feature = "metrics")]
+    {
+        let start = std::time::Instant::now();
+        let out = process();
+        if let Ok(StreamOutput::Event(_)) = &out {
+            metrics::histogram!(names::EVENT_DECRYPT_SECONDS).record(start.elapsed().as_secs_f64());
+        }
+        out
+    }
+    #[cfg(not(feature = "metrics"))]
+    process()
+}
+
+/// The span of one receipt's fetch and verification.
+pub(crate) fn receipt_span(receipt_id: Option<&str>) -> Span {
+    tracing::info_span!("aci.receipt", receipt_id = receipt_id, keyset_match = Empty, outcome = Empty)
+}
+
+/// Record how a receipt check ended, on its span and in the metrics.
+pub(crate) fn receipt_checked(span: &Span, result: &Result<VerifiedReceipt, Error>) {
+    match result {
+        Ok(verified) => {
+            let matched = match verified.keyset_match() {
+                KeysetMatch::Exact => "exact",
+                KeysetMatch::SameKey => "same-key",
+            };
+            span.record("keyset_match", matched);
+            span.record("outcome", "verified");
+            tracing::debug!(parent: span, "receipt verified");
+            #[cfg(feature = "metrics")]
+            metrics::counter!(names::RECEIPTS, "outcome" => "verified", "keyset_match" => matched).increment(1);
+        }
+        Err(e) => {
+            let outcome = receipt_outcome(e);
+            span.record("outcome", outcome);
+            tracing::debug!(parent: span, "receipt not verified");
+            error(e);
+            #[cfg(feature = "metrics")]
+            metrics::counter!(names::RECEIPTS, "outcome" => outcome).increment(1);
+        }
+    }
+}
+
+/// `refused` for a receipt whose keyset failed the policy, `failed` for every other failure.
+fn receipt_outcome(e: &Error) -> &'static str {
+    match e.kind() {
+        ErrorKind::Receipt(ReceiptFailure::RefusedKeyset(_)) => "refused",
+        _ => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::AttestationFailure;
+
+    #[test]
+    fn kinds_are_snake_case_without_detail() {
+        assert_eq!(kind_label(ErrorKind::Decrypt), "decrypt");
+        assert_eq!(kind_label(ErrorKind::KeyUnavailable), "key_unavailable");
+        assert_eq!(kind_label(ErrorKind::Attestation(AttestationFailure::Shape)), "attestation");
+        assert_eq!(kind_label(ErrorKind::Receipt(ReceiptFailure::Signature)), "receipt");
+    }
+}
