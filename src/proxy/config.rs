@@ -45,6 +45,7 @@ impl std::str::FromStr for ReceiptMode {
 /// How `aci-proxy` writes its log lines (the access log included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum LogFormat {
     /// Human-readable lines (`tracing-subscriber`'s full format).
     #[default]

@@ -55,6 +55,7 @@ impl Outcome {
 
 /// One step of the verification.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Check {
     /// What was checked (`report`, `quote`, `binding`, …).
     pub name: &'static str,
@@ -66,6 +67,7 @@ pub struct Check {
 
 /// The values to pin, as the report shows them (hex, as the flags and the TOML file take them).
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct PinValues {
     /// `sha256:…` of the keyset.
     pub keyset_digest: Option<String>,
@@ -97,6 +99,7 @@ pub struct PinValues {
 
 /// What `inspect` found.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Inspection {
     /// The gateway inspected, when it was fetched.
     pub gateway: Option<String>,
