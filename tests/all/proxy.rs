@@ -24,12 +24,12 @@ async fn serve(gw: &TestGateway, receipts: ReceiptMode, audit: Option<std::path:
 }
 
 /// The proxy's configuration for `gw`, under the tests' stub-accepting policy.
-fn config_for(gw: &TestGateway) -> ProxyConfig {
+pub(crate) fn config_for(gw: &TestGateway) -> ProxyConfig {
     ProxyConfig { gateway: Some(gw.base_url()), policy: Some(stub_policy(Suite::Secp256k1)), ..ProxyConfig::default() }
 }
 
 /// A proxy with `config`, served on an ephemeral loopback port.
-async fn serve_config(config: ProxyConfig) -> (Proxy, SocketAddr) {
+pub(crate) async fn serve_config(config: ProxyConfig) -> (Proxy, SocketAddr) {
     let proxy = Proxy::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -10,20 +10,7 @@ use tower_aci::gateway::{Fault, GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode};
 
-use crate::support::stub_policy;
-
-fn config_for(gw: &TestGateway) -> ProxyConfig {
-    ProxyConfig { gateway: Some(gw.base_url()), policy: Some(stub_policy(Suite::Secp256k1)), ..ProxyConfig::default() }
-}
-
-async fn serve(config: ProxyConfig) -> (Proxy, SocketAddr) {
-    let proxy = Proxy::start(config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = proxy.router();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (proxy, addr)
-}
+use crate::proxy::{config_for, serve_config as serve};
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let res = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
