@@ -122,6 +122,12 @@ pub enum AttestationFailure {
     /// Older generation: the `keyset_endorsement` does not verify under the workload identity
     /// key.
     Endorsement,
+    /// No anchor of the policy covers a key the exchange needs: the E2EE key requests would be
+    /// sealed to, or any TLS or receipt key that could authenticate an answer. A key is covered
+    /// by a KMS root only when its custody chain signs that key's own bytes, and by pinned boot
+    /// measurements, KMS identity and compose hash together (see
+    /// [`Anchor`](crate::attest::Anchor)). The message names the keys and the missing anchor.
+    Unanchored,
 }
 
 /// Why a receipt was rejected.

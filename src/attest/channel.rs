@@ -258,6 +258,8 @@ mod tests {
             hardware_verified: false,
             generation: crate::attest::Generation::Legacy,
             hardware: None,
+            anchor: crate::attest::Anchor::Unanchored,
+            kms_identity: None,
         }
     }
 

@@ -85,9 +85,25 @@ pub(crate) struct CoveredKeys<'a> {
     pub(crate) e2ee: &'a [E2eeKey],
 }
 
-/// Verify `key_custody` for every key of the keyset. `app_id` is the app the KMS issued the keys
-/// to; `roots` are the accepted compressed KMS root keys.
-pub(crate) fn verify(key_custody: &Value, keys: &CoveredKeys<'_>, app_id: &[u8], roots: &[[u8; 33]]) -> Result<()> {
+/// Which keys a verified `key_custody` covers by itself: those whose chain signs the key's own
+/// bytes (the secp256k1 E2EE key, whose `kms_public_key` must be the published key). The
+/// X25519 and Ed25519 chains sign `kms_public_key`, which the outside cannot link to the
+/// published key, so a copied chain fits any key: they are verified but cover nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnBytes {
+    /// Per E2EE key (in the order given): its chain signs its own bytes.
+    pub(crate) e2ee: Vec<bool>,
+}
+
+/// Verify `key_custody` for every key of the keyset, and say which keys it covers by itself
+/// ([`OwnBytes`]). `app_id` is the app the KMS issued the keys to; `roots` are the accepted
+/// compressed KMS root keys.
+pub(crate) fn verify(
+    key_custody: &Value,
+    keys: &CoveredKeys<'_>,
+    app_id: &[u8],
+    roots: &[[u8; 33]],
+) -> Result<OwnBytes> {
     let custody = key_custody.as_object().ok_or_else(|| custody_error("key_custody is not an object"))?;
     match custody.get("provider").and_then(Value::as_str) {
         Some(PROVIDER) => {}
@@ -161,7 +177,7 @@ pub(crate) fn verify(key_custody: &Value, keys: &CoveredKeys<'_>, app_id: &[u8],
     if e2ee_covered.contains(&false) {
         return Err(custody_error("an E2EE key has no key custody entry"));
     }
-    Ok(())
+    Ok(OwnBytes { e2ee: keys.e2ee.iter().map(|k| k.suite() == Suite::Secp256k1).collect() })
 }
 
 /// The older (June 2026) generation's custody roles. Each chain signs the compressed form of

@@ -202,6 +202,10 @@ pub(crate) struct Measured {
     pub(crate) app_id: Option<Vec<u8>>,
     pub(crate) compose_hash: Option<[u8; 32]>,
     pub(crate) os_image_hash: Option<Vec<u8>>,
+    /// The payload of the `key-provider` event: the KMS that provisioned the app.
+    pub(crate) key_provider: Option<Vec<u8>>,
+    /// The payload of the `mr-kms` event: the measurement of that KMS's own TD.
+    pub(crate) mr_kms: Option<Vec<u8>>,
 }
 
 /// Read the measured values (the rules of [`boot_events`] apply), checking
@@ -231,6 +235,12 @@ pub(crate) fn measured(events: &[Event], app_compose: Option<&str>) -> Result<Me
     }
     if let Some(e) = find("os-image-hash") {
         m.os_image_hash = Some(e.payload.clone());
+    }
+    if let Some(e) = find("key-provider") {
+        m.key_provider = Some(e.payload.clone());
+    }
+    if let Some(e) = find("mr-kms") {
+        m.mr_kms = Some(e.payload.clone());
     }
     Ok(m)
 }

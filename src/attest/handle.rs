@@ -451,6 +451,8 @@ mod tests {
             hardware_verified: false,
             generation: crate::attest::Generation::Current,
             hardware: None,
+            anchor: crate::attest::Anchor::Unanchored,
+            kms_identity: None,
         })
     }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::attest::anchor::{Anchor, KmsIdentity};
 use crate::attest::generation::Generation;
 use crate::error::{AttestationFailure, Error, Result};
 use crate::hex;
@@ -180,6 +181,10 @@ pub struct AttestedKeyset {
     /// The verified quote's boot measurements, TCB status and advisories (`None` when the quote
     /// was not hardware-verified).
     pub(crate) hardware: Option<HardwareEvidence>,
+    /// What covers the keys kept above (keys no anchor covers were left out).
+    pub(crate) anchor: Anchor,
+    /// The measured KMS identity (`key-provider` event), when the event log names one.
+    pub(crate) kms_identity: Option<KmsIdentity>,
 }
 
 impl AttestedKeyset {
@@ -215,12 +220,13 @@ impl AttestedKeyset {
         self.e2ee_key() == other.e2ee_key()
     }
 
-    /// Every E2EE v2 key of the keyset (unknown algorithms are left out).
+    /// The E2EE v2 keys of the keyset that an anchor covers (unknown algorithms, and keys no
+    /// anchor covers, are left out; see [`anchor`](Self::anchor)).
     pub fn e2ee_keys(&self) -> &[E2eeKey] {
         &self.e2ee_keys
     }
 
-    /// The receipt-signing keys.
+    /// The receipt-signing keys that an anchor covers (the only ones receipts verify under).
     pub fn receipt_keys(&self) -> &[ReceiptKey] {
         &self.receipt_keys
     }
@@ -230,7 +236,7 @@ impl AttestedKeyset {
         self.receipt_keys.iter().find(|k| k.key_id == key_id)
     }
 
-    /// The TLS key entries.
+    /// The TLS key entries that an anchor covers (the only ones the channel is accepted on).
     pub fn tls_keys(&self) -> &[TlsKey] {
         &self.tls_keys
     }
@@ -272,6 +278,21 @@ impl AttestedKeyset {
         self.generation
     }
 
+    /// What covers the keys this keyset kept: the measured workload (every key), a KMS root
+    /// alone (only the keys whose custody chain signs their own bytes), or a `dangerous()`
+    /// opt-out. Keys no anchor covers were left out of [`e2ee_keys`](Self::e2ee_keys),
+    /// [`receipt_keys`](Self::receipt_keys) and [`tls_keys`](Self::tls_keys).
+    pub fn anchor(&self) -> Anchor {
+        self.anchor
+    }
+
+    /// The `id` (lowercase hex) of the event log's `key-provider` event: the KMS that provisioned
+    /// the app, what [`allow_kms_identity`](crate::attest::PolicyBuilder::allow_kms_identity)
+    /// pins (`None` when the log names none).
+    pub fn kms_identity(&self) -> Option<String> {
+        self.kms_identity.as_ref().filter(|k| !k.id.is_empty()).map(KmsIdentity::id_hex)
+    }
+
     /// The verified quote's MRTD and RTMR0–2 (`None` when the quote was not hardware-verified):
     /// what [`allow_boot_measurements`](crate::attest::PolicyBuilder::allow_boot_measurements)
     /// pins.
@@ -305,6 +326,7 @@ impl fmt::Debug for AttestedKeyset {
             .field("hardware_verified", &self.hardware_verified)
             .field("generation", &self.generation)
             .field("hardware", &self.hardware)
+            .field("anchor", &self.anchor)
             .finish()
     }
 }

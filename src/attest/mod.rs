@@ -9,6 +9,7 @@
 //!   supplied offline or fetched from a PCCS; without it, a policy that requires hardware
 //!   verification fails closed with `HardwareUnverifiable`.
 
+mod anchor;
 pub(crate) mod channel;
 mod clock;
 pub(crate) mod custody;
@@ -25,6 +26,7 @@ mod provider;
 mod real_capture;
 mod report;
 
+pub use anchor::{Anchor, PRODUCTION_OS_IMAGES};
 pub use channel::ChannelInfo;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use generation::Generation;

@@ -59,73 +59,88 @@ pub(crate) struct Allowlists {
     pub(crate) image_digests: Option<Vec<String>>,
     /// Allowed MRTD/RTMR0–2 sets of the hardware-verified quote.
     pub(crate) boot_measurements: Option<Vec<BootMeasurements>>,
+    /// Allowed KMS identities: the `id` of the `key-provider` event, decoded.
+    pub(crate) kms_identities: Option<Vec<Vec<u8>>>,
+    /// `require_production_os()`: the `os-image-hash` event must name a reviewed production image.
+    pub(crate) production_os: bool,
 }
 
 /// What an attestation report must satisfy. Build one with [`Policy::builder`] (fallible: an
-/// invalid value, or a policy that pins no workload or does not anchor its pin, surfaces as a
+/// invalid value, or a policy whose pins do not anchor every key it would use, surfaces as a
 /// [`Config`](ErrorKind::Config) error from `build`).
 ///
 /// There is no `Default`: a policy must say *which* workload it trusts, and no default can. A
 /// genuine TDX VM proves only that *some* code runs in a TEE; the policy binds it to the code you
-/// mean. [`PolicyBuilder::build`] fails unless the workload is pinned:
+/// mean, and says who holds the secret of every key the crate will use. The sound combination,
+/// the only one [`PolicyBuilder::build`] accepts without a `dangerous()` step:
 ///
 /// | pin | builder method | where the value comes from |
 /// | --- | --- | --- |
-/// | compose hash | [`allow_compose_hash`](PolicyBuilder::allow_compose_hash) | SHA-256 of the report's `attestation.evidence.app_compose` (the dstack app's `app-compose.json`), measured into RTMR3 by the `compose-hash` event |
-/// | app id | [`allow_app_id`](PolicyBuilder::allow_app_id) | the `app-id` event of the report's event log (the dstack app id, e.g. on the dstack dashboard or in the keyset `subject` `app-id:0x…`) |
+/// | compose hash (the code) | [`allow_compose_hash`](PolicyBuilder::allow_compose_hash) | SHA-256 of the report's `attestation.evidence.app_compose`, measured into RTMR3 by the `compose-hash` event |
+/// | boot measurements (genuine firmware and OS) | [`allow_boot_measurements`](PolicyBuilder::allow_boot_measurements) | MRTD and RTMR0–2 of the hardware-verified quote (`aci-proxy inspect`, or dstack's reproducible image build) |
+/// | KMS identity (who provisioned the app) | [`allow_kms_identity`](PolicyBuilder::allow_kms_identity) | the `id` of the event log's `key-provider` event (`{"name":"kms","id":"…"}`) |
 ///
-/// and the pin is anchored, so that the RTMR3 values it names cannot be replayed by a TD of
-/// someone else's making:
-///
-/// | anchor | builder method | what it proves |
-/// | --- | --- | --- |
-/// | KMS root | [`accept_kms_root`](PolicyBuilder::accept_kms_root) | key custody becomes required for every key role: the keys were released by that dstack KMS to the pinned app, which the KMS does only for a TD it attested |
-/// | boot measurements | [`allow_boot_measurements`](PolicyBuilder::allow_boot_measurements) | the hardware-verified quote's MRTD and RTMR0–2 are the pinned firmware and boot chain, so RTMR3 was extended by the genuine dstack OS |
-///
-/// The OS image ([`allow_os_image_hash`](PolicyBuilder::allow_os_image_hash), the
-/// `os-image-hash` event) pins the dstack OS, not the app on it, and declared source provenance
-/// ([`allow_source`](PolicyBuilder::allow_source),
-/// [`allow_image_digest`](PolicyBuilder::allow_image_digest)) is not measured: both are checked
-/// when given, neither counts as a pin. Tests against the local gateway opt out explicitly with
-/// [`DangerousPolicyBuilder::any_workload`] (no pin) or
-/// [`DangerousPolicyBuilder::unanchored_pin`] (a pin without an anchor).
+/// Together they cover every key of the keyset the quote binds (see
+/// [`Anchor`](crate::attest::Anchor) for the table of which anchor covers which key): genuine
+/// firmware and OS (which measure RTMR3 honestly), running the pinned code, provisioned by the
+/// KMS you named. Beside them, optional checks: [`allow_app_id`](PolicyBuilder::allow_app_id)
+/// (the `app-id` event; a label the app's owner authorises on chain, not a measurement of code,
+/// so it never replaces the compose hash), [`accept_kms_root`](PolicyBuilder::accept_kms_root)
+/// (key custody then becomes required and must chain to that root — a second anchor for the
+/// keys whose chain signs their own bytes), [`require_production_os`](PolicyBuilder::require_production_os)
+/// and [`allow_os_image_hash`](PolicyBuilder::allow_os_image_hash) (the `os-image-hash` event,
+/// meaningful under pinned boot measurements), and declared source provenance
+/// ([`allow_source`](PolicyBuilder::allow_source), [`allow_image_digest`](PolicyBuilder::allow_image_digest),
+/// not measured). A policy that pins less fails to build and its message leads with what to add.
 ///
 /// The other defaults fail closed too: the hardware quote must verify (feature `dcap`, against
 /// collateral given to `PolicyBuilder::collateral` or fetched by the key provider from a PCCS; a
 /// build without the feature, or a quote without collateral, fails with `HardwareUnverifiable`);
 /// only the `UpToDate` TCB status is accepted (and no Intel advisory is refused until
 /// [`refuse_advisories`](PolicyBuilder::refuse_advisories) lists some); `not_after` may lie at
-/// most 400 days ahead; once a KMS root is accepted, `key_custody` is *required* (without one
-/// there is nothing to verify it against and it is not judged); keys are selected secp256k1
-/// first (preferring `dstack-kms-e2ee-v1`), X25519 when the keyset has no secp256k1 key.
+/// most 400 days ahead; once a KMS root is accepted, `key_custody` is *required*; keys are
+/// selected secp256k1 first (preferring `dstack-kms-e2ee-v1`), X25519 when the keyset has no
+/// secp256k1 key, always among the keys an anchor covers.
+///
+/// The values below are those of the real June 2026 production report in `tests/data/`:
 ///
 /// ```
 /// use std::time::Duration;
 /// use tower_aci::attest::Policy;
 ///
 /// let policy = Policy::builder()
-///     // The workload: SHA-256 of the report's app_compose.
-///     .allow_compose_hash("6f1ed002ab5595859014ebf0951522d9e1f1f3a3c5e2b6d8c7a9e0f1d2c3b4a5")
-///     // Its anchor, the dstack KMS root: key custody becomes required and must chain to it.
-///     .accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+///     // The code: SHA-256 of the report's app_compose (the compose-hash event).
+///     .allow_compose_hash("5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb")
+///     // The genuine firmware and dstack OS: MRTD, RTMR0, RTMR1, RTMR2 of the quote.
+///     .allow_boot_measurements(
+///         "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077",
+///         "ec216f1d1d591468ff4741b9b192f016b26d3f90303bfa9dbb97557273853183981f21a4bcb3ae908247538d371ad072",
+///         "07e6f51aa763abfe75c3ddfbf4f425fe3f0ceff66d807a75e049303dce9addf68e7218729bd419638af63a370f65878c",
+///         "a2a58c9a959a4fa44bd6da0c97a2270c051faf12084cfe91ae900e4fdff6cdd4f69a82005e04ee920f231497894d677f",
+///     )
+///     // The KMS that provisioned it: the id of the key-provider event.
+///     .allow_kms_identity(concat!(
+///         "3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bb",
+///         "d19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f",
+///     ))
+///     // Optional: the app id, and the KMS root its custody chains end in.
+///     .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918")
+///     .accept_kms_root("0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1")
 ///     .max_validity(Duration::from_secs(45 * 24 * 3600))
 ///     .build()?;
-/// assert!(policy.requires_hardware_verification());
-/// assert!(policy.requires_key_custody());
-/// assert!(policy.pins_workload() && policy.anchors_pin());
+/// assert!(policy.requires_hardware_verification() && policy.requires_key_custody());
+/// assert!(policy.pins_workload() && policy.anchors_pin() && policy.pins_measured_workload());
 ///
 /// // A policy that pins no workload does not build, and says what to pin.
-/// let err = Policy::builder().accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798").build().unwrap_err();
+/// let err = Policy::builder().build().unwrap_err();
 /// assert!(err.to_string().contains("allow_compose_hash"));
-/// // Nor does a pin without an anchor; the message names both anchors.
-/// let err = Policy::builder().allow_app_id("0xab").build().unwrap_err();
-/// assert!(err.to_string().contains("accept_kms_root") && err.to_string().contains("allow_boot_measurements"));
-/// // Boot measurements anchor a pin too (MRTD, RTMR0, RTMR1, RTMR2; hex, 48 bytes each).
-/// let policy = Policy::builder()
-///     .allow_app_id("0xab")
-///     .allow_boot_measurements(&"11".repeat(48), &"22".repeat(48), &"33".repeat(48), &"44".repeat(48))
-///     .build()?;
-/// assert!(policy.anchors_pin() && !policy.requires_key_custody());
+/// // Nor does an app id anchored by a KMS root alone: the message leads with what to add.
+/// let err = Policy::builder()
+///     .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918")
+///     .accept_kms_root("0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1")
+///     .build()
+///     .unwrap_err();
+/// assert!(err.to_string().starts_with("add allow_compose_hash, allow_boot_measurements and allow_kms_identity"));
 /// // Invalid values surface when the policy is built.
 /// assert!(Policy::builder().allow_app_id("0xab").accept_kms_root("not hex").build().is_err());
 /// # Ok::<(), tower_aci::Error>(())
@@ -159,6 +174,9 @@ pub struct Policy {
     /// `dangerous().unanchored_pin()`: a workload pin needs neither a KMS root nor boot
     /// measurements.
     pub(crate) unanchored_pin: bool,
+    /// `dangerous().accept_unauthenticated_answers()`: a KMS root may anchor the pin alone; only
+    /// the keys its custody covers are used, and nothing need authenticate an answer.
+    pub(crate) unauthenticated_answers: bool,
     /// Intel advisory ids (`INTEL-SA-…`) a verified quote's TCB level must not be affected by.
     pub(crate) refused_advisories: Vec<String>,
     /// Offline collateral for hardware verification, one per platform (FMSPC).
@@ -180,6 +198,7 @@ impl Policy {
             || self.assumed_app_id.is_some()
             || self.any_workload
             || self.unanchored_pin
+            || self.unauthenticated_answers
     }
 
     /// Whether a report must carry a `key_custody` object that verifies (a KMS root was
@@ -194,15 +213,31 @@ impl Policy {
         self.allow.pins_workload()
     }
 
-    /// Whether the workload pin is anchored: by an accepted KMS root with key custody required
-    /// (the keys must be ones the KMS released to the pinned app), or by pinned boot measurements
-    /// (the whole VM image is the one pinned). `false` only under a `dangerous()` opt-out.
+    /// Whether the workload pin is soundly anchored: boot measurements, a KMS identity and a
+    /// compose hash are all pinned (every key of a keyset that passes is covered; see
+    /// [`Anchor`](crate::attest::Anchor)), or, under
+    /// [`accept_unauthenticated_answers`](DangerousPolicyBuilder::accept_unauthenticated_answers),
+    /// a KMS root with key custody required. `false` under the other `dangerous()` opt-outs.
     pub fn anchors_pin(&self) -> bool {
-        self.anchored_by_kms() || self.allow.boot_measurements.is_some()
+        self.pins_measured_workload() || (self.unauthenticated_answers && self.anchored_by_kms())
     }
 
-    fn anchored_by_kms(&self) -> bool {
+    /// Whether the policy pins the measured workload: boot measurements, a KMS identity and a
+    /// compose hash, the combination that covers every key of the keyset.
+    pub fn pins_measured_workload(&self) -> bool {
+        self.allow.compose_hashes.is_some()
+            && self.allow.boot_measurements.is_some()
+            && self.allow.kms_identities.is_some()
+    }
+
+    pub(crate) fn anchored_by_kms(&self) -> bool {
         !self.kms_roots.is_empty() && self.custody == Custody::Required
+    }
+
+    /// Every key is treated as covered although no anchor may cover it (`dangerous()`
+    /// `any_workload` or `unanchored_pin`).
+    pub(crate) fn covers_unanchored(&self) -> bool {
+        self.any_workload || self.unanchored_pin
     }
 
     /// The MRTD/RTMR0–2 sets a hardware-verified quote must match one of (empty: not pinned).
@@ -243,22 +278,23 @@ impl Allowlists {
 }
 
 /// The message of the error a policy without a workload pin fails with.
-const UNPINNED: &str = "the policy pins no workload: any code running in a genuine TEE would pass. Pin what the \
-gateway runs with at least one of: allow_compose_hash (hex SHA-256 of the report's \
-attestation.evidence.app_compose, which the compose-hash event measures into RTMR3), allow_app_id (the dstack \
-app id: the payload of the event log's app-id event, also named by the keyset subject app-id:0x…). \
-allow_os_image_hash (the event log's os-image-hash event) pins the OS image only, not the app on it, and declared \
-source provenance (allow_source, allow_image_digest) is not measured: neither counts alone. Then anchor the pin \
-with accept_kms_root (the dstack KMS root public key, as the KMS publishes it) or allow_boot_measurements \
-(the TD's MRTD and RTMR0-2). Tests against a local gateway opt out with .dangerous().any_workload()";
+const UNPINNED: &str = "add allow_compose_hash, allow_boot_measurements and allow_kms_identity: the policy pins \
+no workload, so any code running in a genuine TEE would pass. The compose hash is hex SHA-256 of the report's \
+attestation.evidence.app_compose (which the compose-hash event measures into RTMR3); the boot measurements are the \
+TD's MRTD and RTMR0-2 (the genuine firmware and dstack OS); the KMS identity is the id of the event log's \
+key-provider event (the KMS that provisioned the app). allow_app_id (the payload of the app-id event, also named by \
+the keyset subject app-id:0x…) and accept_kms_root (the dstack KMS root public key) add checks but do not replace \
+them; allow_os_image_hash (the os-image-hash event) pins the OS image only, and declared source provenance \
+(allow_source, allow_image_digest) is not measured. `aci-proxy inspect` prints every value. Tests against a local \
+gateway opt out with .dangerous().any_workload()";
 
-/// The message of the error a workload pin without an anchor fails with.
-const UNANCHORED: &str = "the policy pins the workload (compose hash or app id) but nothing anchors that pin: \
-a custom TD could extend RTMR3 with the pinned values and pass. Anchor it in one of two ways: \
-accept_kms_root (the dstack KMS root public key: key custody then becomes required, and every key must be \
-released by that KMS to the pinned app), or allow_boot_measurements(mrtd, rtmr0, rtmr1, rtmr2) (hex, 48 bytes \
-each, the MRTD and RTMR0-2 of the dstack OS image the gateway boots, as its quote reports them; add one set per \
-image). Tests against a local gateway opt out with .dangerous().unanchored_pin()";
+/// The part of the message of an insufficient pin that says why, after what to add.
+const INSUFFICIENT: &str = "only boot measurements, a KMS identity and a compose hash together cover every key the \
+crate uses (the sound combination; allow_app_id and accept_kms_root may be added to it). A KMS root alone covers only \
+the keys whose custody chain signs their own bytes (the secp256k1 E2EE key), not the TLS and receipt keys that \
+authenticate answers; an app id is a label its owner authorises on chain, not the code; without a pinned KMS \
+identity another KMS can provision the genuine image; without boot measurements a TD of anyone's making can \
+extend RTMR3 with the pinned values. Tests against a local gateway opt out with .dangerous().unanchored_pin()";
 
 impl Policy {
     fn defaults() -> Self {
@@ -274,6 +310,7 @@ impl Policy {
             any_workload: false,
             current_generation_only: false,
             unanchored_pin: false,
+            unauthenticated_answers: false,
             refused_advisories: Vec::new(),
             #[cfg(feature = "dcap")]
             collateral: Vec::new(),
@@ -296,6 +333,7 @@ impl fmt::Debug for Policy {
             .field("any_workload", &self.any_workload)
             .field("current_generation_only", &self.current_generation_only)
             .field("unanchored_pin", &self.unanchored_pin)
+            .field("unauthenticated_answers", &self.unauthenticated_answers)
             .field("refused_advisories", &self.refused_advisories);
         #[cfg(feature = "dcap")]
         d.field("collateral", &self.collateral);
@@ -389,8 +427,12 @@ impl PolicyBuilder {
     /// the usual form). Key custody chains must end in one of the accepted roots, and a report
     /// must then carry `key_custody` covering every key role (the identity key where the keyset
     /// has one, every receipt key, every E2EE key; a report that drops it fails with `Custody`),
-    /// unless [`skip_key_custody`](DangerousPolicyBuilder::skip_key_custody) is in effect. This
-    /// anchors a workload pin: the keys are ones the KMS released to the pinned app.
+    /// unless [`skip_key_custody`](DangerousPolicyBuilder::skip_key_custody) is in effect.
+    ///
+    /// A KMS root covers only the keys whose custody chain signs their own bytes (the secp256k1
+    /// E2EE key; every key of an older-generation keyset, through its identity key's
+    /// endorsement): a second anchor beside the sound combination, not a replacement for it
+    /// (see [`Anchor`](crate::attest::Anchor)).
     pub fn accept_kms_root(mut self, public_key_hex: &str) -> Self {
         let parsed = decode_hex(public_key_hex)
             .and_then(|b| k256::PublicKey::from_sec1_bytes(&b).ok())
@@ -501,10 +543,12 @@ impl PolicyBuilder {
     /// gateway you trust ([`AttestedKeyset::boot_measurements`](crate::attest::AttestedKeyset::boot_measurements),
     /// `aci-proxy inspect`) or from dstack's reproducible image build.
     ///
-    /// This anchors a workload pin without a KMS root: RTMR3 (and so the compose hash and app
-    /// id) is only meaningful in a TD whose firmware and boot chain are the pinned ones. A quote
-    /// that was not hardware-verified (a `dangerous()` relaxation) measures none, and fails
-    /// with `NotAllowed`.
+    /// One of the three pins of the sound combination (with
+    /// [`allow_compose_hash`](Self::allow_compose_hash) and
+    /// [`allow_kms_identity`](Self::allow_kms_identity)): RTMR3 (and so the compose hash, app id,
+    /// KMS identity and OS image hash) is only meaningful in a TD whose firmware and boot chain
+    /// are the pinned ones. A quote that was not hardware-verified (a `dangerous()` relaxation)
+    /// measures none, and fails with `NotAllowed`.
     pub fn allow_boot_measurements(mut self, mrtd: &str, rtmr0: &str, rtmr1: &str, rtmr2: &str) -> Self {
         let mut registers = [[0u8; 48]; 4];
         for (slot, (name, text)) in
@@ -521,6 +565,38 @@ impl PolicyBuilder {
         if !list.contains(&set) {
             list.push(set);
         }
+        self
+    }
+
+    /// Pin the KMS that provisioned the app: the `id` (hex, optional `0x`) of the event log's
+    /// `key-provider` event, whose payload dstack measures as `{"name":"kms","id":"…"}` (the
+    /// KMS's public key; `aci-proxy inspect` prints it). Once any is allowed, the report's must
+    /// be one of them; another is refused with `NotAllowed` naming the measured identity in full.
+    /// Call once per KMS the gateway's replicas may use.
+    ///
+    /// One of the three pins of the sound combination: a host can boot the genuine, pinned
+    /// dstack image against a KMS it runs, which then knows every KMS-derived key (the E2EE
+    /// secret included) and, with an app-id pin, may provision any compose.
+    pub fn allow_kms_identity(mut self, hex_id: &str) -> Self {
+        match decode_hex(hex_id).filter(|b| !b.is_empty()) {
+            Some(id) => {
+                let list = self.policy.allow.kms_identities.get_or_insert_with(Vec::new);
+                if !list.contains(&id) {
+                    list.push(id);
+                }
+                self
+            }
+            None => self.fail(format!("KMS identity {hex_id:?} is not hex (the id of the key-provider event)")),
+        }
+    }
+
+    /// Require a reviewed dstack production OS image: the `os-image-hash` event must be one of
+    /// [`PRODUCTION_OS_IMAGES`](crate::attest::PRODUCTION_OS_IMAGES) (a development image, which
+    /// gives its operator a root shell in the TD, is refused with `NotAllowed`). The event is
+    /// extended by the OS itself, so this means something only under pinned boot measurements,
+    /// which the sound combination includes.
+    pub fn require_production_os(mut self) -> Self {
+        self.policy.allow.production_os = true;
         self
     }
 
@@ -554,10 +630,12 @@ impl PolicyBuilder {
     }
 
     /// The policy, or the first invalid value given to the builder. Fails with
-    /// [`Config`](ErrorKind::Config) when no workload is pinned (the message says what to pin and
-    /// where each value comes from), unless `dangerous().any_workload()` opted out, and when the
-    /// pin is not anchored by a KMS root or boot measurements (the message names both), unless
-    /// `dangerous().unanchored_pin()` (or `any_workload()`) opted out.
+    /// [`Config`](ErrorKind::Config) when no workload is pinned, and when the pins are not the
+    /// sound combination (compose hash, boot measurements and KMS identity): the message leads
+    /// with what to add and says why. `dangerous().any_workload()` and
+    /// `dangerous().unanchored_pin()` opt out (every key is then used unanchored), and
+    /// `dangerous().accept_unauthenticated_answers()` lets an accepted KMS root anchor the pin
+    /// alone (only the keys its custody covers are used).
     pub fn build(self) -> Result<Policy> {
         if let Some(e) = self.error {
             return Err(e);
@@ -576,16 +654,37 @@ impl PolicyBuilder {
         if !p.allow.pins_workload() {
             return Err(Error::new(ErrorKind::Config, UNPINNED));
         }
-        if !p.anchors_pin() && !p.unanchored_pin {
-            if p.custody == Custody::Skip && !p.kms_roots.is_empty() {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("{UNANCHORED} (a KMS root does not anchor the pin while skip_key_custody() is in effect)"),
-                ));
-            }
-            return Err(Error::new(ErrorKind::Config, UNANCHORED));
+        if p.pins_measured_workload() || p.unanchored_pin {
+            return Ok(p);
         }
-        Ok(p)
+        if p.unauthenticated_answers {
+            if p.anchored_by_kms() {
+                return Ok(p);
+            }
+            let why = if p.kms_roots.is_empty() { "" } else { " (and key custody not skipped)" };
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "add accept_kms_root{why}: accept_unauthenticated_answers() lets a KMS root anchor the pin alone, \
+                     and the policy has none to cover even the E2EE key"
+                ),
+            ));
+        }
+        let allow = &p.allow;
+        let missing: Vec<&str> = [
+            (allow.compose_hashes.is_none(), "allow_compose_hash"),
+            (allow.boot_measurements.is_none(), "allow_boot_measurements"),
+            (allow.kms_identities.is_none(), "allow_kms_identity"),
+        ]
+        .into_iter()
+        .filter_map(|(missing, name)| missing.then_some(name))
+        .collect();
+        let missing = match missing.as_slice() {
+            [one] => (*one).to_owned(),
+            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+            [] => unreachable!("pins_measured_workload() is false"),
+        };
+        Err(Error::new(ErrorKind::Config, format!("add {missing}: {INSUFFICIENT}")))
     }
 }
 
@@ -640,12 +739,26 @@ impl DangerousPolicyBuilder {
         self
     }
 
-    /// Build a workload pin (compose hash or app id) that neither a KMS root nor boot
-    /// measurements anchor. The pin then rests on RTMR3 alone, which a custom TD can extend with
-    /// the pinned values: for tests against a local gateway (whose stub quote measures nothing
-    /// else), never for production.
+    /// Build a workload pin (compose hash or app id) without the sound combination of anchors
+    /// (compose hash, boot measurements, KMS identity). Every key of a keyset that passes is then
+    /// used although nothing says who holds its secret ([`Anchor::Unanchored`](crate::attest::Anchor)):
+    /// the pin rests on RTMR3 alone, which a custom TD can extend with the pinned values. For
+    /// tests against a local gateway (whose stub quote measures nothing else), never for
+    /// production.
     pub fn unanchored_pin(mut self) -> Self {
         self.inner.policy.unanchored_pin = true;
+        self
+    }
+
+    /// Let an accepted KMS root anchor the pin alone, for prompt confidentiality only. The keyset
+    /// then keeps only the keys the root covers (those whose custody chain signs their own bytes:
+    /// the secp256k1 E2EE key; see [`Anchor::KmsCustody`](crate::attest::Anchor)), so prompts
+    /// are sealed to a key only an app the KMS attested can hold. Nothing then authenticates an
+    /// answer: no TLS or receipt key is covered, so an `https://` gateway also needs the
+    /// provider's `accept_unbound_channel()`, and anyone who sees the request can forge an answer
+    /// that decrypts. Needs [`accept_kms_root`](PolicyBuilder::accept_kms_root).
+    pub fn accept_unauthenticated_answers(mut self) -> Self {
+        self.inner.policy.unauthenticated_answers = true;
         self
     }
 
@@ -682,17 +795,22 @@ pub(crate) fn compressed(pk: &k256::PublicKey) -> Option<[u8; 33]> {
 mod tests {
     use super::*;
 
-    const ROOT: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+    const ROOT: &str = "0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1";
     const APP_ID: &str = "fdb7a14e5a6675f752e2cb69c9067a98ca402918";
+    const COMPOSE: &str = "5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb";
+    const KMS_ID: &str = "3059301306072a8648ce3d0201";
 
     fn boot(mrtd: u8) -> [String; 4] {
         [mrtd, 0x10, 0x11, 0x12].map(|b| hex::encode([b; 48]))
     }
 
-    /// A pin anchored by boot measurements only.
+    /// The sound combination: compose hash, boot measurements, KMS identity.
     fn measured_pin() -> PolicyBuilder {
         let [m, r0, r1, r2] = boot(0x0d);
-        Policy::builder().allow_app_id(APP_ID).allow_boot_measurements(&m, &r0, &r1, &r2)
+        Policy::builder()
+            .allow_compose_hash(COMPOSE)
+            .allow_boot_measurements(&m, &r0, &r1, &r2)
+            .allow_kms_identity(KMS_ID)
     }
 
     #[test]
@@ -700,11 +818,12 @@ mod tests {
         let p = measured_pin().build().unwrap();
         assert!(p.requires_hardware_verification());
         assert!(!p.is_dangerous());
-        assert!(p.pins_workload() && p.anchors_pin());
+        assert!(p.pins_workload() && p.anchors_pin() && p.pins_measured_workload());
         assert_eq!(p.custody, Custody::NoRoot);
         assert_eq!(p.tcb_statuses, vec!["UpToDate".to_owned()]);
         assert!(p.refused_advisories().is_empty());
         assert_eq!(p.max_validity, 400 * 24 * 3600);
+        assert!(!p.allow.production_os);
     }
 
     #[test]
@@ -714,55 +833,98 @@ mod tests {
             Policy::builder(),
             Policy::builder().accept_kms_root(ROOT),
             Policy::builder().allow_os_image_hash("de9c74f0").accept_kms_root(ROOT),
-            Policy::builder().allow_boot_measurements(&m, &r0, &r1, &r2),
+            Policy::builder().allow_boot_measurements(&m, &r0, &r1, &r2).allow_kms_identity(KMS_ID),
             Policy::builder().allow_source("https://github.com/o/r", "abc").allow_image_digest("sha256:aa"),
             Policy::builder().dangerous().accept_stub_quote().end_dangerous(),
         ] {
             let e = builder.build().unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Config);
             let m = e.to_string();
+            assert!(m.starts_with("add allow_compose_hash, allow_boot_measurements and allow_kms_identity"), "{m}");
             for what in [
-                "allow_compose_hash",
                 "app_compose",
+                "MRTD",
+                "key-provider",
                 "allow_app_id",
                 "app-id event",
-                "allow_os_image_hash",
                 "accept_kms_root",
-                "allow_boot_measurements",
+                "allow_os_image_hash",
                 "any_workload",
             ] {
                 assert!(m.contains(what), "{what} missing from: {m}");
             }
         }
-        // Each anchored app pin, or the explicit opt-out, builds.
-        assert!(Policy::builder().allow_compose_hash(&"ab".repeat(32)).accept_kms_root(ROOT).build().is_ok());
-        assert!(Policy::builder().allow_app_id(APP_ID).accept_kms_root(ROOT).build().is_ok());
+        // The sound combination, or the explicit opt-out, builds.
         assert!(measured_pin().build().is_ok());
+        assert!(measured_pin().allow_app_id(APP_ID).accept_kms_root(ROOT).build().is_ok());
         let any = Policy::builder().dangerous().any_workload().build().unwrap();
         assert!(any.is_dangerous() && !any.pins_workload() && any.requires_hardware_verification());
     }
 
     #[test]
-    fn an_unanchored_pin_does_not_build_and_names_both_anchors() {
-        for builder in [
-            Policy::builder().allow_compose_hash(&"ab".repeat(32)),
-            Policy::builder().allow_app_id(APP_ID).allow_os_image_hash("de9c74f0"),
-            Policy::builder().allow_app_id(APP_ID).dangerous().accept_stub_quote().end_dangerous(),
-            // A KMS root whose custody is skipped anchors nothing.
-            Policy::builder().allow_app_id(APP_ID).accept_kms_root(ROOT).dangerous().skip_key_custody().end_dangerous(),
+    fn an_insufficient_pin_does_not_build_and_leads_with_what_to_add() {
+        let [m, r0, r1, r2] = boot(0x0d);
+        for (builder, adds) in [
+            (Policy::builder().allow_compose_hash(COMPOSE), "allow_boot_measurements and allow_kms_identity"),
+            (Policy::builder().allow_compose_hash(COMPOSE).accept_kms_root(ROOT), "allow_boot_measurements and"),
+            (Policy::builder().allow_app_id(APP_ID).accept_kms_root(ROOT), "allow_compose_hash, allow_boot"),
+            (Policy::builder().allow_app_id(APP_ID).allow_os_image_hash("de9c74f0"), "allow_compose_hash, allow"),
+            (
+                Policy::builder().allow_app_id(APP_ID).allow_boot_measurements(&m, &r0, &r1, &r2).allow_kms_identity(KMS_ID),
+                "allow_compose_hash:",
+            ),
+            (
+                Policy::builder().allow_compose_hash(COMPOSE).allow_boot_measurements(&m, &r0, &r1, &r2),
+                "allow_kms_identity:",
+            ),
+            (Policy::builder().allow_compose_hash(COMPOSE).allow_kms_identity(KMS_ID), "allow_boot_measurements:"),
+            // A KMS root whose custody is skipped anchors nothing either.
+            (
+                Policy::builder().allow_app_id(APP_ID).accept_kms_root(ROOT).dangerous().skip_key_custody().end_dangerous(),
+                "allow_compose_hash",
+            ),
         ] {
             let e = builder.build().unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Config);
             let m = e.to_string();
-            for what in ["accept_kms_root", "allow_boot_measurements", "MRTD", "unanchored_pin"] {
+            assert!(m.starts_with(&format!("add {adds}")), "{adds} does not lead: {m}");
+            for what in ["sound combination", "KMS root alone", "secp256k1 E2EE key", "app id is a label", "unanchored_pin"] {
                 assert!(m.contains(what), "{what} missing from: {m}");
             }
         }
         // The dangerous opt-outs build, and say so.
         let p = Policy::builder().allow_app_id(APP_ID).dangerous().unanchored_pin().build().unwrap();
-        assert!(p.pins_workload() && !p.anchors_pin() && p.is_dangerous());
+        assert!(p.pins_workload() && !p.anchors_pin() && p.is_dangerous() && p.covers_unanchored());
         let p = Policy::builder().allow_app_id(APP_ID).dangerous().any_workload().build().unwrap();
         assert!(p.pins_workload() && !p.anchors_pin() && p.is_dangerous());
+        // A KMS root may anchor the pin alone only for prompt confidentiality, and only with
+        // custody required.
+        let p = Policy::builder().allow_app_id(APP_ID).accept_kms_root(ROOT).dangerous().accept_unauthenticated_answers();
+        let p = p.build().unwrap();
+        assert!(p.anchors_pin() && p.is_dangerous() && !p.covers_unanchored() && !p.pins_measured_workload());
+        for builder in [
+            Policy::builder().allow_app_id(APP_ID).dangerous().accept_unauthenticated_answers(),
+            Policy::builder()
+                .allow_app_id(APP_ID)
+                .accept_kms_root(ROOT)
+                .dangerous()
+                .skip_key_custody()
+                .accept_unauthenticated_answers(),
+        ] {
+            let e = builder.build().unwrap_err();
+            assert!(e.to_string().starts_with("add accept_kms_root"), "{e}");
+        }
+    }
+
+    #[test]
+    fn kms_identities_are_hex_and_kept_once() {
+        let p = measured_pin().allow_kms_identity(&format!("0x{}", KMS_ID.to_uppercase())).build().unwrap();
+        assert_eq!(p.allow.kms_identities.as_deref(), Some(&[hex::decode(KMS_ID).unwrap()][..]));
+        for bad in ["", "zz", "0x"] {
+            let e = measured_pin().allow_kms_identity(bad).build().unwrap_err();
+            assert!(e.to_string().contains("KMS identity"), "{e}");
+        }
+        assert!(measured_pin().require_production_os().build().unwrap().allow.production_os);
     }
 
     #[test]
@@ -798,9 +960,9 @@ mod tests {
 
     #[test]
     fn a_kms_root_makes_custody_required() {
-        let p = Policy::builder().accept_kms_root(ROOT).allow_app_id(APP_ID).build().unwrap();
-        assert!(p.requires_key_custody() && p.anchors_pin());
-        // Explicitly skipped (dangerous), in either order: the pin then needs another anchor.
+        let p = measured_pin().accept_kms_root(ROOT).allow_app_id(APP_ID).build().unwrap();
+        assert!(p.requires_key_custody() && p.anchors_pin() && p.anchored_by_kms());
+        // Explicitly skipped (dangerous), in either order.
         let p = measured_pin().accept_kms_root(ROOT).dangerous().skip_key_custody().build();
         assert_eq!(p.unwrap().custody, Custody::Skip);
         let p = Policy::builder().dangerous().skip_key_custody().unanchored_pin().end_dangerous().accept_kms_root(ROOT);
@@ -822,13 +984,13 @@ mod tests {
 
     #[test]
     fn roots_are_normalised_to_compressed() {
-        // The generator point, uncompressed.
+        // The generator point, compressed and uncompressed.
+        let g = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
         let uncompressed = "0479be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798\
                             483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8";
-        let p =
-            Policy::builder().accept_kms_root(ROOT).accept_kms_root(uncompressed).allow_app_id(APP_ID).build().unwrap();
+        let p = measured_pin().accept_kms_root(g).accept_kms_root(uncompressed).build().unwrap();
         assert_eq!(p.kms_roots.len(), 1);
-        assert_eq!(hex::encode(p.kms_roots[0]), ROOT);
+        assert_eq!(hex::encode(p.kms_roots[0]), g);
     }
 
     #[test]
@@ -849,7 +1011,7 @@ mod tests {
         assert_eq!(p.hardware, Hardware::Skip);
         assert_eq!(p.custody, Custody::Skip);
         assert_eq!(p.selection, KeySelection::Suites(vec![Suite::X25519, Suite::Secp256k1]));
-        // A pinned, anchored policy with only the stub relaxation is still dangerous.
+        // A sound policy with only the stub relaxation is still dangerous.
         let p = measured_pin().dangerous().accept_stub_quote().build().unwrap();
         assert!(p.is_dangerous() && p.pins_workload());
         // So is an unanchored one, even with a real quote required.

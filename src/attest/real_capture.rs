@@ -122,7 +122,7 @@ fn custody_entry(role: &str) -> Map<String, Value> {
 }
 
 fn policy_with_root(root: &str) -> Policy {
-    Policy::builder().accept_kms_root(root).allow_app_id(&hex::encode(measured_app_id())).build().unwrap()
+    sound().accept_kms_root(root).allow_app_id(&hex::encode(measured_app_id())).build().unwrap()
 }
 
 /// One chain the way the older schema signs it (`msg1` names the entry's own secp256k1 key), run
@@ -654,6 +654,23 @@ fn the_real_log_still_replays_and_reads() {
 /// MRTD of the real quote, read at its fixed TD-report offset (136..184) by an independent
 /// Python reading of the capture.
 const MRTD: &str = "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077";
+/// RTMR0-2 of the real quote (TD-report offsets 328, 376, 424), read by the same independent
+/// Python reading.
+const RTMR0: &str = "ec216f1d1d591468ff4741b9b192f016b26d3f90303bfa9dbb97557273853183981f21a4bcb3ae908247538d371ad072";
+const RTMR1: &str = "07e6f51aa763abfe75c3ddfbf4f425fe3f0ceff66d807a75e049303dce9addf68e7218729bd419638af63a370f65878c";
+const RTMR2: &str = "a2a58c9a959a4fa44bd6da0c97a2270c051faf12084cfe91ae900e4fdff6cdd4f69a82005e04ee920f231497894d677f";
+/// The `id` of the real log's `key-provider` event (`{"name":"kms","id":…}`), decoded from the
+/// event payload by the same independent reading.
+const KMS_IDENTITY: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bbd19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f";
+
+/// The sound combination for the real capture: its compose hash, boot measurements and KMS
+/// identity.
+fn sound() -> crate::attest::PolicyBuilder {
+    Policy::builder()
+        .allow_compose_hash(COMPOSE_HASH)
+        .allow_boot_measurements(MRTD, RTMR0, RTMR1, RTMR2)
+        .allow_kms_identity(KMS_IDENTITY)
+}
 
 #[cfg(feature = "dcap")]
 #[test]
@@ -677,6 +694,8 @@ fn boot_measurements_of_the_real_quote_are_compared_with_the_pin() {
     let hexes = [MRTD.to_owned(), hex::encode(td.rt_mr0), hex::encode(td.rt_mr1), hex::encode(td.rt_mr2)];
     let pinned = |mrtd: &str| {
         Policy::builder()
+            .allow_compose_hash(COMPOSE_HASH)
+            .allow_kms_identity(KMS_IDENTITY)
             .allow_app_id(APP_ID)
             .allow_boot_measurements(mrtd, &hexes[1], &hexes[2], &hexes[3])
             .build()

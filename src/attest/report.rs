@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::attest::anchor::{self, Anchor, KmsIdentity};
 use crate::attest::custody;
 #[cfg(feature = "dcap")]
 use crate::attest::dcap::{self, Collateral};
@@ -337,7 +338,9 @@ fn verify(
     };
     let tls_keys = parse_tls_keys(keyset)?;
     let identity_key = identity_key(keyset)?;
-    let selected = select_key(&e2ee_keys, &policy.selection)?;
+    // Which key the policy would select among all: a keyset without one is refused here, before
+    // the anchors below decide which keys may be used at all.
+    select_key(&e2ee_keys, &policy.selection)?;
 
     // 7. Measured values and allowlists.
     let require_app_compose = generation == Generation::Current;
@@ -347,9 +350,9 @@ fn verify(
 
     // 8. Key custody.
     let key_custody = evidence.get("key_custody").filter(|v| !v.is_null());
-    match (policy.custody, key_custody) {
-        // Skipped, or no KMS root to verify it against (the pin rests on boot measurements).
-        (Custody::Skip | Custody::NoRoot, _) => {}
+    let own_bytes = match (policy.custody, key_custody) {
+        // Skipped, or no KMS root to verify it against.
+        (Custody::Skip | Custody::NoRoot, _) => None,
         (Custody::Required, None) => {
             return Err(fail(F::Custody, "the policy requires key custody and the report has none"));
         }
@@ -361,7 +364,7 @@ fn verify(
                 None => {
                     let covered =
                         custody::CoveredKeys { identity: identity_key, receipt: &receipt_texts, e2ee: &e2ee_keys };
-                    custody::verify(kc, &covered, app_id, &policy.kms_roots)?;
+                    Some(custody::verify(kc, &covered, app_id, &policy.kms_roots)?)
                 }
                 Some(legacy) => {
                     let covered = custody::LegacyCoveredKeys {
@@ -370,9 +373,58 @@ fn verify(
                         e2ee: &e2ee_keys,
                     };
                     custody::verify_legacy(kc, &covered, app_id, &policy.kms_roots)?;
+                    // The identity key's chain signs its own bytes and the identity key endorsed
+                    // this keyset's digest (step 3): every key of it is covered.
+                    Some(custody::OwnBytes { e2ee: vec![true; e2ee_keys.len()] })
                 }
             }
         }
+    };
+
+    // 9. Anchors: only keys an anchor covers are kept (see `anchor`).
+    let anchor = if policy.pins_measured_workload() {
+        // Steps 2 and 7 matched the pinned boot measurements, KMS identity and compose hash.
+        Anchor::MeasuredWorkload
+    } else if policy.covers_unanchored() {
+        Anchor::Unanchored
+    } else {
+        Anchor::KmsCustody
+    };
+    let (e2ee_keys, receipt_keys, tls_keys) = match anchor {
+        Anchor::KmsCustody => {
+            let own = own_bytes.map(|o| o.e2ee).unwrap_or_default();
+            let all_covered = legacy.is_some() && own.iter().all(|c| *c) && !own.is_empty();
+            let (kept, left_out): (Vec<(E2eeKey, bool)>, Vec<(E2eeKey, bool)>) =
+                e2ee_keys.into_iter().zip(own.into_iter().chain(std::iter::repeat(false))).partition(|(_, c)| *c);
+            let kept: Vec<E2eeKey> = kept.into_iter().map(|(k, _)| k).collect();
+            if select_key(&kept, &policy.selection).is_err() {
+                let names: Vec<String> =
+                    left_out.iter().map(|(k, _)| format!("{} ({})", k.key_id(), k.suite().algo())).collect();
+                return Err(fail(
+                    F::Unanchored,
+                    format!(
+                        "no anchor covers the E2EE key the policy would use: the KMS root covers only keys whose \
+                         custody chain signs their own bytes, and the chains of {} sign kms_public_key (a copied \
+                         chain fits any key). Add allow_compose_hash, allow_boot_measurements and \
+                         allow_kms_identity (the measured workload covers every key)",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            if all_covered { (kept, receipt_keys, tls_keys) } else { (kept, Vec::new(), Vec::new()) }
+        }
+        Anchor::MeasuredWorkload | Anchor::Unanchored => (e2ee_keys, receipt_keys, tls_keys),
+    };
+    let selected = select_key(&e2ee_keys, &policy.selection)?;
+    if tls_keys.is_empty() && receipt_keys.is_empty() && !policy.unauthenticated_answers {
+        return Err(fail(
+            F::Unanchored,
+            format!(
+                "nothing in the keyset can authenticate an answer: it lists no TLS key and no receipt key that {} \
+                 covers (E2EE alone does not authenticate answers: anyone who sees a request can forge one)",
+                anchor.name()
+            ),
+        ));
     }
 
     Ok(AttestedKeyset {
@@ -387,6 +439,8 @@ fn verify(
         hardware_verified: rt_mr3.is_some() && appraisal.verifies_collateral(),
         generation,
         hardware,
+        anchor,
+        kms_identity: measured.kms_identity,
     })
 }
 
@@ -509,8 +563,21 @@ fn verify_hardware(
             if *dcap::slot_of(&parsed)? != slot {
                 return Err(fail(F::Quote, "the quote's report-data slot does not carry report_data"));
             }
-            let rt_mr3 = parsed.report.as_td10().map(|td| td.rt_mr3);
-            Ok((rt_mr3.ok_or_else(|| fail(F::Quote, "the quote is not a TDX quote"))?, None))
+            let td = parsed.report.as_td10().ok_or_else(|| fail(F::Quote, "the quote is not a TDX quote"))?;
+            // The body's boot measurements stand in for verified ones, so that tests on real
+            // captures can exercise the pins; the keyset still says hardware_verified() == false.
+            let boot = crate::attest::keyset::BootMeasurements {
+                mrtd: td.mr_td,
+                rtmr0: td.rt_mr0,
+                rtmr1: td.rt_mr1,
+                rtmr2: td.rt_mr2,
+            };
+            let evidence = HardwareEvidence {
+                boot,
+                tcb_status: "unverified (test: the collateral check was skipped)".to_owned(),
+                advisory_ids: Vec::new(),
+            };
+            Ok((td.rt_mr3, Some(evidence)))
         }
     }
 }
@@ -666,6 +733,8 @@ struct MeasuredValues {
     app_id: Option<Vec<u8>>,
     compose_hash: Option<[u8; 32]>,
     os_image_hash: Option<Vec<u8>>,
+    /// The `key-provider` event: the KMS that provisioned the app.
+    kms_identity: Option<KmsIdentity>,
 }
 
 /// Step 7's measured values. `rt_mr3` is the hardware-verified quote's RTMR3: the event log
@@ -741,7 +810,12 @@ fn measured_values(
     }
 
     let compose_hash = from_log.compose_hash.or_else(|| app_compose.map(|c| Sha256::digest(c.as_bytes()).into()));
-    Ok(MeasuredValues { app_id: app_id.cloned(), compose_hash, os_image_hash: from_log.os_image_hash })
+    Ok(MeasuredValues {
+        app_id: app_id.cloned(),
+        compose_hash,
+        os_image_hash: from_log.os_image_hash,
+        kms_identity: from_log.key_provider.as_deref().map(KmsIdentity::from_payload),
+    })
 }
 
 /// `NotAllowed` for a measured value not on an allowlist: names the value seen (in full, so the
@@ -774,6 +848,39 @@ fn check_allowlists(attestation: &Map<String, Value>, m: &MeasuredValues, policy
     if let Some(list) = &allow.os_image_hashes {
         if !m.os_image_hash.as_ref().is_some_and(|h| list.contains(h)) {
             return Err(not_allowed("OS image hash", m.os_image_hash.as_ref(), list, "allow_os_image_hash"));
+        }
+    }
+    if let Some(list) = &allow.kms_identities {
+        let measured = m.kms_identity.as_ref();
+        if !measured.is_some_and(|k| list.contains(&k.id)) {
+            let allowed = list.iter().map(hex::encode).collect::<Vec<_>>().join(", ");
+            let message = match measured {
+                Some(k) => format!(
+                    "the KMS identity ({}) is not on the policy's allowlist (allowed: {allowed}): another KMS \
+                     provisioned this TD. If the gateway's operator moved it to another KMS, check the new \
+                     identity and re-pin with allow_kms_identity",
+                    k.describe()
+                ),
+                None => format!(
+                    "the report measures no KMS identity (no key-provider event), and the policy allows only: \
+                     {allowed} (allow_kms_identity)"
+                ),
+            };
+            return Err(fail(F::NotAllowed, message));
+        }
+    }
+    if allow.production_os {
+        let image = m.os_image_hash.as_deref().and_then(anchor::production_os_image);
+        if image.is_none() {
+            return Err(fail(
+                F::NotAllowed,
+                format!(
+                    "the OS image {} is not a reviewed dstack production image (require_production_os; known: {}): \
+                     a development image gives its operator a shell in the TD",
+                    m.os_image_hash.as_ref().map_or_else(|| "(none measured)".to_owned(), hex::encode),
+                    anchor::PRODUCTION_OS_IMAGES.iter().map(|(h, n)| format!("{n} {h}")).collect::<Vec<_>>().join(", ")
+                ),
+            ));
         }
     }
     let provenance = attestation.get("source_provenance").and_then(Value::as_object);

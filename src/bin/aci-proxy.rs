@@ -136,11 +136,19 @@ struct PolicyArgs {
     /// Allow this OS image hash (hex; the event log's os-image-hash)
     #[arg(long = "os-image-hash", env = "ACI_PROXY_OS_IMAGE_HASH", value_name = "HEX", value_delimiter = ',')]
     os_image_hashes: Vec<String>,
-    /// Accept this KMS root key (hex, compressed secp256k1); key custody is then required. Anchors the pin
+    /// Accept this KMS root key (hex, compressed secp256k1); key custody is then required (beside the
+    /// compose hash, boot measurements and KMS identity, never instead of them)
     #[arg(long = "kms-root", env = "ACI_PROXY_KMS_ROOT", value_name = "HEX", value_delimiter = ',')]
     kms_roots: Vec<String>,
+    /// Allow this KMS identity: the id (hex) of the event log's key-provider event, the KMS that
+    /// provisioned the gateway (repeatable)
+    #[arg(long = "kms-identity", env = "ACI_PROXY_KMS_IDENTITY", value_name = "HEX", value_delimiter = ',')]
+    kms_identities: Vec<String>,
+    /// Require a reviewed dstack production OS image (the os-image-hash event)
+    #[arg(long, env = "ACI_PROXY_REQUIRE_PRODUCTION_OS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    require_production_os: Option<bool>,
     /// Allow these boot measurements: the quote's MRTD and RTMR0-2, hex, comma-separated (repeatable, one set
-    /// per OS image; sets separated by ';' in the environment). Anchors the pin without a KMS root
+    /// per OS image; sets separated by ';' in the environment)
     #[arg(
         long = "boot-measurements",
         env = "ACI_PROXY_BOOT_MEASUREMENTS",
@@ -224,6 +232,10 @@ impl PolicyArgs {
         replace_if_given(&mut pins.app_ids, &self.app_ids);
         replace_if_given(&mut pins.os_image_hashes, &self.os_image_hashes);
         replace_if_given(&mut pins.kms_roots, &self.kms_roots);
+        replace_if_given(&mut pins.kms_identities, &self.kms_identities);
+        if let Some(b) = self.require_production_os {
+            pins.require_production_os = b;
+        }
         replace_if_given(&mut pins.tcb_statuses, &self.tcb_statuses);
         replace_if_given(&mut pins.refused_advisories, &self.refused_advisories);
         if !self.boot_measurements.is_empty() {
@@ -433,8 +445,13 @@ mod tests {
             "aci-proxy",
             "--app-id",
             "fdb7a14e5a6675f752e2cb69c9067a98ca402918",
+            "--compose-hash",
+            "5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb",
             "--boot-measurements",
             &set,
+            "--kms-identity",
+            "3059301306072a8648ce3d0201",
+            "--require-production-os",
             "--refuse-advisory",
             "INTEL-SA-00837",
             "--refuse-advisory",
@@ -445,7 +462,10 @@ mod tests {
         assert_eq!(config.pins.boot_measurements.len(), 1);
         assert_eq!(config.pins.boot_measurements[0].rtmr2, m);
         assert_eq!(config.pins.refused_advisories, ["INTEL-SA-00837", "INTEL-SA-01036"]);
-        assert!(config.policy().unwrap().anchors_pin());
+        assert_eq!(config.pins.kms_identities, ["3059301306072a8648ce3d0201"]);
+        assert!(config.pins.require_production_os);
+        let policy = config.policy().unwrap();
+        assert!(policy.anchors_pin() && policy.pins_measured_workload());
         assert!(Cli::try_parse_from(["aci-proxy", "--boot-measurements", "aa,bb"]).is_err());
     }
 }

@@ -116,8 +116,10 @@ fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Durati
 /// the report's `app_compose` (the `compose-hash` event of the event log), the app id is the
 /// payload of the `app-id` event (and the keyset subject `app-id:0x…`), the OS image hash the
 /// payload of `os-image-hash`, the KMS root the compressed secp256k1 key at the end of the
-/// `key_custody` chains, the boot measurements the quote's MRTD and RTMR0–2. A compose hash or
-/// app id is the pin; a KMS root or boot measurements anchor it (see [`Policy`]).
+/// `key_custody` chains, the boot measurements the quote's MRTD and RTMR0–2, the KMS identity the
+/// `id` of the `key-provider` event. A compose hash, boot measurements and a KMS identity
+/// together are the sound combination that covers every key; an app id and a KMS root add
+/// checks beside them (see [`Policy`]).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyPins {
@@ -135,8 +137,12 @@ pub struct PolicyPins {
     pub prefer_x25519: bool,
     /// Accepted TCB statuses (default `UpToDate`).
     pub tcb_statuses: Vec<String>,
-    /// Allowed boot measurement sets (MRTD, RTMR0–2): anchor the pin without a KMS root.
+    /// Allowed boot measurement sets (MRTD, RTMR0–2).
     pub boot_measurements: Vec<BootMeasurementPin>,
+    /// Allowed KMS identities (the `id` of the `key-provider` event).
+    pub kms_identities: Vec<String>,
+    /// Require a reviewed dstack production OS image.
+    pub require_production_os: bool,
     /// Intel advisory ids (`INTEL-SA-…`) the platform's TCB level must not be affected by.
     pub refused_advisories: Vec<String>,
 }
@@ -176,6 +182,12 @@ impl PolicyPins {
         for m in &self.boot_measurements {
             b = b.allow_boot_measurements(&m.mrtd, &m.rtmr0, &m.rtmr1, &m.rtmr2);
         }
+        for id in &self.kms_identities {
+            b = b.allow_kms_identity(id);
+        }
+        if self.require_production_os {
+            b = b.require_production_os();
+        }
         if !self.refused_advisories.is_empty() {
             b = b.refuse_advisories(self.refused_advisories.iter().cloned());
         }
@@ -196,6 +208,8 @@ impl PolicyPins {
                 "mrtd": m.mrtd, "rtmr0": m.rtmr0, "rtmr1": m.rtmr1, "rtmr2": m.rtmr2,
             })).collect::<Vec<_>>(),
             "refused_advisories": self.refused_advisories,
+            "kms_identities": self.kms_identities,
+            "require_production_os": self.require_production_os,
         })
     }
 }
@@ -203,15 +217,15 @@ impl PolicyPins {
 /// The unpinned-policy error, in the CLI's terms (the builder's own message names its methods).
 const UNPINNED_CLI: &str = "no workload is pinned: any code running in a TEE could read the prompts.
   fix: see what the gateway runs and what to pin: aci-proxy inspect GATEWAY-URL
-  fix: pin the application: --compose-hash HEX or --app-id HEX ([pins] compose_hashes, app_ids)
-  fix: and anchor it: --kms-root HEX or --boot-measurements MRTD,RTMR0,RTMR1,RTMR2
+  fix: pin the code, the boot chain and the KMS together: --compose-hash HEX --boot-measurements MRTD,RTMR0,RTMR1,RTMR2 --kms-identity HEX
   fix: or, for a trial only, trust any workload: --any-workload";
 
-/// The unanchored-pin error, in the CLI's terms.
-const UNANCHORED_CLI: &str = "the pin is not anchored: a TD of anyone's making could extend the pinned values.
-  fix: anchor it to the gateway's KMS: --kms-root HEX ([pins] kms_roots)
-  fix: or pin the boot measurements: --boot-measurements MRTD,RTMR0,RTMR1,RTMR2 ([[pins.boot_measurements]])
-  fix: aci-proxy inspect GATEWAY-URL prints both";
+/// Why the pins are not enough, in the CLI's terms, after what to add.
+const INSUFFICIENT_CLI: &str = "only the compose hash, the boot measurements and the KMS identity together cover \
+every key the proxy uses (--app-id and --kms-root may be added beside them).
+  why: a KMS root covers only the secp256k1 E2EE key, not the TLS and receipt keys that authenticate answers; an \
+app id is a label its owner authorises, not the code; another KMS or a TD of anyone's making could pass otherwise
+  fix: aci-proxy inspect GATEWAY-URL prints every value (--write-config writes them)";
 
 /// What to do about a rejected pin value.
 const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect prints (--compose-hash, --app-id, --kms-root, \
@@ -355,9 +369,9 @@ impl ProxyConfig {
     }
 
     /// The attestation policy these settings describe. Fails with a clear `Config` error when
-    /// no workload is pinned, or the pin is not anchored by a KMS root or boot measurements
-    /// (unless `any_workload`, or the local test gateway), written for a person at a terminal:
-    /// one line for the problem, one line per fix, in `aci-proxy`'s flags and TOML keys.
+    /// no workload is pinned, or the pins are not the sound combination (compose hash, boot
+    /// measurements, KMS identity; unless `any_workload`, or the local test gateway), written for
+    /// a person at a terminal: what to add first, then why and how, in `aci-proxy`'s flags.
     pub fn policy(&self) -> Result<Policy> {
         if let Some(p) = &self.policy {
             return Ok(p.clone());
@@ -375,8 +389,16 @@ impl ProxyConfig {
         if self.pins.is_empty() {
             return Err(Error::new(ErrorKind::Config, UNPINNED_CLI));
         }
-        if self.pins.kms_roots.is_empty() && self.pins.boot_measurements.is_empty() {
-            return Err(Error::new(ErrorKind::Config, UNANCHORED_CLI));
+        let missing: Vec<&str> = [
+            (self.pins.compose_hashes.is_empty(), "--compose-hash HEX"),
+            (self.pins.boot_measurements.is_empty(), "--boot-measurements MRTD,RTMR0,RTMR1,RTMR2"),
+            (self.pins.kms_identities.is_empty(), "--kms-identity HEX"),
+        ]
+        .into_iter()
+        .filter_map(|(missing, flag)| missing.then_some(flag))
+        .collect();
+        if !missing.is_empty() {
+            return Err(Error::new(ErrorKind::Config, format!("add {}: {INSUFFICIENT_CLI}", missing.join(" "))));
         }
         builder.build().map_err(invalid)
     }
@@ -393,11 +415,12 @@ mod pin_tests {
     }
 
     #[test]
-    fn an_unanchored_pin_names_the_flags_and_keys_that_anchor_it() {
+    fn an_insufficient_pin_names_the_flags_to_add() {
         let config = ProxyConfig::from_toml(&format!("[pins]\napp_ids = [\"{APP_ID}\"]")).unwrap();
         let e = config.policy().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
-        for hint in ["--kms-root", "--boot-measurements", "[[pins.boot_measurements]]"] {
+        assert!(e.to_string().starts_with("add --compose-hash HEX --boot-measurements"), "{e}");
+        for hint in ["--kms-identity", "aci-proxy inspect"] {
             assert!(e.to_string().contains(hint), "{hint} missing: {e}");
         }
         // An OS image alone is not a pin.
@@ -410,6 +433,8 @@ mod pin_tests {
     fn boot_measurements_and_refused_advisories_reach_the_policy() {
         let mut config = ProxyConfig::default();
         config.pins.app_ids.push(APP_ID.to_owned());
+        config.pins.compose_hashes.push("ab".repeat(32));
+        config.pins.kms_identities.push("3059".to_owned());
         config.pins.boot_measurements.push(boot(&"11".repeat(48)).parse().unwrap());
         config.pins.refused_advisories.push("INTEL-SA-00837".to_owned());
         let policy = config.policy().unwrap();
@@ -419,6 +444,11 @@ mod pin_tests {
         let status = config.pins.to_json();
         assert_eq!(status["boot_measurements"][0]["mrtd"], "11".repeat(48));
         assert_eq!(status["refused_advisories"][0], "INTEL-SA-00837");
+        assert_eq!(status["kms_identities"][0], "3059");
+        // Without the KMS identity the pins are not enough, and the message says what to add.
+        let mut partial = config.clone();
+        partial.pins.kms_identities.clear();
+        assert!(partial.policy().unwrap_err().to_string().starts_with("add --kms-identity HEX:"));
         // A malformed set is refused when the policy is built, naming the register.
         config.pins.boot_measurements.push(boot("11").parse().unwrap());
         assert!(config.policy().unwrap_err().to_string().contains("boot measurement MRTD"));

@@ -3,6 +3,7 @@
 //! Tests that run against the local gateway need the `test-gateway` feature; the README's test
 //! command (`cargo test --all-features`) runs them all.
 
+mod anchors;
 mod attest_dcap;
 mod attest_provider;
 mod attest_real_capture;

@@ -31,10 +31,11 @@ const E2EE_KEY: &str = "04943cea0b4babf60f6e2031e9a00866a37c4ae696fb45895b3a9b38
 const API_REDPILL_SPKI: &str = "c2ebede7c2c632381123e3193b01f5f3fa45cc6c6327b2d0536749348ceeb408";
 const INFERENCE_PHALA_SPKI: &str = "698c87b1ed32d3d67f23d14295fc443e91b82ad4e40482041ac1a9158c8212e2";
 
-/// The production policy for this gateway: KMS root (custody required), compose hash and
-/// app id pins; hardware verification required; nothing dangerous.
+/// The production policy for this gateway: the sound combination (compose hash, boot
+/// measurements, KMS identity) with the app id and the KMS root (custody required) beside it;
+/// hardware verification required; nothing dangerous.
 fn pinned() -> PolicyBuilder {
-    Policy::builder().accept_kms_root(KMS_ROOT).allow_compose_hash(COMPOSE_HASH).allow_app_id(APP_ID)
+    sound().accept_kms_root(KMS_ROOT).allow_app_id(APP_ID)
 }
 
 fn bytes(doc: &Value) -> Vec<u8> {
@@ -85,7 +86,7 @@ fn the_real_capture_verifies_end_to_end_with_only_the_collateral_check_skipped()
 
 #[test]
 fn custody_must_reach_the_kms_root() {
-    let other = Policy::builder().accept_kms_root(OTHER_ROOT).allow_app_id(APP_ID).build().unwrap();
+    let other = sound().accept_kms_root(OTHER_ROOT).allow_app_id(APP_ID).build().unwrap();
     assert_eq!(failure(verify(&report(), &NONCE, &other)), F::Custody);
     // Custody is required once a root is accepted: dropping it is refused.
     let mut doc = report();
@@ -135,22 +136,52 @@ fn not_allowed(builder: PolicyBuilder, measured: &str) {
 
 #[test]
 fn pins_on_the_measured_values_pass_and_any_other_pin_fails_naming_the_measured_value() {
-    let root = || Policy::builder().accept_kms_root(KMS_ROOT);
+    // The real capture under its app id, compose hash, KMS identity and boot measurements,
+    // with and without its KMS root beside them.
+    let measured = || sound().allow_app_id(APP_ID);
     for policy in [
-        root().allow_compose_hash(COMPOSE_HASH),
-        root().allow_app_id(APP_ID),
-        root().allow_app_id(APP_ID).allow_os_image_hash(OS_IMAGE_HASH),
+        measured(),
+        measured().accept_kms_root(KMS_ROOT),
+        measured().allow_os_image_hash(OS_IMAGE_HASH),
         // One of several allowed values.
-        root().allow_compose_hash(&"11".repeat(32)).allow_compose_hash(COMPOSE_HASH),
+        measured().allow_compose_hash(&"11".repeat(32)),
+        measured().allow_kms_identity(&"ab".repeat(91)),
     ] {
-        verify(&report(), &NONCE, &policy.build().unwrap()).unwrap();
+        let ks = verify(&report(), &NONCE, &policy.build().unwrap()).unwrap();
+        assert_eq!(ks.anchor(), crate::attest::Anchor::MeasuredWorkload);
+        assert_eq!(ks.kms_identity().as_deref(), Some(KMS_IDENTITY));
+        // Every key of the keyset is covered: its TLS keys are kept.
+        assert_eq!(ks.tls_keys().len(), 3);
     }
+    // Each pin that differs is refused with NotAllowed naming the measured value in full.
+    let boot = |mrtd: &str, rtmr0: &str| {
+        Policy::builder()
+            .allow_compose_hash(COMPOSE_HASH)
+            .allow_kms_identity(KMS_IDENTITY)
+            .allow_app_id(APP_ID)
+            .allow_boot_measurements(mrtd, rtmr0, RTMR1, RTMR2)
+    };
     let mut other_hash = COMPOSE_HASH.to_owned();
     other_hash.replace_range(63.., "c");
-    not_allowed(root().allow_compose_hash(&other_hash), COMPOSE_HASH);
-    not_allowed(root().allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402919"), APP_ID);
-    not_allowed(root().allow_compose_hash(COMPOSE_HASH).allow_app_id("fdb7a14e"), APP_ID);
-    not_allowed(root().allow_app_id(APP_ID).allow_os_image_hash(&"de".repeat(32)), OS_IMAGE_HASH);
+    let compose = Policy::builder()
+        .allow_compose_hash(&other_hash)
+        .allow_boot_measurements(MRTD, RTMR0, RTMR1, RTMR2)
+        .allow_kms_identity(KMS_IDENTITY);
+    not_allowed(compose, COMPOSE_HASH);
+    not_allowed(sound().allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402919"), APP_ID);
+    not_allowed(sound().allow_app_id("fdb7a14e"), APP_ID);
+    let mut other_mrtd = hex::decode(MRTD).unwrap();
+    other_mrtd[0] ^= 1;
+    not_allowed(boot(&hex::encode(&other_mrtd), RTMR0), &format!("MRTD {MRTD}"));
+    not_allowed(boot(MRTD, &"00".repeat(48)), &format!("RTMR0 {RTMR0}"));
+    let other_kms = Policy::builder()
+        .allow_compose_hash(COMPOSE_HASH)
+        .allow_boot_measurements(MRTD, RTMR0, RTMR1, RTMR2)
+        .allow_kms_identity(&KMS_IDENTITY.replace("8844eb42", "8844eb43"));
+    not_allowed(other_kms, &format!("kms {KMS_IDENTITY}"));
+    not_allowed(measured().allow_os_image_hash(&"de".repeat(32)), OS_IMAGE_HASH);
+    // The capture's image (`dstack-dev-0.5.9-de9c74f0`) is a development image.
+    not_allowed(measured().require_production_os(), OS_IMAGE_HASH);
 }
 
 #[test]
