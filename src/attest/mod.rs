@@ -9,7 +9,7 @@
 //!   supplied offline or fetched from a PCCS; without it, a policy that requires hardware
 //!   verification fails closed with `HardwareUnverifiable`.
 
-mod anchor;
+pub(crate) mod anchor;
 pub(crate) mod channel;
 mod clock;
 pub(crate) mod custody;

@@ -870,7 +870,10 @@ mod tests {
             (Policy::builder().allow_app_id(APP_ID).accept_kms_root(ROOT), "allow_compose_hash, allow_boot"),
             (Policy::builder().allow_app_id(APP_ID).allow_os_image_hash("de9c74f0"), "allow_compose_hash, allow"),
             (
-                Policy::builder().allow_app_id(APP_ID).allow_boot_measurements(&m, &r0, &r1, &r2).allow_kms_identity(KMS_ID),
+                Policy::builder()
+                    .allow_app_id(APP_ID)
+                    .allow_boot_measurements(&m, &r0, &r1, &r2)
+                    .allow_kms_identity(KMS_ID),
                 "allow_compose_hash:",
             ),
             (
@@ -880,7 +883,12 @@ mod tests {
             (Policy::builder().allow_compose_hash(COMPOSE).allow_kms_identity(KMS_ID), "allow_boot_measurements:"),
             // A KMS root whose custody is skipped anchors nothing either.
             (
-                Policy::builder().allow_app_id(APP_ID).accept_kms_root(ROOT).dangerous().skip_key_custody().end_dangerous(),
+                Policy::builder()
+                    .allow_app_id(APP_ID)
+                    .accept_kms_root(ROOT)
+                    .dangerous()
+                    .skip_key_custody()
+                    .end_dangerous(),
                 "allow_compose_hash",
             ),
         ] {
@@ -888,7 +896,9 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::Config);
             let m = e.to_string();
             assert!(m.starts_with(&format!("add {adds}")), "{adds} does not lead: {m}");
-            for what in ["sound combination", "KMS root alone", "secp256k1 E2EE key", "app id is a label", "unanchored_pin"] {
+            for what in
+                ["sound combination", "KMS root alone", "secp256k1 E2EE key", "app id is a label", "unanchored_pin"]
+            {
                 assert!(m.contains(what), "{what} missing from: {m}");
             }
         }
@@ -899,7 +909,8 @@ mod tests {
         assert!(p.pins_workload() && !p.anchors_pin() && p.is_dangerous());
         // A KMS root may anchor the pin alone only for prompt confidentiality, and only with
         // custody required.
-        let p = Policy::builder().allow_app_id(APP_ID).accept_kms_root(ROOT).dangerous().accept_unauthenticated_answers();
+        let p =
+            Policy::builder().allow_app_id(APP_ID).accept_kms_root(ROOT).dangerous().accept_unauthenticated_answers();
         let p = p.build().unwrap();
         assert!(p.anchors_pin() && p.is_dangerous() && !p.covers_unanchored() && !p.pins_measured_workload());
         for builder in [

@@ -159,9 +159,19 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 /// use tower_aci::attest::{verify_report, Policy};
 /// use tower_aci::{AttestationFailure, ErrorKind};
 ///
+/// // The real June 2026 capture's values (tests/data/real_tdx_report_2026-06.json).
 /// let policy = Policy::builder()
-///     .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918")
-///     .accept_kms_root("0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1")
+///     .allow_compose_hash("5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb")
+///     .allow_boot_measurements(
+///         "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077",
+///         "ec216f1d1d591468ff4741b9b192f016b26d3f90303bfa9dbb97557273853183981f21a4bcb3ae908247538d371ad072",
+///         "07e6f51aa763abfe75c3ddfbf4f425fe3f0ceff66d807a75e049303dce9addf68e7218729bd419638af63a370f65878c",
+///         "a2a58c9a959a4fa44bd6da0c97a2270c051faf12084cfe91ae900e4fdff6cdd4f69a82005e04ee920f231497894d677f",
+///     )
+///     .allow_kms_identity(concat!(
+///         "3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bb",
+///         "d19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f",
+///     ))
 ///     .build()?;
 /// let err = verify_report(br#"{"api_version":"aci/0"}"#, &[0; 32], 1_700_000_000, &policy).unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::Attestation(AttestationFailure::ApiVersion));
@@ -394,12 +404,12 @@ fn verify(
         Anchor::KmsCustody => {
             let own = own_bytes.map(|o| o.e2ee).unwrap_or_default();
             let all_covered = legacy.is_some() && own.iter().all(|c| *c) && !own.is_empty();
-            let (kept, left_out): (Vec<(E2eeKey, bool)>, Vec<(E2eeKey, bool)>) =
-                e2ee_keys.into_iter().zip(own.into_iter().chain(std::iter::repeat(false))).partition(|(_, c)| *c);
-            let kept: Vec<E2eeKey> = kept.into_iter().map(|(k, _)| k).collect();
+            let mut own = own.into_iter();
+            let (kept, left_out): (Vec<E2eeKey>, Vec<E2eeKey>) =
+                e2ee_keys.into_iter().partition(|_| own.next().unwrap_or(false));
             if select_key(&kept, &policy.selection).is_err() {
                 let names: Vec<String> =
-                    left_out.iter().map(|(k, _)| format!("{} ({})", k.key_id(), k.suite().algo())).collect();
+                    left_out.iter().map(|k| format!("{} ({})", k.key_id(), k.suite().algo())).collect();
                 return Err(fail(
                     F::Unanchored,
                     format!(
@@ -416,7 +426,8 @@ fn verify(
         Anchor::MeasuredWorkload | Anchor::Unanchored => (e2ee_keys, receipt_keys, tls_keys),
     };
     let selected = select_key(&e2ee_keys, &policy.selection)?;
-    if tls_keys.is_empty() && receipt_keys.is_empty() && !policy.unauthenticated_answers {
+    if tls_keys.is_empty() && receipt_keys.is_empty() && anchor != Anchor::Unanchored && !policy.unauthenticated_answers
+    {
         return Err(fail(
             F::Unanchored,
             format!(

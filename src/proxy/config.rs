@@ -217,21 +217,26 @@ impl PolicyPins {
 /// The unpinned-policy error, in the CLI's terms (the builder's own message names its methods).
 const UNPINNED_CLI: &str = "no workload is pinned: any code running in a TEE could read the prompts.
   fix: see what the gateway runs and what to pin: aci-proxy inspect GATEWAY-URL
-  fix: pin the code, the boot chain and the KMS together: --compose-hash HEX --boot-measurements MRTD,RTMR0,RTMR1,RTMR2 --kms-identity HEX
+  fix: pin the code: --compose-hash HEX
+  fix: with the boot chain and the KMS: --boot-measurements MRTD,RTMR0,RTMR1,RTMR2 --kms-identity HEX
+  fix: optionally beside them: --app-id HEX --kms-root HEX --require-production-os
   fix: or, for a trial only, trust any workload: --any-workload";
 
-/// Why the pins are not enough, in the CLI's terms, after what to add.
-const INSUFFICIENT_CLI: &str = "only the compose hash, the boot measurements and the KMS identity together cover \
-every key the proxy uses (--app-id and --kms-root may be added beside them).
-  why: a KMS root covers only the secp256k1 E2EE key, not the TLS and receipt keys that authenticate answers; an \
-app id is a label its owner authorises, not the code; another KMS or a TD of anyone's making could pass otherwise
+/// Why the pins are not enough, in the CLI's terms, after the line that says what to add.
+const INSUFFICIENT_CLI: &str = "
+  why: only the compose hash, boot measurements and KMS identity together cover every key the proxy uses
+  why: a KMS root covers only the secp256k1 E2EE key, not the TLS and receipt keys that authenticate answers
+  why: an app id is a label its owner authorises, not the code; --app-id and --kms-root only add checks
   fix: aci-proxy inspect GATEWAY-URL prints every value (--write-config writes them)";
 
 /// What to do about a rejected pin value.
-const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect prints (--compose-hash, --app-id, --kms-root, \
---boot-measurements, --tcb-status)";
+const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect prints (--compose-hash, --boot-measurements, \
+--kms-identity, --app-id, --kms-root, --tcb-status)";
 
 /// The proxy's configuration.
+///
+/// The pins below are the real June 2026 capture's (`tests/data/real_tdx_report_2026-06.json`),
+/// as `aci-proxy inspect --write-config` writes them:
 ///
 /// ```
 /// use tower_aci::proxy::{ProxyConfig, ReceiptMode};
@@ -242,25 +247,29 @@ const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect print
 ///     audit_file = "receipts.jsonl"
 ///     [pins]
 ///     compose_hashes = ["5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb"]
+///     kms_identities = ["3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bbd19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f"]
+///     app_ids = ["fdb7a14e5a6675f752e2cb69c9067a98ca402918"]
 ///     kms_roots = ["0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1"]
 ///     refused_advisories = ["INTEL-SA-00837"]
+///     [[pins.boot_measurements]]
+///     mrtd = "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077"
+///     rtmr0 = "ec216f1d1d591468ff4741b9b192f016b26d3f90303bfa9dbb97557273853183981f21a4bcb3ae908247538d371ad072"
+///     rtmr1 = "07e6f51aa763abfe75c3ddfbf4f425fe3f0ceff66d807a75e049303dce9addf68e7218729bd419638af63a370f65878c"
+///     rtmr2 = "a2a58c9a959a4fa44bd6da0c97a2270c051faf12084cfe91ae900e4fdff6cdd4f69a82005e04ee920f231497894d677f"
 /// "#).unwrap();
 /// assert_eq!(config.receipts, ReceiptMode::BeforeRelease);
 /// assert_eq!(config.pins.compose_hashes.len(), 1);
-/// assert!(config.policy().unwrap().anchors_pin());
+/// let policy = config.policy().unwrap();
+/// assert!(policy.pins_measured_workload() && policy.requires_key_custody());
+/// assert_eq!(policy.allowed_boot_measurements().len(), 1);
 ///
-/// // Or anchored by the TD's boot measurements instead of a KMS root.
-/// let config = ProxyConfig::from_toml(&format!(r#"
-///     gateway = "https://api.redpill.ai"
+/// // A KMS root is no anchor on its own: the error says what to add.
+/// let config = ProxyConfig::from_toml(r#"
 ///     [pins]
 ///     app_ids = ["fdb7a14e5a6675f752e2cb69c9067a98ca402918"]
-///     [[pins.boot_measurements]]
-///     mrtd = "{m}"
-///     rtmr0 = "{m}"
-///     rtmr1 = "{m}"
-///     rtmr2 = "{m}"
-/// "#, m = "ab".repeat(48))).unwrap();
-/// assert_eq!(config.policy().unwrap().allowed_boot_measurements().len(), 1);
+///     kms_roots = ["0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1"]
+/// "#).unwrap();
+/// assert!(config.policy().unwrap_err().to_string().starts_with("add --compose-hash HEX"));
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -398,7 +407,10 @@ impl ProxyConfig {
         .filter_map(|(missing, flag)| missing.then_some(flag))
         .collect();
         if !missing.is_empty() {
-            return Err(Error::new(ErrorKind::Config, format!("add {}: {INSUFFICIENT_CLI}", missing.join(" "))));
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("add {}: the pins do not cover every key{INSUFFICIENT_CLI}", missing.join(" ")),
+            ));
         }
         builder.build().map_err(invalid)
     }
@@ -448,7 +460,7 @@ mod pin_tests {
         // Without the KMS identity the pins are not enough, and the message says what to add.
         let mut partial = config.clone();
         partial.pins.kms_identities.clear();
-        assert!(partial.policy().unwrap_err().to_string().starts_with("add --kms-identity HEX:"));
+        assert!(partial.policy().unwrap_err().to_string().starts_with("add --kms-identity HEX: the pins"));
         // A malformed set is refused when the policy is built, naming the register.
         config.pins.boot_measurements.push(boot("11").parse().unwrap());
         assert!(config.policy().unwrap_err().to_string().contains("boot measurement MRTD"));

@@ -20,7 +20,9 @@ use serde_json::{Map, Value, json};
 use tower::ServiceExt;
 
 use crate::attest::dcap::{self, Collateral};
-use crate::attest::{AttestedKeyset, ChannelInfo, KeyHandle, Policy, custody, eventlog, generation, keyset_digest};
+use crate::attest::{
+    AttestedKeyset, ChannelInfo, KeyHandle, Policy, anchor, custody, eventlog, generation, keyset_digest,
+};
 use crate::attest::{verify_report, verify_report_with_collateral};
 use crate::e2ee::RequestBody;
 use crate::error::{Error, ErrorKind, Result};
@@ -81,6 +83,13 @@ pub struct PinValues {
     pub os_image_hash: Option<String>,
     /// The KMS root every key custody chain recovers to.
     pub kms_root: Option<String>,
+    /// The KMS identity: the `id` of the `key-provider` event (the KMS that provisioned the app).
+    pub kms_identity: Option<String>,
+    /// The reviewed production image the OS image hash names (`dstack 0.5.9`, …), or `None` for a
+    /// development or unknown image.
+    pub production_os: Option<String>,
+    /// `vm_config.image`, when the report carries it (e.g. `dstack-dev-0.5.9-de9c74f0`).
+    pub vm_image: Option<String>,
     /// MRTD, RTMR0, RTMR1, RTMR2 of the quote.
     pub boot_measurements: Option<[String; 4]>,
     /// Whether the boot measurements come from a quote verified to Intel's root.
@@ -130,6 +139,8 @@ impl Inspection {
                 "app_id": v.app_id,
                 "os_image_hash": v.os_image_hash,
                 "kms_root": v.kms_root,
+                "kms_identity": v.kms_identity,
+                "os_image": {"production": v.production_os, "vm_image": v.vm_image},
                 "boot_measurements": v.boot_measurements.as_ref().map(|[m, r0, r1, r2]| json!({"mrtd": m, "rtmr0": r0, "rtmr1": r1, "rtmr2": r2, "verified": v.boot_measurements_verified})),
                 "tcb_status": v.tcb_status,
                 "advisory_ids": v.advisory_ids,
@@ -148,15 +159,22 @@ impl Inspection {
         let mut out = String::from(
             "# Written by `aci-proxy inspect`: these values were TRUSTED ON FIRST USE, read from the\n\
              # gateway's own report. Check each against the values the operator publishes (compose\n\
-             # hash, app id, KMS root, boot measurements) before relying on them.\n",
+             # hash, boot measurements, KMS identity, app id, KMS root) before relying on them.\n",
         );
         if let Some(g) = &self.gateway {
             out.push_str(&format!("gateway = {}\n", q(g)));
         }
-        out.push_str("\n[pins]\n");
+        out.push_str(
+            "\n# The compose hash, the boot measurements and the KMS identity together cover every key\n\
+             # (the app id and the KMS root are checked beside them).\n[pins]\n",
+        );
         out.push_str(&format!("compose_hashes = {}\n", list(&v.compose_hash)));
+        out.push_str(&format!("kms_identities = {}\n", list(&v.kms_identity)));
         out.push_str(&format!("app_ids = {}\n", list(&v.app_id)));
         out.push_str(&format!("kms_roots = {}\n", list(&v.kms_root)));
+        if v.production_os.is_some() {
+            out.push_str("require_production_os = true\n");
+        }
         if let Some(status) = &v.tcb_status {
             out.push_str(&format!("tcb_statuses = [{}]\n", q(status)));
         }
@@ -188,10 +206,11 @@ impl fmt::Display for Inspection {
         let v = &self.values;
         let show = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         writeln!(f, "\nvalues to pin (trusted on first use: check them against the operator's published values)")?;
+        writeln!(
+            f,
+            "  (the compose hash, boot measurements and KMS identity together are required; the rest are checks)"
+        )?;
         writeln!(f, "  --compose-hash   {}", show(&v.compose_hash))?;
-        writeln!(f, "  --app-id         {}", show(&v.app_id))?;
-        writeln!(f, "  --os-image-hash  {}", show(&v.os_image_hash))?;
-        writeln!(f, "  --kms-root       {}", show(&v.kms_root))?;
         match &v.boot_measurements {
             Some(b) => writeln!(
                 f,
@@ -200,6 +219,20 @@ impl fmt::Display for Inspection {
                 if v.boot_measurements_verified { "" } else { "  (from an unverified quote)" }
             )?,
             None => writeln!(f, "  --boot-measurements -")?,
+        }
+        writeln!(f, "  --kms-identity   {}", show(&v.kms_identity))?;
+        writeln!(f, "  --app-id         {}", show(&v.app_id))?;
+        writeln!(f, "  --kms-root       {}", show(&v.kms_root))?;
+        writeln!(f, "  --os-image-hash  {}", show(&v.os_image_hash))?;
+        let image = v.vm_image.as_deref().map(|i| format!(" ({i})")).unwrap_or_default();
+        match (&v.production_os, &v.os_image_hash) {
+            (Some(name), _) => writeln!(f, "  os image         production: {name}{image} (--require-production-os)")?,
+            (None, Some(_)) => writeln!(
+                f,
+                "  os image         development or unknown image{image}: not a reviewed production image \
+                 (its operator may have a shell in the TD)"
+            )?,
+            (None, None) => writeln!(f, "  os image         -")?,
         }
         writeln!(f, "  --tcb-status     {}", show(&v.tcb_status))?;
         writeln!(
@@ -254,6 +287,13 @@ pub fn inspect_report(
     let attestation = top.get("attestation").and_then(Value::as_object).unwrap_or(&empty);
     let evidence = attestation.get("evidence").and_then(Value::as_object).unwrap_or(&empty);
     let keyset = attestation.get("workload_keyset").and_then(Value::as_object).unwrap_or(&empty);
+    // `vm_config` is a JSON string (or, served by some gateways, an object).
+    let vm_config = match evidence.get("vm_config") {
+        Some(Value::String(text)) => serde_json::from_str::<Value>(text).ok(),
+        Some(v @ Value::Object(_)) => Some(v.clone()),
+        _ => None,
+    };
+    out.values.vm_image = vm_config.as_ref().and_then(|c| c.get("image")).and_then(Value::as_str).map(str::to_owned);
 
     // 1. Shape and generation.
     match top.get("api_version").and_then(Value::as_str) {
@@ -371,12 +411,25 @@ pub fn inspect_report(
                     out.values.compose_hash = m.compose_hash.map(hex::encode);
                     out.values.app_id = m.app_id.as_deref().map(hex::encode);
                     out.values.os_image_hash = m.os_image_hash.as_deref().map(hex::encode);
+                    out.values.production_os =
+                        m.os_image_hash.as_deref().and_then(anchor::production_os_image).map(str::to_owned);
+                    out.values.kms_identity = m
+                        .key_provider
+                        .as_deref()
+                        .map(anchor::KmsIdentity::from_payload)
+                        .filter(|k| !k.id.is_empty())
+                        .map(|k| k.id_hex());
                     app_id = m.app_id;
                     let compose = match app_compose {
                         Some(_) => "app_compose hashes to the measured compose-hash",
                         None => "no app_compose in the report: its compose hash is measured but has no preimage",
                     };
-                    out.push("identity", Outcome::Pass, format!("app id, compose hash, OS image hash read; {compose}"));
+                    let kms = if out.values.kms_identity.is_some() { ", KMS identity" } else { "; no KMS identity" };
+                    out.push(
+                        "identity",
+                        Outcome::Pass,
+                        format!("app id, compose hash, OS image hash{kms} read; {compose}"),
+                    );
                 }
                 Err(e) => out.push("identity", Outcome::Fail, e.to_string()),
             }

@@ -167,11 +167,8 @@ fn the_genuine_secp256k1_key_beside_foreign_tls_and_receipt_keys_authenticates_n
     assert_eq!(ks.tls_keys().len(), 0);
     // Its receipt key verifies nothing.
     assert!(ks.receipt_keys().is_empty());
-    let receipt = forged_receipt(
-        ks.digest(),
-        "dstack-kms-receipt-ed25519-v1",
-        &Ed25519Key::from_bytes(&[ATTACKER_ED25519; 32]),
-    );
+    let receipt =
+        forged_receipt(ks.digest(), "dstack-kms-receipt-ed25519-v1", &Ed25519Key::from_bytes(&[ATTACKER_ED25519; 32]));
     let e = verify_against_keyset(&receipt, &ks).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Receipt(ReceiptFailure::UnknownKey), "{e}");
 }

@@ -124,10 +124,12 @@ const SAMPLE_BOOT: [&str; 4] = [
     "d833feef2cd945148aa38ead2c53e9b7f138190aaaebfc551dccd829fc207aa3ba80b70870d7330733642e01d48c3132",
 ];
 
-/// A policy pinning the real capture's app id, anchored by `boot` (MRTD, RTMR0-2).
+/// A policy pinning the real capture's compose hash and KMS identity, with `boot` (MRTD,
+/// RTMR0-2).
 fn boot_pinned(boot: [&str; 4]) -> tower_aci::attest::Policy {
     tower_aci::attest::Policy::builder()
-        .allow_app_id(REAL_APP_ID)
+        .allow_compose_hash(REAL_COMPOSE_HASH)
+        .allow_kms_identity(REAL_KMS_IDENTITY)
         .allow_boot_measurements(boot[0], boot[1], boot[2], boot[3])
         .build()
         .unwrap()
@@ -174,7 +176,8 @@ fn boot_measurements_of_a_verified_quote_must_match_the_pin() {
     }
     // One matching set among several is enough.
     let both = tower_aci::attest::Policy::builder()
-        .allow_app_id(REAL_APP_ID)
+        .allow_compose_hash(REAL_COMPOSE_HASH)
+        .allow_kms_identity(REAL_KMS_IDENTITY)
         .allow_boot_measurements(&other_mrtd, SAMPLE_BOOT[1], SAMPLE_BOOT[2], SAMPLE_BOOT[3])
         .allow_boot_measurements(SAMPLE_BOOT[0], SAMPLE_BOOT[1], SAMPLE_BOOT[2], SAMPLE_BOOT[3])
         .build()

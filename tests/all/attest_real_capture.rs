@@ -11,7 +11,7 @@ use tower_aci::attest::{Generation, Policy, keyset_digest, report_data, verify_r
 use tower_aci::protocol::jcs;
 use tower_aci::{AttestationFailure as F, ErrorKind};
 
-use crate::attest_support::{REAL_APP_ID, load, pinned_builder, pinned_policy};
+use crate::attest_support::{REAL_APP_ID, REAL_COMPOSE_HASH, REAL_KMS_ROOT, load, pinned_builder, pinned_policy};
 
 /// The nonce the report was fetched with.
 const NONCE: [u8; 32] = {
@@ -47,10 +47,20 @@ fn failure<T: std::fmt::Debug>(r: tower_aci::Result<T>) -> (F, String) {
 /// `attestation.freshness.stale_after` of the capture.
 const STALE_AFTER: u64 = 1_782_668_338;
 
-/// Hardware verification skipped (dangerous), everything else as in production: the KMS root
-/// (custody required) and an app-id pin.
+/// Hardware verification skipped (dangerous), so boot measurements cannot be matched: the app
+/// pinned by its id and compose hash and anchored by the KMS root alone (custody required), which
+/// for this generation covers every key (the identity key's chain signs its own bytes and the
+/// identity key endorses the keyset).
 fn skip_hardware_with_custody() -> Policy {
-    pinned_builder().dangerous().skip_hardware_verification().build().unwrap()
+    Policy::builder()
+        .allow_app_id(REAL_APP_ID)
+        .allow_compose_hash(REAL_COMPOSE_HASH)
+        .accept_kms_root(REAL_KMS_ROOT)
+        .dangerous()
+        .skip_hardware_verification()
+        .accept_unauthenticated_answers()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -74,7 +84,9 @@ fn the_real_report_is_of_the_older_generation_and_verifies_as_such() {
     assert_eq!(const_hex::encode(Sha256::digest(jcs::to_vec(&old_statement).unwrap())), claimed);
 
     // A policy for the current generation only refuses it, with its own failure.
-    let current_only = pinned_builder().current_generation_only().dangerous().skip_hardware_verification().build();
+    let current_only =
+        pinned_builder().current_generation_only().dangerous().skip_hardware_verification().unanchored_pin();
+    let current_only = current_only.build();
     let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &current_only.unwrap()));
     assert_eq!(f, F::Generation, "{message}");
 
@@ -86,6 +98,10 @@ fn the_real_report_is_of_the_older_generation_and_verifies_as_such() {
     assert_eq!(ks.not_after(), STALE_AFTER);
     assert_eq!(ks.e2ee_key().key_id(), "dstack-kms-e2ee-v1");
     assert!(!ks.hardware_verified());
+    // The KMS root alone covers every key of this generation's keyset, its TLS keys included.
+    assert_eq!(ks.anchor(), tower_aci::attest::Anchor::KmsCustody);
+    assert_eq!(ks.tls_keys().len(), 3);
+    assert_eq!(ks.kms_identity().as_deref(), Some(crate::attest_support::REAL_KMS_IDENTITY));
     // For another nonce its binding fails.
     let (f, _) = failure(verify_report(&capture_bytes(), &[7; 32], FETCHED_AT, &skip_hardware_with_custody()));
     assert_eq!(f, F::ReportData);
@@ -95,6 +111,7 @@ fn the_real_report_is_of_the_older_generation_and_verifies_as_such() {
         .accept_kms_root("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
         .dangerous()
         .skip_hardware_verification()
+        .accept_unauthenticated_answers()
         .build()
         .unwrap();
     let (f, message) = failure(verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &other_root));

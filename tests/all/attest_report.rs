@@ -470,14 +470,10 @@ impl Custody {
         Custody { kms, report }
     }
 
+    /// Custody verified (a KMS root), the keys used unanchored: these tests are about the
+    /// chains, not about which keys an anchor covers (tests/all/anchors.rs).
     fn policy(&self) -> Policy {
-        Policy::builder()
-            .accept_kms_root(&self.kms.root_hex())
-            .allow_app_id(&const_hex::encode(&self.kms.app_id))
-            .dangerous()
-            .accept_stub_quote()
-            .build()
-            .unwrap()
+        custody_builder(&const_hex::encode(&self.kms.app_id), &self.kms.root_hex()).accept_stub_quote().build().unwrap()
     }
 
     fn verify(&self, report: &Value, policy: &Policy) -> tower_aci::Result<tower_aci::attest::AttestedKeyset> {
@@ -581,10 +577,7 @@ fn custody_policy_modes() {
 #[test]
 fn custody_wrong_root() {
     let c = Custody::new();
-    let other = Policy::builder()
-        .accept_kms_root(&compressed_hex(&signing_key(0x12)))
-        .allow_app_id(&const_hex::encode(&c.kms.app_id))
-        .dangerous()
+    let other = custody_builder(&const_hex::encode(&c.kms.app_id), &compressed_hex(&signing_key(0x12)))
         .accept_stub_quote()
         .build()
         .unwrap();
@@ -786,6 +779,7 @@ fn event_log_supplies_app_id_and_compose_hash() {
         .allow_app_id(&const_hex::encode(&kms.app_id))
         .dangerous()
         .skip_hardware_verification()
+        .unanchored_pin()
         .build()
         .unwrap();
     let verify = |r: &Value| verify_report(&bytes(r), &[9; 32], CUSTODY_NOW, &policy);

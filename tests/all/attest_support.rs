@@ -78,15 +78,41 @@ pub(crate) const REAL_APP_ID: &str = "fdb7a14e5a6675f752e2cb69c9067a98ca402918";
 /// The KMS root the real capture's custody chains recover.
 pub(crate) const REAL_KMS_ROOT: &str = "0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1";
 
-/// A production-shaped builder: the workload pinned (by the real capture's app id) and anchored
-/// (by its KMS root), nothing relaxed.
+/// The real capture's compose hash (`compose-hash` event).
+pub(crate) const REAL_COMPOSE_HASH: &str = "5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb";
+
+/// The real capture's boot measurements (MRTD, RTMR0-2 of its quote).
+pub(crate) const REAL_BOOT: [&str; 4] = [
+    "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077",
+    "ec216f1d1d591468ff4741b9b192f016b26d3f90303bfa9dbb97557273853183981f21a4bcb3ae908247538d371ad072",
+    "07e6f51aa763abfe75c3ddfbf4f425fe3f0ceff66d807a75e049303dce9addf68e7218729bd419638af63a370f65878c",
+    "a2a58c9a959a4fa44bd6da0c97a2270c051faf12084cfe91ae900e4fdff6cdd4f69a82005e04ee920f231497894d677f",
+];
+
+/// The real capture's KMS identity (the `id` of its `key-provider` event).
+pub(crate) const REAL_KMS_IDENTITY: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bbd19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f";
+
+/// A production-shaped builder: the sound combination of the real capture (compose hash, boot
+/// measurements, KMS identity) with its app id and KMS root beside it, nothing relaxed.
 pub(crate) fn pinned_builder() -> tower_aci::attest::PolicyBuilder {
-    Policy::builder().allow_app_id(REAL_APP_ID).accept_kms_root(REAL_KMS_ROOT)
+    Policy::builder()
+        .allow_compose_hash(REAL_COMPOSE_HASH)
+        .allow_boot_measurements(REAL_BOOT[0], REAL_BOOT[1], REAL_BOOT[2], REAL_BOOT[3])
+        .allow_kms_identity(REAL_KMS_IDENTITY)
+        .allow_app_id(REAL_APP_ID)
+        .accept_kms_root(REAL_KMS_ROOT)
 }
 
 /// [`pinned_builder`], built: hardware verification required.
 pub(crate) fn pinned_policy() -> Policy {
     pinned_builder().build().unwrap()
+}
+
+/// An app pin with a KMS root whose custody is verified, the keys used without a sound anchor
+/// (`dangerous().unanchored_pin()`): for tests of key custody on stub-quoted or unverified
+/// reports, which can match no boot measurements.
+pub(crate) fn custody_builder(app_id: &str, kms_root: &str) -> tower_aci::attest::DangerousPolicyBuilder {
+    Policy::builder().allow_app_id(app_id).accept_kms_root(kms_root).dangerous().unanchored_pin()
 }
 
 /// The policy for stub-quoted reports.

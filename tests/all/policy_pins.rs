@@ -149,12 +149,13 @@ fn a_kms_root_requires_custody() {
     let subject = format!("app-id:0x{}", const_hex::encode(&kms.app_id));
     let mut report = seal_report(&production_keyset(Some(&subject), NOW + 3_600), Some(&NONCE));
     report["attestation"]["evidence"]["key_custody"] = kms.custody();
-    // The KMS root anchors the pin: no unanchored opt-out needed.
+    // The KMS root alone anchors the pin only in the prompt-confidentiality-only mode.
     let policy = Policy::builder()
         .accept_kms_root(&kms.root_hex())
         .allow_app_id(&const_hex::encode(&kms.app_id))
         .dangerous()
         .accept_stub_quote()
+        .accept_unauthenticated_answers()
         .build()
         .unwrap();
     assert!(policy.requires_key_custody() && policy.anchors_pin());
@@ -233,7 +234,7 @@ fn an_os_image_pin_alone_does_not_build() {
 }
 
 #[test]
-fn an_unanchored_compose_hash_pin_does_not_build() {
+fn an_insufficient_compose_hash_pin_does_not_build() {
     for builder in [
         Policy::builder().allow_compose_hash(&GATEWAY.compose_hash()),
         Policy::builder().allow_app_id(&const_hex::encode(GATEWAY.app_id)),
@@ -242,7 +243,7 @@ fn an_unanchored_compose_hash_pin_does_not_build() {
         let e = builder.build().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         let message = e.to_string();
-        for way in ["accept_kms_root", "allow_boot_measurements", "MRTD", "unanchored_pin"] {
+        for way in ["allow_boot_measurements", "allow_kms_identity", "accept_kms_root", "unanchored_pin"] {
             assert!(message.contains(way), "{way:?} missing: {message}");
         }
     }
@@ -259,13 +260,7 @@ fn a_current_keyset_naming_an_identity_key_is_refused_as_a_mix_of_generations() 
     let subject = format!("app-id:0x{}", const_hex::encode(&kms.app_id));
     let mut keyset = production_keyset(Some(&subject), NOW + 3_600);
     keyset["workload_identity"] = json!({"public_key": {"algo": "ecdsa-secp256k1", "public_key": identity}});
-    let policy = Policy::builder()
-        .accept_kms_root(&kms.root_hex())
-        .allow_app_id(&const_hex::encode(&kms.app_id))
-        .dangerous()
-        .accept_stub_quote()
-        .build()
-        .unwrap();
+    let policy = custody_builder(&const_hex::encode(&kms.app_id), &kms.root_hex()).accept_stub_quote().build().unwrap();
     let with_custody = |keyset: &Value, custody: Value| {
         let mut report = seal_report(keyset, Some(&NONCE));
         report["attestation"]["evidence"]["key_custody"] = custody;

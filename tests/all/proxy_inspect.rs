@@ -9,7 +9,7 @@ use tower_aci::protocol::suite::Suite;
 use tower_aci::proxy::ProxyConfig;
 use tower_aci::proxy::inspect::{Outcome, inspect_gateway};
 
-use crate::attest_support::{REAL_APP_ID, REAL_KMS_ROOT};
+use crate::attest_support::{REAL_APP_ID, REAL_BOOT, REAL_KMS_IDENTITY, REAL_KMS_ROOT};
 use crate::support::stub_policy;
 
 const CAPTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/real_tdx_report_2026-06.json");
@@ -73,11 +73,27 @@ fn the_real_capture_shows_what_to_pin_with_one_line_per_check_and_verifies_only_
     assert!(text.lines().any(|l| l.starts_with("skip quote") && l.contains("collateral")), "{text}");
     assert!(text.contains(&format!("--app-id         {REAL_APP_ID}")), "{text}");
     assert!(text.contains(&format!("--os-image-hash  {OS_IMAGE_HASH}")), "{text}");
+    assert!(text.contains(&format!("--kms-identity   {REAL_KMS_IDENTITY}")), "{text}");
+    assert!(text.contains("--boot-measurements f06dfda6"), "{text}");
+    let image = text.lines().find(|l| l.trim_start().starts_with("os image")).unwrap();
+    assert!(image.contains("development") && image.contains("dstack-dev-0.5.9-de9c74f0"), "{image}");
     assert!(text.contains("NOT verified under the pins given"));
 
     // Under its pins, but the quote cannot be verified offline: still exit 1, and the pins line
     // says why.
-    let (code, text, _) = inspect(&["--app-id", REAL_APP_ID, "--kms-root", REAL_KMS_ROOT]);
+    let boot = REAL_BOOT.join(",");
+    let (code, text, _) = inspect(&[
+        "--compose-hash",
+        COMPOSE_HASH,
+        "--boot-measurements",
+        &boot,
+        "--kms-identity",
+        REAL_KMS_IDENTITY,
+        "--app-id",
+        REAL_APP_ID,
+        "--kms-root",
+        REAL_KMS_ROOT,
+    ]);
     assert_eq!(code, Some(1), "{text}");
     let pins_line = text.lines().find(|l| l.starts_with("fail pins")).unwrap();
     assert!(pins_line.to_lowercase().contains("collateral") || pins_line.contains("hardware"), "{pins_line}");
@@ -113,6 +129,9 @@ fn write_config_holds_the_pins_with_the_trust_on_first_use_comment_and_the_proxy
     assert_eq!(config.pins.app_ids, [REAL_APP_ID]);
     assert_eq!(config.pins.compose_hashes, [COMPOSE_HASH]);
     assert_eq!(config.pins.kms_roots, [REAL_KMS_ROOT]);
+    assert_eq!(config.pins.kms_identities, [REAL_KMS_IDENTITY]);
+    // The capture's image is a development image: no require_production_os line.
+    assert!(!config.pins.require_production_os && !toml.contains("require_production_os"), "{toml}");
     assert_eq!(config.pins.boot_measurements.len(), 1);
     // The pins it wrote make a policy.
     config.policy().unwrap();
