@@ -717,6 +717,10 @@ fn boot_measurements_of_the_real_quote_are_compared_with_the_pin() {
     check_boot_measurements(&[], None).unwrap();
 }
 
+// Attacks on the anchors, on the real bytes (feature `dcap`: the quote is parsed by dcap-qvl).
+#[cfg(feature = "dcap")]
+mod anchors;
+
 // The whole report, end to end (feature `dcap`: the quote is parsed by dcap-qvl).
 #[cfg(feature = "dcap")]
 mod end_to_end;
