@@ -10,12 +10,14 @@
 //!
 //! # A real gateway (README, "Talk to a real gateway"): pin the workload, HTTPS pinned to the keyset.
 //! ACI_API_KEY=sk-… cargo run --example chat --features test-gateway,rustls,dcap -- \
-//!     --base-url https://api.redpill.ai --compose-hash <hex> --kms-root <hex> --model <model> "question"
+//!     --base-url https://api.redpill.ai --compose-hash <hex> --boot-measurements <mrtd,rtmr0,rtmr1,rtmr2> \
+//!     --kms-identity <hex> --model <model> "question"
 //! ```
 //!
 //! Flags: `--base-url URL` (a real gateway; `https://` needs feature `rustls`), `--model NAME`,
-//! workload pins `--compose-hash HEX`, `--app-id HEX` (with `--os-image-hash HEX` optionally),
-//! anchored by `--kms-root HEX` or `--boot-measurements MRTD,RTMR0,RTMR1,RTMR2` (all repeatable),
+//! the pins `--compose-hash HEX`, `--boot-measurements MRTD,RTMR0,RTMR1,RTMR2` and
+//! `--kms-identity HEX` (all three needed; `aci-proxy inspect` prints them), with `--app-id HEX`,
+//! `--kms-root HEX` and `--os-image-hash HEX` checked beside them (all repeatable),
 //! `--tcb-status NAME` (repeatable; default `UpToDate`), `--pccs URL` (feature
 //! `dcap`; default `https://pccs.phala.network`), `--pin-only` (a self-signed gateway: the attested
 //! keyset is the only trust anchor), `--tls` (the local gateway over HTTPS with a self-signed
@@ -80,6 +82,7 @@ struct Args {
     app_ids: Vec<String>,
     os_images: Vec<String>,
     kms_roots: Vec<String>,
+    kms_identities: Vec<String>,
     boot_measurements: Vec<String>,
     tcb_statuses: Vec<String>,
     pccs: Option<String>,
@@ -100,6 +103,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--app-id" => args.app_ids.push(value()?),
             "--os-image-hash" => args.os_images.push(value()?),
             "--kms-root" => args.kms_roots.push(value()?),
+            "--kms-identity" => args.kms_identities.push(value()?),
             "--boot-measurements" => args.boot_measurements.push(value()?),
             "--tcb-status" => args.tcb_statuses.push(value()?),
             "--pccs" => args.pccs = Some(value()?),
@@ -127,6 +131,9 @@ fn real_policy(args: &Args) -> Result<Policy, BoxError> {
     }
     for root in &args.kms_roots {
         b = b.accept_kms_root(root);
+    }
+    for id in &args.kms_identities {
+        b = b.allow_kms_identity(id);
     }
     for set in &args.boot_measurements {
         let [mrtd, rtmr0, rtmr1, rtmr2] = <[&str; 4]>::try_from(set.split(',').collect::<Vec<_>>())

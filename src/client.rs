@@ -150,17 +150,31 @@ impl ClientBuilder {
         self.pins(|p| p.allow_app_id(hex_app_id))
     }
 
-    /// Require the keys' custody chain to end at this dstack KMS root public key (hex); see
+    /// Require the keys' custody chain to end at this dstack KMS root public key (hex), beside
+    /// the pins above (a KMS root alone covers only the secp256k1 E2EE key); see
     /// [`PolicyBuilder::accept_kms_root`].
     pub fn accept_kms_root(self, public_key_hex: &str) -> Self {
         self.pins(|p| p.accept_kms_root(public_key_hex))
     }
 
-    /// Anchor the pin in the gateway's boot chain instead of (or beside) a KMS root: the
-    /// hardware-verified quote's MRTD and RTMR0–2 (hex, 48 bytes each) must equal this set.
-    /// Several sets may be allowed; see [`PolicyBuilder::allow_boot_measurements`].
+    /// Trust only the genuine boot chain: the hardware-verified quote's MRTD and RTMR0–2 (hex, 48
+    /// bytes each) must equal this set. Several sets may be allowed; see
+    /// [`PolicyBuilder::allow_boot_measurements`]. With a compose hash and a KMS identity, the
+    /// combination every client needs.
     pub fn allow_boot_measurements(self, mrtd: &str, rtmr0: &str, rtmr1: &str, rtmr2: &str) -> Self {
         self.pins(|p| p.allow_boot_measurements(mrtd, rtmr0, rtmr1, rtmr2))
+    }
+
+    /// Trust only the KMS that provisioned the gateway: the `id` (hex) of the event log's
+    /// `key-provider` event; see [`PolicyBuilder::allow_kms_identity`].
+    pub fn allow_kms_identity(self, hex_id: &str) -> Self {
+        self.pins(|p| p.allow_kms_identity(hex_id))
+    }
+
+    /// Require a reviewed dstack production OS image; see
+    /// [`PolicyBuilder::require_production_os`].
+    pub fn require_production_os(self) -> Self {
+        self.pins(PolicyBuilder::require_production_os)
     }
 
     /// A ready policy, for anything the pin methods above do not cover. Given together with
@@ -404,11 +418,17 @@ fn is_loopback(uri: &Uri) -> bool {
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), tower_aci::BoxError> {
-/// # const APP_ID: &str = "fdb7a14e5a6675f752e2cb69c9067a98ca402918";
-/// # const KMS_ROOT: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+/// # const COMPOSE_HASH: &str = "5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb";
+/// # const MRTD: &str = "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077";
+/// # const RTMR0: &str = "ec216f1d1d591468ff4741b9b192f016b26d3f90303bfa9dbb97557273853183981f21a4bcb3ae908247538d371ad072";
+/// # const RTMR1: &str = "07e6f51aa763abfe75c3ddfbf4f425fe3f0ceff66d807a75e049303dce9addf68e7218729bd419638af63a370f65878c";
+/// # const RTMR2: &str = "a2a58c9a959a4fa44bd6da0c97a2270c051faf12084cfe91ae900e4fdff6cdd4f69a82005e04ee920f231497894d677f";
+/// # const KMS_IDENTITY: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bbd19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f";
 /// use tower_aci::{Client, ErrorKind};
-/// let client = Client::builder("https://api.redpill.ai") // what you trust: the workload and its KMS
-///     .allow_app_id(APP_ID).accept_kms_root(KMS_ROOT).api_key_env("REDPILL_API_KEY")
+/// let client = Client::builder("https://api.redpill.ai") // what you trust: the code, on a genuine
+///     .allow_compose_hash(COMPOSE_HASH) //                  boot chain, provisioned by that KMS
+///     .allow_boot_measurements(MRTD, RTMR0, RTMR1, RTMR2).allow_kms_identity(KMS_IDENTITY)
+///     .api_key_env("REDPILL_API_KEY")
 ///     .build().await?; // attests now, then keeps the key fresh in the background
 /// let body = r#"{"model":"MODEL","messages":[{"role":"user","content":"hi"}]}"#;
 /// match client.post("/v1/chat/completions", body).await {

@@ -40,13 +40,25 @@ const ATTESTATION_PATH: &str = "/v1/aci/attestation";
 /// use tower_aci::middleware::ReqwestService;
 /// use tower_aci::tls::AttestedTls;
 ///
+/// # const COMPOSE_HASH: &str = "5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb";
+/// # const MRTD: &str = "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077";
+/// # const RTMR0: &str = "ec216f1d1d591468ff4741b9b192f016b26d3f90303bfa9dbb97557273853183981f21a4bcb3ae908247538d371ad072";
+/// # const RTMR1: &str = "07e6f51aa763abfe75c3ddfbf4f425fe3f0ceff66d807a75e049303dce9addf68e7218729bd419638af63a370f65878c";
+/// # const RTMR2: &str = "a2a58c9a959a4fa44bd6da0c97a2270c051faf12084cfe91ae900e4fdff6cdd4f69a82005e04ee920f231497894d677f";
+/// # const KMS_IDENTITY: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bbd19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f";
 /// let keys = KeyHandle::new();
 /// let tls = AttestedTls::builder(keys.clone()).with_webpki_roots().build()?;
 /// let http = ReqwestService::pinned(&tls)?; // reqwest over the pinned rustls configuration
 /// let provider = KeyProvider::builder(http.clone())
 ///     .handle(keys)
 ///     .base_url("https://gateway.example".parse()?)
-///     .policy(Policy::builder().allow_app_id("fdb7…").accept_kms_root("02…").build()?)
+///     .policy(
+///         Policy::builder()
+///             .allow_compose_hash(COMPOSE_HASH)
+///             .allow_boot_measurements(MRTD, RTMR0, RTMR1, RTMR2)
+///             .allow_kms_identity(KMS_IDENTITY)
+///             .build()?,
+///     )
 ///     .build()?;
 /// provider.establish().await?; // the report's channel is checked against the keyset
 /// # Ok(()) }

@@ -42,8 +42,13 @@
 //!
 //! // Or hand the collateral to a policy and let `verify_report` / the key provider use it.
 //! let policy = Policy::builder()
-//!     .allow_app_id("fdb7a14e5a6675f752e2cb69c9067a98ca402918") // the workload (see `Policy`)
-//!     // Its anchor: the TD's firmware and boot chain, as a trusted quote reported them.
+//!     // The code and the KMS that provisioned it (see `Policy`; the real June 2026 capture's).
+//!     .allow_compose_hash("5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb")
+//!     .allow_kms_identity(concat!(
+//!         "3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bb",
+//!         "d19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f",
+//!     ))
+//!     // The TD's firmware and boot chain, as a trusted quote reported them.
 //!     .allow_boot_measurements(
 //!         &const_hex::encode(verified.mr_td()),
 //!         &const_hex::encode(verified.rt_mr0()),
