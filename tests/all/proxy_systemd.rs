@@ -132,6 +132,9 @@ fn run_install_block(block: &str, root: &Root) {
 
     let mut script = String::from("set -eu\n");
     for line in block.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for construct in [";", "||", "`", "$("] {
+            assert!(!line.contains(construct), "{construct:?} is not reproduced (only && and |): {line}");
+        }
         let mut kept = Vec::new();
         for command in line.split(" && ") {
             let mut pipeline = Vec::new();
