@@ -47,6 +47,8 @@ mod proxy_inspect;
 mod proxy_local;
 #[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy_ops;
+#[cfg(all(feature = "proxy", feature = "test-gateway", unix))]
+mod proxy_systemd;
 #[cfg(feature = "test-gateway")]
 mod receipt_gateway;
 #[cfg(feature = "test-gateway")]
