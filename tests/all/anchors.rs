@@ -217,3 +217,102 @@ fn app_id_pins_that_leave_the_compose_or_the_kms_free_do_not_build() {
     let policy = sound.allow_app_id(&app).accept_kms_root(&kms.root_hex()).build().unwrap();
     assert!(policy.anchors_pin() && !policy.is_dangerous());
 }
+
+/// Over real TLS on loopback: the attacker's gateway serves attack 2's keyset (the genuine
+/// secp256k1 key, its own TLS and receipt keys, copied custody) for every nonce, over its own
+/// certificate, which the keyset lists. Under the KMS-root-only anchor the keyset keeps no TLS
+/// key, so the provider refuses the channel the report came over: no answer over it is accepted.
+#[cfg(all(feature = "rustls", feature = "test-gateway"))]
+mod over_tls {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tower_aci::attest::{KeyHandle, KeyProvider};
+    use tower_aci::e2ee::RequestBody;
+    use tower_aci::tls::{AttestedTls, spki_sha256};
+
+    use super::*;
+
+    /// The attacker's gateway: answers `GET /v1/aci/attestation?nonce=…` with attack 2's report
+    /// sealed for that nonce, and anything else with a forged chat answer. Returns its address.
+    async fn hostile_gateway() -> std::net::SocketAddr {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let spki = const_hex::encode(spki_sha256(cert.cert.der()).unwrap());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let kms = TestKms::new();
+        let (mut keyset, custody) = attacker_keyset(&kms, true);
+        keyset["tls_public_keys"] = json!([{"spki_sha256": spki}]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let (acceptor, keyset, custody) = (acceptor.clone(), keyset.clone(), custody.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let nonce: Option<[u8; 32]> = req
+                            .uri()
+                            .query()
+                            .and_then(|q| q.strip_prefix("nonce="))
+                            .and_then(|n| const_hex::decode(n).ok())
+                            .and_then(|n| n.try_into().ok());
+                        let body = match nonce {
+                            Some(nonce) => {
+                                let mut r = seal_report(&keyset, Some(&nonce));
+                                r["attestation"]["evidence"]["key_custody"] = custody.clone();
+                                bytes(&r)
+                            }
+                            None => br#"{"choices":[{"message":{"role":"assistant","content":"forged"}}]}"#.to_vec(),
+                        };
+                        let res = Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap();
+                        async move { Ok::<_, std::convert::Infallible>(res) }
+                    });
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_attackers_tls_channel_is_refused_under_a_kms_root_anchor() {
+        let addr = hostile_gateway().await;
+        let kms = TestKms::new();
+        let keys = KeyHandle::with_clock(Arc::new(tower_aci::attest::ManualClock::new(NOW)));
+        let tls = AttestedTls::builder(keys.clone()).pin_only().build().unwrap();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        let http: Client<_, RequestBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).build(tls.connector_with(tcp));
+        let policy = kms_root_pins(&kms).dangerous().accept_stub_quote().accept_unauthenticated_answers().build();
+        let provider = KeyProvider::builder(http)
+            .handle(keys.clone())
+            .base_url(format!("https://127.0.0.1:{}", addr.port()).parse().unwrap())
+            .policy(policy.unwrap())
+            .build()
+            .unwrap();
+        let e = provider.establish().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attestation(F::ChannelBinding), "{e}");
+        // Nothing was published: no request can be sent, let alone an answer accepted.
+        assert!(keys.current().is_err());
+        assert!(e.to_string().contains("127.0.0.1") || e.to_string().contains("SPKI"), "{e}");
+    }
+}
