@@ -396,7 +396,10 @@ async fn serve(config: ProxyConfig) -> Result<(), String> {
             status["keyset"]["digest"]
         );
     }
-    proxy.serve_with_ops_until(listener, ops_listener, stop_signal()).await.map_err(|e| format!("server error: {e}"))?;
+    proxy
+        .serve_with_ops_until(listener, ops_listener, stop_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
     tracing::info!("stopped");
     Ok(())
 }

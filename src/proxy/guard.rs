@@ -325,6 +325,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.client_key_env.as_deref(), Some("ACI_CLIENT_KEY"));
         assert_eq!(c.allow_origins, ["http://localhost:3000"]);
+        assert!(!c.require_client_key && c.ops_listen.is_none() && !c.ops_listen_beyond_loopback);
+        let c = crate::proxy::ProxyConfig::from_toml(
+            "require_client_key = true\nops_listen = \"0.0.0.0:9090\"\nops_listen_beyond_loopback = true",
+        )
+        .unwrap();
+        assert!(c.require_client_key && c.ops_listen_beyond_loopback);
+        assert_eq!(c.ops_listen, Some("0.0.0.0:9090".parse().unwrap()));
     }
 
     #[test]
@@ -332,8 +339,8 @@ mod tests {
         let e = Guard::new("0.0.0.0:8787".parse().unwrap(), &[], None, false).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.to_string().contains("--client-key-env"), "{e}");
-        let e =
-            Guard::new("127.0.0.1:8787".parse().unwrap(), &[], Some("TOWER_ACI_TEST_UNSET_CLIENT_KEY"), false).unwrap_err();
+        let e = Guard::new("127.0.0.1:8787".parse().unwrap(), &[], Some("TOWER_ACI_TEST_UNSET_CLIENT_KEY"), false)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.to_string().contains("TOWER_ACI_TEST_UNSET_CLIENT_KEY is unset"), "{e}");
         for bad in ["*", "https://app.example/", "app.example", ""] {
@@ -372,7 +379,9 @@ mod tests {
             assert!(!g.host_allowed("evil.example:9090"), "{beyond}");
         }
         let g = Guard::ops(Some("127.0.0.1:9090".parse().unwrap()), false, listen).unwrap();
-        assert!(g.host_allowed("localhost:9090") && g.host_allowed("127.0.0.1:9090") && !g.host_allowed("evil.example"));
+        assert!(
+            g.host_allowed("localhost:9090") && g.host_allowed("127.0.0.1:9090") && !g.host_allowed("evil.example")
+        );
         assert!(!g.requires_client_key() && g.allow_origins.is_empty());
         // Unset: the ops router alone answers to loopback names.
         let g = Guard::ops(None, false, listen).unwrap();

@@ -373,7 +373,8 @@ fn require_client_key_without_a_key_fails_at_start_with_a_clear_message() {
     std::fs::write(&file, "require_client_key = true\n").unwrap();
     let file = file.to_str().unwrap();
     let base = ["--local-test-gateway", "--listen", "127.0.0.1:0"];
-    let cases: [(Vec<&str>, Vec<(&str, &str)>); 3] = [
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: [Case; 3] = [
         (vec!["--require-client-key"], vec![]),
         // The variable that should have named the key is misspelled: nothing names it.
         (vec![], vec![("ACI_PROXY_REQUIRE_CLIENT_KEY", "true"), ("ACI_PROXY_CLIENT_KEY_EVN", "ACI_CLIENT_KEY")]),
@@ -389,7 +390,10 @@ fn require_client_key_without_a_key_fails_at_start_with_a_clear_message() {
              serve every local user and process.",
             "{stderr}"
         );
-        assert!(stderr.contains("fix: name the environment variable holding the key: --client-key-env VAR"), "{stderr}");
+        assert!(
+            stderr.contains("fix: name the environment variable holding the key: --client-key-env VAR"),
+            "{stderr}"
+        );
         assert!(!stderr.contains("listening on"), "{stderr}");
     }
     // Named, but the variable is unset or too short: the message names the variable and what is wrong.
@@ -397,7 +401,12 @@ fn require_client_key_without_a_key_fails_at_start_with_a_clear_message() {
         let args = [&base[..], &["--require-client-key", "--client-key-env", "ACI_CLIENT_KEY"]].concat();
         let (status, stderr) = run_to_exit(&args, &envs);
         assert_eq!(status.code(), Some(1), "{stderr}");
-        assert!(stderr.starts_with("aci-proxy: cannot start: --client-key-env ACI_CLIENT_KEY: the environment variable ACI_CLIENT_KEY"), "{stderr}");
+        assert!(
+            stderr.starts_with(
+                "aci-proxy: cannot start: --client-key-env ACI_CLIENT_KEY: the environment variable ACI_CLIENT_KEY"
+            ),
+            "{stderr}"
+        );
         assert!(stderr.contains(seen), "{stderr}");
         assert!(!stderr.contains("short\n") && !stderr.contains("\"short\""), "the value is not printed: {stderr}");
     }
@@ -456,7 +465,10 @@ async fn a_non_loopback_ops_listen_needs_its_acknowledgement() {
     let args = ["--local-test-gateway", "--listen", "127.0.0.1:0", "--ops-listen", &everywhere];
     let (status, stderr) = run_to_exit(&args, &[]);
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.starts_with(&format!("aci-proxy: cannot start: --ops-listen {everywhere} is not a loopback")), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("aci-proxy: cannot start: --ops-listen {everywhere} is not a loopback")),
+        "{stderr}"
+    );
     assert!(stderr.contains("fix: keep it on this machine: --ops-listen 127.0.0.1:"), "{stderr}");
     assert!(stderr.contains("--ops-listen-beyond-loopback"), "{stderr}");
 

@@ -522,7 +522,10 @@ async fn probes_and_metrics_refuse_a_rebound_host_and_a_foreign_origin() {
             let res = http.get(format!("http://{addr}{path}")).header(HOST, &host).send().await.unwrap();
             assert_eq!(res.status(), 421, "{path} Host {host}");
             let body = res.text().await.unwrap();
-            assert!(!body.contains("aci_") && !body.contains("\"ready\"") && !body.contains("\"ok\""), "{path}: {body}");
+            assert!(
+                !body.contains("aci_") && !body.contains("\"ready\"") && !body.contains("\"ok\""),
+                "{path}: {body}"
+            );
             assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["type"], "host_not_allowed");
         }
         let res = http.get(format!("http://{addr}{path}")).header(ORIGIN, "https://evil.example").send().await.unwrap();
@@ -532,7 +535,8 @@ async fn probes_and_metrics_refuse_a_rebound_host_and_a_foreign_origin() {
         assert!(!body.contains("aci_") && !body.contains("\"ready\""), "{path}: {body}");
         assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["type"], "origin_not_allowed");
         // The same request from a loopback name and no Origin is served (the test is not vacuous).
-        let res = http.get(format!("http://{addr}{path}")).header(HOST, format!("localhost:{port}")).send().await.unwrap();
+        let res =
+            http.get(format!("http://{addr}{path}")).header(HOST, format!("localhost:{port}")).send().await.unwrap();
         assert_eq!(res.status(), 200, "{path}");
     }
     let metrics = http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
