@@ -7,6 +7,8 @@
 //! ACI_API_KEY=sk-… aci-proxy --gateway https://api.redpill.ai --compose-hash … --kms-root …
 //! aci-proxy verify-receipts receipts.jsonl --config aci-proxy.toml           # offline audit
 //! ACI_CLIENT_KEY=… aci-proxy --listen 0.0.0.0:8787 --client-key-env ACI_CLIENT_KEY …  # beyond loopback
+//! ACI_CLIENT_KEY=… aci-proxy --require-client-key --client-key-env ACI_CLIENT_KEY \
+//!     --ops-listen 127.0.0.1:9090 …     # a shared machine: the key on loopback, probes without it
 //! ```
 //!
 //! Every flag can also come from an `ACI_PROXY_*` environment variable (`--gateway` from
@@ -74,10 +76,23 @@ struct ServeArgs {
     #[arg(long, env = "ACI_PROXY_API_KEY_ENV", value_name = "VAR")]
     api_key_env: Option<String>,
     /// Environment variable holding the key clients must send as `Authorization: Bearer <key>`
-    /// (at least 16 characters; required to listen on a non-loopback address). The client key
-    /// is never forwarded: the gateway gets the API key of --api-key-env
+    /// (at least 16 characters; required to listen on a non-loopback address). Checked on every
+    /// route of --listen, loopback and probes included. The client key is never forwarded: the
+    /// gateway gets the API key of --api-key-env
     #[arg(long, env = "ACI_PROXY_CLIENT_KEY_ENV", value_name = "VAR")]
     client_key_env: Option<String>,
+    /// Refuse to start without a client key (--client-key-env), on loopback too: for a shared
+    /// machine, where other users and processes must not spend the API key
+    #[arg(long, env = "ACI_PROXY_REQUIRE_CLIENT_KEY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    require_client_key: Option<bool>,
+    /// Also listen here for GET /healthz, /readyz and /metrics only, without the client key (for a
+    /// supervisor or Prometheus); Host must name this address or loopback, Origin is refused
+    #[arg(long, env = "ACI_PROXY_OPS_LISTEN", value_name = "ADDR")]
+    ops_listen: Option<SocketAddr>,
+    /// Allow --ops-listen on a non-loopback address (its probes and metrics then answer whoever
+    /// reaches it: keep it behind a firewall or in a pod network)
+    #[arg(long, env = "ACI_PROXY_OPS_LISTEN_BEYOND_LOOPBACK", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    ops_listen_beyond_loopback: Option<bool>,
     /// Allow requests from this browser origin, exactly scheme://host or scheme://host:port (repeatable); any
     /// other request carrying Origin is refused
     #[arg(long = "allow-origin", env = "ACI_PROXY_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
@@ -266,6 +281,15 @@ impl ServeArgs {
         if let Some(e) = &self.client_key_env {
             config.client_key_env = Some(e.clone());
         }
+        if let Some(b) = self.require_client_key {
+            config.require_client_key = b;
+        }
+        if let Some(a) = self.ops_listen {
+            config.ops_listen = Some(a);
+        }
+        if let Some(b) = self.ops_listen_beyond_loopback {
+            config.ops_listen_beyond_loopback = b;
+        }
         replace_if_given(&mut config.allow_origins, &self.allow_origins);
         if let Some(r) = self.receipts {
             config.receipts = r;
@@ -320,6 +344,9 @@ fn config_json(c: &ProxyConfig) -> serde_json::Value {
         "any_workload": c.any_workload,
         "require_exact_keyset": c.require_exact_keyset,
         "client_key_env": c.client_key_env,
+        "require_client_key": c.require_client_key,
+        "ops_listen": c.ops_listen.map(|a| a.to_string()),
+        "ops_listen_beyond_loopback": c.ops_listen_beyond_loopback,
         "allow_origins": c.allow_origins,
         "pins": c.pins.to_json(),
     })
@@ -352,11 +379,26 @@ async fn stop_signal() {
 }
 
 async fn serve(config: ProxyConfig) -> Result<(), String> {
-    let (listen, format) = (config.listen, config.log_format);
+    let (listen, ops_listen, format) = (config.listen, config.ops_listen, config.log_format);
     let proxy = Proxy::start(config).await.map_err(|e| format!("cannot start: {e}"))?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let listen = listener.local_addr().unwrap_or(listen);
+    let ops_listener = match ops_listen {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| format!("cannot listen on {at} (--ops-listen): {e}"))?,
+        ),
+        None => None,
+    };
+    if let (Some(l), Some(at)) = (&ops_listener, ops_listen) {
+        let ops = l.local_addr().unwrap_or(at);
+        tracing::info!("probes and metrics without the client key on http://{ops} (/healthz, /readyz, /metrics)");
+        if format == LogFormat::Text {
+            eprintln!("aci-proxy: probes and metrics on http://{ops} (/healthz, /readyz, /metrics)");
+        }
+    }
     let status = proxy.status();
     tracing::info!(gateway = %proxy.gateway(), keyset = %status["keyset"]["digest"], "attested; listening on http://{listen}/v1");
     if format == LogFormat::Text {
@@ -366,7 +408,10 @@ async fn serve(config: ProxyConfig) -> Result<(), String> {
             status["keyset"]["digest"]
         );
     }
-    proxy.serve_until(listener, stop_signal()).await.map_err(|e| format!("server error: {e}"))?;
+    proxy
+        .serve_with_ops_until(listener, ops_listener, stop_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -286,8 +286,24 @@ pub struct ProxyConfig {
     pub api_key_env: String,
     /// The environment variable holding the key clients must send as `Authorization: Bearer …`
     /// (TOML `client_key_env`; at least 16 characters). Required to listen on a non-loopback
-    /// address. With it, the upstream API key comes only from [`api_key_env`](Self::api_key_env).
+    /// address; on loopback it guards the proxy on a shared machine. When set it is checked on
+    /// every route of [`listen`](Self::listen), the probes and `/metrics` included (those are
+    /// served without it on [`ops_listen`](Self::ops_listen)). With it, the upstream API key
+    /// comes only from [`api_key_env`](Self::api_key_env).
     pub client_key_env: Option<String>,
+    /// Refuse to start unless a client key is configured (TOML `require_client_key`), on
+    /// loopback too: a missing `client_key_env` then fails the start instead of serving every
+    /// local user and process.
+    pub require_client_key: bool,
+    /// A second listen address serving only `GET /healthz`, `/readyz` and `/metrics`, without
+    /// the client key, for a supervisor or Prometheus (TOML `ops_listen`). Requests must name it
+    /// (or a loopback name) in `Host` and carry no `Origin`. A non-loopback address needs
+    /// [`ops_listen_beyond_loopback`](Self::ops_listen_beyond_loopback).
+    pub ops_listen: Option<SocketAddr>,
+    /// Acknowledge that [`ops_listen`](Self::ops_listen) is not a loopback address (TOML
+    /// `ops_listen_beyond_loopback`): the probes and metrics (keyset digest and expiry, counts,
+    /// latencies; never a prompt, answer or key) then answer whoever can reach that address.
+    pub ops_listen_beyond_loopback: bool,
     /// Browser origins allowed to call the proxy, exact `scheme://host[:port]` (TOML
     /// `allow_origins`). A request carrying any other `Origin` is refused.
     pub allow_origins: Vec<String>,
@@ -346,6 +362,9 @@ impl Default for ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             api_key_env: "ACI_API_KEY".to_owned(),
             client_key_env: None,
+            require_client_key: false,
+            ops_listen: None,
+            ops_listen_beyond_loopback: false,
             allow_origins: Vec::new(),
             receipts: ReceiptMode::Verify,
             audit_file: None,

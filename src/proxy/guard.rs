@@ -1,18 +1,23 @@
-//! Who may use the proxy: every request is checked before any route sees it.
+//! Who may use the proxy: every request is checked before any route sees it — the API, the
+//! status page, and the operator's routes (`/healthz`, `/readyz`, `/metrics`) alike.
 //!
 //! - **Host.** A request whose `Host` (or absolute-form authority) is neither a loopback name
 //!   (`localhost`, a loopback IP such as `127.0.0.1` or `[::1]`, any port) nor the listen address
 //!   is refused with `421`: a web page that rebinds its own DNS name to 127.0.0.1 reaches the
-//!   proxy with `Host: its-own-name`, and would otherwise spend the user's API key. When the proxy
-//!   listens on an unspecified address (`0.0.0.0`, `[::]`), any IP literal is its address; a DNS
-//!   name is still refused, as rebinding needs one.
+//!   proxy with `Host: its-own-name`, and would otherwise spend the user's API key or read the
+//!   metrics. When the proxy listens on an unspecified address (`0.0.0.0`, `[::]`), any IP
+//!   literal is its address; a DNS name is still refused, as rebinding needs one.
 //! - **Origin.** Browsers put `Origin` on every cross-origin request and every POST; a request
 //!   that carries one is refused with `403` unless `--allow-origin` names it exactly. An allowed
 //!   origin gets CORS answers (preflight and `Access-Control-Allow-Origin`).
 //! - **Client credential.** With `--client-key-env VAR` every request must carry
-//!   `Authorization: Bearer <the key in VAR>` (compared in constant time, `401` otherwise).
-//!   Listening on a non-loopback address requires it: [`Proxy::start`](super::Proxy::start)
-//!   refuses to start without one.
+//!   `Authorization: Bearer <the key in VAR>` (compared in constant time, `401` otherwise), on
+//!   loopback too. Listening on a non-loopback address requires it, and so does
+//!   `--require-client-key`: [`Proxy::start`](super::Proxy::start) refuses to start without one.
+//!
+//! The operator listener (`--ops-listen`) has a guard of its own: the same Host check against
+//! its own address, every `Origin` refused, no client key (it serves only the probes and
+//! metrics); a non-loopback address needs `--ops-listen-beyond-loopback`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -40,15 +45,32 @@ pub(crate) const MIN_CLIENT_KEY_LEN: usize = 16;
 #[derive(Debug)]
 pub(crate) struct Guard {
     listen: SocketAddr,
+    /// The flag that set `listen`, for the messages.
+    listen_flag: &'static str,
     allow_origins: Vec<String>,
     /// SHA-256 of the client key (the key itself is not kept).
     client_key: Option<[u8; 32]>,
 }
 
+/// `--require-client-key` with no client key configured.
+const REQUIRED_KEY_MISSING: &str = "--require-client-key is set, but no client key is configured: the proxy would \
+serve every local user and process.
+  fix: name the environment variable holding the key: --client-key-env VAR (ACI_PROXY_CLIENT_KEY_ENV, TOML \
+client_key_env)
+  fix: or drop --require-client-key (ACI_PROXY_REQUIRE_CLIENT_KEY, TOML require_client_key)";
+
 impl Guard {
-    /// The guard for a proxy listening on `listen`: reads the client key from `client_key_env`
-    /// (if named), and refuses a non-loopback `listen` without one.
-    pub(crate) fn new(listen: SocketAddr, allow_origins: &[String], client_key_env: Option<&str>) -> Result<Guard> {
+    /// The guard of the main listener on `listen`: reads the client key from `client_key_env`
+    /// (if named), and refuses a non-loopback `listen`, or `require_client_key`, without one.
+    pub(crate) fn new(
+        listen: SocketAddr,
+        allow_origins: &[String],
+        client_key_env: Option<&str>,
+        require_client_key: bool,
+    ) -> Result<Guard> {
+        if require_client_key && client_key_env.is_none() {
+            return Err(Error::new(ErrorKind::Config, REQUIRED_KEY_MISSING));
+        }
         for origin in allow_origins {
             if origin.is_empty() || origin == "*" || origin.ends_with('/') || !origin.contains("://") {
                 return Err(Error::new(
@@ -62,15 +84,20 @@ impl Guard {
         }
         let client_key = match client_key_env {
             Some(var) => {
-                let key = Zeroizing::new(std::env::var(var).unwrap_or_default());
-                let key = key.trim();
+                let value = std::env::var(var).map(Zeroizing::new);
+                let key = value.as_ref().map_or("", |k| k.trim());
                 if key.len() < MIN_CLIENT_KEY_LEN {
+                    let seen = match &value {
+                        Err(_) => "unset".to_owned(),
+                        Ok(_) if key.is_empty() => "empty".to_owned(),
+                        Ok(_) => format!("shorter than {MIN_CLIENT_KEY_LEN} characters"),
+                    };
                     return Err(Error::new(
                         ErrorKind::Config,
                         format!(
-                            "--client-key-env {var}: the environment variable must hold the key clients send as \
-                             `Authorization: Bearer <key>`, at least {MIN_CLIENT_KEY_LEN} characters (it is unset, \
-                             empty or shorter)"
+                            "--client-key-env {var}: the environment variable {var} is {seen}; it must hold the \
+                             key clients send as `Authorization: Bearer <key>`, at least {MIN_CLIENT_KEY_LEN} \
+                             characters (e.g. {var}=$(openssl rand -hex 32))"
                         ),
                     ));
                 }
@@ -88,13 +115,45 @@ impl Guard {
                 ),
             ));
         }
-        Ok(Guard { listen, allow_origins: allow_origins.to_vec(), client_key })
+        Ok(Guard { listen, listen_flag: "--listen", allow_origins: allow_origins.to_vec(), client_key })
+    }
+
+    /// The guard of the operator listener on `ops_listen` (loopback when none is set): its own
+    /// address in `Host`, no `Origin`, no client key. A non-loopback address is refused unless
+    /// `beyond_loopback` acknowledges it; the main listen address is refused (it would not bind).
+    pub(crate) fn ops(ops_listen: Option<SocketAddr>, beyond_loopback: bool, listen: SocketAddr) -> Result<Guard> {
+        let ops = ops_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        if ops_listen.is_some() && ops == listen && ops.port() != 0 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("--ops-listen {ops} is also --listen: give the operator routes an address of their own"),
+            ));
+        }
+        if !ops.ip().is_loopback() && !beyond_loopback {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "--ops-listen {ops} is not a loopback address: /healthz, /readyz and /metrics (keyset, counts, \
+                     latencies) would answer anyone who reaches it, with no client key.
+  fix: keep it on this machine: --ops-listen 127.0.0.1:{port}
+  fix: or, behind a firewall or in a pod network, acknowledge it: --ops-listen-beyond-loopback \
+                     (ACI_PROXY_OPS_LISTEN_BEYOND_LOOPBACK, TOML ops_listen_beyond_loopback)",
+                    port = ops.port()
+                ),
+            ));
+        }
+        Ok(Guard { listen: ops, listen_flag: "--ops-listen", allow_origins: Vec::new(), client_key: None })
     }
 
     /// Whether clients authenticate to the proxy (their `Authorization` is then the client key,
     /// never forwarded to the gateway).
     pub(crate) fn requires_client_key(&self) -> bool {
         self.client_key.is_some()
+    }
+
+    /// Whether this is the operator listener's guard.
+    fn is_ops(&self) -> bool {
+        self.listen_flag == "--ops-listen"
     }
 
     /// Whether `host` (a `Host` header value or a URI authority) names this proxy.
@@ -145,9 +204,17 @@ fn refused(st: &ProxyState, status: StatusCode, kind: &'static str, message: Str
     ProxyError::new(status, kind, message).into_response()
 }
 
-/// The middleware in front of every route.
+/// The middleware in front of every route of the main listener.
 pub(crate) async fn guard(State(st): State<Arc<ProxyState>>, req: Request, next: Next) -> Response {
-    let guard = &st.guard;
+    check(&st, &st.guard, req, next).await
+}
+
+/// The middleware in front of the operator listener's routes.
+pub(crate) async fn ops_guard(State(st): State<Arc<ProxyState>>, req: Request, next: Next) -> Response {
+    check(&st, &st.ops_guard, req, next).await
+}
+
+async fn check(st: &ProxyState, guard: &Guard, req: Request, next: Next) -> Response {
     // Host: the header, and the authority of an absolute-form request line; both must name us.
     let host = req.headers().get(HOST).map(|h| h.to_str().unwrap_or("\u{fffd}"));
     let authority = req.uri().authority().map(|a| a.as_str());
@@ -155,13 +222,13 @@ pub(crate) async fn guard(State(st): State<Arc<ProxyState>>, req: Request, next:
     if hosts.iter().all(Option::is_none) || hosts.iter().flatten().any(|h| !guard.host_allowed(h)) {
         let seen = host.or(authority).unwrap_or("(none)");
         return refused(
-            &st,
+            st,
             StatusCode::MISDIRECTED_REQUEST,
             "host_not_allowed",
             format!(
                 "Host {seen:?} does not name aci-proxy: it answers only to localhost, a loopback address or its \
-                 listen address {} (a page that rebinds its DNS name to this machine is refused)",
-                guard.listen
+                 {} address {} (a page that rebinds its DNS name to this machine is refused)",
+                guard.listen_flag, guard.listen
             ),
         );
     }
@@ -170,13 +237,17 @@ pub(crate) async fn guard(State(st): State<Arc<ProxyState>>, req: Request, next:
         if !guard.origin_allowed(origin) {
             let seen = String::from_utf8_lossy(origin.as_bytes()).into_owned();
             return refused(
-                &st,
+                st,
                 StatusCode::FORBIDDEN,
                 "origin_not_allowed",
-                format!(
-                    "a request from origin {seen:?} is refused: browsers may reach aci-proxy only from origins named \
-                     with --allow-origin (exact match)"
-                ),
+                if guard.is_ops() {
+                    format!("a request from origin {seen:?} is refused: the --ops-listen address serves no browser")
+                } else {
+                    format!(
+                        "a request from origin {seen:?} is refused: browsers may reach aci-proxy only from origins \
+                         named with --allow-origin (exact match)"
+                    )
+                },
             );
         }
         if req.method() == Method::OPTIONS {
@@ -193,13 +264,15 @@ pub(crate) async fn guard(State(st): State<Arc<ProxyState>>, req: Request, next:
     }
     if !guard.client_key_ok(&req) {
         let what = if req.headers().contains_key(AUTHORIZATION) { "a wrong" } else { "no" };
+        let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+        let hint = if probe { " (a supervisor or Prometheus without the key: serve them on --ops-listen)" } else { "" };
         return refused(
-            &st,
+            st,
             StatusCode::UNAUTHORIZED,
             "invalid_client_key",
             format!(
                 "the request carries {what} client key: this aci-proxy requires `Authorization: Bearer <key>` with \
-                 the key held in the environment variable named by its --client-key-env"
+                 the key held in the environment variable named by its --client-key-env{hint}"
             ),
         );
     }
@@ -216,7 +289,7 @@ mod tests {
     use super::*;
 
     fn guard(listen: &str) -> Guard {
-        Guard { listen: listen.parse().unwrap(), allow_origins: vec![], client_key: None }
+        Guard { listen: listen.parse().unwrap(), listen_flag: "--listen", allow_origins: vec![], client_key: None }
     }
 
     #[test]
@@ -252,19 +325,69 @@ mod tests {
         .unwrap();
         assert_eq!(c.client_key_env.as_deref(), Some("ACI_CLIENT_KEY"));
         assert_eq!(c.allow_origins, ["http://localhost:3000"]);
+        assert!(!c.require_client_key && c.ops_listen.is_none() && !c.ops_listen_beyond_loopback);
+        let c = crate::proxy::ProxyConfig::from_toml(
+            "require_client_key = true\nops_listen = \"0.0.0.0:9090\"\nops_listen_beyond_loopback = true",
+        )
+        .unwrap();
+        assert!(c.require_client_key && c.ops_listen_beyond_loopback);
+        assert_eq!(c.ops_listen, Some("0.0.0.0:9090".parse().unwrap()));
     }
 
     #[test]
     fn a_non_loopback_listen_address_needs_a_client_key() {
-        let e = Guard::new("0.0.0.0:8787".parse().unwrap(), &[], None).unwrap_err();
+        let e = Guard::new("0.0.0.0:8787".parse().unwrap(), &[], None, false).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.to_string().contains("--client-key-env"), "{e}");
-        let e =
-            Guard::new("127.0.0.1:8787".parse().unwrap(), &[], Some("TOWER_ACI_TEST_UNSET_CLIENT_KEY")).unwrap_err();
+        let e = Guard::new("127.0.0.1:8787".parse().unwrap(), &[], Some("TOWER_ACI_TEST_UNSET_CLIENT_KEY"), false)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.to_string().contains("TOWER_ACI_TEST_UNSET_CLIENT_KEY is unset"), "{e}");
         for bad in ["*", "https://app.example/", "app.example", ""] {
-            let e = Guard::new("127.0.0.1:8787".parse().unwrap(), &[bad.to_owned()], None).unwrap_err();
+            let e = Guard::new("127.0.0.1:8787".parse().unwrap(), &[bad.to_owned()], None, false).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Config, "{bad}");
         }
+    }
+
+    #[test]
+    fn require_client_key_refuses_a_start_without_one_on_loopback_too() {
+        let loopback = "127.0.0.1:8787".parse().unwrap();
+        let e = Guard::new(loopback, &[], None, true).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        let text = e.to_string();
+        assert!(text.starts_with("--require-client-key is set, but no client key is configured"), "{text}");
+        assert!(text.contains("--client-key-env VAR"), "{text}");
+        assert!(text.lines().skip(1).all(|l| l.trim_start().starts_with("fix: ")), "{text}");
+        // A client key on loopback is kept and enforced (cargo sets CARGO_PKG_DESCRIPTION, > 16 chars).
+        let g = Guard::new(loopback, &[], Some("CARGO_PKG_DESCRIPTION"), true).unwrap();
+        assert!(g.requires_client_key());
+        assert!(Guard::new(loopback, &[], Some("CARGO_PKG_DESCRIPTION"), false).unwrap().requires_client_key());
+        // Too short.
+        let e = Guard::new(loopback, &[], Some("CARGO_PKG_NAME"), true).unwrap_err();
+        assert!(e.to_string().contains("CARGO_PKG_NAME is shorter than 16 characters"), "{e}");
+    }
+
+    #[test]
+    fn the_operator_listener_stays_on_loopback_unless_acknowledged() {
+        let listen: SocketAddr = "127.0.0.1:8787".parse().unwrap();
+        for beyond in ["0.0.0.0:9090", "192.168.1.5:9090", "[::]:9090"] {
+            let e = Guard::ops(Some(beyond.parse().unwrap()), false, listen).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{beyond}");
+            assert!(e.to_string().contains("--ops-listen-beyond-loopback"), "{e}");
+            let g = Guard::ops(Some(beyond.parse().unwrap()), true, listen).unwrap();
+            assert!(!g.requires_client_key());
+            assert!(!g.host_allowed("evil.example:9090"), "{beyond}");
+        }
+        let g = Guard::ops(Some("127.0.0.1:9090".parse().unwrap()), false, listen).unwrap();
+        assert!(
+            g.host_allowed("localhost:9090") && g.host_allowed("127.0.0.1:9090") && !g.host_allowed("evil.example")
+        );
+        assert!(!g.requires_client_key() && g.allow_origins.is_empty());
+        // Unset: the ops router alone answers to loopback names.
+        let g = Guard::ops(None, false, listen).unwrap();
+        assert!(g.host_allowed("127.0.0.1:1") && !g.host_allowed("10.0.0.1"));
+        // The main listen address cannot be the operator's too.
+        let e = Guard::ops(Some(listen), false, listen).unwrap_err();
+        assert!(e.to_string().contains("is also --listen"), "{e}");
     }
 }

@@ -21,8 +21,11 @@
 //!   `x-ratelimit-*`, the ACI/E2EE response headers), never `Location` or `Set-Cookie`;
 //! - a request whose `Host` is not a loopback name or the listen address (DNS rebinding), or that
 //!   carries an `Origin` not named by [`ProxyConfig::allow_origins`] (a web page), is refused
-//!   before anything is sent; listening beyond loopback needs a client key
-//!   ([`ProxyConfig::client_key_env`]), checked on every request;
+//!   before anything is sent or read — the probes and `/metrics` included; listening beyond
+//!   loopback needs a client key ([`ProxyConfig::client_key_env`]), and a configured key is
+//!   checked on every request, on loopback too ([`ProxyConfig::require_client_key`] makes one
+//!   mandatory); a supervisor or Prometheus without the key reads the probes and metrics on
+//!   their own listener ([`ProxyConfig::ops_listen`], [`Proxy::ops_router`]);
 //! - the API key goes only to the inference routes, `/v1/models` and `/v1/aci/receipts/…`, never
 //!   to the attestation endpoint; a `--pccs` on the gateway's own host (which would take the
 //!   gateway out of the TLS pin) is refused at start.
@@ -116,6 +119,8 @@ struct ProxyState {
     audit: Option<AuditLog>,
     api_key: Option<HeaderValue>,
     guard: guard::Guard,
+    /// The operator listener's guard (its own address, no origin, no client key).
+    ops_guard: guard::Guard,
     pins: PolicyPins,
     max_request_body: usize,
     counters: Arc<Counters>,
@@ -142,12 +147,20 @@ impl Proxy {
     /// refresher, and the audit file. Serve [`router`](Self::router) to accept requests.
     ///
     /// Fails with a [`Config`](ErrorKind::Config) error, before any connection, when `listen` is
-    /// not a loopback address and no client key is configured, when the client key's variable is
-    /// unset or shorter than 16 characters, when an allowed origin is not an exact origin, or
-    /// when `pccs` names the gateway's host.
+    /// not a loopback address, or [`require_client_key`](ProxyConfig::require_client_key) is set,
+    /// and no client key is configured; when the client key's variable is unset or shorter than
+    /// 16 characters; when [`ops_listen`](ProxyConfig::ops_listen) is not a loopback address and
+    /// not acknowledged with [`ops_listen_beyond_loopback`](ProxyConfig::ops_listen_beyond_loopback);
+    /// when an allowed origin is not an exact origin; or when `pccs` names the gateway's host.
     pub async fn start(config: ProxyConfig) -> Result<Proxy> {
         let policy = config.policy()?;
-        let guard = guard::Guard::new(config.listen, &config.allow_origins, config.client_key_env.as_deref())?;
+        let guard = guard::Guard::new(
+            config.listen,
+            &config.allow_origins,
+            config.client_key_env.as_deref(),
+            config.require_client_key,
+        )?;
+        let ops_guard = guard::Guard::ops(config.ops_listen, config.ops_listen_beyond_loopback, config.listen)?;
         #[cfg(feature = "test-gateway")]
         let (local, gateway) = if config.local_test_gateway {
             let gw = TestGateway::start(GatewayConfig::new())
@@ -255,6 +268,7 @@ impl Proxy {
                 audit,
                 api_key,
                 guard,
+                ops_guard,
                 pins: config.pins,
                 max_request_body: config.max_request_body,
                 counters: Arc::default(),
@@ -289,8 +303,12 @@ impl Proxy {
     /// operators `GET /healthz` (200 while the process serves), `GET /readyz` (200 while an
     /// attested keyset is current, else 503 with the reason; JSON) and `GET /metrics`
     /// (Prometheus text format, when [`ProxyConfig::metrics`] is on).
+    ///
+    /// Every route, the operator's included, is behind the guard: `Host` must name the proxy
+    /// (`421`), an `Origin` must be allowed (`403`), and a configured client key must be sent
+    /// (`401`). Serve [`ops_router`](Self::ops_router) for probes without the client key.
     pub fn router(&self) -> Router {
-        Router::new()
+        self.probes()
             .route("/v1/chat/completions", post(inference))
             .route("/v1/completions", post(inference))
             .route("/v1/embeddings", post(inference))
@@ -298,8 +316,34 @@ impl Proxy {
             .route("/v1/{*rest}", get(passthrough).post(refuse).fallback(refuse))
             .fallback(any(refuse))
             .layer(axum::middleware::from_fn_with_state(self.state.clone(), guard::guard))
-            // Probes and metrics: outside the client guard (a supervisor or Prometheus has no client key).
-            .merge(self.probes())
+            .with_state(self.state.clone())
+    }
+
+    /// The operator listener's routes, for a supervisor or Prometheus that holds no client key:
+    /// only `GET /healthz`, `/readyz` and `/metrics` (anything else is `404`), with no client
+    /// key. `Host` must be a loopback name or [`ProxyConfig::ops_listen`] (`421`), and a request
+    /// carrying `Origin` is refused (`403`): no web page reads them. Serve it on its own
+    /// listener, e.g. with [`serve_with_ops_until`](Self::serve_with_ops_until).
+    ///
+    /// ```no_run
+    /// # async fn run() -> tower_aci::Result<()> {
+    /// use tower_aci::proxy::{Proxy, ProxyConfig};
+    ///
+    /// let config = ProxyConfig {
+    ///     local_test_gateway: true,
+    ///     client_key_env: Some("ACI_CLIENT_KEY".into()),
+    ///     ops_listen: Some("127.0.0.1:9090".parse().unwrap()),
+    ///     ..ProxyConfig::default()
+    /// };
+    /// let proxy = Proxy::start(config).await?;
+    /// let ops = tokio::net::TcpListener::bind("127.0.0.1:9090").await.unwrap();
+    /// axum::serve(ops, proxy.ops_router()).await.unwrap(); // curl http://127.0.0.1:9090/readyz
+    /// # Ok(()) }
+    /// ```
+    pub fn ops_router(&self) -> Router {
+        self.probes()
+            .fallback(ops_unknown)
+            .layer(axum::middleware::from_fn_with_state(self.state.clone(), guard::ops_guard))
             .with_state(self.state.clone())
     }
 
@@ -316,6 +360,79 @@ impl Proxy {
     /// are then ended with an error event; then pending receipt checks finish (bounded by the
     /// same time) and the audit file is flushed to disk.
     pub async fn serve_until<F>(&self, listener: tokio::net::TcpListener, signal: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.serve_with_ops_until(listener, None, signal).await
+    }
+
+    /// [`serve_until`](Self::serve_until), and the [`ops_router`](Self::ops_router) on
+    /// `ops_listener` when given. The operator listener keeps answering while open streams
+    /// drain (`/readyz` says 503, shutting down; `/metrics` shows the streams still open) and
+    /// closes when the main listener's last connection did; then the receipt checks finish and
+    /// the audit file is flushed.
+    ///
+    /// ```no_run
+    /// # async fn run() -> tower_aci::Result<()> {
+    /// use tower_aci::proxy::{Proxy, ProxyConfig};
+    ///
+    /// let config = ProxyConfig { local_test_gateway: true, ..ProxyConfig::default() };
+    /// let proxy = Proxy::start(config).await?;
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await.unwrap();
+    /// let ops = tokio::net::TcpListener::bind("127.0.0.1:9090").await.unwrap();
+    /// let stop = async { let _ = tokio::signal::ctrl_c().await; };
+    /// proxy.serve_with_ops_until(listener, Some(ops), stop).await.unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve_with_ops_until<F>(
+        &self,
+        listener: tokio::net::TcpListener,
+        ops_listener: Option<tokio::net::TcpListener>,
+        signal: F,
+    ) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        // Closed (dropped) once the main server is done, whatever its outcome.
+        let (main_done, ops_stop) = tokio::sync::watch::channel(());
+        let ops_server = async move {
+            let Some(ops_listener) = ops_listener else { return Ok(()) };
+            let mut stop = ops_stop.clone();
+            let mut grace = ops_stop;
+            let server = axum::serve(ops_listener, self.ops_router())
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .into_future();
+            let bound = async move {
+                let _ = grace.changed().await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            };
+            tokio::select! {
+                served = server => served,
+                () = bound => {
+                    tracing::warn!("shutdown: operator connections still open; closing them");
+                    Ok(())
+                }
+            }
+        };
+        let main_server = async move {
+            let served = self.serve_main(listener, signal).await;
+            drop(main_done);
+            served
+        };
+        let (served, ops_served) = tokio::join!(main_server, ops_server);
+        served?;
+        if let Err(e) = ops_served {
+            tracing::error!("the operator listener failed: {e}");
+            return Err(e);
+        }
+        self.finish().await;
+        Ok(())
+    }
+
+    /// The main listener, until `signal` and the drain.
+    async fn serve_main<F>(&self, listener: tokio::net::TcpListener, signal: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -348,7 +465,6 @@ impl Proxy {
                 }
             }
         }
-        self.finish().await;
         Ok(())
     }
 
@@ -412,6 +528,20 @@ async fn status(State(st): State<Arc<ProxyState>>) -> AxumResponse {
 
 fn no_gateway() -> Error {
     Error::new(ErrorKind::Config, "no gateway to proxy to.\n  fix: name it: --gateway URL (or ACI_PROXY_GATEWAY)")
+}
+
+/// Anything but the probes and metrics on the operator listener.
+async fn ops_unknown(req: AxumRequest) -> AxumResponse {
+    ProxyError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "{} {} is not served on aci-proxy's --ops-listen address: only GET /healthz, /readyz and /metrics",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .into_response()
 }
 
 async fn refuse(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> AxumResponse {

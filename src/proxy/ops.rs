@@ -2,6 +2,10 @@
 //! (`/metrics`), a graceful stop (streams drain, then end with an error event; pending receipt
 //! checks finish) and the time limit of one exchange.
 //!
+//! The probes and `/metrics` sit behind the guard like every route (Host, Origin, client key);
+//! the operator listener (`--ops-listen`, [`Proxy::ops_router`](super::Proxy::ops_router))
+//! serves them without the client key, behind a guard of its own.
+//!
 //! Metrics go through the `metrics` facade; the recorder is `metrics-exporter-prometheus`
 //! without its own HTTP server (`default-features = false`), rendered by the proxy's own axum
 //! route. It is the facade's maintained Prometheus recorder, so the library's metrics (feature

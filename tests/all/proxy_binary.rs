@@ -332,3 +332,151 @@ fn an_unpinned_start_says_what_to_do_in_the_clis_flags_one_line_each() {
         assert!(!err.contains(api), "{api} in: {err}");
     }
 }
+
+impl Running {
+    /// The operator listener's address (`--ops-listen`), from the start-up line.
+    fn ops_addr(&self) -> SocketAddr {
+        let text = self.log();
+        let at = text.find("probes and metrics on http://").unwrap_or_else(|| panic!("no ops line: {text}"));
+        let rest = &text[at + "probes and metrics on http://".len()..];
+        rest[..rest.find(' ').unwrap()].parse().unwrap()
+    }
+}
+
+/// Run the binary to its exit (bounded: one that starts serving instead is killed and fails the
+/// test); its status and stderr.
+fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String) {
+    let mut child = command(args, envs).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("aci-proxy {args:?} is still running: it started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+/// `--require-client-key` (flag, environment or file) with no client key: the start fails with
+/// exit status 1 and a message that says what is missing and how to give it.
+#[test]
+fn require_client_key_without_a_key_fails_at_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aci-proxy.toml");
+    std::fs::write(&file, "require_client_key = true\n").unwrap();
+    let file = file.to_str().unwrap();
+    let base = ["--local-test-gateway", "--listen", "127.0.0.1:0"];
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: [Case; 3] = [
+        (vec!["--require-client-key"], vec![]),
+        // The variable that should have named the key is misspelled: nothing names it.
+        (vec![], vec![("ACI_PROXY_REQUIRE_CLIENT_KEY", "true"), ("ACI_PROXY_CLIENT_KEY_EVN", "ACI_CLIENT_KEY")]),
+        (vec!["--config", file], vec![]),
+    ];
+    for (args, envs) in cases {
+        let (status, stderr) = run_to_exit(&[&base[..], &args].concat(), &envs);
+        assert_eq!(status.code(), Some(1), "{args:?} {envs:?}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert_eq!(
+            first,
+            "aci-proxy: cannot start: --require-client-key is set, but no client key is configured: the proxy would \
+             serve every local user and process.",
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("fix: name the environment variable holding the key: --client-key-env VAR"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("listening on"), "{stderr}");
+    }
+    // Named, but the variable is unset or too short: the message names the variable and what is wrong.
+    for (envs, seen) in [(vec![], "is unset"), (vec![("ACI_CLIENT_KEY", "short")], "is shorter than 16 characters")] {
+        let args = [&base[..], &["--require-client-key", "--client-key-env", "ACI_CLIENT_KEY"]].concat();
+        let (status, stderr) = run_to_exit(&args, &envs);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with(
+                "aci-proxy: cannot start: --client-key-env ACI_CLIENT_KEY: the environment variable ACI_CLIENT_KEY"
+            ),
+            "{stderr}"
+        );
+        assert!(stderr.contains(seen), "{stderr}");
+        assert!(!stderr.contains("short\n") && !stderr.contains("\"short\""), "the value is not printed: {stderr}");
+    }
+    // The settings reach the configuration from the flags and the file alike.
+    let out = command(&["config", "--config", file, "--ops-listen", "127.0.0.1:9090"], &[]).output().unwrap();
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((c["require_client_key"].clone(), c["ops_listen"].clone()), (json!(true), json!("127.0.0.1:9090")));
+    assert_eq!(c["ops_listen_beyond_loopback"], false);
+}
+
+/// A shared machine: the client key on loopback for every route of `--listen`, the probes and
+/// metrics without it on `--ops-listen` (its own Host check); SIGTERM closes both listeners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_listen_serves_probes_without_the_client_key_and_sigterm_closes_both_listeners() {
+    let key = "ck-0123456789abcdef-loopback";
+    let mut proxy = start(
+        &["--require-client-key", "--client-key-env", "TEST_ACI_CLIENT_KEY", "--ops-listen", "127.0.0.1:0"],
+        &[("TEST_ACI_CLIENT_KEY", key)],
+    );
+    let ops = proxy.ops_addr();
+    let http = reqwest::Client::new();
+    let post = |auth: Option<&str>| {
+        let req = http.post(proxy.url("/v1/chat/completions")).body(chat("on a shared machine", false).to_string());
+        match auth {
+            Some(k) => req.bearer_auth(k),
+            None => req,
+        }
+        .send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), 401);
+    assert_eq!(post(Some("ck-0123456789abcdef-loopbacK")).await.unwrap().status(), 401);
+    assert_eq!(post(Some(key)).await.unwrap().status(), 200);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(http.get(proxy.url(path)).send().await.unwrap().status(), 401, "{path} on --listen");
+        assert_eq!(http.get(proxy.url(path)).bearer_auth(key).send().await.unwrap().status(), 200, "{path}");
+        let res = http.get(format!("http://{ops}{path}")).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path} on --ops-listen");
+        let res = http.get(format!("http://{ops}{path}")).header("host", "evil.example").send().await.unwrap();
+        assert_eq!(res.status(), 421, "{path} rebound on --ops-listen");
+    }
+    let res = http.post(format!("http://{ops}/v1/chat/completions")).bearer_auth(key).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+
+    proxy.sigterm();
+    assert!(proxy.wait(Duration::from_secs(30)).success(), "{}", proxy.log());
+    assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err());
+    assert!(tokio::net::TcpStream::connect(ops).await.is_err());
+}
+
+/// `--ops-listen` on a non-loopback address is refused unless acknowledged; acknowledged, it
+/// serves IP literals and still refuses a DNS name in `Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_ops_listen_needs_its_acknowledgement() {
+    let port = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    let everywhere = format!("0.0.0.0:{port}");
+    let args = ["--local-test-gateway", "--listen", "127.0.0.1:0", "--ops-listen", &everywhere];
+    let (status, stderr) = run_to_exit(&args, &[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("aci-proxy: cannot start: --ops-listen {everywhere} is not a loopback")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("fix: keep it on this machine: --ops-listen 127.0.0.1:"), "{stderr}");
+    assert!(stderr.contains("--ops-listen-beyond-loopback"), "{stderr}");
+
+    let proxy = start(&["--ops-listen", &everywhere, "--ops-listen-beyond-loopback"], &[]);
+    assert_eq!(proxy.ops_addr().to_string(), everywhere);
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    let res = http.get(&url).header("host", format!("evil.example:{port}")).send().await.unwrap();
+    assert_eq!(res.status(), 421);
+}

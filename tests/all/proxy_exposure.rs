@@ -502,3 +502,185 @@ async fn the_binary_on_a_non_loopback_address_serves_only_clients_with_the_key()
     let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "You said: with the key");
 }
+
+/// The operator's routes of the main listener.
+const PROBES: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+
+/// A DNS-rebinding page (`Host: evil.example`) or a cross-site page (`Origin`) reads no probe
+/// and no metric (issue 24 item 6).
+#[tokio::test]
+async fn probes_and_metrics_refuse_a_rebound_host_and_a_foreign_origin() {
+    let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
+    let (_proxy, addr) = proxy(gw.base_url(), |_| {}).await;
+    let http = reqwest::Client::new();
+    // One exchange, so there are metrics to steal.
+    let res = http.post(format!("http://{addr}/v1/chat/completions")).body(chat("metered")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let port = addr.port();
+    for path in PROBES {
+        for host in [format!("evil.example:{port}"), "evil.example".to_owned()] {
+            let res = http.get(format!("http://{addr}{path}")).header(HOST, &host).send().await.unwrap();
+            assert_eq!(res.status(), 421, "{path} Host {host}");
+            let body = res.text().await.unwrap();
+            assert!(
+                !body.contains("aci_") && !body.contains("\"ready\"") && !body.contains("\"ok\""),
+                "{path}: {body}"
+            );
+            assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["type"], "host_not_allowed");
+        }
+        let res = http.get(format!("http://{addr}{path}")).header(ORIGIN, "https://evil.example").send().await.unwrap();
+        assert_eq!(res.status(), 403, "{path} Origin");
+        assert!(res.headers().get("access-control-allow-origin").is_none());
+        let body = res.text().await.unwrap();
+        assert!(!body.contains("aci_") && !body.contains("\"ready\""), "{path}: {body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["type"], "origin_not_allowed");
+        // The same request from a loopback name and no Origin is served (the test is not vacuous).
+        let res =
+            http.get(format!("http://{addr}{path}")).header(HOST, format!("localhost:{port}")).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    let metrics = http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("aci_proxy_exchanges_total"), "{metrics}");
+}
+
+/// A client key configured on loopback (a shared machine) is enforced on every route of the
+/// listener: the API, the status page, the probes and the metrics.
+#[tokio::test]
+async fn a_client_key_on_loopback_guards_every_route_probes_included() {
+    let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
+    // CARGO_PKG_DESCRIPTION: set by cargo for every test run, over 16 characters.
+    let client_key = std::env::var("CARGO_PKG_DESCRIPTION").unwrap();
+    let (_proxy, addr) = proxy(gw.base_url(), |c| c.client_key_env = Some("CARGO_PKG_DESCRIPTION".to_owned())).await;
+    let http = reqwest::Client::new();
+    let seen = gw.requests_seen();
+    let get_routes = ["/v1/models", "/aci/status", "/metrics", "/healthz", "/readyz"];
+    for auth in [None, Some("Bearer wrong-key-0123456789"), Some("Bearer sk-user")] {
+        let mut requests = vec![http.post(format!("http://{addr}/v1/chat/completions")).body(chat("no key"))];
+        requests.extend(get_routes.iter().map(|p| http.get(format!("http://{addr}{p}"))));
+        for req in requests {
+            let req = match auth {
+                Some(a) => req.header(AUTHORIZATION, a),
+                None => req,
+            };
+            let res = req.send().await.unwrap();
+            let url = res.url().path().to_owned();
+            assert_eq!(res.status(), 401, "{url} {auth:?}");
+            let body = res.text().await.unwrap();
+            assert!(!body.contains("aci_") && !body.contains("\"ready\""), "{url}: {body}");
+            assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["type"], "invalid_client_key");
+        }
+    }
+    assert_eq!(gw.requests_seen(), seen, "the gateway saw none of them");
+    // With the key, every route answers.
+    let res = http.post(format!("http://{addr}/v1/chat/completions")).bearer_auth(&client_key).body(chat("keyed"));
+    assert_eq!(res.send().await.unwrap().status(), 200);
+    for path in get_routes {
+        let res = http.get(format!("http://{addr}{path}")).bearer_auth(&client_key).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+}
+
+/// The operator listener (`--ops-listen`) serves the probes and metrics to a supervisor or
+/// Prometheus that holds no client key, and nothing else; a rebound Host or a web page is
+/// refused there too.
+#[tokio::test]
+async fn the_ops_router_serves_probes_without_the_client_key_and_refuses_a_foreign_host_or_origin() {
+    let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
+    let (proxy, addr) = proxy(gw.base_url(), |c| {
+        c.client_key_env = Some("CARGO_PKG_DESCRIPTION".to_owned());
+        c.allow_origins = vec!["http://app.localhost:3000".to_owned()];
+        c.ops_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let ops = serve_router(proxy.ops_router()).await;
+    let http = reqwest::Client::new();
+    let client_key = std::env::var("CARGO_PKG_DESCRIPTION").unwrap();
+    let res = http.post(format!("http://{addr}/v1/chat/completions")).bearer_auth(&client_key).body(chat("metered"));
+    assert_eq!(res.send().await.unwrap().status(), 200);
+    // No key on the main listener: refused; on the operator's: served.
+    for path in PROBES {
+        assert_eq!(http.get(format!("http://{addr}{path}")).send().await.unwrap().status(), 401, "{path}");
+        let res = http.get(format!("http://{ops}{path}")).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let body = res.text().await.unwrap();
+        match path {
+            "/metrics" => assert!(body.contains("aci_proxy_exchanges_total"), "{body}"),
+            "/readyz" => assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["ready"], true),
+            _ => assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"], "ok"),
+        }
+    }
+    let port = ops.port();
+    let seen = gw.requests_seen();
+    for path in PROBES {
+        for host in [format!("evil.example:{port}"), format!("localhost.evil.example:{port}")] {
+            let res = http.get(format!("http://{ops}{path}")).header(HOST, &host).send().await.unwrap();
+            assert_eq!(res.status(), 421, "{path} {host}");
+            let body = res.text().await.unwrap();
+            assert!(!body.contains("aci_") && !body.contains("\"ready\""), "{path}: {body}");
+        }
+        // Every origin, even one the main listener allows.
+        for origin in ["https://evil.example", "http://app.localhost:3000"] {
+            let res = http.get(format!("http://{ops}{path}")).header(ORIGIN, origin).send().await.unwrap();
+            assert_eq!(res.status(), 403, "{path} {origin}");
+            assert!(res.headers().get("access-control-allow-origin").is_none());
+            assert_eq!(error_type(res).await, "origin_not_allowed");
+        }
+    }
+    // Only the probes: not the API, not the status page, whatever the key.
+    for (method, path) in [
+        (Method::POST, "/v1/chat/completions"),
+        (Method::GET, "/v1/models"),
+        (Method::GET, "/aci/status"),
+        (Method::GET, "/"),
+    ] {
+        let req = http.request(method.clone(), format!("http://{ops}{path}")).bearer_auth(&client_key);
+        let res = req.body(chat("via the ops listener")).send().await.unwrap();
+        assert_eq!(res.status(), 404, "{method} {path}");
+        assert_eq!(error_type(res).await, "not_found");
+    }
+    assert_eq!(gw.requests_seen(), seen, "the gateway saw nothing through the ops listener");
+}
+
+/// `--ops-listen` beyond loopback needs its acknowledgement; `require_client_key` needs a key,
+/// on loopback too. Both are refused before anything is attested.
+#[tokio::test]
+async fn a_non_loopback_ops_listener_or_a_required_but_missing_client_key_is_refused_at_start() {
+    let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
+    let seen = gw.requests_seen();
+    let start = |tweak: fn(&mut ProxyConfig)| {
+        let mut config = ProxyConfig {
+            gateway: Some(gw.base_url()),
+            policy: Some(stub_policy(Suite::Secp256k1)),
+            ..ProxyConfig::default()
+        };
+        tweak(&mut config);
+        Proxy::start(config)
+    };
+    let e = start(|c| c.ops_listen = Some("0.0.0.0:9090".parse().unwrap())).await.unwrap_err();
+    assert_eq!(e.kind(), tower_aci::ErrorKind::Config);
+    assert!(e.to_string().contains("--ops-listen-beyond-loopback"), "{e}");
+    let e = start(|c| c.require_client_key = true).await.unwrap_err();
+    assert_eq!(e.kind(), tower_aci::ErrorKind::Config);
+    assert!(e.to_string().contains("--require-client-key is set, but no client key is configured"), "{e}");
+    let e = start(|c| {
+        c.require_client_key = true;
+        c.client_key_env = Some("TOWER_ACI_TEST_NO_SUCH_VARIABLE".to_owned());
+    })
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("TOWER_ACI_TEST_NO_SUCH_VARIABLE is unset"), "{e}");
+    assert_eq!(gw.requests_seen(), seen, "refused before the gateway was asked anything");
+
+    // Acknowledged: it starts, and its guard still refuses a DNS name in Host.
+    let proxy = start(|c| {
+        c.ops_listen = Some("0.0.0.0:9090".parse().unwrap());
+        c.ops_listen_beyond_loopback = true;
+    })
+    .await
+    .unwrap();
+    let ops = serve_router(proxy.ops_router()).await;
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(format!("http://{ops}/readyz")).send().await.unwrap().status(), 200);
+    let res = http.get(format!("http://{ops}/readyz")).header(HOST, "evil.example:9090").send().await.unwrap();
+    assert_eq!(res.status(), 421);
+}

@@ -193,3 +193,51 @@ async fn serve_until_stops_accepting_then_ends_streams_still_open_after_the_drai
     tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting");
 }
+
+/// With an operator listener: on the signal the main listener closes at once; the operator's
+/// keeps answering while a stream drains (`/readyz` 503 "shutting down") and closes with it.
+#[tokio::test]
+async fn serve_with_ops_until_keeps_readyz_answering_503_while_draining_then_closes_both_listeners() {
+    let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
+    let config =
+        ProxyConfig { shutdown_timeout: Duration::from_secs(2), receipts: ReceiptMode::Off, ..config_for(&gw) };
+    let proxy = Proxy::start(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, ops) = (listener.local_addr().unwrap(), ops_listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            proxy
+                .serve_with_ops_until(listener, Some(ops_listener), async move {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    assert_eq!(get(ops, "/readyz").await.0, 200);
+    gw.set_fault(Some(Fault::StallAfter { events: 2 }));
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat("held open", true).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    body.next().await.unwrap().unwrap();
+
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the main listener still accepts");
+    // A fresh client: a new connection to the operator listener, mid-drain.
+    let (status, _, text) = get(ops, "/readyz").await;
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["reason"], "aci-proxy is shutting down");
+    while let Some(chunk) = body.next().await {
+        chunk.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(15), server).await.unwrap().unwrap().unwrap();
+    assert!(tokio::net::TcpStream::connect(ops).await.is_err(), "the operator listener still accepts");
+}
