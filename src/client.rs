@@ -545,8 +545,8 @@ impl Client {
         &self.inner.keys
     }
 
-    /// The verified keyset requests are encrypted to now; `KeyUnavailable` when it expired
-    /// and no refresh succeeded.
+    /// The verified keyset requests are encrypted to now; `KeyUnavailable` when it expired (or
+    /// was verified more than a day ago) and no refresh succeeded.
     pub fn keyset(&self) -> Result<Arc<AttestedKeyset>> {
         self.inner.keys.current()
     }

@@ -143,8 +143,11 @@ pub(crate) type Attester = Arc<dyn Fn(&str) -> Option<AttestFuture> + Send + Syn
 ///
 /// The E2EE layer calls [`current`](KeyHandle::current) on every request: a lock-free load.
 /// A key provider (see [`KeyProvider`](crate::attest::KeyProvider)) publishes fresh keysets into
-/// it; [`KeyHandle::fixed`] makes a handle for one keyset you verified yourself, which simply
-/// stops serving it at its `not_after`.
+/// it, and serves each keyset until its `not_after` or the provider's re-attestation ceiling
+/// ([`max_keyset_age`](crate::attest::KeyProviderBuilder::max_keyset_age): one day after its
+/// report was verified, by default), whichever comes first ([`serves_until`](Self::serves_until)).
+/// [`KeyHandle::fixed`] makes a handle for one keyset you verified yourself, which simply stops
+/// serving it at its `not_after` (it has no ceiling: nothing would re-attest).
 ///
 /// # Replicas, restarts and rotations
 ///
@@ -183,6 +186,8 @@ pub(crate) struct Shared {
     /// Keyset digests whose report was fetched and refused, oldest first (bounded; see
     /// [`RefusedKeyset`]).
     pub(crate) refused: Mutex<Refusals>,
+    /// The re-attestation ceiling in seconds (`u64::MAX`: none), set by the key provider.
+    max_keyset_age: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -211,6 +216,7 @@ impl KeyHandle {
                 attester: OnceLock::new(),
                 attesting: std::sync::atomic::AtomicUsize::new(0),
                 refused: Mutex::new(Refusals::default()),
+                max_keyset_age: std::sync::atomic::AtomicU64::new(u64::MAX),
             }),
         }
     }
@@ -232,7 +238,35 @@ impl KeyHandle {
     #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
     pub(crate) fn current_valid(&self) -> Option<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
-        self.shared.current.load_full().filter(|k| k.is_valid_at(now))
+        self.shared.current.load_full().filter(|k| self.serves_at(k, now))
+    }
+
+    /// Set by the key provider ([`KeyProviderBuilder::max_keyset_age`](crate::attest::KeyProviderBuilder::max_keyset_age)).
+    pub(crate) fn set_max_keyset_age(&self, age: std::time::Duration) {
+        self.shared.max_keyset_age.store(age.as_secs(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// The re-attestation ceiling of the key provider serving this handle
+    /// ([`KeyProviderBuilder::max_keyset_age`](crate::attest::KeyProviderBuilder::max_keyset_age));
+    /// `None` for a handle no provider serves ([`KeyHandle::fixed`], or before one is built).
+    pub fn max_keyset_age(&self) -> Option<std::time::Duration> {
+        match self.shared.max_keyset_age.load(std::sync::atomic::Ordering::Acquire) {
+            u64::MAX => None,
+            secs => Some(std::time::Duration::from_secs(secs)),
+        }
+    }
+
+    /// Until when (Unix seconds, exclusive) this handle serves `keyset`: its `not_after`, or its
+    /// [`verified_at`](AttestedKeyset::verified_at) plus the
+    /// [re-attestation ceiling](Self::max_keyset_age), whichever comes first.
+    pub fn serves_until(&self, keyset: &AttestedKeyset) -> u64 {
+        let age = self.shared.max_keyset_age.load(std::sync::atomic::Ordering::Acquire);
+        keyset.not_after().min(keyset.verified_at().saturating_add(age))
+    }
+
+    /// Whether this handle serves `keyset` at `now`: `now < serves_until(keyset)`.
+    pub(crate) fn serves_at(&self, keyset: &AttestedKeyset, now: u64) -> bool {
+        now < self.serves_until(keyset)
     }
 
     /// Marks a report fetch as running until the guard is dropped.
@@ -253,8 +287,8 @@ impl KeyHandle {
         self.shared.wake.notify_one();
     }
 
-    /// A handle serving one keyset, with no refresher. After the keyset's `not_after`,
-    /// [`current`](Self::current) fails with `KeyUnavailable`.
+    /// A handle serving one keyset, with no refresher and no re-attestation ceiling. After the
+    /// keyset's `not_after`, [`current`](Self::current) fails with `KeyUnavailable`.
     pub fn fixed(keyset: AttestedKeyset) -> KeyHandle {
         Self::fixed_with_clock(keyset, Arc::new(SystemClock))
     }
@@ -267,12 +301,14 @@ impl KeyHandle {
     }
 
     /// The keyset to encrypt to now. Fails with `KeyUnavailable` when none has been established
-    /// yet, or the current one is past its `not_after` (a key is never served after it) and no
-    /// remembered replica of it (same E2EE key) is still valid.
+    /// yet, or the current one is past its `not_after` (a key is never served after it) or was
+    /// verified longer ago than the provider's re-attestation ceiling
+    /// ([`max_keyset_age`](Self::max_keyset_age)), and no remembered replica of it (same E2EE
+    /// key) is still served ([`serves_until`](Self::serves_until)).
     pub fn current(&self) -> Result<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
         match self.shared.current.load_full() {
-            Some(k) if k.is_valid_at(now) => Ok(k),
+            Some(k) if self.serves_at(&k, now) => Ok(k),
             Some(expired) => {
                 if let Some(replica) = self.valid_replica_of(&expired, now) {
                     tracing::debug!(
@@ -285,7 +321,19 @@ impl KeyHandle {
                 }
                 // The refresher ignores this while it is backing off after failures.
                 self.shared.wake.notify_one();
-                Err(Error::new(ErrorKind::KeyUnavailable, "the attested keyset has expired"))
+                if !expired.is_valid_at(now) {
+                    return Err(Error::new(ErrorKind::KeyUnavailable, "the attested keyset has expired"));
+                }
+                let why = self.shared.last_error.lock().ok().and_then(|e| e.clone());
+                Err(Error::new(
+                    ErrorKind::KeyUnavailable,
+                    format!(
+                        "the attested keyset was verified {} s ago, longer than max_keyset_age allows, and no \
+                         re-attestation has succeeded since{}",
+                        now.saturating_sub(expired.verified_at()),
+                        why.map(|w| format!(": {w}")).unwrap_or_default()
+                    ),
+                ))
             }
             None => {
                 let why = self.shared.last_error.lock().ok().and_then(|e| e.clone());
@@ -304,19 +352,24 @@ impl KeyHandle {
     /// latest `not_after`.
     fn valid_replica_of(&self, of: &AttestedKeyset, now: u64) -> Option<Arc<AttestedKeyset>> {
         let known = self.shared.known.lock().ok()?;
-        known.iter().filter(|k| k.is_valid_at(now) && k.same_e2ee_key(of)).max_by_key(|k| k.not_after()).cloned()
+        known
+            .iter()
+            .filter(|k| self.serves_at(k, now) && k.same_e2ee_key(of))
+            .max_by_key(|k| self.serves_until(k))
+            .cloned()
     }
 
-    /// A verified keyset by its digest (current or remembered), if still valid.
+    /// A verified keyset by its digest (current or remembered), if still served
+    /// ([`serves_until`](Self::serves_until)).
     pub fn keyset_for_digest(&self, digest: &str) -> Option<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
         if let Some(k) = self.shared.current.load_full() {
-            if k.digest() == digest && k.is_valid_at(now) {
+            if k.digest() == digest && self.serves_at(&k, now) {
                 return Some(k);
             }
         }
         let known = self.shared.known.lock().ok()?;
-        known.iter().find(|k| k.digest() == digest && k.is_valid_at(now)).cloned()
+        known.iter().find(|k| k.digest() == digest && self.serves_at(k, now)).cloned()
     }
 
     /// Every remembered verified keyset, including expired ones (for verifying old receipts),
@@ -552,6 +605,36 @@ mod tests {
         let err = handle.current().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::KeyUnavailable, "a keyset with another E2EE key is never a fallback");
         assert!(handle.knows("rotated"));
+    }
+
+    #[test]
+    fn past_the_ceiling_a_keyset_is_not_served_but_a_replica_verified_later_takes_over() {
+        let clock = ManualClock::new(1_000);
+        let handle = KeyHandle::empty(Arc::new(clock.clone()));
+        assert_eq!(handle.max_keyset_age(), None);
+        handle.set_max_keyset_age(std::time::Duration::from_secs(100));
+        let key = e2ee_key();
+        let verified_at = |digest: &str, at: u64| {
+            let mut k = (*keyset(digest, 1_000_000, &key)).clone();
+            k.verified_at = at;
+            Arc::new(k)
+        };
+        handle.publish(verified_at("current", 1_000));
+        assert_eq!(handle.serves_until(&handle.current().unwrap()), 1_100, "verified_at + the ceiling");
+        // A replica (same E2EE key) learnt by a search at 1_050.
+        handle.remember(verified_at("replica", 1_050));
+        clock.set(1_099);
+        assert_eq!(handle.current().unwrap().digest(), "current");
+        clock.set(1_100);
+        assert_eq!(handle.current().unwrap().digest(), "replica", "verified more recently: it takes over");
+        assert!(handle.keyset_for_digest("current").is_none() && handle.keyset_for_digest("replica").is_some());
+        clock.set(1_150);
+        let e = handle.current().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::KeyUnavailable);
+        assert!(e.to_string().contains("max_keyset_age"), "{e}");
+        // A later verification of either is served again.
+        handle.publish(verified_at("current", 1_150));
+        assert_eq!(handle.current().unwrap().digest(), "current");
     }
 
     #[test]

@@ -49,6 +49,12 @@ const DEFAULT_DIGEST_PROBES: u32 = 8;
 /// Default largest report body accepted (a report with a TDX quote and event log is well under).
 const DEFAULT_MAX_REPORT_SIZE: usize = 4 * 1024 * 1024;
 
+/// Default re-attestation ceiling ([`KeyProviderBuilder::max_keyset_age`]): one day.
+pub const DEFAULT_MAX_KEYSET_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// The shortest re-attestation ceiling [`KeyProviderBuilder::max_keyset_age`] accepts.
+pub const MIN_MAX_KEYSET_AGE: Duration = Duration::from_secs(60);
+
 #[derive(Clone, Copy, Debug)]
 struct Timing {
     refresh_buffer: Duration,
@@ -59,6 +65,8 @@ struct Timing {
     min_refresh_interval: Duration,
     /// Report fetches spent looking for one unknown keyset digest.
     digest_probes: u32,
+    /// The re-attestation ceiling.
+    max_keyset_age: Duration,
 }
 
 impl Default for Timing {
@@ -71,6 +79,7 @@ impl Default for Timing {
             load_timeout: Duration::from_secs(30),
             min_refresh_interval: Duration::from_secs(10),
             digest_probes: DEFAULT_DIGEST_PROBES,
+            max_keyset_age: DEFAULT_MAX_KEYSET_AGE,
         }
     }
 }
@@ -198,6 +207,38 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
         self
     }
 
+    /// The re-attestation ceiling (default [one day](DEFAULT_MAX_KEYSET_AGE)): a keyset is
+    /// current for at most this long after its report was verified, however far its `not_after`
+    /// lies, and the refresher re-attests before then (`refresh_buffer` and `refresh_jitter`
+    /// earlier, as before `not_after`). Re-attesting judges the TCB status, the revocation lists
+    /// and the advisories again against fresh collateral, and ends the life of a keyset whose
+    /// validity is claimed by the gateway alone: the production `not_after` is launch + 30 days,
+    /// and the older report generation's `freshness.stale_after` is not bound by the quote, so an
+    /// on-path attacker can push it to the policy's horizon. Past the ceiling without a
+    /// successful re-attestation, [`KeyHandle::current`] fails with
+    /// [`KeyUnavailable`](ErrorKind::KeyUnavailable), as for an expired keyset.
+    ///
+    /// [`build`](Self::build) fails with [`Config`](ErrorKind::Config) for zero or anything
+    /// shorter than [a minute](MIN_MAX_KEYSET_AGE). The ceiling is set on the provider's
+    /// [`KeyHandle`]; a [`KeyHandle::fixed`] handle has none.
+    ///
+    /// ```
+    /// # fn demo(client: tower::util::BoxCloneService<http::Request<http_body_util::Full<bytes::Bytes>>, http::Response<http_body_util::Full<bytes::Bytes>>, tower_aci::BoxError>, policy: tower_aci::attest::Policy) -> tower_aci::Result<()> {
+    /// use std::time::Duration;
+    /// use tower_aci::attest::KeyProvider;
+    ///
+    /// let provider = KeyProvider::builder(client)
+    ///     .base_url("https://gateway.example.com".parse().unwrap())
+    ///     .policy(policy)
+    ///     .max_keyset_age(Duration::from_secs(6 * 3600)) // re-attest at least every six hours
+    ///     .build()?;
+    /// # let _ = provider; Ok(()) }
+    /// ```
+    pub fn max_keyset_age(mut self, age: Duration) -> Self {
+        self.timing.max_keyset_age = age;
+        self
+    }
+
     /// The largest report body accepted (default 4 MiB).
     pub fn max_report_size(mut self, bytes: usize) -> Self {
         self.max_report_size = bytes;
@@ -249,17 +290,25 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
         if self.max_report_size == 0 {
             return Err(config("max_report_size must be positive"));
         }
+        if t.max_keyset_age.is_zero() {
+            return Err(config("max_keyset_age must be positive: it is how often the gateway is re-attested"));
+        }
+        if t.max_keyset_age < MIN_MAX_KEYSET_AGE {
+            return Err(config("max_keyset_age must be at least one minute (MIN_MAX_KEYSET_AGE)"));
+        }
         #[cfg(feature = "dcap")]
         if self.pccs.as_ref().is_some_and(|u| u.scheme().is_none() || u.authority().is_none()) {
             return Err(config("the PCCS URL needs a scheme and an authority"));
         }
         let sleep = self.sleep.unwrap_or_else(|| Arc::new(|d| Box::pin(tokio::time::sleep(d))));
+        let handle = self.handle.unwrap_or_else(|| KeyHandle::empty(self.clock));
+        handle.set_max_keyset_age(t.max_keyset_age);
         Ok(KeyProvider {
             inner: Arc::new(Inner {
                 service: Mutex::new(self.service),
                 base,
                 policy,
-                handle: self.handle.unwrap_or_else(|| KeyHandle::empty(self.clock)),
+                handle,
                 sleep,
                 timing: t,
                 max_report_size: self.max_report_size,
@@ -359,13 +408,15 @@ impl<S, ReqB> DangerousKeyProviderBuilder<S, ReqB> {
 /// # Refresh
 ///
 /// The refresher fetches a new report `refresh_buffer` (default 10 minutes, minus up to
-/// `refresh_jitter`) before the current keyset's `not_after` — or halfway through its remaining
-/// life when that is shorter — and whenever the [`KeyHandle`] is asked to (a response named an
+/// `refresh_jitter`) before the current keyset's `not_after` or the re-attestation ceiling
+/// ([`max_keyset_age`](KeyProviderBuilder::max_keyset_age), one day after the report was
+/// verified by default), whichever comes first — or halfway through its remaining life when that
+/// is shorter — and whenever the [`KeyHandle`] is asked to (a response named an
 /// unknown `X-ACI-Keyset-Digest`, the gateway answered `e2ee_model_key_mismatch`, or the keyset
 /// expired). Woken refreshes are spaced at least `min_refresh_interval` apart. A failed refresh
 /// is retried with exponential backoff (`retry_backoff`), and nothing shortens the backoff: the
 /// requests refused while the key is expired do not each cause a fetch. The last valid keyset
-/// keeps serving until its `not_after`, never after it. All concurrent fetches —
+/// keeps serving until its `not_after` or the ceiling, never after. All concurrent fetches —
 /// [`KeyProvider::establish`] callers and the refresher — share one request (single flight).
 ///
 /// # Replicas and restarts
@@ -569,11 +620,12 @@ where
         let mut last_attempt: Option<u64> = None;
         loop {
             let now = clock.now();
-            let current = shared.current.load_full().filter(|k| k.is_valid_at(now));
+            let current = shared.current.load_full().filter(|k| inner.handle.serves_at(k, now));
             let delay = if failures > 0 {
                 backoff(&t, failures)
             } else if let Some(k) = &current {
-                refresh_delay(&t, k.not_after(), now)
+                // Before its not_after, and before the re-attestation ceiling.
+                refresh_delay(&t, inner.handle.serves_until(k), now)
             } else {
                 Duration::ZERO
             };
@@ -1067,8 +1119,10 @@ mod tests {
         let real = include_bytes!("../../tests/data/real_tdx_report_2026-06.json");
         let digest = "sha256:46cdea445e5f2abcb78a5db0a630e7ba2127bc4f24033aa628b49e310e3928e2";
         // The TLS key the real keyset lists for api.redpill.ai, and another one.
-        let listed: [u8; 32] =
-            crate::hex::decode("c2ebede7c2c632381123e3193b01f5f3fa45cc6c6327b2d0536749348ceeb408").unwrap().try_into().unwrap();
+        let listed: [u8; 32] = crate::hex::decode("c2ebede7c2c632381123e3193b01f5f3fa45cc6c6327b2d0536749348ceeb408")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let channel = |host: &str, spki: [u8; 32]| ChannelInfo::new(host, spki, Arc::default());
         assert_eq!(attributable_digest(real, Some(&channel("api.redpill.ai", listed)), false).as_deref(), Some(digest));
         // An interceptor's certificate, or the right key for a host the entry is not scoped to.

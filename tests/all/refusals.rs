@@ -342,7 +342,9 @@ mod intercepted {
                                 res
                             }
                         });
-                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), service)
+                            .await;
                     });
                     while conns.try_join_next().is_some() {}
                 }
@@ -367,9 +369,11 @@ mod intercepted {
         let tcp = TcpStream::connect(upstream).await?;
         let name = rustls::pki_types::ServerName::try_from("gw.test").map_err(std::io::Error::other)?;
         let tls = connector.connect(name, tcp).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(std::io::Error::other)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(std::io::Error::other)?;
         tokio::spawn(conn);
-        let res = sender.send_request(Request::from_parts(parts, Full::new(body))).await.map_err(std::io::Error::other)?;
+        let res =
+            sender.send_request(Request::from_parts(parts, Full::new(body))).await.map_err(std::io::Error::other)?;
         let (mut parts, body) = res.into_parts();
         let mut body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
         if let (true, Some(edit)) = (is_report && parts.status == 200, edit) {
@@ -389,8 +393,18 @@ mod intercepted {
         format!("https://gw.test:{}", gw.addr().port())
     }
 
-    fn provider(http: &Pinned, keys: &KeyHandle, base: &str, policy: Policy) -> KeyProvider<Pinned, tower_aci::e2ee::RequestBody<Full<Bytes>>> {
-        KeyProvider::builder(http.clone()).handle(keys.clone()).base_url(base.parse().unwrap()).policy(policy).build().unwrap()
+    fn provider(
+        http: &Pinned,
+        keys: &KeyHandle,
+        base: &str,
+        policy: Policy,
+    ) -> KeyProvider<Pinned, tower_aci::e2ee::RequestBody<Full<Bytes>>> {
+        KeyProvider::builder(http.clone())
+            .handle(keys.clone())
+            .base_url(base.parse().unwrap())
+            .policy(policy)
+            .build()
+            .unwrap()
     }
 
     /// The interceptor relays the genuine report, fresh, for our nonce: only the channel check
@@ -402,7 +416,9 @@ mod intercepted {
         let cert = ca.leaf(&["gw.test"]);
         let keys_of_app = GatewayKeys::generate();
         let launch = SystemClock.now();
-        let replica = |i: u64| GatewayConfig::new().keys(keys_of_app.clone()).not_after(launch + THIRTY_DAYS + i).tls(cert.clone());
+        let replica = |i: u64| {
+            GatewayConfig::new().keys(keys_of_app.clone()).not_after(launch + THIRTY_DAYS + i).tls(cert.clone())
+        };
         let g1 = TestGateway::start(replica(0)).await.unwrap();
         let g2 = TestGateway::start(replica(1)).await.unwrap();
         let mitm = Interceptor::start(&ca, g2.addr(), None).await;
@@ -426,7 +442,8 @@ mod intercepted {
         let direct = provider(&http, &keys, &gw_url(&g1), stub_policy());
         assert_eq!(direct.establish().await.unwrap().digest(), g1.keyset_digest());
         let layered = ServiceBuilder::new().layer(E2eeLayer::new(keys.clone())).service(http.clone());
-        let res = layered.oneshot(chat(&format!("{}/v1/chat/completions", gw_url(&g2)), "via replica 2")).await.unwrap();
+        let res =
+            layered.oneshot(chat(&format!("{}/v1/chat/completions", gw_url(&g2)), "via replica 2")).await.unwrap();
         assert_eq!(res.status(), 200);
         let record = res.extensions().get::<ExchangeRecord>().cloned().unwrap();
         res.into_body().collect().await.unwrap();
