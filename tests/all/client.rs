@@ -311,7 +311,7 @@ async fn hold_until_verified_mode_releases_no_byte_of_a_stream_before_its_receip
     let res = strict.service().oneshot(request(&strict)).await.unwrap();
     let mut body = res.into_body();
     let first = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await.unwrap();
-    let err = first.err().expect("the first frame is the error, not content");
+    let err = first.expect_err("the first frame is the error, not content");
     let kind = tower_aci::Error::find(err.as_ref()).map(tower_aci::Error::kind);
     assert_eq!(kind, Some(ErrorKind::Receipt(tower_aci::ReceiptFailure::Session)), "{err}");
 }

@@ -208,17 +208,16 @@ async fn a_stream_that_fails_to_decrypt_ends_with_its_own_error() {
     assert_eq!(fetched.load(Ordering::SeqCst), 0);
 }
 
+/// What the holding layer answers over the tampering client.
+type Held = Response<tower_aci::receipt::ReleaseBody<tower_aci::e2ee::ResponseBody<Full<Bytes>>>>;
+
 /// The layer in the mode that holds the whole stream until its receipt verified.
 fn holding_svc(
     env: &Env,
     fetched: Arc<AtomicUsize>,
     max_held: usize,
     edit: Option<Edit>,
-) -> tower::util::BoxService<
-    Request<Full<Bytes>>,
-    Response<tower_aci::receipt::ReleaseBody<tower_aci::e2ee::ResponseBody<Full<Bytes>>>>,
-    BoxError,
-> {
+) -> tower::util::BoxService<Request<Full<Bytes>>, Held, BoxError> {
     let edit = edit.unwrap_or(|_| {});
     tower::util::BoxService::new(
         ServiceBuilder::new()
