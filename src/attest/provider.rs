@@ -827,7 +827,8 @@ where
             if let Some(quote) = crate::attest::report::quote_to_verify(&body, &self.policy) {
                 let collateral = match crate::attest::dcap::fetch_collateral(service, pccs, &quote).await {
                     Ok(collateral) => collateral,
-                    // An unreadable quote is a verdict on the report; an unreachable PCCS is not.
+                    // An unreadable quote fails the report (`Quote`, which refuses no digest: see
+                    // `refusable_failure`); an unreachable PCCS is a `Transport` error.
                     Err(e) => return self.judged(&body, Err(e), channel.as_ref(), refused),
                 };
                 let now = self.handle.shared.clock.now();
