@@ -15,8 +15,12 @@
 //! - [`Client::keys`] and [`Client::keyset`]: the [`KeyHandle`] and the verified keyset.
 //!
 //! Receipts are verified as [`ReceiptMode`] says: in the background once an answer was read
-//! to its end (the default; the outcome is a [`ReceiptCheck`] in the response's extensions),
-//! before the answer is released ([`VerifyBeforeReleaseLayer`]), or not at all.
+//! to its end (the default; the outcome is a [`ReceiptCheck`] in the response's extensions:
+//! reported, too late to withhold anything), before the answer is released
+//! ([`VerifyBeforeReleaseLayer`]: a buffered answer whole, a stream's `[DONE]`), before any byte
+//! of an answer, streams included, is released ([`ReceiptMode::HoldUntilVerified`]), or not at
+//! all. [The `release` module's table](crate::receipt::VerifyBeforeReleaseLayer) says exactly
+//! what each mode guarantees.
 //!
 //! The parts the client is built from ([`KeyProvider`],
 //! [`E2eeLayer`], [`ReceiptClient`], [`AttestedTls`]) stay public
@@ -72,6 +76,23 @@ type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<AciBody>, BoxErr
 #[cfg(feature = "dcap")]
 const DEFAULT_PCCS: &str = "https://pccs.phala.network";
 
+/// The verify-before-release layer of a receipt mode that has one.
+fn before_release<R, RQ>(
+    receipts: &ReceiptClient<R, RQ>,
+    keys: &KeyHandle,
+    policy: &ReceiptPolicy,
+    mode: ReceiptMode,
+) -> VerifyBeforeReleaseLayer<R, RQ>
+where
+    ReceiptClient<R, RQ>: Clone,
+{
+    let layer = VerifyBeforeReleaseLayer::new(receipts.clone(), keys.clone(), policy.clone());
+    match mode {
+        ReceiptMode::HoldUntilVerified => layer.hold_whole_stream(crate::receipt::DEFAULT_MAX_RELEASE_BODY),
+        _ => layer,
+    }
+}
+
 /// Largest error document read from a non-2xx answer by [`Client::post`].
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -86,10 +107,19 @@ pub enum ReceiptMode {
     Background,
     /// Release an answer only once its receipt verified ([`VerifyBeforeReleaseLayer`]): a
     /// buffered answer is the call's error when the receipt does not verify; a stream's events
-    /// flow as they authenticate, and its `[DONE]` waits for the receipt.
+    /// flow as they authenticate, and its `[DONE]` waits for the receipt (an event an on-path
+    /// attacker dropped, duplicated or reordered may reach you before the receipt's error).
     BeforeRelease,
     /// Do not verify receipts (verify some yourself with [`Client::verify_receipt`]).
     Off,
+    /// Release no byte of any answer before its receipt verified: as
+    /// [`BeforeRelease`](Self::BeforeRelease) for buffered answers, and a stream is read to its
+    /// end and held (at most [`DEFAULT_MAX_RELEASE_BODY`](crate::receipt::DEFAULT_MAX_RELEASE_BODY),
+    /// 64 MiB, else `TooLarge`) until its receipt verified, then released whole; on any failure
+    /// the body's first frame is the error
+    /// ([`hold_whole_stream`](VerifyBeforeReleaseLayer::hold_whole_stream)). You wait for the
+    /// end of every stream, and never see a forged answer.
+    HoldUntilVerified,
 }
 
 enum ApiKey {
@@ -339,11 +369,11 @@ impl ClientBuilder {
         let layer = E2eeLayer::new(keys.clone()).strict(self.strict);
         let retry = RetryLayer::new(KeyMismatchRetry::new(keys.clone()));
         let stack: Stack = match self.receipts {
-            ReceiptMode::BeforeRelease => BoxCloneSyncService::new(
+            ReceiptMode::BeforeRelease | ReceiptMode::HoldUntilVerified => BoxCloneSyncService::new(
                 ServiceBuilder::new()
                     .map_response(|r: Response<_>| r.map(BodyExt::boxed_unsync))
                     .layer(retry)
-                    .layer(VerifyBeforeReleaseLayer::new(receipts.clone(), keys.clone(), self.receipt_policy.clone()))
+                    .layer(before_release(&receipts, &keys, &self.receipt_policy, self.receipts))
                     .layer(layer.clone())
                     .service(plain),
             ),
@@ -565,8 +595,8 @@ impl Client {
         &self.inner.keys
     }
 
-    /// The verified keyset requests are encrypted to now; `KeyUnavailable` when it expired
-    /// and no refresh succeeded.
+    /// The verified keyset requests are encrypted to now; `KeyUnavailable` when it expired (or
+    /// was verified more than a day ago) and no refresh succeeded.
     pub fn keyset(&self) -> Result<Arc<AttestedKeyset>> {
         self.inner.keys.current()
     }

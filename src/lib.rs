@@ -156,8 +156,9 @@
 //!   opt-outs are `dangerous().accept_unbound_channel()` on the provider builder and the layer.
 //! - Whether an answer is decoded as a stream follows the request's `"stream"` flag; an answer
 //!   whose content type disagrees is a [`ErrorKind::Protocol`] error.
-//! - `POST`s outside the E2EE endpoints are refused unless allowed by name, so plaintext is
-//!   never sent by accident.
+//! - `POST`s outside the E2EE endpoints are refused unless allowed by name, and so is a body
+//!   sent to an E2EE endpoint in any other method (`PUT`, `PATCH`, a lowercase `post`), so
+//!   plaintext is never sent by accident.
 //! - The gateway leaves tool-call arguments, refusals, logprobs, transcripts and images of
 //!   responses in clear, and `tools`/`response_format` of requests: the layer warns, and
 //!   [`E2eeLayer::strict`] refuses them.

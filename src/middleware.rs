@@ -112,7 +112,9 @@ impl Middleware for E2eeMiddleware {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let path = req.url().path().to_owned();
-        let endpoint = match self.config.route(req.method(), &path) {
+        // A streaming body (unknown size) may carry a prompt: only none or an empty one is no body.
+        let may_have_body = req.body().is_some_and(|b| b.as_bytes().is_none_or(|bytes| !bytes.is_empty()));
+        let endpoint = match self.config.route(req.method(), &path, may_have_body) {
             Route::Passthrough => return next.run(req, extensions).await,
             Route::Refuse(e) => return Err(mw(e)),
             Route::Encrypt(endpoint) => endpoint,

@@ -199,6 +199,25 @@ pub(crate) fn require_channel<'a>(
     Ok(channel)
 }
 
+/// Whether the `workload_keyset` of a report that has *not* verified lists `channel`'s SPKI for
+/// its host, read leniently (an entry that is not well formed names nothing): what attributes a
+/// failed report to the holder of a TLS key the keyset itself names, and so lets it refuse the
+/// keyset's digest (see `KeyProvider`'s refusal rule). Same matching as
+/// [`AttestedKeyset::lists_tls_key`].
+pub(crate) fn unverified_keyset_names_channel(keyset: &serde_json::Value, channel: &ChannelInfo) -> bool {
+    let seen = channel.spki_sha256_hex();
+    let Some(entries) = keyset.get("tls_public_keys").and_then(serde_json::Value::as_array) else { return false };
+    entries.iter().any(|entry| {
+        let spki = entry.get("spki_sha256").and_then(serde_json::Value::as_str);
+        let scoped = match entry.get("domain") {
+            None | Some(serde_json::Value::Null) => true,
+            Some(serde_json::Value::String(domain)) => normalize_host(domain).eq_ignore_ascii_case(channel.host()),
+            Some(_) => false,
+        };
+        scoped && spki.is_some_and(|s| s.eq_ignore_ascii_case(&seen))
+    })
+}
+
 /// The provider's check of the connection a report came over (when the transport says which).
 /// A keyset that does not list the connection's SPKI for its host fails with `ChannelBinding`,
 /// and the connection is revoked so the next fetch opens a fresh one. `None` is accepted here:
@@ -352,6 +371,37 @@ mod tests {
         assert_eq!(require_channel(&ext, Some("GW.example."), "the answer", "x").unwrap().host(), "gw.example");
         let e = require_channel(&ext, Some("other.example"), "the answer", "x").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::ChannelBinding));
+    }
+
+    #[test]
+    fn an_unverified_keyset_names_a_channel_as_a_verified_one_would() {
+        let report: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/data/real_tdx_report_2026-06.json")).unwrap();
+        let keyset = &report["attestation"]["workload_keyset"];
+        let verified = real_keyset();
+        let domains = ["tee.redpill.ai", "inference.phala.com", "api.redpill.ai", "redpill.ai", "evil.example"];
+        for host in domains {
+            for spki_hex in [TEE_REDPILL, PHALA, API_REDPILL, &"ab".repeat(32)] {
+                let ch = channel(host, spki_hex);
+                assert_eq!(
+                    unverified_keyset_names_channel(keyset, &ch),
+                    verified.lists_tls_key(host, &spki(spki_hex)),
+                    "{host} {spki_hex}"
+                );
+            }
+        }
+        // Uppercase hex, a trailing dot and an unscoped entry; malformed entries name nothing.
+        let ks = serde_json::json!({"tls_public_keys": [
+            {"spki_sha256": API_REDPILL.to_uppercase(), "domain": "API.redpill.ai."},
+            {"spki_sha256": PHALA},
+            {"spki_sha256": TEE_REDPILL, "domain": 7},
+            {"spki_sha256": 7},
+        ]});
+        assert!(unverified_keyset_names_channel(&ks, &channel("api.redpill.ai", API_REDPILL)));
+        assert!(unverified_keyset_names_channel(&ks, &channel("any.example", PHALA)));
+        assert!(!unverified_keyset_names_channel(&ks, &channel("tee.redpill.ai", TEE_REDPILL)));
+        assert!(!unverified_keyset_names_channel(&serde_json::json!({}), &channel("a", PHALA)));
+        assert!(!unverified_keyset_names_channel(&serde_json::json!({"tls_public_keys": "x"}), &channel("a", PHALA)));
     }
 
     #[test]

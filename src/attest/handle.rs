@@ -35,28 +35,65 @@ pub(crate) const KNOWN_KEYSETS: usize = 16;
 /// one day, far beyond the reference gateway's one-hour receipt retention.
 pub(crate) const RETAIN_AFTER_EXPIRY_SECS: u64 = 24 * 3600;
 
-/// How many refused keyset digests a handle remembers; beyond, the oldest refusal is forgotten.
+/// How many refused keyset digests a handle remembers. A refusal is never forgotten (only lifted
+/// by a verification of the same digest); beyond this many the handle refuses every keyset it has
+/// not verified (see [`RefusedKeyset`]).
 pub(crate) const REFUSED_KEYSETS: usize = 64;
 
 /// A keyset whose attestation report was fetched and failed verification under the policy.
 ///
-/// The key provider remembers up to 64 of them on its [`KeyHandle`] (the oldest is forgotten
-/// first; [`KeyHandle::refused_keysets`]), and a receipt naming one fails with
+/// The key provider remembers them on its [`KeyHandle`] ([`KeyHandle::refused_keysets`]), and a
+/// receipt naming one fails with
 /// [`ReceiptFailure::RefusedKeyset`](crate::ReceiptFailure::RefusedKeyset) instead of being
-/// vouched for by the same-key rule ([`KeysetMatch`](crate::receipt::KeysetMatch)).
+/// vouched for by the same-key rule ([`KeysetMatch`](crate::receipt::KeysetMatch)). Since a
+/// refusal turns honest receipts into failures, only the keyset's own holder can cause one: a
+/// refusal needs a report that is attributable to it *and* a failure that is a verdict on it.
 ///
-/// # Which digest a refusal is recorded under
+/// # Which reports refuse a digest
 ///
-/// A refused report proves nothing, so the digest it names is not taken on its word: the refusal
-/// is recorded under the report's `workload_keyset_digest` only when the report's
-/// `workload_keyset` recomputes (JCS, SHA-256) to it. A forged document that names an honest
-/// replica's digest next to another keyset is therefore not attributed to anyone; a report
-/// whose keyset cannot be recomputed (not JSON, no keyset, digest mismatch) refuses no digest.
-/// A refusal never overrides a keyset of the same digest that verified (the handle's verified
-/// keysets are looked up first), and a later verification of that digest lifts it. Only
-/// verification verdicts refuse a digest ([`ErrorKind::Attestation`]); a report endpoint that
-/// fails, a timeout, or an unreachable PCCS do not (the keyset is then *unreachable*, not
-/// refused).
+/// A refused report proves nothing, so the digest it names is not taken on its word. The
+/// refusal is recorded under the report's `workload_keyset_digest` only when
+///
+/// - the report's `workload_keyset` recomputes (JCS, SHA-256) to it — a forged document that
+///   names an honest replica's digest next to another keyset is not attributed to anyone; and
+/// - the report came over a channel that keyset names: a TLS connection whose certificate's
+///   SPKI that very keyset lists for the host (only the holder of that key can serve over it),
+///   or, with no TLS channel, plain HTTP to a loopback address (this machine). A report that
+///   came through a TLS interceptor (a middlebox or CDN with its own certificate), or over a
+///   transport that names no channel to a remote host
+///   (`KeyProviderBuilder::dangerous().accept_unbound_channel()`), may have been rewritten on
+///   the way: it refuses nothing, whatever it fails; and
+/// - the failure is a verdict on the workload, as below.
+///
+/// | failure | refuses? | why |
+/// | --- | --- | --- |
+/// | `NotAllowed`, `EventLog`, `Custody` | yes | what the workload runs, measured, or where its keys come from |
+/// | `TcbStatus` | yes | the platform it runs on, as Intel's collateral judges it |
+/// | `BadKey`, `NoUsableKey`, `E2eeUnsupported` | yes | the keyset itself (part of what the digest hashes) |
+/// | `ApiVersion`, `Shape`, `Generation`, `WorkloadId`, `Endorsement` | yes | the document the workload serves over its own channel |
+/// | `ChannelBinding` | no | the path: an on-path TLS interceptor serving the genuine report causes it |
+/// | `Nonce`, `ReportData` | no | our request: a genuine report replayed for another nonce fails so |
+/// | `Expired`, `NotAfterTooFar` | no | our clock against the keyset's `not_after` and the policy's horizon |
+/// | `HardwareUnverifiable` | no | our verifier: a build without `dcap`, or no collateral |
+/// | `Quote` | no | the quote's chain is judged against our collateral at our clock (a CRL or TCB info past its validity fails so), and its report-data slot is the nonce binding |
+/// | `KeysetDigest`, `Canonicalization` | no | no digest to attribute |
+///
+/// A report endpoint that fails, a timeout, or an unreachable PCCS refuse nothing either (the
+/// keyset is then *unreachable*, not refused). A refusal never overrides a keyset of the same
+/// digest that verified (the handle's verified keysets are looked up first), and a later
+/// verification of that digest lifts it.
+///
+/// # The record cannot be flushed
+///
+/// A refusal is never forgotten while the handle lives (only lifted by a verification of the
+/// same digest): a gateway that triggers many digest searches, each reaching a new refused
+/// keyset, cannot push a real refusal out and make its receipts pass the same-key rule again.
+/// The record holds 64 refusals; once a 65th distinct digest is refused, the handle *saturates*:
+/// it keeps the 64, logs an error once, and from then on treats every keyset digest it has not
+/// verified as refused ([`KeyHandle::refused_keyset`] answers for it, with the failure of the
+/// refusal that did not fit, and [`KeyHandle::refusals_saturated`] says so). Receipts of
+/// keysets that were verified still verify exactly; only the same-key rule is off, fail closed.
+/// A new process (a restarted proxy) starts with an empty record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefusedKeyset {
     digest: String,
@@ -87,6 +124,15 @@ impl RefusedKeyset {
     }
 }
 
+/// The refusals a handle remembers.
+#[derive(Default)]
+pub(crate) struct Refusals {
+    /// Oldest first, at most [`REFUSED_KEYSETS`].
+    list: VecDeque<RefusedKeyset>,
+    /// The latest refusal that did not fit: once set, every digest not verified is refused.
+    overflow: Option<RefusedKeyset>,
+}
+
 /// A future that attests a gateway until a keyset digest is known (or its bounds run out).
 pub(crate) type AttestFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
@@ -97,8 +143,11 @@ pub(crate) type Attester = Arc<dyn Fn(&str) -> Option<AttestFuture> + Send + Syn
 ///
 /// The E2EE layer calls [`current`](KeyHandle::current) on every request: a lock-free load.
 /// A key provider (see [`KeyProvider`](crate::attest::KeyProvider)) publishes fresh keysets into
-/// it; [`KeyHandle::fixed`] makes a handle for one keyset you verified yourself, which simply
-/// stops serving it at its `not_after`.
+/// it, and serves each keyset until its `not_after` or the provider's re-attestation ceiling
+/// ([`max_keyset_age`](crate::attest::KeyProviderBuilder::max_keyset_age): one day after its
+/// report was verified, by default), whichever comes first ([`serves_until`](Self::serves_until)).
+/// [`KeyHandle::fixed`] makes a handle for one keyset you verified yourself, which simply stops
+/// serving it at its `not_after` (it has no ceiling: nothing would re-attest).
 ///
 /// # Replicas, restarts and rotations
 ///
@@ -134,8 +183,11 @@ pub(crate) struct Shared {
     /// How many report fetches are running for this handle (the attested TLS connector accepts a
     /// certificate the current keyset does not list only while one runs; see `crate::tls`).
     pub(crate) attesting: std::sync::atomic::AtomicUsize,
-    /// Keyset digests whose report was fetched and refused, oldest first (bounded).
-    pub(crate) refused: Mutex<VecDeque<RefusedKeyset>>,
+    /// Keyset digests whose report was fetched and refused, oldest first (bounded; see
+    /// [`RefusedKeyset`]).
+    pub(crate) refused: Mutex<Refusals>,
+    /// The re-attestation ceiling in seconds (`u64::MAX`: none), set by the key provider.
+    max_keyset_age: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -145,7 +197,7 @@ impl std::fmt::Debug for Shared {
             .field("known", &self.known.lock().map(|k| k.len()).unwrap_or(0))
             .field("clock", &self.clock)
             .field("attester", &self.attester.get().is_some())
-            .field("refused", &self.refused.lock().map(|r| r.len()).unwrap_or(0))
+            .field("refused", &self.refused.lock().map(|r| r.list.len()).unwrap_or(0))
             .finish_non_exhaustive()
     }
 }
@@ -163,7 +215,8 @@ impl KeyHandle {
                 refresher: std::sync::atomic::AtomicBool::new(false),
                 attester: OnceLock::new(),
                 attesting: std::sync::atomic::AtomicUsize::new(0),
-                refused: Mutex::new(VecDeque::new()),
+                refused: Mutex::new(Refusals::default()),
+                max_keyset_age: std::sync::atomic::AtomicU64::new(u64::MAX),
             }),
         }
     }
@@ -185,7 +238,35 @@ impl KeyHandle {
     #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
     pub(crate) fn current_valid(&self) -> Option<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
-        self.shared.current.load_full().filter(|k| k.is_valid_at(now))
+        self.shared.current.load_full().filter(|k| self.serves_at(k, now))
+    }
+
+    /// Set by the key provider ([`KeyProviderBuilder::max_keyset_age`](crate::attest::KeyProviderBuilder::max_keyset_age)).
+    pub(crate) fn set_max_keyset_age(&self, age: std::time::Duration) {
+        self.shared.max_keyset_age.store(age.as_secs(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// The re-attestation ceiling of the key provider serving this handle
+    /// ([`KeyProviderBuilder::max_keyset_age`](crate::attest::KeyProviderBuilder::max_keyset_age));
+    /// `None` for a handle no provider serves ([`KeyHandle::fixed`], or before one is built).
+    pub fn max_keyset_age(&self) -> Option<std::time::Duration> {
+        match self.shared.max_keyset_age.load(std::sync::atomic::Ordering::Acquire) {
+            u64::MAX => None,
+            secs => Some(std::time::Duration::from_secs(secs)),
+        }
+    }
+
+    /// Until when (Unix seconds, exclusive) this handle serves `keyset`: its `not_after`, or its
+    /// [`verified_at`](AttestedKeyset::verified_at) plus the
+    /// [re-attestation ceiling](Self::max_keyset_age), whichever comes first.
+    pub fn serves_until(&self, keyset: &AttestedKeyset) -> u64 {
+        let age = self.shared.max_keyset_age.load(std::sync::atomic::Ordering::Acquire);
+        keyset.not_after().min(keyset.verified_at().saturating_add(age))
+    }
+
+    /// Whether this handle serves `keyset` at `now`: `now < serves_until(keyset)`.
+    pub(crate) fn serves_at(&self, keyset: &AttestedKeyset, now: u64) -> bool {
+        now < self.serves_until(keyset)
     }
 
     /// Marks a report fetch as running until the guard is dropped.
@@ -206,8 +287,8 @@ impl KeyHandle {
         self.shared.wake.notify_one();
     }
 
-    /// A handle serving one keyset, with no refresher. After the keyset's `not_after`,
-    /// [`current`](Self::current) fails with `KeyUnavailable`.
+    /// A handle serving one keyset, with no refresher and no re-attestation ceiling. After the
+    /// keyset's `not_after`, [`current`](Self::current) fails with `KeyUnavailable`.
     pub fn fixed(keyset: AttestedKeyset) -> KeyHandle {
         Self::fixed_with_clock(keyset, Arc::new(SystemClock))
     }
@@ -220,12 +301,14 @@ impl KeyHandle {
     }
 
     /// The keyset to encrypt to now. Fails with `KeyUnavailable` when none has been established
-    /// yet, or the current one is past its `not_after` (a key is never served after it) and no
-    /// remembered replica of it (same E2EE key) is still valid.
+    /// yet, or the current one is past its `not_after` (a key is never served after it) or was
+    /// verified longer ago than the provider's re-attestation ceiling
+    /// ([`max_keyset_age`](Self::max_keyset_age)), and no remembered replica of it (same E2EE
+    /// key) is still served ([`serves_until`](Self::serves_until)).
     pub fn current(&self) -> Result<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
         match self.shared.current.load_full() {
-            Some(k) if k.is_valid_at(now) => Ok(k),
+            Some(k) if self.serves_at(&k, now) => Ok(k),
             Some(expired) => {
                 if let Some(replica) = self.valid_replica_of(&expired, now) {
                     tracing::debug!(
@@ -238,7 +321,19 @@ impl KeyHandle {
                 }
                 // The refresher ignores this while it is backing off after failures.
                 self.shared.wake.notify_one();
-                Err(Error::new(ErrorKind::KeyUnavailable, "the attested keyset has expired"))
+                if !expired.is_valid_at(now) {
+                    return Err(Error::new(ErrorKind::KeyUnavailable, "the attested keyset has expired"));
+                }
+                let why = self.shared.last_error.lock().ok().and_then(|e| e.clone());
+                Err(Error::new(
+                    ErrorKind::KeyUnavailable,
+                    format!(
+                        "the attested keyset was verified {} s ago, longer than max_keyset_age allows, and no \
+                         re-attestation has succeeded since{}",
+                        now.saturating_sub(expired.verified_at()),
+                        why.map(|w| format!(": {w}")).unwrap_or_default()
+                    ),
+                ))
             }
             None => {
                 let why = self.shared.last_error.lock().ok().and_then(|e| e.clone());
@@ -257,19 +352,24 @@ impl KeyHandle {
     /// latest `not_after`.
     fn valid_replica_of(&self, of: &AttestedKeyset, now: u64) -> Option<Arc<AttestedKeyset>> {
         let known = self.shared.known.lock().ok()?;
-        known.iter().filter(|k| k.is_valid_at(now) && k.same_e2ee_key(of)).max_by_key(|k| k.not_after()).cloned()
+        known
+            .iter()
+            .filter(|k| self.serves_at(k, now) && k.same_e2ee_key(of))
+            .max_by_key(|k| self.serves_until(k))
+            .cloned()
     }
 
-    /// A verified keyset by its digest (current or remembered), if still valid.
+    /// A verified keyset by its digest (current or remembered), if still served
+    /// ([`serves_until`](Self::serves_until)).
     pub fn keyset_for_digest(&self, digest: &str) -> Option<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
         if let Some(k) = self.shared.current.load_full() {
-            if k.digest() == digest && k.is_valid_at(now) {
+            if k.digest() == digest && self.serves_at(&k, now) {
                 return Some(k);
             }
         }
         let known = self.shared.known.lock().ok()?;
-        known.iter().find(|k| k.digest() == digest && k.is_valid_at(now)).cloned()
+        known.iter().find(|k| k.digest() == digest && self.serves_at(k, now)).cloned()
     }
 
     /// Every remembered verified keyset, including expired ones (for verifying old receipts),
@@ -284,45 +384,76 @@ impl KeyHandle {
     }
 
     /// The refusal of the keyset named `digest`, if its report was fetched and failed
-    /// verification and no keyset of that digest verified since (see [`RefusedKeyset`]).
+    /// verification and no keyset of that digest verified since (see [`RefusedKeyset`]). Once
+    /// the record is saturated ([`refusals_saturated`](Self::refusals_saturated)), every digest
+    /// the handle has not verified answers with a refusal carrying the failure of the refusal
+    /// that did not fit.
     pub fn refused_keyset(&self, digest: &str) -> Option<RefusedKeyset> {
+        // Looked up before the refusals (one lock at a time).
+        let verified = self.knows(digest);
         let refused = self.shared.refused.lock().ok()?;
-        refused.iter().find(|r| r.digest == digest).cloned()
+        if let Some(r) = refused.list.iter().find(|r| r.digest == digest) {
+            return Some(r.clone());
+        }
+        let overflow = refused.overflow.as_ref().filter(|_| !verified)?;
+        Some(RefusedKeyset {
+            digest: digest.to_owned(),
+            failure: overflow.failure,
+            message: format!(
+                "more than {REFUSED_KEYSETS} keysets were refused since this process started, so the handle no longer \
+                 tells a refused keyset from one it never reached and refuses every keyset it has not verified (the \
+                 refusal that did not fit: {} for {})",
+                overflow.message, overflow.digest
+            ),
+            refused_at: overflow.refused_at,
+        })
     }
 
     /// Every remembered refusal, oldest first (at most 64).
     pub fn refused_keysets(&self) -> Vec<RefusedKeyset> {
-        self.shared.refused.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+        self.shared.refused.lock().map(|r| r.list.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Whether more keysets were refused than the handle remembers: it then refuses every keyset
+    /// digest it has not verified (see [`RefusedKeyset`]). Stays set for the handle's life.
+    pub fn refusals_saturated(&self) -> bool {
+        self.shared.refused.lock().map(|r| r.overflow.is_some()).unwrap_or(true)
     }
 
     /// Remember that the report of the keyset `digest` was fetched and refused with `failure`.
     /// Logged at warn the first time a digest is refused; a repeated refusal updates the reason
-    /// and time in place. Beyond [`REFUSED_KEYSETS`] the oldest refusal is forgotten.
+    /// and time in place. Nothing is forgotten: beyond [`REFUSED_KEYSETS`] the handle saturates.
     pub(crate) fn refuse(&self, digest: &str, failure: AttestationFailure, message: &str) {
         let now = self.shared.clock.now();
         let Ok(mut refused) = self.shared.refused.lock() else { return };
-        if let Some(r) = refused.iter_mut().find(|r| r.digest == digest) {
+        if let Some(r) = refused.list.iter_mut().find(|r| r.digest == digest) {
             r.failure = failure;
             r.message = message.to_owned();
             r.refused_at = now;
             return;
         }
-        tracing::warn!(
-            digest,
-            ?failure,
-            "a keyset's attestation report failed the policy: receipts naming this keyset will be refused: {message}"
-        );
-        refused.push_back(RefusedKeyset {
-            digest: digest.to_owned(),
-            failure,
-            message: message.to_owned(),
-            refused_at: now,
-        });
-        while refused.len() > REFUSED_KEYSETS {
-            refused.pop_front();
+        let refusal =
+            RefusedKeyset { digest: digest.to_owned(), failure, message: message.to_owned(), refused_at: now };
+        if refused.list.len() < REFUSED_KEYSETS {
+            tracing::warn!(
+                digest,
+                ?failure,
+                "a keyset's attestation report failed the policy: receipts naming this keyset will be refused: {message}"
+            );
+            refused.list.push_back(refusal);
+            return;
         }
+        if refused.overflow.is_none() {
+            tracing::error!(
+                digest,
+                ?failure,
+                "more than {REFUSED_KEYSETS} keysets were refused: from now on every keyset this process has not \
+                 verified is refused (the same-key rule is off); the gateway keeps serving reports that fail the \
+                 policy: {message}"
+            );
+        }
+        refused.overflow = Some(refusal);
     }
-
     /// Tell the handle which keyset digest a response named (`X-ACI-Keyset-Digest`). An unknown
     /// digest asks the refresher to re-attest in the background; the current key keeps serving.
     pub fn observe_digest(&self, digest: &str) {
@@ -375,8 +506,9 @@ impl KeyHandle {
         let current = self.shared.current.load_full();
         let is_current = |k: &Arc<AttestedKeyset>| current.as_ref().is_some_and(|c| c.digest() == k.digest());
         if let Ok(mut refused) = self.shared.refused.lock() {
-            // Verified now: an earlier refusal of this digest no longer stands.
-            refused.retain(|r| r.digest != keyset.digest());
+            // Verified now: an earlier refusal of this digest no longer stands. (A saturated
+            // record stays saturated: the refusals that did not fit may still stand.)
+            refused.list.retain(|r| r.digest != keyset.digest());
         }
         if let Ok(mut known) = self.shared.known.lock() {
             match known.iter_mut().find(|k| k.digest() == keyset.digest()) {
@@ -478,6 +610,36 @@ mod tests {
     }
 
     #[test]
+    fn past_the_ceiling_a_keyset_is_not_served_but_a_replica_verified_later_takes_over() {
+        let clock = ManualClock::new(1_000);
+        let handle = KeyHandle::empty(Arc::new(clock.clone()));
+        assert_eq!(handle.max_keyset_age(), None);
+        handle.set_max_keyset_age(std::time::Duration::from_secs(100));
+        let key = e2ee_key();
+        let verified_at = |digest: &str, at: u64| {
+            let mut k = (*keyset(digest, 1_000_000, &key)).clone();
+            k.verified_at = at;
+            Arc::new(k)
+        };
+        handle.publish(verified_at("current", 1_000));
+        assert_eq!(handle.serves_until(&handle.current().unwrap()), 1_100, "verified_at + the ceiling");
+        // A replica (same E2EE key) learnt by a search at 1_050.
+        handle.remember(verified_at("replica", 1_050));
+        clock.set(1_099);
+        assert_eq!(handle.current().unwrap().digest(), "current");
+        clock.set(1_100);
+        assert_eq!(handle.current().unwrap().digest(), "replica", "verified more recently: it takes over");
+        assert!(handle.keyset_for_digest("current").is_none() && handle.keyset_for_digest("replica").is_some());
+        clock.set(1_150);
+        let e = handle.current().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::KeyUnavailable);
+        assert!(e.to_string().contains("max_keyset_age"), "{e}");
+        // A later verification of either is served again.
+        handle.publish(verified_at("current", 1_150));
+        assert_eq!(handle.current().unwrap().digest(), "current");
+    }
+
+    #[test]
     fn remembered_keysets_are_bounded_and_retired_by_not_after() {
         let clock = ManualClock::new(1_000);
         let handle = KeyHandle::empty(Arc::new(clock.clone()));
@@ -513,10 +675,11 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_bounded_oldest_first_and_lifted_by_a_verification() {
+    fn refusals_are_never_forgotten_and_a_full_record_refuses_every_unverified_keyset() {
         let clock = ManualClock::new(1_000);
         let handle = KeyHandle::empty(Arc::new(clock.clone()));
         let key = e2ee_key();
+        handle.publish(keyset("verified", 9_000, &key));
         handle.refuse("d0", AttestationFailure::NotAllowed, "the compose hash is not on the policy's allowlist");
         clock.set(1_010);
         // Refused again: updated in place, not a second entry.
@@ -527,16 +690,34 @@ mod tests {
             ("d0", AttestationFailure::TcbStatus, "tcb", 1_010)
         );
         assert_eq!(handle.refused_keysets().len(), 1);
-        for i in 1..REFUSED_KEYSETS + 3 {
+        for i in 1..REFUSED_KEYSETS {
             handle.refuse(&format!("d{i}"), AttestationFailure::NotAllowed, "m");
         }
+        assert_eq!(handle.refused_keysets().len(), REFUSED_KEYSETS);
+        assert!(!handle.refusals_saturated());
+        assert!(handle.refused_keyset("never-seen").is_none(), "not saturated: an unreached keyset is not refused");
+
+        // One more: nothing is forgotten; the handle saturates.
+        clock.set(1_020);
+        handle.refuse("one-too-many", AttestationFailure::Custody, "custody");
         let refused = handle.refused_keysets();
         assert_eq!(refused.len(), REFUSED_KEYSETS);
-        assert_eq!(refused[0].digest(), "d3", "the three oldest were forgotten first");
-        assert!(handle.refused_keyset("d0").is_none() && handle.refused_keyset("d2").is_none());
-        // A keyset of a refused digest that verifies lifts the refusal.
+        assert_eq!(refused[0].digest(), "d0", "the oldest refusal is kept");
+        assert_eq!(handle.refused_keyset("d0").unwrap().failure(), AttestationFailure::TcbStatus);
+        assert!(handle.refusals_saturated());
+        // Every digest not verified is refused now, with the failure of the refusal that did not fit.
+        for digest in ["one-too-many", "never-seen"] {
+            let r = handle.refused_keyset(digest).expect("refused once saturated");
+            assert_eq!((r.digest(), r.failure(), r.refused_at()), (digest, AttestationFailure::Custody, 1_020));
+            assert!(r.message().contains("more than 64 keysets were refused"), "{}", r.message());
+        }
+        // A verified keyset never is.
+        assert!(handle.refused_keyset("verified").is_none());
+
+        // A keyset of a refused digest that verifies lifts that refusal; the handle stays saturated.
         handle.remember(keyset("d5", 9_000, &key));
         assert!(handle.refused_keyset("d5").is_none());
         assert_eq!(handle.refused_keysets().len(), REFUSED_KEYSETS - 1);
+        assert!(handle.refusals_saturated() && handle.refused_keyset("never-seen").is_some());
     }
 }

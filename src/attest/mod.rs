@@ -4,7 +4,8 @@
 //!   only way to obtain an [`AttestedKeyset`].
 //! - [`KeyProvider`] fetches reports over any tower HTTP service, verifies them and publishes the
 //!   result into a [`KeyHandle`] that the E2EE layer reads without locking, refreshing before
-//!   `not_after` and when the gateway names a keyset digest it has not seen.
+//!   `not_after`, at least once a day ([`KeyProviderBuilder::max_keyset_age`]), and when the
+//!   gateway names a keyset digest it has not seen.
 //! - `dcap` (feature `dcap`) verifies the gateway's Intel TDX quote against collateral
 //!   supplied offline or fetched from a PCCS; without it, a policy that requires hardware
 //!   verification fails closed with `HardwareUnverifiable`.
@@ -33,7 +34,10 @@ pub use generation::Generation;
 pub use handle::{KeyHandle, RefusedKeyset};
 pub use keyset::{AttestedKeyset, BootMeasurements, ReceiptKey, TlsKey};
 pub use policy::{DEFAULT_MAX_VALIDITY, DEFAULT_TCB_STATUS, DangerousPolicyBuilder, Policy, PolicyBuilder};
-pub use provider::{DangerousKeyProviderBuilder, KeyProvider, KeyProviderBuilder, RefreshTask, RefreshWorker, SleepFn};
+pub use provider::{
+    DEFAULT_MAX_KEYSET_AGE, DangerousKeyProviderBuilder, KeyProvider, KeyProviderBuilder, MIN_MAX_KEYSET_AGE,
+    RefreshTask, RefreshWorker, SleepFn,
+};
 #[cfg(feature = "dcap")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
 pub use report::verify_report_with_collateral;

@@ -20,13 +20,16 @@ use rand_core::{OsRng, RngCore};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::attest::channel::{ChannelInfo, ChannelRule, channel_rule, check_report_channel, require_channel};
+use crate::attest::channel::{
+    ChannelInfo, ChannelRule, channel_rule, check_report_channel, is_loopback_host, require_channel,
+    unverified_keyset_names_channel,
+};
 use crate::attest::clock::{Clock, SystemClock};
 use crate::attest::handle::{AttestFuture, Attester, KeyHandle};
 use crate::attest::keyset::AttestedKeyset;
 use crate::attest::policy::Policy;
 use crate::attest::report::verify_report;
-use crate::error::{BoxError, Error, ErrorKind, Result};
+use crate::error::{AttestationFailure, BoxError, Error, ErrorKind, Result};
 use crate::hex;
 use crate::protocol::GatewayError;
 
@@ -46,6 +49,12 @@ const DEFAULT_DIGEST_PROBES: u32 = 8;
 /// Default largest report body accepted (a report with a TDX quote and event log is well under).
 const DEFAULT_MAX_REPORT_SIZE: usize = 4 * 1024 * 1024;
 
+/// Default re-attestation ceiling ([`KeyProviderBuilder::max_keyset_age`]): one day.
+pub const DEFAULT_MAX_KEYSET_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// The shortest re-attestation ceiling [`KeyProviderBuilder::max_keyset_age`] accepts.
+pub const MIN_MAX_KEYSET_AGE: Duration = Duration::from_secs(60);
+
 #[derive(Clone, Copy, Debug)]
 struct Timing {
     refresh_buffer: Duration,
@@ -56,6 +65,8 @@ struct Timing {
     min_refresh_interval: Duration,
     /// Report fetches spent looking for one unknown keyset digest.
     digest_probes: u32,
+    /// The re-attestation ceiling.
+    max_keyset_age: Duration,
 }
 
 impl Default for Timing {
@@ -68,6 +79,7 @@ impl Default for Timing {
             load_timeout: Duration::from_secs(30),
             min_refresh_interval: Duration::from_secs(10),
             digest_probes: DEFAULT_DIGEST_PROBES,
+            max_keyset_age: DEFAULT_MAX_KEYSET_AGE,
         }
     }
 }
@@ -195,6 +207,38 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
         self
     }
 
+    /// The re-attestation ceiling (default [one day](DEFAULT_MAX_KEYSET_AGE)): a keyset is
+    /// current for at most this long after its report was verified, however far its `not_after`
+    /// lies, and the refresher re-attests before then (`refresh_buffer` and `refresh_jitter`
+    /// earlier, as before `not_after`). Re-attesting judges the TCB status, the revocation lists
+    /// and the advisories again against fresh collateral, and ends the life of a keyset whose
+    /// validity is claimed by the gateway alone: the production `not_after` is launch + 30 days,
+    /// and the older report generation's `freshness.stale_after` is not bound by the quote, so an
+    /// on-path attacker can push it to the policy's horizon. Past the ceiling without a
+    /// successful re-attestation, [`KeyHandle::current`] fails with
+    /// [`KeyUnavailable`](ErrorKind::KeyUnavailable), as for an expired keyset.
+    ///
+    /// [`build`](Self::build) fails with [`Config`](ErrorKind::Config) for zero or anything
+    /// shorter than [a minute](MIN_MAX_KEYSET_AGE). The ceiling is set on the provider's
+    /// [`KeyHandle`]; a [`KeyHandle::fixed`] handle has none.
+    ///
+    /// ```
+    /// # fn demo(client: tower::util::BoxCloneService<http::Request<http_body_util::Full<bytes::Bytes>>, http::Response<http_body_util::Full<bytes::Bytes>>, tower_aci::BoxError>, policy: tower_aci::attest::Policy) -> tower_aci::Result<()> {
+    /// use std::time::Duration;
+    /// use tower_aci::attest::KeyProvider;
+    ///
+    /// let provider = KeyProvider::builder(client)
+    ///     .base_url("https://gateway.example.com".parse().unwrap())
+    ///     .policy(policy)
+    ///     .max_keyset_age(Duration::from_secs(6 * 3600)) // re-attest at least every six hours
+    ///     .build()?;
+    /// # let _ = provider; Ok(()) }
+    /// ```
+    pub fn max_keyset_age(mut self, age: Duration) -> Self {
+        self.timing.max_keyset_age = age;
+        self
+    }
+
     /// The largest report body accepted (default 4 MiB).
     pub fn max_report_size(mut self, bytes: usize) -> Self {
         self.max_report_size = bytes;
@@ -233,6 +277,8 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
         }
         let channel_rule =
             channel_rule(base.scheme_str(), base.host(), self.unbound_channel, "the key provider's base_url")?;
+        let local_path = base.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("http"))
+            && base.host().is_some_and(is_loopback_host);
         let policy = self.policy.ok_or_else(|| config("the key provider needs a policy"))?;
         let t = self.timing;
         if t.load_timeout.is_zero() {
@@ -244,21 +290,30 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
         if self.max_report_size == 0 {
             return Err(config("max_report_size must be positive"));
         }
+        if t.max_keyset_age.is_zero() {
+            return Err(config("max_keyset_age must be positive: it is how often the gateway is re-attested"));
+        }
+        if t.max_keyset_age < MIN_MAX_KEYSET_AGE {
+            return Err(config("max_keyset_age must be at least one minute (MIN_MAX_KEYSET_AGE)"));
+        }
         #[cfg(feature = "dcap")]
         if self.pccs.as_ref().is_some_and(|u| u.scheme().is_none() || u.authority().is_none()) {
             return Err(config("the PCCS URL needs a scheme and an authority"));
         }
         let sleep = self.sleep.unwrap_or_else(|| Arc::new(|d| Box::pin(tokio::time::sleep(d))));
+        let handle = self.handle.unwrap_or_else(|| KeyHandle::empty(self.clock));
+        handle.set_max_keyset_age(t.max_keyset_age);
         Ok(KeyProvider {
             inner: Arc::new(Inner {
                 service: Mutex::new(self.service),
                 base,
                 policy,
-                handle: self.handle.unwrap_or_else(|| KeyHandle::empty(self.clock)),
+                handle,
                 sleep,
                 timing: t,
                 max_report_size: self.max_report_size,
                 channel_rule,
+                local_path,
                 #[cfg(feature = "dcap")]
                 pccs: self.pccs,
                 flight: tokio::sync::Mutex::new(()),
@@ -363,13 +418,15 @@ impl<S, ReqB> DangerousKeyProviderBuilder<S, ReqB> {
 /// # Refresh
 ///
 /// The refresher fetches a new report `refresh_buffer` (default 10 minutes, minus up to
-/// `refresh_jitter`) before the current keyset's `not_after` — or halfway through its remaining
-/// life when that is shorter — and whenever the [`KeyHandle`] is asked to (a response named an
+/// `refresh_jitter`) before the current keyset's `not_after` or the re-attestation ceiling
+/// ([`max_keyset_age`](KeyProviderBuilder::max_keyset_age), one day after the report was
+/// verified by default), whichever comes first — or halfway through its remaining life when that
+/// is shorter — and whenever the [`KeyHandle`] is asked to (a response named an
 /// unknown `X-ACI-Keyset-Digest`, the gateway answered `e2ee_model_key_mismatch`, or the keyset
 /// expired). Woken refreshes are spaced at least `min_refresh_interval` apart. A failed refresh
 /// is retried with exponential backoff (`retry_backoff`), and nothing shortens the backoff: the
 /// requests refused while the key is expired do not each cause a fetch. The last valid keyset
-/// keeps serving until its `not_after`, never after it. All concurrent fetches —
+/// keeps serving until its `not_after` or the ceiling, never after. All concurrent fetches —
 /// [`KeyProvider::establish`] callers and the refresher — share one request (single flight).
 ///
 /// # Replicas and restarts
@@ -384,14 +441,17 @@ impl<S, ReqB> DangerousKeyProviderBuilder<S, ReqB> {
 /// replaces the current key (the refresher does that). A digest that was not reached is not
 /// looked for again for `min_refresh_interval`.
 ///
-/// A report that is fetched — by a search or by the refresher — and fails verification is not
+/// A report that is fetched — by a search or by the refresher — over a channel its own keyset
+/// names, and fails verification for a reason that is a verdict on the workload, is not
 /// forgotten: its keyset digest is remembered as *refused* on the handle, with the failure
-/// ([`KeyHandle::refused_keyset`], logged at warn once per digest, at most 64), and receipts
-/// naming it fail with [`ReceiptFailure::RefusedKeyset`](crate::ReceiptFailure::RefusedKeyset)
-/// instead of being vouched for by the same-key rule. This is what catches a replica running
-/// another, unpinned build of the same application: it holds the same KMS-derived receipt key.
-/// A search stops as soon as the digest it looks for is refused. See
-/// [`RefusedKeyset`](crate::attest::RefusedKeyset) for which digest a refusal is recorded under.
+/// ([`KeyHandle::refused_keyset`], logged at warn once per digest), and receipts naming it fail
+/// with [`ReceiptFailure::RefusedKeyset`](crate::ReceiptFailure::RefusedKeyset) instead of being
+/// vouched for by the same-key rule. This is what catches a replica running another, unpinned
+/// build of the same application: it holds the same KMS-derived receipt key. A failure an
+/// on-path attacker can cause (the channel check, a replayed nonce) or one of time or of our
+/// verifier refuses nothing, and the record cannot be flushed. A search stops as soon as the
+/// digest it looks for is refused. See [`RefusedKeyset`](crate::attest::RefusedKeyset) for the
+/// rule, failure by failure.
 pub struct KeyProvider<S, ReqB = Full<Bytes>> {
     inner: Arc<Inner<S, ReqB>>,
 }
@@ -424,6 +484,9 @@ struct Inner<S, ReqB> {
     max_report_size: usize,
     /// Whether each report must name the attested channel it came over.
     channel_rule: ChannelRule,
+    /// The base URL is plain HTTP to a loopback address: a report that names no channel came
+    /// from this machine (see [`attributable_digest`]).
+    local_path: bool,
     #[cfg(feature = "dcap")]
     pccs: Option<Uri>,
     /// Held while a fetch runs: concurrent callers wait here and take its outcome.
@@ -567,11 +630,12 @@ where
         let mut last_attempt: Option<u64> = None;
         loop {
             let now = clock.now();
-            let current = shared.current.load_full().filter(|k| k.is_valid_at(now));
+            let current = shared.current.load_full().filter(|k| inner.handle.serves_at(k, now));
             let delay = if failures > 0 {
                 backoff(&t, failures)
             } else if let Some(k) = &current {
-                refresh_delay(&t, k.not_after(), now)
+                // Before its not_after, and before the re-attestation ceiling.
+                refresh_delay(&t, inner.handle.serves_until(k), now)
             } else {
                 Duration::ZERO
             };
@@ -773,61 +837,115 @@ where
             if let Some(quote) = crate::attest::report::quote_to_verify(&body, &self.policy) {
                 let collateral = match crate::attest::dcap::fetch_collateral(service, pccs, &quote).await {
                     Ok(collateral) => collateral,
-                    // An unreadable quote is a verdict on the report; an unreachable PCCS is not.
-                    Err(e) => return self.judged(&body, Err(e), refused),
+                    // An unreadable quote fails the report (`Quote`, which refuses no digest: see
+                    // `refusable_failure`); an unreachable PCCS is a `Transport` error.
+                    Err(e) => return self.judged(&body, Err(e), channel.as_ref(), refused),
                 };
                 let now = self.handle.shared.clock.now();
                 let verified =
                     crate::attest::report::verify_report_with_collateral(&body, &nonce, now, &self.policy, &collateral)
                         .and_then(|k| check_report_channel(k, channel.as_ref()));
-                return self.judged(&body, verified, refused);
+                return self.judged(&body, verified, channel.as_ref(), refused);
             }
         }
         let now = self.handle.shared.clock.now();
         let verified =
             verify_report(&body, &nonce, now, &self.policy).and_then(|k| check_report_channel(k, channel.as_ref()));
-        self.judged(&body, verified, refused)
+        self.judged(&body, verified, channel.as_ref(), refused)
     }
 
-    /// The outcome of verifying a fetched report. A verification verdict against it
-    /// ([`ErrorKind::Attestation`]) refuses its keyset's digest on the handle, when the digest
-    /// is attributable (see [`refusable_digest`]); `refused` is then set to that digest.
+    /// The outcome of verifying a fetched report. A verdict on the workload against it (a
+    /// [`refusable_failure`]) refuses its keyset's digest on the handle when the report is the
+    /// keyset holder's own (see [`attributable_digest`]); `refused` is then set to that digest.
     fn judged(
         &self,
         body: &[u8],
         verified: Result<AttestedKeyset>,
+        channel: Option<&ChannelInfo>,
         refused: &mut Option<String>,
     ) -> Result<Arc<AttestedKeyset>> {
         let error = match verified {
             Ok(keyset) => return Ok(Arc::new(keyset)),
             Err(e) => e,
         };
-        if let ErrorKind::Attestation(failure) = error.kind() {
-            match refusable_digest(body) {
-                Some(digest) => {
-                    self.handle.refuse(&digest, failure, &error.to_string());
-                    *refused = Some(digest);
-                }
-                None => tracing::debug!(
-                    ?failure,
-                    "a fetched report failed verification and its keyset does not hash to the digest it names: no \
-                     keyset digest is refused"
-                ),
+        let ErrorKind::Attestation(failure) = error.kind() else { return Err(error) };
+        if !refusable_failure(failure) {
+            tracing::debug!(
+                ?failure,
+                "a fetched report failed verification for a reason of the path, the time, our nonce or our verifier:                  no keyset digest is refused"
+            );
+            return Err(error);
+        }
+        match attributable_digest(body, channel, self.local_path) {
+            Some(digest) => {
+                self.handle.refuse(&digest, failure, &error.to_string());
+                *refused = Some(digest);
             }
+            None => tracing::debug!(
+                ?failure,
+                "a fetched report failed verification, but it is not attributable to the holder of the keyset it                  names (its keyset does not hash to the digest it names, or it did not come over a TLS key that                  keyset lists): no keyset digest is refused"
+            ),
         }
         Err(error)
     }
 }
 
-/// The keyset digest a refused report is attributed to: its `workload_keyset_digest`, only when
-/// its `attestation.workload_keyset` recomputes to it (so a forged document cannot get another
-/// keyset's digest refused by naming it next to a keyset of its own).
-fn refusable_digest(body: &[u8]) -> Option<String> {
+/// Whether a verification failure is a verdict on the workload that serves the report — what it
+/// runs, on what platform, with which keys — and so may refuse the keyset's digest
+/// ([`RefusedKeyset`](crate::attest::RefusedKeyset) has the table and the reasons). A failure of
+/// the path (`ChannelBinding`), of the time (`Expired`, `NotAfterTooFar`), of our nonce
+/// (`Nonce`, `ReportData`: a replayed genuine report fails so) or of our verifier
+/// (`HardwareUnverifiable`, `Quote`, whose signature chain is judged against our collateral at
+/// our clock) is not.
+pub(crate) fn refusable_failure(failure: AttestationFailure) -> bool {
+    use AttestationFailure as F;
+    match failure {
+        F::ApiVersion
+        | F::Shape
+        | F::Generation
+        | F::E2eeUnsupported
+        | F::NoUsableKey
+        | F::BadKey
+        | F::TcbStatus
+        | F::EventLog
+        | F::NotAllowed
+        | F::Custody
+        | F::WorkloadId
+        | F::Endorsement
+        | F::Unanchored => true,
+        // No digest to attribute: the keyset does not hash to the one it names.
+        F::KeysetDigest | F::Canonicalization => false,
+        F::ChannelBinding
+        | F::Nonce
+        | F::ReportData
+        | F::Expired
+        | F::NotAfterTooFar
+        | F::HardwareUnverifiable
+        | F::Quote => false,
+    }
+}
+
+/// The keyset digest a failed report is attributed to, if it is the keyset holder's own report:
+/// its `workload_keyset_digest`, only when its `attestation.workload_keyset` recomputes to it (so
+/// a forged document cannot get another keyset's digest refused by naming it next to a keyset of
+/// its own) **and** it came over a channel that keyset names — a TLS connection whose SPKI the
+/// keyset lists for the host (only the holder of that key can serve over it), or, with no TLS
+/// channel, plain HTTP to loopback (`local_path`: this machine). A report over any other path
+/// (a TLS interceptor's certificate, an unbound transport to a remote host) may have been
+/// rewritten on the way, so it refuses nothing.
+fn attributable_digest(body: &[u8], channel: Option<&ChannelInfo>, local_path: bool) -> Option<String> {
     let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
     let published = doc.get("workload_keyset_digest")?.as_str()?;
     let keyset = doc.get("attestation")?.get("workload_keyset").filter(|k| k.is_object())?;
     let recomputed = crate::attest::report::keyset_digest(keyset).ok()?;
-    (recomputed == published).then_some(recomputed)
+    if recomputed != published {
+        return None;
+    }
+    let own_channel = match channel {
+        Some(channel) => unverified_keyset_names_channel(keyset, channel),
+        None => local_path,
+    };
+    own_channel.then_some(recomputed)
 }
 
 /// At most this many digests are remembered as unreachable, or searched at once.
@@ -976,6 +1094,7 @@ mod tests {
 
     #[test]
     fn a_refused_report_is_attributed_only_to_the_digest_its_keyset_hashes_to() {
+        let refusable_digest = |body: &[u8]| attributable_digest(body, None, true);
         let keyset = serde_json::json!({"subject": null, "not_after": 2_000_000_000u64, "receipt_signing_keys": []});
         let digest = crate::attest::report::keyset_digest(&keyset).unwrap();
         let report = |published: &str, keyset: &serde_json::Value| {
@@ -1005,5 +1124,61 @@ mod tests {
         let mut no_object = serde_json::from_slice::<serde_json::Value>(&report(&digest, &keyset)).unwrap();
         no_object["attestation"]["workload_keyset"] = serde_json::json!("a string");
         assert_eq!(refusable_digest(&serde_json::to_vec(&no_object).unwrap()), None);
+    }
+
+    #[test]
+    fn a_refused_report_is_attributed_only_over_a_channel_its_keyset_names() {
+        let real = include_bytes!("../../tests/data/real_tdx_report_2026-06.json");
+        let digest = "sha256:46cdea445e5f2abcb78a5db0a630e7ba2127bc4f24033aa628b49e310e3928e2";
+        // The TLS key the real keyset lists for api.redpill.ai, and another one.
+        let listed: [u8; 32] = crate::hex::decode("c2ebede7c2c632381123e3193b01f5f3fa45cc6c6327b2d0536749348ceeb408")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let channel = |host: &str, spki: [u8; 32]| ChannelInfo::new(host, spki, Arc::default());
+        assert_eq!(attributable_digest(real, Some(&channel("api.redpill.ai", listed)), false).as_deref(), Some(digest));
+        // An interceptor's certificate, or the right key for a host the entry is not scoped to.
+        assert_eq!(attributable_digest(real, Some(&channel("api.redpill.ai", [7; 32])), true), None);
+        assert_eq!(attributable_digest(real, Some(&channel("tee.redpill.ai", listed)), true), None);
+        // No TLS channel: only plain HTTP to loopback is this machine's path.
+        assert_eq!(attributable_digest(real, None, true).as_deref(), Some(digest));
+        assert_eq!(attributable_digest(real, None, false), None);
+    }
+
+    #[test]
+    fn only_verdicts_on_the_workload_are_refusable() {
+        use AttestationFailure as F;
+        let refusable = [
+            F::ApiVersion,
+            F::Shape,
+            F::Generation,
+            F::E2eeUnsupported,
+            F::NoUsableKey,
+            F::BadKey,
+            F::TcbStatus,
+            F::EventLog,
+            F::NotAllowed,
+            F::Custody,
+            F::WorkloadId,
+            F::Endorsement,
+        ];
+        // The path, the time, our nonce, our verifier; and no digest to attribute.
+        let not = [
+            F::ChannelBinding,
+            F::Nonce,
+            F::ReportData,
+            F::Expired,
+            F::NotAfterTooFar,
+            F::HardwareUnverifiable,
+            F::Quote,
+            F::KeysetDigest,
+            F::Canonicalization,
+        ];
+        for f in refusable {
+            assert!(refusable_failure(f), "{f:?}");
+        }
+        for f in not {
+            assert!(!refusable_failure(f), "{f:?}");
+        }
     }
 }

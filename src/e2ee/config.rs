@@ -59,8 +59,26 @@ impl Config {
         Ok(Target { rule, host: host.map(str::to_owned) })
     }
 
-    pub(crate) fn route(&self, method: &Method, path: &str) -> Route {
+    /// What to do with a request. `may_have_body`: the request carries a body, or might (its
+    /// size is unknown).
+    ///
+    /// Only `POST` (exactly: methods are case-sensitive, and `post` is another, extension
+    /// method) is encrypted. Any other method with a body to a path that names an E2EE endpoint
+    /// (its path compared ignoring ASCII case, as a lenient router might) is refused: the body
+    /// would travel in plaintext. Without a body it passes through.
+    pub(crate) fn route(&self, method: &Method, path: &str, may_have_body: bool) -> Route {
         if method != Method::POST {
+            let endpoint = Endpoint::from_path(&path.to_ascii_lowercase());
+            if let (Some(endpoint), true) = (endpoint, may_have_body) {
+                return Route::Refuse(Error::new(
+                    ErrorKind::UnsupportedEndpoint,
+                    format!(
+                        "{method} {path} carries a body to the E2EE endpoint {}, which E2EE v2 covers only as POST \
+                         (exactly, in upper case); refusing to send it in plaintext. Send it as POST",
+                        endpoint.path()
+                    ),
+                ));
+            }
             return Route::Passthrough;
         }
         if let Some(endpoint) = Endpoint::from_path(path) {
@@ -148,3 +166,34 @@ impl rand_core::RngCore for FillRng<'_> {
 }
 
 impl rand_core::CryptoRng for FillRng<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(method: &str, path: &str, body: bool) -> &'static str {
+        let config = Config::new(KeyHandle::new());
+        match config.route(&Method::from_bytes(method.as_bytes()).unwrap(), path, body) {
+            Route::Encrypt(_) => "encrypt",
+            Route::Passthrough => "pass",
+            Route::Refuse(e) => {
+                assert_eq!(e.kind(), ErrorKind::UnsupportedEndpoint);
+                "refuse"
+            }
+        }
+    }
+
+    #[test]
+    fn only_post_is_encrypted_and_other_bodies_to_e2ee_endpoints_are_refused() {
+        assert_eq!(route("POST", "/v1/chat/completions", true), "encrypt");
+        assert_eq!(route("POST", "/v1/messages", true), "refuse");
+        for method in ["PUT", "PATCH", "post", "Post", "GET", "DELETE", "OPTIONS", "QUERY"] {
+            for path in ["/v1/chat/completions", "/v1/completions/", "/p/v1/embeddings", "/V1/CHAT/COMPLETIONS"] {
+                assert_eq!(route(method, path, true), "refuse", "{method} {path}");
+                assert_eq!(route(method, path, false), "pass", "{method} {path} without a body");
+            }
+            // Other paths are not the layer's business unless they are POSTs.
+            assert_eq!(route(method, "/v1/models", true), "pass", "{method}");
+        }
+    }
+}

@@ -10,12 +10,16 @@ use crate::protocol::sse::SseLimits;
 
 /// A [`Layer`] that applies E2EE v2 to requests through the wrapped service.
 ///
-/// Requests to `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings` are encrypted to
+/// `POST`s to `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings` are encrypted to
 /// the attested key the [`KeyHandle`] currently holds; their responses (buffered JSON or SSE) are
-/// decrypted on the way back. Non-`POST` requests pass through untouched. `POST`s to any other
-/// path (including `/v1/messages` and `/v1/responses`, which E2EE v2 does not cover) are refused
-/// unless named with [`allow_plaintext_route`](Self::allow_plaintext_route), so plaintext is
-/// never sent by accident.
+/// decrypted on the way back. `POST`s to any other path (including `/v1/messages` and
+/// `/v1/responses`, which E2EE v2 does not cover) are refused unless named with
+/// [`allow_plaintext_route`](Self::allow_plaintext_route), and so is a request with a body (or a
+/// body of unknown size) to one of the three endpoints in any other method — `PUT`, `PATCH`, an
+/// extension method such as `post` in lower case, or a `GET` with a body; the path compared
+/// ignoring case — with [`UnsupportedEndpoint`](crate::ErrorKind::UnsupportedEndpoint): plaintext
+/// is never sent by accident. Other requests (a `GET` of `/v1/models`, a receipt) pass through
+/// untouched.
 ///
 /// The layer is a `Clone + Debug` configuration holder with by-value builder methods.
 ///

@@ -60,10 +60,13 @@ where
         // The instance that was polled ready goes into the future; a clone stays behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        match self.config.route(req.method(), req.uri().path()) {
+        // A body of unknown size may carry a prompt: only one known to be empty is no body.
+        let body = req.body();
+        let may_have_body = !(body.is_end_stream() || body.size_hint().upper() == Some(0));
+        match self.config.route(req.method(), req.uri().path(), may_have_body) {
             Route::Passthrough => ResponseFuture::passthrough(inner, req.map(|b| RequestBody::passthrough(b))),
             Route::Refuse(e) => {
-                tracing::warn!(path = req.uri().path(), "refused a plaintext POST outside E2EE v2");
+                tracing::warn!(method = %req.method(), path = req.uri().path(), "refused a plaintext request outside E2EE v2");
                 ResponseFuture::error(e)
             }
             Route::Encrypt(endpoint) => match self.config.target(req.uri().scheme_str(), req.uri().host()) {

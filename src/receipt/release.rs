@@ -1,6 +1,24 @@
 //! Verify before release: [`VerifyBeforeReleaseLayer`], above [`E2eeLayer`](crate::E2eeLayer),
 //! hands out answers only once their receipt verified; for streams, `[DONE]` and the end of the
-//! body wait for it.
+//! body wait for it, or, with [`hold_whole_stream`](VerifyBeforeReleaseLayer::hold_whole_stream),
+//! the whole stream does.
+//!
+//! # What each receipt mode guarantees
+//!
+//! E2EE v2 does not authenticate answers (they are sealed to the client's ephemeral key, which
+//! travels in clear): the attested TLS channel does, and so does the gateway's signed receipt
+//! over the exact bytes. From weakest to strongest, for the caller of the stack:
+//!
+//! | mode | a buffered answer | a stream | cost |
+//! | --- | --- | --- | --- |
+//! | off (no receipt checked) | released as decrypted | each event released as it authenticates | none |
+//! | background (`Client`'s `ReceiptMode::Background`, `aci-proxy --receipts verify`) | released as decrypted; the receipt is checked after the body was read, and a failure is reported (logged, `ReceiptCheck`), too late to withhold anything | the same | none on the answer's path |
+//! | before release (this layer, the default; `Client`'s `ReceiptMode::BeforeRelease`, `aci-proxy --receipts before-release`) | released only once its receipt verified; else the call's error, no byte released | each event released as it authenticates, but `[DONE]` and the end of the body only once the receipt verified; else the body ends with the receipt error. A forged, dropped, duplicated or reordered event may reach the caller before that error | the receipt fetch before `[DONE]` |
+//! | whole stream (this layer with [`hold_whole_stream`](VerifyBeforeReleaseLayer::hold_whole_stream); `Client`'s `ReceiptMode::HoldUntilVerified`) | as before release | **no byte** released before the receipt verified: the stream is read to its end and held, its receipt fetched and verified, then released whole, in order; on any failure the body's first frame is the error | the whole stream's latency and up to `max_held` bytes of memory per stream (`TooLarge` beyond, with nothing released) |
+//!
+//! Every mode keeps what the layer below guarantees on its own: each field and event
+//! authenticates under the exchange's key before any byte of it is released, and a stream that
+//! does not reach `[DONE]` ends with an error.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -47,21 +65,42 @@ use crate::receipt::verify::{ReceiptPolicy, VerifiedReceipt};
 /// response's extensions. Any failure — decryption, receipt missing, signature, a hash that does
 /// not match — is the call's error and no byte of the answer is released.
 ///
-/// A stream gets the strongest form a stream allows. Its receipt exists only once the gateway
-/// sent the whole stream, and every encrypted event authenticates on its own but not its place
-/// in the stream (see [the stream module](crate::protocol::stream#what-a-streams-encryption-does-not-protect)):
-/// an on-path attacker can drop, duplicate or reorder events undetected until the receipt's
-/// response hash is compared. So events are released as they authenticate, but the terminal
-/// `data: [DONE]` event and the end of the body are **held** until the stream has been read to
-/// its end, its receipt fetched and verified against the exact bytes received. Then `[DONE]`
-/// and the end follow, and the [`StreamVerification`] in the response's extensions holds the
-/// [`VerifiedReceipt`](crate::receipt::VerifiedReceipt). When the receipt does not verify, the
-/// body ends with that error (kind [`Receipt`](crate::ErrorKind::Receipt)) instead of `[DONE]`.
-/// A consumer that acts only on a complete stream (one that reached `[DONE]` and its end) thus
-/// never acts on an unverified one; one that acts on each event as it arrives gets the
-/// per-event guarantee only, and must treat a stream that ends in an error as untrustworthy.
+/// A stream's receipt exists only once the gateway sent the whole stream, and every encrypted
+/// event authenticates on its own but not its place in the stream (see
+/// [the stream module](crate::protocol::stream#what-a-streams-encryption-does-not-protect)): an
+/// on-path attacker can drop, duplicate or reorder events undetected until the receipt's
+/// response hash is compared. The layer offers two ways to release a stream:
+///
+/// - **By default** events are released as they authenticate, but the terminal
+///   `data: [DONE]` event and the end of the body are **held** until the stream has been read to
+///   its end, its receipt fetched and verified against the exact bytes received. Then `[DONE]`
+///   and the end follow, and the [`StreamVerification`] in the response's extensions holds the
+///   [`VerifiedReceipt`](crate::receipt::VerifiedReceipt). When the receipt does not verify, the
+///   body ends with that error (kind [`Receipt`](crate::ErrorKind::Receipt)) instead of
+///   `[DONE]`. A consumer that acts only on a complete stream (one that reached `[DONE]` and its
+///   end) thus never acts on an unverified one; one that acts on each event as it arrives gets
+///   the per-event guarantee only, and must treat a stream that ends in an error as
+///   untrustworthy.
+/// - **[`hold_whole_stream`](Self::hold_whole_stream)** releases no byte of the stream before
+///   its receipt verified: the whole stream is held (bounded), then released in order; on any
+///   failure the body's first frame is the error.
+///
+/// # What each receipt mode guarantees
+///
+/// | mode | a buffered answer | a stream | cost |
+/// | --- | --- | --- | --- |
+/// | off (no receipt checked) | released as decrypted | each event released as it authenticates | none |
+/// | background (`Client`'s `ReceiptMode::Background`, `aci-proxy --receipts verify`) | released as decrypted; the receipt is checked once the body was read and a failure is reported, too late to withhold anything | the same | none on the answer's path |
+/// | before release (this layer; `Client`'s `ReceiptMode::BeforeRelease`, `aci-proxy --receipts before-release`) | released only once its receipt verified; else the call's error, no byte released | events released as they authenticate; `[DONE]` and the end only once the receipt verified, else the body ends with the receipt's error. A forged, dropped, duplicated or reordered event may reach the caller before that error | the receipt fetch before `[DONE]` |
+/// | whole stream ([`hold_whole_stream`](Self::hold_whole_stream); `Client`'s `ReceiptMode::HoldUntilVerified`) | as before release | **no byte** released before the receipt verified; then the whole stream, in order; on any failure the body's first frame is the error | the stream's whole latency, and up to `max_held` bytes of memory per stream (`TooLarge` beyond, nothing released) |
+///
+/// In every mode each field and event authenticates under the exchange's key before any byte
+/// of it is released (the [`E2eeLayer`](crate::E2eeLayer) below), and a stream that does not
+/// reach `[DONE]` ends with an error.
 pub struct VerifyBeforeReleaseLayer<R, RQ = Full<Bytes>> {
     shared: Arc<Shared<R, RQ>>,
+    /// `hold_whole_stream`: the most bytes of a stream held.
+    hold: Option<usize>,
 }
 
 struct Shared<R, RQ> {
@@ -74,13 +113,43 @@ impl<R, RQ> VerifyBeforeReleaseLayer<R, RQ> {
     /// Verify receipts fetched with `receipts` against the keysets `keys` remembers, under
     /// `policy`.
     pub fn new(receipts: ReceiptClient<R, RQ>, keys: KeyHandle, policy: ReceiptPolicy) -> Self {
-        VerifyBeforeReleaseLayer { shared: Arc::new(Shared { receipts, keys, policy }) }
+        VerifyBeforeReleaseLayer { shared: Arc::new(Shared { receipts, keys, policy }), hold: None }
+    }
+
+    /// Release no byte of a stream before its receipt verified: read the whole (decrypted)
+    /// stream, holding at most `max_held` bytes of it, fetch and verify its receipt, then release
+    /// it whole and in order. For callers who prefer waiting for the end of a stream to ever
+    /// seeing a forged answer; the caller sees no event until the gateway finished.
+    ///
+    /// On any failure — an event that fails to decrypt, a truncated stream, a receipt that does
+    /// not verify — the body's first frame is the error and nothing is released. A stream
+    /// longer than `max_held` fails with [`TooLarge`](crate::ErrorKind::TooLarge) as soon as it
+    /// exceeds it (no receipt is fetched; raise the bound, or use the default mode, which
+    /// releases events as they authenticate). Buffered answers are unaffected: they are always
+    /// released only after their receipt verified, bounded by the receipt client's
+    /// [`max_release_body`](crate::receipt::ReceiptClient::max_release_body).
+    ///
+    /// ```no_run
+    /// # fn build<C, R>(keys: tower_aci::attest::KeyHandle, client: C, receipts: tower_aci::receipt::ReceiptClient<R>) {
+    /// use tower::ServiceBuilder;
+    /// use tower_aci::E2eeLayer;
+    /// use tower_aci::receipt::{DEFAULT_MAX_RELEASE_BODY, ReceiptPolicy, VerifyBeforeReleaseLayer};
+    ///
+    /// let hold = VerifyBeforeReleaseLayer::new(receipts, keys.clone(), ReceiptPolicy::new())
+    ///     .hold_whole_stream(DEFAULT_MAX_RELEASE_BODY); // 64 MiB, as for a buffered answer
+    /// let svc = ServiceBuilder::new().layer(hold).layer(E2eeLayer::new(keys)).service(client);
+    /// # let _ = svc;
+    /// # }
+    /// ```
+    pub fn hold_whole_stream(mut self, max_held: usize) -> Self {
+        self.hold = Some(max_held);
+        self
     }
 }
 
 impl<R, RQ> Clone for VerifyBeforeReleaseLayer<R, RQ> {
     fn clone(&self) -> Self {
-        VerifyBeforeReleaseLayer { shared: self.shared.clone() }
+        VerifyBeforeReleaseLayer { shared: self.shared.clone(), hold: self.hold }
     }
 }
 
@@ -94,7 +163,7 @@ impl<S, R, RQ> Layer<S> for VerifyBeforeReleaseLayer<R, RQ> {
     type Service = VerifyBeforeRelease<S, R, RQ>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        VerifyBeforeRelease { inner, shared: self.shared.clone() }
+        VerifyBeforeRelease { inner, shared: self.shared.clone(), hold: self.hold }
     }
 }
 
@@ -102,11 +171,12 @@ impl<S, R, RQ> Layer<S> for VerifyBeforeReleaseLayer<R, RQ> {
 pub struct VerifyBeforeRelease<S, R, RQ = Full<Bytes>> {
     inner: S,
     shared: Arc<Shared<R, RQ>>,
+    hold: Option<usize>,
 }
 
 impl<S: Clone, R, RQ> Clone for VerifyBeforeRelease<S, R, RQ> {
     fn clone(&self) -> Self {
-        VerifyBeforeRelease { inner: self.inner.clone(), shared: self.shared.clone() }
+        VerifyBeforeRelease { inner: self.inner.clone(), shared: self.shared.clone(), hold: self.hold }
     }
 }
 
@@ -143,6 +213,7 @@ where
         let bearer = crate::protocol::headers::bearer_token(req.headers()).map(str::to_owned);
         let fut = self.inner.call(req);
         let shared = self.shared.clone();
+        let hold = self.hold;
         Box::pin(async move {
             let res = fut.await.map_err(Into::into)?;
             let record = res.extensions().get::<ExchangeRecord>().filter(|r| r.streamed()).cloned();
@@ -159,7 +230,7 @@ where
                                 .await
                         })
                     });
-                    let body = ReleaseBody::stream(body, verify, verification);
+                    let body = ReleaseBody::stream(body, verify, verification, hold);
                     return Ok(Response::from_parts(parts, body));
                 }
             }
@@ -229,6 +300,8 @@ pin_project! {
 }
 
 struct StreamState {
+    /// `hold_whole_stream`: hold every frame, at most this many bytes.
+    hold_all: Option<usize>,
     /// Finds the `[DONE]` event in the released (decrypted, re-framed) bytes.
     events: SseDecoder,
     /// Frames held back, from the one that completes `[DONE]` on.
@@ -254,10 +327,11 @@ impl<B> ReleaseBody<B> {
         ReleaseBody { kind: ReleaseKind::Full { body: Full::new(bytes) } }
     }
 
-    fn stream(inner: B, verify: VerifyFn, verification: StreamVerification) -> Self {
+    fn stream(inner: B, verify: VerifyFn, verification: StreamVerification, hold_all: Option<usize>) -> Self {
         // The layer below bounds every event; here only the framing is followed.
         let limits = SseLimits { max_line: usize::MAX, max_event: usize::MAX, max_event_lines: usize::MAX };
         let state = Box::new(StreamState {
+            hold_all,
             events: SseDecoder::new(limits),
             held: VecDeque::new(),
             held_bytes: 0,
@@ -294,7 +368,18 @@ impl StreamState {
 
     fn hold(&mut self, data: Bytes) -> Result<()> {
         self.held_bytes += data.len();
-        if self.held_bytes > MAX_HELD {
+        if let Some(max) = self.hold_all {
+            if self.held_bytes > max {
+                return Err(Error::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "the stream exceeds the {max} bytes verify-before-release holds until its receipt verified \
+                         (hold_whole_stream); nothing of it was released. Raise the bound, or release events as \
+                         they authenticate (the default mode)"
+                    ),
+                ));
+            }
+        } else if self.held_bytes > MAX_HELD {
             return Err(Error::new(ErrorKind::Protocol, "the stream goes on after [DONE]"));
         }
         self.held.push_back(data);
@@ -323,11 +408,14 @@ where
                         // The stream failed (decryption, truncation, an in-band error): its
                         // error ends the body; nothing held is released.
                         state.phase = Phase::Done;
+                        state.held.clear();
                         return Poll::Ready(Some(Err(e.into())));
                     }
                     Poll::Ready(Some(Ok(frame))) => {
                         let Ok(data) = frame.into_data() else { continue }; // trailers: none here
-                        if !state.holding {
+                        // Holding the whole stream: every frame waits for the receipt.
+                        let holding = state.holding || state.hold_all.is_some();
+                        if !holding {
                             match state.completes_done(&data) {
                                 Ok(false) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                                 Ok(true) => state.holding = true,
@@ -339,6 +427,7 @@ where
                         }
                         if let Err(e) = state.hold(data) {
                             state.phase = Phase::Done;
+                            state.held.clear();
                             return Poll::Ready(Some(Err(e.into())));
                         }
                     }

@@ -390,4 +390,42 @@ fn builder_validation() {
     assert_eq!(query.unwrap_err().kind(), ErrorKind::Config);
     let backoff = s.builder().retry_backoff(Duration::from_secs(5), Duration::from_secs(1)).build();
     assert_eq!(backoff.unwrap_err().kind(), ErrorKind::Config);
+    // The re-attestation ceiling: positive, and at least a minute.
+    let zero = s.builder().max_keyset_age(Duration::ZERO).build().unwrap_err();
+    assert_eq!(zero.kind(), ErrorKind::Config);
+    assert!(zero.to_string().contains("max_keyset_age must be positive"), "{zero}");
+    let short = s.builder().max_keyset_age(Duration::from_secs(59)).build().unwrap_err();
+    assert_eq!(short.kind(), ErrorKind::Config);
+    assert!(short.to_string().contains("at least one minute"), "{short}");
+    let minute = s.builder().max_keyset_age(tower_aci::attest::MIN_MAX_KEYSET_AGE).build().unwrap();
+    assert_eq!(minute.handle().max_keyset_age(), Some(Duration::from_secs(60)));
+    let default = s.builder().build().unwrap();
+    assert_eq!(default.handle().max_keyset_age(), Some(tower_aci::attest::DEFAULT_MAX_KEYSET_AGE));
+    assert_eq!(tower_aci::attest::KeyHandle::new().max_keyset_age(), None, "no provider, no ceiling");
+}
+
+/// A ceiling shorter than the keyset's life decides both the schedule and the end of service.
+#[tokio::test]
+async fn a_configured_ceiling_schedules_re_attestation_and_ends_service() {
+    const CEILING: u64 = 1_200;
+    let s = Setup::new();
+    let provider = s.builder().refresh_buffer(Duration::from_secs(600)).max_keyset_age(Duration::from_secs(CEILING));
+    let provider = provider.build().unwrap();
+    let (handle, worker) = provider.pair();
+    tokio::spawn(worker);
+
+    let (d, _fire) = s.sleeps.next().await;
+    let keyset = handle.current().unwrap();
+    assert_eq!(keyset.not_after(), T0 + VALIDITY, "the keyset itself is valid for {VALIDITY} s");
+    assert_eq!(handle.serves_until(&keyset), T0 + CEILING);
+    assert_eq!(d, Duration::from_secs(CEILING - 600), "the buffer before the ceiling, not before not_after");
+    s.clock.set(T0 + CEILING - 1);
+    assert!(handle.current().is_ok());
+    assert!(handle.keyset_for_digest(keyset.digest()).is_some());
+    // No refresh happened (the timer was not fired): past the ceiling the key is not served.
+    s.clock.set(T0 + CEILING);
+    assert_eq!(handle.current().unwrap_err().kind(), ErrorKind::KeyUnavailable);
+    assert!(handle.keyset_for_digest(keyset.digest()).is_none());
+    // Still remembered, for receipts it signed.
+    assert!(handle.known_keysets().iter().any(|k| k.digest() == keyset.digest()));
 }

@@ -272,3 +272,46 @@ async fn reqwest_from_the_client_uses_the_pinned_configuration_and_the_same_keys
     assert_eq!(channel_binding(&e), Some(()), "{e:?}");
     assert_eq!(other.requests_total(), 0);
 }
+
+/// `ReceiptMode::HoldUntilVerified`: no byte of a stream reaches the caller before its receipt
+/// verified; when it does not verify, the body's first frame is the error.
+#[tokio::test]
+async fn hold_until_verified_mode_releases_no_byte_of_a_stream_before_its_receipt() {
+    use http_body::Body as _;
+    let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
+    let stream = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "patient crane"}]});
+    let request = |client: &Client| {
+        Request::post(client.url(CHAT).unwrap())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(stream.to_string())))
+            .unwrap()
+    };
+    let client =
+        Client::for_test_gateway(&gw).receipts(ReceiptMode::HoldUntilVerified).api_key("sk-x").build().await.unwrap();
+    assert_eq!(client.receipt_mode(), ReceiptMode::HoldUntilVerified);
+    let fetches = gw.receipt_fetches();
+    let res = client.service().oneshot(request(&client)).await.unwrap();
+    let mut body = res.into_body();
+    let first = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await.unwrap().unwrap();
+    assert!(gw.receipt_fetches() > fetches, "the receipt was fetched and verified before the first byte");
+    let mut text = String::from_utf8(first.into_data().unwrap().to_vec()).unwrap();
+    text.push_str(std::str::from_utf8(&body.collect().await.unwrap().to_bytes()).unwrap());
+    assert_eq!(crate::support::sse_text(text.as_bytes(), "content"), "You said: patient crane");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+
+    // A receipt that fails the receipt policy: it pins an upstream session, and the local
+    // gateway's receipts cite none.
+    let strict = Client::for_test_gateway(&gw)
+        .receipts(ReceiptMode::HoldUntilVerified)
+        .receipt_policy(tower_aci::receipt::ReceiptPolicy::new().accept_sessions(["00".repeat(32)]))
+        .api_key("sk-x")
+        .build()
+        .await
+        .unwrap();
+    let res = strict.service().oneshot(request(&strict)).await.unwrap();
+    let mut body = res.into_body();
+    let first = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await.unwrap();
+    let err = first.expect_err("the first frame is the error, not content");
+    let kind = tower_aci::Error::find(err.as_ref()).map(tower_aci::Error::kind);
+    assert_eq!(kind, Some(ErrorKind::Receipt(tower_aci::ReceiptFailure::Session)), "{err}");
+}

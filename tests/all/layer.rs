@@ -372,3 +372,65 @@ async fn two_hundred_concurrent_streams_through_one_layer() {
         assert_eq!(text, format!("You said: request number {i}"));
     }
 }
+
+/// A request to an E2EE endpoint in any method but `POST` — `PUT`, `PATCH`, an extension method
+/// such as `post` in lower case, `GET` or `DELETE` with a body — is never sent: the layer
+/// encrypts only `POST`, and would otherwise pass the body through in plaintext.
+#[tokio::test]
+async fn non_post_requests_with_a_body_to_e2ee_endpoints_are_refused_before_sending() {
+    use http::Method;
+    let env = Env::start(Suite::X25519).await;
+    let client = env.client(env.layer());
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": SECRET}]});
+    let methods = [
+        Method::PUT,
+        Method::PATCH,
+        Method::from_bytes(b"post").unwrap(),
+        Method::from_bytes(b"Post").unwrap(),
+        Method::GET,
+        Method::DELETE,
+        Method::from_bytes(b"QUERY").unwrap(),
+    ];
+    let paths = [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings/",
+        "/api/v1/chat/completions",
+        "/V1/Chat/Completions",
+    ];
+    let before = env.gw.requests_total();
+    for method in &methods {
+        for path in paths {
+            let mut req = post(&env.url(path), &chat);
+            *req.method_mut() = method.clone();
+            let err = match send(&client, req).await {
+                Ok(res) => {
+                    panic!("attack succeeded: {method} {path} was sent in plaintext (answered {})", res.status())
+                }
+                Err(e) => e,
+            };
+            assert_eq!(kind(&err), Some(ErrorKind::UnsupportedEndpoint), "{method} {path}: {err}");
+            assert!(err.to_string().contains(method.as_str()) && err.to_string().contains("POST"), "{err}");
+        }
+    }
+    assert_eq!(env.gw.requests_total(), before, "the gateway saw none of them");
+
+    // A body of unknown size could carry a prompt: refused too, even if it turns out empty.
+    let streamed = tower::ServiceBuilder::new().layer(env.layer()).service(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<tower_aci::e2ee::RequestBody<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>>(),
+    );
+    let unknown_size =
+        http_body_util::StreamBody::new(futures_util::stream::empty::<Result<http_body::Frame<Bytes>, BoxError>>());
+    assert_eq!(unknown_size.size_hint().exact(), None);
+    let req = http::Request::put(env.url("/v1/chat/completions")).body(unknown_size.boxed_unsync()).unwrap();
+    let Err(err) = streamed.oneshot(req).await else { panic!("a PUT of unknown size was sent") };
+    assert_eq!(kind(&err), Some(ErrorKind::UnsupportedEndpoint), "{err}");
+    assert_eq!(env.gw.requests_total(), before, "the gateway saw nothing");
+
+    // Without a body they pass through as before: the gateway answers a GET itself.
+    let get = http::Request::get(env.url("/v1/chat/completions")).body(Full::new(Bytes::new())).unwrap();
+    let res = send(&client, get).await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(env.gw.requests_total(), before + 1);
+}

@@ -52,6 +52,8 @@ mod proxy_systemd;
 #[cfg(feature = "test-gateway")]
 mod receipt_gateway;
 #[cfg(feature = "test-gateway")]
+mod refusals;
+#[cfg(feature = "test-gateway")]
 mod replicas;
 #[cfg(all(feature = "test-gateway", feature = "reqwest-middleware"))]
 mod reqwest_mw;

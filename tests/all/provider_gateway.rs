@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tower::retry::Retry;
@@ -540,4 +540,125 @@ async fn replica_digests_are_tolerated_and_learned_in_the_background() {
     assert_eq!(old.receipt_keys().len(), 1);
     assert_eq!(old.receipt_keys()[0].verifying_key(), second.receipt_keys()[0].verifying_key());
     assert!(handle.known_keysets().iter().any(|k| k.digest() == d2));
+}
+
+/// The default re-attestation ceiling (`KeyProviderBuilder::max_keyset_age`).
+const DAY: u64 = 24 * 3600;
+/// A keyset lifetime far beyond the ceiling, as production gateways publish (launch + 30 days).
+const THIRTY_DAYS: u64 = 30 * DAY;
+
+/// A gateway that publishes a keyset valid for thirty days is still re-attested within a day:
+/// TCB status, revocation lists and advisories are judged again.
+#[tokio::test]
+async fn a_keyset_valid_for_thirty_days_is_re_attested_within_a_day() {
+    let rig = Rig::start(Suite::X25519, T0 + THIRTY_DAYS, |b| b).await;
+    let (handle, worker) = rig.provider.pair();
+    tokio::spawn(worker);
+
+    let (d, fire) = rig.sleeps.next().await;
+    assert_eq!(rig.gw.attestations_served(), 1);
+    assert_eq!(handle.current().unwrap().not_after(), T0 + THIRTY_DAYS);
+    assert!(d.as_secs() < DAY, "the next re-attestation is {d:?} away: beyond the one-day ceiling");
+    assert_eq!(d, Duration::from_secs(DAY - BUFFER), "the ceiling, less the refresh buffer");
+
+    // The timer fires: the gateway is attested again, and the next one is a day later again.
+    rig.clock.set(T0 + d.as_secs());
+    fire.send(()).unwrap();
+    let (d2, _fire) = rig.sleeps.next().await;
+    assert_eq!(rig.gw.attestations_served(), 2);
+    let renewed = handle.current().unwrap();
+    assert_eq!(renewed.verified_at(), T0 + d.as_secs());
+    assert_eq!(d2, Duration::from_secs(DAY - BUFFER));
+}
+
+/// Past the ceiling without a successful re-attestation the keyset is no longer current, however
+/// far its `not_after`; a later success brings requests back.
+#[tokio::test]
+async fn past_the_ceiling_without_a_re_attestation_requests_fail_with_key_unavailable() {
+    let rig = Rig::start(Suite::Secp256k1, T0 + THIRTY_DAYS, |b| b).await;
+    let (handle, worker) = rig.provider.pair();
+    tokio::spawn(worker);
+    let (d, fire) = rig.sleeps.next().await;
+    let client = rig.client(&handle);
+    chat_ok(&client, &rig, "on the day of attestation").await;
+
+    // The re-attestation fails (the endpoint is unreachable) and backs off.
+    rig.attestation_down.store(true, Ordering::SeqCst);
+    rig.clock.set(T0 + d.as_secs());
+    fire.send(()).unwrap();
+    let (backoff, retry) = rig.sleeps.next().await;
+    assert_eq!(backoff, Duration::from_secs(1));
+    rig.clock.set(T0 + DAY - 1);
+    chat_ok(&client, &rig, "a second before the ceiling").await;
+
+    rig.clock.set(T0 + DAY);
+    let e = handle.current().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::KeyUnavailable, "a keyset verified a day ago is not current: {e}");
+    assert!(handle.current().unwrap_err().to_string().contains("max_keyset_age"), "{e}");
+    all_requests_refused(&rig, &handle).await;
+
+    // The endpoint comes back; the backoff's attempt succeeds and requests flow again.
+    rig.attestation_down.store(false, Ordering::SeqCst);
+    retry.send(()).unwrap();
+    let (_, _timer) = rig.sleeps.next().await;
+    assert_eq!(handle.current().unwrap().verified_at(), T0 + DAY);
+    chat_ok(&client, &rig, "after the re-attestation").await;
+}
+
+/// The older report generation's validity is its `freshness.stale_after`, which the quote does
+/// not bind: an on-path attacker can push it to the policy's horizon (400 days by default). The
+/// ceiling still ends the keyset's life a day after it was verified.
+#[tokio::test]
+async fn an_edited_stale_after_does_not_stretch_a_keyset_beyond_the_ceiling() {
+    let clock = ManualClock::new(T0);
+    // The keyset epoch's own not_after is u64::MAX in production; far beyond the horizon here.
+    let gw = TestGateway::start(
+        GatewayConfig::new()
+            .generation(tower_aci::attest::Generation::Legacy)
+            .clock(Arc::new(clock.clone()))
+            .not_after(T0 + 390 * DAY),
+    )
+    .await
+    .unwrap();
+    let stretched = T0 + 300 * DAY;
+    let down = Arc::new(AtomicBool::new(false));
+    let cut = down.clone();
+    let client = hyper();
+    let path = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let (client, cut) = (client.clone(), cut.clone());
+        async move {
+            if cut.load(Ordering::SeqCst) {
+                return Err::<Response<Full<Bytes>>, BoxError>("attestation endpoint unreachable (simulated)".into());
+            }
+            let (parts, body) = client.oneshot(req).await?.into_parts();
+            let mut report: Value = serde_json::from_slice(&body.collect().await?.to_bytes())?;
+            report["attestation"]["freshness"]["stale_after"] = json!(stretched);
+            Ok(Response::from_parts(parts, Full::new(Bytes::from(serde_json::to_vec(&report)?))))
+        }
+    });
+    let sleeps = Sleeps::default();
+    let s = sleeps.clone();
+    let provider = KeyProvider::builder(path)
+        .base_url(gw.base_url().parse().unwrap())
+        .policy(stub_policy(Suite::Secp256k1))
+        .clock(Arc::new(clock.clone()))
+        .sleep(move |d| s.sleep(d))
+        .load_timeout(LOAD_TIMEOUT)
+        .refresh_jitter(Duration::ZERO)
+        .build()
+        .unwrap();
+    let (handle, worker) = provider.pair();
+    tokio::spawn(worker);
+    let (d, _timer) = sleeps.next().await;
+    let keyset = handle.current().unwrap();
+    assert_eq!(keyset.generation(), tower_aci::attest::Generation::Legacy);
+    assert_eq!(keyset.not_after(), stretched, "the edited stale_after is accepted: it is not signed");
+    assert!(d.as_secs() < DAY, "re-attestation {d:?} away");
+
+    down.store(true, Ordering::SeqCst);
+    clock.set(T0 + DAY - 1);
+    handle.current().unwrap();
+    clock.set(T0 + DAY);
+    let e = handle.current().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::KeyUnavailable, "the stretched keyset outlived the ceiling: {e}");
 }

@@ -169,3 +169,41 @@ async fn plain_http_off_loopback_sends_nothing() {
     let res = c.post(env.url("/v1/chat/completions")).body(body.to_string()).send().await.unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// The middleware refuses a body sent to an E2EE endpoint in any method but `POST` before it
+/// goes out (else it would travel in plaintext); the gateway sees nothing.
+#[tokio::test]
+async fn non_post_requests_with_a_body_to_e2ee_endpoints_send_nothing() {
+    let env = Env::start(Suite::X25519).await;
+    let c = client(&env);
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "purple-zebra"}]}).to_string();
+    let before = env.gw.requests_total();
+    let methods = [
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::from_bytes(b"post").unwrap(),
+        reqwest::Method::DELETE,
+    ];
+    for method in methods {
+        for path in ["/v1/chat/completions", "/v1/embeddings", "/V1/COMPLETIONS"] {
+            let sent = c.request(method.clone(), env.url(path)).body(body.clone()).send().await;
+            let e = match sent {
+                Ok(res) => {
+                    panic!("attack succeeded: {method} {path} was sent in plaintext (answered {})", res.status())
+                }
+                Err(e) => e,
+            };
+            assert_eq!(middleware_kind(&e), Some(ErrorKind::UnsupportedEndpoint), "{method} {path}: {e:?}");
+        }
+    }
+    // A streaming body (unknown size), with no retry middleware in front (it refuses those itself).
+    let bare = ClientBuilder::new(reqwest::Client::new()).with(E2eeMiddleware::new(env.keys.clone())).build();
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(body.clone()))]);
+    let sent = bare.put(env.url("/v1/chat/completions")).body(reqwest::Body::wrap_stream(stream)).send().await;
+    let e = sent.unwrap_err();
+    assert_eq!(middleware_kind(&e), Some(ErrorKind::UnsupportedEndpoint), "{e:?}");
+    assert_eq!(env.gw.requests_total(), before, "the gateway saw none of them");
+    // Without a body, a GET passes through and the gateway answers it.
+    let res = c.get(env.url("/v1/chat/completions")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+}

@@ -207,3 +207,133 @@ async fn a_stream_that_fails_to_decrypt_ends_with_its_own_error() {
     assert!(frames.iter().all(|(f, _)| !f.contains("[DONE]")));
     assert_eq!(fetched.load(Ordering::SeqCst), 0);
 }
+
+/// What the holding layer answers over the tampering client.
+type Held = Response<tower_aci::receipt::ReleaseBody<tower_aci::e2ee::ResponseBody<Full<Bytes>>>>;
+
+/// The layer in the mode that holds the whole stream until its receipt verified.
+fn holding_svc(
+    env: &Env,
+    fetched: Arc<AtomicUsize>,
+    max_held: usize,
+    edit: Option<Edit>,
+) -> tower::util::BoxService<Request<Full<Bytes>>, Held, BoxError> {
+    let edit = edit.unwrap_or(|_| {});
+    tower::util::BoxService::new(
+        ServiceBuilder::new()
+            .layer(
+                VerifyBeforeReleaseLayer::new(receipts(env, fetched), env.keys.clone(), ReceiptPolicy::new())
+                    .hold_whole_stream(max_held),
+            )
+            .layer(env.layer())
+            .service(tampered_client(edit)),
+    )
+}
+
+/// A stream whose receipt fails (an on-path attacker dropped, duplicated or reordered events,
+/// each of which still authenticates): in the holding mode the caller gets no byte of content,
+/// the body's first frame is the receipt's error.
+#[tokio::test]
+async fn holding_the_whole_stream_releases_nothing_when_the_receipt_fails() {
+    let edits: [(&str, Edit); 3] = [
+        ("drop", |ev| {
+            let c = content_events(ev);
+            ev.remove(c[1]);
+        }),
+        ("duplicate", |ev| {
+            let c = content_events(ev);
+            let dup = ev[c[0]].clone();
+            ev.insert(c[0], dup);
+        }),
+        ("reorder", |ev| {
+            let c = content_events(ev);
+            ev.swap(c[0], c[1]);
+        }),
+    ];
+    for suite in Suite::ALL {
+        let env = Env::start(suite).await;
+        for (what, edit) in edits {
+            let fetched = Arc::new(AtomicUsize::new(0));
+            let svc = holding_svc(&env, fetched.clone(), 1 << 20, Some(edit));
+            let res = svc.oneshot(post(&env.url("/v1/chat/completions"), &chat_stream())).await.unwrap();
+            let verification = res.extensions().get::<StreamVerification>().cloned().unwrap();
+            let (frames, err) = frames(Box::pin(res.into_body()), &fetched).await;
+            assert!(frames.is_empty(), "attack succeeded ({what}): content released before the receipt: {frames:?}");
+            let err = err.unwrap_or_else(|| panic!("{what}: the stream must not end cleanly"));
+            let err = tower_aci::Error::find(err.as_ref()).expect("ours");
+            assert_eq!(err.kind(), ErrorKind::Receipt(ReceiptFailure::ResponseHash), "{what}: {err}");
+            assert_eq!(fetched.load(Ordering::SeqCst), 1, "{what}: the receipt was fetched once");
+            assert!(verification.receipt().is_none());
+        }
+    }
+}
+
+/// With a valid receipt, the whole stream arrives, in order and byte for byte what the default
+/// mode releases, and no frame before the receipt was fetched and verified.
+#[tokio::test]
+async fn holding_the_whole_stream_releases_it_in_order_once_the_receipt_verified() {
+    for suite in Suite::ALL {
+        let env = Env::start(suite).await;
+        let fetched = Arc::new(AtomicUsize::new(0));
+        let svc = holding_svc(&env, fetched.clone(), 1 << 20, None);
+        let res = svc.oneshot(post(&env.url("/v1/chat/completions"), &chat_stream())).await.unwrap();
+        let verification = res.extensions().get::<StreamVerification>().cloned().unwrap();
+        let (frames, err) = frames(Box::pin(res.into_body()), &fetched).await;
+        assert!(err.is_none(), "{err:?}");
+        assert!(frames.len() >= 3, "{frames:?}");
+        assert!(frames.iter().all(|(_, n)| *n == 1), "every frame after the receipt was fetched: {frames:?}");
+        let held: String = frames.iter().map(|(f, _)| f.as_str()).collect();
+        assert!(held.ends_with("data: [DONE]\n\n"), "{held}");
+        assert!(verification.receipt().is_some(), "verified before the first frame");
+
+        // The same stream through the default mode: the same bytes, in the same order.
+        let default = ServiceBuilder::new()
+            .layer(VerifyBeforeReleaseLayer::new(
+                receipts(&env, Arc::default()),
+                env.keys.clone(),
+                ReceiptPolicy::new(),
+            ))
+            .layer(env.layer())
+            .service(layer_client());
+        let res = default.oneshot(post(&env.url("/v1/chat/completions"), &chat_stream())).await.unwrap();
+        let released = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        let text = crate::support::sse_text(held.as_bytes(), "content");
+        assert_eq!(text, crate::support::sse_text(released.as_bytes(), "content"));
+        assert_eq!(text, "You said: a stream whose end waits for its receipt");
+    }
+}
+
+/// Holding is bounded: a stream larger than the bound ends with `TooLarge` as its first frame,
+/// before any receipt is fetched, and no content is released.
+#[tokio::test]
+async fn holding_the_whole_stream_is_bounded() {
+    let env = Env::start(Suite::X25519).await;
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let svc = holding_svc(&env, fetched.clone(), 200, None);
+    let res = svc.oneshot(post(&env.url("/v1/chat/completions"), &chat_stream())).await.unwrap();
+    let (frames, err) = frames(Box::pin(res.into_body()), &fetched).await;
+    assert!(frames.is_empty(), "{frames:?}");
+    let err = err.expect("the bound is exceeded");
+    let ours = tower_aci::Error::find(err.as_ref()).expect("ours");
+    assert_eq!(ours.kind(), ErrorKind::TooLarge, "{ours}");
+    assert!(ours.to_string().contains("200"), "the message names the bound: {ours}");
+    assert_eq!(fetched.load(Ordering::SeqCst), 0, "no receipt fetched for a stream that was not held whole");
+}
+
+/// Holding the whole stream, a stream that fails below (a tampered ciphertext) releases none of
+/// the events that authenticated before it: its own error is the first frame.
+#[tokio::test]
+async fn holding_the_whole_stream_a_decryption_failure_is_the_first_frame() {
+    let env = Env::start(Suite::X25519).await;
+    env.gw.set_fault(Some(tower_aci::gateway::Fault::TamperEvent { index: 3 }));
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let svc = holding_svc(&env, fetched.clone(), 1 << 20, None);
+    let res = svc.oneshot(post(&env.url("/v1/chat/completions"), &chat_stream())).await.unwrap();
+    let (frames, err) = frames(Box::pin(res.into_body()), &fetched).await;
+    assert!(frames.is_empty(), "{frames:?}");
+    assert_eq!(
+        tower_aci::Error::find(err.expect("fails").as_ref()).map(tower_aci::Error::kind),
+        Some(ErrorKind::Decrypt)
+    );
+    assert_eq!(fetched.load(Ordering::SeqCst), 0);
+}

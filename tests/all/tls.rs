@@ -28,7 +28,7 @@ use tower_aci::{AttestationFailure, E2eeLayer, Error, ErrorKind};
 
 /// Resolves every name to 127.0.0.1 (the port comes from the URI), so tests can use hostnames.
 #[derive(Clone)]
-struct Loopback;
+pub(crate) struct Loopback;
 
 impl tower::Service<Name> for Loopback {
     type Response = std::vec::IntoIter<SocketAddr>;
@@ -44,7 +44,7 @@ impl tower::Service<Name> for Loopback {
     }
 }
 
-type Pinned = Client<AttestedConnector<HttpConnector<Loopback>>, RequestBody<Full<Bytes>>>;
+pub(crate) type Pinned = Client<AttestedConnector<HttpConnector<Loopback>>, RequestBody<Full<Bytes>>>;
 
 /// The protocol a test runs over once a keyset is current (before, connections are HTTP/1.1
 /// and carry report requests only).
@@ -73,13 +73,13 @@ impl Proto {
 }
 
 /// A test certificate authority.
-struct Ca {
+pub(crate) struct Ca {
     cert: rcgen::Certificate,
     key: rcgen::KeyPair,
 }
 
 impl Ca {
-    fn new() -> Ca {
+    pub(crate) fn new() -> Ca {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -88,19 +88,25 @@ impl Ca {
         Ca { cert, key }
     }
 
-    fn roots(&self) -> RootCertStore {
+    pub(crate) fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
         roots
     }
 
     /// A leaf for these names (and 127.0.0.1), with its own key.
-    fn leaf(&self, names: &[&str]) -> GatewayTls {
+    pub(crate) fn leaf(&self, names: &[&str]) -> GatewayTls {
+        let (cert, key) = self.leaf_der(names);
+        GatewayTls::new(vec![cert], key).unwrap()
+    }
+
+    /// [`leaf`](Self::leaf)'s certificate and private key, for a TLS server of a test's own.
+    pub(crate) fn leaf_der(&self, names: &[&str]) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         sans.push("127.0.0.1".into());
         let cert = rcgen::CertificateParams::new(sans).unwrap().signed_by(&key, &self.cert, &self.key).unwrap();
-        gateway_tls(cert.der().clone(), &key)
+        (cert.der().clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
     }
 }
 
@@ -123,7 +129,7 @@ fn url(host: &str, gw: &TestGateway, path: &str) -> String {
     format!("https://{host}:{}{path}", gw.addr().port())
 }
 
-fn client(tls: &AttestedTls) -> Pinned {
+pub(crate) fn client(tls: &AttestedTls) -> Pinned {
     let mut tcp = HttpConnector::new_with_resolver(Loopback);
     tcp.enforce_http(false);
     Client::builder(TokioExecutor::new()).build(tls.connector_with(tcp))
@@ -337,6 +343,8 @@ async fn a_report_served_over_an_unlisted_key_fails_establishment_over(proto: Pr
     let message = e.to_string();
     assert!(message.contains(&hex(served)) && message.contains(&hex([7; 32])), "{message}");
     assert!(keys.current().is_err(), "nothing published");
+    // Whoever holds the certificate, the keyset does not name it: no refusal is attributed.
+    assert!(keys.refused_keysets().is_empty(), "{:?}", keys.refused_keysets());
     // And nothing but report requests travel before a keyset lists the key.
     let e = http.request(get(&url("gw.test", &gw, "/v1/models"))).await.unwrap_err();
     assert!(channel_binding(&e).unwrap().contains("before its TLS key"), "{e:?}");
