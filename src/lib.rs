@@ -169,6 +169,8 @@ pub mod attest;
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub mod client;
 pub mod e2ee;
+#[cfg(feature = "rustls")]
+mod egress;
 pub mod error;
 #[cfg(feature = "test-gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-gateway")))]

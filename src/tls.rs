@@ -104,9 +104,12 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower_service::Service;
 
+pub use crate::egress::HttpsProxy;
+
 use crate::attest::channel::{ChannelState, attested_for};
 use crate::attest::keyset::normalize_host;
 use crate::attest::{AttestedKeyset, ChannelInfo, KeyHandle};
+use crate::egress::{self, Egress};
 use crate::error::{AttestationFailure, BoxError, Error, ErrorKind, Result};
 use crate::hex;
 
@@ -154,6 +157,9 @@ pub struct AttestedTlsBuilder {
     pin_only: bool,
     http1_only: bool,
     unpinned: Vec<String>,
+    unpinned_roots: Vec<CertificateDer<'static>>,
+    /// `None`: read the environment at `build`.
+    egress: Option<Egress>,
     error: Option<Error>,
 }
 
@@ -164,6 +170,8 @@ impl fmt::Debug for AttestedTlsBuilder {
             .field("pin_only", &self.pin_only)
             .field("http1_only", &self.http1_only)
             .field("unpinned", &self.unpinned)
+            .field("unpinned_extra_roots", &self.unpinned_roots.len())
+            .field("egress", &self.egress)
             .finish_non_exhaustive()
     }
 }
@@ -235,33 +243,104 @@ impl AttestedTlsBuilder {
         self
     }
 
+    /// One more root certificate for the [unpinned hosts](Self::unpinned_host) (the PCCS) only:
+    /// for a network whose egress proxy inspects TLS and re-signs what it forwards with its own
+    /// CA. Their certificates may chain to it besides the root store; the gateway's never do
+    /// (and its key is pinned to the attested keyset whatever CA signed it). Fails at
+    /// [`build`](Self::build) when the certificate is not a usable root, or no host is unpinned.
+    pub fn unpinned_extra_root(mut self, cert: CertificateDer<'static>) -> Self {
+        self.unpinned_roots.push(cert);
+        self
+    }
+
+    /// Connect through this HTTP proxy (`http://[user:password@]host[:port]`; see
+    /// [`HttpsProxy`]) to every host, opening a `CONNECT` tunnel for each connection; the TLS
+    /// handshake and the pin run inside it, end to end. `HTTPS_PROXY` and `NO_PROXY` are then not
+    /// read. An invalid URL fails at [`build`](Self::build) (without repeating it).
+    ///
+    /// By default the proxy comes from the environment: `HTTPS_PROXY` (else `https_proxy`),
+    /// except for the hosts `NO_PROXY` (else `no_proxy`) lists and loopback; see the
+    /// [module documentation](self#egress-through-an-http-proxy).
+    pub fn https_proxy(mut self, url: impl AsRef<str>) -> Self {
+        match HttpsProxy::parse(url.as_ref()) {
+            Ok(proxy) => self.egress = Some(Egress::Always(proxy)),
+            Err(e) => return self.fail(e),
+        }
+        self
+    }
+
+    /// Connect directly to every host: `HTTPS_PROXY` and `NO_PROXY` are not read.
+    pub fn no_proxy(mut self) -> Self {
+        self.egress = Some(Egress::Direct);
+        self
+    }
+
+    /// The proxy settings of a [`ClientBuilder`](crate::Client) or the proxy's configuration,
+    /// already parsed.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    pub(crate) fn egress(mut self, proxy: Option<HttpsProxy>) -> Self {
+        if let Some(proxy) = proxy {
+            self.egress = Some(Egress::Always(proxy));
+        }
+        self
+    }
+
     /// The configuration, or a [`Config`](ErrorKind::Config) error: a trust mode must be chosen
-    /// (a root store, or `pin_only()`), and unpinned hosts need a root store.
+    /// (a root store, or `pin_only()`), unpinned hosts need a root store (or an
+    /// [extra root](Self::unpinned_extra_root)), and `HTTPS_PROXY`, when it is read and set,
+    /// must be a proxy URL.
     pub fn build(self) -> Result<AttestedTls> {
         if let Some(e) = self.error {
             return Err(e);
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let webpki = match self.roots {
+        let verifier = |roots: RootCertStore| {
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| config_error(format!("cannot build the WebPKI verifier: {e}")))
+        };
+        if !self.unpinned_roots.is_empty() && self.unpinned.is_empty() {
+            return Err(config_error(
+                "an extra root for unpinned hosts, but no host is unpinned: it would never apply (name the PCCS \
+                 with unpinned_host)",
+            ));
+        }
+        let (webpki, unpinned_webpki) = match self.roots {
             None if !self.pin_only => {
                 return Err(config_error(
                     "choose how certificates are checked before the pin: root_store(…) / with_webpki_roots() / \
                      with_native_roots() for WebPKI, or pin_only() for self-signed gateways",
                 ));
             }
-            None if !self.unpinned.is_empty() => {
+            None if !self.unpinned.is_empty() && self.unpinned_roots.is_empty() => {
                 return Err(config_error("unpinned hosts are verified with WebPKI and need a root store"));
             }
-            None => None,
             Some(roots) if roots.is_empty() => return Err(config_error("the root store is empty")),
-            Some(roots) => Some(
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| config_error(format!("cannot build the WebPKI verifier: {e}")))?,
-            ),
+            roots => {
+                // The gateway's roots, and the unpinned hosts' (the same plus the extra ones).
+                let mut unpinned = roots.clone().unwrap_or_else(RootCertStore::empty);
+                for cert in &self.unpinned_roots {
+                    unpinned.add(cert.clone()).map_err(|e| {
+                        config_error(format!("the extra root for unpinned hosts is not a usable root certificate: {e}"))
+                    })?;
+                }
+                let unpinned = if self.unpinned.is_empty() { None } else { Some(verifier(unpinned)?) };
+                (roots.map(verifier).transpose()?, unpinned)
+            }
         };
-        let shared =
-            Arc::new(Shared { keys: self.keys, webpki, pin_only: self.pin_only, unpinned: self.unpinned, provider });
+        let egress = match self.egress {
+            Some(egress) => egress,
+            None => Egress::from_env()?,
+        };
+        let shared = Arc::new(Shared {
+            keys: self.keys,
+            webpki,
+            unpinned_webpki,
+            pin_only: self.pin_only,
+            unpinned: self.unpinned,
+            provider,
+            egress,
+        });
         let h1 = Arc::new(client_config(&shared, Mode::Gated, &[HTTP1])?);
         let h2 =
             if self.http1_only { h1.clone() } else { Arc::new(client_config(&shared, Mode::Gated, &[H2, HTTP1])?) };
@@ -292,6 +371,7 @@ impl fmt::Debug for AttestedTls {
             .field("webpki", &self.shared.webpki.is_some())
             .field("pin_only", &self.shared.pin_only)
             .field("unpinned", &self.shared.unpinned)
+            .field("egress", &self.shared.egress)
             .finish_non_exhaustive()
     }
 }
@@ -301,7 +381,29 @@ impl AttestedTls {
     /// the same handle to the key provider
     /// ([`KeyProviderBuilder::handle`](crate::attest::KeyProviderBuilder::handle)).
     pub fn builder(keys: KeyHandle) -> AttestedTlsBuilder {
-        AttestedTlsBuilder { keys, roots: None, pin_only: false, http1_only: false, unpinned: Vec::new(), error: None }
+        AttestedTlsBuilder {
+            keys,
+            roots: None,
+            pin_only: false,
+            http1_only: false,
+            unpinned: Vec::new(),
+            unpinned_roots: Vec::new(),
+            egress: None,
+            error: None,
+        }
+    }
+
+    /// The HTTP proxy connections go through (for the hosts it applies to), if any: the one
+    /// given to [`https_proxy`](AttestedTlsBuilder::https_proxy) or read from `HTTPS_PROXY`.
+    pub fn https_proxy(&self) -> Option<&HttpsProxy> {
+        self.shared.egress.proxy()
+    }
+
+    /// The proxy the connection to `host` goes through, if any (for reqwest, which connects
+    /// on its own).
+    #[cfg_attr(not(any(feature = "reqwest-middleware", feature = "proxy")), allow(dead_code))]
+    pub(crate) fn proxy_for(&self, dst: &Uri) -> Option<&HttpsProxy> {
+        self.shared.egress.route(dst)
     }
 
     /// The handle the verifier reads.
@@ -367,10 +469,15 @@ enum Mode {
 
 struct Shared {
     keys: KeyHandle,
+    /// WebPKI for pinned hosts (the root store only).
     webpki: Option<Arc<WebPkiServerVerifier>>,
+    /// WebPKI for unpinned hosts (the root store and the extra roots); set when a host is
+    /// unpinned.
+    unpinned_webpki: Option<Arc<WebPkiServerVerifier>>,
     pin_only: bool,
     unpinned: Vec<String>,
     provider: Arc<CryptoProvider>,
+    egress: Egress,
 }
 
 impl Shared {
@@ -429,14 +536,17 @@ impl ServerCertVerifier for PinningVerifier {
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         let shared = &self.shared;
         let host = host_of(server_name);
-        let pinned = shared.is_pinned(&host);
-        if let Some(webpki) = &shared.webpki {
-            if !pinned || !shared.pin_only {
-                webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-            }
-        }
-        if !pinned {
+        if !shared.is_pinned(&host) {
+            // An ordinary WebPKI host (the PCCS); `build` made its verifier.
+            let Some(webpki) = &shared.unpinned_webpki else {
+                return Err(rustls::Error::General(format!("no WebPKI verifier for the unpinned host {host}")));
+            };
+            webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
             return Ok(ServerCertVerified::assertion());
+        }
+        // The gateway: its root store only (never the unpinned hosts' extra roots), then the pin.
+        if let (Some(webpki), false) = (&shared.webpki, shared.pin_only) {
+            webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
         }
         let spki =
             spki_sha256(end_entity).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
@@ -550,11 +660,25 @@ where
         // is let through for report requests, over HTTP/1.1).
         let offer_h2 = !pinned || (keys.current_valid().is_some() && !keys.is_attesting());
         let tls = if offer_h2 { self.h2.clone() } else { self.h1.clone() };
-        let tcp = self.tcp.call(dst);
+        // Through an HTTP proxy: TCP to the proxy, a CONNECT tunnel to the host, TLS inside it.
+        let proxy = self.shared.egress.route(&dst).cloned();
+        let port = dst.port_u16().unwrap_or(443);
+        let tcp = match &proxy {
+            Some(p) => self.tcp.call(p.uri().clone()),
+            None => self.tcp.call(dst),
+        };
         Box::pin(async move {
-            let io = tcp
-                .await
-                .map_err(|e| Error::new(ErrorKind::Transport, format!("connecting to {host} failed")).with_source(e))?;
+            let io = tcp.await.map_err(|e| {
+                let to = match &proxy {
+                    Some(p) => format!("the HTTPS proxy {p} (for {host})"),
+                    None => host.clone(),
+                };
+                Error::new(ErrorKind::Transport, format!("connecting to {to} failed")).with_source(e)
+            })?;
+            let io = match &proxy {
+                Some(p) => egress::tunnel(io, p, &host, port).await?,
+                None => io,
+            };
             let stream = tls.connect(server_name, TokioIo::new(io)).await.map_err(|e| handshake_error(e, &host))?;
             let session = stream.get_ref().1;
             let h2 = session.alpn_protocol() == Some(H2);

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::attest::{Policy, PolicyBuilder};
 use crate::error::{Error, ErrorKind, Result};
+use crate::tls::HttpsProxy;
 
 /// What the proxy does with receipts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -103,6 +104,14 @@ impl std::str::FromStr for BootMeasurementPin {
             )),
         }
     }
+}
+
+/// A proxy URL, as the configuration file spells it (the text is zeroized once parsed).
+fn https_proxy<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<HttpsProxy>, D::Error> {
+    let mut text = String::deserialize(d)?;
+    let parsed = HttpsProxy::parse(&text);
+    zeroize::Zeroize::zeroize(&mut text);
+    parsed.map(Some).map_err(serde::de::Error::custom)
 }
 
 /// A duration in whole seconds, as the configuration file spells it.
@@ -288,6 +297,18 @@ pub struct ProxyConfig {
     /// A PCCS to fetch the TDX quote's collateral from (feature `dcap`), e.g.
     /// `https://pccs.phala.network`; verified with WebPKI, not pinned.
     pub pccs: Option<String>,
+    /// A CA certificate file (PEM, one or more certificates) the PCCS connection accepts besides
+    /// Mozilla's roots (TOML `pccs_ca`, flag `--pccs-ca`): for a network whose egress proxy
+    /// inspects TLS and re-signs with its own CA. The gateway's connection never accepts it.
+    pub pccs_ca: Option<PathBuf>,
+    /// Connect to the gateway and the PCCS through this HTTP proxy, `http://[user:password@]host[:port]`
+    /// (TOML `https_proxy`, flag `--https-proxy`): a `CONNECT` tunnel per connection, TLS and
+    /// its pin end to end inside it. When unset, `HTTPS_PROXY` (else `https_proxy`) and
+    /// `NO_PROXY` are read from the environment, as curl does. Its credentials are never
+    /// printed; keep them out of a world-readable file (`ACI_PROXY_HTTPS_PROXY` or `HTTPS_PROXY`
+    /// in the root-only environment file instead).
+    #[serde(deserialize_with = "https_proxy")]
+    pub https_proxy: Option<HttpsProxy>,
     /// Longest time one exchange may take, from the request to the answer's last byte (default
     /// 600 s; seconds in the file). A buffered answer then fails with 504, a stream ends with
     /// an error event.
@@ -314,6 +335,11 @@ pub struct ProxyConfig {
     #[doc(hidden)]
     #[serde(skip)]
     pub local_test_gateway_event_delay: Option<Duration>,
+    /// The local test gateway serves HTTPS with the certificate and key in this PEM file (tests
+    /// of the proxy's TLS egress).
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub local_test_gateway_tls: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -332,6 +358,8 @@ impl Default for ProxyConfig {
             max_request_body: crate::e2ee::DEFAULT_MAX_REQUEST_BODY,
             tls_pin_only: false,
             pccs: None,
+            pccs_ca: None,
+            https_proxy: None,
             request_timeout: Duration::from_secs(600),
             shutdown_timeout: Duration::from_secs(30),
             metrics: true,
@@ -339,6 +367,7 @@ impl Default for ProxyConfig {
             require_exact_keyset: false,
             policy: None,
             local_test_gateway_event_delay: None,
+            local_test_gateway_tls: None,
         }
     }
 }
@@ -347,6 +376,24 @@ impl ProxyConfig {
     /// Parse a TOML configuration file's text.
     pub fn from_toml(text: &str) -> Result<ProxyConfig> {
         toml::from_str(text).map_err(|e| Error::new(ErrorKind::Config, format!("invalid proxy configuration: {e}")))
+    }
+
+    /// The certificates of [`pccs_ca`](Self::pccs_ca) (none when unset). Fails with `Config`
+    /// when the file cannot be read or holds no PEM certificate.
+    pub fn pccs_extra_roots(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        use rustls::pki_types::pem::PemObject;
+        let Some(path) = &self.pccs_ca else { return Ok(Vec::new()) };
+        let unreadable = |e: &dyn std::fmt::Display| {
+            Error::new(ErrorKind::Config, format!("--pccs-ca {}: {e} (a PEM file of CA certificates)", path.display()))
+        };
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| unreadable(&e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| unreadable(&e))?;
+        if certs.is_empty() {
+            return Err(unreadable(&"no CERTIFICATE block"));
+        }
+        Ok(certs)
     }
 
     /// The receipt policy these settings describe.
