@@ -350,7 +350,8 @@ impl ClientBuilder {
         let pccs_roots = Vec::new();
         if !pccs_roots.is_empty() && (pccs.is_none() || !https) {
             return Err(config(
-                "pccs_extra_root is given but no PCCS is reached over HTTPS (no_pccs(), or an http:// gateway)".to_owned(),
+                "pccs_extra_root is given but no PCCS is reached over HTTPS (no_pccs(), or an http:// gateway)"
+                    .to_owned(),
             ));
         }
 

@@ -230,7 +230,7 @@ pub(crate) enum Egress {
     Environment {
         proxy: HttpsProxy,
         /// Intercepts the hosts `NO_PROXY` does not list (hyper-util's rules).
-        matcher: Matcher,
+        matcher: Box<Matcher>,
     },
 }
 
@@ -264,7 +264,7 @@ impl Egress {
         })?;
         proxy.from = Some(from);
         let no_proxy = first(["NO_PROXY", "no_proxy"]).map(|(_, v)| v.to_string()).unwrap_or_default();
-        let matcher = Matcher::builder().https(proxy.uri.to_string()).no(no_proxy).build();
+        let matcher = Box::new(Matcher::builder().https(proxy.uri.to_string()).no(no_proxy).build());
         Ok(Egress::Environment { proxy, matcher })
     }
 

@@ -277,7 +277,6 @@ impl AttestedTlsBuilder {
 
     /// The proxy settings of a [`ClientBuilder`](crate::Client) or the proxy's configuration,
     /// already parsed.
-    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     pub(crate) fn egress(mut self, proxy: Option<HttpsProxy>) -> Self {
         if let Some(proxy) = proxy {
             self.egress = Some(Egress::Always(proxy));

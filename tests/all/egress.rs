@@ -549,8 +549,7 @@ async fn the_pccs_fetch_goes_through_the_tunnel_and_its_extra_root_applies_to_it
     let appliance_ca = Ca::new("inspection appliance CA");
     let pccs = FakePccs::new();
     let stand_in = pccs.clone();
-    let pccs_addr =
-        https_server(appliance_ca.server_config(&["pccs.test"]), move |uri| stand_in.answer(uri)).await;
+    let pccs_addr = https_server(appliance_ca.server_config(&["pccs.test"]), move |uri| stand_in.answer(uri)).await;
     let routes = HashMap::from([("pccs.test:443".to_owned(), pccs_addr)]);
     let proxy = ConnectProxy::with_routes(Mode::Splice, routes).await;
     let unrelated = Ca::new("some public CA");
@@ -573,7 +572,10 @@ async fn the_pccs_fetch_goes_through_the_tunnel_and_its_extra_root_applies_to_it
     assert_eq!(collateral.fmspc(), Some("B0C06F000000"));
     assert_eq!(pccs.seen().len(), 4, "{:?}", pccs.seen());
     let heads = proxy.heads();
-    assert!(!heads.is_empty() && heads.iter().all(|h| h.starts_with("CONNECT pccs.test:443 HTTP/1.1\r\n")), "{heads:?}");
+    assert!(
+        !heads.is_empty() && heads.iter().all(|h| h.starts_with("CONNECT pccs.test:443 HTTP/1.1\r\n")),
+        "{heads:?}"
+    );
     assert!(!contains(&proxy.spliced(), b"/certification/v4"), "the PCCS requests crossed the proxy in clear");
 }
 
@@ -649,7 +651,8 @@ async fn aci_proxy_with_https_proxy_sends_everything_through_the_tunnel() {
             .body(proxy_chat(text, stream).to_string())
             .send()
     };
-    let answer: Value = serde_json::from_str(&send("binary badger", false).await.unwrap().text().await.unwrap()).unwrap();
+    let answer: Value =
+        serde_json::from_str(&send("binary badger", false).await.unwrap().text().await.unwrap()).unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], "You said: binary badger");
     let sse = send("binary bittern", true).await.unwrap().text().await.unwrap();
     assert_eq!(stream_text(&sse), "You said: binary bittern");
