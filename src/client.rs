@@ -14,6 +14,10 @@
 //!   pinned rustls configuration, with [`E2eeMiddleware`](crate::middleware::E2eeMiddleware);
 //! - [`Client::keys`] and [`Client::keyset`]: the [`KeyHandle`] and the verified keyset.
 //!
+//! Behind an HTTP proxy, every connection (report, PCCS, requests, receipts) goes through a
+//! `CONNECT` tunnel with TLS and its pin end to end inside: from `HTTPS_PROXY` / `NO_PROXY` by
+//! default, or [`ClientBuilder::https_proxy`] (see [`crate::tls`]).
+//!
 //! Receipts are verified as [`ReceiptMode`] says: in the background once an answer was read
 //! to its end (the default; the outcome is a [`ReceiptCheck`] in the response's extensions),
 //! before the answer is released ([`VerifyBeforeReleaseLayer`]), or not at all.
@@ -292,9 +296,12 @@ impl ClientBuilder {
     /// Attest the gateway now and start the refresher (on the current Tokio runtime).
     ///
     /// Fails with [`Config`](ErrorKind::Config) for an invalid URL, an `http://` gateway that
-    /// is not on loopback, no pin and no policy, both pins and a policy, or an API key variable
-    /// that is unset; with the attestation's error when the gateway does not satisfy the
-    /// policy (kind [`Attestation`](ErrorKind::Attestation), naming the check that failed).
+    /// is not on loopback, no pin and no policy, both pins and a policy, an API key variable
+    /// that is unset, or a proxy URL (given, or in `HTTPS_PROXY`) that is not one; with
+    /// [`Transport`](ErrorKind::Transport) when the gateway (or the HTTPS proxy) cannot be
+    /// reached or the proxy refuses the tunnel; with the attestation's error when the gateway
+    /// does not satisfy the policy (kind [`Attestation`](ErrorKind::Attestation), naming the
+    /// check that failed).
     pub async fn build(self) -> Result<Client> {
         let config = |m: String| Error::new(ErrorKind::Config, m);
         let base: Uri =
@@ -661,7 +668,8 @@ impl Client {
 
     /// A reqwest-middleware client (feature `reqwest-middleware`) over the same attested keys:
     /// reqwest over the pinned rustls configuration
-    /// ([`AttestedTls::rustls_config`]; plain HTTP for a loopback gateway), the API key as a
+    /// ([`AttestedTls::rustls_config`]; plain HTTP for a loopback gateway) and through the
+    /// client's HTTPS proxy when one applies to the gateway (else directly), the API key as a
     /// default header, and [`E2eeMiddleware`](crate::middleware::E2eeMiddleware) configured as
     /// the client's layer, retrying once on a key rotation. Receipts are not verified by it:
     /// pass the response's [`ExchangeRecord`] to [`verify_receipt`](Self::verify_receipt).

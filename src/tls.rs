@@ -57,6 +57,54 @@
 //! reqwest's pool cannot be gated: its configuration ([`AttestedTls::rustls_config`]) refuses
 //! every handshake until a keyset is current, and checks the key at each handshake.
 //!
+//! # Egress through an HTTP proxy
+//!
+//! On a network that lets traffic out only through an HTTP proxy, the connector opens a
+//! `CONNECT host:port` tunnel through it for each connection and runs the TLS handshake inside:
+//! TLS is end to end, the SPKI pin and the per-request gate are unchanged, and the proxy sees
+//! the `CONNECT` line only. Every connection the connector makes goes this way: the report
+//! fetch, the PCCS fetch (an [unpinned host](AttestedTlsBuilder::unpinned_host)), the E2EE
+//! requests and the receipt fetches.
+//!
+//! - By default the proxy is read from the environment when the connector is
+//!   [built](AttestedTlsBuilder::build), as curl and reqwest read it: `HTTPS_PROXY`, else
+//!   `https_proxy` (`HTTP_PROXY` is for plain `http://` and is never used; neither is
+//!   `ALL_PROXY`). The hosts `NO_PROXY` (else `no_proxy`) lists are reached directly, with
+//!   curl's rules as hyper-util implements them (`example.com` and `.example.com` cover the
+//!   domain and its subdomains, IP addresses and CIDR blocks, `*` for all), and so are loopback
+//!   hosts (`localhost`, `127.0.0.0/8`, `::1`), as Go does.
+//! - [`https_proxy`](AttestedTlsBuilder::https_proxy) names the proxy for every host (loopback
+//!   included); [`no_proxy`](AttestedTlsBuilder::no_proxy) connects directly. Either way the
+//!   environment is not read.
+//!
+//! The proxy URL is `http://[user:password@]host[:port]` ([`HttpsProxy`]); its credentials go
+//! in `Proxy-Authorization: Basic …`, are zeroized, and are never logged or printed. A proxy
+//! that answers `CONNECT` with anything but `2xx` fails the connection with a
+//! [`Transport`](ErrorKind::Transport) error naming the proxy, the target and the status (`403`
+//! and `407` say what to do). A proxy that terminates TLS itself (an inspection appliance
+//! presenting its own certificate for the gateway's name) presents a key the attested keyset
+//! does not list: it is refused with `ChannelBinding`, even when its CA is in the root store,
+//! and no request reaches it. For such an appliance, the PCCS (which is not pinned) may accept
+//! its CA through [`unpinned_extra_root`](AttestedTlsBuilder::unpinned_extra_root); the gateway
+//! never does.
+//!
+//! ```no_run
+//! use tower_aci::attest::KeyHandle;
+//! use tower_aci::tls::AttestedTls;
+//!
+//! # fn run(appliance_ca: rustls::pki_types::CertificateDer<'static>) -> tower_aci::Result<()> {
+//! let keys = KeyHandle::new();
+//! let tls = AttestedTls::builder(keys)
+//!     .with_webpki_roots()
+//!     .unpinned_host("pccs.phala.network")
+//!     .https_proxy("http://proxy.corp.example:3128") // or leave it out: HTTPS_PROXY / NO_PROXY
+//!     .unpinned_extra_root(appliance_ca) // only if the proxy re-signs TLS; the PCCS only
+//!     .build()?;
+//! assert_eq!(tls.https_proxy().map(|p| p.authority()), Some("proxy.corp.example:3128"));
+//! let connector = tls.connector(); // CONNECT proxy.corp.example:3128, then TLS pinned as ever
+//! # let _ = connector; Ok(()) }
+//! ```
+//!
 //! ```no_run
 //! use bytes::Bytes;
 //! use http_body_util::Full;

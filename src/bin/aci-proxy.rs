@@ -104,8 +104,9 @@ struct ServeArgs {
     #[arg(long, env = "ACI_PROXY_PCCS_CA", value_name = "FILE")]
     pccs_ca: Option<PathBuf>,
     /// Connect to the gateway and the PCCS through this HTTP proxy (CONNECT tunnels, TLS end to
-    /// end inside), http://[user:password@]host[:port]; put credentials in the environment, not
-    /// on the command line [default: HTTPS_PROXY, except NO_PROXY hosts and loopback]
+    /// end inside), e.g. http://proxy.corp:3128 or http://user:password@proxy.corp:3128; put
+    /// credentials in the environment, not on the command line [default: HTTPS_PROXY, except
+    /// NO_PROXY hosts and loopback]
     #[arg(long, env = "ACI_PROXY_HTTPS_PROXY", value_name = "URL", hide_env_values = true)]
     https_proxy: Option<String>,
     /// Longest time one exchange may take, request to last byte (e.g. 600, 90s, 10m) [default: 600s]
