@@ -669,7 +669,9 @@ impl Client {
     /// A reqwest-middleware client (feature `reqwest-middleware`) over the same attested keys:
     /// reqwest over the pinned rustls configuration
     /// ([`AttestedTls::rustls_config`]; plain HTTP for a loopback gateway) and through the
-    /// client's HTTPS proxy when one applies to the gateway (else directly), the API key as a
+    /// client's HTTPS proxy when one applies to the gateway (else directly; through a proxy
+    /// its answers fail closed with `ChannelBinding`, since reqwest 0.12 reports no TLS
+    /// information for a tunnelled connection), the API key as a
     /// default header, and [`E2eeMiddleware`](crate::middleware::E2eeMiddleware) configured as
     /// the client's layer, retrying once on a key rotation. Receipts are not verified by it:
     /// pass the response's [`ExchangeRecord`] to [`verify_receipt`](Self::verify_receipt).
@@ -677,19 +679,9 @@ impl Client {
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
     pub fn reqwest(&self) -> Result<reqwest_middleware::ClientWithMiddleware> {
         let mut builder = reqwest::Client::builder();
-        // The same egress as the client's own connections (reqwest reads no environment here).
-        match self.inner.tls.as_ref().and_then(|tls| tls.proxy_for(&self.inner.base)) {
-            Some(p) => {
-                let mut proxy = reqwest::Proxy::https(p.to_string())
-                    .map_err(|e| Error::new(ErrorKind::Config, "cannot configure reqwest's proxy").with_source(e))?;
-                if let Some(auth) = p.authorization() {
-                    let mut value = HeaderValue::from_bytes(auth)
-                        .map_err(|_| Error::new(ErrorKind::Config, "the proxy credentials are not a header value"))?;
-                    value.set_sensitive(true);
-                    proxy = proxy.custom_http_auth(value);
-                }
-                builder = builder.proxy(proxy);
-            }
+        // The same egress as the client's own connections; plain HTTP (loopback) goes direct.
+        match self.inner.tls.as_ref().map(AttestedTls::reqwest_proxy).transpose()?.flatten() {
+            Some(proxy) => builder = builder.proxy(proxy),
             None => builder = builder.no_proxy(),
         }
         if let Some(tls) = &self.inner.tls {

@@ -88,6 +88,12 @@
 //! its CA through [`unpinned_extra_root`](AttestedTlsBuilder::unpinned_extra_root); the gateway
 //! never does.
 //!
+//! reqwest connects on its own: the clients the crate builds over [`rustls_config`](AttestedTls::rustls_config)
+//! (`Client::reqwest`, `middleware::ReqwestService::pinned`) are given the same proxy, but
+//! reqwest 0.12 reports no TLS information for a tunnelled connection, so their answers cannot be
+//! bound to the attested channel and fail closed with `ChannelBinding`. Behind a proxy, use
+//! this connector.
+//!
 //! ```no_run
 //! use tower_aci::attest::KeyHandle;
 //! use tower_aci::tls::AttestedTls;
@@ -446,11 +452,31 @@ impl AttestedTls {
         self.shared.egress.proxy()
     }
 
-    /// The proxy the connection to `host` goes through, if any (for reqwest, which connects
-    /// on its own).
-    #[cfg_attr(not(any(feature = "reqwest-middleware", feature = "proxy")), allow(dead_code))]
+    /// The proxy the connection to `dst` goes through, if any.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     pub(crate) fn proxy_for(&self, dst: &Uri) -> Option<&HttpsProxy> {
         self.shared.egress.route(dst)
+    }
+
+    /// The same egress for a reqwest client the crate builds (which connects on its own): each
+    /// URL through the proxy this connector would use for it, or directly. Apply it with
+    /// `builder.proxy(p)`, or `builder.no_proxy()` for `None`; either turns reqwest's own
+    /// reading of the environment off.
+    #[cfg(feature = "reqwest-middleware")]
+    pub(crate) fn reqwest_proxy(&self) -> Result<Option<reqwest::Proxy>> {
+        let Some(configured) = self.shared.egress.proxy() else { return Ok(None) };
+        let shared = self.shared.clone();
+        let mut proxy = reqwest::Proxy::custom(move |url| {
+            let dst: Uri = url.as_str().parse().ok()?;
+            shared.egress.route(&dst).map(|p| p.to_string())
+        });
+        if let Some(auth) = configured.authorization() {
+            let mut value = http::HeaderValue::from_bytes(auth)
+                .map_err(|_| config_error("the proxy credentials are not a header value"))?;
+            value.set_sensitive(true);
+            proxy = proxy.custom_http_auth(value);
+        }
+        Ok(Some(proxy))
     }
 
     /// The handle the verifier reads.

@@ -375,7 +375,19 @@ impl Default for ProxyConfig {
 impl ProxyConfig {
     /// Parse a TOML configuration file's text.
     pub fn from_toml(text: &str) -> Result<ProxyConfig> {
-        toml::from_str(text).map_err(|e| Error::new(ErrorKind::Config, format!("invalid proxy configuration: {e}")))
+        toml::from_str(text).map_err(|e| {
+            // The snippet toml quotes would repeat a proxy URL's credentials: then the message
+            // and the line only.
+            let span = e.span().unwrap_or(0..0);
+            let shown = match text.get(span.clone()) {
+                Some(quoted) if quoted.contains('@') => {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!("{} (line {line})", e.message())
+                }
+                _ => e.to_string(),
+            };
+            Error::new(ErrorKind::Config, format!("invalid proxy configuration: {shown}"))
+        })
     }
 
     /// The certificates of [`pccs_ca`](Self::pccs_ca) (none when unset). Fails with `Config`
@@ -475,5 +487,29 @@ mod pin_tests {
         let toml =
             "[[pins.boot_measurements]]\nmrtd = \"aa\"\nrtmr0 = \"aa\"\nrtmr1 = \"aa\"\nrtmr2 = \"aa\"\nrtmr3 = \"aa\"";
         assert!(ProxyConfig::from_toml(toml).is_err());
+    }
+}
+
+#[cfg(test)]
+mod egress_tests {
+    use super::*;
+
+    #[test]
+    fn the_https_proxy_and_pccs_ca_keys_are_read_and_credentials_never_shown() {
+        let config = ProxyConfig::from_toml(
+            "https_proxy = \"http://ops:hunter2@proxy.corp:3128\"\npccs_ca = \"/etc/aci-proxy/appliance-ca.pem\"",
+        )
+        .unwrap();
+        let proxy = config.https_proxy.as_ref().unwrap();
+        assert_eq!((proxy.authority(), proxy.has_credentials()), ("proxy.corp:3128", true));
+        assert_eq!(config.pccs_ca.as_deref(), Some(std::path::Path::new("/etc/aci-proxy/appliance-ca.pem")));
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let e = ProxyConfig::from_toml("https_proxy = \"socks5://ops:hunter2@proxy:1080\"").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.to_string().contains("http://host:port") && e.to_string().contains("line 1"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // Other errors keep toml's snippet.
+        let e = ProxyConfig::from_toml("listen = \"nowhere\"").unwrap_err();
+        assert!(e.to_string().contains("listen = \"nowhere\""), "{e}");
     }
 }

@@ -499,6 +499,59 @@ async fn proxy_credentials_go_in_proxy_authorization_and_are_never_logged() {
     }
 }
 
+/// reqwest 0.12 gives a tunnelled connection no `TlsInfo` (seanmonstar/reqwest#2589, open), so
+/// an answer it carries cannot be bound to the attested channel: the reqwest clients the crate
+/// builds go through the same proxy as its own connector (never around it) and fail closed with
+/// `ChannelBinding`. When reqwest carries `TlsInfo` through tunnels, this test must be turned
+/// round.
+#[cfg(feature = "reqwest-middleware")]
+#[tokio::test]
+async fn the_reqwest_clients_the_crate_builds_take_the_same_proxy_and_fail_closed_without_tls_info() {
+    use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
+    use tower_aci::middleware::ReqwestService;
+    use tower_aci::tls::AttestedTls;
+
+    let ca = Ca::new("gateway CA");
+    let gw = gateway(&ca).await;
+    let proxy = ConnectProxy::start(Mode::RequireAuth("Basic cnE6cnEtcGFzcw==".to_owned())).await; // rq:rq-pass
+    let url = format!("http://rq:rq-pass@{}", proxy.addr);
+    let target = format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n", gw.addr().port());
+    let binding = ErrorKind::Attestation(AttestationFailure::ChannelBinding);
+
+    // Client::reqwest(): the pinned rustls configuration, through the client's proxy.
+    let client = Client::for_test_gateway(&gw)
+        .root_store(roots(&[&ca]))
+        .https_proxy(&url)
+        .api_key("sk-rq")
+        .build()
+        .await
+        .unwrap();
+    let tunnels = proxy.heads().len();
+    let rq = client.reqwest().unwrap();
+    let e = rq.post(client.url(CHAT).unwrap().to_string()).body(chat("reqwest raven", false)).send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(e) = e else { panic!("not refused by the E2EE middleware: {e:?}") };
+    assert_eq!(e.downcast_ref::<tower_aci::Error>().map(|e| e.kind()), Some(binding), "{e:?}");
+    assert!(proxy.heads().len() > tunnels, "reqwest went around the proxy");
+
+    // ReqwestService::pinned: the report fetch goes through the proxy of the AttestedTls.
+    let keys = KeyHandle::new();
+    let tls = AttestedTls::builder(keys.clone()).root_store(roots(&[&ca])).https_proxy(&url).build().unwrap();
+    let tunnels = proxy.heads().len();
+    let provider = KeyProvider::builder(ReqwestService::pinned(&tls).unwrap())
+        .handle(keys)
+        .base_url(gw.base_url().parse().unwrap())
+        .policy(Policy::builder().dangerous().accept_stub_quote().any_workload().build().unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(provider.establish().await.unwrap_err().kind(), binding);
+    assert!(proxy.heads().len() > tunnels, "the report went around the proxy");
+
+    let heads = proxy.heads();
+    assert!(heads.iter().all(|h| h.starts_with(&target)), "{heads:?}");
+    assert_eq!(gw.connections_accepted(), heads.len(), "a connection that did not go through the proxy");
+    assert!(!contains(&proxy.spliced(), b"raven"));
+}
+
 // ---- the PCCS through the tunnel, and its extra root -------------------------------------
 
 /// An HTTPS server on loopback answering with `answer`, with the certificate of `config`.
