@@ -33,6 +33,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Poll, ready};
 
 use base64::Engine as _;
@@ -220,15 +221,16 @@ fn basic(userinfo: &str) -> Result<Zeroizing<Vec<u8>>> {
     Ok(value)
 }
 
-/// Which connections go through a proxy.
+/// Which connections go through a proxy. The proxy (and its credentials) is held once, shared
+/// by the connections.
 pub(crate) enum Egress {
     /// Every connection is direct.
     Direct,
     /// One proxy for every host (given explicitly; the environment is not read).
-    Always(HttpsProxy),
+    Always(Arc<HttpsProxy>),
     /// `HTTPS_PROXY` from the environment, except loopback and the `NO_PROXY` hosts.
     Environment {
-        proxy: HttpsProxy,
+        proxy: Arc<HttpsProxy>,
         /// Intercepts the hosts `NO_PROXY` does not list (hyper-util's rules).
         matcher: Box<Matcher>,
     },
@@ -265,7 +267,7 @@ impl Egress {
         proxy.from = Some(from);
         let no_proxy = first(["NO_PROXY", "no_proxy"]).map(|(_, v)| v.to_string()).unwrap_or_default();
         let matcher = Box::new(Matcher::builder().https(proxy.uri.to_string()).no(no_proxy).build());
-        Ok(Egress::Environment { proxy, matcher })
+        Ok(Egress::Environment { proxy: Arc::new(proxy), matcher })
     }
 
     /// The proxy configured, whether or not it applies to a given host.
@@ -277,7 +279,7 @@ impl Egress {
     }
 
     /// The proxy the connection to `dst` (an `https://` URI) goes through, if any.
-    pub(crate) fn route(&self, dst: &Uri) -> Option<&HttpsProxy> {
+    pub(crate) fn route(&self, dst: &Uri) -> Option<&Arc<HttpsProxy>> {
         match self {
             Egress::Direct => None,
             Egress::Always(p) => Some(p),
@@ -521,7 +523,7 @@ mod tests {
         let e = env(&[("https_proxy", "http://proxy:3128"), ("no_proxy", "*")]).unwrap();
         assert_eq!(routed(&e, "https://gw.example"), None);
         // An explicit proxy applies to every host, loopback included.
-        let always = Egress::Always(HttpsProxy::parse("http://proxy:3128").unwrap());
+        let always = Egress::Always(Arc::new(HttpsProxy::parse("http://proxy:3128").unwrap()));
         assert_eq!(routed(&always, "https://127.0.0.1:8443"), via);
     }
 

@@ -317,7 +317,7 @@ impl AttestedTlsBuilder {
     /// [module documentation](self#egress-through-an-http-proxy).
     pub fn https_proxy(mut self, url: impl AsRef<str>) -> Self {
         match HttpsProxy::parse(url.as_ref()) {
-            Ok(proxy) => self.egress = Some(Egress::Always(proxy)),
+            Ok(proxy) => self.egress = Some(Egress::Always(Arc::new(proxy))),
             Err(e) => return self.fail(e),
         }
         self
@@ -333,7 +333,7 @@ impl AttestedTlsBuilder {
     /// already parsed.
     pub(crate) fn egress(mut self, proxy: Option<HttpsProxy>) -> Self {
         if let Some(proxy) = proxy {
-            self.egress = Some(Egress::Always(proxy));
+            self.egress = Some(Egress::Always(Arc::new(proxy)));
         }
         self
     }
@@ -455,7 +455,7 @@ impl AttestedTls {
     /// The proxy the connection to `dst` goes through, if any.
     #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     pub(crate) fn proxy_for(&self, dst: &Uri) -> Option<&HttpsProxy> {
-        self.shared.egress.route(dst)
+        self.shared.egress.route(dst).map(|p| &**p)
     }
 
     /// The same egress for a reqwest client the crate builds (which connects on its own): each
