@@ -14,6 +14,10 @@
 //!   pinned rustls configuration, with [`E2eeMiddleware`](crate::middleware::E2eeMiddleware);
 //! - [`Client::keys`] and [`Client::keyset`]: the [`KeyHandle`] and the verified keyset.
 //!
+//! Behind an HTTP proxy, every connection (report, PCCS, requests, receipts) goes through a
+//! `CONNECT` tunnel with TLS and its pin end to end inside: from `HTTPS_PROXY` / `NO_PROXY` by
+//! default, or [`ClientBuilder::https_proxy`] (see [`crate::tls`]).
+//!
 //! Receipts are verified as [`ReceiptMode`] says: in the background once an answer was read
 //! to its end (the default; the outcome is a [`ReceiptCheck`] in the response's extensions:
 //! reported, too late to withhold anything), before the answer is released
@@ -58,7 +62,7 @@ use crate::e2ee::{E2eeLayer, KeyMismatchRetry, RequestBody};
 use crate::error::{BoxError, Error, ErrorKind, ReceiptFailure, Result};
 use crate::protocol::GatewayError;
 use crate::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy, VerifiedReceipt, VerifyBeforeReleaseLayer};
-use crate::tls::AttestedTls;
+use crate::tls::{AttestedTls, HttpsProxy};
 
 /// The body of an [`AciService`] answer: decrypted (and in before-release mode verified) bytes.
 pub type AciBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -134,6 +138,15 @@ enum Trust {
     Roots(RootCertStore),
 }
 
+/// How the client's connections leave this machine.
+enum Egress {
+    /// `HTTPS_PROXY` / `NO_PROXY`, read at `build`.
+    Environment,
+    /// Through this proxy (or the URL's parse error, returned by `build`).
+    Proxy(Result<HttpsProxy>),
+    Direct,
+}
+
 /// Builds a [`Client`]. Made by [`Client::builder`]; methods take and return the builder by
 /// value, and an invalid value surfaces from [`build`](Self::build).
 #[must_use = "a builder does nothing until build() is awaited"]
@@ -148,6 +161,9 @@ pub struct ClientBuilder {
     /// `None`: the default PCCS for an `https://` gateway; `Some(None)`: none.
     #[cfg(feature = "dcap")]
     pccs: Option<Option<String>>,
+    #[cfg(feature = "dcap")]
+    pccs_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    egress: Egress,
     strict: bool,
 }
 
@@ -273,6 +289,47 @@ impl ClientBuilder {
         self
     }
 
+    /// One more root certificate for the PCCS connection only (feature `dcap`): for a network
+    /// whose egress proxy inspects TLS and re-signs what it forwards with its own CA. The
+    /// gateway's connection never accepts it (and its key stays pinned to the attested keyset);
+    /// see [`AttestedTlsBuilder::unpinned_extra_root`](crate::tls::AttestedTlsBuilder::unpinned_extra_root).
+    /// [`build`](Self::build) fails when no PCCS is used.
+    #[cfg(feature = "dcap")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
+    pub fn pccs_extra_root(mut self, cert: rustls::pki_types::CertificateDer<'static>) -> Self {
+        self.pccs_roots.push(cert);
+        self
+    }
+
+    /// Connect to the gateway and the PCCS through this HTTP proxy
+    /// (`http://[user:password@]host[:port]`): each connection opens a `CONNECT` tunnel, and TLS
+    /// with its pin runs inside it, end to end. The environment (`HTTPS_PROXY`, `NO_PROXY`) is
+    /// then not read. [`build`](Self::build) fails with `Config` for an invalid URL, and a
+    /// proxy's refusal to open a tunnel is a [`Transport`](ErrorKind::Transport) error naming
+    /// its status.
+    ///
+    /// By default the proxy comes from `HTTPS_PROXY` (else `https_proxy`), except for the hosts
+    /// `NO_PROXY` lists and loopback, as in [`crate::tls`].
+    ///
+    /// ```no_run
+    /// # async fn run(app_id: &str, kms_root: &str) -> tower_aci::Result<()> {
+    /// let client = tower_aci::Client::builder("https://api.redpill.ai")
+    ///     .allow_app_id(app_id).accept_kms_root(kms_root)
+    ///     .https_proxy("http://proxy.corp.example:3128") // credentials: http://user:password@host:port
+    ///     .build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn https_proxy(mut self, url: impl AsRef<str>) -> Self {
+        self.egress = Egress::Proxy(HttpsProxy::parse(url.as_ref()));
+        self
+    }
+
+    /// Connect directly, whatever `HTTPS_PROXY` says (the environment is not read).
+    pub fn no_proxy(mut self) -> Self {
+        self.egress = Egress::Direct;
+        self
+    }
+
     /// Strict mode of the E2EE layer ([`E2eeLayer::strict`]): refuse requests whose members
     /// would travel in clear, and answers that carry generated content in clear.
     pub fn strict(mut self, strict: bool) -> Self {
@@ -283,9 +340,12 @@ impl ClientBuilder {
     /// Attest the gateway now and start the refresher (on the current Tokio runtime).
     ///
     /// Fails with [`Config`](ErrorKind::Config) for an invalid URL, an `http://` gateway that
-    /// is not on loopback, no pin and no policy, both pins and a policy, or an API key variable
-    /// that is unset; with the attestation's error when the gateway does not satisfy the
-    /// policy (kind [`Attestation`](ErrorKind::Attestation), naming the check that failed).
+    /// is not on loopback, no pin and no policy, both pins and a policy, an API key variable
+    /// that is unset, or a proxy URL (given, or in `HTTPS_PROXY`) that is not one; with
+    /// [`Transport`](ErrorKind::Transport) when the gateway (or the HTTPS proxy) cannot be
+    /// reached or the proxy refuses the tunnel; with the attestation's error when the gateway
+    /// does not satisfy the policy (kind [`Attestation`](ErrorKind::Attestation), naming the
+    /// check that failed).
     pub async fn build(self) -> Result<Client> {
         let config = |m: String| Error::new(ErrorKind::Config, m);
         let base: Uri =
@@ -335,11 +395,21 @@ impl ClientBuilder {
         };
         #[cfg(not(feature = "dcap"))]
         let pccs: Option<Uri> = None;
+        #[cfg(feature = "dcap")]
+        let pccs_roots = self.pccs_roots;
+        #[cfg(not(feature = "dcap"))]
+        let pccs_roots = Vec::new();
+        if !pccs_roots.is_empty() && (pccs.is_none() || !https) {
+            return Err(config(
+                "pccs_extra_root is given but no PCCS is reached over HTTPS (no_pccs(), or an http:// gateway)"
+                    .to_owned(),
+            ));
+        }
 
         // One handle for the TLS verifier, the provider that publishes into it, and the layer.
         let keys = KeyHandle::new();
         let (plain, tls) = if https {
-            let tls = attested_tls(&keys, self.trust, pccs.as_ref())?;
+            let tls = attested_tls(&keys, self.trust, pccs.as_ref(), pccs_roots, self.egress)?;
             let mut tcp = HttpConnector::new();
             tcp.enforce_http(false);
             tcp.set_nodelay(true);
@@ -418,8 +488,19 @@ where
     BoxCloneSyncService::new(ServiceBuilder::new().map_err(map_err).service(client))
 }
 
-fn attested_tls(keys: &KeyHandle, trust: Trust, pccs: Option<&Uri>) -> Result<AttestedTls> {
+fn attested_tls(
+    keys: &KeyHandle,
+    trust: Trust,
+    pccs: Option<&Uri>,
+    pccs_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    egress: Egress,
+) -> Result<AttestedTls> {
     let tls = AttestedTls::builder(keys.clone());
+    let tls = match egress {
+        Egress::Environment => tls,
+        Egress::Proxy(proxy) => tls.egress(Some(proxy?)),
+        Egress::Direct => tls.no_proxy(),
+    };
     let mut tls = match trust {
         Trust::WebPki => tls.with_webpki_roots(),
         Trust::Roots(roots) => tls.root_store(roots),
@@ -429,6 +510,9 @@ fn attested_tls(keys: &KeyHandle, trust: Trust, pccs: Option<&Uri>) -> Result<At
     };
     if let Some(host) = pccs.and_then(Uri::host) {
         tls = tls.unpinned_host(host);
+    }
+    for cert in pccs_roots {
+        tls = tls.unpinned_extra_root(cert);
     }
     tls.build()
 }
@@ -527,6 +611,9 @@ impl Client {
             trust: Trust::WebPki,
             #[cfg(feature = "dcap")]
             pccs: None,
+            #[cfg(feature = "dcap")]
+            pccs_roots: Vec::new(),
+            egress: Egress::Environment,
             strict: false,
         }
     }
@@ -631,7 +718,10 @@ impl Client {
 
     /// A reqwest-middleware client (feature `reqwest-middleware`) over the same attested keys:
     /// reqwest over the pinned rustls configuration
-    /// ([`AttestedTls::rustls_config`]; plain HTTP for a loopback gateway), the API key as a
+    /// ([`AttestedTls::rustls_config`]; plain HTTP for a loopback gateway) and through the
+    /// client's HTTPS proxy when one applies to the gateway (else directly; through a proxy
+    /// its answers fail closed with `ChannelBinding`, since reqwest 0.12 reports no TLS
+    /// information for a tunnelled connection), the API key as a
     /// default header, and [`E2eeMiddleware`](crate::middleware::E2eeMiddleware) configured as
     /// the client's layer, retrying once on a key rotation. Receipts are not verified by it:
     /// pass the response's [`ExchangeRecord`] to [`verify_receipt`](Self::verify_receipt).
@@ -639,6 +729,11 @@ impl Client {
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
     pub fn reqwest(&self) -> Result<reqwest_middleware::ClientWithMiddleware> {
         let mut builder = reqwest::Client::builder();
+        // The same egress as the client's own connections; plain HTTP (loopback) goes direct.
+        match self.inner.tls.as_ref().map(AttestedTls::reqwest_proxy).transpose()?.flatten() {
+            Some(proxy) => builder = builder.proxy(proxy),
+            None => builder = builder.no_proxy(),
+        }
         if let Some(tls) = &self.inner.tls {
             builder = builder.use_preconfigured_tls(tls.rustls_config()).tls_info(true);
         }

@@ -110,7 +110,7 @@
 //! | `test-gateway` | `gateway`: a local ACI gateway on loopback for examples and tests (and the gateway's halves of the protocol) |
 //! | `reqwest-middleware` | `middleware::E2eeMiddleware` for reqwest-middleware chains |
 //! | `dcap` | `attest::dcap`: TDX quote verification with `dcap-qvl` (every policy requires it unless `dangerous()` relaxes it) |
-//! | `rustls` | `tls`: HTTPS pinned to the attested keyset's TLS keys (hyper-util connector, rustls config for reqwest); HTTPS for the local gateway |
+//! | `rustls` | `tls`: HTTPS pinned to the attested keyset's TLS keys (hyper-util connector, rustls config for reqwest), through an HTTP proxy's `CONNECT` tunnels when `HTTPS_PROXY` or the builder says so; HTTPS for the local gateway |
 //! | `rustls-native-roots` | the platform's root store for `tls` |
 //! | `proxy` | `proxy` and the `aci-proxy` binary: a local OpenAI-compatible endpoint that applies E2EE for any SDK (with `dcap` and `metrics`; its `--local-test-gateway` demo also needs `test-gateway`) |
 //! | `metrics` | the library's metrics through the `metrics` facade (see [`telemetry`]); free while no recorder is installed |
@@ -178,6 +178,8 @@ pub mod attest;
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub mod client;
 pub mod e2ee;
+#[cfg(feature = "rustls")]
+mod egress;
 pub mod error;
 #[cfg(feature = "test-gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-gateway")))]

@@ -95,10 +95,21 @@ impl ReqwestService {
     ///   fetched (the bootstrap, a gateway restarted with a new certificate). Nothing else ever
     ///   travels over it, and the key provider binds the report it carried to the connection's
     ///   key through the response's [`ChannelInfo`].
+    ///
+    /// Both go out as `tls`'s own connector does: through the HTTPS proxy it was given or read
+    /// from `HTTPS_PROXY` (for the hosts it applies to), else directly (see
+    /// [`crate::tls`](crate::tls#egress-through-an-http-proxy)). Through a proxy, reqwest 0.12
+    /// gives responses no TLS information, so they cannot be bound to the attested channel and
+    /// fail closed with `ChannelBinding`: behind a proxy, use the hyper-util connector.
     #[cfg(feature = "rustls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
     pub fn pinned(tls: &crate::tls::AttestedTls) -> crate::Result<Self> {
-        Self::pinned_with(tls, reqwest::Client::builder)
+        // Through `tls`'s HTTPS proxy, as its own connector would go (see `crate::tls`).
+        let proxy = tls.reqwest_proxy()?;
+        Self::pinned_with(tls, || match &proxy {
+            Some(p) => reqwest::Client::builder().proxy(p.clone()),
+            None => reqwest::Client::builder().no_proxy(),
+        })
     }
 
     /// [`pinned`](Self::pinned) with your own reqwest settings (timeouts, proxy, user agent):

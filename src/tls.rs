@@ -57,6 +57,60 @@
 //! reqwest's pool cannot be gated: its configuration ([`AttestedTls::rustls_config`]) refuses
 //! every handshake until a keyset is current, and checks the key at each handshake.
 //!
+//! # Egress through an HTTP proxy
+//!
+//! On a network that lets traffic out only through an HTTP proxy, the connector opens a
+//! `CONNECT host:port` tunnel through it for each connection and runs the TLS handshake inside:
+//! TLS is end to end, the SPKI pin and the per-request gate are unchanged, and the proxy sees
+//! the `CONNECT` line only. Every connection the connector makes goes this way: the report
+//! fetch, the PCCS fetch (an [unpinned host](AttestedTlsBuilder::unpinned_host)), the E2EE
+//! requests and the receipt fetches.
+//!
+//! - By default the proxy is read from the environment when the connector is
+//!   [built](AttestedTlsBuilder::build), as curl and reqwest read it: `HTTPS_PROXY`, else
+//!   `https_proxy` (`HTTP_PROXY` is for plain `http://` and is never used; neither is
+//!   `ALL_PROXY`). The hosts `NO_PROXY` (else `no_proxy`) lists are reached directly, with
+//!   curl's rules as hyper-util implements them (`example.com` and `.example.com` cover the
+//!   domain and its subdomains, IP addresses and CIDR blocks, `*` for all), and so are loopback
+//!   hosts (`localhost`, `127.0.0.0/8`, `::1`), as Go does.
+//! - [`https_proxy`](AttestedTlsBuilder::https_proxy) names the proxy for every host (loopback
+//!   included); [`no_proxy`](AttestedTlsBuilder::no_proxy) connects directly. Either way the
+//!   environment is not read.
+//!
+//! The proxy URL is `http://[user:password@]host[:port]` ([`HttpsProxy`]); its credentials go
+//! in `Proxy-Authorization: Basic …`, are zeroized, and are never logged or printed. A proxy
+//! that answers `CONNECT` with anything but `2xx` fails the connection with a
+//! [`Transport`](ErrorKind::Transport) error naming the proxy, the target and the status (`403`
+//! and `407` say what to do). A proxy that terminates TLS itself (an inspection appliance
+//! presenting its own certificate for the gateway's name) presents a key the attested keyset
+//! does not list: it is refused with `ChannelBinding`, even when its CA is in the root store,
+//! and no request reaches it. For such an appliance, the PCCS (which is not pinned) may accept
+//! its CA through [`unpinned_extra_root`](AttestedTlsBuilder::unpinned_extra_root); the gateway
+//! never does.
+//!
+//! reqwest connects on its own: the clients the crate builds over [`rustls_config`](AttestedTls::rustls_config)
+//! (`Client::reqwest`, `middleware::ReqwestService::pinned`) are given the same proxy, but
+//! reqwest 0.12 reports no TLS information for a tunnelled connection, so their answers cannot be
+//! bound to the attested channel and fail closed with `ChannelBinding`. Behind a proxy, use
+//! this connector.
+//!
+//! ```no_run
+//! use tower_aci::attest::KeyHandle;
+//! use tower_aci::tls::AttestedTls;
+//!
+//! # fn run(appliance_ca: rustls::pki_types::CertificateDer<'static>) -> tower_aci::Result<()> {
+//! let keys = KeyHandle::new();
+//! let tls = AttestedTls::builder(keys)
+//!     .with_webpki_roots()
+//!     .unpinned_host("pccs.phala.network")
+//!     .https_proxy("http://proxy.corp.example:3128") // or leave it out: HTTPS_PROXY / NO_PROXY
+//!     .unpinned_extra_root(appliance_ca) // only if the proxy re-signs TLS; the PCCS only
+//!     .build()?;
+//! assert_eq!(tls.https_proxy().map(|p| p.authority()), Some("proxy.corp.example:3128"));
+//! let connector = tls.connector(); // CONNECT proxy.corp.example:3128, then TLS pinned as ever
+//! # let _ = connector; Ok(()) }
+//! ```
+//!
 //! ```no_run
 //! use bytes::Bytes;
 //! use http_body_util::Full;
@@ -112,9 +166,12 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower_service::Service;
 
+pub use crate::egress::HttpsProxy;
+
 use crate::attest::channel::{ChannelState, attested_for};
 use crate::attest::keyset::normalize_host;
 use crate::attest::{AttestedKeyset, ChannelInfo, KeyHandle};
+use crate::egress::{self, Egress};
 use crate::error::{AttestationFailure, BoxError, Error, ErrorKind, Result};
 use crate::hex;
 
@@ -162,6 +219,9 @@ pub struct AttestedTlsBuilder {
     pin_only: bool,
     http1_only: bool,
     unpinned: Vec<String>,
+    unpinned_roots: Vec<CertificateDer<'static>>,
+    /// `None`: read the environment at `build`.
+    egress: Option<Egress>,
     error: Option<Error>,
 }
 
@@ -172,6 +232,8 @@ impl fmt::Debug for AttestedTlsBuilder {
             .field("pin_only", &self.pin_only)
             .field("http1_only", &self.http1_only)
             .field("unpinned", &self.unpinned)
+            .field("unpinned_extra_roots", &self.unpinned_roots.len())
+            .field("egress", &self.egress)
             .finish_non_exhaustive()
     }
 }
@@ -243,33 +305,103 @@ impl AttestedTlsBuilder {
         self
     }
 
+    /// One more root certificate for the [unpinned hosts](Self::unpinned_host) (the PCCS) only:
+    /// for a network whose egress proxy inspects TLS and re-signs what it forwards with its own
+    /// CA. Their certificates may chain to it besides the root store; the gateway's never do
+    /// (and its key is pinned to the attested keyset whatever CA signed it). Fails at
+    /// [`build`](Self::build) when the certificate is not a usable root, or no host is unpinned.
+    pub fn unpinned_extra_root(mut self, cert: CertificateDer<'static>) -> Self {
+        self.unpinned_roots.push(cert);
+        self
+    }
+
+    /// Connect through this HTTP proxy (`http://[user:password@]host[:port]`; see
+    /// [`HttpsProxy`]) to every host, opening a `CONNECT` tunnel for each connection; the TLS
+    /// handshake and the pin run inside it, end to end. `HTTPS_PROXY` and `NO_PROXY` are then not
+    /// read. An invalid URL fails at [`build`](Self::build) (without repeating it).
+    ///
+    /// By default the proxy comes from the environment: `HTTPS_PROXY` (else `https_proxy`),
+    /// except for the hosts `NO_PROXY` (else `no_proxy`) lists and loopback; see the
+    /// [module documentation](self#egress-through-an-http-proxy).
+    pub fn https_proxy(mut self, url: impl AsRef<str>) -> Self {
+        match HttpsProxy::parse(url.as_ref()) {
+            Ok(proxy) => self.egress = Some(Egress::Always(Arc::new(proxy))),
+            Err(e) => return self.fail(e),
+        }
+        self
+    }
+
+    /// Connect directly to every host: `HTTPS_PROXY` and `NO_PROXY` are not read.
+    pub fn no_proxy(mut self) -> Self {
+        self.egress = Some(Egress::Direct);
+        self
+    }
+
+    /// The proxy settings of a [`ClientBuilder`](crate::Client) or the proxy's configuration,
+    /// already parsed.
+    pub(crate) fn egress(mut self, proxy: Option<HttpsProxy>) -> Self {
+        if let Some(proxy) = proxy {
+            self.egress = Some(Egress::Always(Arc::new(proxy)));
+        }
+        self
+    }
+
     /// The configuration, or a [`Config`](ErrorKind::Config) error: a trust mode must be chosen
-    /// (a root store, or `pin_only()`), and unpinned hosts need a root store.
+    /// (a root store, or `pin_only()`), unpinned hosts need a root store (or an
+    /// [extra root](Self::unpinned_extra_root)), and `HTTPS_PROXY`, when it is read and set,
+    /// must be a proxy URL.
     pub fn build(self) -> Result<AttestedTls> {
         if let Some(e) = self.error {
             return Err(e);
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let webpki = match self.roots {
+        let verifier = |roots: RootCertStore| {
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| config_error(format!("cannot build the WebPKI verifier: {e}")))
+        };
+        if !self.unpinned_roots.is_empty() && self.unpinned.is_empty() {
+            return Err(config_error(
+                "an extra root for unpinned hosts, but no host is unpinned: it would never apply (name the PCCS \
+                 with unpinned_host)",
+            ));
+        }
+        let (webpki, unpinned_webpki) = match self.roots {
             None if !self.pin_only => {
                 return Err(config_error(
                     "choose how certificates are checked before the pin: root_store(…) / with_webpki_roots() / \
                      with_native_roots() for WebPKI, or pin_only() for self-signed gateways",
                 ));
             }
-            None if !self.unpinned.is_empty() => {
+            None if !self.unpinned.is_empty() && self.unpinned_roots.is_empty() => {
                 return Err(config_error("unpinned hosts are verified with WebPKI and need a root store"));
             }
-            None => None,
             Some(roots) if roots.is_empty() => return Err(config_error("the root store is empty")),
-            Some(roots) => Some(
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| config_error(format!("cannot build the WebPKI verifier: {e}")))?,
-            ),
+            roots => {
+                // The gateway's roots, and the unpinned hosts' (the same plus the extra ones).
+                let mut unpinned = roots.clone().unwrap_or_else(RootCertStore::empty);
+                for cert in &self.unpinned_roots {
+                    unpinned.add(cert.clone()).map_err(|e| {
+                        config_error(format!("the extra root for unpinned hosts is not a usable root certificate: {e}"))
+                    })?;
+                }
+                let unpinned = if self.unpinned.is_empty() { None } else { Some(verifier(unpinned)?) };
+                (roots.map(verifier).transpose()?, unpinned)
+            }
         };
-        let shared =
-            Arc::new(Shared { keys: self.keys, webpki, pin_only: self.pin_only, unpinned: self.unpinned, provider });
+        let egress = match self.egress {
+            Some(egress) => egress,
+            None => Egress::from_env()?,
+        };
+        let shared = Arc::new(Shared {
+            keys: self.keys,
+            webpki,
+            unpinned_webpki,
+            pin_only: self.pin_only,
+            unpinned: self.unpinned,
+            provider,
+            egress,
+        });
         let h1 = Arc::new(client_config(&shared, Mode::Gated, &[HTTP1])?);
         let h2 =
             if self.http1_only { h1.clone() } else { Arc::new(client_config(&shared, Mode::Gated, &[H2, HTTP1])?) };
@@ -300,6 +432,7 @@ impl fmt::Debug for AttestedTls {
             .field("webpki", &self.shared.webpki.is_some())
             .field("pin_only", &self.shared.pin_only)
             .field("unpinned", &self.shared.unpinned)
+            .field("egress", &self.shared.egress)
             .finish_non_exhaustive()
     }
 }
@@ -309,7 +442,49 @@ impl AttestedTls {
     /// the same handle to the key provider
     /// ([`KeyProviderBuilder::handle`](crate::attest::KeyProviderBuilder::handle)).
     pub fn builder(keys: KeyHandle) -> AttestedTlsBuilder {
-        AttestedTlsBuilder { keys, roots: None, pin_only: false, http1_only: false, unpinned: Vec::new(), error: None }
+        AttestedTlsBuilder {
+            keys,
+            roots: None,
+            pin_only: false,
+            http1_only: false,
+            unpinned: Vec::new(),
+            unpinned_roots: Vec::new(),
+            egress: None,
+            error: None,
+        }
+    }
+
+    /// The HTTP proxy connections go through (for the hosts it applies to), if any: the one
+    /// given to [`https_proxy`](AttestedTlsBuilder::https_proxy) or read from `HTTPS_PROXY`.
+    pub fn https_proxy(&self) -> Option<&HttpsProxy> {
+        self.shared.egress.proxy()
+    }
+
+    /// The proxy the connection to `dst` goes through, if any.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    pub(crate) fn proxy_for(&self, dst: &Uri) -> Option<&HttpsProxy> {
+        self.shared.egress.route(dst).map(|p| &**p)
+    }
+
+    /// The same egress for a reqwest client the crate builds (which connects on its own): each
+    /// URL through the proxy this connector would use for it, or directly. Apply it with
+    /// `builder.proxy(p)`, or `builder.no_proxy()` for `None`; either turns reqwest's own
+    /// reading of the environment off.
+    #[cfg(feature = "reqwest-middleware")]
+    pub(crate) fn reqwest_proxy(&self) -> Result<Option<reqwest::Proxy>> {
+        let Some(configured) = self.shared.egress.proxy() else { return Ok(None) };
+        let shared = self.shared.clone();
+        let mut proxy = reqwest::Proxy::custom(move |url| {
+            let dst: Uri = url.as_str().parse().ok()?;
+            shared.egress.route(&dst).map(|p| p.to_string())
+        });
+        if let Some(auth) = configured.authorization() {
+            let mut value = http::HeaderValue::from_bytes(auth)
+                .map_err(|_| config_error("the proxy credentials are not a header value"))?;
+            value.set_sensitive(true);
+            proxy = proxy.custom_http_auth(value);
+        }
+        Ok(Some(proxy))
     }
 
     /// The handle the verifier reads.
@@ -375,10 +550,15 @@ enum Mode {
 
 struct Shared {
     keys: KeyHandle,
+    /// WebPKI for pinned hosts (the root store only).
     webpki: Option<Arc<WebPkiServerVerifier>>,
+    /// WebPKI for unpinned hosts (the root store and the extra roots); set when a host is
+    /// unpinned.
+    unpinned_webpki: Option<Arc<WebPkiServerVerifier>>,
     pin_only: bool,
     unpinned: Vec<String>,
     provider: Arc<CryptoProvider>,
+    egress: Egress,
 }
 
 impl Shared {
@@ -437,14 +617,17 @@ impl ServerCertVerifier for PinningVerifier {
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         let shared = &self.shared;
         let host = host_of(server_name);
-        let pinned = shared.is_pinned(&host);
-        if let Some(webpki) = &shared.webpki {
-            if !pinned || !shared.pin_only {
-                webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-            }
-        }
-        if !pinned {
+        if !shared.is_pinned(&host) {
+            // An ordinary WebPKI host (the PCCS); `build` made its verifier.
+            let Some(webpki) = &shared.unpinned_webpki else {
+                return Err(rustls::Error::General(format!("no WebPKI verifier for the unpinned host {host}")));
+            };
+            webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
             return Ok(ServerCertVerified::assertion());
+        }
+        // The gateway: its root store only (never the unpinned hosts' extra roots), then the pin.
+        if let (Some(webpki), false) = (&shared.webpki, shared.pin_only) {
+            webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
         }
         let spki =
             spki_sha256(end_entity).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
@@ -558,11 +741,25 @@ where
         // is let through for report requests, over HTTP/1.1).
         let offer_h2 = !pinned || (keys.current_valid().is_some() && !keys.is_attesting());
         let tls = if offer_h2 { self.h2.clone() } else { self.h1.clone() };
-        let tcp = self.tcp.call(dst);
+        // Through an HTTP proxy: TCP to the proxy, a CONNECT tunnel to the host, TLS inside it.
+        let proxy = self.shared.egress.route(&dst).cloned();
+        let port = dst.port_u16().unwrap_or(443);
+        let tcp = match &proxy {
+            Some(p) => self.tcp.call(p.uri().clone()),
+            None => self.tcp.call(dst),
+        };
         Box::pin(async move {
-            let io = tcp
-                .await
-                .map_err(|e| Error::new(ErrorKind::Transport, format!("connecting to {host} failed")).with_source(e))?;
+            let io = tcp.await.map_err(|e| {
+                let to = match &proxy {
+                    Some(p) => format!("the HTTPS proxy {p} (for {host})"),
+                    None => host.clone(),
+                };
+                Error::new(ErrorKind::Transport, format!("connecting to {to} failed")).with_source(e)
+            })?;
+            let io = match &proxy {
+                Some(p) => egress::tunnel(io, p, &host, port).await?,
+                None => io,
+            };
             let stream = tls.connect(server_name, TokioIo::new(io)).await.map_err(|e| handshake_error(e, &host))?;
             let session = stream.get_ref().1;
             let h2 = session.alpn_protocol() == Some(H2);

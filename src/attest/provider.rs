@@ -802,8 +802,15 @@ where
         };
         #[cfg(feature = "dcap")]
         let pccs_service = self.pccs.as_ref().map(|_| service.clone());
-        let transport =
-            |e: S::Error| Error::new(ErrorKind::Transport, "fetching the attestation report failed").with_source(e);
+        // A cause of ours (a refused TLS key, an HTTPS proxy's refusal) is named in the message.
+        let transport = |e: S::Error| {
+            let e: BoxError = e.into();
+            let message = match Error::find(e.as_ref()) {
+                Some(cause) => format!("fetching the attestation report failed: {cause}"),
+                None => "fetching the attestation report failed".to_owned(),
+            };
+            Error::new(ErrorKind::Transport, message).with_source(e)
+        };
         let response = service.oneshot(request).await.map_err(transport)?;
         let channel = match self.channel_rule {
             ChannelRule::Bound => Some(

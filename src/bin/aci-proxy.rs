@@ -30,6 +30,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use tower_aci::proxy::{BootMeasurementPin, LogFormat, Proxy, ProxyConfig, ReceiptMode, verify_audit};
+use tower_aci::tls::HttpsProxy;
 
 /// End-to-end encryption (ACI E2EE v2) for any OpenAI SDK, through a local proxy.
 ///
@@ -113,6 +114,16 @@ struct ServeArgs {
     /// Fetch the TDX quote's collateral from this PCCS, e.g. https://pccs.phala.network
     #[arg(long, env = "ACI_PROXY_PCCS", value_name = "URL")]
     pccs: Option<String>,
+    /// Also accept this CA (a PEM file) for the PCCS connection only, for an egress proxy that
+    /// inspects TLS with its own CA; the gateway's connection never accepts it
+    #[arg(long, env = "ACI_PROXY_PCCS_CA", value_name = "FILE")]
+    pccs_ca: Option<PathBuf>,
+    /// Connect to the gateway and the PCCS through this HTTP proxy (CONNECT tunnels, TLS end to
+    /// end inside), e.g. http://proxy.corp:3128 or http://user:password@proxy.corp:3128; put
+    /// credentials in the environment, not on the command line [default: HTTPS_PROXY, except
+    /// NO_PROXY hosts and loopback]
+    #[arg(long, env = "ACI_PROXY_HTTPS_PROXY", value_name = "URL", hide_env_values = true)]
+    https_proxy: Option<String>,
     /// Longest time one exchange may take, request to last byte (e.g. 600, 90s, 10m) [default: 600s]
     #[arg(long, env = "ACI_PROXY_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = duration)]
     request_timeout: Option<Duration>,
@@ -129,6 +140,9 @@ struct ServeArgs {
     /// The local test gateway paces its stream events this far apart (demos, tests)
     #[arg(long, hide = true, env = "ACI_PROXY_TEST_GATEWAY_EVENT_DELAY", value_parser = duration_ms)]
     test_gateway_event_delay: Option<Duration>,
+    /// The local test gateway serves HTTPS with the certificate and key in this PEM file (tests)
+    #[arg(long, hide = true, env = "ACI_PROXY_LOCAL_TEST_GATEWAY_TLS", value_name = "FILE")]
+    local_test_gateway_tls: Option<PathBuf>,
     #[command(flatten)]
     policy: PolicyArgs,
 }
@@ -306,6 +320,13 @@ impl ServeArgs {
         if let Some(p) = &self.pccs {
             config.pccs = Some(p.clone());
         }
+        if let Some(p) = &self.pccs_ca {
+            config.pccs_ca = Some(p.clone());
+        }
+        if let Some(url) = &self.https_proxy {
+            // Parsed here, not by clap, whose error would repeat the URL and its credentials.
+            config.https_proxy = Some(HttpsProxy::parse(url).map_err(|e| format!("--https-proxy: {e}"))?);
+        }
         if let Some(t) = self.request_timeout {
             config.request_timeout = t;
         }
@@ -320,6 +341,9 @@ impl ServeArgs {
         }
         if self.test_gateway_event_delay.is_some() {
             config.local_test_gateway_event_delay = self.test_gateway_event_delay;
+        }
+        if self.local_test_gateway_tls.is_some() {
+            config.local_test_gateway_tls = self.local_test_gateway_tls.clone();
         }
         Ok(config)
     }
@@ -336,6 +360,8 @@ fn config_json(c: &ProxyConfig) -> serde_json::Value {
         "max_request_body": c.max_request_body,
         "tls_pin_only": c.tls_pin_only,
         "pccs": c.pccs,
+        "pccs_ca": c.pccs_ca,
+        "https_proxy": c.https_proxy.as_ref().map(|p| p.to_string()), // never the credentials
         "request_timeout": c.request_timeout.as_secs(),
         "shutdown_timeout": c.shutdown_timeout.as_secs(),
         "metrics": c.metrics,

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::attest::{Policy, PolicyBuilder};
 use crate::error::{Error, ErrorKind, Result};
+use crate::tls::HttpsProxy;
 
 /// What the proxy does with receipts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -103,6 +104,14 @@ impl std::str::FromStr for BootMeasurementPin {
             )),
         }
     }
+}
+
+/// A proxy URL, as the configuration file spells it (the text is zeroized once parsed).
+fn https_proxy<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<HttpsProxy>, D::Error> {
+    let mut text = String::deserialize(d)?;
+    let parsed = HttpsProxy::parse(&text);
+    zeroize::Zeroize::zeroize(&mut text);
+    parsed.map(Some).map_err(serde::de::Error::custom)
 }
 
 /// A duration in whole seconds, as the configuration file spells it.
@@ -327,6 +336,18 @@ pub struct ProxyConfig {
     /// A PCCS to fetch the TDX quote's collateral from (feature `dcap`), e.g.
     /// `https://pccs.phala.network`; verified with WebPKI, not pinned.
     pub pccs: Option<String>,
+    /// A CA certificate file (PEM, one or more certificates) the PCCS connection accepts besides
+    /// Mozilla's roots (TOML `pccs_ca`, flag `--pccs-ca`): for a network whose egress proxy
+    /// inspects TLS and re-signs with its own CA. The gateway's connection never accepts it.
+    pub pccs_ca: Option<PathBuf>,
+    /// Connect to the gateway and the PCCS through this HTTP proxy, `http://[user:password@]host[:port]`
+    /// (TOML `https_proxy`, flag `--https-proxy`): a `CONNECT` tunnel per connection, TLS and
+    /// its pin end to end inside it. When unset, `HTTPS_PROXY` (else `https_proxy`) and
+    /// `NO_PROXY` are read from the environment, as curl does. Its credentials are never
+    /// printed; keep them out of a world-readable file (`ACI_PROXY_HTTPS_PROXY` or `HTTPS_PROXY`
+    /// in the root-only environment file instead).
+    #[serde(deserialize_with = "https_proxy")]
+    pub https_proxy: Option<HttpsProxy>,
     /// Longest time one exchange may take, from the request to the answer's last byte (default
     /// 600 s; seconds in the file). A buffered answer then fails with 504, a stream ends with
     /// an error event.
@@ -353,6 +374,11 @@ pub struct ProxyConfig {
     #[doc(hidden)]
     #[serde(skip)]
     pub local_test_gateway_event_delay: Option<Duration>,
+    /// The local test gateway serves HTTPS with the certificate and key in this PEM file (tests
+    /// of the proxy's TLS egress).
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub local_test_gateway_tls: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -374,6 +400,8 @@ impl Default for ProxyConfig {
             max_request_body: crate::e2ee::DEFAULT_MAX_REQUEST_BODY,
             tls_pin_only: false,
             pccs: None,
+            pccs_ca: None,
+            https_proxy: None,
             request_timeout: Duration::from_secs(600),
             shutdown_timeout: Duration::from_secs(30),
             metrics: true,
@@ -381,6 +409,7 @@ impl Default for ProxyConfig {
             require_exact_keyset: false,
             policy: None,
             local_test_gateway_event_delay: None,
+            local_test_gateway_tls: None,
         }
     }
 }
@@ -388,7 +417,37 @@ impl Default for ProxyConfig {
 impl ProxyConfig {
     /// Parse a TOML configuration file's text.
     pub fn from_toml(text: &str) -> Result<ProxyConfig> {
-        toml::from_str(text).map_err(|e| Error::new(ErrorKind::Config, format!("invalid proxy configuration: {e}")))
+        toml::from_str(text).map_err(|e| {
+            // The snippet toml quotes would repeat a proxy URL's credentials: then the message
+            // and the line only.
+            let span = e.span().unwrap_or(0..0);
+            let shown = match text.get(span.clone()) {
+                Some(quoted) if quoted.contains('@') => {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!("{} (line {line})", e.message())
+                }
+                _ => e.to_string(),
+            };
+            Error::new(ErrorKind::Config, format!("invalid proxy configuration: {shown}"))
+        })
+    }
+
+    /// The certificates of [`pccs_ca`](Self::pccs_ca) (none when unset). Fails with `Config`
+    /// when the file cannot be read or holds no PEM certificate.
+    pub fn pccs_extra_roots(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        use rustls::pki_types::pem::PemObject;
+        let Some(path) = &self.pccs_ca else { return Ok(Vec::new()) };
+        let unreadable = |e: &dyn std::fmt::Display| {
+            Error::new(ErrorKind::Config, format!("--pccs-ca {}: {e} (a PEM file of CA certificates)", path.display()))
+        };
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| unreadable(&e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| unreadable(&e))?;
+        if certs.is_empty() {
+            return Err(unreadable(&"no CERTIFICATE block"));
+        }
+        Ok(certs)
     }
 
     /// The receipt policy these settings describe.
@@ -489,5 +548,29 @@ mod pin_tests {
         let toml =
             "[[pins.boot_measurements]]\nmrtd = \"aa\"\nrtmr0 = \"aa\"\nrtmr1 = \"aa\"\nrtmr2 = \"aa\"\nrtmr3 = \"aa\"";
         assert!(ProxyConfig::from_toml(toml).is_err());
+    }
+}
+
+#[cfg(test)]
+mod egress_tests {
+    use super::*;
+
+    #[test]
+    fn the_https_proxy_and_pccs_ca_keys_are_read_and_credentials_never_shown() {
+        let config = ProxyConfig::from_toml(
+            "https_proxy = \"http://ops:hunter2@proxy.corp:3128\"\npccs_ca = \"/etc/aci-proxy/appliance-ca.pem\"",
+        )
+        .unwrap();
+        let proxy = config.https_proxy.as_ref().unwrap();
+        assert_eq!((proxy.authority(), proxy.has_credentials()), ("proxy.corp:3128", true));
+        assert_eq!(config.pccs_ca.as_deref(), Some(std::path::Path::new("/etc/aci-proxy/appliance-ca.pem")));
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let e = ProxyConfig::from_toml("https_proxy = \"socks5://ops:hunter2@proxy:1080\"").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.to_string().contains("http://host:port") && e.to_string().contains("line 1"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // Other errors keep toml's snippet.
+        let e = ProxyConfig::from_toml("listen = \"nowhere\"").unwrap_err();
+        assert!(e.to_string().contains("listen = \"nowhere\""), "{e}");
     }
 }

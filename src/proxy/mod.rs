@@ -163,7 +163,11 @@ impl Proxy {
         let ops_guard = guard::Guard::ops(config.ops_listen, config.ops_listen_beyond_loopback, config.listen)?;
         #[cfg(feature = "test-gateway")]
         let (local, gateway) = if config.local_test_gateway {
-            let gw = TestGateway::start(GatewayConfig::new())
+            let mut gw_config = GatewayConfig::new();
+            if let Some(pem) = &config.local_test_gateway_tls {
+                gw_config = gw_config.tls(local_gateway_tls(pem)?);
+            }
+            let gw = TestGateway::start(gw_config)
                 .await
                 .map_err(|e| Error::new(ErrorKind::Config, "cannot start the local test gateway").with_source(e))?;
             if let Some(delay) = config.local_test_gateway_event_delay {
@@ -197,6 +201,9 @@ impl Proxy {
             None => None,
         };
         refuse_pccs_on_gateway_host(&base, pccs.as_ref())?;
+        if config.pccs_ca.is_some() && pccs.is_none() {
+            return Err(Error::new(ErrorKind::Config, "--pccs-ca is given but no --pccs: it would never apply"));
+        }
         let plain = http_client(&base, &keys, &config, pccs.as_ref())?;
 
         let tap = Arc::new(ReportTap::default());
@@ -565,17 +572,24 @@ fn http_client(base: &Uri, keys: &KeyHandle, config: &ProxyConfig, pccs: Option<
     tcp.set_nodelay(true);
     let map_err = |e: hyper_util::client::legacy::Error| -> BoxError { Box::new(e) };
     if base.scheme_str() == Some("https") {
-        let mut tls = crate::tls::AttestedTls::builder(keys.clone());
+        let mut tls = crate::tls::AttestedTls::builder(keys.clone()).egress(config.https_proxy.clone());
         tls = if config.tls_pin_only { tls.pin_only() } else { tls.with_webpki_roots() };
         if let Some(host) = pccs.and_then(Uri::host) {
             if config.tls_pin_only {
                 tls = tls.with_webpki_roots();
             }
             tls = tls.unpinned_host(host);
+            for cert in config.pccs_extra_roots()? {
+                tls = tls.unpinned_extra_root(cert);
+            }
+        }
+        let tls = tls.build()?;
+        if let Some(proxy) = tls.proxy_for(base) {
+            tracing::info!(gateway = %base, proxy = %proxy, "connecting through the HTTPS proxy (CONNECT tunnels)");
         }
         tcp.enforce_http(false);
         let client: Client<_, RequestBody<Full<Bytes>>> =
-            Client::builder(TokioExecutor::new()).build(tls.build()?.connector_with(tcp));
+            Client::builder(TokioExecutor::new()).build(tls.connector_with(tcp));
         return Ok(BoxCloneSyncService::new(
             ServiceBuilder::new().map_result(relay::refuse_redirect).map_err(map_err).service(client),
         ));
@@ -588,6 +602,20 @@ fn http_client(base: &Uri, keys: &KeyHandle, config: &ProxyConfig, pccs: Option<
     Ok(BoxCloneSyncService::new(
         ServiceBuilder::new().map_result(relay::refuse_redirect).map_err(map_err).service(client),
     ))
+}
+
+/// The local test gateway's certificate and key, from one PEM file (`--local-test-gateway-tls`).
+#[cfg(feature = "test-gateway")]
+fn local_gateway_tls(pem: &std::path::Path) -> Result<crate::gateway::GatewayTls> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |e: &dyn std::fmt::Display| Error::new(ErrorKind::Config, format!("{}: {e}", pem.display()));
+    let certs = CertificateDer::pem_file_iter(pem)
+        .map_err(|e| bad(&e))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    let key = PrivateKeyDer::from_pem_file(pem).map_err(|e| bad(&e))?;
+    crate::gateway::GatewayTls::new(certs, key)
 }
 
 /// The gateway URL for a proxied path (the gateway's base path kept as a prefix).

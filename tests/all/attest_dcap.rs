@@ -33,7 +33,7 @@ fn data(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn quote() -> Vec<u8> {
+pub(crate) fn quote() -> Vec<u8> {
     data("tdx_quote")
 }
 
@@ -354,14 +354,14 @@ fn percent_encode(text: &str) -> String {
 /// A fake PCCS (Intel's v4 API) serving the sample collateral, and (for the key provider) an ACI
 /// gateway serving a report with the sample quote. Records the paths asked for.
 #[derive(Clone)]
-struct FakePccs {
+pub(crate) struct FakePccs {
     collateral: Value,
     seen: Arc<Mutex<Vec<String>>>,
     status: StatusCode,
 }
 
 impl FakePccs {
-    fn new() -> FakePccs {
+    pub(crate) fn new() -> FakePccs {
         FakePccs {
             collateral: serde_json::from_slice(&data("tdx_quote_collateral.json")).unwrap(),
             seen: Arc::default(),
@@ -369,7 +369,7 @@ impl FakePccs {
         }
     }
 
-    fn seen(&self) -> Vec<String> {
+    pub(crate) fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
 
@@ -377,7 +377,7 @@ impl FakePccs {
         self.collateral[name].as_str().unwrap()
     }
 
-    fn answer(&self, uri: &Uri) -> Response<Full<Bytes>> {
+    pub(crate) fn answer(&self, uri: &Uri) -> Response<Full<Bytes>> {
         let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
         self.seen.lock().unwrap().push(format!("{}{path}", uri.authority().map(|a| a.as_str()).unwrap_or("")));
         let ok = Response::builder().status(self.status);

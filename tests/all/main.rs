@@ -14,6 +14,8 @@ mod capture;
 #[cfg(all(feature = "test-gateway", feature = "rustls"))]
 mod client;
 mod data;
+#[cfg(all(feature = "test-gateway", feature = "rustls"))]
+mod egress;
 mod layer_fits;
 mod policy_pins;
 mod protocol_props;

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 /// A running `aci-proxy` whose stderr is collected.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     log: Arc<Mutex<String>>,
     addr: SocketAddr,
@@ -25,14 +25,14 @@ impl Drop for Running {
     }
 }
 
-fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
+pub(crate) fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_aci-proxy"));
     cmd.env_clear().args(args).envs(envs.iter().copied()).stdin(Stdio::null());
     cmd
 }
 
 /// Start the binary (on an ephemeral loopback port) and wait until it listens.
-fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
+pub(crate) fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
     let mut cmd = command(&[&["--local-test-gateway", "--listen", "127.0.0.1:0"], args].concat(), envs);
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("aci-proxy starts");
     let stderr = child.stderr.take().unwrap();
@@ -62,7 +62,7 @@ fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
 }
 
 impl Running {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
@@ -85,12 +85,12 @@ impl Running {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 }
 
-fn chat(text: &str, stream: bool) -> Value {
+pub(crate) fn chat(text: &str, stream: bool) -> Value {
     json!({"model": "demo-model", "stream": stream, "messages": [{"role": "user", "content": text}]})
 }
 
@@ -113,7 +113,7 @@ fn receipt_lines(audit: &Path) -> Vec<Value> {
 }
 
 /// The text a stream carried: the `delta.content` of its events.
-fn stream_text(sse: &str) -> String {
+pub(crate) fn stream_text(sse: &str) -> String {
     sse.lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
