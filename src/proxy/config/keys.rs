@@ -54,12 +54,14 @@ pub(super) fn check(table: &toml::Table, text: &str) -> std::result::Result<(), 
     Ok(())
 }
 
-/// What a key spelt otherwise than its flag is, and where it belongs.
-const RULE: &str = "TOML keys are the flags without `--`; a repeatable flag keeps its singular name and takes an array; \
-the attestation pins sit in the `[pins]` table, every other setting at the top";
+/// Why keys are spelt as they are.
+const SPELLING: &str = "TOML keys are the flags without `--`; a repeatable flag keeps its singular name and takes \
+an array";
+/// Where keys sit.
+const PLACES: &str = "the attestation pins sit in the `[pins]` table, every other setting at the top";
 
-/// The key `key` (at `level`) should be, as a sentence; `None` when it is not a known
-/// setting under any spelling.
+/// The key `key` (at `level`) should be, as a message (what is wrong, then `fix:` and `why:`
+/// lines); `None` when it is not a known setting under any spelling.
 fn hint(key: &str, level: Level, here: &[&str], there: &[&str], value: Option<&toml::Value>) -> Option<String> {
     let kebab = key.replace('_', "-");
     let new = RENAMED.iter().find(|(old, _)| *old == kebab).map_or(kebab.as_str(), |(_, new)| new);
@@ -75,11 +77,12 @@ fn hint(key: &str, level: Level, here: &[&str], there: &[&str], value: Option<&t
         (Level::Pins, false) => format!("`{new}` in the `[pins]` table"),
         (Level::Top, _) => format!("`{new}` at the top of the file, before any table"),
     };
-    Some(if to == level {
-        format!("`{key}` is spelt `{new}`, like its flag --{new}: write {place} ({RULE})")
-    } else {
-        format!("`{key}` belongs elsewhere: write {place}, like its flag --{new} ({RULE})")
-    })
+    let (what, why) = match (to == level, new == key) {
+        (true, _) => (format!("`{key}` is spelt `{new}`, like its flag --{new}"), SPELLING),
+        (false, true) => (format!("`{key}` is not in its place"), PLACES),
+        (false, false) => (format!("`{key}` is spelt `{new}`, like its flag --{new}, and is not in its place"), PLACES),
+    };
+    Some(format!("{what}\n  fix: write {place}\n  why: {why}"))
 }
 
 /// `message`, with the line of the file where `key` appears, when it can be found.
