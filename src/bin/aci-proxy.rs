@@ -264,7 +264,8 @@ impl PolicyArgs {
     fn config(&self) -> Result<ProxyConfig, Failure> {
         let mut config = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
                 ProxyConfig::from_toml(&text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
             }
             None => ProxyConfig::default(),

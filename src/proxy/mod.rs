@@ -261,7 +261,9 @@ impl Proxy {
             _ => tracing::info!(authorization = source.name(), "{}", auth.1),
         }
         if cache_salt.is_set() {
-            tracing::info!("prompt-cache partition: every chat completion and completion carries this proxy's cache_salt");
+            tracing::info!(
+                "prompt-cache partition: every chat completion and completion carries this proxy's cache_salt"
+            );
         }
         let started_at = keys.now();
         let ops = Ops::new(config.metrics, config.request_timeout);

@@ -184,9 +184,12 @@ async fn strict_mode_lets_a_cache_salt_through_to_the_model_server() {
     let env = Env::start(Suite::X25519).await;
     let strict = env.client(env.layer().strict(true));
     let salt = "tenant-7f3a9c_2Kq+/w==";
-    for (path, stream) in
-        [("/v1/chat/completions", false), ("/v1/chat/completions", true), ("/v1/completions", false), ("/v1/completions", true)]
-    {
+    for (path, stream) in [
+        ("/v1/chat/completions", false),
+        ("/v1/chat/completions", true),
+        ("/v1/completions", false),
+        ("/v1/completions", true),
+    ] {
         let mut body = if path == "/v1/completions" {
             json!({"model": "m", "prompt": SECRET})
         } else {

@@ -72,8 +72,7 @@ pub(crate) fn run(args: &InspectArgs) -> Result<(), Failure> {
         print!("{found}");
     }
     if let Some(file) = &args.write_config {
-        std::fs::write(file, found.config_toml())
-            .map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?;
+        std::fs::write(file, found.config_toml()).map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?;
         eprintln!("aci-proxy: wrote {} (pins trusted on first use: check them)", file.display());
     }
     if found.verified { Ok(()) } else { Err(Failure::not_verified("the report did NOT verify under the pins given")) }

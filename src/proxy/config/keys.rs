@@ -91,9 +91,12 @@ fn at_line(text: &str, key: &str, message: String) -> String {
         let l = line.trim_start();
         let bare = l.strip_prefix(key).or_else(|| l.strip_prefix(&format!("\"{key}\"")));
         let as_key = bare.is_some_and(|rest| rest.trim_start().starts_with(['=', '.']));
-        let as_table = l.starts_with('[') && l.trim_start_matches('[').trim_end().trim_end_matches(']').split('.').any(
-            |part| part.trim() == key || part.trim() == format!("\"{key}\""),
-        );
+        let as_table = l.starts_with('[')
+            && l.trim_start_matches('[')
+                .trim_end()
+                .trim_end_matches(']')
+                .split('.')
+                .any(|part| part.trim() == key || part.trim() == format!("\"{key}\""));
         as_key || as_table
     });
     match found {
