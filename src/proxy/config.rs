@@ -262,7 +262,7 @@ const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect print
 ///
 /// # The configuration file
 ///
-/// `aci-proxy --config FILE` reads a TOML file that **spells every key like its flag**, without
+/// `aci-proxy serve --config FILE` reads a TOML file that **spells every key like its flag**, without
 /// the `--`: `--compose-hash` is `compose-hash`, `--api-key-env` is `api-key-env`. A flag that
 /// may be repeated keeps its singular name and takes an array (`compose-hash = ["…"]`,
 /// `allow-origin = ["…"]`). The attestation pins (`--compose-hash`, `--boot-measurements`,

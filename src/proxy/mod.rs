@@ -314,7 +314,8 @@ impl Proxy {
     /// The proxy's routes, ready for `axum::serve`: the OpenAI API, `GET /aci/status`, and for
     /// operators `GET /healthz` (200 while the process serves), `GET /readyz` (200 while an
     /// attested keyset is current, else 503 with the reason; JSON) and `GET /metrics`
-    /// (Prometheus text format, when [`ProxyConfig::metrics`] is on).
+    /// (Prometheus text format, when [`ProxyConfig::metrics`] is on and
+    /// [`install_metrics_recorder`] installed the recorder).
     ///
     /// Every route, the operator's included, is behind the guard: `Host` must name the proxy
     /// (`421`), an `Origin` must be allowed (`403`), and a configured client key must be sent

@@ -279,7 +279,7 @@ fn a_key_spelt_otherwise_than_its_flag_is_refused_naming_the_key_to_use() {
     std::fs::write(&file, "nonsense = 1\n").unwrap();
     let (status, err) = run_to_exit(&["config", "--config", file.to_str().unwrap()], &[]);
     assert_eq!(status.code(), Some(2));
-    assert!(err.contains("unknown field `nonsense`") && err.contains("`compose-hash`") == false, "{err}");
+    assert!(err.contains("unknown field `nonsense`") && !err.contains("`compose-hash`"), "{err}");
     assert!(err.contains("`api-key-env`"), "{err}");
 }
 
@@ -291,7 +291,9 @@ fn a_key_spelt_otherwise_than_its_flag_is_refused_naming_the_key_to_use() {
 async fn the_start_says_what_the_proxy_does_with_a_clients_bearer_token() {
     let base = ["serve", "--local-test-gateway", "--listen", "127.0.0.1:0"];
     let client_key = [&base[..], &["--client-key-env", "TEST_CLIENT_KEY"]].concat();
-    let cases: [(&[&str], Vec<(&str, &str)>, &str, &str); 3] = [
+    /// Arguments, environment, the source `GET /aci/status` names, the start-up line.
+    type Case<'a> = (&'a [&'a str], Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: [Case; 3] = [
         (
             &base,
             vec![],

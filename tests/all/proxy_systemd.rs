@@ -214,6 +214,7 @@ const NOT_REPRODUCED: &[&str] = &[
     "TimeoutStopSec",
     "Restart",
     "RestartSec",
+    "RestartPreventExitStatus",
     "NoNewPrivileges",
     "CapabilityBoundingSet",
     "AmbientCapabilities",
