@@ -157,7 +157,11 @@ impl Proxy {
     /// and no client key is configured; when the client key's variable is unset or shorter than
     /// 16 characters; when [`ops_listen`](ProxyConfig::ops_listen) is not a loopback address and
     /// not acknowledged with [`ops_listen_beyond_loopback`](ProxyConfig::ops_listen_beyond_loopback);
-    /// when an allowed origin is not an exact origin; or when `pccs` names the gateway's host.
+    /// when an allowed origin is not an exact origin; when
+    /// [`cache_salt_env`](ProxyConfig::cache_salt_env) names a variable that is unset or shorter
+    /// than 16 characters; or when `pccs` names the gateway's host. It installs no process-wide
+    /// metrics recorder (see [`install_metrics_recorder`]), and says in one log line what the
+    /// gateway gets as `Authorization` (`GET /aci/status` repeats it).
     pub async fn start(config: ProxyConfig) -> Result<Proxy> {
         let policy = config.policy()?;
         let guard = guard::Guard::new(
@@ -255,7 +259,7 @@ impl Proxy {
             v
         });
         let source = relay::AuthSource::new(api_key.is_some(), guard.requires_client_key());
-        let auth = (source, source.describe(&config.api_key_env, base.scheme_str() == Some("https")));
+        let auth = (source, source.describe(&config.api_key_env, &base));
         match source {
             relay::AuthSource::None => tracing::warn!(authorization = source.name(), "{}", auth.1),
             _ => tracing::info!(authorization = source.name(), "{}", auth.1),

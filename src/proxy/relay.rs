@@ -110,10 +110,18 @@ impl AuthSource {
         }
     }
 
-    /// What the proxy does with `Authorization`, as the one line it says at start. `tls`: the
-    /// gateway is reached over the attested TLS channel (else plain HTTP, on loopback).
-    pub(crate) fn describe(self, api_key_env: &str, tls: bool) -> String {
-        let channel = if tls { "over the attested TLS channel" } else { "over plain HTTP to the loopback gateway" };
+    /// What the proxy does with `Authorization`, as the one line it says at start, for the
+    /// gateway at `base`.
+    pub(crate) fn describe(self, api_key_env: &str, base: &http::Uri) -> String {
+        let loopback = base
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+        let channel = match (base.scheme_str(), loopback) {
+            (Some("https"), _) => "over the attested TLS channel",
+            (_, true) => "over plain HTTP to the loopback gateway",
+            _ => "over PLAIN HTTP to a gateway off loopback (readable on the network)",
+        };
         let routes = "inference, /v1/models and receipts only, never the attestation endpoint";
         match self {
             AuthSource::ApiKey => format!(
@@ -171,6 +179,19 @@ mod tests {
         ] {
             assert!(!carries_api_key(&m, p), "{m} {p}");
         }
+    }
+
+    #[test]
+    fn the_authorization_line_names_the_source_and_the_channel() {
+        let https: http::Uri = "https://api.redpill.ai".parse().unwrap();
+        let line = AuthSource::new(false, false).describe("ACI_API_KEY", &https);
+        assert!(line.starts_with("ACI_API_KEY is unset: a client's own `Authorization` header"), "{line}");
+        assert!(line.contains("over the attested TLS channel"), "{line}");
+        let line = AuthSource::new(true, true).describe("MY_KEY", &"http://[::1]:8080".parse().unwrap());
+        assert!(line.starts_with("the gateway gets the API key of MY_KEY") && line.contains("loopback"), "{line}");
+        let line = AuthSource::new(false, false).describe("K", &"http://10.0.0.7".parse().unwrap());
+        assert!(line.contains("PLAIN HTTP to a gateway off loopback"), "{line}");
+        assert_eq!(AuthSource::new(false, true), AuthSource::None);
     }
 
     #[test]
