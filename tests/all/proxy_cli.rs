@@ -494,3 +494,14 @@ async fn verify_receipts_exits_0_verified_1_not_verified_2_usage() {
     // No pins: the policy cannot be built.
     assert_eq!(verify(&audit, &[]).0, Some(2));
 }
+
+/// The README's example configuration file is one `--config` reads, and its pins make a policy.
+#[test]
+fn the_readmes_example_file_reads() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("the README shows a configuration file") + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let config = ProxyConfig::from_toml(&readme[start..end]).unwrap();
+    assert_eq!(config.cache_salt_env.as_deref(), Some("ACI_CACHE_SALT"));
+    config.policy().unwrap();
+}
