@@ -2,22 +2,28 @@
 //! encrypted to an attested ACI gateway. See `tower_aci::proxy`.
 //!
 //! ```text
-//! cargo run --features proxy,test-gateway --bin aci-proxy -- --local-test-gateway   # offline demo
+//! cargo run --features proxy,test-gateway --bin aci-proxy -- serve --local-test-gateway   # offline demo
 //! aci-proxy inspect https://api.redpill.ai                                      # what to pin
-//! ACI_API_KEY=sk-… aci-proxy --gateway https://api.redpill.ai --compose-hash … --kms-root …
+//! ACI_API_KEY=sk-… aci-proxy serve --gateway https://api.redpill.ai --compose-hash … --kms-root …
+//! aci-proxy serve --config aci-proxy.toml                                    # the same, from a file
+//! aci-proxy config --config aci-proxy.toml --receipts before-release         # the merged file, as TOML
 //! aci-proxy verify-receipts receipts.jsonl --config aci-proxy.toml           # offline audit
-//! ACI_CLIENT_KEY=… aci-proxy --listen 0.0.0.0:8787 --client-key-env ACI_CLIENT_KEY …  # beyond loopback
-//! ACI_CLIENT_KEY=… aci-proxy --require-client-key --client-key-env ACI_CLIENT_KEY \
+//! ACI_CLIENT_KEY=… aci-proxy serve --listen 0.0.0.0:8787 --client-key-env ACI_CLIENT_KEY …  # beyond loopback
+//! ACI_CLIENT_KEY=… aci-proxy serve --require-client-key --client-key-env ACI_CLIENT_KEY \
 //!     --ops-listen 127.0.0.1:9090 …     # a shared machine: the key on loopback, probes without it
 //! ```
 //!
-//! Every flag can also come from an `ACI_PROXY_*` environment variable (`--gateway` from
-//! `ACI_PROXY_GATEWAY`, lists comma-separated); a flag wins over the environment, and the
-//! environment over the `--config` file.
+//! `aci-proxy [FLAGS]` with no subcommand is `aci-proxy serve [FLAGS]` (kept for
+//! compatibility). Every flag can also come from an `ACI_PROXY_*` environment variable
+//! (`--gateway` from `ACI_PROXY_GATEWAY`, lists comma-separated) and from the `--config` TOML
+//! file, whose keys are the flags without `--`; a flag wins over the environment, and the
+//! environment over the file. Every subcommand exits with the statuses of [`exit::Exit`].
 
 // The doc comments below are the command's `--help` text, where bare URLs read best.
 #![allow(rustdoc::bare_urls)]
 
+#[path = "aci-proxy/exit.rs"]
+mod exit;
 #[path = "aci-proxy/inspect.rs"]
 mod inspect;
 
@@ -28,37 +34,59 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, Subcommand};
-use tower_aci::proxy::{BootMeasurementPin, LogFormat, Proxy, ProxyConfig, ReceiptMode, verify_audit};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use exit::{Exit, Failure};
+use tower_aci::proxy::{
+    BootMeasurementPin, LogFormat, Proxy, ProxyConfig, ReceiptMode, install_metrics_recorder, verify_audit,
+};
 use tower_aci::tls::HttpsProxy;
 
 /// End-to-end encryption (ACI E2EE v2) for any OpenAI SDK, through a local proxy.
 ///
-/// Every flag can also be set from an ACI_PROXY_* environment variable (shown with each flag;
-/// lists comma-separated). Precedence: flag, then environment, then the --config file.
+/// `aci-proxy serve` attests the gateway and serves the OpenAI API on loopback; `aci-proxy
+/// [FLAGS]` with no subcommand is `aci-proxy serve [FLAGS]` (kept for compatibility; its flags
+/// are listed by `aci-proxy serve --help`). Every flag can also be set from an ACI_PROXY_*
+/// environment variable (shown with each flag; lists comma-separated) and from the --config TOML
+/// file, whose keys are the flags without `--`. Precedence: flag, then environment, then file.
 #[derive(Parser, Debug)]
-#[command(name = "aci-proxy", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "aci-proxy",
+    version,
+    args_conflicts_with_subcommands = true,
+    override_usage = "aci-proxy <COMMAND> [FLAGS]\n       aci-proxy [SERVE FLAGS]   (the same as aci-proxy serve [SERVE FLAGS])",
+    after_help = exit::HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The flags of `serve`, for `aci-proxy [FLAGS]` without a subcommand (hidden in `--help`).
     #[command(flatten)]
     serve: ServeArgs,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Attest the gateway and serve the OpenAI API on loopback, every inference request
+    /// end-to-end encrypted (what `aci-proxy [FLAGS]` does without a subcommand)
+    #[command(after_help = exit::HELP)]
+    Serve(ServeArgs),
     /// Fetch a gateway's attestation report, verify what can be verified, and print the values
     /// to pin (exit status 0 only when it verified under the pins given)
+    #[command(after_help = exit::HELP)]
     Inspect(inspect::InspectArgs),
-    /// Re-verify an audit file offline: every report, every receipt.
+    /// Re-verify an audit file offline: every report, every receipt (exit status 0 only when
+    /// every line verified)
+    #[command(after_help = exit::HELP)]
     VerifyReceipts {
         /// The JSON-lines audit file the proxy wrote (`--audit-file`).
         file: PathBuf,
         #[command(flatten)]
         policy: PolicyArgs,
     },
-    /// Print the configuration the proxy would run with (file, environment and flags merged),
-    /// as JSON, and exit.
+    /// Print the configuration `serve` would run with (file, environment and flags merged) as a
+    /// TOML file that --config reads back unchanged, and exit. Secrets are named by their
+    /// environment variables, never printed
+    #[command(after_help = exit::HELP)]
     Config {
         #[command(flatten)]
         serve: ServeArgs,
@@ -73,7 +101,9 @@ struct ServeArgs {
     /// Where to listen [default: 127.0.0.1:8787]
     #[arg(long, env = "ACI_PROXY_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Environment variable holding the API key sent as the bearer token [default: ACI_API_KEY]
+    /// Environment variable holding the API key sent as the bearer token [default: ACI_API_KEY].
+    /// When it is unset, a client's own Authorization header is forwarded instead (never with
+    /// --client-key-env); the start-up log says which
     #[arg(long, env = "ACI_PROXY_API_KEY_ENV", value_name = "VAR")]
     api_key_env: Option<String>,
     /// Environment variable holding the key clients must send as `Authorization: Bearer <key>`
@@ -101,6 +131,11 @@ struct ServeArgs {
     /// Receipts: off, verify (in the background) or before-release [default: verify]
     #[arg(long, env = "ACI_PROXY_RECEIPTS", value_name = "MODE")]
     receipts: Option<ReceiptMode>,
+    /// Environment variable holding this proxy's secret prompt-cache salt (at least 16
+    /// characters): every chat completion and completion then carries a cache_salt derived from
+    /// it (and from the client's own), so one tenant's cached prefixes never serve another's
+    #[arg(long, env = "ACI_PROXY_CACHE_SALT_ENV", value_name = "VAR")]
+    cache_salt_env: Option<String>,
     /// Append verified receipts (exact bytes, with their exchange and report) to this file
     #[arg(long, env = "ACI_PROXY_AUDIT_FILE", value_name = "FILE")]
     audit_file: Option<PathBuf>,
@@ -149,7 +184,8 @@ struct ServeArgs {
 
 #[derive(Args, Debug, Default)]
 struct PolicyArgs {
-    /// A TOML configuration file (the environment and flags override it)
+    /// A TOML configuration file, keys spelt like the flags (the environment and flags override
+    /// it; `aci-proxy config` prints one)
     #[arg(long, env = "ACI_PROXY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Start the crate's local test gateway in-process and proxy to it (offline demo; needs a
@@ -239,11 +275,12 @@ fn replace_if_given(target: &mut Vec<String>, given: &[String]) {
 }
 
 impl PolicyArgs {
-    fn config(&self) -> Result<ProxyConfig, String> {
+    fn config(&self) -> Result<ProxyConfig, Failure> {
         let mut config = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                ProxyConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+                ProxyConfig::from_toml(&text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
             }
             None => ProxyConfig::default(),
         };
@@ -281,7 +318,7 @@ impl PolicyArgs {
 }
 
 impl ServeArgs {
-    fn config(&self) -> Result<ProxyConfig, String> {
+    fn config(&self) -> Result<ProxyConfig, Failure> {
         let mut config = self.policy.config()?;
         if let Some(g) = &self.gateway {
             config.gateway = Some(g.clone());
@@ -294,6 +331,9 @@ impl ServeArgs {
         }
         if let Some(e) = &self.client_key_env {
             config.client_key_env = Some(e.clone());
+        }
+        if let Some(e) = &self.cache_salt_env {
+            config.cache_salt_env = Some(e.clone());
         }
         if let Some(b) = self.require_client_key {
             config.require_client_key = b;
@@ -325,7 +365,8 @@ impl ServeArgs {
         }
         if let Some(url) = &self.https_proxy {
             // Parsed here, not by clap, whose error would repeat the URL and its credentials.
-            config.https_proxy = Some(HttpsProxy::parse(url).map_err(|e| format!("--https-proxy: {e}"))?);
+            config.https_proxy =
+                Some(HttpsProxy::parse(url).map_err(|e| Failure::usage(format!("--https-proxy: {e}")))?);
         }
         if let Some(t) = self.request_timeout {
             config.request_timeout = t;
@@ -349,33 +390,15 @@ impl ServeArgs {
     }
 }
 
-/// The effective configuration, for `aci-proxy config`.
-fn config_json(c: &ProxyConfig) -> serde_json::Value {
-    serde_json::json!({
-        "gateway": c.gateway,
-        "listen": c.listen.to_string(),
-        "api_key_env": c.api_key_env,
-        "receipts": match c.receipts { ReceiptMode::Off => "off", ReceiptMode::Verify => "verify", _ => "before-release" },
-        "audit_file": c.audit_file,
-        "max_request_body": c.max_request_body,
-        "tls_pin_only": c.tls_pin_only,
-        "pccs": c.pccs,
-        "pccs_ca": c.pccs_ca,
-        "https_proxy": c.https_proxy.as_ref().map(|p| p.to_string()), // never the credentials
-        "request_timeout": c.request_timeout.as_secs(),
-        "shutdown_timeout": c.shutdown_timeout.as_secs(),
-        "metrics": c.metrics,
-        "log_format": match c.log_format { LogFormat::Json => "json", _ => "text" },
-        "local_test_gateway": c.local_test_gateway,
-        "any_workload": c.any_workload,
-        "require_exact_keyset": c.require_exact_keyset,
-        "client_key_env": c.client_key_env,
-        "require_client_key": c.require_client_key,
-        "ops_listen": c.ops_listen.map(|a| a.to_string()),
-        "ops_listen_beyond_loopback": c.ops_listen_beyond_loopback,
-        "allow_origins": c.allow_origins,
-        "pins": c.pins.to_json(),
-    })
+/// `aci-proxy config`: the effective configuration as the TOML file `--config` reads back.
+fn print_config(config: &ProxyConfig) -> Result<(), Failure> {
+    let text = config.to_toml().map_err(|e| Failure::of(&e, ""))?;
+    print!(
+        "# aci-proxy configuration: the file, the ACI_PROXY_* environment and the flags, merged.\n\
+         # `aci-proxy serve --config FILE` reads it back unchanged. Secrets are named by their\n\
+         # environment variables (api-key-env, client-key-env, cache-salt-env), never written here.\n\n{text}"
+    );
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -404,20 +427,35 @@ async fn stop_signal() {
     }
 }
 
-async fn serve(config: ProxyConfig) -> Result<(), String> {
+async fn serve(config: ProxyConfig) -> Result<(), Failure> {
     let (listen, ops_listen, format) = (config.listen, config.ops_listen, config.log_format);
-    let proxy = Proxy::start(config).await.map_err(|e| format!("cannot start: {e}"))?;
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    if config.metrics {
+        // The process's one `metrics` recorder: Prometheus, for GET /metrics (the library
+        // installs none unasked).
+        if let Err(e) = install_metrics_recorder() {
+            tracing::warn!("{e}");
+        }
+    }
+    let proxy = Proxy::start(config).await.map_err(|e| Failure::of(&e, "cannot start: "))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure::runtime(format!("cannot listen on {listen}: {e}")))?;
     let listen = listener.local_addr().unwrap_or(listen);
     let ops_listener = match ops_listen {
         Some(at) => Some(
             tokio::net::TcpListener::bind(at)
                 .await
-                .map_err(|e| format!("cannot listen on {at} (--ops-listen): {e}"))?,
+                .map_err(|e| Failure::runtime(format!("cannot listen on {at} (--ops-listen): {e}")))?,
         ),
         None => None,
     };
+    let status = proxy.status();
+    if format == LogFormat::Text {
+        // What the gateway gets as Authorization (the library logs it too, at start).
+        if let Some(detail) = status["authorization"]["detail"].as_str() {
+            eprintln!("aci-proxy: {detail}");
+        }
+    }
     if let (Some(l), Some(at)) = (&ops_listener, ops_listen) {
         let ops = l.local_addr().unwrap_or(at);
         tracing::info!("probes and metrics without the client key on http://{ops} (/healthz, /readyz, /metrics)");
@@ -425,7 +463,6 @@ async fn serve(config: ProxyConfig) -> Result<(), String> {
             eprintln!("aci-proxy: probes and metrics on http://{ops} (/healthz, /readyz, /metrics)");
         }
     }
-    let status = proxy.status();
     tracing::info!(gateway = %proxy.gateway(), keyset = %status["keyset"]["digest"], "attested; listening on http://{listen}/v1");
     if format == LogFormat::Text {
         eprintln!(
@@ -437,21 +474,25 @@ async fn serve(config: ProxyConfig) -> Result<(), String> {
     proxy
         .serve_with_ops_until(listener, ops_listener, stop_signal())
         .await
-        .map_err(|e| format!("server error: {e}"))?;
+        .map_err(|e| Failure::runtime(format!("server error: {e}")))?;
     tracing::info!("stopped");
     Ok(())
 }
 
-fn verify_receipts(file: &PathBuf, policy: &PolicyArgs) -> Result<(), String> {
+fn verify_receipts(file: &PathBuf, policy: &PolicyArgs) -> Result<(), Failure> {
     let config = policy.config()?;
-    let policy = config.policy().map_err(|e| e.to_string())?;
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let policy = config.policy().map_err(|e| Failure::of(&e, ""))?;
+    let text = std::fs::read_to_string(file).map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
     let summary = verify_audit(&text, &policy, &config.receipt_policy());
     println!("{} reports and {} receipts verified", summary.keysets_verified, summary.receipts_verified);
     for (line, e) in &summary.failures {
         println!("line {line}: {:?}: {e}", e.kind());
     }
-    if summary.is_clean() { Ok(()) } else { Err(format!("{} lines did not verify", summary.failures.len())) }
+    if summary.is_clean() {
+        Ok(())
+    } else {
+        Err(Failure::not_verified(format!("{} lines did not verify", summary.failures.len())))
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -464,40 +505,46 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))
+}
+
+/// The command line. The serve flags of `aci-proxy [FLAGS]` are hidden in the top-level
+/// `--help`, which lists the subcommands (`aci-proxy serve --help` lists those flags).
+fn parse() -> Cli {
+    let command = Cli::command().mut_args(|a| a.hide(true));
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
+    let serve_with = |args: &ServeArgs| {
+        let config = args.config()?;
+        init_logging(config.log_format);
+        runtime()?.block_on(serve(config))
+    };
     let outcome = match &cli.command {
+        Some(Command::Serve(args)) => serve_with(args),
         Some(Command::Inspect(args)) => {
             init_logging(LogFormat::Text);
-            return inspect::run(args);
+            inspect::run(args)
         }
         Some(Command::VerifyReceipts { file, policy }) => {
             init_logging(LogFormat::Text);
             verify_receipts(file, policy)
         }
-        Some(Command::Config { serve }) => serve.config().map(|c| {
-            println!("{}", serde_json::to_string_pretty(&config_json(&c)).unwrap_or_default());
-        }),
-        None => match cli.serve.config() {
-            Ok(config) => {
-                init_logging(config.log_format);
-                runtime().and_then(|rt| rt.block_on(serve(config)))
-            }
-            Err(e) => Err(e),
-        },
+        Some(Command::Config { serve }) => serve.config().and_then(|c| print_config(&c)),
+        None => serve_with(&cli.serve),
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("aci-proxy: {e}");
-            ExitCode::FAILURE
+        Ok(()) => Exit::Ok.into(),
+        Err(failure) => {
+            eprintln!("aci-proxy: {}", failure.message);
+            failure.exit.into()
         }
     }
 }

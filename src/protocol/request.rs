@@ -42,8 +42,10 @@ pub struct EncryptOptions {
     /// as booleans (`stream`, `store`, `echo`, `parallel_tool_calls`, `logprobs`); short
     /// identifiers (`reasoning_effort`, `service_tier`, `encoding_format`, `modalities`);
     /// `stream_options` of booleans; `provider` holding only `aci_verified` and
-    /// `aci_session_ids`; message `role`, `content` (a string or part array, which are
-    /// encrypted) and `tool_call_id`. Anything else — `stop`, `user`, `logit_bias`, `suffix`,
+    /// `aci_session_ids`; on chat completions and completions `cache_salt` as an opaque token
+    /// (1 to 256 characters of letters, digits and `_.:+/=-`: the prefix-cache partition of
+    /// vLLM-style servers, which the gateway keeps); message `role`, `content` (a string or
+    /// part array, which are encrypted) and `tool_call_id`. Anything else — `stop`, `user`, `logit_bias`, `suffix`,
     /// `audio`, `metadata`, `tools`, `response_format`, message `name` or `tool_calls`, a
     /// `content` object, token ids in a `prompt`/`input` array, members unknown today — is
     /// refused.
@@ -194,6 +196,9 @@ enum Shape {
     Word,
     /// An array of [`Shape::Word`]s.
     Words,
+    /// An opaque token: 1 to 256 characters of `[A-Za-z0-9_.:+/=-]`, no spaces (a random salt
+    /// in hex, base64 or base64url; never a sentence).
+    Token,
     /// An object whose members are all booleans (`stream_options`).
     Flags,
     /// `provider` holding only the ACI serving constraints
@@ -229,6 +234,7 @@ const ALLOWED_COMMON: &[(&str, Shape)] = &[
 /// Chat-only members on the allow-list (`messages` is checked member by member).
 const ALLOWED_CHAT: &[(&str, Shape)] = &[
     ("messages", Shape::Any),
+    ("cache_salt", Shape::Token),
     ("max_completion_tokens", Shape::Number),
     ("parallel_tool_calls", Shape::Bool),
     ("reasoning_effort", Shape::Word),
@@ -236,7 +242,7 @@ const ALLOWED_CHAT: &[(&str, Shape)] = &[
 ];
 /// Completions-only members on the allow-list.
 const ALLOWED_COMPLETIONS: &[(&str, Shape)] =
-    &[("prompt", Shape::Any), ("echo", Shape::Bool), ("best_of", Shape::Number)];
+    &[("prompt", Shape::Any), ("echo", Shape::Bool), ("best_of", Shape::Number), ("cache_salt", Shape::Token)];
 /// Embeddings-only members on the allow-list.
 const ALLOWED_EMBEDDINGS: &[(&str, Shape)] =
     &[("input", Shape::Any), ("encoding_format", Shape::Word), ("dimensions", Shape::Number)];
@@ -263,6 +269,9 @@ fn fits(shape: Shape, v: &Value) -> bool {
         Shape::Scalar => v.is_number() || v.is_boolean(),
         Shape::Word => is_word(v),
         Shape::Words => v.as_array().is_some_and(|a| a.iter().all(is_word)),
+        Shape::Token => v.as_str().is_some_and(|s| {
+            (1..=256).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:+/=-".contains(&b))
+        }),
         Shape::Flags => v.as_object().is_some_and(|o| o.values().all(|x| x.is_boolean() || x.is_null())),
         Shape::AciProvider => v.as_object().is_some_and(|o| {
             o.iter().all(|(k, x)| match k.as_str() {

@@ -5,14 +5,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::attest::{Policy, PolicyBuilder};
 use crate::error::{Error, ErrorKind, Result};
 use crate::tls::HttpsProxy;
 
+mod keys;
+
 /// What the proxy does with receipts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum ReceiptMode {
@@ -44,7 +46,7 @@ impl std::str::FromStr for ReceiptMode {
 }
 
 /// How `aci-proxy` writes its log lines (the access log included).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum LogFormat {
@@ -71,8 +73,8 @@ impl std::str::FromStr for LogFormat {
 /// [`PolicyBuilder::allow_boot_measurements`]): the TD's MRTD and RTMR0–2, hex, 48 bytes each.
 ///
 /// On the command line `--boot-measurements MRTD,RTMR0,RTMR1,RTMR2`; in the TOML file a
-/// `[[pins.boot_measurements]]` table with `mrtd`, `rtmr0`, `rtmr1` and `rtmr2`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// `[[pins.boot-measurements]]` table with `mrtd`, `rtmr0`, `rtmr1` and `rtmr2`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct BootMeasurementPin {
     /// MRTD (the initial TD image).
@@ -114,9 +116,27 @@ fn https_proxy<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Op
     parsed.map(Some).map_err(serde::de::Error::custom)
 }
 
+/// A proxy URL as a file may hold it: without its credentials (they belong in the root-only
+/// environment file), so a printed configuration never shows them.
+fn write_https_proxy<S: serde::Serializer>(p: &Option<HttpsProxy>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_str(&p.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
 /// A duration in whole seconds, as the configuration file spells it.
 fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_secs)
+}
+
+/// A duration written as whole seconds; a fraction of a second cannot be written (the file
+/// would read back as another duration).
+fn write_seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    if d.subsec_nanos() != 0 {
+        return Err(serde::ser::Error::custom(format!("{d:?} is not a whole number of seconds")));
+    }
+    s.serialize_u64(d.as_secs())
 }
 
 /// The workload pins of the attestation policy, as the proxy's flags and config file give them.
@@ -129,31 +149,45 @@ fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Durati
 /// `id` of the `key-provider` event. A compose hash, boot measurements and a KMS identity
 /// together are the sound combination that covers every key; an app id and a KMS root add
 /// checks beside them (see [`Policy`]).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+///
+/// In the TOML file they form the `[pins]` table, each key spelt like its flag (given below).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PolicyPins {
-    /// Allowed compose hashes.
+    /// Allowed compose hashes (`--compose-hash`, TOML `compose-hash`).
+    #[serde(rename = "compose-hash")]
     pub compose_hashes: Vec<String>,
-    /// Allowed dstack app ids.
+    /// Allowed dstack app ids (`--app-id`, TOML `app-id`).
+    #[serde(rename = "app-id")]
     pub app_ids: Vec<String>,
-    /// Allowed OS image hashes.
+    /// Allowed OS image hashes (`--os-image-hash`, TOML `os-image-hash`).
+    #[serde(rename = "os-image-hash")]
     pub os_image_hashes: Vec<String>,
-    /// Accepted KMS root keys (custody is then required).
+    /// Accepted KMS root keys, custody is then required (`--kms-root`, TOML `kms-root`).
+    #[serde(rename = "kms-root")]
     pub kms_roots: Vec<String>,
-    /// Encrypt only to this E2EE key id.
+    /// Encrypt only to this E2EE key id (`--key-id`, TOML `key-id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
-    /// Prefer the X25519 key over secp256k1.
+    /// Prefer the X25519 key over secp256k1 (`--prefer-x25519`, TOML `prefer-x25519`).
     pub prefer_x25519: bool,
-    /// Accepted TCB statuses (default `UpToDate`).
+    /// Accepted TCB statuses, default `UpToDate` (`--tcb-status`, TOML `tcb-status`).
+    #[serde(rename = "tcb-status")]
     pub tcb_statuses: Vec<String>,
-    /// Allowed boot measurement sets (MRTD, RTMR0–2).
-    pub boot_measurements: Vec<BootMeasurementPin>,
-    /// Allowed KMS identities (the `id` of the `key-provider` event).
+    /// Allowed KMS identities, the `id` of the `key-provider` event (`--kms-identity`, TOML
+    /// `kms-identity`).
+    #[serde(rename = "kms-identity")]
     pub kms_identities: Vec<String>,
-    /// Require a reviewed dstack production OS image.
+    /// Require a reviewed dstack production OS image (`--require-production-os`, TOML
+    /// `require-production-os`).
     pub require_production_os: bool,
-    /// Intel advisory ids (`INTEL-SA-…`) the platform's TCB level must not be affected by.
+    /// Intel advisory ids (`INTEL-SA-…`) the platform's TCB level must not be affected by
+    /// (`--refuse-advisory`, TOML `refuse-advisory`).
+    #[serde(rename = "refuse-advisory")]
     pub refused_advisories: Vec<String>,
+    /// Allowed boot measurement sets, MRTD and RTMR0–2 (`--boot-measurements`, TOML
+    /// `[[pins.boot-measurements]]` tables). Last, since TOML writes tables after values.
+    pub boot_measurements: Vec<BootMeasurementPin>,
 }
 
 impl PolicyPins {
@@ -244,6 +278,21 @@ const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect print
 
 /// The proxy's configuration.
 ///
+/// # The configuration file
+///
+/// `aci-proxy serve --config FILE` reads a TOML file that **spells every key like its flag**, without
+/// the `--`: `--compose-hash` is `compose-hash`, `--api-key-env` is `api-key-env`. A flag that
+/// may be repeated keeps its singular name and takes an array (`compose-hash = ["…"]`,
+/// `allow-origin = ["…"]`). The attestation pins (`--compose-hash`, `--boot-measurements`,
+/// `--kms-identity`, `--app-id`, `--kms-root`, `--os-image-hash`, `--require-production-os`,
+/// `--refuse-advisory`, `--tcb-status`, `--key-id`, `--prefer-x25519`) sit in the `[pins]`
+/// table, each set of boot measurements in a `[[pins.boot-measurements]]` table with `mrtd`,
+/// `rtmr0`, `rtmr1` and `rtmr2`; every other key sits at the top. Durations are whole seconds.
+/// [`to_toml`](Self::to_toml) writes this format (`aci-proxy config` prints it) and
+/// [`from_toml`](Self::from_toml) reads it back to the same configuration; a key spelt
+/// otherwise (an older name, `_` for `-`, a pin outside `[pins]`) is refused with a message
+/// naming the key to use.
+///
 /// The pins below are the real June 2026 capture's (`tests/data/real_tdx_report_2026-06.json`),
 /// as `aci-proxy inspect --write-config` writes them:
 ///
@@ -253,14 +302,14 @@ const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect print
 ///     gateway = "https://api.redpill.ai"
 ///     listen = "127.0.0.1:8787"
 ///     receipts = "before-release"
-///     audit_file = "receipts.jsonl"
+///     audit-file = "receipts.jsonl"
 ///     [pins]
-///     compose_hashes = ["5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb"]
-///     kms_identities = ["3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bbd19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f"]
-///     app_ids = ["fdb7a14e5a6675f752e2cb69c9067a98ca402918"]
-///     kms_roots = ["0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1"]
-///     refused_advisories = ["INTEL-SA-00837"]
-///     [[pins.boot_measurements]]
+///     compose-hash = ["5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb"]
+///     kms-identity = ["3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bbd19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f"]
+///     app-id = ["fdb7a14e5a6675f752e2cb69c9067a98ca402918"]
+///     kms-root = ["0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1"]
+///     refuse-advisory = ["INTEL-SA-00837"]
+///     [[pins.boot-measurements]]
 ///     mrtd = "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077"
 ///     rtmr0 = "ec216f1d1d591468ff4741b9b192f016b26d3f90303bfa9dbb97557273853183981f21a4bcb3ae908247538d371ad072"
 ///     rtmr1 = "07e6f51aa763abfe75c3ddfbf4f425fe3f0ceff66d807a75e049303dce9addf68e7218729bd419638af63a370f65878c"
@@ -275,53 +324,64 @@ const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect print
 /// // A KMS root is no anchor on its own: the error says what to add.
 /// let config = ProxyConfig::from_toml(r#"
 ///     [pins]
-///     app_ids = ["fdb7a14e5a6675f752e2cb69c9067a98ca402918"]
-///     kms_roots = ["0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1"]
+///     app-id = ["fdb7a14e5a6675f752e2cb69c9067a98ca402918"]
+///     kms-root = ["0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1"]
 /// "#).unwrap();
 /// assert!(config.policy().unwrap_err().to_string().starts_with("add --compose-hash HEX"));
+///
+/// // Keys are spelt like the flags: an older spelling is refused, naming the key to use.
+/// let e = ProxyConfig::from_toml("[pins]\ncompose_hashes = [\"5092ebbd\"]").unwrap_err();
+/// assert!(e.to_string().contains("`compose_hashes` is spelt `compose-hash`"), "{e}");
+///
+/// // What `to_toml` writes, `from_toml` reads back to the same configuration.
+/// assert_eq!(ProxyConfig::from_toml(&config.to_toml().unwrap()).unwrap().to_toml().unwrap(), config.to_toml().unwrap());
 /// ```
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ProxyConfig {
     /// The gateway's base URL (`https://…`, or `http://…` on loopback).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
     /// Where the proxy listens (default `127.0.0.1:8787`). Requests must name it (or a loopback
     /// name) in `Host`; a non-loopback address needs [`client_key_env`](Self::client_key_env).
     pub listen: SocketAddr,
     /// The environment variable holding the API key forwarded as the bearer token (default
-    /// `ACI_API_KEY`). When it is unset, the client's own `Authorization` header is forwarded
-    /// (unless clients authenticate with a client key, which is never forwarded). The key goes
-    /// only to the inference routes, `/v1/models` and `/v1/aci/receipts/…`.
+    /// `ACI_API_KEY`; TOML `api-key-env`). When it is unset, the client's own `Authorization`
+    /// header is forwarded (unless clients authenticate with a client key, which is never
+    /// forwarded); [`Proxy::start`](super::Proxy::start) says which at start. The key goes only
+    /// to the inference routes, `/v1/models` and `/v1/aci/receipts/…`, over the attested channel.
     pub api_key_env: String,
     /// The environment variable holding the key clients must send as `Authorization: Bearer …`
-    /// (TOML `client_key_env`; at least 16 characters). Required to listen on a non-loopback
+    /// (TOML `client-key-env`; at least 16 characters). Required to listen on a non-loopback
     /// address; on loopback it guards the proxy on a shared machine. When set it is checked on
     /// every route of [`listen`](Self::listen), the probes and `/metrics` included (those are
     /// served without it on [`ops_listen`](Self::ops_listen)). With it, the upstream API key
     /// comes only from [`api_key_env`](Self::api_key_env).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_key_env: Option<String>,
-    /// Refuse to start unless a client key is configured (TOML `require_client_key`), on
+    /// Refuse to start unless a client key is configured (TOML `require-client-key`), on
     /// loopback too: a missing `client_key_env` then fails the start instead of serving every
     /// local user and process.
     pub require_client_key: bool,
     /// A second listen address serving only `GET /healthz`, `/readyz` and `/metrics`, without
-    /// the client key, for a supervisor or Prometheus (TOML `ops_listen`). Requests must name it
+    /// the client key, for a supervisor or Prometheus (TOML `ops-listen`). Requests must name it
     /// (or a loopback name) in `Host` and carry no `Origin`. A non-loopback address needs
     /// [`ops_listen_beyond_loopback`](Self::ops_listen_beyond_loopback).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ops_listen: Option<SocketAddr>,
     /// Acknowledge that [`ops_listen`](Self::ops_listen) is not a loopback address (TOML
-    /// `ops_listen_beyond_loopback`): the probes and metrics (keyset digest and expiry, counts,
+    /// `ops-listen-beyond-loopback`): the probes and metrics (keyset digest and expiry, counts,
     /// latencies; never a prompt, answer or key) then answer whoever can reach that address.
     pub ops_listen_beyond_loopback: bool,
-    /// Browser origins allowed to call the proxy, exact `scheme://host[:port]` (TOML
-    /// `allow_origins`). A request carrying any other `Origin` is refused.
+    /// Browser origins allowed to call the proxy, exact `scheme://host[:port]` (`--allow-origin`,
+    /// TOML `allow-origin`). A request carrying any other `Origin` is refused.
+    #[serde(rename = "allow-origin")]
     pub allow_origins: Vec<String>,
     /// What to do with receipts (default `verify`).
     pub receipts: ReceiptMode,
-    /// Where verified receipts are appended (JSON lines), if anywhere.
+    /// Where verified receipts are appended (JSON lines), if anywhere (TOML `audit-file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_file: Option<PathBuf>,
-    /// The policy's workload pins.
-    pub pins: PolicyPins,
     /// Start the crate's local test gateway in-process and proxy to it (offline demo; its stub
     /// quote is accepted under a `dangerous()` policy).
     pub local_test_gateway: bool,
@@ -335,30 +395,39 @@ pub struct ProxyConfig {
     pub tls_pin_only: bool,
     /// A PCCS to fetch the TDX quote's collateral from (feature `dcap`), e.g.
     /// `https://pccs.phala.network`; verified with WebPKI, not pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pccs: Option<String>,
     /// A CA certificate file (PEM, one or more certificates) the PCCS connection accepts besides
-    /// Mozilla's roots (TOML `pccs_ca`, flag `--pccs-ca`): for a network whose egress proxy
+    /// Mozilla's roots (TOML `pccs-ca`, flag `--pccs-ca`): for a network whose egress proxy
     /// inspects TLS and re-signs with its own CA. The gateway's connection never accepts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pccs_ca: Option<PathBuf>,
     /// Connect to the gateway and the PCCS through this HTTP proxy, `http://[user:password@]host[:port]`
-    /// (TOML `https_proxy`, flag `--https-proxy`): a `CONNECT` tunnel per connection, TLS and
+    /// (TOML `https-proxy`, flag `--https-proxy`): a `CONNECT` tunnel per connection, TLS and
     /// its pin end to end inside it. When unset, `HTTPS_PROXY` (else `https_proxy`) and
     /// `NO_PROXY` are read from the environment, as curl does. Its credentials are never
     /// printed; keep them out of a world-readable file (`ACI_PROXY_HTTPS_PROXY` or `HTTPS_PROXY`
     /// in the root-only environment file instead).
-    #[serde(deserialize_with = "https_proxy")]
+    #[serde(
+        deserialize_with = "https_proxy",
+        serialize_with = "write_https_proxy",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub https_proxy: Option<HttpsProxy>,
     /// Longest time one exchange may take, from the request to the answer's last byte (default
     /// 600 s; seconds in the file). A buffered answer then fails with 504, a stream ends with
     /// an error event.
-    #[serde(deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds", serialize_with = "write_seconds")]
     pub request_timeout: Duration,
     /// On shutdown, how long open streams may drain before they are ended with an error event
     /// (default 30 s; seconds in the file). Pending receipt checks get as long again.
-    #[serde(deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds", serialize_with = "write_seconds")]
     pub shutdown_timeout: Duration,
-    /// Serve `GET /metrics` (Prometheus text format) and record metrics (default true). The
-    /// recorder is process-wide: the first proxy with metrics installs it.
+    /// Serve `GET /metrics` in the Prometheus text format (default true), from the process-wide
+    /// recorder [`install_metrics_recorder`](super::install_metrics_recorder) installs.
+    /// [`Proxy::start`](super::Proxy::start) installs none itself (a library must not take the
+    /// process's one recorder): without that call `/metrics` answers `404 metrics_off`. The
+    /// `aci-proxy` binary calls it when this is on.
     pub metrics: bool,
     /// How the `aci-proxy` binary writes its log (default `text`).
     pub log_format: LogFormat,
@@ -366,6 +435,22 @@ pub struct ProxyConfig {
     /// ([`ReceiptPolicy::require_exact_keyset`](crate::receipt::ReceiptPolicy::require_exact_keyset)),
     /// never on the same-key rule; `verify-receipts` applies it too.
     pub require_exact_keyset: bool,
+    /// The environment variable holding this proxy's prompt-cache salt (`--cache-salt-env`,
+    /// TOML `cache-salt-env`; the value itself is never written to the file, like the API key).
+    /// When set, every chat completion and completion the proxy forwards carries a `cache_salt`
+    /// derived from this secret and from the client's own `cache_salt`, if it sent one, so
+    /// that prefix caches such as vLLM's never serve one tenant's cached prompts to another.
+    /// The value on the wire is the lowercase hex of HMAC-SHA256 keyed with the secret, over
+    /// `aci-proxy cache_salt v1`, then, when the client sent a non-empty `cache_salt`, a zero
+    /// byte and the client's value: a client cannot choose the value another tenant's proxy
+    /// sends, nor learn this secret, yet its own salts still partition within this proxy's
+    /// share. Embeddings are left alone. The variable must hold at least 16 characters (e.g.
+    /// `openssl rand -hex 32`); unset or shorter fails the start. Without it, a client's own
+    /// `cache_salt` passes unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_salt_env: Option<String>,
+    /// The policy's workload pins (the `[pins]` table).
+    pub pins: PolicyPins,
     /// A policy built in code, used instead of the pins (for embedding the proxy, and tests).
     #[serde(skip)]
     pub policy: Option<Policy>,
@@ -407,6 +492,7 @@ impl Default for ProxyConfig {
             metrics: true,
             log_format: LogFormat::Text,
             require_exact_keyset: false,
+            cache_salt_env: None,
             policy: None,
             local_test_gateway_event_delay: None,
             local_test_gateway_tls: None,
@@ -415,21 +501,28 @@ impl Default for ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// Parse a TOML configuration file's text.
+    /// Parse a TOML configuration file's text (see [the format](Self#the-configuration-file)).
+    /// A key spelt otherwise than its flag (an older name such as `compose_hashes`, `_` for `-`)
+    /// or in the wrong table fails with a [`Config`](ErrorKind::Config) error naming the key to
+    /// use.
     pub fn from_toml(text: &str) -> Result<ProxyConfig> {
-        toml::from_str(text).map_err(|e| {
-            // The snippet toml quotes would repeat a proxy URL's credentials: then the message
-            // and the line only.
+        // The snippet toml quotes would repeat a proxy URL's credentials: then the message and
+        // the line only.
+        let invalid = |e: &toml::de::Error| {
             let span = e.span().unwrap_or(0..0);
             let shown = match text.get(span.clone()) {
                 Some(quoted) if quoted.contains('@') => {
                     let line = text[..span.start].matches('\n').count() + 1;
-                    format!("{} (line {line})", e.message())
+                    format!("{} (line {line})", e.message().trim_end())
                 }
-                _ => e.to_string(),
+                _ => e.to_string().trim_end().to_owned(),
             };
             Error::new(ErrorKind::Config, format!("invalid proxy configuration: {shown}"))
-        })
+        };
+        let table: toml::Table = toml::from_str(text).map_err(|e| invalid(&e))?;
+        keys::check(&table, text)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("invalid proxy configuration: {}", e.trim_end())))?;
+        toml::from_str(text).map_err(|e| invalid(&e))
     }
 
     /// The certificates of [`pccs_ca`](Self::pccs_ca) (none when unset). Fails with `Config`
@@ -448,6 +541,35 @@ impl ProxyConfig {
             return Err(unreadable(&"no CERTIFICATE block"));
         }
         Ok(certs)
+    }
+
+    /// The configuration as a TOML file that [`from_toml`](Self::from_toml) reads back to the
+    /// same configuration (`aci-proxy config` prints it). Secrets are never in it: the API key,
+    /// the client key and the cache salt are named by their environment variables. Fails with
+    /// a [`Config`](ErrorKind::Config) error for what a file cannot hold: a
+    /// [`policy`](Self::policy) built in code, a duration with a fraction of a second, a path
+    /// that is not UTF-8.
+    ///
+    /// ```
+    /// use tower_aci::proxy::ProxyConfig;
+    /// let mut config = ProxyConfig::default();
+    /// config.gateway = Some("https://api.redpill.ai".into());
+    /// config.pins.compose_hashes.push("5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb".into());
+    /// let text = config.to_toml().unwrap();
+    /// assert!(text.contains("compose-hash = [\"5092ebbd"), "{text}");
+    /// assert!(text.contains("api-key-env = \"ACI_API_KEY\""), "{text}");
+    /// assert_eq!(ProxyConfig::from_toml(&text).unwrap().to_toml().unwrap(), text);
+    /// ```
+    pub fn to_toml(&self) -> Result<String> {
+        if self.policy.is_some() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "this configuration holds a policy built in code, which a TOML file cannot hold; give the pins \
+                 instead (ProxyConfig::pins)",
+            ));
+        }
+        toml::to_string(self)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("cannot write the configuration as TOML: {e}")))
     }
 
     /// The receipt policy these settings describe.
@@ -506,7 +628,7 @@ mod pin_tests {
 
     #[test]
     fn an_insufficient_pin_names_the_flags_to_add() {
-        let config = ProxyConfig::from_toml(&format!("[pins]\napp_ids = [\"{APP_ID}\"]")).unwrap();
+        let config = ProxyConfig::from_toml(&format!("[pins]\napp-id = [\"{APP_ID}\"]")).unwrap();
         let e = config.policy().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.to_string().starts_with("add --compose-hash HEX --boot-measurements"), "{e}");
@@ -514,7 +636,7 @@ mod pin_tests {
             assert!(e.to_string().contains(hint), "{hint} missing: {e}");
         }
         // An OS image alone is not a pin.
-        let config = ProxyConfig::from_toml("[pins]\nos_image_hashes = [\"de9c74f0\"]\nkms_roots = [\"0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1\"]").unwrap();
+        let config = ProxyConfig::from_toml("[pins]\nos-image-hash = [\"de9c74f0\"]\nkms-root = [\"0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1\"]").unwrap();
         assert!(config.pins.is_empty());
         assert_eq!(config.policy().unwrap_err().kind(), ErrorKind::Config);
     }
@@ -546,7 +668,7 @@ mod pin_tests {
         assert!("aa,bb,cc".parse::<BootMeasurementPin>().is_err());
         // TOML: unknown keys in a set are refused.
         let toml =
-            "[[pins.boot_measurements]]\nmrtd = \"aa\"\nrtmr0 = \"aa\"\nrtmr1 = \"aa\"\nrtmr2 = \"aa\"\nrtmr3 = \"aa\"";
+            "[[pins.boot-measurements]]\nmrtd = \"aa\"\nrtmr0 = \"aa\"\nrtmr1 = \"aa\"\nrtmr2 = \"aa\"\nrtmr3 = \"aa\"";
         assert!(ProxyConfig::from_toml(toml).is_err());
     }
 }
@@ -558,14 +680,19 @@ mod egress_tests {
     #[test]
     fn the_https_proxy_and_pccs_ca_keys_are_read_and_credentials_never_shown() {
         let config = ProxyConfig::from_toml(
-            "https_proxy = \"http://ops:hunter2@proxy.corp:3128\"\npccs_ca = \"/etc/aci-proxy/appliance-ca.pem\"",
+            "https-proxy = \"http://ops:hunter2@proxy.corp:3128\"\npccs-ca = \"/etc/aci-proxy/appliance-ca.pem\"",
         )
         .unwrap();
         let proxy = config.https_proxy.as_ref().unwrap();
         assert_eq!((proxy.authority(), proxy.has_credentials()), ("proxy.corp:3128", true));
         assert_eq!(config.pccs_ca.as_deref(), Some(std::path::Path::new("/etc/aci-proxy/appliance-ca.pem")));
         assert!(!format!("{config:?}").contains("hunter2"));
-        let e = ProxyConfig::from_toml("https_proxy = \"socks5://ops:hunter2@proxy:1080\"").unwrap_err();
+        let printed = config.to_toml().unwrap();
+        assert!(
+            printed.contains("https-proxy = \"http://proxy.corp:3128\"") && !printed.contains("hunter2"),
+            "{printed}"
+        );
+        let e = ProxyConfig::from_toml("https-proxy = \"socks5://ops:hunter2@proxy:1080\"").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.to_string().contains("http://host:port") && e.to_string().contains("line 1"), "{e}");
         assert!(!e.to_string().contains("hunter2"), "{e}");

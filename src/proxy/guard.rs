@@ -56,8 +56,8 @@ pub(crate) struct Guard {
 const REQUIRED_KEY_MISSING: &str = "--require-client-key is set, but no client key is configured: the proxy would \
 serve every local user and process.
   fix: name the environment variable holding the key: --client-key-env VAR (ACI_PROXY_CLIENT_KEY_ENV, TOML \
-client_key_env)
-  fix: or drop --require-client-key (ACI_PROXY_REQUIRE_CLIENT_KEY, TOML require_client_key)";
+client-key-env)
+  fix: or drop --require-client-key (ACI_PROXY_REQUIRE_CLIENT_KEY, TOML require-client-key)";
 
 impl Guard {
     /// The guard of the main listener on `listen`: reads the client key from `client_key_env`
@@ -137,7 +137,7 @@ impl Guard {
                      latencies) would answer anyone who reaches it, with no client key.
   fix: keep it on this machine: --ops-listen 127.0.0.1:{port}
   fix: or, behind a firewall or in a pod network, acknowledge it: --ops-listen-beyond-loopback \
-                     (ACI_PROXY_OPS_LISTEN_BEYOND_LOOPBACK, TOML ops_listen_beyond_loopback)",
+                     (ACI_PROXY_OPS_LISTEN_BEYOND_LOOPBACK, TOML ops-listen-beyond-loopback)",
                     port = ops.port()
                 ),
             ));
@@ -320,14 +320,14 @@ mod tests {
     #[test]
     fn the_toml_file_names_the_client_key_variable_and_the_allowed_origins() {
         let c = crate::proxy::ProxyConfig::from_toml(
-            "listen = \"0.0.0.0:8787\"\nclient_key_env = \"ACI_CLIENT_KEY\"\nallow_origins = [\"http://localhost:3000\"]",
+            "listen = \"0.0.0.0:8787\"\nclient-key-env = \"ACI_CLIENT_KEY\"\nallow-origin = [\"http://localhost:3000\"]",
         )
         .unwrap();
         assert_eq!(c.client_key_env.as_deref(), Some("ACI_CLIENT_KEY"));
         assert_eq!(c.allow_origins, ["http://localhost:3000"]);
         assert!(!c.require_client_key && c.ops_listen.is_none() && !c.ops_listen_beyond_loopback);
         let c = crate::proxy::ProxyConfig::from_toml(
-            "require_client_key = true\nops_listen = \"0.0.0.0:9090\"\nops_listen_beyond_loopback = true",
+            "require-client-key = true\nops-listen = \"0.0.0.0:9090\"\nops-listen-beyond-loopback = true",
         )
         .unwrap();
         assert!(c.require_client_key && c.ops_listen_beyond_loopback);

@@ -154,7 +154,8 @@ impl Inspection {
     /// An `aci-proxy.toml` holding the values found as pins (`--write-config`).
     pub fn config_toml(&self) -> String {
         let v = &self.values;
-        let q = |s: &str| format!("\"{s}\"");
+        // A TOML basic string, escaped as TOML escapes it.
+        let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
         let list = |o: &Option<String>| o.as_deref().map(|s| format!("[{}]", q(s))).unwrap_or_else(|| "[]".into());
         let mut out = String::from(
             "# Written by `aci-proxy inspect`: these values were TRUSTED ON FIRST USE, read from the\n\
@@ -168,22 +169,22 @@ impl Inspection {
             "\n# The compose hash, the boot measurements and the KMS identity together cover every key\n\
              # (the app id and the KMS root are checked beside them).\n[pins]\n",
         );
-        out.push_str(&format!("compose_hashes = {}\n", list(&v.compose_hash)));
-        out.push_str(&format!("kms_identities = {}\n", list(&v.kms_identity)));
-        out.push_str(&format!("app_ids = {}\n", list(&v.app_id)));
-        out.push_str(&format!("kms_roots = {}\n", list(&v.kms_root)));
+        out.push_str(&format!("compose-hash = {}\n", list(&v.compose_hash)));
+        out.push_str(&format!("kms-identity = {}\n", list(&v.kms_identity)));
+        out.push_str(&format!("app-id = {}\n", list(&v.app_id)));
+        out.push_str(&format!("kms-root = {}\n", list(&v.kms_root)));
         if v.production_os.is_some() {
-            out.push_str("require_production_os = true\n");
+            out.push_str("require-production-os = true\n");
         }
         if let Some(status) = &v.tcb_status {
-            out.push_str(&format!("tcb_statuses = [{}]\n", q(status)));
+            out.push_str(&format!("tcb-status = [{}]\n", q(status)));
         }
         if let Some([m, r0, r1, r2]) = &v.boot_measurements {
             if !v.boot_measurements_verified {
                 out.push_str("# The boot measurements below were read from a quote that was not verified.\n");
             }
             out.push_str(&format!(
-                "\n[[pins.boot_measurements]]\nmrtd = {}\nrtmr0 = {}\nrtmr1 = {}\nrtmr2 = {}\n",
+                "\n[[pins.boot-measurements]]\nmrtd = {}\nrtmr0 = {}\nrtmr1 = {}\nrtmr2 = {}\n",
                 q(m),
                 q(r0),
                 q(r1),

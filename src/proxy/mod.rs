@@ -51,6 +51,7 @@ pub mod inspect;
 mod local;
 mod ops;
 mod relay;
+mod salt;
 mod status;
 
 use std::future::Future;
@@ -79,6 +80,7 @@ use tower::{ServiceBuilder, ServiceExt};
 pub use audit::{AuditSummary, verify_audit};
 pub use config::{BootMeasurementPin, LogFormat, PolicyPins, ProxyConfig, ReceiptMode};
 pub use local::LocalProxy;
+pub use ops::install_metrics_recorder;
 
 use crate::attest::{KeyHandle, KeyProvider, RefreshTask};
 use crate::e2ee::{E2eeLayer, KeyMismatchRetry, RequestBody};
@@ -118,6 +120,10 @@ struct ProxyState {
     mode: ReceiptMode,
     audit: Option<AuditLog>,
     api_key: Option<HeaderValue>,
+    /// Where the gateway's `Authorization` comes from, and that said in one line.
+    auth: (relay::AuthSource, String),
+    /// The prompt-cache salt of `--cache-salt-env`, if any.
+    cache_salt: salt::CacheSalt,
     guard: guard::Guard,
     /// The operator listener's guard (its own address, no origin, no client key).
     ops_guard: guard::Guard,
@@ -151,7 +157,11 @@ impl Proxy {
     /// and no client key is configured; when the client key's variable is unset or shorter than
     /// 16 characters; when [`ops_listen`](ProxyConfig::ops_listen) is not a loopback address and
     /// not acknowledged with [`ops_listen_beyond_loopback`](ProxyConfig::ops_listen_beyond_loopback);
-    /// when an allowed origin is not an exact origin; or when `pccs` names the gateway's host.
+    /// when an allowed origin is not an exact origin; when
+    /// [`cache_salt_env`](ProxyConfig::cache_salt_env) names a variable that is unset or shorter
+    /// than 16 characters; or when `pccs` names the gateway's host. It installs no process-wide
+    /// metrics recorder (see [`install_metrics_recorder`]), and says in one log line what the
+    /// gateway gets as `Authorization` (`GET /aci/status` repeats it).
     pub async fn start(config: ProxyConfig) -> Result<Proxy> {
         let policy = config.policy()?;
         let guard = guard::Guard::new(
@@ -161,6 +171,7 @@ impl Proxy {
             config.require_client_key,
         )?;
         let ops_guard = guard::Guard::ops(config.ops_listen, config.ops_listen_beyond_loopback, config.listen)?;
+        let cache_salt = salt::CacheSalt::from_env(config.cache_salt_env.as_deref())?;
         #[cfg(feature = "test-gateway")]
         let (local, gateway) = if config.local_test_gateway {
             let mut gw_config = GatewayConfig::new();
@@ -254,12 +265,15 @@ impl Proxy {
             v.set_sensitive(true);
             v
         });
-        if guard.requires_client_key() && api_key.is_none() {
-            tracing::warn!(
-                api_key_env = %config.api_key_env,
-                "clients authenticate with the client key, which is never forwarded: requests reach the gateway \
-                 without an API key until {} is set",
-                config.api_key_env
+        let source = relay::AuthSource::new(api_key.is_some(), guard.requires_client_key());
+        let auth = (source, source.describe(&config.api_key_env, &base));
+        match source {
+            relay::AuthSource::None => tracing::warn!(authorization = source.name(), "{}", auth.1),
+            _ => tracing::info!(authorization = source.name(), "{}", auth.1),
+        }
+        if cache_salt.is_set() {
+            tracing::info!(
+                "prompt-cache partition: every chat completion and completion carries this proxy's cache_salt"
             );
         }
         let started_at = keys.now();
@@ -274,6 +288,8 @@ impl Proxy {
                 mode: config.receipts,
                 audit,
                 api_key,
+                auth,
+                cache_salt,
                 guard,
                 ops_guard,
                 pins: config.pins,
@@ -309,7 +325,8 @@ impl Proxy {
     /// The proxy's routes, ready for `axum::serve`: the OpenAI API, `GET /aci/status`, and for
     /// operators `GET /healthz` (200 while the process serves), `GET /readyz` (200 while an
     /// attested keyset is current, else 503 with the reason; JSON) and `GET /metrics`
-    /// (Prometheus text format, when [`ProxyConfig::metrics`] is on).
+    /// (Prometheus text format, when [`ProxyConfig::metrics`] is on and
+    /// [`install_metrics_recorder`] installed the recorder).
     ///
     /// Every route, the operator's included, is behind the guard: `Host` must name the proxy
     /// (`421`), an `Origin` must be allowed (`403`), and a configured client key must be sent
@@ -525,6 +542,8 @@ fn status_json(st: &ProxyState) -> serde_json::Value {
         "pins": st.pins.to_json(),
         "receipts": match st.mode { ReceiptMode::Off => "off", ReceiptMode::Verify => "verify", ReceiptMode::BeforeRelease => "before-release" },
         "started_at": st.started_at,
+        "authorization": {"source": st.auth.0.name(), "detail": st.auth.1},
+        "cache_salt": st.cache_salt.is_set(),
         "counts": st.counters.to_json_with(st.keys.refused_keysets().len()),
     })
 }
@@ -637,8 +656,11 @@ fn upstream_auth(st: &ProxyState, parts: &http::request::Parts) -> Option<Header
     if !relay::carries_api_key(&parts.method, parts.uri.path()) {
         return None;
     }
-    let client = if st.guard.requires_client_key() { None } else { parts.headers.get(AUTHORIZATION) };
-    st.api_key.clone().or_else(|| client.cloned())
+    match st.auth.0 {
+        relay::AuthSource::ApiKey => st.api_key.clone(),
+        relay::AuthSource::Client => parts.headers.get(AUTHORIZATION).cloned(),
+        relay::AuthSource::None => None,
+    }
 }
 
 /// `--pccs` is reached without the attested pin (WebPKI only): naming the gateway's own host
@@ -723,6 +745,11 @@ async fn exchange(st: Arc<ProxyState>, req: AxumRequest) -> AxumResponse {
             let err = ProxyError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", format!("request body: {e}"));
             return answer_error(log, err);
         }
+    };
+    // With --cache-salt-env, chat completions and completions carry the proxy's cache_salt.
+    let bytes = match st.cache_salt.apply(parts.uri.path(), bytes) {
+        Ok(b) => b,
+        Err(err) => return answer_error(log, err),
     };
     let bearer = upstream_auth(&st, &parts).and_then(|v| {
         let mut h = http::HeaderMap::new();

@@ -9,7 +9,9 @@
 //! Metrics go through the `metrics` facade; the recorder is `metrics-exporter-prometheus`
 //! without its own HTTP server (`default-features = false`), rendered by the proxy's own axum
 //! route. It is the facade's maintained Prometheus recorder, so the library's metrics (feature
-//! `metrics`) and the proxy's land in one registry with no bridge.
+//! `metrics`) and the proxy's land in one registry with no bridge. The facade has one recorder
+//! per process, so a library must not take it unasked: [`Proxy::start`](super::Proxy::start)
+//! installs none; [`install_metrics_recorder`] does, and the `aci-proxy` binary calls it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +26,7 @@ use http::header::CONTENT_TYPE;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::{Notify, watch};
 
+use crate::error::{Error, ErrorKind, Result};
 use crate::proxy::ProxyState;
 use crate::proxy::errors::ProxyError;
 
@@ -51,12 +54,48 @@ const LATENCY_BUCKETS: &[f64] =
 /// Buckets of the per-event decrypt histogram (seconds): 10 µs to 100 ms.
 const DECRYPT_BUCKETS: &[f64] = &[1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1];
 
-/// The process-wide Prometheus recorder, installed by the first proxy with metrics on.
+/// The process-wide Prometheus recorder, once [`install_metrics_recorder`] installed it.
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Install the Prometheus recorder as the `metrics` facade's global recorder (once per process)
-/// and register the metrics' help texts. `None` when another recorder was installed first.
-pub(crate) fn install_recorder() -> Option<PrometheusHandle> {
+/// Install a Prometheus recorder as the process's [`metrics`](https://docs.rs/metrics) recorder
+/// and register the help texts of the library's and the proxy's metrics, so that every
+/// [`Proxy`](super::Proxy) with [`ProxyConfig::metrics`](super::ProxyConfig::metrics) on serves
+/// them at `GET /metrics`. The `aci-proxy` binary calls it; a program that embeds the proxy
+/// calls it only if it wants these metrics in the Prometheus text format, since the facade
+/// takes one recorder per process: [`Proxy::start`](super::Proxy::start) installs none.
+///
+/// Call it before the proxies start (what happens before it is not recorded). Calling it again
+/// is harmless. Fails with a [`Config`](ErrorKind::Config) error when another recorder was
+/// installed first (then install your own recorder's exporter instead; the library's metrics
+/// reach it too).
+///
+/// ```no_run
+/// # async fn run() -> tower_aci::Result<()> {
+/// use tower_aci::proxy::{Proxy, ProxyConfig, install_metrics_recorder};
+///
+/// install_metrics_recorder()?; // the process's one `metrics` recorder: Prometheus
+/// let proxy = Proxy::start(ProxyConfig { local_test_gateway: true, ..ProxyConfig::default() }).await?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await.unwrap();
+/// axum::serve(listener, proxy.router()).await.unwrap(); // curl http://127.0.0.1:8787/metrics
+/// # Ok(()) }
+/// ```
+pub fn install_metrics_recorder() -> Result<()> {
+    match installed_recorder(true) {
+        Some(_) => Ok(()),
+        None => Err(Error::new(
+            ErrorKind::Config,
+            "cannot install the Prometheus metrics recorder: another `metrics` recorder is installed in this \
+             process (the proxy's /metrics stays off; the library's metrics reach that recorder)",
+        )),
+    }
+}
+
+/// The recorder [`install_metrics_recorder`] installed; with `install`, install it first when
+/// nobody tried yet.
+fn installed_recorder(install: bool) -> Option<&'static PrometheusHandle> {
+    if !install {
+        return RECORDER.get().and_then(Option::as_ref);
+    }
     RECORDER
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
@@ -79,7 +118,7 @@ pub(crate) fn install_recorder() -> Option<PrometheusHandle> {
                 }
             }
         })
-        .clone()
+        .as_ref()
 }
 
 fn describe() {
@@ -139,7 +178,8 @@ struct Tasks {
 
 /// The operator-facing state of a proxy.
 pub(crate) struct Ops {
-    pub(crate) metrics: Option<PrometheusHandle>,
+    /// Whether `GET /metrics` is served ([`ProxyConfig::metrics`](super::ProxyConfig::metrics)).
+    serve_metrics: bool,
     pub(crate) request_timeout: Duration,
     stopping: AtomicBool,
     abort: watch::Sender<bool>,
@@ -156,10 +196,11 @@ impl Drop for Ops {
 }
 
 impl Ops {
-    pub(crate) fn new(metrics: bool, request_timeout: Duration) -> Ops {
-        let metrics = if metrics { install_recorder() } else { None };
+    pub(crate) fn new(serve_metrics: bool, request_timeout: Duration) -> Ops {
+        // No recorder is installed here: only one that install_metrics_recorder installed is used.
+        let metrics = if serve_metrics { installed_recorder(false) } else { None };
         // Histograms are drained at render; upkeep bounds what accumulates between scrapes.
-        let upkeep = metrics.clone().map(|h| {
+        let upkeep = metrics.map(|h| {
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(5));
                 loop {
@@ -169,13 +210,18 @@ impl Ops {
             })
         });
         Ops {
-            metrics,
+            serve_metrics,
             request_timeout,
             stopping: AtomicBool::new(false),
             abort: watch::Sender::new(false),
             tasks: Arc::default(),
             _upkeep: upkeep,
         }
+    }
+
+    /// The recorder `/metrics` renders: `None` when metrics are off or none was installed.
+    fn metrics(&self) -> Option<&'static PrometheusHandle> {
+        if self.serve_metrics { installed_recorder(false) } else { None }
     }
 
     /// Whether the proxy is stopping (`/readyz` then answers 503).
@@ -268,9 +314,14 @@ pub(crate) async fn readyz(State(st): State<Arc<ProxyState>>) -> Response {
 
 /// `GET /metrics`: the Prometheus text format.
 pub(crate) async fn metrics(State(st): State<Arc<ProxyState>>) -> Response {
-    let Some(handle) = &st.ops.metrics else {
-        return ProxyError::new(StatusCode::NOT_FOUND, "metrics_off", "metrics are off in this aci-proxy")
-            .into_response();
+    let Some(handle) = st.ops.metrics() else {
+        let why = if st.ops.serve_metrics {
+            "no metrics recorder is installed in this process: a program that embeds the proxy calls \
+             tower_aci::proxy::install_metrics_recorder() to serve them (aci-proxy does)"
+        } else {
+            "metrics are off in this aci-proxy"
+        };
+        return ProxyError::new(StatusCode::NOT_FOUND, "metrics_off", why).into_response();
     };
     // Gauges that depend on the time of the scrape.
     match st.keys.current() {

@@ -78,6 +78,68 @@ pub(crate) fn refuse_redirect<B>(result: Result<Response<B>, BoxError>) -> Resul
     }
 }
 
+/// Where the `Authorization` the gateway gets comes from, decided once at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthSource {
+    /// The API key of `--api-key-env`; a client's own `Authorization` is dropped.
+    ApiKey,
+    /// `--api-key-env`'s variable is unset and clients do not authenticate to the proxy: a
+    /// client's own `Authorization` is forwarded.
+    Client,
+    /// `--api-key-env`'s variable is unset and clients authenticate with the client key, which
+    /// is never forwarded: the gateway gets no `Authorization`.
+    None,
+}
+
+impl AuthSource {
+    /// The source, from whether the API key is set and whether clients send a client key.
+    pub(crate) fn new(api_key: bool, client_key: bool) -> AuthSource {
+        match (api_key, client_key) {
+            (true, _) => AuthSource::ApiKey,
+            (false, false) => AuthSource::Client,
+            (false, true) => AuthSource::None,
+        }
+    }
+
+    /// The name `GET /aci/status` gives it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            AuthSource::ApiKey => "api-key",
+            AuthSource::Client => "client",
+            AuthSource::None => "none",
+        }
+    }
+
+    /// What the proxy does with `Authorization`, as the one line it says at start, for the
+    /// gateway at `base`.
+    pub(crate) fn describe(self, api_key_env: &str, base: &http::Uri) -> String {
+        let loopback = base
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+        let channel = match (base.scheme_str(), loopback) {
+            (Some("https"), _) => "over the attested TLS channel",
+            (_, true) => "over plain HTTP to the loopback gateway",
+            _ => "over PLAIN HTTP to a gateway off loopback (readable on the network)",
+        };
+        let routes = "inference, /v1/models and receipts only, never the attestation endpoint";
+        match self {
+            AuthSource::ApiKey => format!(
+                "the gateway gets the API key of {api_key_env} ({routes}), {channel}; a client's own Authorization \
+                 header is dropped"
+            ),
+            AuthSource::Client => format!(
+                "{api_key_env} is unset: a client's own `Authorization` header (its bearer token) is forwarded to the \
+                 gateway ({routes}), {channel}; a request without one reaches the gateway with no API key"
+            ),
+            AuthSource::None => format!(
+                "{api_key_env} is unset and clients authenticate with the client key, which is never forwarded: \
+                 requests reach the gateway with no API key until {api_key_env} is set"
+            ),
+        }
+    }
+}
+
 /// Whether a request to `path` carries the API key to the gateway.
 pub(crate) fn carries_api_key(method: &Method, path: &str) -> bool {
     // A path the gateway could normalise into another one never gets the key.
@@ -117,6 +179,19 @@ mod tests {
         ] {
             assert!(!carries_api_key(&m, p), "{m} {p}");
         }
+    }
+
+    #[test]
+    fn the_authorization_line_names_the_source_and_the_channel() {
+        let https: http::Uri = "https://api.redpill.ai".parse().unwrap();
+        let line = AuthSource::new(false, false).describe("ACI_API_KEY", &https);
+        assert!(line.starts_with("ACI_API_KEY is unset: a client's own `Authorization` header"), "{line}");
+        assert!(line.contains("over the attested TLS channel"), "{line}");
+        let line = AuthSource::new(true, true).describe("MY_KEY", &"http://[::1]:8080".parse().unwrap());
+        assert!(line.starts_with("the gateway gets the API key of MY_KEY") && line.contains("loopback"), "{line}");
+        let line = AuthSource::new(false, false).describe("K", &"http://10.0.0.7".parse().unwrap());
+        assert!(line.contains("PLAIN HTTP to a gateway off loopback"), "{line}");
+        assert_eq!(AuthSource::new(false, true), AuthSource::None);
     }
 
     #[test]

@@ -728,7 +728,7 @@ async fn aci_proxy_with_https_proxy_sends_everything_through_the_tunnel() {
     // without repeating them.
     let out = command(&["config", "--https-proxy", "http://op:pass-word-9@proxy.corp:3128"], &[]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("\"https_proxy\": \"http://proxy.corp:3128\""), "{text}");
+    assert!(out.status.success() && text.contains("https-proxy = \"http://proxy.corp:3128\""), "{text}");
     assert!(!text.contains("pass-word-9"), "{text}");
     let out = command(&["config", "--https-proxy", "socks5://op:pass-word-9@p:1"], &[]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);

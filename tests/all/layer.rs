@@ -175,6 +175,50 @@ async fn strict_mode_and_unprotectable_bodies_are_refused_before_sending() {
     assert_eq!(env.gw.requests_seen(), 0);
 }
 
+/// A `cache_salt` (the prefix-cache partition of vLLM-style servers, which the gateway keeps)
+/// passes strict mode on chat completions and completions, buffered and streamed: it travels
+/// in clear, as the protocol leaves it, and reaches the model server unchanged. A value that
+/// looks like text rather than a token, or a salt on embeddings, is still refused.
+#[tokio::test]
+async fn strict_mode_lets_a_cache_salt_through_to_the_model_server() {
+    let env = Env::start(Suite::X25519).await;
+    let strict = env.client(env.layer().strict(true));
+    let salt = "tenant-7f3a9c_2Kq+/w==";
+    for (path, stream) in [
+        ("/v1/chat/completions", false),
+        ("/v1/chat/completions", true),
+        ("/v1/completions", false),
+        ("/v1/completions", true),
+    ] {
+        let mut body = if path == "/v1/completions" {
+            json!({"model": "m", "prompt": SECRET})
+        } else {
+            json!({"model": "m", "messages": [{"role": "user", "content": SECRET}]})
+        };
+        body["stream"] = json!(stream);
+        body["cache_salt"] = json!(salt);
+        let res = send(&strict, post(&env.url(path), &body)).await.unwrap_or_else(|e| panic!("{path} {stream}: {e}"));
+        assert_eq!(res.status(), 200, "{path} {stream}");
+        read(res.into_body()).await.unwrap();
+        let seen = env.gw.upstream_log().pop().unwrap();
+        assert_eq!(seen["cache_salt"], salt, "{path} {stream}: {seen}");
+        let wire = String::from_utf8_lossy(&env.gw.wire_log().pop().unwrap()).into_owned();
+        assert!(wire.contains(&format!("\"cache_salt\":\"{salt}\"")) && !wire.contains("zebra"), "{wire}");
+    }
+    let before = env.gw.requests_seen();
+    let chat = |salt: Value| json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "cache_salt": salt});
+    for (path, body) in [
+        ("/v1/chat/completions", chat(json!("my salt is my mother's maiden name"))),
+        ("/v1/chat/completions", chat(json!({"tenant": "acme"}))),
+        ("/v1/chat/completions", chat(json!("x".repeat(257)))),
+        ("/v1/embeddings", json!({"model": "m", "input": "x", "cache_salt": salt})),
+    ] {
+        let err = send(&strict, post(&env.url(path), &body)).await.err().expect("refused");
+        assert_eq!(kind(&err), Some(ErrorKind::Cleartext), "{body}");
+    }
+    assert_eq!(env.gw.requests_seen(), before, "nothing was sent");
+}
+
 #[tokio::test]
 async fn gateway_errors_pass_through_readable_with_their_type() {
     let env = Env::start(Suite::X25519).await;

@@ -42,6 +42,10 @@ mod proxy;
 #[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy_binary;
 #[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod proxy_cache_salt;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod proxy_cli;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy_exposure;
 #[cfg(all(feature = "proxy", feature = "test-gateway"))]
 mod proxy_inspect;

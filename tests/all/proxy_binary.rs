@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 /// A running `aci-proxy` whose stderr is collected.
 pub(crate) struct Running {
-    child: Child,
+    pub(crate) child: Child,
     log: Arc<Mutex<String>>,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Drop for Running {
@@ -31,9 +31,15 @@ pub(crate) fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     cmd
 }
 
-/// Start the binary (on an ephemeral loopback port) and wait until it listens.
+/// Start the binary (on an ephemeral loopback port, with no subcommand: `aci-proxy [FLAGS]`
+/// still serves) and wait until it listens.
 pub(crate) fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
-    let mut cmd = command(&[&["--local-test-gateway", "--listen", "127.0.0.1:0"], args].concat(), envs);
+    start_with(&[&["--local-test-gateway", "--listen", "127.0.0.1:0"], args].concat(), envs)
+}
+
+/// Start the binary with exactly `args` and wait until it listens.
+pub(crate) fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Running {
+    let mut cmd = command(args, envs);
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("aci-proxy starts");
     let stderr = child.stderr.take().unwrap();
     let log = Arc::new(Mutex::new(String::new()));
@@ -66,13 +72,13 @@ impl Running {
         self.log.lock().unwrap().clone()
     }
 
-    fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
     /// Wait (bounded) for the process to exit.
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
+    pub(crate) fn wait(&mut self, limit: Duration) -> ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -95,7 +101,7 @@ pub(crate) fn chat(text: &str, stream: bool) -> Value {
 }
 
 /// Wait (bounded) until `cond` holds.
-async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let started = Instant::now();
     while !cond() {
         assert!(started.elapsed() < limit, "timed out waiting for {what}");
@@ -103,7 +109,7 @@ async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn receipt_lines(audit: &Path) -> Vec<Value> {
+pub(crate) fn receipt_lines(audit: &Path) -> Vec<Value> {
     std::fs::read_to_string(audit)
         .unwrap_or_default()
         .lines()
@@ -281,8 +287,8 @@ fn flags_override_the_environment_which_overrides_the_config_file() {
     let file = dir.path().join("aci-proxy.toml");
     std::fs::write(
         &file,
-        "gateway = \"https://file.example\"\nlisten = \"127.0.0.1:1111\"\nrequest_timeout = 11\n\
-         [pins]\ncompose_hashes = [\"aa\"]\ntcb_statuses = [\"UpToDate\"]\n",
+        "gateway = \"https://file.example\"\nlisten = \"127.0.0.1:1111\"\nrequest-timeout = 11\n\
+         [pins]\ncompose-hash = [\"aa\"]\ntcb-status = [\"UpToDate\"]\n",
     )
     .unwrap();
     let out = command(
@@ -299,14 +305,20 @@ fn flags_override_the_environment_which_overrides_the_config_file() {
     .output()
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(c["gateway"], "https://env.example"); // env over file
-    assert_eq!(c["listen"], "127.0.0.1:3333"); // flag over env
-    assert_eq!(c["request_timeout"], 11); // file
-    assert_eq!(c["shutdown_timeout"], 120); // env
-    assert_eq!(c["tls_pin_only"], true);
-    assert_eq!(c["pins"]["compose_hashes"], json!(["bb", "cc"]));
-    assert_eq!(c["pins"]["tcb_statuses"], json!(["UpToDate", "SWHardeningNeeded"]));
+    let c = printed_config(&out.stdout);
+    assert_eq!(c.gateway.as_deref(), Some("https://env.example")); // env over file
+    assert_eq!(c.listen.to_string(), "127.0.0.1:3333"); // flag over env
+    assert_eq!(c.request_timeout, Duration::from_secs(11)); // file
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(120)); // env
+    assert!(c.tls_pin_only);
+    assert_eq!(c.pins.compose_hashes, ["bb", "cc"]);
+    assert_eq!(c.pins.tcb_statuses, ["UpToDate", "SWHardeningNeeded"]);
+}
+
+/// What `aci-proxy config` printed, read as `--config` reads it.
+pub(crate) fn printed_config(stdout: &[u8]) -> tower_aci::proxy::ProxyConfig {
+    let text = std::str::from_utf8(stdout).unwrap();
+    tower_aci::proxy::ProxyConfig::from_toml(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// The unpinned-policy error, at a terminal: the CLI's own flags, one line per problem and per
@@ -314,7 +326,7 @@ fn flags_override_the_environment_which_overrides_the_config_file() {
 #[test]
 fn an_unpinned_start_says_what_to_do_in_the_clis_flags_one_line_each() {
     let out = command(&["--gateway", "https://gateway.invalid"], &[]).output().unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a configuration error");
     let err = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = err.lines().collect();
     assert!(lines[0].starts_with("aci-proxy: ") && lines[0].contains("no workload is pinned"), "{err}");
@@ -345,7 +357,7 @@ impl Running {
 
 /// Run the binary to its exit (bounded: one that starts serving instead is killed and fails the
 /// test); its status and stderr.
-fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String) {
+pub(crate) fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String) {
     let mut child = command(args, envs).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let started = Instant::now();
     let status = loop {
@@ -365,12 +377,13 @@ fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String) {
 }
 
 /// `--require-client-key` (flag, environment or file) with no client key: the start fails with
-/// exit status 1 and a message that says what is missing and how to give it.
+/// exit status 2 (a configuration error) and a message that says what is missing and how to
+/// give it.
 #[test]
 fn require_client_key_without_a_key_fails_at_start_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("aci-proxy.toml");
-    std::fs::write(&file, "require_client_key = true\n").unwrap();
+    std::fs::write(&file, "require-client-key = true\n").unwrap();
     let file = file.to_str().unwrap();
     let base = ["--local-test-gateway", "--listen", "127.0.0.1:0"];
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
@@ -382,7 +395,7 @@ fn require_client_key_without_a_key_fails_at_start_with_a_clear_message() {
     ];
     for (args, envs) in cases {
         let (status, stderr) = run_to_exit(&[&base[..], &args].concat(), &envs);
-        assert_eq!(status.code(), Some(1), "{args:?} {envs:?}: {stderr}");
+        assert_eq!(status.code(), Some(2), "{args:?} {envs:?}: {stderr}");
         let first = stderr.lines().next().unwrap_or_default();
         assert_eq!(
             first,
@@ -400,7 +413,7 @@ fn require_client_key_without_a_key_fails_at_start_with_a_clear_message() {
     for (envs, seen) in [(vec![], "is unset"), (vec![("ACI_CLIENT_KEY", "short")], "is shorter than 16 characters")] {
         let args = [&base[..], &["--require-client-key", "--client-key-env", "ACI_CLIENT_KEY"]].concat();
         let (status, stderr) = run_to_exit(&args, &envs);
-        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert_eq!(status.code(), Some(2), "{stderr}");
         assert!(
             stderr.starts_with(
                 "aci-proxy: cannot start: --client-key-env ACI_CLIENT_KEY: the environment variable ACI_CLIENT_KEY"
@@ -412,9 +425,9 @@ fn require_client_key_without_a_key_fails_at_start_with_a_clear_message() {
     }
     // The settings reach the configuration from the flags and the file alike.
     let out = command(&["config", "--config", file, "--ops-listen", "127.0.0.1:9090"], &[]).output().unwrap();
-    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((c["require_client_key"].clone(), c["ops_listen"].clone()), (json!(true), json!("127.0.0.1:9090")));
-    assert_eq!(c["ops_listen_beyond_loopback"], false);
+    let c = printed_config(&out.stdout);
+    assert_eq!((c.require_client_key, c.ops_listen), (true, Some("127.0.0.1:9090".parse().unwrap())));
+    assert!(!c.ops_listen_beyond_loopback);
 }
 
 /// A shared machine: the client key on loopback for every route of `--listen`, the probes and
@@ -464,7 +477,7 @@ async fn a_non_loopback_ops_listen_needs_its_acknowledgement() {
     let everywhere = format!("0.0.0.0:{port}");
     let args = ["--local-test-gateway", "--listen", "127.0.0.1:0", "--ops-listen", &everywhere];
     let (status, stderr) = run_to_exit(&args, &[]);
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
         stderr.starts_with(&format!("aci-proxy: cannot start: --ops-listen {everywhere} is not a loopback")),
         "{stderr}"

@@ -276,11 +276,13 @@ async fn the_api_key_never_goes_to_the_attestation_passthrough() {
     let (front, url) = hostile_front(&gw).await;
     // The client's own key (no --api-key-env), then the proxy's key from the environment
     // (CARGO_PKG_NAME: a variable cargo sets for every test run, so no test mutates the env).
-    for (env, client_auth, expected) in [
-        ("TOWER_ACI_TEST_NO_SUCH_VARIABLE", Some("Bearer sk-user"), "Bearer sk-user"),
-        ("CARGO_PKG_NAME", None, "Bearer tower-aci"),
+    for (env, client_auth, expected, source) in [
+        ("TOWER_ACI_TEST_NO_SUCH_VARIABLE", Some("Bearer sk-user"), "Bearer sk-user", "client"),
+        ("CARGO_PKG_NAME", None, "Bearer tower-aci", "api-key"),
     ] {
-        let (_proxy, addr) = proxy(url.clone(), |c| c.api_key_env = env.to_owned()).await;
+        let (proxy, addr) = proxy(url.clone(), |c| c.api_key_env = env.to_owned()).await;
+        // What the start said (and the status page says) is what happens below.
+        assert_eq!(proxy.status()["authorization"]["source"], source);
         front.seen.lock().unwrap().clear();
         let http = reqwest::Client::new();
         for path in ["/v1/aci/attestation?nonce=00", "/v1/attestation/report", "/v1/models", "/v1/aci/receipts/rcpt-x"]
@@ -510,6 +512,7 @@ const PROBES: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 /// and no metric (issue 24 item 6).
 #[tokio::test]
 async fn probes_and_metrics_refuse_a_rebound_host_and_a_foreign_origin() {
+    tower_aci::proxy::install_metrics_recorder().unwrap(); // the proxy serves /metrics from it
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let (_proxy, addr) = proxy(gw.base_url(), |_| {}).await;
     let http = reqwest::Client::new();
@@ -547,6 +550,7 @@ async fn probes_and_metrics_refuse_a_rebound_host_and_a_foreign_origin() {
 /// listener: the API, the status page, the probes and the metrics.
 #[tokio::test]
 async fn a_client_key_on_loopback_guards_every_route_probes_included() {
+    tower_aci::proxy::install_metrics_recorder().unwrap(); // the proxy serves /metrics from it
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     // CARGO_PKG_DESCRIPTION: set by cargo for every test run, over 16 characters.
     let client_key = std::env::var("CARGO_PKG_DESCRIPTION").unwrap();
@@ -585,6 +589,7 @@ async fn a_client_key_on_loopback_guards_every_route_probes_included() {
 /// refused there too.
 #[tokio::test]
 async fn the_ops_router_serves_probes_without_the_client_key_and_refuses_a_foreign_host_or_origin() {
+    tower_aci::proxy::install_metrics_recorder().unwrap(); // the proxy serves /metrics from it
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let (proxy, addr) = proxy(gw.base_url(), |c| {
         c.client_key_env = Some("CARGO_PKG_DESCRIPTION".to_owned());

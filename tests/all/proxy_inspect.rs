@@ -131,7 +131,11 @@ fn write_config_holds_the_pins_with_the_trust_on_first_use_comment_and_the_proxy
     assert_eq!(config.pins.kms_roots, [REAL_KMS_ROOT]);
     assert_eq!(config.pins.kms_identities, [REAL_KMS_IDENTITY]);
     // The capture's image is a development image: no require_production_os line.
-    assert!(!config.pins.require_production_os && !toml.contains("require_production_os"), "{toml}");
+    assert!(!config.pins.require_production_os && !toml.contains("require-production-os"), "{toml}");
+    // Every key is spelt like its flag.
+    for key in ["compose-hash = [", "kms-identity = [", "app-id = [", "kms-root = [", "[[pins.boot-measurements]]"] {
+        assert!(toml.contains(key), "{key} missing: {toml}");
+    }
     assert_eq!(config.pins.boot_measurements.len(), 1);
     // The pins it wrote make a policy.
     config.policy().unwrap();

@@ -84,6 +84,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_text_format_from_the_library_and_the_proxy() {
+    tower_aci::proxy::install_metrics_recorder().unwrap(); // asked for: Proxy::start installs none
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let (proxy, addr) = serve(ProxyConfig { receipts: ReceiptMode::Verify, ..config_for(&gw) }).await;
 
@@ -134,6 +135,45 @@ async fn metrics_are_served_in_prometheus_text_format_from_the_library_and_the_p
     let (_quiet, quiet_addr) = serve(ProxyConfig { metrics: false, ..config_for(&gw) }).await;
     let (status, _, body) = get(quiet_addr, "/metrics").await;
     assert_eq!(status, 404, "{body}");
+    assert!(body.contains("metrics are off"), "{body}");
+}
+
+/// Run in a process of its own by
+/// [`a_library_proxy_installs_no_process_wide_metrics_recorder`]: two proxies start side by
+/// side, serve, and leave the process's one `metrics` recorder free; `/metrics` says how to ask
+/// for one.
+#[tokio::test]
+#[ignore = "run in a fresh process by proxy_ops::a_library_proxy_installs_no_process_wide_metrics_recorder"]
+async fn two_library_proxies_in_a_fresh_process() {
+    let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
+    let (_first, a) = serve(config_for(&gw)).await;
+    let (_second, b) = serve(config_for(&gw)).await;
+    for addr in [a, b] {
+        assert_eq!(post(addr, &chat("two proxies", false)).await.0, 200);
+        let (status, _, body) = get(addr, "/metrics").await;
+        assert_eq!(status, 404, "{body}");
+        assert!(body.contains("install_metrics_recorder()"), "{body}");
+    }
+    assert!(
+        metrics::set_global_recorder(metrics::NoopRecorder).is_ok(),
+        "Proxy::start installed a process-wide metrics recorder unasked"
+    );
+    println!("NO RECORDER WAS INSTALLED");
+}
+
+/// `Proxy::start` used as a library takes no process-wide recorder: checked in a process of its
+/// own (this test binary, running only the test above), since tests here share one process and
+/// some install the recorder.
+#[test]
+fn a_library_proxy_installs_no_process_wide_metrics_recorder() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "proxy_ops::two_library_proxies_in_a_fresh_process", "--ignored", "--nocapture"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("NO RECORDER WAS INSTALLED") && stdout.contains("1 passed"), "{stdout}\n{stderr}");
 }
 
 #[tokio::test]

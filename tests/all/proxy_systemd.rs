@@ -38,10 +38,10 @@ sudo systemctl enable --now aci-proxy && curl -fsS http://127.0.0.1:8787/readyz
 const API_KEY: &str = "sk-systemd-test-0123456789";
 
 /// What `aci-proxy inspect --write-config` leaves in the current directory, here for the crate's
-/// local test gateway (its stub quote is accepted only with `local_test_gateway`), on an
+/// local test gateway (its stub quote is accepted only with `local-test-gateway`), on an
 /// ephemeral port so that tests can run side by side.
 const CONFIG: &str = "# the test's stand-in for `aci-proxy inspect --write-config`\n\
-                      local_test_gateway = true\nlisten = \"127.0.0.1:0\"\n";
+                      local-test-gateway = true\nlisten = \"127.0.0.1:0\"\n";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -214,6 +214,7 @@ const NOT_REPRODUCED: &[&str] = &[
     "TimeoutStopSec",
     "Restart",
     "RestartSec",
+    "RestartPreventExitStatus",
     "NoNewPrivileges",
     "CapabilityBoundingSet",
     "AmbientCapabilities",

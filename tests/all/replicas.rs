@@ -744,7 +744,7 @@ async fn the_proxy_requires_the_exact_keyset_when_told() {
     use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode};
 
     let (replicas, lb) = mixed_builds().await;
-    let mut config = ProxyConfig::from_toml(&format!("gateway = {:?}\nrequire_exact_keyset = true", lb.url())).unwrap();
+    let mut config = ProxyConfig::from_toml(&format!("gateway = {:?}\nrequire-exact-keyset = true", lb.url())).unwrap();
     assert!(config.require_exact_keyset && config.receipt_policy().requires_exact_keyset());
     config.policy = Some(compose_pinned_policy());
     config.receipts = ReceiptMode::Verify;

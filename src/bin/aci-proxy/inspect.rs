@@ -1,12 +1,12 @@
 //! `aci-proxy inspect`: what a gateway runs, what to pin, and whether it verifies.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Args;
 use tower_aci::proxy::inspect::{Inspection, inspect_gateway, inspect_report};
 
 use crate::ServeArgs;
+use crate::exit::Failure;
 
 /// The arguments of `aci-proxy inspect`.
 #[derive(Args, Debug)]
@@ -33,18 +33,18 @@ pub(crate) struct InspectArgs {
     serve: ServeArgs,
 }
 
-fn inspect(args: &InspectArgs) -> Result<Inspection, String> {
+fn inspect(args: &InspectArgs) -> Result<Inspection, Failure> {
     let mut config = args.serve.config()?;
     if let Some(url) = &args.url {
         config.gateway = Some(url.clone());
     }
     match (&args.report, &args.nonce) {
         (Some(file), Some(nonce)) => {
-            let report = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let report = std::fs::read(file).map_err(|e| Failure::usage(format!("{}: {e}", file.display())))?;
             let nonce: [u8; 32] = const_hex::decode(nonce.trim())
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .ok_or("--nonce must be 32 bytes of hex (64 characters)")?;
+                .ok_or_else(|| Failure::usage("--nonce must be 32 bytes of hex (64 characters)"))?;
             let now = args.at.unwrap_or_else(|| {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
             });
@@ -52,35 +52,28 @@ fn inspect(args: &InspectArgs) -> Result<Inspection, String> {
         }
         _ => {
             if config.gateway.is_none() {
-                return Err("no gateway to inspect.\n  fix: aci-proxy inspect GATEWAY-URL\n  \
-                            fix: or a saved report: aci-proxy inspect --report FILE --nonce HEX"
-                    .into());
+                return Err(Failure::usage(
+                    "no gateway to inspect.\n  fix: aci-proxy inspect GATEWAY-URL\n  \
+                     fix: or a saved report: aci-proxy inspect --report FILE --nonce HEX",
+                ));
             }
             let rt = crate::runtime()?;
-            rt.block_on(inspect_gateway(&config)).map_err(|e| format!("cannot inspect: {e}"))
+            rt.block_on(inspect_gateway(&config)).map_err(|e| Failure::of(&e, "cannot inspect: "))
         }
     }
 }
 
-pub(crate) fn run(args: &InspectArgs) -> ExitCode {
-    let found = match inspect(args) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("aci-proxy: {e}");
-            return ExitCode::from(2);
-        }
-    };
+/// Inspect, print, write the configuration if asked; `Ok` only when the report verified.
+pub(crate) fn run(args: &InspectArgs) -> Result<(), Failure> {
+    let found = inspect(args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&found.to_json()).unwrap_or_default());
     } else {
         print!("{found}");
     }
     if let Some(file) = &args.write_config {
-        if let Err(e) = std::fs::write(file, found.config_toml()) {
-            eprintln!("aci-proxy: {}: {e}", file.display());
-            return ExitCode::from(2);
-        }
+        std::fs::write(file, found.config_toml()).map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?;
         eprintln!("aci-proxy: wrote {} (pins trusted on first use: check them)", file.display());
     }
-    if found.verified { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if found.verified { Ok(()) } else { Err(Failure::not_verified("the report did NOT verify under the pins given")) }
 }
