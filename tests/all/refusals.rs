@@ -25,22 +25,7 @@ use crate::data::reason;
 use crate::support::{hyper, layer_client, post, read};
 
 const THIRTY_DAYS: u64 = 30 * 24 * 3600;
-const PINNED_COMPOSE: &str = r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:aa"}}}"#;
-const UNPINNED_COMPOSE: &str =
-    r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:bb"}}}"#;
-
-/// Stub quotes accepted; the workload pinned to `PINNED_COMPOSE`'s compose hash.
-fn compose_pinned_policy() -> Policy {
-    let hash = const_hex::encode(Sha256::digest(PINNED_COMPOSE.as_bytes()));
-    Policy::builder()
-        .select_suite(Suite::X25519)
-        .allow_compose_hash(&hash)
-        .dangerous()
-        .accept_stub_quote()
-        .unanchored_pin()
-        .build()
-        .unwrap()
-}
+use crate::replicas::{PINNED_COMPOSE, UNPINNED_COMPOSE, compose_pinned_policy};
 
 fn stub_policy() -> Policy {
     Policy::builder().select_suite(Suite::X25519).dangerous().accept_stub_quote().any_workload().build().unwrap()

@@ -486,13 +486,14 @@ async fn the_same_key_rule_stops_at_the_vouching_keysets_not_after() {
 }
 
 /// The compose file the refused-replica tests pin, and another build of the same application.
-const PINNED_COMPOSE: &str = r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:aa"}}}"#;
-const UNPINNED_COMPOSE: &str =
+pub(crate) const PINNED_COMPOSE: &str =
+    r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:aa"}}}"#;
+pub(crate) const UNPINNED_COMPOSE: &str =
     r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:bb"}}}"#;
 
 /// Stub quotes accepted; the workload pinned to `PINNED_COMPOSE`'s compose hash (with the stub
 /// quote, SHA-256 of the published `app_compose`).
-fn compose_pinned_policy() -> Policy {
+pub(crate) fn compose_pinned_policy() -> Policy {
     let hash = const_hex::encode(Sha256::digest(PINNED_COMPOSE.as_bytes()));
     Policy::builder()
         .select_suite(Suite::X25519)

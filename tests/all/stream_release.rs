@@ -139,23 +139,26 @@ fn content_events(events: &[String]) -> Vec<usize> {
     events.iter().enumerate().filter(|(_, e)| e.contains("\"content\":\"")).map(|(i, _)| i).collect()
 }
 
+/// What an on-path attacker can do to a stream whose events all still authenticate.
+const EDITS: [(&str, Edit); 3] = [
+    ("drop", |ev| {
+        let c = content_events(ev);
+        ev.remove(c[1]);
+    }),
+    ("duplicate", |ev| {
+        let c = content_events(ev);
+        let dup = ev[c[0]].clone();
+        ev.insert(c[0], dup);
+    }),
+    ("reorder", |ev| {
+        let c = content_events(ev);
+        ev.swap(c[0], c[1]);
+    }),
+];
+
 #[tokio::test]
 async fn a_rearranged_stream_decrypts_but_ends_with_the_receipt_error_instead_of_done() {
-    let edits: [(&str, Edit); 3] = [
-        ("drop", |ev| {
-            let c = content_events(ev);
-            ev.remove(c[1]);
-        }),
-        ("duplicate", |ev| {
-            let c = content_events(ev);
-            let dup = ev[c[0]].clone();
-            ev.insert(c[0], dup);
-        }),
-        ("reorder", |ev| {
-            let c = content_events(ev);
-            ev.swap(c[0], c[1]);
-        }),
-    ];
+    let edits = EDITS;
     for suite in Suite::ALL {
         let env = Env::start(suite).await;
         for (what, edit) in edits {
@@ -235,21 +238,7 @@ fn holding_svc(
 /// the body's first frame is the receipt's error.
 #[tokio::test]
 async fn holding_the_whole_stream_releases_nothing_when_the_receipt_fails() {
-    let edits: [(&str, Edit); 3] = [
-        ("drop", |ev| {
-            let c = content_events(ev);
-            ev.remove(c[1]);
-        }),
-        ("duplicate", |ev| {
-            let c = content_events(ev);
-            let dup = ev[c[0]].clone();
-            ev.insert(c[0], dup);
-        }),
-        ("reorder", |ev| {
-            let c = content_events(ev);
-            ev.swap(c[0], c[1]);
-        }),
-    ];
+    let edits = EDITS;
     for suite in Suite::ALL {
         let env = Env::start(suite).await;
         for (what, edit) in edits {
