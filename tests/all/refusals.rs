@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{Clock, KeyProvider, ManualClock, Policy, SystemClock};
 use tower_aci::gateway::{GatewayConfig, GatewayKeys, TestGateway};
