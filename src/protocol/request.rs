@@ -566,7 +566,7 @@ pub fn encrypt_request(
     Ok(EncryptedRequest {
         body: wire,
         headers: E2eeHeaders {
-            client_pub_key: client_secret.public_key().to_hex(),
+            client_pub_key: client_secret.public_key_hex(),
             model_pub_key: key.public_key_text().to_owned(),
             nonce: nonce.clone(),
             timestamp: now,
