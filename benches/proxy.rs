@@ -184,7 +184,9 @@ async fn plain_forward(
     }
     match p.client.request(up).await {
         Ok(res) => res.map(axum::body::Body::new),
-        Err(e) => Response::builder().status(StatusCode::BAD_GATEWAY).body(axum::body::Body::from(e.to_string())).unwrap(),
+        Err(e) => {
+            Response::builder().status(StatusCode::BAD_GATEWAY).body(axum::body::Body::from(e.to_string())).unwrap()
+        }
     }
 }
 
@@ -232,7 +234,11 @@ fn crypto_costs(suite: Suite, gateway_key: &tower_aci::protocol::suite::PublicKe
 
 /// One open of an event's field every 2 ms until `stop`: (count, ns of the opens, ns of this
 /// thread's CPU in all).
-fn open_probe(suite: Suite, _key: &tower_aci::protocol::suite::PublicKey, stop: &std::sync::atomic::AtomicBool) -> (u64, u64, u64) {
+fn open_probe(
+    suite: Suite,
+    _key: &tower_aci::protocol::suite::PublicKey,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (u64, u64, u64) {
     let rng = &mut rand_core::OsRng;
     let client = SecretKey::generate(suite, rng);
     let nonce = "ab".repeat(32);
@@ -466,7 +472,11 @@ async fn streamed(http: &Http, base: &str, streams: usize, events: usize) -> (f6
         r.unwrap();
     }
     let wall = t0.elapsed().as_micros() as f64;
-    (tally.stream_us.load(Ordering::Relaxed) as f64 / wall, tally.peak.load(Ordering::Relaxed), tally.events.load(Ordering::Relaxed))
+    (
+        tally.stream_us.load(Ordering::Relaxed) as f64 / wall,
+        tally.peak.load(Ordering::Relaxed),
+        tally.events.load(Ordering::Relaxed),
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -581,7 +591,12 @@ fn driver_main() {
         let c1 = proxy.cpu_ns();
         let probe = proxy.ask("probe-off");
         let p: Vec<u64> = probe.split(' ').map(|x| x.parse().unwrap()).collect();
-        println!("probe during phase {i}: {} opens, {:.1} µs each, probe thread CPU {:.1} ms", p[0], p[1] as f64 / p[0] as f64 / 1000.0, p[2] as f64 / 1e6);
+        println!(
+            "probe during phase {i}: {} opens, {:.1} µs each, probe thread CPU {:.1} ms",
+            p[0],
+            p[1] as f64 / p[0] as f64 / 1000.0,
+            p[2] as f64 / 1e6
+        );
         stream_cpu[i] = c1 - c0 - p[2];
         stream_stats.push((mean, peak, n, t0.elapsed().as_secs_f64()));
     }
@@ -606,11 +621,7 @@ fn driver_main() {
     println!("one Ed25519 check of a 1.5 KB document: {ed_us:.1} µs ({})", samples(4));
     println!("-- buffered: {} requests per proxy in {rounds} rounds, {concurrency} concurrent", n);
     for (name, i) in [("E2EE, receipts off", 0), ("plain proxy", 1), ("E2EE, receipts verified", 2)] {
-        println!(
-            "{name:<26} proxy CPU {:>7.1} µs/request   ({:.0} requests/s wall)",
-            per_req[i],
-            n / walls[i]
-        );
+        println!("{name:<26} proxy CPU {:>7.1} µs/request   ({:.0} requests/s wall)", per_req[i], n / walls[i]);
     }
     println!("-- streamed: {streams} streams × {events} events, gateway pacing {event_ms} ms");
     for (name, i) in [("E2EE", 0), ("plain proxy", 1)] {
@@ -649,7 +660,14 @@ fn driver_main() {
 
 /// Under callgrind: a warm-up, then instrumentation on for a fixed amount of work per phase,
 /// one dump per phase.
-fn profile(rt: &tokio::runtime::Runtime, http: &Http, proxy: &mut Proc, urls: &Urls, events: usize, dir: &std::path::Path) {
+fn profile(
+    rt: &tokio::runtime::Runtime,
+    http: &Http,
+    proxy: &mut Proc,
+    urls: &Urls,
+    events: usize,
+    dir: &std::path::Path,
+) {
     let pid = proxy.child.id().to_string();
     let control = |args: &[&str]| {
         let out = Command::new("callgrind_control").args(args).arg(&pid).output().expect("callgrind_control");
