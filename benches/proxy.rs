@@ -51,7 +51,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -64,7 +64,7 @@ use serde_json::{Value, json};
 use tower_aci::attest::Policy;
 use tower_aci::gateway::{Fault, GatewayConfig, TestGateway, UpstreamRequest, UpstreamResponse};
 use tower_aci::protocol::aad;
-use tower_aci::protocol::suite::{SecretKey, Suite, open, seal};
+use tower_aci::protocol::suite::{PublicKey, SecretKey, Suite, open, seal};
 use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode};
 
 const ROLE: &str = "PROXY_BENCH_ROLE";
@@ -194,66 +194,106 @@ fn policy(suite: Suite) -> Policy {
     Policy::builder().select_suite(suite).dangerous().accept_stub_quote().any_workload().build().unwrap()
 }
 
-/// The per-unit CPU cost of `f`, in nanoseconds of this thread's CPU time.
-fn thread_cost<O>(n: u32, mut f: impl FnMut() -> O) -> f64 {
-    for _ in 0..n / 10 {
-        std::hint::black_box(f());
-    }
-    let t = cpu_time::ThreadTime::now();
-    for _ in 0..n {
-        std::hint::black_box(f());
-    }
-    t.elapsed().as_nanos() as f64 / f64::from(n)
-}
-
-/// One seal of the prompt's field, one open of the answer's field, one open of an event's
-/// field, the client key of an exchange (generated, its public key in hex) and one Ed25519
-/// signature check of a receipt-sized document: ns each, in this process.
-fn crypto_costs(suite: Suite, gateway_key: &tower_aci::protocol::suite::PublicKey) -> [f64; 5] {
-    let rng = &mut rand_core::OsRng;
-    let nonce = "ab".repeat(32);
-    let ts = 1_750_000_000;
-    let req_aad = aad::request(suite, "messages.0.content", MODEL, &nonce, ts);
-    let seal_ns = thread_cost(1000, || seal(gateway_key, PROMPT.as_bytes(), &req_aad, rng));
-    let client = SecretKey::generate(suite, rng);
-    let res_aad = aad::response(suite, "choices.0.message.content", "chatcmpl-1", MODEL, &nonce, ts);
-    let field = seal(&client.public_key(), ANSWER.as_bytes(), &res_aad, rng);
-    let open_ns = thread_cost(1000, || open(&client, &field, &res_aad).unwrap());
-    let ev_aad = aad::response(suite, "choices.0.delta.content", "chatcmpl-bench", MODEL, &nonce, ts);
-    let ev_field = seal(&client.public_key(), token(42).as_bytes(), &ev_aad, rng);
-    let event_ns = thread_cost(1000, || open(&client, &ev_field, &ev_aad).unwrap());
-    let keygen_ns = thread_cost(1000, || SecretKey::generate(suite, rng).public_key().to_hex());
-    use ed25519_dalek::{Signer, Verifier};
-    let signer = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let doc = vec![b'r'; 1500];
-    let sig = signer.sign(&doc);
-    let verifying = signer.verifying_key();
-    let ed_ns = thread_cost(1000, || verifying.verify(&doc, &sig).unwrap());
-    [seal_ns, open_ns, event_ns, keygen_ns, ed_ns]
-}
-
-/// One open of an event's field every 2 ms until `stop`: (count, ns of the opens, ns of this
-/// thread's CPU in all).
-fn open_probe(
+/// The cryptography of one exchange, on the fields the bench sends, in this process: what the
+/// proxy's CPU is compared with.
+struct Crypto {
     suite: Suite,
-    _key: &tower_aci::protocol::suite::PublicKey,
-    stop: &std::sync::atomic::AtomicBool,
-) -> (u64, u64, u64) {
-    let rng = &mut rand_core::OsRng;
-    let client = SecretKey::generate(suite, rng);
-    let nonce = "ab".repeat(32);
-    let ev_aad = aad::response(suite, "choices.0.delta.content", "chatcmpl-bench", MODEL, &nonce, 1_750_000_000);
-    let field = seal(&client.public_key(), token(42).as_bytes(), &ev_aad, rng);
-    let all = cpu_time::ThreadTime::now();
-    let (mut n, mut ns) = (0u64, 0u64);
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(2));
-        let t = cpu_time::ThreadTime::now();
-        std::hint::black_box(open(&client, &field, &ev_aad).unwrap());
-        ns += t.elapsed().as_nanos() as u64;
-        n += 1;
+    gateway_key: PublicKey,
+    client: SecretKey,
+    req_aad: Vec<u8>,
+    answer: String,
+    res_aad: Vec<u8>,
+    event: String,
+    ev_aad: Vec<u8>,
+    signer: ed25519_dalek::SigningKey,
+    doc: Vec<u8>,
+    sig: ed25519_dalek::Signature,
+}
+
+/// What [`Crypto`] measures, in order.
+const OPS: [&str; 5] = ["seal", "open", "open_event", "client_key", "ed25519"];
+const SEAL: usize = 0;
+const OPEN: usize = 1;
+const OPEN_EVENT: usize = 2;
+const CLIENT_KEY: usize = 3;
+const ED25519: usize = 4;
+
+impl Crypto {
+    fn new(suite: Suite, gateway_key: PublicKey) -> Crypto {
+        use ed25519_dalek::Signer;
+        let rng = &mut rand_core::OsRng;
+        let nonce = "ab".repeat(32);
+        let ts = 1_750_000_000;
+        let client = SecretKey::generate(suite, rng);
+        let res_aad = aad::response(suite, "choices.0.message.content", "chatcmpl-1", MODEL, &nonce, ts);
+        let ev_aad = aad::response(suite, "choices.0.delta.content", "chatcmpl-bench", MODEL, &nonce, ts);
+        let signer = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        // About the size of a receipt's signed document.
+        let doc = vec![b'r'; 1500];
+        Crypto {
+            suite,
+            req_aad: aad::request(suite, "messages.0.content", MODEL, &nonce, ts),
+            answer: seal(&client.public_key(), ANSWER.as_bytes(), &res_aad, rng),
+            event: seal(&client.public_key(), token(42).as_bytes(), &ev_aad, rng),
+            gateway_key,
+            client,
+            res_aad,
+            ev_aad,
+            sig: signer.sign(&doc),
+            signer,
+            doc,
+        }
     }
-    (n, ns, all.elapsed().as_nanos() as u64)
+
+    /// Run operation `op` (an index into [`OPS`]) once.
+    fn run(&self, op: usize) {
+        let rng = &mut rand_core::OsRng;
+        match op {
+            SEAL => drop(std::hint::black_box(seal(&self.gateway_key, PROMPT.as_bytes(), &self.req_aad, rng))),
+            OPEN => drop(std::hint::black_box(open(&self.client, &self.answer, &self.res_aad).unwrap())),
+            OPEN_EVENT => drop(std::hint::black_box(open(&self.client, &self.event, &self.ev_aad).unwrap())),
+            // The exchange's own key: generated, its public key in hex for `X-Client-Pub-Key`.
+            CLIENT_KEY => drop(std::hint::black_box(SecretKey::generate(self.suite, rng).public_key().to_hex())),
+            _ => {
+                use ed25519_dalek::Verifier;
+                self.signer.verifying_key().verify(std::hint::black_box(&self.doc), &self.sig).unwrap()
+            }
+        }
+    }
+
+    /// Each operation's cost in a tight loop (this thread's CPU time, ns): the floor, with warm
+    /// caches and predictors.
+    fn hot(&self) -> [f64; 5] {
+        std::array::from_fn(|op| {
+            for _ in 0..100 {
+                self.run(op);
+            }
+            let n = 1000;
+            let t = cpu_time::ThreadTime::now();
+            for _ in 0..n {
+                self.run(op);
+            }
+            t.elapsed().as_nanos() as f64 / f64::from(n)
+        })
+    }
+
+    /// Until `stop`: every 2 ms, each operation of `ops` once, timed alone (this thread's CPU
+    /// time). What the same operations cost in place, while the proxy and the machine's other
+    /// work run between them: (count, ns per operation, this thread's CPU in all, ns).
+    fn sparse(&self, ops: &[usize], stop: &AtomicBool) -> (u64, [f64; 5], u64) {
+        let all = cpu_time::ThreadTime::now();
+        let (mut n, mut ns) = (0u64, [0u64; 5]);
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(2));
+            for &op in ops {
+                let t = cpu_time::ThreadTime::now();
+                self.run(op);
+                ns[op] += t.elapsed().as_nanos() as u64;
+            }
+            n += 1;
+        }
+        (n, ns.map(|x| x as f64 / n.max(1) as f64), all.elapsed().as_nanos() as u64)
+    }
 }
 
 fn proxy_main() {
@@ -295,11 +335,13 @@ fn proxy_main() {
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         reply(&format!("{off_url} {verify_url} {plain_url}"));
 
-        let gateway_key = off.keys().current().unwrap().e2ee_key().public_key().clone();
+        let gateway_key = *off.keys().current().unwrap().e2ee_key().public_key();
+        let crypto = Arc::new(Crypto::new(suite, gateway_key));
         let mut rx = commands();
         let mut probe = None;
         while let Some(cmd) = rx.recv().await {
-            match cmd.as_str() {
+            let mut words = cmd.split(' ');
+            match words.next().unwrap_or_default() {
                 "cpu" => reply(&cpu_time::ProcessTime::now().as_duration().as_nanos().to_string()),
                 "drain" => {
                     // The background receipt checks of the verifying proxy: all done.
@@ -307,26 +349,32 @@ fn proxy_main() {
                     let counts = &verify.status()["counts"];
                     reply(&format!("{} {}", counts["receipts_verified"], counts["receipts_failed"]));
                 }
-                "probe-on" => {
-                    let (suite, key) = (suite, gateway_key.clone());
-                    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                    let flag = stop.clone();
-                    probe = Some((stop, std::thread::spawn(move || open_probe(suite, &key, &flag))));
+                // `probe seal open client_key`: the sparse measurement, on its own thread.
+                "probe" => {
+                    let ops: Vec<usize> = words.map(|w| OPS.iter().position(|o| *o == w).unwrap()).collect();
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let (flag, crypto) = (stop.clone(), crypto.clone());
+                    probe = Some((stop, std::thread::spawn(move || crypto.sparse(&ops, &flag))));
                     reply("ok");
                 }
-                "probe-off" => {
+                "probe-end" => {
                     let (stop, handle) = probe.take().unwrap();
                     stop.store(true, Ordering::Relaxed);
-                    let (n, open_ns, total_ns) = handle.join().unwrap();
-                    reply(&format!("{n} {open_ns} {total_ns}"));
+                    let (n, ns, cpu) = handle.join().unwrap();
+                    reply(&format!("{n} {cpu} {}", ns.map(|c| format!("{c:.0}")).join(" ")));
+                }
+                // `run seal 20`: one operation, n times (under callgrind).
+                "run" => {
+                    let name = words.next();
+                    let op = OPS.iter().position(|o| Some(*o) == name).unwrap();
+                    let n: usize = words.next().unwrap().parse().unwrap();
+                    let crypto = crypto.clone();
+                    tokio::task::spawn_blocking(move || (0..n).for_each(|_| crypto.run(op))).await.unwrap();
+                    reply("ok");
                 }
                 "crypto" => {
-                    let costs = tokio::task::spawn_blocking({
-                        let key = gateway_key.clone();
-                        move || crypto_costs(suite, &key)
-                    })
-                    .await
-                    .unwrap();
+                    let crypto = crypto.clone();
+                    let costs = tokio::task::spawn_blocking(move || crypto.hot()).await.unwrap();
                     reply(&costs.map(|c| format!("{c:.0}")).join(" "));
                 }
                 other => reply(&format!("unknown command {other}")),
@@ -494,7 +542,8 @@ fn driver_main() {
     let suite = suite();
     let requests: usize = env_or("PROXY_BENCH_REQUESTS", 3000);
     let concurrency: usize = env_or("PROXY_BENCH_CONCURRENCY", 32);
-    let rounds: usize = env_or("PROXY_BENCH_ROUNDS", 2);
+    let rounds: usize = env_or("PROXY_BENCH_ROUNDS", 5);
+    let stream_rounds_n: usize = env_or("PROXY_BENCH_STREAM_ROUNDS", 3);
     let streams: usize = env_or("PROXY_BENCH_STREAMS", 100);
     let events: usize = env_or("PROXY_BENCH_EVENTS", 100);
     let event_ms: u64 = env_or("PROXY_BENCH_EVENT_MS", 20);
@@ -554,105 +603,207 @@ fn driver_main() {
     });
     proxy.ask("drain");
 
-    let crypto = |proxy: &mut Proc| -> [f64; 5] {
-        let r = proxy.ask("crypto");
-        let v: Vec<f64> = r.split(' ').map(|x| x.parse().unwrap()).collect();
-        [v[0], v[1], v[2], v[3], v[4]]
-    };
-    let mut costs = vec![crypto(&mut proxy)];
-
-    // Buffered, interleaved rounds. CPU ns and requests per proxy.
-    let mut cpu = [0u64; 3];
+    // Rounds: the crypto in a loop, then each proxy, then the crypto again. A ratio is taken
+    // within its round (the machine's speed drifts over seconds when it is shared) and the
+    // median over the rounds is reported.
+    let mut hot = vec![hot_costs(&mut proxy)];
+    let mut rounds_data: Vec<Round> = Vec::new();
     let mut walls = [0f64; 3];
+    let mut in_place = Sparse::default();
     let per_round = requests / rounds.max(1);
     for _ in 0..rounds.max(1) {
+        let mut cpu = [0f64; 3];
         for (i, url) in [&urls.off, &urls.plain, &urls.verify].into_iter().enumerate() {
-            let c0 = proxy.cpu_ns();
             let t0 = Instant::now();
-            rt.block_on(buffered(&http, url, per_round, concurrency));
-            if i == 2 {
-                let counts = proxy.ask("drain");
-                assert!(counts.ends_with(" 0"), "receipt checks failed: {counts}");
-            }
+            let (ns, sparse) = measured(&mut proxy, "seal open client_key", i == 2, || {
+                rt.block_on(buffered(&http, url, per_round, concurrency));
+            });
             walls[i] += t0.elapsed().as_secs_f64();
-            cpu[i] += proxy.cpu_ns() - c0;
+            cpu[i] = ns / per_round as f64 / 1000.0;
+            if i == 0 {
+                in_place.add(&sparse);
+            }
         }
+        hot.push(hot_costs(&mut proxy));
+        let floor = mean2(&hot[hot.len() - 2], &hot[hot.len() - 1]);
+        rounds_data.push(Round { per_req: cpu, per_event: [f64::NAN; 2], floor });
     }
-    costs.push(crypto(&mut proxy));
-
-    // Streams: the same concurrency in both phases.
-    let mut stream_cpu = [0u64; 2];
+    let mut stream_rounds: Vec<Round> = Vec::new();
     let mut stream_stats = Vec::new();
-    for (i, url) in [&urls.off, &urls.plain].into_iter().enumerate() {
-        proxy.ask("probe-on");
-        let c0 = proxy.cpu_ns();
-        let t0 = Instant::now();
-        let (mean, peak, n) = rt.block_on(streamed(&http, url, streams, events));
-        let c1 = proxy.cpu_ns();
-        let probe = proxy.ask("probe-off");
-        let p: Vec<u64> = probe.split(' ').map(|x| x.parse().unwrap()).collect();
-        println!(
-            "probe during phase {i}: {} opens, {:.1} µs each, probe thread CPU {:.1} ms",
-            p[0],
-            p[1] as f64 / p[0] as f64 / 1000.0,
-            p[2] as f64 / 1e6
-        );
-        stream_cpu[i] = c1 - c0 - p[2];
-        stream_stats.push((mean, peak, n, t0.elapsed().as_secs_f64()));
+    for _ in 0..stream_rounds_n.max(1) {
+        let mut per_event = [0f64; 2];
+        for (i, url) in [&urls.off, &urls.plain].into_iter().enumerate() {
+            let t0 = Instant::now();
+            let mut stats = (0.0, 0, 0);
+            let (ns, sparse) = measured(&mut proxy, "open_event", false, || {
+                stats = rt.block_on(streamed(&http, url, streams, events));
+            });
+            per_event[i] = ns / stats.2 as f64 / 1000.0;
+            stream_stats.push((i, stats.0, stats.1, stats.2, t0.elapsed().as_secs_f64()));
+            if i == 0 {
+                in_place.add(&sparse);
+            }
+        }
+        hot.push(hot_costs(&mut proxy));
+        let floor = mean2(&hot[hot.len() - 2], &hot[hot.len() - 1]);
+        stream_rounds.push(Round { per_req: [f64::NAN; 3], per_event, floor });
     }
-    costs.push(crypto(&mut proxy));
     drop(proxy);
     drop(gateway);
 
-    let pick = |k: usize| median(costs.iter().map(|c| c[k]).collect()) / 1000.0;
-    let (seal_us, open_us, event_open_us, keygen_us, ed_us) = (pick(0), pick(1), pick(2), pick(3), pick(4));
+    let floor: [f64; 5] = std::array::from_fn(|op| median(hot.iter().map(|c| c[op]).collect()) / 1000.0);
+    let placed = in_place.means().map(|ns| ns / 1000.0);
     let n = (per_round * rounds.max(1)) as f64;
-    let per_req = cpu.map(|c| c as f64 / n / 1000.0);
-    let (e2ee, plain, verify) = (per_req[0], per_req[1], per_req[2]);
-    let events_total = |i: usize| stream_stats[i].2 as f64;
-    let per_event = [stream_cpu[0] as f64 / events_total(0) / 1000.0, stream_cpu[1] as f64 / events_total(1) / 1000.0];
+    let per_req: [f64; 3] = std::array::from_fn(|i| median(rounds_data.iter().map(|r| r.per_req[i]).collect()));
+    let per_event: [f64; 2] = std::array::from_fn(|i| median(stream_rounds.iter().map(|r| r.per_event[i]).collect()));
 
-    println!("-- crypto in the proxy process (thread CPU, median of before/between/after)");
-    let samples = |k: usize| costs.iter().map(|c| format!("{:.1}", c[k] / 1000.0)).collect::<Vec<_>>().join(" / ");
-    println!("seal of the prompt field ({} B): {seal_us:.1} µs ({})", PROMPT.len(), samples(0));
-    println!("open of the answer field ({} B): {open_us:.1} µs ({})", ANSWER.len(), samples(1));
-    println!("open of an event field: {event_open_us:.1} µs ({})", samples(2));
-    println!("the exchange's client key (generate, public key in hex): {keygen_us:.1} µs ({})", samples(3));
-    println!("one Ed25519 check of a 1.5 KB document: {ed_us:.1} µs ({})", samples(4));
-    println!("-- buffered: {} requests per proxy in {rounds} rounds, {concurrency} concurrent", n);
-    for (name, i) in [("E2EE, receipts off", 0), ("plain proxy", 1), ("E2EE, receipts verified", 2)] {
-        println!("{name:<26} proxy CPU {:>7.1} µs/request   ({:.0} requests/s wall)", per_req[i], n / walls[i]);
+    println!("-- the cryptography of one exchange, in the proxy process (µs of thread CPU)");
+    println!("{:<44} {:>9} {:>9}   in a loop, at each measurement", "", "in a loop", "in place");
+    for (op, what) in [
+        (SEAL, format!("seal of the prompt's field ({} B)", PROMPT.len())),
+        (OPEN, format!("open of the answer's field ({} B)", ANSWER.len())),
+        (OPEN_EVENT, "open of a stream event's field".to_owned()),
+        (CLIENT_KEY, "the exchange's client key (generate, hex)".to_owned()),
+        (ED25519, "one Ed25519 check (1.5 KB)".to_owned()),
+    ] {
+        let placed = if op == ED25519 { "—".to_owned() } else { format!("{:.1}", placed[op]) };
+        let samples = hot.iter().map(|c| format!("{:.0}", c[op] / 1000.0)).collect::<Vec<_>>().join(" ");
+        println!("{what:<44} {:>9.1} {placed:>9}   {samples}", floor[op]);
     }
-    println!("-- streamed: {streams} streams × {events} events, gateway pacing {event_ms} ms");
-    for (name, i) in [("E2EE", 0), ("plain proxy", 1)] {
-        let (mean, peak, count, wall) = stream_stats[i];
+    println!(
+        "in a loop: 1,000 in a row, between the rounds (median shown); in place: one of each every 2 ms on a thread of \
+         the proxy process during the E2EE phases ({} samples; its CPU is left out of the phases')",
+        in_place.n
+    );
+    println!(
+        "-- buffered: {n} requests per proxy in {rounds} interleaved rounds, {concurrency} concurrent (median of the rounds)"
+    );
+    for (name, i) in [("E2EE, receipts off", 0), ("plain proxy", 1), ("E2EE, receipts verified", 2)] {
+        let each = rounds_data.iter().map(|r| format!("{:.0}", r.per_req[i])).collect::<Vec<_>>().join(" ");
         println!(
-            "{name:<26} proxy CPU {:>7.2} µs/event   ({count} events in {wall:.2} s; concurrent streams: mean {mean:.1}, peak {peak})",
+            "{name:<26} proxy CPU {:>7.1} µs/request   ({:.0} requests/s wall; rounds: {each})",
+            per_req[i],
+            n / walls[i]
+        );
+    }
+    println!(
+        "-- streamed: {streams} streams × {events} events, one every {event_ms} ms per stream, {} rounds",
+        stream_rounds_n.max(1)
+    );
+    for (name, i) in [("E2EE", 0), ("plain proxy", 1)] {
+        let each = stream_rounds.iter().map(|r| format!("{:.1}", r.per_event[i])).collect::<Vec<_>>().join(" ");
+        let (mut mean, mut peak, mut wall) = (0.0, 0, 0.0);
+        for &(_, m, p, _, w) in stream_stats.iter().filter(|s| s.0 == i) {
+            mean += m / stream_rounds_n.max(1) as f64;
+            peak = peak.max(p);
+            wall += w / stream_rounds_n.max(1) as f64;
+        }
+        println!(
+            "{name:<26} proxy CPU {:>7.2} µs/event   ({wall:.2} s a round; streams in flight: mean {mean:.1}, peak {peak}; rounds: {each})",
             per_event[i]
         );
     }
-    let crypto_us = seal_us + open_us;
-    println!("-- ratios (target)");
-    println!("E2EE proxy per request ÷ (seal + open): {e2ee:.1} / {crypto_us:.1} = {:.2} (≤ 1.5)", e2ee / crypto_us);
+    let crypto = |c: &[f64; 5]| (c[SEAL] + c[OPEN]) / 1000.0;
+    let r1 = median(rounds_data.iter().map(|r| r.per_req[0] / crypto(&r.floor)).collect());
+    let r2 = median(rounds_data.iter().map(|r| (r.per_req[0] - crypto(&r.floor)) / r.per_req[1]).collect());
+    let r2k = median(
+        rounds_data
+            .iter()
+            .map(|r| (r.per_req[0] - crypto(&r.floor) - r.floor[CLIENT_KEY] / 1000.0) / r.per_req[1])
+            .collect(),
+    );
+    let r3 = median(
+        stream_rounds.iter().map(|r| (r.per_event[0] - r.per_event[1]) / (r.floor[OPEN_EVENT] / 1000.0)).collect(),
+    );
+    let sum = placed[SEAL] + placed[OPEN];
+    println!("-- ratios: median of the rounds, each against the crypto in a loop in its round [in place] (target)");
     println!(
-        "(E2EE proxy − seal − open) ÷ plain proxy: {:.1} / {plain:.1} = {:.2} (≤ 2)",
-        e2ee - crypto_us,
-        (e2ee - crypto_us) / plain
+        "E2EE proxy per request ÷ (seal + open): {:.1} / {:.1} = {r1:.2} [{:.2}] (≤ 1.5)",
+        per_req[0],
+        floor[SEAL] + floor[OPEN],
+        per_req[0] / sum
     );
     println!(
-        "  of which the exchange's client key: {keygen_us:.1} µs; without it: {:.2}",
-        (e2ee - crypto_us - keygen_us) / plain
+        "(E2EE proxy − seal − open) ÷ plain proxy: {:.1} / {:.1} = {r2:.2} [{:.2}] (≤ 2)",
+        per_req[0] - floor[SEAL] - floor[OPEN],
+        per_req[1],
+        (per_req[0] - sum) / per_req[1]
     );
-    let layer_event = per_event[0] - per_event[1];
     println!(
-        "E2EE per event above plain ÷ one open: {layer_event:.2} / {event_open_us:.2} = {:.3} (≤ 1.1)",
-        layer_event / event_open_us
+        "  the same, the exchange's client key (crypto outside seal + open) left out as well: {r2k:.2} [{:.2}]",
+        (per_req[0] - sum - placed[CLIENT_KEY]) / per_req[1]
     );
-    let receipt = verify - e2ee;
     println!(
-        "receipts verified in the background add {receipt:.1} µs per exchange = {:.1}× one Ed25519 check ({ed_us:.1} µs)",
-        receipt / ed_us
+        "(E2EE − plain) per event ÷ one open: {:.2} / {:.2} = {r3:.3} [{:.3}] (≤ 1.1)",
+        per_event[0] - per_event[1],
+        floor[OPEN_EVENT],
+        (per_event[0] - per_event[1]) / placed[OPEN_EVENT]
     );
+    let receipt = median(rounds_data.iter().map(|r| r.per_req[2] - r.per_req[0]).collect());
+    println!(
+        "receipts verified in the background add {receipt:.1} µs per exchange = {:.2}× one Ed25519 check ({:.1} µs)",
+        receipt / floor[ED25519],
+        floor[ED25519]
+    );
+}
+
+/// One round's figures: µs per request (E2EE, plain, E2EE verifying) or per event (E2EE,
+/// plain), and the crypto in a loop around it (ns).
+struct Round {
+    per_req: [f64; 3],
+    per_event: [f64; 2],
+    floor: [f64; 5],
+}
+
+fn mean2(a: &[f64; 5], b: &[f64; 5]) -> [f64; 5] {
+    std::array::from_fn(|i| (a[i] + b[i]) / 2.0)
+}
+
+/// The crypto in a loop, in the proxy process (ns per operation).
+fn hot_costs(proxy: &mut Proc) -> [f64; 5] {
+    let v: Vec<f64> = proxy.ask("crypto").split(' ').map(|x| x.parse().unwrap()).collect();
+    std::array::from_fn(|i| v[i])
+}
+
+/// The sparse crypto measurements of several phases, summed.
+#[derive(Default)]
+struct Sparse {
+    n: u64,
+    sum: [f64; 5],
+    count: [u64; 5],
+}
+
+impl Sparse {
+    fn add(&mut self, other: &(u64, Vec<(usize, f64)>)) {
+        self.n += other.0;
+        for &(op, ns) in &other.1 {
+            self.sum[op] += ns * other.0 as f64;
+            self.count[op] += other.0;
+        }
+    }
+
+    fn means(&self) -> [f64; 5] {
+        std::array::from_fn(|op| self.sum[op] / self.count[op].max(1) as f64)
+    }
+}
+
+/// The proxy process's CPU (ns) while `work` runs (and, with `drain`, until the background
+/// receipt checks it started are done), without the sparse crypto measurement of `ops` that
+/// runs beside it; and that measurement: (samples, (operation, ns each)).
+fn measured(proxy: &mut Proc, ops: &str, drain: bool, work: impl FnOnce()) -> (f64, (u64, Vec<(usize, f64)>)) {
+    proxy.ask(&format!("probe {ops}"));
+    let c0 = proxy.cpu_ns();
+    work();
+    if drain {
+        let counts = proxy.ask("drain");
+        assert!(counts.ends_with(" 0"), "receipt checks failed (verified, failed): {counts}");
+    }
+    let c1 = proxy.cpu_ns();
+    let reply = proxy.ask("probe-end");
+    let v: Vec<f64> = reply.split(' ').map(|x| x.parse().unwrap()).collect();
+    let (n, probe_cpu) = (v[0] as u64, v[1]);
+    let each = ops.split(' ').map(|o| OPS.iter().position(|x| *x == o).unwrap()).map(|op| (op, v[2 + op])).collect();
+    ((c1 - c0) as f64 - probe_cpu, (n, each))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -683,6 +834,20 @@ fn profile(
         }
         buffered(http, &urls.verify, 50, 4).await;
     });
+    let mut counted = |phase: &str, units: usize, unit: &str, work: &mut dyn FnMut(&mut Proc)| -> f64 {
+        control(&["--zero"]);
+        control(&["--instr=on"]);
+        work(proxy);
+        control(&["--instr=off"]);
+        control(&[&format!("--dump={phase}")]);
+        let (dump, ir) = latest_dump(dir);
+        let file = dir.join(format!("callgrind.out.{phase}"));
+        std::fs::rename(&dump, &file).unwrap();
+        let each = ir as f64 / units as f64;
+        println!("{phase:<18} {each:>10.0} instructions per {unit:<8} ({ir} in {units}; {})", file.display());
+        each
+    };
+    let mut ir = std::collections::HashMap::new();
     for (phase, url, stream) in [
         ("e2ee-buffered", &urls.off, false),
         ("plain-buffered", &urls.plain, false),
@@ -690,31 +855,42 @@ fn profile(
         ("e2ee-stream", &urls.off, true),
         ("plain-stream", &urls.plain, true),
     ] {
-        control(&["--zero"]);
-        control(&["--instr=on"]);
-        rt.block_on(async {
-            if stream {
-                streamed(http, url, streams, events).await;
-            } else {
-                buffered(http, url, requests, 4).await;
+        let units = if stream { streams * events } else { requests };
+        let unit = if stream { "event" } else { "request" };
+        let each = counted(phase, units, unit, &mut |proxy| {
+            rt.block_on(async {
+                if stream {
+                    streamed(http, url, streams, events).await;
+                } else {
+                    buffered(http, url, requests, 4).await;
+                }
+            });
+            if url == &urls.verify {
+                proxy.ask("drain");
             }
         });
-        if url == &urls.verify {
-            proxy.ask("drain");
-        }
-        control(&["--instr=off"]);
-        control(&[&format!("--dump={phase}")]);
-        let units = if stream { streams * events } else { requests };
-        let (dump, ir) = latest_dump(dir);
-        let file = dir.join(format!("callgrind.out.{phase}"));
-        std::fs::rename(&dump, &file).unwrap();
-        println!(
-            "{phase:<16} {:>12.0} instructions per {}   ({ir} in {units}; {})",
-            ir as f64 / units as f64,
-            if stream { "event" } else { "request" },
-            file.display()
-        );
+        ir.insert(phase, each);
     }
+    // The crypto alone, in the same process: 20 of each.
+    for (op, name) in OPS.iter().enumerate() {
+        let each = counted(&format!("crypto-{name}"), 20, name, &mut |proxy| {
+            proxy.ask(&format!("run {name} 20"));
+        });
+        ir.insert(OPS[op], each);
+    }
+    println!("-- in instructions (user space only: the kernel's share of the HTTP work is not counted)");
+    println!(
+        "E2EE proxy per request ÷ (seal + open): {:.2}; (E2EE − seal − open) ÷ plain: {:.2}; without the client key: {:.2}",
+        ir["e2ee-buffered"] / (ir["seal"] + ir["open"]),
+        (ir["e2ee-buffered"] - ir["seal"] - ir["open"]) / ir["plain-buffered"],
+        (ir["e2ee-buffered"] - ir["seal"] - ir["open"] - ir["client_key"]) / ir["plain-buffered"],
+    );
+    println!(
+        "(E2EE − plain) per event ÷ one open: {:.3}; receipts verified add {:.0} per exchange = {:.2}× one Ed25519 check",
+        (ir["e2ee-stream"] - ir["plain-stream"]) / ir["open_event"],
+        ir["verify-buffered"] - ir["e2ee-buffered"],
+        (ir["verify-buffered"] - ir["e2ee-buffered"]) / ir["ed25519"],
+    );
 }
 
 /// The newest callgrind dump in `dir` (waiting for it to be written) and its total instructions.
