@@ -211,7 +211,7 @@ pub(crate) fn histogram(key: &'static metrics::Key) -> metrics::Histogram {
 }
 
 /// Register and return the gauge of a static key (see [`keys`]).
-#[cfg(feature = "metrics")]
+#[cfg(feature = "proxy")]
 pub(crate) fn gauge(key: &'static metrics::Key) -> metrics::Gauge {
     metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
 }
