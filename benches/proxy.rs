@@ -351,7 +351,8 @@ fn proxy_main() {
                 }
                 // `probe seal open client_key`: the sparse measurement, on its own thread.
                 "probe" => {
-                    let ops: Vec<usize> = words.map(|w| OPS.iter().position(|o| *o == w).unwrap()).collect();
+                    let ops: Vec<usize> =
+                        words.filter(|w| !w.is_empty()).map(|w| OPS.iter().position(|o| *o == w).unwrap()).collect();
                     let stop = Arc::new(AtomicBool::new(false));
                     let (flag, crypto) = (stop.clone(), crypto.clone());
                     probe = Some((stop, std::thread::spawn(move || crypto.sparse(&ops, &flag))));
@@ -791,6 +792,8 @@ impl Sparse {
 /// receipt checks it started are done), without the sparse crypto measurement of `ops` that
 /// runs beside it; and that measurement: (samples, (operation, ns each)).
 fn measured(proxy: &mut Proc, ops: &str, drain: bool, work: impl FnOnce()) -> (f64, (u64, Vec<(usize, f64)>)) {
+    // `PROXY_BENCH_IN_PLACE=0`: no crypto beside the phases (to see what it changes).
+    let ops = if env_or("PROXY_BENCH_IN_PLACE", 1) == 0 { "" } else { ops };
     proxy.ask(&format!("probe {ops}"));
     let c0 = proxy.cpu_ns();
     work();
@@ -802,7 +805,12 @@ fn measured(proxy: &mut Proc, ops: &str, drain: bool, work: impl FnOnce()) -> (f
     let reply = proxy.ask("probe-end");
     let v: Vec<f64> = reply.split(' ').map(|x| x.parse().unwrap()).collect();
     let (n, probe_cpu) = (v[0] as u64, v[1]);
-    let each = ops.split(' ').map(|o| OPS.iter().position(|x| *x == o).unwrap()).map(|op| (op, v[2 + op])).collect();
+    let each = ops
+        .split(' ')
+        .filter(|o| !o.is_empty())
+        .map(|o| OPS.iter().position(|x| *x == o).unwrap())
+        .map(|op| (op, v[2 + op]))
+        .collect();
     ((c1 - c0) as f64 - probe_cpu, (n, each))
 }
 
