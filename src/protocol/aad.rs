@@ -30,7 +30,11 @@ pub fn request(suite: Suite, field: &str, model: &str, nonce: &str, ts: u64) -> 
 /// The AAD of a response field: `{"algo","field","id","model","nonce","purpose","ts"}` in JCS
 /// form. `id` is the response's (or SSE chunk's) string `id`, or `""`; `model` the *request's*.
 pub fn response(suite: Suite, field: &str, id: &str, model: &str, nonce: &str, ts: u64) -> Vec<u8> {
-    response_with_tail(suite, field, id, &response_tail(model, nonce, ts))
+    let mut out = head(suite, field, id.len() + model.len() + nonce.len() + 72);
+    out.extend_from_slice(b",\"id\":");
+    write_str(id, &mut out);
+    write_tail(model, nonce, RESPONSE_PURPOSE, ts, &mut out);
+    out
 }
 
 /// The part of every response AAD of one exchange after `id`:
