@@ -15,35 +15,49 @@
 //! forwarding to the same gateway, no E2EE. The proxies' CPU is the proxy process's own
 //! (`CLOCK_PROCESS_CPUTIME_ID`, read by that process when the parent asks between phases), so
 //! neither the gateway nor the load generator is counted, and it is precise to the nanosecond
-//! where `/proc/<pid>/stat` counts 10 ms ticks. The cost of one seal and one open of the same
-//! fields, of one open of a stream event's field, of the per-exchange client key and of one
-//! Ed25519 signature check are measured in that same process (thread CPU time), before, between
-//! and after the phases; the median is the reference.
+//! where `/proc/<pid>/stat` counts 10 ms ticks. A process of its own, rather than dedicated
+//! runtime threads in one process, also keeps the gateway's and the load's allocator, caches and
+//! threads out of what is counted.
+//!
+//! The crypto the proxy's CPU is compared with runs in that same process on the same fields: one
+//! seal of the prompt's field, one open of the answer's, one open of a stream event's, the
+//! exchange's client key (generated, its public key in hex) and one Ed25519 check of a
+//! receipt-sized document, each measured two ways in thread CPU time: 1,000 in a loop between
+//! the rounds (the floor: warm caches), and "in place", one of each every 2 ms on a thread of
+//! the proxy process while the E2EE phases run (what the same operation costs among the proxy's
+//! and the machine's other work; that thread's CPU is subtracted from the phase's;
+//! `PROXY_BENCH_IN_PLACE=0` leaves it out).
 //!
 //! Phases (each against the same gateway, the same fields):
 //! - buffered: `PROXY_BENCH_REQUESTS` (default 3000) short chat completions, one encrypted field
 //!   each way, `PROXY_BENCH_CONCURRENCY` (default 32) at a time, through the E2EE proxy with
-//!   receipts off, the plain proxy, and the E2EE proxy verifying receipts; in
-//!   `PROXY_BENCH_ROUNDS` (default 2) interleaved rounds, so drift in the machine's speed falls on
-//!   all three alike;
+//!   receipts off, the plain proxy, and the E2EE proxy verifying receipts (until every check of
+//!   the phase ran); in `PROXY_BENCH_ROUNDS` (default 5) interleaved rounds, each followed by the
+//!   crypto in a loop;
 //! - streamed: `PROXY_BENCH_STREAMS` (default 100) concurrent streams of `PROXY_BENCH_EVENTS`
-//!   (default 100) events, one encrypted field each, through the E2EE proxy and the plain proxy.
-//!   The gateway paces events `PROXY_BENCH_EVENT_MS` (default 20 ms) apart, as a model does: all
-//!   streams are open at once in both phases (the same concurrency, reported), and each event
-//!   arrives on its own, so neither phase batches events into fewer reads than the other.
+//!   (default 100) events, one encrypted field each, through the E2EE proxy and the plain proxy,
+//!   `PROXY_BENCH_STREAM_ROUNDS` (default 3) times. The gateway paces events
+//!   `PROXY_BENCH_EVENT_MS` (default 20 ms) apart, as a model does: all streams are open at once
+//!   in both phases (the same concurrency, reported), and each event arrives on its own, so
+//!   neither phase batches events into fewer reads than the other.
 //!
-//! Ratios (targets in brackets):
-//! - E2EE proxy CPU per buffered request ÷ (seal + open) [≤ 1.5];
-//! - (E2EE proxy − seal − open) ÷ plain proxy, per buffered request [≤ 2];
-//! - (E2EE proxy − plain proxy) per streamed event ÷ one open [≤ 1.1];
+//! Ratios, each taken within its round (the machine's speed drifts over seconds when it is
+//! shared) against the crypto in a loop measured around that round, the median reported, and
+//! in brackets against the crypto in place (targets):
+//! - E2EE proxy CPU per buffered request ÷ (seal + open) (≤ 1.5);
+//! - (E2EE proxy − seal − open) ÷ plain proxy, per buffered request (≤ 2), and the same with the
+//!   exchange's client key also left out;
+//! - (E2EE proxy − plain proxy) per streamed event ÷ one open (≤ 1.1);
 //! - what verifying receipts in the background adds per exchange, ÷ one Ed25519 check.
 //!
 //! `PROXY_BENCH_CALLGRIND=1` runs the proxy process under `valgrind --tool=callgrind` with
-//! instrumentation off, switches it on (`callgrind_control -i on`) for a fixed number of
-//! requests or events per phase after a warm-up, and dumps each phase to
-//! `target/proxy-callgrind/callgrind.out.<phase>`: instructions per request and per event, which
-//! repeat on a shared machine where time does not. Read one with
-//! `callgrind_annotate --inclusive=yes target/proxy-callgrind/callgrind.out.<phase>`.
+//! instrumentation off, switches it on (`callgrind_control --instr=on`) for a fixed number of
+//! requests (`PROXY_BENCH_PROFILE_REQUESTS`, default 200) or streams
+//! (`PROXY_BENCH_PROFILE_STREAMS`, default 10) per phase after a warm-up, then for 20 of each
+//! crypto operation, and dumps each to `target/proxy-callgrind/callgrind.out.<phase>`:
+//! instructions per request, per event and per operation, which repeat on a shared machine where
+//! time does not (user space only: the kernel's share of the HTTP work is not counted). Read one
+//! with `callgrind_annotate --inclusive=yes target/proxy-callgrind/callgrind.out.<phase>`.
 //!
 //! Not run by `cargo test` (a `harness = false` bench that does nothing unless cargo passes
 //! `--bench`).
