@@ -21,6 +21,13 @@
 //! requests encrypted to the old key must recover through `KeyMismatchRetry` and the
 //! provider's refresher (which spaces refreshes 10 s apart by default, so those streams wait).
 //!
+//! Both phases run at the same concurrency: each stream, once its answer's head arrived, waits
+//! until every stream of its phase has one (a gate), then reads its events. Without it the
+//! plaintext streams, which finish in a few milliseconds, never overlapped (a peak of 4 in
+//! flight against 998 through the layer), and the per-event comparison set a lone stream's
+//! reads against a thousand streams' batched ones. The peak and the mean number of streams in
+//! flight are reported for both phases.
+//!
 //! Reported:
 //! - errors: any failed request, non-200 answer, body error, missing or wrong event, count
 //!   mismatch (must be 0);
@@ -290,10 +297,58 @@ struct Tally {
     peak_in_flight: AtomicUsize,
     started: AtomicUsize,
     unmatched_terminators: AtomicUsize,
+    /// Sum of the streams' durations, µs (÷ the phase's wall time: the mean concurrency).
+    stream_us: AtomicU64,
 }
 
-async fn one_stream<S, B>(svc: S, url: &str, events: usize, arrivals: &Arrivals, hist: &Histogram, tally: &Tally)
-where
+/// Holds every stream of a phase after its answer's head until all of them have one, so that
+/// both phases stream at the same concurrency. A stream that fails before its head arrives
+/// (counted as an error) still passes, so the gate always opens.
+struct Gate {
+    arrived: AtomicUsize,
+    total: usize,
+    open: tokio::sync::Notify,
+}
+
+impl Gate {
+    fn new(total: usize) -> Self {
+        Gate { arrived: AtomicUsize::new(0), total, open: tokio::sync::Notify::new() }
+    }
+
+    fn is_open(&self) -> bool {
+        self.arrived.load(Ordering::Acquire) >= self.total
+    }
+
+    /// Arrive without waiting.
+    fn pass(&self) {
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 >= self.total {
+            self.open.notify_waiters();
+        }
+    }
+
+    /// Arrive, and wait until every stream has.
+    async fn wait(&self) {
+        let notified = self.open.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        self.pass();
+        while !self.is_open() {
+            notified.as_mut().await;
+            notified.set(self.open.notified());
+            notified.as_mut().enable();
+        }
+    }
+}
+
+async fn one_stream<S, B>(
+    svc: S,
+    url: &str,
+    events: usize,
+    arrivals: &Arrivals,
+    hist: &Histogram,
+    tally: &Tally,
+    gate: &Gate,
+) where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
     S::Error: std::fmt::Display,
     B: Body<Data = Bytes> + Unpin,
@@ -309,14 +364,17 @@ where
         Err(e) => {
             eprintln!("request failed: {e}");
             tally.errors.fetch_add(1, Ordering::Relaxed);
+            gate.pass();
             return;
         }
     };
     if res.status() != 200 {
         eprintln!("status {}", res.status());
         tally.errors.fetch_add(1, Ordering::Relaxed);
+        gate.pass();
         return;
     }
+    gate.wait().await;
     let mut body = res.into_body();
     let mut terminators = Terminators::default();
     let mut pending_event: Vec<u8> = Vec::new();
@@ -407,6 +465,7 @@ struct Phase {
     errors: usize,
     attempts: usize,
     peak_in_flight: usize,
+    mean_in_flight: f64,
     events: u64,
     wall: Duration,
     user: f64,
@@ -435,6 +494,7 @@ fn run_phase(p: &Params, layered: bool, rotate: Option<&mut dyn Write>) -> Phase
     let hist = Arc::new(Histogram::new());
     let tally = Arc::new(Tally::default());
     let attempts = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Gate::new(p.streams));
     let (streams, events) = (p.streams, p.events);
     let (finished, wall, (user, sys)) = rt.block_on(async {
         let plain: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -458,11 +518,12 @@ fn run_phase(p: &Params, layered: bool, rotate: Option<&mut dyn Write>) -> Phase
         for i in 0..streams {
             let (keys, url) = (keys.clone(), url.clone());
             let (e2ee_client, plain_client) = (e2ee_client.clone(), plain_client.clone());
-            let (hist, tally, attempts) = (hist.clone(), tally.clone(), attempts.clone());
+            let (hist, tally, attempts, gate) = (hist.clone(), tally.clone(), attempts.clone(), gate.clone());
             let start = t0 + p.ramp.mul_f64(i as f64 / streams as f64);
             tasks.spawn(async move {
                 tokio::time::sleep_until(start.into()).await;
                 tally.started.fetch_add(1, Ordering::Relaxed);
+                let began = Instant::now();
                 let n = tally.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
                 tally.peak_in_flight.fetch_max(n, Ordering::Relaxed);
                 let arrivals: Arrivals = Arc::default();
@@ -471,12 +532,13 @@ fn run_phase(p: &Params, layered: bool, rotate: Option<&mut dyn Write>) -> Phase
                         .layer(RetryLayer::new(KeyMismatchRetry::new(keys.clone())))
                         .layer(E2eeLayer::new(keys))
                         .service(Timed { inner: e2ee_client, arrivals: arrivals.clone(), attempts });
-                    one_stream(svc, &url, events, &arrivals, &hist, &tally).await;
+                    one_stream(svc, &url, events, &arrivals, &hist, &tally, &gate).await;
                 } else {
                     let svc = Timed { inner: plain_client, arrivals: arrivals.clone(), attempts };
-                    one_stream(svc, &url, events, &arrivals, &hist, &tally).await;
+                    one_stream(svc, &url, events, &arrivals, &hist, &tally, &gate).await;
                 }
                 tally.in_flight.fetch_sub(1, Ordering::Relaxed);
+                tally.stream_us.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
             });
         }
         let rotation = {
@@ -512,6 +574,7 @@ fn run_phase(p: &Params, layered: bool, rotate: Option<&mut dyn Write>) -> Phase
         errors: tally.errors.load(Ordering::Relaxed),
         attempts: attempts.load(Ordering::Relaxed),
         peak_in_flight: tally.peak_in_flight.load(Ordering::Relaxed),
+        mean_in_flight: tally.stream_us.load(Ordering::Relaxed) as f64 / wall.as_micros().max(1) as f64,
         events: tally.events.load(Ordering::Relaxed),
         wall,
         user,
@@ -525,8 +588,8 @@ fn run_phase(p: &Params, layered: bool, rotate: Option<&mut dyn Write>) -> Phase
 fn report(name: &str, p: &Params, ph: &Phase) {
     println!("-- {name}");
     println!(
-        "errors: {}   streams: {}   attempts (incl. key-mismatch retries): {}   peak concurrent: {}",
-        ph.errors, p.streams, ph.attempts, ph.peak_in_flight
+        "errors: {}   streams: {}   attempts (incl. key-mismatch retries): {}   concurrent: peak {}, mean {:.0}",
+        ph.errors, p.streams, ph.attempts, ph.peak_in_flight, ph.mean_in_flight
     );
     println!(
         "events: {} in {:.2} s wall; client CPU {:.2} s (user {:.2}, sys {:.2}) = {:.2} µs/event → {:.0} events/s per core",

@@ -90,6 +90,137 @@ pub mod names {
     pub const RECEIPTS: &str = "aci_receipts_total";
 }
 
+/// Metric keys whose labels are known in advance, made once. A key built per call with the
+/// `metrics` macros and a label that is not a literal allocates its labels (twice, with the
+/// recorder's retained copy) and hashes them on every call; these are `static`, hashed at
+/// compile time, and retained without a copy. Registered through [`counter`], [`histogram`].
+#[cfg(feature = "metrics")]
+pub(crate) mod keys {
+    use metrics::{Key, Label};
+
+    use super::{KIND_NAMES, names};
+    use crate::protocol::Endpoint;
+    use crate::protocol::suite::Suite;
+
+    /// A static label.
+    const fn l(key: &'static str, value: &'static str) -> Label {
+        Label::from_static_parts(key, value)
+    }
+
+    const CHAT: &str = Endpoint::ChatCompletions.path();
+    const COMPLETIONS: &str = Endpoint::Completions.path();
+    const EMBEDDINGS: &str = Endpoint::Embeddings.path();
+    const SECP: &str = Suite::Secp256k1.algo();
+    const X25519: &str = Suite::X25519.algo();
+
+    static E2EE_REQUEST_LABELS: [[[Label; 2]; 2]; 3] = [
+        [[l("endpoint", CHAT), l("suite", SECP)], [l("endpoint", CHAT), l("suite", X25519)]],
+        [[l("endpoint", COMPLETIONS), l("suite", SECP)], [l("endpoint", COMPLETIONS), l("suite", X25519)]],
+        [[l("endpoint", EMBEDDINGS), l("suite", SECP)], [l("endpoint", EMBEDDINGS), l("suite", X25519)]],
+    ];
+    static E2EE_REQUESTS: [[Key; 2]; 3] = {
+        const fn k(e: usize, s: usize) -> Key {
+            Key::from_static_parts(names::E2EE_REQUESTS, &E2EE_REQUEST_LABELS[e][s])
+        }
+        [[k(0, 0), k(0, 1)], [k(1, 0), k(1, 1)], [k(2, 0), k(2, 1)]]
+    };
+
+    /// `aci_e2ee_requests_total{endpoint, suite}`.
+    pub(crate) fn e2ee_requests(endpoint: Endpoint, suite: Suite) -> &'static Key {
+        let e = match endpoint {
+            Endpoint::ChatCompletions => 0,
+            Endpoint::Completions => 1,
+            Endpoint::Embeddings => 2,
+        };
+        let s = match suite {
+            Suite::Secp256k1 => 0,
+            Suite::X25519 => 1,
+        };
+        &E2EE_REQUESTS[e][s]
+    }
+
+    static ERROR_LABELS: [[Label; 1]; 16] = [
+        [l("kind", KIND_NAMES[0])],
+        [l("kind", KIND_NAMES[1])],
+        [l("kind", KIND_NAMES[2])],
+        [l("kind", KIND_NAMES[3])],
+        [l("kind", KIND_NAMES[4])],
+        [l("kind", KIND_NAMES[5])],
+        [l("kind", KIND_NAMES[6])],
+        [l("kind", KIND_NAMES[7])],
+        [l("kind", KIND_NAMES[8])],
+        [l("kind", KIND_NAMES[9])],
+        [l("kind", KIND_NAMES[10])],
+        [l("kind", KIND_NAMES[11])],
+        [l("kind", KIND_NAMES[12])],
+        [l("kind", KIND_NAMES[13])],
+        [l("kind", KIND_NAMES[14])],
+        [l("kind", KIND_NAMES[15])],
+    ];
+    static ERRORS: [Key; 16] = {
+        const fn k(i: usize) -> Key {
+            Key::from_static_parts(names::ERRORS, &ERROR_LABELS[i])
+        }
+        [k(0), k(1), k(2), k(3), k(4), k(5), k(6), k(7), k(8), k(9), k(10), k(11), k(12), k(13), k(14), k(15)]
+    };
+
+    /// `aci_errors_total{kind}`.
+    pub(crate) fn error(kind: crate::ErrorKind) -> &'static Key {
+        &ERRORS[super::kind_index(kind)]
+    }
+
+    /// `aci_e2ee_event_decrypt_seconds`.
+    pub(crate) static EVENT_DECRYPT_SECONDS: Key = Key::from_static_name(names::EVENT_DECRYPT_SECONDS);
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Every static key names the metric and carries the labels the macros would build.
+        #[test]
+        fn static_keys_carry_the_labels_of_their_values() {
+            for endpoint in [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings] {
+                for suite in Suite::ALL {
+                    let key = e2ee_requests(endpoint, suite);
+                    let built = Key::from_parts(
+                        names::E2EE_REQUESTS,
+                        vec![Label::new("endpoint", endpoint.path()), Label::new("suite", suite.algo())],
+                    );
+                    assert_eq!(key, &built);
+                    assert_eq!(key.get_hash(), built.get_hash());
+                }
+            }
+            for (i, name) in KIND_NAMES.iter().enumerate() {
+                let built = Key::from_parts(names::ERRORS, vec![Label::new("kind", *name)]);
+                assert_eq!(&ERRORS[i], &built);
+            }
+        }
+    }
+}
+
+/// Register and return the counter of a static key (see [`keys`]).
+#[cfg(feature = "metrics")]
+pub(crate) fn counter(key: &'static metrics::Key) -> metrics::Counter {
+    metrics::with_recorder(|r| r.register_counter(key, &METADATA))
+}
+
+/// Register and return the histogram of a static key (see [`keys`]).
+#[cfg(feature = "metrics")]
+pub(crate) fn histogram(key: &'static metrics::Key) -> metrics::Histogram {
+    metrics::with_recorder(|r| r.register_histogram(key, &METADATA))
+}
+
+/// Register and return the gauge of a static key (see [`keys`]).
+#[cfg(feature = "proxy")]
+pub(crate) fn gauge(key: &'static metrics::Key) -> metrics::Gauge {
+    metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
+}
+
+/// What the `metrics` macros would pass for a call in this module.
+#[cfg(feature = "metrics")]
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
 /// Register the help texts of the library's metrics with the installed recorder (call it once
 /// after installing one; without feature `metrics` it does nothing).
 pub fn describe() {
@@ -112,26 +243,59 @@ pub fn describe() {
 /// An [`ErrorKind`] as a metric label or log field: `decrypt`, `key_unavailable`,
 /// `attestation`, `receipt`, … (the variant's name in snake case, without its detail).
 pub fn kind_label(kind: ErrorKind) -> String {
-    let debug = format!("{kind:?}");
-    let name = debug.split('(').next().unwrap_or_default();
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
+    kind_name(kind).to_owned()
+}
+
+/// [`kind_label`] without an allocation.
+pub(crate) fn kind_name(kind: ErrorKind) -> &'static str {
+    KIND_NAMES[kind_index(kind)]
+}
+
+/// The snake-case names of the [`ErrorKind`] variants, in [`kind_index`] order.
+const KIND_NAMES: [&str; 16] = [
+    "decrypt",
+    "missing_encryption",
+    "malformed",
+    "truncated",
+    "too_large",
+    "unsupported_endpoint",
+    "unsupported_body",
+    "cleartext",
+    "key_unavailable",
+    "attestation",
+    "receipt",
+    "gateway",
+    "in_band_error",
+    "protocol",
+    "transport",
+    "config",
+];
+
+fn kind_index(kind: ErrorKind) -> usize {
+    match kind {
+        ErrorKind::Decrypt => 0,
+        ErrorKind::MissingEncryption => 1,
+        ErrorKind::Malformed => 2,
+        ErrorKind::Truncated => 3,
+        ErrorKind::TooLarge => 4,
+        ErrorKind::UnsupportedEndpoint => 5,
+        ErrorKind::UnsupportedBody => 6,
+        ErrorKind::Cleartext => 7,
+        ErrorKind::KeyUnavailable => 8,
+        ErrorKind::Attestation(_) => 9,
+        ErrorKind::Receipt(_) => 10,
+        ErrorKind::Gateway => 11,
+        ErrorKind::InBandError => 12,
+        ErrorKind::Protocol => 13,
+        ErrorKind::Transport => 14,
+        ErrorKind::Config => 15,
     }
-    out
 }
 
 /// Count an error the library returns.
 pub(crate) fn error(e: &Error) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::ERRORS, "kind" => kind_label(e.kind())).increment(1);
+    counter(keys::error(e.kind())).increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = e;
 }
@@ -160,7 +324,7 @@ pub(crate) fn keyset_outcome(span: &Span, result: &Result<Arc<AttestedKeyset>, E
             }
         }
         Err(e) => {
-            span.record("outcome", kind_label(e.kind()).as_str());
+            span.record("outcome", kind_name(e.kind()));
             tracing::debug!(parent: span, "report refused");
             error(e);
             #[cfg(feature = "metrics")]
@@ -180,7 +344,7 @@ pub(crate) fn exchange_encrypted(endpoint: Endpoint, suite: Suite, key_id: &str)
     span.record("suite", suite.algo());
     span.record("key_id", key_id);
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::E2EE_REQUESTS, "endpoint" => endpoint.path(), "suite" => suite.algo()).increment(1);
+    counter(keys::e2ee_requests(endpoint, suite)).increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = endpoint;
 }
@@ -197,7 +361,7 @@ where
         let start = std::time::Instant::now();
         let out = process();
         if let Ok(StreamOutput::Event(_)) = &out {
-            metrics::histogram!(names::EVENT_DECRYPT_SECONDS).record(start.elapsed().as_secs_f64());
+            histogram(&keys::EVENT_DECRYPT_SECONDS).record(start.elapsed().as_secs_f64());
         }
         out
     }
@@ -247,6 +411,43 @@ fn receipt_outcome(e: &Error) -> &'static str {
 mod tests {
     use super::*;
     use crate::error::AttestationFailure;
+
+    /// Every kind's label is its variant's name in snake case, without the detail.
+    #[test]
+    fn kind_names_are_the_variant_names_in_snake_case() {
+        use crate::error::AttestationFailure as A;
+        let kinds = [
+            ErrorKind::Decrypt,
+            ErrorKind::MissingEncryption,
+            ErrorKind::Malformed,
+            ErrorKind::Truncated,
+            ErrorKind::TooLarge,
+            ErrorKind::UnsupportedEndpoint,
+            ErrorKind::UnsupportedBody,
+            ErrorKind::Cleartext,
+            ErrorKind::KeyUnavailable,
+            ErrorKind::Attestation(A::Nonce),
+            ErrorKind::Receipt(ReceiptFailure::Mismatch),
+            ErrorKind::Gateway,
+            ErrorKind::InBandError,
+            ErrorKind::Protocol,
+            ErrorKind::Transport,
+            ErrorKind::Config,
+        ];
+        assert_eq!(kinds.len(), KIND_NAMES.len());
+        for kind in kinds {
+            let debug = format!("{kind:?}");
+            let name = debug.split('(').next().unwrap();
+            let mut snake = String::new();
+            for (i, c) in name.chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_lowercase());
+            }
+            assert_eq!(kind_label(kind), snake);
+        }
+    }
 
     #[test]
     fn kinds_are_snake_case_without_detail() {

@@ -3,14 +3,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use crate::e2ee::config::Config;
-use crate::e2ee::frame::bytes_frame;
+use crate::e2ee::frame::{Collector, bytes_frame};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::protocol::request::ExchangeContext;
 use crate::protocol::response::{DecryptedBody, decrypt_response};
@@ -73,7 +73,7 @@ type SseTask = JoinHandle<(Box<StreamDecryptor>, Result<StreamOutput, Error>)>;
 enum Mode {
     Buffered {
         ctx: Option<ExchangeContext>,
-        buf: BytesMut,
+        buf: Collector,
         limit: usize,
         blocking_threshold: usize,
         task: Option<JoinHandle<Result<DecryptedBody, Error>>>,
@@ -115,7 +115,7 @@ impl<B> ResponseBody<B> {
     pub(crate) fn buffered(inner: B, ctx: ExchangeContext, config: &Config, digest: Arc<ResponseDigest>) -> Self {
         let mode = Mode::Buffered {
             ctx: Some(ctx),
-            buf: BytesMut::new(),
+            buf: Collector::default(),
             limit: config.max_response_body,
             blocking_threshold: config.blocking_threshold,
             task: None,
@@ -332,7 +332,7 @@ where
                             }
                             if state.inner_done {
                                 let Some(ctx) = ctx.take() else { return state.fail(Error::decrypt()) };
-                                let body = std::mem::take(buf).freeze();
+                                let body = buf.take();
                                 let strict = state.strict;
                                 match tokio::runtime::Handle::try_current() {
                                     Ok(rt) if body.len() > *blocking_threshold => {
@@ -385,13 +385,12 @@ where
                                 // Not reached: nothing is read while a decryption task runs.
                                 Mode::Sse { dec: None, .. } => return state.fail(Error::decrypt()),
                                 Mode::Buffered { buf, limit, .. } => {
-                                    if buf.len() + bytes.len() > *limit {
+                                    if buf.push(bytes, *limit).is_err() {
                                         return state.fail(Error::new(
                                             ErrorKind::TooLarge,
                                             "response body exceeds the E2EE layer's limit",
                                         ));
                                     }
-                                    buf.extend_from_slice(&bytes);
                                 }
                             }
                         }

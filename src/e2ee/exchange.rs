@@ -61,16 +61,22 @@ pub(crate) fn encrypt(
     for name in headers::E2EE_REQUEST_HEADERS {
         h.remove(name);
     }
-    let sensitive = |s: &str| {
-        let mut v = HeaderValue::from_str(s).map_err(|_| Error::malformed("header value is not valid"))?;
+    // The values' own buffers become the headers (no copy).
+    let sensitive = |s: String| {
+        let mut v = HeaderValue::from_maybe_shared(Bytes::from(s))
+            .map_err(|_| Error::malformed("header value is not valid"))?;
         v.set_sensitive(true);
         Ok::<_, Error>(v)
     };
+    let model_key = enc.headers.model_pub_key;
     h.insert(headers::E2EE_VERSION, HeaderValue::from_static("2"));
-    h.insert(headers::CLIENT_PUB_KEY, sensitive(&enc.headers.client_pub_key)?);
-    h.insert(headers::MODEL_PUB_KEY, sensitive(&enc.headers.model_pub_key)?);
-    h.insert(headers::E2EE_NONCE, sensitive(&enc.headers.nonce)?);
-    h.insert(headers::E2EE_TIMESTAMP, sensitive(&enc.headers.timestamp.to_string())?);
+    h.insert(headers::CLIENT_PUB_KEY, sensitive(enc.headers.client_pub_key)?);
+    h.insert(headers::MODEL_PUB_KEY, sensitive(model_key.clone())?);
+    h.insert(headers::E2EE_NONCE, sensitive(enc.headers.nonce)?);
+    h.insert(headers::E2EE_TIMESTAMP, HeaderValue::from(enc.headers.timestamp));
+    if let Some(ts) = h.get_mut(headers::E2EE_TIMESTAMP) {
+        ts.set_sensitive(true);
+    }
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CONTENT_LENGTH, HeaderValue::from(enc.body.len()));
 
@@ -80,7 +86,7 @@ pub(crate) fn encrypt(
         attested_digest: keyset.digest().to_owned(),
         path: path.to_owned(),
         restored_sha256: enc.restored_body_sha256,
-        model_key: enc.headers.model_pub_key.clone(),
+        model_key,
         counts: crate::telemetry::FieldCounts::sealed(enc.fields),
         target,
     });
@@ -223,6 +229,9 @@ fn inspect(
 }
 
 fn is_event_stream(parts: &http::response::Parts) -> bool {
-    header_str(parts, &CONTENT_TYPE)
-        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+    const SSE: &[u8] = b"text/event-stream";
+    header_str(parts, &CONTENT_TYPE).is_some_and(|ct| {
+        let ct = ct.trim_start().as_bytes();
+        ct.len() >= SSE.len() && ct[..SSE.len()].eq_ignore_ascii_case(SSE)
+    })
 }

@@ -3,7 +3,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -12,6 +12,7 @@ use tower_service::Service;
 use crate::e2ee::body::ResponseBody;
 use crate::e2ee::config::{Config, Target};
 use crate::e2ee::exchange::{Exchange, decrypting_response, encrypt, error_response};
+use crate::e2ee::frame::Collector;
 use crate::e2ee::service::RequestBody;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::protocol::Endpoint;
@@ -38,7 +39,7 @@ pin_project! {
         Collecting {
             #[pin]
             body: ReqBody,
-            buf: BytesMut,
+            buf: Collector,
             head: Option<(http::request::Parts, S)>,
             config: Arc<Config>,
             endpoint: Endpoint,
@@ -52,7 +53,7 @@ pin_project! {
         ReadingError {
             #[pin]
             body: ResBody,
-            buf: BytesMut,
+            buf: Collector,
             head: Option<(http::response::Parts, Box<Exchange>)>,
         },
     }
@@ -82,7 +83,10 @@ where
         let head = Some((parts, inner));
         let target = Some(target);
         let span = crate::telemetry::exchange_span(endpoint);
-        ResponseFuture { state: State::Collecting { body, buf: BytesMut::new(), head, config, endpoint, target }, span }
+        ResponseFuture {
+            state: State::Collecting { body, buf: Collector::default(), head, config, endpoint, target },
+            span,
+        }
     }
 }
 
@@ -104,8 +108,9 @@ impl CollectError {
     }
 }
 
-/// Zeroize the layer's own copy of a plaintext body once it is encrypted (when no one else holds
-/// it: the copy `poll_collect` made is ours alone).
+/// Zeroize the plaintext body once it is encrypted, when no one else holds it: the copy
+/// `poll_collect` made of a body of several frames, or the caller's single frame when the caller
+/// kept no other reference to it (a `KeyMismatchRetry` above keeps one, for its next attempt).
 fn wipe(body: Bytes) {
     if let Ok(mut own) = body.try_into_mut() {
         zeroize::Zeroize::zeroize(&mut own[..]);
@@ -115,7 +120,7 @@ fn wipe(body: Bytes) {
 /// Read a whole body into `buf`, up to `limit` bytes.
 fn poll_collect<B>(
     mut body: Pin<&mut B>,
-    buf: &mut BytesMut,
+    buf: &mut Collector,
     limit: usize,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Bytes, CollectError>>
@@ -125,14 +130,13 @@ where
 {
     loop {
         match ready!(body.as_mut().poll_frame(cx)) {
-            None => return Poll::Ready(Ok(std::mem::take(buf).freeze())),
+            None => return Poll::Ready(Ok(buf.take())),
             Some(Err(e)) => return Poll::Ready(Err(CollectError::Body(e.into()))),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    if buf.len() + data.remaining() > limit {
+                    if buf.push(data, limit).is_err() {
                         return Poll::Ready(Err(CollectError::TooLarge));
                     }
-                    buf.put(data);
                 }
             }
         }
@@ -198,7 +202,7 @@ where
                     if !parts.status.is_success() {
                         this.state.set(State::ReadingError {
                             body,
-                            buf: BytesMut::new(),
+                            buf: Collector::default(),
                             head: Some((parts, exchange)),
                         });
                         continue;

@@ -45,7 +45,8 @@ const KEY_MISMATCH: &str = "e2ee_model_key_mismatch";
 /// each request for a possible second attempt, in the plaintext the caller gave. Send the body
 /// as a [`ZeroizingBody`] to have that copy zeroized when the exchange is over (the last clone
 /// and every frame read from it dropped); a `Full<Bytes>` or a `String` is freed as it is. The
-/// layer zeroizes its own collected copy of the body as soon as it is encrypted.
+/// layer copies a body only when it arrives in several frames, and zeroizes that copy (or a
+/// single frame nobody else holds) as soon as it is encrypted.
 ///
 /// ```
 /// use tower::ServiceBuilder;

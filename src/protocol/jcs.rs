@@ -76,7 +76,11 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    // Runs that need no escape (hex, ids, model names: nearly everything) are found with one
+    // table load per byte and copied whole.
+    while let Some(i) = bytes[start..].iter().position(|&b| ESCAPED[b as usize]).map(|i| start + i) {
+        out.extend_from_slice(&bytes[start..i]);
+        let b = bytes[i];
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -85,10 +89,8 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
             b'\t' => b"\\t",
             0x08 => b"\\b",
             0x0c => b"\\f",
-            0x00..=0x1f => b"",
-            _ => continue,
+            _ => b"",
         };
-        out.extend_from_slice(&bytes[start..i]);
         if esc.is_empty() {
             out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
         } else {
@@ -100,17 +102,54 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// The bytes a JSON string literal escapes: `"`, `\` and the control characters.
+static ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn string_escaping_matches_serde_json() {
-        let samples = ["plain", "q\"b\\", "\u{0}\u{1f}\n\r\t\u{8}\u{c}", "é模型 \u{2028}", "/"];
+        let samples = [
+            "plain",
+            "q\"b\\",
+            "\u{0}\u{1f}\n\r\t\u{8}\u{c}",
+            "é模型 \u{2028}",
+            "/",
+            "",
+            "\"",
+            "tail\\",
+            "\u{7f}\u{80}\u{ff} ~",
+            "a\u{1}b\"c\\d\te",
+        ];
         for s in samples {
             let mut out = Vec::new();
             write_str(s, &mut out);
             assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any string, control characters and escapes included, is written as serde_json
+        /// writes it.
+        #[test]
+        fn any_string_is_escaped_as_serde_json_does(
+            s in proptest::string::string_regex("(?s)[\\x00-\\x7f\"\\\\é模\\u{2028}]{0,40}").unwrap()
+        ) {
+            let mut out = Vec::new();
+            write_str(&s, &mut out);
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&s).unwrap());
         }
     }
 

@@ -83,6 +83,8 @@ pub struct ExchangeContext {
     pub(crate) ts: u64,
     /// The request asked for a stream (`"stream": true`, never for embeddings).
     pub(crate) stream: bool,
+    /// What every response AAD of the exchange ends with ([`aad::response_tail`]).
+    pub(crate) aad_tail: Box<[u8]>,
 }
 
 impl ExchangeContext {
@@ -95,7 +97,9 @@ impl ExchangeContext {
         nonce: impl Into<String>,
         ts: u64,
     ) -> Self {
-        ExchangeContext { endpoint, client_secret, model: model.into(), nonce: nonce.into(), ts, stream: false }
+        let (model, nonce) = (model.into(), nonce.into());
+        let aad_tail = aad::response_tail(&model, &nonce, ts);
+        ExchangeContext { endpoint, client_secret, model, nonce, ts, stream: false, aad_tail }
     }
 
     /// The same context for a request that did (or did not) ask for a stream.
@@ -138,7 +142,7 @@ impl ExchangeContext {
     }
 
     pub(crate) fn response_aad(&self, field: &str, id: &str) -> Vec<u8> {
-        aad::response(self.suite(), field, id, &self.model, &self.nonce, self.ts)
+        aad::response_with_tail(self.suite(), field, id, &self.aad_tail)
     }
 }
 
@@ -575,12 +579,20 @@ pub fn encrypt_request(
     Ok(EncryptedRequest {
         body: wire,
         headers: E2eeHeaders {
-            client_pub_key: client_secret.public_key().to_hex(),
+            client_pub_key: client_secret.public_key_hex(),
             model_pub_key: key.public_key_text().to_owned(),
             nonce: nonce.clone(),
             timestamp: now,
         },
-        context: ExchangeContext { endpoint, client_secret, model, nonce, ts: now, stream },
+        context: ExchangeContext {
+            endpoint,
+            client_secret,
+            aad_tail: aad::response_tail(&model, &nonce, now),
+            model,
+            nonce,
+            ts: now,
+            stream,
+        },
         restored_body_sha256,
         fields,
         clear_members,

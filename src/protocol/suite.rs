@@ -360,6 +360,41 @@ impl Secp256k1Secret {
         point.to_encoded_point(false).as_bytes().try_into().expect("uncompressed SEC1 is 65 bytes")
     }
 
+    /// The public key as a k256 point: computed by `backend`, never re-parsed from its encoding
+    /// when k256 computed it.
+    fn public_point(&self, backend: Backend) -> k256::PublicKey {
+        #[cfg(feature = "libsecp256k1")]
+        if backend == Backend::Libsecp256k1 {
+            let sec1 = self.public_sec1(backend);
+            return k256::PublicKey::from_sec1_bytes(&sec1).expect("a non-zero scalar's public key is a point");
+        }
+        let _ = backend;
+        let point = k256::ProjectivePoint::mul_by_generator(self.scalar.as_ref()).to_affine();
+        k256::PublicKey::from_affine(point).expect("a non-zero scalar's public key is not the identity")
+    }
+
+    /// What sealing to `peer` with this (ephemeral) key needs: the ECDH shared x-coordinate and
+    /// the uncompressed SEC1 public key. With k256 both points are made affine together, with
+    /// one field inversion instead of two (Montgomery's trick, constant time like `to_affine`).
+    fn shared_and_public(&self, backend: Backend, peer: &Secp256k1Public) -> (Zeroizing<[u8; 32]>, [u8; 65]) {
+        #[cfg(feature = "libsecp256k1")]
+        if backend == Backend::Libsecp256k1 {
+            return (self.shared(backend, peer), self.public_sec1(backend));
+        }
+        let _ = backend;
+        use k256::elliptic_curve::point::{AffineCoordinates, BatchNormalize};
+        let mut points = Zeroizing::new([
+            k256::ProjectivePoint::from(*peer.point.as_affine()) * self.scalar.as_ref(),
+            k256::ProjectivePoint::mul_by_generator(self.scalar.as_ref()),
+        ]);
+        let affine = Zeroizing::new(<k256::ProjectivePoint as BatchNormalize<_>>::batch_normalize(&*points));
+        points.zeroize();
+        let mut shared = Zeroizing::new([0u8; 32]);
+        shared.copy_from_slice(&Zeroizing::new(affine[0].x()));
+        let public = affine[1].to_encoded_point(false).as_bytes().try_into().expect("uncompressed SEC1 is 65 bytes");
+        (shared, public)
+    }
+
     /// ECDH with a parsed peer: the x-coordinate of the shared point.
     fn shared(&self, backend: Backend, peer: &Secp256k1Public) -> Zeroizing<[u8; 32]> {
         #[cfg(feature = "libsecp256k1")]
@@ -513,9 +548,7 @@ impl SecretKey {
     fn public_key_with(&self, impls: Impls) -> PublicKey {
         match &*self.0 {
             SecretInner::Secp256k1(s) => {
-                let sec1 = s.public_sec1(impls.secp256k1);
-                let point = k256::PublicKey::from_sec1_bytes(&sec1).expect("a non-zero scalar's public key is a point");
-                PublicKey(PublicInner::Secp256k1(Secp256k1Public::from_point(point)))
+                PublicKey(PublicInner::Secp256k1(Secp256k1Public::from_point(s.public_point(impls.secp256k1))))
             }
             SecretInner::X25519(s) => PublicKey(PublicInner::X25519(s.public(impls.x25519))),
         }
@@ -531,6 +564,25 @@ impl SecretKey {
                 (out, 32)
             }
         }
+    }
+
+    /// The public key's normalised lowercase hex, without building a [`PublicKey`]: what
+    /// `PublicKey::to_hex` gives for [`public_key`](Self::public_key).
+    pub(crate) fn public_key_hex(&self) -> String {
+        let (wire, len) = self.public_wire(Impls::FASTEST);
+        hex::encode(&wire[..len])
+    }
+
+    /// For sealing to `peer` with this ephemeral key: the field's AES-256 key and this key's
+    /// wire form (65 or 32 bytes used).
+    fn seal_key_and_public(&self, impls: Impls, peer: &PublicKey) -> Result<(Zeroizing<[u8; 32]>, [u8; 65], usize)> {
+        if let (SecretInner::Secp256k1(s), PublicInner::Secp256k1(p)) = (&*self.0, &peer.0) {
+            let (shared, public) = s.shared_and_public(impls.secp256k1, p);
+            return Ok((hkdf_key(Suite::Secp256k1, &shared), public, 65));
+        }
+        let key = self.derive_key(impls, peer)?;
+        let (public, len) = self.public_wire(impls);
+        Ok((key, public, len))
     }
 
     /// The raw ECDH shared secret with a parsed peer.
@@ -722,8 +774,7 @@ fn seal_with_impl(
     aad: &[u8],
 ) -> Result<String> {
     let suite = recipient.suite();
-    let key = ephemeral.derive_key(impls, recipient)?;
-    let (eph_pub, eph_len) = ephemeral.public_wire(impls);
+    let (key, eph_pub, eph_len) = ephemeral.seal_key_and_public(impls, recipient)?;
     let head = eph_len + NONCE_LEN;
     let mut blob = Vec::with_capacity(head + plaintext.len() + TAG_LEN);
     blob.extend_from_slice(&eph_pub[..eph_len]);
@@ -850,6 +901,36 @@ mod tests {
 
     fn rng() -> rand_core::OsRng {
         rand_core::OsRng
+    }
+
+    /// The hex the request headers carry is the public key's own, on every compiled backend.
+    #[test]
+    fn public_key_hex_is_the_public_keys_hex() {
+        for suite in Suite::ALL {
+            let sk = SecretKey::generate(suite, &mut rng());
+            assert_eq!(sk.public_key_hex(), sk.public_key().to_hex());
+            for &backend in Backend::ALL {
+                assert_eq!(sk.public_key_with(Impls::only(backend)).to_hex(), sk.public_key_hex(), "{backend:?}");
+            }
+        }
+    }
+
+    /// Sealing makes the ECDH point and the ephemeral public key affine together: the field
+    /// carries the ephemeral key's own encoding and opens, on every backend.
+    #[test]
+    fn batched_seal_carries_the_ephemeral_key_and_opens() {
+        for suite in Suite::ALL {
+            let recipient = SecretKey::generate(suite, &mut rng());
+            let ephemeral = SecretKey::generate(suite, &mut rng());
+            for &backend in Backend::ALL {
+                let impls = Impls::only(backend);
+                let field =
+                    seal_with_impl(impls, &recipient.public_key(), &ephemeral, &[9; NONCE_LEN], b"pt", b"a").unwrap();
+                let eph = ephemeral.public_key().to_bytes();
+                assert_eq!(&hex::decode_prefixed(&field).unwrap()[..eph.len()], &eph[..], "{backend:?}");
+                assert_eq!(open_impl(impls, &recipient, &field, b"a").unwrap(), b"pt");
+            }
+        }
     }
 
     #[test]

@@ -16,12 +16,13 @@ use tokio::time::Instant;
 
 use crate::proxy::ops::names;
 use crate::receipt::ExchangeRecord;
-use crate::telemetry::FieldCounts;
+use crate::telemetry::{self, FieldCounts};
 
 /// One exchange, from its request to its last byte; logged once, when it ends or is dropped.
 pub(crate) struct ExchangeLog {
     method: Method,
-    endpoint: &'static str,
+    /// Index into [`ENDPOINTS`].
+    endpoint: usize,
     pub(crate) started: Instant,
     status: u16,
     streamed: bool,
@@ -33,21 +34,70 @@ pub(crate) struct ExchangeLog {
     done: bool,
 }
 
-/// The proxy's E2EE routes, as a bounded metric label.
-fn endpoint_label(path: &str) -> &'static str {
-    match path {
-        "/v1/chat/completions" => "/v1/chat/completions",
-        "/v1/completions" => "/v1/completions",
-        "/v1/embeddings" => "/v1/embeddings",
-        _ => "other",
+/// The proxy's E2EE routes, as a bounded metric label (and the access log's `path`).
+const ENDPOINTS: [&str; 4] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "other"];
+
+/// The index into [`ENDPOINTS`] of a request path.
+fn endpoint_index(path: &str) -> usize {
+    ENDPOINTS[..3].iter().position(|e| *e == path).unwrap_or(3)
+}
+
+/// The per-exchange metric keys, made once (as [`crate::telemetry::keys`]): labelled by
+/// endpoint, and the exchange counter for the common outcome, `ok`. Other outcomes build their
+/// key when they happen.
+mod keys {
+    use metrics::{Key, Label};
+
+    use super::ENDPOINTS;
+    use crate::proxy::ops::names;
+
+    const fn l(key: &'static str, value: &'static str) -> Label {
+        Label::from_static_parts(key, value)
     }
+
+    static ENDPOINT: [[Label; 1]; 4] = [
+        [l("endpoint", ENDPOINTS[0])],
+        [l("endpoint", ENDPOINTS[1])],
+        [l("endpoint", ENDPOINTS[2])],
+        [l("endpoint", ENDPOINTS[3])],
+    ];
+    static ENDPOINT_OK: [[Label; 2]; 4] = [
+        [l("endpoint", ENDPOINTS[0]), l("outcome", "ok")],
+        [l("endpoint", ENDPOINTS[1]), l("outcome", "ok")],
+        [l("endpoint", ENDPOINTS[2]), l("outcome", "ok")],
+        [l("endpoint", ENDPOINTS[3]), l("outcome", "ok")],
+    ];
+
+    /// `aci_proxy_request_duration_seconds{endpoint}`.
+    pub(super) static REQUEST_SECONDS: [Key; 4] = {
+        const fn k(i: usize) -> Key {
+            Key::from_static_parts(names::REQUEST_SECONDS, &ENDPOINT[i])
+        }
+        [k(0), k(1), k(2), k(3)]
+    };
+    /// `aci_proxy_time_to_first_event_seconds{endpoint}`.
+    pub(super) static FIRST_EVENT_SECONDS: [Key; 4] = {
+        const fn k(i: usize) -> Key {
+            Key::from_static_parts(names::FIRST_EVENT_SECONDS, &ENDPOINT[i])
+        }
+        [k(0), k(1), k(2), k(3)]
+    };
+    /// `aci_proxy_exchanges_total{endpoint, outcome="ok"}`.
+    pub(super) static EXCHANGES_OK: [Key; 4] = {
+        const fn k(i: usize) -> Key {
+            Key::from_static_parts(names::EXCHANGES, &ENDPOINT_OK[i])
+        }
+        [k(0), k(1), k(2), k(3)]
+    };
+    /// `aci_proxy_open_streams`.
+    pub(super) static OPEN_STREAMS: Key = Key::from_static_name(names::OPEN_STREAMS);
 }
 
 impl ExchangeLog {
     pub(crate) fn new(method: &Method, path: &str) -> ExchangeLog {
         ExchangeLog {
             method: method.clone(),
-            endpoint: endpoint_label(path),
+            endpoint: endpoint_index(path),
             started: Instant::now(),
             status: 0,
             streamed: false,
@@ -74,14 +124,14 @@ impl ExchangeLog {
     /// The answer is relayed as a stream from now on.
     pub(crate) fn stream_opened(&mut self) {
         self.open_stream = true;
-        metrics::gauge!(names::OPEN_STREAMS).increment(1.0);
+        telemetry::gauge(&keys::OPEN_STREAMS).increment(1.0);
     }
 
     /// A stream's first event went out.
     pub(crate) fn first_event(&mut self) {
         if !self.first_event {
             self.first_event = true;
-            metrics::histogram!(names::FIRST_EVENT_SECONDS, "endpoint" => self.endpoint)
+            telemetry::histogram(&keys::FIRST_EVENT_SECONDS[self.endpoint])
                 .record(self.started.elapsed().as_secs_f64());
         }
     }
@@ -104,15 +154,20 @@ impl ExchangeLog {
         self.done = true;
         let elapsed = self.started.elapsed();
         if self.open_stream {
-            metrics::gauge!(names::OPEN_STREAMS).decrement(1.0);
+            telemetry::gauge(&keys::OPEN_STREAMS).decrement(1.0);
         }
-        metrics::counter!(names::EXCHANGES, "endpoint" => self.endpoint, "outcome" => outcome).increment(1);
-        metrics::histogram!(names::REQUEST_SECONDS, "endpoint" => self.endpoint).record(elapsed.as_secs_f64());
+        let endpoint = ENDPOINTS[self.endpoint];
+        if outcome == "ok" {
+            telemetry::counter(&keys::EXCHANGES_OK[self.endpoint]).increment(1);
+        } else {
+            metrics::counter!(names::EXCHANGES, "endpoint" => endpoint, "outcome" => outcome).increment(1);
+        }
+        telemetry::histogram(&keys::REQUEST_SECONDS[self.endpoint]).record(elapsed.as_secs_f64());
         let (sealed, opened) = self.counts.as_ref().map_or((0, 0), |c| (c.sealed_fields(), c.opened_fields()));
         tracing::info!(
             target: "aci_proxy::access",
             method = %self.method,
-            path = self.endpoint,
+            path = endpoint,
             status = self.status,
             duration_ms = elapsed.as_millis() as u64,
             streamed = self.streamed,
@@ -130,5 +185,25 @@ impl Drop for ExchangeLog {
     fn drop(&mut self) {
         // The client went away before the end (the body was dropped unread).
         self.log("client_closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The static keys are the keys the `metrics` macros build for the same labels.
+    #[test]
+    fn static_keys_match_the_labelled_keys() {
+        for (i, endpoint) in ENDPOINTS.iter().enumerate() {
+            assert_eq!(endpoint_index(endpoint), i);
+            let one = vec![metrics::Label::new("endpoint", *endpoint)];
+            assert_eq!(keys::REQUEST_SECONDS[i], metrics::Key::from_parts(names::REQUEST_SECONDS, one.clone()));
+            assert_eq!(keys::FIRST_EVENT_SECONDS[i], metrics::Key::from_parts(names::FIRST_EVENT_SECONDS, one));
+            let ok = vec![metrics::Label::new("endpoint", *endpoint), metrics::Label::new("outcome", "ok")];
+            assert_eq!(keys::EXCHANGES_OK[i], metrics::Key::from_parts(names::EXCHANGES, ok));
+        }
+        assert_eq!(endpoint_index("/v1/models"), 3);
+        assert_eq!(keys::OPEN_STREAMS, metrics::Key::from_name(names::OPEN_STREAMS));
     }
 }

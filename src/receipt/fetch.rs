@@ -20,7 +20,7 @@ use crate::protocol::{GatewayError, headers};
 use crate::receipt::document::Receipt;
 use crate::receipt::record::ExchangeRecord;
 use crate::receipt::session::{AttestedSession, MAX_SESSION_SIZE};
-use crate::receipt::verify::{Keysets, ReceiptPolicy, VerifiedReceipt, verify_exchange};
+use crate::receipt::verify::{Keysets, ReceiptPolicy, VerifiedReceipt, verify_exchange_owned};
 
 /// Path of the receipt endpoint, appended to the base URL's path.
 const RECEIPTS_PATH: &str = "/v1/aci/receipts/";
@@ -536,8 +536,9 @@ where
     }
 
     /// Fetch the receipt of a recorded exchange and verify it in one call: the receipt id from
-    /// the record, the same bearer token as the request, [`verify_exchange`] under `policy`, and,
-    /// when the receipt cites an attested session and the policy verifies sessions, the session
+    /// the record, the same bearer token as the request,
+    /// [`verify_exchange`](crate::receipt::verify_exchange) under `policy`, and, when the receipt
+    /// cites an attested session and the policy verifies sessions, the session
     /// ([`VerifiedReceipt::attach_session`]).
     ///
     /// Fails with [`ReceiptFailure::NotAvailable`] without fetching when the response body was
@@ -551,8 +552,9 @@ where
     /// once the receipt is in, verification waits for that attempt at most
     /// [`keyset_wait`](Self::keyset_wait). A digest whose report was fetched and failed the
     /// policy fails with [`ReceiptFailure::RefusedKeyset`]. If the digest
-    /// is still unknown, the same-key rule of [`verify_exchange`] decides, unless the policy
-    /// requires the exact keyset; [`VerifiedReceipt::keyset_match`] says which applied.
+    /// is still unknown, the same-key rule of [`verify_exchange`](crate::receipt::verify_exchange)
+    /// decides, unless the policy requires the exact keyset; [`VerifiedReceipt::keyset_match`]
+    /// says which applied.
     ///
     /// [`KeyHandle`]: crate::attest::KeyHandle
     pub async fn fetch_and_verify<K>(
@@ -619,7 +621,7 @@ where
             }
         }
         drop(learning);
-        let verified = verify_exchange(&receipt, record, keysets, policy)?;
+        let verified = verify_exchange_owned(receipt, record, keysets, policy)?;
         if !policy.verifies_sessions() {
             return Ok(verified);
         }

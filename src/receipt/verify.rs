@@ -537,6 +537,33 @@ pub fn verify_exchange<K>(
 where
     K: Keysets + ?Sized,
 {
+    verify_cow(std::borrow::Cow::Borrowed(receipt), record, keysets, policy)
+}
+
+/// [`verify_exchange`] of a receipt the caller owns (a fetched one): the verified receipt keeps
+/// it instead of a copy.
+pub(crate) fn verify_exchange_owned<K>(
+    receipt: Receipt,
+    record: &ExchangeRecord,
+    keysets: &K,
+    policy: &ReceiptPolicy,
+) -> Result<VerifiedReceipt>
+where
+    K: Keysets + ?Sized,
+{
+    verify_cow(std::borrow::Cow::Owned(receipt), record, keysets, policy)
+}
+
+fn verify_cow<K>(
+    owned: std::borrow::Cow<'_, Receipt>,
+    record: &ExchangeRecord,
+    keysets: &K,
+    policy: &ReceiptPolicy,
+) -> Result<VerifiedReceipt>
+where
+    K: Keysets + ?Sized,
+{
+    let receipt: &Receipt = &owned;
     // 1. The response hash must be final.
     let response_sha256 = record.response_body_sha256().ok_or_else(|| {
         fail(
@@ -671,11 +698,12 @@ where
     // 7. The upstream outcome.
     check_upstream(upstream.as_ref(), policy)?;
 
+    let forwarded = forwarded.is_some();
     Ok(VerifiedReceipt {
-        receipt: receipt.clone(),
+        receipt: owned.into_owned(),
         keyset,
         keyset_match,
-        forwarded: forwarded.is_some(),
+        forwarded,
         rewritten,
         upstream,
         session: None,

@@ -478,3 +478,29 @@ async fn non_post_requests_with_a_body_to_e2ee_endpoints_are_refused_before_send
     assert_eq!(res.status(), 405);
     assert_eq!(env.gw.requests_total(), before + 1);
 }
+
+/// The E2EE request headers the layer writes are marked sensitive (`Debug` hides them, HTTP/2
+/// keeps them out of its compression tables), however their values were built.
+#[tokio::test]
+async fn the_e2ee_request_headers_are_sensitive() {
+    let env = Env::start(Suite::Secp256k1).await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let spy = seen.clone();
+    let client = tower::ServiceBuilder::new()
+        .layer(env.layer())
+        .map_request(move |req: http::Request<_>| {
+            *spy.lock().unwrap() = Some(req.headers().clone());
+            req
+        })
+        .service(crate::support::layer_client());
+    let req =
+        post(&env.url("/v1/chat/completions"), &json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
+    let res = client.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let headers = seen.lock().unwrap().take().unwrap();
+    for name in ["x-client-pub-key", "x-model-pub-key", "x-e2ee-nonce", "x-e2ee-timestamp"] {
+        assert!(headers[name].is_sensitive(), "{name} is not marked sensitive");
+    }
+    assert!(headers["x-e2ee-timestamp"].to_str().unwrap().parse::<u64>().is_ok());
+    assert_eq!(headers["x-client-pub-key"].len(), 130);
+}
