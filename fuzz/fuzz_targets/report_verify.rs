@@ -61,6 +61,8 @@ static POLICIES: LazyLock<Policies> = LazyLock::new(|| {
                 "hardware required, pinned",
                 Policy::builder()
                     .allow_compose_hash(&"00".repeat(32))
+                    .allow_boot_measurements(&"00".repeat(48), &"00".repeat(48), &"00".repeat(48), &"00".repeat(48))
+                    .allow_kms_identity("3059")
                     .accept_kms_root(&hex::encode(root))
                     .build()
                     .unwrap(),
@@ -70,8 +72,20 @@ static POLICIES: LazyLock<Policies> = LazyLock::new(|| {
                 Policy::builder()
                     .allow_compose_hash(&"00".repeat(32))
                     .allow_boot_measurements(&"00".repeat(48), &"00".repeat(48), &"00".repeat(48), &"00".repeat(48))
+                    .allow_kms_identity("3059")
                     .dangerous()
                     .accept_stub_quote()
+                    .build()
+                    .unwrap(),
+            ),
+            (
+                "kms root only",
+                Policy::builder()
+                    .allow_app_id(&"aa".repeat(20))
+                    .accept_kms_root(&hex::encode(root))
+                    .dangerous()
+                    .skip_hardware_verification()
+                    .accept_unauthenticated_answers()
                     .build()
                     .unwrap(),
             ),
@@ -137,6 +151,12 @@ fn verify_all(bytes: &[u8], now: u64, parsed: Option<&Value>) {
                 Some(v) => v.clone(),
                 None => serde_json::from_slice(bytes).unwrap(),
             };
+            if *name == "kms root only" && k.generation() == tower_aci::attest::Generation::Current {
+                // A KMS root alone covers only the secp256k1 key: no other key may survive.
+                assert_eq!(k.anchor(), tower_aci::attest::Anchor::KmsCustody, "{name}");
+                assert!(k.e2ee_keys().iter().all(|e| e.suite() == Suite::Secp256k1), "{name}: an uncovered E2EE key");
+                assert!(k.tls_keys().is_empty() && k.receipt_keys().is_empty(), "{name}: an uncovered key kept");
+            }
             check_verified(&doc, &k, now, name);
         }
     }
