@@ -98,7 +98,8 @@ struct ServeArgs {
     /// other request carrying Origin is refused
     #[arg(long = "allow-origin", env = "ACI_PROXY_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
     allow_origins: Vec<String>,
-    /// Receipts: off, verify (in the background) or before-release [default: verify]
+    /// Receipts: off, verify (in the background), before-release (a stream's [DONE] waits for
+    /// its receipt) or hold-until-verified (no byte before it) [default: verify]
     #[arg(long, env = "ACI_PROXY_RECEIPTS", value_name = "MODE")]
     receipts: Option<ReceiptMode>,
     /// Append verified receipts (exact bytes, with their exchange and report) to this file
@@ -355,7 +356,7 @@ fn config_json(c: &ProxyConfig) -> serde_json::Value {
         "gateway": c.gateway,
         "listen": c.listen.to_string(),
         "api_key_env": c.api_key_env,
-        "receipts": match c.receipts { ReceiptMode::Off => "off", ReceiptMode::Verify => "verify", _ => "before-release" },
+        "receipts": c.receipts.as_str(),
         "audit_file": c.audit_file,
         "max_request_body": c.max_request_body,
         "tls_pin_only": c.tls_pin_only,
