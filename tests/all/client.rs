@@ -45,7 +45,7 @@ async fn the_client_decrypts_an_answer_and_verifies_its_receipt_in_the_backgroun
 
     // The one-call path: the decrypted answer; the wire carried ciphertext only.
     let answer = client.post(CHAT, chat("quiet lynx")).await.unwrap();
-    assert_eq!(content(&answer), "You said: quiet lynx");
+    assert_eq!(content(&answer.body), "You said: quiet lynx");
     assert!(!gw.wire_log().iter().any(|w| w.windows(10).any(|x| x == b"quiet lynx")), "plaintext on the wire");
 
     // The tower path: the receipt is checked once the body was read to its end, with the API
@@ -108,7 +108,7 @@ async fn before_release_mode_hands_out_only_verified_answers() {
     assert!(res.extensions().get::<VerifiedReceipt>().is_some());
     assert!(res.extensions().get::<ReceiptCheck>().is_none());
     assert_eq!(content(&res.into_body().collect().await.unwrap().to_bytes()), "You said: held heron");
-    assert_eq!(content(&client.post(CHAT, chat("second")).await.unwrap()), "You said: second");
+    assert_eq!(content(&client.post(CHAT, chat("second")).await.unwrap().body), "You said: second");
 }
 
 #[tokio::test]
@@ -142,7 +142,7 @@ async fn a_failed_refresh_keeps_the_key_until_it_expires_and_then_says_why() {
     let why = client.refresh_error().expect("the failed refresh is reported");
     assert_eq!(why, e.to_string());
     // The attested key keeps serving until its not_after…
-    assert_eq!(content(&client.post(CHAT, chat("still here")).await.unwrap()), "You said: still here");
+    assert_eq!(content(&client.post(CHAT, chat("still here")).await.unwrap().body), "You said: still here");
     // …and never after it: a typed error naming what to look at.
     tokio::time::sleep(Duration::from_millis(2_600)).await;
     let before = gw.requests_seen();
@@ -155,7 +155,7 @@ async fn a_failed_refresh_keeps_the_key_until_it_expires_and_then_says_why() {
     gw.renew_keyset(not_after + 3_600);
     client.refresh().await.unwrap();
     assert!(client.refresh_error().is_none());
-    assert_eq!(content(&client.post(CHAT, chat("back")).await.unwrap()), "You said: back");
+    assert_eq!(content(&client.post(CHAT, chat("back")).await.unwrap().body), "You said: back");
 }
 
 #[tokio::test]
@@ -229,7 +229,7 @@ async fn over_https_the_client_pins_the_attested_tls_key() {
     let gw = TestGateway::start(GatewayConfig::new().tls(self_signed())).await.unwrap();
     assert!(gw.base_url().starts_with("https://"));
     let client = Client::for_test_gateway(&gw).api_key("sk-tls").build().await.unwrap();
-    assert_eq!(content(&client.post(CHAT, chat("pinned puma")).await.unwrap()), "You said: pinned puma");
+    assert_eq!(content(&client.post(CHAT, chat("pinned puma")).await.unwrap().body), "You said: pinned puma");
 
     // A gateway whose keyset does not list the key it serves fails at build, before any prompt.
     let impostor = TestGateway::start(GatewayConfig::new().tls(self_signed().advertise_spki([7; 32]))).await.unwrap();

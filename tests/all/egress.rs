@@ -344,7 +344,7 @@ async fn a_client_through_a_connect_proxy_attests_chats_streams_and_verifies_rec
 
     // A buffered chat.
     let answer = client.post(CHAT, chat("tunnelled walrus", false)).await.unwrap();
-    assert_eq!(content(&answer), "You said: tunnelled walrus");
+    assert_eq!(content(&answer.body), "You said: tunnelled walrus");
 
     // A stream, read to its end, whose receipt is fetched and verified in the background.
     let req = Request::post(client.url(CHAT).unwrap())
@@ -487,7 +487,7 @@ async fn proxy_credentials_go_in_proxy_authorization_and_are_never_logged() {
     let builder = Client::for_test_gateway(&gw).https_proxy(with("alice:s3cr%40t-Q7")).api_key("sk-auth");
     assert!(!format!("{builder:?}").contains("s3cr"));
     let client = builder.build().await.unwrap();
-    assert_eq!(content(&client.post(CHAT, chat("authorised yak", false)).await.unwrap()), "You said: authorised yak");
+    assert_eq!(content(&client.post(CHAT, chat("authorised yak", false)).await.unwrap().body), "You said: authorised yak");
     let heads = proxy.heads();
     assert!(heads.iter().any(|h| h.contains(&format!("Proxy-Authorization: {expected}\r\n"))), "{heads:?}");
     assert!(!format!("{client:?}").contains("s3cr"));

@@ -424,7 +424,7 @@ async fn a_pccs_on_the_gateway_host_is_refused_at_start() {
         };
         let e = Proxy::start(config).await.unwrap_err();
         assert_eq!(e.kind(), tower_aci::ErrorKind::Config, "{pccs}: {e}");
-        assert!(e.to_string().contains("--pccs names the gateway's own host"), "{e}");
+        assert!(e.to_string().contains("names the gateway's own host"), "{e}");
     }
 }
 
