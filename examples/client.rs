@@ -51,7 +51,12 @@ async fn main() -> Result<(), tower_aci::BoxError> {
     )));
     match client.post(CHAT, BODY).await {
         Err(e) if e.kind() == ErrorKind::Gateway => {
-            println!("gateway error {:?} ({:?}, retry after {:?}): {e}", e.gateway_error_type(), e.status(), e.retry_after())
+            println!(
+                "gateway error {:?} ({:?}, retry after {:?}): {e}",
+                e.gateway_error_type(),
+                e.status(),
+                e.retry_after()
+            )
         }
         other => println!("unexpected: {other:?}"),
     }

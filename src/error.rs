@@ -246,6 +246,7 @@ impl Error {
 
     /// A copy of `found` (kind, message, the gateway's type, status and wait), without its
     /// source: for an error of ours found inside another error, returned as the cause.
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
     pub(crate) fn copy_of(found: &Error) -> Self {
         let mut e = Error::new(found.kind, found.message.to_string());
         e.gateway_type.clone_from(&found.gateway_type);

@@ -839,7 +839,13 @@ where
             .to_bytes();
         if status != StatusCode::OK {
             let now = self.handle.shared.clock.now();
-            return Err(GatewayError::error_for(status, &answer_headers, now, &body, "fetching the attestation report"));
+            return Err(GatewayError::error_for(
+                status,
+                &answer_headers,
+                now,
+                &body,
+                "fetching the attestation report",
+            ));
         }
         #[cfg(feature = "dcap")]
         if let (Some(pccs), Some(service)) = (&self.pccs, pccs_service) {
@@ -1100,7 +1106,8 @@ mod tests {
         );
         assert_eq!(e.kind(), ErrorKind::Gateway);
         assert_eq!(e.gateway_error_type(), Some("invalid_request_error"));
-        let e = GatewayError::error_for(StatusCode::BAD_GATEWAY, &none, 0, b"<html>", "fetching the attestation report");
+        let e =
+            GatewayError::error_for(StatusCode::BAD_GATEWAY, &none, 0, b"<html>", "fetching the attestation report");
         assert_eq!(e.kind(), ErrorKind::Transport);
     }
 

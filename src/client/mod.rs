@@ -53,7 +53,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use rustls::RootCertStore;
@@ -417,7 +417,8 @@ impl ClientBuilder {
             Some(clock) => KeyHandle::with_clock(clock),
             None => KeyHandle::new(),
         };
-        let (plain, tls) = transport::plain_client(&base, &keys, self.trust, pccs.as_ref(), self.pccs_roots, self.egress)?;
+        let (plain, tls) =
+            transport::plain_client(&base, &keys, self.trust, pccs.as_ref(), self.pccs_roots, self.egress)?;
 
         let provider = KeyProvider::builder(plain.clone()).handle(keys.clone()).base_url(base.clone()).policy(policy);
         let provider = match self.max_keyset_age {
@@ -783,7 +784,7 @@ impl Client {
         // reqwest follows no redirect either.
         builder = builder.redirect(reqwest::redirect::Policy::none());
         if let Some(value) = self.inner.service.shared.authorization.clone() {
-            builder = builder.default_headers(http::HeaderMap::from_iter([(AUTHORIZATION, value)]));
+            builder = builder.default_headers(http::HeaderMap::from_iter([(http::header::AUTHORIZATION, value)]));
         }
         let client = builder.build().map_err(|e| Error::config("cannot build the reqwest client").with_source(e))?;
         let e2ee = crate::middleware::E2eeMiddleware::from_layer(self.inner.layer.clone())

@@ -95,7 +95,9 @@ mod tests {
 
     #[test]
     fn every_mode_reads_back_as_it_is_written() {
-        for mode in [ReceiptMode::Off, ReceiptMode::Background, ReceiptMode::BeforeRelease, ReceiptMode::HoldUntilVerified] {
+        for mode in
+            [ReceiptMode::Off, ReceiptMode::Background, ReceiptMode::BeforeRelease, ReceiptMode::HoldUntilVerified]
+        {
             assert_eq!(mode.as_str().parse::<ReceiptMode>().unwrap(), mode);
             let json = serde_json::to_string(&mode).unwrap();
             assert_eq!(json, format!("\"{}\"", mode.as_str()));

@@ -64,7 +64,9 @@ pub(crate) fn redirect_error(status: StatusCode, headers: &HeaderMap) -> Error {
 }
 
 /// The transport's answer, with a redirect turned into an error.
-fn refuse_redirect<B>(result: std::result::Result<Response<B>, BoxError>) -> std::result::Result<Response<B>, BoxError> {
+fn refuse_redirect<B>(
+    result: std::result::Result<Response<B>, BoxError>,
+) -> std::result::Result<Response<B>, BoxError> {
     match result {
         Ok(res) if res.status().is_redirection() => {
             tracing::warn!(status = %res.status(), "the gateway answered a redirect: refused");

@@ -77,8 +77,12 @@ impl GatewayError {
     /// This answer as an [`Error`] of kind [`ErrorKind::Gateway`], with its
     /// [`status`](Error::status) and [`retry_after`](Error::retry_after).
     pub fn to_error(&self) -> Error {
-        Error::gateway(self.status, self.error_type.as_deref().unwrap_or("unknown"), self.message.as_deref().unwrap_or(""))
-            .with_answer(self.status, self.retry_after)
+        Error::gateway(
+            self.status,
+            self.error_type.as_deref().unwrap_or("unknown"),
+            self.message.as_deref().unwrap_or(""),
+        )
+        .with_answer(self.status, self.retry_after)
     }
 }
 

@@ -42,7 +42,11 @@ pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
 /// (IMF-fixdate, or the obsolete RFC 850 and asctime forms) read against `now` (Unix seconds; a
 /// date in the past is no wait). At most `max`: a longer wait is read as `max`. `None` when the
 /// header is absent or unreadable.
-pub(crate) fn retry_after(headers: &http::HeaderMap, now: u64, max: std::time::Duration) -> Option<std::time::Duration> {
+pub(crate) fn retry_after(
+    headers: &http::HeaderMap,
+    now: u64,
+    max: std::time::Duration,
+) -> Option<std::time::Duration> {
     let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
     let secs = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Any run of digits is a wait; one too long for u64 is longer than `max`.
@@ -119,8 +123,16 @@ mod retry_after_tests {
         assert_eq!(http_date("Sun Nov  6 08:49:37 1994"), Some(784_111_777));
         assert_eq!(http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
         assert_eq!(http_date("Tue, 29 Feb 2028 23:59:59 GMT"), Some(1_835_481_599));
-        for bad in ["", "tomorrow", "Sun, 06 Nov 1994 08:49:37 UTC", "Sun, 6 Nov 1994 08:49:37 GMT", "Sun, 06 Foo 1994 08:49:37 GMT",
-            "Sun, 06 Nov 1994 24:00:00 GMT", "Sun, 06 Nov 1994 08:49 GMT", "Sun, 32 Nov 1994 08:49:37 GMT"] {
+        for bad in [
+            "",
+            "tomorrow",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 06 Nov 1994 08:49 GMT",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+        ] {
             assert_eq!(http_date(bad), None, "{bad:?}");
         }
     }

@@ -166,9 +166,11 @@ impl Proxy {
     /// # let _ = proxy; Ok(()) }
     /// ```
     pub async fn start_with(
-        mut config: ProxyConfig,
+        config: ProxyConfig,
         customize: impl FnOnce(ClientBuilder) -> ClientBuilder,
     ) -> Result<Proxy> {
+        #[cfg(feature = "test-gateway")]
+        let mut config = config;
         // The pins first: the error a person at a terminal most likely needs.
         config.policy()?;
         let guard = guard::Guard::new(

@@ -56,7 +56,9 @@ pub(crate) fn redirect_refused(status: StatusCode, headers: &HeaderMap) -> Proxy
     ProxyError::new(
         StatusCode::BAD_GATEWAY,
         "gateway_redirect_refused",
-        format!("the gateway redirected ({status}, Location {location:?}); aci-proxy never follows or relays a redirect"),
+        format!(
+            "the gateway redirected ({status}, Location {location:?}); aci-proxy never follows or relays a redirect"
+        ),
     )
 }
 

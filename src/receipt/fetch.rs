@@ -500,7 +500,9 @@ where
                 (StatusCode::NOT_FOUND, Doc::Session) => {
                     receipt_err(ReceiptFailure::Session, format!("the cited attested session {id} is not served"))
                 }
-                _ => GatewayError::error_for(status, &answer_headers, unix_now(), &body, &format!("fetching the {what}")),
+                _ => {
+                    GatewayError::error_for(status, &answer_headers, unix_now(), &body, &format!("fetching the {what}"))
+                }
             });
         }
     }

@@ -322,7 +322,8 @@ async fn hold_until_verified_mode_releases_no_byte_of_a_stream_before_its_receip
 async fn post_returns_the_answer_with_its_receipt_verdict_in_every_mode() {
     use tower_aci::client::ReceiptVerdict;
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
-    for mode in [ReceiptMode::Background, ReceiptMode::BeforeRelease, ReceiptMode::HoldUntilVerified, ReceiptMode::Off] {
+    for mode in [ReceiptMode::Background, ReceiptMode::BeforeRelease, ReceiptMode::HoldUntilVerified, ReceiptMode::Off]
+    {
         let client = Client::for_test_gateway(&gw).receipts(mode).api_key("sk-verdict").build().await.unwrap();
         for stream in [false, true] {
             let body = json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "vole"}]});

@@ -491,7 +491,10 @@ async fn proxy_credentials_go_in_proxy_authorization_and_are_never_logged() {
     let builder = Client::for_test_gateway(&gw).https_proxy(with("alice:s3cr%40t-Q7")).api_key("sk-auth");
     assert!(!format!("{builder:?}").contains("s3cr"));
     let client = builder.build().await.unwrap();
-    assert_eq!(content(&client.post(CHAT, chat("authorised yak", false)).await.unwrap().body), "You said: authorised yak");
+    assert_eq!(
+        content(&client.post(CHAT, chat("authorised yak", false)).await.unwrap().body),
+        "You said: authorised yak"
+    );
     let heads = proxy.heads();
     assert!(heads.iter().any(|h| h.contains(&format!("Proxy-Authorization: {expected}\r\n"))), "{heads:?}");
     assert!(!format!("{client:?}").contains("s3cr"));

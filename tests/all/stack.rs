@@ -93,7 +93,8 @@ async fn the_client_and_the_proxy_agree_from_the_same_settings() {
     }
 
     // Receipts: each mode, as the proxy's --receipts spells it.
-    for mode in [ReceiptMode::Off, ReceiptMode::Background, ReceiptMode::BeforeRelease, ReceiptMode::HoldUntilVerified] {
+    for mode in [ReceiptMode::Off, ReceiptMode::Background, ReceiptMode::BeforeRelease, ReceiptMode::HoldUntilVerified]
+    {
         let client = client_builder(&plain_gw.base_url()).receipts(mode).build().await.unwrap();
         let config = ProxyConfig::from_toml(&format!("receipts = \"{mode}\"")).unwrap();
         let proxy = Proxy::start(ProxyConfig { receipts: config.receipts, ..proxy_config(&plain_gw.base_url()) })
@@ -374,7 +375,11 @@ async fn the_client_sends_its_api_key_only_where_it_belongs() {
         Request::builder().method(Method::GET).uri(client.url(path).unwrap()).body(Full::new(Bytes::new())).unwrap()
     };
     let nonce = "00".repeat(32);
-    for path in [format!("/v1/aci/attestation?nonce={nonce}"), "/v1/models/%2e%2e/aci/attestation".to_owned(), "/v1/models".to_owned()] {
+    for path in [
+        format!("/v1/aci/attestation?nonce={nonce}"),
+        "/v1/models/%2e%2e/aci/attestation".to_owned(),
+        "/v1/models".to_owned(),
+    ] {
         let _ = client.service().oneshot(get(&path)).await.unwrap();
     }
     client.post(CHAT, chat("keyed")).await.unwrap();
@@ -407,9 +412,7 @@ async fn the_proxy_holds_a_stream_until_its_receipt_verified() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let config = ProxyConfig::from_toml("receipts = \"hold-until-verified\"").unwrap();
     assert_eq!(config.receipts, ReceiptMode::HoldUntilVerified);
-    let proxy = Proxy::start(ProxyConfig { receipts: config.receipts, ..proxy_config(&gw.base_url()) })
-        .await
-        .unwrap();
+    let proxy = Proxy::start(ProxyConfig { receipts: config.receipts, ..proxy_config(&gw.base_url()) }).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = proxy.router();
