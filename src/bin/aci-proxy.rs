@@ -98,8 +98,8 @@ struct ServeArgs {
     /// other request carrying Origin is refused
     #[arg(long = "allow-origin", env = "ACI_PROXY_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
     allow_origins: Vec<String>,
-    /// Receipts: off, verify (in the background), before-release (a stream's [DONE] waits for
-    /// its receipt) or hold-until-verified (no byte before it) [default: verify]
+    /// Receipts: off, verify (in the background), before-release (an answer ends only once its
+    /// receipt verified) or hold-until-verified (no byte before it) [default: verify]
     #[arg(long, env = "ACI_PROXY_RECEIPTS", value_name = "MODE")]
     receipts: Option<ReceiptMode>,
     /// Append verified receipts (exact bytes, with their exchange and report) to this file

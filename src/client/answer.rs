@@ -74,14 +74,4 @@ impl ReceiptVerdict {
             )),
         }
     }
-
-    /// The outcome if it is known now: `Some(Ok(_))` once verified, `Some(Err(_))` once the
-    /// background check failed, `None` while it runs or when receipts are off.
-    pub fn now(&self) -> Option<Result<VerifiedReceipt>> {
-        match self {
-            ReceiptVerdict::Verified(v) => Some(Ok((**v).clone())),
-            ReceiptVerdict::Background(check) => check.result(),
-            ReceiptVerdict::Off => None,
-        }
-    }
 }

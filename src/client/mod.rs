@@ -438,7 +438,8 @@ impl ClientBuilder {
         let receipts = ReceiptClient::new(plain.clone(), base.clone());
         let layer = E2eeLayer::new(keys.clone()).strict(self.strict);
         let retry = RetryLayer::new(KeyMismatchRetry::new(keys.clone()));
-        let stack: Stack = if self.receipts.verifies_before_release() {
+        let before_release_mode = matches!(self.receipts, ReceiptMode::BeforeRelease | ReceiptMode::HoldUntilVerified);
+        let stack: Stack = if before_release_mode {
             BoxCloneSyncService::new(
                 ServiceBuilder::new()
                     .map_response(|r: Response<_>| r.map(BodyExt::boxed_unsync))

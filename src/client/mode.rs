@@ -62,12 +62,6 @@ impl ReceiptMode {
             ReceiptMode::HoldUntilVerified => "hold-until-verified",
         }
     }
-
-    /// Whether the answer waits for its receipt ([`BeforeRelease`](Self::BeforeRelease) or
-    /// [`HoldUntilVerified`](Self::HoldUntilVerified)).
-    pub fn verifies_before_release(self) -> bool {
-        matches!(self, ReceiptMode::BeforeRelease | ReceiptMode::HoldUntilVerified)
-    }
 }
 
 impl fmt::Display for ReceiptMode {

@@ -2,17 +2,17 @@
 //!
 //! The proxy listens on loopback and speaks the OpenAI API: `POST /v1/chat/completions`,
 //! `/v1/completions` and `/v1/embeddings` (buffered and streaming) go through
-//! [`E2eeLayer`] to the attested gateway — fields encrypted to the attested key,
+//! [`E2eeLayer`](crate::E2eeLayer) to the attested gateway — fields encrypted to the attested key,
 //! answers decrypted, streams released event by event; `GET /v1/…` (models, receipts) pass
 //! through; every other `POST` is refused with an OpenAI-shaped error, so no plaintext leaves by
 //! accident. `GET /aci/status` reports the attested keyset, the policy's pins and counters.
 //!
 //! It is a [`Client`] behind an OpenAI-compatible endpoint: [`Proxy::start`] turns the
-//! [`ProxyConfig`] into a [`ClientBuilder`](crate::client::ClientBuilder)
+//! [`ProxyConfig`] into a [`ClientBuilder`]
 //! ([`ProxyConfig::client_builder`]), builds it (the gateway is attested there, with the
 //! client's defaults and refusals: the PCCS, loopback-only `http://`, the API key's validity,
 //! no redirect) and serves through [`Client::service`]; background receipt checks are the
-//! client's ([`ReceiptCheck`](crate::client::ReceiptCheck)), drained at shutdown. It is the
+//! client's ([`ReceiptCheck`]), drained at shutdown. It is the
 //! reference for embedding tower-aci in an axum backend. What it protects: the hop
 //! from this machine to the gateway and the gateway's own handling. What it does not: the hop
 //! from your application to the proxy is loopback plaintext, so run it on the same host.
@@ -740,14 +740,16 @@ async fn buffered_response(
             }
         },
         // Verified below the proxy before the answer came back (VerifyBeforeReleaseLayer).
-        mode if mode.verifies_before_release() => match parts.extensions.get::<VerifiedReceipt>() {
-            Some(verified) => archive(&st, verified, &record).await,
-            None => {
-                let err =
-                    ProxyError::new(StatusCode::BAD_GATEWAY, "receipt_verification_failed", "no verified receipt");
-                return answer_error(log, err);
+        ReceiptMode::BeforeRelease | ReceiptMode::HoldUntilVerified => {
+            match parts.extensions.get::<VerifiedReceipt>() {
+                Some(verified) => archive(&st, verified, &record).await,
+                None => {
+                    let err =
+                        ProxyError::new(StatusCode::BAD_GATEWAY, "receipt_verification_failed", "no verified receipt");
+                    return answer_error(log, err);
+                }
             }
-        },
+        }
         _ => {}
     }
     relay::filter_headers(&mut parts.headers);
@@ -775,7 +777,7 @@ fn stream_response(
         }
         // The `[DONE]` (or, holding until verified, the whole stream) was held below the proxy
         // until the receipt verified; archive it.
-        mode if mode.verifies_before_release() => {
+        ReceiptMode::BeforeRelease | ReceiptMode::HoldUntilVerified => {
             let verification = parts.extensions.get::<StreamVerification>().cloned();
             Some(Box::new(move || {
                 let Some(verified) = verification.as_ref().and_then(StreamVerification::receipt).cloned() else {

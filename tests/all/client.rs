@@ -339,7 +339,7 @@ async fn post_returns_the_answer_with_its_receipt_verdict_in_every_mode() {
                 }
                 (ReceiptVerdict::Verified(v), ReceiptMode::BeforeRelease | ReceiptMode::HoldUntilVerified) => {
                     assert_eq!(Some(v.receipt().receipt_id()), answer.record.receipt_id());
-                    assert!(answer.receipt.now().unwrap().is_ok());
+                    assert!(answer.receipt.verified().await.is_ok());
                 }
                 (ReceiptVerdict::Off, ReceiptMode::Off) => {
                     let e = answer.receipt.verified().await.unwrap_err();
