@@ -339,7 +339,7 @@ fn proxy_main() {
             }
         };
         let (off, off_url) = e2ee(ReceiptMode::Off).await;
-        let (verify, verify_url) = e2ee(ReceiptMode::Verify).await;
+        let (verify, verify_url) = e2ee(ReceiptMode::Background).await;
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
         let plain = Plain { base: gateway.clone(), client: Client::builder(TokioExecutor::new()).build(tcp) };

@@ -1,8 +1,8 @@
 //! `tower_aci::Client` against the crate's local test gateway: attest, send, read the decrypted
-//! answer, check its receipt, and handle a gateway error and a failed refresh.
+//! answer with its receipt's verdict, and handle a gateway error and a failed refresh.
 //!
 //! ```text
-//! cargo run --example client --features test-gateway,rustls
+//! cargo run --example client --features test-gateway
 //! ```
 //!
 //! Against a real gateway, `Client::builder("https://…")` with your pins replaces
@@ -25,9 +25,12 @@ async fn main() -> Result<(), tower_aci::BoxError> {
     let client = Client::for_test_gateway(&gw).api_key("sk-demo").build().await?;
     println!("attested keyset {}", client.keyset()?.digest());
 
-    // One call: the decrypted answer.
+    // One call: the decrypted answer, and its receipt verified in the background (the
+    // default `ReceiptMode::Background`; await the verdict, or read `client.receipt_stats()`).
     let answer = client.post(CHAT, BODY).await?;
-    println!("answer: {}", String::from_utf8_lossy(&answer));
+    println!("answer: {}", String::from_utf8_lossy(&answer.body));
+    let receipt = answer.receipt.verified().await?;
+    println!("receipt {} verified under keyset {}", receipt.receipt().receipt_id(), receipt.keyset().digest());
 
     // The tower service, and the receipt checked in the background once the body was read.
     let req = http::Request::post(client.url(CHAT)?)
@@ -41,13 +44,20 @@ async fn main() -> Result<(), tower_aci::BoxError> {
         println!("receipt {} verified", verified.receipt().receipt_id());
     }
 
-    // A non-2xx answer is a typed error with the gateway's error type.
+    // A non-2xx answer is a typed error with the gateway's error type and status.
     gw.set_fault(Some(Fault::UpstreamStatus(
         429,
         r#"{"error":{"type":"rate_limit_error","message":"slow down"}}"#.into(),
     )));
     match client.post(CHAT, BODY).await {
-        Err(e) if e.kind() == ErrorKind::Gateway => println!("gateway error {:?}: {e}", e.gateway_error_type()),
+        Err(e) if e.kind() == ErrorKind::Gateway => {
+            println!(
+                "gateway error {:?} ({:?}, retry after {:?}): {e}",
+                e.gateway_error_type(),
+                e.status(),
+                e.retry_after()
+            )
+        }
         other => println!("unexpected: {other:?}"),
     }
     // A failed refresh: the attested key keeps serving until its not_after.
@@ -55,5 +65,7 @@ async fn main() -> Result<(), tower_aci::BoxError> {
     if let Err(e) = client.refresh().await {
         println!("refresh failed ({e}); still serving keyset {}", client.keyset()?.digest());
     }
+    let stats = client.receipt_stats();
+    println!("background receipts: {} verified, {} failed", stats.verified, stats.failed);
     Ok(())
 }

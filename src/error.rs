@@ -21,6 +21,9 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
 
 /// A boxed error, as tower services return them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -165,18 +168,56 @@ pub enum ReceiptFailure {
     RefusedKeyset(AttestationFailure),
 }
 
+/// The longest wait [`Error::retry_after`] reports: a gateway that asks for more is read as
+/// asking for one hour, so that no answer can park a caller for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
+
 /// The error type of tower-aci.
+///
+/// Only the crate makes errors of the kinds that are verdicts (an attestation, a receipt, a
+/// decryption, a stream's integrity): code outside it, the crate's own adapters built
+/// elsewhere included, can make [`config`](Error::config) and [`transport`](Error::transport)
+/// errors, so a `Attestation(..)` error always comes from a verification that ran.
 pub struct Error {
     kind: ErrorKind,
     message: Cow<'static, str>,
     gateway_type: Option<Box<str>>,
+    /// The gateway's HTTP status, for an error made from its answer.
+    status: Option<StatusCode>,
+    /// Whole seconds of the answer's `Retry-After` (at most [`MAX_RETRY_AFTER`]).
+    retry_after: Option<u32>,
     source: Option<BoxError>,
 }
 
 impl Error {
-    /// A new error of `kind` with a message.
-    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
-        Error { kind, message: message.into(), gateway_type: None, source: None }
+    /// A new error of `kind` with a message (crate-private: a verdict is made only where it is
+    /// reached).
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Error { kind, message: message.into(), gateway_type: None, status: None, retry_after: None, source: None }
+    }
+
+    /// A [`Config`](ErrorKind::Config) error: a builder or configuration value is invalid. For
+    /// code that builds on tower-aci (a layer, a proxy, a configuration reader) and reports its
+    /// own settings' errors as this crate's.
+    ///
+    /// ```
+    /// let e = tower_aci::Error::config("--listen 0.0.0.0:8787 needs a client key");
+    /// assert_eq!(e.kind(), tower_aci::ErrorKind::Config);
+    /// ```
+    pub fn config(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    /// A [`Transport`](ErrorKind::Transport) error: a connection, a file or another I/O path
+    /// failed. Attach the cause with [`with_source`](Self::with_source).
+    ///
+    /// ```
+    /// let io = std::io::Error::other("disk full");
+    /// let e = tower_aci::Error::transport("cannot append to the audit file").with_source(io);
+    /// assert_eq!(e.kind(), tower_aci::ErrorKind::Transport);
+    /// ```
+    pub fn transport(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::Transport, message)
     }
 
     /// Attach an underlying cause.
@@ -187,15 +228,35 @@ impl Error {
     }
 
     /// An error document returned by the gateway, with its `type` string.
-    pub fn gateway(status: u16, error_type: impl Into<Box<str>>, message: &str) -> Self {
+    pub(crate) fn gateway(status: StatusCode, error_type: impl Into<Box<str>>, message: &str) -> Self {
         let error_type = error_type.into();
-        let mut e = Error::new(ErrorKind::Gateway, format!("gateway answered {status} {error_type}: {message}"));
+        let code = status.as_u16();
+        let mut e = Error::new(ErrorKind::Gateway, format!("gateway answered {code} {error_type}: {message}"));
         e.gateway_type = Some(error_type);
+        e.status = Some(status);
+        e
+    }
+
+    /// The gateway's status (and its `Retry-After`) on an error made from its answer.
+    pub(crate) fn with_answer(mut self, status: StatusCode, retry_after: Option<Duration>) -> Self {
+        self.status = Some(status);
+        self.retry_after = retry_after.map(|d| d.min(MAX_RETRY_AFTER).as_secs() as u32);
+        self
+    }
+
+    /// A copy of `found` (kind, message, the gateway's type, status and wait), without its
+    /// source: for an error of ours found inside another error, returned as the cause.
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    pub(crate) fn copy_of(found: &Error) -> Self {
+        let mut e = Error::new(found.kind, found.message.to_string());
+        e.gateway_type.clone_from(&found.gateway_type);
+        e.status = found.status;
+        e.retry_after = found.retry_after;
         e
     }
 
     /// An in-band error event read from a stream, with its `type` string.
-    pub fn in_band(error_type: impl Into<Box<str>>, message: &str) -> Self {
+    pub(crate) fn in_band(error_type: impl Into<Box<str>>, message: &str) -> Self {
         let error_type = error_type.into();
         let mut e =
             Error::new(ErrorKind::InBandError, format!("stream carried an error event ({error_type}): {message}"));
@@ -212,6 +273,34 @@ impl Error {
     /// [`ErrorKind::Gateway`] and [`ErrorKind::InBandError`].
     pub fn gateway_error_type(&self) -> Option<&str> {
         self.gateway_type.as_deref()
+    }
+
+    /// The HTTP status the gateway answered with, when this error was made from a non-2xx
+    /// answer: a [`Gateway`](ErrorKind::Gateway) error (its error document), or a
+    /// [`Transport`](ErrorKind::Transport) error whose body was no error document. `None` for
+    /// errors that no answer caused.
+    ///
+    /// ```no_run
+    /// # async fn run(client: tower_aci::Client, chat: String) -> tower_aci::Result<()> {
+    /// match client.post("/v1/chat/completions", chat).await {
+    ///     Err(e) if e.status() == Some(http::StatusCode::TOO_MANY_REQUESTS) => {
+    ///         let wait = e.retry_after().unwrap_or(std::time::Duration::from_secs(1));
+    ///         tokio::time::sleep(wait).await; // then try again
+    ///     }
+    ///     other => { other?; }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn status(&self) -> Option<StatusCode> {
+        self.status
+    }
+
+    /// How long the gateway asked to wait before trying again: its answer's `Retry-After`,
+    /// in seconds or as an HTTP-date (read against the system clock), at most
+    /// [`MAX_RETRY_AFTER`]. `None` when the answer carried none (or an unreadable one), or no
+    /// answer caused this error.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after.map(|s| Duration::from_secs(u64::from(s)))
     }
 
     /// Find a tower-aci [`Error`] in an error or anywhere in its `source()` chain, including
@@ -269,6 +358,12 @@ impl fmt::Debug for Error {
         if let Some(t) = &self.gateway_type {
             d.field("gateway_type", t);
         }
+        if let Some(s) = &self.status {
+            d.field("status", s);
+        }
+        if let Some(r) = &self.retry_after() {
+            d.field("retry_after", r);
+        }
         if let Some(s) = &self.source {
             d.field("source", s);
         }
@@ -314,9 +409,15 @@ mod tests {
 
     #[test]
     fn gateway_error_keeps_its_type() {
-        let e = Error::gateway(400, "e2ee_replay_detected", "replay");
+        let e = Error::gateway(StatusCode::BAD_REQUEST, "e2ee_replay_detected", "replay");
         assert_eq!(e.kind(), ErrorKind::Gateway);
         assert_eq!(e.gateway_error_type(), Some("e2ee_replay_detected"));
         assert!(e.to_string().contains("400"));
+        assert_eq!((e.status(), e.retry_after()), (Some(StatusCode::BAD_REQUEST), None));
+        let e = e.with_answer(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(86_400)));
+        assert_eq!((e.status(), e.retry_after()), (Some(StatusCode::TOO_MANY_REQUESTS), Some(MAX_RETRY_AFTER)));
+        // Errors no answer caused carry neither.
+        let e = Error::config("x");
+        assert_eq!((e.status(), e.retry_after()), (None, None));
     }
 }

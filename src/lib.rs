@@ -19,11 +19,27 @@
 //!
 //! ## Quick start
 //!
-//! Against a real gateway (RedPill, Phala, a dstack deployment), with features `rustls` and
-//! `dcap`: pin the workload, verify the TDX quote, and talk HTTPS pinned to the TLS key the
-//! attested keyset lists for the hostname — one hyper-util client for the key provider, the E2EE
-//! layer and receipts. The README's "Talk to a real gateway" says where each pinned value comes
+//! Against a real gateway (RedPill, Phala, a dstack deployment), with the default features
+//! (`client`: `rustls` and `dcap`), [`Client`] is the whole stack: pin the workload, and it
+//! verifies the TDX quote, talks HTTPS pinned to the attested keyset, encrypts, and verifies each
+//! answer's receipt. The README's "Talk to a real gateway" says where each pinned value comes
 //! from and what each failure looks like.
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "rustls", feature = "dcap"))]
+//! # async fn run(compose: &str, [m, r0, r1, r2]: [&str; 4], kms: &str) -> tower_aci::Result<()> {
+//! let client = tower_aci::Client::builder("https://api.redpill.ai")
+//!     .allow_compose_hash(compose).allow_boot_measurements(m, r0, r1, r2).allow_kms_identity(kms)
+//!     .api_key_env("REDPILL_API_KEY")
+//!     .build().await?;
+//! let chat = r#"{"model":"YOUR-MODEL","messages":[{"role":"user","content":"hi"}]}"#;
+//! let answer = client.post("/v1/chat/completions", chat).await?; // decrypted
+//! answer.receipt.verified().await?; // the gateway signed exactly these bytes
+//! # Ok(()) }
+//! ```
+//!
+//! The same stack by hand, for a tower stack of your own (what [`Client`] assembles): one
+//! hyper-util client for the key provider, the E2EE layer and receipts.
 //!
 //! ```no_run
 //! # #[cfg(all(feature = "rustls", feature = "dcap"))]
@@ -107,6 +123,7 @@
 //!
 //! | feature | adds |
 //! | --- | --- |
+//! | `client` (default) | [`Client`]: `rustls` + `dcap`, everything a real gateway needs; `default-features = false` keeps the bare layer |
 //! | `test-gateway` | `gateway`: a local ACI gateway on loopback for examples and tests (and the gateway's halves of the protocol) |
 //! | `reqwest-middleware` | `middleware::E2eeMiddleware` for reqwest-middleware chains |
 //! | `dcap` | `attest::dcap`: TDX quote verification with `dcap-qvl` (every policy requires it unless `dangerous()` relaxes it) |

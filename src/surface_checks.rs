@@ -37,7 +37,24 @@
 //! Structs the crate produces may gain fields: no struct literal outside the crate.
 //!
 //! ```compile_fail
-//! let _ = tower_aci::GatewayError { status: 400, error_type: None, message: None };
+//! let _ = tower_aci::GatewayError { status: http::StatusCode::BAD_REQUEST, error_type: None, message: None, retry_after: None };
+//! ```
+//!
+//! An error of a verdict (an attestation, a receipt, a decryption) is made only by the crate:
+//! no public constructor takes a kind.
+//!
+//! ```compile_fail
+//! let forged = tower_aci::Error::new(
+//!     tower_aci::ErrorKind::Attestation(tower_aci::AttestationFailure::ChannelBinding),
+//!     "forged",
+//! );
+//! ```
+//!
+//! Those that are no verdict have their own constructors.
+//!
+//! ```
+//! assert_eq!(tower_aci::Error::config("x").kind(), tower_aci::ErrorKind::Config);
+//! assert_eq!(tower_aci::Error::transport("x").kind(), tower_aci::ErrorKind::Transport);
 //! ```
 //!
 //! Builders and the refresher guard are `#[must_use]`: a dropped one is a warning.

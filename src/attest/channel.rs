@@ -279,6 +279,8 @@ mod tests {
             hardware: None,
             anchor: crate::attest::Anchor::Unanchored,
             kms_identity: None,
+            report: bytes::Bytes::new(),
+            nonce: [0; 32],
         }
     }
 

@@ -185,9 +185,35 @@ pub struct AttestedKeyset {
     pub(crate) anchor: Anchor,
     /// The measured KMS identity (`key-provider` event), when the event log names one.
     pub(crate) kms_identity: Option<KmsIdentity>,
+    /// The report's exact bytes, as verified.
+    pub(crate) report: bytes::Bytes,
+    /// The nonce the report was verified against.
+    pub(crate) nonce: [u8; 32],
 }
 
 impl AttestedKeyset {
+    /// The exact bytes of the attestation report this keyset was verified from (the JSON
+    /// document as the gateway served it), for an audit trail that re-verifies it later with
+    /// [`verify_report`](crate::attest::verify_report), [`nonce`](Self::nonce) and
+    /// [`verified_at`](Self::verified_at): `aci-proxy --audit-file` writes it beside the
+    /// receipts verified under this keyset.
+    ///
+    /// ```no_run
+    /// # async fn run(client: tower_aci::Client) -> tower_aci::Result<()> {
+    /// let keyset = client.keyset()?;
+    /// std::fs::write("report.json", keyset.report()).ok(); // what was verified, byte for byte
+    /// let nonce: String = keyset.nonce().iter().map(|b| format!("{b:02x}")).collect(); // the nonce it answered
+    /// # let _ = nonce; Ok(()) }
+    /// ```
+    pub fn report(&self) -> &[u8] {
+        &self.report
+    }
+
+    /// The nonce the report was fetched with and verified against (32 bytes).
+    pub fn nonce(&self) -> &[u8; 32] {
+        &self.nonce
+    }
+
     /// `sha256:<hex>` of the keyset's canonical form, as `X-ACI-Keyset-Digest` and receipts name it.
     pub fn digest(&self) -> &str {
         &self.digest

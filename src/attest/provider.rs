@@ -825,6 +825,7 @@ where
             ChannelRule::Unchecked => response.extensions().get::<ChannelInfo>().cloned(),
         };
         let status = response.status();
+        let answer_headers = response.headers().clone();
         let body = Limited::new(response.into_body(), self.max_report_size)
             .collect()
             .await
@@ -837,7 +838,14 @@ where
             })?
             .to_bytes();
         if status != StatusCode::OK {
-            return Err(GatewayError::error_for(status.as_u16(), &body, "fetching the attestation report"));
+            let now = self.handle.shared.clock.now();
+            return Err(GatewayError::error_for(
+                status,
+                &answer_headers,
+                now,
+                &body,
+                "fetching the attestation report",
+            ));
         }
         #[cfg(feature = "dcap")]
         if let (Some(pccs), Some(service)) = (&self.pccs, pccs_service) {
@@ -1088,14 +1096,18 @@ mod tests {
 
     #[test]
     fn gateway_errors_keep_their_type() {
+        let none = http::HeaderMap::new();
         let e = GatewayError::error_for(
-            400,
+            StatusCode::BAD_REQUEST,
+            &none,
+            0,
             br#"{"error":{"type":"invalid_request_error","message":"bad nonce"}}"#,
             "fetching the attestation report",
         );
         assert_eq!(e.kind(), ErrorKind::Gateway);
         assert_eq!(e.gateway_error_type(), Some("invalid_request_error"));
-        let e = GatewayError::error_for(502, b"<html>", "fetching the attestation report");
+        let e =
+            GatewayError::error_for(StatusCode::BAD_GATEWAY, &none, 0, b"<html>", "fetching the attestation report");
         assert_eq!(e.kind(), ErrorKind::Transport);
     }
 

@@ -452,6 +452,8 @@ fn verify(
         hardware,
         anchor,
         kms_identity: measured.kms_identity,
+        report: bytes::Bytes::copy_from_slice(report),
+        nonce: *nonce,
     })
 }
 

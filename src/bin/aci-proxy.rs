@@ -128,7 +128,8 @@ struct ServeArgs {
     /// other request carrying Origin is refused
     #[arg(long = "allow-origin", env = "ACI_PROXY_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
     allow_origins: Vec<String>,
-    /// Receipts: off, verify (in the background) or before-release [default: verify]
+    /// Receipts: off, verify (in the background), before-release (an answer ends only once its
+    /// receipt verified) or hold-until-verified (no byte before it) [default: verify]
     #[arg(long, env = "ACI_PROXY_RECEIPTS", value_name = "MODE")]
     receipts: Option<ReceiptMode>,
     /// Environment variable holding this proxy's secret prompt-cache salt (at least 16

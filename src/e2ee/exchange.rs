@@ -161,8 +161,9 @@ pub(crate) fn error_response(
     let digest = Arc::new(ResponseDigest::default());
     digest.set(Sha256::digest(bytes).into());
     let record = inspect(parts, exchange, false, digest)?;
-    let gw = GatewayError::parse(parts.status.as_u16(), bytes);
-    tracing::debug!(status = gw.status, error_type = ?gw.error_type, "gateway answered an error");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let gw = GatewayError::parse(parts.status, bytes).with_headers(&parts.headers, now);
+    tracing::debug!(status = gw.status.as_u16(), error_type = ?gw.error_type, "gateway answered an error");
     if gw.error_type.as_deref() == Some("e2ee_model_key_mismatch") {
         exchange.config.keys.report_key_mismatch();
     }

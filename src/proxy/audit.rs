@@ -21,125 +21,32 @@
 //! recorded exchange (request hash, exact response hash, endpoint, model, receipt id). A line
 //! without `rule` (written before it was recorded) is an `exact` line.
 
-use std::collections::{HashSet, VecDeque};
-use std::future::Future;
+use std::collections::HashSet;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
-use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use tower_service::Service;
 
 use crate::attest::{AttestedKeyset, Policy, verify_report};
-use crate::error::{BoxError, Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::hex;
 use crate::receipt::Receipt;
 use crate::receipt::{ExchangeRecord, KeysetMatch, Keysets, ReceiptPolicy, VerifiedReceipt, verify_exchange};
-
-/// How many fetched reports the tap remembers (a refresh, replicas, restarts).
-const REMEMBERED_REPORTS: usize = 16;
-/// Largest report body the tap keeps.
-const MAX_REPORT: usize = 4 * 1024 * 1024;
-
-/// A report as it was fetched: its exact bytes and the nonce it was fetched with.
-#[derive(Clone)]
-struct TappedReport {
-    digest: String,
-    nonce: String,
-    body: Bytes,
-}
-
-/// Remembers the attestation reports the key provider fetched, so that the audit file can hold
-/// the exact report each keyset was verified from.
-#[derive(Default)]
-pub(crate) struct ReportTap {
-    reports: Mutex<VecDeque<TappedReport>>,
-}
-
-impl ReportTap {
-    fn remember(&self, nonce: String, body: Bytes) {
-        let digest = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("workload_keyset_digest").and_then(Value::as_str).map(str::to_owned));
-        let (Some(digest), Ok(mut reports)) = (digest, self.reports.lock()) else { return };
-        reports.push_back(TappedReport { digest, nonce, body });
-        if reports.len() > REMEMBERED_REPORTS {
-            reports.pop_front();
-        }
-    }
-
-    fn find(&self, digest: &str) -> Option<TappedReport> {
-        let reports = self.reports.lock().ok()?;
-        reports.iter().rev().find(|r| r.digest == digest).cloned()
-    }
-}
-
-/// The service the key provider fetches reports with: the plain client, with each answer to
-/// `GET …/v1/aci/attestation?nonce=…` collected (bounded) and remembered by the [`ReportTap`].
-#[derive(Clone)]
-pub(crate) struct Tapped<S> {
-    pub(crate) inner: S,
-    pub(crate) tap: Arc<ReportTap>,
-}
-
-impl<S, ReqB, B> Service<Request<ReqB>> for Tapped<S>
-where
-    S: Service<Request<ReqB>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<Full<Bytes>>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = std::result::Result<Response<Full<Bytes>>, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let nonce = req
-            .uri()
-            .path()
-            .ends_with("/v1/aci/attestation")
-            .then(|| req.uri().query().and_then(|q| q.strip_prefix("nonce=")).map(str::to_owned))
-            .flatten();
-        let fut = self.inner.call(req);
-        let tap = self.tap.clone();
-        Box::pin(async move {
-            let (parts, body) = fut.await.map_err(Into::into)?.into_parts();
-            let body = Limited::new(body, MAX_REPORT).collect().await?.to_bytes();
-            if let Some(nonce) = nonce {
-                if parts.status.is_success() {
-                    tap.remember(nonce, body.clone());
-                }
-            }
-            Ok(Response::from_parts(parts, Full::new(body)))
-        })
-    }
-}
 
 /// Appends verified receipts (and the reports of their keysets) to a JSON-lines file.
 pub(crate) struct AuditLog {
     file: tokio::sync::Mutex<tokio::fs::File>,
     written_keysets: Mutex<HashSet<String>>,
-    tap: Arc<ReportTap>,
 }
 
 impl AuditLog {
-    pub(crate) async fn open(path: &Path, tap: Arc<ReportTap>) -> Result<AuditLog> {
+    pub(crate) async fn open(path: &Path) -> Result<AuditLog> {
         let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await.map_err(|e| {
             Error::new(ErrorKind::Config, format!("cannot open the audit file {}", path.display())).with_source(e)
         })?;
-        Ok(AuditLog { file: tokio::sync::Mutex::new(file), written_keysets: Mutex::default(), tap })
+        Ok(AuditLog { file: tokio::sync::Mutex::new(file), written_keysets: Mutex::default() })
     }
 
     /// Append one verified receipt with the rule it verified under, preceded by its keyset's
@@ -152,18 +59,19 @@ impl AuditLog {
         let digest = keyset.digest();
         let new_keyset = self.written_keysets.lock().map(|w| !w.contains(digest)).unwrap_or(true);
         if new_keyset {
-            match self.tap.find(digest) {
-                Some(report) => {
-                    let text = String::from_utf8_lossy(&report.body);
-                    let line = json!({"type": "keyset", "digest": digest, "nonce": report.nonce,
+            // The exact report the keyset was verified from, and the nonce it answered.
+            match keyset.report() {
+                [] => tracing::warn!(
+                    digest,
+                    "the report of this keyset was not kept; its receipts cannot be re-verified offline"
+                ),
+                report => {
+                    let text = String::from_utf8_lossy(report);
+                    let line = json!({"type": "keyset", "digest": digest, "nonce": hex::encode(keyset.nonce()),
                         "verified_at": keyset.verified_at(), "report": text});
                     lines.push_str(&line.to_string());
                     lines.push('\n');
                 }
-                None => tracing::warn!(
-                    digest,
-                    "the report of this keyset was not kept; its receipts cannot be re-verified offline"
-                ),
             }
         }
         let exchange = json!({

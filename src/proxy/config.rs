@@ -13,37 +13,9 @@ use crate::tls::HttpsProxy;
 
 mod keys;
 
-/// What the proxy does with receipts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum ReceiptMode {
-    /// Receipts are not fetched.
-    Off,
-    /// Each receipt is fetched and verified in the background after its exchange ended (the
-    /// answer is released at once); failures are counted and logged.
-    #[default]
-    Verify,
-    /// Buffered answers are held until their receipt verified; a stream's events are released
-    /// as they authenticate but its terminal `[DONE]` is held until the receipt verified, and a
-    /// failed receipt ends the stream with an error event instead.
-    BeforeRelease,
-}
-
-impl std::str::FromStr for ReceiptMode {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "off" => Ok(ReceiptMode::Off),
-            "verify" => Ok(ReceiptMode::Verify),
-            "before-release" => Ok(ReceiptMode::BeforeRelease),
-            _ => {
-                Err(Error::new(ErrorKind::Config, format!("unknown receipt mode {s:?} (off, verify, before-release)")))
-            }
-        }
-    }
-}
+/// What the proxy does with receipts: the [`Client`](crate::Client)'s one receipt mode
+/// (`--receipts off|verify|before-release|hold-until-verified`).
+pub use crate::client::ReceiptMode;
 
 /// How `aci-proxy` writes its log lines (the access log included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -393,8 +365,9 @@ pub struct ProxyConfig {
     /// with self-signed certificates). By default the certificate must also chain to a root of
     /// Mozilla's store (`webpki-roots`).
     pub tls_pin_only: bool,
-    /// A PCCS to fetch the TDX quote's collateral from (feature `dcap`), e.g.
-    /// `https://pccs.phala.network`; verified with WebPKI, not pinned.
+    /// The PCCS to fetch the TDX quote's collateral from (default, for an `https://` gateway,
+    /// the client's [`DEFAULT_PCCS`](crate::client::DEFAULT_PCCS), `https://pccs.phala.network`);
+    /// verified with WebPKI, not pinned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pccs: Option<String>,
     /// A CA certificate file (PEM, one or more certificates) the PCCS connection accepts besides
@@ -477,7 +450,7 @@ impl Default for ProxyConfig {
             ops_listen: None,
             ops_listen_beyond_loopback: false,
             allow_origins: Vec::new(),
-            receipts: ReceiptMode::Verify,
+            receipts: ReceiptMode::Background,
             audit_file: None,
             pins: PolicyPins::default(),
             local_test_gateway: false,

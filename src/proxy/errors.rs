@@ -56,7 +56,7 @@ impl ProxyError {
             K::Truncated => (StatusCode::BAD_GATEWAY, "e2ee_stream_truncated"),
             K::InBandError => (StatusCode::BAD_GATEWAY, "upstream_error"),
             K::Receipt(_) => (StatusCode::BAD_GATEWAY, "receipt_verification_failed"),
-            K::Gateway if e.gateway_error_type() == Some(super::relay::REDIRECT_REFUSED) => {
+            K::Gateway if e.gateway_error_type() == Some(crate::client::REDIRECT_REFUSED) => {
                 (StatusCode::BAD_GATEWAY, "gateway_redirect_refused")
             }
             K::Gateway => (StatusCode::BAD_GATEWAY, "gateway_error"),

@@ -29,9 +29,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::hex;
 use crate::proxy::ProxyConfig;
 
-/// The PCCS `aci-proxy inspect` fetches collateral from when none is given (the reference
-/// verifier's default).
-pub const DEFAULT_PCCS: &str = "https://pccs.phala.network";
+/// The PCCS `aci-proxy inspect` fetches collateral from when none is given: the client's and
+/// the proxy's default, [`client::DEFAULT_PCCS`](crate::client::DEFAULT_PCCS).
+pub const DEFAULT_PCCS: &str = crate::client::DEFAULT_PCCS;
 
 /// How one check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,9 @@ pub struct PinValues {
 pub struct Inspection {
     /// The gateway inspected, when it was fetched.
     pub gateway: Option<String>,
+    /// The PCCS the proxy fetches collateral from (`--pccs`, default [`DEFAULT_PCCS`]): the
+    /// `pccs` line of [`config_toml`](Self::config_toml).
+    pub pccs: String,
     /// The checks, in the order verification runs.
     pub checks: Vec<Check>,
     /// The values to pin.
@@ -165,6 +168,10 @@ impl Inspection {
         if let Some(g) = &self.gateway {
             out.push_str(&format!("gateway = {}\n", q(g)));
         }
+        out.push_str(&format!(
+            "# Intel-signed quote collateral (checked against Intel's root; the PCCS is not trusted)\npccs = {}\n",
+            q(&self.pccs)
+        ));
         out.push_str(
             "\n# The compose hash, the boot measurements and the KMS identity together cover every key\n\
              # (the app id and the KMS root are checked beside them).\n[pins]\n",
@@ -275,7 +282,8 @@ pub fn inspect_report(
     config: &ProxyConfig,
     collateral: Option<&Collateral>,
 ) -> Inspection {
-    let mut out = Inspection { gateway: None, checks: Vec::new(), values: PinValues::default(), verified: false };
+    let pccs = config.pccs.clone().unwrap_or_else(|| DEFAULT_PCCS.to_owned());
+    let mut out = Inspection { gateway: None, pccs, checks: Vec::new(), values: PinValues::default(), verified: false };
     let doc: Value = match serde_json::from_slice(report) {
         Ok(v) => v,
         Err(_) => {

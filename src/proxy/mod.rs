@@ -2,14 +2,18 @@
 //!
 //! The proxy listens on loopback and speaks the OpenAI API: `POST /v1/chat/completions`,
 //! `/v1/completions` and `/v1/embeddings` (buffered and streaming) go through
-//! [`E2eeLayer`] to the attested gateway — fields encrypted to the attested key,
+//! [`E2eeLayer`](crate::E2eeLayer) to the attested gateway — fields encrypted to the attested key,
 //! answers decrypted, streams released event by event; `GET /v1/…` (models, receipts) pass
 //! through; every other `POST` is refused with an OpenAI-shaped error, so no plaintext leaves by
 //! accident. `GET /aci/status` reports the attested keyset, the policy's pins and counters.
 //!
-//! It is built from the crate's own parts — a [`KeyProvider`] with its refresher,
-//! [`KeyMismatchRetry`] above the layer, the [`ReceiptClient`] — over one hyper-util client,
-//! and is the reference for embedding tower-aci in an axum backend. What it protects: the hop
+//! It is a [`Client`] behind an OpenAI-compatible endpoint: [`Proxy::start`] turns the
+//! [`ProxyConfig`] into a [`ClientBuilder`]
+//! ([`ProxyConfig::client_builder`]), builds it (the gateway is attested there, with the
+//! client's defaults and refusals: the PCCS, loopback-only `http://`, the API key's validity,
+//! no redirect) and serves through [`Client::service`]; background receipt checks are the
+//! client's ([`ReceiptCheck`]), drained at shutdown. It is the
+//! reference for embedding tower-aci in an axum backend. What it protects: the hop
 //! from this machine to the gateway and the gateway's own handling. What it does not: the hop
 //! from your application to the proxy is loopback plaintext, so run it on the same host.
 //!
@@ -52,6 +56,7 @@ mod local;
 mod ops;
 mod relay;
 mod salt;
+mod stack;
 mod status;
 
 use std::future::Future;
@@ -67,13 +72,10 @@ use axum::routing::{any, get, post};
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tower::retry::RetryLayer;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -82,44 +84,37 @@ pub use config::{BootMeasurementPin, LogFormat, PolicyPins, ProxyConfig, Receipt
 pub use local::LocalProxy;
 pub use ops::install_metrics_recorder;
 
-use crate::attest::{KeyHandle, KeyProvider, RefreshTask};
-use crate::e2ee::{E2eeLayer, KeyMismatchRetry, RequestBody};
+use crate::attest::KeyHandle;
+use crate::client::{AciBody, Client, ClientBuilder, ReceiptCheck, carries_api_key};
+use crate::e2ee::RequestBody;
 use crate::error::{BoxError, Error, ErrorKind, Result};
 #[cfg(feature = "test-gateway")]
 use crate::gateway::{GatewayConfig, TestGateway};
-use crate::receipt::{
-    ExchangeRecord, ReceiptClient, ReceiptPolicy, RetryPolicy, StreamVerification, VerifiedReceipt,
-    VerifyBeforeReleaseLayer,
-};
+use crate::receipt::{ExchangeRecord, StreamVerification, VerifiedReceipt};
 use access::ExchangeLog;
-use audit::{AuditLog, ReportTap, Tapped};
+use audit::AuditLog;
 use body::{OnEnd, OnFailure, ProxyStream};
 use errors::ProxyError;
 use ops::Ops;
 use status::Counters;
 
-/// The plain HTTP client under the layer (one pool for the layer, the provider and receipts).
+/// A plain HTTP client (`aci-proxy inspect`'s report fetch).
 type Plain = BoxCloneSyncService<Request<RequestBody<Full<Bytes>>>, Response<Incoming>, BoxError>;
-/// An answer of the E2EE stack: decrypted, and in before-release mode verified.
-type Answer = Response<UnsyncBoxBody<Bytes, BoxError>>;
-/// The stack requests go through: key-mismatch retry → [verify before release] → E2EE → client.
-type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Answer, BoxError>;
+/// An answer of the client's stack: decrypted, and in before-release mode verified.
+type Answer = Response<AciBody>;
 
-/// A running proxy: attested keys kept fresh, the E2EE client, the receipt client.
+/// A running proxy: a [`Client`] (attested keys kept fresh, E2EE, receipts) behind the OpenAI
+/// API.
 #[derive(Clone)]
 pub struct Proxy {
     state: Arc<ProxyState>,
 }
 
 struct ProxyState {
-    base: Uri,
-    stack: Stack,
+    client: Client,
+    /// The client's keys (the probes read them).
     keys: KeyHandle,
-    receipts: ReceiptClient<Plain, RequestBody<Full<Bytes>>>,
-    receipt_policy: ReceiptPolicy,
-    mode: ReceiptMode,
     audit: Option<AuditLog>,
-    api_key: Option<HeaderValue>,
     /// Where the gateway's `Authorization` comes from, and that said in one line.
     auth: (relay::AuthSource, String),
     /// The prompt-cache salt of `--cache-salt-env`, if any.
@@ -133,7 +128,6 @@ struct ProxyState {
     started_at: u64,
     ops: Ops,
     shutdown_timeout: Duration,
-    _refresher: RefreshTask,
     #[cfg(feature = "test-gateway")]
     _local_gateway: Option<TestGateway>,
 }
@@ -141,16 +135,17 @@ struct ProxyState {
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
-            .field("gateway", &self.state.base)
-            .field("mode", &self.state.mode)
+            .field("gateway", self.state.client.base_url())
+            .field("mode", &self.state.client.receipt_mode())
             .finish_non_exhaustive()
     }
 }
 
 impl Proxy {
-    /// Start the proxy's parts: the local test gateway if asked, the key provider (the gateway
-    /// is attested now: a gateway that fails its policy fails here, with which check), its
-    /// refresher, and the audit file. Serve [`router`](Self::router) to accept requests.
+    /// Start the proxy's parts: the local test gateway if asked, the [`Client`] its
+    /// configuration describes ([`ProxyConfig::client_builder`]; the gateway is attested now: a
+    /// gateway that fails its policy fails here, with which check; the client's refresher keeps
+    /// the key fresh), and the audit file. Serve [`router`](Self::router) to accept requests.
     ///
     /// Fails with a [`Config`](ErrorKind::Config) error, before any connection, when `listen` is
     /// not a loopback address, or [`require_client_key`](ProxyConfig::require_client_key) is set,
@@ -159,11 +154,34 @@ impl Proxy {
     /// not acknowledged with [`ops_listen_beyond_loopback`](ProxyConfig::ops_listen_beyond_loopback);
     /// when an allowed origin is not an exact origin; when
     /// [`cache_salt_env`](ProxyConfig::cache_salt_env) names a variable that is unset or shorter
-    /// than 16 characters; or when `pccs` names the gateway's host. It installs no process-wide
-    /// metrics recorder (see [`install_metrics_recorder`]), and says in one log line what the
-    /// gateway gets as `Authorization` (`GET /aci/status` repeats it).
+    /// than 16 characters; and wherever [`ClientBuilder::build`](crate::client::ClientBuilder::build)
+    /// fails (plain `http://` beyond loopback, an API key that is not a valid header value, a PCCS
+    /// on the gateway's host, …). It installs no process-wide metrics recorder (see
+    /// [`install_metrics_recorder`]), and says in one log line what the gateway gets as
+    /// `Authorization` (`GET /aci/status` repeats it).
     pub async fn start(config: ProxyConfig) -> Result<Proxy> {
-        let policy = config.policy()?;
+        Proxy::start_with(config, |builder| builder).await
+    }
+
+    /// [`start`](Self::start), with the [`ClientBuilder`] the configuration describes passed
+    /// through `customize` before it is built: for settings a configuration file does not
+    /// carry (a [clock](ClientBuilder::clock) for a replay of captured evidence, a
+    /// [root store](ClientBuilder::root_store), more [policy](ClientBuilder::policy_with)).
+    ///
+    /// ```no_run
+    /// # async fn run(config: tower_aci::proxy::ProxyConfig) -> tower_aci::Result<()> {
+    /// use tower_aci::proxy::Proxy;
+    /// let proxy = Proxy::start_with(config, |client| client.strict(true)).await?;
+    /// # let _ = proxy; Ok(()) }
+    /// ```
+    pub async fn start_with(
+        config: ProxyConfig,
+        customize: impl FnOnce(ClientBuilder) -> ClientBuilder,
+    ) -> Result<Proxy> {
+        #[cfg(feature = "test-gateway")]
+        let mut config = config;
+        // The pins first: the error a person at a terminal most likely needs.
+        config.policy()?;
         let guard = guard::Guard::new(
             config.listen,
             &config.allow_origins,
@@ -173,100 +191,37 @@ impl Proxy {
         let ops_guard = guard::Guard::ops(config.ops_listen, config.ops_listen_beyond_loopback, config.listen)?;
         let cache_salt = salt::CacheSalt::from_env(config.cache_salt_env.as_deref())?;
         #[cfg(feature = "test-gateway")]
-        let (local, gateway) = if config.local_test_gateway {
+        let local = if config.local_test_gateway {
             let mut gw_config = GatewayConfig::new();
             if let Some(pem) = &config.local_test_gateway_tls {
                 gw_config = gw_config.tls(local_gateway_tls(pem)?);
             }
             let gw = TestGateway::start(gw_config)
                 .await
-                .map_err(|e| Error::new(ErrorKind::Config, "cannot start the local test gateway").with_source(e))?;
+                .map_err(|e| Error::config("cannot start the local test gateway").with_source(e))?;
             if let Some(delay) = config.local_test_gateway_event_delay {
                 gw.set_fault(Some(crate::gateway::Fault::EventDelay(delay)));
             }
-            let base = gw.base_url();
-            (Some(gw), base)
+            config.gateway = Some(gw.base_url());
+            Some(gw)
         } else {
-            (None, config.gateway.clone().ok_or_else(no_gateway)?)
+            None
         };
         #[cfg(not(feature = "test-gateway"))]
-        let gateway = if config.local_test_gateway {
-            return Err(Error::new(
-                ErrorKind::Config,
+        if config.local_test_gateway {
+            return Err(Error::config(
                 "this aci-proxy was built without the local test gateway.\n  \
                  fix: build it in: cargo install tower-aci --features proxy,test-gateway\n  \
                  fix: or name a real gateway: --gateway URL",
             ));
-        } else {
-            config.gateway.clone().ok_or_else(no_gateway)?
-        };
-        let base: Uri = gateway
-            .parse()
-            .map_err(|e| Error::new(ErrorKind::Config, format!("invalid gateway URL {gateway:?}")).with_source(e))?;
-
-        // The keys are shared by the TLS verifier (HTTPS is pinned to the attested keyset's TLS
-        // keys), the provider that publishes them, and the E2EE layer.
-        let keys = KeyHandle::new();
-        let pccs: Option<Uri> = match &config.pccs {
-            Some(u) => Some(u.parse().map_err(|e| Error::new(ErrorKind::Config, "invalid PCCS URL").with_source(e))?),
-            None => None,
-        };
-        refuse_pccs_on_gateway_host(&base, pccs.as_ref())?;
-        if config.pccs_ca.is_some() && pccs.is_none() {
-            return Err(Error::new(ErrorKind::Config, "--pccs-ca is given but no --pccs: it would never apply"));
         }
-        let plain = http_client(&base, &keys, &config, pccs.as_ref())?;
-
-        let tap = Arc::new(ReportTap::default());
-        let provider = KeyProvider::builder(Tapped { inner: plain.clone(), tap: tap.clone() })
-            .handle(keys.clone())
-            .base_url(base.clone())
-            .policy(policy);
-        #[cfg(feature = "dcap")]
-        let provider = match pccs {
-            Some(url) => provider.pccs(url),
-            None => provider,
-        };
-        let provider = provider.build()?;
-        provider.establish().await?;
-        let (_, refresher) = provider.spawn()?;
-
-        let receipts = ReceiptClient::new(plain.clone(), base.clone()).retry(RetryPolicy::new(
-            5,
-            Duration::from_millis(100),
-            Duration::from_secs(2),
-        ));
-        let receipt_policy = config.receipt_policy();
-        let retry = RetryLayer::new(KeyMismatchRetry::new(keys.clone()));
-        let e2ee = E2eeLayer::new(keys.clone());
-        let stack: Stack = match config.receipts {
-            ReceiptMode::BeforeRelease => BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .map_response(|r: Response<_>| r.map(BodyExt::boxed_unsync))
-                    .layer(retry)
-                    .layer(VerifyBeforeReleaseLayer::new(receipts.clone(), keys.clone(), receipt_policy.clone()))
-                    .layer(e2ee)
-                    .service(plain),
-            ),
-            ReceiptMode::Off | ReceiptMode::Verify => BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .map_response(|r: Response<_>| r.map(BodyExt::boxed_unsync))
-                    .layer(retry)
-                    .layer(e2ee)
-                    .service(plain),
-            ),
-        };
+        let client = customize(config.client_builder()?).build().await?;
         let audit = match &config.audit_file {
-            Some(path) => Some(AuditLog::open(path, tap).await?),
+            Some(path) => Some(AuditLog::open(path).await?),
             None => None,
         };
-        let api_key = std::env::var(&config.api_key_env).ok().filter(|k| !k.is_empty()).map(|k| {
-            let mut v = HeaderValue::try_from(format!("Bearer {k}")).unwrap_or(HeaderValue::from_static(""));
-            v.set_sensitive(true);
-            v
-        });
-        let source = relay::AuthSource::new(api_key.is_some(), guard.requires_client_key());
-        let auth = (source, source.describe(&config.api_key_env, &base));
+        let source = relay::AuthSource::new(client.has_api_key(), guard.requires_client_key());
+        let auth = (source, source.describe(&config.api_key_env, client.base_url()));
         match source {
             relay::AuthSource::None => tracing::warn!(authorization = source.name(), "{}", auth.1),
             _ => tracing::info!(authorization = source.name(), "{}", auth.1),
@@ -276,18 +231,13 @@ impl Proxy {
                 "prompt-cache partition: every chat completion and completion carries this proxy's cache_salt"
             );
         }
-        let started_at = keys.now();
+        let started_at = client.keys().now();
         let ops = Ops::new(config.metrics, config.request_timeout);
         Ok(Proxy {
             state: Arc::new(ProxyState {
-                base,
-                stack,
-                keys,
-                receipts,
-                receipt_policy,
-                mode: config.receipts,
+                keys: client.keys().clone(),
+                client,
                 audit,
-                api_key,
                 auth,
                 cache_salt,
                 guard,
@@ -298,7 +248,6 @@ impl Proxy {
                 started_at,
                 ops,
                 shutdown_timeout: config.shutdown_timeout,
-                _refresher: refresher,
                 #[cfg(feature = "test-gateway")]
                 _local_gateway: local,
             }),
@@ -307,7 +256,13 @@ impl Proxy {
 
     /// The gateway this proxy talks to.
     pub fn gateway(&self) -> &Uri {
-        &self.state.base
+        self.state.client.base_url()
+    }
+
+    /// The client the proxy serves through: its keys, policy, PCCS, receipt mode and
+    /// [receipt counts](Client::receipt_stats) are the proxy's.
+    pub fn client(&self) -> &Client {
+        &self.state.client
     }
 
     /// The local test gateway, when the proxy started one.
@@ -319,7 +274,7 @@ impl Proxy {
 
     /// The attested keys the proxy encrypts to.
     pub fn keys(&self) -> &KeyHandle {
-        &self.state.keys
+        self.state.client.keys()
     }
 
     /// The proxy's routes, ready for `axum::serve`: the OpenAI API, `GET /aci/status`, and for
@@ -492,12 +447,13 @@ impl Proxy {
         Ok(())
     }
 
-    /// Wait for the background receipt checks (at most [`ProxyConfig::shutdown_timeout`]) and
-    /// flush the audit file to disk. [`serve_until`](Self::serve_until) calls it after the last
-    /// connection closed.
+    /// Wait for the background receipt checks (the client's, and the archiving of their
+    /// receipts; at most [`ProxyConfig::shutdown_timeout`]) and flush the audit file to disk.
+    /// [`serve_until`](Self::serve_until) calls it after the last connection closed.
     pub async fn finish(&self) {
         let st = &self.state;
-        if tokio::time::timeout(st.shutdown_timeout, st.ops.idle()).await.is_err() {
+        let settled = async { tokio::join!(st.client.receipts_settled(), st.ops.idle()) };
+        if tokio::time::timeout(st.shutdown_timeout, settled).await.is_err() {
             tracing::warn!(pending = st.ops.pending(), "shutdown: receipt checks still pending; giving up on them");
         }
         if let Some(audit) = &st.audit {
@@ -519,11 +475,12 @@ fn call(
     st: &ProxyState,
     req: Request<Full<Bytes>>,
 ) -> Pin<Box<dyn Future<Output = std::result::Result<Answer, BoxError>> + Send>> {
-    Box::pin(st.stack.clone().oneshot(req))
+    Box::pin(st.client.service().oneshot(req))
 }
 
 fn status_json(st: &ProxyState) -> serde_json::Value {
-    let keyset = match st.keys.current() {
+    let keys = st.client.keys();
+    let keyset = match keys.current() {
         Ok(k) => serde_json::json!({
             "digest": k.digest(),
             "not_after": k.not_after(),
@@ -536,24 +493,21 @@ fn status_json(st: &ProxyState) -> serde_json::Value {
         Err(e) => serde_json::json!({"error": e.to_string()}),
     };
     serde_json::json!({
-        "gateway": st.base.to_string(),
+        "gateway": st.client.base_url().to_string(),
         "keyset": keyset,
-        "last_refresh": st.keys.current().ok().map(|k| k.verified_at()),
+        "last_refresh": keys.current().ok().map(|k| k.verified_at()),
         "pins": st.pins.to_json(),
-        "receipts": match st.mode { ReceiptMode::Off => "off", ReceiptMode::Verify => "verify", ReceiptMode::BeforeRelease => "before-release" },
+        "pccs": st.client.pccs().map(Uri::to_string),
+        "receipts": st.client.receipt_mode().as_str(),
         "started_at": st.started_at,
         "authorization": {"source": st.auth.0.name(), "detail": st.auth.1},
         "cache_salt": st.cache_salt.is_set(),
-        "counts": st.counters.to_json_with(st.keys.refused_keysets().len()),
+        "counts": st.counters.to_json_with(keys.refused_keysets().len()),
     })
 }
 
 async fn status(State(st): State<Arc<ProxyState>>) -> AxumResponse {
     axum::Json(status_json(&st)).into_response()
-}
-
-fn no_gateway() -> Error {
-    Error::new(ErrorKind::Config, "no gateway to proxy to.\n  fix: name it: --gateway URL (or ACI_PROXY_GATEWAY)")
 }
 
 /// Anything but the probes and metrics on the operator listener.
@@ -584,9 +538,11 @@ async fn refuse(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> AxumResp
     .into_response()
 }
 
-/// The one HTTP client: pinned HTTPS for an `https://` gateway, plain HTTP otherwise (meant for
-/// a gateway on loopback).
+/// A plain HTTP client for `aci-proxy inspect`'s report and collateral fetches (no E2EE, no
+/// receipts; any non-2xx answer, a redirect included, fails the inspection): pinned HTTPS for
+/// an `https://` gateway, plain HTTP otherwise.
 fn http_client(base: &Uri, keys: &KeyHandle, config: &ProxyConfig, pccs: Option<&Uri>) -> Result<Plain> {
+    use hyper_util::client::legacy::Client as Hyper;
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
     let map_err = |e: hyper_util::client::legacy::Error| -> BoxError { Box::new(e) };
@@ -607,20 +563,16 @@ fn http_client(base: &Uri, keys: &KeyHandle, config: &ProxyConfig, pccs: Option<
             tracing::info!(gateway = %base, proxy = %proxy, "connecting through the HTTPS proxy (CONNECT tunnels)");
         }
         tcp.enforce_http(false);
-        let client: Client<_, RequestBody<Full<Bytes>>> =
-            Client::builder(TokioExecutor::new()).build(tls.connector_with(tcp));
-        return Ok(BoxCloneSyncService::new(
-            ServiceBuilder::new().map_result(relay::refuse_redirect).map_err(map_err).service(client),
-        ));
+        let client: Hyper<_, RequestBody<Full<Bytes>>> =
+            Hyper::builder(TokioExecutor::new()).build(tls.connector_with(tcp));
+        return Ok(BoxCloneSyncService::new(ServiceBuilder::new().map_err(map_err).service(client)));
     }
     if !base.host().is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
     {
         tracing::warn!(gateway = %base, "plain HTTP to a gateway that is not on loopback: the channel is not pinned");
     }
-    let client: Client<HttpConnector, RequestBody<Full<Bytes>>> = Client::builder(TokioExecutor::new()).build(tcp);
-    Ok(BoxCloneSyncService::new(
-        ServiceBuilder::new().map_result(relay::refuse_redirect).map_err(map_err).service(client),
-    ))
+    let client: Hyper<HttpConnector, RequestBody<Full<Bytes>>> = Hyper::builder(TokioExecutor::new()).build(tcp);
+    Ok(BoxCloneSyncService::new(ServiceBuilder::new().map_err(map_err).service(client)))
 }
 
 /// The local test gateway's certificate and key, from one PEM file (`--local-test-gateway-tls`).
@@ -649,36 +601,19 @@ fn upstream_uri(base: &Uri, path_and_query: &str) -> Result<Uri> {
     Uri::from_parts(parts).map_err(|e| Error::new(ErrorKind::Malformed, "invalid request path").with_source(e))
 }
 
-/// The `Authorization` the gateway gets for this request: the API key (`--api-key-env`), else
-/// the client's own header unless clients authenticate to the proxy with a client key; and only
-/// on the routes that need it (never the attestation passthrough).
+/// The client's own `Authorization`, forwarded to the gateway when the proxy has no API key
+/// (`--api-key-env`, which the [`Client`] adds itself) and clients do not authenticate to the
+/// proxy with a client key; only on the routes that carry a key ([`carries_api_key`]: never
+/// the attestation passthrough).
 fn upstream_auth(st: &ProxyState, parts: &http::request::Parts) -> Option<HeaderValue> {
-    if !relay::carries_api_key(&parts.method, parts.uri.path()) {
+    if !carries_api_key(&parts.method, parts.uri.path()) {
         return None;
     }
     match st.auth.0 {
-        relay::AuthSource::ApiKey => st.api_key.clone(),
+        // The Client adds its own API key; a client key is never forwarded.
+        relay::AuthSource::ApiKey | relay::AuthSource::None => None,
         relay::AuthSource::Client => parts.headers.get(AUTHORIZATION).cloned(),
-        relay::AuthSource::None => None,
     }
-}
-
-/// `--pccs` is reached without the attested pin (WebPKI only): naming the gateway's own host
-/// would unpin the gateway.
-fn refuse_pccs_on_gateway_host(base: &Uri, pccs: Option<&Uri>) -> Result<()> {
-    let norm = |h: &str| h.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
-    let (Some(gateway), Some(pccs_host)) = (base.host(), pccs.and_then(Uri::host)) else { return Ok(()) };
-    if norm(gateway) == norm(pccs_host) {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "--pccs names the gateway's own host {pccs_host}: the PCCS is checked with WebPKI only, so this \
-                 would take the gateway out of the attested pin. Give the PCCS's own URL (e.g. \
-                 https://pccs.phala.network) or leave --pccs out"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// The request the gateway gets: method, the proxied path, a few headers, the bearer token.
@@ -686,7 +621,7 @@ fn upstream_request<B>(st: &ProxyState, parts: &http::request::Parts, body: B) -
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = upstream_uri(&st.base, path)?;
+    *req.uri_mut() = upstream_uri(st.client.base_url(), path)?;
     for name in [CONTENT_TYPE, ACCEPT] {
         if let Some(v) = parts.headers.get(&name) {
             req.headers_mut().insert(name, v.clone());
@@ -715,7 +650,8 @@ async fn passthrough(State(st): State<Arc<ProxyState>>, req: AxumRequest) -> Axu
 /// The gateway's answer as the client gets it: never a redirect, only the relayed headers.
 fn relay_answer(res: Answer) -> AxumResponse {
     if res.status().is_redirection() {
-        return ProxyError::from_error(&relay::redirect_error(res.status(), res.headers())).into_response();
+        // The client's transport refuses every 3xx; should one ever get here, it is not relayed.
+        return relay::redirect_refused(res.status(), res.headers()).into_response();
     }
     let (mut parts, body) = res.into_parts();
     relay::filter_headers(&mut parts.headers);
@@ -751,11 +687,6 @@ async fn exchange(st: Arc<ProxyState>, req: AxumRequest) -> AxumResponse {
         Ok(b) => b,
         Err(err) => return answer_error(log, err),
     };
-    let bearer = upstream_auth(&st, &parts).and_then(|v| {
-        let mut h = http::HeaderMap::new();
-        h.insert(AUTHORIZATION, v);
-        crate::protocol::headers::bearer_token(&h).map(str::to_owned)
-    });
     let req = match upstream_request(&st, &parts, Full::new(bytes)) {
         Ok(r) => r,
         Err(e) => return answer_error(log, ProxyError::from_error(&e)),
@@ -793,9 +724,9 @@ async fn exchange(st: Arc<ProxyState>, req: AxumRequest) -> AxumResponse {
         return answer_error(log, err);
     };
     if record.streamed() {
-        stream_response(st.clone(), res, record, bearer, abort, log)
+        stream_response(st.clone(), res, record, abort, log)
     } else {
-        buffered_response(st.clone(), res, record, bearer, abort, log).await
+        buffered_response(st.clone(), res, record, abort, log).await
     }
 }
 
@@ -803,7 +734,6 @@ async fn buffered_response(
     st: Arc<ProxyState>,
     res: Answer,
     record: ExchangeRecord,
-    bearer: Option<String>,
     mut abort: ops::AbortFuture,
     log: ExchangeLog,
 ) -> AxumResponse {
@@ -824,23 +754,27 @@ async fn buffered_response(
             return answer_error(log, err);
         }
     };
-    match st.mode {
-        ReceiptMode::Off => {}
-        ReceiptMode::Verify => {
-            let state = st.clone();
-            st.ops.spawn(async move {
-                let _ = verify_receipt(&state, &record, bearer.as_deref()).await;
-            });
-        }
-        // Verified below the proxy before the answer came back (VerifyBeforeReleaseLayer).
-        ReceiptMode::BeforeRelease => match parts.extensions.get::<VerifiedReceipt>() {
-            Some(verified) => archive(&st, verified, &record).await,
+    match st.client.receipt_mode() {
+        ReceiptMode::Background => match parts.extensions.get::<ReceiptCheck>() {
+            // Read to its end: the client's check runs; archive its outcome.
+            Some(check) => archive_when_checked(&st, check.clone(), record),
             None => {
-                let err =
-                    ProxyError::new(StatusCode::BAD_GATEWAY, "receipt_verification_failed", "no verified receipt");
+                let err = ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "no receipt check");
                 return answer_error(log, err);
             }
         },
+        // Verified below the proxy before the answer came back (VerifyBeforeReleaseLayer).
+        ReceiptMode::BeforeRelease | ReceiptMode::HoldUntilVerified => {
+            match parts.extensions.get::<VerifiedReceipt>() {
+                Some(verified) => archive(&st, verified, &record).await,
+                None => {
+                    let err =
+                        ProxyError::new(StatusCode::BAD_GATEWAY, "receipt_verification_failed", "no verified receipt");
+                    return answer_error(log, err);
+                }
+            }
+        }
+        _ => {}
     }
     relay::filter_headers(&mut parts.headers);
     log.finish("ok");
@@ -851,23 +785,23 @@ fn stream_response(
     st: Arc<ProxyState>,
     res: Answer,
     record: ExchangeRecord,
-    bearer: Option<String>,
     abort: ops::AbortFuture,
     log: ExchangeLog,
 ) -> AxumResponse {
     let (mut parts, body) = res.into_parts();
     relay::filter_headers(&mut parts.headers);
     let counters = st.counters.clone();
-    let on_end: Option<OnEnd> = match st.mode {
-        ReceiptMode::Off => None,
-        ReceiptMode::Verify => Some(Box::new(move || {
-            let state = st.clone();
-            st.ops.spawn(async move {
-                let _ = verify_receipt(&state, &record, bearer.as_deref()).await;
-            });
-        })),
-        // The `[DONE]` was held below the proxy until the receipt verified; archive it.
-        ReceiptMode::BeforeRelease => {
+    let on_end: Option<OnEnd> = match st.client.receipt_mode() {
+        ReceiptMode::Background => {
+            let check = parts.extensions.get::<ReceiptCheck>().cloned();
+            Some(Box::new(move || match check {
+                Some(check) => archive_when_checked(&st, check, record),
+                None => Counters::bump(&st.counters.receipts_failed),
+            }))
+        }
+        // The `[DONE]` (or, holding until verified, the whole stream) was held below the proxy
+        // until the receipt verified; archive it.
+        ReceiptMode::BeforeRelease | ReceiptMode::HoldUntilVerified => {
             let verification = parts.extensions.get::<StreamVerification>().cloned();
             Some(Box::new(move || {
                 let Some(verified) = verification.as_ref().and_then(StreamVerification::receipt).cloned() else {
@@ -881,6 +815,7 @@ fn stream_response(
                 st.ops.spawn(async move { append_to_audit(&state, &verified, &record).await });
             }))
         }
+        _ => None,
     };
     let on_failure: OnFailure = Box::new(move |kind| {
         Counters::bump(&counters.failed_exchanges);
@@ -907,19 +842,16 @@ async fn append_to_audit(st: &ProxyState, verified: &VerifiedReceipt, record: &E
     }
 }
 
-/// Fetch and verify the receipt of an exchange; count it, log it, archive it.
-async fn verify_receipt(st: &ProxyState, record: &ExchangeRecord, bearer: Option<&str>) -> Result<()> {
-    match st.receipts.fetch_and_verify(record, bearer, &st.keys, &st.receipt_policy).await {
-        Ok(verified) => {
-            archive(st, &verified, record).await;
-            Ok(())
+/// Once the client's background check of an exchange's receipt ended: count it, archive it
+/// (the client logged a failure already). Tracked, so a shutdown waits for it.
+fn archive_when_checked(st: &Arc<ProxyState>, check: ReceiptCheck, record: ExchangeRecord) {
+    let state = st.clone();
+    st.ops.spawn(async move {
+        match check.verified().await {
+            Ok(verified) => archive(&state, &verified, &record).await,
+            Err(_) => Counters::bump(&state.counters.receipts_failed),
         }
-        Err(e) => {
-            Counters::bump(&st.counters.receipts_failed);
-            tracing::error!(receipt = ?record.receipt_id(), kind = ?e.kind(), "receipt verification failed: {e}");
-            Err(e)
-        }
-    }
+    });
 }
 
 #[cfg(all(test, not(feature = "test-gateway")))]

@@ -1,25 +1,22 @@
 //! What crosses the proxy from the gateway to the client, and what goes to the gateway.
 //!
-//! - **No redirect.** A `3xx` from the gateway is an error at the transport, under the E2EE
-//!   layer, the key provider and the receipt client alike: the proxy never follows one (its
-//!   hyper client does not), and never relays one, since an SDK that follows a `307`/`308`
-//!   re-sends the *plaintext* request to the `Location`. The client gets a `502`
-//!   `gateway_redirect_refused` instead.
+//! - **No redirect.** A `3xx` from the gateway is an error at the [`Client`](crate::Client)'s
+//!   transport, under the E2EE layer, the key provider and the receipt client alike
+//!   ([`REDIRECT_REFUSED`](crate::client::REDIRECT_REFUSED)): the proxy never follows one, and
+//!   never relays one, since an SDK that follows a `307`/`308` re-sends the *plaintext* request
+//!   to the `Location`. The client gets a `502` `gateway_redirect_refused` instead.
 //! - **Allow-listed headers.** Of the gateway's answer (success, error or passthrough) only
 //!   [`RELAYED`] headers and `x-ratelimit-*` reach the client: never `Location`, never
 //!   `Set-Cookie`.
 //! - **The API key** goes only to the inference routes, `/v1/models` and the receipts
 //!   (`/v1/aci/receipts/…`, owned by the key): never to the attestation endpoint or any other
-//!   passthrough.
+//!   passthrough ([`carries_api_key`](crate::client::carries_api_key), the client's rule).
 
 use http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use http::{HeaderMap, HeaderName, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 
-use crate::error::{BoxError, Error};
+use super::errors::ProxyError;
 use crate::protocol::headers;
-
-/// The `type` of the gateway error a redirect becomes.
-pub(crate) const REDIRECT_REFUSED: &str = "redirect_refused";
 
 /// Headers of the gateway's answer relayed to the client (plus `x-ratelimit-*`).
 pub(crate) const RELAYED: [HeaderName; 10] = [
@@ -48,34 +45,21 @@ pub(crate) fn filter_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// The error a gateway redirect becomes (the `Location` is named, for a user whose `--gateway`
-/// URL is out of date; it is never followed).
-pub(crate) fn redirect_error(status: StatusCode, headers: &HeaderMap) -> Error {
+/// The answer to a gateway redirect that reached the proxy (the client's transport refuses
+/// them first; this is the second line).
+pub(crate) fn redirect_refused(status: StatusCode, headers: &HeaderMap) -> ProxyError {
     let location = headers.get(LOCATION).map(|l| {
         let l = String::from_utf8_lossy(l.as_bytes());
         let end = l.char_indices().nth(200).map_or(l.len(), |(i, _)| i);
         l[..end].to_owned()
     });
-    Error::gateway(
-        status.as_u16(),
-        REDIRECT_REFUSED,
-        &format!(
-            "the gateway redirected ({status}, Location {location:?}); aci-proxy never follows or relays a redirect, \
-             since a client that followed it would send the request in plaintext elsewhere. If the gateway moved, \
-             check --gateway"
+    ProxyError::new(
+        StatusCode::BAD_GATEWAY,
+        "gateway_redirect_refused",
+        format!(
+            "the gateway redirected ({status}, Location {location:?}); aci-proxy never follows or relays a redirect"
         ),
     )
-}
-
-/// The transport's answer, with a redirect turned into an error.
-pub(crate) fn refuse_redirect<B>(result: Result<Response<B>, BoxError>) -> Result<Response<B>, BoxError> {
-    match result {
-        Ok(res) if res.status().is_redirection() => {
-            tracing::warn!(status = %res.status(), "the gateway answered a redirect: refused");
-            Err(Box::new(redirect_error(res.status(), res.headers())))
-        }
-        other => other,
-    }
 }
 
 /// Where the `Authorization` the gateway gets comes from, decided once at start.
@@ -140,22 +124,11 @@ impl AuthSource {
     }
 }
 
-/// Whether a request to `path` carries the API key to the gateway.
-pub(crate) fn carries_api_key(method: &Method, path: &str) -> bool {
-    // A path the gateway could normalise into another one never gets the key.
-    if path.contains("/.") || path.contains("//") || path.contains('%') || path.contains('\\') {
-        return false;
-    }
-    match *method {
-        Method::POST => matches!(path, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"),
-        Method::GET => path == "/v1/models" || path.starts_with("/v1/models/") || path.starts_with("/v1/aci/receipts/"),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::carries_api_key;
+    use http::Method;
 
     #[test]
     fn the_api_key_goes_to_inference_models_and_receipts_only() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{Either, select};
-use http::header::{ACCEPT, AUTHORIZATION, CONNECTION, RETRY_AFTER};
+use http::header::{ACCEPT, AUTHORIZATION, CONNECTION};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
@@ -323,9 +323,14 @@ fn document_uri(base: &Uri, prefix: &str, id: &str) -> Result<Uri> {
     Uri::from_parts(parts).map_err(|e| config(e.into()))
 }
 
+/// The answer's `Retry-After` (seconds or an HTTP-date).
 fn retry_after(response_headers: &http::HeaderMap) -> Option<Duration> {
-    let v = response_headers.get(RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    headers::retry_after(response_headers, unix_now(), crate::error::MAX_RETRY_AFTER)
+}
+
+/// The system clock, in Unix seconds (an HTTP-date `Retry-After` is read against it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A body error as a tower-aci error: ours passes through (decryption failures keep their kind).
@@ -422,7 +427,8 @@ where
                 })?;
             let status = response.status();
             last.store(status.as_u16(), std::sync::atomic::Ordering::Relaxed);
-            let wait = retry_after(response.headers());
+            let answer_headers = response.headers().clone();
+            let wait = retry_after(&answer_headers);
             let answered_by =
                 response.headers().get(headers::ACI_KEYSET_DIGEST).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let body = Limited::new(response.into_body(), self.max_document_size)
@@ -494,7 +500,9 @@ where
                 (StatusCode::NOT_FOUND, Doc::Session) => {
                     receipt_err(ReceiptFailure::Session, format!("the cited attested session {id} is not served"))
                 }
-                _ => GatewayError::error_for(status.as_u16(), &body, &format!("fetching the {what}")),
+                _ => {
+                    GatewayError::error_for(status, &answer_headers, unix_now(), &body, &format!("fetching the {what}"))
+                }
             });
         }
     }
@@ -719,13 +727,21 @@ mod tests {
 
     #[test]
     fn non_success_answers_keep_the_gateway_type() {
-        let e =
-            GatewayError::error_for(503, br#"{"error":{"type":"overloaded","message":"m"}}"#, "fetching the receipt");
+        let none = http::HeaderMap::new();
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        let e = GatewayError::error_for(
+            unavailable,
+            &none,
+            0,
+            br#"{"error":{"type":"overloaded","message":"m"}}"#,
+            "fetching the receipt",
+        );
         assert_eq!(e.kind(), ErrorKind::Gateway);
         assert_eq!(e.gateway_error_type(), Some("overloaded"));
-        assert_eq!(GatewayError::error_for(502, b"<html>", "fetching the receipt").kind(), ErrorKind::Transport);
+        let e = GatewayError::error_for(StatusCode::BAD_GATEWAY, &none, 0, b"<html>", "fetching the receipt");
+        assert_eq!(e.kind(), ErrorKind::Transport);
         let long = format!(r#"{{"error":{{"type":"{}","message":"m"}}}}"#, "t".repeat(10_000));
-        let e = GatewayError::error_for(503, long.as_bytes(), "fetching the receipt");
+        let e = GatewayError::error_for(unavailable, &none, 0, long.as_bytes(), "fetching the receipt");
         assert_eq!(e.gateway_error_type().map(str::len), Some(200), "hostile type strings are capped");
     }
 }

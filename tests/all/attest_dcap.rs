@@ -22,7 +22,7 @@ use crate::attest_support::*;
 
 /// Inside the window of `tdx_quote_collateral.json`: every part is valid from 2025-06-19T10:32:27Z
 /// (QE identity issueDate) to 2025-07-19T10:00:35Z (PCK CRL nextUpdate).
-const NOW: u64 = 1_751_328_000; // 2025-07-01T00:00:00Z
+pub(crate) const NOW: u64 = 1_751_328_000; // 2025-07-01T00:00:00Z
 /// After the PCK CRL's, TCB info's and QE identity's nextUpdate.
 const AFTER_WINDOW: u64 = 1_754_006_400; // 2025-08-01T00:00:00Z
 /// Before the TCB info and QE identity were issued.
@@ -280,7 +280,7 @@ fn hostile_quotes_fail_without_panicking() {
 
 /// A report (stub-sealed keyset and statement) carrying the sample quote as its evidence; its
 /// `report_data` cannot match the quote's slot.
-fn report_with_sample_quote(nonce: &[u8; 32]) -> Value {
+pub(crate) fn report_with_sample_quote(nonce: &[u8; 32]) -> Value {
     let keyset = production_keyset(None, NOW + 24 * 3600);
     let mut report = seal_report(&keyset, Some(nonce));
     report["attestation"]["evidence"]["quote"] = json!(const_hex::encode(quote()));

@@ -45,7 +45,7 @@ async fn the_client_decrypts_an_answer_and_verifies_its_receipt_in_the_backgroun
 
     // The one-call path: the decrypted answer; the wire carried ciphertext only.
     let answer = client.post(CHAT, chat("quiet lynx")).await.unwrap();
-    assert_eq!(content(&answer), "You said: quiet lynx");
+    assert_eq!(content(&answer.body), "You said: quiet lynx");
     assert!(!gw.wire_log().iter().any(|w| w.windows(10).any(|x| x == b"quiet lynx")), "plaintext on the wire");
 
     // The tower path: the receipt is checked once the body was read to its end, with the API
@@ -108,7 +108,7 @@ async fn before_release_mode_hands_out_only_verified_answers() {
     assert!(res.extensions().get::<VerifiedReceipt>().is_some());
     assert!(res.extensions().get::<ReceiptCheck>().is_none());
     assert_eq!(content(&res.into_body().collect().await.unwrap().to_bytes()), "You said: held heron");
-    assert_eq!(content(&client.post(CHAT, chat("second")).await.unwrap()), "You said: second");
+    assert_eq!(content(&client.post(CHAT, chat("second")).await.unwrap().body), "You said: second");
 }
 
 #[tokio::test]
@@ -142,7 +142,7 @@ async fn a_failed_refresh_keeps_the_key_until_it_expires_and_then_says_why() {
     let why = client.refresh_error().expect("the failed refresh is reported");
     assert_eq!(why, e.to_string());
     // The attested key keeps serving until its not_after…
-    assert_eq!(content(&client.post(CHAT, chat("still here")).await.unwrap()), "You said: still here");
+    assert_eq!(content(&client.post(CHAT, chat("still here")).await.unwrap().body), "You said: still here");
     // …and never after it: a typed error naming what to look at.
     tokio::time::sleep(Duration::from_millis(2_600)).await;
     let before = gw.requests_seen();
@@ -155,7 +155,7 @@ async fn a_failed_refresh_keeps_the_key_until_it_expires_and_then_says_why() {
     gw.renew_keyset(not_after + 3_600);
     client.refresh().await.unwrap();
     assert!(client.refresh_error().is_none());
-    assert_eq!(content(&client.post(CHAT, chat("back")).await.unwrap()), "You said: back");
+    assert_eq!(content(&client.post(CHAT, chat("back")).await.unwrap().body), "You said: back");
 }
 
 #[tokio::test]
@@ -229,7 +229,7 @@ async fn over_https_the_client_pins_the_attested_tls_key() {
     let gw = TestGateway::start(GatewayConfig::new().tls(self_signed())).await.unwrap();
     assert!(gw.base_url().starts_with("https://"));
     let client = Client::for_test_gateway(&gw).api_key("sk-tls").build().await.unwrap();
-    assert_eq!(content(&client.post(CHAT, chat("pinned puma")).await.unwrap()), "You said: pinned puma");
+    assert_eq!(content(&client.post(CHAT, chat("pinned puma")).await.unwrap().body), "You said: pinned puma");
 
     // A gateway whose keyset does not list the key it serves fails at build, before any prompt.
     let impostor = TestGateway::start(GatewayConfig::new().tls(self_signed().advertise_spki([7; 32]))).await.unwrap();
@@ -314,4 +314,81 @@ async fn hold_until_verified_mode_releases_no_byte_of_a_stream_before_its_receip
     let err = first.expect_err("the first frame is the error, not content");
     let kind = tower_aci::Error::find(err.as_ref()).map(tower_aci::Error::kind);
     assert_eq!(kind, Some(ErrorKind::Receipt(tower_aci::ReceiptFailure::Session)), "{err}");
+}
+
+/// `post` hands out the answer with its receipt's verdict: awaitable in the background mode,
+/// verified already before release, and explicitly off.
+#[tokio::test]
+async fn post_returns_the_answer_with_its_receipt_verdict_in_every_mode() {
+    use tower_aci::client::ReceiptVerdict;
+    let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
+    for mode in [ReceiptMode::Background, ReceiptMode::BeforeRelease, ReceiptMode::HoldUntilVerified, ReceiptMode::Off]
+    {
+        let client = Client::for_test_gateway(&gw).receipts(mode).api_key("sk-verdict").build().await.unwrap();
+        for stream in [false, true] {
+            let body = json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "vole"}]});
+            let answer = client.post(CHAT, body.to_string()).await.unwrap();
+            let text = String::from_utf8(answer.body.to_vec()).unwrap();
+            assert!(text.contains("You said") || text.contains("vole"), "{mode:?} {stream}: {text}");
+            assert_eq!(answer.record.streamed(), stream);
+            match (&answer.receipt, mode) {
+                (ReceiptVerdict::Background(_), ReceiptMode::Background) => {
+                    let verified = tokio::time::timeout(Duration::from_secs(10), answer.receipt.verified()).await;
+                    let verified = verified.unwrap().unwrap();
+                    assert_eq!(Some(verified.receipt().receipt_id()), answer.record.receipt_id());
+                }
+                (ReceiptVerdict::Verified(v), ReceiptMode::BeforeRelease | ReceiptMode::HoldUntilVerified) => {
+                    assert_eq!(Some(v.receipt().receipt_id()), answer.record.receipt_id());
+                    assert!(answer.receipt.verified().await.is_ok());
+                }
+                (ReceiptVerdict::Off, ReceiptMode::Off) => {
+                    let e = answer.receipt.verified().await.unwrap_err();
+                    assert_eq!(e.kind(), ErrorKind::Receipt(tower_aci::ReceiptFailure::NotAvailable));
+                    assert!(e.to_string().contains("receipts are off"), "{e}");
+                    // The record verifies it on demand.
+                    client.verify_receipt(&answer.record).await.unwrap();
+                }
+                (verdict, mode) => panic!("{mode:?}: {verdict:?}"),
+            }
+        }
+        if mode == ReceiptMode::Background {
+            client.receipts_settled().await;
+            let stats = client.receipt_stats();
+            assert_eq!((stats.verified, stats.failed, stats.pending), (2, 0, 0), "{stats:?}");
+        }
+    }
+}
+
+/// In the background mode a receipt that fails reaches the caller through the API, with no log
+/// subscriber: the verdict it awaits, and the client's counter and last error.
+#[tokio::test]
+async fn a_background_receipt_failure_reaches_the_caller_without_a_log() {
+    let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
+    // The receipt policy pins an upstream session; the local gateway's receipts cite none.
+    let client = Client::for_test_gateway(&gw)
+        .receipt_policy(tower_aci::receipt::ReceiptPolicy::new().accept_sessions(["00".repeat(32)]))
+        .api_key("sk-x")
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(client.receipt_stats(), tower_aci::client::ReceiptStats::default());
+    let answer = client.post(CHAT, chat("doubtful dormouse")).await.unwrap();
+    assert_eq!(content(&answer.body), "You said: doubtful dormouse", "the answer itself is released");
+    let e = tokio::time::timeout(Duration::from_secs(10), answer.receipt.verified()).await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Receipt(tower_aci::ReceiptFailure::Session), "{e}");
+    client.receipts_settled().await;
+    let stats = client.receipt_stats();
+    assert_eq!((stats.verified, stats.failed, stats.pending), (0, 1, 0), "{stats:?}");
+    assert_eq!(client.last_receipt_error(), Some(e.to_string()));
+    // A service clone counts into the same client.
+    let req = Request::post(client.url(CHAT).unwrap())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat("second dormouse"))))
+        .unwrap();
+    let res = client.service().oneshot(req).await.unwrap();
+    let check = res.extensions().get::<ReceiptCheck>().cloned().unwrap();
+    res.into_body().collect().await.unwrap();
+    assert!(check.verified().await.is_err());
+    client.receipts_settled().await;
+    assert_eq!(client.receipt_stats().failed, 2);
 }

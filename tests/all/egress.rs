@@ -44,13 +44,13 @@ fn ring() -> Arc<rustls::crypto::CryptoProvider> {
 // ---- certificates ------------------------------------------------------------------------
 
 /// A test certificate authority.
-struct Ca {
+pub(crate) struct Ca {
     cert: rcgen::Certificate,
     key: rcgen::KeyPair,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -59,12 +59,16 @@ impl Ca {
         Ca { cert, key }
     }
 
-    fn der(&self) -> CertificateDer<'static> {
+    pub(crate) fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    pub(crate) fn der(&self) -> CertificateDer<'static> {
         self.cert.der().clone()
     }
 
     /// A leaf certificate for these names (IP addresses become IP SANs), and its key.
-    fn leaf(&self, names: &[&str]) -> (CertificateDer<'static>, rcgen::KeyPair) {
+    pub(crate) fn leaf(&self, names: &[&str]) -> (CertificateDer<'static>, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let cert = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &self.cert, &self.key).unwrap();
@@ -77,7 +81,7 @@ impl Ca {
     }
 
     /// A rustls server configuration (HTTP/1.1) presenting a leaf for these names.
-    fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+    pub(crate) fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
         let (cert, key) = self.leaf(names);
         let mut config = rustls::ServerConfig::builder_with_provider(ring())
             .with_safe_default_protocol_versions()
@@ -145,7 +149,7 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// What the proxy does with a `CONNECT`.
 #[derive(Clone)]
-enum Mode {
+pub(crate) enum Mode {
     /// Open the tunnel and splice bytes.
     Splice,
     /// Answer with this status line and close.
@@ -167,7 +171,7 @@ struct Seen {
     decrypted: Vec<u8>,
 }
 
-struct ConnectProxy {
+pub(crate) struct ConnectProxy {
     addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
     seen: Arc<Mutex<Seen>>,
@@ -179,7 +183,7 @@ impl ConnectProxy {
     }
 
     /// `routes` maps a `CONNECT` target (`name:port`) to where it really is.
-    async fn with_routes(mode: Mode, routes: HashMap<String, SocketAddr>) -> ConnectProxy {
+    pub(crate) async fn with_routes(mode: Mode, routes: HashMap<String, SocketAddr>) -> ConnectProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (mode, seen) = (Arc::new(Mutex::new(mode)), Arc::new(Mutex::new(Seen::default())));
@@ -193,7 +197,7 @@ impl ConnectProxy {
         ConnectProxy { addr, mode, seen }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
@@ -201,7 +205,7 @@ impl ConnectProxy {
         *self.mode.lock().unwrap() = mode;
     }
 
-    fn heads(&self) -> Vec<String> {
+    pub(crate) fn heads(&self) -> Vec<String> {
         self.seen.lock().unwrap().heads.clone()
     }
 
@@ -344,7 +348,7 @@ async fn a_client_through_a_connect_proxy_attests_chats_streams_and_verifies_rec
 
     // A buffered chat.
     let answer = client.post(CHAT, chat("tunnelled walrus", false)).await.unwrap();
-    assert_eq!(content(&answer), "You said: tunnelled walrus");
+    assert_eq!(content(&answer.body), "You said: tunnelled walrus");
 
     // A stream, read to its end, whose receipt is fetched and verified in the background.
     let req = Request::post(client.url(CHAT).unwrap())
@@ -487,7 +491,10 @@ async fn proxy_credentials_go_in_proxy_authorization_and_are_never_logged() {
     let builder = Client::for_test_gateway(&gw).https_proxy(with("alice:s3cr%40t-Q7")).api_key("sk-auth");
     assert!(!format!("{builder:?}").contains("s3cr"));
     let client = builder.build().await.unwrap();
-    assert_eq!(content(&client.post(CHAT, chat("authorised yak", false)).await.unwrap()), "You said: authorised yak");
+    assert_eq!(
+        content(&client.post(CHAT, chat("authorised yak", false)).await.unwrap().body),
+        "You said: authorised yak"
+    );
     let heads = proxy.heads();
     assert!(heads.iter().any(|h| h.contains(&format!("Proxy-Authorization: {expected}\r\n"))), "{heads:?}");
     assert!(!format!("{client:?}").contains("s3cr"));
@@ -555,7 +562,7 @@ async fn the_reqwest_clients_the_crate_builds_take_the_same_proxy_and_fail_close
 // ---- the PCCS through the tunnel, and its extra root -------------------------------------
 
 /// An HTTPS server on loopback answering with `answer`, with the certificate of `config`.
-async fn https_server(
+pub(crate) async fn https_server(
     config: Arc<rustls::ServerConfig>,
     answer: impl Fn(&http::Uri) -> http::Response<Full<Bytes>> + Send + Sync + 'static,
 ) -> SocketAddr {

@@ -65,6 +65,8 @@ mod replicas;
 mod reqwest_mw;
 #[cfg(all(feature = "test-gateway", feature = "reqwest-middleware", feature = "rustls"))]
 mod reqwest_service;
+#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod stack;
 #[cfg(feature = "test-gateway")]
 mod stream_release;
 #[cfg(feature = "test-gateway")]

@@ -67,7 +67,7 @@ async fn an_openai_sdk_gets_decrypted_answers_while_the_wire_carries_ciphertext_
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("receipts.jsonl");
-    let (proxy, addr) = serve(&gw, ReceiptMode::Verify, Some(audit.clone())).await;
+    let (proxy, addr) = serve(&gw, ReceiptMode::Background, Some(audit.clone())).await;
     let client = sdk(addr);
 
     // Buffered chat.
@@ -156,7 +156,7 @@ async fn other_posts_are_refused_with_an_openai_shaped_error_and_nothing_is_sent
 #[tokio::test]
 async fn a_client_that_drops_a_stream_cancels_the_upstream_and_the_proxy_stays_healthy() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
-    let (proxy, addr) = serve(&gw, ReceiptMode::Verify, None).await;
+    let (proxy, addr) = serve(&gw, ReceiptMode::Background, None).await;
     let client = sdk(addr);
     client.chat().create(chat_request("warm up the pool")).await.unwrap();
 

@@ -28,7 +28,7 @@ use crate::support::{Hyper, hyper, stub_policy};
 
 /// What the hostile front does with a request it intercepts.
 #[derive(Clone, Default)]
-enum Intercept {
+pub(crate) enum Intercept {
     /// Forward everything to the gateway untouched.
     #[default]
     None,
@@ -38,14 +38,14 @@ enum Intercept {
     Decorate(Vec<(&'static str, String)>),
 }
 
-struct Front {
+pub(crate) struct Front {
     gateway: String,
     client: Hyper,
     /// What to do with POSTs, and with GETs of `/v1/models`.
-    post: Mutex<Intercept>,
-    models: Mutex<Intercept>,
+    pub(crate) post: Mutex<Intercept>,
+    pub(crate) models: Mutex<Intercept>,
     /// Every request seen: method, path, `Authorization`.
-    seen: Mutex<Vec<(Method, String, Option<String>)>>,
+    pub(crate) seen: Mutex<Vec<(Method, String, Option<String>)>>,
 }
 
 async fn front(State(f): State<Arc<Front>>, req: Request) -> Response {
@@ -96,7 +96,7 @@ async fn serve_router(router: Router) -> SocketAddr {
 }
 
 /// The local gateway behind a hostile front; the front's URL.
-async fn hostile_front(gw: &TestGateway) -> (Arc<Front>, String) {
+pub(crate) async fn hostile_front(gw: &TestGateway) -> (Arc<Front>, String) {
     let f = Arc::new(Front {
         gateway: gw.base_url().trim_end_matches('/').to_owned(),
         client: hyper(),
@@ -109,7 +109,7 @@ async fn hostile_front(gw: &TestGateway) -> (Arc<Front>, String) {
 }
 
 /// A second server that counts every request it gets (the thief's).
-async fn thief() -> (Arc<AtomicUsize>, String) {
+pub(crate) async fn thief() -> (Arc<AtomicUsize>, String) {
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
     let router = Router::new().fallback(move || {
@@ -426,7 +426,7 @@ async fn a_pccs_on_the_gateway_host_is_refused_at_start() {
         };
         let e = Proxy::start(config).await.unwrap_err();
         assert_eq!(e.kind(), tower_aci::ErrorKind::Config, "{pccs}: {e}");
-        assert!(e.to_string().contains("--pccs names the gateway's own host"), "{e}");
+        assert!(e.to_string().contains("names the gateway's own host"), "{e}");
     }
 }
 

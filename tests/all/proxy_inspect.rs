@@ -139,6 +139,12 @@ fn write_config_holds_the_pins_with_the_trust_on_first_use_comment_and_the_proxy
     assert_eq!(config.pins.boot_measurements.len(), 1);
     // The pins it wrote make a policy.
     config.policy().unwrap();
+    // The PCCS the proxy then fetches the quote's collateral from: the client's default.
+    assert_eq!(config.pccs.as_deref(), Some(tower_aci::client::DEFAULT_PCCS), "{toml}");
+    // Or the one inspect was told.
+    let (_, _, err) = inspect(&["--pccs", "https://pccs.example/sgx/", "--write-config", file.to_str().unwrap()]);
+    let config = ProxyConfig::from_toml(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(config.pccs.as_deref(), Some("https://pccs.example/sgx/"), "{err}");
 }
 
 /// Live, over HTTPS with a self-signed certificate: the report is fetched with a fresh nonce

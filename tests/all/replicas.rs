@@ -683,7 +683,7 @@ async fn the_proxy_refuses_the_unpinned_build_and_its_audit_agrees_offline() {
     let config = ProxyConfig {
         gateway: Some(lb.url()),
         policy: Some(compose_pinned_policy()),
-        receipts: ReceiptMode::Verify,
+        receipts: ReceiptMode::Background,
         audit_file: Some(audit.clone()),
         ..ProxyConfig::default()
     };
@@ -748,7 +748,7 @@ async fn the_proxy_requires_the_exact_keyset_when_told() {
     let mut config = ProxyConfig::from_toml(&format!("gateway = {:?}\nrequire-exact-keyset = true", lb.url())).unwrap();
     assert!(config.require_exact_keyset && config.receipt_policy().requires_exact_keyset());
     config.policy = Some(compose_pinned_policy());
-    config.receipts = ReceiptMode::Verify;
+    config.receipts = ReceiptMode::Background;
     let proxy = Proxy::start(config).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,84 +1,90 @@
-//! [`Client`]: one attested client for an ACI gateway, built in a few lines (feature `rustls`).
+//! [`Client`]: one attested client for an ACI gateway, built in a few lines (feature `rustls`,
+//! in the default feature `client`).
 //!
-//! [`Client::builder`] takes the gateway's URL, what you trust about its workload (the pins, or
-//! a ready [`Policy`]) and your API key (or the name of the environment variable holding it).
-//! [`build`](ClientBuilder::build) then attests the gateway over HTTPS pinned to the attested
-//! keyset ([`AttestedTls`]), and keeps the key fresh in the background for as long as the client
-//! or a service it handed out lives. It hands out:
+//! [`Client::builder`] takes the gateway's URL, what you trust about its workload (the pins, a
+//! closure over the [`PolicyBuilder`], or a ready [`Policy`]) and your API key (or the name of the
+//! environment variable holding it). [`build`](ClientBuilder::build) then attests the gateway
+//! over HTTPS pinned to the attested keyset ([`AttestedTls`]), and keeps the key fresh in the
+//! background for as long as the client or a service it handed out lives. It hands out:
 //!
-//! - [`Client::post`]: send a JSON body, get the decrypted answer (or a typed error);
-//! - [`Client::service`]: a cloneable tower [`Service`] ([`AciService`]) that stacks
-//!   [`KeyMismatchRetry`] → [verify before release] → [`E2eeLayer`] → the pinned hyper client,
-//!   for tower and hyper code;
+//! - [`Client::post`]: send a JSON body, get the decrypted [`Answer`] with its receipt's
+//!   [`ReceiptVerdict`] (or a typed error);
+//! - [`Client::service`]: a cloneable tower [`Service`](tower_service::Service) ([`AciService`])
+//!   that stacks [`KeyMismatchRetry`] → [verify before release] → [`E2eeLayer`] → the pinned
+//!   hyper client, for tower and hyper code;
 //! - [`Client::reqwest`] (feature `reqwest-middleware`): a `ClientWithMiddleware` over the
 //!   pinned rustls configuration, with [`E2eeMiddleware`](crate::middleware::E2eeMiddleware);
-//! - [`Client::keys`] and [`Client::keyset`]: the [`KeyHandle`] and the verified keyset.
+//! - [`Client::keys`] and [`Client::keyset`]: the [`KeyHandle`] and the verified keyset (whose
+//!   [`report`](AttestedKeyset::report) is the exact report it was verified from).
+//!
+//! **One stack.** Every default and every refusal lives in [`ClientBuilder::build`]: the PCCS
+//! ([`DEFAULT_PCCS`] for an `https://` gateway), plain `http://` only to loopback, an API key
+//! that must be a valid header value, a PCCS that may not be the gateway's own host, no
+//! redirect ever followed or handed out ([`REDIRECT_REFUSED`]), the API key only on the routes
+//! [`carries_api_key`] names. `aci-proxy` ([`crate::proxy`]) is this client behind an
+//! OpenAI-compatible endpoint: its configuration becomes a [`ClientBuilder`]
+//! ([`ProxyConfig::client_builder`](crate::proxy::ProxyConfig::client_builder)) and it serves
+//! through [`Client::service`].
 //!
 //! Behind an HTTP proxy, every connection (report, PCCS, requests, receipts) goes through a
 //! `CONNECT` tunnel with TLS and its pin end to end inside: from `HTTPS_PROXY` / `NO_PROXY` by
 //! default, or [`ClientBuilder::https_proxy`] (see [`crate::tls`]).
 //!
 //! Receipts are verified as [`ReceiptMode`] says: in the background once an answer was read
-//! to its end (the default; the outcome is a [`ReceiptCheck`] in the response's extensions:
-//! reported, too late to withhold anything), before the answer is released
-//! ([`VerifyBeforeReleaseLayer`]: a buffered answer whole, a stream's `[DONE]`), before any byte
-//! of an answer, streams included, is released ([`ReceiptMode::HoldUntilVerified`]), or not at
-//! all. [The `release` module's table](crate::receipt::VerifyBeforeReleaseLayer) says exactly
-//! what each mode guarantees.
+//! to its end (the default; the outcome is a [`ReceiptCheck`] you can await, in the
+//! response's extensions and in [`Answer::receipt`], and every outcome is counted in
+//! [`Client::receipt_stats`]), before the answer is released ([`VerifyBeforeReleaseLayer`]: a
+//! buffered answer whole, a stream's `[DONE]`), before any byte of an answer, streams included,
+//! is released ([`ReceiptMode::HoldUntilVerified`]), or not at all. [The `release` module's
+//! table](crate::receipt::VerifyBeforeReleaseLayer) says exactly what each mode guarantees.
 //!
-//! The parts the client is built from ([`KeyProvider`],
-//! [`E2eeLayer`], [`ReceiptClient`], [`AttestedTls`]) stay public
-//! for stacks of your own; `aci-proxy` ([`crate::proxy`]) is the same stack behind an
-//! OpenAI-compatible endpoint.
+//! The parts the client is built from ([`KeyProvider`], [`E2eeLayer`], [`ReceiptClient`],
+//! [`AttestedTls`]) stay public for stacks of your own.
 //!
 //! [verify before release]: VerifyBeforeReleaseLayer
 
+mod answer;
+mod mode;
+mod service;
+mod transport;
+
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, ready};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, Uri};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
-use tokio::sync::Notify;
 use tower::retry::RetryLayer;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_service::Service;
 use zeroize::Zeroizing;
 
-use crate::attest::{AttestedKeyset, KeyHandle, KeyProvider, Policy, PolicyBuilder, RefreshTask};
+pub use answer::{Answer, ReceiptVerdict};
+pub use mode::ReceiptMode;
+pub use service::{AciBody, AciFuture, AciService, ReceiptCheck, ReceiptStats, carries_api_key};
+pub use transport::REDIRECT_REFUSED;
+
+use crate::attest::{AttestedKeyset, Clock, KeyHandle, KeyProvider, Policy, PolicyBuilder};
 use crate::e2ee::{E2eeLayer, KeyMismatchRetry, RequestBody};
-use crate::error::{BoxError, Error, ErrorKind, ReceiptFailure, Result};
+use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::protocol::GatewayError;
-use crate::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy, VerifiedReceipt, VerifyBeforeReleaseLayer};
+use crate::receipt::{
+    ExchangeRecord, ReceiptClient, ReceiptPolicy, StreamVerification, VerifiedReceipt, VerifyBeforeReleaseLayer,
+};
 use crate::tls::{AttestedTls, HttpsProxy};
+use service::{Plain, ServiceShared, Stack, Tracker, Verifier};
+use transport::{Egress, Trust};
 
-/// The body of an [`AciService`] answer: decrypted (and in before-release mode verified) bytes.
-pub type AciBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The PCCS quote collateral is fetched from by default (feature `dcap`) for an `https://`
+/// gateway: the reference verifier's default. It serves Intel-signed collateral, checked
+/// against Intel's root; trust does not rest on it. `aci-proxy` uses the same default.
+pub const DEFAULT_PCCS: &str = "https://pccs.phala.network";
 
-/// The future of [`AciService`].
-pub type AciFuture = Pin<Box<dyn Future<Output = std::result::Result<Response<AciBody>, BoxError>> + Send>>;
-
-/// The pinned hyper client under the layer: one pool for the layer, the provider and receipts.
-type Plain = BoxCloneSyncService<Request<RequestBody<Full<Bytes>>>, Response<Incoming>, BoxError>;
-/// Key-mismatch retry → [verify before release] → E2EE → `Plain`.
-type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<AciBody>, BoxError>;
-
-/// The PCCS quote collateral is fetched from by default (feature `dcap`): the reference
-/// verifier's default. It serves Intel-signed collateral; trust does not rest on it.
-#[cfg(feature = "dcap")]
-const DEFAULT_PCCS: &str = "https://pccs.phala.network";
+/// Largest error document read from a non-2xx answer by [`Client::post`].
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// The verify-before-release layer of a receipt mode that has one.
 fn before_release<R, RQ>(
@@ -97,54 +103,10 @@ where
     }
 }
 
-/// Largest error document read from a non-2xx answer by [`Client::post`].
-const MAX_ERROR_BODY: usize = 64 * 1024;
-
-/// When a [`Client`] verifies the gateway's signed receipt of each exchange.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReceiptMode {
-    /// Once the answer was read to its end, fetch and verify its receipt in the background
-    /// (on Tokio); the outcome is the [`ReceiptCheck`] in the response's extensions, and a
-    /// failure is logged at `error`. The answer itself is not held back.
-    #[default]
-    Background,
-    /// Release an answer only once its receipt verified ([`VerifyBeforeReleaseLayer`]): a
-    /// buffered answer is the call's error when the receipt does not verify; a stream's events
-    /// flow as they authenticate, and its `[DONE]` waits for the receipt (an event an on-path
-    /// attacker dropped, duplicated or reordered may reach you before the receipt's error).
-    BeforeRelease,
-    /// Do not verify receipts (verify some yourself with [`Client::verify_receipt`]).
-    Off,
-    /// Release no byte of any answer before its receipt verified: as
-    /// [`BeforeRelease`](Self::BeforeRelease) for buffered answers, and a stream is read to its
-    /// end and held (at most [`DEFAULT_MAX_RELEASE_BODY`](crate::receipt::DEFAULT_MAX_RELEASE_BODY),
-    /// 64 MiB, else `TooLarge`) until its receipt verified, then released whole; on any failure
-    /// the body's first frame is the error
-    /// ([`hold_whole_stream`](VerifyBeforeReleaseLayer::hold_whole_stream)). You wait for the
-    /// end of every stream, and never see a forged answer.
-    HoldUntilVerified,
-}
-
 enum ApiKey {
     None,
     Value(Zeroizing<String>),
     Env(String),
-}
-
-enum Trust {
-    WebPki,
-    PinOnly,
-    Roots(RootCertStore),
-}
-
-/// How the client's connections leave this machine.
-enum Egress {
-    /// `HTTPS_PROXY` / `NO_PROXY`, read at `build`.
-    Environment,
-    /// Through this proxy (or the URL's parse error, returned by `build`).
-    Proxy(Result<HttpsProxy>),
-    Direct,
 }
 
 /// Builds a [`Client`]. Made by [`Client::builder`]; methods take and return the builder by
@@ -159,12 +121,12 @@ pub struct ClientBuilder {
     receipt_policy: ReceiptPolicy,
     trust: Trust,
     /// `None`: the default PCCS for an `https://` gateway; `Some(None)`: none.
-    #[cfg(feature = "dcap")]
     pccs: Option<Option<String>>,
-    #[cfg(feature = "dcap")]
     pccs_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     egress: Egress,
     strict: bool,
+    clock: Option<Arc<dyn Clock>>,
+    max_keyset_age: Option<Duration>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -179,7 +141,21 @@ impl fmt::Debug for ClientBuilder {
 }
 
 impl ClientBuilder {
-    fn pins(mut self, f: impl FnOnce(PolicyBuilder) -> PolicyBuilder) -> Self {
+    /// Any pin or option of the attestation policy, as a closure over the [`PolicyBuilder`]
+    /// the pin methods below fill in: everything [`Policy::builder`] can say (an OS image hash,
+    /// accepted TCB statuses, refused advisories, a pinned key id, the current report generation
+    /// only, offline collateral, …). Called in order with the other pins; a [`policy`](Self::policy)
+    /// given as well makes [`build`](Self::build) fail.
+    ///
+    /// ```no_run
+    /// # async fn run(compose: &str, [m, r0, r1, r2]: [&str; 4], kms: &str) -> tower_aci::Result<()> {
+    /// let client = tower_aci::Client::builder("https://api.redpill.ai")
+    ///     .allow_compose_hash(compose).allow_boot_measurements(m, r0, r1, r2).allow_kms_identity(kms)
+    ///     .policy_with(|p| p.accept_tcb_statuses(["UpToDate", "SWHardeningNeeded"]).refuse_advisories(["INTEL-SA-00837"]))
+    ///     .build().await?;
+    /// # let _ = client; Ok(()) }
+    /// ```
+    pub fn policy_with(mut self, f: impl FnOnce(PolicyBuilder) -> PolicyBuilder) -> Self {
         self.pins = Some(f(self.pins.take().unwrap_or_else(Policy::builder)));
         self
     }
@@ -187,20 +163,20 @@ impl ClientBuilder {
     /// Trust the workload whose compose hash (SHA-256 of the report's `app_compose`, hex) is
     /// this; see [`PolicyBuilder::allow_compose_hash`]. Several may be allowed.
     pub fn allow_compose_hash(self, hex_hash: &str) -> Self {
-        self.pins(|p| p.allow_compose_hash(hex_hash))
+        self.policy_with(|p| p.allow_compose_hash(hex_hash))
     }
 
     /// Trust the dstack application with this app id (hex); see
     /// [`PolicyBuilder::allow_app_id`].
     pub fn allow_app_id(self, hex_app_id: &str) -> Self {
-        self.pins(|p| p.allow_app_id(hex_app_id))
+        self.policy_with(|p| p.allow_app_id(hex_app_id))
     }
 
     /// Require the keys' custody chain to end at this dstack KMS root public key (hex), beside
     /// the pins above (a KMS root alone covers only the secp256k1 E2EE key); see
     /// [`PolicyBuilder::accept_kms_root`].
     pub fn accept_kms_root(self, public_key_hex: &str) -> Self {
-        self.pins(|p| p.accept_kms_root(public_key_hex))
+        self.policy_with(|p| p.accept_kms_root(public_key_hex))
     }
 
     /// Trust only the genuine boot chain: the hardware-verified quote's MRTD and RTMR0–2 (hex, 48
@@ -208,37 +184,38 @@ impl ClientBuilder {
     /// [`PolicyBuilder::allow_boot_measurements`]. With a compose hash and a KMS identity, the
     /// combination every client needs.
     pub fn allow_boot_measurements(self, mrtd: &str, rtmr0: &str, rtmr1: &str, rtmr2: &str) -> Self {
-        self.pins(|p| p.allow_boot_measurements(mrtd, rtmr0, rtmr1, rtmr2))
+        self.policy_with(|p| p.allow_boot_measurements(mrtd, rtmr0, rtmr1, rtmr2))
     }
 
     /// Trust only the KMS that provisioned the gateway: the `id` (hex) of the event log's
     /// `key-provider` event; see [`PolicyBuilder::allow_kms_identity`].
     pub fn allow_kms_identity(self, hex_id: &str) -> Self {
-        self.pins(|p| p.allow_kms_identity(hex_id))
+        self.policy_with(|p| p.allow_kms_identity(hex_id))
     }
 
     /// Require a reviewed dstack production OS image; see
     /// [`PolicyBuilder::require_production_os`].
     pub fn require_production_os(self) -> Self {
-        self.pins(PolicyBuilder::require_production_os)
+        self.policy_with(PolicyBuilder::require_production_os)
     }
 
-    /// A ready policy, for anything the pin methods above do not cover. Given together with
-    /// pins, [`build`](Self::build) fails.
+    /// A ready policy, instead of the pins. Given together with pins (or
+    /// [`policy_with`](Self::policy_with)), [`build`](Self::build) fails.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = Some(policy);
         self
     }
 
-    /// The API key, sent as `Authorization: Bearer …` on every request that carries none (and
-    /// on receipt fetches). Zeroized on drop, never logged.
+    /// The API key, sent as `Authorization: Bearer …` on every request that carries none, on
+    /// the routes [`carries_api_key`] names (and on receipt fetches). Zeroized on drop, never
+    /// logged. [`build`](Self::build) fails with `Config` when it is not a valid header value.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = ApiKey::Value(Zeroizing::new(key.into()));
         self
     }
 
     /// Read the API key from this environment variable at [`build`](Self::build), which fails
-    /// when it is unset or empty.
+    /// when it is unset, empty, or not a valid header value.
     pub fn api_key_env(mut self, name: impl Into<String>) -> Self {
         self.api_key = ApiKey::Env(name.into());
         self
@@ -265,37 +242,34 @@ impl ClientBuilder {
 
     /// No WebPKI for the gateway: the attested keyset is the only trust anchor of its TLS key,
     /// for gateways with self-signed certificates (see
-    /// [`AttestedTlsBuilder::pin_only`](crate::tls::AttestedTlsBuilder::pin_only)).
+    /// [`AttestedTlsBuilder::pin_only`](crate::tls::AttestedTlsBuilder::pin_only)). The PCCS is
+    /// still checked with WebPKI.
     pub fn tls_pin_only(mut self) -> Self {
         self.trust = Trust::PinOnly;
         self
     }
 
-    /// Fetch TDX quote collateral from this PCCS (feature `dcap`; default
-    /// `https://pccs.phala.network` for an `https://` gateway). Verified with WebPKI, not pinned.
-    #[cfg(feature = "dcap")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
+    /// Fetch TDX quote collateral from this PCCS (feature `dcap`; default [`DEFAULT_PCCS`] for
+    /// an `https://` gateway, none for a loopback `http://` one). Verified with WebPKI, not
+    /// pinned; [`build`](Self::build) fails when it names the gateway's own host (which would
+    /// take the gateway out of the pin).
     pub fn pccs(mut self, url: impl Into<String>) -> Self {
         self.pccs = Some(Some(url.into()));
         self
     }
 
-    /// Fetch no collateral from a PCCS (feature `dcap`): the policy's offline collateral
-    /// ([`PolicyBuilder::collateral`]) is used instead.
-    #[cfg(feature = "dcap")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
+    /// Fetch no collateral from a PCCS: the policy's offline collateral
+    /// ([`PolicyBuilder::collateral`], feature `dcap`) is used instead.
     pub fn no_pccs(mut self) -> Self {
         self.pccs = Some(None);
         self
     }
 
-    /// One more root certificate for the PCCS connection only (feature `dcap`): for a network
-    /// whose egress proxy inspects TLS and re-signs what it forwards with its own CA. The
+    /// One more root certificate for the PCCS connection only: for a network whose egress proxy
+    /// inspects TLS and re-signs what it forwards with its own CA, or a PCCS of your own. The
     /// gateway's connection never accepts it (and its key stays pinned to the attested keyset);
     /// see [`AttestedTlsBuilder::unpinned_extra_root`](crate::tls::AttestedTlsBuilder::unpinned_extra_root).
     /// [`build`](Self::build) fails when no PCCS is used.
-    #[cfg(feature = "dcap")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
     pub fn pccs_extra_root(mut self, cert: rustls::pki_types::CertificateDer<'static>) -> Self {
         self.pccs_roots.push(cert);
         self
@@ -312,15 +286,22 @@ impl ClientBuilder {
     /// `NO_PROXY` lists and loopback, as in [`crate::tls`].
     ///
     /// ```no_run
-    /// # async fn run(app_id: &str, kms_root: &str) -> tower_aci::Result<()> {
+    /// # async fn run(compose: &str, [m, r0, r1, r2]: [&str; 4], kms: &str) -> tower_aci::Result<()> {
     /// let client = tower_aci::Client::builder("https://api.redpill.ai")
-    ///     .allow_app_id(app_id).accept_kms_root(kms_root)
+    ///     .allow_compose_hash(compose).allow_boot_measurements(m, r0, r1, r2).allow_kms_identity(kms)
     ///     .https_proxy("http://proxy.corp.example:3128") // credentials: http://user:password@host:port
     ///     .build().await?;
-    /// # Ok(()) }
+    /// # let _ = client; Ok(()) }
     /// ```
     pub fn https_proxy(mut self, url: impl AsRef<str>) -> Self {
         self.egress = Egress::Proxy(HttpsProxy::parse(url.as_ref()));
+        self
+    }
+
+    /// [`https_proxy`](Self::https_proxy) with a proxy already parsed (for example from a
+    /// configuration file).
+    pub fn with_https_proxy(mut self, proxy: HttpsProxy) -> Self {
+        self.egress = Egress::Proxy(Ok(proxy));
         self
     }
 
@@ -337,17 +318,34 @@ impl ClientBuilder {
         self
     }
 
+    /// Re-attest at least this often, whatever the keyset's `not_after` says (default one day;
+    /// see [`KeyProviderBuilder::max_keyset_age`](crate::attest::KeyProviderBuilder::max_keyset_age)).
+    pub fn max_keyset_age(mut self, age: Duration) -> Self {
+        self.max_keyset_age = Some(age);
+        self
+    }
+
+    /// The clock reports, keysets and quote collateral are judged by (default: the system
+    /// clock). For tests and replays of captured evidence, e.g. a
+    /// [`ManualClock`](crate::attest::ManualClock) inside a captured collateral's window; a
+    /// client serving real traffic keeps the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
     /// Attest the gateway now and start the refresher (on the current Tokio runtime).
     ///
     /// Fails with [`Config`](ErrorKind::Config) for an invalid URL, an `http://` gateway that
     /// is not on loopback, no pin and no policy, both pins and a policy, an API key variable
-    /// that is unset, or a proxy URL (given, or in `HTTPS_PROXY`) that is not one; with
-    /// [`Transport`](ErrorKind::Transport) when the gateway (or the HTTPS proxy) cannot be
-    /// reached or the proxy refuses the tunnel; with the attestation's error when the gateway
-    /// does not satisfy the policy (kind [`Attestation`](ErrorKind::Attestation), naming the
-    /// check that failed).
+    /// that is unset or an API key that is not a valid header value, a PCCS URL that is invalid
+    /// or names the gateway's host, an extra PCCS root with no PCCS, or a proxy URL (given, or
+    /// in `HTTPS_PROXY`) that is not one; with [`Transport`](ErrorKind::Transport) when the
+    /// gateway (or the HTTPS proxy) cannot be reached or the proxy refuses the tunnel; with the
+    /// attestation's error when the gateway does not satisfy the policy (kind
+    /// [`Attestation`](ErrorKind::Attestation), naming the check that failed).
     pub async fn build(self) -> Result<Client> {
-        let config = |m: String| Error::new(ErrorKind::Config, m);
+        let config = |m: String| Error::config(m);
         let base: Uri =
             self.url.parse().map_err(|e| config(format!("invalid gateway URL {:?}", self.url)).with_source(e))?;
         let https = match base.scheme_str() {
@@ -358,7 +356,7 @@ impl ClientBuilder {
         if base.authority().is_none() || base.query().is_some() {
             return Err(config(format!("the gateway URL {base} needs a host and no query")));
         }
-        if !https && !is_loopback(&base) {
+        if !https && !transport::is_loopback(&base) {
             return Err(config(format!(
                 "refusing plain http:// to {base}: only a gateway on loopback may be reached without TLS; use https://"
             )));
@@ -381,53 +379,55 @@ impl ClientBuilder {
         };
         let authorization = match &api_key {
             Some(k) => {
-                let mut v = HeaderValue::try_from(format!("Bearer {}", k.as_str()))
-                    .map_err(|_| config("the API key is not a valid header value".to_owned()))?;
+                let mut v = HeaderValue::try_from(format!("Bearer {}", k.as_str())).map_err(|_| {
+                    config(
+                        "the API key is not a valid header value (a control character or a line break in it?): \
+                         check the key or the variable holding it"
+                            .to_owned(),
+                    )
+                })?;
                 v.set_sensitive(true);
                 Some(v)
             }
             None => None,
         };
-        #[cfg(feature = "dcap")]
         let pccs: Option<Uri> = match self.pccs.unwrap_or_else(|| https.then(|| DEFAULT_PCCS.to_owned())) {
             Some(u) => Some(u.parse().map_err(|e| config(format!("invalid PCCS URL {u:?}")).with_source(e))?),
             None => None,
         };
         #[cfg(not(feature = "dcap"))]
-        let pccs: Option<Uri> = None;
-        #[cfg(feature = "dcap")]
-        let pccs_roots = self.pccs_roots;
-        #[cfg(not(feature = "dcap"))]
-        let pccs_roots = Vec::new();
-        if !pccs_roots.is_empty() && (pccs.is_none() || !https) {
+        let pccs: Option<Uri> = {
+            // Without `dcap` no collateral is ever fetched: the PCCS stays unused.
+            let _ = pccs;
+            None
+        };
+        if let Some(pccs) = &pccs {
+            transport::refuse_pccs_on_gateway_host(&base, pccs)?;
+        }
+        if !self.pccs_roots.is_empty() && (pccs.is_none() || !https) {
             return Err(config(
-                "pccs_extra_root is given but no PCCS is reached over HTTPS (no_pccs(), or an http:// gateway)"
+                "pccs_extra_root is given but no PCCS is reached over HTTPS (no_pccs(), an http:// gateway, or a \
+                 build without feature dcap)"
                     .to_owned(),
             ));
         }
 
         // One handle for the TLS verifier, the provider that publishes into it, and the layer.
-        let keys = KeyHandle::new();
-        let (plain, tls) = if https {
-            let tls = attested_tls(&keys, self.trust, pccs.as_ref(), pccs_roots, self.egress)?;
-            let mut tcp = HttpConnector::new();
-            tcp.enforce_http(false);
-            tcp.set_nodelay(true);
-            let client: HyperClient<_, RequestBody<Full<Bytes>>> =
-                HyperClient::builder(TokioExecutor::new()).build(tls.connector_with(tcp));
-            (boxed_plain(client), Some(tls))
-        } else {
-            let mut tcp = HttpConnector::new();
-            tcp.set_nodelay(true);
-            let client: HyperClient<_, RequestBody<Full<Bytes>>> =
-                HyperClient::builder(TokioExecutor::new()).build(tcp);
-            (boxed_plain(client), None)
+        let keys = match self.clock {
+            Some(clock) => KeyHandle::with_clock(clock),
+            None => KeyHandle::new(),
         };
+        let (plain, tls) =
+            transport::plain_client(&base, &keys, self.trust, pccs.as_ref(), self.pccs_roots, self.egress)?;
 
         let provider = KeyProvider::builder(plain.clone()).handle(keys.clone()).base_url(base.clone()).policy(policy);
+        let provider = match self.max_keyset_age {
+            Some(age) => provider.max_keyset_age(age),
+            None => provider,
+        };
         #[cfg(feature = "dcap")]
-        let provider = match pccs {
-            Some(url) => provider.pccs(url),
+        let provider = match &pccs {
+            Some(url) => provider.pccs(url.clone()),
             None => provider,
         };
         let provider = provider.build()?;
@@ -438,29 +438,34 @@ impl ClientBuilder {
         let receipts = ReceiptClient::new(plain.clone(), base.clone());
         let layer = E2eeLayer::new(keys.clone()).strict(self.strict);
         let retry = RetryLayer::new(KeyMismatchRetry::new(keys.clone()));
-        let stack: Stack = match self.receipts {
-            ReceiptMode::BeforeRelease | ReceiptMode::HoldUntilVerified => BoxCloneSyncService::new(
+        let before_release_mode = matches!(self.receipts, ReceiptMode::BeforeRelease | ReceiptMode::HoldUntilVerified);
+        let stack: Stack = if before_release_mode {
+            BoxCloneSyncService::new(
                 ServiceBuilder::new()
                     .map_response(|r: Response<_>| r.map(BodyExt::boxed_unsync))
                     .layer(retry)
                     .layer(before_release(&receipts, &keys, &self.receipt_policy, self.receipts))
                     .layer(layer.clone())
                     .service(plain),
-            ),
-            ReceiptMode::Background | ReceiptMode::Off => BoxCloneSyncService::new(
+            )
+        } else {
+            BoxCloneSyncService::new(
                 ServiceBuilder::new()
                     .map_response(|r: Response<_>| r.map(BodyExt::boxed_unsync))
                     .layer(retry)
                     .layer(layer.clone())
                     .service(plain),
-            ),
+            )
         };
         let verifier = Arc::new(Verifier { receipts, keys: keys.clone(), policy: self.receipt_policy });
+        let tracker = Arc::new(Tracker::default());
         let service = AciService {
             stack,
             shared: Arc::new(ServiceShared {
                 authorization,
+                base_path: base.path().trim_end_matches('/').to_owned(),
                 background: (self.receipts == ReceiptMode::Background).then(|| verifier.clone()),
+                tracker: tracker.clone(),
                 _refresher: refresher,
             }),
         };
@@ -471,7 +476,9 @@ impl ClientBuilder {
                 provider,
                 service,
                 verifier,
+                tracker,
                 api_key,
+                pccs,
                 layer,
                 tls,
                 mode: self.receipts,
@@ -480,55 +487,13 @@ impl ClientBuilder {
     }
 }
 
-fn boxed_plain<C>(client: HyperClient<C, RequestBody<Full<Bytes>>>) -> Plain
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
-    let map_err = |e: hyper_util::client::legacy::Error| -> BoxError { Box::new(e) };
-    BoxCloneSyncService::new(ServiceBuilder::new().map_err(map_err).service(client))
-}
-
-fn attested_tls(
-    keys: &KeyHandle,
-    trust: Trust,
-    pccs: Option<&Uri>,
-    pccs_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
-    egress: Egress,
-) -> Result<AttestedTls> {
-    let tls = AttestedTls::builder(keys.clone());
-    let tls = match egress {
-        Egress::Environment => tls,
-        Egress::Proxy(proxy) => tls.egress(Some(proxy?)),
-        Egress::Direct => tls.no_proxy(),
-    };
-    let mut tls = match trust {
-        Trust::WebPki => tls.with_webpki_roots(),
-        Trust::Roots(roots) => tls.root_store(roots),
-        // The PCCS is an ordinary WebPKI host.
-        Trust::PinOnly if pccs.is_some() => tls.pin_only().with_webpki_roots(),
-        Trust::PinOnly => tls.pin_only(),
-    };
-    if let Some(host) = pccs.and_then(Uri::host) {
-        tls = tls.unpinned_host(host);
-    }
-    for cert in pccs_roots {
-        tls = tls.unpinned_extra_root(cert);
-    }
-    tls.build()
-}
-
-/// `localhost`, or a loopback IP address.
-fn is_loopback(uri: &Uri) -> bool {
-    let Some(host) = uri.host() else { return false };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// One attested client for an ACI gateway: the key kept fresh, E2EE on every inference
 /// request, receipts verified. Cheap to clone; the background refresher stops when the last
 /// clone (and the last [`AciService`] it handed out) is dropped.
 ///
-/// A real gateway, with features `rustls` and `dcap` (`no_run`: it needs the network):
+/// A real gateway, with the default features (`client`: `rustls` and `dcap`; `no_run`: it
+/// needs the network). The pins are the real June 2026 capture's
+/// (`tests/data/real_tdx_report_2026-06.json`), as `aci-proxy inspect` prints them:
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), tower_aci::BoxError> {
@@ -546,8 +511,11 @@ fn is_loopback(uri: &Uri) -> bool {
 ///     .build().await?; // attests now, then keeps the key fresh in the background
 /// let body = r#"{"model":"MODEL","messages":[{"role":"user","content":"hi"}]}"#;
 /// match client.post("/v1/chat/completions", body).await {
-///     Ok(answer) => println!("{}", String::from_utf8_lossy(&answer)), // decrypted; receipt checked next
-///     Err(e) if e.kind() == ErrorKind::Gateway => eprintln!("gateway refused: {e}"), // non-2xx, with its type
+///     Ok(answer) => {
+///         println!("{}", String::from_utf8_lossy(&answer.body)); // decrypted
+///         answer.receipt.verified().await?; // the gateway's signature over exactly these bytes
+///     }
+///     Err(e) if e.kind() == ErrorKind::Gateway => eprintln!("gateway refused ({:?}): {e}", e.status()),
 ///     Err(e) => eprintln!("{e}"), // KeyUnavailable: the refresh failed and the key expired (says why)
 /// }
 /// # Ok(()) }
@@ -579,7 +547,9 @@ struct Inner {
     provider: KeyProvider<Plain, RequestBody<Full<Bytes>>>,
     service: AciService,
     verifier: Arc<Verifier>,
+    tracker: Arc<Tracker>,
     api_key: Option<Zeroizing<String>>,
+    pccs: Option<Uri>,
     #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
     layer: E2eeLayer,
     #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
@@ -609,25 +579,23 @@ impl Client {
             receipts: ReceiptMode::default(),
             receipt_policy: ReceiptPolicy::new(),
             trust: Trust::WebPki,
-            #[cfg(feature = "dcap")]
             pccs: None,
-            #[cfg(feature = "dcap")]
             pccs_roots: Vec::new(),
             egress: Egress::Environment,
             strict: false,
+            clock: None,
+            max_keyset_age: None,
         }
     }
 
     /// A builder for the crate's local test gateway (feature `test-gateway`): its URL, and a
     /// **dangerous** policy that accepts its stub quote and any workload (TLS, if the gateway
-    /// serves it, pinned to its keyset alone). For tests and examples only.
+    /// serves it, pinned to its keyset alone; no PCCS). For tests and examples only.
     #[cfg(feature = "test-gateway")]
     #[cfg_attr(docsrs, doc(cfg(feature = "test-gateway")))]
     pub fn for_test_gateway(gateway: &crate::gateway::TestGateway) -> ClientBuilder {
         let policy = Policy::builder().dangerous().accept_stub_quote().any_workload().build();
-        let builder = Client::builder(gateway.base_url()).tls_pin_only();
-        #[cfg(feature = "dcap")]
-        let builder = builder.no_pccs();
+        let builder = Client::builder(gateway.base_url()).tls_pin_only().no_pccs();
         match policy {
             Ok(policy) => builder.policy(policy),
             Err(e) => {
@@ -649,32 +617,62 @@ impl Client {
     }
 
     /// POST `json` to `path` (for example `/v1/chat/completions`) and return the decrypted
-    /// answer, read whole.
+    /// [`Answer`], read whole, with its receipt's [`ReceiptVerdict`]: the verified receipt in
+    /// [`BeforeRelease`](ReceiptMode::BeforeRelease) and
+    /// [`HoldUntilVerified`](ReceiptMode::HoldUntilVerified) modes, the running check to await
+    /// in [`Background`](ReceiptMode::Background) mode, [`Off`](ReceiptVerdict::Off) otherwise.
     ///
     /// A non-2xx answer is an error of kind [`Gateway`](ErrorKind::Gateway) (the gateway's
-    /// error document; [`Error::gateway_error_type`] names its `type`) or, when the body is
-    /// not one, [`Transport`](ErrorKind::Transport). No attested key (the refresh failed and the
-    /// key expired) is [`KeyUnavailable`](ErrorKind::KeyUnavailable), naming the refresh's error.
-    /// With [`ReceiptMode::BeforeRelease`], a receipt that does not verify is the error (kind
+    /// error document; [`Error::gateway_error_type`] names its `type`, [`Error::status`] the
+    /// status and [`Error::retry_after`] its `Retry-After`) or, when the body is not one,
+    /// [`Transport`](ErrorKind::Transport) (with the status too). No attested key (the refresh
+    /// failed and the key expired) is [`KeyUnavailable`](ErrorKind::KeyUnavailable), naming the
+    /// refresh's error. Before release, a receipt that does not verify is the error (kind
     /// [`Receipt`](ErrorKind::Receipt)). A streamed request (`"stream": true`) is read to its
     /// end; use [`service`](Self::service) to read it event by event.
-    pub async fn post(&self, path: &str, json: impl Into<Bytes>) -> Result<Bytes> {
+    pub async fn post(&self, path: &str, json: impl Into<Bytes>) -> Result<Answer> {
         let request = Request::post(self.url(path)?)
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(json.into()))
-            .map_err(|e| Error::new(ErrorKind::Config, "cannot build the request").with_source(e))?;
+            .map_err(|e| Error::config("cannot build the request").with_source(e))?;
         let response = self.service().oneshot(request).await.map_err(ours)?;
         let status = response.status();
         if !status.is_success() {
             let gateway = response.extensions().get::<GatewayError>().cloned();
+            let headers = response.headers().clone();
             let body = Limited::new(response.into_body(), MAX_ERROR_BODY).collect().await.map(|c| c.to_bytes());
+            let what = format!("POST {path}");
             return Err(match (gateway, body) {
                 (Some(g), _) if g.error_type.is_some() => g.to_error(),
-                (_, Ok(body)) => GatewayError::error_for(status.as_u16(), &body, &format!("POST {path}")),
-                (_, Err(_)) => Error::new(ErrorKind::Transport, format!("POST {path}: the gateway answered {status}")),
+                (Some(g), _) => g.error_of(&what),
+                (None, Ok(body)) => GatewayError::error_for(status, &headers, self.inner.keys.now(), &body, &what),
+                (None, Err(_)) => Error::transport(format!("{what}: the gateway answered {status}")),
             });
         }
-        Ok(response.into_body().collect().await.map_err(ours)?.to_bytes())
+        let Some(record) = response.extensions().get::<ExchangeRecord>().cloned() else {
+            return Err(Error::new(ErrorKind::Protocol, format!("POST {path}: the answer carries no exchange record")));
+        };
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(ours)?.to_bytes();
+        let receipt = match self.inner.mode {
+            ReceiptMode::Off => ReceiptVerdict::Off,
+            ReceiptMode::Background => match parts.extensions.get::<ReceiptCheck>() {
+                Some(check) => ReceiptVerdict::Background(check.clone()),
+                None => return Err(Error::new(ErrorKind::Protocol, "the answer carries no receipt check")),
+            },
+            _ => {
+                let verified = parts.extensions.get::<VerifiedReceipt>().cloned().or_else(|| {
+                    parts.extensions.get::<StreamVerification>().and_then(StreamVerification::receipt).cloned()
+                });
+                match verified {
+                    Some(v) => ReceiptVerdict::Verified(Box::new(v)),
+                    // The layer releases nothing unverified: a body read whole without a
+                    // verified receipt is a bug of ours, never handed out as verified.
+                    None => return Err(Error::new(ErrorKind::Protocol, "the answer was released without its receipt")),
+                }
+            }
+        };
+        Ok(Answer { body, receipt, record })
     }
 
     /// The handle holding the attested keys (what the E2EE layer encrypts to).
@@ -705,13 +703,60 @@ impl Client {
         &self.inner.base
     }
 
+    /// The policy reports are verified under (the pins, as built).
+    pub fn policy(&self) -> &Policy {
+        self.inner.provider.policy()
+    }
+
+    /// The PCCS quote collateral is fetched from (`None`: none, the policy's offline
+    /// collateral is used; always `None` without feature `dcap`).
+    pub fn pccs(&self) -> Option<&Uri> {
+        self.inner.pccs.as_ref()
+    }
+
+    /// Whether the client holds an API key (it adds it to requests that carry none).
+    pub fn has_api_key(&self) -> bool {
+        self.inner.api_key.is_some()
+    }
+
     /// When receipts are verified.
     pub fn receipt_mode(&self) -> ReceiptMode {
         self.inner.mode
     }
 
+    /// How many background receipt checks ([`ReceiptMode::Background`]) this client and the
+    /// services it handed out ran, and how they ended: a failure reaches you here (and in
+    /// [`last_receipt_error`](Self::last_receipt_error)) even when nobody awaits its
+    /// [`ReceiptCheck`].
+    ///
+    /// ```no_run
+    /// # fn run(client: &tower_aci::Client) {
+    /// let stats = client.receipt_stats();
+    /// if stats.failed > 0 {
+    ///     eprintln!("{} receipt(s) failed; the last: {:?}", stats.failed, client.last_receipt_error());
+    /// }
+    /// # }
+    /// ```
+    pub fn receipt_stats(&self) -> ReceiptStats {
+        self.inner.tracker.stats()
+    }
+
+    /// Why the last failed background receipt check failed; `None` while none failed.
+    pub fn last_receipt_error(&self) -> Option<String> {
+        self.inner.tracker.last_error()
+    }
+
+    /// Resolves once no background receipt check is running (for a graceful shutdown: stop
+    /// sending, let the open answers end, then wait here, under a timeout of yours). Checks
+    /// start when an answer was read to its end, so one whose body is still being read is not
+    /// waited for.
+    pub async fn receipts_settled(&self) {
+        self.inner.tracker.settled().await;
+    }
+
     /// Fetch and verify the receipt of an exchange now (its [`ExchangeRecord`], from the
-    /// response's extensions, after the body was read to its end), with the client's API key.
+    /// response's extensions or [`Answer::record`], after the body was read to its end), with
+    /// the client's API key.
     pub async fn verify_receipt(&self, record: &ExchangeRecord) -> Result<VerifiedReceipt> {
         self.inner.verifier.verify(record, self.inner.api_key.as_ref().map(|k| k.as_str())).await
     }
@@ -737,12 +782,12 @@ impl Client {
         if let Some(tls) = &self.inner.tls {
             builder = builder.use_preconfigured_tls(tls.rustls_config()).tls_info(true);
         }
+        // reqwest follows no redirect either.
+        builder = builder.redirect(reqwest::redirect::Policy::none());
         if let Some(value) = self.inner.service.shared.authorization.clone() {
-            builder = builder.default_headers(http::HeaderMap::from_iter([(AUTHORIZATION, value)]));
+            builder = builder.default_headers(http::HeaderMap::from_iter([(http::header::AUTHORIZATION, value)]));
         }
-        let client = builder
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Config, "cannot build the reqwest client").with_source(e))?;
+        let client = builder.build().map_err(|e| Error::config("cannot build the reqwest client").with_source(e))?;
         let e2ee = crate::middleware::E2eeMiddleware::from_layer(self.inner.layer.clone())
             .retry_on_key_mismatch(Some(crate::e2ee::DEFAULT_KEY_MISMATCH_WAIT));
         Ok(reqwest_middleware::ClientBuilder::new(client).with(e2ee).build())
@@ -751,11 +796,9 @@ impl Client {
 
 /// `{base path}{path_and_query}`.
 fn join(base: &Uri, path_and_query: &str) -> Result<Uri> {
-    let bad = |e: http::Error| {
-        Error::new(ErrorKind::Config, format!("invalid request path {path_and_query:?}")).with_source(e)
-    };
+    let bad = |e: http::Error| Error::config(format!("invalid request path {path_and_query:?}")).with_source(e);
     if !path_and_query.starts_with('/') {
-        return Err(Error::new(ErrorKind::Config, format!("the request path {path_and_query:?} must start with '/'")));
+        return Err(Error::config(format!("the request path {path_and_query:?} must start with '/'")));
     }
     let prefix = base.path().trim_end_matches('/');
     let mut parts = base.clone().into_parts();
@@ -768,212 +811,9 @@ fn join(base: &Uri, path_and_query: &str) -> Result<Uri> {
 fn ours(e: BoxError) -> Error {
     match e.downcast::<Error>() {
         Ok(ours) => *ours,
-        Err(e) => match Error::find(e.as_ref()).map(|found| (found.kind(), found.to_string())) {
-            Some((kind, message)) => Error::new(kind, message).with_source(e),
-            None => Error::new(ErrorKind::Transport, "the exchange failed").with_source(e),
+        Err(e) => match Error::find(e.as_ref()).map(Error::copy_of) {
+            Some(found) => found.with_source(e),
+            None => Error::transport("the exchange failed").with_source(e),
         },
-    }
-}
-
-/// Fetches and verifies receipts.
-struct Verifier {
-    receipts: ReceiptClient<Plain, RequestBody<Full<Bytes>>>,
-    keys: KeyHandle,
-    policy: ReceiptPolicy,
-}
-
-impl Verifier {
-    async fn verify(&self, record: &ExchangeRecord, bearer: Option<&str>) -> Result<VerifiedReceipt> {
-        self.receipts.fetch_and_verify(record, bearer, &self.keys, &self.policy).await
-    }
-}
-
-struct ServiceShared {
-    authorization: Option<HeaderValue>,
-    /// Set in [`ReceiptMode::Background`].
-    background: Option<Arc<Verifier>>,
-    _refresher: Arc<RefreshTask>,
-}
-
-/// The tower service a [`Client`] hands out: `http::Request<Full<Bytes>>` in, decrypted
-/// `http::Response<AciBody>` out. Cheap to clone; while any clone lives, the key refresher runs.
-///
-/// It adds the client's API key to requests that carry no `Authorization`. In
-/// [`ReceiptMode::Background`] a successful E2EE answer carries a [`ReceiptCheck`] in its
-/// extensions; in [`ReceiptMode::BeforeRelease`] a buffered answer carries the
-/// [`VerifiedReceipt`], a stream a [`StreamVerification`](crate::receipt::StreamVerification).
-/// Every answer of an E2EE request carries its [`ExchangeRecord`], and a non-2xx one the
-/// [`GatewayError`].
-#[derive(Clone)]
-pub struct AciService {
-    stack: Stack,
-    shared: Arc<ServiceShared>,
-}
-
-impl fmt::Debug for AciService {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AciService").field("background_receipts", &self.shared.background.is_some()).finish()
-    }
-}
-
-impl Service<Request<Full<Bytes>>> for AciService {
-    type Response = Response<AciBody>;
-    type Error = BoxError;
-    type Future = AciFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
-        self.stack.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
-        if let Some(value) = &self.shared.authorization {
-            if !req.headers().contains_key(AUTHORIZATION) {
-                req.headers_mut().insert(AUTHORIZATION, value.clone());
-            }
-        }
-        let background = self.shared.background.clone().map(|verifier| {
-            let bearer = crate::protocol::headers::bearer_token(req.headers()).map(|t| Zeroizing::new(t.to_owned()));
-            (verifier, bearer)
-        });
-        let fut = self.stack.call(req);
-        Box::pin(async move {
-            let res = fut.await?;
-            let Some((verifier, bearer)) = background else { return Ok(res) };
-            if !res.status().is_success() {
-                return Ok(res);
-            }
-            let Some(record) = res.extensions().get::<ExchangeRecord>().cloned() else { return Ok(res) };
-            let (mut parts, body) = res.into_parts();
-            let check = ReceiptCheck::default();
-            parts.extensions.insert(check.clone());
-            let job = Job { record, bearer, verifier, check };
-            Ok(Response::from_parts(parts, VerifyOnEnd { inner: body, job: Some(job) }.boxed_unsync()))
-        })
-    }
-}
-
-/// The background check of an answer's receipt ([`ReceiptMode::Background`]), in the
-/// response's extensions. It starts once the body was read to its end.
-#[derive(Clone, Default)]
-pub struct ReceiptCheck(Arc<CheckState>);
-
-#[derive(Default)]
-struct CheckState {
-    result: OnceLock<std::result::Result<VerifiedReceipt, (ErrorKind, String)>>,
-    done: Notify,
-}
-
-impl fmt::Debug for ReceiptCheck {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.0.result.get() {
-            None => "pending",
-            Some(Ok(_)) => "verified",
-            Some(Err(_)) => "failed",
-        };
-        f.debug_tuple("ReceiptCheck").field(&state).finish()
-    }
-}
-
-impl ReceiptCheck {
-    fn set(&self, result: Result<VerifiedReceipt>) {
-        let _ = self.0.result.set(result.map_err(|e| (e.kind(), e.to_string())));
-        self.0.done.notify_waiters();
-    }
-
-    /// The outcome, once the check finished.
-    pub fn result(&self) -> Option<Result<VerifiedReceipt>> {
-        self.0.result.get().map(|r| r.clone().map_err(|(kind, message)| Error::new(kind, message)))
-    }
-
-    /// Wait for the outcome: the verified receipt, or why it did not verify (kind
-    /// [`Receipt`](ErrorKind::Receipt) with its [`ReceiptFailure`], or a fetch error). Resolves
-    /// once the body was read to its end and the receipt fetched, or at once when the body
-    /// failed or was dropped before its end ([`NotAvailable`](ReceiptFailure::NotAvailable)).
-    pub async fn verified(&self) -> Result<VerifiedReceipt> {
-        loop {
-            let done = self.0.done.notified();
-            if let Some(result) = self.result() {
-                return result;
-            }
-            done.await;
-        }
-    }
-}
-
-struct Job {
-    record: ExchangeRecord,
-    bearer: Option<Zeroizing<String>>,
-    verifier: Arc<Verifier>,
-    check: ReceiptCheck,
-}
-
-impl Job {
-    fn start(self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.check.set(Err(Error::new(ErrorKind::Config, "background receipt verification needs a Tokio runtime")));
-            return;
-        };
-        runtime.spawn(async move {
-            let result = self.verifier.verify(&self.record, self.bearer.as_ref().map(|b| b.as_str())).await;
-            if let Err(e) = &result {
-                tracing::error!(receipt = ?self.record.receipt_id(), kind = ?e.kind(), "receipt verification failed: {e}");
-            }
-            self.check.set(result);
-        });
-    }
-
-    fn abandon(self, why: &str) {
-        let message = format!("the receipt was not checked: {why}");
-        self.check.set(Err(Error::new(ErrorKind::Receipt(ReceiptFailure::NotAvailable), message)));
-    }
-}
-
-/// An answer's body that starts the receipt check at its end.
-struct VerifyOnEnd {
-    inner: AciBody,
-    job: Option<Job>,
-}
-
-impl Body for VerifyOnEnd {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            None => {
-                if let Some(job) = this.job.take() {
-                    job.start();
-                }
-            }
-            Some(Err(e)) => {
-                if let Some(job) = this.job.take() {
-                    job.abandon(&format!("the answer failed before its end: {e}"));
-                }
-            }
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        // Polled once more at the end, so the check starts.
-        self.job.is_none() && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for VerifyOnEnd {
-    fn drop(&mut self) {
-        if let Some(job) = self.job.take() {
-            job.abandon("the answer was dropped before its end");
-        }
     }
 }
