@@ -98,9 +98,9 @@
 //! # let _ = answer; Ok(()) }
 //! ```
 //!
-//! `cargo run --example quickstart --features test-gateway` runs the whole job offline against
-//! the crate's local gateway (plain HTTP, a stub quote accepted under `dangerous()`), and
-//! `cargo run --example chat --features test-gateway,rustls -- --tls` over pinned TLS.
+//! `cargo run --example quickstart` runs the whole job offline against the workspace's local
+//! gateway (crate `aci-test-gateway`, a dev-dependency: plain HTTP, a stub quote accepted under
+//! `dangerous()`), and `cargo run --example chat -- --tls` over pinned TLS.
 //!
 //! ## Where the layer goes in a stack
 //!
@@ -124,12 +124,10 @@
 //! | feature | adds |
 //! | --- | --- |
 //! | `client` (default) | [`Client`]: `rustls` + `dcap`, everything a real gateway needs; `default-features = false` keeps the bare layer |
-//! | `test-gateway` | `gateway`: a local ACI gateway on loopback for examples and tests (and the gateway's halves of the protocol) |
 //! | `reqwest-middleware` | `middleware::E2eeMiddleware` for reqwest-middleware chains |
 //! | `dcap` | `attest::dcap`: TDX quote verification with `dcap-qvl` (every policy requires it unless `dangerous()` relaxes it) |
-//! | `rustls` | `tls`: HTTPS pinned to the attested keyset's TLS keys (hyper-util connector, rustls config for reqwest), through an HTTP proxy's `CONNECT` tunnels when `HTTPS_PROXY` or the builder says so; HTTPS for the local gateway |
+//! | `rustls` | `tls`: HTTPS pinned to the attested keyset's TLS keys (hyper-util connector, rustls config for reqwest), through an HTTP proxy's `CONNECT` tunnels when `HTTPS_PROXY` or the builder says so |
 //! | `rustls-native-roots` | the platform's root store for `tls` |
-//! | `proxy` | `proxy` and the `aci-proxy` binary: a local OpenAI-compatible endpoint that applies E2EE for any SDK (with `dcap` and `metrics`; its `--local-test-gateway` demo also needs `test-gateway`) |
 //! | `metrics` | the library's metrics through the `metrics` facade (see [`telemetry`]); free while no recorder is installed |
 //! | `libsecp256k1` | secp256k1 ECDH and key generation on libsecp256k1 (C): same bytes, faster |
 //! | `aws-lc` | X25519 and AES-256-GCM on AWS-LC (assembly): same bytes, faster |
@@ -139,6 +137,13 @@
 //! and no feature above enables it.
 //!
 //! [`prelude`] gathers the handful of names each path needs.
+//!
+//! ## Beside this crate
+//!
+//! The workspace holds two more crates, each depending on this one and never the other way:
+//! **`aci-proxy`** (the `aci-proxy` binary, and `aci_proxy::Proxy` for in-process use: a local
+//! OpenAI-compatible endpoint that applies E2EE for any SDK) and **`aci-test-gateway`** (a local
+//! attested ACI gateway on loopback for examples and tests; a dev-dependency only).
 //!
 //! ## Why `serde_json/preserve_order` is on
 //!
@@ -198,9 +203,6 @@ pub mod e2ee;
 #[cfg(feature = "rustls")]
 mod egress;
 pub mod error;
-#[cfg(feature = "test-gateway")]
-#[cfg_attr(docsrs, doc(cfg(feature = "test-gateway")))]
-pub mod gateway;
 mod hex;
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
@@ -208,9 +210,6 @@ pub mod middleware;
 mod percent;
 pub mod prelude;
 pub mod protocol;
-#[cfg(feature = "proxy")]
-#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
-pub mod proxy;
 pub mod receipt;
 #[cfg(feature = "reqwest-middleware")]
 mod reqwest_service;
@@ -222,6 +221,21 @@ pub mod tls;
 #[cfg(doctest)]
 mod surface_checks;
 
+/// **Not public API.** For the workspace's sibling crates only (`aci-test-gateway`, and the
+/// fuzz targets in `fuzz/`): no stability promise, may change or vanish in any release, hidden
+/// from the docs and not counted in the public surface. What is here lives in this crate
+/// because it must agree with code that does (and only the crate can reach that code); nothing
+/// here is meant for a client.
+///
+/// - `open_request`, `OpenedRequest` and `ResponseSealer`: the gateway's halves of E2EE v2
+///   (open a request's fields, seal a response's), built on the same field walkers as the
+///   client's halves (`protocol::fields`, crate-private), so that both walk the same fields.
+///   The local test gateway serves with them; the `request_open` fuzz target attacks them.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::protocol::server::{OpenedRequest, ResponseSealer, open_request};
+}
+
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub use client::{Client, ClientBuilder};
@@ -230,6 +244,6 @@ pub use error::{AttestationFailure, BoxError, Error, ErrorKind, ReceiptFailure, 
 pub use protocol::GatewayError;
 
 /// The README's Rust snippets, compiled as doc tests (`cargo test --all-features --doc`).
-#[cfg(all(doctest, feature = "rustls", feature = "dcap", feature = "proxy", feature = "reqwest-middleware"))]
+#[cfg(all(doctest, feature = "rustls", feature = "dcap", feature = "reqwest-middleware"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -7,8 +7,6 @@
 //! | a tower stack of your own | [`E2eeLayer`], [`KeyMismatchRetry`], [`KeyProvider`], [`KeyHandle`], [`Policy`], [`AttestedKeyset`], [`AttestedTls`] (`rustls`) |
 //! | receipts | [`ReceiptClient`], [`ReceiptPolicy`] |
 //! | reqwest (`reqwest-middleware`) | [`E2eeMiddleware`] |
-//! | any SDK through the proxy (`proxy`) | [`Proxy`], [`ProxyConfig`] |
-//! | offline, against the local gateway (`test-gateway`) | [`TestGateway`] |
 //!
 //! The crate's `Result` alias is left out on purpose: a glob import of it would shadow
 //! `std::result::Result` in your module. Everything else stays in its module
@@ -29,16 +27,10 @@ pub use crate::attest::{AttestedKeyset, KeyHandle, KeyProvider, Policy};
 pub use crate::client::{Client, ReceiptMode};
 pub use crate::e2ee::{E2eeLayer, KeyMismatchRetry};
 pub use crate::error::{BoxError, Error, ErrorKind};
-#[cfg(feature = "test-gateway")]
-#[cfg_attr(docsrs, doc(cfg(feature = "test-gateway")))]
-pub use crate::gateway::TestGateway;
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 pub use crate::middleware::E2eeMiddleware;
 pub use crate::protocol::GatewayError;
-#[cfg(feature = "proxy")]
-#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
-pub use crate::proxy::{Proxy, ProxyConfig};
 pub use crate::receipt::{ReceiptClient, ReceiptPolicy};
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]

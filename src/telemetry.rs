@@ -210,12 +210,6 @@ pub(crate) fn histogram(key: &'static metrics::Key) -> metrics::Histogram {
     metrics::with_recorder(|r| r.register_histogram(key, &METADATA))
 }
 
-/// Register and return the gauge of a static key (see [`keys`]).
-#[cfg(feature = "proxy")]
-pub(crate) fn gauge(key: &'static metrics::Key) -> metrics::Gauge {
-    metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
-}
-
 /// What the `metrics` macros would pass for a call in this module.
 #[cfg(feature = "metrics")]
 static METADATA: metrics::Metadata<'static> =

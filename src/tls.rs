@@ -337,8 +337,14 @@ impl AttestedTlsBuilder {
         self
     }
 
-    /// The proxy settings of a [`ClientBuilder`](crate::Client) or the proxy's configuration,
-    /// already parsed.
+    /// [`https_proxy`](Self::https_proxy) with a proxy already parsed ([`HttpsProxy::parse`],
+    /// for example from a configuration file), as
+    /// [`ClientBuilder::with_https_proxy`](crate::ClientBuilder::with_https_proxy) takes it.
+    pub fn with_https_proxy(self, proxy: HttpsProxy) -> Self {
+        self.egress(Some(proxy))
+    }
+
+    /// The proxy settings of a [`ClientBuilder`](crate::Client), already parsed.
     pub(crate) fn egress(mut self, proxy: Option<HttpsProxy>) -> Self {
         if let Some(proxy) = proxy {
             self.egress = Some(Egress::Always(Arc::new(proxy)));
@@ -460,9 +466,10 @@ impl AttestedTls {
         self.shared.egress.proxy()
     }
 
-    /// The proxy the connection to `dst` goes through, if any.
-    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
-    pub(crate) fn proxy_for(&self, dst: &Uri) -> Option<&HttpsProxy> {
+    /// The HTTP proxy the connection to `dst` (an `https://` URI) goes through, if any: a proxy
+    /// given to the builder applies to every host; one read from `HTTPS_PROXY` to every host but
+    /// loopback and those `NO_PROXY` lists. For a log line naming the route.
+    pub fn proxy_for(&self, dst: &Uri) -> Option<&HttpsProxy> {
         self.shared.egress.route(dst).map(|p| &**p)
     }
 

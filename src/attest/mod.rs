@@ -20,6 +20,9 @@ pub mod dcap;
 pub(crate) mod eventlog;
 pub(crate) mod generation;
 mod handle;
+#[cfg(feature = "dcap")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
+pub mod inspect;
 pub(crate) mod keyset;
 mod policy;
 mod provider;

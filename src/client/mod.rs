@@ -588,23 +588,6 @@ impl Client {
         }
     }
 
-    /// A builder for the crate's local test gateway (feature `test-gateway`): its URL, and a
-    /// **dangerous** policy that accepts its stub quote and any workload (TLS, if the gateway
-    /// serves it, pinned to its keyset alone; no PCCS). For tests and examples only.
-    #[cfg(feature = "test-gateway")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "test-gateway")))]
-    pub fn for_test_gateway(gateway: &crate::gateway::TestGateway) -> ClientBuilder {
-        let policy = Policy::builder().dangerous().accept_stub_quote().any_workload().build();
-        let builder = Client::builder(gateway.base_url()).tls_pin_only().no_pccs();
-        match policy {
-            Ok(policy) => builder.policy(policy),
-            Err(e) => {
-                tracing::error!("the test gateway's policy does not build: {e}");
-                builder
-            }
-        }
-    }
-
     /// The tower service: key-mismatch retry, [verify before release](ReceiptMode::BeforeRelease),
     /// E2EE, the pinned hyper client. Cheap to clone; it keeps the refresher running too.
     pub fn service(&self) -> AciService {

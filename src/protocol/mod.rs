@@ -10,6 +10,7 @@ pub mod jcs;
 pub mod keys;
 pub mod request;
 pub mod response;
+pub(crate) mod server;
 pub mod sse;
 pub mod stream;
 pub mod suite;

@@ -116,8 +116,6 @@ pub use fetch::{
 pub use record::{ExchangeRecord, ExchangeRecordBuilder, ResponseDigest};
 pub use release::{ReleaseBody, StreamVerification, VerifyBeforeRelease, VerifyBeforeReleaseLayer};
 pub use session::{AttestedSession, MAX_SESSION_SIZE, VerifiedSession, pin_sessions};
-#[cfg(feature = "test-gateway")]
-pub(crate) use verify::hash_string;
 pub use verify::{
     AttestDigestFuture, KeysetMatch, Keysets, RECEIPT_API_VERSION, ReceiptPolicy, VerifiedReceipt,
     verify_against_keyset, verify_exchange, verify_signature,
