@@ -22,7 +22,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use tower_aci::gateway::{GatewayConfig, GatewayTls, TestGateway};
+use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::tls::{AttestedConnector, AttestedTls};
 
 const STREAMS: usize = 200;

@@ -18,12 +18,12 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::E2eeLayer;
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use tower_aci::gateway::{GatewayConfig, TestGateway, UpstreamResponse};
+use aci_test_gateway::{GatewayConfig, TestGateway, UpstreamResponse};
 use tower_aci::protocol::suite::Suite;
 
 const EVENTS: usize = 500;
 
-fn upstream(req: tower_aci::gateway::UpstreamRequest) -> UpstreamResponse {
+fn upstream(req: aci_test_gateway::UpstreamRequest) -> UpstreamResponse {
     if !req.stream {
         return UpstreamResponse::echo(&req);
     }

@@ -62,7 +62,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::E2eeLayer;
 use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
 use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
-use tower_aci::gateway::{GatewayConfig, TestGateway, UpstreamResponse};
+use aci_test_gateway::{GatewayConfig, TestGateway, UpstreamResponse};
 use tower_aci::protocol::suite::{SecretKey, Suite, open, seal};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -95,7 +95,7 @@ fn gateway_main() {
     let events: usize = env_or("SOAK_EVENTS", 500);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
-        let upstream = move |req: tower_aci::gateway::UpstreamRequest| {
+        let upstream = move |req: aci_test_gateway::UpstreamRequest| {
             if !req.stream {
                 return UpstreamResponse::echo(&req);
             }

@@ -22,7 +22,7 @@ use rustls::{ClientConfig, RootCertStore};
 use tower::Service;
 use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use tower_aci::gateway::{GatewayConfig, GatewayTls, TestGateway};
+use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::tls::AttestedTls;
 
 /// One request over a fresh HTTP/1 connection on `io`.

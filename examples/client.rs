@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 use tower_aci::client::ReceiptCheck;
-use tower_aci::gateway::{Fault, GatewayConfig, TestGateway};
+use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use tower_aci::{Client, ErrorKind};
 
 const CHAT: &str = "/v1/chat/completions";
@@ -22,7 +22,7 @@ const BODY: &str = r#"{"model":"demo","messages":[{"role":"user","content":"Hell
 async fn main() -> Result<(), tower_aci::BoxError> {
     let gw = TestGateway::start(GatewayConfig::new()).await?;
     // Offline demo: a dangerous policy accepting the local gateway's stub quote.
-    let client = Client::for_test_gateway(&gw).api_key("sk-demo").build().await?;
+    let client = gw.client_builder().api_key("sk-demo").build().await?;
     println!("attested keyset {}", client.keyset()?.digest());
 
     // One call: the decrypted answer, and its receipt verified in the background (the

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use tower_aci::gateway::{GatewayConfig, TestGateway};
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};
 use tower_aci::{BoxError, E2eeLayer, Error};
 

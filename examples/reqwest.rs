@@ -12,7 +12,7 @@ use reqwest_middleware::ClientBuilder;
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
 use tower_aci::attest::{KeyProvider, Policy};
-use tower_aci::gateway::{Fault, GatewayConfig, TestGateway};
+use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use tower_aci::middleware::{E2eeMiddleware, ReqwestService};
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};
 

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use std::io::Write;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyProvider, Policy};
-use tower_aci::gateway::{GatewayConfig, TestGateway};
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::{E2eeLayer, Error};
 
 #[tokio::main]

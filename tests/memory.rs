@@ -24,7 +24,7 @@ use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use tower_aci::gateway::{GatewayConfig, ResponseSealer, TestGateway};
+use aci_test_gateway::{GatewayConfig, ResponseSealer, TestGateway};
 use tower_aci::protocol::Endpoint;
 use tower_aci::protocol::headers;
 use tower_aci::protocol::suite::{PublicKey, Suite};

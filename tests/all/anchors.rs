@@ -222,7 +222,7 @@ fn app_id_pins_that_leave_the_compose_or_the_kms_free_do_not_build() {
 /// secp256k1 key, its own TLS and receipt keys, copied custody) for every nonce, over its own
 /// certificate, which the keyset lists. Under the KMS-root-only anchor the keyset keeps no TLS
 /// key, so the provider refuses the channel the report came over: no answer over it is accepted.
-#[cfg(all(feature = "rustls", feature = "test-gateway"))]
+#[cfg(feature = "rustls")]
 mod over_tls {
     use std::sync::Arc;
 

@@ -19,23 +19,12 @@ use tower_aci::attest::{KeyProvider, ManualClock, verify_report, verify_report_w
 use tower_aci::{AttestationFailure as F, ErrorKind};
 
 use crate::attest_support::*;
+use crate::doubles::{FakePccs, NOW, dcap_data as data, quote, report_with_sample_quote};
 
-/// Inside the window of `tdx_quote_collateral.json`: every part is valid from 2025-06-19T10:32:27Z
-/// (QE identity issueDate) to 2025-07-19T10:00:35Z (PCK CRL nextUpdate).
-pub(crate) const NOW: u64 = 1_751_328_000; // 2025-07-01T00:00:00Z
 /// After the PCK CRL's, TCB info's and QE identity's nextUpdate.
 const AFTER_WINDOW: u64 = 1_754_006_400; // 2025-08-01T00:00:00Z
 /// Before the TCB info and QE identity were issued.
 const BEFORE_WINDOW: u64 = 1_748_736_000; // 2025-06-01T00:00:00Z
-
-fn data(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dcap").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-pub(crate) fn quote() -> Vec<u8> {
-    data("tdx_quote")
-}
 
 fn collateral() -> Collateral {
     Collateral::from_json(&data("tdx_quote_collateral.json")).unwrap()
@@ -278,16 +267,6 @@ fn hostile_quotes_fail_without_panicking() {
 
 // --- the hook in verify_report -------------------------------------------------------------
 
-/// A report (stub-sealed keyset and statement) carrying the sample quote as its evidence; its
-/// `report_data` cannot match the quote's slot.
-pub(crate) fn report_with_sample_quote(nonce: &[u8; 32]) -> Value {
-    let keyset = production_keyset(None, NOW + 24 * 3600);
-    let mut report = seal_report(&keyset, Some(nonce));
-    report["attestation"]["evidence"]["quote"] = json!(const_hex::encode(quote()));
-    report["attestation"]["evidence"]["quote_report_data"] = Value::Null;
-    report
-}
-
 #[test]
 fn verify_report_runs_the_quote_through_dcap() {
     let nonce = [7u8; 32];
@@ -336,87 +315,6 @@ fn collateral_without_an_fmspc_is_a_config_error() {
     assert_eq!(c.fmspc(), None);
     let e = pinned_builder().collateral(c).build().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
-}
-
-// --- collateral from a PCCS through a tower service ------------------------------------------
-
-type TestService = BoxCloneService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// A fake PCCS (Intel's v4 API) serving the sample collateral, and (for the key provider) an ACI
-/// gateway serving a report with the sample quote. Records the paths asked for.
-#[derive(Clone)]
-pub(crate) struct FakePccs {
-    collateral: Value,
-    seen: Arc<Mutex<Vec<String>>>,
-    status: StatusCode,
-}
-
-impl FakePccs {
-    pub(crate) fn new() -> FakePccs {
-        FakePccs {
-            collateral: serde_json::from_slice(&data("tdx_quote_collateral.json")).unwrap(),
-            seen: Arc::default(),
-            status: StatusCode::OK,
-        }
-    }
-
-    pub(crate) fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn field(&self, name: &str) -> &str {
-        self.collateral[name].as_str().unwrap()
-    }
-
-    pub(crate) fn answer(&self, uri: &Uri) -> Response<Full<Bytes>> {
-        let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
-        self.seen.lock().unwrap().push(format!("{}{path}", uri.authority().map(|a| a.as_str()).unwrap_or("")));
-        let ok = Response::builder().status(self.status);
-        let (builder, body) = if path.starts_with("/v1/aci/attestation") {
-            let report = report_with_sample_quote(&[0; 32]);
-            (ok, bytes(&report))
-        } else if path.starts_with("/sgx/certification/v4/pckcrl") {
-            let chain = percent_encode(self.field("pck_crl_issuer_chain"));
-            (ok.header("SGX-PCK-CRL-Issuer-Chain", chain), const_hex::decode(self.field("pck_crl")).unwrap())
-        } else if path.starts_with("/tdx/certification/v4/tcb") {
-            let body = format!(
-                r#"{{"tcbInfo":{},"signature":"{}"}}"#,
-                self.field("tcb_info"),
-                self.field("tcb_info_signature")
-            );
-            (ok.header("TCB-Info-Issuer-Chain", percent_encode(self.field("tcb_info_issuer_chain"))), body.into_bytes())
-        } else if path.starts_with("/tdx/certification/v4/qe/identity") {
-            let body = format!(
-                r#"{{"enclaveIdentity":{},"signature":"{}"}}"#,
-                self.field("qe_identity"),
-                self.field("qe_identity_signature")
-            );
-            let chain = percent_encode(self.field("qe_identity_issuer_chain"));
-            (ok.header("SGX-Enclave-Identity-Issuer-Chain", chain), body.into_bytes())
-        } else if path.starts_with("/sgx/certification/v4/rootcacrl") {
-            (ok, self.field("root_ca_crl").as_bytes().to_vec())
-        } else {
-            (Response::builder().status(StatusCode::NOT_FOUND), Vec::new())
-        };
-        builder.body(Full::new(Bytes::from(body))).unwrap()
-    }
-
-    fn service(&self) -> TestService {
-        let me = self.clone();
-        BoxCloneService::new(tower::service_fn(move |req: Request<Full<Bytes>>| {
-            let me = me.clone();
-            async move { Ok::<_, Infallible>(me.answer(req.uri())) }
-        }))
-    }
 }
 
 #[tokio::test]

@@ -10,9 +10,19 @@ use tower_aci::protocol::jcs;
 use tower_aci::protocol::suite::{SecretKey, Suite};
 use tower_aci::{AttestationFailure, ErrorKind};
 
+/// The workspace's `tests/data/` (tower-aci's oracles), from whichever crate's tests run (this
+/// file is also aci-proxy's).
+pub(crate) fn data_dir() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .map(|dir| dir.join("tests/data"))
+        .find(|dir| dir.join("aci_vectors.json").is_file())
+        .unwrap_or_else(|| panic!("no tests/data/aci_vectors.json above {}", here.display()))
+}
+
 /// Parse `tests/data/<name>`.
 pub(crate) fn load(name: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    let path = data_dir().join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }

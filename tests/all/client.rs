@@ -1,6 +1,6 @@
 //! `tower_aci::Client`, the convenience client, against the local gateway over loopback: plain
 //! HTTP and pinned HTTPS.
-#![cfg(all(feature = "test-gateway", feature = "rustls"))]
+#![cfg(feature = "rustls")]
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_aci::client::{ReceiptCheck, ReceiptMode};
-use tower_aci::gateway::{Fault, GatewayConfig, GatewayTls, TestGateway};
+use aci_test_gateway::{Fault, GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{ExchangeRecord, KeysetMatch, VerifiedReceipt};
 use tower_aci::{AttestationFailure, Client, ErrorKind};
@@ -39,7 +39,7 @@ fn self_signed() -> GatewayTls {
 #[tokio::test]
 async fn the_client_decrypts_an_answer_and_verifies_its_receipt_in_the_background() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
-    let client = Client::for_test_gateway(&gw).api_key("sk-client").build().await.unwrap();
+    let client = gw.client_builder().api_key("sk-client").build().await.unwrap();
     assert_eq!(client.receipt_mode(), ReceiptMode::Background);
     assert_eq!(client.keyset().unwrap().digest(), gw.keyset_digest());
 
@@ -71,7 +71,7 @@ async fn the_client_decrypts_an_answer_and_verifies_its_receipt_in_the_backgroun
 #[tokio::test]
 async fn a_stream_read_to_its_end_gets_its_receipt_checked_and_a_dropped_one_does_not() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
-    let client = Client::for_test_gateway(&gw).api_key("sk-client").build().await.unwrap();
+    let client = gw.client_builder().api_key("sk-client").build().await.unwrap();
     let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "slow river"}]});
     let request = || {
         Request::post(client.url(CHAT).unwrap())
@@ -97,7 +97,7 @@ async fn a_stream_read_to_its_end_gets_its_receipt_checked_and_a_dropped_one_doe
 async fn before_release_mode_hands_out_only_verified_answers() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let client =
-        Client::for_test_gateway(&gw).receipts(ReceiptMode::BeforeRelease).api_key("sk-x").build().await.unwrap();
+        gw.client_builder().receipts(ReceiptMode::BeforeRelease).api_key("sk-x").build().await.unwrap();
     let req = Request::post(client.url(CHAT).unwrap())
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(chat("held heron"))))
@@ -114,7 +114,7 @@ async fn before_release_mode_hands_out_only_verified_answers() {
 #[tokio::test]
 async fn a_non_2xx_answer_is_a_typed_gateway_error() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
-    let client = Client::for_test_gateway(&gw).build().await.unwrap();
+    let client = gw.client_builder().build().await.unwrap();
     gw.set_fault(Some(Fault::UpstreamStatus(
         429,
         r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#.into(),
@@ -134,7 +134,7 @@ async fn a_non_2xx_answer_is_a_typed_gateway_error() {
 async fn a_failed_refresh_keeps_the_key_until_it_expires_and_then_says_why() {
     let not_after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 2;
     let gw = TestGateway::start(GatewayConfig::new().not_after(not_after)).await.unwrap();
-    let client = Client::for_test_gateway(&gw).build().await.unwrap();
+    let client = gw.client_builder().build().await.unwrap();
     assert!(client.refresh_error().is_none());
 
     gw.set_fault(Some(Fault::AttestationStatus(503)));
@@ -161,7 +161,7 @@ async fn a_failed_refresh_keeps_the_key_until_it_expires_and_then_says_why() {
 #[tokio::test]
 async fn the_refresher_lives_as_long_as_the_client_or_a_service_it_handed_out() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
-    let client = Client::for_test_gateway(&gw).build().await.unwrap();
+    let client = gw.client_builder().build().await.unwrap();
     let keys = client.keys().clone();
     let service = client.service();
     let clone = client.clone();
@@ -218,7 +218,7 @@ async fn the_builder_refuses_unpinned_unprotected_or_ambiguous_set_ups() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     // An API key variable that is not set.
-    let e = Client::for_test_gateway(&gw).api_key_env("TOWER_ACI_TEST_UNSET_KEY").build().await.unwrap_err();
+    let e = gw.client_builder().api_key_env("TOWER_ACI_TEST_UNSET_KEY").build().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("TOWER_ACI_TEST_UNSET_KEY"), "{e}");
     assert_eq!(gw.attestations_served(), 0, "nothing was attested for a refused set-up");
@@ -228,12 +228,12 @@ async fn the_builder_refuses_unpinned_unprotected_or_ambiguous_set_ups() {
 async fn over_https_the_client_pins_the_attested_tls_key() {
     let gw = TestGateway::start(GatewayConfig::new().tls(self_signed())).await.unwrap();
     assert!(gw.base_url().starts_with("https://"));
-    let client = Client::for_test_gateway(&gw).api_key("sk-tls").build().await.unwrap();
+    let client = gw.client_builder().api_key("sk-tls").build().await.unwrap();
     assert_eq!(content(&client.post(CHAT, chat("pinned puma")).await.unwrap().body), "You said: pinned puma");
 
     // A gateway whose keyset does not list the key it serves fails at build, before any prompt.
     let impostor = TestGateway::start(GatewayConfig::new().tls(self_signed().advertise_spki([7; 32]))).await.unwrap();
-    let e = Client::for_test_gateway(&impostor).build().await.unwrap_err();
+    let e = impostor.client_builder().build().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Attestation(AttestationFailure::ChannelBinding), "{e}");
     assert_eq!(impostor.requests_seen(), 0);
 }
@@ -255,7 +255,7 @@ fn channel_binding(e: &(dyn std::error::Error + 'static)) -> Option<()> {
 #[tokio::test]
 async fn reqwest_from_the_client_uses_the_pinned_configuration_and_the_same_keys() {
     let gw = TestGateway::start(GatewayConfig::new().tls(self_signed())).await.unwrap();
-    let client = Client::for_test_gateway(&gw).api_key("sk-rq").build().await.unwrap();
+    let client = gw.client_builder().api_key("sk-rq").build().await.unwrap();
     let rq = client.reqwest().unwrap();
     let res = rq.post(client.url(CHAT).unwrap().to_string()).body(chat("reqwest rabbit")).send().await.unwrap();
     assert_eq!(res.status(), 200);
@@ -287,7 +287,7 @@ async fn hold_until_verified_mode_releases_no_byte_of_a_stream_before_its_receip
             .unwrap()
     };
     let client =
-        Client::for_test_gateway(&gw).receipts(ReceiptMode::HoldUntilVerified).api_key("sk-x").build().await.unwrap();
+        gw.client_builder().receipts(ReceiptMode::HoldUntilVerified).api_key("sk-x").build().await.unwrap();
     assert_eq!(client.receipt_mode(), ReceiptMode::HoldUntilVerified);
     let fetches = gw.receipt_fetches();
     let res = client.service().oneshot(request(&client)).await.unwrap();
@@ -301,7 +301,7 @@ async fn hold_until_verified_mode_releases_no_byte_of_a_stream_before_its_receip
 
     // A receipt that fails the receipt policy: it pins an upstream session, and the local
     // gateway's receipts cite none.
-    let strict = Client::for_test_gateway(&gw)
+    let strict = gw.client_builder()
         .receipts(ReceiptMode::HoldUntilVerified)
         .receipt_policy(tower_aci::receipt::ReceiptPolicy::new().accept_sessions(["00".repeat(32)]))
         .api_key("sk-x")
@@ -324,7 +324,7 @@ async fn post_returns_the_answer_with_its_receipt_verdict_in_every_mode() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     for mode in [ReceiptMode::Background, ReceiptMode::BeforeRelease, ReceiptMode::HoldUntilVerified, ReceiptMode::Off]
     {
-        let client = Client::for_test_gateway(&gw).receipts(mode).api_key("sk-verdict").build().await.unwrap();
+        let client = gw.client_builder().receipts(mode).api_key("sk-verdict").build().await.unwrap();
         for stream in [false, true] {
             let body = json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "vole"}]});
             let answer = client.post(CHAT, body.to_string()).await.unwrap();
@@ -365,7 +365,7 @@ async fn post_returns_the_answer_with_its_receipt_verdict_in_every_mode() {
 async fn a_background_receipt_failure_reaches_the_caller_without_a_log() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     // The receipt policy pins an upstream session; the local gateway's receipts cite none.
-    let client = Client::for_test_gateway(&gw)
+    let client = gw.client_builder()
         .receipt_policy(tower_aci::receipt::ReceiptPolicy::new().accept_sessions(["00".repeat(32)]))
         .api_key("sk-x")
         .build()

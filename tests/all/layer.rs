@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 use tower_aci::GatewayError;
-use tower_aci::gateway::{Fault, GatewayConfig};
+use aci_test_gateway::{Fault, GatewayConfig};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::ExchangeRecord;
 use tower_aci::{BoxError, ErrorKind};

@@ -1,7 +1,8 @@
 //! One integration-test binary (keeps link time down on small machines).
 //!
-//! Tests that run against the local gateway need the `test-gateway` feature; the README's test
-//! command (`cargo test --all-features`) runs them all.
+//! The tests that run against the local gateway use the workspace's `aci-test-gateway` crate (a
+//! dev-dependency); the README's test command (`cargo test --workspace --all-features`) runs
+//! them all, and aci-proxy's and the gateway's own.
 
 mod anchors;
 mod attest_dcap;
@@ -11,65 +12,36 @@ mod attest_report;
 mod attest_support;
 #[cfg(feature = "__internal-test-vectors")]
 mod capture;
-#[cfg(all(feature = "test-gateway", feature = "rustls"))]
+mod channel;
+#[cfg(feature = "rustls")]
 mod client;
 mod data;
-#[cfg(all(feature = "test-gateway", feature = "rustls"))]
+mod doubles;
+#[cfg(feature = "rustls")]
 mod egress;
+mod layer;
 mod layer_fits;
+mod legacy_gateway;
 mod policy_pins;
 mod protocol_props;
 mod protocol_vectors;
+mod provider_gateway;
 mod receipt_fetch;
+mod receipt_gateway;
 mod receipt_vectors;
 mod reference;
 mod reference_exchanges;
-mod response_path;
-mod strict;
-
-#[cfg(feature = "test-gateway")]
-mod channel;
-#[cfg(feature = "test-gateway")]
-mod gateway;
-#[cfg(feature = "test-gateway")]
-mod layer;
-#[cfg(feature = "test-gateway")]
-mod legacy_gateway;
-#[cfg(feature = "test-gateway")]
-mod provider_gateway;
-#[cfg(all(feature = "proxy", feature = "test-gateway"))]
-mod proxy;
-#[cfg(all(feature = "proxy", feature = "test-gateway"))]
-mod proxy_binary;
-#[cfg(all(feature = "proxy", feature = "test-gateway"))]
-mod proxy_cache_salt;
-#[cfg(all(feature = "proxy", feature = "test-gateway"))]
-mod proxy_cli;
-#[cfg(all(feature = "proxy", feature = "test-gateway"))]
-mod proxy_exposure;
-#[cfg(all(feature = "proxy", feature = "test-gateway"))]
-mod proxy_inspect;
-#[cfg(all(feature = "proxy", feature = "test-gateway"))]
-mod proxy_local;
-#[cfg(all(feature = "proxy", feature = "test-gateway"))]
-mod proxy_ops;
-#[cfg(all(feature = "proxy", feature = "test-gateway", unix))]
-mod proxy_systemd;
-#[cfg(feature = "test-gateway")]
-mod receipt_gateway;
-#[cfg(feature = "test-gateway")]
 mod refusals;
-#[cfg(feature = "test-gateway")]
 mod replicas;
-#[cfg(all(feature = "test-gateway", feature = "reqwest-middleware"))]
+#[cfg(feature = "reqwest-middleware")]
 mod reqwest_mw;
-#[cfg(all(feature = "test-gateway", feature = "reqwest-middleware", feature = "rustls"))]
+#[cfg(all(feature = "reqwest-middleware", feature = "rustls"))]
 mod reqwest_service;
-#[cfg(all(feature = "proxy", feature = "test-gateway"))]
+mod response_path;
+#[cfg(feature = "rustls")]
 mod stack;
-#[cfg(feature = "test-gateway")]
 mod stream_release;
-#[cfg(feature = "test-gateway")]
+mod strict;
 mod support;
-#[cfg(all(feature = "test-gateway", feature = "rustls"))]
+#[cfg(feature = "rustls")]
 mod tls;

@@ -3,11 +3,8 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tower_aci::ErrorKind;
-#[cfg(feature = "test-gateway")]
-use tower_aci::gateway::{ResponseSealer, open_request};
-#[cfg(feature = "test-gateway")]
+use aci_test_gateway::{ResponseSealer, open_request};
 use tower_aci::protocol::keys::E2eeKey;
-#[cfg(feature = "test-gateway")]
 use tower_aci::protocol::request::{EncryptOptions, encrypt_request};
 use tower_aci::protocol::request::{Endpoint, ExchangeContext};
 use tower_aci::protocol::response::decrypt_response;
@@ -156,7 +153,6 @@ fn keyset_jcs_vector_is_byte_exact() {
     );
 }
 
-#[cfg(feature = "test-gateway")]
 fn service_key(suite: Suite) -> (SecretKey, E2eeKey) {
     let sk = SecretKey::generate(suite, &mut rand_core::OsRng);
     let k = E2eeKey::parse("k", suite.algo(), sk.public_key().to_hex()).unwrap();
@@ -165,7 +161,6 @@ fn service_key(suite: Suite) -> (SecretKey, E2eeKey) {
 
 /// Seal `plaintext` as the `messages.0.content` field of a wire template holding `"<ct>"`, as a
 /// client would, and return the wire body.
-#[cfg(feature = "test-gateway")]
 fn wire_from_template(template: &str, plaintext: &str, service: &E2eeKey, nonce: &str, ts: u64) -> Vec<u8> {
     let aad = aad::request(service.suite(), "messages.0.content", "m", nonce, ts);
     let ct = seal(service.public_key(), plaintext.as_bytes(), &aad, &mut rand_core::OsRng);
@@ -174,7 +169,6 @@ fn wire_from_template(template: &str, plaintext: &str, service: &E2eeKey, nonce:
 
 const NONCE: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
-#[cfg(feature = "test-gateway")]
 #[test]
 fn restored_body_hash_r1() {
     let expected = "8d85436f7c88b6c67f5762093f477c3a381a4381ec0b64bb77d97b7084c37957";
@@ -208,7 +202,6 @@ fn restored_body_hash_r1() {
     assert_eq!(const_hex::encode(Sha256::digest(&opened.bytes)), expected);
 }
 
-#[cfg(feature = "test-gateway")]
 #[test]
 fn restored_body_hash_r2_number_and_escape_normalisation() {
     let expected_hex = "7b2274656d7065726174757265223a302e372c226d6f64656c223a226d222c2278223a322c2279223a2d302e302c227a223a342e35343538393631343038363039393434652d31342c22626967223a312e38343436373434303733373039353532652b31392c2265223a22c3a92f222c226d65737361676573223a5b7b22726f6c65223a2275736572222c22636f6e74656e74223a2268c3a96c6c6f20e280a8205c22715c22227d5d7d";
@@ -303,7 +296,6 @@ fn tampering_is_rejected_as_decrypt_in_both_suites() {
     }
 }
 
-#[cfg(feature = "test-gateway")]
 /// A client exchange and the matching server-side sealer.
 fn exchange(endpoint: Endpoint, suite: Suite, model: &str) -> (ExchangeContext, ResponseSealer) {
     let client = SecretKey::generate(suite, &mut rand_core::OsRng);
@@ -311,7 +303,6 @@ fn exchange(endpoint: Endpoint, suite: Suite, model: &str) -> (ExchangeContext, 
     (ExchangeContext::new(endpoint, client, model, NONCE, 7), sealer)
 }
 
-#[cfg(feature = "test-gateway")]
 #[test]
 fn buffered_chat_response_decrypts_with_index_rules() {
     for suite in Suite::ALL {
@@ -338,7 +329,6 @@ fn buffered_chat_response_decrypts_with_index_rules() {
     }
 }
 
-#[cfg(feature = "test-gateway")]
 #[test]
 fn buffered_response_fails_closed() {
     let (ctx, sealer) = exchange(Endpoint::ChatCompletions, Suite::X25519, "m");
@@ -381,7 +371,6 @@ fn buffered_response_fails_closed() {
     );
 }
 
-#[cfg(feature = "test-gateway")]
 #[test]
 fn completions_and_embeddings_decrypt() {
     let (ctx, sealer) = exchange(Endpoint::Completions, Suite::Secp256k1, "m");

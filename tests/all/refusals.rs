@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{Clock, KeyProvider, ManualClock, Policy, SystemClock};
-use tower_aci::gateway::{GatewayConfig, GatewayKeys, TestGateway};
+use aci_test_gateway::{GatewayConfig, GatewayKeys, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{ReceiptClient, ReceiptPolicy, verify_exchange};
 use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind, ReceiptFailure};
@@ -24,7 +24,7 @@ use crate::data::reason;
 use crate::support::{hyper, layer_client, post, read};
 
 const THIRTY_DAYS: u64 = 30 * 24 * 3600;
-use crate::replicas::{PINNED_COMPOSE, UNPINNED_COMPOSE, compose_pinned_policy};
+use crate::doubles::{PINNED_COMPOSE, UNPINNED_COMPOSE, compose_pinned_policy};
 
 fn stub_policy() -> Policy {
     Policy::builder().select_suite(Suite::X25519).dangerous().accept_stub_quote().any_workload().build().unwrap()
@@ -262,7 +262,7 @@ mod intercepted {
     use tokio::net::{TcpListener, TcpStream};
     use tower::{ServiceBuilder, ServiceExt};
     use tower_aci::attest::{Clock, KeyHandle, KeyProvider, Policy, SystemClock};
-    use tower_aci::gateway::{GatewayConfig, GatewayKeys, TestGateway};
+    use aci_test_gateway::{GatewayConfig, GatewayKeys, TestGateway};
     use tower_aci::receipt::{ExchangeRecord, KeysetMatch, ReceiptClient, ReceiptPolicy};
     use tower_aci::tls::AttestedTls;
     use tower_aci::{AttestationFailure, E2eeLayer, ErrorKind};

@@ -22,7 +22,7 @@ use tower::retry::Retry;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{Clock, KeyHandle, KeyProvider, ManualClock, Policy, SystemClock};
 use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
-use tower_aci::gateway::{Fault, GatewayConfig, GatewayKeys, TestGateway};
+use aci_test_gateway::{Fault, GatewayConfig, GatewayKeys, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{
     ExchangeRecord, KeysetMatch, ReceiptClient, ReceiptPolicy, RetryPolicy, VerifiedReceipt, verify_exchange,
@@ -30,62 +30,10 @@ use tower_aci::receipt::{
 use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind, GatewayError, ReceiptFailure as F};
 
 use crate::data::reason;
+use crate::doubles::{Forwarder, PINNED_COMPOSE, THIRTY_DAYS, compose_pinned_policy, mixed_builds};
 use crate::support::{LayerClient, layer_client, post, sse_text, stub_policy};
 
-const THIRTY_DAYS: u64 = 30 * 24 * 3600;
 const PROBES: u32 = 24;
-
-/// A round-robin L4 balancer on loopback: each accepted connection is piped to the next backend.
-struct Forwarder {
-    addr: SocketAddr,
-    /// Connections forwarded to each backend.
-    forwarded: Arc<Vec<AtomicUsize>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Forwarder {
-    async fn start(backends: Vec<SocketAddr>) -> Forwarder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let forwarded: Arc<Vec<AtomicUsize>> = Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect());
-        let counts = forwarded.clone();
-        let task = tokio::spawn(async move {
-            // Dropped with the accept loop: aborts every forwarded connection.
-            let mut pipes = tokio::task::JoinSet::new();
-            let mut next = 0;
-            loop {
-                let Ok((mut down, _)) = listener.accept().await else { continue };
-                let i = next % backends.len();
-                next += 1;
-                counts[i].fetch_add(1, Ordering::SeqCst);
-                let backend = backends[i];
-                pipes.spawn(async move {
-                    let _ = down.set_nodelay(true);
-                    if let Ok(mut up) = TcpStream::connect(backend).await {
-                        let _ = up.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                });
-                while pipes.try_join_next().is_some() {}
-            }
-        });
-        Forwarder { addr, forwarded, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn forwarded(&self) -> Vec<usize> {
-        self.forwarded.iter().map(|c| c.load(Ordering::SeqCst)).collect()
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// `n` replicas of one deployment (same keys, `not_after` one second apart) behind a forwarder.
 struct Cluster {
@@ -485,26 +433,6 @@ async fn the_same_key_rule_stops_at_the_vouching_keysets_not_after() {
     assert_eq!(verified.keyset_match(), KeysetMatch::SameKey);
 }
 
-/// The compose file the refused-replica tests pin, and another build of the same application.
-pub(crate) const PINNED_COMPOSE: &str =
-    r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:aa"}}}"#;
-pub(crate) const UNPINNED_COMPOSE: &str =
-    r#"{"services":{"gateway":{"image":"ghcr.io/dstack-tee/private-ai-gateway@sha256:bb"}}}"#;
-
-/// Stub quotes accepted; the workload pinned to `PINNED_COMPOSE`'s compose hash (with the stub
-/// quote, SHA-256 of the published `app_compose`).
-pub(crate) fn compose_pinned_policy() -> Policy {
-    let hash = const_hex::encode(Sha256::digest(PINNED_COMPOSE.as_bytes()));
-    Policy::builder()
-        .select_suite(Suite::X25519)
-        .allow_compose_hash(&hash)
-        .dangerous()
-        .accept_stub_quote()
-        .unanchored_pin()
-        .build()
-        .unwrap()
-}
-
 /// Issue 18, item 3. Three replicas of one application (the same KMS-derived keys, so the same
 /// receipt key) behind a round-robin forwarder: 0 runs the pinned build; 1 runs another build,
 /// whose report fails the policy; 2 runs the pinned build but its report endpoint fails. The
@@ -601,162 +529,4 @@ async fn a_replica_whose_report_fails_the_policy_has_its_receipts_refused() {
             }
         }
     }
-}
-
-/// The three replicas of the refused-replica test behind a forwarder: the pinned build, another
-/// build under the same keys, and the pinned build with a failing report endpoint.
-async fn mixed_builds() -> ([TestGateway; 3], Forwarder) {
-    let keys_of_app = GatewayKeys::generate();
-    let launch = SystemClock.now();
-    let replica = |i: u64, compose: &str| {
-        GatewayConfig::new().keys(keys_of_app.clone()).not_after(launch + THIRTY_DAYS + i).app_compose(compose)
-    };
-    let replicas = [
-        TestGateway::start(replica(0, PINNED_COMPOSE)).await.unwrap(),
-        TestGateway::start(replica(1, UNPINNED_COMPOSE)).await.unwrap(),
-        TestGateway::start(replica(2, PINNED_COMPOSE)).await.unwrap(),
-    ];
-    replicas[2].set_fault(Some(Fault::AttestationStatus(503)));
-    let lb = Forwarder::start(replicas.iter().map(TestGateway::addr).collect()).await;
-    (replicas, lb)
-}
-
-/// Send chats through the proxy at `addr`, several at a time (so its client opens several
-/// connections, which the forwarder spreads), until every replica served one; returns how many
-/// each served.
-#[cfg(feature = "proxy")]
-async fn chats_until_every_replica_served(addr: SocketAddr, replicas: &[TestGateway]) -> Vec<usize> {
-    let http = reqwest::Client::new();
-    for round in 0..20 {
-        let sends = (0..6).map(|i| {
-            let http = http.clone();
-            async move {
-                let res = http
-                    .post(format!("http://{addr}/v1/chat/completions"))
-                    .header("content-type", "application/json")
-                    .body(json!({"model": "demo-model", "messages": [{"role": "user", "content": format!("round {round} chat {i}")}]}).to_string())
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 200);
-                let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
-                assert_eq!(v["choices"][0]["message"]["content"], format!("You said: round {round} chat {i}"));
-            }
-        });
-        futures_util::future::join_all(sends).await;
-        if replicas.iter().all(|r| r.requests_seen() > 0) {
-            break;
-        }
-    }
-    let served: Vec<usize> = replicas.iter().map(TestGateway::requests_seen).collect();
-    assert!(served.iter().all(|&n| n > 0), "every replica served: {served:?}");
-    served
-}
-
-/// Wait (bounded) until the proxy judged every receipt of `n` exchanges.
-#[cfg(feature = "proxy")]
-async fn receipts_judged(proxy: &tower_aci::proxy::Proxy, n: u64) -> Value {
-    for _ in 0..1_000 {
-        let status = proxy.status();
-        let c = &status["counts"];
-        if c["receipts_verified"].as_u64().unwrap() + c["receipts_failed"].as_u64().unwrap() >= n {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("receipts not judged in time: {}", proxy.status());
-}
-
-/// Issue 18, item 3, through `aci-proxy`: the unpinned build's receipts fail and `/aci/status`
-/// counts its refused keyset; the audit file records the rule each receipt verified under, and
-/// the offline audit reaches the proxy's verdicts (the same-key receipts verify as same-key only,
-/// and not under `--require-exact-keyset`).
-#[cfg(feature = "proxy")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_proxy_refuses_the_unpinned_build_and_its_audit_agrees_offline() {
-    use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode, verify_audit};
-
-    let (replicas, lb) = mixed_builds().await;
-    let digests: Vec<String> = replicas.iter().map(TestGateway::keyset_digest).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let audit = dir.path().join("receipts.jsonl");
-    let config = ProxyConfig {
-        gateway: Some(lb.url()),
-        policy: Some(compose_pinned_policy()),
-        receipts: ReceiptMode::Background,
-        audit_file: Some(audit.clone()),
-        ..ProxyConfig::default()
-    };
-    let proxy = Proxy::start(config).await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = proxy.router();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-
-    let served = chats_until_every_replica_served(addr, &replicas).await;
-    let total = served.iter().sum::<usize>() as u64;
-    let status = receipts_judged(&proxy, total).await;
-    let counts = &status["counts"];
-    assert_eq!(counts["refused_keysets"], 1, "{status}");
-    assert_eq!(counts["receipts_failed"], served[1] as u64, "the unpinned build's receipts fail: {status}");
-    assert_eq!(counts["receipts_verified"], (served[0] + served[2]) as u64, "{status}");
-    assert_eq!(proxy.keys().refused_keyset(&digests[1]).unwrap().failure(), AttestationFailure::NotAllowed);
-
-    // The audit file: the pinned build's receipts under `exact`, the unreachable replica's under
-    // `same_key`, vouched for by the pinned build's keyset; nothing of the unpinned build.
-    let text = std::fs::read_to_string(&audit).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let receipt_lines = |rule: &str| lines.iter().filter(|l| l["type"] == "receipt" && l["rule"] == rule).count();
-    assert_eq!((receipt_lines("exact"), receipt_lines("same_key")), (served[0], served[2]), "{text}");
-    for l in lines.iter().filter(|l| l["type"] == "receipt") {
-        assert_eq!(l["keyset_digest"], digests[0].as_str());
-    }
-    let keyset_lines: Vec<&Value> = lines.iter().filter(|l| l["type"] == "keyset").collect();
-    assert_eq!(keyset_lines.len(), 1);
-    assert_eq!(keyset_lines[0]["digest"], digests[0].as_str());
-
-    // Offline: the same verdicts.
-    let policy = compose_pinned_policy();
-    let summary = verify_audit(&text, &policy, &ReceiptPolicy::new());
-    assert!(summary.is_clean(), "{:?}", summary.failures);
-    assert_eq!((summary.keysets_verified, summary.receipts_verified), (1, served[0] + served[2]));
-    // Offline under --require-exact-keyset: the same-key receipts fail, the exact ones pass.
-    let exact = ReceiptPolicy::new().require_exact_keyset(true);
-    let summary = verify_audit(&text, &policy, &exact);
-    assert_eq!(summary.receipts_verified, served[0]);
-    assert_eq!(summary.failures.len(), served[2]);
-    assert!(summary.failures.iter().all(|(_, e)| e.kind() == ErrorKind::Receipt(F::UnknownKeyset)));
-    // The recorded rule is checked: a same-key receipt relabelled exact, or an exact one
-    // relabelled same-key, does not verify.
-    for (from, to) in [("same_key", "exact"), ("exact", "same_key")] {
-        let line = text.lines().find(|l| l.contains(&format!(r#""rule":"{from}""#))).unwrap();
-        let relabelled =
-            text.replace(line, &line.replace(&format!(r#""rule":"{from}""#), &format!(r#""rule":"{to}""#)));
-        let summary = verify_audit(&relabelled, &policy, &ReceiptPolicy::new());
-        assert_eq!(summary.failures.len(), 1, "{from} relabelled {to}: {:?}", summary.failures);
-    }
-}
-
-/// `--require-exact-keyset` (TOML `require_exact_keyset`) reaches the proxy's receipt policy:
-/// the unreachable replica's receipts then fail online too.
-#[cfg(feature = "proxy")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_proxy_requires_the_exact_keyset_when_told() {
-    use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode};
-
-    let (replicas, lb) = mixed_builds().await;
-    let mut config = ProxyConfig::from_toml(&format!("gateway = {:?}\nrequire-exact-keyset = true", lb.url())).unwrap();
-    assert!(config.require_exact_keyset && config.receipt_policy().requires_exact_keyset());
-    config.policy = Some(compose_pinned_policy());
-    config.receipts = ReceiptMode::Background;
-    let proxy = Proxy::start(config).await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = proxy.router();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-
-    let served = chats_until_every_replica_served(addr, &replicas).await;
-    let status = receipts_judged(&proxy, served.iter().sum::<usize>() as u64).await;
-    assert_eq!(status["counts"]["receipts_verified"], served[0] as u64, "{status}");
-    assert_eq!(status["counts"]["receipts_failed"], (served[1] + served[2]) as u64, "{status}");
 }

@@ -6,7 +6,7 @@ use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
 use serde_json::{Value, json};
 use tower_aci::ErrorKind;
-use tower_aci::gateway::Fault;
+use aci_test_gateway::Fault;
 use tower_aci::middleware::E2eeMiddleware;
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::ExchangeRecord;
@@ -111,7 +111,7 @@ async fn a_key_rotation_is_followed_with_one_re_encrypted_re_send() {
     use std::time::Duration;
     use tower_aci::attest::KeyProvider;
 
-    let gw = tower_aci::gateway::TestGateway::start(tower_aci::gateway::GatewayConfig::new()).await.unwrap();
+    let gw = aci_test_gateway::TestGateway::start(aci_test_gateway::GatewayConfig::new()).await.unwrap();
     let provider = KeyProvider::builder(crate::support::hyper())
         .base_url(gw.base_url().parse().unwrap())
         .policy(crate::support::stub_policy(Suite::Secp256k1))

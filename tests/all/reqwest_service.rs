@@ -1,6 +1,6 @@
 //! `middleware::ReqwestService`: the key provider and the receipt client over reqwest alone,
 //! pinned with the attested TLS configuration, over real TLS on loopback.
-#![cfg(all(feature = "test-gateway", feature = "reqwest-middleware", feature = "rustls"))]
+#![cfg(all(feature = "reqwest-middleware", feature = "rustls"))]
 
 use bytes::Bytes;
 use http::Request;
@@ -11,7 +11,7 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_aci::attest::{ChannelInfo, KeyHandle, KeyProvider, Policy};
-use tower_aci::gateway::{GatewayConfig, GatewayTls, TestGateway};
+use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::middleware::{E2eeMiddleware, ReqwestService};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};

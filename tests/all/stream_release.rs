@@ -197,7 +197,7 @@ async fn a_rearranged_stream_decrypts_but_ends_with_the_receipt_error_instead_of
 #[tokio::test]
 async fn a_stream_that_fails_to_decrypt_ends_with_its_own_error() {
     let env = Env::start(Suite::X25519).await;
-    env.gw.set_fault(Some(tower_aci::gateway::Fault::TamperEvent { index: 1 }));
+    env.gw.set_fault(Some(aci_test_gateway::Fault::TamperEvent { index: 1 }));
     let fetched = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
         .layer(VerifyBeforeReleaseLayer::new(receipts(&env, fetched.clone()), env.keys.clone(), ReceiptPolicy::new()))
@@ -314,7 +314,7 @@ async fn holding_the_whole_stream_is_bounded() {
 #[tokio::test]
 async fn holding_the_whole_stream_a_decryption_failure_is_the_first_frame() {
     let env = Env::start(Suite::X25519).await;
-    env.gw.set_fault(Some(tower_aci::gateway::Fault::TamperEvent { index: 3 }));
+    env.gw.set_fault(Some(aci_test_gateway::Fault::TamperEvent { index: 3 }));
     let fetched = Arc::new(AtomicUsize::new(0));
     let svc = holding_svc(&env, fetched.clone(), 1 << 20, None);
     let res = svc.oneshot(post(&env.url("/v1/chat/completions"), &chat_stream())).await.unwrap();

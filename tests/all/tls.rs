@@ -3,7 +3,7 @@
 //! `tls_public_keys`; the client pins it with `tower_aci::tls::AttestedTls`. The pinning tests
 //! run twice: over HTTP/2 (the connector offers `h2`, the gateway picks it) and over HTTP/1.1
 //! (`http1_only`).
-#![cfg(all(feature = "test-gateway", feature = "rustls"))]
+#![cfg(feature = "rustls")]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{ChannelInfo, KeyHandle, KeyProvider, ManualClock, Policy};
 use tower_aci::e2ee::RequestBody;
-use tower_aci::gateway::{GatewayConfig, GatewayTls, TestGateway};
+use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};
 use tower_aci::tls::{AttestedConnector, AttestedTls, AttestedTlsBuilder, spki_sha256};
 use tower_aci::{AttestationFailure, E2eeLayer, Error, ErrorKind};

@@ -8,7 +8,7 @@
 //!
 //! Three processes, all this binary: the local test gateway (`PROXY_BENCH_ROLE=gateway`), the
 //! proxies (`PROXY_BENCH_ROLE=proxy`), and the load generator (the parent). The proxy process
-//! runs, on one Tokio runtime of two workers, `tower_aci::proxy::Proxy` as `aci-proxy` runs it
+//! runs, on one Tokio runtime of two workers, `aci_proxy::Proxy` as `aci-proxy` runs it
 //! (its own subscriber at the default `tower_aci=info,aci_proxy=info`, writing to a file;
 //! metrics on; `serve_until`) twice — receipts off, and receipts verified in the background —
 //! and a plain reverse proxy written for this bench: the same axum server and hyper-util client,
@@ -76,10 +76,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tower_aci::attest::Policy;
-use tower_aci::gateway::{Fault, GatewayConfig, TestGateway, UpstreamRequest, UpstreamResponse};
+use aci_test_gateway::{Fault, GatewayConfig, TestGateway, UpstreamRequest, UpstreamResponse};
 use tower_aci::protocol::aad;
 use tower_aci::protocol::suite::{PublicKey, SecretKey, Suite, open, seal};
-use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode};
+use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 
 const ROLE: &str = "PROXY_BENCH_ROLE";
 const MODEL: &str = "demo-model";

@@ -11,7 +11,7 @@
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs};
-use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode};
+use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tower_aci::gateway::{GatewayConfig, TestGateway};
-use tower_aci::proxy::{Proxy, ProxyConfig};
+use aci_test_gateway::{GatewayConfig, TestGateway};
+use aci_proxy::{Proxy, ProxyConfig};
 
 use crate::proxy::{config_for, serve_config};
 

@@ -4,15 +4,15 @@
 use std::process::Command;
 
 use serde_json::Value;
-use tower_aci::gateway::{GatewayConfig, GatewayTls, TestGateway};
+use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::protocol::suite::Suite;
-use tower_aci::proxy::ProxyConfig;
-use tower_aci::proxy::inspect::{Outcome, inspect_gateway};
+use aci_proxy::ProxyConfig;
+use aci_proxy::inspect::{Outcome, inspect_gateway};
 
 use crate::attest_support::{REAL_APP_ID, REAL_BOOT, REAL_KMS_IDENTITY, REAL_KMS_ROOT};
 use crate::support::stub_policy;
 
-const CAPTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/real_tdx_report_2026-06.json");
+const CAPTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/real_tdx_report_2026-06.json");
 const NONCE: &str = "0000000000000000000000000000000000000000000000000000000000000001";
 /// `attestation.freshness.fetched_at` of the capture.
 const FETCHED_AT: &str = "1782664738";

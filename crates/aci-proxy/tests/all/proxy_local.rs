@@ -8,9 +8,9 @@ use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs};
 use futures_util::StreamExt;
-use tower_aci::gateway::{GatewayConfig, TestGateway};
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
-use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode};
+use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 
 use crate::support::stub_policy;
 

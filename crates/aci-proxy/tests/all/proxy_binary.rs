@@ -316,9 +316,9 @@ fn flags_override_the_environment_which_overrides_the_config_file() {
 }
 
 /// What `aci-proxy config` printed, read as `--config` reads it.
-pub(crate) fn printed_config(stdout: &[u8]) -> tower_aci::proxy::ProxyConfig {
+pub(crate) fn printed_config(stdout: &[u8]) -> aci_proxy::ProxyConfig {
     let text = std::str::from_utf8(stdout).unwrap();
-    tower_aci::proxy::ProxyConfig::from_toml(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    aci_proxy::ProxyConfig::from_toml(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// The unpinned-policy error, at a terminal: the CLI's own flags, one line per problem and per

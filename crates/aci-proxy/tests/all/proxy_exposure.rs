@@ -20,108 +20,11 @@ use http::header::{AUTHORIZATION, HOST, LOCATION, ORIGIN, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use tower_aci::gateway::{GatewayConfig, TestGateway};
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
-use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode};
+use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 
 use crate::support::{Hyper, hyper, stub_policy};
-
-/// What the hostile front does with a request it intercepts.
-#[derive(Clone, Default)]
-pub(crate) enum Intercept {
-    /// Forward everything to the gateway untouched.
-    #[default]
-    None,
-    /// Answer this status, these headers and this body instead of forwarding.
-    Answer(u16, Vec<(&'static str, String)>, String),
-    /// Forward, then add these headers to the gateway's answer.
-    Decorate(Vec<(&'static str, String)>),
-}
-
-pub(crate) struct Front {
-    gateway: String,
-    client: Hyper,
-    /// What to do with POSTs, and with GETs of `/v1/models`.
-    pub(crate) post: Mutex<Intercept>,
-    pub(crate) models: Mutex<Intercept>,
-    /// Every request seen: method, path, `Authorization`.
-    pub(crate) seen: Mutex<Vec<(Method, String, Option<String>)>>,
-}
-
-async fn front(State(f): State<Arc<Front>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let auth = parts.headers.get(AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
-    f.seen.lock().unwrap().push((parts.method.clone(), parts.uri.path().to_owned(), auth));
-    let rule = match (&parts.method, parts.uri.path()) {
-        (&Method::POST, _) => f.post.lock().unwrap().clone(),
-        (&Method::GET, "/v1/models") => f.models.lock().unwrap().clone(),
-        _ => Intercept::None,
-    };
-    let with = |mut res: Response, headers: &[(&'static str, String)]| {
-        for (n, v) in headers {
-            res.headers_mut().insert(*n, HeaderValue::from_str(v).unwrap());
-        }
-        res
-    };
-    if let Intercept::Answer(status, headers, body) = &rule {
-        let res = (StatusCode::from_u16(*status).unwrap(), body.clone()).into_response();
-        return with(res, headers);
-    }
-    let body = body.collect().await.unwrap().to_bytes();
-    let mut up = http::Request::new(Full::new(body));
-    *up.method_mut() = parts.method;
-    *up.uri_mut() = format!("{}{path}", f.gateway).parse().unwrap();
-    for (n, v) in &parts.headers {
-        if n != HOST {
-            up.headers_mut().append(n, v.clone());
-        }
-    }
-    let res = f.client.request(up).await.unwrap();
-    let (mut parts, body) = res.into_parts();
-    // Re-framed as one body.
-    parts.headers.remove(http::header::TRANSFER_ENCODING);
-    let res = Response::from_parts(parts, Body::from(body.collect().await.unwrap().to_bytes()));
-    match &rule {
-        Intercept::Decorate(headers) => with(res, headers),
-        _ => res,
-    }
-}
-
-async fn serve_router(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
-}
-
-/// The local gateway behind a hostile front; the front's URL.
-pub(crate) async fn hostile_front(gw: &TestGateway) -> (Arc<Front>, String) {
-    let f = Arc::new(Front {
-        gateway: gw.base_url().trim_end_matches('/').to_owned(),
-        client: hyper(),
-        post: Mutex::default(),
-        models: Mutex::default(),
-        seen: Mutex::default(),
-    });
-    let addr = serve_router(Router::new().fallback(front).with_state(f.clone())).await;
-    (f, format!("http://{addr}"))
-}
-
-/// A second server that counts every request it gets (the thief's).
-pub(crate) async fn thief() -> (Arc<AtomicUsize>, String) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let router = Router::new().fallback(move || {
-        let h = h.clone();
-        async move {
-            h.fetch_add(1, Ordering::SeqCst);
-            axum::Json(json!({"id": "stolen", "object": "chat.completion", "choices": [{"index": 0,
-                "message": {"role": "assistant", "content": "the thief's answer"}, "finish_reason": "stop"}]}))
-        }
-    });
-    (hits, format!("http://{}", serve_router(router).await))
-}
 
 /// A proxy to `gateway` served on an ephemeral loopback port.
 async fn proxy(gateway: String, tweak: impl FnOnce(&mut ProxyConfig)) -> (Proxy, SocketAddr) {
@@ -409,7 +312,7 @@ async fn a_rebound_host_or_a_foreign_origin_is_refused_and_nothing_is_sent() {
 #[tokio::test]
 async fn a_pccs_on_the_gateway_host_is_refused_at_start() {
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    use tower_aci::gateway::GatewayTls;
+    use aci_test_gateway::GatewayTls;
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
     let gw = TestGateway::start(GatewayConfig::new().tls(GatewayTls::new(vec![cert.cert.der().clone()], key).unwrap()))
@@ -512,7 +415,7 @@ const PROBES: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 /// and no metric (issue 24 item 6).
 #[tokio::test]
 async fn probes_and_metrics_refuse_a_rebound_host_and_a_foreign_origin() {
-    tower_aci::proxy::install_metrics_recorder().unwrap(); // the proxy serves /metrics from it
+    aci_proxy::install_metrics_recorder().unwrap(); // the proxy serves /metrics from it
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let (_proxy, addr) = proxy(gw.base_url(), |_| {}).await;
     let http = reqwest::Client::new();
@@ -550,7 +453,7 @@ async fn probes_and_metrics_refuse_a_rebound_host_and_a_foreign_origin() {
 /// listener: the API, the status page, the probes and the metrics.
 #[tokio::test]
 async fn a_client_key_on_loopback_guards_every_route_probes_included() {
-    tower_aci::proxy::install_metrics_recorder().unwrap(); // the proxy serves /metrics from it
+    aci_proxy::install_metrics_recorder().unwrap(); // the proxy serves /metrics from it
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     // CARGO_PKG_DESCRIPTION: set by cargo for every test run, over 16 characters.
     let client_key = std::env::var("CARGO_PKG_DESCRIPTION").unwrap();
@@ -589,7 +492,7 @@ async fn a_client_key_on_loopback_guards_every_route_probes_included() {
 /// refused there too.
 #[tokio::test]
 async fn the_ops_router_serves_probes_without_the_client_key_and_refuses_a_foreign_host_or_origin() {
-    tower_aci::proxy::install_metrics_recorder().unwrap(); // the proxy serves /metrics from it
+    aci_proxy::install_metrics_recorder().unwrap(); // the proxy serves /metrics from it
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let (proxy, addr) = proxy(gw.base_url(), |c| {
         c.client_key_env = Some("CARGO_PKG_DESCRIPTION".to_owned());

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tower_aci::gateway::{Fault, GatewayConfig, TestGateway};
+use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
-use tower_aci::proxy::{Proxy, ProxyConfig, ReceiptMode};
+use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 
 use crate::proxy::{config_for, serve_config as serve};
 
@@ -84,7 +84,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_text_format_from_the_library_and_the_proxy() {
-    tower_aci::proxy::install_metrics_recorder().unwrap(); // asked for: Proxy::start installs none
+    aci_proxy::install_metrics_recorder().unwrap(); // asked for: Proxy::start installs none
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let (proxy, addr) = serve(ProxyConfig { receipts: ReceiptMode::Background, ..config_for(&gw) }).await;
 

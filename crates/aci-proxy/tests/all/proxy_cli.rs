@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tower_aci::gateway::{GatewayConfig, TestGateway};
-use tower_aci::proxy::ProxyConfig;
+use aci_test_gateway::{GatewayConfig, TestGateway};
+use aci_proxy::ProxyConfig;
 
 use crate::proxy_binary::{chat, command, printed_config, receipt_lines, run_to_exit, start_with, until};
 
@@ -181,11 +181,11 @@ fn config_prints_toml_that_config_reads_back_unchanged_and_never_a_secret() {
     assert_eq!(c.cache_salt_env.as_deref(), Some("ACI_CACHE_SALT"));
     assert_eq!(c.ops_listen, Some("127.0.0.1:9091".parse().unwrap()));
     assert_eq!(c.allow_origins, ["https://app.example", "http://localhost:3000"]);
-    assert_eq!(c.receipts, tower_aci::proxy::ReceiptMode::BeforeRelease);
+    assert_eq!(c.receipts, aci_proxy::ReceiptMode::BeforeRelease);
     assert_eq!(c.audit_file.as_deref(), Some(audit.as_path()));
     assert_eq!((c.max_request_body, c.pccs.as_deref()), (1_048_576, Some("https://pccs.example")));
     assert_eq!((c.request_timeout, c.shutdown_timeout), (Duration::from_secs(600), Duration::from_secs(45)));
-    assert_eq!(c.log_format, tower_aci::proxy::LogFormat::Json);
+    assert_eq!(c.log_format, aci_proxy::LogFormat::Json);
     let p = &c.pins;
     assert_eq!(
         (&p.compose_hashes, &p.kms_identities),
@@ -415,7 +415,7 @@ async fn inspect_exits_0_verified_1_not_verified_2_usage_3_runtime() {
     pinned.extend(pin_flags());
     let (code, err) = blocking(pinned).await.unwrap();
     assert_eq!(code, Some(1), "{err}");
-    let capture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/real_tdx_report_2026-06.json");
+    let capture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/real_tdx_report_2026-06.json");
     let nonce = "0000000000000000000000000000000000000000000000000000000000000001";
     let (code, err) = run(vec!["--report".into(), capture.into(), "--nonce".into(), nonce.into()]);
     assert_eq!(code, Some(1), "{err}");
