@@ -6,7 +6,7 @@
 //! figure is steady-state request cost, not handshakes. Each batch is 200 `GET /v1/models`
 //! sent at once and read to the end.
 //!
-//! Run: `cargo bench --bench h2 --features test-gateway,rustls`. After criterion's group it
+//! Run: `cargo bench --bench h2`. After criterion's group it
 //! prints the medians of an interleaved run (h2 and h1 batches alternating), as a ratio.
 
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! A loopback round trip to the local gateway with and without the E2EE layer, in one run:
 //! a buffered chat completion and a 500-event stream.
 //!
-//! Run: `cargo bench --bench roundtrip --features test-gateway`. "plain" sends the same request
+//! Run: `cargo bench --bench roundtrip`. "plain" sends the same request
 //! without E2EE (the gateway serves plaintext too); "e2ee" goes through `E2eeLayer`: the
 //! difference is the whole cost of the layer — request rewrite, gateway-side decryption and
 //! re-encryption, client-side decryption — on top of HTTP.

@@ -3,8 +3,8 @@
 //! loopback, with the gateway's E2EE keys rotated mid-run.
 //!
 //! ```text
-//! cargo bench --bench soak --features test-gateway                        # pure Rust
-//! cargo bench --bench soak --features test-gateway,libsecp256k1,aws-lc    # fast backends
+//! cargo bench --bench soak                                     # pure Rust
+//! cargo bench --bench soak --features libsecp256k1,aws-lc       # fast backends
 //! ```
 //!
 //! Bounded in count and time: `SOAK_STREAMS` streams (default 1000) of `SOAK_EVENTS` events
@@ -82,7 +82,7 @@ fn main() {
         return;
     }
     if !std::env::args().any(|a| a == "--bench") {
-        println!("soak: run it with `cargo bench --bench soak --features test-gateway`");
+        println!("soak: run it with `cargo bench --bench soak`");
         return;
     }
     client_main();

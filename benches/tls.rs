@@ -5,7 +5,7 @@
 //! gateway certificate (ECDSA P-256, signed by a test CA) and hyper's HTTP/1 client connection:
 //! each iteration opens a TCP connection, handshakes, sends `GET /v1/models` and reads the body.
 //!
-//! Run: `cargo bench --bench tls --features test-gateway,rustls`. After criterion's groups it
+//! Run: `cargo bench --bench tls`. After criterion's groups it
 //! prints the median of an interleaved run (pinned and plain alternating), as a ratio.
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! the decrypted SSE straight through to them.
 //!
 //! ```text
-//! cargo run --example axum_backend --features test-gateway
+//! cargo run --example axum_backend
 //! ```
 
 use axum::Router;

@@ -3,13 +3,13 @@
 //! client, with one connection pool shared by the key provider, the layer and the receipt client.
 //!
 //! ```text
-//! cargo run --example chat --features test-gateway                         # local gateway, plain HTTP
-//! cargo run --example chat --features test-gateway,rustls -- --tls         # local gateway over pinned TLS
-//! cargo run --example chat --features test-gateway -- "your question"
-//! RUST_LOG=tower_aci=debug,tower_http=debug cargo run --example chat --features test-gateway   # with spans
+//! cargo run --example chat                         # local gateway, plain HTTP
+//! cargo run --example chat -- --tls                # local gateway over pinned TLS
+//! cargo run --example chat -- "your question"
+//! RUST_LOG=tower_aci=debug,tower_http=debug cargo run --example chat   # with spans
 //!
 //! # A real gateway (README, "Talk to a real gateway"): pin the workload, HTTPS pinned to the keyset.
-//! ACI_API_KEY=sk-… cargo run --example chat --features test-gateway,rustls,dcap -- \
+//! ACI_API_KEY=sk-… cargo run --example chat -- \
 //!     --base-url https://api.redpill.ai --compose-hash <hex> --boot-measurements <mrtd,rtmr0,rtmr1,rtmr2> \
 //!     --kms-identity <hex> --model <model> "question"
 //! ```

@@ -1,19 +1,19 @@
-//! `tower_aci::Client` against the crate's local test gateway: attest, send, read the decrypted
+//! `tower_aci::Client` against the workspace's local test gateway (crate `aci-test-gateway`): attest, send, read the decrypted
 //! answer with its receipt's verdict, and handle a gateway error and a failed refresh.
 //!
 //! ```text
-//! cargo run --example client --features test-gateway
+//! cargo run --example client
 //! ```
 //!
 //! Against a real gateway, `Client::builder("https://…")` with your pins replaces
-//! `Client::for_test_gateway` (see the `Client` docs).
+//! `gw.client_builder()` (`aci_test_gateway::TestGateway::client_builder`; see the `Client` docs).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 use tower_aci::client::ReceiptCheck;
 use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
-use tower_aci::{Client, ErrorKind};
+use tower_aci::ErrorKind;
 
 const CHAT: &str = "/v1/chat/completions";
 const BODY: &str = r#"{"model":"demo","messages":[{"role":"user","content":"Hello, client"}]}"#;

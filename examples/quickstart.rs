@@ -3,7 +3,7 @@
 //! receipts.
 //!
 //! ```text
-//! cargo run --example quickstart --features test-gateway
+//! cargo run --example quickstart
 //! ```
 //!
 //! The gateway's quote is a stub (there is no TEE on your machine), accepted only under

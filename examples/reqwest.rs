@@ -2,7 +2,7 @@
 //! gateway attested and the receipt verified over the same `reqwest::Client` (no hyper client).
 //!
 //! ```text
-//! cargo run --example reqwest --features test-gateway,reqwest-middleware
+//! cargo run --example reqwest --features reqwest-middleware
 //! ```
 //!
 //! Against a real (HTTPS) gateway, `tower_aci::Client::reqwest` gives the same client over the

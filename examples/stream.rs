@@ -1,7 +1,7 @@
 //! A streamed, encrypted chat completion: each event is printed as soon as it is decrypted.
 //!
 //! ```text
-//! cargo run --example stream --features test-gateway
+//! cargo run --example stream
 //! ```
 
 use bytes::Bytes;

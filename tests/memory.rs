@@ -8,7 +8,7 @@
 //! that service hands out frames that were sealed once up front (a field's AAD names no event
 //! index, so a sealed event may be sent again), and allocates nothing per streamed frame.
 //!
-//! Run: `cargo test --features test-gateway --test memory -- --nocapture` (prints the figures).
+//! Run: `cargo test --test memory -- --nocapture` (prints the figures).
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -5,14 +5,10 @@
 //! service (directly and by the key provider).
 #![cfg(feature = "dcap")]
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::Full;
+use http::{StatusCode, Uri};
 use serde_json::{Value, json};
-use tower::util::BoxCloneService;
 use tower_aci::attest::dcap::dcap_qvl::quote::Quote;
 use tower_aci::attest::dcap::{Collateral, fetch_collateral, verify_quote};
 use tower_aci::attest::{KeyProvider, ManualClock, verify_report, verify_report_with_collateral};

@@ -514,7 +514,7 @@ async fn front(State(f): State<Arc<Front>>, req: AxumRequest) -> AxumResponse {
     }
 }
 
-async fn serve_router(router: Router) -> SocketAddr {
+pub(crate) async fn serve_router(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });

@@ -8,25 +8,18 @@
 #![cfg(feature = "rustls")]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use rustls::RootCertStore;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tower_aci::client::ReceiptCheck;
-use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::receipt::ExchangeRecord;
-use tower_aci::{AttestationFailure, Client, ErrorKind};
+use tower_aci::{AttestationFailure, ErrorKind};
 
 use crate::doubles::{Ca, ConnectProxy, Mode, https_server, roots};
 

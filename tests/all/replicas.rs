@@ -6,9 +6,7 @@
 //! One hyper-util client (one connection pool) serves the key provider, the E2EE layer and the
 //! receipt client throughout, as the crate recommends.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,11 +14,9 @@ use futures_util::StreamExt;
 use http::{Request, Response};
 use http_body_util::Full;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
 use tower::retry::Retry;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_aci::attest::{Clock, KeyHandle, KeyProvider, ManualClock, Policy, SystemClock};
+use tower_aci::attest::{Clock, KeyHandle, KeyProvider, ManualClock, SystemClock};
 use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
 use aci_test_gateway::{Fault, GatewayConfig, GatewayKeys, TestGateway};
 use tower_aci::protocol::suite::Suite;
@@ -30,7 +26,7 @@ use tower_aci::receipt::{
 use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind, GatewayError, ReceiptFailure as F};
 
 use crate::data::reason;
-use crate::doubles::{Forwarder, PINNED_COMPOSE, THIRTY_DAYS, compose_pinned_policy, mixed_builds};
+use crate::doubles::{Forwarder, THIRTY_DAYS, compose_pinned_policy, mixed_builds};
 use crate::support::{LayerClient, layer_client, post, sse_text, stub_policy};
 
 const PROBES: u32 = 24;

@@ -2,8 +2,8 @@
 //! What `aci-proxy` costs beyond its cryptography, end to end on loopback, in one run.
 //!
 //! ```text
-//! cargo bench --bench proxy --features proxy,test-gateway            # pure-Rust backends
-//! PROXY_BENCH_CALLGRIND=1 cargo bench --bench proxy --features proxy,test-gateway   # instruction counts
+//! cargo bench -p aci-proxy --bench proxy --no-default-features --features local-test-gateway   # pure-Rust backends
+//! PROXY_BENCH_CALLGRIND=1 cargo bench -p aci-proxy --bench proxy --no-default-features --features local-test-gateway   # instruction counts
 //! ```
 //!
 //! Three processes, all this binary: the local test gateway (`PROXY_BENCH_ROLE=gateway`), the
@@ -109,7 +109,7 @@ fn main() {
         Ok("gateway") => gateway_main(),
         Ok("proxy") => proxy_main(),
         _ if std::env::args().any(|a| a == "--bench") => driver_main(),
-        _ => println!("proxy: run it with `cargo bench --bench proxy --features proxy,test-gateway`"),
+        _ => println!("proxy: run it with `cargo bench -p aci-proxy --bench proxy --no-default-features --features local-test-gateway`"),
     }
 }
 
@@ -564,7 +564,8 @@ fn driver_main() {
     let event_ms: u64 = env_or("PROXY_BENCH_EVENT_MS", 20);
     let callgrind = std::env::var("PROXY_BENCH_CALLGRIND").is_ok_and(|v| v == "1");
 
-    let target = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    // The workspace's target directory (this crate sits in crates/aci-proxy).
+    let target = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target");
     let mut gateway = Proc::spawn({
         let mut cmd = own("gateway");
         cmd.env("PROXY_BENCH_EVENTS", events.to_string())

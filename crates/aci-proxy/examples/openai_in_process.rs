@@ -2,10 +2,10 @@
 //! serves on an ephemeral loopback port (`Proxy::spawn_local`) and stops with its handle.
 //!
 //! ```text
-//! cargo run --example openai_in_process --features proxy
+//! cargo run -p aci-proxy --example openai_in_process --features local-test-gateway
 //! ```
 //!
-//! Offline, against the crate's local test gateway. For a real gateway, fill
+//! Offline, against the workspace's local test gateway (feature `local-test-gateway`). For a real gateway, fill
 //! `ProxyConfig { gateway: Some("https://…".into()), policy: Some(your_policy), .. }`.
 
 use async_openai::Client;

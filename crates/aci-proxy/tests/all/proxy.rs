@@ -124,7 +124,10 @@ async fn an_openai_sdk_gets_decrypted_answers_while_the_wire_carries_ciphertext_
     let broken = text.replace(line, &v.to_string());
     let summary = verify_audit(&broken, &stub_policy(Suite::Secp256k1), &ReceiptPolicy::new());
     assert_eq!(summary.failures.len(), 1);
-    assert_eq!(summary.failures[0].1.kind(), tower_aci::ErrorKind::Receipt(tower_aci::ReceiptFailure::RequestHash));
+    assert_eq!(
+        summary.failures[0].1.error().map(tower_aci::Error::kind),
+        Some(tower_aci::ErrorKind::Receipt(tower_aci::ReceiptFailure::RequestHash))
+    );
 }
 
 #[tokio::test]

@@ -8,23 +8,18 @@
 //! answers, or decorates, the rest.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::response::{IntoResponse, Response};
 use http::header::{AUTHORIZATION, HOST, LOCATION, ORIGIN, SET_COOKIE};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, Method};
 use serde_json::{Value, json};
 use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 
-use crate::support::{Hyper, hyper, stub_policy};
+use crate::doubles::{Intercept, hostile_front, serve_router, thief};
+use crate::support::stub_policy;
 
 /// A proxy to `gateway` served on an ephemeral loopback port.
 async fn proxy(gateway: String, tweak: impl FnOnce(&mut ProxyConfig)) -> (Proxy, SocketAddr) {

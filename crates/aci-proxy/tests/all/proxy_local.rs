@@ -1,6 +1,5 @@
 //! async-openai talking to `aci-proxy` embedded in the test's own process
 //! (`Proxy::spawn_local`): no second process, an ephemeral loopback port.
-#![cfg(feature = "proxy")]
 
 use std::time::Duration;
 

@@ -7,19 +7,15 @@
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
-use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use sha2::Digest;
-use tower::ServiceExt;
 use tower_aci::attest::{ManualClock, Policy, PolicyBuilder};
-use tower_aci::client::{DEFAULT_PCCS, REDIRECT_REFUSED, ReceiptMode};
+use tower_aci::client::{DEFAULT_PCCS, ReceiptMode};
 use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use aci_proxy::{Proxy, ProxyConfig};
@@ -32,10 +28,6 @@ use crate::support::stub_policy;
 const CHAT: &str = "/v1/chat/completions";
 /// A variable no test sets: no API key.
 const NO_KEY: &str = "TOWER_ACI_TEST_NO_SUCH_VARIABLE";
-
-fn chat(text: &str) -> String {
-    json!({"model": "demo-model", "messages": [{"role": "user", "content": text}]}).to_string()
-}
 
 /// A self-signed certificate for 127.0.0.1: only the attested keyset vouches for it.
 fn self_signed() -> GatewayTls {
