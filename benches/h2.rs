@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::future::join_all;
@@ -22,7 +23,6 @@ use rustls::RootCertStore;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::tls::{AttestedConnector, AttestedTls};
 
 const STREAMS: usize = 200;

@@ -7,6 +7,7 @@
 //! difference is the whole cost of the layer — request rewrite, gateway-side decryption and
 //! re-encryption, client-side decryption — on top of HTTP.
 
+use aci_test_gateway::{GatewayConfig, TestGateway, UpstreamResponse};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Full};
@@ -18,7 +19,6 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::E2eeLayer;
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use aci_test_gateway::{GatewayConfig, TestGateway, UpstreamResponse};
 use tower_aci::protocol::suite::Suite;
 
 const EVENTS: usize = 500;

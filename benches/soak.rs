@@ -49,6 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use aci_test_gateway::{GatewayConfig, TestGateway, UpstreamResponse};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame};
@@ -62,7 +63,6 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::E2eeLayer;
 use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
 use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
-use aci_test_gateway::{GatewayConfig, TestGateway, UpstreamResponse};
 use tower_aci::protocol::suite::{SecretKey, Suite, open, seal};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Empty, Full};
@@ -22,7 +23,6 @@ use rustls::{ClientConfig, RootCertStore};
 use tower::Service;
 use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::tls::AttestedTls;
 
 /// One request over a fresh HTTP/1 connection on `io`.

@@ -5,6 +5,7 @@
 //! cargo run --example axum_backend
 //! ```
 
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -19,7 +20,6 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::e2ee::{RequestBody, ResponseBody};
-use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::{BoxError, E2eeLayer};
 
 type Upstream =

@@ -25,6 +25,7 @@
 
 use std::time::Duration;
 
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -37,7 +38,6 @@ use tower_aci::E2eeLayer;
 use tower_aci::GatewayError;
 use tower_aci::attest::{ChannelInfo, KeyHandle, KeyProvider, Policy};
 use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
-use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};
 use tower_http::trace::TraceLayer;
 
@@ -205,8 +205,8 @@ async fn real_https(_: &Args, _: KeyHandle, _: String, _: &str) -> Result<(), Bo
 
 #[cfg(feature = "rustls")]
 async fn local_https(args: &Args, keys: KeyHandle, question: &str) -> Result<(), BoxError> {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     use aci_test_gateway::GatewayTls;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     use tower_aci::tls::AttestedTls;
 
     // A self-signed certificate; the gateway publishes its SPKI in `tls_public_keys`.

@@ -8,12 +8,12 @@
 //! Against a real gateway, `Client::builder("https://…")` with your pins replaces
 //! `gw.client_builder()` (`aci_test_gateway::TestGateway::client_builder`; see the `Client` docs).
 
+use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
-use tower_aci::client::ReceiptCheck;
-use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use tower_aci::ErrorKind;
+use tower_aci::client::ReceiptCheck;
 
 const CHAT: &str = "/v1/chat/completions";
 const BODY: &str = r#"{"model":"demo","messages":[{"role":"user","content":"Hello, client"}]}"#;

@@ -10,6 +10,7 @@
 //! `Policy::builder().dangerous()`; everything else — the keyset binding, the field encryption,
 //! the receipts — is the real wire protocol.
 
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -19,7 +20,6 @@ use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};
 use tower_aci::{BoxError, E2eeLayer, Error};
 

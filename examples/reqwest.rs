@@ -8,11 +8,11 @@
 //! Against a real (HTTPS) gateway, `tower_aci::Client::reqwest` gives the same client over the
 //! pinned rustls configuration, or build one with `ReqwestService::pinned(&attested_tls)`.
 
+use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use reqwest_middleware::ClientBuilder;
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
 use tower_aci::attest::{KeyProvider, Policy};
-use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use tower_aci::middleware::{E2eeMiddleware, ReqwestService};
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};
 

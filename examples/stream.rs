@@ -4,6 +4,7 @@
 //! cargo run --example stream
 //! ```
 
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -11,7 +12,6 @@ use hyper_util::rt::TokioExecutor;
 use std::io::Write;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyProvider, Policy};
-use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::{E2eeLayer, Error};
 
 #[tokio::main]

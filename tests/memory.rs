@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use aci_test_gateway::{GatewayConfig, ResponseSealer, TestGateway};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame};
@@ -24,7 +25,6 @@ use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use aci_test_gateway::{GatewayConfig, ResponseSealer, TestGateway};
 use tower_aci::protocol::Endpoint;
 use tower_aci::protocol::headers;
 use tower_aci::protocol::suite::{PublicKey, Suite};

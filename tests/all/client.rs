@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use aci_test_gateway::{Fault, GatewayConfig, GatewayTls, TestGateway};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -11,7 +12,6 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_aci::client::{ReceiptCheck, ReceiptMode};
-use aci_test_gateway::{Fault, GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{ExchangeRecord, KeysetMatch, VerifiedReceipt};
 use tower_aci::{AttestationFailure, Client, ErrorKind};
@@ -96,8 +96,7 @@ async fn a_stream_read_to_its_end_gets_its_receipt_checked_and_a_dropped_one_doe
 #[tokio::test]
 async fn before_release_mode_hands_out_only_verified_answers() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
-    let client =
-        gw.client_builder().receipts(ReceiptMode::BeforeRelease).api_key("sk-x").build().await.unwrap();
+    let client = gw.client_builder().receipts(ReceiptMode::BeforeRelease).api_key("sk-x").build().await.unwrap();
     let req = Request::post(client.url(CHAT).unwrap())
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(chat("held heron"))))
@@ -286,8 +285,7 @@ async fn hold_until_verified_mode_releases_no_byte_of_a_stream_before_its_receip
             .body(Full::new(Bytes::from(stream.to_string())))
             .unwrap()
     };
-    let client =
-        gw.client_builder().receipts(ReceiptMode::HoldUntilVerified).api_key("sk-x").build().await.unwrap();
+    let client = gw.client_builder().receipts(ReceiptMode::HoldUntilVerified).api_key("sk-x").build().await.unwrap();
     assert_eq!(client.receipt_mode(), ReceiptMode::HoldUntilVerified);
     let fetches = gw.receipt_fetches();
     let res = client.service().oneshot(request(&client)).await.unwrap();
@@ -301,7 +299,8 @@ async fn hold_until_verified_mode_releases_no_byte_of_a_stream_before_its_receip
 
     // A receipt that fails the receipt policy: it pins an upstream session, and the local
     // gateway's receipts cite none.
-    let strict = gw.client_builder()
+    let strict = gw
+        .client_builder()
         .receipts(ReceiptMode::HoldUntilVerified)
         .receipt_policy(tower_aci::receipt::ReceiptPolicy::new().accept_sessions(["00".repeat(32)]))
         .api_key("sk-x")
@@ -365,7 +364,8 @@ async fn post_returns_the_answer_with_its_receipt_verdict_in_every_mode() {
 async fn a_background_receipt_failure_reaches_the_caller_without_a_log() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     // The receipt policy pins an upstream session; the local gateway's receipts cite none.
-    let client = gw.client_builder()
+    let client = gw
+        .client_builder()
         .receipt_policy(tower_aci::receipt::ReceiptPolicy::new().accept_sessions(["00".repeat(32)]))
         .api_key("sk-x")
         .build()

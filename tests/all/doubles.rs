@@ -28,9 +28,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use sha2::{Digest, Sha256};
 use tower::util::BoxCloneService;
 use tower_aci::attest::{Clock, Policy, SystemClock};
 use tower_aci::protocol::suite::Suite;
@@ -65,7 +65,6 @@ pub(crate) fn report_with_sample_quote(nonce: &[u8; 32]) -> Value {
     report["attestation"]["evidence"]["quote_report_data"] = Value::Null;
     report
 }
-
 
 pub(crate) type TestService = BoxCloneService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
 
@@ -644,4 +643,3 @@ pub(crate) async fn mixed_builds() -> ([TestGateway; 3], Forwarder) {
     let lb = Forwarder::start(replicas.iter().map(TestGateway::addr).collect()).await;
     (replicas, lb)
 }
-

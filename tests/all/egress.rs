@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_aci::client::ReceiptCheck;
-use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::receipt::ExchangeRecord;
 use tower_aci::{AttestationFailure, ErrorKind};
 
@@ -52,7 +52,8 @@ async fn a_client_through_a_connect_proxy_attests_chats_streams_and_verifies_rec
     let gw = gateway(&ca).await;
     let proxy = ConnectProxy::start(Mode::Splice).await;
     // WebPKI to the gateway's CA, then the pin (not pin-only: the CA-signed path end to end).
-    let client = gw.client_builder()
+    let client = gw
+        .client_builder()
         .root_store(roots(&[&ca]))
         .https_proxy(proxy.url())
         .api_key("sk-egress")
@@ -241,13 +242,8 @@ async fn the_reqwest_clients_the_crate_builds_take_the_same_proxy_and_fail_close
     let binding = ErrorKind::Attestation(AttestationFailure::ChannelBinding);
 
     // Client::reqwest(): the pinned rustls configuration, through the client's proxy.
-    let client = gw.client_builder()
-        .root_store(roots(&[&ca]))
-        .https_proxy(&url)
-        .api_key("sk-rq")
-        .build()
-        .await
-        .unwrap();
+    let client =
+        gw.client_builder().root_store(roots(&[&ca])).https_proxy(&url).api_key("sk-rq").build().await.unwrap();
     let tunnels = proxy.heads().len();
     let rq = client.reqwest().unwrap();
     let e = rq.post(client.url(CHAT).unwrap().to_string()).body(chat("reqwest raven", false)).send().await.unwrap_err();

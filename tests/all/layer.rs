@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use aci_test_gateway::{Fault, GatewayConfig};
 use bytes::Bytes;
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
@@ -9,7 +10,6 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 use tower_aci::GatewayError;
-use aci_test_gateway::{Fault, GatewayConfig};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::ExchangeRecord;
 use tower_aci::{BoxError, ErrorKind};

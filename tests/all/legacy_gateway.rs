@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower_aci::attest::{Generation, KeyProvider, ManualClock, Policy, verify_report};
-use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy, RetryPolicy};
 use tower_aci::{AttestationFailure, ErrorKind, ReceiptFailure};

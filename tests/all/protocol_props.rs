@@ -57,8 +57,8 @@ fn backend() -> impl Strategy<Value = Option<Backend>> {
 /// The client's encryption against the gateway's opening half (feature `test-gateway`).
 mod restoration {
     use super::*;
-    use sha2::{Digest, Sha256};
     use aci_test_gateway::open_request;
+    use sha2::{Digest, Sha256};
     use tower_aci::protocol::keys::E2eeKey;
     use tower_aci::protocol::request::{EncryptOptions, encrypt_request};
 

@@ -1,9 +1,9 @@
 //! The spec's byte-exact vectors, and tamper tests, against the sans-IO protocol core.
 
+use aci_test_gateway::{ResponseSealer, open_request};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tower_aci::ErrorKind;
-use aci_test_gateway::{ResponseSealer, open_request};
 use tower_aci::protocol::keys::E2eeKey;
 use tower_aci::protocol::request::{EncryptOptions, encrypt_request};
 use tower_aci::protocol::request::{Endpoint, ExchangeContext};

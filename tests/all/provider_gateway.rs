@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
@@ -17,7 +18,6 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyHandle, KeyProvider, KeyProviderBuilder, ManualClock};
 use tower_aci::e2ee::KeyMismatchRetry;
-use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::ExchangeRecord;
 use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind, GatewayError};

@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use crate::data::reason;
+use aci_test_gateway::{Fault, GatewayConfig};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::ServiceBuilder;
 use tower_aci::attest::{KeyHandle, KeyProvider, SystemClock};
-use aci_test_gateway::{Fault, GatewayConfig};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{
     ExchangeRecord, KeysetMatch, Receipt, ReceiptClient, ReceiptPolicy, RetryPolicy, verify_against_keyset,

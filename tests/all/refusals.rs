@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aci_test_gateway::{GatewayConfig, GatewayKeys, TestGateway};
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{Clock, KeyProvider, ManualClock, Policy, SystemClock};
-use aci_test_gateway::{GatewayConfig, GatewayKeys, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{ReceiptClient, ReceiptPolicy, verify_exchange};
 use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind, ReceiptFailure};
@@ -253,6 +253,7 @@ mod intercepted {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use aci_test_gateway::{GatewayConfig, GatewayKeys, TestGateway};
     use bytes::Bytes;
     use http::{Request, Response};
     use http_body_util::{BodyExt, Full};
@@ -262,7 +263,6 @@ mod intercepted {
     use tokio::net::{TcpListener, TcpStream};
     use tower::{ServiceBuilder, ServiceExt};
     use tower_aci::attest::{Clock, KeyHandle, KeyProvider, Policy, SystemClock};
-    use aci_test_gateway::{GatewayConfig, GatewayKeys, TestGateway};
     use tower_aci::receipt::{ExchangeRecord, KeysetMatch, ReceiptClient, ReceiptPolicy};
     use tower_aci::tls::AttestedTls;
     use tower_aci::{AttestationFailure, E2eeLayer, ErrorKind};

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aci_test_gateway::{Fault, GatewayConfig, GatewayKeys, TestGateway};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Request, Response};
@@ -18,7 +19,6 @@ use tower::retry::Retry;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{Clock, KeyHandle, KeyProvider, ManualClock, SystemClock};
 use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
-use aci_test_gateway::{Fault, GatewayConfig, GatewayKeys, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{
     ExchangeRecord, KeysetMatch, ReceiptClient, ReceiptPolicy, RetryPolicy, VerifiedReceipt, verify_exchange,

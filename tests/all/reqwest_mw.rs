@@ -1,12 +1,12 @@
 //! The reqwest-middleware adapter over loopback against the local gateway.
 #![cfg(feature = "reqwest-middleware")]
 
+use aci_test_gateway::Fault;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
 use serde_json::{Value, json};
 use tower_aci::ErrorKind;
-use aci_test_gateway::Fault;
 use tower_aci::middleware::E2eeMiddleware;
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::ExchangeRecord;

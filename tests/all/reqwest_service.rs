@@ -2,6 +2,7 @@
 //! pinned with the attested TLS configuration, over real TLS on loopback.
 #![cfg(all(feature = "reqwest-middleware", feature = "rustls"))]
 
+use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -11,7 +12,6 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_aci::attest::{ChannelInfo, KeyHandle, KeyProvider, Policy};
-use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::middleware::{E2eeMiddleware, ReqwestService};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};

@@ -178,4 +178,3 @@ async fn the_client_sends_its_api_key_only_where_it_belongs() {
     let last = seen.iter().rev().find(|(_, path, _)| path == "/v1/models").unwrap();
     assert_eq!(last.2.as_deref(), Some("Bearer sk-own"));
 }
-

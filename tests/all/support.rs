@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
@@ -13,7 +14,6 @@ use serde_json::Value;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::{BoxError, E2eeLayer};
 

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
@@ -21,7 +22,6 @@ use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{ChannelInfo, KeyHandle, KeyProvider, ManualClock, Policy};
 use tower_aci::e2ee::RequestBody;
-use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};
 use tower_aci::tls::{AttestedConnector, AttestedTls, AttestedTlsBuilder, spki_sha256};
 use tower_aci::{AttestationFailure, E2eeLayer, Error, ErrorKind};

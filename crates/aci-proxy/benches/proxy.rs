@@ -68,6 +68,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
+use aci_test_gateway::{Fault, GatewayConfig, TestGateway, UpstreamRequest, UpstreamResponse};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -76,10 +78,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tower_aci::attest::Policy;
-use aci_test_gateway::{Fault, GatewayConfig, TestGateway, UpstreamRequest, UpstreamResponse};
 use tower_aci::protocol::aad;
 use tower_aci::protocol::suite::{PublicKey, SecretKey, Suite, open, seal};
-use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 
 const ROLE: &str = "PROXY_BENCH_ROLE";
 const MODEL: &str = "demo-model";
@@ -109,7 +109,9 @@ fn main() {
         Ok("gateway") => gateway_main(),
         Ok("proxy") => proxy_main(),
         _ if std::env::args().any(|a| a == "--bench") => driver_main(),
-        _ => println!("proxy: run it with `cargo bench -p aci-proxy --bench proxy --no-default-features --features local-test-gateway`"),
+        _ => println!(
+            "proxy: run it with `cargo bench -p aci-proxy --bench proxy --no-default-features --features local-test-gateway`"
+        ),
     }
 }
 

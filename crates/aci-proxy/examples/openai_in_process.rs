@@ -8,10 +8,10 @@
 //! Offline, against the workspace's local test gateway (feature `local-test-gateway`). For a real gateway, fill
 //! `ProxyConfig { gateway: Some("https://…".into()), policy: Some(your_policy), .. }`.
 
+use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs};
-use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -152,8 +152,7 @@ impl ExchangeLog {
     pub(crate) fn first_event(&mut self) {
         if !self.first_event {
             self.first_event = true;
-            histogram(&keys::FIRST_EVENT_SECONDS[self.endpoint])
-                .record(self.started.elapsed().as_secs_f64());
+            histogram(&keys::FIRST_EVENT_SECONDS[self.endpoint]).record(self.started.elapsed().as_secs_f64());
         }
     }
 

@@ -29,9 +29,9 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+use const_hex as hex;
 use tower_aci::attest::{AttestedKeyset, Policy, verify_report};
 use tower_aci::error::{Error, Result};
-use const_hex as hex;
 use tower_aci::receipt::Receipt;
 use tower_aci::receipt::{ExchangeRecord, KeysetMatch, Keysets, ReceiptPolicy, VerifiedReceipt, verify_exchange};
 
@@ -43,9 +43,12 @@ pub(crate) struct AuditLog {
 
 impl AuditLog {
     pub(crate) async fn open(path: &Path) -> Result<AuditLog> {
-        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await.map_err(|e| {
-            Error::config(format!("cannot open the audit file {}", path.display())).with_source(e)
-        })?;
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await
+            .map_err(|e| Error::config(format!("cannot open the audit file {}", path.display())).with_source(e))?;
         Ok(AuditLog { file: tokio::sync::Mutex::new(file), written_keysets: Mutex::default() })
     }
 
@@ -107,9 +110,7 @@ impl AuditLog {
     /// Flush what was appended to the disk (on shutdown).
     pub(crate) async fn sync(&self) -> Result<()> {
         let file = self.file.lock().await;
-        file.sync_all()
-            .await
-            .map_err(|e| Error::transport("cannot flush the audit file").with_source(e))
+        file.sync_all().await.map_err(|e| Error::transport("cannot flush the audit file").with_source(e))
     }
 }
 
@@ -315,7 +316,9 @@ fn verify_receipt_line(
                 ));
             }
             let vouching = keysets.iter().find(|k| k.digest() == digest).cloned().ok_or_else(|| {
-                bad_line(format!("the keyset {digest} that vouched for this receipt has no verified report in the file"))
+                bad_line(format!(
+                    "the keyset {digest} that vouched for this receipt has no verified report in the file"
+                ))
             })?;
             verify_exchange(&receipt, &record, &SameKeyOnly(vouching), policy)?
         }

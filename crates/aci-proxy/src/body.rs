@@ -11,10 +11,10 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use tower_aci::error::{BoxError, Error, ErrorKind};
 use crate::access::ExchangeLog;
 use crate::errors::ProxyError;
 use crate::ops::AbortFuture;
+use tower_aci::error::{BoxError, Error, ErrorKind};
 
 /// Runs once when the stream ended cleanly.
 pub(crate) type OnEnd = Box<dyn FnOnce() + Send>;

@@ -13,7 +13,7 @@ use tower_aci::tls::HttpsProxy;
 
 mod keys;
 
-/// What the proxy does with receipts: the [`Client`](crate::Client)'s one receipt mode
+/// What the proxy does with receipts: the [`Client`](tower_aci::Client)'s one receipt mode
 /// (`--receipts off|verify|before-release|hold-until-verified`).
 pub use tower_aci::client::ReceiptMode;
 
@@ -72,8 +72,9 @@ impl std::str::FromStr for BootMeasurementPin {
                 rtmr1: (*rtmr1).to_owned(),
                 rtmr2: (*rtmr2).to_owned(),
             }),
-            _ => Err(Error::config(format!("boot measurements {s:?} are not MRTD,RTMR0,RTMR1,RTMR2 (four hex values, comma-separated)"),
-            )),
+            _ => Err(Error::config(format!(
+                "boot measurements {s:?} are not MRTD,RTMR0,RTMR1,RTMR2 (four hex values, comma-separated)"
+            ))),
         }
     }
 }
@@ -533,12 +534,12 @@ impl ProxyConfig {
     /// ```
     pub fn to_toml(&self) -> Result<String> {
         if self.policy.is_some() {
-            return Err(Error::config("this configuration holds a policy built in code, which a TOML file cannot hold; give the pins \
+            return Err(Error::config(
+                "this configuration holds a policy built in code, which a TOML file cannot hold; give the pins \
                  instead (ProxyConfig::pins)",
             ));
         }
-        toml::to_string(self)
-            .map_err(|e| Error::config(format!("cannot write the configuration as TOML: {e}")))
+        toml::to_string(self).map_err(|e| Error::config(format!("cannot write the configuration as TOML: {e}")))
     }
 
     /// The receipt policy these settings describe.
@@ -555,9 +556,7 @@ impl ProxyConfig {
             return Ok(p.clone());
         }
         let builder = self.pins.apply(Policy::builder());
-        let invalid = |e: Error| {
-            Error::config(format!("{}\n{}", e, PIN_FIXES.lines().next().unwrap_or_default()))
-        };
+        let invalid = |e: Error| Error::config(format!("{}\n{}", e, PIN_FIXES.lines().next().unwrap_or_default()));
         if self.local_test_gateway {
             return builder.dangerous().accept_stub_quote().any_workload().build().map_err(invalid);
         }
@@ -576,8 +575,10 @@ impl ProxyConfig {
         .filter_map(|(missing, flag)| missing.then_some(flag))
         .collect();
         if !missing.is_empty() {
-            return Err(Error::config(format!("add {}: the pins do not cover every key{INSUFFICIENT_CLI}", missing.join(" ")),
-            ));
+            return Err(Error::config(format!(
+                "add {}: the pins do not cover every key{INSUFFICIENT_CLI}",
+                missing.join(" ")
+            )));
         }
         builder.build().map_err(invalid)
     }

@@ -74,10 +74,9 @@ impl Guard {
         for origin in allow_origins {
             if origin.is_empty() || origin == "*" || origin.ends_with('/') || !origin.contains("://") {
                 return Err(Error::config(format!(
-                        "--allow-origin {origin:?}: give one exact origin as browsers send it, scheme://host[:port] \
+                    "--allow-origin {origin:?}: give one exact origin as browsers send it, scheme://host[:port] \
                          with no path and no trailing slash (wildcards are not accepted)"
-                    ),
-                ));
+                )));
             }
         }
         let client_key = match client_key_env {
@@ -91,11 +90,10 @@ impl Guard {
                         Ok(_) => format!("shorter than {MIN_CLIENT_KEY_LEN} characters"),
                     };
                     return Err(Error::config(format!(
-                            "--client-key-env {var}: the environment variable {var} is {seen}; it must hold the \
+                        "--client-key-env {var}: the environment variable {var} is {seen}; it must hold the \
                              key clients send as `Authorization: Bearer <key>`, at least {MIN_CLIENT_KEY_LEN} \
                              characters (e.g. {var}=$(openssl rand -hex 32))"
-                        ),
-                    ));
+                    )));
                 }
                 Some(Sha256::digest(key.as_bytes()).into())
             }
@@ -103,11 +101,10 @@ impl Guard {
         };
         if !listen.ip().is_loopback() && client_key.is_none() {
             return Err(Error::config(format!(
-                    "listening on {listen}, which is not a loopback address, needs a client credential: give \
+                "listening on {listen}, which is not a loopback address, needs a client credential: give \
                      --client-key-env VAR (an environment variable holding a key of at least {MIN_CLIENT_KEY_LEN} \
                      characters that clients send as `Authorization: Bearer <key>`), or listen on 127.0.0.1"
-                ),
-            ));
+            )));
         }
         Ok(Guard { listen, listen_flag: "--listen", allow_origins: allow_origins.to_vec(), client_key })
     }
@@ -118,19 +115,19 @@ impl Guard {
     pub(crate) fn ops(ops_listen: Option<SocketAddr>, beyond_loopback: bool, listen: SocketAddr) -> Result<Guard> {
         let ops = ops_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
         if ops_listen.is_some() && ops == listen && ops.port() != 0 {
-            return Err(Error::config(format!("--ops-listen {ops} is also --listen: give the operator routes an address of their own"),
-            ));
+            return Err(Error::config(format!(
+                "--ops-listen {ops} is also --listen: give the operator routes an address of their own"
+            )));
         }
         if !ops.ip().is_loopback() && !beyond_loopback {
             return Err(Error::config(format!(
-                    "--ops-listen {ops} is not a loopback address: /healthz, /readyz and /metrics (keyset, counts, \
+                "--ops-listen {ops} is not a loopback address: /healthz, /readyz and /metrics (keyset, counts, \
                      latencies) would answer anyone who reaches it, with no client key.
   fix: keep it on this machine: --ops-listen 127.0.0.1:{port}
   fix: or, behind a firewall or in a pod network, acknowledge it: --ops-listen-beyond-loopback \
                      (ACI_PROXY_OPS_LISTEN_BEYOND_LOOPBACK, TOML ops-listen-beyond-loopback)",
-                    port = ops.port()
-                ),
-            ));
+                port = ops.port()
+            )));
         }
         Ok(Guard { listen: ops, listen_flag: "--ops-listen", allow_origins: Vec::new(), client_key: None })
     }

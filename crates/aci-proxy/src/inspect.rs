@@ -218,9 +218,8 @@ pub fn inspect_report(
 /// collateral from `config.pccs` (default [`DEFAULT_PCCS`]), and inspect it at the current time.
 pub async fn inspect_gateway(config: &ProxyConfig) -> Result<Inspection> {
     let gateway = config.gateway.clone().ok_or_else(|| Error::config("no gateway to inspect"))?;
-    let base: Uri = gateway
-        .parse()
-        .map_err(|e| Error::config(format!("invalid gateway URL {gateway:?}")).with_source(e))?;
+    let base: Uri =
+        gateway.parse().map_err(|e| Error::config(format!("invalid gateway URL {gateway:?}")).with_source(e))?;
     let pccs: Uri = config
         .pccs
         .as_deref()
@@ -262,8 +261,7 @@ pub async fn inspect_gateway(config: &ProxyConfig) -> Result<Inspection> {
     out.gateway = Some(gateway);
     if let Some(Err(e)) = &collateral {
         let at = out.checks.iter().position(|c| c.name == "quote").unwrap_or(out.checks.len());
-        out.checks
-            .insert(at, Check::new("collateral", Outcome::Fail, format!("from {pccs}: {e}")));
+        out.checks.insert(at, Check::new("collateral", Outcome::Fail, format!("from {pccs}: {e}")));
     }
     // The channel: the TLS key the server presented is one the report lists for this host.
     let check = match (&channel, base.scheme_str()) {
@@ -297,5 +295,10 @@ pub async fn inspect_gateway(config: &ProxyConfig) -> Result<Inspection> {
 
 fn raw_quote(report: &[u8]) -> Option<Vec<u8>> {
     let v: Value = serde_json::from_slice(report).ok()?;
-    v.get("attestation")?.get("evidence")?.get("quote")?.as_str().filter(|q| !q.starts_with("0x") && !q.starts_with("0X")).and_then(|q| const_hex::decode(q).ok())
+    v.get("attestation")?
+        .get("evidence")?
+        .get("quote")?
+        .as_str()
+        .filter(|q| !q.starts_with("0x") && !q.starts_with("0X"))
+        .and_then(|q| const_hex::decode(q).ok())
 }

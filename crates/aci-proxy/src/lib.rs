@@ -1,4 +1,7 @@
-//! `aci-proxy`: end-to-end encryption for any OpenAI SDK, as a local proxy (feature `proxy`).
+//! `aci-proxy`: end-to-end encryption for any OpenAI SDK, as a local proxy, built on
+//! [`tower_aci`] through its public API. This crate is the `aci-proxy` binary (its README is the
+//! operator's manual) and the same proxy as a library, for in-process use
+//! ([`Proxy::spawn_local`]).
 //!
 //! The proxy listens on loopback and speaks the OpenAI API: `POST /v1/chat/completions`,
 //! `/v1/completions` and `/v1/embeddings` (buffered and streaming) go through
@@ -44,6 +47,15 @@
 //! axum::serve(listener, proxy.router()).await.unwrap();
 //! # Ok(()) }
 //! ```
+//!
+//! ## Features
+//!
+//! | feature | adds |
+//! | --- | --- |
+//! | `fast-crypto` (default) | tower-aci's `libsecp256k1` and `aws-lc` backends: the same bytes, about half the time per field (a C compiler, about a minute more to build); `--no-default-features` keeps pure Rust |
+//! | `local-test-gateway` | `--local-test-gateway` / [`ProxyConfig::local_test_gateway`]: the local attested gateway of crate `aci-test-gateway`, in-process, for an offline demo (its stub quote is accepted under a dangerous policy); without it that setting is a `Config` error at start |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod access;
 mod audit;
@@ -84,19 +96,19 @@ pub use config::{BootMeasurementPin, LogFormat, PolicyPins, ProxyConfig, Receipt
 pub use local::LocalProxy;
 pub use ops::install_metrics_recorder;
 
-use tower_aci::attest::KeyHandle;
-use tower_aci::client::{AciBody, Client, ClientBuilder, ReceiptCheck, carries_api_key};
-use tower_aci::e2ee::RequestBody;
-use tower_aci::error::{BoxError, Error, ErrorKind, Result};
+use access::ExchangeLog;
 #[cfg(feature = "local-test-gateway")]
 use aci_test_gateway::{GatewayConfig, TestGateway};
-use tower_aci::receipt::{ExchangeRecord, StreamVerification, VerifiedReceipt};
-use access::ExchangeLog;
 use audit::AuditLog;
 use body::{OnEnd, OnFailure, ProxyStream};
 use errors::ProxyError;
 use ops::Ops;
 use status::Counters;
+use tower_aci::attest::KeyHandle;
+use tower_aci::client::{AciBody, Client, ClientBuilder, ReceiptCheck, carries_api_key};
+use tower_aci::e2ee::RequestBody;
+use tower_aci::error::{BoxError, Error, ErrorKind, Result};
+use tower_aci::receipt::{ExchangeRecord, StreamVerification, VerifiedReceipt};
 
 /// A plain HTTP client (`aci-proxy inspect`'s report fetch).
 type Plain = BoxCloneSyncService<Request<RequestBody<Full<Bytes>>>, Response<Incoming>, BoxError>;
@@ -858,6 +870,11 @@ fn archive_when_checked(st: &Arc<ProxyState>, check: ReceiptCheck, record: Excha
         }
     });
 }
+
+/// The README's Rust snippets, compiled as doc tests (`cargo test -p aci-proxy --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(all(test, not(feature = "local-test-gateway")))]
 mod without_test_gateway {

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use tower_aci::error::{Error, Result};
 use crate::Proxy;
+use tower_aci::error::{Error, Result};
 
 impl Proxy {
     /// Serve the proxy on `127.0.0.1`, on a port the OS picks, from a task of the current Tokio
@@ -32,9 +32,8 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(|e| Error::config("cannot bind a loopback port for the proxy").with_source(e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::config("cannot read the proxy's address").with_source(e))?;
+        let addr =
+            listener.local_addr().map_err(|e| Error::config("cannot read the proxy's address").with_source(e))?;
         let router = self.router();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

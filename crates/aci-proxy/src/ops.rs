@@ -26,9 +26,9 @@ use http::header::CONTENT_TYPE;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::{Notify, watch};
 
-use tower_aci::error::{Error, Result};
 use crate::ProxyState;
 use crate::errors::ProxyError;
+use tower_aci::error::{Error, Result};
 
 /// The proxy's own metrics (the library's are in [`tower_aci::telemetry::names`]).
 pub(crate) mod names {
@@ -82,7 +82,8 @@ static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install_metrics_recorder() -> Result<()> {
     match installed_recorder(true) {
         Some(_) => Ok(()),
-        None => Err(Error::config("cannot install the Prometheus metrics recorder: another `metrics` recorder is installed in this \
+        None => Err(Error::config(
+            "cannot install the Prometheus metrics recorder: another `metrics` recorder is installed in this \
              process (the proxy's /metrics stays off; the library's metrics reach that recorder)",
         )),
     }

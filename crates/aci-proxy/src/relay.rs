@@ -1,6 +1,6 @@
 //! What crosses the proxy from the gateway to the client, and what goes to the gateway.
 //!
-//! - **No redirect.** A `3xx` from the gateway is an error at the [`Client`](crate::Client)'s
+//! - **No redirect.** A `3xx` from the gateway is an error at the [`Client`](tower_aci::Client)'s
 //!   transport, under the E2EE layer, the key provider and the receipt client alike
 //!   ([`REDIRECT_REFUSED`](tower_aci::client::REDIRECT_REFUSED)): the proxy never follows one, and
 //!   never relays one, since an SDK that follows a `307`/`308` re-sends the *plaintext* request
@@ -127,8 +127,8 @@ impl AuthSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower_aci::client::carries_api_key;
     use http::Method;
+    use tower_aci::client::carries_api_key;
 
     #[test]
     fn the_api_key_goes_to_inference_models_and_receipts_only() {

@@ -63,10 +63,9 @@ impl CacheSalt {
                 Ok(_) => format!("shorter than {MIN_SALT_LEN} characters"),
             };
             return Err(Error::config(format!(
-                    "--cache-salt-env {var}: the environment variable {var} is {seen}; it must hold this proxy's \
+                "--cache-salt-env {var}: the environment variable {var} is {seen}; it must hold this proxy's \
                      secret prompt-cache salt, at least {MIN_SALT_LEN} characters (e.g. {var}=$(openssl rand -hex 32))"
-                ),
-            ));
+            )));
         }
         Ok(CacheSalt { key: Some(key_block(salt.as_bytes())) })
     }
@@ -167,7 +166,7 @@ mod tests {
         // Variables cargo sets for every test run (no test mutates the environment).
         let e = CacheSalt::from_env(Some("CARGO_PKG_NAME")).unwrap_err();
         assert!(e.to_string().contains("is shorter than 16 characters"), "{e}");
-        assert!(!e.to_string().contains("tower-aci"), "the value is not shown: {e}");
+        assert!(!e.to_string().contains(env!("CARGO_PKG_NAME")), "the value is not shown: {e}");
         let salt = CacheSalt::from_env(Some("CARGO_PKG_DESCRIPTION")).unwrap();
         assert!(salt.is_set());
         assert_eq!(format!("{salt:?}"), "CacheSalt([redacted])");

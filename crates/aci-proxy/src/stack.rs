@@ -3,9 +3,9 @@
 //! (plain `http://` beyond loopback, an API key that is no header value, a PCCS on the gateway's
 //! host, redirects) is the client's, once.
 
+use crate::ProxyConfig;
 use tower_aci::client::{Client, ClientBuilder};
 use tower_aci::error::{Error, Result};
-use crate::ProxyConfig;
 
 impl ProxyConfig {
     /// The [`ClientBuilder`] these settings describe, for [`Proxy::start`](crate::Proxy::start)

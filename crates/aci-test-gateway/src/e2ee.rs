@@ -10,8 +10,8 @@ use http::HeaderMap;
 use rand_core::OsRng;
 use serde_json::{Value, json};
 
-use tower_aci::__private::{ResponseSealer, open_request};
 use crate::keyset::{Keyset, ServiceKey};
+use tower_aci::__private::{ResponseSealer, open_request};
 use tower_aci::protocol::headers;
 use tower_aci::protocol::request::Endpoint;
 use tower_aci::protocol::sse::{SseDecoder, SseLimits};

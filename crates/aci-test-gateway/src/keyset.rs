@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(ks.digest, "sha256:e338157d18d77aaa3d1186c9d96147c2d4edc0f1a169ace1243c0bc3ad701fad");
         let nonce = "cd20088d763605cf78564e5b35524ad52715419624b76e029582a3652758708d";
         let report = ks.report(Some(nonce), 0);
-        let fixture: Value = serde_json::from_str(include_str!("../../tests/data/report_stub_quote.json")).unwrap();
+        let fixture: Value = serde_json::from_str(include_str!("../../../tests/data/report_stub_quote.json")).unwrap();
         assert_eq!(report["attestation"]["workload_keyset"], fixture["attestation"]["workload_keyset"]);
         assert_eq!(
             serde_json::to_string(&report["attestation"]["workload_keyset"]).unwrap(),

@@ -39,10 +39,12 @@
 //! use aci_test_gateway::{GatewayConfig, TestGateway};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! let gateway = TestGateway::start(GatewayConfig::new().fixed_seeds().not_after(2_000_000_000)).await?;
-//! assert!(gateway.base_url().starts_with("http://127.0.0.1:"));
 //! // Fixed seeds and a fixed `not_after` give a fixed keyset digest.
-//! assert!(gateway.keyset_digest().starts_with("sha256:"));
+//! let fixed = TestGateway::start(GatewayConfig::new().fixed_seeds().not_after(2_000_000_000)).await?;
+//! assert!(fixed.keyset_digest().starts_with("sha256:"));
+//!
+//! let gateway = TestGateway::start(GatewayConfig::new()).await?; // random keys, 30 days
+//! assert!(gateway.base_url().starts_with("http://127.0.0.1:"));
 //! let client = gateway.client_builder().build().await?; // attests the stub quote
 //! let answer = client.post("/v1/chat/completions", r#"{"model":"demo-model","messages":[{"role":"user","content":"hi"}]}"#).await?;
 //! assert!(String::from_utf8_lossy(&answer.body).contains("You said: hi"));
@@ -73,14 +75,14 @@ use serde_json::Value;
 use tower_aci::attest::{Clock, Generation, Policy, SystemClock};
 use tower_aci::{Client, ClientBuilder};
 
+pub use receipts::sign_receipt;
+pub use tls::GatewayTls;
 /// The gateway's halves of E2EE v2, as the reference gateway runs them (protocol.md §3.4–§3.6,
 /// §4): [`open_request`] decrypts a request's protected fields, [`ResponseSealer`] seals an
 /// answer's. They live in tower-aci beside the client's halves and walk the same fields with the
 /// same code, so a test against them alone proves consistency, not correctness (the spec's
 /// vectors and the reference gateway's exchanges do that).
 pub use tower_aci::__private::{OpenedRequest, ResponseSealer, open_request};
-pub use receipts::sign_receipt;
-pub use tls::GatewayTls;
 pub use upstream::{UpstreamRequest, UpstreamResponse};
 
 /// Thirty days, the production `not_after` horizon.

@@ -20,13 +20,13 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use tower_aci::attest::Clock;
 use crate::e2ee::{self, ApiError, Framed, Reframer};
-use tower_aci::__private::ResponseSealer;
 use crate::keyset::{self, Keyset};
 use crate::receipts::{self, FetchError, PendingReceipt, ReceiptStore};
 use crate::upstream::{UpstreamBody, UpstreamRequest, UpstreamResponse};
 use crate::{Fault, UpstreamFn};
+use tower_aci::__private::ResponseSealer;
+use tower_aci::attest::Clock;
 use tower_aci::protocol::headers;
 use tower_aci::protocol::request::Endpoint;
 use tower_aci::protocol::suite::Suite;

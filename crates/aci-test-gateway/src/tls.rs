@@ -7,8 +7,8 @@ use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
-use tower_aci::error::{Error, Result};
 use const_hex as hex;
+use tower_aci::error::{Error, Result};
 
 /// The certificate the local gateway serves and the `tls_public_keys` entries its keyset
 /// publishes for it. By default the keyset lists the leaf certificate's SPKI for every host (an

@@ -1,8 +1,9 @@
 //! `aci-proxy`: a local OpenAI-compatible endpoint that sends every request end-to-end
-//! encrypted to an attested ACI gateway. See `tower_aci::proxy`.
+//! encrypted to an attested ACI gateway. The library is `aci_proxy` (this crate's `src/lib.rs`);
+//! the operator's manual is the crate's README.
 //!
 //! ```text
-//! cargo run --features proxy,test-gateway --bin aci-proxy -- serve --local-test-gateway   # offline demo
+//! cargo run -p aci-proxy --features local-test-gateway -- serve --local-test-gateway   # offline demo
 //! aci-proxy inspect https://api.redpill.ai                                      # what to pin
 //! ACI_API_KEY=sk-… aci-proxy serve --gateway https://api.redpill.ai --compose-hash … --kms-root …
 //! aci-proxy serve --config aci-proxy.toml                                    # the same, from a file
@@ -33,12 +34,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::builder::BoolishValueParser;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use exit::{Exit, Failure};
 use aci_proxy::{
     BootMeasurementPin, LogFormat, Proxy, ProxyConfig, ReceiptMode, install_metrics_recorder, verify_audit,
 };
+use clap::builder::BoolishValueParser;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use exit::{Exit, Failure};
 use tower_aci::tls::HttpsProxy;
 
 /// End-to-end encryption (ACI E2EE v2) for any OpenAI SDK, through a local proxy.
@@ -189,8 +190,8 @@ struct PolicyArgs {
     /// it; `aci-proxy config` prints one)
     #[arg(long, env = "ACI_PROXY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Start the crate's local test gateway in-process and proxy to it (offline demo; needs a
-    /// build with feature test-gateway)
+    /// Start the local test gateway in-process and proxy to it (offline demo; needs a build
+    /// with feature local-test-gateway)
     #[arg(long, env = "ACI_PROXY_LOCAL_TEST_GATEWAY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     local_test_gateway: Option<bool>,
     /// Allow this compose hash (hex SHA-256 of the report's app_compose)

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use aci_proxy::{Proxy, ProxyConfig, ReceiptMode, verify_audit};
+use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs};
@@ -11,9 +13,7 @@ use async_openai::types::completions::CreateCompletionRequestArgs;
 use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
-use aci_proxy::{Proxy, ProxyConfig, ReceiptMode, verify_audit};
 use tower_aci::receipt::ReceiptPolicy;
 
 use crate::support::stub_policy;
@@ -267,8 +267,8 @@ async fn two_hundred_concurrent_streams_without_an_error() {
 /// keyset lists (pin-only mode) and the SDK's answers still decrypt.
 #[tokio::test]
 async fn the_proxy_reaches_an_https_gateway_over_the_pinned_channel() {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     use aci_test_gateway::GatewayTls;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
     let tls = GatewayTls::new(vec![cert.cert.der().clone()], key).unwrap();

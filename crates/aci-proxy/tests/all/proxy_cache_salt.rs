@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 
+use aci_proxy::{Proxy, ProxyConfig};
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use aci_test_gateway::{GatewayConfig, TestGateway};
-use aci_proxy::{Proxy, ProxyConfig};
 
 use crate::proxy::{config_for, serve_config};
 

@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
-use aci_test_gateway::{GatewayConfig, TestGateway};
 use aci_proxy::ProxyConfig;
+use aci_test_gateway::{GatewayConfig, TestGateway};
+use serde_json::Value;
 
 use crate::proxy_binary::{chat, command, printed_config, receipt_lines, run_to_exit, start_with, until};
 

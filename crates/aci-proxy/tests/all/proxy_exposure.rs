@@ -11,12 +11,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use http::header::{AUTHORIZATION, HOST, LOCATION, ORIGIN, SET_COOKIE};
 use http::{HeaderMap, Method};
 use serde_json::{Value, json};
-use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
-use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 
 use crate::doubles::{Intercept, hostile_front, serve_router, thief};
 use crate::support::stub_policy;
@@ -174,9 +174,10 @@ async fn the_api_key_never_goes_to_the_attestation_passthrough() {
     let (front, url) = hostile_front(&gw).await;
     // The client's own key (no --api-key-env), then the proxy's key from the environment
     // (CARGO_PKG_NAME: a variable cargo sets for every test run, so no test mutates the env).
+    let package = format!("Bearer {}", env!("CARGO_PKG_NAME"));
     for (env, client_auth, expected, source) in [
         ("TOWER_ACI_TEST_NO_SUCH_VARIABLE", Some("Bearer sk-user"), "Bearer sk-user", "client"),
-        ("CARGO_PKG_NAME", None, "Bearer tower-aci", "api-key"),
+        ("CARGO_PKG_NAME", None, package.as_str(), "api-key"),
     ] {
         let (proxy, addr) = proxy(url.clone(), |c| c.api_key_env = env.to_owned()).await;
         // What the start said (and the status page says) is what happens below.
@@ -219,8 +220,9 @@ async fn the_client_key_is_never_forwarded_to_the_gateway() {
     // Variables cargo sets for every test run (no test mutates the environment): the client key
     // is this crate's description (over 16 characters wherever the checkout lives).
     let client_key = std::env::var("CARGO_PKG_DESCRIPTION").unwrap();
+    let package = format!("Bearer {}", env!("CARGO_PKG_NAME"));
     for (api_key_env, expected) in
-        [("CARGO_PKG_NAME", Some("Bearer tower-aci")), ("TOWER_ACI_TEST_NO_SUCH_VARIABLE", None)]
+        [("CARGO_PKG_NAME", Some(package.as_str())), ("TOWER_ACI_TEST_NO_SUCH_VARIABLE", None)]
     {
         let (_proxy, addr) = proxy(url.clone(), |c| {
             c.client_key_env = Some("CARGO_PKG_DESCRIPTION".to_owned());
@@ -306,8 +308,8 @@ async fn a_rebound_host_or_a_foreign_origin_is_refused_and_nothing_is_sent() {
 
 #[tokio::test]
 async fn a_pccs_on_the_gateway_host_is_refused_at_start() {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     use aci_test_gateway::GatewayTls;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
     let gw = TestGateway::start(GatewayConfig::new().tls(GatewayTls::new(vec![cert.cert.der().clone()], key).unwrap()))

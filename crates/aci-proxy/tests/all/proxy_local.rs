@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
+use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
+use aci_test_gateway::{GatewayConfig, TestGateway};
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs};
 use futures_util::StreamExt;
-use aci_test_gateway::{GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
-use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 
 use crate::support::stub_policy;
 

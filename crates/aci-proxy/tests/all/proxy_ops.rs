@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
+use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use tower_aci::protocol::suite::Suite;
-use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 
 use crate::proxy::{config_for, serve_config as serve};
 

@@ -115,7 +115,12 @@ async fn the_proxy_refuses_the_unpinned_build_and_its_audit_agrees_offline() {
     let summary = verify_audit(&text, &policy, &exact);
     assert_eq!(summary.receipts_verified, served[0]);
     assert_eq!(summary.failures.len(), served[2]);
-    assert!(summary.failures.iter().all(|(_, e)| e.error().map(tower_aci::Error::kind) == Some(ErrorKind::Receipt(F::UnknownKeyset))));
+    assert!(
+        summary
+            .failures
+            .iter()
+            .all(|(_, e)| e.error().map(tower_aci::Error::kind) == Some(ErrorKind::Receipt(F::UnknownKeyset)))
+    );
     // The recorded rule is checked: a same-key receipt relabelled exact, or an exact one
     // relabelled same-key, does not verify.
     for (from, to) in [("same_key", "exact"), ("exact", "same_key")] {

@@ -9,6 +9,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aci_proxy::{Proxy, ProxyConfig};
+use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use bytes::Bytes;
 use http_body_util::Full;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -16,9 +18,7 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use tower_aci::attest::{ManualClock, Policy, PolicyBuilder};
 use tower_aci::client::{DEFAULT_PCCS, ReceiptMode};
-use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use tower_aci::protocol::suite::Suite;
-use aci_proxy::{Proxy, ProxyConfig};
 use tower_aci::{AttestationFailure, Client, ErrorKind};
 
 use crate::attest_support::{REAL_BOOT, REAL_COMPOSE_HASH, REAL_KMS_IDENTITY, bytes};

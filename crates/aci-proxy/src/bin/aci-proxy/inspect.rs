@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
 use aci_proxy::inspect::{Inspection, inspect_gateway, inspect_report};
+use clap::Args;
 
 use crate::ServeArgs;
 use crate::exit::Failure;
