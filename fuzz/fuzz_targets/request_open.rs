@@ -1,5 +1,5 @@
-//! The gateway's request opener (`gateway::open_request`, used by the local test
-//! gateway) on arbitrary bodies, and on bodies the client encrypted with one byte changed:
+//! The gateway's request opener (`open_request`, tower-aci's half of the gateway that the local
+//! test gateway serves with, reached through `tower_aci::__private`) on arbitrary bodies, and on bodies the client encrypted with one byte changed:
 //! never panics; fails with `Malformed` or `Decrypt` only; and a changed body that still opens
 //! restores, at every location the gateway decrypted, exactly the plaintext the client sealed
 //! for that path (the AAD binds path, model, nonce and timestamp).
@@ -18,7 +18,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::Value;
 use tower_aci::ErrorKind;
-use tower_aci::gateway::open_request;
+use tower_aci::__private::open_request;
 use tower_aci::protocol::keys::E2eeKey;
 use tower_aci::protocol::request::{EncryptOptions, Endpoint, encrypt_request};
 use tower_aci::protocol::suite::{SecretKey, Suite};

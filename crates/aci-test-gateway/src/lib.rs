@@ -569,3 +569,8 @@ impl Drop for TestGateway {
         self.task.abort();
     }
 }
+
+/// The README's Rust snippet, compiled as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
