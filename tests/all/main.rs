@@ -71,5 +71,7 @@ mod stack;
 mod stream_release;
 #[cfg(feature = "test-gateway")]
 mod support;
+#[cfg(all(feature = "test-gateway", feature = "metrics"))]
+mod telemetry;
 #[cfg(all(feature = "test-gateway", feature = "rustls"))]
 mod tls;
