@@ -330,6 +330,8 @@ pub(crate) fn keyset_outcome(span: &Span, result: Result<VerifiedKeyset<'_>, &Er
                 metrics::counter!(names::KEYSET_REFRESHES, "outcome" => "ok").increment(1);
                 metrics::gauge!(names::KEYSET_NOT_AFTER).set(keyset.not_after as f64);
             }
+            #[cfg(not(feature = "metrics"))]
+            let _ = keyset.not_after;
         }
         Err(e) => {
             span.record("outcome", kind_name(e.kind()));
