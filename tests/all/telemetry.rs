@@ -115,11 +115,8 @@ fn key_establishment_is_counted_by_outcome_with_the_keysets_not_after() {
 
         // A policy the gateway's report does not meet: its stub quote is not accepted.
         let other = Policy::builder().select_suite(Suite::X25519).dangerous().any_workload().build().unwrap();
-        let refused = KeyProvider::builder(hyper())
-            .base_url(env.gw.base_url().parse().unwrap())
-            .policy(other)
-            .build()
-            .unwrap();
+        let refused =
+            KeyProvider::builder(hyper()).base_url(env.gw.base_url().parse().unwrap()).policy(other).build().unwrap();
         refused.establish().await.unwrap_err();
         assert_eq!(capture.take("aci_keyset_refreshes_total", &[("outcome", "failed")]), [1.0]);
         assert_eq!(capture.take("aci_errors_total", &[("kind", "attestation")]), [1.0]);
@@ -168,9 +165,7 @@ fn receipt_checks_are_counted_by_outcome_and_keyset_match() {
         if let Some(d) = before.response_body_sha256() {
             forged = forged.response_body_sha256(d);
         }
-        rc.fetch_and_verify(&forged.suite(Suite::X25519).build().unwrap(), None, &env.keys, &policy)
-            .await
-            .unwrap_err();
+        rc.fetch_and_verify(&forged.suite(Suite::X25519).build().unwrap(), None, &env.keys, &policy).await.unwrap_err();
         assert_eq!(capture.take("aci_receipts_total", &[("outcome", "failed")]), [1.0]);
         assert_eq!(capture.take("aci_errors_total", &[("kind", "receipt")]), [1.0]);
         let left: Vec<_> = capture.rest().into_iter().filter(|(n, _)| n == "aci_receipts_total").collect();
