@@ -13,6 +13,7 @@ use tower_aci::attest::{Clock, KeyHandle, KeyProvider, Policy, SystemClock};
 use tower_aci::protocol::suite::Suite;
 use tower_aci::receipt::{ExchangeRecord, KeysetMatch, ReceiptClient, ReceiptPolicy};
 
+use crate::data::exchange_record;
 use crate::support::{Env, hyper, post, read, send, stub_policy};
 
 /// Every update a metric received: name, labels (sorted), value.
@@ -158,14 +159,9 @@ fn receipt_checks_are_counted_by_outcome_and_keyset_match() {
         // A record whose request hash is not the receipt's: failed, and counted as an error.
         let mut hash = before.request_body_sha256();
         hash[0] ^= 1;
-        let mut forged = ExchangeRecord::builder(before.path(), before.model()).request_body_sha256(hash);
-        if let Some(id) = before.receipt_id() {
-            forged = forged.receipt_id(id);
-        }
-        if let Some(d) = before.response_body_sha256() {
-            forged = forged.response_body_sha256(d);
-        }
-        rc.fetch_and_verify(&forged.suite(Suite::X25519).build().unwrap(), None, &env.keys, &policy).await.unwrap_err();
+        let forged =
+            exchange_record(before.path(), before.model(), before.receipt_id(), hash, before.response_body_sha256());
+        rc.fetch_and_verify(&forged, None, &env.keys, &policy).await.unwrap_err();
         assert_eq!(capture.take("aci_receipts_total", &[("outcome", "failed")]), [1.0]);
         assert_eq!(capture.take("aci_errors_total", &[("kind", "receipt")]), [1.0]);
         let left: Vec<_> = capture.rest().into_iter().filter(|(n, _)| n == "aci_receipts_total").collect();
