@@ -16,9 +16,12 @@ use tower_aci::receipt::{ExchangeRecord, KeysetMatch, ReceiptClient, ReceiptPoli
 use crate::data::exchange_record;
 use crate::support::{Env, hyper, post, read, send, stub_policy};
 
-/// Every update a metric received: name, labels (sorted), value.
+/// A metric's name and labels (sorted).
+type Name = (String, Vec<(String, String)>);
+
+/// Every update a metric received: name, labels, value.
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<(String, Vec<(String, String)>, f64)>>>);
+struct Capture(Arc<Mutex<Vec<(Name, f64)>>>);
 
 struct Handle {
     key: Key,
@@ -29,7 +32,7 @@ impl Handle {
     fn push(&self, value: f64) {
         let mut labels: Vec<_> = self.key.labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
         labels.sort();
-        self.log.0.lock().unwrap().push((self.key.name().to_owned(), labels, value));
+        self.log.0.lock().unwrap().push(((self.key.name().to_owned(), labels), value));
     }
 }
 
@@ -81,14 +84,14 @@ impl Capture {
         let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         want.sort();
         let mut log = self.0.lock().unwrap();
-        let (hit, rest): (Vec<_>, Vec<_>) = log.drain(..).partition(|(n, l, _)| n == name && *l == want);
+        let (hit, rest): (Vec<_>, Vec<_>) = log.drain(..).partition(|((n, l), _)| n == name && *l == want);
         *log = rest;
-        hit.into_iter().map(|(_, _, v)| v).collect()
+        hit.into_iter().map(|(_, v)| v).collect()
     }
 
     /// The names and labels of what is left in the log.
-    fn rest(&self) -> Vec<(String, Vec<(String, String)>)> {
-        self.0.lock().unwrap().iter().map(|(n, l, _)| (n.clone(), l.clone())).collect()
+    fn rest(&self) -> Vec<Name> {
+        self.0.lock().unwrap().iter().map(|(name, _)| name.clone()).collect()
     }
 }
 
