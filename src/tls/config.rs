@@ -93,7 +93,8 @@ impl AttestedTlsBuilder {
 
     /// Offer only `http/1.1` in ALPN, never `h2`: for a gateway or a middlebox that mishandles
     /// HTTP/2. By default the connector offers `h2` and `http/1.1` on connections whose key the
-    /// current keyset lists (see [Bootstrap and pooled connections](crate::tls#bootstrap-and-pooled-connections)).
+    /// current keyset lists (see
+    /// [Bootstrap and pooled connections](crate::tls#bootstrap-and-pooled-connections)).
     pub fn http1_only(mut self) -> Self {
         self.http1_only = true;
         self
@@ -154,8 +155,8 @@ impl AttestedTlsBuilder {
         self
     }
 
-    /// The configuration, or a [`Config`](crate::ErrorKind::Config) error: a trust mode must be chosen
-    /// (a root store, or `pin_only()`), unpinned hosts need a root store (or an
+    /// The configuration, or a [`Config`](crate::ErrorKind::Config) error: a trust mode must be
+    /// chosen (a root store, or `pin_only()`), unpinned hosts need a root store (or an
     /// [extra root](Self::unpinned_extra_root)), and `HTTPS_PROXY`, when it is read and set,
     /// must be a proxy URL.
     pub fn build(self) -> Result<AttestedTls> {

@@ -25,7 +25,8 @@ use crate::tls::shared::{H2, Shared};
 use crate::tls::stream::AttestedStream;
 
 /// A hyper-util connector speaking TLS pinned to the attested keyset, made by
-/// [`AttestedTls::connector`](crate::tls::AttestedTls::connector). Every response carries a [`ChannelInfo`] in its extensions.
+/// [`AttestedTls::connector`](crate::tls::AttestedTls::connector). Every response carries a
+/// [`ChannelInfo`] in its extensions.
 #[derive(Clone)]
 pub struct AttestedConnector<C> {
     tcp: C,

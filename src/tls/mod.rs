@@ -80,8 +80,8 @@
 //! The proxy URL is `http://[user:password@]host[:port]` ([`HttpsProxy`]); its credentials go
 //! in `Proxy-Authorization: Basic …`, are zeroized, and are never logged or printed. A proxy
 //! that answers `CONNECT` with anything but `2xx` fails the connection with a
-//! [`Transport`](crate::ErrorKind::Transport) error naming the proxy, the target and the status (`403`
-//! and `407` say what to do). A proxy that terminates TLS itself (an inspection appliance
+//! [`Transport`](crate::ErrorKind::Transport) error naming the proxy, the target and the status
+//! (`403` and `407` say what to do). A proxy that terminates TLS itself (an inspection appliance
 //! presenting its own certificate for the gateway's name) presents a key the attested keyset
 //! does not list: it is refused with `ChannelBinding`, even when its CA is in the root store,
 //! and no request reaches it. For such an appliance, the PCCS (which is not pinned) may accept

@@ -17,6 +17,7 @@ pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32]> {
     Ok(Sha256::digest(ee.subject_public_key_info().as_ref()).into())
 }
 
+/// The error of a refused channel: `Attestation(ChannelBinding)`.
 pub(super) fn channel_error(message: String) -> Error {
     Error::attestation(AttestationFailure::ChannelBinding, message)
 }

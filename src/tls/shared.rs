@@ -10,6 +10,7 @@ use crate::attest::KeyHandle;
 use crate::attest::keyset::normalize_host;
 use crate::egress::Egress;
 
+/// The settings of one `AttestedTls`, behind an `Arc` in it, its connectors and verifiers.
 pub(super) struct Shared {
     pub(super) keys: KeyHandle,
     /// WebPKI for pinned hosts (the root store only).

@@ -12,8 +12,8 @@ use hyper_util::rt::TokioIo;
 use crate::attest::ChannelInfo;
 use crate::tls::gate::Gate;
 
-/// A TLS connection made by [`AttestedConnector`](crate::tls::AttestedConnector): hyper-util IO that refuses to start a
-/// request the current keyset does not allow over it (see the
+/// A TLS connection made by [`AttestedConnector`](crate::tls::AttestedConnector): hyper-util IO
+/// that refuses to start a request the current keyset does not allow over it (see the
 /// [module documentation](crate::tls#bootstrap-and-pooled-connections)), over HTTP/1.1 or HTTP/2.
 pub struct AttestedStream<T> {
     io: TokioIo<Gate<T>>,
