@@ -30,12 +30,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::attest::AttestedKeyset;
 use crate::error::{Error, ErrorKind, ReceiptFailure};
 use crate::protocol::Endpoint;
 use crate::protocol::stream::StreamOutput;
 use crate::protocol::suite::Suite;
-use crate::receipt::{KeysetMatch, VerifiedReceipt};
 
 /// How many fields an E2EE exchange sealed (request) and opened (answer), in the extensions of
 /// every response of the [`E2eeLayer`](crate::E2eeLayer) to an encrypted request. `opened` grows
@@ -304,18 +302,30 @@ pub(crate) fn refresh_span() -> Span {
     tracing::info_span!("aci.attest.refresh")
 }
 
+/// A keyset an establishment verified, as telemetry records it (this module sits below
+/// `attest` and takes plain values, not its types).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VerifiedKeyset<'a> {
+    /// `workload_keyset_digest`.
+    pub(crate) digest: &'a str,
+    /// `not_after`, Unix seconds.
+    pub(crate) not_after: u64,
+}
+
 /// Record how an establishment ended, on its span and in the metrics.
-pub(crate) fn keyset_outcome(span: &Span, result: &Result<Arc<AttestedKeyset>, Error>) {
+pub(crate) fn keyset_outcome(span: &Span, result: Result<VerifiedKeyset<'_>, &Error>) {
     match result {
         Ok(keyset) => {
-            span.record("digest", keyset.digest());
+            span.record("digest", keyset.digest);
             span.record("outcome", "ok");
             tracing::debug!(parent: span, "report verified");
             #[cfg(feature = "metrics")]
             {
                 metrics::counter!(names::KEYSET_REFRESHES, "outcome" => "ok").increment(1);
-                metrics::gauge!(names::KEYSET_NOT_AFTER).set(keyset.not_after() as f64);
+                metrics::gauge!(names::KEYSET_NOT_AFTER).set(keyset.not_after as f64);
             }
+            #[cfg(not(feature = "metrics"))]
+            let _ = keyset.not_after;
         }
         Err(e) => {
             span.record("outcome", kind_name(e.kind()));
@@ -368,14 +378,31 @@ pub(crate) fn receipt_span(receipt_id: Option<&str>) -> Span {
     tracing::info_span!("aci.receipt", receipt_id = receipt_id, keyset_match = Empty, outcome = Empty)
 }
 
+/// Which keyset a verified receipt was checked against, as telemetry labels it (the receipt
+/// module's `KeysetMatch`, in this module's own terms: it sits below `receipt`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReceiptKeyset {
+    /// The keyset the receipt names was attested: `exact`.
+    Exact,
+    /// The same-key rule decided: `same-key`.
+    SameKey,
+}
+
+impl ReceiptKeyset {
+    /// The `keyset_match` label and span field.
+    pub(crate) const fn label(self) -> &'static str {
+        match self {
+            ReceiptKeyset::Exact => "exact",
+            ReceiptKeyset::SameKey => "same-key",
+        }
+    }
+}
+
 /// Record how a receipt check ended, on its span and in the metrics.
-pub(crate) fn receipt_checked(span: &Span, result: &Result<VerifiedReceipt, Error>) {
+pub(crate) fn receipt_checked(span: &Span, result: Result<ReceiptKeyset, &Error>) {
     match result {
-        Ok(verified) => {
-            let matched = match verified.keyset_match() {
-                KeysetMatch::Exact => "exact",
-                KeysetMatch::SameKey => "same-key",
-            };
+        Ok(keyset) => {
+            let matched = keyset.label();
             span.record("keyset_match", matched);
             span.record("outcome", "verified");
             tracing::debug!(parent: span, "receipt verified");

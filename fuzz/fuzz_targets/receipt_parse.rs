@@ -50,7 +50,13 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     Fixture {
         signing: SigningKey::from_bytes(&[2; 32]),
         keysets: vec![Arc::new(attested)],
-        record: ExchangeRecord::for_tests("/v1/chat/completions", "demo-model", Some("rcpt-0001"), req, Some(resp)),
+        record: ExchangeRecord::builder("/v1/chat/completions", "demo-model")
+            .suite(tower_aci::protocol::suite::Suite::X25519)
+            .receipt_id("rcpt-0001")
+            .request_body_sha256(req)
+            .response_body_sha256(resp)
+            .build()
+            .unwrap(),
         request_hash: format!("sha256:{}", hex::encode(req)),
         response_hash: format!("sha256:{}", hex::encode(resp)),
         session: AttestedSession::from_bytes(Bytes::from(common::vector_text("session", "jcs"))).unwrap(),

@@ -26,9 +26,9 @@ pub mod inspect;
 pub(crate) mod keyset;
 mod policy;
 mod provider;
-#[cfg(test)]
-mod real_capture;
 mod report;
+#[cfg(test)]
+mod tests;
 
 pub use anchor::{Anchor, PRODUCTION_OS_IMAGES};
 pub use channel::ChannelInfo;

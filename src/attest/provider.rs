@@ -32,6 +32,7 @@ use crate::attest::report::verify_report;
 use crate::error::{AttestationFailure, BoxError, Error, ErrorKind, Result};
 use crate::hex;
 use crate::protocol::GatewayError;
+use crate::telemetry::VerifiedKeyset;
 
 /// An injected sleep: returns a future that completes after the given duration.
 ///
@@ -563,7 +564,8 @@ where
         }
         let span = crate::telemetry::establish_span();
         let result = tracing::Instrument::instrument(inner.fetch(false, &mut None), span.clone()).await;
-        crate::telemetry::keyset_outcome(&span, &result);
+        let seen = result.as_ref().map(|k| VerifiedKeyset { digest: k.digest(), not_after: k.not_after() });
+        crate::telemetry::keyset_outcome(&span, seen);
         match &result {
             Ok(keyset) => {
                 tracing::debug!(digest = keyset.digest(), not_after = keyset.not_after(), "attested keyset published");

@@ -21,9 +21,8 @@
 //! ([`DEFAULT_PCCS`] for an `https://` gateway), plain `http://` only to loopback, an API key
 //! that must be a valid header value, a PCCS that may not be the gateway's own host, no
 //! redirect ever followed or handed out ([`REDIRECT_REFUSED`]), the API key only on the routes
-//! [`carries_api_key`] names. `aci-proxy` ([`crate::proxy`]) is this client behind an
-//! OpenAI-compatible endpoint: its configuration becomes a [`ClientBuilder`]
-//! ([`ProxyConfig::client_builder`](crate::proxy::ProxyConfig::client_builder)) and it serves
+//! [`carries_api_key`] names. `aci-proxy` (its own crate) is this client behind an
+//! OpenAI-compatible endpoint: its configuration becomes a [`ClientBuilder`] and it serves
 //! through [`Client::service`].
 //!
 //! Behind an HTTP proxy, every connection (report, PCCS, requests, receipts) goes through a

@@ -13,7 +13,7 @@ use crate::e2ee::body::ResponseBody;
 use crate::e2ee::config::{Config, Target};
 use crate::e2ee::exchange::{Exchange, decrypting_response, encrypt, error_response};
 use crate::e2ee::frame::Collector;
-use crate::e2ee::service::RequestBody;
+use crate::e2ee::request_body::RequestBody;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::protocol::Endpoint;
 

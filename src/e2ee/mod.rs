@@ -17,8 +17,9 @@
 //! ```
 //!
 //! Inside: `config` (settings and routing), `exchange` (one exchange, transport-independent:
-//! shared with the reqwest-middleware adapter), and the tower-http layout `layer` → `service` →
-//! `future` → `body`.
+//! shared with the reqwest-middleware adapter), and the tower-http layout, whose arrows run one
+//! way: `layer` → `service` → `future` → the bodies (`request_body`: what the inner service
+//! receives; `body`: the decrypting response body).
 
 mod body;
 pub(crate) mod config;
@@ -26,6 +27,7 @@ pub(crate) mod exchange;
 mod frame;
 mod future;
 mod layer;
+mod request_body;
 mod retry;
 mod service;
 
@@ -33,5 +35,6 @@ pub use body::ResponseBody;
 pub use config::{DEFAULT_BLOCKING_THRESHOLD, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY};
 pub use future::ResponseFuture;
 pub use layer::{DangerousE2eeLayer, E2eeLayer};
+pub use request_body::RequestBody;
 pub use retry::{DEFAULT_KEY_MISMATCH_WAIT, KeyMismatchRetry, ZeroizingBody};
-pub use service::{E2ee, RequestBody};
+pub use service::E2ee;

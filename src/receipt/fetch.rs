@@ -578,7 +578,7 @@ where
         let span = crate::telemetry::receipt_span(record.receipt_id());
         let work = self.fetch_and_verify_untraced(record, bearer, keysets, policy);
         let result = tracing::Instrument::instrument(work, span.clone()).await;
-        crate::telemetry::receipt_checked(&span, &result);
+        crate::telemetry::receipt_checked(&span, result.as_ref().map(|v| v.keyset_match().into()));
         result
     }
 

@@ -105,7 +105,6 @@ mod fetch;
 mod record;
 mod release;
 mod session;
-mod testing;
 mod verify;
 
 pub use document::{Event, MAX_RECEIPT_SIZE, Receipt, UpstreamVerified};

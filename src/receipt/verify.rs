@@ -15,6 +15,7 @@ use crate::hex;
 use crate::receipt::document::{Event, Receipt, UpstreamVerified};
 use crate::receipt::record::ExchangeRecord;
 use crate::receipt::session::{AttestedSession, VerifiedSession, is_session_id};
+use crate::telemetry::ReceiptKeyset;
 
 /// The receipt format this crate verifies.
 pub const RECEIPT_API_VERSION: &str = "aci/1";
@@ -180,6 +181,16 @@ pub enum KeysetMatch {
     /// key) is that of a keyset verified under the same policy: another replica or process of
     /// the same deployment.
     SameKey,
+}
+
+/// The `keyset_match` label of a verified receipt's span and metric.
+impl From<KeysetMatch> for ReceiptKeyset {
+    fn from(matched: KeysetMatch) -> Self {
+        match matched {
+            KeysetMatch::Exact => ReceiptKeyset::Exact,
+            KeysetMatch::SameKey => ReceiptKeyset::SameKey,
+        }
+    }
 }
 
 /// What a receipt must show beyond its signature and hashes. Builder methods take and return

@@ -1,6 +1,6 @@
 //! The real TDX capture (`tests/data/real_tdx_report_2026-06.json`: a production gateway's report
 //! of 2026-06-28 in an older report schema, fetched with nonce `00…01`; see
-//! `src/attest/real_capture.rs` for the unit tests on its quote, event log and custody chains)
+//! `src/attest/tests/real_capture.rs` for the unit tests on its quote, event log and custody chains)
 //! through the public API: it is of the older (June 2026) report generation, which a default
 //! policy verifies (and `current_generation_only` refuses with `Generation`); never a wrong
 //! success and never a panic.
@@ -91,7 +91,7 @@ fn the_real_report_is_of_the_older_generation_and_verifies_as_such() {
     assert_eq!(f, F::Generation, "{message}");
 
     // By default the older generation verifies (the quote unverified here: see
-    // src/attest/real_capture.rs for the end-to-end run with only the collateral skipped).
+    // src/attest/tests/end_to_end.rs for the end-to-end run with only the collateral skipped).
     let ks = verify_report(&capture_bytes(), &NONCE, FETCHED_AT, &skip_hardware_with_custody()).unwrap();
     assert_eq!(ks.generation(), Generation::Legacy);
     assert_eq!(ks.digest(), digest);
@@ -136,7 +136,7 @@ fn cut_or_corrupted_captures_fail_without_panicking() {
     // Every evidence member replaced by a value of the wrong type, or removed: never a panic.
     // Under a policy that skips the hardware check, the members the remaining checks rest on
     // (the event log that measures the pinned app id, key custody) cannot be dropped or
-    // mistyped; the end-to-end tests in src/attest/real_capture.rs cover the quote itself.
+    // mistyped; the end-to-end tests in src/attest/tests/end_to_end.rs cover the quote itself.
     let report = capture();
     let members: Vec<String> = report["attestation"]["evidence"].as_object().unwrap().keys().cloned().collect();
     for member in members {

@@ -24,3 +24,26 @@ pub(crate) fn reason<T: std::fmt::Debug>(r: tower_aci::Result<T>) -> tower_aci::
         },
     }
 }
+
+/// A record as the E2EE layer would have made it for an X25519 request to `path` naming `model`,
+/// whose restored body hashes to `request_body_sha256`, answered with receipt id `receipt_id`
+/// and a response body hashing to `response_body_sha256` (`None`: not read to its end); built
+/// with the public `ExchangeRecord::builder`.
+pub(crate) fn exchange_record(
+    path: &str,
+    model: &str,
+    receipt_id: Option<&str>,
+    request_body_sha256: [u8; 32],
+    response_body_sha256: Option<[u8; 32]>,
+) -> tower_aci::receipt::ExchangeRecord {
+    let mut b = tower_aci::receipt::ExchangeRecord::builder(path, model)
+        .suite(tower_aci::protocol::suite::Suite::X25519)
+        .request_body_sha256(request_body_sha256);
+    if let Some(id) = receipt_id {
+        b = b.receipt_id(id);
+    }
+    if let Some(d) = response_body_sha256 {
+        b = b.response_body_sha256(d);
+    }
+    b.build().expect("an inference path and a request hash")
+}

@@ -2,7 +2,7 @@
 //! (`GatewayConfig::generation(Generation::Legacy)`), over loopback: attest, encrypt, decrypt,
 //! and receipts, which fail closed for that generation (no real receipt of it exists to learn its
 //! signature rule from, so none is verified). These prove consistency and HTTP behaviour; the
-//! older generation's correctness is pinned by the real capture (`src/attest/real_capture.rs`).
+//! older generation's correctness is pinned by the real capture (`src/attest/tests/`).
 
 use std::sync::Arc;
 

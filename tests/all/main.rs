@@ -43,5 +43,7 @@ mod stack;
 mod stream_release;
 mod strict;
 mod support;
+#[cfg(feature = "metrics")]
+mod telemetry;
 #[cfg(feature = "rustls")]
 mod tls;

@@ -252,7 +252,7 @@ fn an_insufficient_compose_hash_pin_does_not_build() {
 /// A current-generation keyset (`subject`, `not_after`) that also names a `workload_identity`
 /// mixes the two report generations and is refused before custody is looked at (issue 19). The
 /// identity key's custody is required in the older generation, where it belongs: see
-/// `src/attest/real_capture/end_to_end.rs` (`custody_must_reach_the_kms_root`).
+/// `src/attest/tests/end_to_end.rs` (`custody_must_reach_the_kms_root`).
 #[test]
 fn a_current_keyset_naming_an_identity_key_is_refused_as_a_mix_of_generations() {
     let kms = TestKms::new();

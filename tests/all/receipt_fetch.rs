@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::data::reason;
+use crate::data::{exchange_record, reason};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -121,13 +121,7 @@ fn sha(s: &str) -> [u8; 32] {
 }
 
 fn vector_record(response: Option<[u8; 32]>, receipt_id: Option<&str>) -> ExchangeRecord {
-    ExchangeRecord::for_tests(
-        "/v1/chat/completions",
-        "demo-model",
-        receipt_id,
-        sha(&text("receipt", "request_body")),
-        response,
-    )
+    exchange_record("/v1/chat/completions", "demo-model", receipt_id, sha(&text("receipt", "request_body")), response)
 }
 
 fn full_record() -> ExchangeRecord {

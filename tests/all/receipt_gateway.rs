@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::data::reason;
+use crate::data::{exchange_record, reason};
 use aci_test_gateway::{Fault, GatewayConfig};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -204,12 +204,12 @@ async fn a_record_that_differs_from_the_exchange_fails_the_right_check() {
 
     let mut request = record.request_body_sha256();
     request[5] ^= 0x80;
-    let fake = ExchangeRecord::for_tests(record.path(), record.model(), record.receipt_id(), request, response);
+    let fake = exchange_record(record.path(), record.model(), record.receipt_id(), request, response);
     assert_eq!(reason(verify_exchange(&receipt, &fake, &env.keys, &policy)), F::RequestHash);
 
     let mut changed = response.unwrap();
     changed[0] ^= 1;
-    let fake = ExchangeRecord::for_tests(
+    let fake = exchange_record(
         record.path(),
         record.model(),
         record.receipt_id(),
@@ -218,7 +218,7 @@ async fn a_record_that_differs_from_the_exchange_fails_the_right_check() {
     );
     assert_eq!(reason(verify_exchange(&receipt, &fake, &env.keys, &policy)), F::ResponseHash);
 
-    let fake = ExchangeRecord::for_tests(record.path(), "other-model", None, record.request_body_sha256(), response);
+    let fake = exchange_record(record.path(), "other-model", None, record.request_body_sha256(), response);
     assert_eq!(reason(verify_exchange(&receipt, &fake, &env.keys, &policy)), F::Mismatch);
     verify_exchange(&receipt, &record, &env.keys, &policy).unwrap();
 }

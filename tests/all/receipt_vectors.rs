@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::data::reason;
+use crate::data::{exchange_record, reason};
 use bytes::Bytes;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde_json::{Value, json};
@@ -74,7 +74,7 @@ fn sha(s: &str) -> [u8; 32] {
 /// What the layer would have recorded for the vector exchange.
 fn vector_record() -> ExchangeRecord {
     let v = vectors();
-    ExchangeRecord::for_tests(
+    exchange_record(
         "/v1/chat/completions",
         "demo-model",
         Some("rcpt-0001"),
@@ -269,7 +269,7 @@ fn hashes_are_checked_against_the_record() {
     let request = sha(&text(&v, "receipt", "request_body"));
     let response = sha(&text(&v, "receipt", "response_body"));
     let record = |path: &str, model: &str, id: Option<&str>, req: [u8; 32], res: Option<[u8; 32]>| {
-        ExchangeRecord::for_tests(path, model, id, req, res)
+        exchange_record(path, model, id, req, res)
     };
 
     let mut other = request;

@@ -5,8 +5,14 @@
 //! Intel's root), such a quote is simulated by patching the TD report body: what the hardware
 //! would have measured for the attacker's TD (another RTMR3, another MRTD).
 
-use super::*;
+use serde_json::Value;
+
+use super::capture::*;
+use crate::attest::eventlog;
+use crate::attest::policy::Policy;
 use crate::attest::report::verify_report_skipping_collateral;
+use crate::error::{AttestationFailure as F, ErrorKind};
+use crate::hex;
 
 const NONCE: [u8; 32] = {
     let mut n = [0; 32];

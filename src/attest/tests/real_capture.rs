@@ -1,110 +1,22 @@
-//! The attestation path run on a real capture (issue 15): `tests/data/real_tdx_report_2026-06.json`,
-//! a report served by a production gateway (`inference.phala.com`, 2026-06-28, nonce `00…01`)
-//! with a real TDX v4 quote, the real dstack event log and real KMS custody chains, in an older
-//! report schema (`workload_identity`, `keyset_epoch`, no `kms_public_key`). It was published in
-//! the test data of `looprig/llm` (`aci/testdata/report_aci1.json`, Apache-2.0).
-//!
-//! The expected values below come from the spec's notes (`real_tdx_report_2026-06.md`), which
-//! were checked independently of this crate; nothing expected is computed here with the code under
-//! test. Each test feeds the real bytes to the crate's own functions (`eventlog::parse`,
+//! The attestation path run on the real capture ([`capture`](super::capture)), piece by piece:
+//! each test feeds the real bytes to the crate's own functions (`eventlog::parse`,
 //! `replay_rtmr`, `runtime_event`, `measured`, `custody::recover_chain`, `check_root`,
 //! `custody::verify`, and with feature `dcap` dcap-qvl's `Quote::parse` through
 //! `dcap::parse_tdx`).
 //!
-//! The whole report is verified end to end, as the older report generation, in `end_to_end`
-//! (only the DCAP collateral check skipped) and through the public API in
-//! `tests/all/attest_real_capture.rs`.
+//! The whole report is verified end to end, as the older report generation, in
+//! [`end_to_end`](super::end_to_end) (only the DCAP collateral check skipped) and through the
+//! public API in `tests/all/attest_real_capture.rs`.
 
 use serde_json::{Map, Value};
 
+use super::capture::*;
 use crate::attest::custody::{self, ChainKeys};
 use crate::attest::eventlog::{self, DSTACK_RUNTIME_EVENT, Event};
 use crate::attest::policy::Policy;
 use crate::error::{AttestationFailure as F, ErrorKind, Result};
 use crate::hex;
 use crate::protocol::keys::E2eeKey;
-
-const REPORT: &str = include_str!("../../tests/data/real_tdx_report_2026-06.json");
-
-/// The payload of the `app-id` event.
-const APP_ID: &str = "fdb7a14e5a6675f752e2cb69c9067a98ca402918";
-/// The payload of the `compose-hash` event.
-const COMPOSE_HASH: &str = "5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb";
-/// `vm_config.os_image_hash` (and the payload of the `os-image-hash` event).
-const OS_IMAGE_HASH: &str = "de9c74f0c85d0820ce075cb4a99f8e39f7b681be632907c5bf8bdc95ea72feb9";
-/// The KMS root all three secp256k1 chains recover.
-const KMS_ROOT: &str = "0334c76e0c3f52ec64cbf9bbf5c910c272330166fd656c0a86bb330963e46910e1";
-/// The app key all three secp256k1 chains recover. The notes list its prefix
-/// (`02cdcc3ffd3e22f60a0e…`); the full value is from an independent pure-Python recovery
-/// (Keccak-256 and secp256k1 written out, no shared code with this crate).
-const APP_KEY: &str = "02cdcc3ffd3e22f60a0e4f7c0dfcc3fb62d4765295dd43997c538109b732bdb835";
-/// Another valid secp256k1 key (the generator), as a root the KMS never used.
-const OTHER_ROOT: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
-/// The first bytes of `quote_report_data`.
-const REPORT_DATA_PREFIX: &str = "659810686f7ef071";
-/// The `imr == 3` events, in log order.
-const RTMR3_EVENTS: [&str; 10] = [
-    "system-preparing",
-    "app-id",
-    "compose-hash",
-    "instance-id",
-    "boot-mr-done",
-    "mr-kms",
-    "os-image-hash",
-    "key-provider",
-    "storage-fs",
-    "system-ready",
-];
-/// The custody roles whose chain signs the entry's own secp256k1 key in this schema.
-const SECP256K1_ROLES: [&str; 3] = ["identity", "receipt", "e2ee"];
-
-// TDX quote v4 layout: a 48-byte header, then the 584-byte TD 1.0 report body, in which RTMR3
-// sits at 472..520 and the report-data slot at 520..584.
-const HEADER_LEN: usize = 48;
-const RT_MR3: std::ops::Range<usize> = HEADER_LEN + 472..HEADER_LEN + 520;
-const REPORT_DATA: std::ops::Range<usize> = HEADER_LEN + 520..HEADER_LEN + 584;
-
-fn report() -> Value {
-    serde_json::from_str(REPORT).expect("the capture is JSON")
-}
-
-fn evidence() -> Map<String, Value> {
-    report()["attestation"]["evidence"].as_object().cloned().expect("evidence object")
-}
-
-fn evidence_str(name: &str) -> String {
-    evidence()[name].as_str().unwrap_or_else(|| panic!("evidence.{name} is a string")).to_owned()
-}
-
-fn raw_quote() -> Vec<u8> {
-    hex::decode(evidence_str("quote")).unwrap()
-}
-
-/// RTMR3 read from the raw quote at its fixed TDX v4 offset, after checking the header says
-/// version 4 and TEE type TDX (0x81): a cross-check independent of dcap-qvl.
-fn rt_mr3_at_fixed_offset(quote: &[u8]) -> [u8; 48] {
-    assert_eq!(u16::from_le_bytes([quote[0], quote[1]]), 4, "quote version");
-    assert_eq!(u32::from_le_bytes(quote[4..8].try_into().unwrap()), 0x81, "TEE type TDX");
-    quote[RT_MR3].try_into().unwrap()
-}
-
-fn events() -> Vec<Event> {
-    eventlog::parse(&evidence_str("event_log")).expect("the real event log parses")
-}
-
-fn rtmr3() -> [u8; 48] {
-    rt_mr3_at_fixed_offset(&raw_quote())
-}
-
-fn failure<T: std::fmt::Debug>(r: Result<T>) -> F {
-    match r {
-        Ok(v) => panic!("expected an attestation failure, got {v:?}"),
-        Err(e) => match e.kind() {
-            ErrorKind::Attestation(f) => f,
-            other => panic!("expected an attestation failure, got {other:?}: {e}"),
-        },
-    }
-}
 
 /// The app id as the crate reads it from the real log.
 fn measured_app_id() -> Vec<u8> {
@@ -649,29 +561,6 @@ fn the_real_log_still_replays_and_reads() {
     assert_eq!(m.compose_hash.map(hex::encode).as_deref(), Some(COMPOSE_HASH));
 }
 
-// ---- issue 18: boot measurements ----
-
-/// MRTD of the real quote, read at its fixed TD-report offset (136..184) by an independent
-/// Python reading of the capture.
-const MRTD: &str = "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077";
-/// RTMR0-2 of the real quote (TD-report offsets 328, 376, 424), read by the same independent
-/// Python reading.
-const RTMR0: &str = "ec216f1d1d591468ff4741b9b192f016b26d3f90303bfa9dbb97557273853183981f21a4bcb3ae908247538d371ad072";
-const RTMR1: &str = "07e6f51aa763abfe75c3ddfbf4f425fe3f0ceff66d807a75e049303dce9addf68e7218729bd419638af63a370f65878c";
-const RTMR2: &str = "a2a58c9a959a4fa44bd6da0c97a2270c051faf12084cfe91ae900e4fdff6cdd4f69a82005e04ee920f231497894d677f";
-/// The `id` of the real log's `key-provider` event (`{"name":"kms","id":…}`), decoded from the
-/// event payload by the same independent reading.
-const KMS_IDENTITY: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bbd19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f";
-
-/// The sound combination for the real capture: its compose hash, boot measurements and KMS
-/// identity.
-fn sound() -> crate::attest::PolicyBuilder {
-    Policy::builder()
-        .allow_compose_hash(COMPOSE_HASH)
-        .allow_boot_measurements(MRTD, RTMR0, RTMR1, RTMR2)
-        .allow_kms_identity(KMS_IDENTITY)
-}
-
 #[cfg(feature = "dcap")]
 #[test]
 fn boot_measurements_of_the_real_quote_are_compared_with_the_pin() {
@@ -716,11 +605,3 @@ fn boot_measurements_of_the_real_quote_are_compared_with_the_pin() {
     // Nothing pinned: no constraint.
     check_boot_measurements(&[], None).unwrap();
 }
-
-// Attacks on the anchors, on the real bytes (feature `dcap`: the quote is parsed by dcap-qvl).
-#[cfg(feature = "dcap")]
-mod anchors;
-
-// The whole report, end to end (feature `dcap`: the quote is parsed by dcap-qvl).
-#[cfg(feature = "dcap")]
-mod end_to_end;

@@ -9,10 +9,15 @@
 //! `hardware_verified() == false`, and `verify_report` itself (which does not skip it) refuses the
 //! same report with `HardwareUnverifiable`.
 
-use super::*;
+use serde_json::Value;
+
+use super::capture::*;
 use crate::attest::generation::Generation;
+use crate::attest::policy::Policy;
 use crate::attest::report::{verify_report, verify_report_skipping_collateral};
 use crate::attest::{AttestedKeyset, PolicyBuilder};
+use crate::error::{AttestationFailure as F, ErrorKind, Result};
+use crate::hex;
 
 /// The nonce the capture was fetched with: `00…01`.
 const NONCE: [u8; 32] = {
