@@ -38,65 +38,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The same stack by hand, for a tower stack of your own (what [`Client`] assembles): one
-//! hyper-util client for the key provider, the E2EE layer and receipts.
-//!
-//! ```no_run
-//! # #[cfg(all(feature = "rustls", feature = "dcap"))]
-//! # async fn run() -> Result<(), tower_aci::BoxError> {
-//! # const COMPOSE_HASH: &str = "5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb";
-//! # const MRTD: &str = "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077";
-//! # const RTMR0: &str = "ec216f1d1d591468ff4741b9b192f016b26d3f90303bfa9dbb97557273853183981f21a4bcb3ae908247538d371ad072";
-//! # const RTMR1: &str = "07e6f51aa763abfe75c3ddfbf4f425fe3f0ceff66d807a75e049303dce9addf68e7218729bd419638af63a370f65878c";
-//! # const RTMR2: &str = "a2a58c9a959a4fa44bd6da0c97a2270c051faf12084cfe91ae900e4fdff6cdd4f69a82005e04ee920f231497894d677f";
-//! # const KMS_IDENTITY: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bbd19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f";
-//! use bytes::Bytes;
-//! use http_body_util::{BodyExt, Full};
-//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-//! use tower::retry::RetryLayer;
-//! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
-//! use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
-//! use tower_aci::tls::AttestedTls;
-//! use tower_aci::E2eeLayer;
-//!
-//! let base = "https://api.redpill.ai";
-//! let api_key = std::env::var("ACI_API_KEY")?;
-//! let keys = KeyHandle::new();
-//! // HTTPS: WebPKI, then the certificate's SPKI must be in the current attested keyset for the
-//! // hostname. The PCCS (quote collateral) is an ordinary WebPKI host.
-//! let tls = AttestedTls::builder(keys.clone()).with_webpki_roots().unpinned_host("pccs.phala.network").build()?;
-//! let http: Client<_, RequestBody<Full<Bytes>>> = Client::builder(TokioExecutor::new()).build(tls.connector());
-//!
-//! // The workload you trust: the code, the genuine boot chain, the KMS that provisioned it
-//! // (building fails until all three are pinned; `aci-proxy inspect` prints them).
-//! let policy = Policy::builder()
-//!     .allow_compose_hash(COMPOSE_HASH) // SHA-256 of the report's app_compose
-//!     .allow_boot_measurements(MRTD, RTMR0, RTMR1, RTMR2) // the quote's MRTD and RTMR0-2
-//!     .allow_kms_identity(KMS_IDENTITY) // the key-provider event's id
-//!     .build()?;
-//! let provider = KeyProvider::builder(http.clone())
-//!     .handle(keys.clone())
-//!     .base_url(base.parse()?)
-//!     .pccs("https://pccs.phala.network".parse()?)
-//!     .policy(policy)
-//!     .build()?;
-//! provider.establish().await?; // hardware quote, binding, workload, custody, TLS channel
-//! let (_, _refresher) = provider.spawn()?; // refreshes before expiry and on keyset changes
-//!
-//! // Requests are encrypted to the attested key; key rotations are retried above the layer.
-//! let client = ServiceBuilder::new()
-//!     .layer(RetryLayer::new(KeyMismatchRetry::new(keys.clone())))
-//!     .layer(E2eeLayer::new(keys))
-//!     .service(http);
-//! let req = http::Request::post(format!("{base}/v1/chat/completions"))
-//!     .header("authorization", format!("Bearer {api_key}"))
-//!     .header("content-type", "application/json")
-//!     .body(Full::new(Bytes::from(r#"{"model":"YOUR-MODEL","messages":[{"role":"user","content":"hi"}]}"#)))?;
-//! let res = client.oneshot(req).await?;
-//! let answer = res.into_body().collect().await?.to_bytes(); // decrypted JSON
-//! # let _ = answer; Ok(()) }
-//! ```
+//! [`Client`] assembles the parts below, which stay public for a stack of your own: a
+//! [`attest::KeyProvider`] over any tower HTTP client, [`E2eeLayer`] above that client,
+//! [`e2ee::KeyMismatchRetry`] above the layer, [`receipt::ReceiptClient`], and (feature
+//! `rustls`) `tls::AttestedTls`, the connector pinned to the attested keyset. `examples/chat.rs`
+//! builds that stack by hand, part by part.
 //!
 //! `cargo run --example quickstart` runs the whole job offline against the workspace's local
 //! gateway (crate `aci-test-gateway`, a dev-dependency: plain HTTP, a stub quote accepted under
@@ -247,3 +193,8 @@ pub use protocol::GatewayError;
 #[cfg(all(doctest, feature = "rustls", feature = "dcap", feature = "reqwest-middleware"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The user's guide's Rust snippets, compiled as doc tests (`cargo test --all-features --doc`).
+#[cfg(all(doctest, feature = "rustls", feature = "dcap", feature = "reqwest-middleware"))]
+#[doc = include_str!("../docs/guide.md")]
+pub struct GuideDoctests;
