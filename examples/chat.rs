@@ -8,7 +8,7 @@
 //! cargo run --example chat -- "your question"
 //! RUST_LOG=tower_aci=debug,tower_http=debug cargo run --example chat   # with spans
 //!
-//! # A real gateway (README, "Talk to a real gateway"): pin the workload, HTTPS pinned to the keyset.
+//! # A real gateway (README, "What to pin"): pin the workload, HTTPS pinned to the keyset.
 //! ACI_API_KEY=sk-… cargo run --example chat -- \
 //!     --base-url https://api.redpill.ai --compose-hash <hex> --boot-measurements <mrtd,rtmr0,rtmr1,rtmr2> \
 //!     --kms-identity <hex> --model <model> "question"

@@ -22,7 +22,7 @@
 //! Against a real gateway (RedPill, Phala, a dstack deployment), with the default features
 //! (`client`: `rustls` and `dcap`), [`Client`] is the whole stack: pin the workload, and it
 //! verifies the TDX quote, talks HTTPS pinned to the attested keyset, encrypts, and verifies each
-//! answer's receipt. The README's "Talk to a real gateway" says where each pinned value comes
+//! answer's receipt. The README's "What to pin" says where each pinned value comes
 //! from and what each failure looks like.
 //!
 //! ```no_run
