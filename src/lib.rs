@@ -23,7 +23,7 @@
 //! (`client`: `rustls` and `dcap`), [`Client`] is the whole stack: pin the workload, and it
 //! verifies the TDX quote, talks HTTPS pinned to the attested keyset, encrypts, and verifies each
 //! answer's receipt. The README's "What to pin" says where each pinned value comes
-//! from and what each failure looks like.
+//! from, and docs/guide.md what each failure looks like.
 //!
 //! ```no_run
 //! # #[cfg(all(feature = "rustls", feature = "dcap"))]
