@@ -492,7 +492,7 @@ impl ProxyConfig {
             Error::config(format!("invalid proxy configuration: {shown}"))
         };
         let table: toml::Table = toml::from_str(text).map_err(|e| invalid(&e))?;
-        keys::check(&table, text)
+        keys::check::<ProxyConfig, PolicyPins>(&table, text)
             .map_err(|e| Error::config(format!("invalid proxy configuration: {}", e.trim_end())))?;
         toml::from_str(text).map_err(|e| invalid(&e))
     }

@@ -3,7 +3,7 @@
 //! (plain `http://` beyond loopback, an API key that is no header value, a PCCS on the gateway's
 //! host, redirects) is the client's, once.
 
-use crate::ProxyConfig;
+use crate::config::ProxyConfig;
 use tower_aci::client::{Client, ClientBuilder};
 use tower_aci::error::{Error, Result};
 
