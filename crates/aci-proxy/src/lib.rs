@@ -41,7 +41,7 @@
 //! # async fn run() -> tower_aci::Result<()> {
 //! use aci_proxy::{Proxy, ProxyConfig};
 //!
-//! let config = ProxyConfig { local_test_gateway: true, ..ProxyConfig::default() }; // offline demo
+//! let config = ProxyConfig::default().local_test_gateway(true); // offline demo
 //! let proxy = Proxy::start(config).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await.unwrap();
 //! axum::serve(listener, proxy.router()).await.unwrap();

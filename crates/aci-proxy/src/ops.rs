@@ -56,7 +56,7 @@ static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// use aci_proxy::{Proxy, ProxyConfig, install_metrics_recorder};
 ///
 /// install_metrics_recorder()?; // the process's one `metrics` recorder: Prometheus
-/// let proxy = Proxy::start(ProxyConfig { local_test_gateway: true, ..ProxyConfig::default() }).await?;
+/// let proxy = Proxy::start(ProxyConfig::default().local_test_gateway(true)).await?;
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await.unwrap();
 /// axum::serve(listener, proxy.router()).await.unwrap(); // curl http://127.0.0.1:8787/metrics
 /// # Ok(()) }

@@ -244,12 +244,10 @@ impl Proxy {
     /// # async fn run() -> tower_aci::Result<()> {
     /// use aci_proxy::{Proxy, ProxyConfig};
     ///
-    /// let config = ProxyConfig {
-    ///     local_test_gateway: true,
-    ///     client_key_env: Some("ACI_CLIENT_KEY".into()),
-    ///     ops_listen: Some("127.0.0.1:9090".parse().unwrap()),
-    ///     ..ProxyConfig::default()
-    /// };
+    /// let config = ProxyConfig::default()
+    ///     .local_test_gateway(true)
+    ///     .client_key_env("ACI_CLIENT_KEY")
+    ///     .ops_listen("127.0.0.1:9090".parse().unwrap());
     /// let proxy = Proxy::start(config).await?;
     /// let ops = tokio::net::TcpListener::bind("127.0.0.1:9090").await.unwrap();
     /// axum::serve(ops, proxy.ops_router()).await.unwrap(); // curl http://127.0.0.1:9090/readyz
@@ -293,7 +291,7 @@ impl Proxy {
     /// # async fn run() -> tower_aci::Result<()> {
     /// use aci_proxy::{Proxy, ProxyConfig};
     ///
-    /// let config = ProxyConfig { local_test_gateway: true, ..ProxyConfig::default() };
+    /// let config = ProxyConfig::default().local_test_gateway(true);
     /// let proxy = Proxy::start(config).await?;
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await.unwrap();
     /// let ops = tokio::net::TcpListener::bind("127.0.0.1:9090").await.unwrap();
@@ -767,7 +765,7 @@ mod without_test_gateway {
     /// to build it in.
     #[tokio::test]
     async fn the_local_test_gateway_needs_its_feature() {
-        let config = ProxyConfig { local_test_gateway: true, ..ProxyConfig::default() };
+        let config = ProxyConfig::default().local_test_gateway(true);
         let e = Proxy::start(config).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         let text = e.to_string();
