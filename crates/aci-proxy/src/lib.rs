@@ -79,6 +79,7 @@ pub use config::{BootMeasurementPin, LogFormat, PolicyPins, ProxyConfig, Receipt
 pub use local::LocalProxy;
 pub use ops::install_metrics_recorder;
 pub use proxy::Proxy;
+pub use stack::crypto_backends;
 
 /// The README's Rust snippets, compiled as doc tests (`cargo test -p aci-proxy --doc`).
 #[cfg(doctest)]

@@ -27,6 +27,7 @@ use crate::names;
 use crate::ops::{self, Ops};
 use crate::relay;
 use crate::salt;
+use crate::stack::crypto_backends;
 use crate::status::Counters;
 use crate::upstream::upstream_uri;
 #[cfg(feature = "local-test-gateway")]
@@ -167,6 +168,7 @@ impl Proxy {
                 "prompt-cache partition: every chat completion and completion carries this proxy's cache_salt"
             );
         }
+        tracing::info!(crypto = crypto_backends(), "field encryption backends");
         let started_at = client.keys().now();
         let ops = Ops::new(config.metrics, config.request_timeout);
         Ok(Proxy {
@@ -438,6 +440,7 @@ fn status_json(st: &ProxyState) -> serde_json::Value {
         "started_at": st.started_at,
         "authorization": {"source": st.auth.0.name(), "detail": st.auth.1},
         "cache_salt": st.cache_salt.is_set(),
+        "crypto_backends": crypto_backends(),
         "counts": st.counters.to_json_with(keys.refused_keysets().len()),
     })
 }

@@ -215,7 +215,9 @@ fn init_logging(format: LogFormat) {
 /// The command line. The serve flags of `aci-proxy [FLAGS]` are hidden in the top-level
 /// `--help`, which lists the subcommands (`aci-proxy serve --help` lists those flags).
 fn parse() -> Cli {
-    let command = Cli::command().mut_args(|a| a.hide(true));
+    // `--version` says which field-encryption backends this build decrypts with.
+    let version = format!("{} ({})", env!("CARGO_PKG_VERSION"), aci_proxy::crypto_backends());
+    let command = Cli::command().mut_args(|a| a.hide(true)).version(&*Box::leak(version.into_boxed_str()));
     let matches = command.get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
