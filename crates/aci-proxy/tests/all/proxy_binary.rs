@@ -505,7 +505,8 @@ async fn the_version_the_log_and_the_status_name_the_crypto_backends() {
     let version = String::from_utf8(out.stdout).unwrap();
     assert_eq!(version.trim(), format!("aci-proxy {} ({backends})", env!("CARGO_PKG_VERSION")));
     let proxy = start(&[], &[]);
-    let status: Value = reqwest::get(proxy.url("/aci/status")).await.unwrap().json().await.unwrap();
+    let status: Value =
+        serde_json::from_str(&reqwest::get(proxy.url("/aci/status")).await.unwrap().text().await.unwrap()).unwrap();
     assert_eq!(status["crypto_backends"], backends);
     assert!(proxy.log().contains(backends), "{}", proxy.log());
 }
