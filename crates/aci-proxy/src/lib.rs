@@ -54,6 +54,11 @@
 //! | --- | --- |
 //! | `fast-crypto` (default) | tower-aci's `libsecp256k1` and `aws-lc` backends: the same bytes, about half the time per field (a C compiler, about a minute more to build); `--no-default-features` keeps pure Rust |
 //! | `local-test-gateway` | `--local-test-gateway` / [`ProxyConfig::local_test_gateway`]: the local attested gateway of crate `aci-test-gateway`, in-process, for an offline demo (its stub quote is accepted under a dangerous policy); without it that setting is a `Config` error at start |
+//!
+//! [`Client`]: tower_aci::client::Client
+//! [`Client::service`]: tower_aci::client::Client::service
+//! [`ClientBuilder`]: tower_aci::client::ClientBuilder
+//! [`ReceiptCheck`]: tower_aci::client::ReceiptCheck
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

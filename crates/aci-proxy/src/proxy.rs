@@ -94,7 +94,7 @@ impl Proxy {
     /// than 16 characters; and wherever [`ClientBuilder::build`](tower_aci::client::ClientBuilder::build)
     /// fails (plain `http://` beyond loopback, an API key that is not a valid header value, a PCCS
     /// on the gateway's host, …). It installs no process-wide metrics recorder (see
-    /// [`install_metrics_recorder`]), and says in one log line what the gateway gets as
+    /// [`install_metrics_recorder`](crate::install_metrics_recorder)), and says in one log line what the gateway gets as
     /// `Authorization` (`GET /aci/status` repeats it).
     pub async fn start(config: ProxyConfig) -> Result<Proxy> {
         Proxy::start_with(config, |builder| builder).await
@@ -219,7 +219,7 @@ impl Proxy {
     /// operators `GET /healthz` (200 while the process serves), `GET /readyz` (200 while an
     /// attested keyset is current, else 503 with the reason; JSON) and `GET /metrics`
     /// (Prometheus text format, when [`ProxyConfig::metrics`] is on and
-    /// [`install_metrics_recorder`] installed the recorder).
+    /// [`install_metrics_recorder`](crate::install_metrics_recorder) installed the recorder).
     ///
     /// Every route, the operator's included, is behind the guard: `Host` must name the proxy
     /// (`421`), an `Origin` must be allowed (`403`), and a configured client key must be sent

@@ -7,7 +7,7 @@ use std::time::Duration;
 /// request.
 ///
 /// Stream faults count the upstream's stream pieces as "events" (the built-in upstream and
-/// [`UpstreamResponse::sse_events`] send one event per piece), 0-based.
+/// [`UpstreamResponse::sse_events`](crate::UpstreamResponse::sse_events) send one event per piece), 0-based.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {
