@@ -325,12 +325,7 @@ fn proxy_main() {
     let rt = runtime();
     rt.block_on(async move {
         let e2ee = |receipts| {
-            let config = ProxyConfig {
-                gateway: Some(gateway.clone()),
-                receipts,
-                policy: Some(policy(suite)),
-                ..ProxyConfig::default()
-            };
+            let config = ProxyConfig::default().gateway(gateway.clone()).receipts(receipts).with_policy(policy(suite));
             async move {
                 let proxy = Proxy::start(config).await.unwrap();
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Offline, against the workspace's local test gateway (feature `local-test-gateway`). For a real gateway, fill
-//! `ProxyConfig { gateway: Some("https://…".into()), policy: Some(your_policy), .. }`.
+//! `.gateway("https://…").with_policy(your_policy)`.
 
 use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 use async_openai::Client;
@@ -15,8 +15,7 @@ use async_openai::types::chat::{ChatCompletionRequestUserMessageArgs, CreateChat
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let config =
-        ProxyConfig { local_test_gateway: true, receipts: ReceiptMode::BeforeRelease, ..ProxyConfig::default() };
+    let config = ProxyConfig::default().local_test_gateway(true).receipts(ReceiptMode::BeforeRelease);
     let proxy = Proxy::start(config).await?; // attests the gateway, or fails saying which check failed
     let (base_url, server) = proxy.spawn_local().await?;
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tower_aci::receipt::ExchangeRecord;
 use tower_aci::telemetry::FieldCounts;
 
-use crate::ops::names;
+use crate::names::{self, ENDPOINTS};
 
 /// One exchange, from its request to its last byte; logged once, when it ends or is dropped.
 pub(crate) struct ExchangeLog {
@@ -34,9 +34,6 @@ pub(crate) struct ExchangeLog {
     open_stream: bool,
     done: bool,
 }
-
-/// The proxy's E2EE routes, as a bounded metric label (and the access log's `path`).
-const ENDPOINTS: [&str; 4] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "other"];
 
 /// The index into [`ENDPOINTS`] of a request path.
 fn endpoint_index(path: &str) -> usize {
@@ -69,8 +66,7 @@ static METADATA: metrics::Metadata<'static> =
 mod keys {
     use metrics::{Key, Label};
 
-    use super::ENDPOINTS;
-    use crate::ops::names;
+    use crate::names::{self, ENDPOINTS};
 
     const fn l(key: &'static str, value: &'static str) -> Label {
         Label::from_static_parts(key, value)

@@ -46,8 +46,18 @@ impl std::str::FromStr for LogFormat {
 ///
 /// On the command line `--boot-measurements MRTD,RTMR0,RTMR1,RTMR2`; in the TOML file a
 /// `[[pins.boot-measurements]]` table with `mrtd`, `rtmr0`, `rtmr1` and `rtmr2`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+///
+/// ```
+/// use aci_proxy::{BootMeasurementPin, PolicyPins};
+/// let (mrtd, rtmr) = ("11".repeat(48), "22".repeat(48));
+/// let pin = BootMeasurementPin::new(&mrtd, &rtmr, &rtmr, &rtmr);
+/// assert_eq!(format!("{mrtd},{rtmr},{rtmr},{rtmr}").parse::<BootMeasurementPin>().unwrap(), pin);
+/// let pins = PolicyPins::default().boot_measurements(pin);
+/// # let _ = pins;
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct BootMeasurementPin {
     /// MRTD (the initial TD image).
     pub mrtd: String,
@@ -59,6 +69,19 @@ pub struct BootMeasurementPin {
     pub rtmr2: String,
 }
 
+impl BootMeasurementPin {
+    /// One set: MRTD and RTMR0–2, hex as `aci-proxy inspect` prints them (checked when the
+    /// policy is built).
+    pub fn new(
+        mrtd: impl Into<String>,
+        rtmr0: impl Into<String>,
+        rtmr1: impl Into<String>,
+        rtmr2: impl Into<String>,
+    ) -> Self {
+        BootMeasurementPin { mrtd: mrtd.into(), rtmr0: rtmr0.into(), rtmr1: rtmr1.into(), rtmr2: rtmr2.into() }
+    }
+}
+
 impl std::str::FromStr for BootMeasurementPin {
     type Err = Error;
 
@@ -66,12 +89,7 @@ impl std::str::FromStr for BootMeasurementPin {
     fn from_str(s: &str) -> Result<Self> {
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
         match parts.as_slice() {
-            [mrtd, rtmr0, rtmr1, rtmr2] => Ok(BootMeasurementPin {
-                mrtd: (*mrtd).to_owned(),
-                rtmr0: (*rtmr0).to_owned(),
-                rtmr1: (*rtmr1).to_owned(),
-                rtmr2: (*rtmr2).to_owned(),
-            }),
+            [mrtd, rtmr0, rtmr1, rtmr2] => Ok(BootMeasurementPin::new(*mrtd, *rtmr0, *rtmr1, *rtmr2)),
             _ => Err(Error::config(format!(
                 "boot measurements {s:?} are not MRTD,RTMR0,RTMR1,RTMR2 (four hex values, comma-separated)"
             ))),
@@ -121,9 +139,27 @@ fn write_seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Resul
 /// together are the sound combination that covers every key; an app id and a KMS root add
 /// checks beside them (see [`Policy`]).
 ///
-/// In the TOML file they form the `[pins]` table, each key spelt like its flag (given below).
+/// In the TOML file they form the `[pins]` table, each key spelt like its flag (given below). In
+/// code, start from [`PolicyPins::default`] and add pins with the setters named like the flags
+/// (each takes and returns the pins by value; a repeatable flag's setter adds one value); the
+/// fields stay public to read and to change in place. New pins may be added in any release, so
+/// the struct is `#[non_exhaustive]`: build it this way, never as a struct literal.
+///
+/// ```
+/// use aci_proxy::{BootMeasurementPin, PolicyPins, ProxyConfig};
+/// let (mrtd, rtmr) = ("11".repeat(48), "22".repeat(48));
+/// let pins = PolicyPins::default()
+///     .compose_hash("5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb")
+///     .boot_measurements(BootMeasurementPin::new(&mrtd, &rtmr, &rtmr, &rtmr))
+///     .kms_identity("3059301306072a8648ce3d0201")
+///     .refuse_advisory("INTEL-SA-00837");
+/// assert_eq!(pins.compose_hashes.len(), 1);
+/// let config = ProxyConfig::default().gateway("https://api.redpill.ai").pins(pins);
+/// assert!(config.policy().is_ok());
+/// ```
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+#[non_exhaustive]
 pub struct PolicyPins {
     /// Allowed compose hashes (`--compose-hash`, TOML `compose-hash`).
     #[serde(rename = "compose-hash")]
@@ -162,6 +198,72 @@ pub struct PolicyPins {
 }
 
 impl PolicyPins {
+    /// Allow one more compose hash (`--compose-hash`).
+    pub fn compose_hash(mut self, hash: impl Into<String>) -> Self {
+        self.compose_hashes.push(hash.into());
+        self
+    }
+
+    /// Allow one more dstack app id (`--app-id`).
+    pub fn app_id(mut self, id: impl Into<String>) -> Self {
+        self.app_ids.push(id.into());
+        self
+    }
+
+    /// Allow one more OS image hash (`--os-image-hash`).
+    pub fn os_image_hash(mut self, hash: impl Into<String>) -> Self {
+        self.os_image_hashes.push(hash.into());
+        self
+    }
+
+    /// Accept one more KMS root key; custody is then required (`--kms-root`).
+    pub fn kms_root(mut self, root: impl Into<String>) -> Self {
+        self.kms_roots.push(root.into());
+        self
+    }
+
+    /// Encrypt only to this E2EE key id (`--key-id`).
+    pub fn key_id(mut self, id: impl Into<String>) -> Self {
+        self.key_id = Some(id.into());
+        self
+    }
+
+    /// Prefer the X25519 key over secp256k1 (`--prefer-x25519`).
+    pub fn prefer_x25519(mut self, prefer: bool) -> Self {
+        self.prefer_x25519 = prefer;
+        self
+    }
+
+    /// Accept one more TCB status (`--tcb-status`; default `UpToDate` when none is given).
+    pub fn tcb_status(mut self, status: impl Into<String>) -> Self {
+        self.tcb_statuses.push(status.into());
+        self
+    }
+
+    /// Allow one more KMS identity, the `id` of the `key-provider` event (`--kms-identity`).
+    pub fn kms_identity(mut self, id: impl Into<String>) -> Self {
+        self.kms_identities.push(id.into());
+        self
+    }
+
+    /// Require a reviewed dstack production OS image (`--require-production-os`).
+    pub fn require_production_os(mut self, require: bool) -> Self {
+        self.require_production_os = require;
+        self
+    }
+
+    /// Refuse a platform whose TCB level this Intel advisory (`INTEL-SA-…`) affects (`--refuse-advisory`).
+    pub fn refuse_advisory(mut self, id: impl Into<String>) -> Self {
+        self.refused_advisories.push(id.into());
+        self
+    }
+
+    /// Allow one more set of boot measurements, MRTD and RTMR0–2 (`--boot-measurements`).
+    pub fn boot_measurements(mut self, set: BootMeasurementPin) -> Self {
+        self.boot_measurements.push(set);
+        self
+    }
+
     /// Whether no workload is pinned (an OS image hash alone pins only the OS).
     pub fn is_empty(&self) -> bool {
         self.compose_hashes.is_empty() && self.app_ids.is_empty()
@@ -307,8 +409,29 @@ const PIN_FIXES: &str = "  fix: give each pin as the hex aci-proxy inspect print
 /// // What `to_toml` writes, `from_toml` reads back to the same configuration.
 /// assert_eq!(ProxyConfig::from_toml(&config.to_toml().unwrap()).unwrap().to_toml().unwrap(), config.to_toml().unwrap());
 /// ```
+///
+/// # In code
+///
+/// Start from [`ProxyConfig::default`] and set what differs with the setters, named like the
+/// flags (each takes and returns the configuration by value; a repeatable flag's setter adds one
+/// value); the fields stay public to read and to change in place. Settings may be added in any
+/// release, so the struct is `#[non_exhaustive]`: build it this way, never as a struct literal.
+///
+/// ```
+/// use std::time::Duration;
+/// use aci_proxy::{PolicyPins, ProxyConfig, ReceiptMode};
+/// let config = ProxyConfig::default()
+///     .gateway("https://api.redpill.ai")
+///     .listen("127.0.0.1:8787".parse().unwrap())
+///     .receipts(ReceiptMode::BeforeRelease)
+///     .audit_file("receipts.jsonl")
+///     .request_timeout(Duration::from_secs(120))
+///     .pins(PolicyPins::default().compose_hash("5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb"));
+/// assert!(config.to_toml().unwrap().contains("request-timeout = 120"));
+/// ```
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+#[non_exhaustive]
 pub struct ProxyConfig {
     /// The gateway's base URL (`https://…`, or `http://…` on loopback).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -473,6 +596,156 @@ impl Default for ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// The gateway's base URL (`--gateway`).
+    pub fn gateway(mut self, url: impl Into<String>) -> Self {
+        self.gateway = Some(url.into());
+        self
+    }
+
+    /// Where the proxy listens (`--listen`).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// The environment variable holding the API key (`--api-key-env`).
+    pub fn api_key_env(mut self, var: impl Into<String>) -> Self {
+        self.api_key_env = var.into();
+        self
+    }
+
+    /// The environment variable holding the key clients must send (`--client-key-env`).
+    pub fn client_key_env(mut self, var: impl Into<String>) -> Self {
+        self.client_key_env = Some(var.into());
+        self
+    }
+
+    /// Refuse to start without a client key, on loopback too (`--require-client-key`).
+    pub fn require_client_key(mut self, require: bool) -> Self {
+        self.require_client_key = require;
+        self
+    }
+
+    /// The operator listener for the probes and metrics (`--ops-listen`).
+    pub fn ops_listen(mut self, addr: SocketAddr) -> Self {
+        self.ops_listen = Some(addr);
+        self
+    }
+
+    /// Acknowledge an operator listener beyond loopback (`--ops-listen-beyond-loopback`).
+    pub fn ops_listen_beyond_loopback(mut self, acknowledge: bool) -> Self {
+        self.ops_listen_beyond_loopback = acknowledge;
+        self
+    }
+
+    /// Allow one more browser origin, exact `scheme://host[:port]` (`--allow-origin`).
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.allow_origins.push(origin.into());
+        self
+    }
+
+    /// What to do with receipts (`--receipts`).
+    pub fn receipts(mut self, mode: ReceiptMode) -> Self {
+        self.receipts = mode;
+        self
+    }
+
+    /// Where verified receipts are appended (`--audit-file`).
+    pub fn audit_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.audit_file = Some(path.into());
+        self
+    }
+
+    /// Start the local test gateway in-process and proxy to it (`--local-test-gateway`; feature `local-test-gateway`).
+    pub fn local_test_gateway(mut self, on: bool) -> Self {
+        self.local_test_gateway = on;
+        self
+    }
+
+    /// Dangerous: accept any workload (`--any-workload`). Never for production.
+    pub fn any_workload(mut self, on: bool) -> Self {
+        self.any_workload = on;
+        self
+    }
+
+    /// The largest request body accepted, in bytes (`--max-request-body`).
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.max_request_body = bytes;
+        self
+    }
+
+    /// Trust the gateway's attested TLS key alone, no web PKI (`--tls-pin-only`).
+    pub fn tls_pin_only(mut self, on: bool) -> Self {
+        self.tls_pin_only = on;
+        self
+    }
+
+    /// Where the TDX collateral comes from (`--pccs`).
+    pub fn pccs(mut self, url: impl Into<String>) -> Self {
+        self.pccs = Some(url.into());
+        self
+    }
+
+    /// A PEM file of extra CA certificates for the PCCS (`--pccs-ca`).
+    pub fn pccs_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pccs_ca = Some(path.into());
+        self
+    }
+
+    /// Go out through this HTTP proxy (`--https-proxy`).
+    pub fn https_proxy(mut self, proxy: HttpsProxy) -> Self {
+        self.https_proxy = Some(proxy);
+        self
+    }
+
+    /// The longest time one exchange may take (`--request-timeout`).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long open streams may drain on shutdown (`--shutdown-timeout`).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Serve `GET /metrics` (`--metrics`).
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
+        self
+    }
+
+    /// How the `aci-proxy` binary writes its log (`--log-format`).
+    pub fn log_format(mut self, format: LogFormat) -> Self {
+        self.log_format = format;
+        self
+    }
+
+    /// Accept a receipt only when the keyset it names was itself attested (`--require-exact-keyset`).
+    pub fn require_exact_keyset(mut self, require: bool) -> Self {
+        self.require_exact_keyset = require;
+        self
+    }
+
+    /// The environment variable holding this proxy's prompt-cache salt (`--cache-salt-env`).
+    pub fn cache_salt_env(mut self, var: impl Into<String>) -> Self {
+        self.cache_salt_env = Some(var.into());
+        self
+    }
+
+    /// The policy's workload pins (the `[pins]` table).
+    pub fn pins(mut self, pins: PolicyPins) -> Self {
+        self.pins = pins;
+        self
+    }
+
+    /// A policy built in code, used instead of the [`pins`](Self::pins) (for embedding the proxy, and tests; a TOML file cannot hold it). Named `with_policy` since [`policy`](Self::policy) builds the policy the settings describe.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
     /// Parse a TOML configuration file's text (see [the format](Self#the-configuration-file)).
     /// A key spelt otherwise than its flag (an older name such as `compose_hashes`, `_` for `-`)
     /// or in the wrong table fails with a [`Config`](tower_aci::ErrorKind::Config) error naming the key to
@@ -492,7 +765,7 @@ impl ProxyConfig {
             Error::config(format!("invalid proxy configuration: {shown}"))
         };
         let table: toml::Table = toml::from_str(text).map_err(|e| invalid(&e))?;
-        keys::check(&table, text)
+        keys::check::<ProxyConfig, PolicyPins>(&table, text)
             .map_err(|e| Error::config(format!("invalid proxy configuration: {}", e.trim_end())))?;
         toml::from_str(text).map_err(|e| invalid(&e))
     }

@@ -33,9 +33,8 @@ use http::{HeaderValue, Method, StatusCode};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::ProxyState;
-use super::errors::ProxyError;
-use super::status::Counters;
+use crate::errors::ProxyError;
+use crate::status::Counters;
 use tower_aci::error::{Error, Result};
 
 /// Shortest client key accepted (a key guarding a network-reachable proxy must not be guessable).
@@ -193,23 +192,27 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn refused(st: &ProxyState, status: StatusCode, kind: &'static str, message: String) -> Response {
-    Counters::bump(&st.counters.refused);
+fn refused(counters: &Counters, status: StatusCode, kind: &'static str, message: String) -> Response {
+    Counters::bump(&counters.refused);
     tracing::warn!(kind, "refused: {message}");
     ProxyError::new(status, kind, message).into_response()
 }
 
-/// The middleware in front of every route of the main listener.
-pub(crate) async fn guard(State(st): State<Arc<ProxyState>>, req: Request, next: Next) -> Response {
-    check(&st, &st.guard, req, next).await
+/// What the guard's middleware holds: the guard of one listener, and the counters its refusals
+/// bump.
+#[derive(Clone)]
+pub(crate) struct Guarded {
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) counters: Arc<Counters>,
 }
 
-/// The middleware in front of the operator listener's routes.
-pub(crate) async fn ops_guard(State(st): State<Arc<ProxyState>>, req: Request, next: Next) -> Response {
-    check(&st, &st.ops_guard, req, next).await
+/// The middleware in front of every route of a listener (the main one, or the operator's with
+/// its own guard).
+pub(crate) async fn guard(State(g): State<Guarded>, req: Request, next: Next) -> Response {
+    check(&g.counters, &g.guard, req, next).await
 }
 
-async fn check(st: &ProxyState, guard: &Guard, req: Request, next: Next) -> Response {
+async fn check(st: &Counters, guard: &Guard, req: Request, next: Next) -> Response {
     // Host: the header, and the authority of an absolute-form request line; both must name us.
     let host = req.headers().get(HOST).map(|h| h.to_str().unwrap_or("\u{fffd}"));
     let authority = req.uri().authority().map(|a| a.as_str());

@@ -26,7 +26,7 @@ use tower_aci::attest::{ChannelInfo, KeyHandle};
 use tower_aci::e2ee::RequestBody;
 use tower_aci::error::{Error, Result};
 
-use crate::ProxyConfig;
+use crate::config::ProxyConfig;
 
 /// The PCCS `aci-proxy inspect` fetches collateral from when none is given: the client's and
 /// the proxy's default, [`tower_aci::client::DEFAULT_PCCS`].
@@ -229,10 +229,10 @@ pub async fn inspect_gateway(config: &ProxyConfig) -> Result<Inspection> {
     let keys = KeyHandle::new();
     let mut fetch_config = config.clone();
     fetch_config.pccs = Some(pccs.to_string());
-    let client = crate::http_client(&base, &keys, &fetch_config, Some(&pccs))?;
+    let client = crate::upstream::http_client(&base, &keys, &fetch_config, Some(&pccs))?;
     let mut nonce = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-    let uri = crate::upstream_uri(&base, &format!("/v1/aci/attestation?nonce={}", const_hex::encode(nonce)))
+    let uri = crate::upstream::upstream_uri(&base, &format!("/v1/aci/attestation?nonce={}", const_hex::encode(nonce)))
         .map_err(|e| Error::config("invalid gateway URL").with_source(e))?;
     let req = Request::get(uri)
         .body(RequestBody::from(Bytes::new()))

@@ -21,7 +21,7 @@ impl Proxy {
     /// # async fn run() -> tower_aci::Result<()> {
     /// use aci_proxy::{Proxy, ProxyConfig};
     ///
-    /// let proxy = Proxy::start(ProxyConfig { local_test_gateway: true, ..ProxyConfig::default() }).await?;
+    /// let proxy = Proxy::start(ProxyConfig::default().local_test_gateway(true)).await?;
     /// let (base_url, server) = proxy.spawn_local().await?;
     /// // async-openai: Client::with_config(OpenAIConfig::new().with_api_base(&base_url))
     /// # let _ = base_url;

@@ -19,34 +19,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::CONTENT_TYPE;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::{Notify, watch};
 
-use crate::ProxyState;
 use crate::errors::ProxyError;
+use crate::names;
+use tower_aci::attest::KeyHandle;
 use tower_aci::error::{Error, Result};
-
-/// The proxy's own metrics (the library's are in [`tower_aci::telemetry::names`]).
-pub(crate) mod names {
-    /// Counter, labels `endpoint`, `outcome`: exchanges the proxy ended.
-    pub(crate) const EXCHANGES: &str = "aci_proxy_exchanges_total";
-    /// Histogram, label `endpoint`: seconds from the request to the answer's last byte.
-    pub(crate) const REQUEST_SECONDS: &str = "aci_proxy_request_duration_seconds";
-    /// Histogram, label `endpoint`: seconds from the request to a stream's first event.
-    pub(crate) const FIRST_EVENT_SECONDS: &str = "aci_proxy_time_to_first_event_seconds";
-    /// Gauge: streams being relayed now.
-    pub(crate) const OPEN_STREAMS: &str = "aci_proxy_open_streams";
-    /// Counter: requests refused because they are outside E2EE v2.
-    pub(crate) const REFUSED: &str = "aci_proxy_refused_requests_total";
-    /// Gauge: seconds until the current keyset's `not_after` (negative once expired).
-    pub(crate) const KEYSET_EXPIRES_IN: &str = "aci_keyset_expires_in_seconds";
-    /// Gauge: 1 while a keyset is current (the proxy is ready), else 0.
-    pub(crate) const KEYSET_CURRENT: &str = "aci_keyset_current";
-}
 
 /// Buckets of the latency histograms (seconds): 5 ms to 10 min.
 const LATENCY_BUCKETS: &[f64] =
@@ -74,7 +56,7 @@ static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// use aci_proxy::{Proxy, ProxyConfig, install_metrics_recorder};
 ///
 /// install_metrics_recorder()?; // the process's one `metrics` recorder: Prometheus
-/// let proxy = Proxy::start(ProxyConfig { local_test_gateway: true, ..ProxyConfig::default() }).await?;
+/// let proxy = Proxy::start(ProxyConfig::default().local_test_gateway(true)).await?;
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await.unwrap();
 /// axum::serve(listener, proxy.router()).await.unwrap(); // curl http://127.0.0.1:8787/metrics
 /// # Ok(()) }
@@ -291,17 +273,17 @@ pub(crate) async fn healthz() -> Response {
 
 /// `GET /readyz`: 200 while an attested keyset is current and the proxy is not stopping, else
 /// 503 with the reason.
-pub(crate) async fn readyz(State(st): State<Arc<ProxyState>>) -> Response {
-    if st.ops.stopping() {
+pub(crate) fn readyz(ops: &Ops, keys: &KeyHandle) -> Response {
+    if ops.stopping() {
         let body = serde_json::json!({"ready": false, "reason": "aci-proxy is shutting down"});
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     }
-    match st.keys.current() {
+    match keys.current() {
         Ok(k) => axum::Json(serde_json::json!({
             "ready": true,
             "keyset": k.digest(),
             "not_after": k.not_after(),
-            "expires_in": k.not_after().saturating_sub(st.keys.now()),
+            "expires_in": k.not_after().saturating_sub(keys.now()),
         }))
         .into_response(),
         Err(e) => {
@@ -312,9 +294,9 @@ pub(crate) async fn readyz(State(st): State<Arc<ProxyState>>) -> Response {
 }
 
 /// `GET /metrics`: the Prometheus text format.
-pub(crate) async fn metrics(State(st): State<Arc<ProxyState>>) -> Response {
-    let Some(handle) = st.ops.metrics() else {
-        let why = if st.ops.serve_metrics {
+pub(crate) fn metrics(ops: &Ops, keys: &KeyHandle) -> Response {
+    let Some(handle) = ops.metrics() else {
+        let why = if ops.serve_metrics {
             "no metrics recorder is installed in this process: a program that embeds the proxy calls \
              aci_proxy::install_metrics_recorder() to serve them (aci-proxy does)"
         } else {
@@ -323,9 +305,9 @@ pub(crate) async fn metrics(State(st): State<Arc<ProxyState>>) -> Response {
         return ProxyError::new(StatusCode::NOT_FOUND, "metrics_off", why).into_response();
     };
     // Gauges that depend on the time of the scrape.
-    match st.keys.current() {
+    match keys.current() {
         Ok(k) => {
-            metrics::gauge!(names::KEYSET_EXPIRES_IN).set(k.not_after() as f64 - st.keys.now() as f64);
+            metrics::gauge!(names::KEYSET_EXPIRES_IN).set(k.not_after() as f64 - keys.now() as f64);
             metrics::gauge!(names::KEYSET_CURRENT).set(1.0);
         }
         Err(_) => metrics::gauge!(names::KEYSET_CURRENT).set(0.0),

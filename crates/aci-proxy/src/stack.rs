@@ -3,9 +3,27 @@
 //! (plain `http://` beyond loopback, an API key that is no header value, a PCCS on the gateway's
 //! host, redirects) is the client's, once.
 
-use crate::ProxyConfig;
+use crate::config::ProxyConfig;
 use tower_aci::client::{Client, ClientBuilder};
 use tower_aci::error::{Error, Result};
+
+/// The ECDH and AES-256-GCM backends this build decrypts with, in one line: `aci-proxy
+/// --version`, the start-up log and `GET /aci/status` (`crypto_backends`) say it. The default
+/// feature `fast-crypto` builds libsecp256k1 (secp256k1 ECDH) and AWS-LC (X25519 ECDH and
+/// AES-256-GCM); `--no-default-features` builds pure Rust (RustCrypto). Same bytes on the wire
+/// either way.
+///
+/// ```
+/// let line = aci_proxy::crypto_backends();
+/// assert!(line.contains("libsecp256k1") || line.contains("pure Rust"));
+/// ```
+pub fn crypto_backends() -> &'static str {
+    if cfg!(feature = "fast-crypto") {
+        "fast-crypto: libsecp256k1 (secp256k1 ECDH), aws-lc (X25519 ECDH, AES-256-GCM)"
+    } else {
+        "pure Rust: RustCrypto k256, x25519-dalek, aes-gcm (built without fast-crypto)"
+    }
+}
 
 impl ProxyConfig {
     /// The [`ClientBuilder`] these settings describe, for [`Proxy::start`](crate::Proxy::start)

@@ -21,10 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::e2ee::{self, ApiError, Framed, Reframer};
+use crate::fault::Fault;
 use crate::keyset::{self, Keyset};
 use crate::receipts::{self, FetchError, PendingReceipt, ReceiptStore};
-use crate::upstream::{UpstreamBody, UpstreamRequest, UpstreamResponse};
-use crate::{Fault, UpstreamFn};
+use crate::upstream::{UpstreamBody, UpstreamFn, UpstreamRequest, UpstreamResponse};
 use tower_aci::__private::ResponseSealer;
 use tower_aci::attest::Clock;
 use tower_aci::protocol::headers;
@@ -118,7 +118,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn set_tls(&self, tls: Option<&crate::GatewayTls>) {
+    pub(crate) fn set_tls(&self, tls: Option<&crate::tls::GatewayTls>) {
         let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
     }

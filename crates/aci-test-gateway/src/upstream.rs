@@ -6,6 +6,9 @@ use sha2::{Digest, Sha256};
 
 use const_hex as hex;
 
+/// A replacement upstream ([`GatewayConfig::upstream`](crate::GatewayConfig::upstream)).
+pub(crate) type UpstreamFn = dyn Fn(UpstreamRequest) -> UpstreamResponse + Send + Sync + 'static;
+
 /// A request as the upstream receives it: the plaintext body after the gateway decrypted
 /// (E2EE) or accepted (plaintext) it, and after the direct path's forwarding rewrites.
 #[derive(Debug, Clone)]

@@ -2,12 +2,10 @@
 //! than its flag gets a message naming the key to use (serde's own says only "unknown field").
 //!
 //! The accepted keys are read from the derived `Deserialize` impls themselves (the field names
-//! serde passes to `deserialize_struct`), so a setting added to [`ProxyConfig`] or
-//! [`PolicyPins`] is known here without a second list to keep in step.
+//! serde passes to `deserialize_struct`), so a setting added to [`ProxyConfig`](super::ProxyConfig)
+//! or [`PolicyPins`](super::PolicyPins) is known here without a second list to keep in step.
 
 use serde::de::{DeserializeOwned, Visitor};
-
-use super::{PolicyPins, ProxyConfig};
 
 /// Names of settings before they were spelt like their flags, whose new key is more than the
 /// `_` → `-` of the old one (lists took plural names).
@@ -32,9 +30,12 @@ enum Level {
 /// Check every key of the top level and of `[pins]`; the first one spelt otherwise than its
 /// flag, or in the wrong table, is an error naming the key to use. Keys nobody knows are left
 /// to serde (whose message lists the keys it expects).
-pub(super) fn check(table: &toml::Table, text: &str) -> std::result::Result<(), String> {
-    let top = fields::<ProxyConfig>();
-    let pins = fields::<PolicyPins>();
+pub(super) fn check<Top: DeserializeOwned, Pins: DeserializeOwned>(
+    table: &toml::Table,
+    text: &str,
+) -> std::result::Result<(), String> {
+    let top = fields::<Top>();
+    let pins = fields::<Pins>();
     for key in table.keys() {
         if !top.contains(&key.as_str()) {
             if let Some(hint) = hint(key, Level::Top, top, pins, table.get(key)) {
@@ -142,6 +143,7 @@ impl<'de> serde::Deserializer<'de> for Probe<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{PolicyPins, ProxyConfig};
 
     #[test]
     fn the_probe_reads_the_keys_serde_accepts() {

@@ -16,6 +16,7 @@ mod doubles;
 mod support;
 
 mod egress;
+mod metrics_golden;
 mod proxy;
 mod proxy_binary;
 mod proxy_cache_salt;

@@ -20,12 +20,14 @@ use crate::support::stub_policy;
 
 /// A proxy in front of `gw`, served on an ephemeral loopback port.
 async fn serve(gw: &TestGateway, receipts: ReceiptMode, audit: Option<std::path::PathBuf>) -> (Proxy, SocketAddr) {
-    serve_config(ProxyConfig { receipts, audit_file: audit, ..config_for(gw) }).await
+    let mut config = config_for(gw).receipts(receipts);
+    config.audit_file = audit;
+    serve_config(config).await
 }
 
 /// The proxy's configuration for `gw`, under the tests' stub-accepting policy.
 pub(crate) fn config_for(gw: &TestGateway) -> ProxyConfig {
-    ProxyConfig { gateway: Some(gw.base_url()), policy: Some(stub_policy(Suite::Secp256k1)), ..ProxyConfig::default() }
+    ProxyConfig::default().gateway(gw.base_url()).with_policy(stub_policy(Suite::Secp256k1))
 }
 
 /// A proxy with `config`, served on an ephemeral loopback port.
@@ -274,7 +276,7 @@ async fn the_proxy_reaches_an_https_gateway_over_the_pinned_channel() {
     let tls = GatewayTls::new(vec![cert.cert.der().clone()], key).unwrap();
     let gw = TestGateway::start(GatewayConfig::new().tls(tls)).await.unwrap();
     assert!(gw.base_url().starts_with("https://"));
-    let config = ProxyConfig { receipts: ReceiptMode::BeforeRelease, tls_pin_only: true, ..config_for(&gw) };
+    let config = config_for(&gw).receipts(ReceiptMode::BeforeRelease).tls_pin_only(true);
     let (proxy, addr) = serve_config(config).await;
     let answer = sdk(addr).chat().create(chat_request("over pinned tls")).await.unwrap();
     assert_eq!(answer.choices[0].message.content.as_deref(), Some("You said: over pinned tls"));

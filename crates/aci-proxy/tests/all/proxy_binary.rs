@@ -493,3 +493,20 @@ async fn a_non_loopback_ops_listen_needs_its_acknowledgement() {
     let res = http.get(&url).header("host", format!("evil.example:{port}")).send().await.unwrap();
     assert_eq!(res.status(), 421);
 }
+
+/// `aci-proxy --version`, its start-up log and `/aci/status` say which field-encryption
+/// backends the build decrypts with (`fast-crypto`, the default, or pure Rust).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_the_log_and_the_status_name_the_crypto_backends() {
+    let backends = aci_proxy::crypto_backends();
+    assert_eq!(backends.contains("libsecp256k1") && backends.contains("aws-lc"), cfg!(feature = "fast-crypto"));
+    let out = command(&["--version"], &[]).output().unwrap();
+    assert!(out.status.success());
+    let version = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(version.trim(), format!("aci-proxy {} ({backends})", env!("CARGO_PKG_VERSION")));
+    let proxy = start(&[], &[]);
+    let status: Value =
+        serde_json::from_str(&reqwest::get(proxy.url("/aci/status")).await.unwrap().text().await.unwrap()).unwrap();
+    assert_eq!(status["crypto_backends"], backends);
+    assert!(proxy.log().contains(backends), "{}", proxy.log());
+}

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use aci_proxy::{Proxy, ProxyConfig};
+use aci_proxy::Proxy;
 use aci_test_gateway::{GatewayConfig, TestGateway};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -29,7 +29,9 @@ fn expected(var: &str, client: Option<&str>) -> String {
 }
 
 async fn salted(gw: &TestGateway, var: Option<&str>) -> (Proxy, SocketAddr) {
-    serve_config(ProxyConfig { cache_salt_env: var.map(str::to_owned), ..config_for(gw) }).await
+    let mut config = config_for(gw);
+    config.cache_salt_env = var.map(str::to_owned);
+    serve_config(config).await
 }
 
 /// A request body for `path`, with the client's own `cache_salt` if given.
@@ -159,7 +161,7 @@ async fn a_missing_or_short_salt_fails_the_start() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     for (var, seen) in [("TOWER_ACI_TEST_UNSET_SALT", "is unset"), ("CARGO_PKG_NAME", "is shorter than 16 characters")]
     {
-        let config = ProxyConfig { cache_salt_env: Some(var.to_owned()), ..config_for(&gw) };
+        let config = config_for(&gw).cache_salt_env(var.to_owned());
         let e = Proxy::start(config).await.unwrap_err();
         assert_eq!(e.kind(), tower_aci::ErrorKind::Config);
         assert!(

@@ -23,13 +23,11 @@ use crate::support::stub_policy;
 
 /// A proxy to `gateway` served on an ephemeral loopback port.
 async fn proxy(gateway: String, tweak: impl FnOnce(&mut ProxyConfig)) -> (Proxy, SocketAddr) {
-    let mut config = ProxyConfig {
-        gateway: Some(gateway),
-        policy: Some(stub_policy(Suite::Secp256k1)),
-        receipts: ReceiptMode::Off,
-        api_key_env: "TOWER_ACI_TEST_NO_SUCH_VARIABLE".to_owned(),
-        ..ProxyConfig::default()
-    };
+    let mut config = ProxyConfig::default()
+        .gateway(gateway)
+        .with_policy(stub_policy(Suite::Secp256k1))
+        .receipts(ReceiptMode::Off)
+        .api_key_env("TOWER_ACI_TEST_NO_SUCH_VARIABLE");
     tweak(&mut config);
     let proxy = Proxy::start(config).await.unwrap();
     let addr = serve_router(proxy.router()).await;
@@ -317,13 +315,11 @@ async fn a_pccs_on_the_gateway_host_is_refused_at_start() {
         .unwrap();
     // Another port on the same host is the same host: TLS unpins by host name.
     for pccs in ["https://127.0.0.1:9/", "https://127.0.0.1./sgx/certification/v4"] {
-        let config = ProxyConfig {
-            gateway: Some(gw.base_url()),
-            policy: Some(stub_policy(Suite::Secp256k1)),
-            tls_pin_only: true,
-            pccs: Some(pccs.to_owned()),
-            ..ProxyConfig::default()
-        };
+        let config = ProxyConfig::default()
+            .gateway(gw.base_url())
+            .with_policy(stub_policy(Suite::Secp256k1))
+            .tls_pin_only(true)
+            .pccs(pccs.to_owned());
         let e = Proxy::start(config).await.unwrap_err();
         assert_eq!(e.kind(), tower_aci::ErrorKind::Config, "{pccs}: {e}");
         assert!(e.to_string().contains("names the gateway's own host"), "{e}");
@@ -553,11 +549,7 @@ async fn a_non_loopback_ops_listener_or_a_required_but_missing_client_key_is_ref
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let seen = gw.requests_seen();
     let start = |tweak: fn(&mut ProxyConfig)| {
-        let mut config = ProxyConfig {
-            gateway: Some(gw.base_url()),
-            policy: Some(stub_policy(Suite::Secp256k1)),
-            ..ProxyConfig::default()
-        };
+        let mut config = ProxyConfig::default().gateway(gw.base_url()).with_policy(stub_policy(Suite::Secp256k1));
         tweak(&mut config);
         Proxy::start(config)
     };

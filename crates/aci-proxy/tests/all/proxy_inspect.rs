@@ -157,12 +157,8 @@ async fn a_live_gateway_is_inspected_over_the_pinned_tls_channel() {
     let gw = TestGateway::start(GatewayConfig::new().tls(GatewayTls::new(vec![cert.cert.der().clone()], key).unwrap()))
         .await
         .unwrap();
-    let config = ProxyConfig {
-        gateway: Some(gw.base_url()),
-        tls_pin_only: true,
-        policy: Some(stub_policy(Suite::Secp256k1)),
-        ..ProxyConfig::default()
-    };
+    let config =
+        ProxyConfig::default().gateway(gw.base_url()).tls_pin_only(true).with_policy(stub_policy(Suite::Secp256k1));
     let found = inspect_gateway(&config).await.unwrap();
     assert!(found.verified, "{found}");
     let channel = found.checks.iter().find(|c| c.name == "tls channel").unwrap();
@@ -171,7 +167,8 @@ async fn a_live_gateway_is_inspected_over_the_pinned_tls_channel() {
     assert!(found.values.e2ee_keys.iter().any(|(_, _, k)| gw.keys().e2ee_public_keys().contains(k)), "{found}");
     // The stub quote is no hardware: it fails its line, and a real policy refuses it.
     assert_eq!(found.checks.iter().find(|c| c.name == "quote").unwrap().outcome, Outcome::Fail);
-    let pinned = ProxyConfig { policy: None, any_workload: true, ..config };
+    let mut pinned = config.any_workload(true);
+    pinned.policy = None;
     let refused = inspect_gateway(&pinned).await.unwrap();
     assert!(!refused.verified, "{refused}");
 }

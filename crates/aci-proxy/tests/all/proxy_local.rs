@@ -22,12 +22,12 @@ fn chat_request(text: &str) -> async_openai::types::chat::CreateChatCompletionRe
 }
 
 async fn proxy_for(gw: &TestGateway) -> Proxy {
-    Proxy::start(ProxyConfig {
-        gateway: Some(gw.base_url()),
-        policy: Some(stub_policy(Suite::X25519)),
-        receipts: ReceiptMode::BeforeRelease,
-        ..ProxyConfig::default()
-    })
+    Proxy::start(
+        ProxyConfig::default()
+            .gateway(gw.base_url())
+            .with_policy(stub_policy(Suite::X25519))
+            .receipts(ReceiptMode::BeforeRelease),
+    )
     .await
     .unwrap()
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
+use aci_proxy::{Proxy, ReceiptMode};
 use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -86,7 +86,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 async fn metrics_are_served_in_prometheus_text_format_from_the_library_and_the_proxy() {
     aci_proxy::install_metrics_recorder().unwrap(); // asked for: Proxy::start installs none
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
-    let (proxy, addr) = serve(ProxyConfig { receipts: ReceiptMode::Background, ..config_for(&gw) }).await;
+    let (proxy, addr) = serve(config_for(&gw).receipts(ReceiptMode::Background)).await;
 
     assert_eq!(post(addr, &chat("plain", false)).await.0, 200);
     let (status, sse) = post(addr, &chat("streamed", true)).await;
@@ -132,7 +132,7 @@ async fn metrics_are_served_in_prometheus_text_format_from_the_library_and_the_p
     assert!(text.contains("# HELP aci_proxy_exchanges_total "), "help texts are registered");
 
     // A proxy with metrics off does not serve them.
-    let (_quiet, quiet_addr) = serve(ProxyConfig { metrics: false, ..config_for(&gw) }).await;
+    let (_quiet, quiet_addr) = serve(config_for(&gw).metrics(false)).await;
     let (status, _, body) = get(quiet_addr, "/metrics").await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("metrics are off"), "{body}");
@@ -179,7 +179,7 @@ fn a_library_proxy_installs_no_process_wide_metrics_recorder() {
 #[tokio::test]
 async fn a_stream_past_the_request_timeout_ends_with_an_error_event() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
-    let config = ProxyConfig { request_timeout: Duration::from_secs(1), receipts: ReceiptMode::Off, ..config_for(&gw) };
+    let config = config_for(&gw).request_timeout(Duration::from_secs(1)).receipts(ReceiptMode::Off);
     let (_proxy, addr) = serve(config).await;
     gw.set_fault(Some(Fault::StallAfter { events: 2 }));
     let started = Instant::now();
@@ -194,8 +194,7 @@ async fn a_stream_past_the_request_timeout_ends_with_an_error_event() {
 #[tokio::test]
 async fn serve_until_stops_accepting_then_ends_streams_still_open_after_the_drain_time() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
-    let config =
-        ProxyConfig { shutdown_timeout: Duration::from_secs(1), receipts: ReceiptMode::Off, ..config_for(&gw) };
+    let config = config_for(&gw).shutdown_timeout(Duration::from_secs(1)).receipts(ReceiptMode::Off);
     let proxy = Proxy::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -239,8 +238,7 @@ async fn serve_until_stops_accepting_then_ends_streams_still_open_after_the_drai
 #[tokio::test]
 async fn serve_with_ops_until_keeps_readyz_answering_503_while_draining_then_closes_both_listeners() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
-    let config =
-        ProxyConfig { shutdown_timeout: Duration::from_secs(2), receipts: ReceiptMode::Off, ..config_for(&gw) };
+    let config = config_for(&gw).shutdown_timeout(Duration::from_secs(2)).receipts(ReceiptMode::Off);
     let proxy = Proxy::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ops_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -70,13 +70,11 @@ async fn the_proxy_refuses_the_unpinned_build_and_its_audit_agrees_offline() {
     let digests: Vec<String> = replicas.iter().map(TestGateway::keyset_digest).collect();
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("receipts.jsonl");
-    let config = ProxyConfig {
-        gateway: Some(lb.url()),
-        policy: Some(compose_pinned_policy()),
-        receipts: ReceiptMode::Background,
-        audit_file: Some(audit.clone()),
-        ..ProxyConfig::default()
-    };
+    let config = ProxyConfig::default()
+        .gateway(lb.url())
+        .with_policy(compose_pinned_policy())
+        .receipts(ReceiptMode::Background)
+        .audit_file(audit.clone());
     let proxy = Proxy::start(config).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -38,13 +38,11 @@ fn self_signed() -> GatewayTls {
 
 /// The proxy's settings for the local gateway at `gateway` (stub quote accepted).
 fn proxy_config(gateway: &str) -> ProxyConfig {
-    ProxyConfig {
-        gateway: Some(gateway.to_owned()),
-        policy: Some(stub_policy(Suite::Secp256k1)),
-        tls_pin_only: true,
-        api_key_env: NO_KEY.to_owned(),
-        ..ProxyConfig::default()
-    }
+    ProxyConfig::default()
+        .gateway(gateway.to_owned())
+        .with_policy(stub_policy(Suite::Secp256k1))
+        .tls_pin_only(true)
+        .api_key_env(NO_KEY.to_owned())
 }
 
 /// The client's builder for the same settings.
@@ -86,9 +84,7 @@ async fn the_client_and_the_proxy_agree_from_the_same_settings() {
     {
         let client = client_builder(&plain_gw.base_url()).receipts(mode).build().await.unwrap();
         let config = ProxyConfig::from_toml(&format!("receipts = \"{mode}\"")).unwrap();
-        let proxy = Proxy::start(ProxyConfig { receipts: config.receipts, ..proxy_config(&plain_gw.base_url()) })
-            .await
-            .unwrap();
+        let proxy = Proxy::start(proxy_config(&plain_gw.base_url()).receipts(config.receipts)).await.unwrap();
         assert_eq!(proxy.client().receipt_mode(), client.receipt_mode());
         assert_eq!(proxy.status()["receipts"], mode.as_str());
     }
@@ -101,7 +97,7 @@ async fn the_client_and_the_proxy_agree_from_the_same_settings() {
     for (hash, accepted) in [(&other, false), (&measured, true)] {
         let client = Client::builder(gw.base_url()).policy_with(|p| compose_pin(p, hash)).build().await;
         let policy = compose_pin(Policy::builder(), hash).build().unwrap();
-        let proxy = Proxy::start(ProxyConfig { policy: Some(policy), ..proxy_config(&gw.base_url()) }).await;
+        let proxy = Proxy::start(proxy_config(&gw.base_url()).with_policy(policy)).await;
         match (client, proxy) {
             (Ok(client), Ok(proxy)) if accepted => {
                 assert_eq!(format!("{:?}", client.policy()), format!("{:?}", proxy.client().policy()));
@@ -260,7 +256,7 @@ async fn the_proxy_holds_a_stream_until_its_receipt_verified() {
     let gw = TestGateway::start(GatewayConfig::new()).await.unwrap();
     let config = ProxyConfig::from_toml("receipts = \"hold-until-verified\"").unwrap();
     assert_eq!(config.receipts, ReceiptMode::HoldUntilVerified);
-    let proxy = Proxy::start(ProxyConfig { receipts: config.receipts, ..proxy_config(&gw.base_url()) }).await.unwrap();
+    let proxy = Proxy::start(proxy_config(&gw.base_url()).receipts(config.receipts)).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = proxy.router();

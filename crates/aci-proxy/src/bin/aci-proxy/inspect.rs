@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use aci_proxy::inspect::{Inspection, inspect_gateway, inspect_report};
 use clap::Args;
 
-use crate::ServeArgs;
+use crate::args::ServeArgs;
 use crate::exit::Failure;
 
 /// The arguments of `aci-proxy inspect`.
@@ -57,7 +57,7 @@ fn inspect(args: &InspectArgs) -> Result<Inspection, Failure> {
                      fix: or a saved report: aci-proxy inspect --report FILE --nonce HEX",
                 ));
             }
-            let rt = crate::runtime()?;
+            let rt = crate::runtime::runtime()?;
             rt.block_on(inspect_gateway(&config)).map_err(|e| Failure::of(&e, "cannot inspect: "))
         }
     }
