@@ -231,9 +231,19 @@ mod surface_checks;
 ///   (open a request's fields, seal a response's), built on the same field walkers as the
 ///   client's halves (`protocol::fields`, crate-private), so that both walk the same fields.
 ///   The local test gateway serves with them; the `request_open` fuzz target attacks them.
+/// - `SseDecoder` and `SseEvent`: the SSE framing the client's stream decryption runs on, which
+///   the gateway re-frames its upstream's streams with (the seal_open bench times it).
+/// - `jcs_to_vec`: RFC 8785 canonical JSON, the bytes the gateway signs receipts and keysets over
+///   (the same canonicalizer the client verifies them with).
 #[doc(hidden)]
 pub mod __private {
     pub use crate::protocol::server::{OpenedRequest, ResponseSealer, open_request};
+    pub use crate::protocol::sse::{SseDecoder, SseEvent};
+
+    /// RFC 8785 canonical JSON of `value`.
+    pub fn jcs_to_vec(value: &serde_json::Value) -> crate::Result<Vec<u8>> {
+        crate::protocol::jcs::to_vec(value)
+    }
 }
 
 #[cfg(feature = "rustls")]

@@ -54,7 +54,7 @@ use crate::protocol::sse::{SseDecoder, SseEvent, SseLimits};
 
 /// Most distinct kinds of cleartext path a stream's summary keeps
 /// ([`StreamDecryptor::cleartext_fields`]).
-pub const MAX_CLEARTEXT_KINDS: usize = 32;
+pub(crate) const MAX_CLEARTEXT_KINDS: usize = 32;
 
 /// One item produced by [`StreamDecryptor::next_output`].
 #[derive(Debug)]
@@ -78,7 +78,7 @@ pub struct StreamEnd {
     pub decrypted_events: u64,
     /// The kinds of generated content seen in clear, first occurrence first: paths with every
     /// index replaced by `*` (`choices.*.delta.tool_calls.*.function.arguments`), at most
-    /// [`MAX_CLEARTEXT_KINDS`].
+    /// 32.
     pub cleartext_fields: Vec<String>,
 }
 
@@ -140,7 +140,7 @@ impl StreamDecryptor {
     }
 
     /// Append bytes read from the network, without copying when possible.
-    pub fn push_bytes(&mut self, chunk: Bytes) {
+    pub(crate) fn push_bytes(&mut self, chunk: Bytes) {
         self.decoder.push_bytes(chunk);
     }
 
@@ -150,7 +150,7 @@ impl StreamDecryptor {
     }
 
     /// The kinds of generated content seen in clear so far: paths with every index replaced by
-    /// `*`, first occurrence first, at most [`MAX_CLEARTEXT_KINDS`] (see
+    /// `*`, first occurrence first, at most 32 (see
     /// [`last_cleartext_paths`](Self::last_cleartext_paths) for each event's exact paths).
     pub fn cleartext_fields(&self) -> &[String] {
         &self.cleartext

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use crate::hex;
-use crate::protocol::request::Endpoint;
+use crate::protocol::Endpoint;
 use crate::protocol::suite::Suite;
 
 /// The facts of one exchange, recorded by the E2EE layer in the response's extensions.

@@ -329,7 +329,8 @@ impl<B> ReleaseBody<B> {
 
     fn stream(inner: B, verify: VerifyFn, verification: StreamVerification, hold_all: Option<usize>) -> Self {
         // The layer below bounds every event; here only the framing is followed.
-        let limits = SseLimits { max_line: usize::MAX, max_event: usize::MAX, max_event_lines: usize::MAX };
+        let limits =
+            SseLimits::default().max_line_bytes(usize::MAX).max_event_bytes(usize::MAX).max_event_lines(usize::MAX);
         let state = Box::new(StreamState {
             hold_all,
             events: SseDecoder::new(limits),
