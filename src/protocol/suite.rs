@@ -756,6 +756,7 @@ fn seal_impl(
 
 /// Seal with a caller-chosen ephemeral key and nonce. For known-answer tests; production code
 /// uses [`seal`], which draws both fresh for every field.
+#[cfg(any(test, feature = "__internal-test-vectors"))]
 pub(crate) fn seal_with(
     recipient: &PublicKey,
     ephemeral: &SecretKey,
