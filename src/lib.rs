@@ -187,7 +187,7 @@
 //! - A stream's events are authenticated one by one, not their order: every event is sealed
 //!   under the same AAD, so dropped, duplicated or reordered events show only in the receipt's
 //!   response hash. [`receipt::VerifyBeforeReleaseLayer`] holds `[DONE]` until the receipt
-//!   verified (see [`protocol::stream`]).
+//!   verified (see [`protocol::StreamDecryptor`]).
 //! - Secrets are zeroized on drop (private keys, ECDH secrets, HKDF's pseudorandom and derived
 //!   keys, the layer's copy of a plaintext body; [`e2ee::ZeroizingBody`] for the copy a retry
 //!   keeps), print as `[redacted]`, never go into extensions or logs; the E2EE headers are

@@ -68,7 +68,7 @@ impl ChannelInfo {
 
     /// Stop using this connection: nothing more is written on it, and it closes (and leaves the
     /// connection pool) the next time it is polled.
-    pub(crate) fn revoke(&self) {
+    pub fn revoke(&self) {
         self.state.revoked.store(true, Ordering::Release);
         self.state.reader.wake();
     }

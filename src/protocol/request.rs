@@ -1,9 +1,9 @@
 //! Request rewriting: encrypt the protected fields of an OpenAI-style body.
 //!
 //! ```
-//! use tower_aci::protocol::keys::E2eeKey;
-//! use tower_aci::protocol::request::{encrypt_request, Endpoint, EncryptOptions};
-//! use tower_aci::protocol::suite::{SecretKey, Suite};
+//! use tower_aci::protocol::E2eeKey;
+//! use tower_aci::protocol::{encrypt_request, Endpoint, EncryptOptions};
+//! use tower_aci::protocol::{SecretKey, Suite};
 //!
 //! # let service = SecretKey::generate(Suite::Secp256k1, &mut rand_core::OsRng);
 //! # let key = E2eeKey::parse("dstack-kms-e2ee-v1", Suite::Secp256k1.algo(), service.public_key().to_hex()).unwrap();

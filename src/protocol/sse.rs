@@ -14,7 +14,7 @@
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use tower_aci::protocol::sse::{SseDecoder, SseLimits};
+//! use tower_aci::protocol::{SseDecoder, SseLimits};
 //!
 //! let mut dec = SseDecoder::new(SseLimits::default());
 //! dec.push(b": PROCESSING\r\n\r\nevent: chunk\r\ndata: {\"a\":");
@@ -347,8 +347,8 @@ impl SseDecoder {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::TooLarge`] when a line exceeds [`SseLimits::max_line`] or an event exceeds
-    /// [`SseLimits::max_event`], checked also while the line is still incomplete.
+    /// [`ErrorKind::TooLarge`] when a line exceeds [`SseLimits::max_line_bytes`] or an event exceeds
+    /// [`SseLimits::max_event_bytes`], checked also while the line is still incomplete.
     pub fn next_event(&mut self) -> crate::Result<Option<SseEvent>> {
         if let Some(kind) = self.failed {
             return Err(poisoned(kind));

@@ -5,7 +5,7 @@
 //! The suite is fixed by the `algo` of the keyset entry; it is never negotiated.
 //!
 //! ```
-//! use tower_aci::protocol::suite::{open, seal, SecretKey, Suite};
+//! use tower_aci::protocol::{open, seal, SecretKey, Suite};
 //!
 //! let mut rng = rand_core::OsRng;
 //! let recipient = SecretKey::generate(Suite::Secp256k1, &mut rng);

@@ -157,7 +157,7 @@ impl ExchangeRecord {
     /// response hash verifies nothing ([`ReceiptFailure::NotAvailable`](crate::ReceiptFailure)).
     ///
     /// ```
-    /// use tower_aci::protocol::suite::Suite;
+    /// use tower_aci::protocol::Suite;
     /// use tower_aci::receipt::ExchangeRecord;
     ///
     /// // Facts an audit log kept of one exchange.

@@ -67,7 +67,7 @@ use crate::receipt::verify::{ReceiptPolicy, VerifiedReceipt};
 ///
 /// A stream's receipt exists only once the gateway sent the whole stream, and every encrypted
 /// event authenticates on its own but not its place in the stream (see
-/// [the stream module](crate::protocol::stream#what-a-streams-encryption-does-not-protect)): an
+/// [the stream module](crate::protocol::StreamDecryptor#what-a-streams-encryption-does-not-protect)): an
 /// on-path attacker can drop, duplicate or reorder events undetected until the receipt's
 /// response hash is compared. The layer offers two ways to release a stream:
 ///
