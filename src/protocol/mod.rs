@@ -26,11 +26,11 @@
 //! assert_eq!(&answer.body[..], br#"{"id":"x","choices":[]}"#);
 //!
 //! // Decrypt a streamed answer as its bytes arrive.
-//! let mut stream = StreamDecryptor::new(sealed.context.clone(), SseLimits::default());
+//! let mut stream = StreamDecryptor::new(sealed.context, SseLimits::default());
 //! stream.push(b"data: [DONE]\n\n");
 //! while let Some(out) = stream.next_output()? {
 //!     if let StreamOutput::Event(event) = out {
-//!         assert!(event.is_done());
+//!         assert_eq!(&event[..], b"data: [DONE]\n\n");
 //!     }
 //! }
 //! stream.finish()?;

@@ -14,7 +14,8 @@
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use tower_aci::protocol::{SseDecoder, SseLimits};
+//! use tower_aci::__private::SseDecoder;
+//! use tower_aci::protocol::SseLimits;
 //!
 //! let mut dec = SseDecoder::new(SseLimits::default());
 //! dec.push(b": PROCESSING\r\n\r\nevent: chunk\r\ndata: {\"a\":");

@@ -5,7 +5,8 @@
 //! The suite is fixed by the `algo` of the keyset entry; it is never negotiated.
 //!
 //! ```
-//! use tower_aci::protocol::{open, seal, SecretKey, Suite};
+//! use tower_aci::protocol::kat::{open, seal};
+//! use tower_aci::protocol::{SecretKey, Suite};
 //!
 //! let mut rng = rand_core::OsRng;
 //! let recipient = SecretKey::generate(Suite::Secp256k1, &mut rng);
