@@ -133,7 +133,7 @@ impl RetryPolicy {
     }
 
     /// The wait before retry number `retry` (0-based): `initial * 2^retry`, capped.
-    pub(crate) fn backoff(&self, retry: u32) -> Duration {
+    pub fn backoff(&self, retry: u32) -> Duration {
         let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
         self.initial_backoff.checked_mul(factor).unwrap_or(self.max_backoff).min(self.max_backoff)
     }
