@@ -19,7 +19,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::E2eeLayer;
 use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 
 const EVENTS: usize = 500;
 

@@ -24,11 +24,14 @@ use rand_core::{OsRng, RngCore};
 use serde_json::json;
 use sha2::Sha256;
 use std::hint::black_box;
-use tower_aci::protocol::keys::E2eeKey;
-use tower_aci::protocol::request::{EncryptOptions, Endpoint, ExchangeContext, encrypt_request};
-use tower_aci::protocol::sse::SseDecoder;
-use tower_aci::protocol::stream::StreamDecryptor;
-use tower_aci::protocol::suite::{Backend, PublicKey, SecretKey, Suite, kat, open, seal};
+use tower_aci::__private::SseDecoder;
+use tower_aci::protocol::E2eeKey;
+use tower_aci::protocol::StreamDecryptor;
+use tower_aci::protocol::{
+    Backend, PublicKey, SecretKey, Suite,
+    kat::{self, open, seal},
+};
+use tower_aci::protocol::{EncryptOptions, Endpoint, ExchangeContext, encrypt_request};
 
 const SIZES: [usize; 3] = [16, 1024, 64 * 1024];
 
@@ -247,7 +250,7 @@ fn rewrite(c: &mut Criterion) {
 
 /// How long one buffered embeddings answer keeps a thread busy: 100 inputs of 1,536 floats.
 fn buffered_embeddings(c: &mut Criterion) {
-    use tower_aci::protocol::response::decrypt_response;
+    use tower_aci::protocol::decrypt_response;
     let mut g = c.benchmark_group("decrypt_buffered_100_embeddings");
     g.sample_size(20);
     for suite in Suite::ALL {

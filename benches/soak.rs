@@ -63,7 +63,10 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::E2eeLayer;
 use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
 use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
-use tower_aci::protocol::suite::{SecretKey, Suite, open, seal};
+use tower_aci::protocol::{
+    SecretKey, Suite,
+    kat::{open, seal},
+};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

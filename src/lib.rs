@@ -133,7 +133,7 @@
 //! - A stream's events are authenticated one by one, not their order: every event is sealed
 //!   under the same AAD, so dropped, duplicated or reordered events show only in the receipt's
 //!   response hash. [`receipt::VerifyBeforeReleaseLayer`] holds `[DONE]` until the receipt
-//!   verified (see [`protocol::stream`]).
+//!   verified (see [`protocol::StreamDecryptor`]).
 //! - Secrets are zeroized on drop (private keys, ECDH secrets, HKDF's pseudorandom and derived
 //!   keys, the layer's copy of a plaintext body; [`e2ee::ZeroizingBody`] for the copy a retry
 //!   keeps), print as `[redacted]`, never go into extensions or logs; the E2EE headers are
@@ -177,9 +177,19 @@ mod surface_checks;
 ///   (open a request's fields, seal a response's), built on the same field walkers as the
 ///   client's halves (`protocol::fields`, crate-private), so that both walk the same fields.
 ///   The local test gateway serves with them; the `request_open` fuzz target attacks them.
+/// - `SseDecoder` and `SseEvent`: the SSE framing the client's stream decryption runs on, which
+///   the gateway re-frames its upstream's streams with (the seal_open bench times it).
+/// - `jcs_to_vec`: RFC 8785 canonical JSON, the bytes the gateway signs receipts and keysets over
+///   (the same canonicalizer the client verifies them with).
 #[doc(hidden)]
 pub mod __private {
     pub use crate::protocol::server::{OpenedRequest, ResponseSealer, open_request};
+    pub use crate::protocol::sse::{SseDecoder, SseEvent};
+
+    /// RFC 8785 canonical JSON of `value`.
+    pub fn jcs_to_vec(value: &serde_json::Value) -> crate::Result<Vec<u8>> {
+        crate::protocol::jcs::to_vec(value)
+    }
 }
 
 #[cfg(feature = "rustls")]

@@ -5,22 +5,22 @@
 //! Enums that will grow are `#[non_exhaustive]`: a match outside the crate needs a wildcard arm.
 //!
 //! ```compile_fail
-//! fn path(e: tower_aci::protocol::request::Endpoint) -> u8 {
-//!     use tower_aci::protocol::request::Endpoint::*;
+//! fn path(e: tower_aci::protocol::Endpoint) -> u8 {
+//!     use tower_aci::protocol::Endpoint::*;
 //!     match e { ChatCompletions => 0, Completions => 1, Embeddings => 2 }
 //! }
 //! ```
 //!
 //! ```compile_fail
-//! fn algo(s: tower_aci::protocol::suite::Suite) -> u8 {
-//!     use tower_aci::protocol::suite::Suite::*;
+//! fn algo(s: tower_aci::protocol::Suite) -> u8 {
+//!     use tower_aci::protocol::Suite::*;
 //!     match s { Secp256k1 => 0, X25519 => 1 }
 //! }
 //! ```
 //!
 //! ```compile_fail
-//! fn out(o: tower_aci::protocol::stream::StreamOutput) -> u8 {
-//!     use tower_aci::protocol::stream::StreamOutput::*;
+//! fn out(o: tower_aci::protocol::StreamOutput) -> u8 {
+//!     use tower_aci::protocol::StreamOutput::*;
 //!     match o { Event(_) => 0, InBandError(..) => 1 }
 //! }
 //! ```
@@ -28,13 +28,29 @@
 //! With the wildcard arm the same match compiles:
 //!
 //! ```
-//! fn path(e: tower_aci::protocol::request::Endpoint) -> u8 {
-//!     use tower_aci::protocol::request::Endpoint::*;
+//! fn path(e: tower_aci::protocol::Endpoint) -> u8 {
+//!     use tower_aci::protocol::Endpoint::*;
 //!     match e { ChatCompletions => 0, Completions => 1, Embeddings => 2, _ => 3 }
 //! }
 //! ```
 //!
 //! Structs the crate produces may gain fields: no struct literal outside the crate.
+//!
+//! Settings users fill in are built from `Default` with setters, never a struct literal (they may
+//! gain fields too): `SseLimits::default().max_event_bytes(…)`, `EncryptOptions::default().strict(…)`.
+//!
+//! ```compile_fail
+//! let _ = tower_aci::protocol::SseLimits { max_line: 1, max_event: 1, max_event_lines: 1 };
+//! ```
+//!
+//! ```compile_fail
+//! let _ = tower_aci::protocol::EncryptOptions { strict: true };
+//! ```
+//!
+//! ```
+//! let _ = tower_aci::protocol::SseLimits::default().max_event_bytes(1 << 20);
+//! let _ = tower_aci::protocol::EncryptOptions::default().strict(true);
+//! ```
 //!
 //! ```compile_fail
 //! let _ = tower_aci::GatewayError { status: http::StatusCode::BAD_REQUEST, error_type: None, message: None, retry_after: None };
@@ -87,7 +103,7 @@ Raw ECDH secrets (`protocol::suite::kat`) and the test-randomness hook exist onl
 feature `__internal-test-vectors`:
 
 ```compile_fail
-use tower_aci::protocol::suite::kat;
+use tower_aci::protocol::kat;
 ```
 
 ```compile_fail

@@ -27,7 +27,7 @@ use tower_aci::attest::{KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
 use tower_aci::protocol::Endpoint;
 use tower_aci::protocol::headers;
-use tower_aci::protocol::suite::{PublicKey, Suite};
+use tower_aci::protocol::{PublicKey, Suite};
 use tower_aci::{BoxError, E2eeLayer, ErrorKind};
 
 #[global_allocator]

@@ -86,7 +86,7 @@ pub fn stub_policy() -> Policy {
 // ---- The spec walk of protocol.md §3.4, independent of the crate's walker ----
 
 use serde_json::Map;
-use tower_aci::protocol::request::Endpoint;
+use tower_aci::protocol::Endpoint;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {

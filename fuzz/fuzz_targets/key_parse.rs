@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tower_aci::protocol::keys::E2eeKey;
-use tower_aci::protocol::suite::{PublicKey, Suite};
+use tower_aci::protocol::E2eeKey;
+use tower_aci::protocol::{PublicKey, Suite};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -51,7 +51,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         signing: SigningKey::from_bytes(&[2; 32]),
         keysets: vec![Arc::new(attested)],
         record: ExchangeRecord::builder("/v1/chat/completions", "demo-model")
-            .suite(tower_aci::protocol::suite::Suite::X25519)
+            .suite(tower_aci::protocol::Suite::X25519)
             .receipt_id("rcpt-0001")
             .request_body_sha256(req)
             .response_body_sha256(resp)

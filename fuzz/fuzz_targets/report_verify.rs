@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tower_aci::ErrorKind;
 use tower_aci::attest::dcap::{Collateral, verify_quote};
 use tower_aci::attest::{AttestedKeyset, Policy, verify_report};
-use tower_aci::protocol::suite::{SecretKey, Suite};
+use tower_aci::protocol::{SecretKey, Suite};
 
 /// Inside the sample collateral's validity window (2025-07-01).
 const DCAP_NOW: u64 = 1_751_328_000;
@@ -36,7 +36,8 @@ struct Policies {
 
 static POLICIES: LazyLock<Policies> = LazyLock::new(|| {
     // The KMS root of the tests' dstack KMS (secp256k1 seed 32×0x11), compressed.
-    let root = SecretKey::from_bytes(Suite::Secp256k1, &[0x11; 32]).unwrap().public_key().to_compressed_sec1().unwrap();
+    let root = SecretKey::from_bytes(Suite::Secp256k1, &[0x11; 32]).unwrap().public_key();
+    let root = tower_aci::protocol::kat::to_compressed_sec1(&root).unwrap();
     let collateral = Collateral::from_json(include_bytes!("../../tests/data/dcap/tdx_quote_collateral.json")).unwrap();
     Policies {
         list: vec![

@@ -31,9 +31,9 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tower_aci::ErrorKind;
 use tower_aci::protocol::aad;
-use tower_aci::protocol::keys::E2eeKey;
-use tower_aci::protocol::request::{EncryptOptions, Endpoint, encrypt_request};
-use tower_aci::protocol::suite::{PublicKey, SecretKey, Suite, open};
+use tower_aci::protocol::E2eeKey;
+use tower_aci::protocol::{EncryptOptions, Endpoint, encrypt_request};
+use tower_aci::protocol::{PublicKey, SecretKey, Suite, kat::{open}};
 
 const NOW: u64 = 1_750_000_000;
 
@@ -235,7 +235,7 @@ fn check(endpoint: Endpoint, svc: &Service, strict: bool, body: &[u8]) {
         eprintln!("{endpoint:?} {} strict={strict}: {}", svc.key.suite(), String::from_utf8_lossy(body));
     }
     let mut rng = ChaCha20Rng::from_seed(Sha256::digest(body).into());
-    let result = encrypt_request(endpoint, body, &svc.key, &EncryptOptions::strict(strict), NOW, &mut rng);
+    let result = encrypt_request(endpoint, body, &svc.key, &EncryptOptions::default().strict(strict), NOW, &mut rng);
     let input: Option<Value> = serde_json::from_slice(body).ok();
     let Some(input) = input else {
         let e = result.expect_err("a body that is not JSON was accepted");
@@ -252,7 +252,7 @@ fn check(endpoint: Endpoint, svc: &Service, strict: bool, body: &[u8]) {
                     // Strict mode refuses exactly what the lenient mode reports as clear.
                     // (Strict mode looks at the members first; a body that cannot be sent at
                     // all is refused either way.)
-                    match encrypt_request(endpoint, body, &svc.key, &EncryptOptions::strict(false), NOW, &mut rng) {
+                    match encrypt_request(endpoint, body, &svc.key, &EncryptOptions::default().strict(false), NOW, &mut rng) {
                         Ok(lenient) => {
                             assert!(
                                 !lenient.clear_members.is_empty(),
@@ -298,7 +298,7 @@ fn check(endpoint: Endpoint, svc: &Service, strict: bool, body: &[u8]) {
     let mut nulled = wire.clone();
     for (path, steps, kind) in &locations {
         let Value::String(ct) = slot(&mut wire, steps) else { panic!("{path} is not a string") };
-        assert!(ct.len() >= 2 * suite.min_blob_len(), "{path}: ciphertext too short");
+        assert!(ct.len() >= 2 * tower_aci::protocol::kat::min_blob_len(suite), "{path}: ciphertext too short");
         assert!(ct.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{path}: not lowercase hex");
         let plain = open(&svc.secret, ct, &aad::request(suite, path, &model, &req.headers.nonce, NOW))
             .unwrap_or_else(|e| panic!("{path} does not open: {e}"));

@@ -19,9 +19,9 @@ use rand_core::SeedableRng;
 use serde_json::Value;
 use tower_aci::ErrorKind;
 use tower_aci::__private::open_request;
-use tower_aci::protocol::keys::E2eeKey;
-use tower_aci::protocol::request::{EncryptOptions, Endpoint, encrypt_request};
-use tower_aci::protocol::suite::{SecretKey, Suite};
+use tower_aci::protocol::E2eeKey;
+use tower_aci::protocol::{EncryptOptions, Endpoint, encrypt_request};
+use tower_aci::protocol::{SecretKey, Suite};
 
 const NOW: u64 = 1_750_000_000;
 const NONCE: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";

@@ -188,11 +188,6 @@ impl VerifiedQuote {
         &self.advisory_ids
     }
 
-    /// The TD report (the TDX 1.0 part of TD 1.5 reports).
-    pub fn td_report(&self) -> &TDReport10 {
-        &self.td_report
-    }
-
     /// The 64-byte report-data slot.
     pub fn report_data(&self) -> &[u8; 64] {
         &self.td_report.report_data

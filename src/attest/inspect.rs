@@ -24,7 +24,8 @@
 use serde_json::{Map, Value};
 
 use super::dcap::{self, Collateral};
-use super::{AttestedKeyset, Policy, anchor, custody, eventlog, generation, keyset_digest, verify_report};
+use super::report::{API_VERSION, keyset_digest};
+use super::{AttestedKeyset, Policy, anchor, custody, eventlog, generation, verify_report};
 use crate::error::ErrorKind;
 use crate::hex;
 use crate::{AttestationFailure, Result};
@@ -182,7 +183,7 @@ pub fn inspect_report(
 
     // 1. Shape and generation.
     match top.get("api_version").and_then(Value::as_str) {
-        Some(super::API_VERSION) => {}
+        Some(API_VERSION) => {}
         other => {
             out.push("report", Outcome::Fail, format!("api_version is {other:?}, not aci/1"));
             return out;

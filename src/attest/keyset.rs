@@ -230,7 +230,7 @@ impl AttestedKeyset {
     }
 
     /// Whether the keyset may be used at `now` (Unix seconds): `now < not_after`.
-    pub fn is_valid_at(&self, now: u64) -> bool {
+    pub(crate) fn is_valid_at(&self, now: u64) -> bool {
         now < self.not_after
     }
 
@@ -270,7 +270,7 @@ impl AttestedKeyset {
     /// The TLS key entries that apply to `host` (ACI §3.1): an entry without a `domain` applies
     /// to every host, one with a `domain` only to that hostname (compared case-insensitively,
     /// a trailing dot ignored).
-    pub fn tls_keys_for_host<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a TlsKey> + 'a {
+    pub(crate) fn tls_keys_for_host<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a TlsKey> + 'a {
         let host = normalize_host(host);
         self.tls_keys.iter().filter(move |k| match &k.domain {
             None => true,

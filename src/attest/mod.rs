@@ -26,7 +26,7 @@ pub mod inspect;
 pub(crate) mod keyset;
 mod policy;
 mod provider;
-mod report;
+pub(crate) mod report;
 #[cfg(test)]
 mod tests;
 
@@ -41,7 +41,12 @@ pub use provider::{
     DEFAULT_MAX_KEYSET_AGE, DangerousKeyProviderBuilder, KeyProvider, KeyProviderBuilder, MIN_MAX_KEYSET_AGE,
     RefreshTask, RefreshWorker, SleepFn,
 };
+pub use report::verify_report;
 #[cfg(feature = "dcap")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
 pub use report::verify_report_with_collateral;
-pub use report::{API_VERSION, STATEMENT_PURPOSE, keyset_digest, report_data, report_statement, verify_report};
+// The report's statement and digests, as the gateway computes them: for the tests, which play
+// the gateway (hidden feature `__internal-test-vectors`).
+#[cfg(feature = "__internal-test-vectors")]
+#[doc(hidden)]
+pub use report::{API_VERSION, STATEMENT_PURPOSE, keyset_digest, report_data, report_statement};

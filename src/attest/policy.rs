@@ -264,7 +264,7 @@ impl Policy {
     /// Whether a report of `generation` may be verified under this policy (both generations by
     /// default; only the current one after
     /// [`current_generation_only`](PolicyBuilder::current_generation_only)).
-    pub fn accepts_generation(&self, generation: Generation) -> bool {
+    pub(crate) fn accepts_generation(&self, generation: Generation) -> bool {
         !self.current_generation_only || generation == Generation::Current
     }
 }

@@ -18,9 +18,11 @@ use crate::protocol::keys::{DEFAULT_KEY_ID, E2eeKey};
 use crate::protocol::suite::Suite;
 
 /// The report format this crate verifies.
+#[cfg_attr(not(feature = "__internal-test-vectors"), allow(unreachable_pub))]
 pub const API_VERSION: &str = "aci/1";
 
 /// The `purpose` of the report-data statement.
+#[cfg_attr(not(feature = "__internal-test-vectors"), allow(unreachable_pub))]
 pub const STATEMENT_PURPOSE: &str = "aci.report_data.v1";
 
 /// The E2EE version this crate speaks.
@@ -50,6 +52,7 @@ fn fail(failure: AttestationFailure, message: impl Into<std::borrow::Cow<'static
 /// let digest = tower_aci::attest::keyset_digest(&keyset).unwrap();
 /// assert!(digest.starts_with("sha256:") && digest.len() == 71);
 /// ```
+#[cfg_attr(not(feature = "__internal-test-vectors"), allow(unreachable_pub))]
 pub fn keyset_digest(keyset: &Value) -> Result<String> {
     let canonical = jcs::to_vec(keyset)
         .map_err(|e| fail(F::Canonicalization, format!("the workload keyset cannot be canonicalised: {e}")))?;
@@ -58,6 +61,7 @@ pub fn keyset_digest(keyset: &Value) -> Result<String> {
 
 /// The report-data statement bytes:
 /// `{"keyset_digest":"<digest>","nonce":"<lowercase hex>"|null,"purpose":"aci.report_data.v1"}`.
+#[cfg_attr(not(feature = "__internal-test-vectors"), allow(unreachable_pub))]
 pub fn report_statement(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(192);
     out.extend_from_slice(b"{\"keyset_digest\":");
@@ -78,6 +82,7 @@ pub fn report_statement(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> Vec<u8
 }
 
 /// `report_data`: SHA-256 of [`report_statement`].
+#[cfg_attr(not(feature = "__internal-test-vectors"), allow(unreachable_pub))]
 pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
     Sha256::digest(report_statement(keyset_digest, nonce)).into()
 }

@@ -431,8 +431,8 @@ mod tests {
     use super::*;
     use crate::attest::{KeyHandle, SystemClock};
     use crate::e2ee::E2eeLayer;
+    use crate::protocol::Endpoint;
     use crate::protocol::aad;
-    use crate::protocol::request::Endpoint;
     use crate::protocol::suite::{SecretKey, Suite, seal};
 
     /// A sealed embeddings answer of 100 fields (a few milliseconds of secp256k1 work).

@@ -46,7 +46,7 @@ pub(crate) fn encrypt(
     crate::telemetry::exchange_encrypted(endpoint, key.suite(), key.key_id());
     let span = tracing::debug_span!("aci.e2ee.encrypt", endpoint = endpoint.path(), suite = %key.suite(), key_id = key.key_id());
     let _enter = span.enter();
-    let options = EncryptOptions::strict(config.strict);
+    let options = EncryptOptions::default().strict(config.strict);
     let now = config.keys.now();
     let enc = config.randomness.with(|mut rng| encrypt_request(endpoint, body, key, &options, now, &mut rng))?;
     tracing::debug!(fields = enc.fields, bytes = enc.body.len(), "request encrypted");

@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use tower_aci::protocol::aad;
-//! use tower_aci::protocol::suite::Suite;
+//! use tower_aci::protocol::Suite;
 //! let a = aad::request(Suite::X25519, "messages.0.content", "demo-model", "00ff", 1750000000);
 //! assert_eq!(
 //!     std::str::from_utf8(&a).unwrap(),

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::protocol::suite::{PublicKey, Suite};
 
 /// The production key id of the secp256k1 E2EE v2 key (RedPill, Phala, dstack KMS).
-pub const DEFAULT_KEY_ID: &str = "dstack-kms-e2ee-v1";
+pub(crate) const DEFAULT_KEY_ID: &str = "dstack-kms-e2ee-v1";
 
 /// One entry of a keyset's `e2ee_public_keys`: key id, suite, the `public_key` string exactly as
 /// published (sent back verbatim in `X-Model-Pub-Key`) and the parsed key.

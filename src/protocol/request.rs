@@ -1,9 +1,9 @@
 //! Request rewriting: encrypt the protected fields of an OpenAI-style body.
 //!
 //! ```
-//! use tower_aci::protocol::keys::E2eeKey;
-//! use tower_aci::protocol::request::{encrypt_request, Endpoint, EncryptOptions};
-//! use tower_aci::protocol::suite::{SecretKey, Suite};
+//! use tower_aci::protocol::E2eeKey;
+//! use tower_aci::protocol::{encrypt_request, Endpoint, EncryptOptions};
+//! use tower_aci::protocol::{SecretKey, Suite};
 //!
 //! # let service = SecretKey::generate(Suite::Secp256k1, &mut rand_core::OsRng);
 //! # let key = E2eeKey::parse("dstack-kms-e2ee-v1", Suite::Secp256k1.algo(), service.public_key().to_hex()).unwrap();
@@ -26,36 +26,45 @@ use zeroize::Zeroize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::hex;
 use crate::protocol::aad;
-pub use crate::protocol::endpoint::Endpoint;
+use crate::protocol::endpoint::Endpoint;
 use crate::protocol::fields::{RequestField, walk_request};
 use crate::protocol::keys::E2eeKey;
 use crate::protocol::suite::{SecretKey, Suite, seal};
 
-/// Options of [`encrypt_request`].
+/// Options of [`encrypt_request`]: `EncryptOptions::default()` (not strict), then setters.
+///
+/// ```
+/// use tower_aci::protocol::EncryptOptions;
+///
+/// let options = EncryptOptions::default().strict(true);
+/// # let _ = options;
+/// ```
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct EncryptOptions {
-    /// Refuse requests carrying members that travel in clear and are not known to carry nothing
-    /// private with [`ErrorKind::Cleartext`]. The allow-list: `model`; sampling parameters and
-    /// limits as numbers (`temperature`, `top_p`, `top_k`, `min_p`, penalties, `seed`, `n`,
-    /// `max_tokens`, `max_completion_tokens`, `top_logprobs`, `best_of`, `dimensions`); flags
-    /// as booleans (`stream`, `store`, `echo`, `parallel_tool_calls`, `logprobs`); short
-    /// identifiers (`reasoning_effort`, `service_tier`, `encoding_format`, `modalities`);
-    /// `stream_options` of booleans; `provider` holding only `aci_verified` and
-    /// `aci_session_ids`; on chat completions and completions `cache_salt` as an opaque token
-    /// (1 to 256 characters of letters, digits and `_.:+/=-`: the prefix-cache partition of
-    /// vLLM-style servers, which the gateway keeps); message `role`, `content` (a string or
-    /// part array, which are encrypted) and `tool_call_id`. Anything else — `stop`, `user`, `logit_bias`, `suffix`,
-    /// `audio`, `metadata`, `tools`, `response_format`, message `name` or `tool_calls`, a
-    /// `content` object, token ids in a `prompt`/`input` array, members unknown today — is
-    /// refused.
-    pub strict: bool,
+    /// See [`EncryptOptions::strict`].
+    pub(crate) strict: bool,
 }
 
 impl EncryptOptions {
-    /// Options with strict mode set as given.
-    pub fn strict(strict: bool) -> Self {
-        EncryptOptions { strict }
+    /// Strict mode: refuse requests carrying members that travel in clear and are not known to
+    /// carry nothing private, with [`ErrorKind::Cleartext`]. Off by default. The allow-list:
+    /// `model`; sampling parameters and limits as numbers (`temperature`, `top_p`, `top_k`,
+    /// `min_p`, penalties, `seed`, `n`, `max_tokens`, `max_completion_tokens`, `top_logprobs`,
+    /// `best_of`, `dimensions`); flags as booleans (`stream`, `store`, `echo`,
+    /// `parallel_tool_calls`, `logprobs`); short identifiers (`reasoning_effort`,
+    /// `service_tier`, `encoding_format`, `modalities`); `stream_options` of booleans;
+    /// `provider` holding only `aci_verified` and `aci_session_ids`; on chat completions and
+    /// completions `cache_salt` as an opaque token (1 to 256 characters of letters, digits and
+    /// `_.:+/=-`: the prefix-cache partition of vLLM-style servers, which the gateway keeps);
+    /// message `role`, `content` (a string or part array, which are encrypted) and
+    /// `tool_call_id`. Anything else — `stop`, `user`, `logit_bias`, `suffix`, `audio`,
+    /// `metadata`, `tools`, `response_format`, message `name` or `tool_calls`, a `content`
+    /// object, token ids in a `prompt`/`input` array, members unknown today — is refused.
+    #[must_use]
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
     }
 }
 
@@ -642,7 +651,7 @@ mod tests {
             Endpoint::ChatCompletions,
             body,
             &k,
-            &EncryptOptions::strict(true),
+            &EncryptOptions::default().strict(true),
             1,
             &mut rand_core::OsRng,
         );
@@ -652,7 +661,7 @@ mod tests {
             Endpoint::ChatCompletions,
             body,
             &k,
-            &EncryptOptions::strict(true),
+            &EncryptOptions::default().strict(true),
             1,
             &mut rand_core::OsRng,
         );
@@ -663,7 +672,7 @@ mod tests {
                 Endpoint::ChatCompletions,
                 body,
                 &k,
-                &EncryptOptions::strict(true),
+                &EncryptOptions::default().strict(true),
                 1,
                 &mut rand_core::OsRng
             )

@@ -72,7 +72,7 @@ pub(crate) fn decrypt_document(
 /// Decrypt a buffered JSON response of the exchange `ctx`.
 ///
 /// ```
-/// # use tower_aci::protocol::{request::*, response::*, suite::*, keys::E2eeKey};
+/// # use tower_aci::protocol::*;
 /// # let ctx = ExchangeContext::new(Endpoint::ChatCompletions, SecretKey::generate(Suite::X25519, &mut rand_core::OsRng), "m", "00", 1);
 /// // An error document carries nothing encrypted and passes through unchanged.
 /// let body = bytes::Bytes::from_static(br#"{"error":{"message":"no","type":"x"}}"#);

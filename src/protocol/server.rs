@@ -9,9 +9,10 @@ use rand_core::CryptoRngCore;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::Endpoint;
 use crate::protocol::aad;
 use crate::protocol::fields::{ResponseShape, walk_request, walk_response};
-use crate::protocol::request::{Endpoint, restore_field};
+use crate::protocol::request::restore_field;
 use crate::protocol::suite::{PublicKey, SecretKey, Suite, open, seal};
 
 /// A request body after the gateway decrypted it.

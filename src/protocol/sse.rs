@@ -14,7 +14,8 @@
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use tower_aci::protocol::sse::{SseDecoder, SseLimits};
+//! use tower_aci::__private::SseDecoder;
+//! use tower_aci::protocol::SseLimits;
 //!
 //! let mut dec = SseDecoder::new(SseLimits::default());
 //! dec.push(b": PROCESSING\r\n\r\nevent: chunk\r\ndata: {\"a\":");
@@ -39,24 +40,58 @@ use crate::error::{Error, ErrorKind};
 /// The UTF-8 byte order mark, skipped once at the very start of a stream.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Size limits of an [`SseDecoder`].
+/// Size limits of an SSE stream's framing: what [`StreamDecryptor`](crate::protocol::StreamDecryptor)
+/// and the E2EE layer ([`E2eeLayer::sse_limits`](crate::E2eeLayer::sse_limits)) accept before
+/// they fail with [`ErrorKind::TooLarge`].
 ///
 /// Sizes are counted in wire bytes: a line's length excludes its terminator; an event's size is
 /// the sum of its lines' lengths plus one byte per line (its blank terminating line excluded).
+///
+/// ```
+/// use tower_aci::protocol::SseLimits;
+///
+/// let limits = SseLimits::default().max_line_bytes(64 << 10).max_event_bytes(256 << 10).max_event_lines(512);
+/// # let _ = limits;
+/// ```
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct SseLimits {
-    /// Longest accepted line, terminator excluded. Default 1 MiB.
-    pub max_line: usize,
-    /// Largest accepted event. Default 4 MiB.
-    pub max_event: usize,
-    /// Most lines in one event (each line costs bookkeeping beyond its bytes, so this bounds
-    /// memory for events made of many tiny lines). Default 4,096.
-    pub max_event_lines: usize,
+    /// Longest accepted line, terminator excluded.
+    pub(crate) max_line: usize,
+    /// Largest accepted event.
+    pub(crate) max_event: usize,
+    /// Most lines in one event.
+    pub(crate) max_event_lines: usize,
 }
 
 impl Default for SseLimits {
+    /// 1 MiB per line, 4 MiB per event, 4,096 lines per event.
     fn default() -> Self {
         SseLimits { max_line: 1 << 20, max_event: 4 << 20, max_event_lines: 4096 }
+    }
+}
+
+impl SseLimits {
+    /// The longest accepted line, terminator excluded. Default 1 MiB.
+    #[must_use]
+    pub fn max_line_bytes(mut self, bytes: usize) -> Self {
+        self.max_line = bytes;
+        self
+    }
+
+    /// The largest accepted event. Default 4 MiB.
+    #[must_use]
+    pub fn max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event = bytes;
+        self
+    }
+
+    /// The most lines in one event (each line costs bookkeeping beyond its bytes, so this bounds
+    /// memory for events made of many tiny lines). Default 4,096.
+    #[must_use]
+    pub fn max_event_lines(mut self, lines: usize) -> Self {
+        self.max_event_lines = lines;
+        self
     }
 }
 
@@ -69,19 +104,20 @@ impl Default for SseLimits {
 pub struct SseEvent {
     /// Every line of the event except `data` lines, in order, without line terminator:
     /// comments (`:…`), `event:`, `id:`, `retry:` and unknown fields.
-    pub other_lines: Vec<Bytes>,
+    pub(crate) other_lines: Vec<Bytes>,
     /// The raw `data` lines as received (the full line, e.g. `data: {..}` or `data:[DONE]`),
     /// without terminator.
-    pub data_lines: Vec<Bytes>,
+    pub(crate) data_lines: Vec<Bytes>,
     /// For each line in original order: `true` for a data line, `false` for another line.
     order: Vec<bool>,
 }
 
 impl SseEvent {
+    #[cfg(test)]
     /// An event made of `other_lines` followed by `data_lines` (in that order for
     /// [`encode`](SseEvent::encode)). Lines are taken as given, without classification.
     #[must_use]
-    pub fn new(other_lines: Vec<Bytes>, data_lines: Vec<Bytes>) -> Self {
+    pub(crate) fn new(other_lines: Vec<Bytes>, data_lines: Vec<Bytes>) -> Self {
         let mut order = vec![false; other_lines.len()];
         order.resize(other_lines.len() + data_lines.len(), true);
         SseEvent { other_lines, data_lines, order }
@@ -91,7 +127,7 @@ impl SseEvent {
     /// name is exactly `data` goes to [`data_lines`](SseEvent::data_lines), any other line to
     /// [`other_lines`](SseEvent::other_lines). The line should be non-empty and contain no CR or
     /// LF, or re-encoding will not reproduce the event.
-    pub fn push_line(&mut self, line: Bytes) {
+    pub(crate) fn push_line(&mut self, line: Bytes) {
         let is_data = is_data_line(&line);
         if is_data {
             self.data_lines.push(line);
@@ -108,7 +144,7 @@ impl SseEvent {
     }
 
     /// How many lines the event holds.
-    pub fn line_count(&self) -> usize {
+    pub(crate) fn line_count(&self) -> usize {
         self.other_lines.len() + self.data_lines.len()
     }
 
@@ -283,12 +319,6 @@ impl SseDecoder {
         SseDecoder { limits, ..SseDecoder::default() }
     }
 
-    /// The limits this decoder enforces.
-    #[must_use]
-    pub fn limits(&self) -> SseLimits {
-        self.limits
-    }
-
     /// Append bytes from the network. Ignored after an error.
     pub fn push(&mut self, chunk: &[u8]) {
         if self.failed.is_none() {
@@ -298,7 +328,7 @@ impl SseDecoder {
 
     /// Append bytes from the network, taking over `chunk`'s buffer without a copy when nothing is
     /// buffered and `chunk` is not shared. Ignored after an error.
-    pub fn push_bytes(&mut self, chunk: Bytes) {
+    pub(crate) fn push_bytes(&mut self, chunk: Bytes) {
         if self.failed.is_some() {
             return;
         }
@@ -318,8 +348,8 @@ impl SseDecoder {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::TooLarge`] when a line exceeds [`SseLimits::max_line`] or an event exceeds
-    /// [`SseLimits::max_event`], checked also while the line is still incomplete.
+    /// [`ErrorKind::TooLarge`] when a line exceeds [`SseLimits::max_line_bytes`] or an event exceeds
+    /// [`SseLimits::max_event_bytes`], checked also while the line is still incomplete.
     pub fn next_event(&mut self) -> crate::Result<Option<SseEvent>> {
         if let Some(kind) = self.failed {
             return Err(poisoned(kind));
@@ -404,10 +434,11 @@ impl SseDecoder {
         Ok(())
     }
 
+    #[cfg(test)]
     /// Bytes currently held: buffered input not yet returned plus the size of the event being
     /// collected (its lines plus one byte each, as counted by [`SseLimits`]).
     #[must_use]
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.buf.len() + self.pending_size
     }
 

@@ -1,49 +1,4 @@
-//! Incremental decryption of an E2EE v2 server-sent-event stream.
-//!
-//! Feed network bytes with [`push`](StreamDecryptor::push), take decrypted, re-framed events
-//! with [`next_output`](StreamDecryptor::next_output) as soon as each one is complete and
-//! authenticated, and call [`finish`](StreamDecryptor::finish) at end of input to learn whether
-//! the stream ended cleanly. Memory is bounded by the largest event ([`SseLimits`]).
-//!
-//! After each event, [`last_decrypted_paths`](StreamDecryptor::last_decrypted_paths) and
-//! [`last_cleartext_paths`](StreamDecryptor::last_cleartext_paths) say which of its fields were
-//! ciphertext and which generated content came in clear.
-//!
-//! # What a stream's encryption does not protect
-//!
-//! Each event's fields are authenticated, but every event of a stream is sealed under the same
-//! AAD for the same field (same path, same chunk `id`, same request nonce and timestamp): the
-//! AAD binds a ciphertext to its exchange and its place *in an event*, not to its position *in
-//! the stream*. An on-path attacker who can read and rewrite the stream can therefore **drop,
-//! duplicate or reorder** encrypted events, or cut the stream before `[DONE]` and append a
-//! forged clear `[DONE]`, and every event still decrypts. Nor is anything the gateway leaves in
-//! clear (`finish_reason`, tool calls, usage) authenticated. Only the gateway's signed receipt
-//! covers the stream as a whole: its `response.returned` hash is over the exact bytes sent. So:
-//!
-//! - check the receipt against the bytes received
-//!   ([`ReceiptClient::fetch_and_verify`](crate::receipt::ReceiptClient::fetch_and_verify) with
-//!   the [`ExchangeRecord`](crate::receipt::ExchangeRecord) the layer records), or
-//! - let [`VerifyBeforeReleaseLayer`](crate::receipt::VerifyBeforeReleaseLayer) do it: events are
-//!   released as they authenticate, but the terminal `[DONE]` and the end of the body are held
-//!   until the receipt verified, and a stream whose receipt fails ends with an error instead.
-//!   A consumer that acts only on a complete stream never acts on a tampered one.
-//!
-//! ```
-//! use tower_aci::protocol::request::{Endpoint, ExchangeContext};
-//! use tower_aci::protocol::stream::{StreamDecryptor, StreamOutput};
-//! use tower_aci::protocol::suite::{SecretKey, Suite};
-//! use tower_aci::ErrorKind;
-//!
-//! let ctx = ExchangeContext::new(Endpoint::ChatCompletions,
-//!     SecretKey::generate(Suite::X25519, &mut rand_core::OsRng), "m", "00", 1);
-//! let mut dec = StreamDecryptor::new(ctx, Default::default());
-//! dec.push(b": keep-alive\n\ndata: {\"choices\":[]}\n\n");
-//! assert!(matches!(dec.next_output().unwrap(), Some(StreamOutput::Event(_))));
-//! assert!(matches!(dec.next_output().unwrap(), Some(StreamOutput::Event(_))));
-//! assert!(dec.next_output().unwrap().is_none());
-//! // No `[DONE]`: the stream was cut short.
-//! assert_eq!(dec.finish().unwrap_err().kind(), ErrorKind::Truncated);
-//! ```
+//! Incremental decryption of an E2EE v2 server-sent-event stream: [`StreamDecryptor`].
 
 use bytes::{Bytes, BytesMut};
 
@@ -54,7 +9,7 @@ use crate::protocol::sse::{SseDecoder, SseEvent, SseLimits};
 
 /// Most distinct kinds of cleartext path a stream's summary keeps
 /// ([`StreamDecryptor::cleartext_fields`]).
-pub const MAX_CLEARTEXT_KINDS: usize = 32;
+pub(crate) const MAX_CLEARTEXT_KINDS: usize = 32;
 
 /// One item produced by [`StreamDecryptor::next_output`].
 #[derive(Debug)]
@@ -78,11 +33,56 @@ pub struct StreamEnd {
     pub decrypted_events: u64,
     /// The kinds of generated content seen in clear, first occurrence first: paths with every
     /// index replaced by `*` (`choices.*.delta.tool_calls.*.function.arguments`), at most
-    /// [`MAX_CLEARTEXT_KINDS`].
+    /// 32.
     pub cleartext_fields: Vec<String>,
 }
 
-/// Incremental decryptor of one exchange's SSE stream.
+/// Incremental decryptor of one exchange's E2EE v2 server-sent-event stream.
+///
+/// Feed network bytes with [`push`](StreamDecryptor::push), take decrypted, re-framed events
+/// with [`next_output`](StreamDecryptor::next_output) as soon as each one is complete and
+/// authenticated, and call [`finish`](StreamDecryptor::finish) at end of input to learn whether
+/// the stream ended cleanly. Memory is bounded by the largest event ([`SseLimits`]).
+///
+/// After each event, [`last_decrypted_paths`](StreamDecryptor::last_decrypted_paths) and
+/// [`last_cleartext_paths`](StreamDecryptor::last_cleartext_paths) say which of its fields were
+/// ciphertext and which generated content came in clear.
+///
+/// # What a stream's encryption does not protect
+///
+/// Each event's fields are authenticated, but every event of a stream is sealed under the same
+/// AAD for the same field (same path, same chunk `id`, same request nonce and timestamp): the
+/// AAD binds a ciphertext to its exchange and its place *in an event*, not to its position *in
+/// the stream*. An on-path attacker who can read and rewrite the stream can therefore **drop,
+/// duplicate or reorder** encrypted events, or cut the stream before `[DONE]` and append a
+/// forged clear `[DONE]`, and every event still decrypts. Nor is anything the gateway leaves in
+/// clear (`finish_reason`, tool calls, usage) authenticated. Only the gateway's signed receipt
+/// covers the stream as a whole: its `response.returned` hash is over the exact bytes sent. So:
+///
+/// - check the receipt against the bytes received
+///   ([`ReceiptClient::fetch_and_verify`](crate::receipt::ReceiptClient::fetch_and_verify) with
+///   the [`ExchangeRecord`](crate::receipt::ExchangeRecord) the layer records), or
+/// - let [`VerifyBeforeReleaseLayer`](crate::receipt::VerifyBeforeReleaseLayer) do it: events are
+///   released as they authenticate, but the terminal `[DONE]` and the end of the body are held
+///   until the receipt verified, and a stream whose receipt fails ends with an error instead.
+///   A consumer that acts only on a complete stream never acts on a tampered one.
+///
+/// ```
+/// use tower_aci::protocol::{Endpoint, ExchangeContext};
+/// use tower_aci::protocol::{StreamDecryptor, StreamOutput};
+/// use tower_aci::protocol::{SecretKey, Suite};
+/// use tower_aci::ErrorKind;
+///
+/// let ctx = ExchangeContext::new(Endpoint::ChatCompletions,
+///     SecretKey::generate(Suite::X25519, &mut rand_core::OsRng), "m", "00", 1);
+/// let mut dec = StreamDecryptor::new(ctx, Default::default());
+/// dec.push(b": keep-alive\n\ndata: {\"choices\":[]}\n\n");
+/// assert!(matches!(dec.next_output().unwrap(), Some(StreamOutput::Event(_))));
+/// assert!(matches!(dec.next_output().unwrap(), Some(StreamOutput::Event(_))));
+/// assert!(dec.next_output().unwrap().is_none());
+/// // No `[DONE]`: the stream was cut short.
+/// assert_eq!(dec.finish().unwrap_err().kind(), ErrorKind::Truncated);
+/// ```
 #[derive(Debug)]
 pub struct StreamDecryptor {
     ctx: ExchangeContext,
@@ -140,7 +140,7 @@ impl StreamDecryptor {
     }
 
     /// Append bytes read from the network, without copying when possible.
-    pub fn push_bytes(&mut self, chunk: Bytes) {
+    pub(crate) fn push_bytes(&mut self, chunk: Bytes) {
         self.decoder.push_bytes(chunk);
     }
 
@@ -150,7 +150,7 @@ impl StreamDecryptor {
     }
 
     /// The kinds of generated content seen in clear so far: paths with every index replaced by
-    /// `*`, first occurrence first, at most [`MAX_CLEARTEXT_KINDS`] (see
+    /// `*`, first occurrence first, at most 32 (see
     /// [`last_cleartext_paths`](Self::last_cleartext_paths) for each event's exact paths).
     pub fn cleartext_fields(&self) -> &[String] {
         &self.cleartext

@@ -5,7 +5,8 @@
 //! The suite is fixed by the `algo` of the keyset entry; it is never negotiated.
 //!
 //! ```
-//! use tower_aci::protocol::suite::{open, seal, SecretKey, Suite};
+//! use tower_aci::protocol::kat::{open, seal};
+//! use tower_aci::protocol::{SecretKey, Suite};
 //!
 //! let mut rng = rand_core::OsRng;
 //! let recipient = SecretKey::generate(Suite::Secp256k1, &mut rng);
@@ -46,9 +47,9 @@ mod aws_lc;
 mod libsecp256k1;
 
 /// Length of the AES-GCM nonce carried in each field.
-pub const NONCE_LEN: usize = 12;
+pub(crate) const NONCE_LEN: usize = 12;
 /// Length of the AES-GCM tag carried in each field.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 
 /// An E2EE v2 cipher suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,7 +79,7 @@ impl Suite {
     }
 
     /// The HKDF `info` string.
-    pub const fn hkdf_info(self) -> &'static [u8] {
+    pub(crate) const fn hkdf_info(self) -> &'static [u8] {
         match self {
             Suite::Secp256k1 => b"aci.e2ee.v2.secp256k1",
             Suite::X25519 => b"aci.e2ee.v2.x25519",
@@ -86,7 +87,7 @@ impl Suite {
     }
 
     /// Length of the ephemeral public key on the wire (65-byte uncompressed SEC1, or 32 raw bytes).
-    pub const fn ephemeral_len(self) -> usize {
+    pub(crate) const fn ephemeral_len(self) -> usize {
         match self {
             Suite::Secp256k1 => 65,
             Suite::X25519 => 32,
@@ -94,7 +95,7 @@ impl Suite {
     }
 
     /// The smallest valid field blob (empty plaintext): 93 or 60 bytes.
-    pub const fn min_blob_len(self) -> usize {
+    pub(crate) const fn min_blob_len(self) -> usize {
         self.ephemeral_len() + NONCE_LEN + TAG_LEN
     }
 }
@@ -273,7 +274,8 @@ impl PublicKey {
     }
 
     /// The compressed SEC1 form of a secp256k1 key (33 bytes), `None` for X25519.
-    pub fn to_compressed_sec1(&self) -> Option<[u8; 33]> {
+    #[allow(clippy::wrong_self_convention)] // named as the public `to_*` conversions beside it
+    pub(crate) fn to_compressed_sec1(&self) -> Option<[u8; 33]> {
         match &self.0 {
             PublicInner::Secp256k1(p) => p.point.to_encoded_point(true).as_bytes().try_into().ok(),
             PublicInner::X25519(_) => None,
@@ -735,7 +737,7 @@ fn rustcrypto_open(
 }
 
 /// Seal `plaintext` to `recipient` with a fresh ephemeral key and nonce from `rng`.
-pub fn seal(recipient: &PublicKey, plaintext: &[u8], aad: &[u8], rng: &mut impl CryptoRngCore) -> String {
+pub(crate) fn seal(recipient: &PublicKey, plaintext: &[u8], aad: &[u8], rng: &mut impl CryptoRngCore) -> String {
     seal_impl(Impls::FASTEST, recipient, plaintext, aad, rng)
 }
 
@@ -755,7 +757,8 @@ fn seal_impl(
 
 /// Seal with a caller-chosen ephemeral key and nonce. For known-answer tests; production code
 /// uses [`seal`], which draws both fresh for every field.
-pub fn seal_with(
+#[cfg(any(test, feature = "__internal-test-vectors"))]
+pub(crate) fn seal_with(
     recipient: &PublicKey,
     ephemeral: &SecretKey,
     nonce: &[u8; NONCE_LEN],
@@ -793,7 +796,7 @@ fn seal_with_impl(
 /// Errors: [`Malformed`](crate::ErrorKind::Malformed) when the text is not hex at all; every
 /// other failure (too short, bad ephemeral key, wrong key, tampered byte, wrong AAD) is
 /// [`Decrypt`](crate::ErrorKind::Decrypt) and says nothing more.
-pub fn open(recipient: &SecretKey, field: &str, aad: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn open(recipient: &SecretKey, field: &str, aad: &[u8]) -> Result<Vec<u8>> {
     open_impl(Impls::FASTEST, recipient, field, aad)
 }
 
@@ -841,9 +844,49 @@ fn open_impl(impls: Impls, recipient: &SecretKey, field: &str, aad: &[u8]) -> Re
 /// API: compiled only with the hidden feature `__internal-test-vectors`, which no user feature
 /// enables (see `Cargo.toml`).
 #[cfg(any(test, feature = "__internal-test-vectors"))]
+#[cfg_attr(not(feature = "__internal-test-vectors"), allow(unreachable_pub))]
 #[doc(hidden)]
 pub mod kat {
     use super::*;
+
+    /// Length of a field's AES-GCM nonce.
+    pub const NONCE_LEN: usize = super::NONCE_LEN;
+
+    /// Seal one field to `recipient` (the gateway's half, for tests that play the gateway).
+    pub fn seal(recipient: &PublicKey, plaintext: &[u8], aad: &[u8], rng: &mut impl CryptoRngCore) -> String {
+        super::seal(recipient, plaintext, aad, rng)
+    }
+
+    /// [`seal`] with a chosen ephemeral key and nonce (known-answer vectors).
+    pub fn seal_with(
+        recipient: &PublicKey,
+        ephemeral: &SecretKey,
+        nonce: &[u8; NONCE_LEN],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<String> {
+        super::seal_with(recipient, ephemeral, nonce, plaintext, aad)
+    }
+
+    /// Open one field sealed to `recipient`.
+    pub fn open(recipient: &SecretKey, field: &str, aad: &[u8]) -> Result<Vec<u8>> {
+        super::open(recipient, field, aad)
+    }
+
+    /// The ephemeral public key's length in a sealed field of `suite`.
+    pub const fn ephemeral_len(suite: Suite) -> usize {
+        suite.ephemeral_len()
+    }
+
+    /// The shortest sealed field of `suite`, decoded.
+    pub const fn min_blob_len(suite: Suite) -> usize {
+        suite.min_blob_len()
+    }
+
+    /// The compressed SEC1 form of a secp256k1 key.
+    pub fn to_compressed_sec1(key: &PublicKey) -> Option<[u8; 33]> {
+        key.to_compressed_sec1()
+    }
 
     /// The raw ECDH shared secret (fastest backend).
     pub fn shared_secret(secret: &SecretKey, peer: &PublicKey) -> Result<[u8; 32]> {

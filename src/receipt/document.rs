@@ -9,7 +9,7 @@ use crate::error::{Error, ReceiptFailure, Result};
 use crate::protocol::jcs;
 
 /// The largest receipt document [`Receipt::from_bytes`] parses (receipts are a few KiB).
-pub const MAX_RECEIPT_SIZE: usize = 1024 * 1024;
+pub(crate) const MAX_RECEIPT_SIZE: usize = 1024 * 1024;
 
 /// Most events a receipt may carry (the reference writes at most seven).
 const MAX_EVENTS: usize = 1024;
@@ -218,7 +218,7 @@ impl Receipt {
     /// receipt's members (`api_version`, `receipt_id`, `chat_id`, `model`,
     /// `workload_keyset_digest`, `endpoint`, `method`, `served_at`, `event_log`, `key_id`,
     /// `signature`), when a known event lacks its fields, when the document is larger than
-    /// [`MAX_RECEIPT_SIZE`], or when it cannot be put in canonical form (a float, a non-ASCII
+    /// 1 MiB, or when it cannot be put in canonical form (a float, a non-ASCII
     /// member name). Unknown members and unknown event types are accepted (the signature covers
     /// them).
     pub fn from_bytes(raw: Bytes) -> Result<Receipt> {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use crate::hex;
-use crate::protocol::request::Endpoint;
+use crate::protocol::Endpoint;
 use crate::protocol::suite::Suite;
 
 /// The facts of one exchange, recorded by the E2EE layer in the response's extensions.
@@ -157,7 +157,7 @@ impl ExchangeRecord {
     /// response hash verifies nothing ([`ReceiptFailure::NotAvailable`](crate::ReceiptFailure)).
     ///
     /// ```
-    /// use tower_aci::protocol::suite::Suite;
+    /// use tower_aci::protocol::Suite;
     /// use tower_aci::receipt::ExchangeRecord;
     ///
     /// // Facts an audit log kept of one exchange.

@@ -67,7 +67,7 @@ use crate::receipt::verify::{ReceiptPolicy, VerifiedReceipt};
 ///
 /// A stream's receipt exists only once the gateway sent the whole stream, and every encrypted
 /// event authenticates on its own but not its place in the stream (see
-/// [the stream module](crate::protocol::stream#what-a-streams-encryption-does-not-protect)): an
+/// [the stream module](crate::protocol::StreamDecryptor#what-a-streams-encryption-does-not-protect)): an
 /// on-path attacker can drop, duplicate or reorder events undetected until the receipt's
 /// response hash is compared. The layer offers two ways to release a stream:
 ///
@@ -329,7 +329,8 @@ impl<B> ReleaseBody<B> {
 
     fn stream(inner: B, verify: VerifyFn, verification: StreamVerification, hold_all: Option<usize>) -> Self {
         // The layer below bounds every event; here only the framing is followed.
-        let limits = SseLimits { max_line: usize::MAX, max_event: usize::MAX, max_event_lines: usize::MAX };
+        let limits =
+            SseLimits::default().max_line_bytes(usize::MAX).max_event_bytes(usize::MAX).max_event_lines(usize::MAX);
         let state = Box::new(StreamState {
             hold_all,
             events: SseDecoder::new(limits),

@@ -12,7 +12,7 @@ use crate::protocol::jcs;
 
 /// The largest session document [`AttestedSession::from_bytes`] parses (evidence bundles can be
 /// large: a TDX quote, GPU evidence, certificate chains).
-pub const MAX_SESSION_SIZE: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_SESSION_SIZE: usize = 16 * 1024 * 1024;
 
 fn session(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::receipt(ReceiptFailure::Session, message)
@@ -57,7 +57,7 @@ pub struct VerifiedSession {
 
 impl AttestedSession {
     /// Parse a session document and compute its id. Fails with [`ReceiptFailure::Session`]
-    /// when the bytes are not a JSON object, exceed [`MAX_SESSION_SIZE`] or cannot be put in
+    /// when the bytes are not a JSON object, exceed 16 MiB or cannot be put in
     /// canonical form.
     pub fn from_bytes(raw: Bytes) -> Result<AttestedSession> {
         if raw.len() > MAX_SESSION_SIZE {

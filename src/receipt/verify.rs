@@ -18,7 +18,7 @@ use crate::receipt::session::{AttestedSession, VerifiedSession, is_session_id};
 use crate::telemetry::ReceiptKeyset;
 
 /// The receipt format this crate verifies.
-pub const RECEIPT_API_VERSION: &str = "aci/1";
+pub(crate) const RECEIPT_API_VERSION: &str = "aci/1";
 
 use ReceiptFailure as F;
 
@@ -299,7 +299,7 @@ impl ReceiptPolicy {
     }
 
     /// Whether cited sessions are fetched and checked.
-    pub fn verifies_sessions(&self) -> bool {
+    pub(crate) fn verifies_sessions(&self) -> bool {
         self.verify_sessions
     }
 
@@ -438,6 +438,7 @@ impl fmt::Debug for VerifiedReceipt {
 /// The lowest-level check, for a key you obtained yourself; prefer [`verify_against_keyset`],
 /// which resolves the key in an attested keyset. Uses strict verification (no small-order keys,
 /// no malleable signatures). Fails with [`ReceiptFailure::Signature`].
+#[cfg_attr(not(feature = "__internal-test-vectors"), allow(unreachable_pub))]
 pub fn verify_signature(receipt: &Receipt, key: &VerifyingKey) -> Result<()> {
     let bytes = hex::decode(receipt.signature())
         .and_then(|b| <[u8; 64]>::try_from(b).ok())
@@ -456,6 +457,7 @@ pub fn verify_signature(receipt: &Receipt, key: &VerifyingKey) -> Result<()> {
 ///
 /// This is what re-verifies an archived receipt offline; it does not compare the receipt with an
 /// exchange (see [`verify_exchange`]).
+#[cfg_attr(not(feature = "__internal-test-vectors"), allow(unreachable_pub))]
 pub fn verify_against_keyset(receipt: &Receipt, keyset: &AttestedKeyset) -> Result<()> {
     if receipt.workload_keyset_digest() != keyset.digest() {
         return Err(fail(

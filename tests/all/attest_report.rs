@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tower_aci::attest::{Policy, keyset_digest, report_data, report_statement, verify_report};
+use tower_aci::protocol::Suite;
 use tower_aci::protocol::jcs;
-use tower_aci::protocol::suite::Suite;
 use tower_aci::{AttestationFailure as F, ErrorKind};
 
 use crate::attest_support::*;

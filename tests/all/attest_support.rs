@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use sha3::Keccak256;
 use tower_aci::attest::{AttestedKeyset, Policy};
 use tower_aci::protocol::jcs;
-use tower_aci::protocol::suite::{SecretKey, Suite};
+use tower_aci::protocol::{SecretKey, Suite};
 use tower_aci::{AttestationFailure, ErrorKind};
 
 /// The workspace's `tests/data/` (tower-aci's oracles), from whichever crate's tests run (this

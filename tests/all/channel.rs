@@ -15,7 +15,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::KeyProvider;
 use tower_aci::e2ee::RequestBody;
 use tower_aci::protocol::aad;
-use tower_aci::protocol::suite::{PublicKey, Suite, seal};
+use tower_aci::protocol::{PublicKey, Suite, kat::seal};
 use tower_aci::receipt::{ReceiptClient, ReceiptPolicy, RetryPolicy, VerifyBeforeReleaseLayer};
 use tower_aci::{BoxError, E2eeLayer, ErrorKind};
 

@@ -12,7 +12,7 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_aci::client::{ReceiptCheck, ReceiptMode};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::{ExchangeRecord, KeysetMatch, VerifiedReceipt};
 use tower_aci::{AttestationFailure, Client, ErrorKind};
 

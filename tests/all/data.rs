@@ -37,7 +37,7 @@ pub(crate) fn exchange_record(
     response_body_sha256: Option<[u8; 32]>,
 ) -> tower_aci::receipt::ExchangeRecord {
     let mut b = tower_aci::receipt::ExchangeRecord::builder(path, model)
-        .suite(tower_aci::protocol::suite::Suite::X25519)
+        .suite(tower_aci::protocol::Suite::X25519)
         .request_body_sha256(request_body_sha256);
     if let Some(id) = receipt_id {
         b = b.receipt_id(id);

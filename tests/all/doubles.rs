@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::util::BoxCloneService;
 use tower_aci::attest::{Clock, Policy, SystemClock};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 
 fn ring() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 use tower_aci::GatewayError;
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::ExchangeRecord;
 use tower_aci::{BoxError, ErrorKind};
 

@@ -10,7 +10,7 @@ use aci_test_gateway::{GatewayConfig, TestGateway};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower_aci::attest::{Generation, KeyProvider, ManualClock, Policy, verify_report};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy, RetryPolicy};
 use tower_aci::{AttestationFailure, ErrorKind, ReceiptFailure};
 

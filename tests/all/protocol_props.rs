@@ -2,11 +2,14 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use tower_aci::protocol::request::{Endpoint, ExchangeContext};
-use tower_aci::protocol::stream::{StreamDecryptor, StreamOutput};
 #[cfg(feature = "__internal-test-vectors")]
-use tower_aci::protocol::suite::{Backend, kat};
-use tower_aci::protocol::suite::{SecretKey, Suite, open, seal};
+use tower_aci::protocol::{Backend, kat};
+use tower_aci::protocol::{Endpoint, ExchangeContext};
+use tower_aci::protocol::{
+    SecretKey, Suite,
+    kat::{open, seal},
+};
+use tower_aci::protocol::{StreamDecryptor, StreamOutput};
 
 fn suite() -> impl Strategy<Value = Suite> {
     prop_oneof![Just(Suite::X25519), Just(Suite::Secp256k1)]
@@ -19,7 +22,7 @@ proptest! {
     fn seal_open_round_trip(suite in suite(), plaintext in proptest::collection::vec(any::<u8>(), 0..2048), aad in proptest::collection::vec(any::<u8>(), 0..64)) {
         let sk = SecretKey::generate(suite, &mut rand_core::OsRng);
         let field = seal(&sk.public_key(), &plaintext, &aad, &mut rand_core::OsRng);
-        prop_assert_eq!(field.len(), 2 * (suite.min_blob_len() + plaintext.len()));
+        prop_assert_eq!(field.len(), 2 * (kat::min_blob_len(suite) + plaintext.len()));
         prop_assert!(field.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         prop_assert_eq!(open(&sk, &field, &aad).unwrap(), plaintext);
     }
@@ -39,7 +42,7 @@ proptest! {
             Some(b) => kat::seal_using(b, &sk.public_key(), &plaintext, &aad, &mut rand_core::OsRng),
             None => seal(&sk.public_key(), &plaintext, &aad, &mut rand_core::OsRng),
         };
-        prop_assert_eq!(field.len(), 2 * (suite.min_blob_len() + plaintext.len()));
+        prop_assert_eq!(field.len(), 2 * (kat::min_blob_len(suite) + plaintext.len()));
         let opened = match opener {
             Some(b) => kat::open_using(b, &sk, &field, &aad),
             None => open(&sk, &field, &aad),
@@ -59,8 +62,8 @@ mod restoration {
     use super::*;
     use aci_test_gateway::open_request;
     use sha2::{Digest, Sha256};
-    use tower_aci::protocol::keys::E2eeKey;
-    use tower_aci::protocol::request::{EncryptOptions, encrypt_request};
+    use tower_aci::protocol::E2eeKey;
+    use tower_aci::protocol::{EncryptOptions, encrypt_request};
 
     /// Message content as a user might write it.
     fn content() -> impl Strategy<Value = Value> {
@@ -144,7 +147,7 @@ mod restoration {
 
 /// A sealed SSE stream of `deltas` as the gateway frames it, with a comment and `[DONE]`
 /// (sealed with the bare `seal` and the spec's AAD).
-fn sealed_stream(client: &tower_aci::protocol::suite::PublicKey, deltas: &[String], crlf: bool) -> Vec<u8> {
+fn sealed_stream(client: &tower_aci::protocol::PublicKey, deltas: &[String], crlf: bool) -> Vec<u8> {
     let nl = if crlf { "\r\n" } else { "\n" };
     let mut out = format!(": PROCESSING{nl}{nl}");
     out.push_str(&format!(
@@ -299,7 +302,7 @@ proptest! {
     /// nothing but null at every protected location.
     #[test]
     fn hostile_responses_never_panic_or_leak(doc in hostile_document(), noise in proptest::collection::vec(any::<u8>(), 0..300)) {
-        use tower_aci::protocol::response::decrypt_response;
+        use tower_aci::protocol::decrypt_response;
         for endpoint in [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings] {
             for input in [&doc, &noise] {
                 let ctx = || ExchangeContext::new(endpoint, SecretKey::from_bytes(Suite::X25519, &[1; 32]).unwrap(), "m", "n", 1);
@@ -327,7 +330,7 @@ proptest! {
         }
         if let Ok(text) = std::str::from_utf8(&noise) {
             for suite in Suite::ALL {
-                let _ = tower_aci::protocol::suite::PublicKey::parse(suite, text);
+                let _ = tower_aci::protocol::PublicKey::parse(suite, text);
             }
         }
         let _ = tower_aci::receipt::Receipt::from_bytes(bytes::Bytes::copy_from_slice(&doc));

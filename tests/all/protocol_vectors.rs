@@ -4,13 +4,16 @@ use aci_test_gateway::{ResponseSealer, open_request};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tower_aci::ErrorKind;
-use tower_aci::protocol::keys::E2eeKey;
-use tower_aci::protocol::request::{EncryptOptions, encrypt_request};
-use tower_aci::protocol::request::{Endpoint, ExchangeContext};
-use tower_aci::protocol::response::decrypt_response;
+use tower_aci::protocol::E2eeKey;
+use tower_aci::protocol::decrypt_response;
 #[cfg(feature = "__internal-test-vectors")]
-use tower_aci::protocol::suite::{Backend, kat};
-use tower_aci::protocol::suite::{PublicKey, SecretKey, Suite, open, seal, seal_with};
+use tower_aci::protocol::{Backend, kat};
+use tower_aci::protocol::{EncryptOptions, encrypt_request};
+use tower_aci::protocol::{Endpoint, ExchangeContext};
+use tower_aci::protocol::{
+    PublicKey, SecretKey, Suite,
+    kat::{open, seal, seal_with},
+};
 use tower_aci::protocol::{aad, jcs};
 
 use crate::data::{arr32, load};
@@ -279,7 +282,7 @@ fn tampering_is_rejected_as_decrypt_in_both_suites() {
         // Truncate by one byte, drop the tag, drop everything but the header.
         assert_eq!(t.open(&const_hex::encode(&blob[..blob.len() - 1])), ErrorKind::Decrypt);
         assert_eq!(t.open(&const_hex::encode(&blob[..blob.len() - 16])), ErrorKind::Decrypt);
-        assert_eq!(t.open(&const_hex::encode(&blob[..suite.ephemeral_len() + 12])), ErrorKind::Decrypt);
+        assert_eq!(t.open(&const_hex::encode(&blob[..kat::ephemeral_len(suite) + 12])), ErrorKind::Decrypt);
         assert_eq!(t.open(""), ErrorKind::Decrypt);
         // Appending bytes breaks the tag too.
         assert_eq!(t.open(&format!("{}00", t.field)), ErrorKind::Decrypt);

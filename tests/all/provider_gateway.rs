@@ -18,7 +18,7 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyHandle, KeyProvider, KeyProviderBuilder, ManualClock};
 use tower_aci::e2ee::KeyMismatchRetry;
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::ExchangeRecord;
 use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind, GatewayError};
 

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::ServiceBuilder;
 use tower_aci::attest::{KeyHandle, KeyProvider, SystemClock};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::{
     ExchangeRecord, KeysetMatch, Receipt, ReceiptClient, ReceiptPolicy, RetryPolicy, verify_against_keyset,
     verify_exchange,

@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 use tower::Service;
 use tower_aci::attest::{AttestedKeyset, KeyHandle, ManualClock, Policy, verify_report};
 use tower_aci::e2ee::RequestBody;
-use tower_aci::protocol::request::{Endpoint, ExchangeContext};
-use tower_aci::protocol::suite::{SecretKey, Suite};
+use tower_aci::protocol::{Endpoint, ExchangeContext};
+use tower_aci::protocol::{SecretKey, Suite};
 
 use crate::data::{arr32, load};
 

@@ -15,9 +15,12 @@ use serde_json::Value;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::verify_report;
 use tower_aci::protocol::aad;
-use tower_aci::protocol::response::decrypt_response;
-use tower_aci::protocol::stream::{StreamDecryptor, StreamOutput};
-use tower_aci::protocol::suite::{PublicKey, SecretKey, Suite, open, seal_with};
+use tower_aci::protocol::decrypt_response;
+use tower_aci::protocol::{
+    PublicKey, SecretKey, Suite,
+    kat::{open, seal_with},
+};
+use tower_aci::protocol::{StreamDecryptor, StreamOutput};
 use tower_aci::receipt::{ExchangeRecord, Receipt, ReceiptPolicy, verify_exchange};
 use tower_aci::{E2eeLayer, ErrorKind, GatewayError, ReceiptFailure};
 
@@ -164,13 +167,7 @@ fn reference_buffered_answers_decrypt_with_the_reported_paths() {
             let with_id = w.replacen(r#""id":""#, r#""id":"x"#, 1);
             assert_eq!(decrypt_response(&context(e), Bytes::from(with_id)).unwrap_err().kind(), ErrorKind::Decrypt);
             let ctx = |model: &str, ts: u64| {
-                tower_aci::protocol::request::ExchangeContext::new(
-                    endpoint_of(e),
-                    client_secret(e),
-                    model,
-                    s(e, "nonce"),
-                    ts,
-                )
+                tower_aci::protocol::ExchangeContext::new(endpoint_of(e), client_secret(e), model, s(e, "nonce"), ts)
             };
             let w = Bytes::from(w);
             assert_eq!(
@@ -204,7 +201,7 @@ struct StreamRun {
     in_band: Option<(usize, tower_aci::Error)>,
     decrypted: Vec<String>,
     cleartext: Vec<String>,
-    finish: tower_aci::Result<tower_aci::protocol::stream::StreamEnd>,
+    finish: tower_aci::Result<tower_aci::protocol::StreamEnd>,
 }
 
 fn run_stream(e: &Value, wire: &[u8], cuts: &[usize]) -> StreamRun {
@@ -307,7 +304,7 @@ fn reference_stream_tampering_is_detected() {
         let e = exchange(suite, "chat_default_stream");
         let w = String::from_utf8(wire(e)).unwrap();
         let first_chunk_id = r#""id":"chatcmpl-mock-"#;
-        let dec_err = |wire: &str, ctx: tower_aci::protocol::request::ExchangeContext| {
+        let dec_err = |wire: &str, ctx: tower_aci::protocol::ExchangeContext| {
             let mut dec = StreamDecryptor::new(ctx, Default::default());
             dec.push(wire.as_bytes());
             loop {
@@ -323,7 +320,7 @@ fn reference_stream_tampering_is_detected() {
             dec_err(&w.replacen(first_chunk_id, r#""id":"chatcmpl-mock-X"#, 1), context(e)),
             Some(ErrorKind::Decrypt)
         );
-        let other = tower_aci::protocol::request::ExchangeContext::new(
+        let other = tower_aci::protocol::ExchangeContext::new(
             endpoint_of(e),
             client_secret(e),
             "test-model",

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{Clock, KeyProvider, ManualClock, Policy, SystemClock};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::{ReceiptClient, ReceiptPolicy, verify_exchange};
 use tower_aci::{AttestationFailure, BoxError, E2eeLayer, ErrorKind, ReceiptFailure};
 

@@ -19,7 +19,7 @@ use tower::retry::Retry;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::attest::{Clock, KeyHandle, KeyProvider, ManualClock, SystemClock};
 use tower_aci::e2ee::{KeyMismatchRetry, RequestBody};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::{
     ExchangeRecord, KeysetMatch, ReceiptClient, ReceiptPolicy, RetryPolicy, VerifiedReceipt, verify_exchange,
 };

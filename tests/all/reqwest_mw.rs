@@ -8,7 +8,7 @@ use reqwest_retry::policies::ExponentialBackoff;
 use serde_json::{Value, json};
 use tower_aci::ErrorKind;
 use tower_aci::middleware::E2eeMiddleware;
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::ExchangeRecord;
 
 use crate::support::{Env, sse_text};

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_aci::attest::{ChannelInfo, KeyHandle, KeyProvider, Policy};
 use tower_aci::middleware::{E2eeMiddleware, ReqwestService};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::{ExchangeRecord, ReceiptClient, ReceiptPolicy};
 use tower_aci::tls::AttestedTls;
 use tower_aci::{AttestationFailure, Error, ErrorKind};

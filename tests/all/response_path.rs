@@ -9,8 +9,8 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_aci::protocol::stream::{StreamDecryptor, StreamOutput};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
+use tower_aci::protocol::{StreamDecryptor, StreamOutput};
 use tower_aci::receipt::{ExchangeRecord, Receipt, ReceiptPolicy, verify_exchange};
 use tower_aci::{E2eeLayer, ErrorKind};
 

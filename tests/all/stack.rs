@@ -14,7 +14,7 @@ use http_body_util::Full;
 use serde_json::json;
 use tower::ServiceExt;
 use tower_aci::client::REDIRECT_REFUSED;
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::{Client, ErrorKind};
 
 use crate::doubles::{Intercept, hostile_front, thief};

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_aci::e2ee::RequestBody;
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::{
     ExchangeRecord, ReceiptClient, ReceiptPolicy, RetryPolicy, StreamVerification, VerifyBeforeReleaseLayer,
 };

@@ -9,9 +9,9 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_aci::protocol::keys::E2eeKey;
-use tower_aci::protocol::request::{EncryptOptions, Endpoint, encrypt_request};
-use tower_aci::protocol::suite::{SecretKey, Suite};
+use tower_aci::protocol::E2eeKey;
+use tower_aci::protocol::{EncryptOptions, Endpoint, encrypt_request};
+use tower_aci::protocol::{SecretKey, Suite};
 use tower_aci::{BoxError, E2eeLayer, ErrorKind};
 use tracing::Level;
 
@@ -26,7 +26,8 @@ fn key() -> E2eeKey {
 
 fn strict(endpoint: Endpoint, body: &Value) -> tower_aci::Result<usize> {
     let bytes = serde_json::to_vec(body).unwrap();
-    encrypt_request(endpoint, &bytes, &key(), &EncryptOptions::strict(true), 1, &mut rand_core::OsRng).map(|r| r.fields)
+    encrypt_request(endpoint, &bytes, &key(), &EncryptOptions::default().strict(true), 1, &mut rand_core::OsRng)
+        .map(|r| r.fields)
 }
 
 fn chat(extra: Value) -> Value {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_aci::attest::{KeyHandle, KeyProvider, Policy};
 use tower_aci::e2ee::RequestBody;
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::{BoxError, E2eeLayer};
 
 /// A plain hyper-util client.

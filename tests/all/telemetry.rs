@@ -10,7 +10,7 @@ use metrics::{
 };
 use serde_json::json;
 use tower_aci::attest::{Clock, KeyHandle, KeyProvider, Policy, SystemClock};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::{ExchangeRecord, KeysetMatch, ReceiptClient, ReceiptPolicy};
 
 use crate::data::exchange_record;

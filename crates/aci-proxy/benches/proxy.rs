@@ -79,7 +79,10 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tower_aci::attest::Policy;
 use tower_aci::protocol::aad;
-use tower_aci::protocol::suite::{PublicKey, SecretKey, Suite, open, seal};
+use tower_aci::protocol::{
+    PublicKey, SecretKey, Suite,
+    kat::{open, seal},
+};
 
 const ROLE: &str = "PROXY_BENCH_ROLE";
 const MODEL: &str = "demo-model";

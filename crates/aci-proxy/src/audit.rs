@@ -281,7 +281,7 @@ fn verify_receipt_line(
     if let Some(id) = s("receipt_id") {
         record = record.receipt_id(id);
     }
-    if let Some(suite) = s("suite").and_then(tower_aci::protocol::suite::Suite::from_algo) {
+    if let Some(suite) = s("suite").and_then(tower_aci::protocol::Suite::from_algo) {
         record = record.suite(suite);
     }
     if let Some(d) = s("served_by") {

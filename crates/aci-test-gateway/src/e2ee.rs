@@ -11,11 +11,12 @@ use rand_core::OsRng;
 use serde_json::{Value, json};
 
 use crate::keyset::{Keyset, ServiceKey};
+use tower_aci::__private::SseDecoder;
 use tower_aci::__private::{ResponseSealer, open_request};
+use tower_aci::protocol::Endpoint;
+use tower_aci::protocol::SseLimits;
 use tower_aci::protocol::headers;
-use tower_aci::protocol::request::Endpoint;
-use tower_aci::protocol::sse::{SseDecoder, SseLimits};
-use tower_aci::protocol::suite::{PublicKey, Suite};
+use tower_aci::protocol::{PublicKey, Suite};
 
 /// How long a claimed replay tuple is remembered, and the accepted timestamp skew (seconds).
 pub(crate) const WINDOW_SECS: u64 = 300;

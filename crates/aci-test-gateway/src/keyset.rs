@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use const_hex as hex;
-use tower_aci::protocol::jcs;
-use tower_aci::protocol::suite::{PublicKey, SecretKey, Suite};
+use tower_aci::__private::jcs_to_vec;
+use tower_aci::protocol::{PublicKey, SecretKey, Suite};
 
 /// Key id of the receipt-signing key, as production publishes it.
 pub(crate) const RECEIPT_KEY_ID: &str = "dstack-kms-receipt-ed25519-v1";
@@ -63,7 +63,7 @@ fn uncompressed(key: &k256::ecdsa::VerifyingKey) -> String {
 }
 
 fn sha256_jcs(value: &Value) -> [u8; 32] {
-    Sha256::digest(jcs::to_vec(value).expect("strings, integers and null only")).into()
+    Sha256::digest(jcs_to_vec(value).expect("strings, integers and null only")).into()
 }
 
 /// One E2EE service key: the secret the gateway decrypts with and the entry it publishes.
@@ -183,7 +183,7 @@ impl Keyset {
             None => Self::current_value(&receipt_key_id, &receipt_key, &e2ee, not_after, &tls),
             Some(l) => Self::legacy_value(l, &receipt_key, &e2ee, not_after, &tls),
         };
-        let bytes = jcs::to_vec(&value).expect("a keyset holds only strings, integers and null");
+        let bytes = jcs_to_vec(&value).expect("a keyset holds only strings, integers and null");
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         Keyset { receipt_key_id, receipt_key, e2ee, not_after, tls, value, digest, legacy }
     }

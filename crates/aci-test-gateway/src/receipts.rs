@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use const_hex as hex;
+use tower_aci::__private::jcs_to_vec;
 use tower_aci::error::{Error, Result};
-use tower_aci::protocol::jcs;
 
 /// How long a receipt is kept (seconds of the gateway clock), as the reference does.
 pub(crate) const RETENTION_SECS: u64 = 3600;
@@ -44,12 +44,12 @@ pub fn sign_receipt(unsigned: &Value, key_id: &str, key: &SigningKey) -> Result<
     map.remove("signature");
     map.insert("key_id".into(), Value::String(key_id.to_owned()));
     let mut doc = Value::Object(map);
-    let signing_input = jcs::to_vec(&doc)?;
+    let signing_input = jcs_to_vec(&doc)?;
     let signature = key.sign(&signing_input);
     if let Value::Object(m) = &mut doc {
         m.insert("signature".into(), Value::String(hex::encode(signature.to_bytes())));
     }
-    jcs::to_vec(&doc)
+    jcs_to_vec(&doc)
 }
 
 /// `sha256:<hex>` of a digest, as receipts spell hashes (tower-aci's verifier compares the same

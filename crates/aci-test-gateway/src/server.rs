@@ -27,9 +27,9 @@ use crate::receipts::{self, FetchError, PendingReceipt, ReceiptStore};
 use crate::upstream::{UpstreamBody, UpstreamFn, UpstreamRequest, UpstreamResponse};
 use tower_aci::__private::ResponseSealer;
 use tower_aci::attest::Clock;
+use tower_aci::protocol::Endpoint;
+use tower_aci::protocol::Suite;
 use tower_aci::protocol::headers;
-use tower_aci::protocol::request::Endpoint;
-use tower_aci::protocol::suite::Suite;
 
 /// The request body limit of the reference gateway.
 pub(crate) const BODY_LIMIT: usize = 32 * 1024 * 1024;

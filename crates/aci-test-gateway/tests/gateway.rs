@@ -16,15 +16,15 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use aci_test_gateway::{Fault, GatewayConfig, TestGateway, UpstreamResponse, sign_receipt};
+use tower_aci::__private::jcs_to_vec;
 use tower_aci::ErrorKind;
 use tower_aci::attest::{Clock, ManualClock, SystemClock};
-use tower_aci::protocol::jcs;
-use tower_aci::protocol::keys::E2eeKey;
-use tower_aci::protocol::request::{EncryptOptions, EncryptedRequest, Endpoint, encrypt_request};
-use tower_aci::protocol::response::decrypt_response;
-use tower_aci::protocol::sse::SseLimits;
-use tower_aci::protocol::stream::{StreamDecryptor, StreamOutput};
-use tower_aci::protocol::suite::{SecretKey, Suite};
+use tower_aci::protocol::E2eeKey;
+use tower_aci::protocol::SseLimits;
+use tower_aci::protocol::decrypt_response;
+use tower_aci::protocol::{EncryptOptions, EncryptedRequest, Endpoint, encrypt_request};
+use tower_aci::protocol::{SecretKey, Suite};
+use tower_aci::protocol::{StreamDecryptor, StreamOutput};
 
 /// The spec's vectors, from the workspace's `tests/data/` (tower-aci's oracles).
 mod data {
@@ -173,7 +173,7 @@ async fn verified_receipt(c: &HttpClient, gw: &TestGateway, id: &str) -> Value {
 
 async fn check_signature(c: &HttpClient, gw: &TestGateway, served: &[u8]) -> Value {
     let doc: Value = serde_json::from_slice(served).unwrap();
-    assert_eq!(jcs::to_vec(&doc).unwrap(), served, "served as JCS bytes");
+    assert_eq!(jcs_to_vec(&doc).unwrap(), served, "served as JCS bytes");
     let ks = report(c, gw, None).await.json()["attestation"]["workload_keyset"].clone();
     let key = ks["receipt_signing_keys"]
         .as_array()
@@ -185,7 +185,7 @@ async fn check_signature(c: &HttpClient, gw: &TestGateway, served: &[u8]) -> Val
     let sig: [u8; 64] = const_hex::decode(doc["signature"].as_str().unwrap()).unwrap().try_into().unwrap();
     let mut unsigned = doc.clone();
     unsigned.as_object_mut().unwrap().remove("signature");
-    vk.verify(&jcs::to_vec(&unsigned).unwrap(), &Signature::from_bytes(&sig)).expect("receipt signature");
+    vk.verify(&jcs_to_vec(&unsigned).unwrap(), &Signature::from_bytes(&sig)).expect("receipt signature");
     assert_eq!(doc["api_version"], "aci/1");
     doc
 }
@@ -316,7 +316,7 @@ async fn chat_buffered_round_trip_in_both_suites_with_a_verified_receipt() {
         // Also found by the response id.
         let by_chat = fetch_receipt(&c, &gw, reply.json()["id"].as_str().unwrap(), None).await;
         assert_eq!(by_chat.status, 200);
-        assert_eq!(by_chat.body, jcs::to_vec(&doc).unwrap());
+        assert_eq!(by_chat.body, jcs_to_vec(&doc).unwrap());
     }
     assert_eq!(gw.requests_seen(), 2);
 }
@@ -780,7 +780,7 @@ async fn the_report_binds_keyset_and_nonce() {
     let r = reply.json();
     assert_eq!(r["api_version"], "aci/1");
     let ks = &r["attestation"]["workload_keyset"];
-    let digest = format!("sha256:{}", const_hex::encode(Sha256::digest(jcs::to_vec(ks).unwrap())));
+    let digest = format!("sha256:{}", const_hex::encode(Sha256::digest(jcs_to_vec(ks).unwrap())));
     assert_eq!(r["workload_keyset_digest"], digest.as_str());
     assert_eq!(reply.header("x-aci-keyset-digest"), Some(digest.as_str()));
     assert_eq!(gw.keyset_digest(), digest);

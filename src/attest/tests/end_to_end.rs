@@ -371,7 +371,7 @@ fn each_changed_byte_of_any_keyset_field_is_refused_with_keyset_digest() {
         };
         *doc.pointer_mut(field).unwrap() = changed;
         let keyset = doc["attestation"]["workload_keyset"].clone();
-        doc["workload_keyset_digest"] = crate::attest::keyset_digest(&keyset).unwrap().into();
+        doc["workload_keyset_digest"] = crate::attest::report::keyset_digest(&keyset).unwrap().into();
         if let Ok(id) = crate::attest::generation::workload_id(&keyset["workload_identity"]["public_key"]) {
             doc["workload_id"] = id.into();
         }

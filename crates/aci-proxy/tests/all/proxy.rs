@@ -13,7 +13,7 @@ use async_openai::types::completions::CreateCompletionRequestArgs;
 use async_openai::types::embeddings::CreateEmbeddingRequestArgs;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::receipt::ReceiptPolicy;
 
 use crate::support::stub_policy;

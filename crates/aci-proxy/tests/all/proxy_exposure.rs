@@ -16,7 +16,7 @@ use aci_test_gateway::{GatewayConfig, TestGateway};
 use http::header::{AUTHORIZATION, HOST, LOCATION, ORIGIN, SET_COOKIE};
 use http::{HeaderMap, Method};
 use serde_json::{Value, json};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 
 use crate::doubles::{Intercept, hostile_front, serve_router, thief};
 use crate::support::stub_policy;

@@ -7,7 +7,7 @@ use aci_proxy::ProxyConfig;
 use aci_proxy::inspect::{Outcome, inspect_gateway};
 use aci_test_gateway::{GatewayConfig, GatewayTls, TestGateway};
 use serde_json::Value;
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 
 use crate::attest_support::{REAL_APP_ID, REAL_BOOT, REAL_KMS_IDENTITY, REAL_KMS_ROOT};
 use crate::support::stub_policy;

@@ -9,7 +9,7 @@ use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs};
 use futures_util::StreamExt;
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 
 use crate::support::stub_policy;
 

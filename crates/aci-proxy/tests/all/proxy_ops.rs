@@ -8,7 +8,7 @@ use aci_proxy::{Proxy, ReceiptMode};
 use aci_test_gateway::{Fault, GatewayConfig, TestGateway};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 
 use crate::proxy::{config_for, serve_config as serve};
 

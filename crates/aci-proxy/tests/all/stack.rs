@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use tower_aci::attest::{ManualClock, Policy, PolicyBuilder};
 use tower_aci::client::{DEFAULT_PCCS, ReceiptMode};
-use tower_aci::protocol::suite::Suite;
+use tower_aci::protocol::Suite;
 use tower_aci::{AttestationFailure, Client, ErrorKind};
 
 use crate::attest_support::{REAL_BOOT, REAL_COMPOSE_HASH, REAL_KMS_IDENTITY, bytes};
