@@ -10,7 +10,7 @@
 //! [`AttestedTls`](crate::tls::AttestedTls) and report the peer certificate (`tls_info(true)`):
 //! the middleware refuses an answer from an `https://` URL unless the certificate it came with
 //! has an SPKI the attested keyset lists for the host
-//! ([`ChannelBinding`](crate::AttestationFailure::ChannelBinding)). E2EE does not authenticate
+//! ([`ChannelBinding`](crate::error::AttestationFailure::ChannelBinding)). E2EE does not authenticate
 //! answers: they are sealed to the client's ephemeral key, which travels in clear. Plain
 //! `http://` is allowed only to a loopback address. (Feature `rustls`; without it only loopback
 //! `http://` works, or the layer's `dangerous().accept_unbound_channel()`.)
@@ -44,12 +44,12 @@
 //! ```
 //!
 //! Errors from this middleware are `reqwest_middleware::Error::Middleware` wrapping a
-//! [`tower_aci::Error`](crate::Error): `err.downcast_ref::<tower_aci::Error>()` on the inner
+//! [`tower_aci::Error`](crate::error::Error): `err.downcast_ref::<tower_aci::Error>()` on the inner
 //! `anyhow::Error`. `reqwest_retry` wraps middleware errors once more in its `RetryError`
 //! (whose `transparent` form hides them from `source()` chains), so downcast that first when
 //! a retry middleware runs outside this one. Errors while reading a decrypted body (a tampered
 //! event, a truncated stream) come from `reqwest::Response::bytes`/`chunk` as `reqwest::Error`s
-//! whose `source()` chain holds the `tower_aci::Error`: use [`Error::find`](crate::Error::find).
+//! whose `source()` chain holds the `tower_aci::Error`: use [`Error::find`](crate::error::Error::find).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -213,7 +213,7 @@ fn reqwest_channel(
     keys: &crate::attest::KeyHandle,
     digest: &str,
 ) -> Result<Option<crate::attest::ChannelInfo>, Error> {
-    use crate::AttestationFailure;
+    use crate::error::AttestationFailure;
     let Some(der) = res.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate()) else {
         return Ok(None);
     };

@@ -30,7 +30,7 @@ const ATTESTATION_PATH: &str = "/v1/aci/attestation";
 /// `tls_info(true)` (as [`pinned`](Self::pinned) does), every response over TLS carries a
 /// [`ChannelInfo`] naming the host and the SPKI SHA-256 of the certificate the server presented,
 /// and the key provider then refuses a keyset that does not list that key for the host
-/// ([`ChannelBinding`](crate::AttestationFailure::ChannelBinding)). reqwest cannot close one of
+/// ([`ChannelBinding`](crate::error::AttestationFailure::ChannelBinding)). reqwest cannot close one of
 /// its connections from outside: [`ChannelInfo::revoke`] has no effect on it.
 ///
 /// ```no_run
@@ -103,7 +103,7 @@ impl ReqwestService {
     /// fail closed with `ChannelBinding`: behind a proxy, use the hyper-util connector.
     #[cfg(feature = "rustls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
-    pub fn pinned(tls: &crate::tls::AttestedTls) -> crate::Result<Self> {
+    pub fn pinned(tls: &crate::tls::AttestedTls) -> crate::error::Result<Self> {
         // Through `tls`'s HTTPS proxy, as its own connector would go (see `crate::tls`).
         let proxy = tls.reqwest_proxy()?;
         Self::pinned_with(tls, || match &proxy {
@@ -120,7 +120,7 @@ impl ReqwestService {
     pub fn pinned_with(
         tls: &crate::tls::AttestedTls,
         builder: impl Fn() -> reqwest::ClientBuilder,
-    ) -> crate::Result<Self> {
+    ) -> crate::error::Result<Self> {
         let build = |b: reqwest::ClientBuilder| {
             b.build().map_err(|e| Error::new(ErrorKind::Config, "cannot build the reqwest client").with_source(e))
         };
@@ -187,7 +187,7 @@ impl Service<Request<Full<Bytes>>> for ReqwestService {
 /// The channel a response came over, from reqwest's `TlsInfo` (a client built with
 /// `tls_info(true)`): the host and the SPKI SHA-256 of the server's certificate.
 #[cfg(feature = "rustls")]
-fn channel_of(response: &Response<reqwest::Body>, host: Option<&str>) -> crate::Result<Option<ChannelInfo>> {
+fn channel_of(response: &Response<reqwest::Body>, host: Option<&str>) -> crate::error::Result<Option<ChannelInfo>> {
     let (Some(host), Some(der)) =
         (host, response.extensions().get::<reqwest::tls::TlsInfo>().and_then(reqwest::tls::TlsInfo::peer_certificate))
     else {
@@ -200,7 +200,7 @@ fn channel_of(response: &Response<reqwest::Body>, host: Option<&str>) -> crate::
 /// Without feature `rustls` reqwest has no TLS backend of ours and the certificate is not
 /// read: no [`ChannelInfo`] (the key provider then applies its rule for reports without one).
 #[cfg(not(feature = "rustls"))]
-fn channel_of(_response: &Response<reqwest::Body>, _host: Option<&str>) -> crate::Result<Option<ChannelInfo>> {
+fn channel_of(_response: &Response<reqwest::Body>, _host: Option<&str>) -> crate::error::Result<Option<ChannelInfo>> {
     Ok(None)
 }
 

@@ -71,7 +71,7 @@ impl FieldCounts {
 pub mod names {
     /// Counter, labels `endpoint`, `suite`: requests encrypted to an attested key.
     pub const E2EE_REQUESTS: &str = "aci_e2ee_requests_total";
-    /// Counter, label `kind` (an [`ErrorKind`](crate::ErrorKind) in snake case, e.g. `decrypt`,
+    /// Counter, label `kind` (an [`ErrorKind`](crate::error::ErrorKind) in snake case, e.g. `decrypt`,
     /// `attestation`, `receipt`): errors the library returned from an exchange, a key
     /// establishment or a receipt check.
     pub const ERRORS: &str = "aci_errors_total";
@@ -163,7 +163,7 @@ pub(crate) mod keys {
     };
 
     /// `aci_errors_total{kind}`.
-    pub(crate) fn error(kind: crate::ErrorKind) -> &'static Key {
+    pub(crate) fn error(kind: crate::error::ErrorKind) -> &'static Key {
         &ERRORS[super::kind_index(kind)]
     }
 

@@ -136,7 +136,7 @@ pub(crate) enum ChannelRule {
 
 /// The rule for a gateway URL of this scheme and host. Plain `http://` is allowed only to a
 /// loopback address (an on-path attacker elsewhere could read the request and forge the whole
-/// answer); anything else fails with [`Config`](crate::ErrorKind::Config) before a byte is sent,
+/// answer); anything else fails with [`Config`](crate::error::ErrorKind::Config) before a byte is sent,
 /// unless `unbound_ok` (the user's `dangerous()` opt-out). `what` names the URL for messages.
 pub(crate) fn channel_rule(
     scheme: Option<&str>,
@@ -246,8 +246,8 @@ pub(crate) fn check_report_channel(keyset: AttestedKeyset, channel: Option<&Chan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
     use crate::attest::report::parse_tls_keys;
+    use crate::error::ErrorKind;
     use crate::protocol::keys::E2eeKey;
     use crate::protocol::suite::{SecretKey, Suite};
 

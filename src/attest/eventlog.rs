@@ -248,7 +248,7 @@ pub(crate) fn measured(events: &[Event], app_compose: Option<&str>) -> Result<Me
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
 
     fn runtime(name: &str, payload: &[u8]) -> serde_json::Value {
         serde_json::json!({

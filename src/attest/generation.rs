@@ -366,13 +366,13 @@ mod tests {
             mixed.pointer_mut(if parent.is_empty() { "" } else { parent }).unwrap()[name] = value;
             let (t, a, k) = maps(&mixed);
             let e = detect(t, a, k).unwrap_err();
-            assert_eq!(e.kind(), crate::ErrorKind::Attestation(F::Shape), "{path}");
+            assert_eq!(e.kind(), crate::error::ErrorKind::Attestation(F::Shape), "{path}");
             assert!(e.to_string().contains("mixes members of two report generations"), "{e}");
         }
         let mut mixed = legacy.clone();
         mixed["attestation"]["workload_keyset"]["not_after"] = json!(1);
         let (t, a, k) = maps(&mixed);
-        assert_eq!(detect(t, a, k).unwrap_err().kind(), crate::ErrorKind::Attestation(F::Shape));
+        assert_eq!(detect(t, a, k).unwrap_err().kind(), crate::error::ErrorKind::Attestation(F::Shape));
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub(crate) const REFUSED_KEYSETS: usize = 64;
 ///
 /// The key provider remembers them on its [`KeyHandle`] ([`KeyHandle::refused_keysets`]), and a
 /// receipt naming one fails with
-/// [`ReceiptFailure::RefusedKeyset`](crate::ReceiptFailure::RefusedKeyset) instead of being
+/// [`ReceiptFailure::RefusedKeyset`](crate::error::ReceiptFailure::RefusedKeyset) instead of being
 /// vouched for by the same-key rule ([`KeysetMatch`](crate::receipt::KeysetMatch)). Since a
 /// refusal turns honest receipts into failures, only the keyset's own holder can cause one: a
 /// refusal needs a report that is attributable to it *and* a failure that is a verdict on it.

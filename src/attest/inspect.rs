@@ -27,8 +27,8 @@ use super::dcap::{self, Collateral};
 use super::report::{API_VERSION, keyset_digest};
 use super::{AttestedKeyset, Policy, anchor, custody, eventlog, generation, verify_report};
 use crate::error::ErrorKind;
+use crate::error::{AttestationFailure, Result};
 use crate::hex;
-use crate::{AttestationFailure, Result};
 
 /// How one check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -525,7 +525,7 @@ impl PolicyBuilder {
     }
 
     /// Refuse reports of the older (June 2026) generation
-    /// ([`Generation::Legacy`]) with [`Generation`](crate::AttestationFailure::Generation).
+    /// ([`Generation::Legacy`]) with [`Generation`](crate::error::AttestationFailure::Generation).
     ///
     /// By default both generations are accepted, and both are verified with the same
     /// hardware, event-log, allowlist and key-custody checks (the older one adds a keyset

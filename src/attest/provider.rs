@@ -124,7 +124,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
     /// `https://`: every report must come over a connection bound to the keyset it attests,
     /// which is what `tls::AttestedTls`'s connector (feature `rustls`)
     /// provides: a report whose response names no attested channel fails with
-    /// [`ChannelBinding`](crate::AttestationFailure::ChannelBinding). Plain `http://` is allowed
+    /// [`ChannelBinding`](crate::error::AttestationFailure::ChannelBinding). Plain `http://` is allowed
     /// only to a loopback address (`127.0.0.0/8`, `::1`, `localhost`); any other host fails
     /// [`build`](Self::build). [`dangerous`](Self::dangerous) opts out of both.
     pub fn base_url(mut self, base: Uri) -> Self {
@@ -446,7 +446,7 @@ impl<S, ReqB> DangerousKeyProviderBuilder<S, ReqB> {
 /// names, and fails verification for a reason that is a verdict on the workload, is not
 /// forgotten: its keyset digest is remembered as *refused* on the handle, with the failure
 /// ([`KeyHandle::refused_keyset`], logged at warn once per digest), and receipts naming it fail
-/// with [`ReceiptFailure::RefusedKeyset`](crate::ReceiptFailure::RefusedKeyset) instead of being
+/// with [`ReceiptFailure::RefusedKeyset`](crate::error::ReceiptFailure::RefusedKeyset) instead of being
 /// vouched for by the same-key rule. This is what catches a replica running another, unpinned
 /// build of the same application: it holds the same KMS-derived receipt key. A failure an
 /// on-path attacker can cause (the channel check, a replayed nonce) or one of time or of our

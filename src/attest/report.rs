@@ -90,7 +90,7 @@ pub fn report_data(keyset_digest: &str, nonce: Option<&[u8; 32]>) -> [u8; 32] {
 /// Verify an attestation report fetched with `nonce` at `now` (Unix seconds) under `policy`.
 ///
 /// The only way to obtain an [`AttestedKeyset`]. Every failure is
-/// [`ErrorKind::Attestation`](crate::ErrorKind::Attestation) with the reason below.
+/// [`ErrorKind::Attestation`](crate::error::ErrorKind::Attestation) with the reason below.
 ///
 /// The checks run in this order, each failing closed with its own
 /// [`AttestationFailure`]:
@@ -998,7 +998,7 @@ mod tests {
     }
 
     fn event_log_failure(r: Result<MeasuredValues>) -> bool {
-        matches!(r, Err(e) if e.kind() == crate::ErrorKind::Attestation(F::EventLog))
+        matches!(r, Err(e) if e.kind() == crate::error::ErrorKind::Attestation(F::EventLog))
     }
 
     #[test]
@@ -1033,7 +1033,7 @@ mod tests {
         let subject = format!("app-id:0x{}", hex::encode([0xab; 20]));
         assert!(measured_values(&evidence, Some(&subject), &policy, Some(&rtmr3), true).is_ok());
         let r = measured_values(&evidence, Some("app-id:0x01"), &policy, Some(&rtmr3), true);
-        assert!(matches!(r, Err(e) if e.kind() == crate::ErrorKind::Attestation(F::NotAllowed)));
+        assert!(matches!(r, Err(e) if e.kind() == crate::error::ErrorKind::Attestation(F::NotAllowed)));
 
         // The older generation served no app_compose: the measured compose hash stands alone,
         // but an app_compose that is served must still hash to it.

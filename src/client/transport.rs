@@ -20,7 +20,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::tls::{AttestedTls, HttpsProxy};
 
 /// The [`gateway_error_type`](Error::gateway_error_type) of the error a redirect from the
-/// gateway becomes (kind [`Gateway`](crate::ErrorKind::Gateway), with the `3xx`
+/// gateway becomes (kind [`Gateway`](crate::error::ErrorKind::Gateway), with the `3xx`
 /// [`status`](Error::status)).
 ///
 /// A client never follows a redirect, and never hands one out: a caller (or an SDK behind

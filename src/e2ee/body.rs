@@ -22,7 +22,7 @@ pin_project! {
     /// the inner body untouched for pass-through requests.
     ///
     /// Decryption errors surface when the body is read, as a [`BoxError`] holding an
-    /// [`Error`](crate::Error) (`Decrypt`, `MissingEncryption`, `Truncated`, `InBandError`, …).
+    /// [`Error`](crate::error::Error) (`Decrypt`, `MissingEncryption`, `Truncated`, `InBandError`, …).
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,

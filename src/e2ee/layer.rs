@@ -17,7 +17,7 @@ use crate::protocol::sse::SseLimits;
 /// [`allow_plaintext_route`](Self::allow_plaintext_route), and so is a request with a body (or a
 /// body of unknown size) to one of the three endpoints in any other method — `PUT`, `PATCH`, an
 /// extension method such as `post` in lower case, or a `GET` with a body; the path compared
-/// ignoring case — with [`UnsupportedEndpoint`](crate::ErrorKind::UnsupportedEndpoint): plaintext
+/// ignoring case — with [`UnsupportedEndpoint`](crate::error::ErrorKind::UnsupportedEndpoint): plaintext
 /// is never sent by accident. Other requests (a `GET` of `/v1/models`, a receipt) pass through
 /// untouched.
 ///
@@ -32,10 +32,10 @@ use crate::protocol::sse::SseLimits;
 /// answer to an E2EE request sent to an `https://` URL (or to a URL without a scheme) must name
 /// the attested TLS channel it came over: a [`ChannelInfo`](crate::attest::ChannelInfo), which
 /// `tls::AttestedTls`'s connector (feature `rustls`) puts into every response. Without one it
-/// fails with [`ChannelBinding`](crate::AttestationFailure::ChannelBinding) before any byte of
+/// fails with [`ChannelBinding`](crate::error::AttestationFailure::ChannelBinding) before any byte of
 /// it is read. Plain `http://` is allowed only to a loopback address (`127.0.0.0/8`, `::1`,
 /// `localhost`); a request to any other `http://` host fails with
-/// [`Config`](crate::ErrorKind::Config) before anything is sent.
+/// [`Config`](crate::error::ErrorKind::Config) before anything is sent.
 /// [`dangerous`](Self::dangerous)`().`[`accept_unbound_channel`](DangerousE2eeLayer::accept_unbound_channel)`()`
 /// gives both up.
 ///

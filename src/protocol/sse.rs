@@ -350,7 +350,7 @@ impl SseDecoder {
     ///
     /// [`ErrorKind::TooLarge`] when a line exceeds [`SseLimits::max_line_bytes`] or an event exceeds
     /// [`SseLimits::max_event_bytes`], checked also while the line is still incomplete.
-    pub fn next_event(&mut self) -> crate::Result<Option<SseEvent>> {
+    pub fn next_event(&mut self) -> crate::error::Result<Option<SseEvent>> {
         if let Some(kind) = self.failed {
             return Err(poisoned(kind));
         }
@@ -420,7 +420,7 @@ impl SseDecoder {
     /// [`ErrorKind::Truncated`] when a partial line or an undispatched event remains (an event
     /// not yet taken with `next_event` counts as pending); the error of an earlier failure if the
     /// decoder is poisoned.
-    pub fn finish(&mut self) -> crate::Result<()> {
+    pub fn finish(&mut self) -> crate::error::Result<()> {
         if let Some(kind) = self.failed {
             return Err(poisoned(kind));
         }
@@ -478,7 +478,7 @@ mod tests {
 
     /// Decode `input` fed in `chunks` (byte lengths, the rest in one piece), draining after each
     /// push; returns the events and the result of `finish`.
-    fn decode_chunked(input: &[u8], cuts: &[usize]) -> (Vec<SseEvent>, crate::Result<()>) {
+    fn decode_chunked(input: &[u8], cuts: &[usize]) -> (Vec<SseEvent>, crate::error::Result<()>) {
         let mut dec = SseDecoder::new(SseLimits::default());
         let mut events = Vec::new();
         let mut start = 0;
@@ -520,7 +520,7 @@ mod tests {
     fn events_made_of_many_tiny_lines_are_bounded() {
         let mut dec = SseDecoder::new(SseLimits { max_event_lines: 10, ..SseLimits::default() });
         dec.push(&b":\n".repeat(11));
-        assert_eq!(dec.next_event().unwrap_err().kind(), crate::ErrorKind::TooLarge);
+        assert_eq!(dec.next_event().unwrap_err().kind(), crate::error::ErrorKind::TooLarge);
         let mut dec = SseDecoder::new(SseLimits { max_event_lines: 10, ..SseLimits::default() });
         dec.push(&b":\n".repeat(10));
         dec.push(b"\n");

@@ -480,7 +480,7 @@ impl X25519Secret {
     }
 
     /// X25519 with a peer already checked against the low-order list. A non-contributory result
-    /// is [`Decrypt`](crate::ErrorKind::Decrypt) on every backend.
+    /// is [`Decrypt`](crate::error::ErrorKind::Decrypt) on every backend.
     fn shared(&self, backend: Backend, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
         #[cfg(feature = "aws-lc")]
         if backend == Backend::AwsLc {
@@ -603,7 +603,7 @@ impl SecretKey {
     }
 
     /// The field key for an ephemeral public key straight off the wire, parsed only by the
-    /// backend that uses it. Every failure is [`Decrypt`](crate::ErrorKind::Decrypt).
+    /// backend that uses it. Every failure is [`Decrypt`](crate::error::ErrorKind::Decrypt).
     fn derive_key_from_wire(&self, impls: Impls, ephemeral: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
         let shared = match &*self.0 {
             SecretInner::Secp256k1(s) => s.shared_with_sec1(impls.secp256k1, ephemeral).ok_or_else(Error::decrypt)?,
@@ -793,9 +793,9 @@ fn seal_with_impl(
 /// Open one field sealed to `recipient`. Hex of any case and a lowercase `0x` prefix are
 /// accepted, as the reference decryptor does.
 ///
-/// Errors: [`Malformed`](crate::ErrorKind::Malformed) when the text is not hex at all; every
+/// Errors: [`Malformed`](crate::error::ErrorKind::Malformed) when the text is not hex at all; every
 /// other failure (too short, bad ephemeral key, wrong key, tampered byte, wrong AAD) is
-/// [`Decrypt`](crate::ErrorKind::Decrypt) and says nothing more.
+/// [`Decrypt`](crate::error::ErrorKind::Decrypt) and says nothing more.
 pub(crate) fn open(recipient: &SecretKey, field: &str, aad: &[u8]) -> Result<Vec<u8>> {
     open_impl(Impls::FASTEST, recipient, field, aad)
 }
@@ -940,7 +940,7 @@ pub mod kat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
 
     fn rng() -> rand_core::OsRng {
         rand_core::OsRng

@@ -378,7 +378,7 @@ impl fmt::Debug for Receipt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
 
     fn doc() -> Value {
         serde_json::json!({

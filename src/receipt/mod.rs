@@ -47,13 +47,13 @@
 //! - [`AttestedSession`] is an aggregator's record of a verified upstream (ACI spec §8, §9.2);
 //!   [`pin_sessions`] pins a request to sessions you verified.
 //!
-//! Every failure is an [`Error`](crate::Error) of kind
-//! [`ErrorKind::Receipt`](crate::ErrorKind::Receipt) with a specific
-//! [`ReceiptFailure`](crate::ReceiptFailure); hostile documents never panic.
+//! Every failure is an [`Error`](crate::error::Error) of kind
+//! [`ErrorKind::Receipt`](crate::error::ErrorKind::Receipt) with a specific
+//! [`ReceiptFailure`](crate::error::ReceiptFailure); hostile documents never panic.
 //!
 //! A stream's receipt exists only once the gateway reached the end of the stream, and its
 //! response hash is final only once the body was read to its end: until then verification
-//! reports [`NotAvailable`](crate::ReceiptFailure::NotAvailable). A stream that ended without
+//! reports [`NotAvailable`](crate::error::ReceiptFailure::NotAvailable). A stream that ended without
 //! `[DONE]` may still have a valid receipt: require the terminal event yourself (the layer
 //! reports a truncated stream as an error when it is read).
 //!
@@ -92,7 +92,7 @@
 //! - If that keyset's report was fetched and failed the policy (say, another build of the
 //!   application, which holds the same KMS-derived receipt key), the key provider remembers the
 //!   digest as refused ([`RefusedKeyset`](crate::attest::RefusedKeyset)) and the receipt fails
-//!   with [`RefusedKeyset`](crate::ReceiptFailure::RefusedKeyset), which says why.
+//!   with [`RefusedKeyset`](crate::error::ReceiptFailure::RefusedKeyset), which says why.
 //! - If that keyset still cannot be attested (its report endpoint fails, or the balancer never
 //!   routed a report fetch to it), the receipt is accepted only when its signing key is the
 //!   receipt key of a keyset attested under the same policy and it was served before that

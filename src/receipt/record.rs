@@ -121,10 +121,10 @@ impl ExchangeRecord {
         request_body: &[u8],
         receipt_id: &str,
         response_body: &[u8],
-    ) -> crate::Result<ExchangeRecord> {
+    ) -> crate::error::Result<ExchangeRecord> {
         use sha2::{Digest, Sha256};
         let endpoint = Endpoint::from_path(path).ok_or_else(|| {
-            crate::Error::new(crate::ErrorKind::Config, format!("{path} is not an inference endpoint"))
+            crate::error::Error::new(crate::error::ErrorKind::Config, format!("{path} is not an inference endpoint"))
         })?;
         let response = Arc::new(ResponseDigest::default());
         response.set(Sha256::digest(response_body).into());
@@ -154,7 +154,7 @@ impl ExchangeRecord {
     /// the body the gateway restored, as [`request_body_sha256`](Self::request_body_sha256)
     /// reported it) and the response hash (SHA-256 of the exact response bytes received, as
     /// [`response_body_sha256`](Self::response_body_sha256) reported it); a record without a
-    /// response hash verifies nothing ([`ReceiptFailure::NotAvailable`](crate::ReceiptFailure)).
+    /// response hash verifies nothing ([`ReceiptFailure::NotAvailable`](crate::error::ReceiptFailure)).
     ///
     /// ```
     /// use tower_aci::protocol::Suite;
@@ -266,10 +266,10 @@ impl ExchangeRecordBuilder {
         self
     }
 
-    /// The record. Fails with [`ErrorKind::Config`](crate::ErrorKind::Config) when the path is
+    /// The record. Fails with [`ErrorKind::Config`](crate::error::ErrorKind::Config) when the path is
     /// not an inference endpoint or the request hash is missing.
-    pub fn build(self) -> crate::Result<ExchangeRecord> {
-        let config = |m: String| crate::Error::new(crate::ErrorKind::Config, m);
+    pub fn build(self) -> crate::error::Result<ExchangeRecord> {
+        let config = |m: String| crate::error::Error::new(crate::error::ErrorKind::Config, m);
         let endpoint = Endpoint::from_path(&self.path)
             .ok_or_else(|| config(format!("{} is not an inference endpoint", self.path)))?;
         let request_body_sha256 =

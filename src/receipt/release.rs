@@ -76,7 +76,7 @@ use crate::receipt::verify::{ReceiptPolicy, VerifiedReceipt};
 ///   its end, its receipt fetched and verified against the exact bytes received. Then `[DONE]`
 ///   and the end follow, and the [`StreamVerification`] in the response's extensions holds the
 ///   [`VerifiedReceipt`](crate::receipt::VerifiedReceipt). When the receipt does not verify, the
-///   body ends with that error (kind [`Receipt`](crate::ErrorKind::Receipt)) instead of
+///   body ends with that error (kind [`Receipt`](crate::error::ErrorKind::Receipt)) instead of
 ///   `[DONE]`. A consumer that acts only on a complete stream (one that reached `[DONE]` and its
 ///   end) thus never acts on an unverified one; one that acts on each event as it arrives gets
 ///   the per-event guarantee only, and must treat a stream that ends in an error as
@@ -123,7 +123,7 @@ impl<R, RQ> VerifyBeforeReleaseLayer<R, RQ> {
     ///
     /// On any failure — an event that fails to decrypt, a truncated stream, a receipt that does
     /// not verify — the body's first frame is the error and nothing is released. A stream
-    /// longer than `max_held` fails with [`TooLarge`](crate::ErrorKind::TooLarge) as soon as it
+    /// longer than `max_held` fails with [`TooLarge`](crate::error::ErrorKind::TooLarge) as soon as it
     /// exceeds it (no receipt is fetched; raise the bound, or use the default mode, which
     /// releases events as they authenticate). Buffered answers are unaffected: they are always
     /// released only after their receipt verified, bounded by the receipt client's

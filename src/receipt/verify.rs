@@ -842,7 +842,7 @@ mod tests {
         match r {
             Ok(()) => None,
             Err(e) => match e.kind() {
-                crate::ErrorKind::Receipt(f) => Some(f),
+                crate::error::ErrorKind::Receipt(f) => Some(f),
                 other => panic!("{other:?}"),
             },
         }

@@ -161,7 +161,7 @@ impl AttestedTlsBuilder {
         self
     }
 
-    /// The configuration, or a [`Config`](crate::ErrorKind::Config) error: a trust mode must be
+    /// The configuration, or a [`Config`](crate::error::ErrorKind::Config) error: a trust mode must be
     /// chosen (a root store, or `pin_only()`), unpinned hosts need a root store (or an
     /// [extra root](Self::unpinned_extra_root)), and `HTTPS_PROXY`, when it is read and set,
     /// must be a proxy URL.

@@ -172,6 +172,6 @@ mod tests {
             Some(ErrorKind::Attestation(AttestationFailure::ChannelBinding))
         );
         let other = handshake_error(io::Error::other("reset"), "gw");
-        assert_eq!(Error::find(other.as_ref()).map(Error::kind), Some(crate::ErrorKind::Transport));
+        assert_eq!(Error::find(other.as_ref()).map(Error::kind), Some(crate::error::ErrorKind::Transport));
     }
 }

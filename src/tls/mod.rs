@@ -80,7 +80,7 @@
 //! The proxy URL is `http://[user:password@]host[:port]` ([`HttpsProxy`]); its credentials go
 //! in `Proxy-Authorization: Basic …`, are zeroized, and are never logged or printed. A proxy
 //! that answers `CONNECT` with anything but `2xx` fails the connection with a
-//! [`Transport`](crate::ErrorKind::Transport) error naming the proxy, the target and the status
+//! [`Transport`](crate::error::ErrorKind::Transport) error naming the proxy, the target and the status
 //! (`403` and `407` say what to do). A proxy that terminates TLS itself (an inspection appliance
 //! presenting its own certificate for the gateway's name) presents a key the attested keyset
 //! does not list: it is refused with `ChannelBinding`, even when its CA is in the root store,
@@ -149,7 +149,7 @@
 //!
 //! [`KeyHandle`]: crate::attest::KeyHandle
 //! [`ChannelInfo`]: crate::attest::ChannelInfo
-//! [`AttestationFailure::ChannelBinding`]: crate::AttestationFailure::ChannelBinding
+//! [`AttestationFailure::ChannelBinding`]: crate::error::AttestationFailure::ChannelBinding
 
 mod config;
 mod connector;

@@ -23,7 +23,7 @@ pub(super) fn x25519_public(key: &PrivateKey) -> [u8; 32] {
 }
 
 /// X25519(key, peer). AWS-LC refuses an all-zero result (a non-contributory peer), which is
-/// [`Decrypt`](crate::ErrorKind::Decrypt) here as with x25519-dalek.
+/// [`Decrypt`](crate::error::ErrorKind::Decrypt) here as with x25519-dalek.
 pub(super) fn x25519_shared(key: &PrivateKey, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
     agreement::agree(key, UnparsedPublicKey::new(&X25519, peer), Error::decrypt(), |shared| {
         let mut out = Zeroizing::new([0u8; 32]);
