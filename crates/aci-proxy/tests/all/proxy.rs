@@ -56,7 +56,8 @@ async fn receipts_verified(proxy: &Proxy, n: u64) -> Value {
     panic!("receipts not verified in time: {}", proxy.status());
 }
 
-fn chat_request(text: &str) -> async_openai::types::chat::CreateChatCompletionRequest {
+/// A one-message chat completion for async-openai (also used by `proxy_local`).
+pub(crate) fn chat_request(text: &str) -> async_openai::types::chat::CreateChatCompletionRequest {
     CreateChatCompletionRequestArgs::default()
         .model("demo-model")
         .messages([ChatCompletionRequestUserMessageArgs::default().content(text).build().unwrap().into()])

@@ -7,19 +7,11 @@ use aci_proxy::{Proxy, ProxyConfig, ReceiptMode};
 use aci_test_gateway::{GatewayConfig, TestGateway};
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
-use async_openai::types::chat::{ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs};
 use futures_util::StreamExt;
 use tower_aci::protocol::Suite;
 
+use crate::proxy::chat_request;
 use crate::support::stub_policy;
-
-fn chat_request(text: &str) -> async_openai::types::chat::CreateChatCompletionRequest {
-    CreateChatCompletionRequestArgs::default()
-        .model("demo-model")
-        .messages([ChatCompletionRequestUserMessageArgs::default().content(text).build().unwrap().into()])
-        .build()
-        .unwrap()
-}
 
 async fn proxy_for(gw: &TestGateway) -> Proxy {
     Proxy::start(
