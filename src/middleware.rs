@@ -84,7 +84,7 @@ impl E2eeMiddleware {
 
     /// A middleware with every setting of a configured [`E2eeLayer`] (or of its
     /// [`dangerous`](E2eeLayer::dangerous) form).
-    pub fn from_layer(layer: impl Into<E2eeLayer>) -> Self {
+    pub(crate) fn from_layer(layer: impl Into<E2eeLayer>) -> Self {
         E2eeMiddleware { config: layer.into().config, key_mismatch_wait: None }
     }
 

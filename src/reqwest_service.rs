@@ -31,7 +31,7 @@ const ATTESTATION_PATH: &str = "/v1/aci/attestation";
 /// [`ChannelInfo`] naming the host and the SPKI SHA-256 of the certificate the server presented,
 /// and the key provider then refuses a keyset that does not list that key for the host
 /// ([`ChannelBinding`](crate::error::AttestationFailure::ChannelBinding)). reqwest cannot close one of
-/// its connections from outside: [`ChannelInfo::revoke`] has no effect on it.
+/// its connections from outside: a connection whose key a refused keyset named stays in its pool.
 ///
 /// ```no_run
 /// # #[cfg(feature = "rustls")]

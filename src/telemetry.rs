@@ -234,11 +234,6 @@ pub fn describe() {
 
 /// An [`ErrorKind`] as a metric label or log field: `decrypt`, `key_unavailable`,
 /// `attestation`, `receipt`, … (the variant's name in snake case, without its detail).
-pub fn kind_label(kind: ErrorKind) -> String {
-    kind_name(kind).to_owned()
-}
-
-/// [`kind_label`] without an allocation.
 pub(crate) fn kind_name(kind: ErrorKind) -> &'static str {
     KIND_NAMES[kind_index(kind)]
 }
@@ -466,15 +461,15 @@ mod tests {
                 }
                 snake.push(c.to_ascii_lowercase());
             }
-            assert_eq!(kind_label(kind), snake);
+            assert_eq!(kind_name(kind), snake);
         }
     }
 
     #[test]
     fn kinds_are_snake_case_without_detail() {
-        assert_eq!(kind_label(ErrorKind::Decrypt), "decrypt");
-        assert_eq!(kind_label(ErrorKind::KeyUnavailable), "key_unavailable");
-        assert_eq!(kind_label(ErrorKind::Attestation(AttestationFailure::Shape)), "attestation");
-        assert_eq!(kind_label(ErrorKind::Receipt(ReceiptFailure::Signature)), "receipt");
+        assert_eq!(kind_name(ErrorKind::Decrypt), "decrypt");
+        assert_eq!(kind_name(ErrorKind::KeyUnavailable), "key_unavailable");
+        assert_eq!(kind_name(ErrorKind::Attestation(AttestationFailure::Shape)), "attestation");
+        assert_eq!(kind_name(ErrorKind::Receipt(ReceiptFailure::Signature)), "receipt");
     }
 }

@@ -282,11 +282,19 @@ fn check(endpoint: Endpoint, svc: &Service, strict: bool, body: &[u8]) {
 
     // Headers.
     let suite = svc.key.suite();
-    assert_eq!(req.headers.nonce.len(), 64);
-    assert!(req.headers.nonce.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
-    assert_eq!(req.headers.timestamp, NOW);
-    assert_eq!(req.headers.model_pub_key, svc.key.public_key_text());
-    PublicKey::parse(suite, &req.headers.client_pub_key).expect("client key parses in the service's suite");
+    let header = |name: &str| req.headers[name].to_str().expect("header values are ASCII");
+    assert_eq!(req.headers.len(), 5, "exactly the five X-E2EE-* request headers");
+    assert_eq!(header("x-e2ee-version"), "2");
+    let nonce = header("x-e2ee-nonce");
+    assert_eq!(nonce, req.context.nonce());
+    assert_eq!(nonce.len(), 64);
+    assert!(nonce.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    assert_eq!(header("x-e2ee-timestamp"), NOW.to_string());
+    assert_eq!(header("x-model-pub-key"), svc.key.public_key_text());
+    PublicKey::parse(suite, header("x-client-pub-key")).expect("client key parses in the service's suite");
+    for name in ["x-client-pub-key", "x-model-pub-key", "x-e2ee-nonce", "x-e2ee-timestamp"] {
+        assert!(req.headers[name].is_sensitive(), "{name} is marked sensitive");
+    }
 
     // The gateway's view: parse the wire, walk the spec locations, open each field.
     let mut wire: Value = serde_json::from_slice(&req.body).expect("wire body is JSON");
@@ -300,7 +308,7 @@ fn check(endpoint: Endpoint, svc: &Service, strict: bool, body: &[u8]) {
         let Value::String(ct) = slot(&mut wire, steps) else { panic!("{path} is not a string") };
         assert!(ct.len() >= 2 * tower_aci::protocol::kat::min_blob_len(suite), "{path}: ciphertext too short");
         assert!(ct.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{path}: not lowercase hex");
-        let plain = open(&svc.secret, ct, &aad::request(suite, path, &model, &req.headers.nonce, NOW))
+        let plain = open(&svc.secret, ct, &aad::request(suite, path, &model, nonce, NOW))
             .unwrap_or_else(|e| panic!("{path} does not open: {e}"));
         let plain = String::from_utf8(plain).expect("plaintext is UTF-8");
         *slot(&mut restored, steps) = restore(*kind, plain);

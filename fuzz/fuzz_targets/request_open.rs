@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
     let [p0, p1, mask, body @ ..] = rest else { return };
     let mut rng = ChaCha20Rng::from_seed([ctl; 32]);
     let Ok(req) = encrypt_request(endpoint, body, key, &EncryptOptions::default(), NOW, &mut rng) else { return };
-    let nonce = &req.headers.nonce;
+    let nonce = req.context.nonce();
     let original = open_request(endpoint, &req.body, secret, nonce, NOW).expect("the client's body opens");
     assert_eq!(original.fields, req.fields);
     let mut wire = req.body.clone();

@@ -68,7 +68,7 @@ impl ChannelInfo {
 
     /// Stop using this connection: nothing more is written on it, and it closes (and leaves the
     /// connection pool) the next time it is polled.
-    pub fn revoke(&self) {
+    pub(crate) fn revoke(&self) {
         self.state.revoked.store(true, Ordering::Release);
         self.state.reader.wake();
     }
@@ -78,7 +78,8 @@ impl ChannelInfo {
         &self.state
     }
 
-    /// Whether [`revoke`](Self::revoke) was called.
+    /// Whether the connection was revoked (a keyset that listed its key was refused).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn is_revoked(&self) -> bool {
         self.state.is_revoked()
     }

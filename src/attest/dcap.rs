@@ -129,11 +129,13 @@ impl Collateral {
     }
 
     /// The collateral as dcap-qvl represents it.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn as_qvl(&self) -> &QuoteCollateralV3 {
         &self.inner
     }
 
     /// The platform FMSPC the TCB info is for (uppercase hex), if the TCB info names one.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn fmspc(&self) -> Option<&str> {
         self.fmspc.as_deref()
     }
@@ -169,6 +171,7 @@ impl fmt::Debug for Collateral {
 ///
 /// Its TCB status has not been judged yet: see [`check_tcb_status`](Self::check_tcb_status).
 #[derive(Clone, Debug)]
+#[doc(hidden)] // a hook for the crate's own tests: not API
 pub struct VerifiedQuote {
     tcb_status: String,
     advisory_ids: Vec<String>,
@@ -315,6 +318,7 @@ fn quote_fmspc(quote: &Quote) -> Result<String> {
 ///
 /// [`verify_report`](crate::attest::verify_report) calls this with
 /// `expected_slot = report_data ‖ 32 zero bytes`.
+#[doc(hidden)] // a hook for the crate's own tests: not API
 pub fn verify_quote(
     raw_quote: &[u8],
     collateral: &Collateral,

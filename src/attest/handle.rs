@@ -230,6 +230,7 @@ impl KeyHandle {
     }
 
     /// [`new`](Self::new) with an injected clock.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn with_clock(clock: Arc<dyn Clock>) -> KeyHandle {
         KeyHandle::empty(clock)
     }
@@ -249,6 +250,7 @@ impl KeyHandle {
     /// The re-attestation ceiling of the key provider serving this handle
     /// ([`KeyProviderBuilder::max_keyset_age`](crate::attest::KeyProviderBuilder::max_keyset_age));
     /// `None` for a handle no provider serves ([`KeyHandle::fixed`], or before one is built).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn max_keyset_age(&self) -> Option<std::time::Duration> {
         match self.shared.max_keyset_age.load(std::sync::atomic::Ordering::Acquire) {
             u64::MAX => None,
@@ -294,6 +296,7 @@ impl KeyHandle {
     }
 
     /// [`fixed`](Self::fixed) with an injected clock.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn fixed_with_clock(keyset: AttestedKeyset, clock: Arc<dyn Clock>) -> KeyHandle {
         let h = KeyHandle::empty(clock);
         h.publish(Arc::new(keyset));
@@ -361,6 +364,7 @@ impl KeyHandle {
 
     /// A verified keyset by its digest (current or remembered), if still served
     /// ([`serves_until`](Self::serves_until)).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn keyset_for_digest(&self, digest: &str) -> Option<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
         if let Some(k) = self.shared.current.load_full() {
@@ -374,6 +378,7 @@ impl KeyHandle {
 
     /// Every remembered verified keyset, including expired ones (for verifying old receipts),
     /// in the order they were first verified.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn known_keysets(&self) -> Vec<Arc<AttestedKeyset>> {
         self.shared.known.lock().map(|k| k.clone()).unwrap_or_default()
     }
@@ -388,6 +393,7 @@ impl KeyHandle {
     /// the record is saturated ([`refusals_saturated`](Self::refusals_saturated)), every digest
     /// the handle has not verified answers with a refusal carrying the failure of the refusal
     /// that did not fit.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn refused_keyset(&self, digest: &str) -> Option<RefusedKeyset> {
         // Looked up before the refusals (one lock at a time).
         let verified = self.knows(digest);
@@ -456,6 +462,7 @@ impl KeyHandle {
     }
     /// Tell the handle which keyset digest a response named (`X-ACI-Keyset-Digest`). An unknown
     /// digest asks the refresher to re-attest in the background; the current key keeps serving.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn observe_digest(&self, digest: &str) {
         if !self.knows(digest) {
             tracing::debug!(digest, "unknown keyset digest; asking for re-attestation");
@@ -473,6 +480,7 @@ impl KeyHandle {
     ///
     /// The receipt client calls this when a receipt names a keyset it does not know; it bounds
     /// how long it waits ([`ReceiptClient::keyset_wait`](crate::receipt::ReceiptClient::keyset_wait)).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn attest_digest(&self, digest: &str) -> Option<impl Future<Output = ()> + Send + 'static + use<>> {
         if self.knows(digest) {
             return None;
@@ -482,6 +490,7 @@ impl KeyHandle {
     }
 
     /// Tell the handle the gateway answered `e2ee_model_key_mismatch`: re-attest now.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn report_key_mismatch(&self) {
         tracing::info!("gateway reported e2ee_model_key_mismatch; asking for re-attestation");
         self.shared.wake.notify_one();
@@ -535,6 +544,7 @@ impl KeyHandle {
     }
 
     /// Whether a key provider's refresher keeps this handle current.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn has_refresher(&self) -> bool {
         self.shared.refresher.load(std::sync::atomic::Ordering::Acquire)
     }

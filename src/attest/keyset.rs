@@ -242,6 +242,7 @@ impl AttestedKeyset {
     /// Whether `other` selects the same E2EE key (key id, suite and public key): a replica of
     /// this keyset, or the same process after a restart, as far as encryption goes. A keyset
     /// whose selected key differs is a rotation.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn same_e2ee_key(&self, other: &AttestedKeyset) -> bool {
         self.e2ee_key() == other.e2ee_key()
     }
@@ -280,6 +281,7 @@ impl AttestedKeyset {
 
     /// Whether the keyset lists a TLS key with this SPKI SHA-256 for `host`: the channel check a
     /// client runs on the certificate a connection to `host` presented.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn lists_tls_key(&self, host: &str, spki_sha256: &[u8; 32]) -> bool {
         let seen = hex::encode(spki_sha256);
         self.tls_keys_for_host(host).any(|k| k.spki_sha256 == seen)

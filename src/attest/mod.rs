@@ -22,6 +22,9 @@ pub(crate) mod generation;
 mod handle;
 #[cfg(feature = "dcap")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
+// The engine of `aci-proxy inspect` (crates/aci-proxy): not API. Its stable face is that
+// command's output; a library user verifies with `verify_report` and reads the `AttestedKeyset`.
+#[doc(hidden)]
 pub mod inspect;
 pub(crate) mod keyset;
 mod policy;
@@ -36,7 +39,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use generation::Generation;
 pub use handle::{KeyHandle, RefusedKeyset};
 pub use keyset::{AttestedKeyset, BootMeasurements, ReceiptKey, TlsKey};
-pub use policy::{DEFAULT_MAX_VALIDITY, DEFAULT_TCB_STATUS, DangerousPolicyBuilder, Policy, PolicyBuilder};
+pub use policy::{DangerousPolicyBuilder, Policy, PolicyBuilder};
 pub use provider::{
     DEFAULT_MAX_KEYSET_AGE, DangerousKeyProviderBuilder, KeyProvider, KeyProviderBuilder, MIN_MAX_KEYSET_AGE,
     RefreshTask, RefreshWorker, SleepFn,

@@ -10,10 +10,10 @@ use crate::hex;
 use crate::protocol::suite::Suite;
 
 /// The default horizon for `not_after`: 400 days.
-pub const DEFAULT_MAX_VALIDITY: Duration = Duration::from_secs(400 * 24 * 3600);
+pub(crate) const DEFAULT_MAX_VALIDITY: Duration = Duration::from_secs(400 * 24 * 3600);
 
 /// The TCB status accepted by default.
-pub const DEFAULT_TCB_STATUS: &str = "UpToDate";
+pub(crate) const DEFAULT_TCB_STATUS: &str = "UpToDate";
 
 /// Which E2EE key of a keyset requests are encrypted to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,12 +203,14 @@ impl Policy {
 
     /// Whether a report must carry a `key_custody` object that verifies (a KMS root was
     /// accepted, or [`require_key_custody`](PolicyBuilder::require_key_custody) was called).
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn requires_key_custody(&self) -> bool {
         self.custody == Custody::Required
     }
 
     /// Whether the policy pins the workload: a compose hash or an app id (an OS image hash pins
     /// only the OS); `false` only under [`any_workload`](DangerousPolicyBuilder::any_workload).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn pins_workload(&self) -> bool {
         self.allow.pins_workload()
     }
@@ -218,12 +220,14 @@ impl Policy {
     /// [`Anchor`](crate::attest::Anchor)), or, under
     /// [`accept_unauthenticated_answers`](DangerousPolicyBuilder::accept_unauthenticated_answers),
     /// a KMS root with key custody required. `false` under the other `dangerous()` opt-outs.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn anchors_pin(&self) -> bool {
         self.pins_measured_workload() || (self.unauthenticated_answers && self.anchored_by_kms())
     }
 
     /// Whether the policy pins the measured workload: boot measurements, a KMS identity and a
     /// compose hash, the combination that covers every key of the keyset.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn pins_measured_workload(&self) -> bool {
         self.allow.compose_hashes.is_some()
             && self.allow.boot_measurements.is_some()
@@ -241,22 +245,26 @@ impl Policy {
     }
 
     /// The MRTD/RTMR0–2 sets a hardware-verified quote must match one of (empty: not pinned).
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn allowed_boot_measurements(&self) -> &[BootMeasurements] {
         self.allow.boot_measurements.as_deref().unwrap_or_default()
     }
 
     /// The Intel advisory ids a verified quote's TCB level must not be affected by.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn refused_advisories(&self) -> &[String] {
         &self.refused_advisories
     }
 
     /// Whether the policy demands that the hardware quote verify (no `dangerous()` relaxation of
     /// it).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn requires_hardware_verification(&self) -> bool {
         self.hardware == Hardware::Required
     }
 
     /// The TCB statuses the hardware verifier accepts.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn accepted_tcb_statuses(&self) -> &[String] {
         &self.tcb_statuses
     }

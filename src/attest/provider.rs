@@ -173,12 +173,14 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
 
     /// Refresh up to this much earlier still, at random, so clients do not refresh in lockstep
     /// (default 1 minute; zero disables jitter).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn refresh_jitter(mut self, jitter: Duration) -> Self {
         self.timing.refresh_jitter = jitter;
         self
     }
 
     /// Retry a failed fetch after `initial`, doubling up to `max` (defaults 1 s and 60 s).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.timing.retry_initial = initial;
         self.timing.retry_max = max;
@@ -193,6 +195,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
 
     /// Space refreshes the handle asks for (unknown digest, key mismatch, expiry) and timer
     /// refreshes at least this far apart (default 10 s).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
         self.timing.min_refresh_interval = interval;
         self
@@ -203,6 +206,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
     /// [`KeyHandle::attest_digest`]). Behind a load balancer each fetch may reach another
     /// replica; with `n` replicas behind a round-robin balancer `n` fetches reach them all.
     /// Zero disables the search: unknown digests are then learnt only by the refresher.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn digest_probes(mut self, probes: u32) -> Self {
         self.timing.digest_probes = probes;
         self

@@ -697,11 +697,13 @@ impl Client {
     }
 
     /// Whether the client holds an API key (it adds it to requests that carry none).
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn has_api_key(&self) -> bool {
         self.inner.api_key.is_some()
     }
 
     /// When receipts are verified.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn receipt_mode(&self) -> ReceiptMode {
         self.inner.mode
     }

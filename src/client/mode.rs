@@ -43,8 +43,9 @@ pub enum ReceiptMode {
     Off,
     /// (`hold-until-verified`) Release no byte of any answer before its receipt verified: as
     /// [`BeforeRelease`](Self::BeforeRelease) for buffered answers, and a stream is read to its
-    /// end and held (at most [`DEFAULT_MAX_RELEASE_BODY`](crate::receipt::DEFAULT_MAX_RELEASE_BODY),
-    /// 64 MiB, else `TooLarge`) until its receipt verified, then released whole; on any failure
+    /// end and held (at most 64 MiB, else `TooLarge`: the default of
+    /// [`max_release_body`](crate::receipt::ReceiptClient::max_release_body)) until its receipt
+    /// verified, then released whole; on any failure
     /// the body's first frame is the error
     /// ([`hold_whole_stream`](crate::receipt::VerifyBeforeReleaseLayer::hold_whole_stream)). You
     /// wait for the end of every stream, and never see a forged answer.

@@ -53,6 +53,7 @@ pub(crate) type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<AciBo
 /// assert!(!carries_api_key(&Method::GET, "/v1/aci/attestation"));
 /// assert!(!carries_api_key(&Method::GET, "/v1/models/%2e%2e/aci/attestation"));
 /// ```
+#[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
 pub fn carries_api_key(method: &Method, path: &str) -> bool {
     if path.contains("/.") || path.contains("//") || path.contains('%') || path.contains('\\') {
         return false;

@@ -465,7 +465,8 @@ mod tests {
     fn stream(big: usize, threshold: usize) -> ResponseBody<Full<Bytes>> {
         let client = SecretKey::from_bytes(Suite::X25519, &[5; 32]).unwrap();
         let public = client.public_key();
-        let ctx = ExchangeContext::new(Endpoint::ChatCompletions, client, "m", "n", 1).with_stream(true);
+        let mut ctx = ExchangeContext::new(Endpoint::ChatCompletions, client, "m", "n", 1);
+        ctx.stream = true;
         let layer = E2eeLayer::new(KeyHandle::empty(Arc::new(SystemClock))).blocking_threshold(threshold);
         let event = |id: &str, texts: Vec<String>| {
             let choices: Vec<_> = texts
@@ -513,7 +514,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn large_sse_events_are_decrypted_on_the_blocking_pool_in_order() {
         let mut cx = Context::from_waker(Waker::noop());
-        let mut body = stream(64, crate::e2ee::DEFAULT_BLOCKING_THRESHOLD);
+        let mut body = stream(64, crate::e2ee::config::DEFAULT_BLOCKING_THRESHOLD);
         // The first (small) event is decrypted inline.
         assert!(matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(Some(Ok(_)))));
         // The large one goes to the blocking pool.

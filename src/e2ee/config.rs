@@ -15,13 +15,13 @@ use crate::protocol::sse::SseLimits;
 /// Default limit on a request body the layer reads to encrypt: 32 MiB, the gateway's own limit.
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 /// Default limit on a buffered response body (and on a non-2xx error body): 64 MiB.
-pub const DEFAULT_MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 /// Buffered responses larger than this, and SSE events whose data is larger, are decrypted on
 /// Tokio's blocking pool (when running on Tokio) so a large answer or event does not stall the
 /// executor. At 16 KiB a body holds at
 /// most ~85 ciphertext fields (a field is at least 186 hex characters), a few milliseconds of
 /// secp256k1 work in the worst case; a typical chat answer stays inline.
-pub const DEFAULT_BLOCKING_THRESHOLD: usize = 16 * 1024;
+pub(crate) const DEFAULT_BLOCKING_THRESHOLD: usize = 16 * 1024;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Config {

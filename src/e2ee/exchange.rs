@@ -61,21 +61,11 @@ pub(crate) fn encrypt(
     for name in headers::E2EE_REQUEST_HEADERS {
         h.remove(name);
     }
-    // The values' own buffers become the headers (no copy).
-    let sensitive = |s: String| {
-        let mut v = HeaderValue::from_maybe_shared(Bytes::from(s))
-            .map_err(|_| Error::malformed("header value is not valid"))?;
-        v.set_sensitive(true);
-        Ok::<_, Error>(v)
-    };
-    let model_key = enc.headers.model_pub_key;
-    h.insert(headers::E2EE_VERSION, HeaderValue::from_static("2"));
-    h.insert(headers::CLIENT_PUB_KEY, sensitive(enc.headers.client_pub_key)?);
-    h.insert(headers::MODEL_PUB_KEY, sensitive(model_key.clone())?);
-    h.insert(headers::E2EE_NONCE, sensitive(enc.headers.nonce)?);
-    h.insert(headers::E2EE_TIMESTAMP, HeaderValue::from(enc.headers.timestamp));
-    if let Some(ts) = h.get_mut(headers::E2EE_TIMESTAMP) {
-        ts.set_sensitive(true);
+    let model_key = key.public_key_text().to_owned();
+    for (name, value) in enc.headers {
+        if let Some(name) = name {
+            h.insert(name, value);
+        }
     }
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CONTENT_LENGTH, HeaderValue::from(enc.body.len()));

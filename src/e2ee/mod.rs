@@ -32,9 +32,10 @@ mod retry;
 mod service;
 
 pub use body::ResponseBody;
-pub use config::{DEFAULT_BLOCKING_THRESHOLD, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY};
+pub use config::DEFAULT_MAX_REQUEST_BODY;
 pub use future::ResponseFuture;
 pub use layer::{DangerousE2eeLayer, E2eeLayer};
 pub use request_body::RequestBody;
-pub use retry::{DEFAULT_KEY_MISMATCH_WAIT, KeyMismatchRetry, ZeroizingBody};
+pub(crate) use retry::DEFAULT_KEY_MISMATCH_WAIT;
+pub use retry::{KeyMismatchRetry, ZeroizingBody};
 pub use service::E2ee;

@@ -19,7 +19,7 @@ use crate::protocol::GatewayError;
 use crate::receipt::ExchangeRecord;
 
 /// How long [`KeyMismatchRetry`] waits, by default, for the refresher to publish a new key.
-pub const DEFAULT_KEY_MISMATCH_WAIT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_KEY_MISMATCH_WAIT: Duration = Duration::from_secs(15);
 
 /// The gateway's error type when a request was encrypted to a key it no longer holds.
 const KEY_MISMATCH: &str = "e2ee_model_key_mismatch";

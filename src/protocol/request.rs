@@ -13,11 +13,12 @@
 //!     1_750_000_000, &mut rand_core::OsRng,
 //! ).unwrap();
 //! assert!(!String::from_utf8_lossy(&req.body).contains("secret"));
-//! assert_eq!(req.headers.nonce.len(), 64);
+//! assert_eq!(req.headers["x-e2ee-nonce"].len(), 64);
 //! ```
 
 use std::fmt;
 
+use http::{HeaderMap, HeaderValue};
 use rand_core::CryptoRngCore;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -25,11 +26,11 @@ use zeroize::Zeroize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::hex;
-use crate::protocol::aad;
 use crate::protocol::endpoint::Endpoint;
 use crate::protocol::fields::{RequestField, walk_request};
 use crate::protocol::keys::E2eeKey;
 use crate::protocol::suite::{SecretKey, Suite, seal};
+use crate::protocol::{aad, headers};
 
 /// Options of [`encrypt_request`]: `EncryptOptions::default()` (not strict), then setters.
 ///
@@ -68,18 +69,27 @@ impl EncryptOptions {
     }
 }
 
-/// The five E2EE v2 request headers' values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct E2eeHeaders {
-    /// `X-Client-Pub-Key`: lowercase hex, 65-byte form for secp256k1.
-    pub client_pub_key: String,
-    /// `X-Model-Pub-Key`: the keyset entry's string verbatim.
-    pub model_pub_key: String,
-    /// `X-E2EE-Nonce`: 64 lowercase hex chars from 32 CSPRNG bytes.
-    pub nonce: String,
-    /// `X-E2EE-Timestamp`: Unix seconds.
-    pub timestamp: u64,
+/// The five E2EE v2 request headers (protocol.md §3), values marked sensitive (never logged by
+/// hyper's `Debug`): `X-E2EE-Version: 2`, `X-Client-Pub-Key` (lowercase hex, the 65-byte form for
+/// secp256k1), `X-Model-Pub-Key` (the keyset entry's string verbatim), `X-E2EE-Nonce` (64
+/// lowercase hex chars from 32 CSPRNG bytes) and `X-E2EE-Timestamp` (Unix seconds).
+fn e2ee_headers(client_pub_key: String, model_pub_key: &str, nonce: &str, timestamp: u64) -> Result<HeaderMap> {
+    let sensitive = |mut v: HeaderValue| {
+        v.set_sensitive(true);
+        v
+    };
+    let text = |s: String| {
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+            .map(sensitive)
+            .map_err(|_| Error::malformed("an E2EE header value is not a valid header value"))
+    };
+    let mut h = HeaderMap::with_capacity(5);
+    h.insert(headers::E2EE_VERSION, HeaderValue::from_static("2"));
+    h.insert(headers::CLIENT_PUB_KEY, text(client_pub_key)?);
+    h.insert(headers::MODEL_PUB_KEY, text(model_pub_key.to_owned())?);
+    h.insert(headers::E2EE_NONCE, text(nonce.to_owned())?);
+    h.insert(headers::E2EE_TIMESTAMP, sensitive(HeaderValue::from(timestamp)));
+    Ok(h)
 }
 
 /// What the client keeps to decrypt the answer of one exchange. Holds the client's secret key:
@@ -99,6 +109,7 @@ pub struct ExchangeContext {
 impl ExchangeContext {
     /// Build a context by hand (for servers and tests; the client gets one from
     /// [`encrypt_request`]).
+    #[doc(hidden)] // for the test gateway, the benches and the vector tests: not API
     pub fn new(
         endpoint: Endpoint,
         client_secret: SecretKey,
@@ -109,13 +120,6 @@ impl ExchangeContext {
         let (model, nonce) = (model.into(), nonce.into());
         let aad_tail = aad::response_tail(&model, &nonce, ts);
         ExchangeContext { endpoint, client_secret, model, nonce, ts, stream: false, aad_tail }
-    }
-
-    /// The same context for a request that did (or did not) ask for a stream.
-    #[must_use]
-    pub fn with_stream(mut self, stream: bool) -> Self {
-        self.stream = stream && self.endpoint != Endpoint::Embeddings;
-        self
     }
 
     /// Whether the request asked for a stream: `"stream": true` on chat or completions (the
@@ -175,8 +179,9 @@ impl fmt::Debug for ExchangeContext {
 pub struct EncryptedRequest {
     /// The wire body.
     pub body: Vec<u8>,
-    /// The five header values.
-    pub headers: E2eeHeaders,
+    /// The five `X-E2EE-*` request headers, names and values, to set on the request (replacing
+    /// any of the same name). Send no `X-Signing-Algo`: it selects the legacy protocol.
+    pub headers: HeaderMap,
     /// The context that decrypts the answer.
     pub context: ExchangeContext,
     /// SHA-256 of the body the gateway will restore after decrypting (protocol.md §5.3): what the
@@ -587,12 +592,7 @@ pub fn encrypt_request(
 
     Ok(EncryptedRequest {
         body: wire,
-        headers: E2eeHeaders {
-            client_pub_key: client_secret.public_key_hex(),
-            model_pub_key: key.public_key_text().to_owned(),
-            nonce: nonce.clone(),
-            timestamp: now,
-        },
+        headers: e2ee_headers(client_secret.public_key_hex(), key.public_key_text(), &nonce, now)?,
         context: ExchangeContext {
             endpoint,
             client_secret,

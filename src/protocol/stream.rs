@@ -68,13 +68,12 @@ pub struct StreamEnd {
 ///   A consumer that acts only on a complete stream never acts on a tampered one.
 ///
 /// ```
-/// use tower_aci::protocol::{Endpoint, ExchangeContext};
 /// use tower_aci::protocol::{StreamDecryptor, StreamOutput};
-/// use tower_aci::protocol::{SecretKey, Suite};
 /// use tower_aci::ErrorKind;
+/// # use tower_aci::protocol::*;
+/// # let ctx = ExchangeContext::new(Endpoint::ChatCompletions, SecretKey::generate(Suite::X25519, &mut rand_core::OsRng), "m", "00", 1);
 ///
-/// let ctx = ExchangeContext::new(Endpoint::ChatCompletions,
-///     SecretKey::generate(Suite::X25519, &mut rand_core::OsRng), "m", "00", 1);
+/// // `ctx`: the `context` of the `EncryptedRequest` that `encrypt_request` sealed.
 /// let mut dec = StreamDecryptor::new(ctx, Default::default());
 /// dec.push(b": keep-alive\n\ndata: {\"choices\":[]}\n\n");
 /// assert!(matches!(dec.next_output().unwrap(), Some(StreamOutput::Event(_))));
@@ -145,6 +144,7 @@ impl StreamDecryptor {
     }
 
     /// Whether `[DONE]` has been seen.
+    #[doc(hidden)] // for the test gateway (crates/aci-test-gateway): not API
     pub fn saw_done(&self) -> bool {
         self.done
     }

@@ -283,6 +283,7 @@ impl Receipt {
     }
 
     /// The bytes the signature covers: the JCS form of the document without `signature`.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn signing_input(&self) -> &[u8] {
         &self.signing_input
     }
@@ -340,15 +341,6 @@ impl Receipt {
     /// The `event_log`, in order.
     pub fn events(&self) -> &[Event] {
         &self.events
-    }
-
-    /// The `upstream.verified` events (an aggregator's receipt has at least one; a direct
-    /// service's has none).
-    pub fn upstream_events(&self) -> impl Iterator<Item = &UpstreamVerified> {
-        self.events.iter().filter_map(|e| match e {
-            Event::UpstreamVerified(u) => Some(u),
-            _ => None,
-        })
     }
 }
 
@@ -469,7 +461,14 @@ mod tests {
             ]
         );
         assert_eq!(r.events()[1], Event::MiddlewareForwarded { body_hash: None });
-        let up = r.upstream_events().next().unwrap();
+        let up = r
+            .events()
+            .iter()
+            .find_map(|e| match e {
+                Event::UpstreamVerified(u) => Some(u),
+                _ => None,
+            })
+            .unwrap();
         assert!(!up.is_verified());
         assert_eq!(up.reason.as_deref(), Some("down"));
         assert_eq!(up.session_id, None);

@@ -27,16 +27,16 @@ const RECEIPTS_PATH: &str = "/v1/aci/receipts/";
 /// Path of the session endpoint, appended to the base URL's path.
 const SESSIONS_PATH: &str = "/v1/aci/sessions/";
 /// Default limit on a fetched document (receipt or session with its evidence).
-pub const DEFAULT_MAX_DOCUMENT_SIZE: usize = MAX_SESSION_SIZE;
+pub(crate) const DEFAULT_MAX_DOCUMENT_SIZE: usize = MAX_SESSION_SIZE;
 /// Default limit on a body [`ReceiptClient::release_after_receipt`] collects: 64 MiB.
-pub const DEFAULT_MAX_RELEASE_BODY: usize = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_RELEASE_BODY: usize = 64 * 1024 * 1024;
 /// Default bound on waiting for the attestation of a keyset digest a receipt names.
-pub const DEFAULT_KEYSET_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_KEYSET_WAIT: Duration = Duration::from_secs(10);
 
 /// Default number of immediate re-sends after a `404` from another replica.
-pub const DEFAULT_REPLICA_HOPS: u32 = 32;
+pub(crate) const DEFAULT_REPLICA_HOPS: u32 = 32;
 /// Default time limit on one fetch, all attempts included.
-pub const DEFAULT_FETCH_TIME_LIMIT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_FETCH_TIME_LIMIT: Duration = Duration::from_secs(15);
 
 /// Bounded retries of receipt and session fetches: exponential backoff for `404`, `429` and
 /// `5xx` answers, immediate re-sends when another replica answered, and a time limit.
@@ -117,23 +117,8 @@ impl RetryPolicy {
         self
     }
 
-    /// Retries after the first attempt.
-    pub fn max_retries(&self) -> u32 {
-        self.max_retries
-    }
-
-    /// Immediate re-sends after a `404` from another replica.
-    pub fn max_replica_hops(&self) -> u32 {
-        self.replica_hops
-    }
-
-    /// The time limit of one fetch.
-    pub fn max_time(&self) -> Duration {
-        self.time_limit
-    }
-
     /// The wait before retry number `retry` (0-based): `initial * 2^retry`, capped.
-    pub fn backoff(&self, retry: u32) -> Duration {
+    pub(crate) fn backoff(&self, retry: u32) -> Duration {
         let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
         self.initial_backoff.checked_mul(factor).unwrap_or(self.max_backoff).min(self.max_backoff)
     }

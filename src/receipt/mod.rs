@@ -108,10 +108,8 @@ pub(crate) mod session;
 pub(crate) mod verify;
 
 pub use document::{Event, Receipt, UpstreamVerified};
-pub use fetch::{
-    DEFAULT_FETCH_TIME_LIMIT, DEFAULT_KEYSET_WAIT, DEFAULT_MAX_DOCUMENT_SIZE, DEFAULT_MAX_RELEASE_BODY,
-    DEFAULT_REPLICA_HOPS, ReceiptClient, RetryPolicy,
-};
+pub(crate) use fetch::DEFAULT_MAX_RELEASE_BODY;
+pub use fetch::{ReceiptClient, RetryPolicy};
 pub use record::{ExchangeRecord, ExchangeRecordBuilder, ResponseDigest};
 pub use release::{ReleaseBody, StreamVerification, VerifyBeforeRelease, VerifyBeforeReleaseLayer};
 pub use session::{AttestedSession, VerifiedSession, pin_sessions};

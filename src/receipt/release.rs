@@ -133,10 +133,10 @@ impl<R, RQ> VerifyBeforeReleaseLayer<R, RQ> {
     /// # fn build<C, R>(keys: tower_aci::attest::KeyHandle, client: C, receipts: tower_aci::receipt::ReceiptClient<R>) {
     /// use tower::ServiceBuilder;
     /// use tower_aci::E2eeLayer;
-    /// use tower_aci::receipt::{DEFAULT_MAX_RELEASE_BODY, ReceiptPolicy, VerifyBeforeReleaseLayer};
+    /// use tower_aci::receipt::{ReceiptPolicy, VerifyBeforeReleaseLayer};
     ///
     /// let hold = VerifyBeforeReleaseLayer::new(receipts, keys.clone(), ReceiptPolicy::new())
-    ///     .hold_whole_stream(DEFAULT_MAX_RELEASE_BODY); // 64 MiB, as for a buffered answer
+    ///     .hold_whole_stream(64 << 20); // 64 MiB, as for a buffered answer
     /// let svc = ServiceBuilder::new().layer(hold).layer(E2eeLayer::new(keys)).service(client);
     /// # let _ = svc;
     /// # }

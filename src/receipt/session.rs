@@ -103,11 +103,13 @@ impl AttestedSession {
     }
 
     /// `api_version`.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn api_version(&self) -> Option<&str> {
         self.str_member("api_version")
     }
 
     /// `upstream_name`: the aggregator's label of the upstream.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn upstream_name(&self) -> Option<&str> {
         self.str_member("upstream_name")
     }
@@ -118,11 +120,13 @@ impl AttestedSession {
     }
 
     /// `verifier_id`: the aggregator's verifier implementation.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn verifier_id(&self) -> Option<&str> {
         self.str_member("verifier_id")
     }
 
     /// `established_at` (Unix seconds).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn established_at(&self) -> Option<u64> {
         self.document.get("established_at").and_then(Value::as_u64)
     }
@@ -133,21 +137,25 @@ impl AttestedSession {
     }
 
     /// Whether `at` lies inside `[established_at, expires_at]` (false if either is missing).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn covers(&self, at: u64) -> bool {
         matches!((self.established_at(), self.expires_at()), (Some(from), Some(to)) if from <= at && at <= to)
     }
 
     /// `claims`: the typed claims (ACI §8.3), for a shallow audit under your policy.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn claims(&self) -> Option<&Value> {
         self.document.get("claims")
     }
 
     /// `channel_binding`: what the aggregator enforced when connecting to the upstream.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn channel_binding(&self) -> Option<&Value> {
         self.document.get("channel_binding")
     }
 
     /// `evidence.digest` (`sha256:<hex>`).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn evidence_digest(&self) -> Option<&str> {
         self.document.get("evidence")?.get("digest")?.as_str()
     }

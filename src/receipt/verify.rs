@@ -293,24 +293,9 @@ impl ReceiptPolicy {
         self
     }
 
-    /// Whether rewrites are rejected.
-    pub fn rejects_rewrites(&self) -> bool {
-        self.reject_rewrites
-    }
-
     /// Whether cited sessions are fetched and checked.
     pub(crate) fn verifies_sessions(&self) -> bool {
         self.verify_sessions
-    }
-
-    /// Whether verified upstream serving is required.
-    pub fn requires_verified_upstream(&self) -> bool {
-        self.require_verified_upstream
-    }
-
-    /// The pinned session ids (empty: any).
-    pub fn accepted_sessions(&self) -> &[String] {
-        &self.accepted_sessions
     }
 }
 
@@ -336,11 +321,6 @@ impl VerifiedReceipt {
         &self.receipt
     }
 
-    /// The receipt, by value.
-    pub fn into_receipt(self) -> Receipt {
-        self.receipt
-    }
-
     /// The attested keyset whose receipt key signed it: the keyset the receipt names
     /// ([`KeysetMatch::Exact`]), or the attested keyset with the same signing key
     /// ([`KeysetMatch::SameKey`]). Archive it with the receipt to re-verify offline.
@@ -355,6 +335,7 @@ impl VerifiedReceipt {
 
     /// The keyset digest the receipt names (the replica that signed it); equals
     /// `keyset().digest()` for an exact match.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn named_keyset_digest(&self) -> &str {
         self.receipt.workload_keyset_digest()
     }

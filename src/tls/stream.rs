@@ -35,20 +35,9 @@ impl<T> AttestedStream<T> {
         AttestedStream { io: TokioIo::new(gate) }
     }
 
-    /// Whether the host is pinned to the keyset (not an
-    /// [`unpinned_host`](crate::tls::AttestedTlsBuilder::unpinned_host)).
-    pub fn is_pinned(&self) -> bool {
-        self.io.inner().pinned
-    }
-
     /// The channel: host and the SPKI the server presented.
     pub fn channel(&self) -> &ChannelInfo {
         &self.io.inner().info
-    }
-
-    /// Whether the server chose HTTP/2 (ALPN `h2`).
-    pub fn is_http2(&self) -> bool {
-        self.io.inner().is_h2()
     }
 }
 

@@ -124,7 +124,7 @@ mod restoration {
             let key = E2eeKey::parse("k", suite.algo(), sk.public_key().to_hex()).unwrap();
             let bytes = serde_json::to_vec(&body).unwrap();
             let req = encrypt_request(Endpoint::ChatCompletions, &bytes, &key, &EncryptOptions::default(), 1_750_000_000, &mut rand_core::OsRng).unwrap();
-            let opened = open_request(Endpoint::ChatCompletions, &req.body, &sk, &req.headers.nonce, req.headers.timestamp).unwrap();
+            let opened = open_request(Endpoint::ChatCompletions, &req.body, &sk, req.context.nonce(), req.context.timestamp()).unwrap();
             // The restored document is what the user meant (floats compared through the gateway's
             // own reparse, which the hash below pins byte for byte).
             let mut expected = expected_restoration(serde_json::from_slice(&bytes).unwrap());

@@ -201,7 +201,7 @@ fn restored_body_hash_r1() {
     .unwrap();
     assert_eq!(const_hex::encode(req.restored_body_sha256), expected);
     let opened =
-        open_request(Endpoint::ChatCompletions, &req.body, &sk, &req.headers.nonce, req.headers.timestamp).unwrap();
+        open_request(Endpoint::ChatCompletions, &req.body, &sk, req.context.nonce(), req.context.timestamp()).unwrap();
     assert_eq!(const_hex::encode(Sha256::digest(&opened.bytes)), expected);
 }
 
@@ -232,7 +232,7 @@ fn restored_body_hash_r2_number_and_escape_normalisation() {
     )
     .unwrap();
     let opened =
-        open_request(Endpoint::ChatCompletions, &req.body, &sk, &req.headers.nonce, req.headers.timestamp).unwrap();
+        open_request(Endpoint::ChatCompletions, &req.body, &sk, req.context.nonce(), req.context.timestamp()).unwrap();
     assert_eq!(req.restored_body_sha256, <[u8; 32]>::from(Sha256::digest(&opened.bytes)));
     assert_eq!(const_hex::encode(req.restored_body_sha256), expected_hash);
 }

@@ -99,13 +99,8 @@ fn h(k: &str, v: impl Into<String>) -> (String, String) {
 }
 
 fn e2ee_headers(req: &EncryptedRequest) -> Vec<(String, String)> {
-    vec![
-        h("x-e2ee-version", "2"),
-        h("x-client-pub-key", &req.headers.client_pub_key),
-        h("x-model-pub-key", &req.headers.model_pub_key),
-        h("x-e2ee-nonce", &req.headers.nonce),
-        h("x-e2ee-timestamp", req.headers.timestamp.to_string()),
-    ]
+    // The five headers `encrypt_request` returns, as the test's client sends them.
+    req.headers.iter().map(|(k, v)| h(k.as_str(), v.to_str().unwrap())).collect()
 }
 
 fn now() -> u64 {
@@ -665,7 +660,7 @@ async fn the_nonce_is_burned_before_decryption() {
     let r = send_with(&c, &gw, "/v1/chat/completions", &req, |_| {}, serde_json::to_vec(&wire).unwrap()).await;
     assert_rejected(&r, 400, "e2ee_decryption_failed");
     // The genuine body under the same nonce is now a replay, even with the nonce in upper case.
-    let upper = req.headers.nonce.to_uppercase();
+    let upper = req.context.nonce().to_uppercase();
     let r =
         send_with(&c, &gw, "/v1/chat/completions", &req, |hs| set(hs, "x-e2ee-nonce", Some(&upper)), req.body.clone())
             .await;
