@@ -204,6 +204,7 @@ impl Error {
     /// let e = tower_aci::Error::config("--listen 0.0.0.0:8787 needs a client key");
     /// assert_eq!(e.kind(), tower_aci::ErrorKind::Config);
     /// ```
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn config(message: impl Into<Cow<'static, str>>) -> Self {
         Error::new(ErrorKind::Config, message)
     }
@@ -216,12 +217,14 @@ impl Error {
     /// let e = tower_aci::Error::transport("cannot append to the audit file").with_source(io);
     /// assert_eq!(e.kind(), tower_aci::ErrorKind::Transport);
     /// ```
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn transport(message: impl Into<Cow<'static, str>>) -> Self {
         Error::new(ErrorKind::Transport, message)
     }
 
     /// Attach an underlying cause.
     #[must_use]
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self

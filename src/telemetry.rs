@@ -39,6 +39,7 @@ use crate::protocol::suite::Suite;
 /// every response of the [`E2eeLayer`](crate::E2eeLayer) to an encrypted request. `opened` grows
 /// as the body is read: read it once the body ended.
 #[derive(Debug, Default)]
+#[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
 pub struct FieldCounts {
     sealed: usize,
     opened: AtomicUsize,
@@ -68,6 +69,7 @@ impl FieldCounts {
 }
 
 /// The names of the metrics the library records (feature `metrics`).
+#[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
 pub mod names {
     /// Counter, labels `endpoint`, `suite`: requests encrypted to an attested key.
     pub const E2EE_REQUESTS: &str = "aci_e2ee_requests_total";

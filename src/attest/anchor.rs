@@ -51,6 +51,7 @@ pub enum Anchor {
 
 impl Anchor {
     /// A short name for messages and logs.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn name(self) -> &'static str {
         match self {
             Anchor::MeasuredWorkload => "measured workload (boot measurements, KMS identity, compose hash)",

@@ -55,11 +55,19 @@ pub enum Generation {
 
 impl Generation {
     /// A short name for messages and logs: `"current"` or `"legacy (June 2026)"`.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn name(self) -> &'static str {
         match self {
             Generation::Current => "current",
             Generation::Legacy => "legacy (June 2026)",
         }
+    }
+}
+
+/// The short name: `current` or `legacy (June 2026)`.
+impl std::fmt::Display for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -563,6 +563,7 @@ impl KeyHandle {
     }
 
     /// The clock the handle judges expiry with.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn now(&self) -> u64 {
         self.shared.clock.now()
     }

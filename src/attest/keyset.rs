@@ -210,6 +210,7 @@ impl AttestedKeyset {
     }
 
     /// The nonce the report was fetched with and verified against (32 bytes).
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn nonce(&self) -> &[u8; 32] {
         &self.nonce
     }
@@ -220,6 +221,7 @@ impl AttestedKeyset {
     }
 
     /// The keyset's `subject`.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn subject(&self) -> Option<&str> {
         self.subject.as_deref()
     }
@@ -259,6 +261,7 @@ impl AttestedKeyset {
     }
 
     /// The receipt-signing key with `key_id`.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn receipt_key(&self, key_id: &str) -> Option<&ReceiptKey> {
         self.receipt_keys.iter().find(|k| k.key_id == key_id)
     }

@@ -41,8 +41,7 @@ pub use handle::{KeyHandle, RefusedKeyset};
 pub use keyset::{AttestedKeyset, BootMeasurements, ReceiptKey, TlsKey};
 pub use policy::{DangerousPolicyBuilder, Policy, PolicyBuilder};
 pub use provider::{
-    DEFAULT_MAX_KEYSET_AGE, DangerousKeyProviderBuilder, KeyProvider, KeyProviderBuilder, MIN_MAX_KEYSET_AGE,
-    RefreshTask, RefreshWorker, SleepFn,
+    DangerousKeyProviderBuilder, KeyProvider, KeyProviderBuilder, RefreshTask, RefreshWorker, SleepFn,
 };
 pub use report::verify_report;
 #[cfg(feature = "dcap")]

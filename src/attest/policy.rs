@@ -192,6 +192,7 @@ impl Policy {
     }
 
     /// Whether any `dangerous()` relaxation is in effect.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn is_dangerous(&self) -> bool {
         self.hardware != Hardware::Required
             || self.custody == Custody::Skip

@@ -51,10 +51,10 @@ const DEFAULT_DIGEST_PROBES: u32 = 8;
 const DEFAULT_MAX_REPORT_SIZE: usize = 4 * 1024 * 1024;
 
 /// Default re-attestation ceiling ([`KeyProviderBuilder::max_keyset_age`]): one day.
-pub const DEFAULT_MAX_KEYSET_AGE: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_MAX_KEYSET_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// The shortest re-attestation ceiling [`KeyProviderBuilder::max_keyset_age`] accepts.
-pub const MIN_MAX_KEYSET_AGE: Duration = Duration::from_secs(60);
+pub(crate) const MIN_MAX_KEYSET_AGE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug)]
 struct Timing {
@@ -212,7 +212,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
         self
     }
 
-    /// The re-attestation ceiling (default [one day](DEFAULT_MAX_KEYSET_AGE)): a keyset is
+    /// The re-attestation ceiling (default one day): a keyset is
     /// current for at most this long after its report was verified, however far its `not_after`
     /// lies, and the refresher re-attests before then (`refresh_buffer` and `refresh_jitter`
     /// earlier, as before `not_after`). Re-attesting judges the TCB status, the revocation lists
@@ -224,7 +224,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
     /// [`KeyUnavailable`](ErrorKind::KeyUnavailable), as for an expired keyset.
     ///
     /// [`build`](Self::build) fails with [`Config`](ErrorKind::Config) for zero or anything
-    /// shorter than [a minute](MIN_MAX_KEYSET_AGE). The ceiling is set on the provider's
+    /// shorter than a minute. The ceiling is set on the provider's
     /// [`KeyHandle`]; a [`KeyHandle::fixed`] handle has none.
     ///
     /// ```
@@ -299,7 +299,7 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
             return Err(config("max_keyset_age must be positive: it is how often the gateway is re-attested"));
         }
         if t.max_keyset_age < MIN_MAX_KEYSET_AGE {
-            return Err(config("max_keyset_age must be at least one minute (MIN_MAX_KEYSET_AGE)"));
+            return Err(config("max_keyset_age must be at least one minute"));
         }
         #[cfg(feature = "dcap")]
         if self.pccs.as_ref().is_some_and(|u| u.scheme().is_none() || u.authority().is_none()) {
@@ -535,6 +535,7 @@ impl<S, ReqB> KeyProvider<S, ReqB> {
     }
 
     /// The policy reports are verified under.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn policy(&self) -> &Policy {
         &self.inner.policy
     }

@@ -681,17 +681,20 @@ impl Client {
     }
 
     /// The gateway's base URL.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn base_url(&self) -> &Uri {
         &self.inner.base
     }
 
     /// The policy reports are verified under (the pins, as built).
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn policy(&self) -> &Policy {
         self.inner.provider.policy()
     }
 
     /// The PCCS quote collateral is fetched from (`None`: none, the policy's offline
     /// collateral is used; always `None` without feature `dcap`).
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn pccs(&self) -> Option<&Uri> {
         self.inner.pccs.as_ref()
     }

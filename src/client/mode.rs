@@ -55,6 +55,7 @@ pub enum ReceiptMode {
 impl ReceiptMode {
     /// The mode as `aci-proxy --receipts` spells it: `off`, `verify`, `before-release`,
     /// `hold-until-verified` (a stable string, for status pages and labels).
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn as_str(self) -> &'static str {
         match self {
             ReceiptMode::Off => "off",

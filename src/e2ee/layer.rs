@@ -80,6 +80,7 @@ impl E2eeLayer {
     /// are decrypted on Tokio's blocking pool (default 16 KiB), one at a time and in order: a
     /// stream reads no further byte while its event is decrypted there. `usize::MAX` keeps all
     /// decryption inline.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn blocking_threshold(self, bytes: usize) -> Self {
         self.update(|c| c.blocking_threshold = bytes)
     }

@@ -46,6 +46,7 @@ impl E2eeKey {
     }
 
     /// The parsed public key.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn public_key(&self) -> &PublicKey {
         &self.public
     }

@@ -125,31 +125,37 @@ impl ExchangeContext {
     /// Whether the request asked for a stream: `"stream": true` on chat or completions (the
     /// gateway answers embeddings buffered whatever `stream` says). Its answer must then be
     /// `text/event-stream`, and any other request's answer must not be.
+    #[doc(hidden)] // for the test gateway and the crate's own tests: not API
     pub fn stream(&self) -> bool {
         self.stream
     }
 
     /// The endpoint of the exchange.
+    #[doc(hidden)] // for the test gateway and the crate's own tests: not API
     pub fn endpoint(&self) -> Endpoint {
         self.endpoint
     }
 
     /// The suite of the exchange (responses come back under the request's suite).
+    #[doc(hidden)] // for the test gateway and the crate's own tests: not API
     pub fn suite(&self) -> Suite {
         self.client_secret.suite()
     }
 
     /// The request's `model` string, which response AADs use.
+    #[doc(hidden)] // for the test gateway and the crate's own tests: not API
     pub fn model(&self) -> &str {
         &self.model
     }
 
     /// The `X-E2EE-Nonce` string verbatim.
+    #[doc(hidden)] // for the test gateway and the crate's own tests: not API
     pub fn nonce(&self) -> &str {
         &self.nonce
     }
 
     /// The `X-E2EE-Timestamp` value.
+    #[doc(hidden)] // for the test gateway and the crate's own tests: not API
     pub fn timestamp(&self) -> u64 {
         self.ts
     }

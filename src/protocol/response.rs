@@ -24,6 +24,7 @@ pub struct DecryptedBody {
     pub decrypted_fields: usize,
     /// The field paths that held ciphertext, in document order, as the AAD names them (for
     /// example `choices.1.message.content` or `data.2.embedding`).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub decrypted_paths: Vec<String>,
     /// Paths of generated content the gateway sent in clear (tool-call names and arguments,
     /// refusals, logprobs, audio transcripts, …); empty when none.

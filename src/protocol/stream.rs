@@ -129,6 +129,7 @@ impl StreamDecryptor {
     }
 
     /// The exchange this stream belongs to.
+    #[doc(hidden)] // for the test gateway and the crate's own tests: not API
     pub fn context(&self) -> &ExchangeContext {
         &self.ctx
     }
@@ -159,6 +160,7 @@ impl StreamDecryptor {
     /// The field paths that held ciphertext in the event [`next_output`](Self::next_output)
     /// returned last, as the AAD names them (`choices.1.delta.content`); empty for an event
     /// without ciphertext.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn last_decrypted_paths(&self) -> &[String] {
         &self.last_decrypted
     }
@@ -166,6 +168,7 @@ impl StreamDecryptor {
     /// The paths of generated content that came in clear in the event
     /// [`next_output`](Self::next_output) returned last (`choices.0.delta.tool_calls.0.function.arguments`);
     /// empty when none.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn last_cleartext_paths(&self) -> &[String] {
         &self.last_cleartext
     }

@@ -63,6 +63,7 @@ pub enum Suite {
 
 impl Suite {
     /// Every suite, secp256k1 first (the production default).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub const ALL: [Suite; 2] = [Suite::Secp256k1, Suite::X25519];
 
     /// The suite's `algo` string as it appears in keysets and in the AAD.

@@ -289,6 +289,7 @@ impl Receipt {
     }
 
     /// `api_version` (verification requires `aci/1`).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn api_version(&self) -> &str {
         &self.api_version
     }
@@ -299,11 +300,13 @@ impl Receipt {
     }
 
     /// `chat_id`: the response `id` (for a stream, the first chunk's), if any.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn chat_id(&self) -> Option<&str> {
         self.chat_id.as_deref()
     }
 
     /// `model`: the request's clear `model`, if any.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
     }
@@ -314,11 +317,13 @@ impl Receipt {
     }
 
     /// `endpoint`: the request path the gateway served.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
     /// `method` (`POST`).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn method(&self) -> &str {
         &self.method
     }
@@ -334,6 +339,7 @@ impl Receipt {
     }
 
     /// `signature`: lowercase hex of the 64-byte Ed25519 signature.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn signature(&self) -> &str {
         &self.signature
     }

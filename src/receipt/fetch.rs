@@ -270,6 +270,7 @@ impl<S, ReqB> ReceiptClient<S, ReqB> {
     }
 
     /// The base URL.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn base_url(&self) -> &Uri {
         &self.base
     }

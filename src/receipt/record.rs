@@ -312,7 +312,7 @@ impl fmt::Debug for ExchangeRecord {
 
 /// The SHA-256 of a response body, set once when the body ends.
 #[derive(Debug, Default)]
-pub struct ResponseDigest(OnceLock<[u8; 32]>);
+pub(crate) struct ResponseDigest(OnceLock<[u8; 32]>);
 
 impl ResponseDigest {
     pub(crate) fn set(&self, digest: [u8; 32]) {
@@ -320,7 +320,7 @@ impl ResponseDigest {
     }
 
     /// The digest, once final.
-    pub fn get(&self) -> Option<[u8; 32]> {
+    pub(crate) fn get(&self) -> Option<[u8; 32]> {
         self.0.get().copied()
     }
 }

@@ -115,6 +115,7 @@ impl AttestedSession {
     }
 
     /// `endpoint`: the verified upstream origin, if the channel has one.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn endpoint(&self) -> Option<&str> {
         self.str_member("endpoint")
     }

@@ -251,6 +251,7 @@ impl ReceiptPolicy {
     }
 
     /// Whether only exactly matched keysets are accepted.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn requires_exact_keyset(&self) -> bool {
         self.require_exact_keyset
     }

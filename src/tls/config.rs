@@ -273,6 +273,7 @@ impl AttestedTls {
 
     /// The HTTP proxy connections go through (for the hosts it applies to), if any: the one
     /// given to [`https_proxy`](AttestedTlsBuilder::https_proxy) or read from `HTTPS_PROXY`.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn https_proxy(&self) -> Option<&HttpsProxy> {
         self.shared.egress.proxy()
     }
@@ -280,6 +281,7 @@ impl AttestedTls {
     /// The HTTP proxy the connection to `dst` (an `https://` URI) goes through, if any: a proxy
     /// given to the builder applies to every host; one read from `HTTPS_PROXY` to every host but
     /// loopback and those `NO_PROXY` lists. For a log line naming the route.
+    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn proxy_for(&self, dst: &Uri) -> Option<&HttpsProxy> {
         self.shared.egress.route(dst).map(|p| &**p)
     }
@@ -306,6 +308,7 @@ impl AttestedTls {
     }
 
     /// The handle the verifier reads.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn keys(&self) -> &KeyHandle {
         &self.shared.keys
     }

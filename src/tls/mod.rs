@@ -106,7 +106,6 @@
 //!     .https_proxy("http://proxy.corp.example:3128") // or leave it out: HTTPS_PROXY / NO_PROXY
 //!     .unpinned_extra_root(appliance_ca) // only if the proxy re-signs TLS; the PCCS only
 //!     .build()?;
-//! assert_eq!(tls.https_proxy().map(|p| p.authority()), Some("proxy.corp.example:3128"));
 //! let connector = tls.connector(); // CONNECT proxy.corp.example:3128, then TLS pinned as ever
 //! # let _ = connector; Ok(()) }
 //! ```

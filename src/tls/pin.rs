@@ -11,6 +11,7 @@ use crate::error::{AttestationFailure, Error, Result};
 /// certificate: the value `tls_public_keys[].spki_sha256` lists, in bytes.
 ///
 /// Fails with `Malformed` when the certificate is not X.509 DER.
+#[doc(hidden)] // for the test gateway and the crate's own tests: not API
 pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32]> {
     let ee = webpki::EndEntityCert::try_from(cert)
         .map_err(|e| Error::malformed(format!("the certificate is not X.509 DER: {e}")))?;
