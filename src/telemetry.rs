@@ -17,10 +17,22 @@
 //!
 //! # Metrics
 //!
-//! With feature `metrics`, the library records the metrics named in [`names`] through the
-//! [`metrics`](https://docs.rs/metrics) facade. With no recorder installed, each call is a no-op
-//! (one atomic load); install any recorder (`metrics-exporter-prometheus`, as `aci-proxy`
-//! does, or another) to collect them, and call [`describe`] to register their help texts.
+//! With feature `metrics`, the library records these through the
+//! [`metrics`](https://docs.rs/metrics) facade. The names and label values are fixed strings (a
+//! renamed variant never changes a dashboard), held to a golden list by the tests.
+//!
+//! | metric | kind | labels | counts |
+//! | --- | --- | --- | --- |
+//! | `aci_e2ee_requests_total` | counter | `endpoint`, `suite` | requests encrypted to an attested key |
+//! | `aci_errors_total` | counter | `kind` (the [`ErrorKind`](crate::error::ErrorKind) in snake case: `decrypt`, `attestation`, `receipt`, …) | errors the library returned from an exchange, a key establishment or a receipt check |
+//! | `aci_e2ee_event_decrypt_seconds` | histogram, seconds | | time to decrypt and authenticate one event of a stream |
+//! | `aci_keyset_refreshes_total` | counter | `outcome` (`ok`, `failed`) | report fetches and verifications (the first and every refresh) |
+//! | `aci_keyset_not_after_timestamp_seconds` | gauge, Unix seconds | | the `not_after` of the keyset last published |
+//! | `aci_receipts_total` | counter | `outcome` (`verified`, `failed`, `refused`: a receipt whose keyset failed the policy); `keyset_match` (`exact`, `same-key`) when verified | receipt checks |
+//!
+//! With no recorder installed, each call is a no-op (one atomic load); install any recorder
+//! (`metrics-exporter-prometheus`, as `aci-proxy` does, or another) to collect them, and call
+//! [`describe`] to register their help texts.
 //!
 //! [`metrics`]: https://docs.rs/metrics
 

@@ -40,9 +40,7 @@ pub use generation::Generation;
 pub use handle::{KeyHandle, RefusedKeyset};
 pub use keyset::{AttestedKeyset, BootMeasurements, ReceiptKey, TlsKey};
 pub use policy::{DangerousPolicyBuilder, Policy, PolicyBuilder};
-pub use provider::{
-    DangerousKeyProviderBuilder, KeyProvider, KeyProviderBuilder, RefreshTask, RefreshWorker, SleepFn,
-};
+pub use provider::{DangerousKeyProviderBuilder, KeyProvider, KeyProviderBuilder, RefreshTask, RefreshWorker, SleepFn};
 pub use report::verify_report;
 #[cfg(feature = "dcap")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dcap")))]
