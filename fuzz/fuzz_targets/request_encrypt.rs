@@ -30,10 +30,10 @@ use rand_core::SeedableRng;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tower_aci::ErrorKind;
-use tower_aci::protocol::aad;
 use tower_aci::protocol::E2eeKey;
+use tower_aci::protocol::aad;
 use tower_aci::protocol::{EncryptOptions, Endpoint, encrypt_request};
-use tower_aci::protocol::{PublicKey, SecretKey, Suite, kat::{open}};
+use tower_aci::protocol::{PublicKey, SecretKey, Suite, kat::open};
 
 const NOW: u64 = 1_750_000_000;
 
@@ -252,7 +252,14 @@ fn check(endpoint: Endpoint, svc: &Service, strict: bool, body: &[u8]) {
                     // Strict mode refuses exactly what the lenient mode reports as clear.
                     // (Strict mode looks at the members first; a body that cannot be sent at
                     // all is refused either way.)
-                    match encrypt_request(endpoint, body, &svc.key, &EncryptOptions::default().strict(false), NOW, &mut rng) {
+                    match encrypt_request(
+                        endpoint,
+                        body,
+                        &svc.key,
+                        &EncryptOptions::default().strict(false),
+                        NOW,
+                        &mut rng,
+                    ) {
                         Ok(lenient) => {
                             assert!(
                                 !lenient.clear_members.is_empty(),

@@ -9,9 +9,9 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tower_aci::protocol::aad;
-use tower_aci::protocol::{Endpoint, ExchangeContext};
 use tower_aci::protocol::decrypt_response;
-use tower_aci::protocol::{SecretKey, Suite, kat::{open}};
+use tower_aci::protocol::{Endpoint, ExchangeContext};
+use tower_aci::protocol::{SecretKey, Suite, kat::open};
 
 const MODEL: &str = "m";
 const NONCE: &str = "n";

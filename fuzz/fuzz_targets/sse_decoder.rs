@@ -3,10 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tower_aci::protocol::{Endpoint, ExchangeContext};
 use tower_aci::protocol::SseLimits;
-use tower_aci::protocol::{StreamDecryptor, StreamOutput};
+use tower_aci::protocol::{Endpoint, ExchangeContext};
 use tower_aci::protocol::{SecretKey, Suite};
+use tower_aci::protocol::{StreamDecryptor, StreamOutput};
 
 fn run(data: &[u8], cut: usize) -> Vec<Result<Vec<u8>, String>> {
     let ctx = ExchangeContext::new(
@@ -16,7 +16,10 @@ fn run(data: &[u8], cut: usize) -> Vec<Result<Vec<u8>, String>> {
         "n",
         1,
     );
-    let mut dec = StreamDecryptor::new(ctx, SseLimits::default().max_line_bytes(4096).max_event_bytes(16384).max_event_lines(256));
+    let mut dec = StreamDecryptor::new(
+        ctx,
+        SseLimits::default().max_line_bytes(4096).max_event_bytes(16384).max_event_lines(256),
+    );
     let mut out = Vec::new();
     for part in [&data[..cut], &data[cut..]] {
         dec.push(part);

@@ -62,7 +62,6 @@ impl ChannelInfo {
 
     /// [`spki_sha256`](Self::spki_sha256) in lowercase hex, as `tls_public_keys[].spki_sha256`
     /// spells it.
-    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn spki_sha256_hex(&self) -> String {
         hex::encode(self.spki_sha256)
     }

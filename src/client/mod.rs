@@ -97,7 +97,7 @@ where
 {
     let layer = VerifyBeforeReleaseLayer::new(receipts.clone(), keys.clone(), policy.clone());
     match mode {
-        ReceiptMode::HoldUntilVerified => layer.hold_whole_stream(crate::receipt::DEFAULT_MAX_RELEASE_BODY),
+        ReceiptMode::HoldUntilVerified => layer.hold_whole_stream(crate::receipt::fetch::DEFAULT_MAX_RELEASE_BODY),
         _ => layer,
     }
 }
@@ -776,7 +776,7 @@ impl Client {
         }
         let client = builder.build().map_err(|e| Error::config("cannot build the reqwest client").with_source(e))?;
         let e2ee = crate::middleware::E2eeMiddleware::from_layer(self.inner.layer.clone())
-            .retry_on_key_mismatch(Some(crate::e2ee::DEFAULT_KEY_MISMATCH_WAIT));
+            .retry_on_key_mismatch(Some(crate::e2ee::retry::DEFAULT_KEY_MISMATCH_WAIT));
         Ok(reqwest_middleware::ClientBuilder::new(client).with(e2ee).build())
     }
 }

@@ -28,7 +28,7 @@ mod frame;
 mod future;
 mod layer;
 mod request_body;
-mod retry;
+pub(crate) mod retry;
 mod service;
 
 pub use body::ResponseBody;
@@ -36,6 +36,5 @@ pub use config::DEFAULT_MAX_REQUEST_BODY;
 pub use future::ResponseFuture;
 pub use layer::{DangerousE2eeLayer, E2eeLayer};
 pub use request_body::RequestBody;
-pub(crate) use retry::DEFAULT_KEY_MISMATCH_WAIT;
 pub use retry::{KeyMismatchRetry, ZeroizingBody};
 pub use service::E2ee;

@@ -152,8 +152,8 @@ pub struct ZeroizingBody {
 }
 
 impl ZeroizingBody {
-    /// A body of these bytes (taken over, not copied).
-    pub fn new(bytes: Vec<u8>) -> Self {
+    /// A body of these bytes (taken over, not copied); `From<Vec<u8>>` and `From<String>` for users.
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
         ZeroizingBody { data: Some(Arc::new(Zeroizing::new(bytes))) }
     }
 }

@@ -101,14 +101,13 @@
 //!   [`ReceiptPolicy::require_exact_keyset`] refuses it.
 
 pub(crate) mod document;
-mod fetch;
+pub(crate) mod fetch;
 mod record;
 mod release;
 pub(crate) mod session;
 pub(crate) mod verify;
 
 pub use document::{Event, Receipt, UpstreamVerified};
-pub(crate) use fetch::DEFAULT_MAX_RELEASE_BODY;
 pub use fetch::{ReceiptClient, RetryPolicy};
 pub(crate) use record::ResponseDigest;
 pub use record::{ExchangeRecord, ExchangeRecordBuilder};
