@@ -24,7 +24,7 @@
 //! | metric | kind | labels | counts |
 //! | --- | --- | --- | --- |
 //! | `aci_e2ee_requests_total` | counter | `endpoint`, `suite` | requests encrypted to an attested key |
-//! | `aci_errors_total` | counter | `kind` (the [`ErrorKind`](crate::error::ErrorKind) in snake case: `decrypt`, `attestation`, `receipt`, …) | errors the library returned from an exchange, a key establishment or a receipt check |
+//! | `aci_errors_total` | counter | `kind` (the `ErrorKind` in snake case: `decrypt`, `attestation`, `receipt`, …) | errors the library returned from an exchange, a key establishment or a receipt check |
 //! | `aci_e2ee_event_decrypt_seconds` | histogram, seconds | | time to decrypt and authenticate one event of a stream |
 //! | `aci_keyset_refreshes_total` | counter | `outcome` (`ok`, `failed`) | report fetches and verifications (the first and every refresh) |
 //! | `aci_keyset_not_after_timestamp_seconds` | gauge, Unix seconds | | the `not_after` of the keyset last published |

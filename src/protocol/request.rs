@@ -630,6 +630,44 @@ mod tests {
     }
 
     #[test]
+    fn the_sealed_request_carries_exactly_the_five_headers_of_the_spec() {
+        // protocol.md §3.1: the v2 client sends exactly these five (never `X-Signing-Algo`); the
+        // names here are the spec's, not the crate's constants.
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        for (suite, key_hex_len) in [(Suite::Secp256k1, 130), (Suite::X25519, 64)] {
+            let (_, k) = key(suite);
+            let req = encrypt_request(
+                Endpoint::ChatCompletions,
+                body,
+                &k,
+                &EncryptOptions::default(),
+                1_750_000_000,
+                &mut rand_core::OsRng,
+            )
+            .unwrap();
+            let h = &req.headers;
+            let mut names: Vec<&str> = h.keys().map(http::HeaderName::as_str).collect();
+            names.sort_unstable();
+            assert_eq!(
+                names,
+                ["x-client-pub-key", "x-e2ee-nonce", "x-e2ee-timestamp", "x-e2ee-version", "x-model-pub-key"]
+            );
+            assert_eq!(h.len(), 5, "one value each");
+            let v = |name: &str| h[name].to_str().unwrap();
+            let lower_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            assert_eq!(v("X-E2EE-Version"), "2");
+            assert_eq!(v("X-Model-Pub-Key"), k.public_key_text(), "the keyset entry's string, verbatim");
+            assert_eq!(v("X-E2EE-Timestamp"), "1750000000");
+            assert!(v("X-E2EE-Nonce").len() == 64 && lower_hex(v("X-E2EE-Nonce")));
+            assert_eq!(v("X-E2EE-Nonce"), req.context.nonce(), "the nonce the answer is opened under");
+            assert!(v("X-Client-Pub-Key").len() == key_hex_len && lower_hex(v("X-Client-Pub-Key")), "{suite:?}");
+            for name in ["x-client-pub-key", "x-model-pub-key", "x-e2ee-nonce", "x-e2ee-timestamp"] {
+                assert!(h[name].is_sensitive(), "{name} is marked sensitive");
+            }
+        }
+    }
+
+    #[test]
     fn token_id_only_prompt_is_refused() {
         let e = enc(Endpoint::Completions, r#"{"model":"m","prompt":[1,2,3]}"#).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnsupportedBody);
