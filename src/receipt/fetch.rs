@@ -57,15 +57,13 @@ pub(crate) const DEFAULT_FETCH_TIME_LIMIT: Duration = Duration::from_secs(15);
 /// use std::time::Duration;
 /// use tower_aci::receipt::RetryPolicy;
 ///
+/// // Three retries after 50, 100 and 200 ms; four replica hops; 5 s in all.
 /// let retry = RetryPolicy::new(3, Duration::from_millis(50), Duration::from_secs(1))
 ///     .replica_hops(4)
 ///     .time_limit(Duration::from_secs(5));
-/// assert_eq!(retry.backoff(0), Duration::from_millis(50));
-/// assert_eq!(retry.backoff(2), Duration::from_millis(200));
-/// assert_eq!(retry.max_replica_hops(), 4);
-/// assert_eq!(RetryPolicy::none().max_retries(), 0);
-/// assert_eq!(RetryPolicy::none().max_replica_hops(), 0);
+/// assert_ne!(retry, RetryPolicy::none());
 /// ```
+/// Hand it to [`ReceiptClient::retry`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
 pub struct RetryPolicy {
@@ -77,7 +75,7 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// Five retries, 100 ms doubling up to 2 s (about 3 s in all), eight replica hops, 15 s in
+    /// Five retries, 100 ms doubling up to 2 s (about 3 s in all), 32 replica hops, 15 s in
     /// all.
     fn default() -> Self {
         RetryPolicy::new(5, Duration::from_millis(100), Duration::from_secs(2))
@@ -87,7 +85,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Up to `max_retries` retries after the first attempt, waiting `initial_backoff`, then
     /// twice as long each time, never more than `max_backoff`; with the default replica hops
-    /// (8) and time limit (15 s).
+    /// (32) and time limit (15 s).
     pub const fn new(max_retries: u32, initial_backoff: Duration, max_backoff: Duration) -> Self {
         RetryPolicy {
             max_retries,
@@ -104,7 +102,7 @@ impl RetryPolicy {
     }
 
     /// Re-send at once, up to `hops` times, when another replica than the one that served the
-    /// exchange answered `404` (default 8). With `n` replicas behind a round-robin balancer,
+    /// exchange answered `404` (default 32). With `n` replicas behind a round-robin balancer,
     /// `n` hops reach them all.
     pub const fn replica_hops(mut self, hops: u32) -> Self {
         self.replica_hops = hops;
