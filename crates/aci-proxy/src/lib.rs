@@ -1,7 +1,7 @@
 //! `aci-proxy`: end-to-end encryption for any OpenAI SDK, as a local proxy, built on
-//! [`tower_aci`] through its public API. This crate is the `aci-proxy` binary (its README is the
-//! operator's manual) and the same proxy as a library, for in-process use
-//! ([`Proxy::spawn_local`]).
+//! [`tower_aci`] (its public API, and a few hooks it hides for this crate). This crate is the
+//! `aci-proxy` binary (its README is the operator's manual) and the same proxy as a library, for
+//! in-process use ([`Proxy::spawn_local`]).
 //!
 //! The proxy listens on loopback and speaks the OpenAI API: `POST /v1/chat/completions`,
 //! `/v1/completions` and `/v1/embeddings` (buffered and streaming) go through
