@@ -204,7 +204,7 @@ pub(crate) fn require_channel<'a>(
 /// its host, read leniently (an entry that is not well formed names nothing): what attributes a
 /// failed report to the holder of a TLS key the keyset itself names, and so lets it refuse the
 /// keyset's digest (see `KeyProvider`'s refusal rule). Same matching as
-/// [`AttestedKeyset::lists_tls_key`].
+/// `AttestedKeyset::lists_tls_key`.
 pub(crate) fn unverified_keyset_names_channel(keyset: &serde_json::Value, channel: &ChannelInfo) -> bool {
     let seen = channel.spki_sha256_hex();
     let Some(entries) = keyset.get("tls_public_keys").and_then(serde_json::Value::as_array) else { return false };

@@ -29,39 +29,36 @@
 //! [`advisory_ids`](crate::attest::AttestedKeyset::advisory_ids).
 //!
 //! ```no_run
-//! use tower_aci::attest::Policy;
-//! use tower_aci::attest::dcap::{Collateral, verify_quote};
+//! use tower_aci::attest::dcap::Collateral;
+//! use tower_aci::attest::{Policy, verify_report_with_collateral};
 //!
-//! # fn demo(raw_quote: &[u8], now: u64) -> tower_aci::Result<()> {
-//! // Collateral as dcap-qvl serialises it (`QuoteCollateralV3`), e.g. saved from a PCCS earlier.
+//! # fn demo(report: &[u8], nonce: &[u8; 32], now: u64) -> tower_aci::Result<()> {
+//! // Collateral as dcap-qvl serialises it (`QuoteCollateralV3`), e.g. saved from a PCCS earlier
+//! // (`fetch_collateral`, then `Collateral::to_json`).
 //! let collateral = Collateral::from_json(&std::fs::read("collateral.json").unwrap())?;
 //!
-//! // Verify a quote on its own: signature chain, collateral window and (optionally) the slot.
-//! let verified = verify_quote(raw_quote, &collateral, now, None)?;
-//! println!("TCB status {}, RTMR3 {}", verified.tcb_status(), const_hex::encode(verified.rt_mr3()));
-//!
-//! // Or hand the collateral to a policy and let `verify_report` / the key provider use it.
+//! // The code, the TD's boot chain and the KMS that provisioned it (see `Policy`; the real June
+//! // 2026 capture's values, as `aci-proxy inspect` prints them).
 //! let policy = Policy::builder()
-//!     // The code and the KMS that provisioned it (see `Policy`; the real June 2026 capture's).
 //!     .allow_compose_hash("5092ebbd4606f572ff5231a6e94d28964b55f66c769dad3a90d1bcc7ec190feb")
+//!     .allow_boot_measurements(
+//!         "f06dfda6dce1cf904d4e2bab1dc370634cf95cefa2ceb2de2eee127c9382698090d7a4a13e14c536ec6c9c3c8fa87077",
+//!         "ec216f1d1d591468ff4741b9b192f016b26d3f90303bfa9dbb97557273853183981f21a4bcb3ae908247538d371ad072",
+//!         "07e6f51aa763abfe75c3ddfbf4f425fe3f0ceff66d807a75e049303dce9addf68e7218729bd419638af63a370f65878c",
+//!         "a2a58c9a959a4fa44bd6da0c97a2270c051faf12084cfe91ae900e4fdff6cdd4f69a82005e04ee920f231497894d677f",
+//!     )
 //!     .allow_kms_identity(concat!(
 //!         "3059301306072a8648ce3d020106082a8648ce3d030107034200048844eb42ccdf8c52fd4f174f362fcb9bb",
 //!         "d19c45fd48f1edec2d8f1ca23536ec1a74021b4cee610c074f8294d431b2b7fee2c39e5333fdaf0a4522d43fb159d9f",
 //!     ))
-//!     // The TD's firmware and boot chain, as a trusted quote reported them.
-//!     .allow_boot_measurements(
-//!         &const_hex::encode(verified.mr_td()),
-//!         &const_hex::encode(verified.rt_mr0()),
-//!         &const_hex::encode(verified.rt_mr1()),
-//!         &const_hex::encode(verified.rt_mr2()),
-//!     )
 //!     .refuse_advisories(["INTEL-SA-00837"])
-//!     .collateral(collateral)
 //!     .accept_tcb_statuses(["UpToDate"])
 //!     .build()?;
-//! verified.check_tcb_status(policy.accepted_tcb_statuses())?;
-//! verified.check_boot_measurements(policy.allowed_boot_measurements())?;
-//! verified.check_advisories(policy.refused_advisories())?;
+//!
+//! // Verify a report offline: quote, collateral window, TCB status, advisories, boot chain.
+//! let keyset = verify_report_with_collateral(report, nonce, now, &policy, &collateral)?;
+//! assert!(keyset.hardware_verified());
+//! println!("TCB status {:?}, advisories {:?}", keyset.tcb_status(), keyset.advisory_ids());
 //! # Ok(()) }
 //! ```
 

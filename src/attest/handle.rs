@@ -90,7 +90,7 @@ pub(crate) const REFUSED_KEYSETS: usize = 64;
 /// keyset, cannot push a real refusal out and make its receipts pass the same-key rule again.
 /// The record holds 64 refusals; once a 65th distinct digest is refused, the handle *saturates*:
 /// it keeps the 64, logs an error once, and from then on treats every keyset digest it has not
-/// verified as refused ([`KeyHandle::refused_keyset`] answers for it, with the failure of the
+/// verified as refused ([`Keysets::refused_keyset`](crate::receipt::Keysets::refused_keyset) answers for it, with the failure of the
 /// refusal that did not fit, and [`KeyHandle::refusals_saturated`] says so). Receipts of
 /// keysets that were verified still verify exactly; only the same-key rule is off, fail closed.
 /// A new process (a restarted proxy) starts with an empty record.
@@ -119,6 +119,7 @@ impl RefusedKeyset {
     }
 
     /// When the report was last refused (the handle's clock, Unix seconds).
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn refused_at(&self) -> u64 {
         self.refused_at
     }

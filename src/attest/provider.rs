@@ -203,10 +203,9 @@ impl<S, ReqB> KeyProviderBuilder<S, ReqB> {
 
     /// How many reports (each with a fresh nonce, on a fresh connection) to fetch at most when
     /// looking for a keyset digest a receipt names and the handle does not know (default 8; see
-    /// [`KeyHandle::attest_digest`]). Behind a load balancer each fetch may reach another
+    /// [`Keysets::attest_digest`](crate::receipt::Keysets::attest_digest)). Behind a load balancer each fetch may reach another
     /// replica; with `n` replicas behind a round-robin balancer `n` fetches reach them all.
     /// Zero disables the search: unknown digests are then learnt only by the refresher.
-    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn digest_probes(mut self, probes: u32) -> Self {
         self.timing.digest_probes = probes;
         self
@@ -439,7 +438,7 @@ impl<S, ReqB> DangerousKeyProviderBuilder<S, ReqB> {
 /// Every replica of a deployment, and every restart of one, serves the same keys under its own
 /// keyset digest (its `not_after` and TLS keys differ). The handle remembers a bounded set of
 /// verified keysets (see [`KeyHandle`]). When a receipt names a digest the handle does not know,
-/// the receipt client asks the provider to look for it ([`KeyHandle::attest_digest`]): up to
+/// the receipt client asks the provider to look for it ([`Keysets::attest_digest`](crate::receipt::Keysets::attest_digest)): up to
 /// [`digest_probes`](KeyProviderBuilder::digest_probes) reports, each with a fresh nonce and
 /// `Connection: close` so that the next one opens a new connection and a load balancer may send
 /// it to another replica. Each report that verifies under the policy is remembered; none of them
@@ -449,7 +448,7 @@ impl<S, ReqB> DangerousKeyProviderBuilder<S, ReqB> {
 /// A report that is fetched — by a search or by the refresher — over a channel its own keyset
 /// names, and fails verification for a reason that is a verdict on the workload, is not
 /// forgotten: its keyset digest is remembered as *refused* on the handle, with the failure
-/// ([`KeyHandle::refused_keyset`], logged at warn once per digest), and receipts naming it fail
+/// ([`Keysets::refused_keyset`](crate::receipt::Keysets::refused_keyset), logged at warn once per digest), and receipts naming it fail
 /// with [`ReceiptFailure::RefusedKeyset`](crate::error::ReceiptFailure::RefusedKeyset) instead of being
 /// vouched for by the same-key rule. This is what catches a replica running another, unpinned
 /// build of the same application: it holds the same KMS-derived receipt key. A failure an
@@ -614,7 +613,7 @@ where
     }
 
     /// Let the handle ask this provider to look for keyset digests it does not know
-    /// ([`KeyHandle::attest_digest`]). The handle holds only a weak reference: dropping every
+    /// ([`Keysets::attest_digest`](crate::receipt::Keysets::attest_digest)). The handle holds only a weak reference: dropping every
     /// provider clone turns the search off.
     fn install_attester(&self) {
         let shared = &self.inner.handle.shared;

@@ -20,8 +20,8 @@
 //! **One stack.** Every default and every refusal lives in [`ClientBuilder::build`]: the PCCS
 //! ([`DEFAULT_PCCS`] for an `https://` gateway), plain `http://` only to loopback, an API key
 //! that must be a valid header value, a PCCS that may not be the gateway's own host, no
-//! redirect ever followed or handed out ([`REDIRECT_REFUSED`]), the API key only on the routes
-//! [`carries_api_key`] names. `aci-proxy` (its own crate) is this client behind an
+//! redirect ever followed or handed out ([`REDIRECT_REFUSED`]), the API key only on the
+//! gateway's API routes (never on the attestation endpoint). `aci-proxy` (its own crate) is this client behind an
 //! OpenAI-compatible endpoint: its configuration becomes a [`ClientBuilder`] and it serves
 //! through [`Client::service`].
 //!
@@ -205,8 +205,10 @@ impl ClientBuilder {
         self
     }
 
-    /// The API key, sent as `Authorization: Bearer …` on every request that carries none, on
-    /// the routes [`carries_api_key`] names (and on receipt fetches). Zeroized on drop, never
+    /// The API key, sent as `Authorization: Bearer …` on every request that carries none, only
+    /// on a `POST` to the three E2EE endpoints and a `GET` of `/v1/models…` or of a receipt
+    /// (never on the attestation endpoint, nor on a path the gateway could normalise into
+    /// another one). Zeroized on drop, never
     /// logged. [`build`](Self::build) fails with `Config` when it is not a valid header value.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = ApiKey::Value(Zeroizing::new(key.into()));

@@ -168,7 +168,7 @@ pub(crate) struct ServiceShared {
 /// refresher runs.
 ///
 /// It adds the client's API key to requests that carry no `Authorization`, on the routes
-/// [`carries_api_key`] names. In
+/// `carries_api_key` names (see [`ClientBuilder::api_key`](crate::ClientBuilder::api_key)). In
 /// [`ReceiptMode::Background`](crate::client::ReceiptMode::Background) a successful E2EE
 /// answer carries a [`ReceiptCheck`] in its extensions; in
 /// [`ReceiptMode::BeforeRelease`](crate::client::ReceiptMode::BeforeRelease) (and

@@ -76,7 +76,6 @@ impl GatewayError {
 
     /// This answer as an [`Error`] of kind [`ErrorKind::Gateway`], with its
     /// [`status`](Error::status) and [`retry_after`](Error::retry_after).
-    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn to_error(&self) -> Error {
         Error::gateway(
             self.status,

@@ -44,10 +44,6 @@ pub struct StreamEnd {
 /// authenticated, and call [`finish`](StreamDecryptor::finish) at end of input to learn whether
 /// the stream ended cleanly. Memory is bounded by the largest event ([`SseLimits`]).
 ///
-/// After each event, [`last_decrypted_paths`](StreamDecryptor::last_decrypted_paths) and
-/// [`last_cleartext_paths`](StreamDecryptor::last_cleartext_paths) say which of its fields were
-/// ciphertext and which generated content came in clear.
-///
 /// # What a stream's encryption does not protect
 ///
 /// Each event's fields are authenticated, but every event of a stream is sealed under the same
@@ -151,8 +147,7 @@ impl StreamDecryptor {
     }
 
     /// The kinds of generated content seen in clear so far: paths with every index replaced by
-    /// `*`, first occurrence first, at most 32 (see
-    /// [`last_cleartext_paths`](Self::last_cleartext_paths) for each event's exact paths).
+    /// `*`, first occurrence first, at most 32.
     pub fn cleartext_fields(&self) -> &[String] {
         &self.cleartext
     }

@@ -23,7 +23,6 @@ fn shape(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 /// The raw bytes are kept ([`as_bytes`](Self::as_bytes)): a receipt is an archivable,
 /// self-contained file that re-verifies offline against the keyset whose digest it names.
 /// Parsing checks the shape only; nothing here is trusted before the signature verified (see
-/// [`verify_against_keyset`](crate::receipt::verify_against_keyset) and
 /// [`verify_exchange`](crate::receipt::verify_exchange)).
 ///
 /// ```
@@ -270,11 +269,6 @@ impl Receipt {
     /// The exact bytes the gateway served: archive these to re-verify later.
     pub fn as_bytes(&self) -> &[u8] {
         &self.raw
-    }
-
-    /// The exact bytes the gateway served, as a cheap clone.
-    pub fn to_bytes(&self) -> Bytes {
-        self.raw.clone()
     }
 
     /// The parsed document.

@@ -27,15 +27,15 @@
 //! let receipts = ReceiptClient::new(client, base);
 //! let verified = receipts.fetch_and_verify(&record, Some("sk-…"), &keys, &ReceiptPolicy::new()).await?;
 //! assert!(!verified.rewritten());
-//! let archived = verified.receipt().to_bytes(); // re-verify offline with `verify_against_keyset`
+//! // Archive the receipt's bytes with the record and the keyset: `verify_exchange` re-checks them offline.
+//! let archived = verified.receipt().as_bytes().to_vec();
 //! # let _ = (body, archived); Ok(()) }
 //! ```
 //!
 //! - [`Receipt`] is the document, parsed from the exact bytes served and kept byte for byte.
-//! - [`verify_against_keyset`] checks the signature under an attested keyset (offline
-//!   re-verification of archived receipts); [`verify_signature`] under a bare key.
 //! - [`verify_exchange`] checks a receipt against an [`ExchangeRecord`] under a
-//!   [`ReceiptPolicy`] and returns a [`VerifiedReceipt`].
+//!   [`ReceiptPolicy`] and the attested keysets it may name, and returns a [`VerifiedReceipt`]:
+//!   online, or offline for archived receipts (an archived keyset is a [`Keysets`] too).
 //! - [`ReceiptClient`] fetches receipts and attested sessions with bounded retries, and offers
 //!   [`fetch_and_verify`](ReceiptClient::fetch_and_verify) and a verify-before-release helper,
 //!   [`release_after_receipt`](ReceiptClient::release_after_receipt).
@@ -66,7 +66,8 @@
 //! the answer ([`VerifyBeforeReleaseLayer`],
 //! [`release_after_receipt`](ReceiptClient::release_after_receipt)) — and archive the verified
 //! bytes ([`Receipt::as_bytes`]) together with the keyset that verified them
-//! ([`VerifiedReceipt::keyset`]); [`verify_against_keyset`] re-checks them offline.
+//! ([`VerifiedReceipt::keyset`]) and the [`ExchangeRecord`]; [`verify_exchange`] re-checks them
+//! offline.
 //!
 //! What the client does to reach the right replica:
 //!
@@ -85,7 +86,7 @@
 //! - Every replica and every restarted process has its own keyset digest (its `not_after` is
 //!   launch time + 30 days; its TLS keys differ), while its keys are the application's. A
 //!   receipt naming a digest the [`KeyHandle`](crate::attest::KeyHandle) does not know makes the
-//!   key provider look for it ([`KeyHandle::attest_digest`](crate::attest::KeyHandle::attest_digest):
+//!   key provider look for it ([`Keysets::attest_digest`]:
 //!   a few reports, fresh nonces, fresh connections), and
 //!   [`fetch_and_verify`](ReceiptClient::fetch_and_verify) waits for that, bounded
 //!   ([`ReceiptClient::keyset_wait`]).

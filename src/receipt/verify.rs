@@ -498,7 +498,7 @@ fn number_normalisation_hint() -> &'static str {
 ///
 /// 1. The response body was read to its end, so its hash is final
 ///    ([`NotAvailable`](ReceiptFailure::NotAvailable)).
-/// 2. The keyset the receipt names is among `keysets`, then [`verify_against_keyset`]: key,
+/// 2. The keyset the receipt names is among `keysets`, then the key it names in that keyset,
 ///    signature, `api_version`. When it is not and `keysets` refused it (its report was fetched
 ///    and failed the policy, [`Keysets::refused_keyset`]),
 ///    [`RefusedKeyset`](ReceiptFailure::RefusedKeyset). Otherwise, if the policy allows it, the same-key replica

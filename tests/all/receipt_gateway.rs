@@ -72,7 +72,7 @@ async fn buffered_and_streamed_exchanges_verify_end_to_end_in_both_suites() {
             assert_eq!(record.keyset_digest(), Some(env.gw.keyset_digest().as_str()));
 
             // Archived bytes re-verify offline against the keyset, and against the record.
-            let archived = Receipt::from_bytes(receipt.to_bytes()).unwrap();
+            let archived = Receipt::from_bytes(Bytes::copy_from_slice(receipt.as_bytes())).unwrap();
             verify_against_keyset(&archived, &env.keys.current().unwrap()).unwrap();
             verify_exchange(&archived, &record, &env.keys, &policy).unwrap();
         }
