@@ -175,9 +175,9 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
 /// The error type of tower-aci.
 ///
 /// Only the crate makes errors of the kinds that are verdicts (an attestation, a receipt, a
-/// decryption, a stream's integrity): code outside it, the crate's own adapters built
-/// elsewhere included, can make [`config`](Error::config) and [`transport`](Error::transport)
-/// errors, so a `Attestation(..)` error always comes from a verification that ran.
+/// decryption, a stream's integrity); the workspace's other crates make only `Config` and
+/// `Transport` errors (with constructors hidden for them), so a `Attestation(..)` error always
+/// comes from a verification that ran.
 pub struct Error {
     kind: ErrorKind,
     message: Cow<'static, str>,

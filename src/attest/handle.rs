@@ -146,7 +146,7 @@ pub(crate) type Attester = Arc<dyn Fn(&str) -> Option<AttestFuture> + Send + Syn
 /// A key provider (see [`KeyProvider`](crate::attest::KeyProvider)) publishes fresh keysets into
 /// it, and serves each keyset until its `not_after` or the provider's re-attestation ceiling
 /// ([`max_keyset_age`](crate::attest::KeyProviderBuilder::max_keyset_age): one day after its
-/// report was verified, by default), whichever comes first ([`serves_until`](Self::serves_until)).
+/// report was verified, by default), whichever comes first.
 /// [`KeyHandle::fixed`] makes a handle for one keyset you verified yourself, which simply stops
 /// serving it at its `not_after` (it has no ceiling: nothing would re-attest).
 ///
@@ -262,6 +262,7 @@ impl KeyHandle {
     /// Until when (Unix seconds, exclusive) this handle serves `keyset`: its `not_after`, or its
     /// [`verified_at`](AttestedKeyset::verified_at) plus the
     /// [re-attestation ceiling](Self::max_keyset_age), whichever comes first.
+    #[doc(hidden)] // a hook for the crate's own tests: not API
     pub fn serves_until(&self, keyset: &AttestedKeyset) -> u64 {
         let age = self.shared.max_keyset_age.load(std::sync::atomic::Ordering::Acquire);
         keyset.not_after().min(keyset.verified_at().saturating_add(age))
@@ -307,8 +308,8 @@ impl KeyHandle {
     /// The keyset to encrypt to now. Fails with `KeyUnavailable` when none has been established
     /// yet, or the current one is past its `not_after` (a key is never served after it) or was
     /// verified longer ago than the provider's re-attestation ceiling
-    /// ([`max_keyset_age`](Self::max_keyset_age)), and no remembered replica of it (same E2EE
-    /// key) is still served ([`serves_until`](Self::serves_until)).
+    /// ([`KeyProviderBuilder::max_keyset_age`](crate::attest::KeyProviderBuilder::max_keyset_age)),
+    /// and no remembered replica of it (same E2EE key) is still served.
     pub fn current(&self) -> Result<Arc<AttestedKeyset>> {
         let now = self.shared.clock.now();
         match self.shared.current.load_full() {

@@ -210,7 +210,6 @@ impl AttestedKeyset {
     }
 
     /// The nonce the report was fetched with and verified against (32 bytes).
-    #[doc(hidden)] // for aci-proxy (crates/aci-proxy): not API
     pub fn nonce(&self) -> &[u8; 32] {
         &self.nonce
     }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// When a [`Client`](crate::Client) (and `aci-proxy`, built on it) verifies the gateway's signed
 /// receipt of each exchange. The names in parentheses are how `aci-proxy --receipts` and its
-/// TOML file spell the mode ([`FromStr`], serde, [`as_str`](Self::as_str)).
+/// TOML file spell the mode ([`FromStr`], serde, `Display`).
 ///
 /// ```
 /// use tower_aci::client::ReceiptMode;

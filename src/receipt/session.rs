@@ -24,8 +24,7 @@ fn session(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 /// [`from_bytes`](Self::from_bytes) parses and computes the id; [`verify`](Self::verify) runs the
 /// ACI §9.2 checks 1–2 (the id recomputes to the cited one, `api_version` is `aci/1`,
 /// `evidence.data` hashes to `evidence.digest`). The shallow audit of claims and channel
-/// bindings is policy and left to the caller ([`claims`](Self::claims),
-/// [`channel_binding`](Self::channel_binding)).
+/// bindings is policy and left to the caller (their members in [`document`](Self::document)).
 ///
 /// ```
 /// use tower_aci::receipt::AttestedSession;
